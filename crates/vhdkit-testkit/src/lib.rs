@@ -1,0 +1,181 @@
+//! Test support for vhdkit (not published): paths to the shared real images, decompression,
+//! digests, external-tool detection, and small image builders used until vhdkit can write.
+//!
+//! Tests that need something absent (the shared images, qemu-img, pyvhdi) print a loud
+//! `SKIP:` line on stderr and return early; they never pass silently by accident of setup.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// Root of the vhdkit workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// The project's own bundled test images (`testdata/`).
+pub fn testdata_dir() -> PathBuf {
+    workspace_root().join("testdata")
+}
+
+/// The shared real images (`VHDKIT_REAL_TESTDATA`, default `../shared/testdata-real` beside the
+/// workspace). `None`, with a loud SKIP line naming `why`, when absent.
+pub fn real_data_dir(why: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("VHDKIT_REAL_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/testdata-real"));
+    if dir.join("SOURCES.md").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP: {why}: shared real test images not found at {} (set VHDKIT_REAL_TESTDATA)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// Decompress a shared real image (`.gz`, `.bz2` or plain) into `dest_dir`; returns its path.
+pub fn unpack_real(real_dir: &Path, rel: &str, dest_dir: &Path) -> PathBuf {
+    let src = real_dir.join(rel);
+    let name = Path::new(rel)
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+    let (out_name, tool) = if let Some(n) = name.strip_suffix(".gz") {
+        (n.to_string(), Some("gzip"))
+    } else if let Some(n) = name.strip_suffix(".bz2") {
+        (n.to_string(), Some("bzip2"))
+    } else {
+        (name.clone(), None)
+    };
+    let out = dest_dir.join(out_name);
+    match tool {
+        Some(t) => {
+            let o = Command::new(t)
+                .arg("-dc")
+                .arg(&src)
+                .output()
+                .unwrap_or_else(|e| panic!("running {t} -dc {}: {e}", src.display()));
+            assert!(o.status.success(), "{t} -dc {} failed", src.display());
+            std::fs::write(&out, o.stdout).expect("write unpacked image");
+        }
+        None => {
+            std::fs::copy(&src, &out).expect("copy image");
+        }
+    }
+    out
+}
+
+/// SHA-256 of everything a reader yields, as lower-case hex.
+pub fn sha256_reader(mut r: impl Read) -> String {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex(&h.finalize())
+}
+
+/// SHA-256 of a byte slice.
+pub fn sha256(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// SHA-256 of a file.
+pub fn sha256_file(p: &Path) -> String {
+    sha256_reader(std::fs::File::open(p).expect("open for hashing"))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// True when `cmd --version` (or `--help`) runs; otherwise prints a SKIP line naming `why`.
+pub fn have_tool(cmd: &str, why: &str) -> bool {
+    let ok = Command::new(cmd)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success() || !o.stdout.is_empty())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP: {why}: `{cmd}` is not installed");
+    }
+    ok
+}
+
+/// True when Python can import `module` with `/usr/bin/python3` (Debian's pyvhdi lives there).
+pub fn have_python_module(module: &str, why: &str) -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP: {why}: python module `{module}` is not importable by /usr/bin/python3");
+    }
+    ok
+}
+
+/// Run a command, panic with its stderr unless it succeeds, return stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A deterministic pseudo-random generator (xorshift64*), for seeded tests without a crate.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator; seed 0 is replaced by a fixed non-zero value.
+    pub fn new(seed: u64) -> Rng {
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Fill a buffer with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}

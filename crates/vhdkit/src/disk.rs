@@ -1,0 +1,398 @@
+//! The format-neutral disk: open a VHD or VHDX file, learn what it is, map its virtual blocks.
+//!
+//! A [`Disk`] is one file. It knows its own blocks only; reading through a differencing chain is
+//! the job of [`crate::Chain`] and [`crate::ChainView`], which stack disks and ask each one, via
+//! [`Disk::map`], which byte ranges it holds.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result, ResultExt};
+use crate::limits::Limits;
+use crate::source::{source_len, Source};
+use crate::{vhd, vhdx};
+
+/// The container format of a disk file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum DiskFormat {
+    /// VHD version 1 ("conectix").
+    Vhd,
+    /// VHDX.
+    Vhdx,
+}
+
+impl fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DiskFormat::Vhd => "vhd",
+            DiskFormat::Vhdx => "vhdx",
+        })
+    }
+}
+
+/// How the virtual disk is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum DiskType {
+    /// Every block is allocated up front.
+    Fixed,
+    /// Blocks are allocated on first write; unallocated blocks read as zeros.
+    Dynamic,
+    /// Blocks not held by this file are read from a parent disk.
+    Differencing,
+}
+
+impl fmt::Display for DiskType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DiskType::Fixed => "fixed",
+            DiskType::Dynamic => "dynamic",
+            DiskType::Differencing => "differencing",
+        })
+    }
+}
+
+/// What one disk file holds for a range of the virtual disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// The bytes are stored in this file, contiguously, starting at `file_offset`.
+    Data {
+        /// Absolute offset in the file of the first byte of the range.
+        file_offset: u64,
+    },
+    /// The range reads as zeros, whatever the parent holds (VHDX `PAYLOAD_BLOCK_ZERO`,
+    /// `UNMAPPED`, `UNDEFINED`).
+    Zero,
+    /// This file holds nothing for the range: a differencing disk reads it from its parent, any
+    /// other disk reads zeros.
+    Unallocated,
+}
+
+/// How a locator's path is to be interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum PathStyle {
+    /// Relative to the child's folder, Windows separators (`.\parent.vhd`, `..\base\p.vhdx`).
+    Relative,
+    /// An absolute Windows path (`C:\Lab\p.vhd`, `\\?\C:\...`, `\\server\share\...`).
+    AbsoluteWindows,
+    /// A Windows volume path (`\\?\Volume{GUID}\dir\p.vhdx`).
+    Volume,
+    /// A `file://` URL (VHD `MacX`).
+    FileUrl,
+    /// A bare name or a path of unknown style (VHD parent unicode name).
+    Name,
+    /// Not a path vhdkit can use (VHD `Mac ` alias records).
+    Opaque,
+}
+
+/// One way a differencing disk names its parent, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ParentLocator {
+    /// The spec's name: `W2ru`, `W2ku`, `Wi2r`, `Wi2k`, `MacX`, `Mac`, `parent_name` for VHD;
+    /// `relative_path`, `volume_path`, `absolute_win32_path` for VHDX.
+    pub kind: String,
+    /// The decoded path, or `None` when the data could not be decoded.
+    pub path: Option<String>,
+    /// How to interpret `path`.
+    pub style: PathStyle,
+    /// Absolute file offset of the locator's data, when it has its own.
+    pub file_offset: Option<u64>,
+    /// Why the data could not be decoded, when it could not.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub error: Option<String>,
+}
+
+/// How a differencing disk identifies its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ParentLinkage {
+    /// The identity the parent must have ([`Disk::identity`] of the parent): VHD parent unique
+    /// id; VHDX `parent_linkage` (the parent's DataWriteGuid).
+    pub id: Uuid,
+    /// VHDX `parent_linkage2`, when present and not all zeros: a second accepted identity.
+    pub alternate_id: Option<Uuid>,
+    /// VHD parent time stamp (seconds since 2000-01-01 UTC); 0 when the writer left it empty.
+    pub timestamp: Option<u32>,
+}
+
+/// Options for opening a disk.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl OpenOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set the limits.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// Format-specific facts, for `info`.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(untagged))]
+#[non_exhaustive]
+pub enum FormatInfo {
+    /// VHD facts.
+    Vhd(vhd::VhdInfo),
+    /// VHDX facts.
+    Vhdx(vhdx::VhdxInfo),
+}
+
+/// Everything `vhdkit info` shows about one file.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct DiskInfo {
+    /// The file, when opened from a path.
+    pub path: Option<PathBuf>,
+    /// Container format.
+    pub format: DiskFormat,
+    /// Storage type.
+    pub disk_type: DiskType,
+    /// Virtual disk size in bytes.
+    pub virtual_size: u64,
+    /// Block size in bytes (`None` for a fixed VHD, which has no blocks).
+    pub block_size: Option<u64>,
+    /// Logical sector size in bytes (always 512 for VHD).
+    pub logical_sector_size: u32,
+    /// Physical sector size in bytes (always 512 for VHD).
+    pub physical_sector_size: u32,
+    /// The identity children link to: VHD unique id; VHDX DataWriteGuid.
+    pub id: Uuid,
+    /// Size of the file in bytes.
+    pub file_size: u64,
+    /// The parent linkage and locators, for a differencing disk.
+    pub parent: Option<ParentInfo>,
+    /// Things that are wrong but did not stop the open (a damaged redundant copy, a replayed log).
+    pub warnings: Vec<String>,
+    /// Format-specific facts.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub details: FormatInfo,
+}
+
+/// The parent part of [`DiskInfo`].
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ParentInfo {
+    /// The identity the parent must have.
+    pub id: Uuid,
+    /// A second accepted identity (VHDX `parent_linkage2`).
+    pub alternate_id: Option<Uuid>,
+    /// VHD parent time stamp.
+    pub timestamp: Option<u32>,
+    /// Locators in the order they are tried.
+    pub locators: Vec<ParentLocator>,
+}
+
+/// The per-format implementation behind a [`Disk`]. Both formats implement it; the rest of the
+/// crate sees only this.
+pub(crate) trait Image: Send + Sync + fmt::Debug {
+    fn format(&self) -> DiskFormat;
+    fn disk_type(&self) -> DiskType;
+    fn virtual_size(&self) -> u64;
+    fn block_size(&self) -> Option<u64>;
+    fn logical_sector_size(&self) -> u32;
+    fn physical_sector_size(&self) -> u32;
+    /// See [`Disk::identity`].
+    fn identity(&self) -> Uuid;
+    fn parent_linkage(&self) -> Option<ParentLinkage>;
+    /// Locators in the order the format says to try them.
+    fn parent_locators(&self) -> Vec<ParentLocator>;
+    /// See [`Disk::map`]. Called only with `offset < virtual_size` and `max_len > 0`.
+    fn map(&self, offset: u64, max_len: u64) -> Result<(Extent, u64)>;
+    /// Read file bytes at `file_offset` (after any in-memory log overlay).
+    fn read_data(&self, file_offset: u64, buf: &mut [u8]) -> Result<()>;
+    fn file_size(&self) -> u64;
+    fn warnings(&self) -> Vec<String>;
+    fn details(&self) -> FormatInfo;
+}
+
+/// One VHD or VHDX file, opened read-only.
+#[derive(Debug)]
+pub struct Disk {
+    image: Box<dyn Image>,
+    path: Option<PathBuf>,
+}
+
+const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
+
+/// Which format the bytes are in, by signature (never by file name).
+pub fn detect(src: &dyn Source) -> Result<DiskFormat> {
+    let len = source_len(src)?;
+    let mut head = [0u8; 8];
+    if len >= 8 {
+        src.read_exact_at(&mut head, 0)
+            .map_err(|e| Error::io("reading the file signature", e))?;
+        if &head == VHDX_SIGNATURE {
+            return Ok(DiskFormat::Vhdx);
+        }
+    }
+    if vhd::looks_like_vhd(src, len)? {
+        return Ok(DiskFormat::Vhd);
+    }
+    Err(Error::NotADisk {
+        path: None,
+        detail: format!(
+            "no 'vhdxfile' signature at offset 0 and no 'conectix' footer at the end ({len} bytes)"
+        ),
+    })
+}
+
+impl Disk {
+    /// Open a disk file read-only with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Disk> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// Open a disk file read-only.
+    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
+        let path = path.as_ref();
+        let file = File::open(path)
+            .map_err(|e| Error::io("opening the file", e))
+            .with_path(path)?;
+        let mut disk = Self::from_source(Box::new(file), opts).with_path(path)?;
+        disk.path = Some(path.to_path_buf());
+        Ok(disk)
+    }
+
+    /// Open a disk from any byte source (a buffer, a [`crate::SeekSource`] over a reader).
+    pub fn from_source(src: Box<dyn Source>, opts: &OpenOptions) -> Result<Disk> {
+        let image: Box<dyn Image> = match detect(&*src)? {
+            DiskFormat::Vhd => Box::new(vhd::VhdFile::open(src, opts)?),
+            DiskFormat::Vhdx => Box::new(vhdx::VhdxFile::open(src, opts)?),
+        };
+        Ok(Disk { image, path: None })
+    }
+
+    /// The path the disk was opened from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Container format.
+    pub fn format(&self) -> DiskFormat {
+        self.image.format()
+    }
+
+    /// Storage type.
+    pub fn disk_type(&self) -> DiskType {
+        self.image.disk_type()
+    }
+
+    /// Virtual size in bytes.
+    pub fn virtual_size(&self) -> u64 {
+        self.image.virtual_size()
+    }
+
+    /// Block size in bytes; `None` for a fixed VHD.
+    pub fn block_size(&self) -> Option<u64> {
+        self.image.block_size()
+    }
+
+    /// Logical sector size in bytes.
+    pub fn logical_sector_size(&self) -> u32 {
+        self.image.logical_sector_size()
+    }
+
+    /// Physical sector size in bytes.
+    pub fn physical_sector_size(&self) -> u32 {
+        self.image.physical_sector_size()
+    }
+
+    /// The identity that children of this disk record as their parent's: the VHD footer's
+    /// unique id, or the VHDX current header's DataWriteGuid.
+    pub fn identity(&self) -> Uuid {
+        self.image.identity()
+    }
+
+    /// How this disk identifies its parent; `None` unless it is a differencing disk.
+    pub fn parent_linkage(&self) -> Option<ParentLinkage> {
+        self.image.parent_linkage()
+    }
+
+    /// The parent locators, in the order they should be tried.
+    pub fn parent_locators(&self) -> Vec<ParentLocator> {
+        self.image.parent_locators()
+    }
+
+    /// Problems that did not stop the open (a damaged redundant copy, a log replayed in memory).
+    pub fn warnings(&self) -> Vec<String> {
+        self.image.warnings()
+    }
+
+    /// What this file holds for the virtual range starting at `offset`: the extent kind and how
+    /// many bytes (at least 1, at most `max_len`) it covers. Runs never cross a block boundary.
+    pub fn map(&self, offset: u64, max_len: u64) -> Result<(Extent, u64)> {
+        let size = self.virtual_size();
+        if offset >= size || max_len == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "map of {max_len} bytes at {offset:#x} outside a virtual disk of {size} bytes"
+            )));
+        }
+        let max_len = max_len.min(size - offset);
+        let (extent, len) = self.image.map(offset, max_len)?;
+        if len == 0 || len > max_len {
+            // A format mapper that breaks its contract must not send the reader into a loop.
+            return Err(Error::corrupt(
+                "block map",
+                offset,
+                format!("mapper returned a run of {len} bytes for a request of {max_len}"),
+            ));
+        }
+        Ok((extent, len))
+    }
+
+    /// Read bytes of the file (not the virtual disk) at `file_offset`.
+    pub(crate) fn read_data(&self, file_offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.image.read_data(file_offset, buf)
+    }
+
+    /// Everything about this file, for display.
+    pub fn info(&self) -> DiskInfo {
+        let parent = self.parent_linkage().map(|l| ParentInfo {
+            id: l.id,
+            alternate_id: l.alternate_id,
+            timestamp: l.timestamp,
+            locators: self.parent_locators(),
+        });
+        DiskInfo {
+            path: self.path.clone(),
+            format: self.format(),
+            disk_type: self.disk_type(),
+            virtual_size: self.virtual_size(),
+            block_size: self.block_size(),
+            logical_sector_size: self.logical_sector_size(),
+            physical_sector_size: self.physical_sector_size(),
+            id: self.identity(),
+            file_size: self.image.file_size(),
+            parent,
+            warnings: self.warnings(),
+            details: self.image.details(),
+        }
+    }
+
+    /// A `Read + Seek` view of this one file's virtual disk, with no parent: a differencing
+    /// disk's unallocated ranges read as zeros. Use [`crate::Chain`] to read through parents.
+    pub fn view(self) -> crate::ChainView {
+        crate::ChainView::new(vec![self])
+    }
+}

@@ -1,0 +1,155 @@
+//! `Read + Seek` over the virtual contents of a disk and its parents.
+//!
+//! Reads are range-based: each layer is asked for whole runs ([`Disk::map`]), data runs are read
+//! from the file in one call, and only runs a differencing layer does not hold go down to its
+//! parent. A read therefore costs one file read per run, not per sector.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+use crate::disk::{Disk, Extent};
+use crate::error::{Error, Result};
+
+/// The virtual disk of a chain of disks, child first. Reads past the end return EOF.
+#[derive(Debug)]
+pub struct ChainView {
+    layers: Vec<Disk>,
+    pos: u64,
+}
+
+/// What the whole chain holds for a range, for sparse copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Some layer stores data for the range (it may still be zeros).
+    Data,
+    /// No layer stores anything: the range reads as zeros.
+    Zero,
+}
+
+impl ChainView {
+    /// A view over `layers`, child first, each the parent of the one before.
+    pub fn new(layers: Vec<Disk>) -> ChainView {
+        ChainView { layers, pos: 0 }
+    }
+
+    /// The disks, child first.
+    pub fn layers(&self) -> &[Disk] {
+        &self.layers
+    }
+
+    /// Take the disks back.
+    pub fn into_layers(self) -> Vec<Disk> {
+        self.layers
+    }
+
+    /// Virtual size of the chain: the child's.
+    pub fn virtual_size(&self) -> u64 {
+        self.layers.first().map_or(0, Disk::virtual_size)
+    }
+
+    /// Fill `buf` from virtual offset `offset`. The whole range must lie inside the disk.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.virtual_size())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "read of {} bytes at {offset:#x} past the end of a {}-byte virtual disk",
+                    buf.len(),
+                    self.virtual_size()
+                ))
+            })?;
+        debug_assert!(end >= offset);
+        self.read_layer(0, buf, offset)
+    }
+
+    fn read_layer(&self, level: usize, buf: &mut [u8], offset: u64) -> Result<()> {
+        let Some(disk) = self.layers.get(level) else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let size = disk.virtual_size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let rest = &mut buf[done..];
+            if pos >= size {
+                // A parent smaller than its child: the rest reads as zeros.
+                rest.fill(0);
+                return Ok(());
+            }
+            let (extent, len) = disk.map(pos, rest.len() as u64)?;
+            // `map` never returns more than asked, and asked fits in usize.
+            let n = usize::try_from(len).unwrap_or(rest.len()).min(rest.len());
+            let chunk = &mut rest[..n];
+            match extent {
+                Extent::Data { file_offset } => disk.read_data(file_offset, chunk)?,
+                Extent::Zero => chunk.fill(0),
+                Extent::Unallocated => self.read_layer(level + 1, chunk, pos)?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Whether any layer stores data for the range at `offset`, and for how many bytes (at
+    /// least 1, at most `max_len`) that answer holds.
+    pub fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+        let size = self.virtual_size();
+        if offset >= size || max_len == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "allocation query at {offset:#x} outside a {size}-byte virtual disk"
+            )));
+        }
+        self.alloc_layer(0, offset, max_len.min(size - offset))
+    }
+
+    fn alloc_layer(&self, level: usize, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+        let Some(disk) = self.layers.get(level) else {
+            return Ok((Allocation::Zero, max_len));
+        };
+        if offset >= disk.virtual_size() {
+            return Ok((Allocation::Zero, max_len));
+        }
+        let (extent, len) = disk.map(offset, max_len)?;
+        match extent {
+            Extent::Data { .. } => Ok((Allocation::Data, len)),
+            Extent::Zero => Ok((Allocation::Zero, len)),
+            Extent::Unallocated => self.alloc_layer(level + 1, offset, len),
+        }
+    }
+}
+
+impl Read for ChainView {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let size = self.virtual_size();
+        if self.pos >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = usize::try_from(size - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.read_exact_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ChainView {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.virtual_size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match new {
+            Some(p) => {
+                self.pos = p;
+                Ok(p)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative or overflowing position",
+            )),
+        }
+    }
+}
