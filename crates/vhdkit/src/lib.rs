@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod chain;
+pub mod convert;
 pub mod disk;
 pub mod error;
 pub mod guid;
