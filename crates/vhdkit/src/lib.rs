@@ -30,6 +30,7 @@ pub mod error;
 pub mod guid;
 pub mod limits;
 pub mod source;
+pub mod txn;
 pub mod vhd;
 pub mod vhdx;
 pub mod view;
