@@ -578,9 +578,7 @@ fn local_paths(p: &str, style: PathStyle, child_dir: &Path, maps: &[PathMap]) ->
                 out.push(l);
             }
         }
-        if cfg!(windows) {
-            out.push(PathBuf::from(p));
-        } else if p.starts_with('/') {
+        if cfg!(windows) || p.starts_with('/') {
             out.push(PathBuf::from(p));
         }
     };
