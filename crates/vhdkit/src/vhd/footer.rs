@@ -242,6 +242,13 @@ pub fn read_footer(src: &dyn Source, len: u64) -> Result<CheckedFooter> {
             if len < 2 * format::FOOTER_BYTES as u64 {
                 return Err(end_err);
             }
+            // A damaged end copy that still has its cookie and says "fixed" means offset 0
+            // is guest data, whatever it looks like.
+            let end_says_fixed = end_bytes.get(..8) == Some(&format::FOOTER_COOKIE[..])
+                && end_bytes.get(60..64) == Some(&format::DISK_TYPE_FIXED.to_be_bytes()[..]);
+            if end_says_fixed {
+                return Err(end_err);
+            }
             match front() {
                 Ok(f) if f.raw.disk_type != format::DISK_TYPE_FIXED => Ok(CheckedFooter {
                     raw: f.raw,
