@@ -5,7 +5,7 @@
 //! use std::io::Read;
 //! use vhdkit::{Chain, ChainOptions};
 //!
-//! # fn main() -> vhdkit::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let chain = Chain::open("child.avhdx", &ChainOptions::default())?;
 //! for link in &chain.report().links {
 //!     println!("{} {} {}", link.path.display(), link.format, link.disk_type);
