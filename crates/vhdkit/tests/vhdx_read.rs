@@ -1,4 +1,5 @@
 //! VHDX reading: real images (shared test data) and images built with the testkit writer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 
