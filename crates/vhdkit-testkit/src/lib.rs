@@ -4,6 +4,8 @@
 //! Tests that need something absent (the shared images, qemu-img, pyvhdi) print a loud
 //! `SKIP:` line on stderr and return early; they never pass silently by accident of setup.
 
+pub mod vhdx;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;

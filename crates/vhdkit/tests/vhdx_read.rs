@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use vhdkit::{Disk, Extent};
+use uuid::Uuid;
+use vhdkit::{ChainView, Disk, DiskType, Extent, OpenOptions};
 use vhdkit_testkit::{real_data_dir, sha256_file, sha256_reader, unpack_real};
 
 fn real(rel: &str, dir: &Path) -> Option<std::path::PathBuf> {
@@ -84,4 +85,428 @@ fn real_dirty_log_replayed_in_memory() {
         disk.map(17 << 20, 1 << 20).unwrap(),
         (Extent::Data { .. }, 0x100000)
     ));
+}
+
+mod built {
+    use super::*;
+    use vhdkit::Error;
+    use vhdkit_testkit::vhdx::{Built, Kind, LogOptions, VhdxBuilder};
+    use vhdkit_testkit::Rng;
+
+    fn open(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
+        Disk::from_source(Box::new(bytes), &OpenOptions::default())
+    }
+
+    fn read_all(view: &ChainView) -> Vec<u8> {
+        let mut v = vec![0u8; usize::try_from(view.virtual_size()).unwrap()];
+        view.read_exact_at(&mut v, 0).unwrap();
+        v
+    }
+
+    fn model_write(m: &mut [u8], off: u64, data: &[u8]) {
+        let o = usize::try_from(off).unwrap();
+        m[o..o + data.len()].copy_from_slice(data);
+    }
+
+    /// Chains of depth 1..=5, random sector-aligned writes (some whole blocks), both sector
+    /// sizes; compared with an in-memory model.
+    #[test]
+    fn chains_match_model() {
+        for &ls in &[512u32, 4096] {
+            for depth in 1..=5usize {
+                let size = 6 << 20;
+                let mut rng = Rng::new(u64::from(ls) * 31 + depth as u64);
+                let mut model = vec![0u8; size as usize];
+                let mut disks = Vec::new();
+                let mut parent_id = Uuid::nil();
+                for level in 0..depth {
+                    let kind = if level == 0 {
+                        Kind::Dynamic
+                    } else {
+                        Kind::Differencing
+                    };
+                    let mut b = VhdxBuilder::new(kind, size, 1 << 20, ls);
+                    b.data_write_guid = Uuid::from_u128(0x1000 + level as u128);
+                    b.parent_linkage = parent_id;
+                    parent_id = b.data_write_guid;
+                    for _ in 0..6 {
+                        let sectors = 1 + rng.below(40);
+                        let len = sectors * u64::from(ls);
+                        let off = rng.below((size - len) / u64::from(ls)) * u64::from(ls);
+                        let mut d = vec![0u8; len as usize];
+                        rng.fill(&mut d);
+                        b.write(off, &d);
+                        model_write(&mut model, off, &d);
+                    }
+                    if level % 2 == 1 {
+                        // A whole block: FULLY_PRESENT in a differencing disk.
+                        let mut d = vec![0u8; 1 << 20];
+                        rng.fill(&mut d);
+                        b.write(3 << 20, &d);
+                        model_write(&mut model, 3 << 20, &d);
+                    }
+                    disks.push(open(b.build().bytes).unwrap());
+                }
+                disks.reverse();
+                if depth > 1 {
+                    assert_eq!(disks[0].disk_type(), DiskType::Differencing);
+                    assert_eq!(disks[0].parent_linkage().unwrap().id, disks[1].identity());
+                }
+                let view = ChainView::new(disks);
+                assert!(read_all(&view) == model, "ls {ls} depth {depth}");
+            }
+        }
+    }
+
+    /// Writes that start and end in the middle of a bitmap byte (sector 3..13 of a block).
+    #[test]
+    fn mid_bitmap_byte_runs() {
+        let mut parent = VhdxBuilder::new(Kind::Fixed, 2 << 20, 1 << 20, 512);
+        parent.write(0, &vec![0x11; 2 << 20]);
+        let mut child = VhdxBuilder::new(Kind::Differencing, 2 << 20, 1 << 20, 512);
+        child.parent_linkage = parent.data_write_guid;
+        child.write(3 * 512, &vec![0x22; 10 * 512]);
+        child.write((1 << 20) + 7 * 512, &vec![0x33; 512]);
+        let c = open(child.build().bytes).unwrap();
+        assert_eq!(c.map(0, 1 << 20).unwrap(), (Extent::Unallocated, 3 * 512));
+        assert!(matches!(
+            c.map(3 * 512, 1 << 20).unwrap(),
+            (Extent::Data { .. }, 5120)
+        ));
+        assert_eq!(c.map(13 * 512, 1 << 20).unwrap().1, (1 << 20) - 13 * 512);
+        let p = open(parent.build().bytes).unwrap();
+        let all = read_all(&ChainView::new(vec![c, p]));
+        assert!(all[..1536].iter().all(|&b| b == 0x11));
+        assert!(all[1536..6656].iter().all(|&b| b == 0x22));
+        assert!(all[6656..(1 << 20) + 3584].iter().all(|&b| b == 0x11));
+        assert!(all[(1 << 20) + 3584..(1 << 20) + 4096]
+            .iter()
+            .all(|&b| b == 0x33));
+    }
+
+    #[test]
+    fn zero_blocks_hide_the_parent() {
+        let mut parent = VhdxBuilder::new(Kind::Dynamic, 2 << 20, 1 << 20, 512);
+        parent.write(0, &vec![0x11; 2 << 20]);
+        let mut child = VhdxBuilder::new(Kind::Differencing, 2 << 20, 1 << 20, 512);
+        child.parent_linkage = parent.data_write_guid;
+        child.zero_block(1);
+        let c = open(child.build().bytes).unwrap();
+        assert_eq!(c.map(1 << 20, 4096).unwrap(), (Extent::Zero, 4096));
+        let p = open(parent.build().bytes).unwrap();
+        let all = read_all(&ChainView::new(vec![c, p]));
+        assert!(all[..1 << 20].iter().all(|&b| b == 0x11));
+        assert!(all[1 << 20..].iter().all(|&b| b == 0));
+    }
+
+    fn dynamic_with_data() -> (VhdxBuilder, Built) {
+        let mut b = VhdxBuilder::new(Kind::Dynamic, 4 << 20, 1 << 20, 512);
+        b.write(0, &vec![0xA5; 8192]);
+        b.write(2 << 20, &vec![0x5A; 1 << 20]);
+        let built = b.build();
+        (b, built)
+    }
+
+    fn dirty(o: &LogOptions) -> (Vec<u8>, Vec<u8>) {
+        let (_, clean) = dynamic_with_data();
+        let mut d = clean.clone();
+        let blk0 = clean.layout.block_offsets[&0];
+        // BAT sector, a payload sector and a zero range that was zeros.
+        d.make_dirty(&[clean.layout.bat_offset, blk0], &[(blk0 + 65536, 8192)], o);
+        (clean.bytes, d.bytes)
+    }
+
+    #[test]
+    fn dirty_log_reads_replayed_contents() {
+        for wrap in [false, true] {
+            let (clean, dirty_bytes) = dirty(&LogOptions {
+                wrap,
+                ..LogOptions::default()
+            });
+            let expect = read_all(&open(clean).unwrap().view());
+            let d = open(dirty_bytes.clone()).unwrap();
+            assert!(d
+                .warnings()
+                .iter()
+                .any(|w| w.contains("log replayed in memory (1 entries, seq 10..10)")));
+            assert!(read_all(&d.view()) == expect, "wrap {wrap}");
+        }
+    }
+
+    fn log_err(o: LogOptions) -> Error {
+        let (_, d) = dirty(&o);
+        open(d).unwrap_err()
+    }
+
+    #[test]
+    fn broken_logs_are_typed_errors() {
+        for o in [
+            LogOptions {
+                bad_crc: true,
+                ..LogOptions::default()
+            },
+            LogOptions {
+                wrong_guid: true,
+                ..LogOptions::default()
+            },
+            LogOptions {
+                torn: true,
+                ..LogOptions::default()
+            },
+            LogOptions {
+                entry_length_override: Some(4096),
+                ..LogOptions::default()
+            },
+            LogOptions {
+                entry_length_override: Some(2 << 20),
+                ..LogOptions::default()
+            },
+        ] {
+            let e = log_err(o.clone());
+            assert!(e.is_corruption(), "{o:?}: {e}");
+            assert!(
+                e.to_string().contains("log is corrupt or torn"),
+                "{o:?}: {e}"
+            );
+            assert!(
+                e.to_string().contains("vhdx log entry at offset 0x100000"),
+                "{e}"
+            );
+        }
+        let e = log_err(LogOptions {
+            flushed_file_offset: Some(1 << 40),
+            ..LogOptions::default()
+        });
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    fn corrupt_case(edit: impl FnOnce(&mut Built)) -> vhdkit::Result<Disk> {
+        let (_, mut b) = dynamic_with_data();
+        edit(&mut b);
+        open(b.bytes)
+    }
+
+    fn expect_err(edit: impl FnOnce(&mut Built), want: &str) {
+        let e = corrupt_case(edit).unwrap_err();
+        assert!(e.to_string().contains(want), "want {want:?}, got {e}");
+    }
+
+    #[test]
+    fn damaged_copies_warn_and_structures_error() {
+        let d = corrupt_case(|b| b.bytes[0x10000 + 100] ^= 1).unwrap();
+        assert!(d
+            .warnings()
+            .iter()
+            .any(|w| w.contains("header 1 is damaged")));
+        let d = corrupt_case(|b| b.bytes[0x20000 + 100] ^= 1).unwrap();
+        assert!(d
+            .warnings()
+            .iter()
+            .any(|w| w.contains("header 2 is damaged")));
+        let d = corrupt_case(|b| b.bytes[0x30000 + 100] ^= 1).unwrap();
+        assert!(d
+            .warnings()
+            .iter()
+            .any(|w| w.contains("region table 1 is damaged")));
+        let d = corrupt_case(|b| b.bytes[0x40000 + 100] ^= 1).unwrap();
+        assert!(d
+            .warnings()
+            .iter()
+            .any(|w| w.contains("region table 2 is damaged")));
+        expect_err(
+            |b| {
+                b.bytes[0x10000] = b'x';
+                b.bytes[0x20004] ^= 1;
+            },
+            "no valid header",
+        );
+        expect_err(|b| b.bytes[0] = b'X', "no 'vhdxfile' signature");
+        expect_err(
+            |b| {
+                b.bytes[0x30004] ^= 1;
+                b.bytes[0x40000] = 0;
+            },
+            "vhdx region table 1 at offset 0x30000: checksum",
+        );
+        // Tied sequence numbers with different contents.
+        expect_err(
+            |b| {
+                b.bytes[0x10008] = 2;
+                b.bytes[0x10000 + 200] = 1;
+                b.fix_header_crc(0);
+            },
+            "both headers have sequence number 2",
+        );
+    }
+
+    fn both_tables(b: &mut Built, f: impl Fn(&mut [u8])) {
+        for (slot, off) in [(0, 0x30000usize), (1, 0x40000)] {
+            f(&mut b.bytes[off..off + 65536]);
+            b.fix_region_crc(slot);
+        }
+    }
+
+    #[test]
+    fn region_rules() {
+        // Entry 1 (metadata) moved onto the BAT at 3 MiB.
+        expect_err(
+            |b| {
+                both_tables(b, |t| {
+                    t[64..72].copy_from_slice(&(3u64 << 20).to_le_bytes())
+                })
+            },
+            "overlaps region bat",
+        );
+        // Metadata onto the log.
+        expect_err(
+            |b| {
+                both_tables(b, |t| {
+                    t[64..72].copy_from_slice(&(1u64 << 20).to_le_bytes())
+                })
+            },
+            "overlaps the log",
+        );
+        expect_err(
+            |b| {
+                both_tables(b, |t| {
+                    t[64..72].copy_from_slice(&(1u64 << 40).to_le_bytes())
+                })
+            },
+            "past the end of the file",
+        );
+        expect_err(
+            |b| both_tables(b, |t| t[9] = 0xFF),
+            "entry count 65282, allowed 0..=2047",
+        );
+        // Unknown required region.
+        let e = corrupt_case(|b| both_tables(b, |t| t[16] ^= 0x55)).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    }
+
+    fn meta_entry(b: &mut Built, i: usize) -> usize {
+        usize::try_from(b.layout.metadata_offset).unwrap() + 32 + 32 * i
+    }
+
+    #[test]
+    fn metadata_rules() {
+        expect_err(
+            |b| {
+                let e = meta_entry(b, 0);
+                b.bytes[e + 16..e + 20].copy_from_slice(&(0xFFFF0u32).to_le_bytes());
+                b.bytes[e + 20..e + 24].copy_from_slice(&(0x100u32).to_le_bytes());
+            },
+            "ends past the metadata region",
+        );
+        expect_err(
+            |b| {
+                let e = meta_entry(b, 1);
+                b.bytes[e + 16..e + 20].copy_from_slice(&(0x10004u32).to_le_bytes());
+            },
+            "overlaps item",
+        );
+        expect_err(
+            |b| {
+                let i = usize::try_from(b.layout.metadata_offset).unwrap() + 0x10010;
+                b.bytes[i..i + 4].copy_from_slice(&1000u32.to_le_bytes());
+            },
+            "logical sector size 1000: must be 512 or 4096",
+        );
+        expect_err(
+            |b| {
+                let i = usize::try_from(b.layout.metadata_offset).unwrap() + 0x10014;
+                b.bytes[i..i + 4].copy_from_slice(&0u32.to_le_bytes());
+            },
+            "physical sector size 0",
+        );
+        expect_err(
+            |b| {
+                let i = usize::try_from(b.layout.metadata_offset).unwrap() + 0x10000;
+                b.bytes[i..i + 4].copy_from_slice(&(3u32 << 20).to_le_bytes());
+            },
+            "vhdx metadata item file parameters at offset 0x210000: block size 3145728",
+        );
+        expect_err(
+            |b| b.bytes[0x200000] = b'X',
+            "vhdx metadata table at offset 0x200000",
+        );
+    }
+
+    #[test]
+    fn bat_rules() {
+        let bat = |b: &Built| usize::try_from(b.layout.bat_offset).unwrap();
+        expect_err(
+            |b| {
+                let i = bat(b);
+                b.bytes[i..i + 8].copy_from_slice(&((1u64 << 40) | 6).to_le_bytes());
+            },
+            "ends past the end of the file",
+        );
+        expect_err(
+            |b| {
+                let i = bat(b);
+                let e1 = u64::from_le_bytes(b.bytes[i + 16..i + 24].try_into().unwrap());
+                b.bytes[i..i + 8].copy_from_slice(&e1.to_le_bytes());
+            },
+            "overlapping blocks",
+        );
+        expect_err(
+            |b| {
+                let i = bat(b);
+                b.bytes[i..i + 8].copy_from_slice(&((3u64 << 20) | 6).to_le_bytes());
+            },
+            "overlaps region bat",
+        );
+        expect_err(
+            |b| {
+                let i = bat(b);
+                b.bytes[i] = 4;
+            },
+            "reserved state 4",
+        );
+        expect_err(
+            |b| {
+                let i = bat(b);
+                b.bytes[i] |= 7;
+            },
+            "PARTIALLY_PRESENT in a disk without a parent",
+        );
+        expect_err(
+            |b| {
+                let i = bat(b);
+                b.bytes[i] |= 0x80;
+            },
+            "reserved bits",
+        );
+        let d = corrupt_case(|b| {
+            let i = bat(b);
+            b.bytes[i + 8] = 5;
+        })
+        .unwrap();
+        assert!(d.warnings().iter().any(|w| w.contains("state 5")));
+    }
+
+    /// Truncations and single-byte damage anywhere in the structures never panic.
+    #[test]
+    fn no_panics_on_damage() {
+        let (_, clean) = dirty(&LogOptions::default());
+        for cut in [
+            0usize, 7, 600, 0x10000, 0x20800, 0x30010, 0x100000, 0x200020, 0x300000, 0x380000,
+        ] {
+            let e = open(clean[..cut.min(clean.len())].to_vec());
+            assert!(e.is_err(), "cut {cut}");
+        }
+        let mut rng = Rng::new(7);
+        for _ in 0..300 {
+            let mut b = clean.clone();
+            let region = [
+                0u64, 0x10000, 0x20000, 0x30000, 0x100000, 0x200000, 0x210000, 0x300000,
+            ];
+            let base = region[usize::try_from(rng.below(8)).unwrap()];
+            let at = usize::try_from(base + rng.below(200)).unwrap();
+            b[at] = u8::try_from(rng.below(256)).unwrap();
+            if let Ok(d) = open(b) {
+                let _ = sha256_reader(d.view());
+            }
+        }
+    }
 }
