@@ -510,3 +510,107 @@ mod built {
         }
     }
 }
+
+/// The real Hyper-V checkpoint over a synthetic parent with the linked DataWriteGuid; expected
+/// contents built from the child's own BAT and sector bitmap bits.
+#[test]
+fn real_differencing_with_synthetic_parent() {
+    use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(p) = real("dissect.hypervisor/differencing.avhdx.gz", tmp.path()) else {
+        return;
+    };
+    let child = Disk::open(&p).unwrap();
+    let info = child.info();
+    let vhdkit::disk::FormatInfo::Vhdx(x) = &info.details else {
+        panic!("not vhdx")
+    };
+    assert_eq!(child.disk_type(), DiskType::Differencing);
+    assert_eq!(
+        (child.logical_sector_size(), child.physical_sector_size()),
+        (512, 4096)
+    );
+    assert_eq!(x.chunk_ratio, 2048);
+    assert_eq!(x.bat.partially_present, 32);
+    assert_eq!(x.bat.sector_bitmap_present, 2);
+    let linkage = child.parent_linkage().unwrap();
+    assert_eq!(
+        linkage.id.to_string(),
+        "ff34003b-11ed-4cf8-a166-b2be05e20b80"
+    );
+    assert_eq!(linkage.alternate_id, None);
+    let keys: Vec<_> = x
+        .parent_locator
+        .as_ref()
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.key.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "parent_linkage",
+            "absolute_win32_path",
+            "relative_path",
+            "volume_path",
+            "parent_linkage2"
+        ]
+    );
+    let kinds: Vec<_> = child
+        .parent_locators()
+        .into_iter()
+        .map(|l| l.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["relative_path", "volume_path", "absolute_win32_path"]
+    );
+
+    let mut parent = VhdxBuilder::new(Kind::Dynamic, 8 << 30, 2 << 20, 512);
+    parent.data_write_guid = Uuid::parse_str("ff34003b-11ed-4cf8-a166-b2be05e20b80").unwrap();
+    let blocks = [0u64, 5, 256, 923, 1018];
+    for &b in &blocks {
+        parent.write(b << 21, &vec![u8::try_from(b % 251).unwrap() + 1; 2 << 20]);
+    }
+    let parent_disk =
+        Disk::from_source(Box::new(parent.build().bytes), &OpenOptions::default()).unwrap();
+    assert_eq!(parent_disk.identity(), linkage.id);
+
+    let raw = std::fs::read(&p).unwrap();
+    let bat_off = x.region_tables[0]
+        .entries
+        .iter()
+        .find(|r| r.name.as_deref() == Some("bat"))
+        .unwrap()
+        .offset;
+    let entry = |i: u64| {
+        let a = usize::try_from(bat_off + 8 * i).unwrap();
+        u64::from_le_bytes(raw[a..a + 8].try_into().unwrap())
+    };
+    let view = ChainView::new(vec![child, parent_disk]);
+    for &b in &blocks {
+        let e = entry(b + b / 2048);
+        let sb = entry((b / 2048) * 2049 + 2048) & !0xFFFFF;
+        let mut got = vec![0u8; 2 << 20];
+        view.read_exact_at(&mut got, b << 21).unwrap();
+        let parent_byte = u8::try_from(b % 251).unwrap() + 1;
+        for s in 0..4096u64 {
+            let present = if e & 7 == 7 {
+                let bit = (b % 2048) * 4096 + s;
+                let byte = raw[usize::try_from(sb + bit / 8).unwrap()];
+                byte >> (bit % 8) & 1 == 1
+            } else {
+                false
+            };
+            let a = usize::try_from(s * 512).unwrap();
+            let want: Vec<u8> = if present {
+                let f = usize::try_from((e & !0xFFFFF) + s * 512).unwrap();
+                raw[f..f + 512].to_vec()
+            } else {
+                vec![parent_byte; 512]
+            };
+            assert!(got[a..a + 512] == want[..], "block {b} sector {s}");
+        }
+    }
+}
