@@ -5,6 +5,7 @@
 //! `SKIP:` line on stderr and return early; they never pass silently by accident of setup.
 
 pub mod vhd;
+pub mod vhdx;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
