@@ -563,10 +563,19 @@ fn is_windows_absolute(p: &str) -> bool {
 /// Local paths a locator path may stand for.
 fn local_paths(p: &str, style: PathStyle, child_dir: &Path, maps: &[PathMap]) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    // Windows resolves `..` lexically, so vhdkit does too (it also keeps displayed paths tidy).
     let relative = |out: &mut Vec<PathBuf>| {
         let mut q = child_dir.to_path_buf();
         for c in win_components(p) {
-            q.push(c);
+            let can_pop = matches!(
+                q.components().next_back(),
+                Some(std::path::Component::Normal(_))
+            );
+            if c == ".." && can_pop {
+                q.pop();
+            } else {
+                q.push(c);
+            }
         }
         out.push(q);
     };
@@ -652,7 +661,9 @@ mod tests {
             Path::new("/a/b"),
             &[],
         );
-        assert_eq!(got, vec![PathBuf::from("/a/b/../ref/p.vhdx")]);
+        assert_eq!(got, vec![PathBuf::from("/a/ref/p.vhdx")]);
+        let got = local_paths(r"..\..\p.vhdx", PathStyle::Relative, Path::new("b"), &[]);
+        assert_eq!(got, vec![PathBuf::from("../p.vhdx")]);
     }
 
     #[test]

@@ -5,5 +5,7 @@
 
 mod util;
 
+mod chains;
 mod convert_qemu;
 mod errors;
+mod real_images;
