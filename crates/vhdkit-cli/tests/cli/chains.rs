@@ -307,3 +307,65 @@ fn bundled_lab_chains_are_intact() {
         assert!(r.stdout.contains("chain of 2 disks: intact"), "{r:?}");
     }
 }
+
+#[test]
+fn parent_linkage2_and_volume_path_map() {
+    let d = tmp();
+    let lab = d.path().join("Lab");
+    std::fs::create_dir(&lab).unwrap();
+    let mut base = VhdxBuilder::new(Kind::Dynamic, 4 * MIB, MIB as u32, 512);
+    base.data_write_guid = Uuid::from_u128(0xba5e_0001);
+    base.write(0, &[0x42; 4096]);
+    std::fs::write(lab.join("base.vhdx"), base.build().bytes).unwrap();
+    let mut child = VhdxBuilder::new(Kind::Differencing, 4 * MIB, MIB as u32, 512);
+    child.data_write_guid = Uuid::from_u128(0xc41d);
+    // The primary linkage is stale (as during a merge); parent_linkage2 names the base.
+    child.parent_linkage = Uuid::from_u128(0x0517a1e);
+    child.parent_linkage2 = Some(base.data_write_guid);
+    child.relative_path = Some(r".\gone\base.vhdx".into());
+    child.volume_path =
+        Some(r"\\?\Volume{0eba351e-5634-46d6-a8cf-4ddc2d6ac0b9}\Lab\base.vhdx".into());
+    child.absolute_win32_path = None;
+    let other = d.path().join("vm");
+    std::fs::create_dir(&other).unwrap();
+    let cpath = other.join("child.avhdx");
+    std::fs::write(&cpath, child.build().bytes).unwrap();
+    let map = format!(
+        r"\\?\Volume{{0EBA351E-5634-46D6-A8CF-4DDC2D6AC0B9}}\={}",
+        d.path().display()
+    );
+    let r = run([
+        "chain".as_ref(),
+        "--map".as_ref(),
+        map.as_ref(),
+        cpath.as_os_str(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("found via volume_path"), "{r:?}");
+    assert!(r.stdout.contains("alternate linkage ok"), "{r:?}");
+    let j = run_success([
+        "chain".as_ref(),
+        "--json".as_ref(),
+        "--map".as_ref(),
+        map.as_ref(),
+        cpath.as_os_str(),
+    ])
+    .json();
+    assert_eq!(j["links"][0]["parent"]["id_match"], "alternate");
+}
+
+#[test]
+fn depth_limit_is_enforced() {
+    // The library limit, exercised through the API: a chain of 5 with a limit of 3.
+    let d = tmp();
+    let (paths, _) = vhd_chain(d.path(), 5, 31, 1);
+    let mut limits = vhdkit::Limits::default();
+    limits.max_chain_depth = 3;
+    let opts =
+        vhdkit::ChainOptions::default().open_options(vhdkit::OpenOptions::default().limits(limits));
+    let report = vhdkit::Chain::inspect(&paths[0], &opts).unwrap();
+    assert!(!report.intact);
+    assert!(report.broken_reason.unwrap().contains("deeper than 3"));
+    assert!(vhdkit::Chain::open(&paths[0], &opts).is_err());
+    assert!(vhdkit::Chain::open(&paths[0], &vhdkit::ChainOptions::default()).is_ok());
+}
