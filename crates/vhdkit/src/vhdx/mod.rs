@@ -19,6 +19,7 @@ pub mod locator;
 pub mod log;
 mod metadata;
 mod region;
+pub(crate) mod update;
 
 use std::sync::Mutex;
 
