@@ -10,6 +10,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+pub mod oracle;
+
 /// Root of the vhdkit workspace.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

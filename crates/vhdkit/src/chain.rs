@@ -578,9 +578,8 @@ fn local_paths(p: &str, style: PathStyle, child_dir: &Path, maps: &[PathMap]) ->
                 out.push(l);
             }
         }
-        if cfg!(windows) {
-            out.push(PathBuf::from(p));
-        } else if p.starts_with('/') {
+        // A Windows path is usable as it is only on Windows; a POSIX path anywhere.
+        if cfg!(windows) || p.starts_with('/') {
             out.push(PathBuf::from(p));
         }
     };

@@ -5,7 +5,7 @@
 //! use std::io::Read;
 //! use vhdkit::{Chain, ChainOptions};
 //!
-//! # fn main() -> vhdkit::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let chain = Chain::open("child.avhdx", &ChainOptions::default())?;
 //! for link in &chain.report().links {
 //!     println!("{} {} {}", link.path.display(), link.format, link.disk_type);
@@ -24,11 +24,13 @@
 #![deny(missing_docs)]
 
 pub mod chain;
+pub mod convert;
 pub mod disk;
 pub mod error;
 pub mod guid;
 pub mod limits;
 pub mod source;
+pub mod txn;
 pub mod vhd;
 pub mod vhdx;
 pub mod view;

@@ -140,6 +140,7 @@ impl<R: Read + Seek + Send + std::fmt::Debug> Source for SeekSource<R> {
 ///
 /// A read past the end of the file is reported as corruption (the structure claims to be where
 /// the file has no bytes), other failures as I/O errors.
+#[allow(dead_code)] // used by the format modules
 pub(crate) fn read_struct(
     src: &dyn Source,
     offset: u64,

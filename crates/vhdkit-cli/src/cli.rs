@@ -1,0 +1,94 @@
+//! Command-line definition (clap derive). Names and flags here are a contract with users'
+//! scripts: add, never rename.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Inspect, check and repoint VHD and VHDX virtual disks and their differencing chains.
+///
+/// Exit status: 0 ok, 1 findings or refusal (a broken chain, a refused change), 2 error.
+#[derive(Debug, Parser)]
+#[command(name = "vhdkit", version, about, long_about = None)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show everything about one disk file (format, type, sizes, ids, parent, locators).
+    Info(InfoArgs),
+    /// Follow a differencing chain from a child to its base and verify every link.
+    Chain(ChainArgs),
+    /// Copy the virtual contents of a disk, through its chain, to another file.
+    Convert(ConvertArgs),
+}
+
+/// `vhdkit info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The disk file.
+    pub file: PathBuf,
+}
+
+/// How to find parents; shared by every command that follows a chain.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ResolveArgs {
+    /// Also look for parents (by file name) in this folder. Repeatable.
+    #[arg(long = "search", value_name = "DIR")]
+    pub search: Vec<PathBuf>,
+    /// Map a Windows path prefix to a local folder, e.g. 'C:\Lab=/srv/lab' or
+    /// '\\?\Volume{GUID}\=/mnt/x'. Repeatable.
+    #[arg(long = "map", value_name = "PREFIX=DIR")]
+    pub map: Vec<String>,
+}
+
+/// `vhdkit chain`.
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options.
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The child disk (any disk works; a non-differencing disk is a chain of one).
+    pub file: PathBuf,
+}
+
+/// Output container formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A raw image, written sparsely.
+    Raw,
+}
+
+/// `vhdkit convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Output format.
+    #[arg(long = "to", value_enum)]
+    pub to: OutputFormat,
+    /// Replace DST if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Never show a progress bar (it is shown only when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Parent lookup options.
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// Source disk (VHD or VHDX; differencing disks are read through their chain).
+    pub src: PathBuf,
+    /// Destination file.
+    pub dst: PathBuf,
+}

@@ -1,0 +1,145 @@
+//! Rendering: human text and JSON, errors on one line.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// A command failure: a library error, or a problem of the command line itself.
+#[derive(Debug)]
+pub enum CliError {
+    /// From the library.
+    Lib(vhdkit::Error),
+    /// Writing the output failed.
+    Output(std::io::Error),
+}
+
+impl CliError {
+    /// Exit status: a refusal to overwrite or a bad argument is a refusal (1); everything
+    /// else, including a damaged disk, is an error (2).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Lib(vhdkit::Error::InvalidArgument(_)) => 1,
+            _ => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Lib(e) => write!(f, "{e}"),
+            CliError::Output(e) => write!(f, "writing output: {e}"),
+        }
+    }
+}
+
+impl From<vhdkit::Error> for CliError {
+    fn from(e: vhdkit::Error) -> Self {
+        CliError::Lib(e)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Output(e)
+    }
+}
+
+/// Print an error: one line on stderr; with `--json`, also a JSON object on stdout so scripts
+/// reading stdout always get JSON.
+pub fn print_error(e: &CliError, json: bool) {
+    if matches!(e, CliError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
+        return;
+    }
+    let line = e.to_string().replace('\n', " ");
+    eprintln!("vhdkit: error: {line}");
+    if json {
+        let v = serde_json::json!({ "error": line, "exit_code": e.exit_code() });
+        println!("{v}");
+    }
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| CliError::Output(e.into()))?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Human size: exact bytes plus a binary-unit rendering.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    let text = if v.fract() == 0.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.2} {unit}")
+    };
+    format!("{text} ({bytes} bytes)")
+}
+
+/// Render a JSON value as indented `key: value` lines (for the format-specific part of `info`).
+pub fn render_value(out: &mut String, key: &str, v: &serde_json::Value, indent: usize) {
+    use serde_json::Value;
+    let pad = "  ".repeat(indent);
+    match v {
+        Value::Object(map) => {
+            if map.is_empty() {
+                out.push_str(&format!("{pad}{key}: (none)\n"));
+                return;
+            }
+            out.push_str(&format!("{pad}{key}:\n"));
+            for (k, v) in map {
+                render_value(out, k, v, indent + 1);
+            }
+        }
+        Value::Array(items) => {
+            if items.is_empty() {
+                out.push_str(&format!("{pad}{key}: (none)\n"));
+                return;
+            }
+            if items.iter().all(|i| !i.is_object() && !i.is_array()) {
+                let parts: Vec<String> = items.iter().map(scalar).collect();
+                out.push_str(&format!("{pad}{key}: {}\n", parts.join(", ")));
+                return;
+            }
+            out.push_str(&format!("{pad}{key}:\n"));
+            for (i, item) in items.iter().enumerate() {
+                render_value(out, &format!("[{i}]"), item, indent + 1);
+            }
+        }
+        other => out.push_str(&format!("{pad}{key}: {}\n", scalar(other))),
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(4 << 20), "4 MiB (4194304 bytes)");
+        assert_eq!(size(1536), "1.50 KiB (1536 bytes)");
+    }
+}

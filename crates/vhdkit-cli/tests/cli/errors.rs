@@ -1,0 +1,111 @@
+//! Bad input: one clear line on stderr, a non-zero exit, no panic, and JSON errors on --json.
+
+use crate::util::*;
+
+fn assert_clean_failure(r: &Run, code: i32, needle: &str) {
+    assert_eq!(r.code, code, "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "panic: {r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line: {r:?}");
+    assert!(lines[0].starts_with("vhdkit: error: "), "{r:?}");
+    assert!(r.stderr.contains(needle), "expected {needle:?} in {r:?}");
+}
+
+#[test]
+fn missing_file() {
+    let r = run(["info", "/nonexistent/disk.vhd"]);
+    assert_clean_failure(&r, 2, "/nonexistent/disk.vhd");
+}
+
+#[test]
+fn not_a_disk() {
+    let d = tmp();
+    let f = p(d.path(), "junk.vhd");
+    std::fs::write(&f, vec![0x5au8; 4096]).unwrap();
+    for cmd in ["info", "chain"] {
+        let r = run([cmd.as_ref(), f.as_os_str()]);
+        assert_clean_failure(&r, 2, "not a vhd or vhdx file");
+    }
+    let r = run(["info".as_ref(), "--json".as_ref(), f.as_os_str()]);
+    assert_eq!(r.code, 2);
+    assert!(r.json()["error"].as_str().unwrap().contains("junk.vhd"));
+}
+
+#[test]
+fn empty_file() {
+    let d = tmp();
+    let f = p(d.path(), "empty.vhdx");
+    std::fs::write(&f, b"").unwrap();
+    let r = run(["info".as_ref(), f.as_os_str()]);
+    assert_clean_failure(&r, 2, "empty.vhdx");
+}
+
+#[test]
+fn truncated_images_fail_cleanly() {
+    if !have_tool("qemu-img", "truncation") {
+        return;
+    }
+    let d = tmp();
+    for (fmt, ext) in [("vpc", "vhd"), ("vhdx", "vhdx")] {
+        let img = p(d.path(), &format!("full.{ext}"));
+        qemu_create(fmt, "subformat=dynamic", &img, "16M");
+        qemu_io(fmt, &img, &["write -P 0x77 0 4M"]);
+        let bytes = std::fs::read(&img).unwrap();
+        for cut in [
+            1usize,
+            511,
+            512,
+            1024,
+            1536,
+            4096,
+            65536,
+            1 << 20,
+            bytes.len() / 2,
+            bytes.len() - 1,
+        ] {
+            if cut >= bytes.len() {
+                continue;
+            }
+            let t = p(d.path(), &format!("cut{cut}.{ext}"));
+            std::fs::write(&t, &bytes[..cut]).unwrap();
+            for cmd in ["info", "chain"] {
+                let r = run([cmd.as_ref(), t.as_os_str()]);
+                assert!(
+                    !r.stderr.contains("panicked"),
+                    "{fmt} cut {cut} {cmd}: {r:?}"
+                );
+                if r.code != 0 {
+                    assert_eq!(r.code, 2, "{fmt} cut {cut} {cmd}: {r:?}");
+                    assert_eq!(r.stderr.lines().count(), 1, "{fmt} cut {cut} {cmd}: {r:?}");
+                }
+            }
+            let out = p(d.path(), &format!("cut{cut}.raw"));
+            let r = run([
+                "convert".as_ref(),
+                "--to".as_ref(),
+                "raw".as_ref(),
+                t.as_os_str(),
+                out.as_os_str(),
+            ]);
+            assert!(
+                !r.stderr.contains("panicked"),
+                "{fmt} cut {cut} convert: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_map_argument_is_a_refusal() {
+    let r = run(["chain", "--map", "nonsense", "x.vhd"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("map 'nonsense'"), "{r:?}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let r = run(["info"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = run(["frobnicate"]);
+    assert_eq!(r.code, 2, "{r:?}");
+}

@@ -1,0 +1,9 @@
+//! Integration tests that drive the real `vhdkit` binary on real files.
+
+// Tests fail by panicking; the no-panic lints are for the library and the CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod util;
+
+mod convert_qemu;
+mod errors;

@@ -1,0 +1,108 @@
+//! Running the binary and making images with qemu.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use vhdkit_testkit::{have_tool, run_ok, sha256_file};
+
+/// The `vhdkit` binary built for this test run.
+pub fn vhdkit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+}
+
+/// Result of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Run `vhdkit ARGS...`.
+pub fn run<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    vhdkit().args(args).output().expect("spawn vhdkit").into()
+}
+
+/// Run and require exit 0.
+pub fn run_success<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let r = run(args);
+    assert_eq!(r.code, 0, "vhdkit failed: {r:?}");
+    r
+}
+
+/// `qemu-img create -f FMT -o OPTS PATH SIZE`.
+pub fn qemu_create(fmt: &str, opts: &str, path: &Path, size: &str) {
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", fmt]);
+    if !opts.is_empty() {
+        c.args(["-o", opts]);
+    }
+    c.arg(path).arg(size);
+    run_ok(&mut c);
+}
+
+/// `qemu-io -f FMT -c CMD... PATH`.
+pub fn qemu_io(fmt: &str, path: &Path, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", fmt]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(path);
+    run_ok(&mut c);
+}
+
+/// `qemu-img convert -f FMT -O raw SRC DST`.
+pub fn qemu_to_raw(fmt: &str, src: &Path, dst: &Path) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", fmt, "-O", "raw"])
+            .arg(src)
+            .arg(dst),
+    );
+}
+
+/// Allocated bytes of a file (for sparseness checks).
+pub fn allocated_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).expect("stat").blocks() * 512
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub fn p(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

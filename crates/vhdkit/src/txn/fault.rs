@@ -1,0 +1,193 @@
+//! In-memory files that fail on purpose, to prove every write path crash-safe.
+//!
+//! A [`FaultPlan`] counts mutating operations (write, sync, resize, journal store operations)
+//! across every file that shares it, and makes operation number `fail_at` (1-based) and every
+//! one after it fail with `EIO`, as if the process had died there. A [`FaultyFile`] keeps two
+//! images: what a reader would see if every write reached the disk, and what survives if only
+//! synced writes did. Tests reopen both after every injected failure.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::journal::JournalStore;
+use super::Sink;
+use crate::source::Source;
+
+/// Shared counter of mutating operations and the operation at which to fail.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    ops: AtomicUsize,
+    fail_at: Option<usize>,
+}
+
+impl FaultPlan {
+    /// Fail at mutating operation `n` (1-based) and after; `None` never fails.
+    pub fn new(fail_at: Option<usize>) -> Arc<FaultPlan> {
+        Arc::new(FaultPlan {
+            ops: AtomicUsize::new(0),
+            fail_at,
+        })
+    }
+
+    /// Count one operation; `Err` once the failure point is reached.
+    pub fn step(&self, what: &str) -> io::Result<()> {
+        let n = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.fail_at {
+            Some(f) if n >= f => Err(io::Error::other(format!(
+                "injected failure at operation {n} ({what})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Operations counted so far (including failed ones).
+    pub fn count(&self) -> usize {
+        self.ops.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Images {
+    /// Every write applied.
+    all: Vec<u8>,
+    /// Only writes followed by a successful sync.
+    synced: Vec<u8>,
+}
+
+/// An in-memory file whose writes can be made to fail.
+#[derive(Debug, Clone)]
+pub struct FaultyFile {
+    images: Arc<Mutex<Images>>,
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyFile {
+    /// A file holding `data` (already durable).
+    pub fn new(data: Vec<u8>, plan: Arc<FaultPlan>) -> FaultyFile {
+        FaultyFile {
+            images: Arc::new(Mutex::new(Images {
+                all: data.clone(),
+                synced: data,
+            })),
+            plan,
+        }
+    }
+
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Images>> {
+        self.images
+            .lock()
+            .map_err(|_| io::Error::other("fault file lock poisoned"))
+    }
+
+    /// Contents if every write so far reached the disk.
+    pub fn contents_all_written(&self) -> Vec<u8> {
+        self.lock().map(|i| i.all.clone()).unwrap_or_default()
+    }
+
+    /// Contents if only synced writes survived the crash.
+    pub fn contents_synced(&self) -> Vec<u8> {
+        self.lock().map(|i| i.synced.clone()).unwrap_or_default()
+    }
+}
+
+impl Source for FaultyFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let i = self.lock()?;
+        i.all.as_slice().read_exact_at(buf, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock()?.all.len() as u64)
+    }
+}
+
+fn range(offset: u64, len: usize) -> io::Result<(usize, usize)> {
+    let start = usize::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+    let end = start
+        .checked_add(len)
+        .ok_or_else(|| io::Error::other("range overflows"))?;
+    Ok((start, end))
+}
+
+impl Sink for FaultyFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.plan.step("write")?;
+        let (start, end) = range(offset, buf.len())?;
+        let mut i = self.lock()?;
+        if i.all.len() < end {
+            i.all.resize(end, 0);
+        }
+        i.all[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.plan.step("sync")?;
+        let mut i = self.lock()?;
+        i.synced = i.all.clone();
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.plan.step("set_len")?;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
+        let mut i = self.lock()?;
+        i.all.resize(len, 0);
+        Ok(())
+    }
+}
+
+/// An in-memory journal location sharing a [`FaultPlan`]. Storing is atomic (as the real one's
+/// write-then-rename is): a failed store leaves the previous state.
+#[derive(Debug, Clone)]
+pub struct MemJournal {
+    slot: Arc<Mutex<Option<Vec<u8>>>>,
+    plan: Arc<FaultPlan>,
+}
+
+impl MemJournal {
+    /// An empty journal location.
+    pub fn new(plan: Arc<FaultPlan>) -> MemJournal {
+        MemJournal {
+            slot: Arc::new(Mutex::new(None)),
+            plan,
+        }
+    }
+
+    /// A journal location already holding `bytes` (for tests of foreign journals).
+    pub fn with(bytes: Vec<u8>, plan: Arc<FaultPlan>) -> MemJournal {
+        MemJournal {
+            slot: Arc::new(Mutex::new(Some(bytes))),
+            plan,
+        }
+    }
+
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Option<Vec<u8>>>> {
+        self.slot
+            .lock()
+            .map_err(|_| io::Error::other("journal lock poisoned"))
+    }
+}
+
+impl JournalStore for MemJournal {
+    fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.clone())
+    }
+
+    fn store(&self, bytes: &[u8]) -> io::Result<()> {
+        self.plan.step("journal store")?;
+        *self.lock()? = Some(bytes.to_vec());
+        Ok(())
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        self.plan.step("journal remove")?;
+        *self.lock()? = None;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "in-memory journal".into()
+    }
+}

@@ -1,0 +1,550 @@
+//! Redo journal for formats without a log of their own (VHD).
+//!
+//! Protocol for applying a [`Plan`]:
+//! 1. check the file still holds the plan's old bytes (nothing changed since planning);
+//! 2. store the journal (old and new bytes of every write, CRC-32C) durably and atomically:
+//!    written under a temporary name, synced, renamed to `<file>.vhdkit-journal`, folder synced;
+//! 3. resize if the file grows, apply every write, sync;
+//! 4. remove the journal.
+//!
+//! A crash before step 2 completes leaves no journal and an untouched file. A crash after it
+//! leaves a journal whose every range holds either its old or its new bytes: [`recover`] then
+//! writes the new bytes (roll forward) and removes the journal. A journal whose ranges match
+//! neither (the file was changed or replaced since) is never applied: it is reported and left.
+
+use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::{Plan, Sink, WriteOp};
+use crate::error::{Error, Result};
+use crate::source::source_len;
+
+const MAGIC: &[u8; 8] = b"VHDKITJ1";
+const VERSION: u32 = 1;
+/// A journal holds metadata only (headers, locators, footers); 64 MiB is far beyond any plan.
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+
+/// Where a journal lives.
+pub trait JournalStore {
+    /// The journal's bytes, or `None` when there is none.
+    fn load(&self) -> io::Result<Option<Vec<u8>>>;
+    /// Store `bytes` durably and atomically, replacing any journal.
+    fn store(&self, bytes: &[u8]) -> io::Result<()>;
+    /// Remove the journal durably.
+    fn remove(&self) -> io::Result<()>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The journal beside a disk file: `<file>.vhdkit-journal`.
+#[derive(Debug, Clone)]
+pub struct FileJournal {
+    path: PathBuf,
+}
+
+impl FileJournal {
+    /// The journal location for `disk`.
+    pub fn for_disk(disk: &Path) -> FileJournal {
+        let mut name = disk
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".vhdkit-journal");
+        FileJournal {
+            path: disk.with_file_name(name),
+        }
+    }
+
+    /// The journal's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            let dir = match self.path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl JournalStore for FileJournal {
+    fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        match fs::metadata(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+            Ok(m) if m.len() > MAX_JOURNAL_BYTES => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("journal is {} bytes, more than any vhdkit journal", m.len()),
+            )),
+            Ok(_) => fs::read(&self.path).map(Some),
+        }
+    }
+
+    fn store(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut f = FsOpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &self.path)?;
+        self.sync_dir()
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+        self.sync_dir()
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// What [`recover`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "state", rename_all = "snake_case"))]
+pub enum Recovery {
+    /// No journal: nothing was interrupted.
+    Clean,
+    /// An interrupted change was finished (its new bytes written) and the journal removed.
+    RolledForward {
+        /// Ranges rewritten.
+        writes: usize,
+    },
+    /// The change had been fully applied; only the journal was left. It was removed.
+    AlreadyComplete,
+    /// A journal exists that does not match the file as it is now; it was left untouched.
+    Foreign {
+        /// Why it does not match.
+        reason: String,
+    },
+}
+
+fn encode(plan: &Plan) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(
+        &u32::try_from(plan.writes.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    b.extend_from_slice(&plan.old_len.to_le_bytes());
+    b.extend_from_slice(&plan.new_len.to_le_bytes());
+    for w in &plan.writes {
+        let what = w.what.as_bytes();
+        let what = what.get(..what.len().min(u16::MAX as usize)).unwrap_or(&[]);
+        b.extend_from_slice(&w.offset.to_le_bytes());
+        b.extend_from_slice(
+            &u32::try_from(w.data.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        b.extend_from_slice(&u16::try_from(what.len()).unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(what);
+        b.extend_from_slice(&w.old);
+        b.extend_from_slice(&w.data);
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| format!("journal truncated at byte {}", self.pos))?;
+        let s = self.b.get(self.pos..end).ok_or("journal truncated")?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u16(&mut self) -> std::result::Result<u16, String> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+/// Parse a journal; `Err` says why it is not a valid vhdkit journal.
+fn decode(bytes: &[u8]) -> std::result::Result<Plan, String> {
+    let body_len = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or("journal shorter than its checksum")?;
+    let (body, crc) = bytes.split_at(body_len);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32c::crc32c(body) != stored {
+        return Err("journal checksum does not match (torn or foreign journal)".into());
+    }
+    let mut c = Cursor { b: body, pos: 0 };
+    if c.take(8)? != MAGIC {
+        return Err("not a vhdkit journal (bad magic)".into());
+    }
+    let v = c.u32()?;
+    if v != VERSION {
+        return Err(format!("journal version {v} is not supported"));
+    }
+    let count = c.u32()?;
+    let mut plan = Plan {
+        old_len: c.u64()?,
+        new_len: c.u64()?,
+        ..Plan::default()
+    };
+    for _ in 0..count {
+        let offset = c.u64()?;
+        let len = usize::try_from(c.u32()?).map_err(|_| "record too large")?;
+        let what_len = usize::from(c.u16()?);
+        let what = String::from_utf8_lossy(c.take(what_len)?).into_owned();
+        let old = c.take(len)?.to_vec();
+        let data = c.take(len)?.to_vec();
+        plan.writes.push(WriteOp {
+            offset,
+            data,
+            old,
+            what,
+        });
+    }
+    if c.pos != body.len() {
+        return Err("journal has trailing bytes".into());
+    }
+    Ok(plan)
+}
+
+fn io_err(what: &str, e: io::Error) -> Error {
+    Error::io(what.to_string(), e)
+}
+
+/// Bytes at `offset` of the target, or `None` where the file is too short.
+fn read_range(
+    target: &dyn Sink,
+    offset: u64,
+    len: usize,
+    file_len: u64,
+) -> Result<Option<Vec<u8>>> {
+    let end = offset.checked_add(len as u64);
+    if end.is_none_or(|e| e > file_len) {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len];
+    target
+        .read_exact_at(&mut buf, offset)
+        .map_err(|e| io_err("reading the file to verify a journal", e))?;
+    Ok(Some(buf))
+}
+
+/// Apply `plan` to `target` through the journal `store`. Nothing is written unless the file
+/// still holds every old value of the plan.
+pub fn apply(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result<()> {
+    if plan.is_empty() {
+        return Ok(());
+    }
+    if store
+        .load()
+        .map_err(|e| io_err("checking for a pending journal", e))?
+        .is_some()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "an earlier interrupted change is pending in {}; run `vhdkit repair` first",
+            store.describe()
+        )));
+    }
+    let len = source_len(target)?;
+    if len != plan.old_len {
+        return Err(Error::InvalidArgument(format!(
+            "the file changed since the plan was made (length {len}, planned on {})",
+            plan.old_len
+        )));
+    }
+    for w in &plan.writes {
+        if w.old.len() != w.data.len() {
+            return Err(Error::InvalidArgument(format!(
+                "plan write '{}' has old and new values of different lengths",
+                w.what
+            )));
+        }
+        match read_range(target, w.offset, w.old.len(), len)? {
+            Some(cur) if cur == w.old => {}
+            // Growing writes past the old end carry zeros as their old bytes.
+            None if w.old.iter().all(|&b| b == 0) && w.offset >= len => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "the file changed since the plan was made ({} at offset {:#x})",
+                    w.what, w.offset
+                )))
+            }
+        }
+    }
+    store
+        .store(&encode(plan))
+        .map_err(|e| io_err(&format!("writing the journal {}", store.describe()), e))?;
+    write_new(target, plan)?;
+    store
+        .remove()
+        .map_err(|e| io_err(&format!("removing the journal {}", store.describe()), e))?;
+    Ok(())
+}
+
+fn write_new(target: &dyn Sink, plan: &Plan) -> Result<()> {
+    if plan.new_len > plan.old_len {
+        target
+            .set_len(plan.new_len)
+            .map_err(|e| io_err("growing the file", e))?;
+    }
+    for w in &plan.writes {
+        target
+            .write_all_at(&w.data, w.offset)
+            .map_err(|e| io_err(&format!("writing {} at offset {:#x}", w.what, w.offset), e))?;
+    }
+    if plan.new_len < plan.old_len {
+        target
+            .set_len(plan.new_len)
+            .map_err(|e| io_err("shrinking the file", e))?;
+    }
+    target.sync().map_err(|e| io_err("flushing the file", e))
+}
+
+/// Finish or discard an interrupted change recorded in `store` for `target`.
+pub fn recover(target: &dyn Sink, store: &dyn JournalStore) -> Result<Recovery> {
+    let Some(bytes) = store
+        .load()
+        .map_err(|e| io_err(&format!("reading the journal {}", store.describe()), e))?
+    else {
+        return Ok(Recovery::Clean);
+    };
+    let plan = match decode(&bytes) {
+        Ok(p) => p,
+        Err(reason) => return Ok(Recovery::Foreign { reason }),
+    };
+    let len = source_len(target)?;
+    if len != plan.old_len && len != plan.new_len {
+        return Ok(Recovery::Foreign {
+            reason: format!(
+                "file length {len} is neither the journal's old {} nor new {}",
+                plan.old_len, plan.new_len
+            ),
+        });
+    }
+    let mut all_new = len == plan.new_len;
+    for w in &plan.writes {
+        let cur = read_range(target, w.offset, w.data.len(), len)?;
+        let is_new = cur.as_deref() == Some(w.data.as_slice());
+        let is_old = match &cur {
+            Some(c) => *c == w.old,
+            // A range past the current end is still in its old state (not yet written).
+            None => w.offset >= plan.old_len.min(len),
+        };
+        if !is_new && !is_old {
+            return Ok(Recovery::Foreign {
+                reason: format!(
+                    "{} at offset {:#x} holds neither the journal's old nor its new bytes",
+                    w.what, w.offset
+                ),
+            });
+        }
+        all_new &= is_new;
+    }
+    if all_new {
+        store
+            .remove()
+            .map_err(|e| io_err(&format!("removing the journal {}", store.describe()), e))?;
+        return Ok(Recovery::AlreadyComplete);
+    }
+    let replay = Plan {
+        old_len: len,
+        ..plan
+    };
+    // Growing is idempotent, so replay from the current length.
+    write_new(target, &replay)?;
+    store
+        .remove()
+        .map_err(|e| io_err(&format!("removing the journal {}", store.describe()), e))?;
+    Ok(Recovery::RolledForward {
+        writes: replay.writes.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fault::{FaultPlan, FaultyFile, MemJournal};
+    use super::*;
+
+    fn sample() -> (Vec<u8>, Plan) {
+        let old: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let plan = Plan {
+            changes: vec![],
+            writes: vec![
+                WriteOp {
+                    offset: 4096,
+                    data: vec![0xAA; 512],
+                    old: vec![0; 512],
+                    what: "relocated locator".into(),
+                },
+                WriteOp {
+                    offset: 512,
+                    data: vec![0xBB; 1024],
+                    old: old[512..1536].to_vec(),
+                    what: "header".into(),
+                },
+                WriteOp {
+                    offset: 0,
+                    data: vec![0xCC; 512],
+                    old: old[..512].to_vec(),
+                    what: "footer copy".into(),
+                },
+            ],
+            old_len: 4096,
+            new_len: 8192,
+        };
+        (old, plan)
+    }
+
+    fn expected_new(old: &[u8], plan: &Plan) -> Vec<u8> {
+        let mut v = old.to_vec();
+        v.resize(plan.new_len as usize, 0);
+        for w in &plan.writes {
+            v[w.offset as usize..w.offset as usize + w.data.len()].copy_from_slice(&w.data);
+        }
+        v
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let (_, plan) = sample();
+        assert_eq!(decode(&encode(&plan)).unwrap(), plan);
+        let mut bad = encode(&plan);
+        bad[20] ^= 1;
+        assert!(decode(&bad).is_err());
+        assert!(decode(&[]).is_err());
+        assert!(decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn apply_without_faults() {
+        let (old, plan) = sample();
+        let fp = FaultPlan::new(None);
+        let f = FaultyFile::new(old.clone(), fp.clone());
+        let j = MemJournal::new(fp);
+        apply(&f, &j, &plan).unwrap();
+        assert_eq!(f.contents_synced(), expected_new(&old, &plan));
+        assert_eq!(j.load().unwrap(), None);
+    }
+
+    /// Fail at every mutating operation in turn; after each, recovery on either crash image
+    /// gives exactly the old or exactly the new file.
+    #[test]
+    fn failure_at_every_operation_recovers_to_old_or_new() {
+        let (old, plan) = sample();
+        let new = expected_new(&old, &plan);
+        let total = {
+            let fp = FaultPlan::new(None);
+            apply(
+                &FaultyFile::new(old.clone(), fp.clone()),
+                &MemJournal::new(fp.clone()),
+                &plan,
+            )
+            .unwrap();
+            fp.count()
+        };
+        assert!(total >= 5);
+        for k in 1..=total {
+            let fp = FaultPlan::new(Some(k));
+            let f = FaultyFile::new(old.clone(), fp.clone());
+            let j = MemJournal::new(fp.clone());
+            assert!(apply(&f, &j, &plan).is_err(), "k={k} should fail");
+            for image in [f.contents_all_written(), f.contents_synced()] {
+                let fp2 = FaultPlan::new(None);
+                let f2 = FaultyFile::new(image, fp2.clone());
+                let j2 = MemJournal::new(fp2);
+                if let Some(b) = j.load().unwrap() {
+                    j2.store(&b).unwrap();
+                }
+                let r = recover(&f2, &j2).unwrap();
+                let got = f2.contents_all_written();
+                assert!(
+                    got == old || got == new,
+                    "k={k}: neither old nor new ({r:?})"
+                );
+                assert!(!matches!(r, Recovery::Foreign { .. }), "k={k}: {r:?}");
+                assert_eq!(j2.load().unwrap(), None, "k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_journal_is_never_applied() {
+        let (old, plan) = sample();
+        let fp = FaultPlan::new(None);
+        let mut other = old.clone();
+        other[600] ^= 0xFF; // the header range now matches neither old nor new
+        let f = FaultyFile::new(other.clone(), fp.clone());
+        let j = MemJournal::with(encode(&plan), fp);
+        let r = recover(&f, &j).unwrap();
+        assert!(matches!(r, Recovery::Foreign { .. }), "{r:?}");
+        assert_eq!(f.contents_all_written(), other);
+        assert!(
+            j.load().unwrap().is_some(),
+            "foreign journal must be left in place"
+        );
+    }
+
+    #[test]
+    fn refuses_when_file_changed_since_plan() {
+        let (mut old, plan) = sample();
+        old[0] ^= 1;
+        let fp = FaultPlan::new(None);
+        let f = FaultyFile::new(old.clone(), fp.clone());
+        let j = MemJournal::new(fp.clone());
+        assert!(apply(&f, &j, &plan).is_err());
+        assert_eq!(fp.count(), 0, "nothing may be written");
+    }
+
+    #[test]
+    fn file_journal_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let j = FileJournal::for_disk(&d.path().join("child.vhd"));
+        assert_eq!(j.path().file_name().unwrap(), "child.vhd.vhdkit-journal");
+        assert_eq!(j.load().unwrap(), None);
+        j.store(b"abc").unwrap();
+        assert_eq!(j.load().unwrap().unwrap(), b"abc");
+        j.remove().unwrap();
+        assert_eq!(j.load().unwrap(), None);
+        j.remove().unwrap();
+    }
+}

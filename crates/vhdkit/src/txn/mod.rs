@@ -1,0 +1,118 @@
+//! The one write path: every change to an existing disk file is first computed as a [`Plan`]
+//! (validated, touching nothing), then applied crash-safely.
+//!
+//! - VHD has no log, so a plan's writes are made durable first in a sidecar journal
+//!   (`<file>.vhdkit-journal`, see [`journal`]), then applied, then the journal is removed. The
+//!   next vhdkit open of the file finishes an interrupted change ([`journal::recover`]).
+//! - VHDX metadata changes go through the file's own log (the VHDX module builds the entry);
+//!   header updates use the two-slot procedure. Both still use [`Sink`] for their writes so the
+//!   same fault injection tests them.
+//!
+//! No other module writes to an existing disk file.
+
+pub mod fault;
+pub mod journal;
+
+use std::fs::File;
+use std::io;
+
+use crate::source::Source;
+
+/// Positional writes, flush and resize: what applying a plan needs from a file.
+pub trait Sink: Source {
+    /// Write all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every write so far durable (`fsync`).
+    fn sync(&self) -> io::Result<()>;
+    /// Truncate or extend the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}
+
+impl Sink for File {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        file_write_all_at(self, buf, offset)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.sync_all()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+}
+
+#[cfg(unix)]
+fn file_write_all_at(f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn file_write_all_at(f: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match f.seek_write(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One field that a plan changes, for display (`--dry-run`, `--json`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct FieldChange {
+    /// The structure (`"vhd dynamic header"`, `"vhdx parent locator"`).
+    pub structure: String,
+    /// The field (`"parent unicode name"`, `"relative_path"`).
+    pub field: String,
+    /// The value before.
+    pub old: String,
+    /// The value after.
+    pub new: String,
+}
+
+/// One positional write of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOp {
+    /// Absolute file offset.
+    pub offset: u64,
+    /// The bytes to write there.
+    pub data: Vec<u8>,
+    /// The bytes there before (same length), for journals and verification.
+    pub old: Vec<u8>,
+    /// What is being written, for reports.
+    pub what: String,
+}
+
+/// A computed change to one file: the fields that change (for people) and the writes that do
+/// it (for the machine). Building a plan reads the file; only applying it writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Field-level description.
+    pub changes: Vec<FieldChange>,
+    /// Byte-level writes, in the order to apply them.
+    pub writes: Vec<WriteOp>,
+    /// File length before.
+    pub old_len: u64,
+    /// File length after (larger when data is relocated to the end).
+    pub new_len: u64,
+}
+
+impl Plan {
+    /// True when the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.old_len == self.new_len
+    }
+
+    /// Total bytes the plan writes to the file (journal not counted).
+    pub fn bytes_written(&self) -> u64 {
+        self.writes.iter().map(|w| w.data.len() as u64).sum()
+    }
+}
