@@ -4,6 +4,9 @@
 //! Tests that need something absent (the shared images, qemu-img, pyvhdi) print a loud
 //! `SKIP:` line on stderr and return early; they never pass silently by accident of setup.
 
+pub mod vhd;
+pub mod vhdx;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,9 +31,18 @@ pub fn testdata_dir() -> PathBuf {
 /// The shared real images (`VHDKIT_REAL_TESTDATA`, default `../shared/testdata-real` beside the
 /// workspace). `None`, with a loud SKIP line naming `why`, when absent.
 pub fn real_data_dir(why: &str) -> Option<PathBuf> {
+    // Default: `shared/testdata-real` beside the workspace, or beside any folder above it
+    // (a git worktree may sit deeper than the main checkout).
     let dir = std::env::var_os("VHDKIT_REAL_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/testdata-real"));
+        .unwrap_or_else(|| {
+            let root = workspace_root();
+            root.ancestors()
+                .skip(1)
+                .map(|a| a.join("shared/testdata-real"))
+                .find(|d| d.join("SOURCES.md").is_file())
+                .unwrap_or_else(|| root.join("../shared/testdata-real"))
+        });
     if dir.join("SOURCES.md").is_file() {
         Some(dir)
     } else {

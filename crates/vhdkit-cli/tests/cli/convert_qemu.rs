@@ -122,7 +122,11 @@ fn refuses_to_overwrite_without_force() {
         img.as_os_str(),
         out.as_os_str(),
     ]);
-    assert_eq!(std::fs::metadata(&out).unwrap().len(), 8 << 20);
+    let info = run_success(["info".as_ref(), "--json".as_ref(), img.as_os_str()]).json();
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().len(),
+        info["virtual_size"].as_u64().unwrap()
+    );
 }
 
 #[test]

@@ -1,0 +1,313 @@
+//! The block allocation table: chunk ratio, interleaved sector-bitmap entries, entry states and
+//! placement rules.
+//!
+//! Reserved payload states: 4 is refused as corrupt. 5 is read as UNMAPPED (zeros), as qemu does
+//! (its draft-0.95 value), with a warning: refusing it would make files qemu reads unreadable,
+//! and UNMAPPED contents are undefined anyway.
+
+use super::format::{
+    BAT_OFFSET_MASK, BAT_RESERVED_MASK, MIB, PAYLOAD_BLOCK_FULLY_PRESENT,
+    PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT, PAYLOAD_BLOCK_UNDEFINED,
+    PAYLOAD_BLOCK_UNMAPPED, PAYLOAD_BLOCK_UNMAPPED_V095, PAYLOAD_BLOCK_ZERO, SB_BLOCK_NOT_PRESENT,
+    SB_BLOCK_PRESENT, SECTORS_PER_CHUNK, SECTOR_BITMAP_BLOCK_SIZE,
+};
+use crate::error::{Error, Result};
+use crate::source::{read_struct, Source};
+
+const BAT: &str = "vhdx block allocation table";
+
+/// Counts of BAT entries per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct BatSummary {
+    /// Entries read (payload and sector bitmap).
+    pub entries: u64,
+    /// Payload blocks of the virtual disk.
+    pub payload_blocks: u64,
+    /// Sector bitmap slots among the entries read.
+    pub sector_bitmap_entries: u64,
+    /// Payload NOT_PRESENT.
+    pub not_present: u64,
+    /// Payload UNDEFINED.
+    pub undefined: u64,
+    /// Payload ZERO.
+    pub zero: u64,
+    /// Payload UNMAPPED (including reserved state 5).
+    pub unmapped: u64,
+    /// Payload FULLY_PRESENT.
+    pub fully_present: u64,
+    /// Payload PARTIALLY_PRESENT.
+    pub partially_present: u64,
+    /// Sector bitmap blocks present.
+    pub sector_bitmap_present: u64,
+}
+
+/// The checked BAT.
+#[derive(Debug, Clone)]
+pub(crate) struct Bat {
+    pub entries: Vec<u64>,
+    pub chunk_ratio: u64,
+    pub block_size: u64,
+    pub summary: BatSummary,
+    pub warnings: Vec<String>,
+}
+
+/// Chunk ratio from the logical sector size (never the physical one).
+pub(crate) fn chunk_ratio(logical_sector_size: u32, block_size: u32) -> u64 {
+    (SECTORS_PER_CHUNK * u64::from(logical_sector_size)) / u64::from(block_size).max(1)
+}
+
+/// BAT index of payload block `b`.
+pub(crate) fn payload_index(b: u64, cr: u64) -> u64 {
+    b + b / cr
+}
+
+/// BAT index of the sector bitmap block of chunk `c`.
+pub(crate) fn sb_index(c: u64, cr: u64) -> u64 {
+    c * (cr + 1) + cr
+}
+
+/// Entries a file must have.
+pub(crate) fn required_entries(payload_blocks: u64, cr: u64, differencing: bool) -> u64 {
+    if differencing {
+        payload_blocks.div_ceil(cr) * (cr + 1)
+    } else if payload_blocks == 0 {
+        0
+    } else {
+        payload_blocks + (payload_blocks - 1) / cr
+    }
+}
+
+/// Inputs that decide the BAT's shape.
+pub(crate) struct BatParams<'a> {
+    pub region_offset: u64,
+    pub region_length: u64,
+    pub virtual_size: u64,
+    pub block_size: u32,
+    pub logical_sector_size: u32,
+    pub differencing: bool,
+    pub file_len: u64,
+    pub max_bat_bytes: u64,
+    /// Spans (start, end, what) entries must not overlap: first MiB, regions, log.
+    pub reserved: &'a [(u64, u64, String)],
+}
+
+pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
+    let cr = chunk_ratio(p.logical_sector_size, p.block_size);
+    let block_size = u64::from(p.block_size);
+    let payload_blocks = p.virtual_size.div_ceil(block_size);
+    let count = required_entries(payload_blocks, cr, p.differencing);
+    let bytes = count
+        .checked_mul(8)
+        .ok_or_else(|| Error::corrupt(BAT, p.region_offset, format!("{count} entries overflow")))?;
+    if bytes > p.region_length {
+        return Err(Error::corrupt(
+            BAT,
+            p.region_offset,
+            format!(
+                "the disk needs {count} entries ({bytes} bytes) but the BAT region has {} bytes",
+                p.region_length
+            ),
+        ));
+    }
+    if bytes > p.max_bat_bytes {
+        return Err(Error::limit(
+            BAT,
+            p.region_offset,
+            "BAT size in bytes",
+            bytes,
+            p.max_bat_bytes,
+        ));
+    }
+    let n = usize::try_from(bytes)
+        .map_err(|_| Error::corrupt(BAT, p.region_offset, "BAT too large"))?;
+    let mut raw = vec![0u8; n];
+    read_struct(src, p.region_offset, &mut raw, BAT)?;
+    let entries: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            u64::from_le_bytes(a)
+        })
+        .collect();
+    drop(raw);
+
+    let mut summary = BatSummary {
+        entries: count,
+        payload_blocks,
+        ..BatSummary::default()
+    };
+    let mut warnings = Vec::new();
+    let mut spans: Vec<(u64, u64, u64)> = Vec::new();
+    for (i, &e) in entries.iter().enumerate() {
+        let idx = u64::try_from(i).unwrap_or(u64::MAX);
+        let at = p.region_offset + idx * 8;
+        let state = e & 7;
+        let offset = e & BAT_OFFSET_MASK;
+        let is_sb = (idx + 1) % (cr + 1) == 0;
+        if e & BAT_RESERVED_MASK != 0 {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!("entry {idx} ({e:#018x}) has reserved bits 3-19 set"),
+            ));
+        }
+        let needed_len = if is_sb {
+            summary.sector_bitmap_entries += 1;
+            match u8::try_from(state).unwrap_or(u8::MAX) {
+                SB_BLOCK_NOT_PRESENT => None,
+                SB_BLOCK_PRESENT => {
+                    summary.sector_bitmap_present += 1;
+                    Some(SECTOR_BITMAP_BLOCK_SIZE)
+                }
+                s => {
+                    return Err(Error::corrupt(
+                        BAT,
+                        at,
+                        format!("sector bitmap entry {idx} has state {s}; allowed 0 or 6"),
+                    ))
+                }
+            }
+        } else {
+            let b = idx - idx / (cr + 1);
+            match u8::try_from(state).unwrap_or(u8::MAX) {
+                PAYLOAD_BLOCK_NOT_PRESENT => {
+                    summary.not_present += 1;
+                    None
+                }
+                PAYLOAD_BLOCK_UNDEFINED => {
+                    summary.undefined += 1;
+                    None
+                }
+                PAYLOAD_BLOCK_ZERO => {
+                    summary.zero += 1;
+                    None
+                }
+                PAYLOAD_BLOCK_UNMAPPED => {
+                    summary.unmapped += 1;
+                    None
+                }
+                PAYLOAD_BLOCK_UNMAPPED_V095 => {
+                    summary.unmapped += 1;
+                    if !warnings.iter().any(|w: &String| w.contains("state 5")) {
+                        warnings.push(format!(
+                            "BAT entry {idx} uses reserved state 5 (qemu's draft UNMAPPED); read as zeros"
+                        ));
+                    }
+                    None
+                }
+                PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
+                    if state == u64::from(PAYLOAD_BLOCK_PARTIALLY_PRESENT) {
+                        if !p.differencing {
+                            return Err(Error::corrupt(
+                                BAT,
+                                at,
+                                format!(
+                                    "payload entry {idx} (block {b}) is PARTIALLY_PRESENT in a disk without a parent"
+                                ),
+                            ));
+                        }
+                        let sbi = sb_index(b / cr, cr);
+                        let sb = usize::try_from(sbi).ok().and_then(|s| entries.get(s));
+                        if sb.map(|v| v & 7) != Some(u64::from(SB_BLOCK_PRESENT)) {
+                            return Err(Error::corrupt(
+                                BAT,
+                                at,
+                                format!(
+                                    "payload entry {idx} (block {b}) is PARTIALLY_PRESENT but its \
+                                     sector bitmap entry {sbi} is not present"
+                                ),
+                            ));
+                        }
+                        summary.partially_present += 1;
+                    } else {
+                        summary.fully_present += 1;
+                    }
+                    // Only the part of the last block that holds virtual data must exist.
+                    let used = p
+                        .virtual_size
+                        .saturating_sub(b * block_size)
+                        .min(block_size);
+                    Some(used)
+                }
+                s => {
+                    return Err(Error::corrupt(
+                        BAT,
+                        at,
+                        format!("payload entry {idx} (block {b}) has reserved state {s}"),
+                    ))
+                }
+            }
+        };
+        let Some(len) = needed_len else { continue };
+        if offset < MIB {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!("entry {idx} points at {offset:#x}, inside the first MiB"),
+            ));
+        }
+        let end = offset.checked_add(len).filter(|&end| end <= p.file_len).ok_or_else(|| {
+            Error::corrupt(
+                BAT,
+                at,
+                format!(
+                    "entry {idx} block at {offset:#x}+{len:#x} ends past the end of the file ({:#x})",
+                    p.file_len
+                ),
+            )
+        })?;
+        if let Some((_, _, what)) = p.reserved.iter().find(|(s, e, _)| offset < *e && *s < end) {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!("entry {idx} block at {offset:#x}+{len:#x} overlaps {what}"),
+            ));
+        }
+        spans.push((offset, end, idx));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if let [(_, e1, i1), (s2, _, i2)] = w {
+            if s2 < e1 {
+                return Err(Error::corrupt(
+                    BAT,
+                    p.region_offset + i2 * 8,
+                    format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
+                ));
+            }
+        }
+    }
+    Ok(Bat {
+        entries,
+        chunk_ratio: cr,
+        block_size,
+        summary,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ratio_uses_logical_sector() {
+        assert_eq!(chunk_ratio(512, 2 << 20), 2048);
+        assert_eq!(chunk_ratio(4096, 2 << 20), 16384);
+        assert_eq!(chunk_ratio(512, 256 << 20), 16);
+        assert_eq!(chunk_ratio(512, 1 << 20), 4096);
+    }
+
+    #[test]
+    fn interleaving() {
+        assert_eq!(payload_index(0, 2048), 0);
+        assert_eq!(payload_index(2048, 2048), 2049);
+        assert_eq!(sb_index(0, 2048), 2048);
+        assert_eq!(sb_index(1, 2048), 4097);
+        assert_eq!(required_entries(8, 512, true), 513);
+        assert_eq!(required_entries(4097, 4096, false), 4098);
+        assert_eq!(required_entries(5, 2048, false), 5);
+    }
+}

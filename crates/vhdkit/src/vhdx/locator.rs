@@ -1,0 +1,281 @@
+//! The VHDX parent locator metadata item: key/value pairs of UTF-16LE strings.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use super::format::{self, ParentLocatorEntry, ParentLocatorHeader, VHDX_LOCATOR_TYPE_GUID};
+use crate::disk::{ParentLocator, PathStyle};
+use crate::error::{Error, Result};
+use crate::guid::from_vhdx_bytes;
+
+const PL: &str = "vhdx parent locator";
+
+/// One key/value pair, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct LocatorEntry {
+    /// The key.
+    pub key: String,
+    /// The value, when it decodes as UTF-16LE.
+    pub value: Option<String>,
+    /// Absolute file offset of the value.
+    pub value_file_offset: u64,
+    /// Why the value could not be decoded.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub error: Option<String>,
+}
+
+/// The parsed locator.
+#[derive(Debug, Clone)]
+pub(crate) struct Locator {
+    pub locator_type: Uuid,
+    pub entries: Vec<LocatorEntry>,
+    pub parent_linkage: Uuid,
+    pub parent_linkage2: Option<Uuid>,
+    pub warnings: Vec<String>,
+}
+
+fn utf16(bytes: &[u8]) -> std::result::Result<String, String> {
+    if bytes.len() % 2 != 0 {
+        return Err(format!("odd UTF-16 byte length {}", bytes.len()));
+    }
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16(&units).map_err(|e| format!("invalid UTF-16LE: {e}"))
+}
+
+fn parse_linkage(value: &Option<String>, key: &str, at: u64) -> Result<Uuid> {
+    let v = value
+        .as_deref()
+        .ok_or_else(|| Error::corrupt(PL, at, format!("{key} value is not valid UTF-16")))?;
+    Uuid::parse_str(v.trim())
+        .map_err(|e| Error::corrupt(PL, at, format!("{key} value {v:?} is not a GUID ({e})")))
+}
+
+/// Parse the item bytes; `item_file_offset` is where the item starts in the file.
+pub(crate) fn parse_locator(item: &[u8], item_file_offset: u64) -> Result<Locator> {
+    let h: ParentLocatorHeader =
+        format::parse(item.get(..20).unwrap_or(item), PL, item_file_offset)?;
+    let locator_type = from_vhdx_bytes(h.locator_type);
+    if h.locator_type != VHDX_LOCATOR_TYPE_GUID {
+        return Err(Error::unsupported(format!(
+            "vhdx parent locator type {locator_type} (only b04aefb7-d19e-4a81-b789-25b8e9445913 is defined)"
+        )));
+    }
+    let count = usize::from(h.key_value_count);
+    let table_end = 20 + 12 * count;
+    if table_end > item.len() {
+        return Err(Error::corrupt(
+            PL,
+            item_file_offset + 18,
+            format!(
+                "{count} entries need {table_end} bytes but the item has {}",
+                item.len()
+            ),
+        ));
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut seen = HashSet::new();
+    for i in 0..count {
+        let rel = 20 + 12 * i;
+        let at = item_file_offset + u64::try_from(rel).unwrap_or(0);
+        let e: ParentLocatorEntry = format::parse(item.get(rel..rel + 12).unwrap_or(&[]), PL, at)?;
+        let slice = |off: u32, len: u16, what: &str| -> Result<&[u8]> {
+            let start = usize::try_from(off).map_err(|_| Error::corrupt(PL, at, "offset"))?;
+            let end = start.checked_add(usize::from(len));
+            end.and_then(|end| item.get(start..end)).ok_or_else(|| {
+                Error::corrupt(
+                    PL,
+                    at,
+                    format!(
+                        "entry {i} {what} at item offset {off}+{len} lies outside the {}-byte item",
+                        item.len()
+                    ),
+                )
+            })
+        };
+        let key_bytes = slice(e.key_offset, e.key_length, "key")?;
+        let value_bytes = slice(e.value_offset, e.value_length, "value")?;
+        if e.key_length == 0 {
+            return Err(Error::corrupt(
+                PL,
+                at,
+                format!("entry {i} has an empty key"),
+            ));
+        }
+        let key =
+            utf16(key_bytes).map_err(|m| Error::corrupt(PL, at, format!("entry {i} key: {m}")))?;
+        if !seen.insert(key.clone()) {
+            return Err(Error::corrupt(PL, at, format!("duplicate key {key:?}")));
+        }
+        let (value, error) = match utf16(value_bytes) {
+            Ok(v) => (Some(v), None),
+            Err(m) => (None, Some(m)),
+        };
+        entries.push(LocatorEntry {
+            key,
+            value,
+            value_file_offset: item_file_offset + u64::from(e.value_offset),
+            error,
+        });
+    }
+    let mut warnings = Vec::new();
+    let linkage = entries
+        .iter()
+        .find(|e| e.key.eq_ignore_ascii_case("parent_linkage"))
+        .ok_or_else(|| Error::corrupt(PL, item_file_offset, "no parent_linkage key"))?;
+    let parent_linkage =
+        parse_linkage(&linkage.value, "parent_linkage", linkage.value_file_offset)?;
+    let mut parent_linkage2 = None;
+    if let Some(l2) = entries
+        .iter()
+        .find(|e| e.key.eq_ignore_ascii_case("parent_linkage2"))
+    {
+        match parse_linkage(&l2.value, "parent_linkage2", l2.value_file_offset) {
+            Ok(u) if u.is_nil() => {}
+            Ok(u) => parent_linkage2 = Some(u),
+            Err(e) => warnings.push(format!("parent_linkage2 ignored: {e}")),
+        }
+    }
+    if !entries.iter().any(|e| {
+        matches!(
+            e.key.as_str(),
+            "relative_path" | "volume_path" | "absolute_win32_path"
+        )
+    }) {
+        warnings.push("the parent locator has no path key".to_string());
+    }
+    Ok(Locator {
+        locator_type,
+        entries,
+        parent_linkage,
+        parent_linkage2,
+        warnings,
+    })
+}
+
+impl Locator {
+    /// Path locators in the order SX says to try them.
+    pub(crate) fn parent_locators(&self) -> Vec<ParentLocator> {
+        [
+            ("relative_path", PathStyle::Relative),
+            ("volume_path", PathStyle::Volume),
+            ("absolute_win32_path", PathStyle::AbsoluteWindows),
+        ]
+        .iter()
+        .filter_map(|(k, style)| {
+            self.entries
+                .iter()
+                .find(|e| e.key == *k)
+                .map(|e| ParentLocator {
+                    kind: (*k).to_string(),
+                    path: e.value.clone(),
+                    style: *style,
+                    file_offset: Some(e.value_file_offset),
+                    error: e.error.clone(),
+                })
+        })
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut item = Vec::new();
+        item.extend_from_slice(&VHDX_LOCATOR_TYPE_GUID);
+        item.extend_from_slice(&0u16.to_le_bytes());
+        item.extend_from_slice(&u16::try_from(pairs.len()).unwrap().to_le_bytes());
+        let mut data = Vec::new();
+        let base = 20 + 12 * pairs.len();
+        let mut table = Vec::new();
+        for (k, v) in pairs {
+            let kb: Vec<u8> = k.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            let ko = base + data.len();
+            data.extend_from_slice(&kb);
+            let vo = base + data.len();
+            data.extend_from_slice(v);
+            table.extend_from_slice(&u32::try_from(ko).unwrap().to_le_bytes());
+            table.extend_from_slice(&u32::try_from(vo).unwrap().to_le_bytes());
+            table.extend_from_slice(&u16::try_from(kb.len()).unwrap().to_le_bytes());
+            table.extend_from_slice(&u16::try_from(v.len()).unwrap().to_le_bytes());
+        }
+        item.extend_from_slice(&table);
+        item.extend_from_slice(&data);
+        item
+    }
+
+    fn u16s(s: &str) -> Vec<u8> {
+        s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    }
+
+    #[test]
+    fn parses_windows_shape() {
+        let l = u16s("{FF34003B-11ED-4CF8-A166-B2BE05E20B80}");
+        let z = u16s("{00000000-0000-0000-0000-000000000000}");
+        let a = u16s(r"C:\x\p.avhdx");
+        let r = u16s(r".\p.avhdx");
+        let item = build(&[
+            ("parent_linkage", &l),
+            ("absolute_win32_path", &a),
+            ("relative_path", &r),
+            ("parent_linkage2", &z),
+        ]);
+        let loc = parse_locator(&item, 0x1000).unwrap();
+        assert_eq!(
+            loc.parent_linkage.to_string(),
+            "ff34003b-11ed-4cf8-a166-b2be05e20b80"
+        );
+        assert_eq!(loc.parent_linkage2, None);
+        let p = loc.parent_locators();
+        assert_eq!(p[0].kind, "relative_path");
+        assert_eq!(p[1].kind, "absolute_win32_path");
+        assert_eq!(p[0].path.as_deref(), Some(r".\p.avhdx"));
+    }
+
+    #[test]
+    fn invalid_utf16_value_is_recorded() {
+        let l = u16s("{ff34003b-11ed-4cf8-a166-b2be05e20b80}");
+        let bad = [0x00u8, 0xD8, 0x41, 0x00]; // unpaired high surrogate
+        let item = build(&[("parent_linkage", &l), ("relative_path", &bad)]);
+        let loc = parse_locator(&item, 0).unwrap();
+        let p = loc.parent_locators();
+        assert!(p[0].path.is_none());
+        assert!(p[0].error.as_deref().unwrap().contains("UTF-16"));
+    }
+
+    #[test]
+    fn offsets_past_item_and_duplicates_are_corrupt() {
+        let l = u16s("{ff34003b-11ed-4cf8-a166-b2be05e20b80}");
+        let mut item = build(&[("parent_linkage", &l)]);
+        item[24..28].copy_from_slice(&5000u32.to_le_bytes());
+        let e = parse_locator(&item, 0x2000).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("vhdx parent locator at offset 0x2014"),
+            "{e}"
+        );
+        let item = build(&[("parent_linkage", &l), ("parent_linkage", &l)]);
+        assert!(parse_locator(&item, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
+        let item = build(&[("relative_path", &l)]);
+        assert!(parse_locator(&item, 0).is_err());
+        // Truncated tables and bad types never panic.
+        for n in 0..item.len() {
+            let _ = parse_locator(&item[..n], 0);
+        }
+        let mut t = build(&[("parent_linkage", &l)]);
+        t[0] ^= 1;
+        assert!(matches!(
+            parse_locator(&t, 0),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+}

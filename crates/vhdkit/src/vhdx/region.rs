@@ -1,0 +1,251 @@
+//! The two region tables: validity, the copy in use, and the placement rules of each region.
+
+use uuid::Uuid;
+
+use super::format::{
+    self, RegionTableEntry, RegionTableHeader, BAT_REGION_GUID, MAX_REGION_ENTRIES,
+    METADATA_REGION_GUID, MIB, REGION_REQUIRED, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE,
+};
+use crate::error::{Error, Result};
+use crate::guid::from_vhdx_bytes;
+use crate::source::{read_struct, Source};
+
+const NAMES: [&str; 2] = ["vhdx region table 1", "vhdx region table 2"];
+
+/// One region entry, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub guid: Uuid,
+    pub file_offset: u64,
+    pub length: u64,
+    pub required: bool,
+    pub name: Option<&'static str>,
+}
+
+/// What was found in one region table copy.
+#[derive(Debug, Clone)]
+pub(crate) struct TableCopy {
+    pub offset: u64,
+    pub entries: Option<Vec<Region>>,
+    pub error: Option<String>,
+}
+
+/// The region tables.
+#[derive(Debug, Clone)]
+pub(crate) struct Regions {
+    pub copies: [TableCopy; 2],
+    pub bat: Region,
+    pub metadata: Region,
+    pub all: Vec<Region>,
+    pub warnings: Vec<String>,
+}
+
+fn name_of(guid: &[u8; 16]) -> Option<&'static str> {
+    if *guid == BAT_REGION_GUID {
+        Some("bat")
+    } else if *guid == METADATA_REGION_GUID {
+        Some("metadata")
+    } else {
+        None
+    }
+}
+
+fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<Region>> {
+    let h: RegionTableHeader = format::parse(buf, structure, offset)?;
+    if h.signature != format::REGION_TABLE_SIGNATURE {
+        return Err(Error::corrupt(
+            structure,
+            offset,
+            format!("signature {:02x?}, expected \"regi\"", h.signature),
+        ));
+    }
+    let crc = format::crc32c_with_zeroed(buf, 4);
+    if crc != h.checksum {
+        return Err(Error::corrupt(
+            structure,
+            offset,
+            format!(
+                "checksum {:#010x}, computed {crc:#010x} over 65536 bytes",
+                h.checksum
+            ),
+        ));
+    }
+    if h.entry_count > MAX_REGION_ENTRIES {
+        return Err(Error::corrupt(
+            structure,
+            offset + 8,
+            format!(
+                "entry count {}, allowed 0..={MAX_REGION_ENTRIES}",
+                h.entry_count
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for i in 0..h.entry_count {
+        let rel = 16 + 32 * u64::from(i);
+        let at = offset + rel;
+        let start = usize::try_from(rel).map_err(|_| Error::corrupt(structure, at, "offset"))?;
+        let bytes = buf
+            .get(start..start + 32)
+            .ok_or_else(|| Error::corrupt(structure, at, "entry outside the table"))?;
+        let e: RegionTableEntry = format::parse(bytes, structure, at)?;
+        out.push(Region {
+            guid: from_vhdx_bytes(e.guid),
+            file_offset: e.file_offset,
+            length: u64::from(e.length),
+            required: e.flags & REGION_REQUIRED != 0,
+            name: name_of(&e.guid),
+        });
+    }
+    Ok(out)
+}
+
+/// Read both region tables and check the one in use. `log` is the log's (offset, length) when it
+/// has a non-zero length; `file_len` the (overlaid) file length.
+pub(crate) fn read_regions(
+    src: &dyn Source,
+    file_len: u64,
+    log: Option<(u64, u64)>,
+) -> Result<Regions> {
+    let mut copies = Vec::with_capacity(2);
+    let mut parsed = Vec::with_capacity(2);
+    for (i, &off) in REGION_TABLE_OFFSETS.iter().enumerate() {
+        let name = NAMES.get(i).copied().unwrap_or("vhdx region table");
+        let mut buf = vec![0u8; REGION_TABLE_SIZE];
+        let r = read_struct(src, off, &mut buf, name).and_then(|()| parse_table(&buf, name, off));
+        copies.push(TableCopy {
+            offset: off,
+            entries: r.as_ref().ok().cloned(),
+            error: r.as_ref().err().map(|e| e.to_string()),
+        });
+        parsed.push(r);
+    }
+    let mut warnings = Vec::new();
+    let mut it = parsed.into_iter();
+    let (t1, t2) = match (it.next(), it.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => {
+            return Err(Error::corrupt(
+                NAMES[0],
+                REGION_TABLE_OFFSETS[0],
+                "internal",
+            ))
+        }
+    };
+    let (index, table) = match (t1, t2) {
+        (Ok(a), Ok(b)) => {
+            if a != b {
+                warnings.push("region tables 1 and 2 differ; using region table 1".to_string());
+            }
+            (0, a)
+        }
+        (Ok(a), Err(e)) => {
+            warnings.push(format!(
+                "region table 2 is damaged ({e}); using region table 1"
+            ));
+            (0, a)
+        }
+        (Err(e), Ok(b)) => {
+            warnings.push(format!(
+                "region table 1 is damaged ({e}); using region table 2"
+            ));
+            (1, b)
+        }
+        (Err(e1), Err(_)) => return Err(e1),
+    };
+    let structure = NAMES.get(index).copied().unwrap_or("vhdx region table");
+    let table_off = REGION_TABLE_OFFSETS.get(index).copied().unwrap_or(0);
+    let mut bat = None;
+    let mut metadata = None;
+    // (start, end, what) of everything that must not overlap; the first MiB counts.
+    let mut spans: Vec<(u64, u64, String)> = vec![(0, MIB, "the first MiB".to_string())];
+    if let Some((lo, ll)) = log {
+        if let Some(end) = lo.checked_add(ll) {
+            spans.push((lo, end, "the log".to_string()));
+        }
+    }
+    for (i, r) in table.iter().enumerate() {
+        let at = table_off + 16 + 32 * u64::try_from(i).unwrap_or(0);
+        let label = r.name.map_or_else(|| r.guid.to_string(), str::to_string);
+        if table.iter().take(i).any(|other| other.guid == r.guid) {
+            return Err(Error::corrupt(
+                structure,
+                at,
+                format!("region {label} listed more than once"),
+            ));
+        }
+        if r.name.is_none() && r.required {
+            return Err(Error::unsupported(format!(
+                "unknown required vhdx region {} at offset {:#x}",
+                r.guid, r.file_offset
+            )));
+        }
+        if r.file_offset % MIB != 0 || r.file_offset < MIB {
+            return Err(Error::corrupt(
+                structure,
+                at,
+                format!(
+                    "region {label} file offset {:#x}: must be a multiple of 1 MiB and at least 1 MiB",
+                    r.file_offset
+                ),
+            ));
+        }
+        if r.length % MIB != 0 || r.length < MIB {
+            return Err(Error::corrupt(
+                structure,
+                at,
+                format!(
+                    "region {label} length {:#x}: must be a non-zero multiple of 1 MiB",
+                    r.length
+                ),
+            ));
+        }
+        let end = r
+            .file_offset
+            .checked_add(r.length)
+            .filter(|&e| e <= file_len)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    structure,
+                    at,
+                    format!(
+                        "region {label} at {:#x}+{:#x} ends past the end of the file ({file_len:#x})",
+                        r.file_offset, r.length
+                    ),
+                )
+            })?;
+        if let Some((_, _, what)) = spans
+            .iter()
+            .find(|(s, e, _)| r.file_offset < *e && *s < end)
+        {
+            return Err(Error::corrupt(
+                structure,
+                at,
+                format!(
+                    "region {label} at {:#x}+{:#x} overlaps {what}",
+                    r.file_offset, r.length
+                ),
+            ));
+        }
+        spans.push((r.file_offset, end, format!("region {label}")));
+        match r.name {
+            Some("bat") => bat = Some(r.clone()),
+            Some("metadata") => metadata = Some(r.clone()),
+            _ => {}
+        }
+    }
+    let bat = bat.ok_or_else(|| Error::corrupt(structure, table_off, "no BAT region"))?;
+    let metadata =
+        metadata.ok_or_else(|| Error::corrupt(structure, table_off, "no metadata region"))?;
+    let [c1, c2] = match <[TableCopy; 2]>::try_from(copies) {
+        Ok(c) => c,
+        Err(_) => return Err(Error::corrupt(structure, table_off, "internal")),
+    };
+    Ok(Regions {
+        copies: [c1, c2],
+        bat,
+        metadata,
+        all: table,
+        warnings,
+    })
+}
