@@ -57,13 +57,18 @@ failed=()
 for t in $TARGETS; do
     mkdir -p "corpus/$t" "artifacts/$t"
     # Seeds are at most 4 MiB (see seed.sh); detect needs only short inputs.
+    # libFuzzer keeps every corpus unit in memory: with 4 MiB units the corpus alone passed
+    # 512 MB within a minute (an "oom" with an empty artifact, in AddToCorpus). So the image
+    # targets get -rss_limit_mb=2048 for the process, while -malloc_limit_mb=512 (ASan build)
+    # still stops any single allocation over 512 MiB, which is what a hostile size field makes.
     max_len=4194304
-    [ "$t" = detect ] && max_len=65536
+    rss_mb=2048
+    if [ "$t" = detect ]; then max_len=65536; rss_mb=512; fi
     log="artifacts/$t.log"
     marker="$(mktemp)"
     echo "run-ci: $t for ${SECONDS_PER_TARGET}s (log: fuzz/$log)"
     if cargo fuzz run "${SAN_ARGS[@]}" "$t" "corpus/$t" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=512 -timeout=10 \
+        -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb="$rss_mb" -malloc_limit_mb=512 -timeout=10 \
         -max_len="$max_len" -print_final_stats=1 > "$log" 2>&1; then
         grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb):' "$log" \
             | sed "s/^/run-ci: $t: /" || true
