@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Fill fuzz/corpus/<target>/ with seed inputs. Safe to run again: it only adds files.
+#
+# Sources, each used when present:
+#   1. testdata/ at the repository root (every .vhd/.vhdx/.avhd/.avhdx, plain, .gz or .bz2, and
+#      testdata/fuzz-regressions/*);
+#   2. the shared real-world images (../shared/testdata-real beside the repository, or
+#      $VHDKIT_TESTDATA_REAL);
+#   3. tiny images made here with qemu-img/qemu-io in several subformats and block sizes.
+#
+# Size policy (inputs are capped at -max_len=4 MiB by run-ci.sh):
+#   - a file of at most 4 MiB is kept whole;
+#   - a larger VHDX is cut to its first 4 MiB (headers, log, region tables, BAT and metadata
+#     live there in every image we have; data blocks past the cut read as errors);
+#   - a larger VHD keeps its first 64 KiB (footer copy, dynamic header, BAT start) plus its
+#     last 512 bytes (the footer), since a VHD must end with its footer.
+# read_view inputs get a 49-byte prefix of four (offset, length) records; see
+# fuzz_targets/read_view.rs.
+set -euo pipefail
+
+FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$FUZZ_DIR")"
+CORPUS="$FUZZ_DIR/corpus"
+MAX_WHOLE=$((4 << 20))
+VHD_HEAD=$((64 << 10))
+
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view}
+count=0
+
+# Four read_view records: (0, 4096), (1 MiB mod size, 65543), (raw 0x1ff, 1000),
+# (near 2^60 mod size, 1 MiB). Little-endian u64 offset + u32 length each.
+read_view_prefix() {
+    printf '\x04'
+    printf '\x00\x00\x00\x00\x00\x00\x00\x00' ; printf '\x00\x10\x00\x00'
+    printf '\x00\x00\x10\x00\x00\x00\x00\x00' ; printf '\x07\x00\x01\x00'
+    printf '\xff\x01\x00\x00\x00\x00\x00\x80' ; printf '\xe8\x03\x00\x00'
+    printf '\x00\xf0\xff\xff\xff\xff\xff\x0f' ; printf '\x00\x00\x10\x00'
+}
+
+is_vhdx() { cmp -s -n 8 <(printf 'vhdxfile') "$1"; }
+
+# add NAME FILE: shrink per the policy above, then copy into the targets' corpora.
+add() {
+    local name="$1" file="$2" size out="$TMP/seed"
+    size=$(stat -c %s "$file")
+    if [ "$size" -le "$MAX_WHOLE" ]; then
+        cp "$file" "$out"
+    elif is_vhdx "$file"; then
+        head -c "$MAX_WHOLE" "$file" > "$out"
+        name="$name.head4M"
+    else
+        { head -c "$VHD_HEAD" "$file"; tail -c 512 "$file"; } > "$out"
+        name="$name.head64K+footer"
+    fi
+    if is_vhdx "$out"; then
+        cp "$out" "$CORPUS/open_vhdx/$name"
+    else
+        cp "$out" "$CORPUS/open_vhd/$name"
+    fi
+    # detect reads only the first 8 bytes and the last 512: keep those and the neighbourhood.
+    if [ "$(stat -c %s "$out")" -le 8192 ]; then
+        cp "$out" "$CORPUS/detect/$name"
+    else
+        { head -c 4096 "$out"; tail -c 4096 "$out"; } > "$CORPUS/detect/$name"
+    fi
+    { read_view_prefix; cat "$out"; } > "$CORPUS/read_view/$name"
+    count=$((count + 1))
+}
+
+# add_any NAME PATH: decompress .gz/.bz2 into the temp dir first.
+add_any() {
+    local name="$1" path="$2"
+    case "$path" in
+        *.gz) gzip -dc "$path" > "$TMP/raw"; add "${name%.gz}" "$TMP/raw" ;;
+        *.bz2) bzip2 -dc "$path" > "$TMP/raw"; add "${name%.bz2}" "$TMP/raw" ;;
+        *) add "$name" "$path" ;;
+    esac
+}
+
+# 1. testdata/
+if [ -d "$ROOT/testdata" ]; then
+    while IFS= read -r -d '' f; do
+        rel="${f#"$ROOT/testdata/"}"
+        add_any "testdata-${rel//\//-}" "$f"
+    done < <(find "$ROOT/testdata" -type f \( -iname '*.vhd' -o -iname '*.vhdx' -o -iname '*.avhd' \
+        -o -iname '*.avhdx' -o -iname '*.vhd*.gz' -o -iname '*.vhd*.bz2' -o -path '*/fuzz-regressions/*' \) \
+        ! -name '*.md' -print0 | sort -z)
+fi
+
+# 2. shared real-world images
+REAL="${VHDKIT_TESTDATA_REAL:-}"
+if [ -z "$REAL" ]; then
+    for d in "$ROOT/../shared/testdata-real" "$ROOT/../../shared/testdata-real"; do
+        if [ -d "$d" ]; then REAL="$d"; break; fi
+    done
+fi
+if [ -n "$REAL" ] && [ -d "$REAL" ]; then
+    while IFS= read -r -d '' f; do
+        rel="${f#"$REAL/"}"
+        add_any "real-${rel//\//-}" "$f"
+    done < <(find "$REAL" -type f \( -iname '*.vhd*' -o -iname '*.avhd*' -o -name '*.1' -o -name '*.bin' \) -print0 | sort -z)
+else
+    echo "seed.sh: no shared testdata-real found (set VHDKIT_TESTDATA_REAL); skipping" >&2
+fi
+
+# 3. tiny qemu-made images
+if command -v qemu-img > /dev/null && command -v qemu-io > /dev/null; then
+    q="$TMP/q"
+    mkimg() { # NAME FORMAT OPTIONS SIZE [qemu-io commands...]
+        local name="$1" fmt="$2" opts="$3" size="$4"
+        shift 4
+        rm -f "$q"
+        qemu-img create -q -f "$fmt" -o "$opts" "$q" "$size"
+        local c
+        for c in "$@"; do qemu-io -f "$fmt" -c "$c" "$q" > /dev/null; done
+        add "qemu-$name" "$q"
+    }
+    mkimg vpc-dynamic-empty-16M.vhd vpc subformat=dynamic 16M
+    mkimg vpc-dynamic-1blk-16M.vhd vpc subformat=dynamic 16M 'write -P 0x5a 2M 1M'
+    mkimg vpc-dynamic-2blk-sparse-1G.vhd vpc subformat=dynamic 1G 'write -P 0x11 0 4k' 'write -P 0x22 1020M 512'
+    mkimg vpc-dynamic-forcesize-5M.vhd vpc subformat=dynamic,force_size=on 5M 'write -P 0x33 4M 1536'
+    mkimg vpc-fixed-1M.vhd vpc subformat=fixed 1M 'write -P 0x44 4096 8k'
+    mkimg vpc-fixed-forcesize-3M.vhd vpc subformat=fixed,force_size=on 3M 'write -P 0x55 0 512'
+    mkimg vpc-dynamic-huge-2T.vhd vpc subformat=dynamic 2040G 'write -P 0x66 0 512'
+    for bs in 1M 8M 32M; do
+        mkimg "vhdx-dynamic-bs$bs-64M.vhdx" vhdx "subformat=dynamic,block_size=$bs,log_size=1M" 64M 'write -P 0x77 0 64k'
+    done
+    mkimg vhdx-dynamic-nozero-16M.vhdx vhdx subformat=dynamic,block_state_zero=off 16M
+    mkimg vhdx-dynamic-huge-64T.vhdx vhdx subformat=dynamic,block_size=256M 64T
+    mkimg vhdx-fixed-1M.vhdx vhdx subformat=fixed 1M
+else
+    echo "seed.sh: qemu-img/qemu-io not found; skipping generated seeds" >&2
+fi
+
+# Two bare signatures, so detect starts from both.
+printf 'vhdxfile' > "$CORPUS/detect/sig-vhdx"
+{ head -c 504 /dev/zero; printf 'conectix'; } > "$CORPUS/detect/sig-vhd-tail"
+
+for t in open_vhd open_vhdx detect read_view; do
+    echo "seed.sh: $t: $(find "$CORPUS/$t" -type f | wc -l) files"
+done
+echo "seed.sh: added $count images"
