@@ -215,7 +215,9 @@ fn prepare_convert(cfg: &Config, dir: &Path, fmt: &str, name: &str, opts: &str) 
     a.extend(["convert", "--to", "raw"].map(OsString::from));
     a.extend([src.clone().into(), out_vhdkit.clone().into()]);
     let mut q: Vec<OsString> = vec![cfg.qemu_img.clone().into()];
-    q.extend(["convert", "-f", fmt, "-O", "raw"].map(OsString::from));
+    // `-t writeback` makes qemu-img flush the output at the end, as vhdkit always does (its
+    // default for convert, `unsafe`, never flushes): both then pay for durable output.
+    q.extend(["convert", "-t", "writeback", "-f", fmt, "-O", "raw"].map(OsString::from));
     q.extend([src.into(), out_qemu.clone().into()]);
     Ok(Prepared {
         contenders: vec![

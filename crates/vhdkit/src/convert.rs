@@ -70,11 +70,12 @@ pub fn to_raw(
         .open(&tmp)
         .map_err(|e| Error::io("creating the output file", e))
         .with_path(&tmp)?;
-    let result = copy_sparse(view, &mut file, &mut progress)
+    // Sizing the file first makes every skipped range a hole and turns the writes into
+    // in-place writes, which are cheaper than writes that extend the file.
+    let result = finish_file(&file, view.virtual_size())
+        .and_then(|()| copy_sparse(view, &mut file, &mut progress))
         .and_then(|stats| {
-            // Extending the file to its full length makes the tail a hole.
-            finish_file(&file, stats.virtual_size)?;
-            file.sync_all()
+            file.sync_data()
                 .map_err(|e| Error::io("flushing the output file", e))?;
             Ok(stats)
         })
@@ -163,18 +164,50 @@ fn write_nonzero<W: Write + Seek>(
     offset: u64,
     stats: &mut ConvertStats,
 ) -> Result<()> {
-    let mut at = offset;
+    // Maximal runs of non-zero grains go out in one write each: few, large writes.
+    let mut run_start: Option<usize> = None;
+    let mut at = 0usize;
     for piece in data.chunks(ZERO_GRAIN) {
-        if is_zero(piece) {
-            stats.bytes_skipped += piece.len() as u64;
-        } else {
-            out.seek(SeekFrom::Start(at))
-                .and_then(|_| out.write_all(piece))
-                .map_err(|e| Error::io(format!("writing the output at offset {at:#x}"), e))?;
-            stats.bytes_written += piece.len() as u64;
+        let zero = is_zero(piece);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                write_run(
+                    out,
+                    data.get(start..at).unwrap_or(&[]),
+                    offset + start as u64,
+                    stats,
+                )?;
+                run_start = None;
+            }
+            _ => {}
         }
-        at += piece.len() as u64;
+        if zero {
+            stats.bytes_skipped += piece.len() as u64;
+        }
+        at += piece.len();
     }
+    if let Some(start) = run_start {
+        write_run(
+            out,
+            data.get(start..).unwrap_or(&[]),
+            offset + start as u64,
+            stats,
+        )?;
+    }
+    Ok(())
+}
+
+fn write_run<W: Write + Seek>(
+    out: &mut W,
+    run: &[u8],
+    at: u64,
+    stats: &mut ConvertStats,
+) -> Result<()> {
+    out.seek(SeekFrom::Start(at))
+        .and_then(|_| out.write_all(run))
+        .map_err(|e| Error::io(format!("writing the output at offset {at:#x}"), e))?;
+    stats.bytes_written += run.len() as u64;
     Ok(())
 }
 
