@@ -67,8 +67,8 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
     let header_end = l
         .header_offset
         .saturating_add(format::DYNAMIC_HEADER_BYTES as u64);
-    let overlaps_header = l.table_offset < header_end && end.map_or(true, |e| e > l.header_offset);
-    if end.map_or(true, |e| e > l.data_end)
+    let overlaps_header = l.table_offset < header_end && end.is_none_or(|e| e > l.header_offset);
+    if end.is_none_or(|e| e > l.data_end)
         || l.table_offset < format::FOOTER_BYTES as u64
         || overlaps_header
     {

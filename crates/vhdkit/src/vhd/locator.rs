@@ -244,7 +244,7 @@ fn read_data(
         ));
     }
     let end = off.checked_add(u64::from(len));
-    if end.map_or(true, |end| end > file_size) || off < format::FOOTER_BYTES as u64 {
+    if end.is_none_or(|end| end > file_size) || off < format::FOOTER_BYTES as u64 {
         return Err(format!(
             "data at offset {off:#x}, {len} bytes, lies outside the file (0x200..{file_size:#x})"
         ));
