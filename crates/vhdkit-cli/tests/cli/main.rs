@@ -7,3 +7,4 @@ mod util;
 
 mod convert_qemu;
 mod errors;
+mod reparent;

@@ -1,5 +1,5 @@
 //! Rewriting a differencing VHD's parent linkage: locators, parent name, (optionally) parent
-//! unique id and time stamp. Produces a [`txn::Plan`]; writes nothing.
+//! unique id and time stamp. Produces a [`crate::txn::Plan`]; writes nothing.
 //!
 //! What changes (FORMAT.md A.6, A.7, "Rewriting VHD metadata"):
 //! - `W2ru` / `W2ku` get the new paths (UTF-16 little-endian). A locator keeps its slot and its
@@ -88,7 +88,7 @@ fn describe_entry(e: &ParentLocatorEntry, path: Option<&str>) -> String {
     format!(
         "{} {} (data {} bytes at {:#x}, space {})",
         code_text(e.platform_code),
-        path.map_or_else(|| "(undecodable)".to_string(), |p| format!("{p:?}")),
+        path.map_or_else(|| "(undecodable)".to_string(), |p| format!("\"{p}\"")),
         e.platform_data_length,
         e.platform_data_offset,
         e.platform_data_space
