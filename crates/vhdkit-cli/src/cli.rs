@@ -25,6 +25,58 @@ pub enum Command {
     Chain(ChainArgs),
     /// Copy the virtual contents of a disk, through its chain, to another file.
     Convert(ConvertArgs),
+    /// Repoint a differencing disk at another copy of its parent (like Set-VHD -ParentPath).
+    Reparent(ReparentArgs),
+    /// Finish an interrupted vhdkit change (or report a journal that does not belong).
+    Repair(RepairArgs),
+}
+
+/// `vhdkit reparent`.
+#[derive(Debug, Args)]
+pub struct ReparentArgs {
+    /// The new parent file.
+    #[arg(long = "parent", value_name = "NEWPARENT")]
+    pub parent: PathBuf,
+    /// Write only the relative locator (W2ru); clear the absolute one.
+    #[arg(long, conflicts_with = "absolute_only")]
+    pub relative_only: bool,
+    /// Write only the absolute locator (W2ku); clear the relative one.
+    #[arg(long)]
+    pub absolute_only: bool,
+    /// Print the plan (every field old -> new, the bytes to write); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Accept a new parent whose identity differs from the child's record, and rewrite the
+    /// record (like Hyper-V's -IgnoreIdMismatch). Dangerous unless the data is the same.
+    #[arg(long)]
+    pub ignore_id_mismatch: bool,
+    /// Accept a mismatching new parent only if its virtual contents equal OLDPARENT's.
+    #[arg(long, value_name = "OLDPARENT")]
+    pub verify_content: Option<PathBuf>,
+    /// The absolute Windows path to record for the new parent (e.g. 'C:\Lab\Ref\base.vhd').
+    #[arg(long, value_name = "WINPATH")]
+    pub windows_path: Option<String>,
+    /// Parent lookup options (also used in reverse to form the absolute Windows path).
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The differencing disk to repoint.
+    pub child: PathBuf,
+}
+
+/// `vhdkit repair`.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Report what would be done; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The disk file.
+    pub file: PathBuf,
 }
 
 /// `vhdkit info`.

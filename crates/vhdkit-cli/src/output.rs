@@ -18,7 +18,7 @@ impl CliError {
     /// else, including a damaged disk, is an error (2).
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Lib(vhdkit::Error::InvalidArgument(_)) => 1,
+            CliError::Lib(vhdkit::Error::InvalidArgument(_) | vhdkit::Error::Refused { .. }) => 1,
             _ => 2,
         }
     }

@@ -231,9 +231,24 @@ pub(crate) trait Image: Send + Sync + fmt::Debug {
 pub struct Disk {
     image: Box<dyn Image>,
     path: Option<PathBuf>,
+    /// Warnings about the file's surroundings (a pending or foreign journal beside it).
+    extra_warnings: Vec<String>,
 }
 
 const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
+
+/// The bytes of the file at `path` as a read-only source, with a pending vhdkit journal's change
+/// laid over it in memory (see [`Disk::open_with`]), and the warning to show about the journal.
+pub fn open_source(path: &Path) -> Result<(Box<dyn Source>, Option<String>)> {
+    let file = File::open(path)
+        .map_err(|e| Error::io("opening the file", e))
+        .with_path(path)?;
+    let journal = crate::txn::journal::FileJournal::for_disk(path);
+    Ok(crate::txn::journal::overlay_pending(
+        Box::new(file),
+        &journal,
+    ))
+}
 
 /// Which format the bytes are in, by signature (never by file name).
 pub fn detect(src: &dyn Source) -> Result<DiskFormat> {
@@ -264,13 +279,17 @@ impl Disk {
     }
 
     /// Open a disk file read-only.
+    ///
+    /// When a vhdkit journal of an interrupted change lies beside the file
+    /// (`<file>.vhdkit-journal`) and matches it, the disk is shown as if the change had
+    /// completed (an in-memory overlay; nothing is written) and a warning says so. A journal
+    /// that does not match is ignored, with a warning.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
         let path = path.as_ref();
-        let file = File::open(path)
-            .map_err(|e| Error::io("opening the file", e))
-            .with_path(path)?;
-        let mut disk = Self::from_source(Box::new(file), opts).with_path(path)?;
+        let (src, warning) = open_source(path)?;
+        let mut disk = Self::from_source(src, opts).with_path(path)?;
         disk.path = Some(path.to_path_buf());
+        disk.extra_warnings.extend(warning);
         Ok(disk)
     }
 
@@ -280,7 +299,11 @@ impl Disk {
             DiskFormat::Vhd => Box::new(vhd::VhdFile::open(src, opts)?),
             DiskFormat::Vhdx => Box::new(vhdx::VhdxFile::open(src, opts)?),
         };
-        Ok(Disk { image, path: None })
+        Ok(Disk {
+            image,
+            path: None,
+            extra_warnings: Vec::new(),
+        })
     }
 
     /// The path the disk was opened from.
@@ -336,7 +359,9 @@ impl Disk {
 
     /// Problems that did not stop the open (a damaged redundant copy, a log replayed in memory).
     pub fn warnings(&self) -> Vec<String> {
-        self.image.warnings()
+        let mut w = self.extra_warnings.clone();
+        w.extend(self.image.warnings());
+        w
     }
 
     /// What this file holds for the virtual range starting at `offset`: the extent kind and how

@@ -100,6 +100,16 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A requested change was refused because a safety check failed (a parent that does not
+    /// match, a loop, a foreign journal). Nothing was written.
+    #[error("{}refused: {reason}", path_prefix(.path))]
+    Refused {
+        /// The file the change was for.
+        path: Option<PathBuf>,
+        /// Why, in one line.
+        reason: String,
+    },
+
     /// A write was attempted on a disk opened read-only.
     #[error("{}the disk is open read-only", path_prefix(.path))]
     ReadOnly {
@@ -145,6 +155,14 @@ impl Error {
         }
     }
 
+    /// A refused change (see [`Error::Refused`]).
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Error::Refused {
+            path: None,
+            reason: reason.into(),
+        }
+    }
+
     /// A limit exceeded at `offset` in `structure`.
     pub fn limit(
         structure: &'static str,
@@ -176,7 +194,8 @@ impl Error {
             | Error::Unsupported { path, .. }
             | Error::NotADisk { path, .. }
             | Error::Chain { path, .. }
-            | Error::ReadOnly { path } => path,
+            | Error::ReadOnly { path }
+            | Error::Refused { path, .. } => path,
             Error::InvalidArgument(_) => return self,
         };
         if slot.is_none() {
@@ -213,6 +232,7 @@ impl From<Error> for io::Error {
             Error::Unsupported { .. } => io::ErrorKind::Unsupported,
             Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
             Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
+            Error::Refused { .. } => io::ErrorKind::Other,
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)

@@ -29,6 +29,8 @@ pub mod disk;
 pub mod error;
 pub mod guid;
 pub mod limits;
+pub mod repair;
+pub mod reparent;
 pub mod source;
 pub mod txn;
 pub mod vhd;
@@ -42,5 +44,6 @@ pub use disk::{
 };
 pub use error::{Error, Result};
 pub use limits::Limits;
+pub use reparent::{LocatorMode, ReparentOptions, ReparentPlan};
 pub use source::{SeekSource, Source};
 pub use view::{Allocation, ChainView};

@@ -136,6 +136,73 @@ impl<R: Read + Seek + Send + std::fmt::Debug> Source for SeekSource<R> {
     }
 }
 
+/// A source with some ranges replaced in memory and a different length: how a read-only open
+/// shows a pending journal's change without writing it. Bytes past the inner source's end
+/// read as zeros.
+#[derive(Debug)]
+pub struct OverlaySource {
+    inner: Box<dyn Source>,
+    inner_len: u64,
+    len: u64,
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl OverlaySource {
+    /// Lay `writes` (offset, bytes) over `inner`, giving a source of `len` bytes. On failure
+    /// (the inner length cannot be read) the inner source is handed back.
+    #[allow(clippy::type_complexity)]
+    pub fn new(
+        inner: Box<dyn Source>,
+        writes: Vec<(u64, Vec<u8>)>,
+        len: u64,
+    ) -> std::result::Result<OverlaySource, (Box<dyn Source>, io::Error)> {
+        match inner.len() {
+            Ok(inner_len) => Ok(OverlaySource {
+                inner,
+                inner_len,
+                len,
+                writes,
+            }),
+            Err(e) => Err((inner, e)),
+        }
+    }
+}
+
+impl Source for OverlaySource {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
+        let end = offset.checked_add(buf.len() as u64).ok_or_else(eof)?;
+        if end > self.len {
+            return Err(eof());
+        }
+        buf.fill(0);
+        if offset < self.inner_len {
+            let n = usize::try_from((self.inner_len - offset).min(buf.len() as u64))
+                .map_err(|_| eof())?;
+            self.inner
+                .read_exact_at(buf.get_mut(..n).ok_or_else(eof)?, offset)?;
+        }
+        for (at, data) in &self.writes {
+            let w_end = at.saturating_add(data.len() as u64);
+            let lo = offset.max(*at);
+            let hi = end.min(w_end);
+            if lo >= hi {
+                continue;
+            }
+            let (b0, b1) = ((lo - offset) as usize, (hi - offset) as usize);
+            let (d0, d1) = ((lo - at) as usize, (hi - at) as usize);
+            if let (Some(dst), Some(src)) = (buf.get_mut(b0..b1), data.get(d0..d1)) {
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
 /// Read `len` bytes at `offset`, for structure `structure`, with an error that says where.
 ///
 /// A read past the end of the file is reported as corruption (the structure claims to be where
@@ -190,6 +257,20 @@ mod tests {
         let e = read_struct(&v, 8, &mut b, "thing").unwrap_err();
         assert!(e.is_corruption(), "{e}");
         assert!(e.to_string().contains("thing at offset 0x8"));
+    }
+
+    #[test]
+    fn overlay_reads_new_bytes_and_grows() {
+        let base: Vec<u8> = (0u8..16).collect();
+        let o = OverlaySource::new(Box::new(base), vec![(14, vec![0xAA; 4]), (2, vec![9])], 20)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let mut b = [0u8; 20];
+        o.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(b[2], 9);
+        assert_eq!(&b[13..20], &[13, 0xAA, 0xAA, 0xAA, 0xAA, 0, 0]);
+        assert_eq!(Source::len(&o).unwrap(), 20);
+        assert!(o.read_exact_at(&mut b, 1).is_err());
     }
 
     #[test]

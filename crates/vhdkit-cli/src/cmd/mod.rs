@@ -3,6 +3,8 @@
 mod chain;
 mod convert;
 mod info;
+mod repair;
+mod reparent;
 
 use crate::cli::{Command, ResolveArgs};
 use crate::output::CliError;
@@ -14,6 +16,8 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Info(a) => a.json,
         Command::Chain(a) => a.json,
         Command::Convert(a) => a.json,
+        Command::Reparent(a) => a.json,
+        Command::Repair(a) => a.json,
     }
 }
 
@@ -23,6 +27,8 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Info(a) => info::run(&a),
         Command::Chain(a) => chain::run(&a),
         Command::Convert(a) => convert::run(&a),
+        Command::Reparent(a) => reparent::run(&a),
+        Command::Repair(a) => repair::run(&a),
     }
 }
 

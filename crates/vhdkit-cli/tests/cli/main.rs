@@ -9,3 +9,4 @@ mod chains;
 mod convert_qemu;
 mod errors;
 mod real_images;
+mod reparent;

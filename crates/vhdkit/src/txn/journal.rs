@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Plan, Sink, WriteOp};
 use crate::error::{Error, Result};
-use crate::source::source_len;
+use crate::source::{source_len, Source};
 
 const MAGIC: &[u8; 8] = b"VHDKITJ1";
 const VERSION: u32 = 1;
@@ -167,6 +167,11 @@ fn encode(plan: &Plan) -> Vec<u8> {
     b
 }
 
+/// Size in bytes of the journal that applying `plan` writes.
+pub fn encoded_len(plan: &Plan) -> usize {
+    encode(plan).len()
+}
+
 struct Cursor<'a> {
     b: &'a [u8],
     pos: usize,
@@ -251,22 +256,158 @@ fn io_err(what: &str, e: io::Error) -> Error {
     Error::io(what.to_string(), e)
 }
 
-/// Bytes at `offset` of the target, or `None` where the file is too short.
-fn read_range(
-    target: &dyn Sink,
+/// Bytes at `offset` of the target; bytes past the end of the file (`file_len`) read as zeros,
+/// which is what they will be once the file grows.
+fn read_padded<S: Source + ?Sized>(
+    target: &S,
     offset: u64,
     len: usize,
     file_len: u64,
-) -> Result<Option<Vec<u8>>> {
-    let end = offset.checked_add(len as u64);
-    if end.is_none_or(|e| e > file_len) {
-        return Ok(None);
-    }
+) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    target
-        .read_exact_at(&mut buf, offset)
-        .map_err(|e| io_err("reading the file to verify a journal", e))?;
-    Ok(Some(buf))
+    if offset < file_len {
+        let avail = usize::try_from((file_len - offset).min(len as u64)).unwrap_or(len);
+        if let Some(dst) = buf.get_mut(..avail) {
+            target
+                .read_exact_at(dst, offset)
+                .map_err(|e| io_err("reading the file to verify a journal", e))?;
+        }
+    }
+    Ok(buf)
+}
+
+/// What a journal beside a file means for the file as it is now. Found by reading only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalState {
+    /// No journal: nothing was interrupted.
+    Absent,
+    /// A valid journal of an interrupted change: every range holds its old or its new bytes,
+    /// and not all hold the new ones. Rolling forward finishes it.
+    Pending(Plan),
+    /// A valid journal whose change is already complete on the file; only the journal is left.
+    Complete(Plan),
+    /// A journal that does not belong to the file as it is now (damaged, or the file changed
+    /// since). It must never be applied.
+    Foreign {
+        /// Why it does not match.
+        reason: String,
+    },
+}
+
+/// Classify the journal in `store` against `target` without writing anything.
+pub fn inspect<S: Source + ?Sized>(target: &S, store: &dyn JournalStore) -> Result<JournalState> {
+    let bytes = match store.load() {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(JournalState::Absent),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Ok(JournalState::Foreign {
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => {
+            return Err(io_err(
+                &format!("reading the journal {}", store.describe()),
+                e,
+            ))
+        }
+    };
+    let plan = match decode(&bytes) {
+        Ok(p) => p,
+        Err(reason) => return Ok(JournalState::Foreign { reason }),
+    };
+    let len = target
+        .len()
+        .map_err(|e| Error::io("reading the file length", e))?;
+    if len != plan.old_len && len != plan.new_len {
+        return Ok(JournalState::Foreign {
+            reason: format!(
+                "file length {len} is neither the journal's old {} nor new {}",
+                plan.old_len, plan.new_len
+            ),
+        });
+    }
+    let mut all_new = len == plan.new_len;
+    for w in &plan.writes {
+        if w.offset.checked_add(w.data.len() as u64).is_none() || w.old.len() != w.data.len() {
+            return Ok(JournalState::Foreign {
+                reason: format!("record '{}' is malformed", w.what),
+            });
+        }
+        let cur = read_padded(target, w.offset, w.data.len(), len)?;
+        let is_new = cur == w.data;
+        let is_old = cur == w.old;
+        if !is_new && !is_old {
+            return Ok(JournalState::Foreign {
+                reason: format!(
+                    "{} at offset {:#x} holds neither the journal's old nor its new bytes",
+                    w.what, w.offset
+                ),
+            });
+        }
+        all_new &= is_new;
+    }
+    Ok(if all_new {
+        JournalState::Complete(plan)
+    } else {
+        JournalState::Pending(plan)
+    })
+}
+
+/// For read-only opens: `src` with a pending journal's new bytes laid over it in memory, so a
+/// reader sees the completed change without writing, plus a warning to show. A journal that
+/// does not match is ignored (never applied) with a warning.
+pub fn overlay_pending(
+    src: Box<dyn Source>,
+    store: &dyn JournalStore,
+) -> (Box<dyn Source>, Option<String>) {
+    match inspect(&*src, store) {
+        Ok(JournalState::Absent) => (src, None),
+        Ok(JournalState::Pending(plan)) => {
+            let w = format!(
+                "an interrupted vhdkit change is pending in {} (shown here as completed, \
+                 nothing written); `vhdkit repair FILE` or the next write finishes it",
+                store.describe()
+            );
+            let writes = plan
+                .writes
+                .into_iter()
+                .map(|w| (w.offset, w.data))
+                .collect();
+            match crate::source::OverlaySource::new(src, writes, plan.new_len) {
+                Ok(o) => (Box::new(o), Some(w)),
+                Err((src, e)) => (
+                    src,
+                    Some(format!(
+                        "an interrupted vhdkit change is pending in {} but could not be shown \
+                         ({e}); `vhdkit repair FILE` finishes it",
+                        store.describe()
+                    )),
+                ),
+            }
+        }
+        Ok(JournalState::Complete(_)) => (
+            src,
+            Some(format!(
+                "a finished vhdkit change left its journal {}; `vhdkit repair FILE` removes it",
+                store.describe()
+            )),
+        ),
+        Ok(JournalState::Foreign { reason }) => (
+            src,
+            Some(format!(
+                "ignored the vhdkit journal {}: it does not match this file ({reason}); it was \
+                 not applied",
+                store.describe()
+            )),
+        ),
+        Err(e) => (
+            src,
+            Some(format!(
+                "could not check the vhdkit journal {}: {e}",
+                store.describe()
+            )),
+        ),
+    }
 }
 
 /// Apply `plan` to `target` through the journal `store`. Nothing is written unless the file
@@ -299,16 +440,19 @@ pub fn apply(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result
                 w.what
             )));
         }
-        match read_range(target, w.offset, w.old.len(), len)? {
-            Some(cur) if cur == w.old => {}
-            // Growing writes past the old end carry zeros as their old bytes.
-            None if w.old.iter().all(|&b| b == 0) && w.offset >= len => {}
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "the file changed since the plan was made ({} at offset {:#x})",
-                    w.what, w.offset
-                )))
-            }
+        if w.offset.checked_add(w.data.len() as u64).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "plan write '{}' at offset {:#x} overflows",
+                w.what, w.offset
+            )));
+        }
+        // Bytes past the current end count as zeros: a growing write carries zeros as its old
+        // bytes there.
+        if read_padded(target, w.offset, w.old.len(), len)? != w.old {
+            return Err(Error::InvalidArgument(format!(
+                "the file changed since the plan was made ({} at offset {:#x})",
+                w.what, w.offset
+            )));
         }
     }
     store
@@ -342,50 +486,18 @@ fn write_new(target: &dyn Sink, plan: &Plan) -> Result<()> {
 
 /// Finish or discard an interrupted change recorded in `store` for `target`.
 pub fn recover(target: &dyn Sink, store: &dyn JournalStore) -> Result<Recovery> {
-    let Some(bytes) = store
-        .load()
-        .map_err(|e| io_err(&format!("reading the journal {}", store.describe()), e))?
-    else {
-        return Ok(Recovery::Clean);
-    };
-    let plan = match decode(&bytes) {
-        Ok(p) => p,
-        Err(reason) => return Ok(Recovery::Foreign { reason }),
+    let plan = match inspect(target, store)? {
+        JournalState::Absent => return Ok(Recovery::Clean),
+        JournalState::Foreign { reason } => return Ok(Recovery::Foreign { reason }),
+        JournalState::Complete(_) => {
+            store
+                .remove()
+                .map_err(|e| io_err(&format!("removing the journal {}", store.describe()), e))?;
+            return Ok(Recovery::AlreadyComplete);
+        }
+        JournalState::Pending(plan) => plan,
     };
     let len = source_len(target)?;
-    if len != plan.old_len && len != plan.new_len {
-        return Ok(Recovery::Foreign {
-            reason: format!(
-                "file length {len} is neither the journal's old {} nor new {}",
-                plan.old_len, plan.new_len
-            ),
-        });
-    }
-    let mut all_new = len == plan.new_len;
-    for w in &plan.writes {
-        let cur = read_range(target, w.offset, w.data.len(), len)?;
-        let is_new = cur.as_deref() == Some(w.data.as_slice());
-        let is_old = match &cur {
-            Some(c) => *c == w.old,
-            // A range past the current end is still in its old state (not yet written).
-            None => w.offset >= plan.old_len.min(len),
-        };
-        if !is_new && !is_old {
-            return Ok(Recovery::Foreign {
-                reason: format!(
-                    "{} at offset {:#x} holds neither the journal's old nor its new bytes",
-                    w.what, w.offset
-                ),
-            });
-        }
-        all_new &= is_new;
-    }
-    if all_new {
-        store
-            .remove()
-            .map_err(|e| io_err(&format!("removing the journal {}", store.describe()), e))?;
-        return Ok(Recovery::AlreadyComplete);
-    }
     let replay = Plan {
         old_len: len,
         ..plan

@@ -78,7 +78,8 @@ pub struct FieldChange {
     pub new: String,
 }
 
-/// One positional write of a plan.
+/// One positional write of a plan. Serialized (for `--json`) as its offset, length and
+/// description; the bytes themselves stay out of reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteOp {
     /// Absolute file offset.
@@ -91,9 +92,22 @@ pub struct WriteOp {
     pub what: String,
 }
 
+#[cfg(feature = "serde")]
+impl serde::Serialize for WriteOp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("WriteOp", 3)?;
+        st.serialize_field("offset", &self.offset)?;
+        st.serialize_field("length", &self.data.len())?;
+        st.serialize_field("what", &self.what)?;
+        st.end()
+    }
+}
+
 /// A computed change to one file: the fields that change (for people) and the writes that do
 /// it (for the machine). Building a plan reads the file; only applying it writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Plan {
     /// Field-level description.
     pub changes: Vec<FieldChange>,

@@ -23,6 +23,7 @@ pub mod dynamic;
 pub mod footer;
 pub mod format;
 pub mod locator;
+pub mod reparent;
 
 use std::sync::Mutex;
 

@@ -1,0 +1,44 @@
+//! `vhdkit repair FILE`: today, finish an interrupted vhdkit change.
+
+use vhdkit::repair::{self, JournalOutcome, RepairOptions};
+
+use crate::cli::RepairArgs;
+use crate::output::{self, CliError};
+use crate::Outcome;
+
+pub fn run(a: &RepairArgs) -> Result<Outcome, CliError> {
+    let report = repair::repair(&a.file, &RepairOptions::default().dry_run(a.dry_run))?;
+    if a.json {
+        output::print_json(&report)?;
+    } else {
+        let j = report.journal_path.display();
+        let line = match &report.journal {
+            JournalOutcome::None => "no interrupted vhdkit change: nothing to do".to_string(),
+            JournalOutcome::Finished { writes } => {
+                format!("finished the interrupted change recorded in {j} ({writes} ranges written); journal removed")
+            }
+            JournalOutcome::WouldFinish { writes } => {
+                format!("dry run: would finish the interrupted change recorded in {j} ({writes} ranges)")
+            }
+            JournalOutcome::RemovedLeftover => {
+                format!("the change recorded in {j} was already complete; journal removed")
+            }
+            JournalOutcome::WouldRemoveLeftover => {
+                format!("dry run: the change recorded in {j} is complete; would remove the journal")
+            }
+            JournalOutcome::Foreign { reason } => format!(
+                "the journal {j} does not belong to the file as it is now ({reason}); it was NOT applied and was left in place"
+            ),
+        };
+        println!("{}: {line}", a.file.display());
+    }
+    if report.needs_attention() {
+        eprintln!(
+            "vhdkit: refused: {}: foreign journal {} not applied",
+            a.file.display(),
+            report.journal_path.display()
+        );
+        return Ok(Outcome::Findings);
+    }
+    Ok(Outcome::Ok)
+}

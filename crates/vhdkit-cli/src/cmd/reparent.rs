@@ -1,0 +1,153 @@
+//! `vhdkit reparent CHILD --parent NEWPARENT`.
+
+use std::fmt::Write as _;
+
+use vhdkit::reparent::{self, IdentityCheck, LocatorMode, ReparentOptions, ReparentPlan};
+use vhdkit::Chain;
+
+use crate::cli::ReparentArgs;
+use crate::cmd::chain_options;
+use crate::output::{self, CliError};
+use crate::Outcome;
+
+pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
+    let chain = chain_options(&a.resolve)?;
+    let opts = ReparentOptions {
+        new_parent: a.parent.clone(),
+        mode: if a.relative_only {
+            LocatorMode::RelativeOnly
+        } else if a.absolute_only {
+            LocatorMode::AbsoluteOnly
+        } else {
+            LocatorMode::Both
+        },
+        ignore_id_mismatch: a.ignore_id_mismatch,
+        verify_content: a.verify_content.clone(),
+        windows_path: a.windows_path.clone(),
+        chain: chain.clone(),
+    };
+    let plan = reparent::plan(&a.child, &opts)?;
+    if a.dry_run {
+        if a.json {
+            output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
+        } else {
+            print!("{}", render_plan(&plan));
+            println!("dry run: nothing written");
+        }
+        for w in &plan.warnings {
+            eprintln!("vhdkit: warning: {w}");
+        }
+        return Ok(Outcome::Ok);
+    }
+    let report = reparent::apply(&plan)?;
+    // Re-verify: the child's chain must open intact through the new locators.
+    let verify = Chain::open(&a.child, &chain)?;
+    let chain_report = verify.report().clone();
+    if a.json {
+        output::print_json(&serde_json::json!({
+            "applied": true,
+            "plan": plan,
+            "report": report,
+            "chain": chain_report,
+        }))?;
+    } else {
+        let mut s = render_plan(&plan);
+        let _ = writeln!(
+            s,
+            "applied: {} bytes in {} ranges (journal {} bytes, removed); file {} -> {} bytes",
+            report.bytes_written,
+            report.writes,
+            report.journal_bytes,
+            report.old_len,
+            report.new_len
+        );
+        if let vhdkit::txn::journal::Recovery::RolledForward { writes } = report.recovery {
+            let _ = writeln!(
+                s,
+                "first finished an interrupted earlier change ({writes} ranges)"
+            );
+        }
+        let parent = chain_report.links.first().and_then(|l| l.parent.as_ref());
+        let _ = writeln!(
+            s,
+            "chain re-opened: intact, {} disks; parent found via {}: {}",
+            chain_report.links.len(),
+            parent.and_then(|p| p.via.as_deref()).unwrap_or("?"),
+            parent
+                .and_then(|p| p.path.as_ref())
+                .map_or_else(|| "?".to_string(), |p| p.display().to_string())
+        );
+        print!("{s}");
+    }
+    for w in &plan.warnings {
+        eprintln!("vhdkit: warning: {w}");
+    }
+    Ok(Outcome::Ok)
+}
+
+fn render_plan(p: &ReparentPlan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "reparent {} ({})", p.child.display(), p.format);
+    let _ = writeln!(
+        s,
+        "  new parent:    {} (id {})",
+        p.new_parent_resolved.display(),
+        p.new_parent_id
+    );
+    let verdict = match &p.identity {
+        IdentityCheck::Primary => "matches the child's recorded parent id".to_string(),
+        IdentityCheck::Alternate => "matches the child's alternate linkage (parent_linkage2)".to_string(),
+        IdentityCheck::MismatchIgnored { recorded, .. } => format!(
+            "MISMATCH (child records {recorded}) ignored on request; linkage rewritten"
+        ),
+        IdentityCheck::ContentVerified {
+            recorded,
+            old_parent,
+            bytes_compared,
+            ..
+        } => format!(
+            "differs from the recorded {recorded}, but contents equal {} ({bytes_compared} bytes); linkage rewritten",
+            old_parent.display()
+        ),
+    };
+    let _ = writeln!(s, "  identity:      {verdict}");
+    if let Some(r) = &p.relative_path {
+        let _ = writeln!(s, "  relative path: {r}");
+    }
+    if let Some(abs) = &p.absolute_path {
+        let _ = writeln!(s, "  absolute path: {} ({})", abs.value, abs.how);
+    }
+    let _ = writeln!(s, "  parent name:   {}", p.parent_name);
+    let _ = writeln!(s, "changes:");
+    for c in &p.txn.changes {
+        let _ = writeln!(
+            s,
+            "  {} / {}:\n    {}\n    -> {}",
+            c.structure, c.field, c.old, c.new
+        );
+    }
+    let _ = writeln!(
+        s,
+        "writes: {} bytes in {} ranges (file {} -> {} bytes)",
+        p.bytes_written,
+        p.txn.writes.len(),
+        p.txn.old_len,
+        p.txn.new_len
+    );
+    for w in &p.txn.writes {
+        let _ = writeln!(
+            s,
+            "  {:#010x} {:>6} bytes  {}",
+            w.offset,
+            w.data.len(),
+            w.what
+        );
+    }
+    for n in &p.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
+    for w in &p.warnings {
+        let _ = writeln!(s, "WARNING: {w}");
+    }
+    s
+}
