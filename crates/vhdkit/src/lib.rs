@@ -25,6 +25,7 @@
 
 pub mod chain;
 pub mod convert;
+pub mod create;
 pub mod disk;
 pub mod error;
 pub mod guid;
@@ -34,8 +35,10 @@ pub mod txn;
 pub mod vhd;
 pub mod vhdx;
 pub mod view;
+pub mod write;
 
 pub use chain::{Chain, ChainOptions, ChainReport, PathMap};
+pub use create::{create, CreateParams, Created};
 pub use disk::{
     detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions, ParentLinkage,
     ParentLocator, PathStyle,
@@ -44,3 +47,4 @@ pub use error::{Error, Result};
 pub use limits::Limits;
 pub use source::{SeekSource, Source};
 pub use view::{Allocation, ChainView};
+pub use write::{WritableDisk, WritableImage};

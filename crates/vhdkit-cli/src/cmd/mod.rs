@@ -2,6 +2,7 @@
 
 mod chain;
 mod convert;
+mod create;
 mod info;
 
 use crate::cli::{Command, ResolveArgs};
@@ -14,6 +15,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Info(a) => a.json,
         Command::Chain(a) => a.json,
         Command::Convert(a) => a.json,
+        Command::Create(a) => a.json,
     }
 }
 
@@ -23,6 +25,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Info(a) => info::run(&a),
         Command::Chain(a) => chain::run(&a),
         Command::Convert(a) => convert::run(&a),
+        Command::Create(a) => create::run(&a),
     }
 }
 
@@ -36,4 +39,22 @@ pub fn chain_options(r: &ResolveArgs) -> Result<vhdkit::ChainOptions, CliError> 
         o = o.path_map(vhdkit::PathMap::parse(m)?);
     }
     Ok(o)
+}
+
+/// A size argument (`--size`, `--block-size`).
+pub fn size_arg(s: &str) -> Result<u64, CliError> {
+    Ok(vhdkit::create::parse_size(s)?)
+}
+
+/// A block size argument: a size that fits 32 bits.
+pub fn block_size_arg(s: Option<&str>) -> Result<Option<u32>, CliError> {
+    s.map(|s| {
+        let v = size_arg(s)?;
+        u32::try_from(v).map_err(|_| {
+            CliError::Lib(vhdkit::Error::InvalidArgument(format!(
+                "block size {v} is too large"
+            )))
+        })
+    })
+    .transpose()
 }

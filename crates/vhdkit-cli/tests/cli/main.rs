@@ -7,5 +7,6 @@ mod util;
 
 mod chains;
 mod convert_qemu;
+mod create_convert_vhd;
 mod errors;
 mod real_images;

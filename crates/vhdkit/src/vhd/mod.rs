@@ -19,10 +19,12 @@
 
 pub mod bat;
 pub mod bitmap;
+pub mod create;
 pub mod dynamic;
 pub mod footer;
 pub mod format;
 pub mod locator;
+pub mod write;
 
 use std::sync::Mutex;
 
