@@ -29,6 +29,8 @@ pub enum Command {
     Reparent(ReparentArgs),
     /// Finish an interrupted vhdkit change (or report a journal that does not belong).
     Repair(RepairArgs),
+    /// Create a new disk: dynamic (default), fixed, or differencing over a parent.
+    Create(CreateArgs),
 }
 
 /// `vhdkit reparent`.
@@ -119,6 +121,53 @@ pub struct ChainArgs {
 pub enum OutputFormat {
     /// A raw image, written sparsely.
     Raw,
+    /// A VHD (dynamic unless --fixed).
+    Vhd,
+}
+
+/// Input formats that can be forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Treat the source as a raw image even if it looks like a VHD or VHDX.
+    Raw,
+}
+
+/// Disk formats for `create`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskFormatArg {
+    /// VHD (version 1).
+    Vhd,
+    /// VHDX.
+    Vhdx,
+}
+
+/// `vhdkit create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Virtual size: bytes, or a number with K, M, G, T (binary multiples; `B` or `iB` may
+    /// follow): 64MiB, 10G, 1.5GiB. Taken from the parent when --parent is given.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Allocate the whole disk up front (a fixed disk).
+    #[arg(long, conflicts_with = "parent")]
+    pub fixed: bool,
+    /// Create a differencing disk over this parent.
+    #[arg(long, value_name = "PARENT")]
+    pub parent: Option<PathBuf>,
+    /// Block size (same units as --size); default 2 MiB for VHD.
+    #[arg(long, value_name = "N")]
+    pub block_size: Option<String>,
+    /// Format; by default from OUT's extension (.vhd/.avhd: vhd, .vhdx/.avhdx: vhdx).
+    #[arg(long, value_enum)]
+    pub format: Option<DiskFormatArg>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options (for the parent's own chain).
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The new disk file (must not exist).
+    pub out: PathBuf,
 }
 
 /// `vhdkit convert`.
@@ -127,6 +176,15 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(long = "to", value_enum)]
     pub to: OutputFormat,
+    /// Force the input format (by default a file that is neither VHD nor VHDX is raw).
+    #[arg(long = "from", value_enum)]
+    pub from: Option<InputFormat>,
+    /// VHD output: a fixed disk instead of a dynamic one.
+    #[arg(long)]
+    pub fixed: bool,
+    /// VHD output: block size (bytes, or with K/M/G units); default 2 MiB.
+    #[arg(long, value_name = "N")]
+    pub block_size: Option<String>,
     /// Replace DST if it exists.
     #[arg(long)]
     pub force: bool,
@@ -139,7 +197,7 @@ pub struct ConvertArgs {
     /// Parent lookup options.
     #[command(flatten)]
     pub resolve: ResolveArgs,
-    /// Source disk (VHD or VHDX; differencing disks are read through their chain).
+    /// Source disk (VHD or VHDX, read through its chain; any other file is a raw image).
     pub src: PathBuf,
     /// Destination file.
     pub dst: PathBuf,

@@ -1,7 +1,12 @@
-//! Copy the virtual contents of a disk (through its chain) out to another container.
+//! Copy the virtual contents of a disk (through its chain), or of a raw image, out to another
+//! container.
+//!
+//! Inputs are anything implementing [`VirtualSource`]: a [`ChainView`] (a VHD/VHDX and its
+//! parents, flattened) or a [`RawSource`] (a plain file, all of it data).
 //!
 //! Raw output is written sparsely: ranges no layer stores, and stored ranges that are all
-//! zeros, are left as holes. The output is built under a temporary name in the destination's
+//! zeros, are left as holes. VHD output ([`to_vhd`]) is dynamic by default: blocks that are all
+//! zeros are never allocated; fixed output leaves zero ranges as holes of the data area. The output is built under a temporary name in the destination's
 //! folder and renamed into place only once complete and flushed, so an interrupted conversion
 //! never leaves a truncated file under the destination's name.
 
@@ -9,8 +14,92 @@ use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::create::{persist, temp_name};
 use crate::error::{Error, Result, ResultExt};
+use crate::vhd::create as vhd_create;
 use crate::view::{Allocation, ChainView};
+use crate::write::{WritableDisk, WritableImage};
+
+/// The virtual disk being copied: a chain, or a raw image.
+pub trait VirtualSource {
+    /// Size in bytes.
+    fn virtual_size(&self) -> u64;
+    /// Fill `buf` from `offset`; the range lies inside the disk.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Whether the range at `offset` holds data, and for how many bytes (1..=`max_len`).
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)>;
+    /// The files read (so that none of them is overwritten by the output).
+    fn files(&self) -> Vec<PathBuf>;
+}
+
+impl VirtualSource for ChainView {
+    fn virtual_size(&self) -> u64 {
+        ChainView::virtual_size(self)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        ChainView::read_exact_at(self, buf, offset)
+    }
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+        ChainView::allocation(self, offset, max_len)
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        self.layers()
+            .iter()
+            .filter_map(|d| d.path().map(Path::to_path_buf))
+            .collect()
+    }
+}
+
+/// A raw image file: every byte is virtual data.
+#[derive(Debug)]
+pub struct RawSource {
+    file: File,
+    len: u64,
+    path: PathBuf,
+}
+
+impl RawSource {
+    /// Open a raw image.
+    pub fn open(path: impl AsRef<Path>) -> Result<RawSource> {
+        let path = path.as_ref();
+        let file = File::open(path)
+            .map_err(|e| Error::io("opening the raw image", e))
+            .with_path(path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading the raw image length", e))
+            .with_path(path)?
+            .len();
+        Ok(RawSource {
+            file,
+            len,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl VirtualSource for RawSource {
+    fn virtual_size(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        crate::source::Source::read_exact_at(&self.file, buf, offset)
+            .map_err(|e| Error::io(format!("reading the raw image at {offset:#x}"), e))
+            .with_path(&self.path)
+    }
+    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+        if offset >= self.len || max_len == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "allocation query at {offset:#x} outside a {}-byte image",
+                self.len
+            )));
+        }
+        Ok((Allocation::Data, max_len.min(self.len - offset)))
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+}
 
 /// Size of one copy step. Large enough that per-call overhead vanishes at storage speed,
 /// small enough to keep peak memory far below the 64 MiB budget.
@@ -30,12 +119,16 @@ pub struct ConvertStats {
     pub bytes_skipped: u64,
 }
 
-/// Options for [`to_raw`].
+/// Options for [`to_raw`] and [`to_vhd`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ConvertOptions {
     /// Replace an existing destination.
     pub overwrite: bool,
+    /// VHD output: fixed instead of dynamic.
+    pub fixed: bool,
+    /// VHD output: block size in bytes (`None` = 2 MiB).
+    pub block_size: Option<u32>,
 }
 
 impl ConvertOptions {
@@ -45,13 +138,27 @@ impl ConvertOptions {
         self.overwrite = yes;
         self
     }
+
+    /// VHD output: fixed instead of dynamic.
+    #[must_use]
+    pub fn fixed(mut self, yes: bool) -> Self {
+        self.fixed = yes;
+        self
+    }
+
+    /// VHD output: block size in bytes.
+    #[must_use]
+    pub fn block_size(mut self, bytes: Option<u32>) -> Self {
+        self.block_size = bytes;
+        self
+    }
 }
 
 /// Write the whole virtual disk of `view` to `dst` as a raw image.
 ///
 /// `progress` is called with the number of virtual bytes done so far, after every step.
 pub fn to_raw(
-    view: &ChainView,
+    view: &dyn VirtualSource,
     dst: &Path,
     opts: &ConvertOptions,
     mut progress: impl FnMut(u64),
@@ -95,13 +202,13 @@ pub fn to_raw(
     }
 }
 
-fn refuse_chain_member(view: &ChainView, dst: &Path) -> Result<()> {
+fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
     let Ok(d) = std::fs::canonicalize(dst) else {
         return Ok(());
     };
-    for disk in view.layers() {
-        if let Some(p) = disk.path() {
-            if std::fs::canonicalize(p).ok().as_deref() == Some(d.as_path()) {
+    for p in view.files() {
+        {
+            if std::fs::canonicalize(&p).ok().as_deref() == Some(d.as_path()) {
                 return Err(Error::InvalidArgument(format!(
                     "{} is part of the chain being converted; refusing to overwrite it",
                     dst.display()
@@ -112,18 +219,10 @@ fn refuse_chain_member(view: &ChainView, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-fn temp_name(dst: &Path) -> PathBuf {
-    let name = dst
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    dst.with_file_name(format!(".{name}.vhdkit-partial-{}", std::process::id()))
-}
-
 /// Copy every stored, non-zero range of `view` to `out` at the same offset. The caller sizes
 /// `out` to the virtual size afterwards (see [`finish_file`]) so trailing holes exist.
 pub fn copy_sparse<W: Write + Seek>(
-    view: &ChainView,
+    view: &dyn VirtualSource,
     out: &mut W,
     progress: &mut impl FnMut(u64),
 ) -> Result<ConvertStats> {
@@ -152,6 +251,124 @@ pub fn copy_sparse<W: Write + Seek>(
     }
     out.flush()
         .map_err(|e| Error::io("flushing the output", e))?;
+    Ok(stats)
+}
+
+/// Write the whole virtual disk of `src` to `dst` as a new VHD: dynamic (all-zero blocks left
+/// unallocated) or, with `opts.fixed`, fixed (zero ranges left as holes). A source whose size
+/// is not a multiple of 512 is padded with zeros to the next sector. The output is built under
+/// a temporary name and renamed into place once complete and synced.
+pub fn to_vhd(
+    src: &dyn VirtualSource,
+    dst: &Path,
+    opts: &ConvertOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<ConvertStats> {
+    if !opts.overwrite && std::fs::symlink_metadata(dst).is_ok() {
+        return Err(Error::InvalidArgument(format!(
+            "{} already exists (use --force to replace it)",
+            dst.display()
+        )));
+    }
+    refuse_chain_member(src, dst)?;
+    let size = src.virtual_size();
+    let vsize = size.div_ceil(512).saturating_mul(512);
+    let new = vhd_create::NewVhd {
+        kind: if opts.fixed {
+            vhd_create::NewKind::Fixed
+        } else {
+            vhd_create::NewKind::Dynamic
+        },
+        virtual_size: vsize,
+        block_size: opts.block_size.unwrap_or(vhd_create::DEFAULT_BLOCK_BYTES),
+        unique_id: uuid::Uuid::new_v4().to_bytes_le(),
+        time_stamp: crate::create::vhd_now(),
+    };
+    vhd_create::build(&new)?;
+    let tmp = temp_name(dst);
+    let file = FsOpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("creating the output file", e))
+        .with_path(&tmp)?;
+    let result = (|| {
+        vhd_create::write_new(&file, &new)?;
+        let handle = file
+            .try_clone()
+            .map_err(|e| Error::io("reopening the output file", e))?;
+        let writer = crate::vhd::write::VhdWriter::open(handle, &crate::OpenOptions::default())?;
+        let step = if opts.fixed {
+            CHUNK_BYTES as u64
+        } else {
+            u64::from(new.block_size)
+        };
+        let mut out = WritableDisk::from_parts(Box::new(writer) as Box<dyn WritableImage>, None);
+        let stats = copy_blocks(src, &mut out, step, &mut progress)?;
+        out.close()?;
+        Ok(stats)
+    })()
+    .with_path(&tmp);
+    drop(file);
+    match result {
+        Ok(stats) => {
+            persist(&tmp, dst, opts.overwrite)?;
+            Ok(stats)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Copy `src` into `out` in aligned steps of `step` bytes, skipping steps that hold no data or
+/// only zeros.
+fn copy_blocks(
+    src: &dyn VirtualSource,
+    out: &mut WritableDisk,
+    step: u64,
+    progress: &mut impl FnMut(u64),
+) -> Result<ConvertStats> {
+    let size = src.virtual_size();
+    let mut stats = ConvertStats {
+        virtual_size: size,
+        ..ConvertStats::default()
+    };
+    let step = step.clamp(512, CHUNK_BYTES as u64);
+    let mut buf = vec![0u8; usize::try_from(step).unwrap_or(CHUNK_BYTES)];
+    let mut pos = 0u64;
+    while pos < size {
+        let len = (size - pos).min(step - pos % step);
+        // Does any part of this step hold data?
+        let mut any = false;
+        let mut at = pos;
+        while at < pos + len {
+            let (alloc, n) = src.allocation(at, pos + len - at)?;
+            if alloc == Allocation::Data {
+                any = true;
+                break;
+            }
+            at += n;
+        }
+        let n = usize::try_from(len).unwrap_or(buf.len()).min(buf.len());
+        if any {
+            let chunk = &mut buf[..n];
+            src.read_exact_at(chunk, pos)?;
+            stats.bytes_read += len;
+            if is_zero(chunk) {
+                stats.bytes_skipped += len;
+            } else {
+                out.write_at(pos, chunk)?;
+                stats.bytes_written += len;
+            }
+        } else {
+            stats.bytes_skipped += len;
+        }
+        pos += len;
+        progress(pos);
+    }
     Ok(stats)
 }
 

@@ -25,6 +25,7 @@
 
 pub mod chain;
 pub mod convert;
+pub mod create;
 pub mod disk;
 pub mod error;
 pub mod guid;
@@ -36,8 +37,10 @@ pub mod txn;
 pub mod vhd;
 pub mod vhdx;
 pub mod view;
+pub mod write;
 
 pub use chain::{Chain, ChainOptions, ChainReport, PathMap};
+pub use create::{create, CreateParams, Created};
 pub use disk::{
     detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions, ParentLinkage,
     ParentLocator, PathStyle,
@@ -47,3 +50,4 @@ pub use limits::Limits;
 pub use reparent::{LocatorMode, ReparentOptions, ReparentPlan};
 pub use source::{SeekSource, Source};
 pub use view::{Allocation, ChainView};
+pub use write::{WritableDisk, WritableImage};

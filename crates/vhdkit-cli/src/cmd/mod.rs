@@ -2,6 +2,7 @@
 
 mod chain;
 mod convert;
+mod create;
 mod info;
 mod repair;
 mod reparent;
@@ -18,6 +19,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Convert(a) => a.json,
         Command::Reparent(a) => a.json,
         Command::Repair(a) => a.json,
+        Command::Create(a) => a.json,
     }
 }
 
@@ -29,6 +31,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Convert(a) => convert::run(&a),
         Command::Reparent(a) => reparent::run(&a),
         Command::Repair(a) => repair::run(&a),
+        Command::Create(a) => create::run(&a),
     }
 }
 
@@ -42,4 +45,22 @@ pub fn chain_options(r: &ResolveArgs) -> Result<vhdkit::ChainOptions, CliError> 
         o = o.path_map(vhdkit::PathMap::parse(m)?);
     }
     Ok(o)
+}
+
+/// A size argument (`--size`, `--block-size`).
+pub fn size_arg(s: &str) -> Result<u64, CliError> {
+    Ok(vhdkit::create::parse_size(s)?)
+}
+
+/// A block size argument: a size that fits 32 bits.
+pub fn block_size_arg(s: Option<&str>) -> Result<Option<u32>, CliError> {
+    s.map(|s| {
+        let v = size_arg(s)?;
+        u32::try_from(v).map_err(|_| {
+            CliError::Lib(vhdkit::Error::InvalidArgument(format!(
+                "block size {v} is too large"
+            )))
+        })
+    })
+    .transpose()
 }

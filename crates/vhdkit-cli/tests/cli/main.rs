@@ -7,6 +7,7 @@ mod util;
 
 mod chains;
 mod convert_qemu;
+mod create_convert_vhd;
 mod errors;
 mod real_images;
 mod reparent;

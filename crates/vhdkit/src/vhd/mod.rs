@@ -19,11 +19,13 @@
 
 pub mod bat;
 pub mod bitmap;
+pub mod create;
 pub mod dynamic;
 pub mod footer;
 pub mod format;
 pub mod locator;
 pub mod reparent;
+pub mod write;
 
 use std::sync::Mutex;
 

@@ -1,0 +1,507 @@
+//! Creating new disks (`vhdkit create`): fixed, dynamic and differencing, with Hyper-V's
+//! defaults.
+//!
+//! [`create`] never overwrites: the disk is built under a temporary name in the destination's
+//! folder, synced, then linked to its final name only if that name is still free (so a
+//! concurrent creator of the same name is not overwritten either), and the folder is synced.
+//!
+//! **VHD defaults** (what Windows 10 / Hyper-V write, checked on the Windows files in
+//! `testdata-real`): creator `win ` version 10.0 (0x000A0000), host `Wi2k`; current size and
+//! original size exactly the requested size (it must be a multiple of 512; vhdkit refuses
+//! anything else rather than rounding); CHS by the spec's algorithm (it may cover less than the
+//! current size, as in Windows files); 2 MiB blocks; BAT at 0x600 (dynamic) padded with 0xFF to
+//! 4 KiB; block data aligned to 4 KiB; file padded to 4 KiB with the footer in its last 512
+//! bytes; footer copy at 0 and dynamic header at 512. Differencing: size and linkage from the
+//! parent (its footer unique id copied as raw bytes, parent time stamp 0), parent unicode name
+//! and `W2ku` = the parent's absolute path (on Windows without `\\?\`; elsewhere the local
+//! absolute path), `W2ru` = the path relative to the child's folder (`.\base.vhd`,
+//! `..\ref\base.vhd`); `W2ku` data at 0x1000 (4096 bytes of space), BAT at 0x2000, `W2ru` data
+//! after the BAT (65536 bytes of space), larger when a path needs it.
+//!
+//! **Unique id**: a random (version 4) GUID, stored as Windows stores it (the first three fields
+//! little-endian, `Uuid::to_bytes_le`). vhdkit, like libvhdi, *displays* VHD ids as the raw
+//! bytes read big-endian, so the id shown by `info` (and returned in [`Created::id`]) is the
+//! byte-swapped form of the generated GUID, exactly as for disks made by Windows.
+
+use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::path::{Component, Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::chain::{Chain, ChainOptions};
+use crate::disk::{DiskFormat, DiskType};
+use crate::error::{Error, Result, ResultExt};
+use crate::guid;
+use crate::vhd::create as vhd_create;
+
+/// Seconds between the Unix epoch and the VHD epoch (2000-01-01 00:00:00 UTC).
+const VHD_EPOCH_UNIX: u64 = 946_684_800;
+
+/// What to create. `Default` gives: format from the file extension, no size (it must be given
+/// unless there is a parent), dynamic, no parent, the format's default block size (VHD 2 MiB),
+/// a random id, default parent lookup.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CreateParams {
+    /// Container format; `None` = from the extension (`.vhd`/`.avhd` VHD, `.vhdx`/`.avhdx` VHDX).
+    pub format: Option<DiskFormat>,
+    /// Virtual size in bytes. Required without a parent; with one, it must equal the parent's
+    /// size when given.
+    pub size: Option<u64>,
+    /// Fixed instead of dynamic (not with a parent).
+    pub fixed: bool,
+    /// Parent disk: creates a differencing disk over it. The parent chain must be intact.
+    pub parent: Option<PathBuf>,
+    /// Block size in bytes; `None` = the format default (VHD: 2 MiB).
+    pub block_size: Option<u32>,
+    /// The new disk's GUID; `None` = random (version 4).
+    pub id: Option<Uuid>,
+    /// How to find the parent's own parents (to check the parent chain is intact).
+    pub chain: ChainOptions,
+}
+
+impl CreateParams {
+    /// A dynamic disk of `size` bytes.
+    pub fn dynamic(size: u64) -> Self {
+        CreateParams {
+            size: Some(size),
+            ..Self::default()
+        }
+    }
+
+    /// A fixed disk of `size` bytes.
+    pub fn fixed(size: u64) -> Self {
+        CreateParams {
+            size: Some(size),
+            fixed: true,
+            ..Self::default()
+        }
+    }
+
+    /// A differencing disk over `parent`.
+    pub fn differencing(parent: impl Into<PathBuf>) -> Self {
+        CreateParams {
+            parent: Some(parent.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Set the format.
+    #[must_use]
+    pub fn format(mut self, f: DiskFormat) -> Self {
+        self.format = Some(f);
+        self
+    }
+
+    /// Set the block size.
+    #[must_use]
+    pub fn block_size(mut self, bytes: u32) -> Self {
+        self.block_size = Some(bytes);
+        self
+    }
+
+    /// Set the id.
+    #[must_use]
+    pub fn id(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Set the parent lookup options.
+    #[must_use]
+    pub fn chain_options(mut self, o: ChainOptions) -> Self {
+        self.chain = o;
+        self
+    }
+}
+
+/// What [`create`] made.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Created {
+    /// The new file.
+    pub path: PathBuf,
+    /// Format.
+    pub format: DiskFormat,
+    /// Type.
+    pub disk_type: DiskType,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Block size (`None` for fixed VHD).
+    pub block_size: Option<u64>,
+    /// The id as `vhdkit info` shows it.
+    pub id: Uuid,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// The parent (as given), for a differencing disk.
+    pub parent: Option<PathBuf>,
+}
+
+/// The format an extension implies: `.vhd`/`.avhd` VHD, `.vhdx`/`.avhdx` VHDX (any case).
+pub fn format_from_extension(path: &Path) -> Option<DiskFormat> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "vhd" | "avhd" => Some(DiskFormat::Vhd),
+        "vhdx" | "avhdx" => Some(DiskFormat::Vhdx),
+        _ => None,
+    }
+}
+
+/// Parse a size: a number, optionally with a fraction, then an optional unit `K`, `M`, `G`, `T`
+/// (binary multiples: 1024, 1024^2...), each optionally followed by `B` or `iB`, or the unit `B`
+/// alone; case-insensitive; spaces between number and unit allowed. `64MiB`, `10G`, `1.5GiB`,
+/// `512`, `4096B` are valid. A fraction is allowed only when the result is a whole number of
+/// bytes.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = |why: &str| {
+        Error::InvalidArgument(format!(
+            "size '{s}' {why} (examples: 64MiB, 10G, 1.5GiB, 1048576)"
+        ))
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let shift = match unit.as_str() {
+        "" | "b" => 0u32,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad("has an unknown unit")),
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() && frac.is_empty() {
+        return Err(bad("has no number"));
+    }
+    if frac.contains('.') || frac.len() > 18 {
+        return Err(bad("is not a number"));
+    }
+    let int: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad("is not a number"))?
+    };
+    let whole = int
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| bad("is too large"))?;
+    if frac.is_empty() {
+        return Ok(whole);
+    }
+    let f: u128 = frac.parse().map_err(|_| bad("is not a number"))?;
+    let den = 10u128.pow(u32::try_from(frac.len()).map_err(|_| bad("is not a number"))?);
+    let num = f * (1u128 << shift);
+    if num % den != 0 {
+        return Err(bad("is not a whole number of bytes"));
+    }
+    u64::try_from(num / den)
+        .ok()
+        .and_then(|x| whole.checked_add(x))
+        .ok_or_else(|| bad("is too large"))
+}
+
+/// Create a disk at `path`. Refuses to overwrite an existing file.
+pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
+    let format = match p.format {
+        Some(f) => f,
+        None => format_from_extension(path).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "cannot tell the format of {} from its extension (.vhd, .avhd, .vhdx, .avhdx); \
+                 give --format",
+                path.display()
+            ))
+        })?,
+    };
+    if fs::symlink_metadata(path).is_ok() {
+        return Err(Error::InvalidArgument(format!(
+            "{} already exists; refusing to overwrite it",
+            path.display()
+        )));
+    }
+    if format == DiskFormat::Vhdx {
+        return Err(Error::unsupported("creating VHDX disks is not supported yet").with_path(path));
+    }
+    if p.fixed && p.parent.is_some() {
+        return Err(Error::InvalidArgument(
+            "a differencing disk cannot be fixed (give either --fixed or --parent)".into(),
+        ));
+    }
+    let id = p.id.unwrap_or_else(Uuid::new_v4);
+    let unique_id = id.to_bytes_le();
+    let time_stamp = vhd_now();
+    let block_size = p.block_size.unwrap_or(vhd_create::DEFAULT_BLOCK_BYTES);
+    let (kind, size) = match &p.parent {
+        Some(parent) => {
+            let (np, size) = vhd_parent(path, parent, &p.chain)?;
+            if let Some(s) = p.size.filter(|&s| s != size) {
+                return Err(Error::InvalidArgument(format!(
+                    "--size {s} differs from the parent's virtual size {size}; a differencing \
+                     disk has its parent's size (leave --size out)"
+                )));
+            }
+            (vhd_create::NewKind::Differencing(np), size)
+        }
+        None => {
+            let size = p.size.ok_or_else(|| {
+                Error::InvalidArgument("a size is needed (--size) unless there is a parent".into())
+            })?;
+            let kind = if p.fixed {
+                vhd_create::NewKind::Fixed
+            } else {
+                vhd_create::NewKind::Dynamic
+            };
+            (kind, size)
+        }
+    };
+    let disk_type = match kind {
+        vhd_create::NewKind::Fixed => DiskType::Fixed,
+        vhd_create::NewKind::Dynamic => DiskType::Dynamic,
+        vhd_create::NewKind::Differencing(_) => DiskType::Differencing,
+    };
+    let new = vhd_create::NewVhd {
+        kind,
+        virtual_size: size,
+        block_size,
+        unique_id,
+        time_stamp,
+    };
+    // Everything is checked before any file is made.
+    let layout = vhd_create::build(&new)?;
+    let tmp = temp_name(path);
+    let file = FsOpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("creating the temporary file", e))
+        .with_path(&tmp)?;
+    let written = vhd_create::write_new(&file, &new).with_path(&tmp);
+    drop(file);
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    persist(&tmp, path, false)?;
+    if disk_type == DiskType::Differencing {
+        // The new child must resolve to its parent exactly as any reader will do it.
+        if let Err(e) = Chain::open(path, &p.chain) {
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
+    }
+    Ok(Created {
+        path: path.to_path_buf(),
+        format,
+        disk_type,
+        virtual_size: size,
+        block_size: (disk_type != DiskType::Fixed).then_some(u64::from(block_size)),
+        id: guid::from_vhd_bytes(unique_id),
+        file_size: layout.file_len,
+        parent: p.parent.clone(),
+    })
+}
+
+pub(crate) fn vhd_now() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs.saturating_sub(VHD_EPOCH_UNIX)).unwrap_or(u32::MAX)
+}
+
+/// The linkage and locators of a new VHD child at `child` over `parent`, and the size.
+fn vhd_parent(
+    child: &Path,
+    parent: &Path,
+    opts: &ChainOptions,
+) -> Result<(vhd_create::NewParent, u64)> {
+    let chain = Chain::open(parent, opts)?;
+    let top = chain
+        .disks()
+        .first()
+        .ok_or_else(|| Error::InvalidArgument("the parent chain is empty".into()))?;
+    if top.format() != DiskFormat::Vhd {
+        return Err(Error::InvalidArgument(format!(
+            "{} is a {} disk; a VHD differencing disk needs a VHD parent",
+            parent.display(),
+            top.format()
+        )));
+    }
+    let abs = fs::canonicalize(parent)
+        .map_err(|e| Error::io("resolving the parent's absolute path", e))
+        .with_path(parent)?;
+    let child_dir = match child.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let child_dir = fs::canonicalize(&child_dir)
+        .map_err(|e| Error::io("resolving the new disk's folder", e))
+        .with_path(&child_dir)?;
+    let absolute = display_absolute(&abs)?;
+    let relative = relative_windows_path(&child_dir, &abs);
+    let np = vhd_create::NewParent {
+        unique_id: guid::to_vhd_bytes(&top.identity()),
+        time_stamp: 0,
+        unicode_name: absolute.clone(),
+        absolute_path: absolute,
+        relative_path: relative,
+    };
+    Ok((np, top.virtual_size()))
+}
+
+/// The absolute path as a locator string: on Windows without the `\\?\` prefix (as Windows
+/// writes it), elsewhere the local absolute path.
+fn display_absolute(p: &Path) -> Result<String> {
+    let s = p.to_str().ok_or_else(|| {
+        Error::InvalidArgument(format!("parent path {} is not valid Unicode", p.display()))
+    })?;
+    if let Some(rest) = s.strip_prefix(r"\\?\UNC\") {
+        return Ok(format!(r"\\{rest}"));
+    }
+    Ok(s.strip_prefix(r"\\?\").unwrap_or(s).to_string())
+}
+
+/// `target` relative to the folder `from`, with Windows separators: `.\name.vhd`,
+/// `..\ref\name.vhd`. `None` when there is no relative path (different drives) or a component
+/// is not Unicode.
+pub fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
+    let a: Vec<Component<'_>> = from.components().collect();
+    let b: Vec<Component<'_>> = target.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return None;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for c in a.get(common..)? {
+        match c {
+            Component::Normal(_) => parts.push("..".into()),
+            _ => return None,
+        }
+    }
+    for c in b.get(common..)? {
+        match c {
+            Component::Normal(n) => parts.push(n.to_str()?.to_string()),
+            _ => return None,
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let joined = parts.join("\\");
+    if joined.starts_with("..") {
+        Some(joined)
+    } else {
+        Some(format!(".\\{joined}"))
+    }
+}
+
+/// A temporary name beside `dst`.
+pub(crate) fn temp_name(dst: &Path) -> PathBuf {
+    let name = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    dst.with_file_name(format!(".{name}.vhdkit-partial-{}", std::process::id()))
+}
+
+/// Give the finished, synced file `tmp` the name `dst`. Without `overwrite`, fails (and removes
+/// `tmp`) when `dst` exists, even if it appeared meanwhile: a hard link never replaces.
+pub(crate) fn persist(tmp: &Path, dst: &Path, overwrite: bool) -> Result<()> {
+    let result = if overwrite {
+        fs::rename(tmp, dst).map_err(|e| Error::io(format!("renaming to {}", dst.display()), e))
+    } else {
+        match fs::hard_link(tmp, dst) {
+            Ok(()) => fs::remove_file(tmp).map_err(|e| Error::io("removing the temporary name", e)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::InvalidArgument(
+                format!("{} already exists; refusing to overwrite it", dst.display()),
+            )),
+            // A file system without hard links: check, then rename.
+            Err(_) if fs::symlink_metadata(dst).is_ok() => Err(Error::InvalidArgument(format!(
+                "{} already exists; refusing to overwrite it",
+                dst.display()
+            ))),
+            Err(_) => fs::rename(tmp, dst)
+                .map_err(|e| Error::io(format!("renaming to {}", dst.display()), e)),
+        }
+    };
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result.with_path(tmp)?;
+    sync_parent_dir(dst);
+    Ok(())
+}
+
+fn sync_parent_dir(p: &Path) {
+    #[cfg(unix)]
+    {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (p, File::open);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10gb").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
+        assert_eq!(parse_size(" 2 T ").unwrap(), 2 << 40);
+        assert_eq!(parse_size("0.5K").unwrap(), 512);
+        assert!(parse_size("1.5").is_err());
+        assert!(parse_size("1.0000000001K").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("1.2.3G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("-5M").is_err());
+    }
+
+    #[test]
+    fn extensions() {
+        assert_eq!(
+            format_from_extension(Path::new("a.VHD")),
+            Some(DiskFormat::Vhd)
+        );
+        assert_eq!(
+            format_from_extension(Path::new("a.avhd")),
+            Some(DiskFormat::Vhd)
+        );
+        assert_eq!(
+            format_from_extension(Path::new("a.avhdx")),
+            Some(DiskFormat::Vhdx)
+        );
+        assert_eq!(format_from_extension(Path::new("a.img")), None);
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative_windows_path(Path::new("/a/b"), Path::new("/a/b/p.vhd")).as_deref(),
+            Some(r".\p.vhd")
+        );
+        assert_eq!(
+            relative_windows_path(Path::new("/a/b"), Path::new("/a/ref/p.vhd")).as_deref(),
+            Some(r"..\ref\p.vhd")
+        );
+        assert_eq!(
+            relative_windows_path(Path::new("/a/b"), Path::new("/a/b/sub/p.vhd")).as_deref(),
+            Some(r".\sub\p.vhd")
+        );
+    }
+}

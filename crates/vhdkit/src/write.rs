@@ -1,0 +1,281 @@
+//! Writing through the virtual disk: a format-neutral [`WritableDisk`] (`Read + Write + Seek`)
+//! over a [`WritableImage`] (one per format) and, for differencing disks, a read-only
+//! [`ChainView`] of its parents.
+//!
+//! Each format owns its crash-safety rules behind [`WritableImage`]:
+//! - `write_at` may keep metadata changes (BAT entries, sector bitmaps) in memory, as long as
+//!   reads through the same image see them and the file on disk stays a valid disk whose
+//!   contents are the old ones for every range not yet committed;
+//! - `flush` commits them durably, in an order where a crash never makes metadata point at data
+//!   that is not durable (VHD: data, sync, BAT/bitmaps, sync; VHDX: data, sync, then BAT and
+//!   bitmap sectors through the log, as MS-VHDX 2.3 says; the first write of a session changes
+//!   the VHDX FileWriteGuid/DataWriteGuid inside `write_at`).
+//!
+//! Opening for write finishes an interrupted vhdkit metadata change first
+//! ([`crate::txn::journal::recover`]) and refuses a journal that does not belong to the file.
+
+use std::fmt;
+use std::fs::OpenOptions as FsOpenOptions;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::chain::{Chain, ChainOptions};
+use crate::disk::{detect, DiskFormat, DiskType};
+use crate::error::{Error, Result, ResultExt};
+use crate::txn::journal::{self, FileJournal, Recovery};
+use crate::view::ChainView;
+
+/// Reads the virtual disk *below* an image (its parent chain), for differencing writes that need
+/// the old contents of a partially written sector. Offsets are virtual-disk offsets.
+pub type ParentRead<'a> = dyn FnMut(u64, &mut [u8]) -> Result<()> + 'a;
+
+/// One writable disk file of some format. Offsets are virtual-disk offsets, and callers keep
+/// `offset + len <= virtual_size()`.
+pub trait WritableImage: Send + fmt::Debug {
+    /// Container format.
+    fn format(&self) -> DiskFormat;
+    /// Storage type.
+    fn disk_type(&self) -> DiskType;
+    /// Virtual size in bytes.
+    fn virtual_size(&self) -> u64;
+    /// Read the virtual disk as this image holds it now (including uncommitted changes); ranges
+    /// the image does not hold come from `parent` (differencing) or are zeros.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8], parent: &mut ParentRead<'_>) -> Result<()>;
+    /// Write `data` at `offset`. `parent` supplies the old contents of sectors this image does
+    /// not hold (needed to complete partial sectors of a differencing disk).
+    fn write_at(&mut self, offset: u64, data: &[u8], parent: &mut ParentRead<'_>) -> Result<()>;
+    /// Commit every change durably (metadata included).
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// `Read + Write + Seek` over the virtual disk of a writable image and its parents.
+///
+/// Writes go to the image only; parents are opened read-only. Call [`WritableDisk::flush`] (or
+/// `Write::flush`) to make writes durable; dropping the disk flushes too, but ignores errors.
+#[derive(Debug)]
+pub struct WritableDisk {
+    image: Box<dyn WritableImage>,
+    parent: Option<ChainView>,
+    path: Option<PathBuf>,
+    pos: u64,
+}
+
+fn read_parent(parent: Option<&ChainView>, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let Some(p) = parent else {
+        buf.fill(0);
+        return Ok(());
+    };
+    // A parent smaller than the child reads as zeros past its end.
+    let size = p.virtual_size();
+    let have = usize::try_from(size.saturating_sub(offset))
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    let (head, tail) = buf.split_at_mut(have);
+    if !head.is_empty() {
+        p.read_exact_at(head, offset)?;
+    }
+    tail.fill(0);
+    Ok(())
+}
+
+impl WritableDisk {
+    /// Open `path` for writing. A differencing disk's parents are found with `opts` and must
+    /// form an intact chain; they are opened read-only.
+    pub fn open(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<WritableDisk> {
+        let path = path.as_ref();
+        let file = FsOpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("opening the file for writing", e))
+            .with_path(path)?;
+        match journal::recover(&file, &FileJournal::for_disk(path)).with_path(path)? {
+            Recovery::Foreign { reason } => {
+                return Err(Error::Unsupported {
+                    path: Some(path.to_path_buf()),
+                    detail: format!(
+                        "a vhdkit journal beside the file does not belong to it ({reason}); \
+                         refusing to write until it is dealt with (`vhdkit repair`)"
+                    ),
+                });
+            }
+            Recovery::Clean | Recovery::RolledForward { .. } | Recovery::AlreadyComplete => {}
+        }
+        let format = detect(&file).with_path(path)?;
+        let image: Box<dyn WritableImage> = match format {
+            DiskFormat::Vhd => {
+                Box::new(crate::vhd::write::VhdWriter::open(file, &opts.open).with_path(path)?)
+            }
+            DiskFormat::Vhdx => {
+                return Err(Error::Unsupported {
+                    path: Some(path.to_path_buf()),
+                    detail: "writing VHDX disks is not supported yet".into(),
+                })
+            }
+        };
+        let parent = if image.disk_type() == DiskType::Differencing {
+            let chain = Chain::open(path, opts)?;
+            let mut layers = chain.into_view().into_layers();
+            if layers.is_empty() {
+                None
+            } else {
+                layers.remove(0);
+                Some(ChainView::new(layers))
+            }
+        } else {
+            None
+        };
+        Ok(WritableDisk {
+            image,
+            parent,
+            path: Some(path.to_path_buf()),
+            pos: 0,
+        })
+    }
+
+    /// A writable disk from an image and (for a differencing image) the view of its parents.
+    pub fn from_parts(image: Box<dyn WritableImage>, parent: Option<ChainView>) -> WritableDisk {
+        WritableDisk {
+            image,
+            parent,
+            path: None,
+            pos: 0,
+        }
+    }
+
+    /// Virtual size in bytes.
+    pub fn virtual_size(&self) -> u64 {
+        self.image.virtual_size()
+    }
+
+    /// Container format.
+    pub fn format(&self) -> DiskFormat {
+        self.image.format()
+    }
+
+    /// Storage type.
+    pub fn disk_type(&self) -> DiskType {
+        self.image.disk_type()
+    }
+
+    fn check_range(&self, offset: u64, len: usize, what: &str) -> Result<()> {
+        let size = self.virtual_size();
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "{what} of {len} bytes at {offset:#x} past the end of a {size}-byte virtual disk"
+            ))),
+        }
+    }
+
+    /// Write `data` at virtual offset `offset`; the whole range must lie inside the disk.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len(), "write")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let parent = self.parent.as_ref();
+        let mut pr = |o: u64, b: &mut [u8]| read_parent(parent, o, b);
+        let r = self.image.write_at(offset, data, &mut pr);
+        self.attach_path(r)
+    }
+
+    /// Fill `buf` from virtual offset `offset`; the whole range must lie inside the disk.
+    pub fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len(), "read")?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let parent = self.parent.as_ref();
+        let mut pr = |o: u64, b: &mut [u8]| read_parent(parent, o, b);
+        let r = self.image.read_at(offset, buf, &mut pr);
+        self.attach_path(r)
+    }
+
+    /// Make every write durable.
+    pub fn flush(&mut self) -> Result<()> {
+        let r = self.image.flush();
+        self.attach_path(r)
+    }
+
+    /// Flush and close, reporting any error (dropping also flushes but cannot report).
+    pub fn close(mut self) -> Result<()> {
+        self.flush()
+    }
+
+    fn attach_path<T>(&self, r: Result<T>) -> Result<T> {
+        match &self.path {
+            Some(p) => r.with_path(p),
+            None => r,
+        }
+    }
+}
+
+impl Drop for WritableDisk {
+    fn drop(&mut self) {
+        let _ = self.image.flush();
+    }
+}
+
+impl Read for WritableDisk {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let size = self.virtual_size();
+        if self.pos >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = usize::try_from(size - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.read_exact_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for WritableDisk {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let size = self.virtual_size();
+        if self.pos >= size {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!(
+                    "write at {:#x}: the virtual disk ends at {size:#x}",
+                    self.pos
+                ),
+            ));
+        }
+        let n = usize::try_from(size - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.write_at(self.pos, &buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        WritableDisk::flush(self).map_err(io::Error::from)
+    }
+}
+
+impl Seek for WritableDisk {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.virtual_size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match new {
+            Some(p) => {
+                self.pos = p;
+                Ok(p)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative or overflowing position",
+            )),
+        }
+    }
+}
