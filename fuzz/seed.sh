@@ -27,7 +27,7 @@ VHD_HEAD=$((64 << 10))
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view}
+mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay}
 count=0
 
 # Four read_view records: (0, 4096), (1 MiB mod size, 65543), (raw 0x1ff, 1000),
@@ -135,11 +135,21 @@ else
     echo "seed.sh: qemu-img/qemu-io not found; skipping generated seeds" >&2
 fi
 
+# vhdx_log_replay takes a log region: the 1 MiB at offset 1 MiB of every VHDX seed (qemu and
+# Windows put the log there; the real dirty-log image has seven entries in it).
+for f in "$CORPUS"/open_vhdx/*; do
+    [ -f "$f" ] || continue
+    out="$CORPUS/vhdx_log_replay/$(basename "$f").log"
+    dd if="$f" of="$out" bs=1M skip=1 count=1 status=none 2>/dev/null || true
+    if [ ! -s "$out" ] || ! grep -q loge "$out"; then rm -f "$out"; fi
+done
+printf 'loge' > "$CORPUS/vhdx_log_replay/bare-signature"
+
 # Two bare signatures, so detect starts from both.
 printf 'vhdxfile' > "$CORPUS/detect/sig-vhdx"
 { head -c 504 /dev/zero; printf 'conectix'; } > "$CORPUS/detect/sig-vhd-tail"
 
-for t in open_vhd open_vhdx detect read_view; do
+for t in open_vhd open_vhdx detect read_view vhdx_log_replay; do
     echo "seed.sh: $t: $(find "$CORPUS/$t" -type f | wc -l) files"
 done
 echo "seed.sh: added $count images"
