@@ -120,8 +120,19 @@ pub fn render_value(out: &mut String, key: &str, v: &serde_json::Value, indent: 
                 render_value(out, &format!("[{i}]"), item, indent + 1);
             }
         }
+        Value::Number(n) if is_hex_key(key) && n.is_u64() => {
+            out.push_str(&format!("{pad}{key}: {:#x}\n", n.as_u64().unwrap_or(0)));
+        }
         other => out.push_str(&format!("{pad}{key}: {}\n", scalar(other))),
     }
+}
+
+/// Checksums and offsets read better in hex, as the specs and hex dumps show them.
+fn is_hex_key(key: &str) -> bool {
+    matches!(key, "stored" | "computed" | "checksum" | "crc")
+        || key.ends_with("_offset")
+        || key == "offset"
+        || key.ends_with("_hex")
 }
 
 fn scalar(v: &serde_json::Value) -> String {
