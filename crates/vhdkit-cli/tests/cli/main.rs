@@ -10,3 +10,4 @@ mod convert_qemu;
 mod errors;
 mod real_images;
 mod reparent;
+mod reparent_vhdx;
