@@ -27,7 +27,8 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Repoint a differencing disk at another copy of its parent (like Set-VHD -ParentPath).
     Reparent(ReparentArgs),
-    /// Finish an interrupted vhdkit change (or report a journal that does not belong).
+    /// Finish an interrupted vhdkit change (or report a journal that does not belong); replay a
+    /// dirty VHDX log to the file.
     Repair(RepairArgs),
     /// Create a new disk: dynamic (default), fixed, or differencing over a parent.
     Create(CreateArgs),
@@ -39,10 +40,10 @@ pub struct ReparentArgs {
     /// The new parent file.
     #[arg(long = "parent", value_name = "NEWPARENT")]
     pub parent: PathBuf,
-    /// Write only the relative locator (W2ru); clear the absolute one.
+    /// Write only the relative locator (VHD W2ru, VHDX relative_path); clear the absolute one.
     #[arg(long, conflicts_with = "absolute_only")]
     pub relative_only: bool,
-    /// Write only the absolute locator (W2ku); clear the relative one.
+    /// Write only the absolute locator (VHD W2ku, VHDX absolute_win32_path); clear the relative one.
     #[arg(long)]
     pub absolute_only: bool,
     /// Print the plan (every field old -> new, the bytes to write); write nothing.

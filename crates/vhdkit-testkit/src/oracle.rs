@@ -69,3 +69,76 @@ pub fn pyvhdi_set_parent(child: &Path, parent: &Path) -> Option<Result<(), Strin
         Err(String::from_utf8_lossy(&o.stderr).into_owned())
     })
 }
+
+/// Python for dissect.hypervisor: opens `argv[1]` as `VHDX(Path(...))` (which follows
+/// `relative_path`, then `absolute_win32_path`, with no identity check), prints the parent's
+/// path, the SHA-256 of the first `argv[2]` bytes of the virtual disk (0 = all) and the size.
+const DISSECT_VHDX: &str = r#"
+import sys, hashlib
+from pathlib import Path
+from dissect.hypervisor.disk.vhdx import VHDX
+d = VHDX(Path(sys.argv[1]))
+limit = int(sys.argv[2])
+size = d.size
+left = size if limit == 0 else min(limit, size)
+h = hashlib.sha256()
+d.seek(0)
+while left:
+    b = d.read(min(1 << 20, left))
+    if not b:
+        raise SystemExit("short read")
+    h.update(b)
+    left -= len(b)
+print(d.parent.path if d.parent else "-")
+print(h.hexdigest(), size)
+"#;
+
+/// A Python interpreter that can import dissect.hypervisor: `VHDKIT_DISSECT_PYTHON`, else
+/// `python3` on the PATH. `None`, with a SKIP line naming `why`, when neither can.
+pub fn dissect_python(why: &str) -> Option<std::path::PathBuf> {
+    let mut cands: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("VHDKIT_DISSECT_PYTHON") {
+        cands.push(p.into());
+    }
+    cands.push("python3".into());
+    for c in cands {
+        let ok = Command::new(&c)
+            .args(["-c", "import dissect.hypervisor"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return Some(c);
+        }
+    }
+    eprintln!(
+        "SKIP: {why}: dissect.hypervisor is not importable (install it in a venv and set \
+         VHDKIT_DISSECT_PYTHON to its python)"
+    );
+    None
+}
+
+/// What dissect.hypervisor makes of the differencing VHDX `child`: the parent path it opened
+/// (through the child's locator), the SHA-256 of the first `limit` bytes (0 = the whole
+/// virtual disk) and the virtual size. `None` (SKIP printed) without dissect; `Some(Err)` with
+/// its error text when it fails.
+pub fn dissect_vhdx(child: &Path, limit: u64) -> Option<Result<(String, String, u64), String>> {
+    let py = dissect_python("dissect.hypervisor oracle")?;
+    let o = Command::new(py)
+        .arg("-c")
+        .arg(DISSECT_VHDX)
+        .arg(child)
+        .arg(limit.to_string())
+        .output()
+        .expect("spawn python");
+    if !o.status.success() {
+        return Some(Err(String::from_utf8_lossy(&o.stderr).into_owned()));
+    }
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut lines = out.lines();
+    let parent = lines.next().unwrap_or_default().to_string();
+    let mut it = lines.next().unwrap_or_default().split_whitespace();
+    let hash = it.next().unwrap_or_default().to_string();
+    let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    Some(Ok((parent, hash, size)))
+}

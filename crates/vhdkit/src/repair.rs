@@ -1,9 +1,14 @@
 //! `vhdkit repair`: bring a disk file back to a consistent state.
 //!
-//! Today it does one thing: finish (roll forward) a change that vhdkit interrupted, recorded in
-//! the redo journal beside the file (`<file>.vhdkit-journal`, see [`crate::txn::journal`]), or
-//! report a journal that does not belong to the file (which is never applied). Later checks
-//! (footer copies, checksums, VHDX logs) add their own steps to [`RepairReport`].
+//! Today it does two things:
+//! - finish (roll forward) a change that vhdkit interrupted, recorded in the redo journal beside
+//!   the file (`<file>.vhdkit-journal`, see [`crate::txn::journal`]; VHD), or report a journal
+//!   that does not belong to the file (which is never applied);
+//! - VHDX: replay a dirty log to the file (any writer, vhdkit included, that stopped mid-update
+//!   leaves one; read-only opens replay it in memory each time), with a new FileWriteGuid and
+//!   both headers marked clean afterwards.
+//!
+//! Later checks (footer copies, checksums) add their own steps to [`RepairReport`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -57,6 +62,19 @@ pub enum JournalOutcome {
     },
 }
 
+/// What was found in a VHDX file's log, and what was done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "state", rename_all = "snake_case"))]
+pub enum LogOutcome {
+    /// LogGuid is zero: nothing to replay.
+    Clean,
+    /// The active sequence was replayed to the file and the log marked clean.
+    Replayed(crate::vhdx::reparent::LogReplay),
+    /// Dry run: the active sequence would be replayed.
+    WouldReplay(crate::vhdx::reparent::LogReplay),
+}
+
 /// The result of [`repair`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -69,6 +87,9 @@ pub struct RepairReport {
     pub dry_run: bool,
     /// The journal step.
     pub journal: JournalOutcome,
+    /// The VHDX log step (`None` for a VHD file).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub vhdx_log: Option<LogOutcome>,
 }
 
 impl RepairReport {
@@ -79,7 +100,7 @@ impl RepairReport {
 }
 
 /// Repair `path` (see the module docs). The file is opened for writing only when there is a
-/// journal to finish and this is not a dry run.
+/// journal to finish or a VHDX log to replay, and this is not a dry run.
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let store = FileJournal::for_disk(path);
     let file =
@@ -107,10 +128,42 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
             }
         }
     };
+    let vhdx_log = vhdx_log_step(path, opts)?;
     Ok(RepairReport {
         path: path.to_path_buf(),
         journal_path: store.path().to_path_buf(),
         dry_run: opts.dry_run,
         journal: outcome,
+        vhdx_log,
     })
+}
+
+/// VHDX: replay a dirty log to the file (or, on a dry run, say what would be replayed).
+fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>> {
+    let file =
+        fs::File::open(path).map_err(|e| Error::io("opening the file", e).with_path(path))?;
+    if crate::disk::detect(&file).map_err(|e| e.with_path(path))? != crate::DiskFormat::Vhdx {
+        return Ok(None);
+    }
+    let limits = crate::Limits::default();
+    let Some(found) =
+        crate::vhdx::reparent::inspect_log(&file, &limits).map_err(|e| e.with_path(path))?
+    else {
+        return Ok(Some(LogOutcome::Clean));
+    };
+    drop(file);
+    if opts.dry_run {
+        return Ok(Some(LogOutcome::WouldReplay(found)));
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening the file for writing", e).with_path(path))?;
+    Ok(Some(
+        match crate::vhdx::reparent::replay_log(&f, &limits).map_err(|e| e.with_path(path))? {
+            Some(r) => LogOutcome::Replayed(r),
+            None => LogOutcome::Clean,
+        },
+    ))
 }

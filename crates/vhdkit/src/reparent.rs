@@ -15,7 +15,9 @@
 //!   `verify_content` (accepted only when the old and new parents' virtual contents, each read
 //!   through its own chain, are equal; then the linkage is rewritten too).
 //!
-//! The format-specific part lives in `vhd::reparent` (VHDX: not yet supported; [`plan`] says so).
+//! The format-specific part lives in `vhd::reparent` (locators, parent name; written through a
+//! redo journal beside the file) and `vhdx::reparent` (the parent locator metadata item; written
+//! through the file's own log, so no journal is used for VHDX).
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -152,9 +154,10 @@ pub struct ReparentPlan {
     pub relative_path: Option<String>,
     /// The absolute path written.
     pub absolute_path: Option<AbsolutePath>,
-    /// The parent name written (VHD parent unicode name).
+    /// The parent name written (VHD parent unicode name; empty for VHDX, which has none).
     pub parent_name: String,
-    /// True when a vhdkit journal of an interrupted change will be finished before applying.
+    /// True when an interrupted change will be finished before applying: a vhdkit journal
+    /// beside a VHD, a dirty log inside a VHDX (replayed to the file).
     pub pending_journal: bool,
     /// Facts worth showing.
     pub notes: Vec<String>,
@@ -162,8 +165,14 @@ pub struct ReparentPlan {
     pub warnings: Vec<String>,
     /// The field changes and byte writes.
     pub txn: txn::Plan,
-    /// Bytes the plan writes to the child (journal not counted).
+    /// Bytes the plan writes to the child. VHD: the plan's writes (journal not counted). VHDX:
+    /// everything written to the file on a clean log (header updates, the log entry and the
+    /// metadata sectors applied from it); the plan's logical metadata writes are in `txn`.
     pub bytes_written: u64,
+    /// VHDX: the current header the plan was made on ([`apply`] refuses a file whose header
+    /// has changed since).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub vhdx: Option<crate::vhdx::reparent::HeaderGuard>,
 }
 
 /// What [`apply`] did.
@@ -182,6 +191,9 @@ pub struct ApplyReport {
     pub old_len: u64,
     /// File length after.
     pub new_len: u64,
+    /// VHDX: what was written where (headers, log, metadata), and a log replayed first.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub vhdx: Option<crate::vhdx::reparent::Applied>,
 }
 
 fn canonical(p: &Path) -> PathBuf {
@@ -228,11 +240,12 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
     };
 
     let c = Disk::open_with(child, &opts.chain.open)?;
-    if c.format() == DiskFormat::Vhdx {
-        return Err(Error::Unsupported {
-            path: Some(child.to_path_buf()),
-            detail: "reparent is not yet supported for VHDX children (VHD only for now)".into(),
-        });
+    if c.format() == DiskFormat::Vhdx && pending_journal {
+        return Err(refuse(format!(
+            "a vhdkit journal {} lies beside a VHDX file (vhdkit writes VHDX changes through \
+             the file's own log, never a journal); move it away after checking the file",
+            FileJournal::for_disk(child).describe()
+        )));
     }
     let Some(linkage) = c.parent_linkage() else {
         return Err(refuse(format!(
@@ -422,6 +435,55 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
             ));
         }
     }
+    let open =
+        || -> Result<Box<dyn crate::Source>> { crate::disk::open_source(child).map(|(s, _)| s) };
+    if c.format() == DiskFormat::Vhdx {
+        let targets = crate::vhdx::reparent::Targets {
+            relative: relative_path.clone(),
+            absolute: absolute_path.as_ref().map(|a| a.value.clone()),
+            linkage: linkage_rewritten.then_some(np_id),
+        };
+        let planned = crate::vhdx::reparent::plan(&open, &opts.chain.open, &targets)
+            .map_err(|e| e.with_path(child))?;
+        match &identity {
+            IdentityCheck::Alternate => notes.push(format!(
+                "the new parent's DataWriteGuid {np_id} equals the child's parent_linkage2 (not \
+                 parent_linkage {}); both are kept",
+                linkage.id
+            )),
+            _ if linkage_rewritten => notes.push(format!(
+                "parent_linkage is rewritten to the new parent's DataWriteGuid {np_id}"
+            )),
+            _ => {}
+        }
+        notes.push(format!(
+            "written through the VHDX log as one entry (atomic); the child's DataWriteGuid {} \
+             is kept (its own children link to it), its FileWriteGuid is renewed",
+            planned.guard.data_write_guid
+        ));
+        notes.extend(planned.notes);
+        warnings.extend(planned.warnings);
+        return Ok(ReparentPlan {
+            child: child.to_path_buf(),
+            format: c.format(),
+            new_parent: np_path.clone(),
+            new_parent_resolved: np_canon,
+            recorded_parent_id: linkage.id,
+            new_parent_id: np_id,
+            identity,
+            linkage_rewritten,
+            mode: opts.mode,
+            relative_path,
+            absolute_path,
+            parent_name: String::new(),
+            pending_journal: planned.guard.log_dirty,
+            notes,
+            warnings,
+            txn: planned.plan,
+            bytes_written: planned.predicted_bytes,
+            vhdx: Some(planned.guard),
+        });
+    }
     let parent_name = match &absolute_path {
         Some(a)
             if a.value.encode_utf16().count() <= crate::vhd::reparent::MAX_PARENT_NAME_UNITS =>
@@ -457,8 +519,6 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         parent_name: parent_name.clone(),
         linkage: linkage_rewritten.then(|| (crate::guid::to_vhd_bytes(&np_id), 0)),
     };
-    let open =
-        || -> Result<Box<dyn crate::Source>> { crate::disk::open_source(child).map(|(s, _)| s) };
     let planned = crate::vhd::reparent::plan(&open, &opts.chain.open, &targets)
         .map_err(|e| e.with_path(child))?;
     if linkage_rewritten {
@@ -488,6 +548,7 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         warnings,
         txn: planned.plan,
         bytes_written,
+        vhdx: None,
     })
 }
 
@@ -704,16 +765,12 @@ fn absolute_windows_path(
     })
 }
 
-/// Apply a plan to the child file: finish a pending journal first, check the file still holds
-/// every old byte of the plan and that the new parent still has the planned identity, then write
-/// through the redo journal beside the file.
+/// Apply a plan to the child file: check that the new parent still has the planned identity,
+/// then (VHD) finish a pending journal first, check the file still holds every old byte of the
+/// plan, and write through the redo journal beside the file; or (VHDX) check the current header
+/// is the one the plan was made on, replay a dirty log, check every old byte, and commit through
+/// the file's own log.
 pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
-    if plan.format != DiskFormat::Vhd {
-        return Err(Error::Unsupported {
-            path: Some(plan.child.clone()),
-            detail: "reparent is not yet supported for VHDX children (VHD only for now)".into(),
-        });
-    }
     let np = Disk::open(&plan.new_parent_resolved).map_err(|e| {
         refused(
             &plan.child,
@@ -740,12 +797,28 @@ pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
 }
 
 /// [`apply`] on any target and journal store (fault-injection tests use
-/// [`crate::txn::fault`]). Recovers a pending journal first; refuses a foreign one.
+/// [`crate::txn::fault`]). VHD: recovers a pending journal first; refuses a foreign one. VHDX:
+/// the store is not used (the file's log is the journal).
 pub fn apply_to(
     target: &dyn Sink,
     store: &dyn JournalStore,
     plan: &ReparentPlan,
 ) -> Result<ApplyReport> {
+    if plan.format == DiskFormat::Vhdx {
+        let guard = plan.vhdx.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("a VHDX reparent plan without its header guard".into())
+        })?;
+        let a = crate::vhdx::reparent::apply(target, guard, &plan.txn, &crate::Limits::default())?;
+        return Ok(ApplyReport {
+            recovery: Recovery::Clean,
+            writes: a.writes,
+            bytes_written: a.total_bytes(),
+            journal_bytes: 0,
+            old_len: plan.txn.old_len,
+            new_len: plan.txn.new_len,
+            vhdx: Some(a),
+        });
+    }
     let recovery = journal::recover(target, store)?;
     if let Recovery::Foreign { reason } = &recovery {
         return Err(Error::refused(format!(
@@ -761,6 +834,7 @@ pub fn apply_to(
         journal_bytes: journal::encoded_len(&plan.txn) as u64,
         old_len: plan.txn.old_len,
         new_len: plan.txn.new_len,
+        vhdx: None,
     })
 }
 

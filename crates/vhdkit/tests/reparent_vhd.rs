@@ -526,17 +526,16 @@ fn refusals_touch_nothing() {
 }
 
 #[test]
-fn vhdx_child_is_not_yet_supported() {
+fn broken_vhdx_stub_is_an_error_not_a_plan() {
     let d = tempfile::tempdir().unwrap();
     let mut b = vec![0u8; 1 << 20];
     b[..8].copy_from_slice(b"vhdxfile");
     let p = d.path().join("c.vhdx");
     std::fs::write(&p, &b).unwrap();
-    // Either the VHDX reader rejects this stub, or reparent says VHDX is not supported; never a
-    // refusal, never a plan.
+    // The VHDX reader rejects this stub (no valid header): a corruption error, never a plan.
     match reparent::plan(&p, &opts(&p)) {
-        Err(Error::Refused { .. }) | Ok(_) => panic!("must be an error"),
-        Err(_) => {}
+        Err(e) => assert!(e.is_corruption(), "{e}"),
+        Ok(_) => panic!("must be an error"),
     }
 }
 

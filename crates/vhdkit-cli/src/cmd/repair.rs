@@ -1,6 +1,7 @@
-//! `vhdkit repair FILE`: today, finish an interrupted vhdkit change.
+//! `vhdkit repair FILE`: today, finish an interrupted vhdkit change (VHD journal) and replay a
+//! dirty VHDX log to the file.
 
-use vhdkit::repair::{self, JournalOutcome, RepairOptions};
+use vhdkit::repair::{self, JournalOutcome, LogOutcome, RepairOptions};
 
 use crate::cli::RepairArgs;
 use crate::output::{self, CliError};
@@ -31,6 +32,20 @@ pub fn run(a: &RepairArgs) -> Result<Outcome, CliError> {
             ),
         };
         println!("{}: {line}", a.file.display());
+        if let Some(l) = &report.vhdx_log {
+            let line = match l {
+                LogOutcome::Clean => "vhdx log: clean, nothing to replay".to_string(),
+                LogOutcome::Replayed(r) => format!(
+                    "vhdx log: replayed to the file ({} entries, sequence {}..{}); log marked clean",
+                    r.entries, r.first_sequence, r.last_sequence
+                ),
+                LogOutcome::WouldReplay(r) => format!(
+                    "dry run: vhdx log is dirty; would replay it to the file ({} entries, sequence {}..{})",
+                    r.entries, r.first_sequence, r.last_sequence
+                ),
+            };
+            println!("{}: {line}", a.file.display());
+        }
     }
     if report.needs_attention() {
         eprintln!(

@@ -52,15 +52,37 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
         }))?;
     } else {
         let mut s = render_plan(&plan);
-        let _ = writeln!(
-            s,
-            "applied: {} bytes in {} ranges (journal {} bytes, removed); file {} -> {} bytes",
-            report.bytes_written,
-            report.writes,
-            report.journal_bytes,
-            report.old_len,
-            report.new_len
-        );
+        if let Some(x) = &report.vhdx {
+            if let Some(r) = &x.log_replayed {
+                let _ = writeln!(
+                    s,
+                    "first replayed the dirty log to the file ({} entries, sequence {}..{})",
+                    r.entries, r.first_sequence, r.last_sequence
+                );
+            }
+            let _ = writeln!(
+                s,
+                "applied through the VHDX log: {} bytes in {} writes ({} header, {} log, {} \
+                 metadata), {} flushes; file {} bytes",
+                report.bytes_written,
+                report.writes,
+                x.header_bytes,
+                x.log_bytes,
+                x.metadata_bytes,
+                x.syncs,
+                report.new_len
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "applied: {} bytes in {} ranges (journal {} bytes, removed); file {} -> {} bytes",
+                report.bytes_written,
+                report.writes,
+                report.journal_bytes,
+                report.old_len,
+                report.new_len
+            );
+        }
         if let vhdkit::txn::journal::Recovery::RolledForward { writes } = report.recovery {
             let _ = writeln!(
                 s,
@@ -117,7 +139,9 @@ fn render_plan(p: &ReparentPlan) -> String {
     if let Some(abs) = &p.absolute_path {
         let _ = writeln!(s, "  absolute path: {} ({})", abs.value, abs.how);
     }
-    let _ = writeln!(s, "  parent name:   {}", p.parent_name);
+    if p.format == vhdkit::DiskFormat::Vhd {
+        let _ = writeln!(s, "  parent name:   {}", p.parent_name);
+    }
     let _ = writeln!(s, "changes:");
     for c in &p.txn.changes {
         let _ = writeln!(
@@ -126,14 +150,25 @@ fn render_plan(p: &ReparentPlan) -> String {
             c.structure, c.field, c.old, c.new
         );
     }
-    let _ = writeln!(
-        s,
-        "writes: {} bytes in {} ranges (file {} -> {} bytes)",
-        p.bytes_written,
-        p.txn.writes.len(),
-        p.txn.old_len,
-        p.txn.new_len
-    );
+    if p.format == vhdkit::DiskFormat::Vhdx {
+        let _ = writeln!(
+            s,
+            "writes: {} metadata bytes in {} ranges, through the log: {} bytes written to the file \
+             in all (headers, log entry, metadata sectors)",
+            p.txn.bytes_written(),
+            p.txn.writes.len(),
+            p.bytes_written
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "writes: {} bytes in {} ranges (file {} -> {} bytes)",
+            p.bytes_written,
+            p.txn.writes.len(),
+            p.txn.old_len,
+            p.txn.new_len
+        );
+    }
     for w in &p.txn.writes {
         let _ = writeln!(
             s,

@@ -157,6 +157,79 @@ pub(crate) fn parse_locator(item: &[u8], item_file_offset: u64) -> Result<Locato
     })
 }
 
+/// The key/value pairs of a locator item as stored (UTF-16LE bytes), in file order, for
+/// rewriting: unknown keys and undecodable values are carried over byte for byte. The item is
+/// validated with [`parse_locator`] first.
+pub(crate) fn raw_pairs(item: &[u8], item_file_offset: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let loc = parse_locator(item, item_file_offset)?;
+    let mut out = Vec::with_capacity(loc.entries.len());
+    for i in 0..loc.entries.len() {
+        let rel = 20 + 12 * i;
+        let at = item_file_offset + u64::try_from(rel).unwrap_or(0);
+        let e: ParentLocatorEntry = format::parse(item.get(rel..rel + 12).unwrap_or(&[]), PL, at)?;
+        let get = |off: u32, len: u16| -> Result<Vec<u8>> {
+            let start = usize::try_from(off).map_err(|_| Error::corrupt(PL, at, "offset"))?;
+            start
+                .checked_add(usize::from(len))
+                .and_then(|end| item.get(start..end))
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::corrupt(PL, at, "entry outside the item"))
+        };
+        out.push((
+            get(e.key_offset, e.key_length)?,
+            get(e.value_offset, e.value_length)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// UTF-16LE bytes of `s` (no terminator).
+pub(crate) fn utf16le(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+/// Serialise a locator item compactly, as Windows lays it out: the 20-byte header, the 12-byte
+/// entries, then each key followed by its value, in order. Fails when a key or value is longer
+/// than the 16-bit length field allows or has an odd byte count.
+pub(crate) fn encode_locator(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::InvalidArgument(format!("vhdx parent locator: {m}"));
+    let count = u16::try_from(pairs.len()).map_err(|_| bad("too many keys".into()))?;
+    let table_end = 20 + 12 * pairs.len();
+    let mut item = Vec::new();
+    item.extend_from_slice(&VHDX_LOCATOR_TYPE_GUID);
+    item.extend_from_slice(&0u16.to_le_bytes());
+    item.extend_from_slice(&count.to_le_bytes());
+    let mut data: Vec<u8> = Vec::new();
+    for (k, v) in pairs {
+        for (what, b) in [("key", k), ("value", v)] {
+            if b.len() % 2 != 0 {
+                return Err(bad(format!("a {what} has an odd byte length {}", b.len())));
+            }
+        }
+        if k.is_empty() {
+            return Err(bad("an empty key".into()));
+        }
+        let kl = u16::try_from(k.len())
+            .map_err(|_| bad(format!("a key of {} bytes does not fit", k.len())))?;
+        let vl = u16::try_from(v.len()).map_err(|_| {
+            bad(format!(
+                "a value of {} bytes does not fit the 65535-byte length field",
+                v.len()
+            ))
+        })?;
+        let ko = u32::try_from(table_end + data.len()).map_err(|_| bad("too large".into()))?;
+        data.extend_from_slice(k);
+        let vo = u32::try_from(table_end + data.len()).map_err(|_| bad("too large".into()))?;
+        data.extend_from_slice(v);
+        item.extend_from_slice(&ko.to_le_bytes());
+        item.extend_from_slice(&vo.to_le_bytes());
+        item.extend_from_slice(&kl.to_le_bytes());
+        item.extend_from_slice(&vl.to_le_bytes());
+    }
+    item.extend_from_slice(&data);
+    Ok(item)
+}
+
 impl Locator {
     /// Path locators in the order SX says to try them.
     pub(crate) fn parent_locators(&self) -> Vec<ParentLocator> {
@@ -236,6 +309,28 @@ mod tests {
         assert_eq!(p[0].kind, "relative_path");
         assert_eq!(p[1].kind, "absolute_win32_path");
         assert_eq!(p[0].path.as_deref(), Some(r".\p.avhdx"));
+    }
+
+    #[test]
+    fn raw_pairs_and_encode_round_trip() {
+        let l = u16s("{FF34003B-11ED-4CF8-A166-B2BE05E20B80}");
+        let bad = [0x00u8, 0xD8, 0x41, 0x00];
+        let a = u16s(r"C:\x\p.avhdx");
+        let item = build(&[
+            ("parent_linkage", &l),
+            ("absolute_win32_path", &a),
+            ("odd_key", &bad),
+        ]);
+        let pairs = raw_pairs(&item, 0).unwrap();
+        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs[2].1, bad);
+        // The testkit-style builder and ours lay items out identically.
+        assert_eq!(encode_locator(&pairs).unwrap(), item);
+        let long = vec![0x41u8; 65536];
+        assert!(encode_locator(&[(u16s("k"), long)]).is_err());
+        let max = vec![0x41u8; 65534];
+        let it = encode_locator(&[(u16s("parent_linkage"), l.clone()), (u16s("k"), max)]).unwrap();
+        assert_eq!(raw_pairs(&it, 0).unwrap()[1].1.len(), 65534);
     }
 
     #[test]

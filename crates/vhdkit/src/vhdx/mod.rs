@@ -5,6 +5,9 @@
 //! replayed into an in-memory [`log::OverlaySource`]; the file is never written), and only then
 //! everything else, read through the overlay.
 //!
+//! Writes (reparent) go through the crash-safe session of the `update` module: header updates
+//! and the log.
+//!
 //! Read semantics per BAT state (FORMAT.md B.8): FULLY_PRESENT is file data; PARTIALLY_PRESENT
 //! (differencing only) follows the sector bitmap; NOT_PRESENT is [`Extent::Unallocated`] (the
 //! parent for a differencing disk, zeros otherwise); ZERO, UNDEFINED, UNMAPPED and the reserved
@@ -19,8 +22,7 @@ pub mod locator;
 pub mod log;
 mod metadata;
 mod region;
-// Used by VHDX writing and reparent (next); exercised by its own tests until then.
-#[allow(dead_code)]
+pub mod reparent;
 pub(crate) mod update;
 
 use std::sync::Mutex;

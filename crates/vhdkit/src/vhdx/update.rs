@@ -86,6 +86,7 @@ impl<'a> Session<'a> {
     }
 
     /// The current header as this session last wrote it.
+    #[allow(dead_code)] // for VHDX data writes (not yet); reparent does not need it
     pub(crate) fn current(&self) -> &ParsedHeader {
         &self.current
     }
@@ -131,6 +132,7 @@ impl<'a> Session<'a> {
 
     /// Before the first change a reader of the virtual disk could see: a new DataWriteGuid.
     /// Never called for metadata-only changes such as locator paths (children link to it).
+    #[allow(dead_code)] // for VHDX data writes (not yet); a reparent must never call it
     pub(crate) fn change_data_write_guid(&mut self, guid: Uuid) -> Result<()> {
         self.begin()?;
         let mut h = self.current.clone();
@@ -286,6 +288,32 @@ impl<'a> Session<'a> {
         }
         Ok(sectors)
     }
+}
+
+/// The active log sequence of a file whose current header `h` names a log (LogGuid non-zero),
+/// or `None` when the log is clean. A dirty log must be replayed before any other change
+/// (MS-VHDX 2.3.3); see [`Session::replay_to_disk`].
+pub(crate) fn dirty_log(
+    src: &dyn crate::source::Source,
+    h: &ParsedHeader,
+    max_replay_bytes: u64,
+) -> Result<Option<LogSequence>> {
+    if h.log_guid.is_nil() {
+        return Ok(None);
+    }
+    if h.log_version != 0 {
+        return Err(Error::corrupt(
+            "vhdx header",
+            0,
+            format!("log version {}, expected 0", h.log_version),
+        ));
+    }
+    let place = super::log::LogPlace {
+        offset: h.log_offset,
+        length: u64::from(h.log_length),
+        guid: h.log_guid,
+    };
+    super::log::find_active_sequence(src, &place, max_replay_bytes).map(Some)
 }
 
 fn write_zeros(sink: &dyn Sink, offset: u64, length: u64) -> std::io::Result<()> {
