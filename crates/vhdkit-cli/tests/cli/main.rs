@@ -12,3 +12,4 @@ mod errors;
 mod real_images;
 mod reparent;
 mod reparent_vhdx;
+mod roundtrip;
