@@ -13,6 +13,7 @@
 
 pub mod bat;
 mod bitmap;
+pub mod create;
 pub mod format;
 mod header;
 pub mod locator;
@@ -22,6 +23,7 @@ mod region;
 // Used by VHDX writing and reparent (next); exercised by its own tests until then.
 #[allow(dead_code)]
 pub(crate) mod update;
+pub mod write;
 
 use std::sync::Mutex;
 
