@@ -213,6 +213,13 @@ impl<S: Sink> VhdxWriter<S> {
         &self.sink
     }
 
+    /// Lower the number of 4 KiB sectors one log entry may carry (at least 1), so tests can
+    /// make a flush commit in several batches.
+    #[doc(hidden)]
+    pub fn limit_sectors_per_commit(&mut self, n: usize) {
+        self.max_sectors_per_commit = self.max_sectors_per_commit.min(n.max(1));
+    }
+
     fn entry(&self, index: u64) -> Result<u64> {
         usize::try_from(index)
             .ok()
