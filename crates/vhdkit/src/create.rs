@@ -18,6 +18,12 @@
 //! `..\ref\base.vhd`); `W2ku` data at 0x1000 (4096 bytes of space), BAT at 0x2000, `W2ru` data
 //! after the BAT (65536 bytes of space), larger when a path needs it.
 //!
+//! **VHDX defaults** ([`crate::vhdx::create`]): Hyper-V's layout (log 1 MiB at 1 MiB, metadata
+//! at 2 MiB, BAT at 3 MiB), blocks 32 MiB dynamic and 2 MiB fixed or differencing, 512-byte
+//! logical (or 4096 with [`CreateParams::logical_sector_size`]) and 4096-byte physical sectors.
+//! Differencing: size, sector sizes and virtual disk id from the parent, `parent_linkage` = its
+//! DataWriteGuid, `absolute_win32_path` and `relative_path` as for VHD's `W2ku`/`W2ru`.
+//!
 //! **Unique id**: a random (version 4) GUID, stored as Windows stores it (the first three fields
 //! little-endian, `Uuid::to_bytes_le`). vhdkit, like libvhdi, *displays* VHD ids as the raw
 //! bytes read big-endian, so the id shown by `info` (and returned in [`Created::id`]) is the

@@ -1,6 +1,6 @@
 //! Writing the virtual disk of a VHDX (fixed, dynamic, differencing), crash-safely.
 //!
-//! **Opening** replays a dirty log into the file first ([`Session::replay_to_disk`], which
+//! **Opening** replays a dirty log into the file first (`Session::replay_to_disk`, which
 //! takes a new FileWriteGuid), then reads regions, metadata and the BAT from the file.
 //!
 //! **GUIDs** (MS-VHDX 2.2.2). Before the first data write of a session the header gets a new
@@ -21,7 +21,7 @@
 //!   bitmap block is allocated (1 MiB at the end) when one of its blocks first needs it.
 //!
 //! **Metadata.** BAT entries and sector bitmap bytes stay in memory until [`flush`], which
-//! commits them through the log ([`Session::commit`]: sync, log entry, header = commit point,
+//! commits them through the log (`Session::commit`: sync, log entry, header = commit point,
 //! apply, clear). Payload data is never logged; it is written before any metadata points at it
 //! (the commit syncs first). A flush whose changes do not fit one log entry commits them in
 //! several batches, ordered so that every prefix is consistent: sector bitmap bytes first, then
