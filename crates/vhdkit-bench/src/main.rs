@@ -141,11 +141,18 @@ struct Contender {
 }
 
 /// How a case's outputs are checked after the timed runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Check {
     /// Every contender writes a raw image: all must be byte-identical, and vhdkit's must be
     /// sparse (fewer allocated blocks than its length needs).
     SameSparseRaw,
+    /// Every contender writes an image of `fmt` (qemu's name): each must hold the virtual
+    /// contents of `raw` (`qemu-img compare`), and pass `qemu-img check` where qemu has one.
+    SameImage {
+        fmt: &'static str,
+        qemu_img: PathBuf,
+        raw: PathBuf,
+    },
 }
 
 /// A case ready to run.
@@ -182,7 +189,115 @@ fn cases() -> Vec<Case> {
                 )
             },
         },
+        Case {
+            name: "seqwrite-vhdx-dynamic-1g",
+            about: "sequential write of 1 GiB of random data into a new dynamic VHDX \
+                    (convert --to vhdx of a random raw image)",
+            prepare: |cfg, dir| prepare_to_image(cfg, dir, "vhdx", RawFill::All),
+        },
+        Case {
+            name: "seqwrite-vhd-dynamic-1g",
+            about: "sequential write of 1 GiB of random data into a new dynamic VHD \
+                    (convert --to vhd of a random raw image)",
+            prepare: |cfg, dir| prepare_to_image(cfg, dir, "vpc", RawFill::All),
+        },
+        Case {
+            name: "convert-raw-to-vhdx-1g",
+            about: "1 GiB raw image, every other 2 MiB random, the rest zeros, converted to a \
+                    dynamic VHDX",
+            prepare: |cfg, dir| prepare_to_image(cfg, dir, "vhdx", RawFill::EveryOther2M),
+        },
     ]
+}
+
+/// What a generated raw input holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawFill {
+    /// Random data everywhere: nothing can be skipped.
+    All,
+    /// Random data in every other 2 MiB, zeros between.
+    EveryOther2M,
+}
+
+/// Write a 1 GiB raw image (xorshift data, not compressible) unless it is already there.
+fn make_raw(path: &Path, fill: RawFill) -> Res<()> {
+    use std::io::Write as _;
+    if fs::metadata(path).is_ok_and(|m| m.len() == GIB) {
+        return Ok(());
+    }
+    let mut f = std::io::BufWriter::new(
+        File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+    );
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 2 * MIB as usize];
+    for i in 0..GIB / (2 * MIB) {
+        if fill == RawFill::EveryOther2M && i % 2 == 1 {
+            buf.fill(0);
+        } else {
+            for c in buf.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        f.write_all(&buf)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    f.flush()
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A 1 GiB raw input and the two commands that turn it into a new dynamic image of `fmt`
+/// (`vhdx` or `vpc`): `vhdkit convert --to vhdx|vhd` against `qemu-img convert -t writeback`
+/// (both flush their output).
+fn prepare_to_image(cfg: &Config, dir: &Path, fmt: &str, fill: RawFill) -> Res<Prepared> {
+    let src = dir.join("in.raw");
+    make_raw(&src, fill)?;
+    let (to, ext, opts) = match fmt {
+        "vhdx" => ("vhdx", "vhdx", "subformat=dynamic"),
+        _ => ("vhd", "vhd", "subformat=dynamic,force_size=on"),
+    };
+    let out_vhdkit = dir.join(format!("out.vhdkit.{ext}"));
+    let out_qemu = dir.join(format!("out.qemu.{ext}"));
+    let mut a: Vec<OsString> = vec![cfg.vhdkit.clone().into()];
+    a.extend(["convert", "--no-progress", "--to", to].map(OsString::from));
+    a.extend([src.clone().into(), out_vhdkit.clone().into()]);
+    let mut q: Vec<OsString> = vec![cfg.qemu_img.clone().into()];
+    q.extend(
+        [
+            "convert",
+            "-t",
+            "writeback",
+            "-f",
+            "raw",
+            "-O",
+            fmt,
+            "-o",
+            opts,
+        ]
+        .map(OsString::from),
+    );
+    q.extend([src.clone().into(), out_qemu.clone().into()]);
+    Ok(Prepared {
+        contenders: vec![
+            Contender {
+                tool: Tool::Vhdkit,
+                argv: a,
+                output: Some(out_vhdkit),
+            },
+            Contender {
+                tool: Tool::QemuImg,
+                argv: q,
+                output: Some(out_qemu),
+            },
+        ],
+        check: Check::SameImage {
+            fmt: if fmt == "vhdx" { "vhdx" } else { "vpc" },
+            qemu_img: cfg.qemu_img.clone(),
+            raw: src,
+        },
+    })
 }
 
 /// Make a 1 GiB image of `fmt` with every other 2 MiB block written (so half the blocks are
@@ -424,7 +539,7 @@ fn run_case(cfg: &Config, case: &Case, dir: &Path) -> Res<CaseResult> {
     let check = if tools.iter().any(|t| t.error.is_some()) {
         None
     } else {
-        Some(check_outputs(prep.check, &prep.contenders, &tools))
+        Some(check_outputs(&prep.check, &prep.contenders, &tools))
     };
     Ok(CaseResult {
         name: case.name,
@@ -434,7 +549,7 @@ fn run_case(cfg: &Config, case: &Case, dir: &Path) -> Res<CaseResult> {
     })
 }
 
-fn check_outputs(check: Check, cs: &[Contender], rs: &[ToolResult]) -> Res<String> {
+fn check_outputs(check: &Check, cs: &[Contender], rs: &[ToolResult]) -> Res<String> {
     match check {
         Check::SameSparseRaw => {
             let outs: Vec<&Path> = cs.iter().filter_map(|c| c.output.as_deref()).collect();
@@ -465,6 +580,41 @@ fn check_outputs(check: Check, cs: &[Contender], rs: &[ToolResult]) -> Res<Strin
                 "identical; vhdkit raw sparse ({} of {} MiB allocated)",
                 alloc / MIB,
                 len / MIB
+            ))
+        }
+        Check::SameImage { fmt, qemu_img, raw } => {
+            let mut sizes = Vec::new();
+            for (c, r) in cs.iter().zip(rs) {
+                let Some(out) = c.output.as_deref() else {
+                    continue;
+                };
+                if *fmt == "vhdx" {
+                    run_quiet(
+                        Command::new(qemu_img)
+                            .args(["check", "-q", "-f", fmt])
+                            .arg(out),
+                    )
+                    .map_err(|e| format!("{}: {e}", c.tool.name()))?;
+                }
+                run_quiet(
+                    Command::new(qemu_img)
+                        .args(["compare", "-q", "-f", "raw", "-F", fmt])
+                        .arg(raw)
+                        .arg(out),
+                )
+                .map_err(|e| format!("{} output differs from the input: {e}", c.tool.name()))?;
+                if let Some((len, _)) = r.output_size {
+                    sizes.push(format!("{} {} MiB", r.tool.name(), len / MIB));
+                }
+            }
+            Ok(format!(
+                "both hold the input{}; file sizes {}",
+                if *fmt == "vhdx" {
+                    ", qemu-img check clean"
+                } else {
+                    ""
+                },
+                sizes.join(", ")
             ))
         }
     }

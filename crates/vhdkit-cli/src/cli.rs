@@ -124,6 +124,8 @@ pub enum OutputFormat {
     Raw,
     /// A VHD (dynamic unless --fixed).
     Vhd,
+    /// A VHDX (dynamic unless --fixed).
+    Vhdx,
 }
 
 /// Input formats that can be forced.
@@ -155,9 +157,14 @@ pub struct CreateArgs {
     /// Create a differencing disk over this parent.
     #[arg(long, value_name = "PARENT")]
     pub parent: Option<PathBuf>,
-    /// Block size (same units as --size); default 2 MiB for VHD.
+    /// Block size (same units as --size); default VHD 2 MiB, VHDX 32 MiB dynamic and 2 MiB
+    /// fixed or differencing (Hyper-V's choices).
     #[arg(long, value_name = "N")]
     pub block_size: Option<String>,
+    /// VHDX logical sector size: 512 (default, "512e" with 4096-byte physical sectors) or
+    /// 4096. A differencing disk takes its parent's. VHD sectors are always 512.
+    #[arg(long, value_name = "BYTES", value_parser = ["512", "4096"])]
+    pub logical_sector_size: Option<String>,
     /// Format; by default from OUT's extension (.vhd/.avhd: vhd, .vhdx/.avhdx: vhdx).
     #[arg(long, value_enum)]
     pub format: Option<DiskFormatArg>,
@@ -180,10 +187,11 @@ pub struct ConvertArgs {
     /// Force the input format (by default a file that is neither VHD nor VHDX is raw).
     #[arg(long = "from", value_enum)]
     pub from: Option<InputFormat>,
-    /// VHD output: a fixed disk instead of a dynamic one.
+    /// VHD/VHDX output: a fixed disk instead of a dynamic one.
     #[arg(long)]
     pub fixed: bool,
-    /// VHD output: block size (bytes, or with K/M/G units); default 2 MiB.
+    /// VHD/VHDX output: block size (bytes, or with K/M/G units); default VHD 2 MiB, VHDX
+    /// 32 MiB (dynamic) or 2 MiB (fixed).
     #[arg(long, value_name = "N")]
     pub block_size: Option<String>,
     /// Replace DST if it exists.

@@ -6,7 +6,8 @@
 //!
 //! Raw output is written sparsely: ranges no layer stores, and stored ranges that are all
 //! zeros, are left as holes. VHD output ([`to_vhd`]) is dynamic by default: blocks that are all
-//! zeros are never allocated; fixed output leaves zero ranges as holes of the data area. The output is built under a temporary name in the destination's
+//! zeros are never allocated; fixed output leaves zero ranges as holes of the data area; VHDX
+//! output ([`to_vhdx`]) likewise. The output is built under a temporary name in the destination's
 //! folder and renamed into place only once complete and flushed, so an interrupted conversion
 //! never leaves a truncated file under the destination's name.
 
@@ -119,15 +120,16 @@ pub struct ConvertStats {
     pub bytes_skipped: u64,
 }
 
-/// Options for [`to_raw`] and [`to_vhd`].
+/// Options for [`to_raw`], [`to_vhd`] and [`to_vhdx`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ConvertOptions {
     /// Replace an existing destination.
     pub overwrite: bool,
-    /// VHD output: fixed instead of dynamic.
+    /// VHD/VHDX output: fixed instead of dynamic.
     pub fixed: bool,
-    /// VHD output: block size in bytes (`None` = 2 MiB).
+    /// VHD/VHDX output: block size in bytes (`None` = the format's default: VHD 2 MiB, VHDX
+    /// 32 MiB dynamic, 2 MiB fixed).
     pub block_size: Option<u32>,
 }
 
@@ -262,17 +264,9 @@ pub fn to_vhd(
     src: &dyn VirtualSource,
     dst: &Path,
     opts: &ConvertOptions,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<ConvertStats> {
-    if !opts.overwrite && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists (use --force to replace it)",
-            dst.display()
-        )));
-    }
-    refuse_chain_member(src, dst)?;
-    let size = src.virtual_size();
-    let vsize = size.div_ceil(512).saturating_mul(512);
+    let vsize = src.virtual_size().div_ceil(512).saturating_mul(512);
     let new = vhd_create::NewVhd {
         kind: if opts.fixed {
             vhd_create::NewKind::Fixed
@@ -285,6 +279,75 @@ pub fn to_vhd(
         time_stamp: crate::create::vhd_now(),
     };
     vhd_create::build(&new)?;
+    let step = if opts.fixed {
+        CHUNK_BYTES as u64
+    } else {
+        u64::from(new.block_size)
+    };
+    convert_into(src, dst, opts, progress, step, |file| {
+        vhd_create::write_new(file, &new)?;
+        let handle = file
+            .try_clone()
+            .map_err(|e| Error::io("reopening the output file", e))?;
+        let w = crate::vhd::write::VhdWriter::open(handle, &crate::OpenOptions::default())?;
+        Ok(Box::new(w))
+    })
+}
+
+/// Write the whole virtual disk of `src` to `dst` as a new VHDX (Hyper-V's layout, 512-byte
+/// logical and 4096-byte physical sectors): dynamic with 32 MiB blocks by default (all-zero
+/// blocks left unallocated) or, with `opts.fixed`, fixed with 2 MiB blocks (every block
+/// allocated, zero ranges left as holes). A source whose size is not a multiple of 512 is
+/// padded with zeros. Built under a temporary name, renamed into place once complete and
+/// synced.
+pub fn to_vhdx(
+    src: &dyn VirtualSource,
+    dst: &Path,
+    opts: &ConvertOptions,
+    progress: impl FnMut(u64),
+) -> Result<ConvertStats> {
+    use crate::vhdx::create as vx;
+    let vsize = src.virtual_size().div_ceil(512).saturating_mul(512);
+    let (kind, default_block) = if opts.fixed {
+        (vx::NewKind::Fixed, vx::DEFAULT_FIXED_BLOCK_BYTES)
+    } else {
+        (vx::NewKind::Dynamic, vx::DEFAULT_DYNAMIC_BLOCK_BYTES)
+    };
+    let new = vx::NewVhdx::new(kind, vsize, opts.block_size.unwrap_or(default_block));
+    vx::build(&new)?;
+    let step = if opts.fixed {
+        CHUNK_BYTES as u64
+    } else {
+        u64::from(new.block_size)
+    };
+    convert_into(src, dst, opts, progress, step, |file| {
+        vx::write_new(file, &new)?;
+        let handle = file
+            .try_clone()
+            .map_err(|e| Error::io("reopening the output file", e))?;
+        let w = crate::vhdx::write::VhdxWriter::open(handle, &crate::OpenOptions::default())?;
+        Ok(Box::new(w))
+    })
+}
+
+/// The shared part of [`to_vhd`] and [`to_vhdx`]: make the new, empty image under a temporary
+/// name with `make`, copy into it in steps of `step` bytes, close (flush) it, and give it its
+/// name.
+fn convert_into(
+    src: &dyn VirtualSource,
+    dst: &Path,
+    opts: &ConvertOptions,
+    mut progress: impl FnMut(u64),
+    step: u64,
+    make: impl FnOnce(&File) -> Result<Box<dyn WritableImage>>,
+) -> Result<ConvertStats> {
+    if !opts.overwrite && std::fs::symlink_metadata(dst).is_ok() {
+        return Err(Error::InvalidArgument(format!(
+            "{} already exists (use --force to replace it)",
+            dst.display()
+        )));
+    }
+    refuse_chain_member(src, dst)?;
     let tmp = temp_name(dst);
     let file = FsOpenOptions::new()
         .read(true)
@@ -294,17 +357,8 @@ pub fn to_vhd(
         .map_err(|e| Error::io("creating the output file", e))
         .with_path(&tmp)?;
     let result = (|| {
-        vhd_create::write_new(&file, &new)?;
-        let handle = file
-            .try_clone()
-            .map_err(|e| Error::io("reopening the output file", e))?;
-        let writer = crate::vhd::write::VhdWriter::open(handle, &crate::OpenOptions::default())?;
-        let step = if opts.fixed {
-            CHUNK_BYTES as u64
-        } else {
-            u64::from(new.block_size)
-        };
-        let mut out = WritableDisk::from_parts(Box::new(writer) as Box<dyn WritableImage>, None);
+        let image = make(&file)?;
+        let mut out = WritableDisk::from_parts(image, None);
         let stats = copy_blocks(src, &mut out, step, &mut progress)?;
         out.close()?;
         Ok(stats)

@@ -18,6 +18,12 @@
 //! `..\ref\base.vhd`); `W2ku` data at 0x1000 (4096 bytes of space), BAT at 0x2000, `W2ru` data
 //! after the BAT (65536 bytes of space), larger when a path needs it.
 //!
+//! **VHDX defaults** ([`crate::vhdx::create`]): Hyper-V's layout (log 1 MiB at 1 MiB, metadata
+//! at 2 MiB, BAT at 3 MiB), blocks 32 MiB dynamic and 2 MiB fixed or differencing, 512-byte
+//! logical (or 4096 with [`CreateParams::logical_sector_size`]) and 4096-byte physical sectors.
+//! Differencing: size, sector sizes and virtual disk id from the parent, `parent_linkage` = its
+//! DataWriteGuid, `absolute_win32_path` and `relative_path` as for VHD's `W2ku`/`W2ru`.
+//!
 //! **Unique id**: a random (version 4) GUID, stored as Windows stores it (the first three fields
 //! little-endian, `Uuid::to_bytes_le`). vhdkit, like libvhdi, *displays* VHD ids as the raw
 //! bytes read big-endian, so the id shown by `info` (and returned in [`Created::id`]) is the
@@ -52,9 +58,14 @@ pub struct CreateParams {
     pub fixed: bool,
     /// Parent disk: creates a differencing disk over it. The parent chain must be intact.
     pub parent: Option<PathBuf>,
-    /// Block size in bytes; `None` = the format default (VHD: 2 MiB).
+    /// Block size in bytes; `None` = the format default (VHD: 2 MiB; VHDX: 32 MiB dynamic,
+    /// 2 MiB fixed and differencing).
     pub block_size: Option<u32>,
-    /// The new disk's GUID; `None` = random (version 4).
+    /// VHDX logical sector size, 512 or 4096; `None` = 512 (a differencing disk takes its
+    /// parent's). VHD sectors are always 512 bytes.
+    pub logical_sector_size: Option<u32>,
+    /// The new disk's GUID; `None` = random (version 4). VHD: the footer unique id; VHDX: the
+    /// DataWriteGuid (what children link to and `info` shows as `id`).
     pub id: Option<Uuid>,
     /// How to find the parent's own parents (to check the parent chain is intact).
     pub chain: ChainOptions,
@@ -97,6 +108,13 @@ impl CreateParams {
     #[must_use]
     pub fn block_size(mut self, bytes: u32) -> Self {
         self.block_size = Some(bytes);
+        self
+    }
+
+    /// Set the VHDX logical sector size.
+    #[must_use]
+    pub fn logical_sector_size(mut self, bytes: u32) -> Self {
+        self.logical_sector_size = Some(bytes);
         self
     }
 
@@ -220,12 +238,17 @@ pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
             path.display()
         )));
     }
-    if format == DiskFormat::Vhdx {
-        return Err(Error::unsupported("creating VHDX disks is not supported yet").with_path(path));
-    }
     if p.fixed && p.parent.is_some() {
         return Err(Error::InvalidArgument(
             "a differencing disk cannot be fixed (give either --fixed or --parent)".into(),
+        ));
+    }
+    if format == DiskFormat::Vhdx {
+        return create_vhdx(path, p);
+    }
+    if p.logical_sector_size.is_some_and(|s| s != 512) {
+        return Err(Error::InvalidArgument(
+            "VHD sectors are always 512 bytes (a 4096-byte logical sector needs VHDX)".into(),
         ));
     }
     let id = p.id.unwrap_or_else(Uuid::new_v4);
@@ -269,21 +292,7 @@ pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
     };
     // Everything is checked before any file is made.
     let layout = vhd_create::build(&new)?;
-    let tmp = temp_name(path);
-    let file = FsOpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating the temporary file", e))
-        .with_path(&tmp)?;
-    let written = vhd_create::write_new(&file, &new).with_path(&tmp);
-    drop(file);
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    persist(&tmp, path, false)?;
+    write_atomically(path, |f| vhd_create::write_new(f, &new).map(|_| ()))?;
     if disk_type == DiskType::Differencing {
         // The new child must resolve to its parent exactly as any reader will do it.
         if let Err(e) = Chain::open(path, &p.chain) {
@@ -301,6 +310,154 @@ pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
         file_size: layout.file_len,
         parent: p.parent.clone(),
     })
+}
+
+/// Build the file at a temporary name with `write`, then link it into place (never over an
+/// existing file).
+fn write_atomically(path: &Path, write: impl FnOnce(&File) -> Result<()>) -> Result<()> {
+    let tmp = temp_name(path);
+    let file = FsOpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("creating the temporary file", e))
+        .with_path(&tmp)?;
+    let written = write(&file).with_path(&tmp);
+    drop(file);
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    persist(&tmp, path, false)
+}
+
+/// The VHDX half of [`create`] (format already decided, `path` free, not fixed with a parent).
+fn create_vhdx(path: &Path, p: &CreateParams) -> Result<Created> {
+    use crate::vhdx::create as vx;
+    let dwg = p.id.unwrap_or_else(Uuid::new_v4);
+    let new = match &p.parent {
+        Some(parent) => {
+            let pp = vhdx_parent(path, parent, &p.chain)?;
+            if let Some(s) = p.size.filter(|&s| s != pp.size) {
+                return Err(Error::InvalidArgument(format!(
+                    "--size {s} differs from the parent's virtual size {}; a differencing \
+                     disk has its parent's size (leave --size out)",
+                    pp.size
+                )));
+            }
+            if let Some(s) = p.logical_sector_size.filter(|&s| s != pp.logical) {
+                return Err(Error::InvalidArgument(format!(
+                    "logical sector size {s} differs from the parent's {}; a differencing disk \
+                     has its parent's sector sizes",
+                    pp.logical
+                )));
+            }
+            vx::NewVhdx {
+                kind: vx::NewKind::Differencing(pp.parent),
+                virtual_size: pp.size,
+                block_size: p.block_size.unwrap_or(vx::DEFAULT_DIFFERENCING_BLOCK_BYTES),
+                logical_sector_size: pp.logical,
+                physical_sector_size: pp.physical,
+                virtual_disk_id: pp.virtual_disk_id,
+                data_write_guid: dwg,
+                file_write_guid: Uuid::new_v4(),
+            }
+        }
+        None => {
+            let size = p.size.ok_or_else(|| {
+                Error::InvalidArgument("a size is needed (--size) unless there is a parent".into())
+            })?;
+            let (kind, default_block) = if p.fixed {
+                (vx::NewKind::Fixed, vx::DEFAULT_FIXED_BLOCK_BYTES)
+            } else {
+                (vx::NewKind::Dynamic, vx::DEFAULT_DYNAMIC_BLOCK_BYTES)
+            };
+            let mut n = vx::NewVhdx::new(kind, size, p.block_size.unwrap_or(default_block));
+            n.logical_sector_size = p.logical_sector_size.unwrap_or(vx::DEFAULT_LOGICAL_SECTOR);
+            n.data_write_guid = dwg;
+            n
+        }
+    };
+    // Everything is checked before any file is made.
+    let layout = vx::build(&new)?;
+    write_atomically(path, |f| vx::write_new(f, &new).map(|_| ()))?;
+    let disk_type = match new.kind {
+        vx::NewKind::Fixed => DiskType::Fixed,
+        vx::NewKind::Dynamic => DiskType::Dynamic,
+        vx::NewKind::Differencing(_) => DiskType::Differencing,
+    };
+    if disk_type == DiskType::Differencing {
+        if let Err(e) = Chain::open(path, &p.chain) {
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
+    }
+    Ok(Created {
+        path: path.to_path_buf(),
+        format: DiskFormat::Vhdx,
+        disk_type,
+        virtual_size: new.virtual_size,
+        block_size: Some(u64::from(new.block_size)),
+        id: dwg,
+        file_size: layout.file_len,
+        parent: p.parent.clone(),
+    })
+}
+
+/// What a new VHDX child takes from its parent.
+struct VhdxParent {
+    parent: crate::vhdx::create::NewParent,
+    size: u64,
+    logical: u32,
+    physical: u32,
+    virtual_disk_id: Uuid,
+}
+
+fn vhdx_parent(child: &Path, parent: &Path, opts: &ChainOptions) -> Result<VhdxParent> {
+    let chain = Chain::open(parent, opts)?;
+    let top = chain
+        .disks()
+        .first()
+        .ok_or_else(|| Error::InvalidArgument("the parent chain is empty".into()))?;
+    let crate::disk::FormatInfo::Vhdx(v) = top.info().details else {
+        return Err(Error::InvalidArgument(format!(
+            "{} is a {} disk; a VHDX differencing disk needs a VHDX parent",
+            parent.display(),
+            top.format()
+        )));
+    };
+    let (absolute, relative) = locator_paths(child, parent)?;
+    Ok(VhdxParent {
+        parent: crate::vhdx::create::NewParent {
+            linkage: top.identity(),
+            absolute_path: absolute,
+            relative_path: relative,
+        },
+        size: top.virtual_size(),
+        logical: top.logical_sector_size(),
+        physical: top.physical_sector_size(),
+        virtual_disk_id: v.virtual_disk_id,
+    })
+}
+
+/// The parent's absolute path (as a locator string) and its path relative to the child's
+/// folder.
+fn locator_paths(child: &Path, parent: &Path) -> Result<(String, Option<String>)> {
+    let abs = fs::canonicalize(parent)
+        .map_err(|e| Error::io("resolving the parent's absolute path", e))
+        .with_path(parent)?;
+    let child_dir = match child.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let child_dir = fs::canonicalize(&child_dir)
+        .map_err(|e| Error::io("resolving the new disk's folder", e))
+        .with_path(&child_dir)?;
+    Ok((
+        display_absolute(&abs)?,
+        relative_windows_path(&child_dir, &abs),
+    ))
 }
 
 pub(crate) fn vhd_now() -> u32 {
@@ -328,18 +485,7 @@ fn vhd_parent(
             top.format()
         )));
     }
-    let abs = fs::canonicalize(parent)
-        .map_err(|e| Error::io("resolving the parent's absolute path", e))
-        .with_path(parent)?;
-    let child_dir = match child.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let child_dir = fs::canonicalize(&child_dir)
-        .map_err(|e| Error::io("resolving the new disk's folder", e))
-        .with_path(&child_dir)?;
-    let absolute = display_absolute(&abs)?;
-    let relative = relative_windows_path(&child_dir, &abs);
+    let (absolute, relative) = locator_paths(child, parent)?;
     let np = vhd_create::NewParent {
         unique_id: guid::to_vhd_bytes(&top.identity()),
         time_stamp: 0,

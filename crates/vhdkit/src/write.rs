@@ -12,7 +12,13 @@
 //!   the VHDX FileWriteGuid/DataWriteGuid inside `write_at`).
 //!
 //! Opening for write finishes an interrupted vhdkit metadata change first
-//! ([`crate::txn::journal::recover`]) and refuses a journal that does not belong to the file.
+//! ([`crate::txn::journal::recover`]) and refuses a journal that does not belong to the file;
+//! a VHDX with a dirty log has it replayed into the file.
+//!
+//! **Do not write a disk that has children.** Writing changes what its children read through
+//! it; for VHDX it also changes the DataWriteGuid, which the children's `parent_linkage`
+//! names, so they stop opening. The file does not know its children: checking is the caller's
+//! business.
 
 use std::fmt;
 use std::fs::OpenOptions as FsOpenOptions;
@@ -106,11 +112,9 @@ impl WritableDisk {
             DiskFormat::Vhd => {
                 Box::new(crate::vhd::write::VhdWriter::open(file, &opts.open).with_path(path)?)
             }
+            // Replays a dirty log into the file first.
             DiskFormat::Vhdx => {
-                return Err(Error::Unsupported {
-                    path: Some(path.to_path_buf()),
-                    detail: "writing VHDX disks is not supported yet".into(),
-                })
+                Box::new(crate::vhdx::write::VhdxWriter::open(file, &opts.open).with_path(path)?)
             }
         };
         let parent = if image.disk_type() == DiskType::Differencing {

@@ -276,8 +276,8 @@ fn create_refuses_bad_requests_and_leaves_no_file() {
     let mut size_mismatch = CreateParams::differencing(&p);
     size_mismatch.size = Some(MIB);
     assert!(vhdkit::create(&q, &size_mismatch).is_err());
-    let e = vhdkit::create(&d.path().join("c.vhdx"), &CreateParams::dynamic(MIB)).unwrap_err();
-    assert!(e.to_string().contains("not supported yet"), "{e}");
+    let e = vhdkit::create(&q, &CreateParams::dynamic(MIB).logical_sector_size(4096)).unwrap_err();
+    assert!(e.to_string().contains("512"), "{e}");
     assert!(vhdkit::create(&d.path().join("c.img"), &CreateParams::dynamic(MIB)).is_err());
     let names: Vec<_> = std::fs::read_dir(d.path())
         .unwrap()

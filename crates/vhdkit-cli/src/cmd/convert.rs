@@ -1,4 +1,4 @@
-//! `vhdkit convert --to raw|vhd [--fixed] [--from raw] SRC DST`.
+//! `vhdkit convert --to raw|vhd|vhdx [--fixed] [--from raw] SRC DST`.
 
 use std::io::IsTerminal;
 
@@ -15,7 +15,7 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
     let opts = chain_options(&a.resolve)?;
     if a.to == OutputFormat::Raw && (a.fixed || a.block_size.is_some()) {
         return Err(CliError::Lib(vhdkit::Error::InvalidArgument(
-            "--fixed and --block-size apply to --to vhd only".into(),
+            "--fixed and --block-size apply to --to vhd and --to vhdx only".into(),
         )));
     }
     let block_size = block_size_arg(a.block_size.as_deref())?;
@@ -49,11 +49,14 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
     let stats = match a.to {
         OutputFormat::Raw => convert::to_raw(&*view, &a.dst, &copts, progress),
         OutputFormat::Vhd => convert::to_vhd(&*view, &a.dst, &copts, progress),
+        OutputFormat::Vhdx => convert::to_vhdx(&*view, &a.dst, &copts, progress),
     };
     let format = match a.to {
         OutputFormat::Raw => "raw",
         OutputFormat::Vhd if a.fixed => "vhd (fixed)",
         OutputFormat::Vhd => "vhd (dynamic)",
+        OutputFormat::Vhdx if a.fixed => "vhdx (fixed)",
+        OutputFormat::Vhdx => "vhdx (dynamic)",
     };
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -66,11 +69,12 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
             "format": match a.to {
                 OutputFormat::Raw => "raw",
                 OutputFormat::Vhd => "vhd",
+                OutputFormat::Vhdx => "vhdx",
             },
             "disk_type": match a.to {
                 OutputFormat::Raw => None,
-                OutputFormat::Vhd if a.fixed => Some("fixed"),
-                OutputFormat::Vhd => Some("dynamic"),
+                OutputFormat::Vhd | OutputFormat::Vhdx if a.fixed => Some("fixed"),
+                OutputFormat::Vhd | OutputFormat::Vhdx => Some("dynamic"),
             },
             "stats": stats,
         }))?;

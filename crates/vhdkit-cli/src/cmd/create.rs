@@ -1,4 +1,5 @@
-//! `vhdkit create OUT [--size SIZE] [--fixed] [--parent PARENT] [--block-size N] [--format F]`.
+//! `vhdkit create OUT [--size SIZE] [--fixed] [--parent PARENT] [--block-size N]
+//! [--logical-sector-size 512|4096] [--format F]`.
 
 use vhdkit::create::{self, CreateParams};
 use vhdkit::DiskFormat;
@@ -14,6 +15,14 @@ pub fn run(a: &CreateArgs) -> Result<Outcome, CliError> {
     p.fixed = a.fixed;
     p.parent = a.parent.clone();
     p.block_size = block_size_arg(a.block_size.as_deref())?;
+    p.logical_sector_size = a
+        .logical_sector_size
+        .as_deref()
+        .map(|s| {
+            s.parse::<u32>()
+                .map_err(|_| vhdkit::Error::InvalidArgument(format!("logical sector size '{s}'")))
+        })
+        .transpose()?;
     p.format = a.format.map(|f| match f {
         DiskFormatArg::Vhd => DiskFormat::Vhd,
         DiskFormatArg::Vhdx => DiskFormat::Vhdx,

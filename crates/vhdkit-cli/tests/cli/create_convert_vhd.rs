@@ -72,14 +72,17 @@ fn create_refusals_and_errors() {
     assert!(r.stderr.contains("already exists"), "{r:?}");
     assert_eq!(std::fs::read(&a).unwrap(), b"keep");
     let x = p(d.path(), "x.vhdx");
+    // VHDX blocks are 1 MiB .. 256 MiB.
     let r = run([
         "create".as_ref(),
         x.as_os_str(),
         "--size".as_ref(),
         "1M".as_ref(),
+        "--block-size".as_ref(),
+        "64K".as_ref(),
     ]);
-    assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("not supported yet"), "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("block size"), "{r:?}");
     assert!(!x.exists());
     let b = p(d.path(), "b.vhd");
     for bad in ["1000", "12Q", "1.5"] {

@@ -8,6 +8,7 @@ mod util;
 mod chains;
 mod convert_qemu;
 mod create_convert_vhd;
+mod create_convert_vhdx;
 mod errors;
 mod real_images;
 mod reparent;

@@ -104,3 +104,8 @@ fn roundtrip(ext: &str) {
 fn vhd_made_by_vhdkit_round_trips_through_reparent() {
     roundtrip("vhd");
 }
+
+#[test]
+fn vhdx_made_by_vhdkit_round_trips_through_reparent() {
+    roundtrip("vhdx");
+}

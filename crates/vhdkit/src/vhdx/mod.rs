@@ -16,6 +16,7 @@
 
 pub mod bat;
 mod bitmap;
+pub mod create;
 pub mod format;
 mod header;
 pub mod locator;
@@ -24,6 +25,7 @@ mod metadata;
 mod region;
 pub mod reparent;
 pub(crate) mod update;
+pub mod write;
 
 use std::sync::Mutex;
 

@@ -63,6 +63,16 @@ fn put(buf: &mut [u8], at: usize, data: &[u8]) {
     }
 }
 
+/// What a [`Session`] remembers between calls: the current header, its slot, the session's
+/// FileWriteGuid and whether it has been written yet.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionState {
+    current: ParsedHeader,
+    current_index: usize,
+    file_write_guid: Uuid,
+    started: bool,
+}
+
 /// One session of changes to a VHDX file.
 pub(crate) struct Session<'a> {
     sink: &'a dyn Sink,
@@ -89,6 +99,29 @@ impl<'a> Session<'a> {
     #[allow(dead_code)] // for VHDX data writes (not yet); reparent does not need it
     pub(crate) fn current(&self) -> &ParsedHeader {
         &self.current
+    }
+
+    /// The session's state, to resume it later with [`Session::resume`] (a writer that owns
+    /// its file cannot keep a `Session` borrowing it between calls).
+    pub(crate) fn state(&self) -> SessionState {
+        SessionState {
+            current: self.current.clone(),
+            current_index: self.current_index,
+            file_write_guid: self.session_file_write_guid,
+            started: self.started,
+        }
+    }
+
+    /// Continue a session from [`Session::state`]: the same FileWriteGuid, and no new one
+    /// once the session has started.
+    pub(crate) fn resume(sink: &'a dyn Sink, state: SessionState) -> Self {
+        Session {
+            sink,
+            current: state.current,
+            current_index: state.current_index,
+            session_file_write_guid: state.file_write_guid,
+            started: state.started,
+        }
     }
 
     /// Write `next` (with the next sequence number) over the non-current slot, then sync.

@@ -1,0 +1,504 @@
+//! Laying out a new VHDX file the way Hyper-V does (FORMAT.md B.2-B.8, and the Windows files
+//! measured in `testdata-real/SOURCES.md`).
+//!
+//! This module computes every non-zero byte of a new disk ([`build`]) and writes it to a
+//! [`Sink`] ([`write_new`]). It is production code, separate from the test writer in
+//! `vhdkit-testkit`, so tests can cross-check the two.
+//!
+//! Layout (what Windows 10 / Server 2019 write):
+//!
+//! | offset | content |
+//! |---|---|
+//! | 0 | file identifier, creator `vhdkit <version>` |
+//! | 64 KiB, 128 KiB | headers: sequence numbers 1 and 2 (header 2 current), the same fresh FileWriteGuid and DataWriteGuid, LogGuid zero, log 1 MiB at 1 MiB |
+//! | 192 KiB, 256 KiB | two identical region tables: BAT then metadata, both Required |
+//! | 1 MiB | log (1 MiB, zeros) |
+//! | 2 MiB | metadata region (1 MiB): table, then items from +64 KiB in Windows' order and flags |
+//! | 3 MiB | BAT, sized for its entries and rounded up to 1 MiB |
+//! | after the BAT | fixed disks: every payload block, in block order (a hole: zeros) |
+//!
+//! BAT entry counts (B.8): fixed and dynamic `PB + SB` (MS-VHDX), differencing `SB * (CR + 1)`.
+//! Fixed disks set LeaveBlockAllocated and mark every payload block FULLY_PRESENT; sector
+//! bitmap entries stay NOT_PRESENT. The parent locator carries `parent_linkage` (the parent's
+//! DataWriteGuid, braced lower case), `absolute_win32_path` and `relative_path`, in the order
+//! Windows writes them; `volume_path` is left out (unknown off Windows).
+
+use uuid::Uuid;
+
+use super::bat::{chunk_ratio, payload_index};
+use super::format::{
+    self, BAT_REGION_GUID, FILE_PARAMETERS_GUID, FP_HAS_PARENT, FP_LEAVE_BLOCK_ALLOCATED,
+    HEADER_OFFSETS, KIB64, LOGICAL_SECTOR_SIZE_GUID, MAX_BLOCK_SIZE, MAX_VIRTUAL_DISK_SIZE,
+    METADATA_REGION_GUID, META_IS_REQUIRED, META_IS_VIRTUAL_DISK, MIB, MIN_BLOCK_SIZE,
+    PARENT_LOCATOR_GUID, PAYLOAD_BLOCK_FULLY_PRESENT, PHYSICAL_SECTOR_SIZE_GUID, REGION_REQUIRED,
+    REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, VHDX_LOCATOR_TYPE_GUID, VIRTUAL_DISK_ID_GUID,
+    VIRTUAL_DISK_SIZE_GUID,
+};
+use super::header::ParsedHeader;
+use super::update::encode_header;
+use crate::error::{Error, Result};
+use crate::guid::to_vhdx_bytes;
+use crate::txn::Sink;
+
+/// Default block size of a dynamic VHDX: 32 MiB (Hyper-V).
+pub const DEFAULT_DYNAMIC_BLOCK_BYTES: u32 = 32 << 20;
+/// Default block size of a differencing VHDX: 2 MiB (Hyper-V checkpoints).
+pub const DEFAULT_DIFFERENCING_BLOCK_BYTES: u32 = 2 << 20;
+/// Default block size of a fixed VHDX: 2 MiB (Windows `fixed.vhdx`).
+pub const DEFAULT_FIXED_BLOCK_BYTES: u32 = 2 << 20;
+/// Default logical sector size (Windows "512e").
+pub const DEFAULT_LOGICAL_SECTOR: u32 = 512;
+/// Physical sector size written (Windows "512e").
+pub const DEFAULT_PHYSICAL_SECTOR: u32 = 4096;
+/// Log: 1 MiB at 1 MiB.
+pub const LOG_OFFSET: u64 = MIB;
+/// See [`LOG_OFFSET`].
+pub const LOG_LENGTH: u32 = 1 << 20;
+/// Metadata region: 1 MiB at 2 MiB.
+pub const METADATA_OFFSET: u64 = 2 * MIB;
+/// See [`METADATA_OFFSET`].
+pub const METADATA_LENGTH: u64 = MIB;
+/// BAT region offset.
+pub const BAT_OFFSET: u64 = 3 * MIB;
+
+/// The kind of VHDX to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewKind {
+    /// Every block allocated up front.
+    Fixed,
+    /// Blocks allocated on write.
+    Dynamic,
+    /// Differencing over the parent described.
+    Differencing(NewParent),
+}
+
+/// What a new differencing VHDX records about its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewParent {
+    /// The parent's current DataWriteGuid (`parent_linkage`).
+    pub linkage: Uuid,
+    /// `absolute_win32_path`.
+    pub absolute_path: String,
+    /// `relative_path` (`.\name.vhdx`); `None` leaves the key out.
+    pub relative_path: Option<String>,
+}
+
+/// Everything that defines a new VHDX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVhdx {
+    /// Type (and parent).
+    pub kind: NewKind,
+    /// Virtual size: a non-zero multiple of the logical sector size, at most 64 TiB.
+    pub virtual_size: u64,
+    /// Block size: a power of two from 1 MiB to 256 MiB.
+    pub block_size: u32,
+    /// 512 or 4096.
+    pub logical_sector_size: u32,
+    /// 512 or 4096.
+    pub physical_sector_size: u32,
+    /// Virtual disk id item (a child copies its parent's).
+    pub virtual_disk_id: Uuid,
+    /// Header DataWriteGuid.
+    pub data_write_guid: Uuid,
+    /// Header FileWriteGuid.
+    pub file_write_guid: Uuid,
+}
+
+impl NewVhdx {
+    /// A new disk with fresh GUIDs and Windows' sector sizes (512 logical, 4096 physical).
+    pub fn new(kind: NewKind, virtual_size: u64, block_size: u32) -> NewVhdx {
+        NewVhdx {
+            kind,
+            virtual_size,
+            block_size,
+            logical_sector_size: DEFAULT_LOGICAL_SECTOR,
+            physical_sector_size: DEFAULT_PHYSICAL_SECTOR,
+            virtual_disk_id: Uuid::new_v4(),
+            data_write_guid: Uuid::new_v4(),
+            file_write_guid: Uuid::new_v4(),
+        }
+    }
+}
+
+/// The bytes of a new file: its length and the non-zero ranges to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// File length.
+    pub file_len: u64,
+    /// BAT region length.
+    pub bat_length: u64,
+    /// BAT entries the disk uses.
+    pub bat_entries: u64,
+    /// Writes (offset, bytes).
+    pub writes: Vec<(u64, Vec<u8>)>,
+}
+
+/// The creator string of the file identifier.
+pub fn creator() -> String {
+    format!("vhdkit {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn put(buf: &mut [u8], at: usize, data: &[u8]) {
+    if let Some(dst) = at
+        .checked_add(data.len())
+        .and_then(|end| buf.get_mut(at..end))
+    {
+        dst.copy_from_slice(data);
+    }
+}
+
+fn utf16le(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+fn check(p: &NewVhdx) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    for (what, v) in [
+        ("logical", p.logical_sector_size),
+        ("physical", p.physical_sector_size),
+    ] {
+        if v != 512 && v != 4096 {
+            return bad(format!("{what} sector size {v}: VHDX allows 512 or 4096"));
+        }
+    }
+    let ls = u64::from(p.logical_sector_size);
+    if p.virtual_size == 0 || p.virtual_size % ls != 0 {
+        return bad(format!(
+            "virtual size {} is not a non-zero multiple of the {ls}-byte logical sector",
+            p.virtual_size
+        ));
+    }
+    if p.virtual_size > MAX_VIRTUAL_DISK_SIZE {
+        return bad(format!(
+            "virtual size {} is above the VHDX maximum of 64 TiB",
+            p.virtual_size
+        ));
+    }
+    let bs = p.block_size;
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_power_of_two() {
+        return bad(format!(
+            "block size {bs} is not a power of two between 1 MiB and 256 MiB (VHDX)"
+        ));
+    }
+    Ok(())
+}
+
+/// The parent locator item (B.7): keys `parent_linkage`, `absolute_win32_path`,
+/// `relative_path`, keys and values back to back after the entry table.
+pub fn locator_item(np: &NewParent) -> Result<Vec<u8>> {
+    let linkage = format!("{{{}}}", np.linkage.hyphenated());
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("parent_linkage", linkage.as_str()),
+        ("absolute_win32_path", np.absolute_path.as_str()),
+    ];
+    if let Some(r) = &np.relative_path {
+        pairs.push(("relative_path", r.as_str()));
+    }
+    let too_long = || Error::InvalidArgument("a parent locator path is too long".into());
+    let mut item = vec![0u8; 20 + 12 * pairs.len()];
+    put(&mut item, 0, &VHDX_LOCATOR_TYPE_GUID);
+    put(
+        &mut item,
+        18,
+        &u16::try_from(pairs.len())
+            .map_err(|_| too_long())?
+            .to_le_bytes(),
+    );
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let (k, v) = (utf16le(k), utf16le(v));
+        if v.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an empty parent locator value".into(),
+            ));
+        }
+        let ko = u32::try_from(item.len()).map_err(|_| too_long())?;
+        item.extend_from_slice(&k);
+        let vo = u32::try_from(item.len()).map_err(|_| too_long())?;
+        item.extend_from_slice(&v);
+        let e = 20 + 12 * i;
+        put(&mut item, e, &ko.to_le_bytes());
+        put(&mut item, e + 4, &vo.to_le_bytes());
+        put(
+            &mut item,
+            e + 8,
+            &u16::try_from(k.len())
+                .map_err(|_| too_long())?
+                .to_le_bytes(),
+        );
+        put(
+            &mut item,
+            e + 10,
+            &u16::try_from(v.len())
+                .map_err(|_| too_long())?
+                .to_le_bytes(),
+        );
+    }
+    if item.len() as u64 > METADATA_LENGTH - KIB64 - 64 {
+        return Err(too_long());
+    }
+    Ok(item)
+}
+
+/// The metadata region's bytes (table and items), up to the end of the last item.
+fn metadata_region(p: &NewVhdx) -> Result<Vec<u8>> {
+    let (fp_flags, locator) = match &p.kind {
+        NewKind::Fixed => (FP_LEAVE_BLOCK_ALLOCATED, None),
+        NewKind::Dynamic => (0, None),
+        NewKind::Differencing(np) => (FP_HAS_PARENT, Some(locator_item(np)?)),
+    };
+    let mut fp = Vec::with_capacity(8);
+    fp.extend_from_slice(&p.block_size.to_le_bytes());
+    fp.extend_from_slice(&fp_flags.to_le_bytes());
+    let vd = META_IS_VIRTUAL_DISK | META_IS_REQUIRED;
+    let mut items: Vec<([u8; 16], u32, Vec<u8>)> = vec![
+        (FILE_PARAMETERS_GUID, META_IS_REQUIRED, fp),
+        (
+            VIRTUAL_DISK_SIZE_GUID,
+            vd,
+            p.virtual_size.to_le_bytes().to_vec(),
+        ),
+        (
+            LOGICAL_SECTOR_SIZE_GUID,
+            vd,
+            p.logical_sector_size.to_le_bytes().to_vec(),
+        ),
+        (
+            PHYSICAL_SECTOR_SIZE_GUID,
+            vd,
+            p.physical_sector_size.to_le_bytes().to_vec(),
+        ),
+        (
+            VIRTUAL_DISK_ID_GUID,
+            vd,
+            to_vhdx_bytes(&p.virtual_disk_id).to_vec(),
+        ),
+    ];
+    if let Some(l) = locator {
+        items.push((PARENT_LOCATOR_GUID, META_IS_REQUIRED, l));
+    }
+    let total: usize = items.iter().map(|i| i.2.len()).sum();
+    let mut region = vec![0u8; KIB64 as usize + total];
+    put(&mut region, 0, &format::METADATA_TABLE_SIGNATURE);
+    put(&mut region, 10, &(items.len() as u16).to_le_bytes());
+    let mut at = KIB64 as usize;
+    for (i, (id, flags, data)) in items.iter().enumerate() {
+        let e = 32 + 32 * i;
+        put(&mut region, e, id);
+        let off =
+            u32::try_from(at).map_err(|_| Error::InvalidArgument("metadata too large".into()))?;
+        put(&mut region, e + 16, &off.to_le_bytes());
+        put(&mut region, e + 20, &(data.len() as u32).to_le_bytes());
+        put(&mut region, e + 24, &flags.to_le_bytes());
+        put(&mut region, at, data);
+        at += data.len();
+    }
+    Ok(region)
+}
+
+fn region_table(bat_length: u64) -> Result<Vec<u8>> {
+    let mut t = vec![0u8; REGION_TABLE_SIZE];
+    put(&mut t, 0, &format::REGION_TABLE_SIGNATURE);
+    put(&mut t, 8, &2u32.to_le_bytes());
+    let bat_len =
+        u32::try_from(bat_length).map_err(|_| Error::InvalidArgument("BAT too large".into()))?;
+    for (i, (guid, off, len)) in [
+        (BAT_REGION_GUID, BAT_OFFSET, bat_len),
+        (
+            METADATA_REGION_GUID,
+            METADATA_OFFSET,
+            METADATA_LENGTH as u32,
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let e = 16 + 32 * i;
+        put(&mut t, e, guid);
+        put(&mut t, e + 16, &off.to_le_bytes());
+        put(&mut t, e + 24, &len.to_le_bytes());
+        put(&mut t, e + 28, &REGION_REQUIRED.to_le_bytes());
+    }
+    let crc = format::crc32c_with_zeroed(&t, 4);
+    put(&mut t, 4, &crc.to_le_bytes());
+    Ok(t)
+}
+
+/// Compute every non-zero byte of a new disk.
+pub fn build(p: &NewVhdx) -> Result<Layout> {
+    check(p)?;
+    let too_big = || Error::InvalidArgument("the disk layout overflows".into());
+    let bs = u64::from(p.block_size);
+    let cr = chunk_ratio(p.logical_sector_size, p.block_size);
+    let pb = p.virtual_size.div_ceil(bs);
+    let sb = pb.div_ceil(cr);
+    let entries = match p.kind {
+        NewKind::Differencing(_) => sb.checked_mul(cr + 1).ok_or_else(too_big)?,
+        _ => pb + sb,
+    };
+    let bat_length = entries
+        .checked_mul(8)
+        .and_then(|b| b.checked_next_multiple_of(MIB))
+        .ok_or_else(too_big)?
+        .max(MIB);
+    let data_start = BAT_OFFSET + bat_length;
+    let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+    // File identifier.
+    let mut ident = vec![0u8; 8 + 512];
+    put(&mut ident, 0, &format::FILE_IDENTIFIER_SIGNATURE);
+    let c: Vec<u8> = utf16le(&creator()).into_iter().take(510).collect();
+    put(&mut ident, 8, &c);
+    writes.push((0, ident));
+    // Headers 1 and 2 (2 current), identical but for the sequence number.
+    for (i, &off) in HEADER_OFFSETS.iter().enumerate() {
+        let h = ParsedHeader {
+            sequence_number: i as u64 + 1,
+            file_write_guid: p.file_write_guid,
+            data_write_guid: p.data_write_guid,
+            log_guid: Uuid::nil(),
+            log_version: 0,
+            log_length: LOG_LENGTH,
+            log_offset: LOG_OFFSET,
+        };
+        writes.push((off, encode_header(&h)));
+    }
+    let rt = region_table(bat_length)?;
+    for &off in &REGION_TABLE_OFFSETS {
+        writes.push((off, rt.clone()));
+    }
+    writes.push((METADATA_OFFSET, metadata_region(p)?));
+    let file_len = if p.kind == NewKind::Fixed {
+        let mut bat = vec![0u8; usize::try_from(entries * 8).map_err(|_| too_big())?];
+        for b in 0..pb {
+            let e = (data_start + b * bs) | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
+            let i = usize::try_from(payload_index(b, cr)).map_err(|_| too_big())?;
+            put(&mut bat, i * 8, &e.to_le_bytes());
+        }
+        writes.push((BAT_OFFSET, bat));
+        pb.checked_mul(bs)
+            .and_then(|d| d.checked_add(data_start))
+            .ok_or_else(too_big)?
+    } else {
+        data_start
+    };
+    Ok(Layout {
+        file_len,
+        bat_length,
+        bat_entries: entries,
+        writes,
+    })
+}
+
+/// Write a new disk into an empty `sink` and make it durable. Fixed disks' payload is a hole
+/// (zeros) made by sizing the file.
+pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
+    let layout = build(p)?;
+    sink.set_len(layout.file_len)
+        .map_err(|e| Error::io("sizing the new vhdx", e))?;
+    for (at, data) in &layout.writes {
+        sink.write_all_at(data, *at)
+            .map_err(|e| Error::io(format!("writing the new vhdx at offset {at:#x}"), e))?;
+    }
+    sink.sync()
+        .map_err(|e| Error::io("flushing the new vhdx", e))?;
+    Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Disk, OpenOptions};
+
+    fn open(p: &NewVhdx) -> Disk {
+        let f =
+            crate::txn::fault::FaultyFile::new(Vec::new(), crate::txn::fault::FaultPlan::new(None));
+        write_new(&f, p).unwrap();
+        Disk::from_source(Box::new(f.contents_all_written()), &OpenOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn windows_layout() {
+        let p = NewVhdx::new(NewKind::Dynamic, 10 << 20, DEFAULT_DYNAMIC_BLOCK_BYTES);
+        let d = open(&p);
+        assert!(d.warnings().is_empty(), "{:?}", d.warnings());
+        let crate::disk::FormatInfo::Vhdx(v) = d.info().details else {
+            panic!()
+        };
+        let offs: Vec<(u64, u32, u32)> = v
+            .metadata_items
+            .iter()
+            .map(|m| (m.file_offset, m.length, m.flags))
+            .collect();
+        // Windows dynamic.vhdx: the same offsets, lengths and flags.
+        assert_eq!(
+            offs,
+            vec![
+                (0x210000, 8, 4),
+                (0x210008, 8, 6),
+                (0x210010, 4, 6),
+                (0x210014, 4, 6),
+                (0x210018, 16, 6)
+            ]
+        );
+        assert!(v
+            .region_tables
+            .iter()
+            .all(|t| t.valid && t.entries.len() == 2 && t.entries.iter().all(|e| e.required)));
+        assert_eq!(v.region_tables[0].entries[0].offset, BAT_OFFSET);
+        assert_eq!(v.headers[1].sequence_number, Some(2));
+        assert!(v.headers[1].current);
+        assert!(v.creator.starts_with("vhdkit "));
+        assert_eq!(d.info().file_size, 4 * MIB);
+    }
+
+    #[test]
+    fn fixed_blocks_follow_the_bat() {
+        let p = NewVhdx::new(NewKind::Fixed, 10 << 20, DEFAULT_FIXED_BLOCK_BYTES);
+        let d = open(&p);
+        assert_eq!(d.info().file_size, 14 * MIB);
+        assert_eq!(d.disk_type(), crate::DiskType::Fixed);
+        assert_eq!(
+            d.map(3 << 20, 1).unwrap().0,
+            crate::Extent::Data {
+                file_offset: 7 * MIB
+            }
+        );
+    }
+
+    #[test]
+    fn locator_like_windows() {
+        let np = NewParent {
+            linkage: Uuid::from_u128(0xff34003b_11ed_4cf8_a166_b2be05e20b80),
+            absolute_path: r"C:\x\p.avhdx".into(),
+            relative_path: Some(r".\p.avhdx".into()),
+        };
+        let item = locator_item(&np).unwrap();
+        let l = super::super::locator::parse_locator(&item, 0).unwrap();
+        let keys: Vec<&str> = l.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["parent_linkage", "absolute_win32_path", "relative_path"]
+        );
+        assert_eq!(l.parent_linkage, np.linkage);
+        assert_eq!(
+            l.entries[0].value.as_deref(),
+            Some("{ff34003b-11ed-4cf8-a166-b2be05e20b80}")
+        );
+        // First key right after the entry table, as Windows writes it.
+        assert_eq!(u32::from_le_bytes(item[20..24].try_into().unwrap()), 56);
+    }
+
+    #[test]
+    fn refuses_bad_parameters() {
+        let mut p = NewVhdx::new(NewKind::Dynamic, 1 << 20, 3 << 20);
+        assert!(build(&p).is_err());
+        p.block_size = 1 << 20;
+        p.virtual_size = 1000;
+        assert!(build(&p).is_err());
+        p.virtual_size = 512;
+        p.logical_sector_size = 4096;
+        assert!(build(&p).is_err());
+        p.logical_sector_size = 1024;
+        p.virtual_size = 4096;
+        assert!(build(&p).is_err());
+    }
+}
