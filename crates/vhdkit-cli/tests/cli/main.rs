@@ -11,3 +11,4 @@ mod create_convert_vhd;
 mod errors;
 mod real_images;
 mod reparent;
+mod share;
