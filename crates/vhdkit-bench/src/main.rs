@@ -138,6 +138,9 @@ struct Contender {
     argv: Vec<OsString>,
     /// File the command writes; removed before each run.
     output: Option<PathBuf>,
+    /// `(pristine, work)`: before each run (untimed), `work` is replaced by a copy of
+    /// `pristine` (for commands that change their input, like `share`).
+    restore: Option<(PathBuf, PathBuf)>,
 }
 
 /// How a case's outputs are checked after the timed runs.
@@ -152,6 +155,13 @@ enum Check {
         fmt: &'static str,
         qemu_img: PathBuf,
         raw: PathBuf,
+    },
+    /// `vhdkit share` ran: a dry run on the last run's tree finds nothing to do, and exactly
+    /// `parents` parent files remain under `into`.
+    ShareDone {
+        dir: PathBuf,
+        into: PathBuf,
+        parents: usize,
     },
 }
 
@@ -175,6 +185,11 @@ fn cases() -> Vec<Case> {
             name: "convert-vhd-dynamic-1g",
             about: "1 GiB dynamic VHD, every other 2 MiB block written, converted to raw",
             prepare: |cfg, dir| prepare_convert(cfg, dir, "vpc", "in.vhd", "subformat=dynamic"),
+        },
+        Case {
+            name: "share-1000-children",
+            about: "vhdkit share --delete-copies: 10 parent groups x 10 copies (64 MiB virtual, 16 MiB data each) x 10 empty children = 1000 children",
+            prepare: prepare_share,
         },
         Case {
             name: "convert-vhdx-dynamic-1g",
@@ -285,11 +300,13 @@ fn prepare_to_image(cfg: &Config, dir: &Path, fmt: &str, fill: RawFill) -> Res<P
                 tool: Tool::Vhdkit,
                 argv: a,
                 output: Some(out_vhdkit),
+                restore: None,
             },
             Contender {
                 tool: Tool::QemuImg,
                 argv: q,
                 output: Some(out_qemu),
+                restore: None,
             },
         ],
         check: Check::SameImage {
@@ -340,14 +357,77 @@ fn prepare_convert(cfg: &Config, dir: &Path, fmt: &str, name: &str, opts: &str) 
                 tool: Tool::Vhdkit,
                 argv: a,
                 output: Some(out_vhdkit),
+                restore: None,
             },
             Contender {
                 tool: Tool::QemuImg,
                 argv: q,
                 output: Some(out_qemu),
+                restore: None,
             },
         ],
         check: Check::SameSparseRaw,
+    })
+}
+
+/// The `share` tree: `pristine/VM{vm}/base{g}.vhd` (10 groups, a copy in each of 10 VM folders)
+/// with 10 differencing children each, made with qemu-img/qemu-io and `vhdkit create`.
+fn prepare_share(cfg: &Config, dir: &Path) -> Res<Prepared> {
+    let pristine = dir.join("pristine");
+    let work = dir.join("work");
+    let _ = fs::remove_dir_all(&pristine);
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&pristine).map_err(|e| e.to_string())?;
+    let (groups, copies, children) = (10usize, 10usize, 10usize);
+    for g in 0..groups {
+        let base = dir.join(format!("base{g}.vhd"));
+        let _ = fs::remove_file(&base);
+        run_quiet(
+            Command::new(&cfg.qemu_img)
+                .args(["create", "-q", "-f", "vpc", "-o", "subformat=dynamic"])
+                .arg(&base)
+                .arg((64 * MIB).to_string()),
+        )?;
+        let mut io = Command::new(&cfg.qemu_io);
+        io.args(["-f", "vpc"]);
+        for i in 0..8u64 {
+            // 8 blocks of 2 MiB, spread over the disk, a pattern per group and block.
+            let pattern = (g as u64 * 8 + i) % 255 + 1;
+            io.arg("-c")
+                .arg(format!("write -P {pattern:#x} {} {}", i * 8 * MIB, 2 * MIB));
+        }
+        run_quiet(io.arg(&base))?;
+        for vm in 0..copies {
+            let vmdir = pristine.join(format!("VM{vm}"));
+            fs::create_dir_all(&vmdir).map_err(|e| e.to_string())?;
+            let copy = vmdir.join(format!("base{g}.vhd"));
+            fs::copy(&base, &copy).map_err(|e| e.to_string())?;
+            for c in 0..children {
+                run_quiet(
+                    Command::new(&cfg.vhdkit)
+                        .args(["create", "--parent"])
+                        .arg(&copy)
+                        .arg(vmdir.join(format!("g{g}-c{c}.vhd"))),
+                )?;
+            }
+        }
+    }
+    let into = work.join("Shared");
+    let mut a: Vec<OsString> = vec![cfg.vhdkit.clone().into()];
+    a.extend(["share".into(), work.clone().into(), "--into".into()]);
+    a.extend([into.clone().into(), "--delete-copies".into()]);
+    Ok(Prepared {
+        contenders: vec![Contender {
+            tool: Tool::Vhdkit,
+            argv: a,
+            output: None,
+            restore: Some((pristine, work.clone())),
+        }],
+        check: Check::ShareDone {
+            dir: work,
+            into,
+            parents: groups,
+        },
     })
 }
 
@@ -373,6 +453,10 @@ fn run_quiet(cmd: &mut Command) -> Res<()> {
 struct Sample {
     wall_s: f64,
     peak_rss_kib: u64,
+    /// File-system inputs and outputs (`/usr/bin/time` %I %O, 512-byte blocks; reads served
+    /// from the page cache are not counted).
+    fs_in_blocks: u64,
+    fs_out_blocks: u64,
 }
 
 /// Run `argv` under `/usr/bin/time`, returning wall time and peak RSS, or the command's error.
@@ -384,9 +468,15 @@ fn time_once(c: &Contender, time_file: &Path) -> Res<Sample> {
             Err(e) => return Err(format!("cannot remove {}: {e}", out.display())),
         }
     }
+    if let Some((pristine, work)) = &c.restore {
+        let _ = fs::remove_dir_all(work);
+        run_quiet(Command::new("cp").arg("-a").arg(pristine).arg(work))?;
+        // Start from the same cache state as the copy left it, written back.
+        run_quiet(&mut Command::new("sync"))?;
+    }
     let start = Instant::now();
     let res = Command::new("/usr/bin/time")
-        .args(["-f", "%e %M", "-o"])
+        .args(["-f", "%e %M %I %O", "-o"])
         .arg(time_file)
         .args(&c.argv)
         .stdin(Stdio::null())
@@ -423,9 +513,12 @@ fn time_once(c: &Contender, time_file: &Path) -> Res<Sample> {
     let peak_rss_kib = parse_time_output(&timing)
         .ok_or_else(|| format!("cannot parse /usr/bin/time output {timing:?}"))?
         .1;
+    let (fs_in_blocks, fs_out_blocks) = parse_time_io(&timing).unwrap_or((0, 0));
     Ok(Sample {
         wall_s,
         peak_rss_kib,
+        fs_in_blocks,
+        fs_out_blocks,
     })
 }
 
@@ -436,6 +529,13 @@ fn parse_time_output(s: &str) -> Option<(f64, u64)> {
     let e = it.next()?.parse().ok()?;
     let m = it.next()?.parse().ok()?;
     Some((e, m))
+}
+
+/// The `%I %O` fields (3rd and 4th) of the last line.
+fn parse_time_io(s: &str) -> Option<(u64, u64)> {
+    let line = s.lines().rev().find(|l| !l.trim().is_empty())?;
+    let mut it = line.split_whitespace().skip(2);
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -468,6 +568,19 @@ impl ToolResult {
     }
     fn median(&self) -> Option<f64> {
         median(&self.walls())
+    }
+    /// Median file-system input and output, MiB.
+    fn fs_io_mib(&self) -> (Option<f64>, Option<f64>) {
+        let m = |f: fn(&Sample) -> u64| {
+            median(
+                &self
+                    .samples
+                    .iter()
+                    .map(|s| f(s) as f64 * 512.0 / MIB as f64)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        (m(|s| s.fs_in_blocks), m(|s| s.fs_out_blocks))
     }
     fn peak_rss_mib(&self) -> Option<f64> {
         self.samples
@@ -551,6 +664,38 @@ fn run_case(cfg: &Config, case: &Case, dir: &Path) -> Res<CaseResult> {
 
 fn check_outputs(check: &Check, cs: &[Contender], rs: &[ToolResult]) -> Res<String> {
     match check {
+        Check::ShareDone { dir, into, parents } => {
+            let vhdkit = cs
+                .first()
+                .and_then(|c| c.argv.first())
+                .ok_or_else(|| "no vhdkit".to_string())?;
+            let out = Command::new(vhdkit)
+                .arg("share")
+                .arg(dir)
+                .arg("--into")
+                .arg(into)
+                .args(["--dry-run", "--json"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("share --dry-run --json: {e}"))?;
+            if v["nothing_to_do"] != json!(true) {
+                return Err("a dry run after share still finds work".into());
+            }
+            let n = fs::read_dir(into)
+                .map_err(|e| format!("{}: {e}", into.display()))?
+                .count();
+            if n != *parents {
+                return Err(format!(
+                    "{n} files in {}, expected {parents}",
+                    into.display()
+                ));
+            }
+            let _ = rs;
+            Ok(format!(
+                "nothing left to do; {parents} shared parents, copies deleted"
+            ))
+        }
         Check::SameSparseRaw => {
             let outs: Vec<&Path> = cs.iter().filter_map(|c| c.output.as_deref()).collect();
             let (first, rest) = outs
@@ -680,9 +825,9 @@ fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
         cfg.runs
     );
     s.push_str(
-        "| case | tool | min s | median s | vhdkit/qemu-img | peak RSS MiB | output check |\n",
+        "| case | tool | min s | median s | vhdkit/qemu-img | peak RSS MiB | fs in/out MiB | output check |\n",
     );
-    s.push_str("|---|---|---:|---:|---:|---:|---|\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");
     for r in results {
         let check = match &r.check {
             Some(Ok(d)) => format!("OK: {d}"),
@@ -697,7 +842,7 @@ fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
             let first = i == 0;
             let _ = writeln!(
                 s,
-                "| {} | {} | {min} | {med} | {} | {} | {} |",
+                "| {} | {} | {min} | {med} | {} | {} | {} | {} |",
                 if first { r.name } else { "" },
                 t.tool.name(),
                 if first {
@@ -706,6 +851,10 @@ fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
                     String::new()
                 },
                 fmt_opt(t.peak_rss_mib(), 1),
+                {
+                    let (i, o) = t.fs_io_mib();
+                    format!("{}/{}", fmt_opt(i, 1), fmt_opt(o, 1))
+                },
                 if first { check.as_str() } else { "" },
             );
         }
@@ -744,6 +893,8 @@ fn to_json(cfg: &Config, results: &[CaseResult]) -> Value {
                         "min_s": t.min(),
                         "median_s": t.median(),
                         "peak_rss_kib": t.samples.iter().map(|s| s.peak_rss_kib).max(),
+                        "fs_in_mib_median": t.fs_io_mib().0,
+                        "fs_out_mib_median": t.fs_io_mib().1,
                         "output_bytes": t.output_size.map(|o| o.0),
                         "output_allocated_bytes": t.output_size.map(|o| o.1),
                         "error": t.error,

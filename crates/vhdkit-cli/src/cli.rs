@@ -32,6 +32,47 @@ pub enum Command {
     Repair(RepairArgs),
     /// Create a new disk: dynamic (default), fixed, or differencing over a parent.
     Create(CreateArgs),
+    /// Keep one shared copy of every parent copied into many VM folders, and repoint every
+    /// child at it (no symlinks).
+    Share(ShareArgs),
+    /// Repoint every child under DIR whose parent no longer resolves (after a move) at its
+    /// parent found by identity.
+    Relink(RelinkArgs),
+}
+
+/// `vhdkit share`.
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// The folder that keeps the one shared copy of each parent (created when missing).
+    #[arg(long, value_name = "SHARED")]
+    pub into: PathBuf,
+    /// Print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete the other copies once every child of their group is repointed and verified.
+    #[arg(long)]
+    pub delete_copies: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The tree to scan (recursively).
+    pub dir: PathBuf,
+}
+
+/// `vhdkit relink`.
+#[derive(Debug, Args)]
+pub struct RelinkArgs {
+    /// Also look for parents (by identity, recursively) in this folder. Repeatable.
+    #[arg(long = "search", value_name = "FOLDER")]
+    pub search: Vec<PathBuf>,
+    /// Print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The tree to scan (recursively).
+    pub dir: PathBuf,
 }
 
 /// `vhdkit reparent`.

@@ -32,6 +32,7 @@ pub mod guid;
 pub mod limits;
 pub mod repair;
 pub mod reparent;
+pub mod share;
 pub mod source;
 pub mod txn;
 pub mod vhd;

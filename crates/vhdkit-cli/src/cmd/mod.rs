@@ -4,8 +4,11 @@ mod chain;
 mod convert;
 mod create;
 mod info;
+mod progress;
+mod relink;
 mod repair;
 mod reparent;
+mod share;
 
 use crate::cli::{Command, ResolveArgs};
 use crate::output::CliError;
@@ -20,6 +23,8 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Reparent(a) => a.json,
         Command::Repair(a) => a.json,
         Command::Create(a) => a.json,
+        Command::Share(a) => a.json,
+        Command::Relink(a) => a.json,
     }
 }
 
@@ -32,6 +37,8 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Reparent(a) => reparent::run(&a),
         Command::Repair(a) => repair::run(&a),
         Command::Create(a) => create::run(&a),
+        Command::Share(a) => share::run(&a),
+        Command::Relink(a) => relink::run(&a),
     }
 }
 

@@ -14,3 +14,4 @@ mod real_images;
 mod reparent;
 mod reparent_vhdx;
 mod roundtrip;
+mod share;

@@ -1,0 +1,60 @@
+//! A progress bar for `share` and `relink`, shown only when stderr is a terminal.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Progress shown on stderr with indicatif.
+pub struct Bar {
+    enabled: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    /// A bar when stderr is a terminal and the output is not JSON.
+    pub fn new(json: bool) -> Bar {
+        Bar {
+            enabled: !json && std::io::stderr().is_terminal(),
+            bar: None,
+        }
+    }
+}
+
+impl vhdkit::share::Progress for Bar {
+    fn phase(&mut self, name: &str, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        let (b, tpl) = match (name, total) {
+            (_, 0) => (ProgressBar::new_spinner(), "{spinner} {msg}: {pos} disks"),
+            ("hash", t) => (
+                ProgressBar::new(t),
+                "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ),
+            (_, t) => (ProgressBar::new(t), "{msg} {bar:40} {pos}/{len} eta {eta}"),
+        };
+        b.set_style(
+            ProgressStyle::with_template(tpl).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_message(name.to_string());
+        self.bar = Some(b);
+    }
+    fn advance(&mut self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The test hook: `VHDKIT_TEST_ABORT_AFTER_STEPS=N` aborts the process (as a kill would) after
+/// N changing steps. For crash tests only.
+pub fn abort_hook() -> Option<u64> {
+    std::env::var("VHDKIT_TEST_ABORT_AFTER_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,1423 @@
+//! The lab workflow: one shared parent for many children ([`plan_share`] / [`apply_share`]), and
+//! fixing chains after a tree was moved ([`plan_relink`] / [`apply_relink`]).
+//!
+//! # share
+//! A scan finds every disk under DIR (and SHARED) by signature and resolves every parent. Disks
+//! that are parents are grouped by identity (format, VHD unique id / VHDX DataWriteGuid, virtual
+//! size). Members of a group are proved interchangeable by a streamed SHA-256 of their *virtual
+//! contents*, each read through its own chain ([`digest::content_digest`]). The files' bytes
+//! themselves are not compared: two files with the same identity and the same virtual contents
+//! are interchangeable as parents even when their layout or locators differ (this is what
+//! `reparent --verify-content` means). Members whose contents differ from the kept class are
+//! conflicts: reported, left alone, and so are their children.
+//!
+//! A group with a single file is not a copy: it stays where it is. Its children are repointed
+//! only when they reach it through a symlink (the `mklink` setups): they are then repointed at
+//! the real file, and the link is reported (and removed with `delete_copies`).
+//!
+//! For a group of copies, one keeper lives in SHARED under its own file name (a clash with a
+//! different file gets the suffix `-<first 8 hex digits of its id>`). The keeper is *moved*
+//! there when on the same file system, crash-safely: a hard link in SHARED first, the old name
+//! removed only after every child that used it has been repointed (so no child is ever without a
+//! readable parent). Across file systems, and for differencing keepers (whose own parent locator
+//! must be rewritten for their new folder), it is copied to a temporary name, fixed, flushed and
+//! renamed into place; the source then counts as a copy. Then every child of every member is
+//! repointed at the keeper through [`crate::reparent`] (relative locators by default) under an
+//! exclusive advisory lock ([`lock`]), and re-verified: its chain opens intact through the
+//! keeper, and its own layer ([`digest::layer_digest`]: block map and stored data) is unchanged,
+//! which with the keeper's proven contents means its virtual contents are unchanged. Only with
+//! `delete_copies`, and only when every child of the group was repointed and verified, are the
+//! other copies (and symlinks to members) deleted. Groups are handled level by level: parents'
+//! own parents first.
+//!
+//! Every step can be interrupted: a re-run scans again and finds the keeper already in SHARED
+//! (a hard link or a complete file; temporary files are ignored and replaced), children already
+//! repointed (an interrupted reparent is finished through its journal), and copies not yet
+//! deleted. A second complete run finds nothing to do.
+//!
+//! Disks outside DIR and SHARED are never changed or deleted; children outside them are not
+//! seen, so `delete_copies` must not be used when other trees use the copies.
+//!
+//! # relink
+//! For every differencing disk under DIR whose parent does not resolve, or resolves other than
+//! through a relative locator (the absolute path, the parent's name, a search folder, a
+//! symlink), find a file with the recorded identity under DIR and the search folders (an index
+//! built from one scan) and repoint the child at it with a relative locator; deepest parents
+//! first, so each new parent's own chain is already intact.
+
+pub mod digest;
+pub mod lock;
+pub mod scan;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::chain::{Chain, ChainOptions};
+use crate::disk::{Disk, DiskFormat, DiskType};
+use crate::error::{Error, Result};
+use crate::reparent::{self, LocatorMode, ReparentOptions};
+
+pub use scan::{scan, FileKey, ParentRef, Scan, ScanLimits, ScannedDisk, Skipped, Symlink};
+
+/// Progress callbacks (for a progress bar). Every method has an empty default.
+pub trait Progress {
+    /// A phase starts (`"scan"`, `"hash"`, `"repoint"`), with its total (files or bytes; 0 when
+    /// unknown).
+    fn phase(&mut self, _name: &str, _total: u64) {}
+    /// `n` more units done.
+    fn advance(&mut self, _n: u64) {}
+    /// The phase is over.
+    fn finish(&mut self) {}
+}
+
+/// Progress that shows nothing.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Options for share and relink.
+#[derive(Debug, Clone)]
+pub struct ShareOptions {
+    /// How to open disks and resolve parents.
+    pub chain: ChainOptions,
+    /// Bounds of the folder walk.
+    pub limits: ScanLimits,
+    /// Delete the other copies (and symlinks to members) once every child is repointed.
+    pub delete_copies: bool,
+    /// Locators written into repointed children (default: relative only, so the tree can move).
+    pub mode: LocatorMode,
+    /// Test hook: abort the process (as a kill would) after this many changing steps.
+    pub abort_after_steps: Option<u64>,
+}
+
+impl Default for ShareOptions {
+    fn default() -> Self {
+        ShareOptions {
+            chain: ChainOptions::default(),
+            limits: ScanLimits::default(),
+            delete_copies: false,
+            mode: LocatorMode::RelativeOnly,
+            abort_after_steps: None,
+        }
+    }
+}
+
+/// How the keeper of a group comes to be in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum KeeperAction {
+    /// It is already in SHARED.
+    AlreadyShared,
+    /// The only file of its group: it stays where it is.
+    InPlace,
+    /// Moved into SHARED (hard link, then the old name removed after its children moved on).
+    Move,
+    /// Copied into SHARED (another file system, or a differencing keeper).
+    Copy,
+}
+
+/// A copy of a group's parent that is not kept.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct CopyPlan {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub file_size: u64,
+    /// Its children (all repointed at the keeper).
+    pub children: usize,
+    /// True when it will be deleted (`delete_copies`, under DIR, not in SHARED).
+    pub delete: bool,
+    #[cfg_attr(feature = "serde", serde(skip))]
+    key: FileKey,
+}
+
+/// One child to repoint.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ChildPlan {
+    /// The child file.
+    pub path: PathBuf,
+    /// The parent it resolves to now.
+    pub from: Option<PathBuf>,
+    /// Through which locator.
+    pub via: Option<String>,
+    /// True when it is repointed (false: only an interrupted change is finished).
+    pub repoint: bool,
+    /// True when an interrupted vhdkit change beside it is finished first.
+    pub pending_journal: bool,
+    /// Why it cannot be changed, found while planning (read-only, in use).
+    pub refused: Option<String>,
+}
+
+/// One group of interchangeable parents and what is done with it.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct GroupPlan {
+    /// Format.
+    pub format: DiskFormat,
+    /// The identity children record.
+    pub id: Uuid,
+    /// Virtual size.
+    pub virtual_size: u64,
+    /// 0 for a base disk, 1 for a differencing disk over a base, ...
+    pub level: usize,
+    /// SHA-256 of the virtual contents (when there was more than one file to compare).
+    pub content_sha256: Option<String>,
+    /// Distinct files of the kept class.
+    pub files: usize,
+    /// Where the keeper is (or will be).
+    pub keeper: PathBuf,
+    /// Where it comes from.
+    pub keeper_source: PathBuf,
+    /// How it gets there.
+    pub action: KeeperAction,
+    /// The keeper's own parent (for a differencing keeper).
+    pub keeper_parent: Option<PathBuf>,
+    /// Other copies.
+    pub copies: Vec<CopyPlan>,
+    /// Other names (hard links) of the keeper under DIR, removed once unused (the move).
+    pub old_names: Vec<PathBuf>,
+    /// Symlinks to members, removed with `delete_copies` once unused.
+    pub symlinks: Vec<PathBuf>,
+    /// Children to repoint.
+    pub children: Vec<ChildPlan>,
+    /// Bytes freed by deleting copies.
+    pub bytes_freed: u64,
+}
+
+/// Files with the same identity but different virtual contents: left alone.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Conflict {
+    /// The identity.
+    pub id: Uuid,
+    /// Format.
+    pub format: DiskFormat,
+    /// The content hash of the kept class.
+    pub kept_sha256: String,
+    /// The files whose contents differ, with their hashes.
+    pub files: Vec<(PathBuf, String)>,
+    /// Their children, left alone.
+    pub children: Vec<PathBuf>,
+}
+
+/// A file refused or a step that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Finding {
+    /// The file.
+    pub path: PathBuf,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// Everything `share` will do. Building it writes nothing.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SharePlan {
+    /// The tree (canonical).
+    pub dir: PathBuf,
+    /// The shared folder (absolute).
+    pub into: PathBuf,
+    /// Whether copies are deleted.
+    pub delete_copies: bool,
+    /// Disks found.
+    pub disks_found: usize,
+    /// Files with a disk signature that could not be used.
+    pub skipped: Vec<Skipped>,
+    /// Groups with something to do, lowest level first.
+    pub groups: Vec<GroupPlan>,
+    /// Same identity, different contents.
+    pub conflicts: Vec<Conflict>,
+    /// Children whose parent does not resolve (run `relink`).
+    pub unresolved: Vec<Finding>,
+    /// Notes.
+    pub notes: Vec<String>,
+    /// Bytes of all disk files under DIR and SHARED now (each file once).
+    pub size_before: u64,
+    /// Expected after.
+    pub size_after: u64,
+    /// Bytes freed by deleting copies.
+    pub bytes_freed: u64,
+    /// Virtual bytes hashed to prove copies identical.
+    pub bytes_hashed: u64,
+    /// File bytes read while hashing.
+    pub bytes_read: u64,
+    /// Children to repoint in all.
+    pub children_to_repoint: usize,
+    /// True when there is nothing to do.
+    pub nothing_to_do: bool,
+}
+
+impl SharePlan {
+    /// True when the plan has findings (skipped disks, conflicts, refused children,
+    /// unresolved parents).
+    pub fn has_findings(&self) -> bool {
+        !self.skipped.is_empty()
+            || !self.conflicts.is_empty()
+            || !self.unresolved.is_empty()
+            || self
+                .groups
+                .iter()
+                .any(|g| g.children.iter().any(|c| c.refused.is_some()))
+    }
+}
+
+/// What [`apply_share`] did.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ShareReport {
+    /// Groups completed (every child repointed).
+    pub groups_done: usize,
+    /// Keepers moved or copied into SHARED.
+    pub keepers_placed: usize,
+    /// Children repointed and verified.
+    pub children_repointed: usize,
+    /// Interrupted changes finished.
+    pub journals_finished: usize,
+    /// Copies deleted.
+    pub copies_deleted: usize,
+    /// Old names of moved keepers removed.
+    pub old_names_removed: usize,
+    /// Symlinks removed.
+    pub symlinks_removed: usize,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Bytes added by copying keepers across file systems.
+    pub bytes_copied: u64,
+    /// Total size before.
+    pub size_before: u64,
+    /// Total size after.
+    pub size_after: u64,
+    /// Files refused (read-only, in use, reparent refused): left unchanged.
+    pub refused: Vec<Finding>,
+    /// Steps that failed.
+    pub failed: Vec<Finding>,
+    /// Copies kept although asked to delete them, and why.
+    pub kept: Vec<Finding>,
+}
+
+impl ShareReport {
+    /// True when something was refused, failed or kept.
+    pub fn has_findings(&self) -> bool {
+        !self.refused.is_empty() || !self.failed.is_empty() || !self.kept.is_empty()
+    }
+}
+
+/// Counts changing steps; aborts the process after the configured number (test hook).
+struct Steps {
+    n: u64,
+    abort_after: Option<u64>,
+}
+
+impl Steps {
+    fn step(&mut self) {
+        self.n += 1;
+        if self.abort_after == Some(self.n) {
+            std::process::abort();
+        }
+    }
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// `into` as an absolute path, canonical as far as it exists.
+fn absolute_into(into: &Path) -> Result<PathBuf> {
+    let abs = if into.is_absolute() {
+        into.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("reading the current folder", e))?
+            .join(into)
+    };
+    let mut existing = abs.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(n), Some(p)) => {
+                rest.push(n);
+                existing = p.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut out = canonical(&existing);
+    for n in rest.into_iter().rev() {
+        out.push(n);
+    }
+    Ok(out)
+}
+
+fn under(p: &Path, root: &Path) -> bool {
+    p.starts_with(root)
+}
+
+fn dev_of(p: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mut q = p.to_path_buf();
+        loop {
+            if let Ok(m) = fs::metadata(&q) {
+                return Some(m.dev());
+            }
+            if !q.pop() {
+                return None;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = p;
+        None
+    }
+}
+
+fn sync_dir(p: &Path) {
+    if let Some(d) = p.parent() {
+        if let Ok(f) = fs::File::open(d) {
+            let _ = f.sync_all();
+        }
+    }
+}
+
+/// Plan `share` of `dir` into `into`. Reads only (scans, opens, hashes).
+pub fn plan_share(
+    dir: &Path,
+    into: &Path,
+    opts: &ShareOptions,
+    progress: &mut dyn Progress,
+) -> Result<SharePlan> {
+    let dir =
+        fs::canonicalize(dir).map_err(|e| Error::io("opening the folder", e).with_path(dir))?;
+    if !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    let into = absolute_into(into)?;
+    if into.exists() && !into.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--into {} exists and is not a folder",
+            into.display()
+        )));
+    }
+    let mut roots = vec![dir.clone()];
+    if into.is_dir() {
+        roots.push(into.clone());
+    }
+    progress.phase("scan", 0);
+    let sc = scan(&roots, &opts.chain, &opts.limits, &mut |_| {
+        progress.advance(1)
+    })?;
+    progress.finish();
+    let idx = sc.by_key();
+    let in_into = |p: &Path| under(p, &into);
+
+    let mut notes = sc.notes.clone();
+    let mut unresolved = Vec::new();
+    // Parent keys -> children.
+    let mut children_of: HashMap<FileKey, Vec<usize>> = HashMap::new();
+    for (i, d) in sc.disks.iter().enumerate() {
+        if d.outside {
+            continue;
+        }
+        if let Some(p) = &d.parent {
+            match &p.resolved_key {
+                Some(k) => children_of.entry(k.clone()).or_default().push(i),
+                None => unresolved.push(Finding {
+                    path: d.path.clone(),
+                    reason: format!(
+                        "its parent (id {}) does not resolve; run `vhdkit relink`: {}",
+                        p.expected_id,
+                        p.failure.clone().unwrap_or_default()
+                    ),
+                }),
+            }
+        }
+    }
+    // Group identities that are some child's parent.
+    type GKey = (u8, Uuid, u64);
+    let fo = |f: DiskFormat| u8::from(f == DiskFormat::Vhdx);
+    let mut gkeys: BTreeMap<GKey, Vec<usize>> = BTreeMap::new();
+    let parent_gkeys: HashSet<GKey> = children_of
+        .keys()
+        .filter_map(|k| idx.get(k))
+        .filter_map(|&i| sc.disks.get(i))
+        .map(|d| (fo(d.format), d.id, d.virtual_size))
+        .collect();
+    for (i, d) in sc.disks.iter().enumerate() {
+        let k = (fo(d.format), d.id, d.virtual_size);
+        if parent_gkeys.contains(&k) {
+            gkeys.entry(k).or_default().push(i);
+        }
+    }
+
+    // Hash every member of groups with more than one file.
+    let to_hash: Vec<usize> = gkeys
+        .values()
+        .filter(|m| m.len() > 1)
+        .flatten()
+        .copied()
+        .collect();
+    let total: u64 = to_hash
+        .iter()
+        .filter_map(|&i| sc.disks.get(i))
+        .map(|d| d.virtual_size)
+        .sum();
+    progress.phase("hash", total);
+    let mut digests: HashMap<usize, std::result::Result<String, String>> = HashMap::new();
+    let (mut bytes_hashed, mut bytes_read) = (0u64, 0u64);
+    for &i in &to_hash {
+        let Some(d) = sc.disks.get(i) else { continue };
+        let r = Chain::open(&d.path, &opts.chain).and_then(|c| {
+            let v = c.into_view();
+            digest::content_digest(&v, &mut |n| progress.advance(n))
+        });
+        let r = match r {
+            Ok((h, read)) => {
+                bytes_hashed += d.virtual_size;
+                bytes_read += read;
+                Ok(h)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        digests.insert(i, r);
+    }
+    progress.finish();
+
+    let mut skipped = sc.skipped.clone();
+    let mut groups = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut taken_names: HashSet<PathBuf> = HashSet::new();
+    // Keeper path per member key, for the keeper_parent of higher levels.
+    let mut keeper_of: HashMap<FileKey, PathBuf> = HashMap::new();
+    let mut ordered: Vec<(usize, GKey, Vec<usize>)> = gkeys
+        .into_iter()
+        .map(|(k, m)| {
+            let level = m.iter().map(|&i| sc.ancestors(i)).max().unwrap_or(0);
+            (level, k, m)
+        })
+        .collect();
+    ordered.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+
+    for (level, (fmt, id, vsize), members) in ordered {
+        let format = if fmt == 1 {
+            DiskFormat::Vhdx
+        } else {
+            DiskFormat::Vhd
+        };
+        // Classes by digest (a single file is its own class).
+        let mut class_members: Vec<usize> = members.clone();
+        let mut content = None;
+        if members.len() > 1 {
+            let mut classes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for &i in &members {
+                match digests.get(&i) {
+                    Some(Ok(h)) => classes.entry(h.clone()).or_default().push(i),
+                    Some(Err(e)) => {
+                        if let Some(d) = sc.disks.get(i) {
+                            skipped.push(Skipped {
+                                path: d.path.clone(),
+                                reason: format!("cannot be read through its chain: {e}"),
+                            });
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let in_shared = |m: &Vec<usize>| {
+                m.iter()
+                    .filter_map(|&i| sc.disks.get(i))
+                    .any(|d| d.names.iter().any(|n| in_into(n)))
+            };
+            let best = classes
+                .iter()
+                .max_by(|a, b| {
+                    (in_shared(a.1), a.1.len())
+                        .cmp(&(in_shared(b.1), b.1.len()))
+                        .then(b.0.cmp(a.0))
+                })
+                .map(|(h, m)| (h.clone(), m.clone()));
+            let Some((h, m)) = best else { continue };
+            for (oh, om) in &classes {
+                if *oh == h {
+                    continue;
+                }
+                let files: Vec<(PathBuf, String)> = om
+                    .iter()
+                    .filter_map(|&i| sc.disks.get(i))
+                    .map(|d| (d.path.clone(), oh.clone()))
+                    .collect();
+                let kids: Vec<PathBuf> = om
+                    .iter()
+                    .filter_map(|&i| sc.disks.get(i))
+                    .flat_map(|d| children_of.get(&d.key).cloned().unwrap_or_default())
+                    .filter_map(|c| sc.disks.get(c).map(|d| d.path.clone()))
+                    .collect();
+                conflicts.push(Conflict {
+                    id,
+                    format,
+                    kept_sha256: h.clone(),
+                    files,
+                    children: kids,
+                });
+            }
+            class_members = m;
+            content = Some(h);
+        }
+        let ds: Vec<&ScannedDisk> = class_members
+            .iter()
+            .filter_map(|&i| sc.disks.get(i))
+            .collect();
+        let Some(first) = ds
+            .iter()
+            .find(|d| !d.outside)
+            .or_else(|| ds.first())
+            .copied()
+        else {
+            continue;
+        };
+        let distinct = ds.len();
+        // The keeper.
+        let shared = ds
+            .iter()
+            .find_map(|d| d.names.iter().find(|n| in_into(n)).map(|n| (*d, n.clone())));
+        let (keeper_disk, keeper, keeper_source, action) = if let Some((d, n)) = shared {
+            (d, n.clone(), n, KeeperAction::AlreadyShared)
+        } else if distinct == 1 {
+            (
+                first,
+                first.path.clone(),
+                first.path.clone(),
+                KeeperAction::InPlace,
+            )
+        } else {
+            let name = first
+                .path
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
+            let mut target = into.join(&name);
+            if target.exists() || taken_names.contains(&target) {
+                let p = Path::new(&name);
+                let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
+                let ext = p.extension().map(|s| s.to_string_lossy().into_owned());
+                let short: String = id.simple().to_string().chars().take(8).collect();
+                let mut n = 1;
+                loop {
+                    let suffix = if n == 1 {
+                        format!("-{short}")
+                    } else {
+                        format!("-{short}-{n}")
+                    };
+                    let fname = match &ext {
+                        Some(e) => format!("{}{suffix}.{e}", stem.clone().unwrap_or_default()),
+                        None => format!("{}{suffix}", stem.clone().unwrap_or_default()),
+                    };
+                    target = into.join(fname);
+                    if !target.exists() && !taken_names.contains(&target) {
+                        break;
+                    }
+                    n += 1;
+                }
+                notes.push(format!(
+                    "{} is taken by a different file; the shared copy of {} is named {}",
+                    into.join(&name).display(),
+                    first.path.display(),
+                    target.display()
+                ));
+            }
+            let same_fs = dev_of(&first.path).is_some() && dev_of(&first.path) == dev_of(&into);
+            let action = if same_fs && first.disk_type != DiskType::Differencing {
+                KeeperAction::Move
+            } else {
+                KeeperAction::Copy
+            };
+            (first, target, first.path.clone(), action)
+        };
+        taken_names.insert(keeper.clone());
+        let keeper_canon =
+            if action == KeeperAction::AlreadyShared || action == KeeperAction::InPlace {
+                canonical(&keeper)
+            } else {
+                keeper.clone()
+            };
+        let keeper_parent = keeper_disk.parent.as_ref().and_then(|p| {
+            p.resolved_key
+                .as_ref()
+                .and_then(|k| keeper_of.get(k).cloned())
+                .or_else(|| p.resolved_real.clone())
+        });
+        for d in &ds {
+            keeper_of.insert(d.key.clone(), keeper.clone());
+        }
+        // Old names: other names of the keeper file under DIR (moved keeper).
+        let moves_keeper = matches!(action, KeeperAction::Move | KeeperAction::AlreadyShared);
+        let mut old_names: Vec<PathBuf> = if moves_keeper {
+            keeper_disk
+                .names
+                .iter()
+                .filter(|n| **n != keeper && !in_into(n) && under(n, &dir))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if action == KeeperAction::Move {
+            old_names.push(keeper_source.clone());
+            old_names.dedup();
+        }
+        // Copies.
+        let mut copies = Vec::new();
+        let mut bytes_freed = 0;
+        for d in &ds {
+            if d.key == keeper_disk.key {
+                continue;
+            }
+            let deletable = !d.outside && under(&d.path, &dir) && !in_into(&d.path);
+            let delete = opts.delete_copies && deletable;
+            if delete {
+                bytes_freed += d.file_size;
+            }
+            copies.push(CopyPlan {
+                path: d.path.clone(),
+                file_size: d.file_size,
+                children: children_of.get(&d.key).map_or(0, Vec::len),
+                delete,
+                key: d.key.clone(),
+            });
+        }
+        // Symlinks to members.
+        let member_keys: HashSet<&FileKey> = ds.iter().map(|d| &d.key).collect();
+        let symlinks: Vec<PathBuf> = sc
+            .symlinks
+            .iter()
+            .filter(|s| member_keys.contains(&s.key) && under(&s.path, &dir))
+            .map(|s| s.path.clone())
+            .collect();
+        // Children.
+        let mut children = Vec::new();
+        for d in &ds {
+            for &c in children_of
+                .get(&d.key)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let Some(cd) = sc.disks.get(c) else { continue };
+                let Some(pr) = &cd.parent else { continue };
+                let repoint =
+                    pr.via_symlink || pr.resolved_real.as_deref() != Some(keeper_canon.as_path());
+                if !repoint && !cd.pending_journal {
+                    continue;
+                }
+                let refused = if cd.read_only {
+                    lock::read_only_reason(&cd.path)
+                } else if lock::is_locked_elsewhere(&cd.path) {
+                    Some("in use by another process (it holds a lock on the file); close it and run again".into())
+                } else {
+                    None
+                };
+                children.push(ChildPlan {
+                    path: cd.path.clone(),
+                    from: pr.resolved.clone(),
+                    via: pr.via.clone(),
+                    repoint,
+                    pending_journal: cd.pending_journal,
+                    refused,
+                });
+            }
+        }
+        children.sort_by(|a, b| a.path.cmp(&b.path));
+        let has_work = matches!(action, KeeperAction::Move | KeeperAction::Copy)
+            || !children.is_empty()
+            || !old_names.is_empty()
+            || copies.iter().any(|c| c.delete)
+            || (opts.delete_copies && !symlinks.is_empty());
+        if !has_work {
+            continue;
+        }
+        let _ = level;
+        groups.push(GroupPlan {
+            format,
+            id,
+            virtual_size: vsize,
+            level,
+            content_sha256: content,
+            files: distinct,
+            keeper,
+            keeper_source,
+            action,
+            keeper_parent: if keeper_disk.disk_type == DiskType::Differencing {
+                keeper_parent
+            } else {
+                None
+            },
+            copies,
+            old_names,
+            symlinks,
+            children,
+            bytes_freed,
+        });
+    }
+    let mut seen = HashSet::new();
+    let size_before: u64 = sc
+        .disks
+        .iter()
+        .filter(|d| !d.outside && seen.insert(d.key.clone()))
+        .map(|d| d.file_size)
+        .sum();
+    let bytes_freed: u64 = groups.iter().map(|g| g.bytes_freed).sum();
+    let bytes_copied: u64 = groups
+        .iter()
+        .filter(|g| g.action == KeeperAction::Copy)
+        .filter_map(|g| fs::metadata(&g.keeper_source).ok())
+        .map(|m| m.len())
+        .sum();
+    let children_to_repoint = groups
+        .iter()
+        .flat_map(|g| &g.children)
+        .filter(|c| c.repoint)
+        .count();
+    Ok(SharePlan {
+        nothing_to_do: groups.is_empty(),
+        dir,
+        into,
+        delete_copies: opts.delete_copies,
+        disks_found: sc.disks.iter().filter(|d| !d.outside).count(),
+        skipped,
+        groups,
+        conflicts,
+        unresolved,
+        notes,
+        size_before,
+        size_after: size_before + bytes_copied - bytes_freed,
+        bytes_freed,
+        bytes_hashed,
+        bytes_read,
+        children_to_repoint,
+    })
+}
+
+/// Repoint `child` at `new_parent` under a lock, finishing an interrupted change first, and
+/// verify: its chain opens through `new_parent` and its own layer is unchanged.
+fn repoint_child(
+    child: &Path,
+    new_parent: &Path,
+    repoint: bool,
+    pending_journal: bool,
+    opts: &ShareOptions,
+    steps: &mut Steps,
+) -> std::result::Result<bool, (bool, String)> {
+    // (refused?, reason)
+    let lock = lock::lock_for_change(child).map_err(|r| (true, r))?;
+    let mut finished = false;
+    if pending_journal {
+        let r = crate::repair::repair(child, &crate::repair::RepairOptions::default())
+            .map_err(|e| (false, format!("finishing the interrupted change: {e}")))?;
+        if r.needs_attention() {
+            return Err((
+                true,
+                format!(
+                    "a vhdkit journal beside it does not match the file: {:?}",
+                    r.journal
+                ),
+            ));
+        }
+        finished = true;
+        steps.step();
+    }
+    if !repoint {
+        return Ok(finished);
+    }
+    let before = Disk::open_with(child, &opts.chain.open)
+        .and_then(|d| digest::layer_digest(&d))
+        .map_err(|e| (false, e.to_string()))?;
+    let ropts = ReparentOptions {
+        new_parent: new_parent.to_path_buf(),
+        mode: opts.mode,
+        chain: opts.chain.clone(),
+        ..ReparentOptions::default()
+    };
+    let plan = reparent::plan(child, &ropts).map_err(|e| (true, one_line(&e)))?;
+    reparent::apply(&plan).map_err(|e| (false, one_line(&e)))?;
+    steps.step();
+    verify_child(child, new_parent, &before, &opts.chain).map_err(|r| (false, r))?;
+    drop(lock);
+    Ok(finished)
+}
+
+fn one_line(e: &Error) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+fn verify_child(
+    child: &Path,
+    parent: &Path,
+    before: &str,
+    chain: &ChainOptions,
+) -> std::result::Result<(), String> {
+    let c = Chain::open(child, chain).map_err(|e| format!("re-verify: {}", one_line(&e)))?;
+    let got = c
+        .disks()
+        .get(1)
+        .and_then(|d| d.path())
+        .map(canonical)
+        .unwrap_or_default();
+    if got != canonical(parent) {
+        return Err(format!(
+            "re-verify: its chain now resolves to {} instead of {}",
+            got.display(),
+            parent.display()
+        ));
+    }
+    let after = c
+        .disks()
+        .first()
+        .ok_or_else(|| "re-verify: empty chain".to_string())
+        .and_then(|d| digest::layer_digest(d).map_err(|e| one_line(&e)))?;
+    if after != before {
+        return Err("re-verify: the child's own data changed (this is a bug)".into());
+    }
+    Ok(())
+}
+
+/// Put the keeper in place and check it. Returns bytes copied.
+fn place_keeper(
+    g: &GroupPlan,
+    opts: &ShareOptions,
+    steps: &mut Steps,
+) -> std::result::Result<u64, String> {
+    let mut copied = 0;
+    if let Some(dir) = g.keeper.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let same_file = |a: &Path, b: &Path| match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => scan::file_key(a, &x) == scan::file_key(b, &y),
+        _ => false,
+    };
+    let mut action = g.action;
+    if action == KeeperAction::Move {
+        if g.keeper.exists() {
+            if !same_file(&g.keeper, &g.keeper_source) {
+                return Err(format!(
+                    "{} appeared since the plan was made; run again",
+                    g.keeper.display()
+                ));
+            }
+        } else {
+            match fs::hard_link(&g.keeper_source, &g.keeper) {
+                Ok(()) => {
+                    sync_dir(&g.keeper);
+                    steps.step();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                    action = KeeperAction::Copy;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "linking {} to {}: {e}",
+                        g.keeper_source.display(),
+                        g.keeper.display()
+                    ))
+                }
+            }
+        }
+    }
+    if action == KeeperAction::Copy {
+        if g.keeper.exists() {
+            return Err(format!(
+                "{} appeared since the plan was made; run again",
+                g.keeper.display()
+            ));
+        }
+        let name = g
+            .keeper
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = g
+            .keeper
+            .with_file_name(format!(".{name}{}", scan::TMP_SUFFIX));
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(crate::txn::journal::FileJournal::for_disk(&tmp).path());
+        copied = fs::copy(&g.keeper_source, &tmp).map_err(|e| {
+            format!(
+                "copying {} to {}: {e}",
+                g.keeper_source.display(),
+                tmp.display()
+            )
+        })?;
+        steps.step();
+        if let Some(kp) = &g.keeper_parent {
+            // A differencing keeper: point its copy at its parent from its new folder.
+            let ropts = ReparentOptions {
+                new_parent: kp.clone(),
+                mode: opts.mode,
+                chain: opts.chain.clone(),
+                ..ReparentOptions::default()
+            };
+            let plan = reparent::plan(&tmp, &ropts).map_err(|e| one_line(&e))?;
+            reparent::apply(&plan).map_err(|e| one_line(&e))?;
+            steps.step();
+        }
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("flushing {}: {e}", tmp.display()))?;
+        fs::rename(&tmp, &g.keeper)
+            .map_err(|e| format!("renaming {} into place: {e}", tmp.display()))?;
+        sync_dir(&g.keeper);
+        steps.step();
+    }
+    // Verify the keeper.
+    let d = Disk::open_with(&g.keeper, &opts.chain.open).map_err(|e| one_line(&e))?;
+    if d.identity() != g.id || d.virtual_size() != g.virtual_size {
+        return Err(format!(
+            "the keeper {} does not have the group's identity",
+            g.keeper.display()
+        ));
+    }
+    drop(d);
+    if action == KeeperAction::Copy {
+        if let Some(want) = &g.content_sha256 {
+            let c = Chain::open(&g.keeper, &opts.chain).map_err(|e| one_line(&e))?;
+            let (h, _) =
+                digest::content_digest(&c.into_view(), &mut |_| {}).map_err(|e| one_line(&e))?;
+            if &h != want {
+                return Err(format!(
+                    "the copy {} does not read the same as its source",
+                    g.keeper.display()
+                ));
+            }
+        }
+    }
+    Ok(copied)
+}
+
+/// Carry out a share plan, group by group (lowest level first). Refusals and failures are
+/// reported, never fatal to other groups; a group's copies are deleted only when every child of
+/// the group was repointed and verified.
+pub fn apply_share(
+    plan: &SharePlan,
+    opts: &ShareOptions,
+    progress: &mut dyn Progress,
+) -> Result<ShareReport> {
+    let mut rep = ShareReport {
+        size_before: plan.size_before,
+        ..ShareReport::default()
+    };
+    let mut steps = Steps {
+        n: 0,
+        abort_after: opts.abort_after_steps,
+    };
+    progress.phase(
+        "repoint",
+        plan.groups.iter().map(|g| g.children.len() as u64).sum(),
+    );
+    for g in &plan.groups {
+        let mut complete = true;
+        match place_keeper(g, opts, &mut steps) {
+            Ok(n) => {
+                if matches!(g.action, KeeperAction::Move | KeeperAction::Copy) {
+                    rep.keepers_placed += 1;
+                }
+                rep.bytes_copied += n;
+            }
+            Err(r) => {
+                rep.failed.push(Finding {
+                    path: g.keeper.clone(),
+                    reason: r,
+                });
+                continue;
+            }
+        }
+        for c in &g.children {
+            progress.advance(1);
+            if let Some(r) = &c.refused {
+                rep.refused.push(Finding {
+                    path: c.path.clone(),
+                    reason: r.clone(),
+                });
+                complete = false;
+                continue;
+            }
+            match repoint_child(
+                &c.path,
+                &g.keeper,
+                c.repoint,
+                c.pending_journal,
+                opts,
+                &mut steps,
+            ) {
+                Ok(finished) => {
+                    rep.journals_finished += usize::from(finished);
+                    rep.children_repointed += usize::from(c.repoint);
+                }
+                Err((refused, reason)) => {
+                    let f = Finding {
+                        path: c.path.clone(),
+                        reason,
+                    };
+                    if refused {
+                        rep.refused.push(f);
+                    } else {
+                        rep.failed.push(f);
+                    }
+                    complete = false;
+                }
+            }
+        }
+        if !complete {
+            for c in g.copies.iter().filter(|c| c.delete) {
+                rep.kept.push(Finding {
+                    path: c.path.clone(),
+                    reason: "kept: not every child of its group could be repointed".into(),
+                });
+            }
+            continue;
+        }
+        for n in &g.old_names {
+            if n == &g.keeper || !n.exists() {
+                continue;
+            }
+            // Only a name of the keeper itself is removed here (the move).
+            let same = match (fs::metadata(n), fs::metadata(&g.keeper)) {
+                (Ok(a), Ok(b)) => scan::file_key(n, &a) == scan::file_key(&g.keeper, &b),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            match fs::remove_file(n) {
+                Ok(()) => {
+                    sync_dir(n);
+                    rep.old_names_removed += 1;
+                    steps.step();
+                }
+                Err(e) => rep.failed.push(Finding {
+                    path: n.clone(),
+                    reason: format!("removing the old name: {e}"),
+                }),
+            }
+        }
+        if opts.delete_copies {
+            for c in g.copies.iter().filter(|c| c.delete) {
+                let now = fs::metadata(&c.path).map(|m| scan::file_key(&c.path, &m));
+                if now.as_ref().ok() != Some(&c.key) {
+                    rep.kept.push(Finding {
+                        path: c.path.clone(),
+                        reason: "kept: the file changed or disappeared since the plan".into(),
+                    });
+                    continue;
+                }
+                if lock::is_locked_elsewhere(&c.path) {
+                    rep.refused.push(Finding {
+                        path: c.path.clone(),
+                        reason: "not deleted: in use by another process".into(),
+                    });
+                    continue;
+                }
+                match fs::remove_file(&c.path) {
+                    Ok(()) => {
+                        sync_dir(&c.path);
+                        rep.copies_deleted += 1;
+                        rep.bytes_freed += c.file_size;
+                        steps.step();
+                    }
+                    Err(e) => rep.failed.push(Finding {
+                        path: c.path.clone(),
+                        reason: format!("deleting the copy: {e}"),
+                    }),
+                }
+            }
+            for s in &g.symlinks {
+                match fs::remove_file(s) {
+                    Ok(()) => {
+                        rep.symlinks_removed += 1;
+                        steps.step();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => rep.failed.push(Finding {
+                        path: s.clone(),
+                        reason: format!("removing the symlink: {e}"),
+                    }),
+                }
+            }
+        }
+        rep.groups_done += 1;
+    }
+    progress.finish();
+    rep.size_after = (rep.size_before + rep.bytes_copied).saturating_sub(rep.bytes_freed);
+    Ok(rep)
+}
+
+/// One child `relink` repoints.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RelinkItem {
+    /// The child.
+    pub child: PathBuf,
+    /// The identity it records for its parent.
+    pub expected_id: Uuid,
+    /// Where its parent resolves now, if anywhere.
+    pub current: Option<PathBuf>,
+    /// Through which locator.
+    pub via: Option<String>,
+    /// The parent found by identity.
+    pub new_parent: PathBuf,
+    /// Why it is relinked.
+    pub reason: String,
+    /// Other files with the same identity (the first one under DIR is preferred).
+    pub alternatives: Vec<PathBuf>,
+    /// Why it cannot be changed (read-only, in use), found while planning.
+    pub refused: Option<String>,
+    /// Order: the new parent's depth (base parents first).
+    pub level: usize,
+}
+
+/// Everything `relink` will do.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RelinkPlan {
+    /// The tree.
+    pub dir: PathBuf,
+    /// Extra folders searched.
+    pub search: Vec<PathBuf>,
+    /// Disks found (DIR and search folders).
+    pub disks_found: usize,
+    /// Children to repoint, in order.
+    pub items: Vec<RelinkItem>,
+    /// Children whose parent was found nowhere.
+    pub unresolved: Vec<Finding>,
+    /// Files with a disk signature that could not be used.
+    pub skipped: Vec<Skipped>,
+    /// Notes.
+    pub notes: Vec<String>,
+    /// True when there is nothing to do.
+    pub nothing_to_do: bool,
+}
+
+impl RelinkPlan {
+    /// True when something is unresolved, skipped or refused.
+    pub fn has_findings(&self) -> bool {
+        !self.unresolved.is_empty()
+            || !self.skipped.is_empty()
+            || self.items.iter().any(|i| i.refused.is_some())
+    }
+}
+
+/// What [`apply_relink`] did.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RelinkReport {
+    /// Children repointed and verified.
+    pub relinked: usize,
+    /// Interrupted changes finished.
+    pub journals_finished: usize,
+    /// Refused (left unchanged).
+    pub refused: Vec<Finding>,
+    /// Failed.
+    pub failed: Vec<Finding>,
+}
+
+/// Plan `relink` of `dir`, looking for parents under `dir` and `search`. Reads only.
+pub fn plan_relink(
+    dir: &Path,
+    search: &[PathBuf],
+    opts: &ShareOptions,
+    progress: &mut dyn Progress,
+) -> Result<RelinkPlan> {
+    let dir =
+        fs::canonicalize(dir).map_err(|e| Error::io("opening the folder", e).with_path(dir))?;
+    let mut roots = vec![dir.clone()];
+    let mut search_abs = Vec::new();
+    for s in search {
+        let c = fs::canonicalize(s)
+            .map_err(|e| Error::io("opening the search folder", e).with_path(s))?;
+        roots.push(c.clone());
+        search_abs.push(c);
+    }
+    progress.phase("scan", 0);
+    let sc = scan(&roots, &opts.chain, &opts.limits, &mut |_| {
+        progress.advance(1)
+    })?;
+    progress.finish();
+    // Index by identity.
+    let mut by_id: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    for (i, d) in sc.disks.iter().enumerate() {
+        by_id.entry(d.id).or_default().push(i);
+    }
+    let mut items = Vec::new();
+    let mut unresolved = Vec::new();
+    let mut new_parent_key: HashMap<FileKey, FileKey> = HashMap::new();
+    for d in &sc.disks {
+        if d.outside || !under(&d.path, &dir) {
+            continue;
+        }
+        let Some(p) = &d.parent else { continue };
+        if p.via_relative() && !d.pending_journal {
+            continue;
+        }
+        let ids = std::iter::once(p.expected_id).chain(p.alternate_id);
+        let mut cands: Vec<&ScannedDisk> = ids
+            .flat_map(|id| by_id.get(&id).cloned().unwrap_or_default())
+            .filter_map(|i| sc.disks.get(i))
+            .filter(|c| {
+                c.key != d.key
+                    && c.format == d.format
+                    && c.virtual_size == d.virtual_size
+                    && c.logical_sector_size == d.logical_sector_size
+            })
+            .collect();
+        let current_key = p.resolved_key.clone();
+        cands.sort_by_key(|c| {
+            (
+                Some(&c.key) != current_key.as_ref(),
+                !under(&c.path, &dir),
+                c.outside,
+            )
+        });
+        let Some(best) = cands.first() else {
+            unresolved.push(Finding {
+                path: d.path.clone(),
+                reason: format!(
+                    "no file with its parent's id {} under {} or the search folders; {}",
+                    p.expected_id,
+                    dir.display(),
+                    p.failure.clone().unwrap_or_default()
+                ),
+            });
+            continue;
+        };
+        // A relative locator that already names the chosen file: only a pending journal.
+        let reason = match (&p.resolved, &p.via) {
+            (None, _) => "its parent does not resolve".to_string(),
+            (Some(_), _) if p.via_symlink => "its parent resolves through a symlink".to_string(),
+            (Some(_), _) if p.via_relative() => "an interrupted change is pending".to_string(),
+            (Some(_), Some(v)) => format!("its parent resolves only through {v}"),
+            (Some(_), None) => "its parent resolves only indirectly".to_string(),
+        };
+        let refused = if d.read_only {
+            lock::read_only_reason(&d.path)
+        } else if lock::is_locked_elsewhere(&d.path) {
+            Some(
+                "in use by another process (it holds a lock on the file); close it and run again"
+                    .into(),
+            )
+        } else {
+            None
+        };
+        new_parent_key.insert(d.key.clone(), best.key.clone());
+        items.push((
+            d.key.clone(),
+            RelinkItem {
+                child: d.path.clone(),
+                expected_id: p.expected_id,
+                current: p.resolved.clone(),
+                via: p.via.clone(),
+                new_parent: best.path.clone(),
+                reason,
+                alternatives: cands.iter().skip(1).map(|c| c.path.clone()).collect(),
+                refused,
+                level: 0,
+            },
+        ));
+    }
+    // Order: a child whose new parent is itself relinked comes after it.
+    let idx = sc.by_key();
+    let parent_key = |k: &FileKey| -> Option<FileKey> {
+        new_parent_key.get(k).cloned().or_else(|| {
+            idx.get(k)
+                .and_then(|&i| sc.disks.get(i))
+                .and_then(|d| d.parent.as_ref())
+                .and_then(|p| p.resolved_key.clone())
+        })
+    };
+    let mut out = Vec::new();
+    for (k, mut it) in items {
+        let mut level = 0;
+        let mut cur = new_parent_key.get(&k).cloned();
+        while let Some(c) = cur {
+            if level > 1024 {
+                break;
+            }
+            match parent_key(&c) {
+                Some(n) => {
+                    level += 1;
+                    cur = Some(n);
+                }
+                None => break,
+            }
+        }
+        it.level = level;
+        out.push(it);
+    }
+    out.sort_by(|a, b| a.level.cmp(&b.level).then(a.child.cmp(&b.child)));
+    Ok(RelinkPlan {
+        nothing_to_do: out.is_empty(),
+        dir,
+        search: search_abs,
+        disks_found: sc.disks.iter().filter(|d| !d.outside).count(),
+        items: out,
+        unresolved,
+        skipped: sc.skipped,
+        notes: sc.notes,
+    })
+}
+
+/// Carry out a relink plan.
+pub fn apply_relink(
+    plan: &RelinkPlan,
+    opts: &ShareOptions,
+    progress: &mut dyn Progress,
+) -> Result<RelinkReport> {
+    let mut rep = RelinkReport::default();
+    let mut steps = Steps {
+        n: 0,
+        abort_after: opts.abort_after_steps,
+    };
+    progress.phase("relink", plan.items.len() as u64);
+    for it in &plan.items {
+        progress.advance(1);
+        if let Some(r) = &it.refused {
+            rep.refused.push(Finding {
+                path: it.child.clone(),
+                reason: r.clone(),
+            });
+            continue;
+        }
+        let pending = crate::txn::journal::FileJournal::for_disk(&it.child)
+            .path()
+            .exists();
+        match repoint_child(&it.child, &it.new_parent, true, pending, opts, &mut steps) {
+            Ok(f) => {
+                rep.relinked += 1;
+                rep.journals_finished += usize::from(f);
+            }
+            Err((refused, reason)) => {
+                let f = Finding {
+                    path: it.child.clone(),
+                    reason,
+                };
+                if refused {
+                    rep.refused.push(f);
+                } else {
+                    rep.failed.push(f);
+                }
+            }
+        }
+    }
+    progress.finish();
+    Ok(rep)
+}

@@ -1,0 +1,411 @@
+//! Walk folders for VHD/VHDX files (by signature, never by name), open each, and resolve every
+//! differencing disk's parent.
+//!
+//! The walk never follows symlinked folders (no loops), is bounded in depth and in entries, and
+//! sorts entries so results are deterministic. Symlinked *files* that lead to a disk are
+//! recorded as links (the `mklink` setups `share` replaces). Hard links to one file are one disk
+//! with several names. A file that has a disk signature but fails to open is skipped with the
+//! reason. vhdkit's own journal and temporary files are ignored.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::chain::{resolve_parent, ChainOptions};
+use crate::disk::{detect, Disk, DiskFormat, DiskType};
+use crate::error::{Error, Result};
+use crate::txn::journal::FileJournal;
+
+/// Suffix of the temporary file `share` copies a keeper into (ignored by the scan).
+pub const TMP_SUFFIX: &str = ".vhdkit-share-tmp";
+
+/// Bounds of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanLimits {
+    /// Deepest folder level walked below a root.
+    pub max_depth: usize,
+    /// Most directory entries looked at in all.
+    pub max_entries: usize,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        ScanLimits {
+            max_depth: 64,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// A file identity that survives renames and sees hard links as one file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey(Vec<u8>);
+
+/// The identity of the file at `path` (metadata followed through symlinks).
+pub fn file_key(path: &Path, meta: &fs::Metadata) -> FileKey {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = path;
+        let mut v = meta.dev().to_le_bytes().to_vec();
+        v.extend(meta.ino().to_le_bytes());
+        FileKey(v)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        let c = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        FileKey(c.to_string_lossy().to_lowercase().into_bytes())
+    }
+}
+
+/// How a differencing disk's parent resolved.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ParentRef {
+    /// The identity the parent must have.
+    pub expected_id: Uuid,
+    /// A second accepted identity (VHDX `parent_linkage2`).
+    pub alternate_id: Option<Uuid>,
+    /// The path the resolver accepted (may be a symlink, or a hard-link name).
+    pub resolved: Option<PathBuf>,
+    /// The real file behind it (symlinks resolved).
+    pub resolved_real: Option<PathBuf>,
+    /// Which locator (or `search`) led to it.
+    pub via: Option<String>,
+    /// True when the accepted path is itself a symlink.
+    pub via_symlink: bool,
+    /// Why it did not resolve, when it did not.
+    pub failure: Option<String>,
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) resolved_key: Option<FileKey>,
+}
+
+impl ParentRef {
+    /// True when the parent was found through a relative locator (`W2ru`, `Wi2r`,
+    /// `relative_path`) and not through a symlink.
+    pub fn via_relative(&self) -> bool {
+        self.resolved.is_some()
+            && !self.via_symlink
+            && matches!(self.via.as_deref(), Some("W2ru" | "Wi2r" | "relative_path"))
+    }
+}
+
+/// One disk found.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ScannedDisk {
+    /// Its path (the first name found).
+    pub path: PathBuf,
+    /// Every name found for this file (hard links), `path` first.
+    pub names: Vec<PathBuf>,
+    /// Format.
+    pub format: DiskFormat,
+    /// Type.
+    pub disk_type: DiskType,
+    /// Virtual size.
+    pub virtual_size: u64,
+    /// Logical sector size.
+    pub logical_sector_size: u32,
+    /// The identity children record (VHD unique id, VHDX DataWriteGuid).
+    pub id: Uuid,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// True when its permissions make it read-only.
+    pub read_only: bool,
+    /// True when a vhdkit journal lies beside it (an interrupted change).
+    pub pending_journal: bool,
+    /// True when the disk lies outside the scanned folders (a parent found elsewhere).
+    pub outside: bool,
+    /// Its parent, for a differencing disk.
+    pub parent: Option<ParentRef>,
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) key: FileKey,
+}
+
+/// A file with a disk signature that could not be used.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// A symlink to a disk file.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Symlink {
+    /// The link.
+    pub path: PathBuf,
+    /// The real file it leads to.
+    pub target: PathBuf,
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) key: FileKey,
+}
+
+/// Everything a scan found.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Scan {
+    /// The folders walked (canonical).
+    pub roots: Vec<PathBuf>,
+    /// Disks, in walk order (then parents found outside the roots).
+    pub disks: Vec<ScannedDisk>,
+    /// Files with a disk signature that could not be used.
+    pub skipped: Vec<Skipped>,
+    /// Symlinks to disk files.
+    pub symlinks: Vec<Symlink>,
+    /// Notes (folders not followed, limits reached).
+    pub notes: Vec<String>,
+    /// Directory entries looked at.
+    pub entries: usize,
+}
+
+impl Scan {
+    /// The disk with this file identity.
+    pub(crate) fn by_key(&self) -> HashMap<FileKey, usize> {
+        self.disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.key.clone(), i))
+            .collect()
+    }
+
+    /// How many ancestors disk `i` has (following resolved parents inside the scan).
+    pub fn ancestors(&self, i: usize) -> usize {
+        let idx = self.by_key();
+        let mut n = 0;
+        let mut cur = i;
+        while let Some(k) = self
+            .disks
+            .get(cur)
+            .and_then(|d| d.parent.as_ref())
+            .and_then(|p| p.resolved_key.as_ref())
+        {
+            match idx.get(k) {
+                Some(&j) if n < 1024 => {
+                    n += 1;
+                    cur = j;
+                }
+                _ => {
+                    n += 1;
+                    break;
+                }
+            }
+        }
+        n
+    }
+}
+
+fn is_ours(name: &str) -> bool {
+    name.ends_with(".vhdkit-journal") || name.ends_with(TMP_SUFFIX)
+}
+
+/// Whether the file at `path` carries a VHD or VHDX signature.
+fn has_signature(path: &Path) -> bool {
+    fs::File::open(path).is_ok_and(|f| detect(&f).is_ok())
+}
+
+/// Walk `roots` (recursively), open every disk, resolve every parent. `on_file` is called once
+/// per disk opened (for progress).
+pub fn scan(
+    roots: &[PathBuf],
+    chain: &ChainOptions,
+    limits: &ScanLimits,
+    on_file: &mut dyn FnMut(&Path),
+) -> Result<Scan> {
+    let mut out = Scan::default();
+    let mut index: HashMap<FileKey, usize> = HashMap::new();
+    for root in roots {
+        let root = fs::canonicalize(root)
+            .map_err(|e| Error::io("opening the folder", e).with_path(root))?;
+        if out.roots.contains(&root) {
+            continue;
+        }
+        out.roots.push(root.clone());
+        let mut stack = vec![(root, 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.notes
+                        .push(format!("cannot list {}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            entries.sort();
+            let mut subdirs = Vec::new();
+            for path in entries {
+                out.entries += 1;
+                if out.entries > limits.max_entries {
+                    out.notes.push(format!(
+                        "stopped after {} entries (the limit); the rest was not scanned",
+                        limits.max_entries
+                    ));
+                    return finish(out, index, chain);
+                }
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if is_ours(&name) {
+                    continue;
+                }
+                let Ok(lmeta) = fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if lmeta.file_type().is_symlink() {
+                    let Ok(meta) = fs::metadata(&path) else {
+                        continue; // dangling
+                    };
+                    if meta.is_dir() {
+                        out.notes.push(format!(
+                            "{}: a symlinked folder, not followed",
+                            path.display()
+                        ));
+                    } else if meta.is_file() && has_signature(&path) {
+                        let target = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                        out.symlinks.push(Symlink {
+                            key: file_key(&path, &meta),
+                            path,
+                            target,
+                        });
+                    }
+                    continue;
+                }
+                if lmeta.is_dir() {
+                    if depth + 1 > limits.max_depth {
+                        out.notes.push(format!(
+                            "{}: deeper than {} levels, not scanned",
+                            path.display(),
+                            limits.max_depth
+                        ));
+                    } else {
+                        subdirs.push((path, depth + 1));
+                    }
+                    continue;
+                }
+                if !lmeta.is_file() || !has_signature(&path) {
+                    continue;
+                }
+                let key = file_key(&path, &lmeta);
+                if let Some(&i) = index.get(&key) {
+                    if let Some(d) = out.disks.get_mut(i) {
+                        d.names.push(path);
+                    }
+                    continue;
+                }
+                on_file(&path);
+                match open_one(&path, key.clone(), &lmeta, chain, false) {
+                    Ok(d) => {
+                        index.insert(key, out.disks.len());
+                        out.disks.push(d);
+                    }
+                    Err(e) => out.skipped.push(Skipped {
+                        path,
+                        reason: e.to_string().replace('\n', " "),
+                    }),
+                }
+            }
+            // Depth first, in name order.
+            stack.extend(subdirs.into_iter().rev());
+        }
+    }
+    finish(out, index, chain)
+}
+
+/// Add parents that lie outside the roots (each opened once).
+fn finish(mut out: Scan, mut index: HashMap<FileKey, usize>, chain: &ChainOptions) -> Result<Scan> {
+    let mut i = 0;
+    while i < out.disks.len() {
+        let pr = out.disks.get(i).and_then(|d| d.parent.clone());
+        if let Some(ParentRef {
+            resolved_real: Some(real),
+            resolved_key: Some(k),
+            ..
+        }) = pr
+        {
+            if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(k.clone()) {
+                if let Ok(meta) = fs::metadata(&real) {
+                    if let Ok(d) = open_one(&real, k, &meta, chain, true) {
+                        slot.insert(out.disks.len());
+                        out.disks.push(d);
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn open_one(
+    path: &Path,
+    key: FileKey,
+    meta: &fs::Metadata,
+    chain: &ChainOptions,
+    outside: bool,
+) -> Result<ScannedDisk> {
+    let disk = Disk::open_with(path, &chain.open)?;
+    let parent = match disk.parent_linkage() {
+        None => None,
+        Some(l) => {
+            let (res, _p) = resolve_parent(&disk, path, chain)?;
+            let via_symlink = res
+                .path
+                .as_ref()
+                .and_then(|p| fs::symlink_metadata(p).ok())
+                .is_some_and(|m| m.file_type().is_symlink());
+            let resolved_real = res
+                .path
+                .as_ref()
+                .map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+            let resolved_key = res
+                .path
+                .as_ref()
+                .and_then(|p| fs::metadata(p).ok().map(|m| file_key(p, &m)));
+            let failure = res.path.is_none().then(|| {
+                let tried: Vec<String> = res
+                    .tried
+                    .iter()
+                    .map(|a| format!("{} ({}: {})", a.path.display(), a.via, a.outcome))
+                    .collect();
+                if tried.is_empty() {
+                    "no usable locator".to_string()
+                } else {
+                    format!("tried {}", tried.join("; "))
+                }
+            });
+            Some(ParentRef {
+                expected_id: l.id,
+                alternate_id: l.alternate_id,
+                resolved: res.path.clone(),
+                resolved_real,
+                via: res.via.clone(),
+                via_symlink,
+                failure,
+                resolved_key,
+            })
+        }
+    };
+    Ok(ScannedDisk {
+        path: path.to_path_buf(),
+        names: vec![path.to_path_buf()],
+        format: disk.format(),
+        disk_type: disk.disk_type(),
+        virtual_size: disk.virtual_size(),
+        logical_sector_size: disk.logical_sector_size(),
+        id: disk.identity(),
+        file_size: meta.len(),
+        read_only: meta.permissions().readonly(),
+        pending_journal: FileJournal::for_disk(path).path().exists(),
+        outside,
+        parent,
+        key,
+    })
+}
