@@ -185,7 +185,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhdx.metadata.sector_size", E, "logical or physical sector size is not 512 or 4096"),
     ("vhdx.locator.invalid", E, "the parent locator item does not parse (type, bounds, UTF-16, keys, parent_linkage)"),
     ("vhdx.locator.no_path", W, "the parent locator has no path key"),
-    ("vhdx.locator.without_parent", I, "a parent locator item on a disk without HasParent"),
+    ("vhdx.locator.without_parent", W, "a parent locator item on a disk without HasParent"),
     // VHDX BAT
     ("vhdx.bat.too_small", E, "the BAT region is smaller than the entries the disk needs"),
     ("vhdx.bat.too_large", E, "the BAT is larger than the memory limit allows checking"),
