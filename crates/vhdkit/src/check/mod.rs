@@ -17,6 +17,7 @@
 //! is found, 0 when there is only info.
 
 mod chain;
+pub mod repair;
 mod vhd;
 mod vhdx;
 

@@ -14,7 +14,7 @@
 pub mod bat;
 mod bitmap;
 pub mod format;
-mod header;
+pub(crate) mod header;
 pub mod locator;
 pub mod log;
 mod metadata;
