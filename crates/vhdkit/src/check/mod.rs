@@ -537,6 +537,17 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_documented_in_the_readme() {
+        let readme = include_str!("../../../../README.md");
+        for (c, _, _) in CODES {
+            assert!(
+                readme.contains(&format!("| `{c}` |")),
+                "{c} missing from README.md"
+            );
+        }
+    }
+
+    #[test]
     fn sink_caps_per_code() {
         let mut s = Sink::default();
         for i in 0..100u64 {
