@@ -154,7 +154,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhdx.header.checksum", E, "a header's CRC-32C does not match"),
     ("vhdx.header.version", E, "a header's version is not 1"),
     ("vhdx.header.none_valid", E, "neither header is valid: the file cannot be opened"),
-    ("vhdx.header.tie", W, "both headers have the same sequence number but different contents"),
+    ("vhdx.header.tie", E, "both headers have the same sequence number but different contents"),
     ("vhdx.header.log_version", E, "log version is not 0 with a non-zero LogGuid"),
     ("vhdx.header.log_placement", E, "log offset/length not 1 MiB aligned, inside the first MiB, or past EOF"),
     // VHDX region tables
