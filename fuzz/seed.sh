@@ -27,7 +27,7 @@ VHD_HEAD=$((64 << 10))
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay}
+mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay,check}
 count=0
 
 # Four read_view records: (0, 4096), (1 MiB mod size, 65543), (raw 0x1ff, 1000),
@@ -55,6 +55,7 @@ add() {
         { head -c "$VHD_HEAD" "$file"; tail -c 512 "$file"; } > "$out"
         name="$name.head64K+footer"
     fi
+    cp "$out" "$CORPUS/check/$name"
     if is_vhdx "$out"; then
         cp "$out" "$CORPUS/open_vhdx/$name"
     else
@@ -149,7 +150,7 @@ printf 'loge' > "$CORPUS/vhdx_log_replay/bare-signature"
 printf 'vhdxfile' > "$CORPUS/detect/sig-vhdx"
 { head -c 504 /dev/zero; printf 'conectix'; } > "$CORPUS/detect/sig-vhd-tail"
 
-for t in open_vhd open_vhdx detect read_view vhdx_log_replay; do
+for t in open_vhd open_vhdx detect read_view vhdx_log_replay check; do
     echo "seed.sh: $t: $(find "$CORPUS/$t" -type f | wc -l) files"
 done
 echo "seed.sh: added $count images"

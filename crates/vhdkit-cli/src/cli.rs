@@ -27,8 +27,12 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Repoint a differencing disk at another copy of its parent (like Set-VHD -ParentPath).
     Reparent(ReparentArgs),
-    /// Finish an interrupted vhdkit change (or report a journal that does not belong); replay a
-    /// dirty VHDX log to the file.
+    /// Check every structural rule of disks (files or folders) and, with --chain, their chains.
+    /// Read-only. Exit 0 clean (info only), 1 errors or warnings found, 2 could not run.
+    Check(CheckArgs),
+    /// Repair what is certain and loses nothing: finish an interrupted vhdkit change, restore a
+    /// damaged VHD footer or VHDX header/region table from its good copy, replay a dirty VHDX
+    /// log. Anything else is explained and left alone (exit 1).
     Repair(RepairArgs),
     /// Create a new disk: dynamic (default), fixed, or differencing over a parent.
     Create(CreateArgs),
@@ -121,6 +125,23 @@ pub struct RepairArgs {
     pub json: bool,
     /// The disk file.
     pub file: PathBuf,
+}
+
+/// `vhdkit check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also follow each disk's differencing chain and check every link.
+    #[arg(long)]
+    pub chain: bool,
+    /// Parent lookup options (with --chain).
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// Disk files, or folders searched recursively for files with a VHD/VHDX signature.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 /// `vhdkit info`.

@@ -4,6 +4,7 @@
 //! Tests that need something absent (the shared images, qemu-img, pyvhdi) print a loud
 //! `SKIP:` line on stderr and return early; they never pass silently by accident of setup.
 
+pub mod corpus;
 pub mod vhd;
 pub mod vhdx;
 

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod chain;
+pub mod check;
 pub mod convert;
 pub mod create;
 pub mod disk;

@@ -90,12 +90,17 @@ pub struct RepairReport {
     /// The VHDX log step (`None` for a VHD file).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub vhdx_log: Option<LogOutcome>,
+    /// Structural repairs done (or, dry run, planned): see [`crate::check::repair`].
+    pub structures: Vec<crate::check::repair::StructureRepair>,
+    /// Errors and warnings `check` still finds that repair cannot fix with certainty (after
+    /// the repairs; on a dry run, before them). Left alone.
+    pub unrepaired: Vec<crate::check::Finding>,
 }
 
 impl RepairReport {
     /// True when something needs a person: a foreign journal.
     pub fn needs_attention(&self) -> bool {
-        matches!(self.journal, JournalOutcome::Foreign { .. })
+        matches!(self.journal, JournalOutcome::Foreign { .. }) || !self.unrepaired.is_empty()
     }
 }
 
@@ -129,12 +134,28 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
         }
     };
     let vhdx_log = vhdx_log_step(path, opts)?;
+    let pending = matches!(
+        outcome,
+        JournalOutcome::Foreign { .. } | JournalOutcome::WouldFinish { .. }
+    );
+    let (structures, unrepaired) = if pending {
+        (Vec::new(), Vec::new())
+    } else {
+        structural_step(path, opts.dry_run)?
+    };
+    let mut structures = structures;
+    if matches!(vhdx_log, Some(LogOutcome::WouldReplay(_))) {
+        // The log step above already reports the replay a dry run would do.
+        structures.retain(|s| s.code != "vhdx.log.dirty");
+    }
     Ok(RepairReport {
         path: path.to_path_buf(),
         journal_path: store.path().to_path_buf(),
         dry_run: opts.dry_run,
         journal: outcome,
         vhdx_log,
+        structures,
+        unrepaired,
     })
 }
 
@@ -166,4 +187,34 @@ fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>
             None => LogOutcome::Clean,
         },
     ))
+}
+
+/// The certain structural repairs, then what `check` still finds (see [`crate::check::repair`]).
+fn structural_step(
+    path: &Path,
+    dry_run: bool,
+) -> Result<(
+    Vec<crate::check::repair::StructureRepair>,
+    Vec<crate::check::Finding>,
+)> {
+    use crate::check::{check_file, CheckOptions, Severity};
+    let done = crate::check::repair::repair_structures(path, dry_run)?;
+    let fixed: Vec<&str> = done.iter().map(|d| d.code).collect();
+    let report = check_file(path, &CheckOptions::default())?;
+    let left = report
+        .findings
+        .into_iter()
+        .filter(|f| f.severity >= Severity::Warning)
+        .filter(|f| {
+            !(dry_run
+                && (fixed.contains(&f.code)
+                    || (f.code.starts_with("vhd.footer")
+                        && fixed.iter().any(|c| c.starts_with("vhd.footer")))
+                    || (f.code.starts_with("vhdx.header")
+                        && fixed.contains(&"vhdx.header.checksum"))
+                    || (f.code.starts_with("vhdx.region")
+                        && fixed.contains(&"vhdx.region.checksum"))))
+        })
+        .collect();
+    Ok((done, left))
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand: call the library, render the result.
 
 mod chain;
+mod check;
 mod convert;
 mod create;
 mod info;
@@ -18,6 +19,7 @@ use crate::Outcome;
 pub fn wants_json(c: &Command) -> bool {
     match c {
         Command::Info(a) => a.json,
+        Command::Check(a) => a.json,
         Command::Chain(a) => a.json,
         Command::Convert(a) => a.json,
         Command::Reparent(a) => a.json,
@@ -32,6 +34,7 @@ pub fn wants_json(c: &Command) -> bool {
 pub fn run(c: Command) -> Result<Outcome, CliError> {
     match c {
         Command::Info(a) => info::run(&a),
+        Command::Check(a) => check::run(&a),
         Command::Chain(a) => chain::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Reparent(a) => reparent::run(&a),

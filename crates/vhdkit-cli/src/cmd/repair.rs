@@ -46,13 +46,35 @@ pub fn run(a: &RepairArgs) -> Result<Outcome, CliError> {
             };
             println!("{}: {line}", a.file.display());
         }
+        for r in &report.structures {
+            println!("{}: {} ({})", a.file.display(), r.action, r.code);
+        }
+        for f in &report.unrepaired {
+            let at = f.offset.map_or_else(String::new, |o| format!(" at {o:#x}"));
+            println!(
+                "{}: not repaired (not certain to lose nothing): {} {} [{}{at}] {}",
+                a.file.display(),
+                f.severity.as_str(),
+                f.code,
+                f.structure,
+                f.message
+            );
+        }
     }
     if report.needs_attention() {
-        eprintln!(
-            "vhdkit: refused: {}: foreign journal {} not applied",
-            a.file.display(),
-            report.journal_path.display()
-        );
+        if matches!(report.journal, JournalOutcome::Foreign { .. }) {
+            eprintln!(
+                "vhdkit: refused: {}: foreign journal {} not applied",
+                a.file.display(),
+                report.journal_path.display()
+            );
+        } else {
+            eprintln!(
+                "vhdkit: {}: {} problem(s) left that repair does not fix; see `vhdkit check`",
+                a.file.display(),
+                report.unrepaired.len()
+            );
+        }
         return Ok(Outcome::Findings);
     }
     Ok(Outcome::Ok)

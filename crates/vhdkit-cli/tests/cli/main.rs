@@ -6,6 +6,7 @@
 mod util;
 
 mod chains;
+mod check;
 mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;

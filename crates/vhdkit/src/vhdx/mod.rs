@@ -18,7 +18,7 @@ pub mod bat;
 mod bitmap;
 pub mod create;
 pub mod format;
-mod header;
+pub(crate) mod header;
 pub mod locator;
 pub mod log;
 mod metadata;

@@ -1,0 +1,81 @@
+//! `vhdkit check [--json] [--chain] PATH...`: validate disks (and their chains) read-only.
+//!
+//! Exit status: 0 when no error or warning was found (info findings allowed), 1 when any error
+//! or warning was found, 2 when the check could not run (a path that cannot be read).
+
+use vhdkit::check::{self, CheckOptions, FileReport, Severity};
+
+use crate::cli::CheckArgs;
+use crate::output::{self, CliError};
+use crate::Outcome;
+
+#[derive(serde::Serialize)]
+struct JsonOut<'a> {
+    files: &'a [FileReport],
+    errors: usize,
+    warnings: usize,
+    infos: usize,
+    clean: bool,
+}
+
+pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
+    let opts = CheckOptions::default()
+        .chain(a.chain)
+        .chain_options(super::chain_options(&a.resolve)?);
+    let files = check::collect_files(&a.paths)?;
+    let mut reports = Vec::with_capacity(files.len());
+    for f in &files {
+        reports.push(check::check_file(f, &opts)?);
+    }
+    let count = |s: Severity| {
+        reports
+            .iter()
+            .flat_map(|r| &r.findings)
+            .filter(|f| f.severity == s)
+            .count()
+    };
+    let (errors, warnings, infos) = (
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Info),
+    );
+    let clean = errors == 0 && warnings == 0;
+    if a.json {
+        output::print_json(&JsonOut {
+            files: &reports,
+            errors,
+            warnings,
+            infos,
+            clean,
+        })?;
+    } else {
+        for r in &reports {
+            let fmt = r.format.map_or_else(|| "?".to_string(), |f| f.to_string());
+            if r.findings.is_empty() {
+                println!("{}: {fmt}: ok", r.path.display());
+                continue;
+            }
+            let status = if r.has_problems() { "problems" } else { "ok" };
+            println!("{}: {fmt}: {status}", r.path.display());
+            for f in &r.findings {
+                let at = f.offset.map_or_else(String::new, |o| format!(" at {o:#x}"));
+                println!(
+                    "  {:<7} {} [{}{at}] {}",
+                    f.severity.as_str(),
+                    f.code,
+                    f.structure,
+                    f.message
+                );
+            }
+        }
+        println!(
+            "{} file(s) checked: {errors} error(s), {warnings} warning(s), {infos} info",
+            reports.len()
+        );
+    }
+    Ok(if clean {
+        Outcome::Ok
+    } else {
+        Outcome::Findings
+    })
+}

@@ -1,0 +1,85 @@
+//! Chain checks (`check --chain`): every parent resolves, identities, sizes and sector sizes
+//! agree, no loops, bounded depth; and every parent passes the structural checks.
+
+use std::path::Path;
+
+use super::{check_source, CheckOptions, Finding};
+use crate::chain::{Chain, ChainOptions};
+
+fn structure(p: &Path) -> String {
+    format!("chain link {}", p.display())
+}
+
+/// Follow the chain of `path` and report every broken link. Structural findings of the parents
+/// are included with the parent's path in `structure`; the child's own are not (see
+/// [`super::check_file`]).
+pub fn check_chain(path: &Path, opts: &ChainOptions) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let report = match Chain::inspect(path, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(Finding::new(
+                "chain.not_followed",
+                structure(path),
+                None,
+                format!("the chain could not be followed because the disk does not open: {e}"),
+            ));
+            return out;
+        }
+    };
+    let copts = CheckOptions::default().chain_options(opts.clone());
+    for (i, link) in report.links.iter().enumerate() {
+        if i > 0 {
+            // Parents: structural check of each (the child is checked by the caller).
+            if let Ok(f) = std::fs::File::open(&link.path) {
+                for mut finding in check_source(&f, &copts).1 {
+                    finding.structure = format!("{} ({})", finding.structure, link.path.display());
+                    out.push(finding);
+                }
+            }
+        }
+        if let Some(res) = &link.parent {
+            for w in &res.warnings {
+                if w.contains("virtual size") {
+                    out.push(Finding::new(
+                        "chain.size_mismatch",
+                        structure(&link.path),
+                        None,
+                        w.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    let Some(reason) = &report.broken_reason else {
+        return out;
+    };
+    let last = report.links.last();
+    let at = last.map_or_else(|| path.to_path_buf(), |l| l.path.clone());
+    let code = if reason.starts_with("loop") {
+        "chain.loop"
+    } else if reason.starts_with("chain deeper") {
+        "chain.too_deep"
+    } else {
+        let tried = last
+            .and_then(|l| l.parent.as_ref())
+            .map(|r| r.tried.clone())
+            .unwrap_or_default();
+        if tried.iter().any(|a| a.outcome.starts_with("id mismatch")) {
+            "chain.identity_mismatch"
+        } else if tried
+            .iter()
+            .any(|a| a.outcome.contains("sector size mismatch"))
+        {
+            "chain.sector_size_mismatch"
+        } else if tried.iter().any(|a| a.outcome.contains("format mismatch")) {
+            "chain.format_mismatch"
+        } else if tried.iter().any(|a| a.outcome.starts_with("cannot open")) {
+            "chain.parent_unreadable"
+        } else {
+            "chain.parent_missing"
+        }
+    };
+    out.push(Finding::new(code, structure(&at), None, reason.clone()));
+    out
+}

@@ -1,0 +1,560 @@
+//! `vhdkit check`: validate every structural rule of a VHD or VHDX file, and optionally of its
+//! differencing chain, collecting *all* findings instead of stopping at the first.
+//!
+//! The checkers parse raw bytes themselves (with the constants and structs of [`crate::vhd`] and
+//! [`crate::vhdx`]), so a broken structure that makes the reader refuse the file still lets
+//! later, independent structures be checked. Nothing here ever writes: files are opened
+//! read-only and only read with positional reads.
+//!
+//! **Codes** are stable, dotted, lower-case names: `<format>.<structure>.<rule>`, e.g.
+//! `vhd.footer.checksum`. Every code is listed in [`CODES`] with its severity and meaning (the
+//! README table is generated from the same list). A code never changes meaning; new rules get
+//! new codes.
+//!
+//! **Severity**: `error` (the file breaks a rule; readers may refuse it or return wrong data),
+//! `warning` (legal or tolerated, but suspicious or needing action, such as a dirty log), `info`
+//! (a fact worth knowing, such as a 511-byte footer). The CLI exits 1 when any error or warning
+//! is found, 0 when there is only info.
+
+mod chain;
+pub mod repair;
+mod vhd;
+mod vhdx;
+
+use std::path::{Path, PathBuf};
+
+use crate::disk::DiskFormat;
+use crate::error::{Error, Result};
+use crate::source::Source;
+use crate::ChainOptions;
+
+pub use chain::check_chain;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Severity {
+    /// A fact worth knowing; not a problem.
+    Info,
+    /// Legal or tolerated, but suspicious or needing action.
+    Warning,
+    /// A broken rule.
+    Error,
+}
+
+impl Severity {
+    /// `error`, `warning` or `info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// One problem or fact found by [`check_source`] or [`check_chain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Finding {
+    /// How bad it is.
+    pub severity: Severity,
+    /// Stable code (see [`CODES`]).
+    pub code: &'static str,
+    /// The on-disk structure, in the spec's words.
+    pub structure: String,
+    /// Absolute file offset of the structure or field at fault, when there is one.
+    pub offset: Option<u64>,
+    /// One line for people.
+    pub message: String,
+}
+
+impl Finding {
+    /// A finding with the severity registered for `code` in [`CODES`].
+    pub fn new(
+        code: &'static str,
+        structure: impl Into<String>,
+        offset: Option<u64>,
+        message: impl Into<String>,
+    ) -> Finding {
+        Finding {
+            severity: severity_of(code),
+            code,
+            structure: structure.into(),
+            offset,
+            message: message.into(),
+        }
+    }
+}
+
+/// The severity registered for `code` (error for an unknown code).
+pub fn severity_of(code: &str) -> Severity {
+    CODES
+        .iter()
+        .find(|c| c.0 == code)
+        .map_or(Severity::Error, |c| c.1)
+}
+
+use Severity::{Error as E, Info as I, Warning as W};
+
+/// Every finding code: (code, severity, meaning).
+pub const CODES: &[(&str, Severity, &str)] = &[
+    // file level
+    ("file.unreadable", E, "the file could not be read (I/O error)"),
+    ("file.not_a_disk", E, "no `vhdxfile` signature and no `conectix` footer"),
+    // VHD footer
+    ("vhd.file.too_small", E, "a VHD needs at least a 511/512-byte footer"),
+    ("vhd.footer.missing", E, "no `conectix` footer at the end of the file (a front copy may exist)"),
+    ("vhd.footer.short", I, "the end footer is the old 511-byte form"),
+    ("vhd.footer.checksum", E, "end footer checksum does not match its bytes"),
+    ("vhd.footer.version", W, "file format version is not 1.0"),
+    ("vhd.footer.features", I, "features field has bits other than temporary/reserved, or lacks the reserved bit"),
+    ("vhd.footer.disk_type", E, "disk type is not fixed (2), dynamic (3) or differencing (4)"),
+    ("vhd.footer.size_zero", E, "current size is 0"),
+    ("vhd.footer.size_unaligned", E, "current size is not a multiple of 512"),
+    ("vhd.footer.size_too_large", W, "dynamic/differencing current size above the 2040 GiB maximum"),
+    ("vhd.footer.data_offset", E, "data offset does not point at a dynamic header inside the file (or is not all ones on a fixed disk)"),
+    ("vhd.footer.saved_state", I, "the saved-state flag is set"),
+    ("vhd.footer.geometry", I, "CHS geometry does not cover the current size"),
+    ("vhd.fixed.size_mismatch", E, "fixed disk: current size differs from the data before the footer"),
+    ("vhd.footer_copy.missing", E, "dynamic/differencing disk without a footer copy at offset 0"),
+    ("vhd.footer_copy.checksum", E, "footer copy at offset 0 has a bad checksum"),
+    ("vhd.footer_copy.differs", E, "footer copy at offset 0 differs from the end footer"),
+    // VHD dynamic header
+    ("vhd.header.truncated", E, "the dynamic header runs past the end of the file"),
+    ("vhd.header.cookie", E, "dynamic header cookie is not `cxsparse`"),
+    ("vhd.header.checksum", E, "dynamic header checksum does not match its bytes"),
+    ("vhd.header.version", W, "dynamic header version is not 1.0"),
+    ("vhd.header.block_size", E, "block size is zero, not a power-of-two number of sectors, or above 256 MiB"),
+    ("vhd.header.parent_name", W, "differencing disk: parent unicode name is empty or not valid UTF-16BE"),
+    ("vhd.header.parent_id_zero", W, "differencing disk: parent unique id is all zeros"),
+    // VHD BAT
+    ("vhd.bat.too_small", E, "max table entries is smaller than current size / block size"),
+    ("vhd.bat.excess_entries", I, "max table entries is larger than needed"),
+    ("vhd.bat.unaligned", E, "table offset is not a multiple of 512"),
+    ("vhd.bat.past_eof", E, "the BAT runs past the end of the file (or into the end footer)"),
+    ("vhd.bat.overlaps_metadata", E, "the BAT overlaps the footer copy or the dynamic header"),
+    ("vhd.bat.too_large", E, "the BAT is larger than the memory limit allows checking"),
+    ("vhd.block.past_eof", E, "a BAT entry points a block (bitmap + data) past the end footer"),
+    ("vhd.block.overlaps_metadata", E, "a block overlaps the footer copy, dynamic header, BAT or locator data"),
+    ("vhd.block.overlap", E, "two BAT entries point at overlapping blocks"),
+    // VHD locators
+    ("vhd.locator.platform_code", W, "unknown platform code"),
+    ("vhd.locator.out_of_bounds", E, "locator data lies (partly) outside the file or before the dynamic header's end"),
+    ("vhd.locator.overlaps_metadata", E, "locator data overlaps the BAT or the dynamic header"),
+    ("vhd.locator.length", W, "locator data length exceeds its data space, or data space is invalid"),
+    ("vhd.locator.undecodable", E, "locator data does not decode (bad UTF-16 / UTF-8)"),
+    ("vhd.locator.on_non_differencing", I, "non-empty locator slot on a disk without a parent"),
+    ("vhd.locator.none", W, "differencing disk without a usable locator or parent name"),
+    // VHDX file identifier and headers
+    ("vhdx.file.too_small", E, "the file ends before the 1 MiB of fixed structures"),
+    ("vhdx.ident.signature", E, "file type identifier signature is not `vhdxfile`"),
+    ("vhdx.header.signature", E, "a header lacks the `head` signature"),
+    ("vhdx.header.checksum", E, "a header's CRC-32C does not match"),
+    ("vhdx.header.version", E, "a header's version is not 1"),
+    ("vhdx.header.none_valid", E, "neither header is valid: the file cannot be opened"),
+    ("vhdx.header.tie", E, "both headers have the same sequence number but different contents"),
+    ("vhdx.header.log_version", E, "log version is not 0 with a non-zero LogGuid"),
+    ("vhdx.header.log_placement", E, "log offset/length not 1 MiB aligned, inside the first MiB, or past EOF"),
+    // VHDX region tables
+    ("vhdx.region.signature", E, "a region table lacks the `regi` signature"),
+    ("vhdx.region.checksum", E, "a region table's CRC-32C does not match"),
+    ("vhdx.region.entry_count", E, "a region table has more than 2047 entries"),
+    ("vhdx.region.none_valid", E, "neither region table is valid: the file cannot be opened"),
+    ("vhdx.region.copies_differ", W, "the two valid region tables differ"),
+    ("vhdx.region.unaligned", E, "a region's offset or length is not a multiple of 1 MiB, or is zero / inside the first MiB"),
+    ("vhdx.region.past_eof", E, "a region ends past the end of the file"),
+    ("vhdx.region.overlap", E, "two regions (or a region and the log) overlap"),
+    ("vhdx.region.duplicate", E, "a region GUID appears twice"),
+    ("vhdx.region.unknown_required", E, "an unknown region is marked required"),
+    ("vhdx.region.missing", E, "the BAT or metadata region is missing"),
+    // VHDX log
+    ("vhdx.log.dirty", W, "the log holds changes not yet applied (replayable; `vhdkit repair` applies them)"),
+    ("vhdx.log.corrupt", E, "LogGuid is set but the log has no complete valid sequence, or the file is truncated"),
+    // VHDX metadata
+    ("vhdx.metadata.signature", E, "the metadata table lacks the `metadata` signature"),
+    ("vhdx.metadata.entry_count", E, "the metadata table has more than 2047 entries"),
+    ("vhdx.metadata.item_bounds", E, "a metadata item lies outside the region, inside the table, or is over 1 MiB"),
+    ("vhdx.metadata.item_overlap", E, "two metadata items overlap"),
+    ("vhdx.metadata.duplicate", E, "a metadata item appears twice"),
+    ("vhdx.metadata.unknown_required", E, "an unknown metadata item is marked required"),
+    ("vhdx.metadata.missing_item", E, "a required metadata item is missing or has the wrong length"),
+    ("vhdx.metadata.block_size", E, "block size is not a power of two between 1 and 256 MiB"),
+    ("vhdx.metadata.file_parameters", W, "file parameters have reserved flag bits set"),
+    ("vhdx.metadata.virtual_size", E, "virtual size is 0, above 64 TiB, or not a multiple of the logical sector size"),
+    ("vhdx.metadata.sector_size", E, "logical or physical sector size is not 512 or 4096"),
+    ("vhdx.locator.invalid", E, "the parent locator item does not parse (type, bounds, UTF-16, keys, parent_linkage)"),
+    ("vhdx.locator.no_path", W, "the parent locator has no path key"),
+    ("vhdx.locator.without_parent", W, "a parent locator item on a disk without HasParent"),
+    // VHDX BAT
+    ("vhdx.bat.too_small", E, "the BAT region is smaller than the entries the disk needs"),
+    ("vhdx.bat.too_large", E, "the BAT is larger than the memory limit allows checking"),
+    ("vhdx.bat.state_invalid", E, "a BAT entry has a reserved state, or a state not allowed for this disk type"),
+    ("vhdx.bat.reserved_bits", W, "a BAT entry has reserved bits set"),
+    ("vhdx.bat.offset_reserved", W, "an entry without data has a non-zero file offset"),
+    ("vhdx.bat.offset_invalid", E, "a present block has a zero offset or one inside the first MiB"),
+    ("vhdx.bat.past_eof", E, "a present block ends past the end of the file"),
+    ("vhdx.bat.overlaps_metadata", E, "a block overlaps the log, a region or the first MiB"),
+    ("vhdx.bat.overlap", E, "two BAT entries point at overlapping blocks"),
+    ("vhdx.bat.bitmap_missing", E, "a partially present block's chunk has no sector bitmap block"),
+    // chain
+    ("chain.parent_missing", E, "the parent could not be found by any locator"),
+    ("chain.parent_unreadable", E, "the parent file exists but could not be opened"),
+    ("chain.identity_mismatch", E, "a parent was found but its identity does not match the child's record"),
+    ("chain.size_mismatch", W, "child and parent virtual sizes differ"),
+    ("chain.sector_size_mismatch", E, "child and parent logical sector sizes differ"),
+    ("chain.format_mismatch", E, "the parent found is of the other format (VHD vs VHDX)"),
+    ("chain.not_followed", I, "the chain was not followed because the disk itself does not open"),
+    ("chain.loop", E, "the chain loops back to a disk already in it"),
+    ("chain.too_deep", E, "the chain is deeper than the configured limit"),
+];
+
+/// Findings for one file.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct FileReport {
+    /// The file.
+    pub path: PathBuf,
+    /// Its format, when detected.
+    pub format: Option<DiskFormat>,
+    /// Everything found, in file order of discovery.
+    pub findings: Vec<Finding>,
+}
+
+impl FileReport {
+    /// The worst severity found, if any.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+
+    /// True when there is an error or a warning.
+    pub fn has_problems(&self) -> bool {
+        self.worst().is_some_and(|s| s >= Severity::Warning)
+    }
+
+    /// The distinct codes found, in order of first appearance.
+    pub fn codes(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = Vec::new();
+        for f in &self.findings {
+            if !v.contains(&f.code) {
+                v.push(f.code);
+            }
+        }
+        v
+    }
+}
+
+/// Options for checking.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CheckOptions {
+    /// Also follow and check the differencing chain of each file.
+    pub chain: bool,
+    /// Parent lookup and limits (the limits bound BAT and log sizes too).
+    pub chain_options: ChainOptions,
+}
+
+impl CheckOptions {
+    /// Set `chain`.
+    #[must_use]
+    pub fn chain(mut self, v: bool) -> Self {
+        self.chain = v;
+        self
+    }
+
+    /// Set the chain options.
+    #[must_use]
+    pub fn chain_options(mut self, o: ChainOptions) -> Self {
+        self.chain_options = o;
+        self
+    }
+}
+
+/// Per-code cap on individual findings; the rest are summarised in one finding.
+pub(crate) const MAX_PER_CODE: usize = 20;
+
+/// Collects findings with a per-code cap, so a hostile BAT cannot produce millions of lines.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub findings: Vec<Finding>,
+    counts: Vec<(&'static str, usize)>,
+}
+
+impl Sink {
+    pub fn push(&mut self, f: Finding) {
+        let n = match self.counts.iter_mut().find(|c| c.0 == f.code) {
+            Some(c) => {
+                c.1 += 1;
+                c.1
+            }
+            None => {
+                self.counts.push((f.code, 1));
+                1
+            }
+        };
+        if n <= MAX_PER_CODE {
+            self.findings.push(f);
+        }
+    }
+
+    pub fn add(
+        &mut self,
+        code: &'static str,
+        structure: impl Into<String>,
+        offset: Option<u64>,
+        message: impl Into<String>,
+    ) {
+        self.push(Finding::new(code, structure, offset, message));
+    }
+
+    pub fn finish(mut self) -> Vec<Finding> {
+        for (code, n) in &self.counts {
+            if *n > MAX_PER_CODE {
+                let first = self.findings.iter().find(|f| f.code == *code).cloned();
+                if let Some(f) = first {
+                    self.findings.push(Finding {
+                        severity: f.severity,
+                        code,
+                        structure: f.structure,
+                        offset: None,
+                        message: format!(
+                            "{} more findings with this code not listed ({n} in all)",
+                            n - MAX_PER_CODE
+                        ),
+                    });
+                }
+            }
+        }
+        self.findings
+    }
+}
+
+/// One replayed log write: offset, length, data (`None` = zeros).
+pub(crate) type OverlayWrite = (u64, u64, Option<Box<[u8]>>);
+
+/// Bounds-checked reads from a source, optionally with a replayed VHDX log laid over it.
+pub(crate) struct Bytes<'a> {
+    pub src: &'a dyn Source,
+    /// Length seen by the checks (the base length, or more after a log replay).
+    pub len: u64,
+    /// Length of the file underneath.
+    pub base_len: u64,
+    /// Replayed writes: (offset, length, data; `None` = zeros), applied in order.
+    pub overlay: Vec<OverlayWrite>,
+}
+
+impl<'a> Bytes<'a> {
+    pub fn new(src: &'a dyn Source, len: u64) -> Bytes<'a> {
+        Bytes {
+            src,
+            len,
+            base_len: len,
+            overlay: Vec::new(),
+        }
+    }
+
+    /// `n` bytes at `off`, or `None` when they are not all inside the file (or I/O fails).
+    pub fn get(&self, off: u64, n: usize) -> Option<Vec<u8>> {
+        let end = off.checked_add(n as u64)?;
+        if end > self.len {
+            return None;
+        }
+        let mut b = vec![0u8; n];
+        let base_end = end.min(self.base_len);
+        if base_end > off {
+            let k = usize::try_from(base_end - off).ok()?;
+            self.src.read_exact_at(b.get_mut(..k)?, off).ok()?;
+        }
+        for (o, l, d) in &self.overlay {
+            let (s0, e0) = ((*o).max(off), o.saturating_add(*l).min(end));
+            if s0 >= e0 {
+                continue;
+            }
+            let dst =
+                b.get_mut(usize::try_from(s0 - off).ok()?..usize::try_from(e0 - off).ok()?)?;
+            match d {
+                Some(d) => dst.copy_from_slice(
+                    d.get(usize::try_from(s0 - o).ok()?..usize::try_from(e0 - o).ok()?)?,
+                ),
+                None => dst.fill(0),
+            }
+        }
+        Some(b)
+    }
+}
+
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_be_bytes(a)
+}
+
+pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_be_bytes(a)
+}
+
+pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
+    let mut a = [0u8; 2];
+    if let Some(s) = b.get(at..at + 2) {
+        a.copy_from_slice(s);
+    }
+    u16::from_le_bytes(a)
+}
+
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+/// Check the disk in `src` (format detected by signature). Never fails: what cannot be read is
+/// itself a finding.
+pub fn check_source(src: &dyn Source, opts: &CheckOptions) -> (Option<DiskFormat>, Vec<Finding>) {
+    let len = match src.len() {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                None,
+                vec![Finding::new(
+                    "file.unreadable",
+                    "file",
+                    None,
+                    format!("could not read the file length: {e}"),
+                )],
+            )
+        }
+    };
+    let format = match crate::disk::detect(src) {
+        Ok(f) => f,
+        Err(Error::NotADisk { detail, .. }) => {
+            return (
+                None,
+                vec![Finding::new("file.not_a_disk", "file", Some(0), detail)],
+            )
+        }
+        Err(e) => {
+            return (
+                None,
+                vec![Finding::new("file.unreadable", "file", None, e.to_string())],
+            )
+        }
+    };
+    let limits = &opts.chain_options.open.limits;
+    let b = Bytes::new(src, len);
+    let findings = match format {
+        DiskFormat::Vhd => vhd::check(&b, limits),
+        DiskFormat::Vhdx => vhdx::check(b, limits),
+    };
+    (Some(format), findings)
+}
+
+/// Check one file (read-only), and its chain when `opts.chain` is set.
+pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io("opening the file read-only", e).with_path(path))?;
+    let (format, mut findings) = check_source(&file, opts);
+    if opts.chain && format.is_some() {
+        findings.extend(check_chain(path, &opts.chain_options));
+    }
+    Ok(FileReport {
+        path: path.to_path_buf(),
+        format,
+        findings,
+    })
+}
+
+/// True when `path` starts with a VHD or VHDX signature (used to pick files in folders).
+pub fn is_disk_file(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .ok()
+        .is_some_and(|f| crate::disk::detect(&f).is_ok())
+}
+
+/// Expand `paths`: files as given, folders recursively (sorted), keeping only files that carry
+/// a disk signature. Symbolic links to folders are not followed (no loops).
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let md = std::fs::metadata(p).map_err(|e| Error::io("reading", e).with_path(p))?;
+        if md.is_dir() {
+            walk_dir(p, &mut out, 0)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
+    if depth > 64 {
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("listing", e).with_path(dir))?;
+    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.is_dir() {
+            walk_dir(&p, out, depth + 1)?;
+        } else if md.is_file() && is_disk_file(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_well_formed() {
+        let mut seen = std::collections::HashSet::new();
+        for (c, _, m) in CODES {
+            assert!(seen.insert(*c), "duplicate code {c}");
+            assert!(c.split('.').count() >= 2, "{c}");
+            assert!(!m.is_empty());
+        }
+    }
+
+    #[test]
+    fn every_code_is_documented_in_the_readme() {
+        let readme = include_str!("../../../../README.md");
+        for (c, _, _) in CODES {
+            assert!(
+                readme.contains(&format!("| `{c}` |")),
+                "{c} missing from README.md"
+            );
+        }
+    }
+
+    #[test]
+    fn sink_caps_per_code() {
+        let mut s = Sink::default();
+        for i in 0..100u64 {
+            s.add("vhd.block.overlap", "vhd bat", Some(i), "x");
+        }
+        let f = s.finish();
+        assert_eq!(f.len(), MAX_PER_CODE + 1);
+        assert!(f.last().unwrap().message.contains("80 more"));
+    }
+}
