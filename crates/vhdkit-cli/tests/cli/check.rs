@@ -156,17 +156,66 @@ fn agrees_with_qemu_img_check_on_vhdx() {
     qemu_io("vhdx", &q, &["write -P 0xab 0 12M", "write 700M 1M"]);
     let qf = t.path().join("qf.vhdx");
     qemu_create("vhdx", "subformat=fixed", &qf, "16M");
-    // vhdkit cannot create VHDX yet (another branch): its VHDs are checked instead.
-    let vd = t.path().join("vd.vhd");
-    let r = run(["create", "--size", "64M", vd.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let vf = t.path().join("vf.vhd");
-    let r = run(["create", "--fixed", "--size", "8M", vf.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
+    // Every kind of file vhdkit creates or converts: check is clean, and so is qemu-img check
+    // wherever qemu can check it (VHDX with 512-byte logical sectors, not differencing).
+    let mut made: Vec<(std::path::PathBuf, bool)> = Vec::new();
+    let mk = |name: &str, args: &[&str]| {
+        let p = t.path().join(name);
+        let mut a = vec!["create"];
+        a.extend_from_slice(args);
+        a.push(p.to_str().unwrap());
+        let r = run(a);
+        assert_eq!(r.code, 0, "{r:?}");
+        p
+    };
+    made.push((mk("vd.vhd", &["--size", "64M"]), false));
+    made.push((mk("vf.vhd", &["--fixed", "--size", "8M"]), false));
+    for ls in ["512", "4096"] {
+        let q_ok = ls == "512";
+        let base = mk(
+            &format!("xd{ls}.vhdx"),
+            &["--size", "1G", "--logical-sector-size", ls],
+        );
+        made.push((base.clone(), q_ok));
+        made.push((
+            mk(
+                &format!("xf{ls}.vhdx"),
+                &["--fixed", "--size", "16M", "--logical-sector-size", ls],
+            ),
+            q_ok,
+        ));
+        let child = t.path().join(format!("xc{ls}.avhdx"));
+        let r = run([
+            "create",
+            child.to_str().unwrap(),
+            "--parent",
+            base.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{r:?}");
+        made.push((child, false));
+    }
+    // Converted and written files: qemu's image converted by vhdkit to both formats.
+    for (ext, q_ok) in [("vhd", false), ("vhdx", true)] {
+        let out = t.path().join(format!("conv.{ext}"));
+        let r = run([
+            "convert",
+            "--to",
+            ext,
+            q.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{r:?}");
+        made.push((out, q_ok));
+    }
+    for (p, q_ok) in &made {
+        if *q_ok {
+            assert!(!qemu_says_bad(p), "qemu-img check flags {}", p.display());
+        }
+        let r = run(["check", "--chain", p.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}: {r:?}", p.display());
+    }
     for p in [&q, &qf] {
         assert!(!qemu_says_bad(p), "{}", p.display());
-    }
-    for p in [&q, &qf, &vd, &vf] {
         let r = run(["check", p.to_str().unwrap()]);
         assert_eq!(r.code, 0, "{}: {r:?}", p.display());
     }
