@@ -78,15 +78,50 @@ impl Analysis {
 /// VHD locator codes that hold paths.
 const VHD_PATH_CODES: [&str; 5] = ["W2ru", "W2ku", "Wi2r", "Wi2k", "MacX"];
 
-/// Cheap pre-filter: could `path` be a differencing disk? (VHD: the footer says so; VHDX: it
-/// cannot be told without parsing the metadata, so yes.)
+/// VHDX: does a metadata table (found through either region table) list a parent locator item?
+/// `true` when that cannot be told (a damaged structure), so the full analysis decides.
+fn vhdx_may_have_parent(f: &std::fs::File) -> bool {
+    use crate::vhdx::format::{METADATA_REGION_GUID, PARENT_LOCATOR_GUID, REGION_TABLE_OFFSETS};
+    let mut unsure = false;
+    for rt in REGION_TABLE_OFFSETS {
+        let mut t = vec![0u8; 16 + 32 * 2047];
+        if f.read_exact_at(&mut t, rt).is_err() || &t[..4] != b"regi" {
+            unsure = true;
+            continue;
+        }
+        let n = (super::le32(&t, 8) as usize).min(2047);
+        let Some(meta_off) = (0..n)
+            .map(|i| 16 + 32 * i)
+            .find(|&at| t.get(at..at + 16) == Some(&METADATA_REGION_GUID[..]))
+            .map(|at| super::le64(&t, at + 16))
+        else {
+            unsure = true;
+            continue;
+        };
+        let mut m = vec![0u8; crate::vhdx::format::METADATA_TABLE_SIZE];
+        if f.read_exact_at(&mut m, meta_off).is_err() || &m[..8] != b"metadata" {
+            unsure = true;
+            continue;
+        }
+        let n = usize::from(super::le16(&m, 10)).min(2047);
+        return (0..n).any(|i| {
+            let at = 32 + 32 * i;
+            m.get(at..at + 16) == Some(&PARENT_LOCATOR_GUID[..])
+        });
+    }
+    unsure
+}
+
+/// Cheap pre-filter: could `path` be a differencing disk? (VHD: a footer says so; VHDX: a
+/// metadata table lists a parent locator, or the tables cannot be read.) Keeps `check` of
+/// large non-differencing disks from opening them a second time.
 fn maybe_differencing(path: &Path) -> bool {
     let Ok(f) = std::fs::File::open(path) else {
         return false;
     };
     let Ok(len) = f.len() else { return false };
     match crate::disk::detect(&f) {
-        Ok(DiskFormat::Vhdx) => true,
+        Ok(DiskFormat::Vhdx) => vhdx_may_have_parent(&f),
         Ok(DiskFormat::Vhd) => [len.saturating_sub(512), len.saturating_sub(511), 0]
             .iter()
             .any(|&at| {
@@ -507,5 +542,32 @@ mod tests {
                 assert_eq!(chain_sha(&got, &parent), want, "k={k}");
             }
         }
+    }
+
+    #[test]
+    fn prefilter_skips_disks_without_a_parent() {
+        use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
+        let t = tempfile::tempdir().unwrap();
+        for (kind, want) in [
+            (Kind::Dynamic, false),
+            (Kind::Fixed, false),
+            (Kind::Differencing, true),
+        ] {
+            let p = t.path().join("x.vhdx");
+            let b = VhdxBuilder::new(kind, 8 << 20, 1 << 20, 512).build();
+            std::fs::write(&p, &b.bytes).unwrap();
+            assert_eq!(maybe_differencing(&p), want, "{kind:?}");
+            // Both region tables damaged: cannot tell, so the full analysis decides.
+            let mut bad = b.bytes.clone();
+            bad[0x30000] ^= 0xff;
+            bad[0x40000] ^= 0xff;
+            std::fs::write(&p, &bad).unwrap();
+            assert!(maybe_differencing(&p), "{kind:?}");
+        }
+        let p = t.path().join("x.vhd");
+        VhdBuilder::dynamic(4 << 20).build().write_to(&p);
+        assert!(!maybe_differencing(&p));
+        VhdBuilder::differencing(4 << 20, PID).build().write_to(&p);
+        assert!(maybe_differencing(&p));
     }
 }
