@@ -365,56 +365,14 @@ pub fn resolve_parent(
             via: via.clone(),
             outcome: String::new(),
         };
-        if !cand.is_file() {
-            attempt.outcome = if cand.exists() {
-                "not a regular file".into()
-            } else {
-                "not found".into()
-            };
-            res.tried.push(attempt);
-            continue;
-        }
-        if canonical(&cand) == child_canon {
-            attempt.outcome = "is the child itself".into();
-            res.tried.push(attempt);
-            continue;
-        }
-        let parent = match Disk::open_with(&cand, &opts.open) {
-            Ok(p) => p,
-            Err(e) => {
-                attempt.outcome = format!("cannot open: {e}");
+        let (parent, id_match) = match try_candidate(child, &linkage, &cand, &child_canon, opts) {
+            Ok(x) => x,
+            Err(why) => {
+                attempt.outcome = why.to_string();
                 res.tried.push(attempt);
                 continue;
             }
         };
-        let pid = parent.identity();
-        let id_match = if pid == linkage.id {
-            IdMatch::Primary
-        } else if linkage.alternate_id == Some(pid) {
-            IdMatch::Alternate
-        } else {
-            attempt.outcome = format!("id mismatch: it has {pid}");
-            res.tried.push(attempt);
-            continue;
-        };
-        if parent.format() != child.format() {
-            attempt.outcome = format!(
-                "format mismatch: a {} child cannot have a {} parent",
-                child.format(),
-                parent.format()
-            );
-            res.tried.push(attempt);
-            continue;
-        }
-        if parent.logical_sector_size() != child.logical_sector_size() {
-            attempt.outcome = format!(
-                "logical sector size mismatch: parent {}, child {}",
-                parent.logical_sector_size(),
-                child.logical_sector_size()
-            );
-            res.tried.push(attempt);
-            continue;
-        }
         if parent.virtual_size() != child.virtual_size() {
             res.warnings.push(format!(
                 "parent virtual size {} differs from the child's {}",
@@ -435,6 +393,105 @@ pub fn resolve_parent(
         return Ok((res, Some(parent)));
     }
     Ok((res, None))
+}
+
+/// Why a candidate path was not accepted as the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    /// Certain: the path does not lead to a file with the parent's identity.
+    NotParent(String),
+    /// Uncertain: the file exists but could not be opened.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::NotParent(s) | Rejected::Unreadable(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Open `cand` and accept it as the parent of `child` when it carries the recorded identity,
+/// the same format and the same logical sector size.
+fn try_candidate(
+    child: &Disk,
+    linkage: &crate::disk::ParentLinkage,
+    cand: &Path,
+    child_canon: &Path,
+    opts: &ChainOptions,
+) -> std::result::Result<(Disk, IdMatch), Rejected> {
+    if !cand.is_file() {
+        return Err(Rejected::NotParent(if cand.exists() {
+            "not a regular file".into()
+        } else {
+            "not found".into()
+        }));
+    }
+    if canonical(cand) == child_canon {
+        return Err(Rejected::NotParent("is the child itself".into()));
+    }
+    let parent = Disk::open_with(cand, &opts.open)
+        .map_err(|e| Rejected::Unreadable(format!("cannot open: {e}")))?;
+    let pid = parent.identity();
+    let id_match = if pid == linkage.id {
+        IdMatch::Primary
+    } else if linkage.alternate_id == Some(pid) {
+        IdMatch::Alternate
+    } else {
+        return Err(Rejected::NotParent(format!("id mismatch: it has {pid}")));
+    };
+    if parent.format() != child.format() {
+        return Err(Rejected::NotParent(format!(
+            "format mismatch: a {} child cannot have a {} parent",
+            child.format(),
+            parent.format()
+        )));
+    }
+    if parent.logical_sector_size() != child.logical_sector_size() {
+        return Err(Rejected::NotParent(format!(
+            "logical sector size mismatch: parent {}, child {}",
+            parent.logical_sector_size(),
+            child.logical_sector_size()
+        )));
+    }
+    Ok((parent, id_match))
+}
+
+/// Whether the one locator `loc` of `child` (opened from `child_path`) leads to its parent by
+/// itself, through the same candidate paths [`resolve_parent`] tries for it (no file-name or
+/// search-folder fallbacks). `Ok(true)`: one of them is the parent; `Ok(false)`: certainly not
+/// (every candidate is missing or is another disk); `Err`: cannot tell (a candidate exists but
+/// does not open).
+pub(crate) fn locator_leads_to_parent(
+    child: &Disk,
+    child_path: &Path,
+    loc: &ParentLocator,
+    opts: &ChainOptions,
+) -> std::result::Result<bool, Rejected> {
+    let Some(linkage) = child.parent_linkage() else {
+        return Ok(false);
+    };
+    let Some(p) = loc.path.as_deref() else {
+        return Ok(false);
+    };
+    let child_dir = match child_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let child_canon = canonical(child_path);
+    let mut unsure = None;
+    for cand in local_paths(p, loc.style, &child_dir, &opts.path_maps) {
+        match try_candidate(child, &linkage, &cand, &child_canon, opts) {
+            Ok(_) => return Ok(true),
+            Err(r @ Rejected::Unreadable(_)) => unsure = Some(r),
+            Err(Rejected::NotParent(_)) => {}
+        }
+    }
+    match unsure {
+        Some(r) => Err(r),
+        None => Ok(false),
+    }
 }
 
 /// The VHD parent time stamp is written inconsistently (Windows writes 0, blktap the parent

@@ -200,11 +200,24 @@ fn structural_step(
     use crate::check::{check_file, CheckOptions, Severity};
     let done = crate::check::repair::repair_structures(path, dry_run)?;
     let fixed: Vec<&str> = done.iter().map(|d| d.code).collect();
+    // Dry run: findings about VHD locator entries that would be dropped go with them.
+    let dropped_entries: Vec<u64> = if dry_run && fixed.contains(&"vhd.locator.dead") {
+        crate::check::deadloc::droppable_vhd_entries(path)
+    } else {
+        Vec::new()
+    };
+    let in_dropped_entry = |f: &crate::check::Finding| {
+        f.code.starts_with("vhd.locator.")
+            && f.offset
+                .is_some_and(|o| dropped_entries.iter().any(|&e| (e..e + 24).contains(&o)))
+    };
     let report = check_file(path, &CheckOptions::default())?;
     let left = report
         .findings
         .into_iter()
+        .chain(crate::check::repair::unresolved_finding(path))
         .filter(|f| f.severity >= Severity::Warning)
+        .filter(|f| !in_dropped_entry(f))
         .filter(|f| {
             !(dry_run
                 && (fixed.contains(&f.code)

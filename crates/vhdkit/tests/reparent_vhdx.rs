@@ -826,7 +826,6 @@ fn crash_at_every_operation_gives_old_or_new() {
         assert_ne!(new_rel, old_rel);
         assert!(total >= 10, "{total}");
         let (mut saw_old, mut saw_new) = (0, 0);
-        let tmp = tempfile::tempdir().unwrap();
         for k in 1..=total {
             let fp = FaultPlan::new(Some(k));
             let f = FaultyFile::new(old.clone(), fp.clone());
@@ -844,8 +843,10 @@ fn crash_at_every_operation_gives_old_or_new() {
                 }
                 assert_eq!(d, dwg, "{case} k={k}: DataWriteGuid");
                 assert_eq!(sha, want_sha, "{case} k={k}");
-                // Replayed to disk, it opens clean with the same locator.
-                let p = tmp.path().join("img.avhdx");
+                // Replayed to disk, it opens clean with the same locator. (Beside the child, so
+                // its relative path still means what it meant: repair drops relative paths that
+                // lead nowhere when another locator leads to the parent.)
+                let p = lab.child.with_file_name("img.avhdx");
                 std::fs::write(&p, &image).unwrap();
                 repair::repair(&p, &RepairOptions::default()).unwrap();
                 let d = Disk::open(&p).unwrap();

@@ -280,3 +280,47 @@ fn folders_recurse_by_signature_and_exit_codes() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("file.not_a_disk"), "{r:?}");
 }
+
+/// Issue 7: `check` flags a dead locator (exit 1), `repair --dry-run` says what it would drop
+/// and writes nothing, `repair` drops it (exit 0, then `check` is clean); with no working
+/// locator `repair` changes nothing and exits 1.
+#[test]
+fn dead_locators_check_and_repair() {
+    use vhdkit_testkit::vhd::{Locator, VhdBuilder};
+    const PID: [u8; 16] = *b"parent-identity!";
+    let t = tmp();
+    VhdBuilder::dynamic(4 << 20)
+        .unique_id(PID)
+        .build()
+        .write_to(&t.path().join("parent.vhd"));
+    let child = |name: &str, rel: &str| {
+        let p = t.path().join(name);
+        VhdBuilder::differencing(4 << 20, PID)
+            .locator(Locator::w2ru(rel))
+            .locator(Locator::wi2r(r".\elsewhere\parent.vhd"))
+            .build()
+            .write_to(&p);
+        p
+    };
+    let good = child("good.vhd", r".\parent.vhd");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let r = run(["check", "--json", &s(&good)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(codes(&r.json()).contains(&"vhd.locator.dead".to_string()));
+    let h = sha256_file(&good);
+    let r = run(["repair", "--dry-run", &s(&good)]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("would drop locator 1 (Wi2r)"), "{r:?}");
+    assert_eq!(sha256_file(&good), h);
+    let r = run(["repair", &s(&good)]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(sha256_file(&good), h);
+    assert_eq!(run(["check", &s(&good)]).code, 0);
+
+    let bad = child("bad.vhd", r".\missing.vhd");
+    let h = sha256_file(&bad);
+    let r = run(["repair", &s(&bad)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("chain.parent_missing"), "{r:?}");
+    assert_eq!(sha256_file(&bad), h);
+}

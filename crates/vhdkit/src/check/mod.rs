@@ -17,6 +17,7 @@
 //! is found, 0 when there is only info.
 
 mod chain;
+pub(crate) mod deadloc;
 pub mod repair;
 mod vhd;
 mod vhdx;
@@ -147,6 +148,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhd.locator.undecodable", E, "locator data does not decode (bad UTF-16 / UTF-8)"),
     ("vhd.locator.on_non_differencing", I, "non-empty locator slot on a disk without a parent"),
     ("vhd.locator.none", W, "differencing disk without a usable locator or parent name"),
+    ("vhd.locator.dead", W, "a locator points nowhere (unusable data, or a relative/`MacX` path that does not lead to the parent) while another locator leads to the parent; `vhdkit repair` drops it"),
     // VHDX file identifier and headers
     ("vhdx.file.too_small", E, "the file ends before the 1 MiB of fixed structures"),
     ("vhdx.ident.signature", E, "file type identifier signature is not `vhdxfile`"),
@@ -187,6 +189,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhdx.locator.invalid", E, "the parent locator item does not parse (type, bounds, UTF-16, keys, parent_linkage)"),
     ("vhdx.locator.no_path", W, "the parent locator has no path key"),
     ("vhdx.locator.without_parent", W, "a parent locator item on a disk without HasParent"),
+    ("vhdx.locator.dead", W, "a locator key points nowhere (undecodable, or a `relative_path` that does not lead to the parent) while another key leads to the parent; `vhdkit repair` drops it"),
     // VHDX BAT
     ("vhdx.bat.too_small", E, "the BAT region is smaller than the entries the disk needs"),
     ("vhdx.bat.too_large", E, "the BAT is larger than the memory limit allows checking"),
@@ -470,6 +473,10 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io("opening the file read-only", e).with_path(path))?;
     let (format, mut findings) = check_source(&file, opts);
+    if format.is_some() {
+        // Needs the path: whether a locator leads anywhere depends on the child's folder.
+        findings.extend(deadloc::findings(path));
+    }
     if opts.chain && format.is_some() {
         findings.extend(check_chain(path, &opts.chain_options));
     }

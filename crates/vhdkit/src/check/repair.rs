@@ -6,7 +6,10 @@
 //! - VHDX: replay a dirty log ([`crate::vhdx::update::Session::replay_to_disk`]); rewrite a damaged
 //!   header from its good twin (the header-update procedure: the next sequence number over the
 //!   damaged slot); rewrite a damaged region table from its good twin through the log
-//!   (`Session::commit`).
+//!   (`Session::commit`);
+//! - differencing disks: drop the parent locators that point nowhere when another locator leads
+//!   to the parent now (see `check::deadloc` for what counts as dead and what is always kept);
+//!   VHD through the redo journal, VHDX through the log (DataWriteGuid unchanged).
 //!
 //! Anything else that `check` finds is listed as needing a person and left alone.
 
@@ -44,10 +47,96 @@ pub fn repair_structures(path: &Path, dry_run: bool) -> Result<Vec<StructureRepa
         Err(_) => return Ok(Vec::new()),
     };
     drop(f);
-    match fmt {
-        crate::DiskFormat::Vhd => vhd_footer(path, len, dry_run),
-        crate::DiskFormat::Vhdx => vhdx_twins(path, dry_run),
+    let mut done = match fmt {
+        crate::DiskFormat::Vhd => vhd_footer(path, len, dry_run)?,
+        crate::DiskFormat::Vhdx => vhdx_twins(path, dry_run)?,
+    };
+    done.extend(dead_locators(path, dry_run)?);
+    Ok(done)
+}
+
+/// Differencing disks: drop the locators that point nowhere when another one leads to the
+/// parent (see [`super::deadloc`]). VHD through the redo journal, VHDX through the log.
+fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
+    let Some(a) = super::deadloc::analyse(path) else {
+        return Ok(Vec::new());
+    };
+    let dead = a.droppable();
+    if dead.is_empty() {
+        return Ok(Vec::new());
     }
+    let verb = if dry_run { "would" } else { "did" };
+    let via = a.resolved_via.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    match a.format {
+        crate::DiskFormat::Vhd => {
+            let plan = super::deadloc::vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
+            if !dry_run {
+                let w = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+                journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
+                    .map_err(|e| e.with_path(path))?;
+            }
+        }
+        crate::DiskFormat::Vhdx => {
+            let writes = super::deadloc::vhdx_writes(path, dead).map_err(|e| e.with_path(path))?;
+            if !dry_run {
+                let w = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+                let headers =
+                    crate::vhdx::header::read_headers(&w).map_err(|e| e.with_path(path))?;
+                if !headers.current.log_guid.is_nil() {
+                    return Ok(out); // a log still to replay: not now
+                }
+                crate::vhdx::update::Session::new(
+                    &w,
+                    headers.current.clone(),
+                    headers.current_index,
+                )
+                .commit(&writes)
+                .map_err(|e| e.with_path(path))?;
+            }
+        }
+    }
+    let code = match a.format {
+        crate::DiskFormat::Vhd => "vhd.locator.dead",
+        crate::DiskFormat::Vhdx => "vhdx.locator.dead",
+    };
+    for d in dead {
+        out.push(StructureRepair {
+            code,
+            action: format!(
+                "{verb} drop {} (the parent resolves through {via})",
+                d.describe()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// A finding for a person when dead-looking locators exist but no locator entry leads to the
+/// parent now (nothing is dropped then).
+pub(crate) fn unresolved_finding(path: &Path) -> Option<super::Finding> {
+    let a = super::deadloc::analyse(path)?;
+    if a.resolved_via.is_some() || a.dead.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = a.dead.iter().map(super::deadloc::Dead::describe).collect();
+    Some(super::Finding::new(
+        "chain.parent_missing",
+        "chain link",
+        None,
+        format!(
+            "no locator leads to the parent now, so none is dropped: {}",
+            list.join("; ")
+        ),
+    ))
 }
 
 fn footer_ok(b: &[u8]) -> bool {

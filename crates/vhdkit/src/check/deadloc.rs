@@ -1,0 +1,573 @@
+//! Parent locators that point nowhere while another one leads to the parent (issue 7):
+//! finding them (`vhd.locator.dead`, `vhdx.locator.dead`) and dropping them (`repair`).
+//!
+//! Conservative by design: a locator is *dead* only when it is certain that it cannot find the
+//! parent:
+//! - its data cannot be read or decoded (out of bounds, bad UTF-16 in `W2ru`/`W2ku` or a VHDX
+//!   value, bad UTF-8 in `MacX`); the 8-bit `Wi2r`/`Wi2k` paths are kept when they merely fail
+//!   to decode as UTF-8, since their code page is unknown;
+//! - it is a relative path (VHD `W2ru`/`Wi2r`, VHDX `relative_path`) or a `MacX` file URL, and
+//!   every local path it stands for is missing or is a disk without the parent's identity.
+//!
+//! Absolute Windows paths (`W2ku`, `Wi2k`, `absolute_win32_path`, `volume_path`) cannot be
+//! verified off Windows and are kept unless undecodable (on Windows they are verified like the
+//! others). `Mac ` alias records and unknown codes are kept. The VHD parent unicode name is not a
+//! locator entry and is never touched. Nothing is dead unless the parent resolves *now* through
+//! another locator entry (not merely by its file name or a search folder).
+
+use std::path::Path;
+
+use crate::chain::{locator_leads_to_parent, resolve_parent, ChainOptions, Rejected};
+use crate::disk::{Disk, DiskFormat, FormatInfo, ParentLocator, PathStyle};
+use crate::error::{Error, Result};
+use crate::source::Source;
+use crate::txn::{FieldChange, Plan, WriteOp};
+use crate::vhd::format as vfmt;
+
+/// One locator that points nowhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Dead {
+    /// `W2ru`, `relative_path`...
+    pub kind: String,
+    /// VHD slot number.
+    pub slot: Option<usize>,
+    /// The decoded path, when it decodes.
+    pub path: Option<String>,
+    /// Why it is dead.
+    pub why: String,
+    /// Offset of the locator entry (VHD) or of its value (VHDX).
+    pub offset: Option<u64>,
+}
+
+impl Dead {
+    pub fn describe(&self) -> String {
+        let what = match self.slot {
+            Some(i) => format!("locator {i} ({})", self.kind),
+            None => format!("key {}", self.kind),
+        };
+        match &self.path {
+            Some(p) => format!("{what} \"{p}\": {}", self.why),
+            None => format!("{what}: {}", self.why),
+        }
+    }
+}
+
+/// What was found about a differencing disk's locators.
+#[derive(Debug, Clone)]
+pub(crate) struct Analysis {
+    pub format: DiskFormat,
+    /// The locator entry through which the parent resolves now, if any.
+    pub resolved_via: Option<String>,
+    /// Locators that point nowhere.
+    pub dead: Vec<Dead>,
+    /// Locators kept although not verified, and why.
+    pub kept: Vec<String>,
+}
+
+impl Analysis {
+    /// Dead locators that may be dropped: only when the parent resolves through another one.
+    pub fn droppable(&self) -> &[Dead] {
+        if self.resolved_via.is_some() {
+            &self.dead
+        } else {
+            &[]
+        }
+    }
+}
+
+/// VHD locator codes that hold paths.
+const VHD_PATH_CODES: [&str; 5] = ["W2ru", "W2ku", "Wi2r", "Wi2k", "MacX"];
+
+/// VHDX: does a metadata table (found through either region table) list a parent locator item?
+/// `true` when that cannot be told (a damaged structure), so the full analysis decides.
+fn vhdx_may_have_parent(f: &std::fs::File) -> bool {
+    use crate::vhdx::format::{METADATA_REGION_GUID, PARENT_LOCATOR_GUID, REGION_TABLE_OFFSETS};
+    let mut unsure = false;
+    for rt in REGION_TABLE_OFFSETS {
+        let mut t = vec![0u8; 16 + 32 * 2047];
+        if f.read_exact_at(&mut t, rt).is_err() || &t[..4] != b"regi" {
+            unsure = true;
+            continue;
+        }
+        let n = (super::le32(&t, 8) as usize).min(2047);
+        let Some(meta_off) = (0..n)
+            .map(|i| 16 + 32 * i)
+            .find(|&at| t.get(at..at + 16) == Some(&METADATA_REGION_GUID[..]))
+            .map(|at| super::le64(&t, at + 16))
+        else {
+            unsure = true;
+            continue;
+        };
+        let mut m = vec![0u8; crate::vhdx::format::METADATA_TABLE_SIZE];
+        if f.read_exact_at(&mut m, meta_off).is_err() || &m[..8] != b"metadata" {
+            unsure = true;
+            continue;
+        }
+        let n = usize::from(super::le16(&m, 10)).min(2047);
+        return (0..n).any(|i| {
+            let at = 32 + 32 * i;
+            m.get(at..at + 16) == Some(&PARENT_LOCATOR_GUID[..])
+        });
+    }
+    unsure
+}
+
+/// Cheap pre-filter: could `path` be a differencing disk? (VHD: a footer says so; VHDX: a
+/// metadata table lists a parent locator, or the tables cannot be read.) Keeps `check` of
+/// large non-differencing disks from opening them a second time.
+fn maybe_differencing(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(len) = f.len() else { return false };
+    match crate::disk::detect(&f) {
+        Ok(DiskFormat::Vhdx) => vhdx_may_have_parent(&f),
+        Ok(DiskFormat::Vhd) => [len.saturating_sub(512), len.saturating_sub(511), 0]
+            .iter()
+            .any(|&at| {
+                let mut b = [0u8; 64];
+                f.read_exact_at(&mut b, at).is_ok()
+                    && &b[..8] == vfmt::FOOTER_COOKIE
+                    && super::be32(&b, 60) == vfmt::DISK_TYPE_DIFFERENCING
+            }),
+        Err(_) => false,
+    }
+}
+
+/// Analyse the locators of the differencing disk at `path`. `None` when it is not a
+/// differencing disk or does not open.
+pub(crate) fn analyse(path: &Path) -> Option<Analysis> {
+    if !maybe_differencing(path) {
+        return None;
+    }
+    let opts = ChainOptions::default();
+    let disk = Disk::open_with(path, &opts.open).ok()?;
+    disk.parent_linkage()?;
+    let format = disk.format();
+    // (locator, VHD slot, entry offset, raw data was read)
+    let mut locs: Vec<(ParentLocator, Option<usize>, Option<u64>, bool)> = Vec::new();
+    match disk.info().details {
+        FormatInfo::Vhd(v) => {
+            let dynamic = v.dynamic?;
+            for s in &dynamic.locators {
+                let entry_at = dynamic.header_offset
+                    + (vfmt::LOCATOR_TABLE_OFFSET + s.index * vfmt::LOCATOR_ENTRY_BYTES) as u64;
+                locs.push((
+                    s.to_parent_locator(),
+                    Some(s.index),
+                    Some(entry_at),
+                    !s.raw.is_empty() || s.data_length == 0,
+                ));
+            }
+        }
+        _ => {
+            for l in disk.parent_locators() {
+                let off = l.file_offset;
+                locs.push((l, None, off, true));
+            }
+        }
+    }
+    let mut a = Analysis {
+        format,
+        resolved_via: None,
+        dead: Vec::new(),
+        kept: Vec::new(),
+    };
+    let mut working: Vec<String> = Vec::new();
+    for (loc, slot, offset, read) in &locs {
+        let name = match slot {
+            Some(i) => format!("locator {i} ({})", loc.kind),
+            None => format!("key {}", loc.kind),
+        };
+        if format == DiskFormat::Vhd && !VHD_PATH_CODES.contains(&loc.kind.as_str()) {
+            a.kept
+                .push(format!("{name}: not a path vhdkit can use; kept"));
+            continue;
+        }
+        let dead = |why: String| Dead {
+            kind: loc.kind.clone(),
+            slot: *slot,
+            path: loc.path.clone(),
+            why,
+            offset: *offset,
+        };
+        let eight_bit = matches!(loc.kind.as_str(), "Wi2r" | "Wi2k");
+        if loc.path.is_none() {
+            let why = loc.error.clone().unwrap_or_else(|| "no path".to_string());
+            if eight_bit && *read {
+                a.kept.push(format!(
+                    "{name}: 8-bit path in an unknown code page ({why}); kept"
+                ));
+            } else {
+                a.dead
+                    .push(dead(format!("its data cannot be used ({why})")));
+            }
+            continue;
+        }
+        // Absolute Windows paths cannot be verified off Windows: they count when they lead to
+        // the parent (a POSIX path in absolute_win32_path does), and are kept otherwise.
+        let certain = match loc.style {
+            PathStyle::Relative | PathStyle::FileUrl => true,
+            PathStyle::AbsoluteWindows | PathStyle::Volume => cfg!(windows),
+            PathStyle::Name | PathStyle::Opaque => {
+                a.kept.push(format!("{name}: not a locator path; kept"));
+                continue;
+            }
+        };
+        match locator_leads_to_parent(&disk, path, loc, &opts) {
+            Ok(true) => working.push(loc.kind.clone()),
+            Ok(false) if certain => a.dead.push(dead(
+                "it does not lead to a file with the parent's identity".to_string(),
+            )),
+            Ok(false) => a.kept.push(format!(
+                "{name}: an absolute Windows path, which cannot be verified off Windows; kept"
+            )),
+            Err(Rejected::Unreadable(why) | Rejected::NotParent(why)) => {
+                a.kept.push(format!("{name}: cannot tell ({why}); kept"));
+            }
+        }
+    }
+    if working.is_empty() {
+        return Some(a);
+    }
+    // The resolver's own verdict, with default options: it must resolve through a locator
+    // entry that was verified above, and that locator is never dropped.
+    if let Ok((res, Some(_))) = resolve_parent(&disk, path, &opts) {
+        if let Some(via) = res.via.filter(|v| working.contains(v)) {
+            a.resolved_via = Some(via);
+        }
+    }
+    Some(a)
+}
+
+/// Offsets of the VHD locator entries that repair would drop (for its dry-run report).
+pub(crate) fn droppable_vhd_entries(path: &Path) -> Vec<u64> {
+    analyse(path)
+        .filter(|a| a.format == DiskFormat::Vhd)
+        .map(|a| a.droppable().iter().filter_map(|d| d.offset).collect())
+        .unwrap_or_default()
+}
+
+/// Findings for `check`: dead locators, only when the parent resolves through another one.
+pub(crate) fn findings(path: &Path) -> Vec<super::Finding> {
+    let Some(a) = analyse(path) else {
+        return Vec::new();
+    };
+    let (code, structure) = match a.format {
+        DiskFormat::Vhd => ("vhd.locator.dead", "vhd parent locator"),
+        DiskFormat::Vhdx => ("vhdx.locator.dead", "vhdx parent locator"),
+    };
+    let via = a.resolved_via.clone().unwrap_or_default();
+    a.droppable()
+        .iter()
+        .map(|d| {
+            super::Finding::new(
+                code,
+                structure,
+                d.offset,
+                format!(
+                    "{}; the parent resolves through {via} (`vhdkit repair` drops it)",
+                    d.describe()
+                ),
+            )
+        })
+        .collect()
+}
+
+fn io(what: &str, e: std::io::Error) -> Error {
+    Error::io(what.to_string(), e)
+}
+
+fn read_at(src: &dyn Source, off: u64, n: usize, what: &str) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    src.read_exact_at(&mut b, off).map_err(|e| io(what, e))?;
+    Ok(b)
+}
+
+fn overlaps(a: &std::ops::Range<u64>, b: &std::ops::Range<u64>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+/// Plan the removal of `dead` (VHD slots) from the VHD at `path`: the 24-byte entries zeroed,
+/// the dynamic header checksum recomputed, and each dead locator's data zeroed where it lies
+/// between the front and end footers and overlaps nothing else (the header, the BAT, a block,
+/// a kept locator's data space).
+pub(crate) fn vhd_plan(path: &Path, dead: &[Dead]) -> Result<Plan> {
+    let disk = Disk::open(path)?;
+    let FormatInfo::Vhd(v) = disk.info().details else {
+        return Err(Error::InvalidArgument("not a VHD".into()));
+    };
+    let Some(d) = v.dynamic else {
+        return Err(Error::InvalidArgument("no dynamic header".into()));
+    };
+    drop(disk);
+    let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
+    let len = f.len().map_err(|e| io("reading the length", e))?;
+    let hdr = d.header_offset;
+    let mut protected: Vec<std::ops::Range<u64>> = vec![
+        0..512,
+        hdr..hdr + vfmt::DYNAMIC_HEADER_BYTES as u64,
+        len.saturating_sub(512)..len,
+    ];
+    let bat_bytes = (u64::from(d.max_table_entries) * 4).next_multiple_of(512);
+    protected.push(d.table_offset..d.table_offset.saturating_add(bat_bytes));
+    let bat = read_at(
+        &f,
+        d.table_offset,
+        usize::try_from(u64::from(d.max_table_entries) * 4).unwrap_or(0),
+        "reading the BAT",
+    )?;
+    let span = d.bitmap_bytes + u64::from(d.block_size);
+    for c in bat.chunks_exact(4) {
+        let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        if e != vfmt::BAT_UNALLOCATED {
+            let at = u64::from(e) * 512;
+            protected.push(at..at.saturating_add(span));
+        }
+    }
+    let is_dead = |i: usize| dead.iter().any(|x| x.slot == Some(i));
+    for s in d.locators.iter().filter(|s| !is_dead(s.index)) {
+        let n = s
+            .data_space_bytes
+            .unwrap_or(0)
+            .max(u64::from(s.data_length));
+        protected.push(s.data_offset..s.data_offset.saturating_add(n));
+    }
+    let mut h = read_at(
+        &f,
+        hdr,
+        vfmt::DYNAMIC_HEADER_BYTES,
+        "reading the dynamic header",
+    )?;
+    let old_h = h.clone();
+    let mut changes = Vec::new();
+    let mut writes = Vec::new();
+    for s in d.locators.iter().filter(|s| is_dead(s.index)) {
+        let at = vfmt::LOCATOR_TABLE_OFFSET + s.index * vfmt::LOCATOR_ENTRY_BYTES;
+        if let Some(e) = h.get_mut(at..at + vfmt::LOCATOR_ENTRY_BYTES) {
+            e.fill(0);
+        }
+        changes.push(FieldChange {
+            structure: "vhd dynamic header".into(),
+            field: format!("parent locator {}", s.index),
+            old: format!(
+                "{} {} (data {} bytes at {:#x})",
+                s.code,
+                s.path
+                    .as_deref()
+                    .map_or_else(|| "(unusable)".to_string(), |p| format!("\"{p}\"")),
+                s.data_length,
+                s.data_offset
+            ),
+            new: "(empty)".into(),
+        });
+        let r = s.data_offset..s.data_offset.saturating_add(u64::from(s.data_length));
+        let inside = r.start >= 512 && r.end <= len.saturating_sub(512) && r.start < r.end;
+        if !inside
+            || s.raw.is_empty()
+            || protected.iter().any(|p| overlaps(p, &r))
+            || writes
+                .iter()
+                .any(|w: &WriteOp| overlaps(&(w.offset..w.offset + w.data.len() as u64), &r))
+        {
+            continue; // out of bounds or shared: the entry goes, the bytes stay
+        }
+        let old = read_at(&f, r.start, s.data_length as usize, "reading locator data")?;
+        if old.iter().any(|&b| b != 0) {
+            writes.push(WriteOp {
+                offset: r.start,
+                data: vec![0; old.len()],
+                old,
+                what: format!("dead parent locator {} ({}) data, zeroed", s.index, s.code),
+            });
+        }
+    }
+    let sum = vfmt::checksum(&h, vfmt::DYNAMIC_CHECKSUM_OFFSET);
+    h[36..40].copy_from_slice(&sum.to_be_bytes());
+    changes.push(FieldChange {
+        structure: "vhd dynamic header".into(),
+        field: "checksum".into(),
+        old: format!("{:#010x}", super::be32(&old_h, 36)),
+        new: format!("{sum:#010x}"),
+    });
+    writes.push(WriteOp {
+        offset: hdr,
+        data: h,
+        old: old_h,
+        what: "dynamic header (dead locator entries cleared)".into(),
+    });
+    Ok(Plan {
+        changes,
+        writes,
+        old_len: len,
+        new_len: len,
+    })
+}
+
+fn decode_key(b: &[u8]) -> Option<String> {
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    let u: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16(&u).ok()
+}
+
+/// Plan the removal of the `dead` keys from the VHDX parent locator item at `path`: the item
+/// re-encoded without them (every other key, `parent_linkage`/`parent_linkage2` and unknown
+/// ones included, byte for byte), written at the same offset with its tail zeroed, and the
+/// metadata table entry's length updated. Returns the writes for one `Session::commit`.
+pub(crate) fn vhdx_writes(path: &Path, dead: &[Dead]) -> Result<Vec<(u64, Vec<u8>)>> {
+    use crate::vhdx::format::{METADATA_TABLE_SIZE, META_IS_USER, PARENT_LOCATOR_GUID};
+    let disk = Disk::open(path)?;
+    let FormatInfo::Vhdx(v) = disk.info().details else {
+        return Err(Error::InvalidArgument("not a VHDX".into()));
+    };
+    drop(disk);
+    let pl = crate::guid::from_vhdx_bytes(PARENT_LOCATOR_GUID);
+    let item = v
+        .metadata_items
+        .iter()
+        .find(|i| i.guid == pl && !i.is_user)
+        .ok_or_else(|| Error::corrupt("vhdx metadata table", 0, "no parent locator item"))?;
+    let region_off = item.file_offset - u64::from(item.offset);
+    let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
+    let table = read_at(
+        &f,
+        region_off,
+        METADATA_TABLE_SIZE,
+        "reading the metadata table",
+    )?;
+    let count = usize::from(super::le16(&table, 10));
+    let index = (0..count)
+        .find(|&i| {
+            let at = 32 + 32 * i;
+            table.get(at..at + 16) == Some(&PARENT_LOCATOR_GUID[..])
+                && super::le32(&table, at + 24) & META_IS_USER == 0
+        })
+        .ok_or_else(|| Error::corrupt("vhdx metadata table", region_off, "no locator entry"))?;
+    let old_item = read_at(
+        &f,
+        item.file_offset,
+        item.length as usize,
+        "reading the parent locator",
+    )?;
+    let pairs = crate::vhdx::locator::raw_pairs(&old_item, item.file_offset)?;
+    let kept: Vec<(Vec<u8>, Vec<u8>)> = pairs
+        .into_iter()
+        .filter(|(k, _)| {
+            let key = decode_key(k);
+            !dead.iter().any(|d| Some(&d.kind) == key.as_ref())
+        })
+        .collect();
+    let mut new_item = crate::vhdx::locator::encode_locator(&kept)?;
+    let new_len = u32::try_from(new_item.len())
+        .ok()
+        .filter(|&n| n <= item.length)
+        .ok_or_else(|| Error::refused("the re-encoded parent locator would be longer"))?;
+    new_item.resize(old_item.len(), 0);
+    let mut writes = vec![(item.file_offset, new_item)];
+    if new_len != item.length {
+        writes.push((
+            region_off + 32 + 32 * index as u64 + 20,
+            new_len.to_le_bytes().to_vec(),
+        ));
+    }
+    Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::txn::fault::{FaultPlan, FaultyFile, MemJournal};
+    use crate::txn::journal::{self, JournalStore, Recovery};
+    use vhdkit_testkit::vhd::{Locator, VhdBuilder};
+
+    const PID: [u8; 16] = *b"parent-identity!";
+
+    fn chain_sha(child: &[u8], parent: &Path) -> String {
+        let c = Disk::from_source(Box::new(child.to_vec()), &Default::default()).unwrap();
+        let p = Disk::open(parent).unwrap();
+        vhdkit_testkit::sha256_reader(crate::ChainView::new(vec![c, p]))
+    }
+
+    /// A crash at every mutating operation of the VHD drop leaves the old or the new file
+    /// (after journal recovery), and the chain reads the same either way.
+    #[test]
+    fn vhd_drop_is_crash_safe() {
+        let t = tempfile::tempdir().unwrap();
+        let mut p = VhdBuilder::dynamic(4 << 20).unique_id(PID);
+        p.write(0, &[0x11; 4096]);
+        let parent = t.path().join("parent.vhd");
+        p.build().write_to(&parent);
+        let mut c = VhdBuilder::differencing(4 << 20, PID)
+            .locator(Locator::w2ru(r".\parent.vhd"))
+            .locator(Locator::wi2r(r".\nowhere.vhd"));
+        c.write(512, &[0x22; 512]);
+        let child = t.path().join("child.vhd");
+        c.build().write_to(&child);
+        let a = analyse(&child).unwrap();
+        assert_eq!(a.resolved_via.as_deref(), Some("W2ru"));
+        assert_eq!(a.droppable().len(), 1);
+        let plan = vhd_plan(&child, a.droppable()).unwrap();
+        let old = std::fs::read(&child).unwrap();
+        let want = chain_sha(&old, &parent);
+        let fp = FaultPlan::new(None);
+        let f = FaultyFile::new(old.clone(), fp.clone());
+        journal::apply(&f, &MemJournal::new(fp.clone()), &plan).unwrap();
+        let new = f.contents_synced();
+        assert_ne!(new, old);
+        let total = fp.count();
+        assert!(total >= 4, "{total}");
+        for k in 1..=total {
+            let fp = FaultPlan::new(Some(k));
+            let f = FaultyFile::new(old.clone(), fp.clone());
+            let j = MemJournal::new(fp.clone());
+            assert!(journal::apply(&f, &j, &plan).is_err(), "k={k}");
+            for image in [f.contents_all_written(), f.contents_synced()] {
+                let fp2 = FaultPlan::new(None);
+                let f2 = FaultyFile::new(image, fp2.clone());
+                let j2 = MemJournal::new(fp2);
+                if let Some(b) = j.load().unwrap() {
+                    j2.store(&b).unwrap();
+                }
+                let r = journal::recover(&f2, &j2).unwrap();
+                assert!(!matches!(r, Recovery::Foreign { .. }), "k={k}: {r:?}");
+                let got = f2.contents_all_written();
+                assert!(got == old || got == new, "k={k}: neither old nor new");
+                assert_eq!(chain_sha(&got, &parent), want, "k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn prefilter_skips_disks_without_a_parent() {
+        use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
+        let t = tempfile::tempdir().unwrap();
+        for (kind, want) in [
+            (Kind::Dynamic, false),
+            (Kind::Fixed, false),
+            (Kind::Differencing, true),
+        ] {
+            let p = t.path().join("x.vhdx");
+            let b = VhdxBuilder::new(kind, 8 << 20, 1 << 20, 512).build();
+            std::fs::write(&p, &b.bytes).unwrap();
+            assert_eq!(maybe_differencing(&p), want, "{kind:?}");
+            // Both region tables damaged: cannot tell, so the full analysis decides.
+            let mut bad = b.bytes.clone();
+            bad[0x30000] ^= 0xff;
+            bad[0x40000] ^= 0xff;
+            std::fs::write(&p, &bad).unwrap();
+            assert!(maybe_differencing(&p), "{kind:?}");
+        }
+        let p = t.path().join("x.vhd");
+        VhdBuilder::dynamic(4 << 20).build().write_to(&p);
+        assert!(!maybe_differencing(&p));
+        VhdBuilder::differencing(4 << 20, PID).build().write_to(&p);
+        assert!(maybe_differencing(&p));
+    }
+}
