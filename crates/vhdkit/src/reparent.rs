@@ -848,10 +848,10 @@ pub fn apply_batch(plans: &[&ReparentPlan]) -> Vec<Result<ApplyReport>> {
             }
         }
     };
-    let items: Vec<(&dyn Sink, &dyn JournalStore, &ReparentPlan)> = opened
+    let items: Vec<BatchTarget<'_>> = opened
         .iter()
         .filter(|(i, _, _)| out[*i].is_none())
-        .map(|(i, f, j)| (f as &dyn Sink, j as &dyn JournalStore, plans[*i]))
+        .map(|(i, f, j)| (f as &dyn Sink, j as &(dyn JournalStore + Sync), plans[*i]))
         .collect();
     let idx: Vec<usize> = opened
         .iter()
@@ -870,6 +870,13 @@ pub fn apply_batch(plans: &[&ReparentPlan]) -> Vec<Result<ApplyReport>> {
         .collect()
 }
 
+/// One child of [`apply_batch_to`]: the file, its journal and its plan.
+pub type BatchTarget<'a> = (
+    &'a dyn Sink,
+    &'a (dyn JournalStore + Sync),
+    &'a ReparentPlan,
+);
+
 /// The barrier of a batch without VHD children: never called.
 struct NoVhdBarrier;
 
@@ -884,7 +891,7 @@ impl Barrier for NoVhdBarrier {
 /// one refused), one by one; then all are written as one batch. VHDX children go through
 /// [`apply_to`] one by one.
 pub fn apply_batch_to(
-    items: &[(&dyn Sink, &dyn JournalStore, &ReparentPlan)],
+    items: &[BatchTarget<'_>],
     barrier: &dyn Barrier,
 ) -> Vec<Result<ApplyReport>> {
     let mut out: Vec<Option<Result<ApplyReport>>> = items.iter().map(|_| None).collect();

@@ -813,15 +813,17 @@ fn batch_crash_at_every_operation_gives_old_or_new_per_child() {
             .collect();
         let journals: Vec<MemJournal> = olds.iter().map(|_| MemJournal::new(fp.clone())).collect();
         let barrier = FaultBarrier::new(fp.clone(), files.clone(), journals.clone());
-        let items: Vec<(
-            &dyn vhdkit::txn::Sink,
-            &dyn JournalStore,
-            &reparent::ReparentPlan,
-        )> = files
+        let items: Vec<reparent::BatchTarget<'_>> = files
             .iter()
             .zip(&journals)
             .zip(&plans)
-            .map(|((f, j), p)| (f as &dyn vhdkit::txn::Sink, j as &dyn JournalStore, p))
+            .map(|((f, j), p)| {
+                (
+                    f as &dyn vhdkit::txn::Sink,
+                    j as &(dyn JournalStore + Sync),
+                    p,
+                )
+            })
             .collect();
         let r = reparent::apply_batch_to(&items, &barrier);
         (fp.count(), files, journals, r)
