@@ -764,3 +764,140 @@ fn bytes_written_do_not_grow_with_the_disk() {
     assert_eq!(figures[0].3, figures[1].3);
     assert!(figures[0].1 <= 8192, "{figures:?}");
 }
+
+/// A batch of five children (one relocating), crashed at every operation: after each, every
+/// child recovers through its own journal (from any mix of its durable and fully written
+/// images and of its journal's) to exactly its old or its new bytes, virtual contents unchanged.
+#[test]
+fn batch_crash_at_every_operation_gives_old_or_new_per_child() {
+    use vhdkit::txn::fault::FaultBarrier;
+    let labs: Vec<Lab> = (0..5).map(|s| lab_with(SIZE, 10 + s, |c| c)).collect();
+    let plans: Vec<reparent::ReparentPlan> = labs
+        .iter()
+        .enumerate()
+        .map(|(i, lab)| {
+            let np = if i == 2 {
+                lab.copy_parent(&format!(
+                    "vm/{}/base.vhd",
+                    ["long-folder-name-for-relocation"; 12].join("/")
+                ))
+            } else {
+                lab.copy_parent("RefDisk/base.vhd")
+            };
+            reparent::plan(&lab.child, &opts(&np)).unwrap()
+        })
+        .collect();
+    assert!(plans[2].txn.new_len > plans[2].txn.old_len);
+    let olds: Vec<Vec<u8>> = labs
+        .iter()
+        .map(|l| std::fs::read(&l.child).unwrap())
+        .collect();
+    let contents = |lab: &Lab, bytes: &[u8]| {
+        let c = Disk::from_source(Box::new(bytes.to_vec()), &OpenOptions::default()).unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        sha256_reader(ChainView::new(vec![
+            c,
+            Disk::open(&lab.old_parent).unwrap(),
+        ]))
+    };
+    let want: Vec<String> = labs
+        .iter()
+        .zip(&olds)
+        .map(|(l, o)| contents(l, o))
+        .collect();
+    let run = |fail_at: Option<usize>| {
+        let fp = FaultPlan::new(fail_at);
+        let files: Vec<FaultyFile> = olds
+            .iter()
+            .map(|o| FaultyFile::new(o.clone(), fp.clone()))
+            .collect();
+        let journals: Vec<MemJournal> = olds.iter().map(|_| MemJournal::new(fp.clone())).collect();
+        let barrier = FaultBarrier::new(fp.clone(), files.clone(), journals.clone());
+        let items: Vec<reparent::BatchTarget<'_>> = files
+            .iter()
+            .zip(&journals)
+            .zip(&plans)
+            .map(|((f, j), p)| {
+                (
+                    f as &dyn vhdkit::txn::Sink,
+                    j as &(dyn JournalStore + Sync),
+                    p,
+                )
+            })
+            .collect();
+        let r = reparent::apply_batch_to(&items, &barrier);
+        (fp.count(), files, journals, r)
+    };
+    let (total, files, _, r) = run(None);
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    let news: Vec<Vec<u8>> = files.iter().map(|f| f.contents_synced()).collect();
+    for (o, n) in olds.iter().zip(&news) {
+        assert_ne!(o, n);
+    }
+    // Five children: their journals (stage, publish, discard), their writes, four barriers.
+    let writes: usize = plans
+        .iter()
+        .map(|p| p.txn.writes.len() + usize::from(p.txn.new_len != p.txn.old_len))
+        .sum();
+    assert_eq!(total, 5 * 3 + writes + 4);
+    for k in 1..=total {
+        let (_, files, journals, r) = run(Some(k));
+        assert!(r.iter().any(|r| r.is_err()), "k={k}");
+        for (n, (f, j)) in files.iter().zip(&journals).enumerate() {
+            assert!(!j.published_unsynced(), "k={k}");
+            for image in [f.contents_all_written(), f.contents_synced()] {
+                for jb in [j.load().unwrap(), j.load_synced().unwrap()] {
+                    let fp2 = FaultPlan::new(None);
+                    let f2 = FaultyFile::new(image.clone(), fp2.clone());
+                    let j2 = MemJournal::new(fp2);
+                    if let Some(b) = &jb {
+                        j2.store(b).unwrap();
+                    }
+                    let r = journal::recover(&f2, &j2).unwrap();
+                    assert!(!matches!(r, Recovery::Foreign { .. }), "k={k} #{n}: {r:?}");
+                    let got = f2.contents_all_written();
+                    assert!(
+                        got == olds[n] || got == news[n],
+                        "k={k} #{n}: neither old nor new ({r:?})"
+                    );
+                    assert_eq!(contents(&labs[n], &got), want[n], "k={k} #{n}");
+                    assert_eq!(j2.load().unwrap(), None);
+                }
+            }
+        }
+    }
+}
+
+/// The real batch: five children on disk repointed at once; every chain opens through its new
+/// parent with the same contents, and no journal is left.
+#[test]
+fn apply_batch_on_files() {
+    let labs: Vec<Lab> = (0..5).map(|s| lab_with(SIZE, 20 + s, |c| c)).collect();
+    let nps: Vec<PathBuf> = labs
+        .iter()
+        .map(|l| l.copy_parent("RefDisk/base.vhd"))
+        .collect();
+    let before: Vec<String> = labs
+        .iter()
+        .map(|l| chain_sha(&l.child, &ChainOptions::default()))
+        .collect();
+    let plans: Vec<reparent::ReparentPlan> = labs
+        .iter()
+        .zip(&nps)
+        .map(|(l, np)| reparent::plan(&l.child, &opts(np)).unwrap())
+        .collect();
+    let refs: Vec<&reparent::ReparentPlan> = plans.iter().collect();
+    let r = reparent::apply_batch(&refs);
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    for ((l, np), sha) in labs.iter().zip(&nps).zip(&before) {
+        assert!(!journal::FileJournal::for_disk(&l.child).path().exists());
+        assert!(!journal::FileJournal::for_disk(&l.child).tmp_path().exists());
+        std::fs::remove_file(&l.old_parent).unwrap();
+        let c = Chain::open(&l.child, &ChainOptions::default()).unwrap();
+        assert_eq!(
+            std::fs::canonicalize(c.disks()[1].path().unwrap()).unwrap(),
+            std::fs::canonicalize(np).unwrap()
+        );
+        assert_eq!(&chain_sha(&l.child, &ChainOptions::default()), sha);
+    }
+}

@@ -591,3 +591,73 @@ fn sigkill_during_writes_then_rerun_completes() {
         }
     }
 }
+
+/// A real SIGKILL before each durability barrier of the batched reparents (`syncfs`), and in
+/// the middle of the journal renames and removals: a re-run completes and every chain reads
+/// the same.
+#[test]
+fn sigkill_at_batch_barriers_then_rerun_completes() {
+    if !cfg!(target_os = "linux") || !have_tool("strace", "share barrier kill test") {
+        return;
+    }
+    let cases = [
+        ("syncfs", 1),
+        ("syncfs", 2),
+        ("syncfs", 3),
+        ("syncfs", 4),
+        ("rename", 2),
+        ("unlink", 2),
+    ];
+    for (call, n) in cases {
+        let lab = lab(false, 3);
+        let vms = lab.vms();
+        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+        let o = std::process::Command::new("strace")
+            .args([
+                "-f",
+                "-o",
+                "/dev/null",
+                "-e",
+                &format!("inject={call}:signal=KILL:when={n}"),
+            ])
+            .arg(env!("CARGO_BIN_EXE_vhdkit"))
+            .args([
+                "share",
+                s(&vms),
+                "--into",
+                s(&lab.shared()),
+                "--delete-copies",
+            ])
+            .output()
+            .unwrap();
+        // strace dies of the tracee's signal (or exits 128 + 9): the run did not finish.
+        if call == "syncfs" {
+            assert!(
+                matches!(o.status.code(), None | Some(137)),
+                "the run should die at {call} {n}: {o:?}"
+            );
+        }
+        for (t, h) in lab.tops.iter().zip(&before) {
+            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at {call} {n}: {t:?}");
+        }
+        let r = run([
+            "share",
+            s(&vms),
+            "--into",
+            s(&lab.shared()),
+            "--delete-copies",
+        ]);
+        assert_eq!(r.code, 0, "re-run after SIGKILL at {call} {n}: {r:?}");
+        for (t, h) in lab.tops.iter().zip(&before) {
+            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at {call} {n}: {t:?}");
+        }
+        let r = run_success([
+            "share",
+            s(&vms),
+            "--into",
+            s(&lab.shared()),
+            "--delete-copies",
+        ]);
+        assert!(r.stdout.contains("nothing to do"), "{call} {n}: {r:?}");
+    }
+}

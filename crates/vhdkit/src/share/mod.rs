@@ -810,52 +810,112 @@ pub fn plan_share(
     })
 }
 
-/// Repoint `child` at `new_parent` under a lock, finishing an interrupted change first, and
-/// verify: its chain opens through `new_parent` and its own layer is unchanged.
-fn repoint_child(
-    child: &Path,
-    new_parent: &Path,
+/// Children repointed per batch: their reparents share four durability barriers (see
+/// [`reparent::apply_batch`]). Bounded so that the locks and handles held stay well under the
+/// usual open-file limit.
+const BATCH: usize = 128;
+
+/// One child to repoint (or only to finish).
+struct Repoint<'a> {
+    child: &'a Path,
+    new_parent: &'a Path,
     repoint: bool,
     pending_journal: bool,
+}
+
+/// A child locked, its layer digested and its reparent planned, ready for the batch.
+struct Prepared {
+    lock: lock::FileLock,
+    before: String,
+    plan: reparent::ReparentPlan,
+}
+
+/// `Err((refused?, reason))`.
+type RepointResult = std::result::Result<bool, (bool, String)>;
+
+/// Lock `r.child`, finish an interrupted change first, and plan its reparent. `Ok((finished,
+/// None))` when it is not to be repointed.
+fn prepare_child(
+    r: &Repoint<'_>,
     opts: &ShareOptions,
     steps: &mut Steps,
-) -> std::result::Result<bool, (bool, String)> {
-    // (refused?, reason)
-    let lock = lock::lock_for_change(child).map_err(|r| (true, r))?;
+) -> std::result::Result<(bool, Option<Prepared>), (bool, String)> {
+    let lock = lock::lock_for_change(r.child).map_err(|r| (true, r))?;
     let mut finished = false;
-    if pending_journal {
-        let r = crate::repair::repair(child, &crate::repair::RepairOptions::default())
+    if r.pending_journal {
+        let rep = crate::repair::repair(r.child, &crate::repair::RepairOptions::default())
             .map_err(|e| (false, format!("finishing the interrupted change: {e}")))?;
-        if r.needs_attention() {
+        if rep.needs_attention() {
             return Err((
                 true,
                 format!(
                     "a vhdkit journal beside it does not match the file: {:?}",
-                    r.journal
+                    rep.journal
                 ),
             ));
         }
         finished = true;
         steps.step();
     }
-    if !repoint {
-        return Ok(finished);
+    if !r.repoint {
+        return Ok((finished, None));
     }
-    let before = Disk::open_with(child, &opts.chain.open)
+    let before = Disk::open_with(r.child, &opts.chain.open)
         .and_then(|d| digest::layer_digest(&d))
         .map_err(|e| (false, e.to_string()))?;
     let ropts = ReparentOptions {
-        new_parent: new_parent.to_path_buf(),
+        new_parent: r.new_parent.to_path_buf(),
         mode: opts.mode,
         chain: opts.chain.clone(),
         ..ReparentOptions::default()
     };
-    let plan = reparent::plan(child, &ropts).map_err(|e| (true, one_line(&e)))?;
-    reparent::apply(&plan).map_err(|e| (false, one_line(&e)))?;
-    steps.step();
-    verify_child(child, new_parent, &before, &opts.chain).map_err(|r| (false, r))?;
-    drop(lock);
-    Ok(finished)
+    let plan = reparent::plan(r.child, &ropts).map_err(|e| (true, one_line(&e)))?;
+    Ok((finished, Some(Prepared { lock, before, plan })))
+}
+
+/// Repoint children under locks, finishing interrupted changes first, in batches of [`BATCH`]
+/// whose reparents share their durability barriers; then verify each: its chain opens through
+/// its new parent and its own layer is unchanged. The children must be independent (none is
+/// another's new parent or in its chain). One result per child, in order: `Ok(finished a
+/// pending change)`.
+fn repoint_children(
+    reqs: &[Repoint<'_>],
+    opts: &ShareOptions,
+    steps: &mut Steps,
+    progress: &mut dyn Progress,
+) -> Vec<RepointResult> {
+    let mut out = Vec::with_capacity(reqs.len());
+    for chunk in reqs.chunks(BATCH) {
+        let mut results: Vec<RepointResult> = Vec::with_capacity(chunk.len());
+        let mut prepared: Vec<(usize, Prepared)> = Vec::new();
+        for (i, r) in chunk.iter().enumerate() {
+            progress.advance(1);
+            match prepare_child(r, opts, steps) {
+                Ok((finished, p)) => {
+                    results.push(Ok(finished));
+                    if let Some(p) = p {
+                        prepared.push((i, p));
+                    }
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let plans: Vec<&reparent::ReparentPlan> = prepared.iter().map(|(_, p)| &p.plan).collect();
+        let applied = reparent::apply_batch(&plans);
+        for ((i, p), a) in prepared.into_iter().zip(applied) {
+            let r = &chunk[i];
+            let verified = a.map_err(|e| (false, one_line(&e))).and_then(|_| {
+                steps.step();
+                verify_child(r.child, r.new_parent, &p.before, &opts.chain).map_err(|e| (false, e))
+            });
+            drop(p.lock);
+            if let Err(e) = verified {
+                results[i] = Err(e);
+            }
+        }
+        out.extend(results);
+    }
+    out
 }
 
 fn one_line(e: &Error) -> String {
@@ -1042,9 +1102,10 @@ pub fn apply_share(
                 continue;
             }
         }
+        let mut reqs = Vec::new();
         for c in &g.children {
-            progress.advance(1);
             if let Some(r) = &c.refused {
+                progress.advance(1);
                 rep.refused.push(Finding {
                     path: c.path.clone(),
                     reason: r.clone(),
@@ -1052,14 +1113,20 @@ pub fn apply_share(
                 complete = false;
                 continue;
             }
-            match repoint_child(
-                &c.path,
-                &g.keeper,
-                c.repoint,
-                c.pending_journal,
-                opts,
-                &mut steps,
-            ) {
+            reqs.push((
+                c,
+                Repoint {
+                    child: &c.path,
+                    new_parent: &g.keeper,
+                    repoint: c.repoint,
+                    pending_journal: c.pending_journal,
+                },
+            ));
+        }
+        let (cs, rs): (Vec<_>, Vec<_>) = reqs.into_iter().unzip();
+        let results = repoint_children(&rs, opts, &mut steps, progress);
+        for (c, r) in cs.into_iter().zip(results) {
+            match r {
                 Ok(finished) => {
                     rep.journals_finished += usize::from(finished);
                     rep.children_repointed += usize::from(c.repoint);
@@ -1388,32 +1455,54 @@ pub fn apply_relink(
         abort_after: opts.abort_after_steps,
     };
     progress.phase("relink", plan.items.len() as u64);
-    for it in &plan.items {
-        progress.advance(1);
-        if let Some(r) = &it.refused {
-            rep.refused.push(Finding {
-                path: it.child.clone(),
-                reason: r.clone(),
-            });
-            continue;
-        }
-        let pending = crate::txn::journal::FileJournal::for_disk(&it.child)
-            .path()
-            .exists();
-        match repoint_child(&it.child, &it.new_parent, true, pending, opts, &mut steps) {
-            Ok(f) => {
-                rep.relinked += 1;
-                rep.journals_finished += usize::from(f);
-            }
-            Err((refused, reason)) => {
-                let f = Finding {
+    // Items are sorted by level (new parents' depth); one level's children are independent, so
+    // each level is repointed in batches.
+    let mut rest: &[RelinkItem] = &plan.items;
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|it| it.level == first.level).count();
+        let (level, next) = rest.split_at(n);
+        rest = next;
+        let mut todo = Vec::new();
+        for it in level {
+            if let Some(r) = &it.refused {
+                progress.advance(1);
+                rep.refused.push(Finding {
                     path: it.child.clone(),
-                    reason,
-                };
-                if refused {
-                    rep.refused.push(f);
-                } else {
-                    rep.failed.push(f);
+                    reason: r.clone(),
+                });
+                continue;
+            }
+            let pending = crate::txn::journal::FileJournal::for_disk(&it.child)
+                .path()
+                .exists();
+            todo.push((
+                it,
+                Repoint {
+                    child: &it.child,
+                    new_parent: &it.new_parent,
+                    repoint: true,
+                    pending_journal: pending,
+                },
+            ));
+        }
+        let (its, rs): (Vec<_>, Vec<_>) = todo.into_iter().unzip();
+        let results = repoint_children(&rs, opts, &mut steps, progress);
+        for (it, r) in its.into_iter().zip(results) {
+            match r {
+                Ok(f) => {
+                    rep.relinked += 1;
+                    rep.journals_finished += usize::from(f);
+                }
+                Err((refused, reason)) => {
+                    let f = Finding {
+                        path: it.child.clone(),
+                        reason,
+                    };
+                    if refused {
+                        rep.refused.push(f);
+                    } else {
+                        rep.failed.push(f);
+                    }
                 }
             }
         }

@@ -5,11 +5,19 @@
 //! one after it fail with `EIO`, as if the process had died there. A [`FaultyFile`] keeps two
 //! images: what a reader would see if every write reached the disk, and what survives if only
 //! synced writes did. Tests reopen both after every injected failure.
+//!
+//! Batches: one [`FaultPlan`] is shared by every file and journal of a batch and by its
+//! [`FaultBarrier`]; a barrier is one counted operation that, when it succeeds, makes every
+//! write so far durable on every file and journal it covers. A crash before a barrier loses
+//! the unsynced writes of every file: [`FaultyFile::contents_synced`] and
+//! [`MemJournal::load_synced`] give each file's state at the crash point if nothing unsynced
+//! survived; `contents_all_written` / `load` if everything did.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::barrier::Barrier;
 use super::journal::JournalStore;
 use super::Sink;
 use crate::source::Source;
@@ -89,6 +97,13 @@ impl FaultyFile {
     pub fn contents_synced(&self) -> Vec<u8> {
         self.lock().map(|i| i.synced.clone()).unwrap_or_default()
     }
+
+    /// Make every write durable without counting an operation (a [`FaultBarrier`] counts).
+    fn persist(&self) -> io::Result<()> {
+        let mut i = self.lock()?;
+        i.synced = i.all.clone();
+        Ok(())
+    }
 }
 
 impl Source for FaultyFile {
@@ -138,11 +153,25 @@ impl Sink for FaultyFile {
     }
 }
 
+/// What a [`MemJournal`] holds: the journal as written and as durable, and a staged one.
+#[derive(Debug, Clone, Default)]
+struct JState {
+    /// The journal in place, if every operation so far reached the disk.
+    all: Option<Vec<u8>>,
+    /// The journal in place, if only what a barrier (or `store`) made durable survived.
+    synced: Option<Vec<u8>>,
+    /// A staged journal under its temporary name, and whether its bytes are durable.
+    tmp: Option<(Vec<u8>, bool)>,
+    /// Set when a staged journal was published before its bytes were durable (a rename could
+    /// then publish a torn journal): the batch protocol must never do this.
+    published_unsynced: bool,
+}
+
 /// An in-memory journal location sharing a [`FaultPlan`]. Storing is atomic (as the real one's
 /// write-then-rename is): a failed store leaves the previous state.
 #[derive(Debug, Clone)]
 pub struct MemJournal {
-    slot: Arc<Mutex<Option<Vec<u8>>>>,
+    slot: Arc<Mutex<JState>>,
     plan: Arc<FaultPlan>,
 }
 
@@ -150,7 +179,7 @@ impl MemJournal {
     /// An empty journal location.
     pub fn new(plan: Arc<FaultPlan>) -> MemJournal {
         MemJournal {
-            slot: Arc::new(Mutex::new(None)),
+            slot: Arc::new(Mutex::new(JState::default())),
             plan,
         }
     }
@@ -158,36 +187,128 @@ impl MemJournal {
     /// A journal location already holding `bytes` (for tests of foreign journals).
     pub fn with(bytes: Vec<u8>, plan: Arc<FaultPlan>) -> MemJournal {
         MemJournal {
-            slot: Arc::new(Mutex::new(Some(bytes))),
+            slot: Arc::new(Mutex::new(JState {
+                all: Some(bytes.clone()),
+                synced: Some(bytes),
+                ..JState::default()
+            })),
             plan,
         }
     }
 
-    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Option<Vec<u8>>>> {
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, JState>> {
         self.slot
             .lock()
             .map_err(|_| io::Error::other("journal lock poisoned"))
+    }
+
+    /// The journal in place if only durable operations survived the crash.
+    pub fn load_synced(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.synced.clone())
+    }
+
+    /// True when a staged journal was ever published before a barrier made its bytes durable.
+    pub fn published_unsynced(&self) -> bool {
+        self.lock().map(|j| j.published_unsynced).unwrap_or(true)
+    }
+
+    /// Make every operation durable without counting one (a [`FaultBarrier`] counts).
+    fn persist(&self) -> io::Result<()> {
+        let mut j = self.lock()?;
+        j.synced = j.all.clone();
+        if let Some((_, durable)) = j.tmp.as_mut() {
+            *durable = true;
+        }
+        Ok(())
     }
 }
 
 impl JournalStore for MemJournal {
     fn load(&self) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.lock()?.clone())
+        Ok(self.lock()?.all.clone())
     }
 
     fn store(&self, bytes: &[u8]) -> io::Result<()> {
         self.plan.step("journal store")?;
-        *self.lock()? = Some(bytes.to_vec());
+        let mut j = self.lock()?;
+        j.all = Some(bytes.to_vec());
+        j.synced = Some(bytes.to_vec());
         Ok(())
     }
 
     fn remove(&self) -> io::Result<()> {
         self.plan.step("journal remove")?;
-        *self.lock()? = None;
+        let mut j = self.lock()?;
+        j.all = None;
+        j.synced = None;
         Ok(())
     }
 
     fn describe(&self) -> String {
         "in-memory journal".into()
+    }
+
+    fn stage(&self, bytes: &[u8]) -> io::Result<()> {
+        self.plan.step("journal stage")?;
+        self.lock()?.tmp = Some((bytes.to_vec(), false));
+        Ok(())
+    }
+
+    fn publish(&self) -> io::Result<()> {
+        self.plan.step("journal publish")?;
+        let mut j = self.lock()?;
+        let (bytes, durable) = j
+            .tmp
+            .take()
+            .ok_or_else(|| io::Error::other("no staged journal to publish"))?;
+        if !durable {
+            j.published_unsynced = true;
+        }
+        j.all = Some(bytes);
+        Ok(())
+    }
+
+    fn discard(&self) -> io::Result<()> {
+        self.plan.step("journal discard")?;
+        self.lock()?.all = None;
+        Ok(())
+    }
+
+    fn unstage(&self) -> io::Result<()> {
+        self.lock()?.tmp = None;
+        Ok(())
+    }
+}
+
+/// A barrier over in-memory files and journals: one counted operation; when it succeeds every
+/// write so far to each of them becomes durable.
+#[derive(Debug, Clone)]
+pub struct FaultBarrier {
+    plan: Arc<FaultPlan>,
+    files: Vec<FaultyFile>,
+    journals: Vec<MemJournal>,
+}
+
+impl FaultBarrier {
+    /// A barrier covering `files` and `journals`, counting on `plan`.
+    pub fn new(plan: Arc<FaultPlan>, files: Vec<FaultyFile>, journals: Vec<MemJournal>) -> Self {
+        FaultBarrier {
+            plan,
+            files,
+            journals,
+        }
+    }
+}
+
+impl Barrier for FaultBarrier {
+    fn barrier(&self) -> io::Result<()> {
+        self.plan.step("barrier")?;
+        for f in &self.files {
+            f.persist()?;
+        }
+        for j in &self.journals {
+            j.persist()?;
+        }
+        Ok(())
     }
 }

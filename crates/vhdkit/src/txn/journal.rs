@@ -11,11 +11,43 @@
 //! leaves a journal whose every range holds either its old or its new bytes: [`recover`] then
 //! writes the new bytes (roll forward) and removes the journal. A journal whose ranges match
 //! neither (the file was changed or replaced since) is never applied: it is reported and left.
+//!
+//! # Batches
+//! [`apply_batch`] changes many files with the same per-file journals (so every later open,
+//! the read-only overlay, `repair` and the next write recover each file exactly as above) but
+//! replaces the per-file `fsync`s by four [`Barrier`]s for the whole batch (on Linux one
+//! `syncfs` per file system, [`super::barrier::FsBarrier`]):
+//! 1. check every file; write every journal under its temporary name (`.vhdkit-journal.tmp`),
+//!    not synced; **barrier 1**;
+//! 2. rename every journal into place; **barrier 2**;
+//! 3. resize and write every file; **barrier 3**;
+//! 4. remove every journal; **barrier 4**.
+//!
+//! Crash analysis, per file (a crash before a barrier may lose any unsynced write of *every*
+//! file in the batch, in any combination; recovery looks at one file and its journal at a
+//! time, so each file is analysed alone):
+//! - before barrier 1 completes: at most a temporary journal exists, which recovery never
+//!   reads; no file was written. The file is old.
+//! - between barrier 1 and barrier 2: the renamed journal may or may not be in place; if it is,
+//!   its bytes are complete (barrier 1 made them durable before the rename, so a rename can
+//!   never publish a torn journal) and every range of the file holds its old bytes (files are
+//!   written only after barrier 2). [`recover`] sees `Pending` and rolls forward, or finds no
+//!   journal: the file ends old or new, both allowed.
+//! - between barrier 2 and barrier 3: the journal is durable; each range holds old or new
+//!   bytes (writes are whole ranges; a torn sector inside a range is the same risk as for
+//!   [`apply`]): roll forward gives new.
+//! - after barrier 3: every file holds its new bytes durably. A journal still present (removal
+//!   not yet durable) has all ranges new: `Complete`, removed by recovery (`AlreadyComplete`).
+//! - after barrier 4: nothing is left.
+//!
+//! A failed barrier stops the batch: every file still in it is reported failed, and its journal
+//! (if any was published) is finished by the next open as above.
 
 use std::fs::{self, File, OpenOptions as FsOpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::barrier::Barrier;
 use super::{Plan, Sink, WriteOp};
 use crate::error::{Error, Result};
 use crate::source::{source_len, Source};
@@ -35,6 +67,26 @@ pub trait JournalStore {
     fn remove(&self) -> io::Result<()>;
     /// Where it is, for messages.
     fn describe(&self) -> String;
+
+    /// Batch step: write the journal under a temporary name that no recovery reads. Need not
+    /// be durable (a [`Barrier`] follows). The default stores it durably at once, which is
+    /// also correct (only slower).
+    fn stage(&self, bytes: &[u8]) -> io::Result<()> {
+        self.store(bytes)
+    }
+    /// Batch step: move the staged journal into place. Called only after a barrier made the
+    /// staged bytes durable; need not be durable itself.
+    fn publish(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Batch step: remove the journal; need not be durable (a barrier follows).
+    fn discard(&self) -> io::Result<()> {
+        self.remove()
+    }
+    /// Best-effort cleanup of a staged journal that will not be published.
+    fn unstage(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The journal beside a disk file: `<file>.vhdkit-journal`.
@@ -59,6 +111,13 @@ impl FileJournal {
     /// The journal's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where a journal is written before it is renamed into place (never read by recovery).
+    pub fn tmp_path(&self) -> PathBuf {
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        PathBuf::from(tmp)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -88,9 +147,7 @@ impl JournalStore for FileJournal {
     }
 
     fn store(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
+        let tmp = self.tmp_path();
         let mut f = FsOpenOptions::new()
             .write(true)
             .create(true)
@@ -113,6 +170,33 @@ impl JournalStore for FileJournal {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn stage(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut f = FsOpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.tmp_path())?;
+        f.write_all(bytes)
+    }
+
+    fn publish(&self) -> io::Result<()> {
+        fs::rename(self.tmp_path(), &self.path)
+    }
+
+    fn discard(&self) -> io::Result<()> {
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn unstage(&self) -> io::Result<()> {
+        match fs::remove_file(self.tmp_path()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -410,12 +494,9 @@ pub fn overlay_pending(
     }
 }
 
-/// Apply `plan` to `target` through the journal `store`. Nothing is written unless the file
-/// still holds every old value of the plan.
-pub fn apply(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result<()> {
-    if plan.is_empty() {
-        return Ok(());
-    }
+/// Check that `plan` can be applied to `target` now: no journal pending in `store`, and the
+/// file still holds every old value of the plan. Reads only.
+fn check(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result<()> {
     if store
         .load()
         .map_err(|e| io_err("checking for a pending journal", e))?
@@ -455,6 +536,16 @@ pub fn apply(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result
             )));
         }
     }
+    Ok(())
+}
+
+/// Apply `plan` to `target` through the journal `store`. Nothing is written unless the file
+/// still holds every old value of the plan.
+pub fn apply(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result<()> {
+    if plan.is_empty() {
+        return Ok(());
+    }
+    check(target, store, plan)?;
     store
         .store(&encode(plan))
         .map_err(|e| io_err(&format!("writing the journal {}", store.describe()), e))?;
@@ -465,7 +556,169 @@ pub fn apply(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result
     Ok(())
 }
 
+/// One file of a batch: its target, its journal and its plan.
+#[derive(Clone, Copy)]
+pub struct BatchItem<'a> {
+    /// The file changed.
+    pub target: &'a dyn Sink,
+    /// Its journal (one per file, as for [`apply`]). `Sync`: the removals of step 4 run on a
+    /// few threads.
+    pub store: &'a (dyn JournalStore + Sync),
+    /// The change.
+    pub plan: &'a Plan,
+}
+
+/// Apply the plans of many files with four barriers in all, whatever their number (see the
+/// module docs for the protocol and its crash analysis). Each file gets its own result; a file
+/// that fails leaves the others going. Nothing is written to a file unless it still holds
+/// every old value of its plan.
+pub fn apply_batch(items: &[BatchItem<'_>], barrier: &dyn Barrier) -> Vec<Result<()>> {
+    let mut out: Vec<Result<()>> = items.iter().map(|_| Ok(())).collect();
+    let mut live: Vec<bool> = items.iter().map(|i| !i.plan.is_empty()).collect();
+    let fail_all = |out: &mut Vec<Result<()>>, live: &mut Vec<bool>, what: &str, e: &io::Error| {
+        for (o, l) in out.iter_mut().zip(live.iter_mut()) {
+            if *l {
+                *o = Err(io_err(what, io::Error::new(e.kind(), e.to_string())));
+                *l = false;
+            }
+        }
+    };
+    // 1. Check every file; stage every journal under its temporary name (not yet durable).
+    for (i, it) in items.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let r = check(it.target, it.store, it.plan).and_then(|()| {
+            it.store.stage(&encode(it.plan)).map_err(|e| {
+                let _ = it.store.unstage();
+                io_err(&format!("writing the journal {}", it.store.describe()), e)
+            })
+        });
+        if let Err(e) = r {
+            out[i] = Err(e);
+            live[i] = false;
+        }
+    }
+    if !live.contains(&true) {
+        return out;
+    }
+    // Barrier 1: the staged journals' bytes are durable before any is renamed into place.
+    if let Err(e) = barrier.barrier() {
+        for (i, it) in items.iter().enumerate() {
+            if live[i] {
+                let _ = it.store.unstage();
+            }
+        }
+        fail_all(&mut out, &mut live, "making the journals durable", &e);
+        return out;
+    }
+    // 2. Publish every journal.
+    for (i, it) in items.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        if let Err(e) = it.store.publish() {
+            let _ = it.store.unstage();
+            out[i] = Err(io_err(
+                &format!("putting the journal {} in place", it.store.describe()),
+                e,
+            ));
+            live[i] = false;
+        }
+    }
+    // Barrier 2: every journal is in place before any file is written.
+    if let Err(e) = barrier.barrier() {
+        fail_all(
+            &mut out,
+            &mut live,
+            "making the journals durable (the next open of each file finishes or ignores it)",
+            &e,
+        );
+        return out;
+    }
+    // 3. Write every file.
+    for (i, it) in items.iter().enumerate() {
+        if live[i] {
+            if let Err(e) = write_ranges(it.target, it.plan) {
+                out[i] = Err(e);
+                live[i] = false;
+            }
+        }
+    }
+    // Barrier 3: every file holds its new bytes durably.
+    if let Err(e) = barrier.barrier() {
+        fail_all(
+            &mut out,
+            &mut live,
+            "flushing the files (the journal beside each finishes it at the next open)",
+            &e,
+        );
+        return out;
+    }
+    // 4. Remove every journal. On some file systems freeing a synced file's blocks is slow
+    //    (ext4 mounted with `discard`: milliseconds per file), so the removals run on a few
+    //    threads; their order does not matter (barrier 4 follows).
+    let todo: Vec<usize> = (0..items.len()).filter(|&i| live[i]).collect();
+    for (i, e) in discard_all(items, &todo) {
+        out[i] = Err(io_err(
+            &format!("removing the journal {}", items[i].store.describe()),
+            e,
+        ));
+        live[i] = false;
+    }
+    // Barrier 4: the removals are durable (a journal that comes back is `AlreadyComplete`).
+    if let Err(e) = barrier.barrier() {
+        fail_all(
+            &mut out,
+            &mut live,
+            "making the journal removals durable",
+            &e,
+        );
+    }
+    out
+}
+
+/// Threads removing journals in [`apply_batch`].
+const DISCARD_THREADS: usize = 8;
+
+/// `discard` the journals of `items[todo]`, on up to [`DISCARD_THREADS`] threads; the failures.
+fn discard_all(items: &[BatchItem<'_>], todo: &[usize]) -> Vec<(usize, io::Error)> {
+    let stores: Vec<(usize, &(dyn JournalStore + Sync))> =
+        todo.iter().map(|&i| (i, items[i].store)).collect();
+    let discard = |c: &[(usize, &(dyn JournalStore + Sync))]| -> Vec<(usize, io::Error)> {
+        c.iter()
+            .filter_map(|(i, s)| s.discard().err().map(|e| (*i, e)))
+            .collect()
+    };
+    if stores.len() < 16 {
+        return discard(&stores);
+    }
+    let per = stores.len().div_ceil(DISCARD_THREADS);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = stores
+            .chunks(per)
+            .map(|c| (c, sc.spawn(move || discard(c))))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(c, h)| {
+                h.join().unwrap_or_else(|_| {
+                    c.iter()
+                        .map(|(i, _)| (*i, io::Error::other("a journal removal thread panicked")))
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
 fn write_new(target: &dyn Sink, plan: &Plan) -> Result<()> {
+    write_ranges(target, plan)?;
+    target.sync().map_err(|e| io_err("flushing the file", e))
+}
+
+/// Resize and write the new bytes of `plan`, without syncing.
+fn write_ranges(target: &dyn Sink, plan: &Plan) -> Result<()> {
     if plan.new_len > plan.old_len {
         target
             .set_len(plan.new_len)
@@ -481,7 +734,7 @@ fn write_new(target: &dyn Sink, plan: &Plan) -> Result<()> {
             .set_len(plan.new_len)
             .map_err(|e| io_err("shrinking the file", e))?;
     }
-    target.sync().map_err(|e| io_err("flushing the file", e))
+    Ok(())
 }
 
 /// Finish or discard an interrupted change recorded in `store` for `target`.
@@ -514,7 +767,7 @@ pub fn recover(target: &dyn Sink, store: &dyn JournalStore) -> Result<Recovery> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::fault::{FaultPlan, FaultyFile, MemJournal};
+    use super::super::fault::{FaultBarrier, FaultPlan, FaultyFile, MemJournal};
     use super::*;
 
     fn sample() -> (Vec<u8>, Plan) {
@@ -549,6 +802,9 @@ mod tests {
 
     fn expected_new(old: &[u8], plan: &Plan) -> Vec<u8> {
         let mut v = old.to_vec();
+        if plan.is_empty() {
+            return v;
+        }
         v.resize(plan.new_len as usize, 0);
         for w in &plan.writes {
             v[w.offset as usize..w.offset as usize + w.data.len()].copy_from_slice(&w.data);
@@ -616,6 +872,146 @@ mod tests {
                 assert!(!matches!(r, Recovery::Foreign { .. }), "k={k}: {r:?}");
                 assert_eq!(j2.load().unwrap(), None, "k={k}");
             }
+        }
+    }
+
+    /// Five files: (old contents, plan), each different (one grows, one is a no-op).
+    fn batch_sample(count: u8) -> Vec<(Vec<u8>, Plan)> {
+        (0..count)
+            .map(|n| {
+                let (mut old, mut plan) = sample();
+                for b in old.iter_mut() {
+                    *b = b.wrapping_add(n);
+                }
+                if n % 5 == 3 {
+                    return (old, Plan::default());
+                }
+                if n % 2 == 1 {
+                    plan.writes.remove(0);
+                    plan.new_len = plan.old_len;
+                }
+                for w in plan.writes.iter_mut() {
+                    let (s, e) = (w.offset as usize, w.offset as usize + w.data.len());
+                    w.old = old.get(s..e).map(<[u8]>::to_vec).unwrap_or(vec![0; e - s]);
+                    for b in w.data.iter_mut() {
+                        *b = b.wrapping_add(n);
+                    }
+                }
+                (old, plan)
+            })
+            .collect()
+    }
+
+    fn run_batch(
+        sample: &[(Vec<u8>, Plan)],
+        fail_at: Option<usize>,
+    ) -> (
+        Arc<FaultPlan>,
+        Vec<FaultyFile>,
+        Vec<MemJournal>,
+        Vec<Result<()>>,
+    ) {
+        let fp = FaultPlan::new(fail_at);
+        let files: Vec<FaultyFile> = sample
+            .iter()
+            .map(|(o, _)| FaultyFile::new(o.clone(), fp.clone()))
+            .collect();
+        let journals: Vec<MemJournal> =
+            sample.iter().map(|_| MemJournal::new(fp.clone())).collect();
+        let barrier = FaultBarrier::new(fp.clone(), files.clone(), journals.clone());
+        let items: Vec<BatchItem<'_>> = sample
+            .iter()
+            .zip(files.iter().zip(&journals))
+            .map(|((_, plan), (f, j))| BatchItem {
+                target: f,
+                store: j,
+                plan,
+            })
+            .collect();
+        let r = apply_batch(&items, &barrier);
+        (fp, files, journals, r)
+    }
+
+    use std::sync::Arc;
+
+    #[test]
+    fn batch_without_faults_uses_four_barriers() {
+        let sample = batch_sample(5);
+        let (fp, files, journals, r) = run_batch(&sample, None);
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+        for ((old, plan), (f, j)) in sample.iter().zip(files.iter().zip(&journals)) {
+            assert_eq!(f.contents_synced(), expected_new(old, plan));
+            assert_eq!(j.load().unwrap(), None);
+            assert_eq!(j.load_synced().unwrap(), None);
+            assert!(!j.published_unsynced());
+        }
+        // 4 changing files of 5: stage + publish + discard each, their writes, and 4 barriers; no
+        // per-file sync.
+        let writes: usize = sample
+            .iter()
+            .map(|(_, p)| p.writes.len() + usize::from(p.new_len != p.old_len))
+            .sum();
+        assert_eq!(fp.count(), 4 * 3 + writes + 4);
+    }
+
+    /// Fail at every operation of a batch of five (and of twenty: journals then removed on
+    /// several threads); after each, every file recovers (from any combination of its durable
+    /// and its fully written image, and of its journal's) to exactly its old or its new bytes,
+    /// and never through a foreign journal.
+    #[test]
+    fn batch_failure_at_every_operation_recovers_each_file_to_old_or_new() {
+        for count in [5, 20] {
+            batch_failure_at_every_operation(count);
+        }
+    }
+
+    fn batch_failure_at_every_operation(count: u8) {
+        let sample = batch_sample(count);
+        let total = run_batch(&sample, None).0.count();
+        for k in 1..=total {
+            let (_, files, journals, r) = run_batch(&sample, Some(k));
+            assert!(r.iter().any(|r| r.is_err()), "k={k} should fail");
+            for (n, ((old, plan), (f, j))) in
+                sample.iter().zip(files.iter().zip(&journals)).enumerate()
+            {
+                assert!(
+                    !j.published_unsynced(),
+                    "k={k}: torn journal could be published"
+                );
+                let new = expected_new(old, plan);
+                for image in [f.contents_all_written(), f.contents_synced()] {
+                    for jb in [j.load().unwrap(), j.load_synced().unwrap()] {
+                        let fp2 = FaultPlan::new(None);
+                        let f2 = FaultyFile::new(image.clone(), fp2.clone());
+                        let j2 = MemJournal::new(fp2);
+                        if let Some(b) = &jb {
+                            j2.store(b).unwrap();
+                        }
+                        let r = recover(&f2, &j2).unwrap();
+                        assert!(!matches!(r, Recovery::Foreign { .. }), "k={k} #{n}: {r:?}");
+                        let got = f2.contents_all_written();
+                        assert!(
+                            got == *old || got == new,
+                            "k={k} #{n}: neither old nor new ({r:?})"
+                        );
+                        assert_eq!(j2.load().unwrap(), None, "k={k} #{n}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_skips_a_changed_file_and_applies_the_others() {
+        let mut sample = batch_sample(5);
+        sample[0].0[0] ^= 1; // file 0 no longer holds its plan's old bytes
+        let (_, files, journals, r) = run_batch(&sample, None);
+        assert!(r[0].is_err());
+        assert_eq!(files[0].contents_all_written(), sample[0].0);
+        assert_eq!(journals[0].load().unwrap(), None);
+        for (i, (old, plan)) in sample.iter().enumerate().skip(1) {
+            assert!(r[i].is_ok(), "{i}: {:?}", r[i]);
+            assert_eq!(files[i].contents_synced(), expected_new(old, plan));
         }
     }
 

@@ -10,6 +10,7 @@
 //!
 //! No other module writes to an existing disk file.
 
+pub mod barrier;
 pub mod fault;
 pub mod journal;
 
