@@ -21,8 +21,9 @@ use crate::vhd::create as vhd_create;
 use crate::view::{Allocation, ChainView};
 use crate::write::{WritableDisk, WritableImage};
 
-/// The virtual disk being copied: a chain, or a raw image.
-pub trait VirtualSource {
+/// The virtual disk being copied: a chain, or a raw image. `Sync`, so a reader thread can fill
+/// the next buffer while the previous one is written.
+pub trait VirtualSource: Sync {
     /// Size in bytes.
     fn virtual_size(&self) -> u64;
     /// Fill `buf` from `offset`; the range lies inside the disk.
@@ -233,27 +234,82 @@ pub fn copy_sparse<W: Write + Seek>(
         virtual_size: size,
         ..ConvertStats::default()
     };
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut pos = 0u64;
-    while pos < size {
-        let want = (size - pos).min(CHUNK_BYTES as u64);
-        let (alloc, len) = view.allocation(pos, want)?;
-        let n = usize::try_from(len).unwrap_or(CHUNK_BYTES).min(CHUNK_BYTES);
-        match alloc {
-            Allocation::Zero => stats.bytes_skipped += len,
-            Allocation::Data => {
-                let chunk = &mut buf[..n];
-                view.read_exact_at(chunk, pos)?;
-                stats.bytes_read += len;
-                write_nonzero(out, chunk, pos, &mut stats)?;
+    // A reader thread fills buffers while this thread writes the previous ones, so reading the
+    // source and writing the output overlap (as qemu-img's parallel requests do). At most
+    // `IN_FLIGHT` + 2 buffers exist: memory stays a few chunks whatever the disk size.
+    const IN_FLIGHT: usize = 2;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Step>>(IN_FLIGHT);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        scope.spawn(move || read_ahead(view, size, &tx, &back_rx));
+        for step in rx {
+            match step? {
+                Step::Skip { end, len } => {
+                    stats.bytes_skipped += len;
+                    progress(end);
+                }
+                Step::Data { pos, buf } => {
+                    let len = buf.len() as u64;
+                    stats.bytes_read += len;
+                    write_nonzero(out, &buf, pos, &mut stats)?;
+                    // The reader may have finished already; then the buffer is simply dropped.
+                    let _ = back_tx.send(buf);
+                    progress(pos + len);
+                }
             }
         }
-        pos += len;
-        progress(pos);
-    }
+        Ok(())
+    })?;
     out.flush()
         .map_err(|e| Error::io("flushing the output", e))?;
     Ok(stats)
+}
+
+/// One unit of work handed from the reader thread to the writer.
+enum Step {
+    /// A range no layer stores, ending at `end`.
+    Skip { end: u64, len: u64 },
+    /// Stored data read from `pos`.
+    Data { pos: u64, buf: Vec<u8> },
+}
+
+/// The reader side of [`copy_sparse`]: walks the allocation map and reads stored ranges into
+/// recycled buffers. Stops at the first error (sent to the writer) or when the writer hangs up.
+fn read_ahead(
+    view: &dyn VirtualSource,
+    size: u64,
+    tx: &std::sync::mpsc::SyncSender<Result<Step>>,
+    back: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let mut pos = 0u64;
+    while pos < size {
+        let want = (size - pos).min(CHUNK_BYTES as u64);
+        let step = view
+            .allocation(pos, want)
+            .and_then(|(alloc, len)| match alloc {
+                Allocation::Zero => Ok(Step::Skip {
+                    end: pos + len,
+                    len,
+                }),
+                Allocation::Data => {
+                    let n = usize::try_from(len).unwrap_or(CHUNK_BYTES).min(CHUNK_BYTES);
+                    let mut buf = back.try_recv().unwrap_or_default();
+                    buf.resize(n, 0);
+                    view.read_exact_at(&mut buf, pos)?;
+                    Ok(Step::Data { pos, buf })
+                }
+            });
+        let advance = match &step {
+            Ok(Step::Skip { len, .. }) => *len,
+            Ok(Step::Data { buf, .. }) => buf.len() as u64,
+            Err(_) => 0,
+        };
+        let failed = step.is_err();
+        if tx.send(step).is_err() || failed || advance == 0 {
+            return;
+        }
+        pos += advance;
+    }
 }
 
 /// Write the whole virtual disk of `src` to `dst` as a new VHD: dynamic (all-zero blocks left
