@@ -15,11 +15,15 @@ use vhdkit::{ChainOptions, Disk};
 
 fuzz_target!(|data: &[u8]| -> Corpus {
     let v = data.to_vec();
-    let opts =
-        CheckOptions::default().chain_options(ChainOptions::new().open_options(common::tight_options()));
+    let opts = CheckOptions::default()
+        .chain_options(ChainOptions::new().open_options(common::tight_options()));
     let (format, findings) = check_source(&v, &opts);
     for f in &findings {
-        assert!(CODES.iter().any(|c| c.0 == f.code), "unregistered code {}", f.code);
+        assert!(
+            CODES.iter().any(|c| c.0 == f.code),
+            "unregistered code {}",
+            f.code
+        );
         assert_eq!(f.severity, severity_of(f.code));
         assert!(!f.message.contains('\n'));
     }

@@ -333,6 +333,25 @@ fn decode(bytes: &[u8]) -> std::result::Result<Plan, String> {
     if c.pos != body.len() {
         return Err("journal has trailing bytes".into());
     }
+    // vhdkit grows a file only to relocate metadata (a locator and the footer); a journal that
+    // claims more, or writes past the file's new end, was not written by vhdkit and must not
+    // be able to make recovery extend the file arbitrarily.
+    let limit = plan.old_len.max(plan.new_len);
+    if plan.new_len.saturating_sub(plan.old_len) > MAX_JOURNAL_BYTES {
+        return Err(format!(
+            "journal grows the file from {} to {} bytes, more than any vhdkit change",
+            plan.old_len, plan.new_len
+        ));
+    }
+    for w in &plan.writes {
+        let end = w.offset.checked_add(w.data.len() as u64);
+        if end.is_none_or(|e| e > limit) {
+            return Err(format!(
+                "journal record '{}' at offset {:#x} lies past the file's end ({limit:#x})",
+                w.what, w.offset
+            ));
+        }
+    }
     Ok(plan)
 }
 
@@ -810,6 +829,20 @@ mod tests {
             v[w.offset as usize..w.offset as usize + w.data.len()].copy_from_slice(&w.data);
         }
         v
+    }
+
+    #[test]
+    fn journals_that_grow_files_arbitrarily_are_foreign() {
+        let (_, mut plan) = sample();
+        plan.new_len = plan.old_len + (1 << 40);
+        assert!(decode(&encode(&plan))
+            .unwrap_err()
+            .contains("grows the file"));
+        let (_, mut plan) = sample();
+        plan.writes[0].offset = 1 << 40;
+        assert!(decode(&encode(&plan))
+            .unwrap_err()
+            .contains("past the file's end"));
     }
 
     #[test]
