@@ -27,7 +27,7 @@ VHD_HEAD=$((64 << 10))
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay,check}
+mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay,check,journal_recover}
 count=0
 
 # Four read_view records: (0, 4096), (1 MiB mod size, 65543), (raw 0x1ff, 1000),
@@ -146,11 +146,23 @@ for f in "$CORPUS"/open_vhdx/*; do
 done
 printf 'loge' > "$CORPUS/vhdx_log_replay/bare-signature"
 
+# journal_recover: mode byte 1 (fix the CRC up), then a journal: magic, version 1, one record
+# (offset 512, 16 bytes, "test") over a 64 KiB file, old bytes as the target holds them.
+python3 - "$CORPUS/journal_recover" <<'PY' 2>/dev/null || printf '\x01VHDKITJ1' > "$CORPUS/journal_recover/magic-only"
+import struct, sys, os
+pat = bytes(((i * 2654435761) & 0xffffffff) >> 24 for i in range(65536))
+rec = struct.pack('<QIH', 512, 16, 4) + b'test' + pat[512:528] + b'\xaa' * 16
+j = b'VHDKITJ1' + struct.pack('<IIQQ', 1, 1, 65536, 65536) + rec
+open(os.path.join(sys.argv[1], 'one-record'), 'wb').write(b'\x01' + j)
+grow = b'VHDKITJ1' + struct.pack('<IIQQ', 1, 1, 65536, 69632) + struct.pack('<QIH', 65536, 16, 4) + b'grow' + b'\0' * 16 + b'\xbb' * 16
+open(os.path.join(sys.argv[1], 'grow'), 'wb').write(b'\x01' + grow)
+PY
+
 # Two bare signatures, so detect starts from both.
 printf 'vhdxfile' > "$CORPUS/detect/sig-vhdx"
 { head -c 504 /dev/zero; printf 'conectix'; } > "$CORPUS/detect/sig-vhd-tail"
 
-for t in open_vhd open_vhdx detect read_view vhdx_log_replay check; do
+for t in open_vhd open_vhdx detect read_view vhdx_log_replay check journal_recover; do
     echo "seed.sh: $t: $(find "$CORPUS/$t" -type f | wc -l) files"
 done
 echo "seed.sh: added $count images"
