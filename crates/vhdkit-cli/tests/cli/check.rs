@@ -19,6 +19,30 @@ fn codes(j: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Run the binary under `/usr/bin/time` to learn its peak RSS (KiB); `None` when that tool is
+/// missing (the run itself still happens).
+fn run_measured(args: &[String], dir: &Path) -> (crate::util::Run, Option<u64>) {
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        return (run(args), None);
+    }
+    let out = dir.join("rss.txt");
+    let o = std::process::Command::new(time)
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&out)
+        .arg(env!("CARGO_BIN_EXE_vhdkit"))
+        .args(args)
+        .output()
+        .unwrap();
+    let rss = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()));
+    let _ = std::fs::remove_file(&out);
+    (o.into(), rss)
+}
+
 fn problems(j: &serde_json::Value) -> u64 {
     j["errors"].as_u64().unwrap() + j["warnings"].as_u64().unwrap()
 }
@@ -28,6 +52,7 @@ fn corpus_subset_through_the_binary() {
     let all = cases(false);
     let t = tmp();
     let mut n = 0;
+    let mut max_rss = 0u64;
     for (i, c) in all.iter().enumerate() {
         if i % 5 != 0 && !c.chain {
             continue;
@@ -65,14 +90,21 @@ fn corpus_subset_through_the_binary() {
             vec!["chain".to_string(), target.display().to_string()],
             vec![
                 "convert".to_string(),
+                "--to".to_string(),
+                "raw".to_string(),
                 "--force".to_string(),
                 target.display().to_string(),
                 dir.join("out.raw").display().to_string(),
             ],
         ] {
-            let r = run(&cmd);
+            let (r, rss_kib) = run_measured(&cmd, &dir);
             assert!((0..=2).contains(&r.code), "{} {cmd:?}: {r:?}", c.name);
             assert!(!r.stderr.contains("panicked"), "{} {cmd:?}: {r:?}", c.name);
+            // Hostile input must not make vhdkit allocate beyond its limits.
+            if let Some(kib) = rss_kib {
+                assert!(kib < 128 * 1024, "{} {cmd:?}: peak RSS {kib} KiB", c.name);
+                max_rss = max_rss.max(kib);
+            }
         }
         let after: Vec<String> = c
             .files
@@ -82,7 +114,7 @@ fn corpus_subset_through_the_binary() {
         assert_eq!(before, after, "{}: a file changed", c.name);
         n += 1;
     }
-    println!("{n} cases through the binary");
+    println!("{n} cases through the binary; highest peak RSS of info/chain/convert: {max_rss} KiB");
     assert!(n >= 30);
 }
 
