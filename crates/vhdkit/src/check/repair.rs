@@ -3,7 +3,7 @@
 //! - VHD: restore a damaged footer copy from the good one, in either direction (the end footer
 //!   from the copy at offset 0, or the copy from the end footer), through the redo journal
 //!   ([`crate::txn::journal`]), so a crash leaves the old or the new state;
-//! - VHDX: replay a dirty log ([`crate::vhdx::update::Session::replay_to_disk`]); rewrite a damaged
+//! - VHDX: replay a dirty log (`vhdx::update::Session::replay_to_disk`); rewrite a damaged
 //!   header from its good twin (the header-update procedure: the next sequence number over the
 //!   damaged slot); rewrite a damaged region table from its good twin through the log
 //!   (`Session::commit`);
