@@ -333,11 +333,11 @@ fn decode(bytes: &[u8]) -> std::result::Result<Plan, String> {
     if c.pos != body.len() {
         return Err("journal has trailing bytes".into());
     }
-    // vhdkit grows a file only to relocate metadata (a locator and the footer); a journal that
-    // claims more, or writes past the file's new end, was not written by vhdkit and must not
-    // be able to make recovery extend the file arbitrarily.
-    let limit = plan.old_len.max(plan.new_len);
-    if plan.new_len.saturating_sub(plan.old_len) > MAX_JOURNAL_BYTES {
+    // vhdkit changes a file's length only to relocate metadata (a locator and the footer); a
+    // journal that claims more, or writes past the file's new end, was not written by vhdkit
+    // and must not be able to make recovery resize the file arbitrarily.
+    let limit = plan.new_len;
+    if plan.new_len.abs_diff(plan.old_len) > MAX_JOURNAL_BYTES {
         return Err(format!(
             "journal grows the file from {} to {} bytes, more than any vhdkit change",
             plan.old_len, plan.new_len
@@ -831,10 +831,38 @@ mod tests {
         v
     }
 
+    /// Found by the journal_recover fuzz target: a journal claiming a 1 TiB old length and a
+    /// record past the current end made recovery write at a terabyte offset.
+    #[test]
+    fn fuzz_regression_huge_old_len() {
+        let input = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/fuzz-regressions/journal_recover-huge-old-len"
+        ));
+        // The target's first byte says "fix the CRC up"; do what it did.
+        let mut j = input[1..].to_vec();
+        let crc = crc32c::crc32c(&j);
+        j.extend_from_slice(&crc.to_le_bytes());
+        assert!(decode(&j).is_err());
+        let plan = super::super::fault::FaultPlan::new(None);
+        let file = super::super::fault::FaultyFile::new(vec![7u8; 65536], plan.clone());
+        let store = super::super::fault::MemJournal::with(j, plan);
+        assert!(matches!(
+            recover(&file, &store).unwrap(),
+            Recovery::Foreign { .. }
+        ));
+        assert_eq!(file.contents_all_written(), vec![7u8; 65536]);
+    }
+
     #[test]
     fn journals_that_grow_files_arbitrarily_are_foreign() {
         let (_, mut plan) = sample();
         plan.new_len = plan.old_len + (1 << 40);
+        assert!(decode(&encode(&plan))
+            .unwrap_err()
+            .contains("grows the file"));
+        let (_, mut plan) = sample();
+        plan.old_len = 1 << 40;
         assert!(decode(&encode(&plan))
             .unwrap_err()
             .contains("grows the file"));
