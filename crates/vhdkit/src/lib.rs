@@ -35,6 +35,7 @@ pub mod repair;
 pub mod reparent;
 pub mod share;
 pub mod source;
+pub mod tree;
 pub mod txn;
 pub mod vhd;
 pub mod vhdx;

@@ -22,11 +22,13 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
     let opts = CheckOptions::default()
         .chain(a.chain)
         .chain_options(super::chain_options(&a.resolve)?);
-    let files = check::collect_files(&a.paths)?;
-    let mut reports = Vec::with_capacity(files.len());
+    let (files, blind) = check::collect_tree(&a.paths)?;
+    let mut reports = Vec::with_capacity(files.len() + blind.len());
     for f in &files {
         reports.push(check::check_file(f, &opts)?);
     }
+    // Paths in the folders that could not be inspected: a tree is never clean from a partial view.
+    reports.extend(blind);
     let count = |s: Severity| {
         reports
             .iter()
@@ -48,7 +50,7 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
             infos,
             clean,
         })?;
-    } else {
+    } else if output::text_wanted() {
         for r in &reports {
             let fmt = r.format.map_or_else(|| "?".to_string(), |f| f.to_string());
             if r.findings.is_empty() {
