@@ -64,11 +64,24 @@ fn usage_line(e: &clap::Error) -> String {
         return "no command given (see `vhdkit --help`)".into();
     }
     let text = e.render().to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or("bad arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    match lines.find_map(|l| l.strip_prefix("Usage: ")) {
-        Some(u) => format!("{first} (usage: {u}; see --help)"),
-        None => format!("{first} (see --help)"),
+    let mut what = Vec::new();
+    let mut usage = None;
+    for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = l.strip_prefix("Usage: ") {
+            usage = Some(u);
+            break;
+        }
+        if !l.starts_with("tip:") && !l.starts_with("For more information") {
+            what.push(l.strip_prefix("error: ").unwrap_or(l));
+        }
+    }
+    let what = if what.is_empty() {
+        "bad arguments".to_string()
+    } else {
+        what.join(" ")
+    };
+    match usage {
+        Some(u) => format!("{what} (usage: {u}; see --help)"),
+        None => format!("{what} (see --help)"),
     }
 }

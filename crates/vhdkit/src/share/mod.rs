@@ -935,9 +935,15 @@ fn prepare_child(
     if !r.repoint {
         return Ok((finished, None));
     }
-    let before = Disk::open_with(r.child, &opts.chain.open)
-        .and_then(|d| digest::layer_digest(&d))
-        .map_err(|e| (false, e.to_string()))?;
+    let disk = Disk::open_with(r.child, &opts.chain.open).map_err(|e| (false, one_line(&e)))?;
+    // The VHD journal is created beside the child: refused now, as the dry run predicted.
+    if disk.format() == DiskFormat::Vhd {
+        if let Some(why) = lock::folder_refusal(r.child) {
+            return Err((true, why));
+        }
+    }
+    let before = digest::layer_digest(&disk).map_err(|e| (false, e.to_string()))?;
+    drop(disk);
     let ropts = ReparentOptions {
         new_parent: r.new_parent.to_path_buf(),
         mode: opts.mode,
