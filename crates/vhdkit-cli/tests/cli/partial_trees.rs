@@ -572,3 +572,49 @@ fn names_are_kept_with_the_real_reason() {
         "a copy outside DIR was deleted"
     );
 }
+
+/// relink must choose a parent for a child whose parent no longer resolves; while a folder
+/// cannot be listed, it may hide another file with that id, so the child is left alone. Once
+/// the folder opens, the same run repoints it.
+#[test]
+fn relink_does_not_choose_from_a_partial_view() {
+    if !nobody_available() {
+        return;
+    }
+    let t = tmp();
+    let root = t.path().join("lab");
+    let (vms, lib) = (root.join("VMs"), root.join("Library"));
+    let mut base = VhdBuilder::dynamic(SIZE).block_size(BS);
+    base.write(0, &[6u8; 4096]);
+    std::fs::create_dir_all(vms.join("VM1")).unwrap();
+    std::fs::create_dir_all(vms.join("VM2")).unwrap();
+    std::fs::create_dir_all(&lib).unwrap();
+    base.build().write_to(&lib.join("base.vhd"));
+    let child = vms.join("VM1/vm.vhd");
+    VhdBuilder::differencing(SIZE, base.id())
+        .block_size(BS)
+        .parent_name("base.vhd")
+        .locator(Locator::w2ru(r"..\..\Moved\base.vhd"))
+        .build()
+        .write_to(&child);
+    open_to_nobody(t.path(), &root);
+    chmod(&vms.join("VM2"), 0o300);
+    let before = snapshot(&root);
+    let args = ["relink", s(&vms), "--search", s(&lib)];
+    let r = as_nobody(&args);
+    assert_eq!(r.code, 1, "{r:?}");
+    let line = format!("REFUSED: {}: not repointed", s(&child));
+    assert!(r.stdout.contains(&line), "{r:?}");
+    assert!(r.stdout.contains("could not be inspected"), "{r:?}");
+    assert_eq!(
+        snapshot(&root),
+        before,
+        "a child was repointed from a partial view"
+    );
+
+    chmod(&vms.join("VM2"), 0o755);
+    let r = as_nobody(&args);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("1 children repointed"), "{r:?}");
+    run_success(["chain", s(&child)]);
+}

@@ -1506,7 +1506,8 @@ pub fn plan_relink(
             (Some(_), Some(v)) => format!("its parent resolves only through {v}"),
             (Some(_), None) => "its parent resolves only indirectly".to_string(),
         };
-        let refused = change_refusal(d);
+        let refused =
+            blind_choice(&sc, current_key.as_ref(), &best.key).or_else(|| change_refusal(d));
         new_parent_key.insert(d.key.clone(), best.key.clone());
         items.push((
             d.key.clone(),
@@ -1564,6 +1565,19 @@ pub fn plan_relink(
         uninspected: sc.uninspected,
         conflicts,
         notes: sc.notes,
+    })
+}
+
+/// Why choosing `best` would be a decision from a partial view: the child's current parent is
+/// not the file chosen, and a path that could not be inspected (or a disk that does not open)
+/// may be another file with the recorded id and different contents.
+fn blind_choice(sc: &Scan, current: Option<&FileKey>, best: &FileKey) -> Option<String> {
+    let blind = sc.uninspected.len() + sc.skipped.len();
+    (current != Some(best) && blind > 0).then(|| {
+        format!(
+            "not repointed: {blind} path(s) in the tree could not be inspected, and one may be \
+             another file with its parent's id and different contents"
+        )
     })
 }
 
