@@ -124,7 +124,7 @@ fn render_plan(p: &SharePlan) -> String {
         }
         for c in &g.copies {
             let fate = match (&c.kept, &c.refused) {
-                (Some(k), _) => format!(" -> {k}"),
+                (Some(k), _) => format!(" -> kept: {k}"),
                 (None, Some(r)) => format!(" -> cannot be deleted: {r}"),
                 (None, None) => " -> deleted once every child is repointed".into(),
             };
@@ -208,7 +208,7 @@ fn render_report(r: &ShareReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "done: {} groups, {} keepers placed, {} children repointed and verified, {} copies \
+        "done: {} groups completed, {} keepers placed, {} children repointed and verified, {} copies \
          deleted, {} old names and {} symlinks removed",
         r.groups_done,
         r.keepers_placed,

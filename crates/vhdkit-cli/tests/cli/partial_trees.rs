@@ -386,6 +386,19 @@ fn dry_run_predicts_the_real_refusals() {
     }
     assert!(d.stdout.contains("cannot be opened for writing"), "{d:?}");
     assert!(d.stdout.contains("does not allow creating"), "{d:?}");
+    // The group cannot be finished: the plan keeps its copies, as the real run does.
+    assert!(!d.stdout.contains("-> deleted once"), "{d:?}");
+    assert!(d.stdout.contains("frees 0 B on disk"), "{d:?}");
+    assert!(
+        d.stdout
+            .contains("kept: not every child of its group can be"),
+        "{d:?}"
+    );
+    assert!(
+        real.stdout
+            .contains("kept: not every child of its group can be"),
+        "{real:?}"
+    );
     assert_eq!(
         snapshot(&v),
         snapshot_of(&before, &v),

@@ -751,8 +751,8 @@ pub fn plan_share(
                 None
             };
             if delete && refused.is_none() {
-                bytes_freed += d.allocated;
-                bytes_freed_apparent += d.file_size;
+                bytes_freed = u64::saturating_add(bytes_freed, d.allocated);
+                bytes_freed_apparent = u64::saturating_add(bytes_freed_apparent, d.file_size);
             }
             copies.push(CopyPlan {
                 path: d.path.clone(),
@@ -806,6 +806,23 @@ pub fn plan_share(
             }
         }
         children.sort_by(|a, b| a.path.cmp(&b.path));
+        if children.iter().any(|c| c.refused.is_some()) {
+            // The real run keeps every name of a group it cannot finish: so does the plan.
+            let why = "not every child of its group can be repointed (a child could still use it)";
+            for c in copies.iter_mut().filter(|c| c.delete) {
+                if c.refused.is_none() {
+                    bytes_freed = u64::saturating_sub(bytes_freed, c.allocated);
+                    bytes_freed_apparent = u64::saturating_sub(bytes_freed_apparent, c.file_size);
+                }
+                c.delete = false;
+                c.kept = Some(why.into());
+            }
+            let names = old_names.drain(..).chain(symlinks.drain(..));
+            kept_names.extend(names.map(|path| Finding {
+                path,
+                reason: why.into(),
+            }));
+        }
         let places_keeper = matches!(action, KeeperAction::Move | KeeperAction::Copy);
         let has_work = places_keeper
             || !children.is_empty()
@@ -1176,7 +1193,7 @@ pub fn apply_share(
             rep.kept
                 .extend(g.copies.iter().filter(|c| c.delete).map(|c| Finding {
                     path: c.path.clone(),
-                    reason: "kept: its group's keeper could not be placed".into(),
+                    reason: "its group's keeper could not be placed".into(),
                 }));
             continue;
         }
@@ -1243,7 +1260,7 @@ pub fn apply_share(
             }
         }
         if !complete {
-            let why = "kept: not every child of its group could be repointed (a child could still \
+            let why = "not every child of its group could be repointed (a child could still \
                        use it)";
             let names = g.copies.iter().filter(|c| c.delete).map(|c| &c.path);
             let names = names.chain(&g.old_names).chain(&g.symlinks);
@@ -1290,7 +1307,7 @@ pub fn apply_share(
             if now.as_ref().ok() != Some(&c.key) {
                 rep.kept.push(Finding {
                     path: c.path.clone(),
-                    reason: "kept: the file changed or disappeared since the plan".into(),
+                    reason: "the file changed or disappeared since the plan".into(),
                 });
                 continue;
             }
@@ -1305,8 +1322,8 @@ pub fn apply_share(
                 Ok(()) => {
                     sync_dir(&c.path);
                     rep.copies_deleted += 1;
-                    rep.bytes_freed += c.allocated;
-                    rep.bytes_freed_apparent += c.file_size;
+                    rep.bytes_freed = rep.bytes_freed.saturating_add(c.allocated);
+                    rep.bytes_freed_apparent = rep.bytes_freed_apparent.saturating_add(c.file_size);
                     steps.step();
                 }
                 Err(e) => rep.failed.push(Finding {

@@ -33,7 +33,7 @@ impl Removal {
             .or_else(|| skipped.first().map(|s| s.path.display().to_string()));
         let blocked = first.map(|f| {
             format!(
-                "kept: {n} path(s) in the tree could not be inspected (first: {f}); a child \
+                "{n} path(s) in the tree could not be inspected (first: {f}); a child \
                  there could use it"
             )
         });
@@ -47,11 +47,11 @@ impl Removal {
     /// `shared`: in SHARED.
     pub(crate) fn keep_reason(&self, outside: bool, shared: bool) -> Option<String> {
         if !self.delete_copies {
-            Some("kept: no --delete-copies (a disk outside DIR might use it)".into())
+            Some("no --delete-copies (a disk outside DIR might use it)".into())
         } else if outside {
-            Some("kept: outside DIR".into())
+            Some("outside DIR".into())
         } else if shared {
-            Some("kept: in SHARED".into())
+            Some("in SHARED".into())
         } else {
             self.blocked.clone()
         }
