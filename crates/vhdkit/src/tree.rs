@@ -118,17 +118,43 @@ pub struct Walk {
 /// Names vhdkit itself writes beside disks (journals, temporary copies): never disks.
 pub type IgnoreFn<'a> = &'a dyn Fn(&str) -> bool;
 
-/// Whether an open file carries a disk signature; `Err` when it cannot be opened at all.
-fn probe(path: &Path) -> std::io::Result<bool> {
-    let f = fs::File::open(path)?;
+/// Whether the file carries a disk signature; `Err` when it cannot be opened at all. The open
+/// never blocks (a FIFO swapped in after the type check) and, for a plain entry, never follows
+/// a link swapped in; the type is checked again on the open descriptor.
+fn probe(path: &Path, follow: bool) -> std::io::Result<bool> {
+    let f = open_nonblocking(path, follow)?;
+    if !f.metadata()?.is_file() {
+        return Ok(false);
+    }
     Ok(crate::disk::detect(&f).is_ok())
+}
+
+#[cfg(target_os = "linux")]
+fn open_nonblocking(path: &Path, follow: bool) -> std::io::Result<fs::File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = OFlags::NONBLOCK;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let bits = i32::try_from(flags.bits()).unwrap_or(0);
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(bits)
+        .open(path)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_nonblocking(path: &Path, _follow: bool) -> std::io::Result<fs::File> {
+    fs::File::open(path)
 }
 
 /// Walk `root` (a folder) recursively. The root itself must be listable (`Err` otherwise: the
 /// walk cannot even start); everything below it that cannot be inspected is reported.
 pub fn walk(root: &Path, limits: &WalkLimits, ignore: IgnoreFn<'_>) -> Result<Walk> {
     let mut out = Walk::default();
-    let first = list(root).map_err(|e| Error::io("listing the folder", e).with_path(root))?;
+    let first = list(root, limits.max_entries)
+        .map_err(|e| Error::io("listing the folder", e).with_path(root))?;
     let mut stack = vec![(first, 0usize)];
     while let Some((entries, depth)) = stack.pop() {
         let mut subdirs = Vec::new();
@@ -151,7 +177,7 @@ pub fn walk(root: &Path, limits: &WalkLimits, ignore: IgnoreFn<'_>) -> Result<Wa
         }
         // Depth first, in name order: listed now, so a folder closed later is still seen.
         for (dir, d) in subdirs.into_iter().rev() {
-            match list(&dir) {
+            match list(&dir, limits.max_entries) {
                 Ok(e) => stack.push((e, d)),
                 Err(e) => out.uninspected.push(Uninspected {
                     path: dir,
@@ -164,9 +190,11 @@ pub fn walk(root: &Path, limits: &WalkLimits, ignore: IgnoreFn<'_>) -> Result<Wa
     Ok(out)
 }
 
-fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The entries of `dir`, sorted; at most `cap + 1` are read (one more than the walk will look
+/// at, so the entry bound is still noticed), so a huge folder cannot exhaust memory.
+fn list(dir: &Path, cap: usize) -> std::io::Result<Vec<PathBuf>> {
     let mut v = Vec::new();
-    for e in fs::read_dir(dir)? {
+    for e in fs::read_dir(dir)?.take(cap.saturating_add(1)) {
         v.push(e?.path());
     }
     v.sort();
@@ -217,7 +245,7 @@ fn visit(
     if !lmeta.is_file() {
         return None;
     }
-    match probe(&path) {
+    match probe(&path, false) {
         Ok(true) => out.disks.push(FoundDisk { path, meta: lmeta }),
         Ok(false) => {}
         Err(e) => {
@@ -254,7 +282,7 @@ fn visit_link(path: PathBuf, out: &mut Walk) -> Option<(PathBuf, usize)> {
     if !meta.is_file() {
         return None;
     }
-    match probe(&path) {
+    match probe(&path, true) {
         Ok(true) => out.links.push(FoundLink { path, meta }),
         Ok(false) => {}
         Err(e) => out.uninspected.push(Uninspected {
@@ -309,6 +337,24 @@ mod tests {
         };
         let w = walk(d.path(), &limits, &ign).unwrap();
         assert_eq!(kinds(&w), vec![UninspectedKind::EntryLimit]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_are_passed_over_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("pipe.vhd");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            println!("SKIP: mkfifo is not available");
+            return;
+        }
+        std::os::unix::fs::symlink(&fifo, d.path().join("link.vhd")).unwrap();
+        let w = walk(d.path(), &WalkLimits::default(), &|_| false).unwrap();
+        assert!(
+            w.disks.is_empty() && w.links.is_empty() && w.uninspected.is_empty(),
+            "{w:?}"
+        );
     }
 
     #[test]
