@@ -23,18 +23,27 @@ const SIZE: u64 = 4 << 20;
 const BS: u32 = 1 << 20;
 const NOBODY: u32 = 65534;
 
-/// True when tests can run the binary as `nobody` (root and `runuser` needed). Otherwise prints
-/// a SKIP line, or fails under CI=true (CI runs as root, so a skip there hides a regression).
+/// True when tests can run the binary as `nobody`: root, `runuser`, and a binary and temporary
+/// folder that `nobody` can reach. Otherwise prints a SKIP line, or fails under CI=true (CI runs
+/// as root, so a skip there would hide a regression).
 fn nobody_available() -> bool {
     let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    let runs = root
-        && Command::new("runuser")
-            .args(["-u", "nobody", "--", "true"])
-            .status()
-            .is_ok_and(|s| s.success());
+    let nobody_runs = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
+    let runs =
+        root && nobody_runs(Command::new("runuser").args([
+            "-u",
+            "nobody",
+            "--",
+            env!("CARGO_BIN_EXE_vhdkit"),
+            "--version",
+        ])) && nobody_runs(
+            Command::new("runuser")
+                .args(["-u", "nobody", "--", "test", "-x"])
+                .arg(std::env::temp_dir()),
+        );
     if !runs {
-        let why =
-            "partial-tree tests need root and `runuser -u nobody` to run as an unprivileged user";
+        let why = "partial-tree tests need root, `runuser`, and the vhdkit binary and the \
+                   temporary folder reachable by `nobody`";
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
         println!("SKIP: {why}");
     }
