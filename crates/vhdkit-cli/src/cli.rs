@@ -61,7 +61,8 @@ pub struct ShareArgs {
     /// Print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Delete the other copies once every child of their group is repointed and verified.
+    /// Delete the other copies once every child of their group is repointed and verified
+    /// (nothing is deleted while any path in the tree could not be inspected).
     #[arg(long)]
     pub delete_copies: bool,
     /// Print JSON instead of text.

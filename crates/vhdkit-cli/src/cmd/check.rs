@@ -12,6 +12,8 @@ use crate::Outcome;
 #[derive(serde::Serialize)]
 struct JsonOut<'a> {
     files: &'a [FileReport],
+    /// Paths in the folders that could not be inspected (each has a `tree.*` report in `files`).
+    not_inspected: usize,
     errors: usize,
     warnings: usize,
     infos: usize,
@@ -23,6 +25,7 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
         .chain(a.chain)
         .chain_options(super::chain_options(&a.resolve)?);
     let (files, blind) = check::collect_tree(&a.paths)?;
+    let not_inspected = blind.len();
     let mut reports = Vec::with_capacity(files.len() + blind.len());
     for f in &files {
         reports.push(check::check_file(f, &opts)?);
@@ -45,6 +48,7 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
     if a.json {
         output::print_json(&JsonOut {
             files: &reports,
+            not_inspected,
             errors,
             warnings,
             infos,
@@ -70,9 +74,14 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
                 );
             }
         }
+        let blind = if not_inspected > 0 {
+            format!(", {not_inspected} path(s) could not be inspected")
+        } else {
+            String::new()
+        };
         println!(
-            "{} file(s) checked: {errors} error(s), {warnings} warning(s), {infos} info",
-            reports.len()
+            "{} file(s) checked{blind}: {errors} error(s), {warnings} warning(s), {infos} info",
+            files.len()
         );
     }
     Ok(if clean {

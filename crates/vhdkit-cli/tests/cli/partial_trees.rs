@@ -340,8 +340,26 @@ fn relink_and_check_report_every_obstacle() {
         let r = as_nobody(&["check", s(&lab.vms())]);
         assert_reported(&r, o, "check DIR");
         assert!(r.stdout.contains(o.code), "{}: {r:?}", o.name);
+        assert!(
+            r.stdout.contains("1 path(s) could not be inspected"),
+            "{r:?}"
+        );
         let j = as_nobody(&["check", "--json", s(&lab.vms())]).json();
         assert_eq!(j["clean"], false, "{}: {j}", o.name);
+        assert_eq!(j["not_inspected"], 1, "{}: {j}", o.name);
+        let codes: Vec<&str> = j["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|f| f["findings"].as_array().unwrap())
+            .filter_map(|f| f["code"].as_str())
+            .collect();
+        assert_eq!(
+            codes,
+            vec![o.code],
+            "{}: only the obstacle is a finding",
+            o.name
+        );
         assert_eq!(
             snapshot(&lab.root),
             before,
