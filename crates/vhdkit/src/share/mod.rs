@@ -38,7 +38,7 @@
 //! Disks outside DIR and SHARED are never changed or deleted; children outside them are not
 //! seen, so `delete_copies` must not be used when other trees use the copies. No name is removed
 //! without `delete_copies` (a moved keeper keeps its old name as a hard link), and none at all
-//! while any path in the tree could not be inspected ([`removal`] holds the rule).
+//! while any path in the tree could not be inspected (`share/removal.rs` holds the rule).
 //!
 //! # relink
 //! For every differencing disk under DIR whose parent does not resolve, or resolves other than
