@@ -11,6 +11,7 @@ mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
+mod readme;
 mod real_images;
 mod reparent;
 mod reparent_vhdx;
