@@ -315,17 +315,11 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
             c.virtual_size()
         )));
     }
-    if np.logical_sector_size() != c.logical_sector_size()
-        || np.physical_sector_size() != c.physical_sector_size()
-    {
-        return Err(refuse(format!(
-            "sector size mismatch: the new parent has {}/{} (logical/physical), the child {}/{}",
-            np.logical_sector_size(),
-            np.physical_sector_size(),
-            c.logical_sector_size(),
-            c.physical_sector_size()
-        )));
+    let sectors = crate::sectors::compare(&c, &np);
+    if let Some(why) = sectors.refusal() {
+        return Err(refuse(why));
     }
+    notes.extend(sectors.note());
 
     // Identity.
     let np_id = np.identity();

@@ -207,6 +207,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("chain.identity_mismatch", E, "a parent was found but its identity does not match the child's record"),
     ("chain.size_mismatch", W, "child and parent virtual sizes differ"),
     ("chain.sector_size_mismatch", E, "child and parent logical sector sizes differ"),
+    ("chain.physical_sector_size_mismatch", I, "child and parent physical sector sizes differ (allowed: only the logical size must match)"),
     ("chain.format_mismatch", E, "the parent found is of the other format (VHD vs VHDX)"),
     ("chain.not_followed", I, "the chain was not followed because the disk itself does not open"),
     ("chain.loop", E, "the chain loops back to a disk already in it"),
