@@ -129,6 +129,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhd.header.version", W, "dynamic header version is not 1.0"),
     ("vhd.header.block_size", E, "block size is zero, not a power-of-two number of sectors, or above 256 MiB"),
     ("vhd.header.parent_name", W, "differencing disk: parent unicode name is empty or not valid UTF-16BE"),
+    ("vhd.header.parent_name_little_endian", W, "differencing disk: the parent unicode name is stored little-endian (VirtualBox 2.x, tapdisk 0.1); read as such"),
     ("vhd.header.parent_id_zero", W, "differencing disk: parent unique id is all zeros"),
     // VHD BAT
     ("vhd.bat.too_small", E, "max table entries is smaller than current size / block size"),
