@@ -24,6 +24,7 @@ pub mod dynamic;
 pub mod footer;
 pub mod format;
 pub mod locator;
+pub mod name_style;
 pub mod reparent;
 pub mod write;
 
