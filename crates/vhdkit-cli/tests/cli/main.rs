@@ -11,6 +11,7 @@ mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
+mod foreign_writers;
 mod readme;
 mod real_images;
 mod reparent;
