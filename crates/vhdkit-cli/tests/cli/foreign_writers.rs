@@ -157,3 +157,65 @@ fn reparent_reports_the_parent_name_style() {
         Some(std::fs::canonicalize(&moved).unwrap())
     );
 }
+
+/// A VHDX child whose physical sector size differs from its parent's (Windows:
+/// `New-VHD -Differencing -PhysicalSectorSizeBytes 512` over a 512e parent): `chain`, `check
+/// --chain`, `convert` and `reparent` onto an identical copy all accept it; check reports the
+/// info code `chain.physical_sector_size_mismatch`.
+#[test]
+fn physical_sector_size_may_differ_everywhere() {
+    use uuid::Uuid;
+    use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
+    let t = tmp();
+    let dir = std::fs::canonicalize(t.path()).unwrap();
+    let mut p = VhdxBuilder::new(Kind::Dynamic, SIZE, 1 << 20, 512);
+    p.data_write_guid = Uuid::from_u128(0x5151);
+    p.physical_sector_size = 4096;
+    p.write(0, &[0x77; 4096]);
+    std::fs::write(dir.join("base.vhdx"), p.build().bytes).unwrap();
+    std::fs::create_dir_all(dir.join("copy")).unwrap();
+    std::fs::copy(dir.join("base.vhdx"), dir.join("copy/base.vhdx")).unwrap();
+    let mut c = VhdxBuilder::new(Kind::Differencing, SIZE, 1 << 20, 512);
+    c.physical_sector_size = 512;
+    c.parent_linkage = Uuid::from_u128(0x5151);
+    c.relative_path = Some(r".\base.vhdx".into());
+    c.write(512, &[0x88; 512]);
+    let child = dir.join("child.avhdx");
+    std::fs::write(&child, c.build().bytes).unwrap();
+
+    let r = run_in(&dir, &["chain"], &child);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("note: physical sector size differs: parent 4096, child 512"),
+        "{r:?}"
+    );
+    let r = run_in(&dir, &["check", "--chain", "--json"], &child);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("\"chain.physical_sector_size_mismatch\""),
+        "{}",
+        r.stdout
+    );
+    let r: Run = vhdkit()
+        .args(["convert", "--to", "raw"])
+        .arg(&child)
+        .arg(dir.join("flat.raw"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let flat = std::fs::read(dir.join("flat.raw")).unwrap();
+    assert_eq!(&flat[..512], &[0x77; 512]);
+    assert_eq!(&flat[512..1024], &[0x88; 512]);
+    let r: Run = vhdkit()
+        .arg("reparent")
+        .arg(&child)
+        .arg("--parent")
+        .arg(dir.join("copy/base.vhdx"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("physical sector size differs"), "{r:?}");
+}

@@ -77,7 +77,7 @@ fn detect(name: Option<&str>) -> (NameStyle, Option<RelForm>) {
     }
     match name.find(['/', '\\']) {
         Some(i) => {
-            let sep = name[i..].chars().next().unwrap_or('/');
+            let sep = name.get(i..).and_then(|r| r.chars().next()).unwrap_or('/');
             let dot = name.starts_with("./") || name.starts_with(".\\");
             (NameStyle::Relative, Some(RelForm { sep, dot }))
         }
