@@ -250,6 +250,22 @@ fn content_not_slot_decides_and_dead_stays_dead() {
     let report = Chain::inspect(root.join("child.vhd"), &ChainOptions::default()).unwrap();
     let res = report.links[0].parent.as_ref().unwrap();
     assert_eq!(res.via.as_deref(), Some("MacX"), "{res:?}");
+    // A Windows path in the relative slot and a POSIX path in a MacX URL are absolute: they
+    // may be right on another host, so they are kept, not dead; the relative path in the
+    // absolute slot (blktap, vhd-lib) is the one that works.
+    let c = VhdBuilder::differencing(SIZE, PARENT_ID)
+        .parent_name("base.vhd")
+        .locator(vhdkit_testkit::vhd::Locator::w2ru(r"C:\Lab\base.vhd"))
+        .locator(vhdkit_testkit::vhd::Locator::w2ku("./base.vhd"))
+        .locator(vhdkit_testkit::vhd::Locator::macx(
+            "file:///elsewhere/base.vhd",
+        ));
+    c.build().write_to(&root.join("child2.vhd"));
+    let r = check_file(&root.join("child2.vhd"), &CheckOptions::default()).unwrap();
+    assert!(r.findings.is_empty(), "{r:?}");
+    let report = Chain::inspect(root.join("child2.vhd"), &ChainOptions::default()).unwrap();
+    let res = report.links[0].parent.as_ref().unwrap();
+    assert_eq!(res.via.as_deref(), Some("W2ku"), "{res:?}");
 }
 
 mod vhdx_sectors {
