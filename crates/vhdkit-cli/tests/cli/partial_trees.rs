@@ -223,6 +223,24 @@ const OBSTACLES: &[Obstacle] = &[
     },
 ];
 
+/// Obstacles only `share` sees: it walks SHARED as well as DIR.
+const SHARED_OBSTACLES: &[Obstacle] = &[Obstacle {
+    name: "an unreadable file in SHARED",
+    code: "tree.unreadable",
+    reason: "cannot be read",
+    plant: |l| {
+        let sh = l.shared();
+        std::fs::create_dir(&sh).unwrap();
+        std::fs::copy(l.vms().join("VM2/vm.vhd"), sh.join("other-vm.vhd")).unwrap();
+        open_to_nobody(l.root.parent().unwrap(), &sh);
+        chmod(&sh.join("other-vm.vhd"), 0o000);
+    },
+}];
+
+fn share_obstacles() -> impl Iterator<Item = &'static Obstacle> {
+    OBSTACLES.iter().chain(SHARED_OBSTACLES)
+}
+
 fn lab_with(o: &Obstacle) -> Lab {
     let lab = Lab::new();
     (o.plant)(&lab);
@@ -240,7 +258,7 @@ fn share_dry_run_reports_and_changes_nothing() {
     if !nobody_available() {
         return;
     }
-    for o in OBSTACLES {
+    for o in share_obstacles() {
         let lab = lab_with(o);
         let before = snapshot(&lab.root);
         let (v, sh) = (lab.vms(), lab.shared());
@@ -274,7 +292,7 @@ fn share_deletes_nothing_while_anything_is_uninspected() {
     if !nobody_available() {
         return;
     }
-    for o in OBSTACLES {
+    for o in share_obstacles() {
         let lab = lab_with(o);
         let v = lab.vms();
         let tops = [v.join("VM1/vm.vhd"), v.join("VM2/vm.vhd")];
