@@ -676,3 +676,27 @@ fn relink_does_not_choose_from_a_partial_view() {
     assert!(r.stdout.contains("1 children repointed"), "{r:?}");
     run_success(["chain", s(&child)]);
 }
+
+/// SHARED cannot be created (its folder belongs to root): the dry run says so, the real run
+/// refuses the group the same way, and nothing changes.
+#[test]
+fn dry_run_predicts_an_unwritable_shared_folder() {
+    if !nobody_available() {
+        return;
+    }
+    let lab = Lab::new();
+    chown(&lab.root, Some(0), Some(0)).unwrap();
+    let (v, sh) = (lab.vms(), lab.shared());
+    let before = snapshot(&lab.root);
+    let args = ["share", s(&v), "--into", s(&sh), "--delete-copies"];
+    let d = as_nobody(&[&args[..], &["--dry-run"]].concat());
+    let real = as_nobody(&args);
+    for r in [&d, &real] {
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stdout.contains("REFUSED"), "{r:?}");
+        assert!(r.stdout.contains("does not allow creating"), "{r:?}");
+    }
+    assert!(d.stdout.contains("frees 0 B"), "{d:?}");
+    assert_eq!(snapshot(&lab.root), before, "something changed");
+    assert!(!sh.exists());
+}

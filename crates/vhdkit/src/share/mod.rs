@@ -417,6 +417,37 @@ fn sync_dir(p: &Path) {
     }
 }
 
+/// The names a group would remove, for holding them all back at once.
+struct Names<'a> {
+    copies: &'a mut Vec<CopyPlan>,
+    old_names: &'a mut Vec<PathBuf>,
+    symlinks: &'a mut Vec<PathBuf>,
+    kept_names: &'a mut Vec<Finding>,
+}
+
+impl Names<'_> {
+    /// Keep every name, each with `why`.
+    fn hold_back(&mut self, why: &str) {
+        for c in self.copies.iter_mut().filter(|c| c.delete) {
+            c.delete = false;
+            c.kept = Some(why.into());
+        }
+        let names = self.old_names.drain(..).chain(self.symlinks.drain(..));
+        self.kept_names.extend(names.map(|path| Finding {
+            path,
+            reason: why.into(),
+        }));
+    }
+
+    /// Bytes the copies still to be deleted free, measured by `size`.
+    fn freed(&self, size: impl Fn(&CopyPlan) -> u64) -> u64 {
+        self.copies
+            .iter()
+            .filter(|c| c.delete && c.refused.is_none())
+            .fold(0, |n, c| n.saturating_add(size(c)))
+    }
+}
+
 /// Why changing this child will be refused, found the way the real run will meet it: the lock
 /// (open for writing) and, for a VHD, its folder (the journal is created beside it).
 fn change_refusal(d: &ScannedDisk) -> Option<String> {
@@ -806,24 +837,26 @@ pub fn plan_share(
             }
         }
         children.sort_by(|a, b| a.path.cmp(&b.path));
+        let places_keeper = matches!(action, KeeperAction::Move | KeeperAction::Copy);
+        let keeper_refused = into_refused.clone().filter(|_| places_keeper);
+        if let Some(r) = &keeper_refused {
+            for c in children.iter_mut().filter(|c| c.refused.is_none()) {
+                c.refused = Some(format!("its shared parent cannot be placed: {r}"));
+            }
+        }
         if children.iter().any(|c| c.refused.is_some()) {
             // The real run keeps every name of a group it cannot finish: so does the plan.
             let why = "not every child of its group can be repointed (a child could still use it)";
-            for c in copies.iter_mut().filter(|c| c.delete) {
-                if c.refused.is_none() {
-                    bytes_freed = u64::saturating_sub(bytes_freed, c.allocated);
-                    bytes_freed_apparent = u64::saturating_sub(bytes_freed_apparent, c.file_size);
-                }
-                c.delete = false;
-                c.kept = Some(why.into());
-            }
-            let names = old_names.drain(..).chain(symlinks.drain(..));
-            kept_names.extend(names.map(|path| Finding {
-                path,
-                reason: why.into(),
-            }));
+            let mut names = Names {
+                copies: &mut copies,
+                old_names: &mut old_names,
+                symlinks: &mut symlinks,
+                kept_names: &mut kept_names,
+            };
+            names.hold_back(why);
+            bytes_freed = names.freed(|c| c.allocated);
+            bytes_freed_apparent = names.freed(|c| c.file_size);
         }
-        let places_keeper = matches!(action, KeeperAction::Move | KeeperAction::Copy);
         let has_work = places_keeper
             || !children.is_empty()
             || !old_names.is_empty()
@@ -852,7 +885,7 @@ pub fn plan_share(
             old_names,
             symlinks,
             kept_names,
-            keeper_refused: into_refused.clone().filter(|_| places_keeper),
+            keeper_refused,
             children,
             bytes_freed,
             bytes_freed_apparent,
