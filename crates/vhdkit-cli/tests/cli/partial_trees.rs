@@ -178,6 +178,18 @@ const OBSTACLES: &[Obstacle] = &[
         },
     },
     Obstacle {
+        name: "a folder that can be listed but not entered",
+        code: "tree.unreadable",
+        reason: "cannot be examined",
+        plant: |l| {
+            let d = l.vms().join("VM3");
+            std::fs::create_dir(&d).unwrap();
+            std::fs::copy(l.vms().join("VM1/vm.vhd"), d.join("vm.vhd")).unwrap();
+            chown(&d, Some(NOBODY), Some(NOBODY)).unwrap();
+            chmod(&d, 0o600);
+        },
+    },
+    Obstacle {
         name: "a dangling link",
         code: "tree.link_unresolved",
         reason: "cannot be examined",
