@@ -72,49 +72,6 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
     }
 }
 
-/// What the real run will meet when it changes `path`, found the way the real run finds it: the
-/// file is opened for writing and the exclusive lock taken (as [`lock_for_change`] does), then
-/// released at once. Mode bits alone would mislead (another owner, ACLs, a read-only mount).
-/// Nothing is written.
-pub fn probe_change(path: &Path) -> Option<String> {
-    lock_for_change(path).err()
-}
-
-/// Why `path`'s folder will refuse to have a file created or removed in it (the journal beside
-/// a VHD child, the deletion of a copy), asked of the kernel for the effective user.
-pub fn folder_refusal(path: &Path) -> Option<String> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    folder_access(dir).err().map(|e| {
-        format!(
-            "its folder {} does not allow creating or removing files ({e})",
-            dir.display()
-        )
-    })
-}
-
-#[cfg(target_os = "linux")]
-fn folder_access(dir: &Path) -> std::io::Result<()> {
-    use rustix::fs::{accessat, Access, AtFlags, CWD};
-    accessat(
-        CWD,
-        dir,
-        Access::WRITE_OK | Access::EXEC_OK,
-        AtFlags::EACCESS,
-    )
-    .map_err(std::io::Error::from)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn folder_access(dir: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(dir)?.permissions().readonly() {
-        return Err(std::io::Error::from(ErrorKind::PermissionDenied));
-    }
-    Ok(())
-}
-
 /// True when another process holds a lock on `path` (checked with a shared lock taken and
 /// released at once; touches nothing).
 pub fn is_locked_elsewhere(path: &Path) -> bool {

@@ -49,6 +49,7 @@
 
 pub mod digest;
 pub mod lock;
+pub mod probe;
 mod removal;
 pub mod scan;
 
@@ -451,9 +452,9 @@ impl Names<'_> {
 /// Why changing this child will be refused, found the way the real run will meet it: the lock
 /// (open for writing) and, for a VHD, its folder (the journal is created beside it).
 fn change_refusal(d: &ScannedDisk) -> Option<String> {
-    lock::probe_change(&d.path).or_else(|| {
+    probe::change_refusal(&d.path).or_else(|| {
         (d.format == DiskFormat::Vhd)
-            .then(|| lock::folder_refusal(&d.path))
+            .then(|| probe::folder_refusal(&d.path))
             .flatten()
     })
 }
@@ -466,7 +467,7 @@ fn into_refusal(into: &Path) -> Option<String> {
             return None;
         }
     }
-    lock::folder_refusal(&probe)
+    probe::folder_refusal(&probe)
 }
 
 /// Plan `share` of `dir` into `into`. Reads only (scans, opens, hashes); the dry run's
@@ -777,7 +778,7 @@ pub fn plan_share(
             let kept = removal.keep_reason(d.outside || !under(&d.path, &dir), in_into(&d.path));
             let delete = kept.is_none();
             let refused = if delete {
-                lock::folder_refusal(&d.path)
+                probe::folder_refusal(&d.path)
             } else {
                 None
             };
@@ -988,7 +989,7 @@ fn prepare_child(
     let disk = Disk::open_with(r.child, &opts.chain.open).map_err(|e| (false, one_line(&e)))?;
     // The VHD journal is created beside the child: refused now, as the dry run predicted.
     if disk.format() == DiskFormat::Vhd {
-        if let Some(why) = lock::folder_refusal(r.child) {
+        if let Some(why) = probe::folder_refusal(r.child) {
             return Err((true, why));
         }
     }
