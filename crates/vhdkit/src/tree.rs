@@ -115,8 +115,29 @@ pub struct Walk {
     pub entries: usize,
 }
 
-/// Names vhdkit itself writes beside disks (journals, temporary copies): never disks.
-pub type IgnoreFn<'a> = &'a dyn Fn(&str) -> bool;
+/// Which files a walk yields besides those with a disk signature, and which it passes over.
+#[derive(Clone, Copy)]
+pub struct Select<'a> {
+    /// File names passed over unopened (vhdkit's own side files, for `share`).
+    pub ignore: &'a dyn Fn(&str) -> bool,
+    /// Regular files yielded as disks even without a signature (e.g. a name that claims a disk
+    /// format, so that a lying name is reported rather than passed over).
+    pub also: &'a dyn Fn(&Path) -> bool,
+}
+
+impl Select<'_> {
+    /// Every file with a disk signature, nothing else, nothing passed over.
+    pub const SIGNATURES: Select<'static> = Select {
+        ignore: &|_| false,
+        also: &|_| false,
+    };
+}
+
+impl std::fmt::Debug for Select<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Select")
+    }
+}
 
 /// Whether the file carries a disk signature; `Err` when it cannot be opened at all. The open
 /// never blocks (a FIFO swapped in after the type check) and, for a plain entry, never follows
@@ -151,7 +172,7 @@ fn open_nonblocking(path: &Path, _follow: bool) -> std::io::Result<fs::File> {
 
 /// Walk `root` (a folder) recursively. The root itself must be listable (`Err` otherwise: the
 /// walk cannot even start); everything below it that cannot be inspected is reported.
-pub fn walk(root: &Path, limits: &WalkLimits, ignore: IgnoreFn<'_>) -> Result<Walk> {
+pub fn walk(root: &Path, limits: &WalkLimits, select: &Select<'_>) -> Result<Walk> {
     let mut out = Walk::default();
     let first = list(root, limits.max_entries)
         .map_err(|e| Error::io("listing the folder", e).with_path(root))?;
@@ -171,7 +192,7 @@ pub fn walk(root: &Path, limits: &WalkLimits, ignore: IgnoreFn<'_>) -> Result<Wa
                 });
                 return Ok(out);
             }
-            if let Some(d) = visit(path, depth, limits, ignore, &mut out) {
+            if let Some(d) = visit(path, depth, limits, select, &mut out) {
                 subdirs.push(d);
             }
         }
@@ -206,14 +227,14 @@ fn visit(
     path: PathBuf,
     depth: usize,
     limits: &WalkLimits,
-    ignore: IgnoreFn<'_>,
+    select: &Select<'_>,
     out: &mut Walk,
 ) -> Option<(PathBuf, usize)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if ignore(&name) {
+    if (select.ignore)(&name) {
         return None;
     }
     let skip = |out: &mut Walk, path: PathBuf, kind, reason: String| {
@@ -247,6 +268,7 @@ fn visit(
     }
     match probe(&path, false) {
         Ok(true) => out.disks.push(FoundDisk { path, meta: lmeta }),
+        Ok(false) if (select.also)(&path) => out.disks.push(FoundDisk { path, meta: lmeta }),
         Ok(false) => {}
         Err(e) => {
             let r = format!("the file cannot be read: {e}");
@@ -314,7 +336,7 @@ mod tests {
             max_depth: 2,
             max_entries: 100,
         };
-        let w = walk(r, &limits, &|_| false).unwrap();
+        let w = walk(r, &limits, &Select::SIGNATURES).unwrap();
         let k = kinds(&w);
         assert!(k.contains(&UninspectedKind::LinkUnresolved), "{w:?}");
         assert!(k.contains(&UninspectedKind::SymlinkedFolder), "{w:?}");
@@ -328,9 +350,18 @@ mod tests {
         for n in ["a", "b", "c.vhdkit-journal"] {
             fs::write(d.path().join(n), b"x").unwrap();
         }
-        let ign = |n: &str| n.ends_with(".vhdkit-journal");
+        let ign = Select {
+            ignore: &|n: &str| n.ends_with(".vhdkit-journal"),
+            also: &|p: &Path| p.ends_with("b"),
+        };
         let w = walk(d.path(), &WalkLimits::default(), &ign).unwrap();
-        assert!(w.uninspected.is_empty() && w.disks.is_empty(), "{w:?}");
+        assert!(w.uninspected.is_empty(), "{w:?}");
+        let found: Vec<_> = w.disks.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(
+            found,
+            vec![d.path().join("b")],
+            "only `also` yields a non-disk"
+        );
         let limits = WalkLimits {
             max_depth: 4,
             max_entries: 1,
@@ -350,7 +381,7 @@ mod tests {
             return;
         }
         std::os::unix::fs::symlink(&fifo, d.path().join("link.vhd")).unwrap();
-        let w = walk(d.path(), &WalkLimits::default(), &|_| false).unwrap();
+        let w = walk(d.path(), &WalkLimits::default(), &Select::SIGNATURES).unwrap();
         assert!(
             w.disks.is_empty() && w.links.is_empty() && w.uninspected.is_empty(),
             "{w:?}"
@@ -360,11 +391,11 @@ mod tests {
     #[test]
     fn an_unlistable_root_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        assert!(
-            walk(&d.path().join("missing"), &WalkLimits::default(), &|_| {
-                false
-            })
-            .is_err()
-        );
+        assert!(walk(
+            &d.path().join("missing"),
+            &WalkLimits::default(),
+            &Select::SIGNATURES
+        )
+        .is_err());
     }
 }

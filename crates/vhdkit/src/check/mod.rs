@@ -522,7 +522,8 @@ pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)
         }
         // Every file is looked at (vhdkit's own leftovers too); links to disks are not followed,
         // their targets are checked where they lie.
-        let w = crate::tree::walk(p, &crate::tree::WalkLimits::default(), &|_| false)?;
+        let limits = crate::tree::WalkLimits::default();
+        let w = crate::tree::walk(p, &limits, &crate::tree::Select::SIGNATURES)?;
         files.extend(w.disks.into_iter().map(|d| d.path));
         blind.extend(w.uninspected.into_iter().map(|u| FileReport {
             findings: vec![Finding::new(u.kind.code(), "tree", None, u.reason)],

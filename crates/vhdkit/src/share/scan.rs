@@ -245,7 +245,11 @@ pub fn scan(
             continue;
         }
         out.roots.push(root.clone());
-        let w = tree::walk(&root, &wl, &is_ours)?;
+        let select = tree::Select {
+            ignore: &is_ours,
+            also: &|_| false,
+        };
+        let w = tree::walk(&root, &wl, &select)?;
         out.entries += w.entries;
         out.uninspected.extend(w.uninspected);
         for l in w.links {
