@@ -70,12 +70,18 @@ fn closing_line(p: &RelinkPlan) -> &'static str {
 
 fn render_plan(p: &RelinkPlan) -> String {
     let mut s = String::new();
+    let refused = p.items.iter().filter(|i| i.refused.is_some()).count();
     let _ = writeln!(
         s,
-        "relink {}: {} disks found, {} children to repoint",
+        "relink {}: {} disks found, {} children to repoint{}",
         p.dir.display(),
         p.disks_found,
-        p.items.len()
+        p.items.len().saturating_sub(refused),
+        if refused > 0 {
+            format!(" ({refused} more refused)")
+        } else {
+            String::new()
+        }
     );
     for it in &p.items {
         let _ = write!(

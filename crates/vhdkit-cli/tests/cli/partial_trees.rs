@@ -675,6 +675,10 @@ fn relink_does_not_choose_from_a_partial_view() {
     assert_eq!(r.code, 1, "{r:?}");
     let line = format!("REFUSED: {}: not repointed", s(&child));
     assert!(r.stdout.contains(&line), "{r:?}");
+    assert!(
+        r.stdout.contains("0 children to repoint (1 more refused)"),
+        "{r:?}"
+    );
     assert!(r.stdout.contains("could not be inspected"), "{r:?}");
     assert_eq!(
         snapshot(&root),
