@@ -18,9 +18,6 @@ use crate::disk::{detect, Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::txn::journal::FileJournal;
 
-/// Suffix of the temporary file `share` copies a keeper into (ignored by the scan).
-pub const TMP_SUFFIX: &str = ".vhdkit-share-tmp";
-
 /// Bounds of a scan.
 #[derive(Debug, Clone)]
 pub struct ScanLimits {
@@ -202,12 +199,12 @@ impl Scan {
 }
 
 fn is_ours(name: &str) -> bool {
-    name.ends_with(".vhdkit-journal") || name.ends_with(TMP_SUFFIX)
+    crate::sidefile::is_side_file(name)
 }
 
 /// Whether the file at `path` carries a VHD or VHDX signature.
 fn has_signature(path: &Path) -> bool {
-    fs::File::open(path).is_ok_and(|f| detect(&f).is_ok())
+    crate::fsx::open_disk(path).is_ok_and(|f| detect(&f).is_ok())
 }
 
 /// Walk `roots` (recursively), open every disk, resolve every parent. `on_file` is called once
