@@ -102,14 +102,14 @@ fn require_regular(file: &File) -> io::Result<u64> {
 /// Open a disk (or a parent candidate) read-only: links followed, never blocking, regular
 /// files only (checked on the descriptor).
 pub fn open_disk(path: &Path) -> io::Result<File> {
-    let f = open_flags(path, false, true)?;
+    let f = open_flags(path, false, true).map_err(|e| explain_open(path, true, e))?;
     require_regular(&f)?;
     Ok(f)
 }
 
 /// Open a disk for reading and writing, with the rules of [`open_disk`].
 pub fn open_disk_rw(path: &Path) -> io::Result<File> {
-    let f = open_flags(path, true, true)?;
+    let f = open_flags(path, true, true).map_err(|e| explain_open(path, true, e))?;
     require_regular(&f)?;
     Ok(f)
 }
@@ -120,7 +120,7 @@ pub fn read_side(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
     let f = match open_flags(path, false, false) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(explain_nofollow(path, e)),
+        Err(e) => return Err(explain_open(path, false, e)),
     };
     let len = require_regular(&f)?;
     if len > max {
@@ -145,8 +145,13 @@ pub fn probe_side(path: &Path) -> io::Result<Option<u64>> {
     match open_flags(path, false, false) {
         Ok(f) => require_regular(&f).map(Some),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(explain_nofollow(path, e)),
+        Err(e) => Err(explain_open(path, false, e)),
     }
+}
+
+/// Whether anything at all is at `path` (a dangling link counts).
+pub fn entry_exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// What is at `path` when it is not a regular file (not following links), for messages and
@@ -172,10 +177,16 @@ pub fn remove_entry(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The OS says ELOOP for a link under `O_NOFOLLOW`: name it as the refusal it is.
-fn explain_nofollow(path: &Path, e: io::Error) -> io::Error {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_symlink() => Refused::NotRegular("symbolic link").into(),
+/// An open that failed on something that is not a regular file (ELOOP for a link under
+/// `O_NOFOLLOW`, ENXIO for a socket, ...) is the refusal it is; other errors stay as they are.
+fn explain_open(path: &Path, follow: bool, e: io::Error) -> io::Error {
+    let md = if follow {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    };
+    match md {
+        Ok(md) if !md.is_file() => Refused::NotRegular(kind_of(&md)).into(),
         _ => e,
     }
 }
@@ -353,6 +364,12 @@ mod tests {
         let e = open_disk(&fifo).unwrap_err();
         assert_eq!(refusal(&e), Some(&Refused::NotRegular("FIFO")));
         assert_eq!(odd_entry(&fifo), Some("FIFO"));
+        let sock_path = d.path().join("sock");
+        let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+        let e = read_side(&sock_path, 10).unwrap_err();
+        assert_eq!(refusal(&e), Some(&Refused::NotRegular("socket")));
+        let e = open_disk(&sock_path).unwrap_err();
+        assert_eq!(refusal(&e), Some(&Refused::NotRegular("socket")));
     }
 
     #[test]

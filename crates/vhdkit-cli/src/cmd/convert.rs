@@ -22,7 +22,14 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
     let view: Box<dyn VirtualSource> = if a.from == Some(InputFormat::Raw) || is_raw(&a.src)? {
         Box::new(RawSource::open(&a.src)?)
     } else {
-        Box::new(Chain::open(&a.src, &opts)?.into_view())
+        let chain = Chain::open(&a.src, &opts)?;
+        // What the readers warn about (a pending or foreign journal) is not hidden by convert.
+        for link in &chain.report().links {
+            for w in &link.warnings {
+                eprintln!("vhdkit: warning: {}: {w}", link.path.display());
+            }
+        }
+        Box::new(chain.into_view())
     };
     let size = view.virtual_size();
     let bar = if !a.no_progress && !a.json && std::io::stderr().is_terminal() {

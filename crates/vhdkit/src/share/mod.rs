@@ -1471,9 +1471,7 @@ pub fn apply_relink(
                 });
                 continue;
             }
-            let pending = crate::txn::journal::FileJournal::for_disk(&it.child)
-                .path()
-                .exists();
+            let pending = crate::fsx::entry_exists(&crate::sidefile::journal(&it.child));
             todo.push((
                 it,
                 Repoint {

@@ -16,7 +16,6 @@ use uuid::Uuid;
 use crate::chain::{resolve_parent, ChainOptions};
 use crate::disk::{detect, Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
-use crate::txn::journal::FileJournal;
 
 /// Bounds of a scan.
 #[derive(Debug, Clone)]
@@ -400,7 +399,7 @@ fn open_one(
         id: disk.identity(),
         file_size: meta.len(),
         read_only: meta.permissions().readonly(),
-        pending_journal: FileJournal::for_disk(path).path().exists(),
+        pending_journal: crate::fsx::entry_exists(&crate::sidefile::journal(path)),
         outside,
         parent,
         key,
