@@ -13,6 +13,7 @@ mod create_convert_vhdx;
 mod errors;
 mod hostile;
 mod hostile_side_files;
+mod memory_bound;
 mod real_images;
 mod reparent;
 mod reparent_vhdx;
