@@ -11,6 +11,7 @@ mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
+mod full_fs;
 mod hostile;
 mod hostile_side_files;
 mod memory_bound;

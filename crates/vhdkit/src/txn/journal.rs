@@ -141,10 +141,13 @@ impl JournalStore for FileJournal {
     fn store(&self, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.tmp_path();
         let mut f = crate::fsx::create_new(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        // A journal that could not be written whole (ENOSPC) is removed, never left behind.
+        let written = f.write_all(bytes).and_then(|()| f.sync_all());
         drop(f);
-        fs::rename(&tmp, &self.path)?;
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &self.path)) {
+            let _ = crate::fsx::remove_entry(&tmp);
+            return Err(e);
+        }
         self.sync_dir()
     }
 
@@ -161,8 +164,12 @@ impl JournalStore for FileJournal {
     }
 
     fn stage(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut f = crate::fsx::create_new(&self.tmp_path())?;
-        f.write_all(bytes)
+        let mut f = crate::fsx::create_new(&self.tmp)?;
+        let written = f.write_all(bytes);
+        if written.is_err() {
+            let _ = crate::fsx::remove_entry(&self.tmp);
+        }
+        written
     }
 
     fn publish(&self) -> io::Result<()> {
