@@ -100,7 +100,7 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
 
 /// A source that is neither VHD nor VHDX (by signature) is a raw image.
 fn is_raw(p: &std::path::Path) -> Result<bool, CliError> {
-    let f = std::fs::File::open(p)
+    let f = vhdkit::fsx::open_disk(p)
         .map_err(|e| vhdkit::Error::io("opening the source", e).with_path(p))?;
     match vhdkit::detect(&f) {
         Ok(_) => Ok(false),

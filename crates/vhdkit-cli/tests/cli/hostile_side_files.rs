@@ -1,5 +1,6 @@
 //! Hostile side files: every kind of object ([`Plant`]) planted at every name vhdkit reads or
-//! creates beside a disk (the journal, the journal's temporary name, a stale partial output),
+//! creates beside a disk (the journal, the journal's temporary name, a stale partial output,
+//! and the parent's own path),
 //! against every command, each run under a watchdog. Readers warn and finish; writers refuse
 //! (exit 1, one line) before writing; nothing behind a link is ever read or written.
 
@@ -202,6 +203,28 @@ fn at_stale_partial(kind: Plant) {
     }
 }
 
+/// The parent itself replaced by a planted object: readers never block on it or read through
+/// it; the chain is reported broken (a link to an identical copy of the parent is followed).
+fn at_the_parent(kind: Plant) {
+    let lab = lab();
+    std::fs::remove_file(&lab.base1).unwrap();
+    let Some(mut p) = plant(kind, &lab.base1, &lab) else {
+        return;
+    };
+    let want = if kind == Plant::LinkDisk { 0 } else { 1 };
+    for (what, args) in [
+        ("chain", vec!["chain", s(&lab.child1)]),
+        ("check --chain", vec!["check", "--chain", s(&lab.child1)]),
+    ] {
+        let r = run_within(SECS, args);
+        assert_eq!(r.code, want, "{kind:?} {what}: {r:?}");
+        p.assert_untouched(&lab, &format!("{kind:?} parent {what}"));
+    }
+    let r = run_within(SECS, ["info", s(&lab.child1)]);
+    assert_eq!(r.code, 0, "{kind:?} info: {r:?}");
+    p.assert_untouched(&lab, &format!("{kind:?} parent info"));
+}
+
 macro_rules! matrix {
     ($($name:ident => $kind:expr),* $(,)?) => {
         $(
@@ -214,6 +237,10 @@ macro_rules! matrix {
                 #[test]
                 fn at_the_journal_tmp() {
                     at_journal_tmp($kind);
+                }
+                #[test]
+                fn at_the_parent_path() {
+                    at_the_parent($kind);
                 }
                 #[test]
                 fn at_a_stale_partial_output() {
