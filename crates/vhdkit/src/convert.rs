@@ -187,10 +187,8 @@ pub fn to_raw(
         .with_path(&tmp);
     drop(file);
     let stats = result?;
-    std::fs::rename(&tmp, dst)
-        .map_err(|e| Error::io(format!("renaming to {}", dst.display()), e))
-        .with_path(&tmp)?;
-    guard.keep();
+    // As for vhd/vhdx: without --force a name that appeared meanwhile is never replaced.
+    persist(guard, dst, opts.overwrite)?;
     Ok(stats)
 }
 
