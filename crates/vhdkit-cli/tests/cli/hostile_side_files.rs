@@ -265,3 +265,76 @@ matrix! {
     hard_link => Plant::HardLink,
     sparse_1tib => Plant::Sparse1T,
 }
+
+/// A failed final rename (a folder at the output's name, `--force`) leaves no partial output.
+#[test]
+fn failed_rename_leaves_no_partial_output() {
+    let lab = lab();
+    let out_dir = lab.dir.path().join("out");
+    for to in ["raw", "vhd", "vhdx"] {
+        let dst = out_dir.join(format!("x.{to}"));
+        std::fs::create_dir_all(&dst).unwrap();
+        let r = run_within(
+            SECS,
+            ["convert", "--force", "--to", to, s(&lab.child1), s(&dst)],
+        );
+        assert_eq!(r.code, 2, "{to}: {r:?}");
+        assert_one_line(&r, to);
+        let names: Vec<_> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("vhdkit-partial"))
+            .collect();
+        assert!(names.is_empty(), "{to}: left {names:?}");
+    }
+}
+
+/// A `convert` killed before its output got its name (SIGKILL at its first `fsync`, through
+/// strace) leaves a partial output named with its dead pid: `check` reports it as stale, and
+/// the next run on the same output removes it.
+#[test]
+fn killed_convert_leftover_is_reported_then_removed_by_the_next_run() {
+    if !std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        skip("strace is not installed (the kill is injected through it)");
+        return;
+    }
+    let lab = lab();
+    let dir = lab.dir.path().join("out");
+    std::fs::create_dir(&dir).unwrap();
+    let out = dir.join("x.vhd");
+    let o = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fsync,fdatasync",
+        ])
+        .args(["-e", "inject=fsync,fdatasync:signal=KILL:when=1"])
+        .arg(env!("CARGO_BIN_EXE_vhdkit"))
+        .args(["convert", "--to", "vhd", s(&lab.child1), s(&out)])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the convert was not killed: {o:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(s(&left[0]).contains(".x.vhd.vhdkit-partial-"), "{left:?}");
+    let r = run_within(SECS, ["check", s(&dir)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("file.partial_output.stale"), "{r:?}");
+    let r = run_within(SECS, ["convert", "--to", "vhd", s(&lab.child1), s(&out)]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["x.vhd"], "the leftover was not removed");
+}
