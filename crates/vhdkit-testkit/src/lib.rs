@@ -5,6 +5,7 @@
 //! `SKIP:` line on stderr and return early; they never pass silently by accident of setup.
 
 pub mod corpus;
+pub mod foreign;
 pub mod vhd;
 pub mod vhdx;
 

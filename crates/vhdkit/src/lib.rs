@@ -34,6 +34,7 @@ pub mod guid;
 pub mod limits;
 pub mod repair;
 pub mod reparent;
+pub(crate) mod sectors;
 pub mod share;
 pub mod sidefile;
 pub mod source;

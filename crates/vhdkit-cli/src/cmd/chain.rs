@@ -69,6 +69,9 @@ pub fn run(a: &ChainArgs) -> Result<Outcome, CliError> {
                 for w in &p.warnings {
                     let _ = writeln!(s, "    warning: {w}");
                 }
+                for n in &p.notes {
+                    let _ = writeln!(s, "    note: {n}");
+                }
             }
         }
         print!("{s}");

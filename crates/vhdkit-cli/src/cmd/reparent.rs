@@ -141,6 +141,19 @@ fn render_plan(p: &ReparentPlan) -> String {
     }
     if p.format == vhdkit::DiskFormat::Vhd {
         let _ = writeln!(s, "  parent name:   {}", p.parent_name);
+        if let Some(st) = &p.parent_name_style {
+            let how = if st.kept { "kept" } else { "changed" };
+            let why = st
+                .why
+                .as_ref()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  name style:    {how} ({:?} -> {:?}){why}",
+                st.before, st.written
+            );
+        }
     }
     let _ = writeln!(s, "changes:");
     for c in &p.txn.changes {

@@ -134,6 +134,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhd.header.version", W, "dynamic header version is not 1.0"),
     ("vhd.header.block_size", E, "block size is zero, not a power-of-two number of sectors, or above 256 MiB"),
     ("vhd.header.parent_name", W, "differencing disk: parent unicode name is empty or not valid UTF-16BE"),
+    ("vhd.header.parent_name_little_endian", W, "differencing disk: the parent unicode name is stored little-endian (VirtualBox 2.x, tapdisk 0.1); read as such"),
     ("vhd.header.parent_id_zero", W, "differencing disk: parent unique id is all zeros"),
     // VHD BAT
     ("vhd.bat.too_small", E, "max table entries is smaller than current size / block size"),
@@ -212,6 +213,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("chain.identity_mismatch", E, "a parent was found but its identity does not match the child's record"),
     ("chain.size_mismatch", W, "child and parent virtual sizes differ"),
     ("chain.sector_size_mismatch", E, "child and parent logical sector sizes differ"),
+    ("chain.physical_sector_size_mismatch", I, "child and parent physical sector sizes differ (allowed: only the logical size must match)"),
     ("chain.format_mismatch", E, "the parent found is of the other format (VHD vs VHDX)"),
     ("chain.not_followed", I, "the chain was not followed because the disk itself does not open"),
     ("chain.loop", E, "the chain loops back to a disk already in it"),

@@ -1343,7 +1343,7 @@ pub fn plan_relink(
                 c.key != d.key
                     && c.format == d.format
                     && c.virtual_size == d.virtual_size
-                    && c.logical_sector_size == d.logical_sector_size
+                    && crate::sectors::logical_matches(d.logical_sector_size, c.logical_sector_size)
             })
             .collect();
         let current_key = p.resolved_key.clone();
