@@ -258,7 +258,9 @@ fn copy_range(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
 
 /// Copy `start..end` through a 1 MiB buffer, leaving all-zero 4 KiB pages as holes.
 fn copy_buffered(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
+    // Positioned reads and writes on every OS (the crate's own `Source`/`Sink` for `File`).
+    use crate::source::Source;
+    use crate::txn::Sink;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = start;
     while at < end {
