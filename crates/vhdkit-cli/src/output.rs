@@ -100,11 +100,45 @@ pub fn print_usage_error(line: &str, exit_code: u8, json: bool) {
     }
 }
 
+/// The first error writing stdout (see the `println!` of `main.rs`).
+static STDOUT_FAILED: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
+/// Write `args` (and a newline) to stdout; after a failed write, nothing more is written.
+pub fn out(args: std::fmt::Arguments<'_>, newline: bool) {
+    if STDOUT_FAILED.get().is_some() {
+        return;
+    }
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = r {
+        let _ = STDOUT_FAILED.set(e);
+    }
+}
+
+/// The error to report when stdout could not be written (flushed here, so a failure of the
+/// last buffered bytes counts too).
+pub fn stdout_failure() -> Option<CliError> {
+    if STDOUT_FAILED.get().is_none() {
+        if let Err(e) = std::io::stdout().lock().flush() {
+            let _ = STDOUT_FAILED.set(e);
+        }
+    }
+    STDOUT_FAILED
+        .get()
+        .map(|e| CliError::Output(std::io::Error::new(e.kind(), e.to_string())))
+}
+
 /// Print a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v).map_err(|e| CliError::Output(e.into()))?;
-    writeln!(out)?;
+    let mut o = std::io::stdout().lock();
+    let r = serde_json::to_writer_pretty(&mut o, v)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(o));
+    if let Err(e) = r {
+        let _ = STDOUT_FAILED.set(e);
+    }
     Ok(())
 }
 

@@ -11,11 +11,11 @@
 //! folder and renamed into place only once complete and flushed, so an interrupted conversion
 //! never leaves a truncated file under the destination's name.
 
-use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::create::{persist, temp_name};
+use crate::create::{persist, start_partial};
 use crate::error::{Error, Result, ResultExt};
 use crate::vhd::create as vhd_create;
 use crate::view::{Allocation, ChainView};
@@ -64,7 +64,7 @@ impl RawSource {
     /// Open a raw image.
     pub fn open(path: impl AsRef<Path>) -> Result<RawSource> {
         let path = path.as_ref();
-        let file = File::open(path)
+        let file = crate::fsx::open_disk(path)
             .map_err(|e| Error::io("opening the raw image", e))
             .with_path(path)?;
         let len = file
@@ -173,13 +173,8 @@ pub fn to_raw(
         )));
     }
     refuse_chain_member(view, dst)?;
-    let tmp = temp_name(dst);
-    let mut file = FsOpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating the output file", e))
-        .with_path(&tmp)?;
+    let (guard, mut file) = start_partial(dst)?;
+    let tmp = guard.path().to_path_buf();
     // Sizing the file first makes every skipped range a hole and turns the writes into
     // in-place writes, which are cheaper than writes that extend the file.
     let result = finish_file(&file, view.virtual_size())
@@ -191,18 +186,10 @@ pub fn to_raw(
         })
         .with_path(&tmp);
     drop(file);
-    match result {
-        Ok(stats) => {
-            std::fs::rename(&tmp, dst)
-                .map_err(|e| Error::io(format!("renaming to {}", dst.display()), e))
-                .with_path(&tmp)?;
-            Ok(stats)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    let stats = result?;
+    // As for vhd/vhdx: without --force a name that appeared meanwhile is never replaced.
+    persist(guard, dst, opts.overwrite)?;
+    Ok(stats)
 }
 
 fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
@@ -404,14 +391,8 @@ fn convert_into(
         )));
     }
     refuse_chain_member(src, dst)?;
-    let tmp = temp_name(dst);
-    let file = FsOpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating the output file", e))
-        .with_path(&tmp)?;
+    let (guard, file) = start_partial(dst)?;
+    let tmp = guard.path().to_path_buf();
     let result = (|| {
         let image = make(&file)?;
         let mut out = WritableDisk::from_parts(image, None);
@@ -421,16 +402,9 @@ fn convert_into(
     })()
     .with_path(&tmp);
     drop(file);
-    match result {
-        Ok(stats) => {
-            persist(&tmp, dst, opts.overwrite)?;
-            Ok(stats)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    let stats = result?;
+    persist(guard, dst, opts.overwrite)?;
+    Ok(stats)
 }
 
 /// Copy `src` into `out` in aligned steps of `step` bytes, skipping steps that hold no data or

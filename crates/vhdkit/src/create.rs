@@ -29,7 +29,9 @@
 //! bytes read big-endian, so the id shown by `info` (and returned in [`Created::id`]) is the
 //! byte-swapped form of the generated GUID, exactly as for disks made by Windows.
 
-use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::fs::{self, File};
+
+use crate::sidefile::PartialGuard;
 use std::path::{Component, Path, PathBuf};
 
 use uuid::Uuid;
@@ -315,21 +317,11 @@ pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
 /// Build the file at a temporary name with `write`, then link it into place (never over an
 /// existing file).
 fn write_atomically(path: &Path, write: impl FnOnce(&File) -> Result<()>) -> Result<()> {
-    let tmp = temp_name(path);
-    let file = FsOpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("creating the temporary file", e))
-        .with_path(&tmp)?;
-    let written = write(&file).with_path(&tmp);
+    let (guard, file) = start_partial(path)?;
+    let written = write(&file).with_path(guard.path());
     drop(file);
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    persist(&tmp, path, false)
+    written?;
+    persist(guard, path, false)
 }
 
 /// The VHDX half of [`create`] (format already decided, `path` free, not fixed with a parent).
@@ -542,18 +534,23 @@ pub fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
     }
 }
 
-/// A temporary name beside `dst`.
-pub(crate) fn temp_name(dst: &Path) -> PathBuf {
-    let name = dst
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    dst.with_file_name(format!(".{name}.vhdkit-partial-{}", std::process::id()))
+/// Start building `dst` under this process's partial-output name (see [`crate::sidefile`]):
+/// leftovers of killed runs on the same output are removed first, the file is created
+/// exclusively, and the guard removes it on every error path.
+pub(crate) fn start_partial(dst: &Path) -> Result<(PartialGuard, File)> {
+    crate::sidefile::remove_stale_partials(dst);
+    let tmp = crate::sidefile::partial_output(dst);
+    let file = crate::fsx::create_new(&tmp)
+        .map_err(|e| Error::io("creating the temporary file", e))
+        .with_path(&tmp)?;
+    Ok((PartialGuard::new(tmp), file))
 }
 
 /// Give the finished, synced file `tmp` the name `dst`. Without `overwrite`, fails (and removes
 /// `tmp`) when `dst` exists, even if it appeared meanwhile: a hard link never replaces.
-pub(crate) fn persist(tmp: &Path, dst: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn persist(guard: PartialGuard, dst: &Path, overwrite: bool) -> Result<()> {
+    let tmp = guard.path().to_path_buf();
+    let tmp = tmp.as_path();
     let result = if overwrite {
         fs::rename(tmp, dst).map_err(|e| Error::io(format!("renaming to {}", dst.display()), e))
     } else {
@@ -571,10 +568,8 @@ pub(crate) fn persist(tmp: &Path, dst: &Path, overwrite: bool) -> Result<()> {
                 .map_err(|e| Error::io(format!("renaming to {}", dst.display()), e)),
         }
     };
-    if result.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
     result.with_path(tmp)?;
+    guard.keep();
     sync_parent_dir(dst);
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! [`Disk::map`], which byte ranges it holds.
 
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -240,7 +239,7 @@ const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
 /// The bytes of the file at `path` as a read-only source, with a pending vhdkit journal's change
 /// laid over it in memory (see [`Disk::open_with`]), and the warning to show about the journal.
 pub fn open_source(path: &Path) -> Result<(Box<dyn Source>, Option<String>)> {
-    let file = File::open(path)
+    let file = crate::fsx::open_disk(path)
         .map_err(|e| Error::io("opening the file", e))
         .with_path(path)?;
     let journal = crate::txn::journal::FileJournal::for_disk(path);

@@ -41,4 +41,41 @@ impl Limits {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The one table-size rule for new disks (create, convert): a block allocation table of
+    /// `bytes` that readers with these limits would refuse is refused before any file is made.
+    pub fn check_new_table(&self, bytes: u64) -> crate::Result<()> {
+        if bytes <= self.max_bat_bytes {
+            return Ok(());
+        }
+        Err(crate::Error::InvalidArgument(format!(
+            "the block allocation table would be {bytes} bytes, more than the {} bytes any \
+             reader (vhdkit's included) is allowed to load; use a larger --block-size",
+            self.max_bat_bytes
+        )))
+    }
 }
+
+/// Writes `len` bytes of `byte` at `at` through a bounded buffer (a large table is never held
+/// in memory whole).
+pub(crate) fn write_fill<S: crate::txn::Sink + ?Sized>(
+    sink: &S,
+    at: u64,
+    len: u64,
+    byte: u8,
+) -> std::io::Result<()> {
+    let buf = vec![byte; usize::try_from(len.min(FILL_CHUNK)).unwrap_or(0)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(FILL_CHUNK);
+        let part = buf
+            .get(..usize::try_from(n).unwrap_or(0))
+            .unwrap_or_default();
+        sink.write_all_at(part, at.saturating_add(done))?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Chunk in which new tables are written (1 MiB).
+pub(crate) const FILL_CHUNK: u64 = 1 << 20;

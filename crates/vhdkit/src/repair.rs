@@ -10,7 +10,6 @@
 //!
 //! Later checks (footer copies, checksums) add their own steps to [`RepairReport`].
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -108,8 +107,8 @@ impl RepairReport {
 /// journal to finish or a VHDX log to replay, and this is not a dry run.
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let store = FileJournal::for_disk(path);
-    let file =
-        fs::File::open(path).map_err(|e| Error::io("opening the file", e).with_path(path))?;
+    let file = crate::fsx::open_disk(path)
+        .map_err(|e| Error::io("opening the file", e).with_path(path))?;
     let state = journal::inspect(&file, &store).map_err(|e| e.with_path(path))?;
     drop(file);
     let outcome = match state {
@@ -120,10 +119,7 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
         },
         JournalState::Complete(_) if opts.dry_run => JournalOutcome::WouldRemoveLeftover,
         JournalState::Pending(_) | JournalState::Complete(_) => {
-            let f = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
+            let f = crate::fsx::open_disk_rw(path)
                 .map_err(|e| Error::io("opening the file for writing", e).with_path(path))?;
             match journal::recover(&f, &store).map_err(|e| e.with_path(path))? {
                 Recovery::Clean => JournalOutcome::None,
@@ -161,8 +157,8 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
 
 /// VHDX: replay a dirty log to the file (or, on a dry run, say what would be replayed).
 fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>> {
-    let file =
-        fs::File::open(path).map_err(|e| Error::io("opening the file", e).with_path(path))?;
+    let file = crate::fsx::open_disk(path)
+        .map_err(|e| Error::io("opening the file", e).with_path(path))?;
     if crate::disk::detect(&file).map_err(|e| e.with_path(path))? != crate::DiskFormat::Vhdx {
         return Ok(None);
     }
@@ -176,10 +172,7 @@ fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>
     if opts.dry_run {
         return Ok(Some(LogOutcome::WouldReplay(found)));
     }
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
+    let f = crate::fsx::open_disk_rw(path)
         .map_err(|e| Error::io("opening the file for writing", e).with_path(path))?;
     Ok(Some(
         match crate::vhdx::reparent::replay_log(&f, &limits).map_err(|e| e.with_path(path))? {

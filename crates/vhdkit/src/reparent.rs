@@ -222,8 +222,8 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
     // A journal beside the child: a valid pending one is finished by apply (the plan is made on
     // the file as it will be); a foreign one stops everything.
     let pending_journal = {
-        let file =
-            fs::File::open(child).map_err(|e| Error::io("opening the file", e).with_path(child))?;
+        let file = crate::fsx::open_disk(child)
+            .map_err(|e| Error::io("opening the file", e).with_path(child))?;
         let store = FileJournal::for_disk(child);
         match journal::inspect(&file, &store)? {
             JournalState::Absent => false,
@@ -813,10 +813,7 @@ fn check_new_parent(plan: &ReparentPlan) -> Result<()> {
 }
 
 fn open_child(plan: &ReparentPlan) -> Result<fs::File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&plan.child)
+    crate::fsx::open_disk_rw(&plan.child)
         .map_err(|e| Error::io("opening the child for writing", e).with_path(&plan.child))
 }
 

@@ -21,7 +21,6 @@
 //! business.
 
 use std::fmt;
-use std::fs::OpenOptions as FsOpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -89,10 +88,7 @@ impl WritableDisk {
     /// form an intact chain; they are opened read-only.
     pub fn open(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<WritableDisk> {
         let path = path.as_ref();
-        let file = FsOpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+        let file = crate::fsx::open_disk_rw(path)
             .map_err(|e| Error::io("opening the file for writing", e))
             .with_path(path)?;
         match journal::recover(&file, &FileJournal::for_disk(path)).with_path(path)? {

@@ -20,7 +20,14 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
     let view: Box<dyn VirtualSource> = if a.from == Some(InputFormat::Raw) || is_raw(&a.src)? {
         Box::new(RawSource::open(&a.src)?)
     } else {
-        Box::new(Chain::open(&a.src, &opts)?.into_view())
+        let chain = Chain::open(&a.src, &opts)?;
+        // What the readers warn about (a pending or foreign journal) is not hidden by convert.
+        for link in &chain.report().links {
+            for w in &link.warnings {
+                eprintln!("vhdkit: warning: {}: {w}", link.path.display());
+            }
+        }
+        Box::new(chain.into_view())
     };
     let size = view.virtual_size();
     let bar = if output::progress_shown(a.json) {
@@ -91,7 +98,7 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
 
 /// A source that is neither VHD nor VHDX (by signature) is a raw image.
 fn is_raw(p: &std::path::Path) -> Result<bool, CliError> {
-    let f = std::fs::File::open(p)
+    let f = vhdkit::fsx::open_disk(p)
         .map_err(|e| vhdkit::Error::io("opening the source", e).with_path(p))?;
     match vhdkit::detect(&f) {
         Ok(_) => Ok(false),

@@ -31,7 +31,7 @@ pub fn check_chain(path: &Path, opts: &ChainOptions) -> Vec<Finding> {
     for (i, link) in report.links.iter().enumerate() {
         if i > 0 {
             // Parents: structural check of each (the child is checked by the caller).
-            if let Ok(f) = std::fs::File::open(&link.path) {
+            if let Ok(f) = crate::fsx::open_disk(&link.path) {
                 for mut finding in check_source(&f, &copts).1 {
                     finding.structure = format!("{} ({})", finding.structure, link.path.display());
                     out.push(finding);

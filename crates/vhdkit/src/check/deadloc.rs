@@ -116,7 +116,7 @@ fn vhdx_may_have_parent(f: &std::fs::File) -> bool {
 /// metadata table lists a parent locator, or the tables cannot be read.) Keeps `check` of
 /// large non-differencing disks from opening them a second time.
 fn maybe_differencing(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
+    let Ok(f) = crate::fsx::open_disk(path) else {
         return false;
     };
     let Ok(len) = f.len() else { return false };
@@ -310,7 +310,7 @@ pub(crate) fn vhd_plan(path: &Path, dead: &[Dead]) -> Result<Plan> {
         return Err(Error::InvalidArgument("no dynamic header".into()));
     };
     drop(disk);
-    let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
+    let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
     let len = f.len().map_err(|e| io("reading the length", e))?;
     let hdr = d.header_offset;
     let mut protected: Vec<std::ops::Range<u64>> = vec![
@@ -442,7 +442,7 @@ pub(crate) fn vhdx_writes(path: &Path, dead: &[Dead]) -> Result<Vec<(u64, Vec<u8
         .find(|i| i.guid == pl && !i.is_user)
         .ok_or_else(|| Error::corrupt("vhdx metadata table", 0, "no parent locator item"))?;
     let region_off = item.file_offset - u64::from(item.offset);
-    let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
+    let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
     let table = read_at(
         &f,
         region_off,

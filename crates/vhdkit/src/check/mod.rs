@@ -19,6 +19,7 @@
 mod chain;
 pub(crate) mod deadloc;
 pub mod repair;
+mod side;
 mod vhd;
 mod vhdx;
 
@@ -104,6 +105,10 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     // file level
     ("file.unreadable", E, "the file could not be read (I/O error)"),
     ("file.not_a_disk", E, "no `vhdxfile` signature and no `conectix` footer"),
+    ("file.journal_not_regular", W, "something other than a regular file (a symbolic link, FIFO, device, socket, folder) is at the name of the vhdkit journal beside the disk; it is never read and every change to the disk is refused until it is removed"),
+    ("file.journal_too_large", W, "the file at the vhdkit journal's name is larger than any vhdkit journal; it is never read and every change to the disk is refused until it is removed"),
+    ("file.partial_output.stale", W, "a partial output (`.NAME.vhdkit-partial-PID`, `.NAME.vhdkit-share-tmp-PID`) of a vhdkit run that was killed (its process is gone); the next run on the same output removes it"),
+    ("file.partial_output.in_progress", I, "a partial output that a running vhdkit process is writing"),
     // trees (folders given to check): paths that could not be inspected
     ("tree.unreadable", E, "a file in the folder could not be opened to look for a disk signature"),
     ("tree.unlistable", E, "a folder in the tree could not be listed"),
@@ -479,9 +484,13 @@ pub fn check_source(src: &dyn Source, opts: &CheckOptions) -> (Option<DiskFormat
 
 /// Check one file (read-only), and its chain when `opts.chain` is set.
 pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
-    let file = std::fs::File::open(path)
+    if let Some(report) = side::partial_report(path) {
+        return Ok(report);
+    }
+    let file = crate::fsx::open_disk(path)
         .map_err(|e| Error::io("opening the file read-only", e).with_path(path))?;
     let (format, mut findings) = check_source(&file, opts);
+    findings.extend(side::journal_findings(path));
     if format.is_some() {
         // Needs the path: whether a locator leads anywhere depends on the child's folder.
         findings.extend(deadloc::findings(path));
@@ -498,7 +507,7 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
 
 /// True when `path` starts with a VHD or VHDX signature (used to pick files in folders).
 pub fn is_disk_file(path: &Path) -> bool {
-    std::fs::File::open(path)
+    crate::fsx::open_disk(path)
         .ok()
         .is_some_and(|f| crate::disk::detect(&f).is_ok())
 }
@@ -522,8 +531,13 @@ pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)
         }
         // Every file is looked at (vhdkit's own leftovers too); links to disks are not followed,
         // their targets are checked where they lie.
+        // vhdkit's partial outputs are reported too (stale or in progress).
+        let select = crate::tree::Select {
+            ignore: &|_| false,
+            also: &|p: &Path| crate::sidefile::partial(p).is_some(),
+        };
         let limits = crate::tree::WalkLimits::default();
-        let w = crate::tree::walk(p, &limits, &crate::tree::Select::SIGNATURES)?;
+        let w = crate::tree::walk(p, &limits, &select)?;
         files.extend(w.disks.into_iter().map(|d| d.path));
         blind.extend(w.uninspected.into_iter().map(|u| FileReport {
             findings: vec![Finding::new(u.kind.code(), "tree", None, u.reason)],

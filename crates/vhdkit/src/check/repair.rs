@@ -40,7 +40,7 @@ fn io(what: &str, e: std::io::Error) -> Error {
 
 /// Plan and (unless `dry_run`) apply the certain repairs of `path`.
 pub fn repair_structures(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
-    let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
+    let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
     let len = f.len().map_err(|e| io("reading the length", e))?;
     let fmt = match crate::disk::detect(&f) {
         Ok(x) => x,
@@ -72,10 +72,7 @@ fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
         crate::DiskFormat::Vhd => {
             let plan = super::deadloc::vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
-                let w = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
+                let w = crate::fsx::open_disk_rw(path)
                     .map_err(|e| io("opening the file for writing", e).with_path(path))?;
                 journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
                     .map_err(|e| e.with_path(path))?;
@@ -84,10 +81,7 @@ fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
         crate::DiskFormat::Vhdx => {
             let writes = super::deadloc::vhdx_writes(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
-                let w = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
+                let w = crate::fsx::open_disk_rw(path)
                     .map_err(|e| io("opening the file for writing", e).with_path(path))?;
                 let headers =
                     crate::vhdx::header::read_headers(&w).map_err(|e| e.with_path(path))?;
@@ -147,7 +141,7 @@ fn vhd_footer(path: &Path, len: u64, dry_run: bool) -> Result<Vec<StructureRepai
     if len < 1024 {
         return Ok(Vec::new());
     }
-    let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
+    let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
     let b = Bytes::new(&f, len);
     let (Some(front), Some(end)) = (b.get(0, 512), b.get(len - 512, 512)) else {
         return Ok(Vec::new());
@@ -201,10 +195,7 @@ fn vhd_footer(path: &Path, len: u64, dry_run: bool) -> Result<Vec<StructureRepai
             old_len: len,
             new_len: len,
         };
-        let w = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+        let w = crate::fsx::open_disk_rw(path)
             .map_err(|e| io("opening the file for writing", e).with_path(path))?;
         journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
             .map_err(|e| e.with_path(path))?;
@@ -244,12 +235,9 @@ fn vhdx_twins(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
     let mut done = Vec::new();
     let verb = if dry_run { "would" } else { "did" };
     let w = if dry_run {
-        std::fs::File::open(path)
+        crate::fsx::open_disk(path)
     } else {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+        crate::fsx::open_disk_rw(path)
     }
     .map_err(|e| io("opening the file", e).with_path(path))?;
     let Ok(headers) = crate::vhdx::header::read_headers(&w) else {

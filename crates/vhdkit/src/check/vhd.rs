@@ -569,41 +569,56 @@ fn check_dynamic(
     if !bs_ok {
         return;
     }
-    let Some(raw) = b.get(bat_off, bat_bytes as usize) else {
+    if bat_off.checked_add(bat_bytes).is_none_or(|end| end > b.len) {
         return;
-    };
+    }
     let block_span = format::bitmap_bytes(bs) + u64::from(bs);
     let mut blocks: Vec<(u64, u32)> = Vec::new();
-    for (i, c) in raw.chunks_exact(4).enumerate() {
-        let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        if e == BAT_UNALLOCATED {
-            continue;
-        }
-        let at = bat_off + 4 * i as u64;
-        let start = u64::from(e) * 512;
-        let end = start + block_span;
-        if end > footer_offset {
-            s.add(
-                "vhd.block.past_eof",
-                BAT,
-                Some(at),
-                format!(
-                    "block {i} at {start:#x}..{end:#x} runs past the footer at {footer_offset:#x}"
-                ),
-            );
-            continue;
-        }
-        for (a, z, what) in &meta {
-            if overlaps((start, end), (*a, *z)) {
+    // The table is read 1 MiB at a time, never held whole.
+    const PER_READ: u64 = 1 << 20;
+    let mut done = 0u64;
+    while done < bat_bytes {
+        let n = (bat_bytes - done).min(PER_READ);
+        let Some(raw) = usize::try_from(n)
+            .ok()
+            .and_then(|k| b.get(bat_off + done, k))
+        else {
+            return;
+        };
+        let first = usize::try_from(done / 4).unwrap_or(usize::MAX);
+        for (j, c) in raw.chunks_exact(4).enumerate() {
+            let i = first.saturating_add(j);
+            let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            if e == BAT_UNALLOCATED {
+                continue;
+            }
+            let at = bat_off + 4 * i as u64;
+            let start = u64::from(e) * 512;
+            let end = start + block_span;
+            if end > footer_offset {
                 s.add(
-                    "vhd.block.overlaps_metadata",
+                    "vhd.block.past_eof",
                     BAT,
                     Some(at),
-                    format!("block {i} at {start:#x}..{end:#x} overlaps {what}"),
+                    format!(
+                    "block {i} at {start:#x}..{end:#x} runs past the footer at {footer_offset:#x}"
+                ),
                 );
+                continue;
             }
+            for (a, z, what) in &meta {
+                if overlaps((start, end), (*a, *z)) {
+                    s.add(
+                        "vhd.block.overlaps_metadata",
+                        BAT,
+                        Some(at),
+                        format!("block {i} at {start:#x}..{end:#x} overlaps {what}"),
+                    );
+                }
+            }
+            blocks.push((start, i as u32));
         }
-        blocks.push((start, i as u32));
+        done += n;
     }
     blocks.sort_unstable();
     for w in blocks.windows(2) {

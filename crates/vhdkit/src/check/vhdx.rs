@@ -743,116 +743,129 @@ fn check_bat(
         return;
     }
     let count = need.min(blen / 8);
-    let Some(raw) = usize::try_from(count * 8).ok().and_then(|n| b.get(boff, n)) else {
+    if boff.checked_add(count * 8).is_none_or(|end| end > b.len) {
         return;
-    };
+    }
     let mut present: Vec<(u64, u64, u64)> = Vec::new(); // start, end, index
     let mut sb_needed: Vec<u64> = Vec::new();
     let mut sb_present: Vec<u64> = Vec::new();
-    for (i, c) in raw.chunks_exact(8).enumerate() {
-        let i = i as u64;
-        let e = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        if e == 0 {
-            continue;
-        }
-        let at = boff + 8 * i;
-        let state = (e & 7) as u8;
-        let off = e & BAT_OFFSET_MASK;
-        let is_sb = i % (cr + 1) == cr;
-        if e & BAT_RESERVED_MASK != 0 {
-            s.add(
-                "vhdx.bat.reserved_bits",
-                BAT,
-                Some(at),
-                format!("entry {i} ({e:#018x}) has reserved bits set"),
-            );
-        }
-        let span = if is_sb {
-            let ok = state == format::SB_BLOCK_NOT_PRESENT || state == format::SB_BLOCK_PRESENT;
-            if !ok {
+    // The table is read 1 MiB at a time, never held whole.
+    const PER_READ: u64 = 1 << 17;
+    let mut first = 0u64;
+    while first < count {
+        let n = (count - first).min(PER_READ);
+        let Some(raw) = usize::try_from(n * 8)
+            .ok()
+            .and_then(|k| b.get(boff + first * 8, k))
+        else {
+            return;
+        };
+        for (j, c) in raw.chunks_exact(8).enumerate() {
+            let i = first + j as u64;
+            let e = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            if e == 0 {
+                continue;
+            }
+            let at = boff + 8 * i;
+            let state = (e & 7) as u8;
+            let off = e & BAT_OFFSET_MASK;
+            let is_sb = i % (cr + 1) == cr;
+            if e & BAT_RESERVED_MASK != 0 {
                 s.add(
-                    "vhdx.bat.state_invalid",
+                    "vhdx.bat.reserved_bits",
                     BAT,
                     Some(at),
-                    format!("sector bitmap entry {i} has state {state} (0 or 6 allowed)"),
+                    format!("entry {i} ({e:#018x}) has reserved bits set"),
                 );
-                continue;
             }
-            if state != format::SB_BLOCK_PRESENT {
-                continue;
-            }
-            sb_present.push(i / (cr + 1));
-            MIB
-        } else {
-            match state {
-                format::PAYLOAD_BLOCK_NOT_PRESENT | format::PAYLOAD_BLOCK_ZERO => {
-                    if off != 0 {
-                        s.add(
-                            "vhdx.bat.offset_reserved",
-                            BAT,
-                            Some(at),
-                            format!("entry {i} has state {state} but file offset {off:#x}"),
-                        );
-                    }
-                    continue;
-                }
-                format::PAYLOAD_BLOCK_UNDEFINED | format::PAYLOAD_BLOCK_UNMAPPED => continue,
-                format::PAYLOAD_BLOCK_FULLY_PRESENT => {}
-                format::PAYLOAD_BLOCK_PARTIALLY_PRESENT if p.has_parent => {
-                    sb_needed.push(i / (cr + 1));
-                }
-                _ => {
+            let span = if is_sb {
+                let ok = state == format::SB_BLOCK_NOT_PRESENT || state == format::SB_BLOCK_PRESENT;
+                if !ok {
                     s.add(
                         "vhdx.bat.state_invalid",
                         BAT,
                         Some(at),
-                        format!(
-                            "payload entry {i} has state {state}{}",
-                            if state == format::PAYLOAD_BLOCK_PARTIALLY_PRESENT {
-                                " (partially present) on a disk without a parent"
-                            } else {
-                                " (reserved)"
-                            }
-                        ),
+                        format!("sector bitmap entry {i} has state {state} (0 or 6 allowed)"),
                     );
                     continue;
                 }
+                if state != format::SB_BLOCK_PRESENT {
+                    continue;
+                }
+                sb_present.push(i / (cr + 1));
+                MIB
+            } else {
+                match state {
+                    format::PAYLOAD_BLOCK_NOT_PRESENT | format::PAYLOAD_BLOCK_ZERO => {
+                        if off != 0 {
+                            s.add(
+                                "vhdx.bat.offset_reserved",
+                                BAT,
+                                Some(at),
+                                format!("entry {i} has state {state} but file offset {off:#x}"),
+                            );
+                        }
+                        continue;
+                    }
+                    format::PAYLOAD_BLOCK_UNDEFINED | format::PAYLOAD_BLOCK_UNMAPPED => continue,
+                    format::PAYLOAD_BLOCK_FULLY_PRESENT => {}
+                    format::PAYLOAD_BLOCK_PARTIALLY_PRESENT if p.has_parent => {
+                        sb_needed.push(i / (cr + 1));
+                    }
+                    _ => {
+                        s.add(
+                            "vhdx.bat.state_invalid",
+                            BAT,
+                            Some(at),
+                            format!(
+                                "payload entry {i} has state {state}{}",
+                                if state == format::PAYLOAD_BLOCK_PARTIALLY_PRESENT {
+                                    " (partially present) on a disk without a parent"
+                                } else {
+                                    " (reserved)"
+                                }
+                            ),
+                        );
+                        continue;
+                    }
+                }
+                p.block_size
+            };
+            if off < MIB {
+                s.add(
+                    "vhdx.bat.offset_invalid",
+                    BAT,
+                    Some(at),
+                    format!("entry {i} is present at file offset {off:#x}, inside the first MiB"),
+                );
+                continue;
             }
-            p.block_size
-        };
-        if off < MIB {
-            s.add(
-                "vhdx.bat.offset_invalid",
-                BAT,
-                Some(at),
-                format!("entry {i} is present at file offset {off:#x}, inside the first MiB"),
-            );
-            continue;
-        }
-        let end = off.saturating_add(span);
-        if end > b.len {
-            s.add(
-                "vhdx.bat.past_eof",
-                BAT,
-                Some(at),
-                format!(
+            let end = off.saturating_add(span);
+            if end > b.len {
+                s.add(
+                    "vhdx.bat.past_eof",
+                    BAT,
+                    Some(at),
+                    format!(
                     "entry {i}: block at {off:#x}..{end:#x} ends past the end of the file ({:#x})",
                     b.len
                 ),
-            );
-            continue;
-        }
-        for (a, z, what) in busy {
-            if overlaps((off, end), (*a, *z)) {
-                s.add(
-                    "vhdx.bat.overlaps_metadata",
-                    BAT,
-                    Some(at),
-                    format!("entry {i}: block at {off:#x}..{end:#x} overlaps {what}"),
                 );
+                continue;
             }
+            for (a, z, what) in busy {
+                if overlaps((off, end), (*a, *z)) {
+                    s.add(
+                        "vhdx.bat.overlaps_metadata",
+                        BAT,
+                        Some(at),
+                        format!("entry {i}: block at {off:#x}..{end:#x} overlaps {what}"),
+                    );
+                }
+            }
+            present.push((off, end, i));
         }
-        present.push((off, end, i));
+        first += n;
     }
     present.sort_unstable();
     let mut max_end: Option<(u64, u64)> = None;

@@ -7,7 +7,7 @@
 //! `flock`), not programs that write without asking. A read-only file is refused with its own
 //! reason; vhdkit never changes permissions.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -50,7 +50,7 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
     if let Some(r) = read_only_reason(path) {
         return Err(r);
     }
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
+    let file = match crate::fsx::open_disk_rw(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
             return Err(format!(
@@ -75,7 +75,7 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
 /// True when another process holds a lock on `path` (checked with a shared lock taken and
 /// released at once; touches nothing).
 pub fn is_locked_elsewhere(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else {
+    let Ok(f) = crate::fsx::open_disk(path) else {
         return false;
     };
     match f.try_lock_shared() {

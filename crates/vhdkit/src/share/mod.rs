@@ -1085,6 +1085,14 @@ fn verify_child(
     Ok(())
 }
 
+/// Copy the keeper `src` to the new file `tmp` (created exclusively), keeping holes.
+fn copy_keeper(src: &Path, tmp: &Path) -> std::result::Result<u64, String> {
+    let what = |e: std::io::Error| format!("copying {} to {}: {e}", src.display(), tmp.display());
+    let from = crate::fsx::open_disk(src).map_err(what)?;
+    let to = crate::fsx::create_new(tmp).map_err(what)?;
+    crate::fsx::copy_sparse(&from, &to).map_err(what)
+}
+
 /// Put the keeper in place and check it. Returns bytes copied.
 fn place_keeper(
     g: &GroupPlan,
@@ -1134,23 +1142,13 @@ fn place_keeper(
                 g.keeper.display()
             ));
         }
-        let name = g
-            .keeper
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = g
-            .keeper
-            .with_file_name(format!(".{name}{}", scan::TMP_SUFFIX));
-        let _ = fs::remove_file(&tmp);
-        let _ = fs::remove_file(crate::txn::journal::FileJournal::for_disk(&tmp).path());
-        copied = fs::copy(&g.keeper_source, &tmp).map_err(|e| {
-            format!(
-                "copying {} to {}: {e}",
-                g.keeper_source.display(),
-                tmp.display()
-            )
-        })?;
+        // Built under this process's name (never through what is planted there), copied
+        // sparsely, and removed by the guard on every error path (ENOSPC included).
+        crate::sidefile::remove_stale_partials(&g.keeper);
+        let guard = crate::sidefile::PartialGuard::new(crate::sidefile::share_tmp(&g.keeper));
+        let tmp = guard.path().to_path_buf();
+        let _ = crate::fsx::remove_entry(&crate::sidefile::journal(&tmp));
+        copied = copy_keeper(&g.keeper_source, &tmp)?;
         steps.step();
         if let Some(kp) = &g.keeper_parent {
             // A differencing keeper: point its copy at its parent from its new folder.
@@ -1169,6 +1167,7 @@ fn place_keeper(
             .map_err(|e| format!("flushing {}: {e}", tmp.display()))?;
         fs::rename(&tmp, &g.keeper)
             .map_err(|e| format!("renaming {} into place: {e}", tmp.display()))?;
+        guard.keep();
         sync_dir(&g.keeper);
         steps.step();
     }
@@ -1714,9 +1713,7 @@ pub fn apply_relink(
                 });
                 continue;
             }
-            let pending = crate::txn::journal::FileJournal::for_disk(&it.child)
-                .path()
-                .exists();
+            let pending = crate::fsx::entry_exists(&crate::sidefile::journal(&it.child));
             todo.push((
                 it,
                 Repoint {

@@ -18,10 +18,6 @@ use crate::chain::{resolve_parent, ChainOptions};
 use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::tree::{self, FoundDisk, Uninspected, WalkLimits};
-use crate::txn::journal::FileJournal;
-
-/// Suffix of the temporary file `share` copies a keeper into (ignored by the scan).
-pub const TMP_SUFFIX: &str = ".vhdkit-share-tmp";
 
 /// Bounds of a scan.
 #[derive(Debug, Clone)]
@@ -221,7 +217,7 @@ impl Scan {
 }
 
 fn is_ours(name: &str) -> bool {
-    name.ends_with(".vhdkit-journal") || name.ends_with(TMP_SUFFIX)
+    crate::sidefile::is_side_file(name)
 }
 
 /// Walk `roots` (recursively), open every disk, resolve every parent. `on_file` is called once
@@ -369,7 +365,7 @@ fn open_one(
         file_size: meta.len(),
         allocated: allocated(meta),
         read_only: meta.permissions().readonly(),
-        pending_journal: FileJournal::for_disk(path).path().exists(),
+        pending_journal: crate::fsx::entry_exists(&crate::sidefile::journal(path)),
         outside,
         parent,
         key,

@@ -43,7 +43,7 @@
 //! A failed barrier stops the batch: every file still in it is reported failed, and its journal
 //! (if any was published) is finished by the next open as above.
 
-use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -56,6 +56,9 @@ const MAGIC: &[u8; 8] = b"VHDKITJ1";
 const VERSION: u32 = 1;
 /// A journal holds metadata only (headers, locators, footers); 64 MiB is far beyond any plan.
 const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+/// The most a journal file may hold: what is read back (and so held in memory) when a disk is
+/// opened. A plan whose journal would be larger is refused before anything is written.
+pub const MAX_JOURNAL_FILE: u64 = 16 << 20;
 
 /// Where a journal lives.
 pub trait JournalStore {
@@ -93,18 +96,15 @@ pub trait JournalStore {
 #[derive(Debug, Clone)]
 pub struct FileJournal {
     path: PathBuf,
+    tmp: PathBuf,
 }
 
 impl FileJournal {
     /// The journal location for `disk`.
     pub fn for_disk(disk: &Path) -> FileJournal {
-        let mut name = disk
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push(".vhdkit-journal");
         FileJournal {
-            path: disk.with_file_name(name),
+            path: crate::sidefile::journal(disk),
+            tmp: crate::sidefile::journal_tmp(disk),
         }
     }
 
@@ -115,9 +115,7 @@ impl FileJournal {
 
     /// Where a journal is written before it is renamed into place (never read by recovery).
     pub fn tmp_path(&self) -> PathBuf {
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        PathBuf::from(tmp)
+        self.tmp.clone()
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -135,28 +133,21 @@ impl FileJournal {
 
 impl JournalStore for FileJournal {
     fn load(&self) -> io::Result<Option<Vec<u8>>> {
-        match fs::metadata(&self.path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-            Ok(m) if m.len() > MAX_JOURNAL_BYTES => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("journal is {} bytes, more than any vhdkit journal", m.len()),
-            )),
-            Ok(_) => fs::read(&self.path).map(Some),
-        }
+        // Whatever sits at the journal's name may have been planted: no link is followed, a
+        // FIFO or device is refused without blocking, and the read is bounded.
+        crate::fsx::read_side(&self.path, MAX_JOURNAL_FILE)
     }
 
     fn store(&self, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.tmp_path();
-        let mut f = FsOpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut f = crate::fsx::create_new(&tmp)?;
+        // A journal that could not be written whole (ENOSPC) is removed, never left behind.
+        let written = f.write_all(bytes).and_then(|()| f.sync_all());
         drop(f);
-        fs::rename(&tmp, &self.path)?;
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &self.path)) {
+            let _ = crate::fsx::remove_entry(&tmp);
+            return Err(e);
+        }
         self.sync_dir()
     }
 
@@ -173,12 +164,12 @@ impl JournalStore for FileJournal {
     }
 
     fn stage(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut f = FsOpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.tmp_path())?;
-        f.write_all(bytes)
+        let mut f = crate::fsx::create_new(&self.tmp)?;
+        let written = f.write_all(bytes);
+        if written.is_err() {
+            let _ = crate::fsx::remove_entry(&self.tmp);
+        }
+        written
     }
 
     fn publish(&self) -> io::Result<()> {
@@ -407,6 +398,13 @@ pub fn inspect<S: Source + ?Sized>(target: &S, store: &dyn JournalStore) -> Resu
                 reason: e.to_string(),
             })
         }
+        // Something planted at the journal's name (a link, FIFO, device, folder, a huge file)
+        // is not a vhdkit journal: never read, never applied, and it blocks writers.
+        Err(e) if crate::fsx::refusal(&e).is_some() => {
+            return Ok(JournalState::Foreign {
+                reason: format!("what is at the journal's name is {e}"),
+            })
+        }
         Err(e) => {
             return Err(io_err(
                 &format!("reading the journal {}", store.describe()),
@@ -516,11 +514,21 @@ pub fn overlay_pending(
 /// Check that `plan` can be applied to `target` now: no journal pending in `store`, and the
 /// file still holds every old value of the plan. Reads only.
 fn check(target: &dyn Sink, store: &dyn JournalStore, plan: &Plan) -> Result<()> {
-    if store
-        .load()
-        .map_err(|e| io_err("checking for a pending journal", e))?
-        .is_some()
-    {
+    let pending = store.load().map_err(|e| match crate::fsx::refusal(&e) {
+        Some(r) => Error::InvalidArgument(format!(
+            "{}: {r}; it is not a vhdkit journal and blocks every change to the file (remove it)",
+            store.describe()
+        )),
+        None => io_err("checking for a pending journal", e),
+    })?;
+    if encoded_len(plan) as u64 > MAX_JOURNAL_FILE {
+        return Err(Error::InvalidArgument(format!(
+            "the change needs a journal of {} bytes, more than the {MAX_JOURNAL_FILE} bytes \
+             recovery reads back; nothing written",
+            encoded_len(plan)
+        )));
+    }
+    if pending.is_some() {
         return Err(Error::InvalidArgument(format!(
             "an earlier interrupted change is pending in {}; run `vhdkit repair` first",
             store.describe()

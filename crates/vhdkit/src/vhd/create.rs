@@ -97,6 +97,9 @@ pub struct Layout {
     pub file_len: u64,
     /// Writes, in the order to make them (footer at the end last).
     pub writes: Vec<(u64, Vec<u8>)>,
+    /// The BAT: `(offset, length)` filled with 0xFF (unallocated), written through a bounded
+    /// buffer before `writes`. Absent for fixed disks.
+    pub bat: Option<(u64, u64)>,
 }
 
 /// CHS geometry for `size` bytes, per the VHD spec appendix (FORMAT.md A.5).
@@ -217,6 +220,7 @@ pub fn build(p: &NewVhd) -> Result<Layout> {
             return Ok(Layout {
                 file_len: p.virtual_size + format::FOOTER_BYTES as u64,
                 writes: vec![(p.virtual_size, footer)],
+                bat: None,
             });
         }
         NewKind::Dynamic => None,
@@ -233,6 +237,7 @@ pub fn build(p: &NewVhd) -> Result<Layout> {
     let table_offset;
     let mut end;
     let bat_bytes_len = entries * 4;
+    crate::Limits::default().check_new_table(bat_bytes_len)?;
     match parent {
         None => {
             table_offset = DYNAMIC_BAT_OFFSET;
@@ -301,19 +306,18 @@ pub fn build(p: &NewVhd) -> Result<Layout> {
     )?;
     // The BAT, padded with 0xFF (unallocated) to its 4 KiB boundary, as Windows does.
     let bat_end = align_up(table_offset + bat_bytes_len, ALIGN_BYTES).ok_or_else(too_big)?;
-    let bat_len = usize::try_from(bat_end - table_offset).map_err(|_| too_big())?;
-    let bat = vec![0xFFu8; bat_len];
+    let bat_len = bat_end - table_offset;
     let file_len = align_up(end + format::FOOTER_BYTES as u64, ALIGN_BYTES).ok_or_else(too_big)?;
     let mut out = vec![
         (0u64, footer.clone()),
         (format::FOOTER_BYTES as u64, header),
-        (table_offset, bat),
     ];
     out.append(&mut writes);
     out.push((file_len - format::FOOTER_BYTES as u64, footer));
     Ok(Layout {
         file_len,
         writes: out,
+        bat: Some((table_offset, bat_len)),
     })
 }
 
@@ -322,6 +326,10 @@ pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
     let layout = build(p)?;
     sink.set_len(layout.file_len)
         .map_err(|e| Error::io("sizing the new vhd", e))?;
+    if let Some((at, len)) = layout.bat {
+        crate::limits::write_fill(sink, at, len, 0xFF)
+            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))?;
+    }
     for (at, data) in &layout.writes {
         sink.write_all_at(data, *at)
             .map_err(|e| Error::io(format!("writing the new vhd at offset {at:#x}"), e))?;
@@ -378,8 +386,19 @@ mod tests {
         let l = build(&new(NewKind::Differencing(np), 4 << 20)).unwrap();
         // fat-differential.vhd: W2ku @0x1000, BAT @0x2000, W2ru @0x3000, first bitmap @0x13e00.
         let at: Vec<u64> = l.writes.iter().map(|w| w.0).collect();
-        assert_eq!(at, vec![0, 0x200, 0x2000, 0x1000, 0x3000, 0x13e00]);
+        assert_eq!(at, vec![0, 0x200, 0x1000, 0x3000, 0x13e00]);
+        assert_eq!(l.bat, Some((0x2000, 0x1000)));
         assert_eq!(l.file_len, 0x14000);
+    }
+
+    #[test]
+    fn tables_readers_refuse_are_refused_before_anything() {
+        // 2040 GiB in 512-byte blocks: a 16 GiB BAT that no reader loads.
+        let mut p = new(NewKind::Dynamic, 2040 << 30);
+        p.block_size = 512;
+        assert!(matches!(build(&p), Err(Error::InvalidArgument(m)) if m.contains("--block-size")));
+        p.block_size = DEFAULT_BLOCK_BYTES;
+        assert!(build(&p).is_ok());
     }
 
     #[test]

@@ -121,16 +121,21 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
     }
     let n = usize::try_from(bytes)
         .map_err(|_| Error::corrupt(BAT, p.region_offset, "BAT too large"))?;
-    let mut raw = vec![0u8; n];
-    read_struct(src, p.region_offset, &mut raw, BAT)?;
-    let entries: Vec<u64> = raw
-        .chunks_exact(8)
-        .map(|c| {
+    // Read through a 1 MiB buffer: the raw table is never held beside the decoded one.
+    let mut entries: Vec<u64> = Vec::with_capacity(n / 8);
+    let mut raw = vec![0u8; n.min(1 << 20)];
+    let mut done = 0usize;
+    while done < n {
+        let k = (n - done).min(raw.len());
+        let part = raw.get_mut(..k).unwrap_or_default();
+        read_struct(src, p.region_offset + done as u64, part, BAT)?;
+        entries.extend(part.chunks_exact(8).map(|c| {
             let mut a = [0u8; 8];
             a.copy_from_slice(c);
             u64::from_le_bytes(a)
-        })
-        .collect();
+        }));
+        done += k;
+    }
     drop(raw);
 
     let mut summary = BatSummary {

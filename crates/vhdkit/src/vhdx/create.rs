@@ -25,7 +25,7 @@
 
 use uuid::Uuid;
 
-use super::bat::{chunk_ratio, payload_index};
+use super::bat::chunk_ratio;
 use super::format::{
     self, BAT_REGION_GUID, FILE_PARAMETERS_GUID, FP_HAS_PARENT, FP_LEAVE_BLOCK_ALLOCATED,
     HEADER_OFFSETS, KIB64, LOGICAL_SECTOR_SIZE_GUID, MAX_BLOCK_SIZE, MAX_VIRTUAL_DISK_SIZE,
@@ -131,6 +131,55 @@ pub struct Layout {
     pub bat_entries: u64,
     /// Writes (offset, bytes).
     pub writes: Vec<(u64, Vec<u8>)>,
+    /// Fixed disks: the BAT, generated and written through a bounded buffer.
+    pub fixed_bat: Option<FixedBat>,
+}
+
+/// The BAT of a fixed disk: every payload block FULLY_PRESENT, in order from `data_start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedBat {
+    /// Entries written (payload and sector bitmap slots).
+    pub entries: u64,
+    /// Payload blocks.
+    pub payload_blocks: u64,
+    /// Chunk ratio.
+    pub chunk_ratio: u64,
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// File offset of the first payload block.
+    pub data_start: u64,
+}
+
+impl FixedBat {
+    /// Entry `i`: a sector bitmap slot is 0 (NOT_PRESENT), a payload slot points at its block.
+    fn entry(&self, i: u64) -> u64 {
+        let (chunk, r) = (i / (self.chunk_ratio + 1), i % (self.chunk_ratio + 1));
+        if r == self.chunk_ratio {
+            return 0;
+        }
+        let b = chunk * self.chunk_ratio + r;
+        if b >= self.payload_blocks {
+            return 0;
+        }
+        (self.data_start + b * self.block_size) | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT)
+    }
+
+    /// Write the table at `BAT_OFFSET`, 1 MiB at a time.
+    fn write<S: Sink + ?Sized>(&self, sink: &S) -> std::io::Result<()> {
+        const PER_CHUNK: u64 = crate::limits::FILL_CHUNK / 8;
+        let mut buf = Vec::with_capacity(crate::limits::FILL_CHUNK as usize);
+        let mut i = 0u64;
+        while i < self.entries {
+            let n = (self.entries - i).min(PER_CHUNK);
+            buf.clear();
+            for k in i..i + n {
+                buf.extend_from_slice(&self.entry(k).to_le_bytes());
+            }
+            sink.write_all_at(&buf, BAT_OFFSET + i * 8)?;
+            i += n;
+        }
+        Ok(())
+    }
 }
 
 /// The creator string of the file identifier.
@@ -335,6 +384,12 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
         NewKind::Differencing(_) => sb.checked_mul(cr + 1).ok_or_else(too_big)?,
         _ => pb + sb,
     };
+    let differencing = matches!(p.kind, NewKind::Differencing(_));
+    crate::Limits::default().check_new_table(
+        super::bat::required_entries(pb, cr, differencing)
+            .max(entries)
+            .saturating_mul(8),
+    )?;
     let bat_length = entries
         .checked_mul(8)
         .and_then(|b| b.checked_next_multiple_of(MIB))
@@ -366,14 +421,14 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
         writes.push((off, rt.clone()));
     }
     writes.push((METADATA_OFFSET, metadata_region(p)?));
-    let file_len = if p.kind == NewKind::Fixed {
-        let mut bat = vec![0u8; usize::try_from(entries * 8).map_err(|_| too_big())?];
-        for b in 0..pb {
-            let e = (data_start + b * bs) | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
-            let i = usize::try_from(payload_index(b, cr)).map_err(|_| too_big())?;
-            put(&mut bat, i * 8, &e.to_le_bytes());
-        }
-        writes.push((BAT_OFFSET, bat));
+    let fixed_bat = (p.kind == NewKind::Fixed).then_some(FixedBat {
+        entries,
+        payload_blocks: pb,
+        chunk_ratio: cr,
+        block_size: bs,
+        data_start,
+    });
+    let file_len = if fixed_bat.is_some() {
         pb.checked_mul(bs)
             .and_then(|d| d.checked_add(data_start))
             .ok_or_else(too_big)?
@@ -385,6 +440,7 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
         bat_length,
         bat_entries: entries,
         writes,
+        fixed_bat,
     })
 }
 
@@ -394,6 +450,10 @@ pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
     let layout = build(p)?;
     sink.set_len(layout.file_len)
         .map_err(|e| Error::io("sizing the new vhdx", e))?;
+    if let Some(bat) = &layout.fixed_bat {
+        bat.write(sink)
+            .map_err(|e| Error::io("writing the new vhdx's BAT", e))?;
+    }
     for (at, data) in &layout.writes {
         sink.write_all_at(data, *at)
             .map_err(|e| Error::io(format!("writing the new vhdx at offset {at:#x}"), e))?;
@@ -407,6 +467,42 @@ pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
 mod tests {
     use super::*;
     use crate::{Disk, OpenOptions};
+
+    #[test]
+    fn streamed_fixed_bat_matches_the_payload_layout() {
+        use crate::vhdx::bat::payload_index;
+        let fb = FixedBat {
+            entries: 10_000,
+            payload_blocks: 9_000,
+            chunk_ratio: 16,
+            block_size: 1 << 20,
+            data_start: 4 << 20,
+        };
+        let mut want = vec![0u64; 10_000];
+        for b in 0..9_000u64 {
+            want[payload_index(b, 16) as usize] =
+                ((4 << 20) + b * (1 << 20)) | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
+        }
+        let got: Vec<u64> = (0..10_000).map(|i| fb.entry(i)).collect();
+        assert!(got == want);
+    }
+
+    #[test]
+    fn tables_readers_refuse_are_refused_before_anything() {
+        let mut p = NewVhdx {
+            kind: NewKind::Dynamic,
+            virtual_size: 64 << 40,
+            block_size: 1 << 20,
+            logical_sector_size: 512,
+            physical_sector_size: 4096,
+            file_write_guid: Uuid::nil(),
+            data_write_guid: Uuid::nil(),
+            virtual_disk_id: Uuid::nil(),
+        };
+        assert!(matches!(build(&p), Err(Error::InvalidArgument(m)) if m.contains("--block-size")));
+        p.block_size = 32 << 20;
+        assert!(build(&p).is_ok());
+    }
 
     fn open(p: &NewVhdx) -> Disk {
         let f =
