@@ -36,9 +36,15 @@ pub fn share_tmp(keeper: &Path) -> PathBuf {
     hidden(keeper, SHARE_TMP, std::process::id())
 }
 
+/// Whether `name` (a file name) is a journal or its temporary name. Problems at these names are
+/// findings of the disk beside them, never of a folder walk.
+pub fn is_journal_name(name: &str) -> bool {
+    name.ends_with(JOURNAL) || name.ends_with(JOURNAL_TMP)
+}
+
 /// Whether `name` (a file name) is one of vhdkit's side files (never a disk to act on).
 pub fn is_side_file(name: &str) -> bool {
-    name.ends_with(JOURNAL) || name.ends_with(JOURNAL_TMP) || partial_of(name).is_some()
+    is_journal_name(name) || partial_of(name).is_some()
 }
 
 /// A partial output found in a folder.

@@ -529,11 +529,11 @@ pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)
             files.push(p.clone());
             continue;
         }
-        // Every file is looked at (vhdkit's own leftovers too); links to disks are not followed,
-        // their targets are checked where they lie.
-        // vhdkit's partial outputs are reported too (stale or in progress).
+        // Links to disks are not followed, their targets are checked where they lie. vhdkit's
+        // partial outputs are reported (stale or in progress); whatever lies at a journal's name
+        // is reported with the disk it belongs to (file.journal_*), not as a path of the tree.
         let select = crate::tree::Select {
-            ignore: &|_| false,
+            ignore: &crate::sidefile::is_journal_name,
             also: &|p: &Path| crate::sidefile::partial(p).is_some(),
         };
         let limits = crate::tree::WalkLimits::default();
