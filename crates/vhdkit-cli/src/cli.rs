@@ -255,7 +255,8 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(long = "to", value_enum)]
     pub to: OutputFormat,
-    /// Force the input format (by default a file that is neither VHD nor VHDX is raw).
+    /// Force the input format. Without it, a file that is neither VHD nor VHDX is read as raw
+    /// (with a note) only when its name does not claim .vhd/.vhdx/.avhd/.avhdx.
     #[arg(long = "from", value_enum)]
     pub from: Option<InputFormat>,
     /// VHD/VHDX output: a fixed disk instead of a dynamic one.
@@ -274,7 +275,7 @@ pub struct ConvertArgs {
     /// Parent lookup options.
     #[command(flatten)]
     pub resolve: ResolveArgs,
-    /// Source disk (VHD or VHDX, read through its chain; any other file is a raw image).
+    /// Source disk (VHD or VHDX, read through its chain), or a raw image with a neutral name.
     pub src: PathBuf,
     /// Destination file.
     pub dst: PathBuf,

@@ -264,12 +264,23 @@ pub fn detect(src: &dyn Source) -> Result<DiskFormat> {
     if vhd::looks_like_vhd(src, len)? {
         return Ok(DiskFormat::Vhd);
     }
+    // Nothing about a file that is not a disk (its size, its bytes) goes into the message: the
+    // file may be a secret a hostile locator pointed at.
     Err(Error::NotADisk {
         path: None,
-        detail: format!(
-            "no 'vhdxfile' signature at offset 0 and no 'conectix' footer at the end ({len} bytes)"
-        ),
+        detail: "no 'vhdxfile' signature and no 'conectix' footer".into(),
     })
+}
+
+/// The format a file name claims by its extension (`.vhd`, `.avhd`: VHD; `.vhdx`, `.avhdx`:
+/// VHDX; any case), or `None` for a name that claims nothing.
+pub fn claimed_format(path: &Path) -> Option<DiskFormat> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "vhd" | "avhd" => Some(DiskFormat::Vhd),
+        "vhdx" | "avhdx" => Some(DiskFormat::Vhdx),
+        _ => None,
+    }
 }
 
 impl Disk {

@@ -46,8 +46,8 @@ pub mod write;
 pub use chain::{Chain, ChainOptions, ChainReport, PathMap};
 pub use create::{create, CreateParams, Created};
 pub use disk::{
-    detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions, ParentLinkage,
-    ParentLocator, PathStyle,
+    claimed_format, detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions,
+    ParentLinkage, ParentLocator, PathStyle,
 };
 pub use error::{Error, Result};
 pub use limits::Limits;

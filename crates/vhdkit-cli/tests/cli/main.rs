@@ -13,6 +13,7 @@ mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
 mod foreign_writers;
+mod lying_input;
 mod partial_trees;
 mod readme;
 mod real_images;

@@ -504,8 +504,9 @@ pub fn is_disk_file(path: &Path) -> bool {
 }
 
 /// Expand `paths`: files as given, folders recursively (sorted), keeping only files that carry
-/// a disk signature. Symbolic links to folders are not followed (no loops). Paths in the folders
-/// that could not be inspected are dropped here; [`collect_tree`] reports them.
+/// a disk signature or a name that claims a disk format. Symbolic links to folders are not
+/// followed (no loops). Paths in the folders that could not be inspected are dropped here;
+/// [`collect_tree`] reports them.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(collect_tree(paths)?.0)
 }
@@ -523,7 +524,12 @@ pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)
         // Every file is looked at (vhdkit's own leftovers too); links to disks are not followed,
         // their targets are checked where they lie.
         let limits = crate::tree::WalkLimits::default();
-        let w = crate::tree::walk(p, &limits, &crate::tree::Select::SIGNATURES)?;
+        // A name that claims a disk without the signature is checked (`file.not_a_disk`).
+        let select = crate::tree::Select {
+            ignore: &|_| false,
+            also: &|f| crate::disk::claimed_format(f).is_some(),
+        };
+        let w = crate::tree::walk(p, &limits, &select)?;
         files.extend(w.disks.into_iter().map(|d| d.path));
         blind.extend(w.uninspected.into_iter().map(|u| FileReport {
             findings: vec![Finding::new(u.kind.code(), "tree", None, u.reason)],
