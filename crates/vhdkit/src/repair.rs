@@ -22,6 +22,8 @@ use crate::txn::journal::{self, FileJournal, JournalState, Recovery};
 pub struct RepairOptions {
     /// Report what would be done; write nothing.
     pub dry_run: bool,
+    /// Folders parent resolution may open (dead-locator analysis); empty: no confinement.
+    pub confine: Vec<PathBuf>,
 }
 
 impl RepairOptions {
@@ -29,6 +31,13 @@ impl RepairOptions {
     #[must_use]
     pub fn dry_run(mut self, v: bool) -> Self {
         self.dry_run = v;
+        self
+    }
+
+    /// Confine parent resolution to `dir` (repeatable; see [`crate::ChainOptions::confine`]).
+    #[must_use]
+    pub fn confine(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.confine.push(dir.into());
         self
     }
 }
@@ -141,7 +150,7 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let (structures, unrepaired) = if pending {
         (Vec::new(), Vec::new())
     } else {
-        structural_step(path, opts.dry_run)?
+        structural_step(path, opts.dry_run, &opts.confine)?
     };
     let mut structures = structures;
     if matches!(vhdx_log, Some(LogOutcome::WouldReplay(_))) {
@@ -193,16 +202,17 @@ fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>
 fn structural_step(
     path: &Path,
     dry_run: bool,
+    confine: &[PathBuf],
 ) -> Result<(
     Vec<crate::check::repair::StructureRepair>,
     Vec<crate::check::Finding>,
 )> {
     use crate::check::{check_file, CheckOptions, Severity};
-    let done = crate::check::repair::repair_structures(path, dry_run)?;
+    let done = crate::check::repair::repair_structures(path, dry_run, confine)?;
     let fixed: Vec<&str> = done.iter().map(|d| d.code).collect();
     // Dry run: findings about VHD locator entries that would be dropped go with them.
     let dropped_entries: Vec<u64> = if dry_run && fixed.contains(&"vhd.locator.dead") {
-        crate::check::deadloc::droppable_vhd_entries(path)
+        crate::check::deadloc::droppable_vhd_entries(path, confine)
     } else {
         Vec::new()
     };
@@ -211,11 +221,13 @@ fn structural_step(
             && f.offset
                 .is_some_and(|o| dropped_entries.iter().any(|&e| (e..e + 24).contains(&o)))
     };
-    let report = check_file(path, &CheckOptions::default())?;
+    let mut copts = CheckOptions::default();
+    copts.chain_options.confine = confine.to_vec();
+    let report = check_file(path, &copts)?;
     let left = report
         .findings
         .into_iter()
-        .chain(crate::check::repair::unresolved_finding(path))
+        .chain(crate::check::repair::unresolved_finding(path, confine))
         .filter(|f| f.severity >= Severity::Warning)
         .filter(|f| !in_dropped_entry(f))
         .filter(|f| {

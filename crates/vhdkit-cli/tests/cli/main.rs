@@ -8,6 +8,7 @@ mod util;
 mod chains;
 mod check;
 mod cli_contract;
+mod confine;
 mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;

@@ -484,7 +484,7 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
     let (format, mut findings) = check_source(&file, opts);
     if format.is_some() {
         // Needs the path: whether a locator leads anywhere depends on the child's folder.
-        findings.extend(deadloc::findings(path));
+        findings.extend(deadloc::findings(path, &opts.chain_options.confine));
     }
     if opts.chain && format.is_some() {
         findings.extend(check_chain(path, &opts.chain_options));

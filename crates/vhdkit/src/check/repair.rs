@@ -13,7 +13,7 @@
 //!
 //! Anything else that `check` finds is listed as needing a person and left alone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::vhdx::{header_status, region_status};
 use super::{be32, Bytes};
@@ -39,7 +39,14 @@ fn io(what: &str, e: std::io::Error) -> Error {
 }
 
 /// Plan and (unless `dry_run`) apply the certain repairs of `path`.
-pub fn repair_structures(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
+///
+/// `confine`: the folders parent resolution may open (see [`crate::ChainOptions::confine`]);
+/// empty for no confinement.
+pub fn repair_structures(
+    path: &Path,
+    dry_run: bool,
+    confine: &[PathBuf],
+) -> Result<Vec<StructureRepair>> {
     let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
     let len = f.len().map_err(|e| io("reading the length", e))?;
     let fmt = match crate::disk::detect(&f) {
@@ -51,14 +58,14 @@ pub fn repair_structures(path: &Path, dry_run: bool) -> Result<Vec<StructureRepa
         crate::DiskFormat::Vhd => vhd_footer(path, len, dry_run)?,
         crate::DiskFormat::Vhdx => vhdx_twins(path, dry_run)?,
     };
-    done.extend(dead_locators(path, dry_run)?);
+    done.extend(dead_locators(path, dry_run, confine)?);
     Ok(done)
 }
 
 /// Differencing disks: drop the locators that point nowhere when another one leads to the
 /// parent (see [`super::deadloc`]). VHD through the redo journal, VHDX through the log.
-fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
-    let Some(a) = super::deadloc::analyse(path) else {
+fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<StructureRepair>> {
+    let Some(a) = super::deadloc::analyse(path, confine) else {
         return Ok(Vec::new());
     };
     let dead = a.droppable();
@@ -122,8 +129,8 @@ fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
 
 /// A finding for a person when dead-looking locators exist but no locator entry leads to the
 /// parent now (nothing is dropped then).
-pub(crate) fn unresolved_finding(path: &Path) -> Option<super::Finding> {
-    let a = super::deadloc::analyse(path)?;
+pub(crate) fn unresolved_finding(path: &Path, confine: &[PathBuf]) -> Option<super::Finding> {
+    let a = super::deadloc::analyse(path, confine)?;
     if a.resolved_via.is_some() || a.dead.is_empty() {
         return None;
     }
