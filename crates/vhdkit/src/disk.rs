@@ -240,14 +240,24 @@ const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
 /// The bytes of the file at `path` as a read-only source, with a pending vhdkit journal's change
 /// laid over it in memory (see [`Disk::open_with`]), and the warning to show about the journal.
 pub fn open_source(path: &Path) -> Result<(Box<dyn Source>, Option<String>)> {
+    open_source_recorded(path, None)
+}
+
+/// [`open_source`], with every read of the file itself (under the journal overlay) recorded in
+/// `reads`, so a writer can re-check under its lock the bytes a plan was made on.
+pub fn open_source_recorded(
+    path: &Path,
+    reads: Option<&crate::readset::ReadSet>,
+) -> Result<(Box<dyn Source>, Option<String>)> {
     let file = File::open(path)
         .map_err(|e| Error::io("opening the file", e))
         .with_path(path)?;
+    let raw: Box<dyn Source> = match reads {
+        Some(r) => r.wrap(Box::new(file)),
+        None => Box::new(file),
+    };
     let journal = crate::txn::journal::FileJournal::for_disk(path);
-    Ok(crate::txn::journal::overlay_pending(
-        Box::new(file),
-        &journal,
-    ))
+    Ok(crate::txn::journal::overlay_pending(raw, &journal))
 }
 
 /// Which format the bytes are in, by signature (never by file name).

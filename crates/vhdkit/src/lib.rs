@@ -31,6 +31,8 @@ pub mod disk;
 pub mod error;
 pub mod guid;
 pub mod limits;
+pub mod lock;
+pub mod readset;
 pub mod repair;
 pub mod reparent;
 pub(crate) mod sectors;

@@ -115,7 +115,15 @@ impl RepairReport {
 
 /// Repair `path` (see the module docs). The file is opened for writing only when there is a
 /// journal to finish or a VHDX log to replay, and this is not a dry run.
+///
+/// Unless it is a dry run, the whole repair runs under the writers' lock ([`crate::lock`]), so
+/// what it finds is what it changes: another holder is a refusal, before anything is read.
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(crate::lock::lock_disk(path)?)
+    };
     let store = FileJournal::for_disk(path);
     let file =
         fs::File::open(path).map_err(|e| Error::io("opening the file", e).with_path(path))?;
@@ -129,11 +137,7 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
         },
         JournalState::Complete(_) if opts.dry_run => JournalOutcome::WouldRemoveLeftover,
         JournalState::Pending(_) | JournalState::Complete(_) => {
-            let f = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| Error::io("opening the file for writing", e).with_path(path))?;
+            let (_lock, f) = crate::lock::locked_file(path)?;
             match journal::recover(&f, &store).map_err(|e| e.with_path(path))? {
                 Recovery::Clean => JournalOutcome::None,
                 Recovery::RolledForward { writes } => JournalOutcome::Finished { writes },
@@ -185,11 +189,7 @@ fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>
     if opts.dry_run {
         return Ok(Some(LogOutcome::WouldReplay(found)));
     }
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("opening the file for writing", e).with_path(path))?;
+    let (_lock, f) = crate::lock::locked_file(path)?;
     Ok(Some(
         match crate::vhdx::reparent::replay_log(&f, &limits).map_err(|e| e.with_path(path))? {
             Some(r) => LogOutcome::Replayed(r),

@@ -8,6 +8,7 @@ mod util;
 mod chains;
 mod check;
 mod cli_contract;
+mod concurrent_writers;
 mod confine;
 mod convert_qemu;
 mod create_convert_vhd;

@@ -79,11 +79,7 @@ fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<
         crate::DiskFormat::Vhd => {
             let plan = super::deadloc::vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
-                let w = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+                let (_lock, w) = crate::lock::locked_file(path)?;
                 journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
                     .map_err(|e| e.with_path(path))?;
             }
@@ -91,11 +87,7 @@ fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<
         crate::DiskFormat::Vhdx => {
             let writes = super::deadloc::vhdx_writes(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
-                let w = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+                let (_lock, w) = crate::lock::locked_file(path)?;
                 let headers =
                     crate::vhdx::header::read_headers(&w).map_err(|e| e.with_path(path))?;
                 if !headers.current.log_guid.is_nil() {
@@ -208,11 +200,7 @@ fn vhd_footer(path: &Path, len: u64, dry_run: bool) -> Result<Vec<StructureRepai
             old_len: len,
             new_len: len,
         };
-        let w = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+        let (_lock, w) = crate::lock::locked_file(path)?;
         journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
             .map_err(|e| e.with_path(path))?;
     }
@@ -250,15 +238,13 @@ fn data_ends_before(b: &Bytes, footer: &[u8], end_slot: u64) -> bool {
 fn vhdx_twins(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
     let mut done = Vec::new();
     let verb = if dry_run { "would" } else { "did" };
-    let w = if dry_run {
-        std::fs::File::open(path)
+    let (_lock, w) = if dry_run {
+        let f = std::fs::File::open(path).map_err(|e| io("opening the file", e).with_path(path))?;
+        (None, f)
     } else {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-    }
-    .map_err(|e| io("opening the file", e).with_path(path))?;
+        let (l, f) = crate::lock::locked_file(path)?;
+        (Some(l), f)
+    };
     let Ok(headers) = crate::vhdx::header::read_headers(&w) else {
         return Ok(done); // no valid header (or an undecidable tie): nothing certain to do
     };

@@ -1,0 +1,116 @@
+//! One writer at a time: every writer takes the same exclusive lock, re-checks under it every
+//! byte its plan read, and writes through the locked descriptor. Another holder of the lock, or
+//! a byte changed between planning and the lock, is a refusal with nothing written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use vhdkit::reparent::{self, ReparentOptions};
+use vhdkit::{create, ChainOptions, CreateParams, WritableDisk};
+use vhdkit_testkit::sha256_file;
+
+/// `base.EXT`, an identical copy `copy.EXT`, and a differencing `child.EXT` over `base`.
+fn lab(dir: &Path, ext: &str) -> (PathBuf, PathBuf) {
+    let base = dir.join(format!("base.{ext}"));
+    let copy = dir.join(format!("copy.{ext}"));
+    let child = dir.join(format!("child.{ext}"));
+    create(&base, &CreateParams::dynamic(8 << 20)).unwrap();
+    std::fs::copy(&base, &copy).unwrap();
+    create(&child, &CreateParams::differencing(&base)).unwrap();
+    (child, copy)
+}
+
+fn plan(child: &Path, new_parent: &Path) -> reparent::ReparentPlan {
+    let o = ReparentOptions {
+        new_parent: new_parent.to_path_buf(),
+        ..ReparentOptions::default()
+    };
+    reparent::plan(child, &o).unwrap()
+}
+
+/// Someone else's lock: another open file description (`flock` knows no processes).
+fn foreign_lock(p: &Path) -> File {
+    let f = File::open(p).unwrap();
+    f.try_lock().unwrap();
+    f
+}
+
+#[test]
+fn a_held_lock_refuses_reparent_and_writable_open() {
+    for ext in ["vhd", "vhdx"] {
+        let d = tempfile::tempdir().unwrap();
+        let (child, copy) = lab(d.path(), ext);
+        let p = plan(&child, &copy);
+        let before = sha256_file(&child);
+        let held = foreign_lock(&child);
+        let e = reparent::apply(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("refused") && e.contains("in use by another process"),
+            "{e}"
+        );
+        let e = WritableDisk::open(&child, &ChainOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        let e = vhdkit::repair::repair(&child, &vhdkit::repair::RepairOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        assert_eq!(sha256_file(&child), before, "{ext}: the child changed");
+        drop(held);
+        reparent::apply(&p).unwrap();
+        assert_ne!(
+            sha256_file(&child),
+            before,
+            "{ext}: applied once the lock is free"
+        );
+    }
+}
+
+#[test]
+fn a_byte_the_plan_read_that_changed_refuses_the_change() {
+    for ext in ["vhd", "vhdx"] {
+        let d = tempfile::tempdir().unwrap();
+        let (child, copy) = lab(d.path(), ext);
+        let p = plan(&child, &copy);
+        // A byte the plan read (the file's first sector: the VHD footer copy's cookie area, or
+        // the VHDX file identifier's creator) that the plan itself does not write.
+        let at = 0x20u64;
+        assert!(
+            p.txn
+                .writes
+                .iter()
+                .all(|w| !(w.offset..w.offset + w.data.len() as u64).contains(&at)),
+            "{ext}: pick a byte the plan does not write"
+        );
+        let mut bytes = std::fs::read(&child).unwrap();
+        bytes[at as usize] ^= 0x01;
+        std::fs::write(&child, &bytes).unwrap();
+        let before = sha256_file(&child);
+        let e = reparent::apply(&p).unwrap_err().to_string();
+        assert!(e.contains("changed since the plan was made"), "{ext}: {e}");
+        assert_eq!(
+            sha256_file(&child),
+            before,
+            "{ext}: written despite the change"
+        );
+    }
+}
+
+#[test]
+fn a_longer_file_refuses_the_change() {
+    let d = tempfile::tempdir().unwrap();
+    let (child, copy) = lab(d.path(), "vhdx");
+    let p = plan(&child, &copy);
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&child)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() + (1 << 20)).unwrap();
+    let before = sha256_file(&child);
+    let e = reparent::apply(&p).unwrap_err().to_string();
+    assert!(e.contains("length"), "{e}");
+    assert_eq!(sha256_file(&child), before);
+}
