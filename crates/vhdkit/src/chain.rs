@@ -579,6 +579,28 @@ pub(crate) fn locator_leads_to_parent(
     }
 }
 
+/// The existing file (canonical path) the locator `loc` of the child at `child_path` leads to
+/// first, through the candidates [`resolve_parent`] tries for it (no name or search fallbacks,
+/// confinement respected); `None` when it leads to no file. Only stats: nothing is opened.
+pub(crate) fn locator_target(
+    child_path: &Path,
+    loc: &ParentLocator,
+    opts: &ChainOptions,
+) -> Option<PathBuf> {
+    let p = loc.path.as_deref().filter(|p| !p.is_empty())?;
+    let child_dir = match child_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let child_canon = canonical(child_path);
+    local_paths(p, loc.style, &child_dir, &opts.path_maps)
+        .into_iter()
+        .filter(|c| confined_path(c, &opts.confine).is_ok())
+        .filter(|c| c.is_file())
+        .map(|c| canonical(&c))
+        .find(|c| *c != child_canon)
+}
+
 /// The VHD parent time stamp is written inconsistently (Windows writes 0, blktap the parent
 /// file's mtime, others the parent's creation stamp); warn only when it matches neither.
 fn vhd_timestamp_warning(ts: u32, parent: &Disk, parent_path: &Path) -> Option<String> {

@@ -114,3 +114,55 @@ fn a_longer_file_refuses_the_change() {
     assert!(e.contains("length"), "{e}");
     assert_eq!(sha256_file(&child), before);
 }
+
+fn utf16le(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+/// Rewrite the child's absolute locator (UTF-16LE, same length) from `from` to `to`, as a
+/// second writer that got only half its change in would leave it.
+fn swap_absolute_locator(child: &Path, from: &Path, to: &Path) {
+    let (a, b) = (
+        utf16le(&from.display().to_string()),
+        utf16le(&to.display().to_string()),
+    );
+    assert_eq!(a.len(), b.len());
+    let mut bytes = std::fs::read(child).unwrap();
+    // The last match: a VHD's big-endian parent name, read one byte off, matches too.
+    let at = bytes
+        .windows(a.len())
+        .rposition(|w| w == a.as_slice())
+        .expect("the absolute locator");
+    bytes[at..at + a.len()].copy_from_slice(&b);
+    std::fs::write(child, &bytes).unwrap();
+}
+
+#[test]
+fn locators_that_disagree_about_the_parent_are_flagged() {
+    use vhdkit::check::{check_file, CheckOptions};
+    for ext in ["vhd", "vhdx"] {
+        let d = tempfile::tempdir().unwrap();
+        let (child, copy) = lab(d.path(), ext);
+        let code = format!("{ext}.locator.disagree");
+        let codes = |p: &Path| check_file(p, &CheckOptions::default()).unwrap().codes();
+        assert!(
+            !codes(&child).contains(&code.as_str()),
+            "{ext}: a fresh child agrees"
+        );
+        // `base.EXT` and `copy.EXT` differ in length: use a same-length twin name instead.
+        let twin = d.path().join(format!("twin.{ext}"));
+        std::fs::copy(&copy, &twin).unwrap();
+        swap_absolute_locator(&child, &d.path().join(format!("base.{ext}")), &twin);
+        let found = codes(&child);
+        assert!(found.contains(&code.as_str()), "{ext}: {found:?}");
+        let report = check_file(&child, &CheckOptions::default()).unwrap();
+        let f = report.findings.iter().find(|f| f.code == code).unwrap();
+        assert!(
+            f.message.contains("twin") && f.message.contains("base"),
+            "{f:?}"
+        );
+        // Once the twin is gone, every locator that leads anywhere agrees again.
+        std::fs::remove_file(&twin).unwrap();
+        assert!(!codes(&child).contains(&code.as_str()), "{ext}");
+    }
+}

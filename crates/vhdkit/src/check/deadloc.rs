@@ -115,7 +115,7 @@ fn vhdx_may_have_parent(f: &std::fs::File) -> bool {
 /// Cheap pre-filter: could `path` be a differencing disk? (VHD: a footer says so; VHDX: a
 /// metadata table lists a parent locator, or the tables cannot be read.) Keeps `check` of
 /// large non-differencing disks from opening them a second time.
-fn maybe_differencing(path: &Path) -> bool {
+pub(crate) fn maybe_differencing(path: &Path) -> bool {
     let Ok(f) = std::fs::File::open(path) else {
         return false;
     };

@@ -18,6 +18,7 @@
 
 mod chain;
 pub(crate) mod deadloc;
+mod disagree;
 pub mod repair;
 mod vhd;
 mod vhdx;
@@ -156,6 +157,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhd.locator.undecodable", E, "locator data does not decode (bad UTF-16 / UTF-8)"),
     ("vhd.locator.on_non_differencing", I, "non-empty locator slot on a disk without a parent"),
     ("vhd.locator.none", W, "differencing disk without a usable locator or parent name"),
+    ("vhd.locator.disagree", W, "locators (or the parent name) lead to different files: readers that try them in another order open another parent"),
     ("vhd.locator.dead", W, "a locator points nowhere (unusable data, or a relative/`MacX` path that does not lead to the parent) while another locator leads to the parent; `vhdkit repair` drops it"),
     // VHDX file identifier and headers
     ("vhdx.file.too_small", E, "the file ends before the 1 MiB of fixed structures"),
@@ -197,6 +199,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhdx.locator.invalid", E, "the parent locator item does not parse (type, bounds, UTF-16, keys, parent_linkage)"),
     ("vhdx.locator.no_path", W, "the parent locator has no path key"),
     ("vhdx.locator.without_parent", W, "a parent locator item on a disk without HasParent"),
+    ("vhdx.locator.disagree", W, "locator keys lead to different files: readers that try them in another order open another parent"),
     ("vhdx.locator.dead", W, "a locator key points nowhere (undecodable, or a `relative_path` that does not lead to the parent) while another key leads to the parent; `vhdkit repair` drops it"),
     // VHDX BAT
     ("vhdx.bat.too_small", E, "the BAT region is smaller than the entries the disk needs"),
@@ -485,6 +488,7 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
     if format.is_some() {
         // Needs the path: whether a locator leads anywhere depends on the child's folder.
         findings.extend(deadloc::findings(path, &opts.chain_options.confine));
+        findings.extend(disagree::findings(path, &opts.chain_options));
     }
     if opts.chain && format.is_some() {
         findings.extend(check_chain(path, &opts.chain_options));
