@@ -117,12 +117,23 @@ impl RepairReport {
 /// journal to finish or a VHDX log to replay, and this is not a dry run.
 ///
 /// Unless it is a dry run, the whole repair runs under the writers' lock ([`crate::lock`]), so
-/// what it finds is what it changes: another holder is a refusal, before anything is read.
+/// what it finds is what it changes: another holder is a refusal, before anything is read. A
+/// file that cannot be opened for writing (read-only) is still examined: it needs the lock only
+/// if something is to be written, and that write then refuses it.
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let _lock = if opts.dry_run {
         None
     } else {
-        Some(crate::lock::lock_disk(path)?)
+        match crate::lock::lock_for_change(path) {
+            Ok(l) => Some(l),
+            Err(r) if r == crate::lock::IN_USE => {
+                return Err(Error::Refused {
+                    path: Some(path.to_path_buf()),
+                    reason: r,
+                })
+            }
+            Err(_) => None,
+        }
     };
     let store = FileJournal::for_disk(path);
     let file =

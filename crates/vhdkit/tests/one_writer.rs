@@ -166,3 +166,14 @@ fn locators_that_disagree_about_the_parent_are_flagged() {
         assert!(!codes(&child).contains(&code.as_str()), "{ext}");
     }
 }
+
+#[test]
+fn repair_of_a_healthy_read_only_disk_needs_no_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let (child, _) = lab(d.path(), "vhd");
+    let mut perm = std::fs::metadata(&child).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&child, perm).unwrap();
+    let r = vhdkit::repair::repair(&child, &vhdkit::repair::RepairOptions::default()).unwrap();
+    assert!(!r.needs_attention(), "{r:?}");
+}
