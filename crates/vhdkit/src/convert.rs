@@ -173,6 +173,7 @@ pub fn to_raw(
         )));
     }
     refuse_chain_member(view, dst)?;
+    refuse_locked_dst(dst)?;
     let tmp = temp_name(dst);
     let mut file = FsOpenOptions::new()
         .write(true)
@@ -203,6 +204,18 @@ pub fn to_raw(
             Err(e)
         }
     }
+}
+
+/// `--force` replaces DST by a rename, which would pull a disk from under another writer that
+/// holds the writers' lock on it ([`crate::lock`]): refused, as that writer would refuse us.
+fn refuse_locked_dst(dst: &Path) -> Result<()> {
+    if crate::lock::is_locked_elsewhere(dst) {
+        return Err(Error::Refused {
+            path: Some(dst.to_path_buf()),
+            reason: crate::lock::IN_USE.into(),
+        });
+    }
+    Ok(())
 }
 
 fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
@@ -404,6 +417,7 @@ fn convert_into(
         )));
     }
     refuse_chain_member(src, dst)?;
+    refuse_locked_dst(dst)?;
     let tmp = temp_name(dst);
     let file = FsOpenOptions::new()
         .read(true)
