@@ -148,3 +148,21 @@ fn dead_locator_analysis_is_confined_and_never_drops_what_it_could_not_look_at()
     assert!(report.intact, "{report:?}");
     assert!(report.links[1].path.starts_with(&t.inside), "{report:?}");
 }
+
+#[test]
+fn search_folders_and_maps_outside_are_refused_too() {
+    let t = tree();
+    let c = t.inside.join("vm/child.vhd");
+    child(&c, vec![Locator::w2ku(r"C:\Lab\base.vhd")]);
+    let map = vhdkit::PathMap::parse(&format!(r"C:\Lab={}", t.outside.display())).unwrap();
+    for o in [
+        ChainOptions::default().search_dir(&t.outside),
+        ChainOptions::default().path_map(map),
+    ] {
+        Chain::open(&c, &o).unwrap();
+        let e = Chain::open(&c, &o.clone().confine(&t.inside)).unwrap_err();
+        assert!(e.to_string().contains("refused by confinement"), "{e}");
+        // Confining to the outside folder as well lets it in.
+        Chain::open(&c, &o.confine(&t.inside).confine(&t.outside)).unwrap();
+    }
+}
