@@ -122,6 +122,16 @@ impl RepairReport {
 /// if something is to be written, and that write then refuses it.
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let _lock = if opts.dry_run {
+        // Predict the real run: it would be refused while another process holds the lock.
+        if crate::lock::is_locked_elsewhere(path) {
+            return Err(Error::Refused {
+                path: Some(path.to_path_buf()),
+                reason: format!(
+                    "{} (dry run: the real run would be refused)",
+                    crate::lock::IN_USE
+                ),
+            });
+        }
         None
     } else {
         match crate::lock::lock_for_change(path) {

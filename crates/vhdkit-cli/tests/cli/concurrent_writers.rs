@@ -266,9 +266,16 @@ fn a_flock_holder_blocks_every_writer() {
     let before = sha256_file(&l.child);
     let shared = l.root.join("shared");
     let moved = l.root.join("moved");
+    let mut dry = reparent_args(&l.child, &l.p1);
+    dry.push("--dry-run".as_ref());
     let runs = vec![
         ("reparent", run(reparent_args(&l.child, &l.p1))),
+        ("reparent --dry-run predicts it", run(&dry)),
         ("repair", run(["repair".as_ref(), l.child.as_os_str()])),
+        (
+            "repair --dry-run predicts it",
+            run(["repair".as_ref(), "--dry-run".as_ref(), l.child.as_os_str()]),
+        ),
         (
             "share",
             run([
@@ -309,4 +316,20 @@ fn a_flock_holder_blocks_every_writer() {
         before,
         "relink works once the lock is gone"
     );
+}
+
+#[test]
+fn a_reparent_dry_run_predicts_the_refusal_of_a_read_only_child() {
+    let l = lab("vhd");
+    let mut perm = std::fs::metadata(&l.child).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&l.child, perm).unwrap();
+    let mut dry = reparent_args(&l.child, &l.p1);
+    dry.push("--dry-run".as_ref());
+    let d = run(&dry);
+    let r = run(reparent_args(&l.child, &l.p1));
+    for (what, x) in [("dry run", &d), ("real run", &r)] {
+        assert_eq!(x.code, 1, "{what}: {x:?}");
+        assert!(x.stderr.contains("read-only"), "{what}: {x:?}");
+    }
 }
