@@ -68,16 +68,10 @@ fn key_of(f: &File) -> std::io::Result<Key> {
 }
 
 #[cfg(not(unix))]
-fn key_of(f: &File) -> std::io::Result<Key> {
-    // No inode number in std off Unix: the length and modification time stand in, with the
-    // lock itself still taken per open (a second open in one process is then refused).
-    let m = f.metadata()?;
-    let t = m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
-    Ok((m.len(), t))
+fn key_of(_: &File) -> std::io::Result<Key> {
+    // No file identity in std off Unix: nothing is shared (a look-alike key could hand one
+    // file's descriptor to a writer of another); a second lock in one process is refused.
+    Err(std::io::Error::other("no file identity on this platform"))
 }
 
 /// Lock `path` for writing ([`lock_disk`]) and a duplicate of the locked descriptor to write
@@ -120,14 +114,18 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
         }
         Err(e) => return Err(format!("cannot open it for writing: {e}")),
     };
-    let key = key_of(&file).map_err(|e| format!("cannot read its metadata: {e}"))?;
+    let key = if cfg!(unix) {
+        Some(key_of(&file).map_err(|e| format!("cannot read its metadata: {e}"))?)
+    } else {
+        None
+    };
     let mut held = HELD
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     held.retain(|(_, w)| w.strong_count() > 0);
     if let Some(h) = held
         .iter()
-        .find(|(k, _)| *k == key)
+        .find(|(k, _)| Some(*k) == key)
         .and_then(|(_, w)| w.upgrade())
     {
         return Ok(FileLock {
@@ -138,7 +136,9 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
     match file.try_lock() {
         Ok(()) => {
             let h = Arc::new(Held { file });
-            held.push((key, Arc::downgrade(&h)));
+            if let Some(k) = key {
+                held.push((k, Arc::downgrade(&h)));
+            }
             Ok(FileLock {
                 held: h,
                 path: path.to_path_buf(),
