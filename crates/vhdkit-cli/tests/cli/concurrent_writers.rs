@@ -219,7 +219,7 @@ fn a_reparent_slowed_before_its_lock_refuses_a_stale_plan() {
     for ext in ["vhd", "vhdx"] {
         let l = lab(ext);
         // B plans on the original bytes, then waits at its lock while A runs to completion.
-        let b = slowed("flock", 2_000_000, &reparent_args(&l.child, &l.p2));
+        let b = slowed("flock", 4_000_000, &reparent_args(&l.child, &l.p2));
         wait_for("the slowed reparent reaches its lock", || {
             in_syscall(&b, FLOCK_NR)
         });
