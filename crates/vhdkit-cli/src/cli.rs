@@ -65,6 +65,10 @@ pub struct ShareArgs {
     /// (nothing is deleted while any path in the tree could not be inspected).
     #[arg(long)]
     pub delete_copies: bool,
+    /// Open parents only inside this folder (links resolved); a locator leading anywhere else
+    /// is refused by confinement. Repeatable. For untrusted images.
+    #[arg(long = "confine", value_name = "DIR")]
+    pub confine: Vec<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +82,10 @@ pub struct RelinkArgs {
     /// Also look for parents (by identity, recursively) in this folder. Repeatable.
     #[arg(long = "search", value_name = "FOLDER")]
     pub search: Vec<PathBuf>,
+    /// Open parents only inside this folder (links resolved); a locator leading anywhere else
+    /// is refused by confinement. Repeatable. For untrusted images.
+    #[arg(long = "confine", value_name = "DIR")]
+    pub confine: Vec<PathBuf>,
     /// Print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -129,6 +137,10 @@ pub struct RepairArgs {
     /// Report what would be done; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Open parents only inside this folder (links resolved); a locator leading anywhere else
+    /// is refused by confinement. Repeatable. For untrusted images.
+    #[arg(long = "confine", value_name = "DIR")]
+    pub confine: Vec<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -173,6 +185,10 @@ pub struct ResolveArgs {
     /// '\\?\Volume{GUID}\=/mnt/x'. Repeatable.
     #[arg(long = "map", value_name = "PREFIX=DIR")]
     pub map: Vec<String>,
+    /// Open parents only inside this folder (links resolved); a locator leading anywhere else
+    /// is refused by confinement. Repeatable. For untrusted images.
+    #[arg(long = "confine", value_name = "DIR")]
+    pub confine: Vec<PathBuf>,
 }
 
 /// `vhdkit chain`.
@@ -255,7 +271,8 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(long = "to", value_enum)]
     pub to: OutputFormat,
-    /// Force the input format (by default a file that is neither VHD nor VHDX is raw).
+    /// Force the input format. Without it, a file that is neither VHD nor VHDX is read as raw
+    /// (with a note) only when its name does not claim .vhd/.vhdx/.avhd/.avhdx.
     #[arg(long = "from", value_enum)]
     pub from: Option<InputFormat>,
     /// VHD/VHDX output: a fixed disk instead of a dynamic one.
@@ -274,7 +291,7 @@ pub struct ConvertArgs {
     /// Parent lookup options.
     #[command(flatten)]
     pub resolve: ResolveArgs,
-    /// Source disk (VHD or VHDX, read through its chain; any other file is a raw image).
+    /// Source disk (VHD or VHDX, read through its chain), or a raw image with a neutral name.
     pub src: PathBuf,
     /// Destination file.
     pub dst: PathBuf,

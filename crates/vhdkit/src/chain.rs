@@ -73,6 +73,9 @@ pub struct ChainOptions {
     pub search_dirs: Vec<PathBuf>,
     /// Windows prefix maps, tried longest first.
     pub path_maps: Vec<PathMap>,
+    /// When not empty, only parent candidates inside one of these folders (after resolving
+    /// links) are opened; any other is refused by confinement (see [`ChainOptions::confine`]).
+    pub confine: Vec<PathBuf>,
 }
 
 impl ChainOptions {
@@ -92,6 +95,16 @@ impl ChainOptions {
     #[must_use]
     pub fn path_map(mut self, m: PathMap) -> Self {
         self.path_maps.push(m);
+        self
+    }
+
+    /// Confine parent resolution to `dir` (repeatable: the union of the folders). For untrusted
+    /// images: a locator may name any file (`/etc/shadow`, `..\..\..\etc\shadow`), and a
+    /// candidate is opened only when its real path (links resolved) lies inside a confining
+    /// folder. Others are reported as refused by confinement, without a word about the file.
+    #[must_use]
+    pub fn confine(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.confine.push(dir.into());
         self
     }
 
@@ -456,6 +469,8 @@ fn try_candidate(
     child_canon: &Path,
     opts: &ChainOptions,
 ) -> std::result::Result<(Disk, IdMatch), Rejected> {
+    let confined = confined_path(cand, &opts.confine)?;
+    let cand = confined.as_deref().unwrap_or(cand);
     if !cand.is_file() {
         return Err(Rejected::NotParent(if cand.exists() {
             "not a regular file".into()
@@ -487,6 +502,45 @@ fn try_candidate(
         return Err(Rejected::NotParent(why));
     }
     Ok((parent, id_match))
+}
+
+/// The message for a candidate outside the confining folders: it says nothing about the file
+/// (whether it exists, what it is), which may be a secret a hostile locator points at.
+pub(crate) const CONFINED_OUT: &str = "refused by confinement: outside the --confine folders";
+
+/// With confining folders: `Ok(Some(real path))` for a candidate inside one of them (the path to
+/// open, links already resolved, so a link cannot lead the open outside), `Err` otherwise
+/// (uncertain: a locator that leads outside is not proved dead, so repair never drops it).
+/// Without: `Ok(None)`, open the candidate as it is. Resolving the path only stats (`realpath`);
+/// nothing outside is opened.
+fn confined_path(
+    cand: &Path,
+    confine: &[PathBuf],
+) -> std::result::Result<Option<PathBuf>, Rejected> {
+    if confine.is_empty() {
+        return Ok(None);
+    }
+    let inside = |real: &Path| {
+        confine
+            .iter()
+            .filter_map(|c| std::fs::canonicalize(c).ok())
+            .any(|c| real.starts_with(c))
+    };
+    if let Ok(real) = std::fs::canonicalize(cand) {
+        return if inside(&real) {
+            Ok(Some(real))
+        } else {
+            Err(Rejected::Unreadable(CONFINED_OUT.into()))
+        };
+    }
+    // A missing candidate inside reads "not found", as without confinement; `file_name` is
+    // `None` for a path ending in `..`, so the folder test cannot be fooled lexically.
+    let dir = cand.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or_else(|| Path::new("."));
+    match (std::fs::canonicalize(dir), cand.file_name()) {
+        (Ok(d), Some(_)) if inside(&d) => Err(Rejected::NotParent("not found".into())),
+        _ => Err(Rejected::Unreadable(CONFINED_OUT.into())),
+    }
 }
 
 /// Whether the one locator `loc` of `child` (opened from `child_path`) leads to its parent by
@@ -523,6 +577,28 @@ pub(crate) fn locator_leads_to_parent(
         Some(r) => Err(r),
         None => Ok(false),
     }
+}
+
+/// The existing file (canonical path) the locator `loc` of the child at `child_path` leads to
+/// first, through the candidates [`resolve_parent`] tries for it (no name or search fallbacks,
+/// confinement respected); `None` when it leads to no file. Only stats: nothing is opened.
+pub(crate) fn locator_target(
+    child_path: &Path,
+    loc: &ParentLocator,
+    opts: &ChainOptions,
+) -> Option<PathBuf> {
+    let p = loc.path.as_deref().filter(|p| !p.is_empty())?;
+    let child_dir = match child_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let child_canon = canonical(child_path);
+    local_paths(p, loc.style, &child_dir, &opts.path_maps)
+        .into_iter()
+        .filter(|c| confined_path(c, &opts.confine).is_ok())
+        .filter(|c| c.is_file())
+        .map(|c| canonical(&c))
+        .find(|c| *c != child_canon)
 }
 
 /// The VHD parent time stamp is written inconsistently (Windows writes 0, blktap the parent

@@ -173,6 +173,7 @@ pub fn to_raw(
         )));
     }
     refuse_chain_member(view, dst)?;
+    refuse_locked_dst(dst)?;
     let (guard, mut file) = start_partial(dst)?;
     let tmp = guard.path().to_path_buf();
     // Sizing the file first makes every skipped range a hole and turns the writes into
@@ -190,6 +191,18 @@ pub fn to_raw(
     // As for vhd/vhdx: without --force a name that appeared meanwhile is never replaced.
     persist(guard, dst, opts.overwrite)?;
     Ok(stats)
+}
+
+/// `--force` replaces DST by a rename, which would pull a disk from under another writer that
+/// holds the writers' lock on it ([`crate::lock`]): refused, as that writer would refuse us.
+fn refuse_locked_dst(dst: &Path) -> Result<()> {
+    if crate::lock::is_locked_elsewhere(dst) {
+        return Err(Error::Refused {
+            path: Some(dst.to_path_buf()),
+            reason: crate::lock::IN_USE.into(),
+        });
+    }
+    Ok(())
 }
 
 fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
@@ -391,6 +404,7 @@ fn convert_into(
         )));
     }
     refuse_chain_member(src, dst)?;
+    refuse_locked_dst(dst)?;
     let (guard, file) = start_partial(dst)?;
     let tmp = guard.path().to_path_buf();
     let result = (|| {

@@ -239,14 +239,24 @@ const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
 /// The bytes of the file at `path` as a read-only source, with a pending vhdkit journal's change
 /// laid over it in memory (see [`Disk::open_with`]), and the warning to show about the journal.
 pub fn open_source(path: &Path) -> Result<(Box<dyn Source>, Option<String>)> {
+    open_source_recorded(path, None)
+}
+
+/// [`open_source`], with every read of the file itself (under the journal overlay) recorded in
+/// `reads`, so a writer can re-check under its lock the bytes a plan was made on.
+pub fn open_source_recorded(
+    path: &Path,
+    reads: Option<&crate::readset::ReadSet>,
+) -> Result<(Box<dyn Source>, Option<String>)> {
     let file = crate::fsx::open_disk(path)
         .map_err(|e| Error::io("opening the file", e))
         .with_path(path)?;
+    let raw: Box<dyn Source> = match reads {
+        Some(r) => r.wrap(Box::new(file)),
+        None => Box::new(file),
+    };
     let journal = crate::txn::journal::FileJournal::for_disk(path);
-    Ok(crate::txn::journal::overlay_pending(
-        Box::new(file),
-        &journal,
-    ))
+    Ok(crate::txn::journal::overlay_pending(raw, &journal))
 }
 
 /// Which format the bytes are in, by signature (never by file name).
@@ -263,12 +273,23 @@ pub fn detect(src: &dyn Source) -> Result<DiskFormat> {
     if vhd::looks_like_vhd(src, len)? {
         return Ok(DiskFormat::Vhd);
     }
+    // Nothing about a file that is not a disk (its size, its bytes) goes into the message: the
+    // file may be a secret a hostile locator pointed at.
     Err(Error::NotADisk {
         path: None,
-        detail: format!(
-            "no 'vhdxfile' signature at offset 0 and no 'conectix' footer at the end ({len} bytes)"
-        ),
+        detail: "no 'vhdxfile' signature and no 'conectix' footer".into(),
     })
+}
+
+/// The format a file name claims by its extension (`.vhd`, `.avhd`: VHD; `.vhdx`, `.avhdx`:
+/// VHDX; any case), or `None` for a name that claims nothing.
+pub fn claimed_format(path: &Path) -> Option<DiskFormat> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "vhd" | "avhd" => Some(DiskFormat::Vhd),
+        "vhdx" | "avhdx" => Some(DiskFormat::Vhdx),
+        _ => None,
+    }
 }
 
 impl Disk {

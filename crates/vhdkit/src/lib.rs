@@ -32,6 +32,8 @@ pub mod error;
 pub mod fsx;
 pub mod guid;
 pub mod limits;
+pub mod lock;
+pub mod readset;
 pub mod repair;
 pub mod reparent;
 pub(crate) mod sectors;
@@ -48,8 +50,8 @@ pub mod write;
 pub use chain::{Chain, ChainOptions, ChainReport, PathMap};
 pub use create::{create, CreateParams, Created};
 pub use disk::{
-    detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions, ParentLinkage,
-    ParentLocator, PathStyle,
+    claimed_format, detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions,
+    ParentLinkage, ParentLocator, PathStyle,
 };
 pub use error::{Error, Result};
 pub use limits::Limits;

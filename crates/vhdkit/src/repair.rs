@@ -21,6 +21,8 @@ use crate::txn::journal::{self, FileJournal, JournalState, Recovery};
 pub struct RepairOptions {
     /// Report what would be done; write nothing.
     pub dry_run: bool,
+    /// Folders parent resolution may open (dead-locator analysis); empty: no confinement.
+    pub confine: Vec<PathBuf>,
 }
 
 impl RepairOptions {
@@ -28,6 +30,13 @@ impl RepairOptions {
     #[must_use]
     pub fn dry_run(mut self, v: bool) -> Self {
         self.dry_run = v;
+        self
+    }
+
+    /// Confine parent resolution to `dir` (repeatable; see [`crate::ChainOptions::confine`]).
+    #[must_use]
+    pub fn confine(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.confine.push(dir.into());
         self
     }
 }
@@ -105,7 +114,36 @@ impl RepairReport {
 
 /// Repair `path` (see the module docs). The file is opened for writing only when there is a
 /// journal to finish or a VHDX log to replay, and this is not a dry run.
+///
+/// Unless it is a dry run, the whole repair runs under the writers' lock ([`crate::lock`]), so
+/// what it finds is what it changes: another holder is a refusal, before anything is read. A
+/// file that cannot be opened for writing (read-only) is still examined: it needs the lock only
+/// if something is to be written, and that write then refuses it.
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
+    let _lock = if opts.dry_run {
+        // Predict the real run: it would be refused while another process holds the lock.
+        if crate::lock::is_locked_elsewhere(path) {
+            return Err(Error::Refused {
+                path: Some(path.to_path_buf()),
+                reason: format!(
+                    "{} (dry run: the real run would be refused)",
+                    crate::lock::IN_USE
+                ),
+            });
+        }
+        None
+    } else {
+        match crate::lock::lock_for_change(path) {
+            Ok(l) => Some(l),
+            Err(r) if r == crate::lock::IN_USE => {
+                return Err(Error::Refused {
+                    path: Some(path.to_path_buf()),
+                    reason: r,
+                })
+            }
+            Err(_) => None,
+        }
+    };
     let store = FileJournal::for_disk(path);
     let file = crate::fsx::open_disk(path)
         .map_err(|e| Error::io("opening the file", e).with_path(path))?;
@@ -119,8 +157,7 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
         },
         JournalState::Complete(_) if opts.dry_run => JournalOutcome::WouldRemoveLeftover,
         JournalState::Pending(_) | JournalState::Complete(_) => {
-            let f = crate::fsx::open_disk_rw(path)
-                .map_err(|e| Error::io("opening the file for writing", e).with_path(path))?;
+            let (_lock, f) = crate::lock::locked_file(path)?;
             match journal::recover(&f, &store).map_err(|e| e.with_path(path))? {
                 Recovery::Clean => JournalOutcome::None,
                 Recovery::RolledForward { writes } => JournalOutcome::Finished { writes },
@@ -137,7 +174,7 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let (structures, unrepaired) = if pending {
         (Vec::new(), Vec::new())
     } else {
-        structural_step(path, opts.dry_run)?
+        structural_step(path, opts.dry_run, &opts.confine)?
     };
     let mut structures = structures;
     if matches!(vhdx_log, Some(LogOutcome::WouldReplay(_))) {
@@ -172,8 +209,7 @@ fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>
     if opts.dry_run {
         return Ok(Some(LogOutcome::WouldReplay(found)));
     }
-    let f = crate::fsx::open_disk_rw(path)
-        .map_err(|e| Error::io("opening the file for writing", e).with_path(path))?;
+    let (_lock, f) = crate::lock::locked_file(path)?;
     Ok(Some(
         match crate::vhdx::reparent::replay_log(&f, &limits).map_err(|e| e.with_path(path))? {
             Some(r) => LogOutcome::Replayed(r),
@@ -186,16 +222,17 @@ fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>
 fn structural_step(
     path: &Path,
     dry_run: bool,
+    confine: &[PathBuf],
 ) -> Result<(
     Vec<crate::check::repair::StructureRepair>,
     Vec<crate::check::Finding>,
 )> {
     use crate::check::{check_file, CheckOptions, Severity};
-    let done = crate::check::repair::repair_structures(path, dry_run)?;
+    let done = crate::check::repair::repair_structures(path, dry_run, confine)?;
     let fixed: Vec<&str> = done.iter().map(|d| d.code).collect();
     // Dry run: findings about VHD locator entries that would be dropped go with them.
     let dropped_entries: Vec<u64> = if dry_run && fixed.contains(&"vhd.locator.dead") {
-        crate::check::deadloc::droppable_vhd_entries(path)
+        crate::check::deadloc::droppable_vhd_entries(path, confine)
     } else {
         Vec::new()
     };
@@ -204,11 +241,13 @@ fn structural_step(
             && f.offset
                 .is_some_and(|o| dropped_entries.iter().any(|&e| (e..e + 24).contains(&o)))
     };
-    let report = check_file(path, &CheckOptions::default())?;
+    let mut copts = CheckOptions::default();
+    copts.chain_options.confine = confine.to_vec();
+    let report = check_file(path, &copts)?;
     let left = report
         .findings
         .into_iter()
-        .chain(crate::check::repair::unresolved_finding(path))
+        .chain(crate::check::repair::unresolved_finding(path, confine))
         .filter(|f| f.severity >= Severity::Warning)
         .filter(|f| !in_dropped_entry(f))
         .filter(|f| {

@@ -27,6 +27,8 @@ use uuid::Uuid;
 use crate::chain::{Chain, ChainOptions, IdMatch};
 use crate::disk::{Disk, DiskFormat};
 use crate::error::{Error, Result};
+use crate::lock::FileLock;
+use crate::readset::ReadSet;
 use crate::txn::barrier::{Barrier, FsBarrier};
 use crate::txn::journal::{self, FileJournal, JournalState, JournalStore, Recovery};
 use crate::txn::{self, Sink};
@@ -179,6 +181,9 @@ pub struct ReparentPlan {
     /// has changed since).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub vhdx: Option<crate::vhdx::reparent::HeaderGuard>,
+    /// Every range of the child the plan read, re-checked under the lock before writing.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub reads: ReadSet,
 }
 
 /// What [`apply`] did.
@@ -245,7 +250,12 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         }
     };
 
-    let c = Disk::open_with(child, &opts.chain.open)?;
+    // Everything read from the child from here on is what the plan is made on.
+    let reads = ReadSet::new();
+    let c = {
+        let (src, _) = crate::disk::open_source_recorded(child, Some(&reads))?;
+        Disk::from_source(src, &opts.chain.open).map_err(|e| e.with_path(child))?
+    };
     if c.format() == DiskFormat::Vhdx && pending_journal {
         return Err(refuse(format!(
             "a vhdkit journal {} lies beside a VHDX file (vhdkit writes VHDX changes through \
@@ -435,8 +445,9 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
             ));
         }
     }
-    let open =
-        || -> Result<Box<dyn crate::Source>> { crate::disk::open_source(child).map(|(s, _)| s) };
+    let open = || -> Result<Box<dyn crate::Source>> {
+        crate::disk::open_source_recorded(child, Some(&reads)).map(|(s, _)| s)
+    };
     if c.format() == DiskFormat::Vhdx {
         let targets = crate::vhdx::reparent::Targets {
             relative: relative_path.clone(),
@@ -483,6 +494,7 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
             txn: planned.plan,
             bytes_written: planned.predicted_bytes,
             vhdx: Some(planned.guard),
+            reads,
         });
     }
     let old_name = c
@@ -545,6 +557,7 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         txn: planned.plan,
         bytes_written,
         vhdx: None,
+        reads,
     })
 }
 
@@ -785,11 +798,25 @@ fn absolute_windows_path(
 /// plan, and write through the redo journal beside the file; or (VHDX) check the current header
 /// is the one the plan was made on, replay a dirty log, check every old byte, and commit through
 /// the file's own log.
+///
+/// Everything after planning happens under the child's exclusive lock ([`crate::lock`]): taken
+/// first (another writer holding it is a refusal), then every range the plan read is re-checked
+/// from the locked descriptor ([`ReadSet::verify`]), and the change is written through it.
 pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
-    check_new_parent(plan)?;
-    let file = open_child(plan)?;
+    let lock = lock_child(plan)?;
     let store = FileJournal::for_disk(&plan.child);
-    apply_to(&file, &store, plan).map_err(|e| e.with_path(&plan.child))
+    apply_to(lock.file(), &store, plan).map_err(|e| e.with_path(&plan.child))
+}
+
+/// Lock the child, then re-validate under the lock: the new parent still has the planned
+/// identity, and the child still holds every byte the plan read.
+fn lock_child(plan: &ReparentPlan) -> Result<FileLock> {
+    let lock = crate::lock::lock_disk(&plan.child)?;
+    check_new_parent(plan)?;
+    plan.reads
+        .verify(lock.file())
+        .map_err(|e| e.with_path(&plan.child))?;
+    Ok(lock)
 }
 
 fn check_new_parent(plan: &ReparentPlan) -> Result<()> {
@@ -812,11 +839,6 @@ fn check_new_parent(plan: &ReparentPlan) -> Result<()> {
     Ok(())
 }
 
-fn open_child(plan: &ReparentPlan) -> Result<fs::File> {
-    crate::fsx::open_disk_rw(&plan.child)
-        .map_err(|e| Error::io("opening the child for writing", e).with_path(&plan.child))
-}
-
 /// [`apply`] for many children at once, with the same checks for each and one result per plan
 /// (in order). VHD children are written as one batch through
 /// [`journal::apply_batch`]: each keeps its own journal beside it (so recovery is unchanged),
@@ -830,8 +852,8 @@ pub fn apply_batch(plans: &[&ReparentPlan]) -> Vec<Result<ApplyReport>> {
     let mut out: Vec<Option<Result<ApplyReport>>> = plans.iter().map(|_| None).collect();
     let mut opened = Vec::new();
     for (i, p) in plans.iter().enumerate() {
-        match check_new_parent(p).and_then(|()| open_child(p)) {
-            Ok(f) => opened.push((i, f, FileJournal::for_disk(&p.child))),
+        match lock_child(p) {
+            Ok(l) => opened.push((i, l, FileJournal::for_disk(&p.child))),
             Err(e) => out[i] = Some(Err(e)),
         }
     }
@@ -862,7 +884,13 @@ pub fn apply_batch(plans: &[&ReparentPlan]) -> Vec<Result<ApplyReport>> {
     let items: Vec<BatchTarget<'_>> = opened
         .iter()
         .filter(|(i, _, _)| out[*i].is_none())
-        .map(|(i, f, j)| (f as &dyn Sink, j as &(dyn JournalStore + Sync), plans[*i]))
+        .map(|(i, l, j)| {
+            (
+                l.file() as &dyn Sink,
+                j as &(dyn JournalStore + Sync),
+                plans[*i],
+            )
+        })
         .collect();
     let idx: Vec<usize> = opened
         .iter()

@@ -63,6 +63,9 @@ pub struct WritableDisk {
     parent: Option<ChainView>,
     path: Option<PathBuf>,
     pos: u64,
+    /// The writers' lock on the file, held as long as the disk is open (last: released after
+    /// the final flush of `Drop`).
+    _lock: Option<crate::lock::FileLock>,
 }
 
 fn read_parent(parent: Option<&ChainView>, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -88,8 +91,13 @@ impl WritableDisk {
     /// form an intact chain; they are opened read-only.
     pub fn open(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<WritableDisk> {
         let path = path.as_ref();
-        let file = crate::fsx::open_disk_rw(path)
-            .map_err(|e| Error::io("opening the file for writing", e))
+        // One writer at a time: another holder of the lock is a refusal, and every write goes
+        // through the locked descriptor (a duplicate of it shares the lock).
+        let lock = crate::lock::lock_disk(path)?;
+        let file = lock
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the locked descriptor", e))
             .with_path(path)?;
         match journal::recover(&file, &FileJournal::for_disk(path)).with_path(path)? {
             Recovery::Foreign { reason } => {
@@ -130,6 +138,7 @@ impl WritableDisk {
             parent,
             path: Some(path.to_path_buf()),
             pos: 0,
+            _lock: Some(lock),
         })
     }
 
@@ -140,6 +149,7 @@ impl WritableDisk {
             parent,
             path: None,
             pos: 0,
+            _lock: None,
         }
     }
 

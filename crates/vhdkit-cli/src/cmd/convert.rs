@@ -17,7 +17,7 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
         )));
     }
     let block_size = block_size_arg(a.block_size.as_deref())?;
-    let view: Box<dyn VirtualSource> = if a.from == Some(InputFormat::Raw) || is_raw(&a.src)? {
+    let view: Box<dyn VirtualSource> = if a.from == Some(InputFormat::Raw) || guess_raw(&a.src)? {
         Box::new(RawSource::open(&a.src)?)
     } else {
         let chain = Chain::open(&a.src, &opts)?;
@@ -96,13 +96,26 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
     Ok(Outcome::Ok)
 }
 
-/// A source that is neither VHD nor VHDX (by signature) is a raw image.
-fn is_raw(p: &std::path::Path) -> Result<bool, CliError> {
+/// A source that is neither VHD nor VHDX (by signature) is a raw image, but only when its name
+/// claims nothing: a `.vhd` without a footer is a truncated download, not a raw disk, and reading
+/// it as raw would hand the user garbage with exit 0. The guess is said on stderr (as qemu-img
+/// does), so a script that meant a disk sees it.
+fn guess_raw(p: &std::path::Path) -> Result<bool, CliError> {
     let f = vhdkit::fsx::open_disk(p)
         .map_err(|e| vhdkit::Error::io("opening the source", e).with_path(p))?;
     match vhdkit::detect(&f) {
         Ok(_) => Ok(false),
-        Err(vhdkit::Error::NotADisk { .. }) => Ok(true),
+        Err(e @ vhdkit::Error::NotADisk { .. }) => {
+            if vhdkit::claimed_format(p).is_some() {
+                return Err(e.with_path(p).into());
+            }
+            eprintln!(
+                "vhdkit: note: {}: not a VHD/VHDX file, reading it as a raw image \
+                 (--from raw says so and silences this note)",
+                p.display()
+            );
+            Ok(true)
+        }
         Err(e) => Err(e.with_path(p).into()),
     }
 }

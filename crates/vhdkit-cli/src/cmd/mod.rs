@@ -54,7 +54,15 @@ pub fn chain_options(r: &ResolveArgs) -> Result<vhdkit::ChainOptions, CliError> 
     for m in &r.map {
         o = o.path_map(vhdkit::PathMap::parse(m)?);
     }
-    Ok(o)
+    Ok(confined(o, &r.confine))
+}
+
+/// Chain options with `--confine` folders added.
+pub fn confined(mut o: vhdkit::ChainOptions, dirs: &[std::path::PathBuf]) -> vhdkit::ChainOptions {
+    for d in dirs {
+        o = o.confine(d.clone());
+    }
+    o
 }
 
 /// A size argument (`--size`, `--block-size`).

@@ -12,6 +12,7 @@ use crate::Outcome;
 pub fn run(a: &RelinkArgs) -> Result<Outcome, CliError> {
     let opts = ShareOptions {
         abort_after_steps: abort_hook(),
+        chain: crate::cmd::confined(vhdkit::ChainOptions::default(), &a.confine),
         ..ShareOptions::default()
     };
     let mut bar = Bar::new(a.json);

@@ -8,7 +8,11 @@ use crate::output::{self, CliError};
 use crate::Outcome;
 
 pub fn run(a: &RepairArgs) -> Result<Outcome, CliError> {
-    let report = repair::repair(&a.file, &RepairOptions::default().dry_run(a.dry_run))?;
+    let mut opts = RepairOptions::default().dry_run(a.dry_run);
+    for d in &a.confine {
+        opts = opts.confine(d.clone());
+    }
+    let report = repair::repair(&a.file, &opts)?;
     if a.json {
         output::print_json(&report)?;
     } else if output::text_wanted() {

@@ -28,6 +28,15 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
     };
     let plan = reparent::plan(&a.child, &opts)?;
     if a.dry_run {
+        // Predict the real run's first refusal: it takes the writers' lock (a read-only or
+        // locked child). The lock is taken and dropped at once; a real run that tries in that
+        // instant is refused politely, never harmed.
+        if let Err(reason) = vhdkit::lock::lock_for_change(&a.child) {
+            return Err(CliError::Lib(vhdkit::Error::Refused {
+                path: Some(a.child.clone()),
+                reason: format!("{reason} (dry run: the real run would be refused)"),
+            }));
+        }
         if a.json {
             output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
         } else if output::text_wanted() {

@@ -13,6 +13,7 @@ pub fn run(a: &ShareArgs) -> Result<Outcome, CliError> {
     let opts = ShareOptions {
         delete_copies: a.delete_copies,
         abort_after_steps: abort_hook(),
+        chain: crate::cmd::confined(vhdkit::ChainOptions::default(), &a.confine),
         ..ShareOptions::default()
     };
     let mut bar = Bar::new(a.json);

@@ -106,3 +106,17 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn p(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// True when `cmd` runs; otherwise prints `SKIP: why` and returns false, or fails the test when
+/// CI=true (CI must not pass by skipping).
+pub fn need_tool(cmd: &str, why: &str) -> bool {
+    if have_tool(cmd, why) {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and `{cmd}` is missing ({why})"
+    );
+    println!("SKIP: {why}: `{cmd}` is not installed");
+    false
+}

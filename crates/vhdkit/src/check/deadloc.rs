@@ -15,7 +15,7 @@
 //! locator entry and is never touched. Nothing is dead unless the parent resolves *now* through
 //! another locator entry (not merely by its file name or a search folder).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::chain::{held, locator_leads_to_parent, resolve_parent, ChainOptions, Held, Rejected};
 use crate::disk::{Disk, DiskFormat, FormatInfo, ParentLocator, PathStyle};
@@ -115,7 +115,7 @@ fn vhdx_may_have_parent(f: &std::fs::File) -> bool {
 /// Cheap pre-filter: could `path` be a differencing disk? (VHD: a footer says so; VHDX: a
 /// metadata table lists a parent locator, or the tables cannot be read.) Keeps `check` of
 /// large non-differencing disks from opening them a second time.
-fn maybe_differencing(path: &Path) -> bool {
+pub(crate) fn maybe_differencing(path: &Path) -> bool {
     let Ok(f) = crate::fsx::open_disk(path) else {
         return false;
     };
@@ -136,11 +136,14 @@ fn maybe_differencing(path: &Path) -> bool {
 
 /// Analyse the locators of the differencing disk at `path`. `None` when it is not a
 /// differencing disk or does not open.
-pub(crate) fn analyse(path: &Path) -> Option<Analysis> {
+pub(crate) fn analyse(path: &Path, confine: &[PathBuf]) -> Option<Analysis> {
     if !maybe_differencing(path) {
         return None;
     }
-    let opts = ChainOptions::default();
+    let opts = ChainOptions {
+        confine: confine.to_vec(),
+        ..ChainOptions::default()
+    };
     let disk = Disk::open_with(path, &opts.open).ok()?;
     disk.parent_linkage()?;
     let format = disk.format();
@@ -250,16 +253,16 @@ pub(crate) fn analyse(path: &Path) -> Option<Analysis> {
 }
 
 /// Offsets of the VHD locator entries that repair would drop (for its dry-run report).
-pub(crate) fn droppable_vhd_entries(path: &Path) -> Vec<u64> {
-    analyse(path)
+pub(crate) fn droppable_vhd_entries(path: &Path, confine: &[PathBuf]) -> Vec<u64> {
+    analyse(path, confine)
         .filter(|a| a.format == DiskFormat::Vhd)
         .map(|a| a.droppable().iter().filter_map(|d| d.offset).collect())
         .unwrap_or_default()
 }
 
 /// Findings for `check`: dead locators, only when the parent resolves through another one.
-pub(crate) fn findings(path: &Path) -> Vec<super::Finding> {
-    let Some(a) = analyse(path) else {
+pub(crate) fn findings(path: &Path, confine: &[PathBuf]) -> Vec<super::Finding> {
+    let Some(a) = analyse(path, confine) else {
         return Vec::new();
     };
     let (code, structure) = match a.format {
@@ -519,7 +522,7 @@ mod tests {
         c.write(512, &[0x22; 512]);
         let child = t.path().join("child.vhd");
         c.build().write_to(&child);
-        let a = analyse(&child).unwrap();
+        let a = analyse(&child, &[]).unwrap();
         assert_eq!(a.resolved_via.as_deref(), Some("W2ru"));
         assert_eq!(a.droppable().len(), 1);
         let plan = vhd_plan(&child, a.droppable()).unwrap();

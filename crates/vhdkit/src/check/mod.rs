@@ -18,6 +18,7 @@
 
 mod chain;
 pub(crate) mod deadloc;
+mod disagree;
 pub mod repair;
 mod side;
 mod vhd;
@@ -161,6 +162,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhd.locator.undecodable", E, "locator data does not decode (bad UTF-16 / UTF-8)"),
     ("vhd.locator.on_non_differencing", I, "non-empty locator slot on a disk without a parent"),
     ("vhd.locator.none", W, "differencing disk without a usable locator or parent name"),
+    ("vhd.locator.disagree", W, "locators (or the parent name) lead to different files: readers that try them in another order open another parent"),
     ("vhd.locator.dead", W, "a locator points nowhere (unusable data, or a relative/`MacX` path that does not lead to the parent) while another locator leads to the parent; `vhdkit repair` drops it"),
     // VHDX file identifier and headers
     ("vhdx.file.too_small", E, "the file ends before the 1 MiB of fixed structures"),
@@ -202,6 +204,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhdx.locator.invalid", E, "the parent locator item does not parse (type, bounds, UTF-16, keys, parent_linkage)"),
     ("vhdx.locator.no_path", W, "the parent locator has no path key"),
     ("vhdx.locator.without_parent", W, "a parent locator item on a disk without HasParent"),
+    ("vhdx.locator.disagree", W, "locator keys lead to different files: readers that try them in another order open another parent"),
     ("vhdx.locator.dead", W, "a locator key points nowhere (undecodable, or a `relative_path` that does not lead to the parent) while another key leads to the parent; `vhdkit repair` drops it"),
     // VHDX BAT
     ("vhdx.bat.too_small", E, "the BAT region is smaller than the entries the disk needs"),
@@ -493,7 +496,8 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
     findings.extend(side::journal_findings(path));
     if format.is_some() {
         // Needs the path: whether a locator leads anywhere depends on the child's folder.
-        findings.extend(deadloc::findings(path));
+        findings.extend(deadloc::findings(path, &opts.chain_options.confine));
+        findings.extend(disagree::findings(path, &opts.chain_options));
     }
     if opts.chain && format.is_some() {
         findings.extend(check_chain(path, &opts.chain_options));
@@ -513,8 +517,9 @@ pub fn is_disk_file(path: &Path) -> bool {
 }
 
 /// Expand `paths`: files as given, folders recursively (sorted), keeping only files that carry
-/// a disk signature. Symbolic links to folders are not followed (no loops). Paths in the folders
-/// that could not be inspected are dropped here; [`collect_tree`] reports them.
+/// a disk signature or a name that claims a disk format. Symbolic links to folders are not
+/// followed (no loops). Paths in the folders that could not be inspected are dropped here;
+/// [`collect_tree`] reports them.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(collect_tree(paths)?.0)
 }
@@ -531,10 +536,13 @@ pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)
         }
         // Links to disks are not followed, their targets are checked where they lie. vhdkit's
         // partial outputs are reported (stale or in progress); whatever lies at a journal's name
-        // is reported with the disk it belongs to (file.journal_*), not as a path of the tree.
+        // is reported with the disk it belongs to (file.journal_*), not as a path of the tree. A
+        // name that claims a disk without the signature is checked (`file.not_a_disk`).
         let select = crate::tree::Select {
             ignore: &crate::sidefile::is_journal_name,
-            also: &|p: &Path| crate::sidefile::partial(p).is_some(),
+            also: &|p: &Path| {
+                crate::sidefile::partial(p).is_some() || crate::disk::claimed_format(p).is_some()
+            },
         };
         let limits = crate::tree::WalkLimits::default();
         let w = crate::tree::walk(p, &limits, &select)?;

@@ -13,7 +13,7 @@
 //!
 //! Anything else that `check` finds is listed as needing a person and left alone.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::vhdx::{header_status, region_status};
 use super::{be32, Bytes};
@@ -39,7 +39,14 @@ fn io(what: &str, e: std::io::Error) -> Error {
 }
 
 /// Plan and (unless `dry_run`) apply the certain repairs of `path`.
-pub fn repair_structures(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
+///
+/// `confine`: the folders parent resolution may open (see [`crate::ChainOptions::confine`]);
+/// empty for no confinement.
+pub fn repair_structures(
+    path: &Path,
+    dry_run: bool,
+    confine: &[PathBuf],
+) -> Result<Vec<StructureRepair>> {
     let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
     let len = f.len().map_err(|e| io("reading the length", e))?;
     let fmt = match crate::disk::detect(&f) {
@@ -51,14 +58,14 @@ pub fn repair_structures(path: &Path, dry_run: bool) -> Result<Vec<StructureRepa
         crate::DiskFormat::Vhd => vhd_footer(path, len, dry_run)?,
         crate::DiskFormat::Vhdx => vhdx_twins(path, dry_run)?,
     };
-    done.extend(dead_locators(path, dry_run)?);
+    done.extend(dead_locators(path, dry_run, confine)?);
     Ok(done)
 }
 
 /// Differencing disks: drop the locators that point nowhere when another one leads to the
 /// parent (see [`super::deadloc`]). VHD through the redo journal, VHDX through the log.
-fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
-    let Some(a) = super::deadloc::analyse(path) else {
+fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<StructureRepair>> {
+    let Some(a) = super::deadloc::analyse(path, confine) else {
         return Ok(Vec::new());
     };
     let dead = a.droppable();
@@ -72,8 +79,7 @@ fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
         crate::DiskFormat::Vhd => {
             let plan = super::deadloc::vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
-                let w = crate::fsx::open_disk_rw(path)
-                    .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+                let (_lock, w) = crate::lock::locked_file(path)?;
                 journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
                     .map_err(|e| e.with_path(path))?;
             }
@@ -81,8 +87,7 @@ fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
         crate::DiskFormat::Vhdx => {
             let writes = super::deadloc::vhdx_writes(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
-                let w = crate::fsx::open_disk_rw(path)
-                    .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+                let (_lock, w) = crate::lock::locked_file(path)?;
                 let headers =
                     crate::vhdx::header::read_headers(&w).map_err(|e| e.with_path(path))?;
                 if !headers.current.log_guid.is_nil() {
@@ -116,8 +121,8 @@ fn dead_locators(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
 
 /// A finding for a person when dead-looking locators exist but no locator entry leads to the
 /// parent now (nothing is dropped then).
-pub(crate) fn unresolved_finding(path: &Path) -> Option<super::Finding> {
-    let a = super::deadloc::analyse(path)?;
+pub(crate) fn unresolved_finding(path: &Path, confine: &[PathBuf]) -> Option<super::Finding> {
+    let a = super::deadloc::analyse(path, confine)?;
     if a.resolved_via.is_some() || a.dead.is_empty() {
         return None;
     }
@@ -195,8 +200,7 @@ fn vhd_footer(path: &Path, len: u64, dry_run: bool) -> Result<Vec<StructureRepai
             old_len: len,
             new_len: len,
         };
-        let w = crate::fsx::open_disk_rw(path)
-            .map_err(|e| io("opening the file for writing", e).with_path(path))?;
+        let (_lock, w) = crate::lock::locked_file(path)?;
         journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
             .map_err(|e| e.with_path(path))?;
     }
@@ -234,12 +238,14 @@ fn data_ends_before(b: &Bytes, footer: &[u8], end_slot: u64) -> bool {
 fn vhdx_twins(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
     let mut done = Vec::new();
     let verb = if dry_run { "would" } else { "did" };
-    let w = if dry_run {
-        crate::fsx::open_disk(path)
+    let (_lock, w) = if dry_run {
+        let f =
+            crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
+        (None, f)
     } else {
-        crate::fsx::open_disk_rw(path)
-    }
-    .map_err(|e| io("opening the file", e).with_path(path))?;
+        let (l, f) = crate::lock::locked_file(path)?;
+        (Some(l), f)
+    };
     let Ok(headers) = crate::vhdx::header::read_headers(&w) else {
         return Ok(done); // no valid header (or an undecidable tie): nothing certain to do
     };

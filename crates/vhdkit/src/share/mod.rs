@@ -48,7 +48,8 @@
 //! first, so each new parent's own chain is already intact.
 
 pub mod digest;
-pub mod lock;
+/// The writers' lock (moved to [`crate::lock`]; kept here for callers of `share::lock`).
+pub use crate::lock;
 pub mod probe;
 mod removal;
 pub mod scan;

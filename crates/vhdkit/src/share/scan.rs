@@ -241,9 +241,11 @@ pub fn scan(
             continue;
         }
         out.roots.push(root.clone());
+        // A name that claims a disk is opened even without a signature, so that a `.vhdx`
+        // that is not one is reported as skipped rather than passed over.
         let select = tree::Select {
             ignore: &is_ours,
-            also: &|_| false,
+            also: &|p| crate::disk::claimed_format(p).is_some(),
         };
         let w = tree::walk(&root, &wl, &select)?;
         out.entries += w.entries;
