@@ -12,6 +12,7 @@ mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
 mod foreign_writers;
+mod install;
 mod readme;
 mod real_images;
 mod reparent;
