@@ -106,6 +106,21 @@ impl RepairReport {
 
 /// Repair `path` (see the module docs). The file is opened for writing only when there is a
 /// journal to finish or a VHDX log to replay, and this is not a dry run.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::repair::{repair, RepairOptions};
+///
+/// let path = dir.path().join("disk.vhdx");
+/// vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+/// let report = repair(&path, &RepairOptions::default().dry_run(true))?;
+/// assert!(!report.needs_attention());
+/// # Ok(())
+/// # }
+/// ```
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let store = FileJournal::for_disk(path);
     let file =

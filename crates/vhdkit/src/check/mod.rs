@@ -471,6 +471,30 @@ pub fn check_source(src: &dyn Source, opts: &CheckOptions) -> (Option<DiskFormat
 }
 
 /// Check one file (read-only), and its chain when `opts.chain` is set.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::check::{check_file, CheckOptions, Severity};
+///
+/// let path = dir.path().join("disk.vhd");
+/// vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+/// let report = check_file(&path, &CheckOptions::default())?;
+/// assert!(!report.has_problems());
+///
+/// // Damage the footer's checksum field: the finding has a stable code and the offset.
+/// let mut bytes = std::fs::read(&path)?;
+/// let end = bytes.len() - 512;
+/// bytes[end + 64] ^= 0xff;
+/// std::fs::write(&path, &bytes)?;
+/// let report = check_file(&path, &CheckOptions::default())?;
+/// let f = report.findings.iter().find(|f| f.code == "vhd.footer.checksum").unwrap();
+/// assert_eq!((f.severity, f.offset), (Severity::Error, Some(end as u64 + 64)));
+/// # Ok(())
+/// # }
+/// ```
 pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io("opening the file read-only", e).with_path(path))?;
@@ -498,6 +522,21 @@ pub fn is_disk_file(path: &Path) -> bool {
 
 /// Expand `paths`: files as given, folders recursively (sorted), keeping only files that carry
 /// a disk signature. Symbolic links to folders are not followed (no loops).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::check::collect_files;
+///
+/// vhdkit::create(&dir.path().join("a.vhdx"), &vhdkit::CreateParams::dynamic(1 << 20))?;
+/// std::fs::write(dir.path().join("notes.txt"), "not a disk")?;
+/// let files = collect_files(&[dir.path().to_path_buf()])?;
+/// assert_eq!(files, [dir.path().join("a.vhdx")]);
+/// # Ok(())
+/// # }
+/// ```
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
