@@ -465,7 +465,35 @@ pub fn resolve_parent(
         res.id_match = Some(id_match);
         return Ok((res, Some(parent)));
     }
+    note_unmapped_windows_paths(&child.parent_locators(), opts, &mut res);
     Ok((res, None))
+}
+
+/// When no parent was found, name every absolute Windows locator that gave no local path (off
+/// Windows, without a matching `--map`), so the error shows it and how to use it.
+fn note_unmapped_windows_paths(
+    locators: &[ParentLocator],
+    opts: &ChainOptions,
+    res: &mut ParentResolution,
+) {
+    if cfg!(windows) {
+        return;
+    }
+    for loc in locators {
+        let Some(p) = loc.path.as_deref().filter(|p| is_windows_absolute(p)) else {
+            continue;
+        };
+        if opts.path_maps.iter().any(|m| m.apply(p).is_some()) {
+            continue;
+        }
+        res.tried.push(Attempt {
+            path: PathBuf::from(p),
+            via: loc.kind.clone(),
+            outcome: "skipped: an absolute Windows path has no local meaning here; map it with \
+                      --map 'PREFIX=LOCAL_FOLDER' (e.g. --map 'C:\\Lab=/srv/lab')"
+                .into(),
+        });
+    }
 }
 
 /// Why a candidate path was not accepted as the parent.

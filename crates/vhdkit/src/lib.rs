@@ -119,6 +119,7 @@ pub mod reparent;
 pub(crate) mod sectors;
 pub mod share;
 pub mod source;
+pub mod tree;
 pub mod txn;
 pub mod vhd;
 pub mod vhdx;

@@ -18,6 +18,7 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
+/// The script is printed even with --quiet: it is what was asked for, not a report.
 pub fn run(a: &CompletionsArgs) -> Result<Outcome, CliError> {
     // clap_complete panics when its writer fails: render into memory, then write stdout
     // ourselves so a closed pipe is an ordinary (silent) error.

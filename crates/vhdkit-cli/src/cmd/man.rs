@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use clap::{Args, CommandFactory};
 
 use crate::cli::Cli;
-use crate::output::CliError;
+use crate::output::{self, CliError};
 use crate::Outcome;
 
 /// `vhdkit man`.
 #[derive(Debug, Args)]
 pub struct ManArgs {
     /// Write every page (`vhdkit.1` and one `vhdkit-COMMAND.1` per command) into this folder,
-    /// created when missing, replacing pages of the same name; print the paths written.
+    /// created when missing, replacing pages of the same name; print the paths written (not with
+    /// --quiet).
     /// Without it, print the `vhdkit.1` page on stdout (`vhdkit man | man -l -`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -35,7 +36,9 @@ pub fn run(a: &ManArgs) -> Result<Outcome, CliError> {
             for (name, text) in &pages {
                 let path = dir.join(name);
                 replace(&path, text)?;
-                writeln!(out, "{}", path.display())?;
+                if output::text_wanted() {
+                    writeln!(out, "{}", path.display())?;
+                }
             }
         }
     }

@@ -30,7 +30,7 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
     if a.dry_run {
         if a.json {
             output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
-        } else {
+        } else if output::text_wanted() {
             print!("{}", render_plan(&plan));
             println!("dry run: nothing written");
         }
@@ -50,7 +50,7 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
             "report": report,
             "chain": chain_report,
         }))?;
-    } else {
+    } else if output::text_wanted() {
         let mut s = render_plan(&plan);
         if let Some(x) = &report.vhdx {
             if let Some(r) = &x.log_replayed {

@@ -69,8 +69,10 @@ fn every_shell_gets_a_script_naming_every_command() {
             assert!(r.stdout.contains(c), "{shell}: {c} missing");
         }
     }
+    // An unknown shell is a usage error.
     let r = run(["completions", "tcsh"]);
-    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
 }
 
 #[test]
@@ -147,6 +149,17 @@ fn man_replaces_a_page_but_never_writes_through_a_link() {
     assert!(md.is_file(), "the link was not replaced by the page");
     let info = fs::read_to_string(out.join("vhdkit-info.1")).unwrap();
     assert!(info.contains(".TH vhdkit-info 1"), "{info}");
+    // --quiet writes the pages and lists nothing.
+    let r = run_success([
+        "--quiet".as_ref(),
+        "man".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(r.stdout, "");
+    assert!(fs::read_to_string(out.join("vhdkit-man.1"))
+        .unwrap()
+        .contains(".TH vhdkit-man 1"));
     // No temporary file is left behind.
     assert_eq!(fs::read_dir(&out).unwrap().count(), COMMANDS.len() + 1);
 }
