@@ -61,6 +61,6 @@ vhdkit = { path = "vhdkit-$version" }
 TOML
 # Same dependency versions as the workspace (cargo drops the entries it does not need).
 cp Cargo.lock "$work/src/Cargo.lock"
-export CARGO_TARGET_DIR="$PWD/$work/target"
+# Same target dir as the packaging step: its dependencies are built already.
 (cd "$work/src" && cargo test --workspace --all-targets --all-features && cargo test --workspace --doc --all-features)
 log "both packages build and pass their tests from their .crate files"
