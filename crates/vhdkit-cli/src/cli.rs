@@ -50,6 +50,10 @@ pub enum Command {
     /// Repoint every child under DIR whose parent no longer resolves (after a move) at its
     /// parent found by identity.
     Relink(RelinkArgs),
+    /// Print the shell completion script for bash, zsh, fish, powershell or elvish.
+    Completions(crate::cmd::completions::CompletionsArgs),
+    /// Print the manual page, or write one page per command into a folder with --out.
+    Man(crate::cmd::man::ManArgs),
 }
 
 /// `vhdkit share`.

@@ -26,6 +26,17 @@ pub struct PathMap {
 
 impl PathMap {
     /// Parse `PREFIX=LOCAL`, as given to `--map`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use vhdkit::{ChainOptions, PathMap};
+    ///
+    /// let opts = ChainOptions::default().path_map(PathMap::parse(r"C:\Lab=/srv/lab")?);
+    /// # let _ = opts;
+    /// assert!(PathMap::parse("no equals sign").is_err());
+    /// # Ok::<(), vhdkit::Error>(())
+    /// ```
     pub fn parse(s: &str) -> Result<PathMap> {
         let (prefix, local) = s.split_once('=').ok_or_else(|| {
             Error::InvalidArgument(format!("map '{s}' is not of the form 'C:\\Dir=/local/dir'"))
@@ -201,6 +212,37 @@ pub struct Chain {
 
 impl Chain {
     /// Open `path` and every parent; fails unless the chain is intact.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::io::Read;
+    /// use vhdkit::{create, Chain, ChainOptions, CreateParams, DiskType};
+    ///
+    /// let base = dir.path().join("base.vhd");
+    /// let child = dir.path().join("child.vhd");
+    /// create(&base, &CreateParams::dynamic(8 << 20))?;
+    /// create(&child, &CreateParams::differencing(&base))?;
+    ///
+    /// let chain = Chain::open(&child, &ChainOptions::default().search_dir("/srv/base"))?;
+    /// let links = &chain.report().links;
+    /// assert_eq!(links[0].disk_type, DiskType::Differencing);
+    /// assert_eq!(links[1].disk_type, DiskType::Dynamic);
+    /// let mut view = chain.into_view();
+    /// let mut first = [0u8; 512];
+    /// view.read_exact(&mut first)?;
+    ///
+    /// // Without its parent, the child's chain does not open.
+    /// std::fs::remove_file(&base)?;
+    /// assert!(matches!(
+    ///     Chain::open(&child, &ChainOptions::default()),
+    ///     Err(vhdkit::Error::Chain { .. })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<Chain> {
         let path = path.as_ref();
         let (report, disks) = walk(path, opts)?;
@@ -222,6 +264,30 @@ impl Chain {
 
     /// Follow the chain from `path` as far as it goes and report on every link. Fails only
     /// when `path` itself cannot be opened; a broken chain is reported, not returned as an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use vhdkit::{create, Chain, ChainOptions, CreateParams};
+    ///
+    /// let base = dir.path().join("base.vhdx");
+    /// let child = dir.path().join("child.avhdx");
+    /// create(&base, &CreateParams::dynamic(8 << 20))?;
+    /// create(&child, &CreateParams::differencing(&base))?;
+    /// std::fs::rename(&base, dir.path().join("moved.vhdx"))?;
+    ///
+    /// let report = Chain::inspect(&child, &ChainOptions::default())?;
+    /// assert!(!report.intact);
+    /// println!("broken: {}", report.broken_reason.as_deref().unwrap_or(""));
+    /// // Every path tried for the parent, and why each was rejected.
+    /// for attempt in &report.links[0].parent.as_ref().unwrap().tried {
+    ///     println!("{} via {}: {}", attempt.path.display(), attempt.via, attempt.outcome);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn inspect(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<ChainReport> {
         walk(path.as_ref(), opts).map(|(r, _)| r)
     }

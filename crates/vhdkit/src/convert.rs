@@ -160,6 +160,24 @@ impl ConvertOptions {
 /// Write the whole virtual disk of `view` to `dst` as a raw image.
 ///
 /// `progress` is called with the number of virtual bytes done so far, after every step.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::convert::{to_raw, ConvertOptions};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams};
+///
+/// let src = dir.path().join("disk.vhdx");
+/// create(&src, &CreateParams::dynamic(8 << 20))?;
+/// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
+/// let raw = dir.path().join("disk.img");
+/// let stats = to_raw(&view, &raw, &ConvertOptions::default(), |_done| {})?;
+/// assert_eq!(std::fs::metadata(&raw)?.len(), stats.virtual_size);
+/// # Ok(())
+/// # }
+/// ```
 pub fn to_raw(
     view: &dyn VirtualSource,
     dst: &Path,
@@ -356,6 +374,24 @@ pub fn to_vhd(
 /// allocated, zero ranges left as holes). A source whose size is not a multiple of 512 is
 /// padded with zeros. Built under a temporary name, renamed into place once complete and
 /// synced.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::convert::{to_vhdx, ConvertOptions};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
+///
+/// let src = dir.path().join("disk.vhd");
+/// create(&src, &CreateParams::dynamic(8 << 20))?;
+/// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
+/// let dst = dir.path().join("disk.vhdx");
+/// to_vhdx(&view, &dst, &ConvertOptions::default(), |_done| {})?;
+/// assert_eq!(Disk::open(&dst)?.info().format, DiskFormat::Vhdx);
+/// # Ok(())
+/// # }
+/// ```
 pub fn to_vhdx(
     src: &dyn VirtualSource,
     dst: &Path,

@@ -172,6 +172,18 @@ pub fn format_from_extension(path: &Path) -> Option<DiskFormat> {
 /// alone; case-insensitive; spaces between number and unit allowed. `64MiB`, `10G`, `1.5GiB`,
 /// `512`, `4096B` are valid. A fraction is allowed only when the result is a whole number of
 /// bytes.
+///
+/// # Examples
+///
+/// ```
+/// use vhdkit::create::parse_size;
+///
+/// assert_eq!(parse_size("10G")?, 10 << 30);
+/// assert_eq!(parse_size("1.5GiB")?, 3 << 29);
+/// assert_eq!(parse_size("1048576")?, 1 << 20);
+/// assert!(parse_size("ten").is_err());
+/// # Ok::<(), vhdkit::Error>(())
+/// ```
 pub fn parse_size(s: &str) -> Result<u64> {
     let bad = |why: &str| {
         Error::InvalidArgument(format!(
@@ -223,6 +235,30 @@ pub fn parse_size(s: &str) -> Result<u64> {
 }
 
 /// Create a disk at `path`. Refuses to overwrite an existing file.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::{create, CreateParams, DiskFormat, DiskType};
+///
+/// let base = dir.path().join("base.vhd");
+/// let made = create(&base, &CreateParams::dynamic(64 << 20))?;
+/// assert_eq!((made.format, made.disk_type), (DiskFormat::Vhd, DiskType::Dynamic));
+///
+/// // The format follows the extension unless given.
+/// let fixed = dir.path().join("fixed.img");
+/// create(&fixed, &CreateParams::fixed(1 << 20).format(DiskFormat::Vhdx))?;
+///
+/// let child = create(&dir.path().join("child.vhd"), &CreateParams::differencing(&base))?;
+/// assert_eq!(child.virtual_size, 64 << 20);
+///
+/// // An existing file is never overwritten.
+/// assert!(create(&base, &CreateParams::dynamic(64 << 20)).is_err());
+/// # Ok(())
+/// # }
+/// ```
 pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
     let format = match p.format {
         Some(f) => f,

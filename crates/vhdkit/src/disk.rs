@@ -294,6 +294,24 @@ pub fn claimed_format(path: &Path) -> Option<DiskFormat> {
 
 impl Disk {
     /// Open a disk file read-only with default options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("disk.vhdx");
+    /// # vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+    /// use vhdkit::{Disk, DiskFormat};
+    ///
+    /// let disk = Disk::open(&path)?;
+    /// let info = disk.info();
+    /// assert_eq!(info.format, DiskFormat::Vhdx);
+    /// assert_eq!(info.virtual_size, 8 << 20);
+    /// assert!(disk.warnings().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Disk> {
         Self::open_with(path, &OpenOptions::default())
     }
@@ -314,6 +332,31 @@ impl Disk {
     }
 
     /// Open a disk from any byte source (a buffer, a [`crate::SeekSource`] over a reader).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("disk.vhd");
+    /// # vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+    /// use std::io::Cursor;
+    /// use vhdkit::{Disk, OpenOptions, SeekSource};
+    ///
+    /// // From bytes in memory...
+    /// let bytes: Vec<u8> = std::fs::read(&path)?;
+    /// let disk = Disk::from_source(Box::new(bytes.clone()), &OpenOptions::default())?;
+    /// assert_eq!(disk.virtual_size(), 8 << 20);
+    /// // ...or from any `Read + Seek`.
+    /// let disk = Disk::from_source(Box::new(SeekSource::new(Cursor::new(bytes))), &OpenOptions::default())?;
+    /// assert_eq!(disk.path(), None);
+    ///
+    /// // Anything else is not a disk, and says so.
+    /// let err = Disk::from_source(Box::new(vec![0u8; 4096]), &OpenOptions::default()).unwrap_err();
+    /// assert!(matches!(err, vhdkit::Error::NotADisk { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_source(src: Box<dyn Source>, opts: &OpenOptions) -> Result<Disk> {
         let image: Box<dyn Image> = match detect(&*src)? {
             DiskFormat::Vhd => Box::new(vhd::VhdFile::open(src, opts)?),
@@ -386,6 +429,24 @@ impl Disk {
 
     /// What this file holds for the virtual range starting at `offset`: the extent kind and how
     /// many bytes (at least 1, at most `max_len`) it covers. Runs never cross a block boundary.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("disk.vhdx");
+    /// # vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+    /// use vhdkit::{Disk, Extent};
+    ///
+    /// // A new dynamic disk holds no data yet: its first run is unallocated.
+    /// let disk = Disk::open(&path)?;
+    /// let (extent, len) = disk.map(0, disk.virtual_size())?;
+    /// assert_eq!(extent, Extent::Unallocated);
+    /// assert!(len > 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn map(&self, offset: u64, max_len: u64) -> Result<(Extent, u64)> {
         let size = self.virtual_size();
         if offset >= size || max_len == 0 {

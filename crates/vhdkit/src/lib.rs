@@ -1,24 +1,107 @@
 //! vhdkit: read, check and repoint Microsoft virtual hard disks (VHD and VHDX) and their
 //! differencing chains.
 //!
-//! ```no_run
-//! use std::io::Read;
-//! use vhdkit::{Chain, ChainOptions};
+//! # The model
+//!
+//! - A **disk** ([`Disk`]) is one file of either format: fixed, dynamic, or differencing (it
+//!   holds only the sectors written to it and records its parent's identity and paths, the
+//!   *locators*). [`Disk::open`] reads and checks its structures; [`Disk::info`] tells
+//!   everything about it; [`Disk::map`] says which ranges the file itself holds.
+//! - A **chain** ([`Chain`]) is a differencing disk and its parents, child first, down to a
+//!   base. [`Chain::open`] finds each parent through the locators (and [`ChainOptions`]: search
+//!   folders, [`PathMap`]s for Windows paths) and accepts it only when it has the identity the
+//!   child records; [`Chain::inspect`] reports a broken chain instead of failing.
+//! - A **view** ([`ChainView`]) is the virtual disk the chain stands for: `Read + Seek` (and
+//!   [`ChainView::read_exact_at`]) through every layer, one file read per run of sectors.
+//! - **Writing**: [`create()`] makes new disks (VHD or VHDX, dynamic, fixed, differencing);
+//!   [`WritableDisk`] is `Read + Write + Seek` over one disk, its parents read-only;
+//!   [`convert`] copies a view into a raw image, a VHD or a VHDX.
+//! - **Plan, then apply**: a change to a disk's own metadata is first a *plan* that touches
+//!   nothing and shows every field old → new ([`reparent::plan`] gives a [`ReparentPlan`]),
+//!   then is *applied* crash-safely ([`reparent::apply`]): a VHD through a redo journal beside
+//!   the file, a VHDX through its own log. After a crash the file is the old one or the new one.
+//!   [`share`] (one shared parent for many children) and [`repair`] work the same way.
+//! - **Check**: [`check::check_file`] reports every broken rule of a file (and, if asked, of
+//!   its chain) as [`check::Finding`]s with a stable code, the structure and the offset; it
+//!   only reads. [`repair::repair`] fixes what is certain and loses nothing.
+//!
+//! The whole model in one run (on disks made in a temporary folder):
+//!
+//! ```
+//! use std::io::{Read, Seek, SeekFrom, Write};
+//! use vhdkit::check::{check_file, CheckOptions};
+//! use vhdkit::{create, reparent, Chain, ChainOptions, CreateParams, ReparentOptions, WritableDisk};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let chain = Chain::open("child.avhdx", &ChainOptions::default())?;
-//! for link in &chain.report().links {
-//!     println!("{} {} {}", link.path.display(), link.format, link.disk_type);
-//! }
+//! let dir = tempfile::tempdir()?;
+//! let base = dir.path().join("base.vhdx");
+//! let child = dir.path().join("child.avhdx");
+//!
+//! // Disks: a dynamic base and a differencing child over it.
+//! create(&base, &CreateParams::dynamic(16 << 20))?;
+//! create(&child, &CreateParams::differencing(&base))?;
+//!
+//! // Writing through the child leaves the base as it is.
+//! let mut disk = WritableDisk::open(&child, &ChainOptions::default())?;
+//! disk.seek(SeekFrom::Start(1 << 20))?;
+//! disk.write_all(b"only in the child")?;
+//! disk.close()?;
+//!
+//! // The chain: the child, then the parent its locators lead to, identity checked.
+//! let chain = Chain::open(&child, &ChainOptions::default())?;
+//! assert_eq!(chain.report().links.len(), 2);
+//!
+//! // The view: the virtual disk through both layers.
 //! let mut view = chain.into_view();
-//! let mut first_sector = [0u8; 512];
-//! view.read_exact(&mut first_sector)?;
+//! let mut buf = [0u8; 17];
+//! view.seek(SeekFrom::Start(1 << 20))?;
+//! view.read_exact(&mut buf)?;
+//! assert_eq!(&buf, b"only in the child");
+//!
+//! // Plan, then apply: repoint the child at a copy of its parent.
+//! std::fs::create_dir(dir.path().join("shared"))?;
+//! let copy = dir.path().join("shared").join("base.vhdx");
+//! std::fs::copy(&base, &copy)?;
+//! let opts = ReparentOptions { new_parent: copy.clone(), ..ReparentOptions::default() };
+//! let plan = reparent::plan(&child, &opts)?;
+//! for c in &plan.txn.changes {
+//!     println!("{} {}: {} -> {}", c.structure, c.field, c.old, c.new);
+//! }
+//! reparent::apply(&plan)?;
+//! let chain = Chain::open(&child, &ChainOptions::default())?;
+//! assert_eq!(chain.disks()[1].path(), Some(copy.as_path()));
+//!
+//! // Check: every structural rule of the child and of its chain.
+//! let report = check_file(&child, &CheckOptions::default().chain(true))?;
+//! assert!(!report.has_problems(), "{:?}", report.findings);
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! Every file is untrusted: each field is checked before use, allocations are bounded by the
-//! file's size and by [`Limits`], and errors name the file, the structure and the offset.
+//! # Errors
+//!
+//! Every fallible function returns [`Result`]; its [`Error`] names the file, the structure and
+//! the absolute offset where that applies ([`Error::Corrupt`], [`Error::NotADisk`],
+//! [`Error::Chain`], [`Error::Refused`], [`Error::LimitExceeded`], [`Error::Io`], ...).
+//!
+//! # Untrusted input
+//!
+//! Every file is untrusted: each field is checked before use, arithmetic on file values is
+//! checked, allocations are bounded by the file's size and by [`Limits`], and the crate has no
+//! `unsafe` code. Locator paths are only opened by an explicit chain walk, which checks
+//! identity, depth and loops.
+//!
+//! # Examples
+//!
+//! `crates/vhdkit/examples/` in the repository, each runnable on its bundled test data:
+//! `inspect_chain` (links and a hash of the contents through the view), `repoint` (plan, show,
+//! apply a reparent), `check_folder_json` (findings of a folder as JSON; needs the `serde`
+//! feature) and `create_and_write` (a new dynamic VHDX written through [`WritableDisk`]).
+//!
+//! # Features
+//!
+//! - `serde`: `Serialize` for the reports ([`DiskInfo`], [`ChainReport`], [`ReparentPlan`],
+//!   [`check::FileReport`], ...), as the `vhdkit` command prints them with `--json`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

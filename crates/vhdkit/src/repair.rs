@@ -119,6 +119,21 @@ impl RepairReport {
 /// what it finds is what it changes: another holder is a refusal, before anything is read. A
 /// file that cannot be opened for writing (read-only) is still examined: it needs the lock only
 /// if something is to be written, and that write then refuses it.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::repair::{repair, RepairOptions};
+///
+/// let path = dir.path().join("disk.vhdx");
+/// vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+/// let report = repair(&path, &RepairOptions::default().dry_run(true))?;
+/// assert!(!report.needs_attention());
+/// # Ok(())
+/// # }
+/// ```
 pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let _lock = if opts.dry_run {
         // Predict the real run: it would be refused while another process holds the lock.

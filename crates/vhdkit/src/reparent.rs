@@ -219,6 +219,41 @@ fn refused(child: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Plan repointing `child` at `opts.new_parent`. Reads only.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::{create, reparent, CreateParams, LocatorMode, ReparentOptions};
+///
+/// let base = dir.path().join("base.vhdx");
+/// let child = dir.path().join("child.avhdx");
+/// create(&base, &CreateParams::dynamic(8 << 20))?;
+/// create(&child, &CreateParams::differencing(&base))?;
+/// std::fs::create_dir(dir.path().join("ref"))?;
+/// let copy = dir.path().join("ref").join("base.vhdx");
+/// std::fs::copy(&base, &copy)?;
+///
+/// let opts = ReparentOptions {
+///     new_parent: copy,
+///     mode: LocatorMode::RelativeOnly,
+///     ..ReparentOptions::default()
+/// };
+/// let before = std::fs::read(&child)?;
+/// let plan = reparent::plan(&child, &opts)?;
+/// assert_eq!(std::fs::read(&child)?, before, "planning writes nothing");
+/// assert_eq!(plan.relative_path.as_deref(), Some(r".\ref\base.vhdx"));
+/// reparent::apply(&plan)?;
+///
+/// // Another disk (another identity) is refused, and the child keeps its bytes.
+/// let other = dir.path().join("other.vhdx");
+/// create(&other, &CreateParams::dynamic(8 << 20))?;
+/// let opts = ReparentOptions { new_parent: other, ..ReparentOptions::default() };
+/// assert!(matches!(reparent::plan(&child, &opts), Err(vhdkit::Error::Refused { .. })));
+/// # Ok(())
+/// # }
+/// ```
 pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
     let refuse = |r: String| refused(child, r);
     let mut warnings = Vec::new();

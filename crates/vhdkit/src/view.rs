@@ -47,6 +47,25 @@ impl ChainView {
     }
 
     /// Fill `buf` from virtual offset `offset`. The whole range must lie inside the disk.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("disk.vhdx");
+    /// # vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+    /// use vhdkit::{ChainView, Disk};
+    ///
+    /// // A view of one disk; `Chain::into_view` gives one over a whole chain.
+    /// let view = ChainView::new(vec![Disk::open(&path)?]);
+    /// let mut sector = [0xffu8; 512];
+    /// view.read_exact_at(&mut sector, 4096)?;
+    /// assert_eq!(sector, [0u8; 512]);
+    /// assert!(view.read_exact_at(&mut sector, view.virtual_size()).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)

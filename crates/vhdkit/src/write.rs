@@ -89,6 +89,29 @@ fn read_parent(parent: Option<&ChainView>, offset: u64, buf: &mut [u8]) -> Resul
 impl WritableDisk {
     /// Open `path` for writing. A differencing disk's parents are found with `opts` and must
     /// form an intact chain; they are opened read-only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::io::{Seek, SeekFrom, Write};
+    /// use vhdkit::{create, ChainOptions, CreateParams, WritableDisk};
+    ///
+    /// let path = dir.path().join("disk.vhd");
+    /// create(&path, &CreateParams::dynamic(8 << 20))?;
+    ///
+    /// let mut disk = WritableDisk::open(&path, &ChainOptions::default())?;
+    /// disk.seek(SeekFrom::Start(3 << 20))?;
+    /// disk.write_all(&[0xab; 4096])?;
+    /// let mut back = [0u8; 4096];
+    /// disk.read_exact_at(&mut back, 3 << 20)?;
+    /// assert_eq!(back, [0xab; 4096]);
+    /// // Commit the new block; `close` reports what a drop could not.
+    /// disk.close()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<WritableDisk> {
         let path = path.as_ref();
         // One writer at a time: another holder of the lock is a refusal, and every write goes

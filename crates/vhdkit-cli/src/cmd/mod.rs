@@ -2,9 +2,11 @@
 
 mod chain;
 mod check;
+pub mod completions;
 mod convert;
 mod create;
 mod info;
+pub mod man;
 mod progress;
 mod relink;
 mod repair;
@@ -27,6 +29,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
         Command::Relink(a) => a.json,
+        Command::Completions(_) | Command::Man(_) => false,
     }
 }
 
@@ -42,6 +45,8 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),
         Command::Relink(a) => relink::run(&a),
+        Command::Completions(a) => completions::run(&a),
+        Command::Man(a) => man::run(&a),
     }
 }
 

@@ -18,6 +18,7 @@ mod foreign_writers;
 mod full_fs;
 mod hostile;
 mod hostile_side_files;
+mod install;
 mod lying_input;
 mod memory_bound;
 mod partial_trees;

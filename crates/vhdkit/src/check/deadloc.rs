@@ -490,7 +490,9 @@ pub(crate) fn vhdx_writes(path: &Path, dead: &[Dead]) -> Result<Vec<(u64, Vec<u8
     Ok(writes)
 }
 
+// Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
 #[cfg(test)]
+#[cfg(vhdkit_workspace)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -486,6 +486,30 @@ pub fn check_source(src: &dyn Source, opts: &CheckOptions) -> (Option<DiskFormat
 }
 
 /// Check one file (read-only), and its chain when `opts.chain` is set.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::check::{check_file, CheckOptions, Severity};
+///
+/// let path = dir.path().join("disk.vhd");
+/// vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
+/// let report = check_file(&path, &CheckOptions::default())?;
+/// assert!(!report.has_problems());
+///
+/// // Damage the footer's checksum field: the finding has a stable code and the offset.
+/// let mut bytes = std::fs::read(&path)?;
+/// let end = bytes.len() - 512;
+/// bytes[end + 64] ^= 0xff;
+/// std::fs::write(&path, &bytes)?;
+/// let report = check_file(&path, &CheckOptions::default())?;
+/// let f = report.findings.iter().find(|f| f.code == "vhd.footer.checksum").unwrap();
+/// assert_eq!((f.severity, f.offset), (Severity::Error, Some(end as u64 + 64)));
+/// # Ok(())
+/// # }
+/// ```
 pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
     if let Some(report) = side::partial_report(path) {
         return Ok(report);
@@ -520,6 +544,21 @@ pub fn is_disk_file(path: &Path) -> bool {
 /// a disk signature or a name that claims a disk format. Symbolic links to folders are not
 /// followed (no loops). Paths in the folders that could not be inspected are dropped here;
 /// [`collect_tree`] reports them.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::check::collect_files;
+///
+/// vhdkit::create(&dir.path().join("a.vhdx"), &vhdkit::CreateParams::dynamic(1 << 20))?;
+/// std::fs::write(dir.path().join("notes.txt"), "not a disk")?;
+/// let files = collect_files(&[dir.path().to_path_buf()])?;
+/// assert_eq!(files, [dir.path().join("a.vhdx")]);
+/// # Ok(())
+/// # }
+/// ```
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(collect_tree(paths)?.0)
 }
@@ -570,6 +609,8 @@ mod tests {
         }
     }
 
+    // The README is outside the published package (see build.rs).
+    #[cfg(vhdkit_workspace)]
     #[test]
     fn every_code_is_documented_in_the_readme() {
         let readme = include_str!("../../../../README.md");

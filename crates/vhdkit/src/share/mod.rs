@@ -474,6 +474,35 @@ fn into_refusal(into: &Path) -> Option<String> {
 /// Plan `share` of `dir` into `into`. Reads only (scans, opens, hashes); the dry run's
 /// predictions are probed as the real run meets them (files opened for writing and locked, then
 /// released; folders asked for write access).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use vhdkit::share::{apply_share, plan_share, NoProgress, ShareOptions};
+/// use vhdkit::{create, CreateParams};
+///
+/// // Two VM folders, each with its own copy of the same parent and a child over it.
+/// let base = dir.path().join("vm1").join("base.vhdx");
+/// std::fs::create_dir_all(dir.path().join("vm1"))?;
+/// std::fs::create_dir_all(dir.path().join("vm2"))?;
+/// create(&base, &CreateParams::dynamic(4 << 20))?;
+/// std::fs::copy(&base, dir.path().join("vm2").join("base.vhdx"))?;
+/// for vm in ["vm1", "vm2"] {
+///     let folder = dir.path().join(vm);
+///     create(&folder.join("disk.avhdx"), &CreateParams::differencing(folder.join("base.vhdx")))?;
+/// }
+///
+/// let opts = ShareOptions::default();
+/// let shared = dir.path().join("shared");
+/// let plan = plan_share(dir.path(), &shared, &opts, &mut NoProgress)?;
+/// assert_eq!(plan.groups.len(), 1);
+/// let done = apply_share(&plan, &opts, &mut NoProgress)?;
+/// assert_eq!(done.children_repointed, 2);
+/// # Ok(())
+/// # }
+/// ```
 pub fn plan_share(
     dir: &Path,
     into: &Path,

@@ -422,7 +422,9 @@ fn too_big() -> Error {
     Error::unsupported("metadata update too large for one log entry")
 }
 
+// Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
 #[cfg(test)]
+#[cfg(vhdkit_workspace)]
 mod tests {
     use super::*;
     use crate::source::Source;
