@@ -2,12 +2,10 @@
 //! re-verify, every refusal (exit 1, one line, child bytes and mtime unchanged), VHDX children,
 //! and a process kill at every write/flush/rename (strace fault injection).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
-use vhdkit_testkit::Rng;
+use vhdkit_testkit::{kill, Rng};
 
 use crate::util::*;
 
@@ -339,28 +337,14 @@ fn kill_case(np_rel: &str) {
     let new = std::fs::read(&reference).unwrap();
     assert_ne!(new, old);
     // Count the syscalls of one clean run.
-    let log = lab.path("strace.log");
     let counted = lab.path("vm/counted.vhd");
     std::fs::write(&counted, &old).unwrap();
-    let o = Command::new("strace")
-        .args(["-f", "-qq", "-e", &format!("trace={TRACED}"), "-o"])
-        .arg(&log)
-        .arg(env!("CARGO_BIN_EXE_vhdkit"))
-        .args(["reparent", s(&counted), "--parent", s(&np)])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
-        let name = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|w| w.split('(').next())
-            .unwrap_or_default();
-        if TRACED.split(',').any(|t| t == name) {
-            *counts.entry(name.to_string()).or_default() += 1;
-        }
-    }
+    let counts = kill::count_syscalls(
+        Path::new(env!("CARGO_BIN_EXE_vhdkit")),
+        &["reparent", s(&counted), "--parent", s(&np)],
+        TRACED,
+        &lab.path("strace.log"),
+    );
     eprintln!("syscalls of one reparent: {counts:?}");
     assert!(
         counts.get("pwrite64").copied().unwrap_or(0) >= 3,
@@ -370,27 +354,19 @@ fn kill_case(np_rel: &str) {
     let journal = PathBuf::from(format!("{}.vhdkit-journal", lab.child.display()));
     let mut runs = 0;
     let (mut saw_old, mut saw_new) = (0, 0);
+    let bin = Path::new(env!("CARGO_BIN_EXE_vhdkit"));
+    let args = ["reparent", s(&lab.child), "--parent", s(&np)];
+    let fresh = || {
+        std::fs::write(&lab.child, &old).unwrap();
+        if journal.exists() {
+            std::fs::remove_file(&journal).unwrap();
+        }
+    };
     for (name, &n) in &counts {
         for k in 1..=n {
-            std::fs::write(&lab.child, &old).unwrap();
-            let _ = std::fs::remove_file(&journal);
-            let o = Command::new("strace")
-                .args([
-                    "-f",
-                    "-qq",
-                    "-o",
-                    "/dev/null",
-                    "-e",
-                    &format!("trace={name}"),
-                    "-e",
-                    &format!("inject={name}:signal=KILL:when={k}"),
-                ])
-                .arg(env!("CARGO_BIN_EXE_vhdkit"))
-                .args(["reparent", s(&lab.child), "--parent", s(&np)])
-                .output()
-                .unwrap();
+            fresh();
+            kill::run_killed_at(bin, &args, name, k);
             runs += 1;
-            let killed = !o.status.success();
             // Read-only commands see either linkage, intact, with the same contents.
             let r = run(["chain", s(&lab.child)]);
             assert_eq!(r.code, 0, "{name}#{k}: {r:?}");
@@ -404,10 +380,18 @@ fn kill_case(np_rel: &str) {
             } else if got == new {
                 saw_new += 1;
             } else {
-                panic!("{name}#{k} (killed: {killed}): neither old nor new after repair");
+                panic!("{name}#{k}: neither old nor new after repair");
             }
             assert_eq!(virtual_sha(&lab.child), sha, "{name}#{k}");
         }
+        fresh();
+        kill::run_past_last(bin, &args, name, n);
+        assert_eq!(
+            std::fs::read(&lab.child).unwrap(),
+            new,
+            "{name}: past the last point"
+        );
+        assert!(!journal.exists(), "{name}: journal left by a complete run");
     }
     eprintln!("process kills: {runs} runs, {saw_old} ended old, {saw_new} ended new");
     assert!(saw_old > 0 && saw_new > 0, "{saw_old} old, {saw_new} new");

@@ -3,13 +3,11 @@
 //! unchanged), a dirty log, and a process kill at every write and flush (strace fault
 //! injection).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use uuid::Uuid;
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::Rng;
+use vhdkit_testkit::{kill, Rng};
 
 use crate::util::*;
 
@@ -337,28 +335,14 @@ fn vhdx_process_kill_at_every_syscall() {
     let sha = virtual_sha(&lab.child);
     let (old_rel, dwg, _) = facts(&lab.child);
     let new_rel = Some(r"..\RefDisk\base.vhdx".to_string());
-    let log = lab.path("strace.log");
     let counted = lab.path("vm/counted.avhdx");
     std::fs::write(&counted, &old).unwrap();
-    let o = Command::new("strace")
-        .args(["-f", "-qq", "-e", &format!("trace={TRACED}"), "-o"])
-        .arg(&log)
-        .arg(env!("CARGO_BIN_EXE_vhdkit"))
-        .args(["reparent", s(&counted), "--parent", s(&np)])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
-        let name = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|w| w.split('(').next())
-            .unwrap_or_default();
-        if TRACED.split(',').any(|t| t == name) {
-            *counts.entry(name.to_string()).or_default() += 1;
-        }
-    }
+    let counts = kill::count_syscalls(
+        Path::new(env!("CARGO_BIN_EXE_vhdkit")),
+        &["reparent", s(&counted), "--parent", s(&np)],
+        TRACED,
+        &lab.path("strace.log"),
+    );
     eprintln!("syscalls of one vhdx reparent: {counts:?}");
     assert!(
         counts.get("pwrite64").copied().unwrap_or(0) >= 5,
@@ -366,26 +350,13 @@ fn vhdx_process_kill_at_every_syscall() {
     );
     assert!(counts.get("fsync").copied().unwrap_or(0) >= 5, "{counts:?}");
     let (mut runs, mut saw_old, mut saw_new) = (0, 0, 0);
+    let bin = Path::new(env!("CARGO_BIN_EXE_vhdkit"));
+    let args = ["reparent", s(&lab.child), "--parent", s(&np)];
     for (name, &n) in &counts {
         for k in 1..=n {
             std::fs::write(&lab.child, &old).unwrap();
-            let o = Command::new("strace")
-                .args([
-                    "-f",
-                    "-qq",
-                    "-o",
-                    "/dev/null",
-                    "-e",
-                    &format!("trace={name}"),
-                    "-e",
-                    &format!("inject={name}:signal=KILL:when={k}"),
-                ])
-                .arg(env!("CARGO_BIN_EXE_vhdkit"))
-                .args(["reparent", s(&lab.child), "--parent", s(&np)])
-                .output()
-                .unwrap();
+            kill::run_killed_at(bin, &args, name, k);
             runs += 1;
-            let killed = !o.status.success();
             let r = run(["chain", s(&lab.child)]);
             assert_eq!(r.code, 0, "{name}#{k}: {r:?}");
             assert_eq!(virtual_sha(&lab.child), sha, "{name}#{k}");
@@ -402,10 +373,15 @@ fn vhdx_process_kill_at_every_syscall() {
             } else if rel == new_rel {
                 saw_new += 1;
             } else {
-                panic!("{name}#{k} (killed: {killed}): relative_path {rel:?}");
+                panic!("{name}#{k}: relative_path {rel:?}");
             }
             assert_eq!(virtual_sha(&lab.child), sha, "{name}#{k}");
         }
+        std::fs::write(&lab.child, &old).unwrap();
+        kill::run_past_last(bin, &args, name, n);
+        let (rel, d, log) = facts(&lab.child);
+        assert_eq!(rel, new_rel, "{name}: past the last point");
+        assert_eq!((d, log), (dwg.clone(), Uuid::nil().to_string()), "{name}");
     }
     eprintln!("vhdx process kills: {runs} runs, {saw_old} ended old, {saw_new} ended new");
     assert!(saw_old > 0 && saw_new > 0, "{saw_old} old, {saw_new} new");

@@ -5,13 +5,14 @@
 //! changing step followed by a re-run.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 use vhdkit::{Chain, ChainOptions};
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::{sha256_reader, Rng};
+use vhdkit_testkit::{kill, sha256_reader, Rng};
 
 use crate::util::*;
 
@@ -25,33 +26,6 @@ fn scribble(rng: &mut Rng, n: usize, mut w: impl FnMut(u64, &[u8])) {
         let mut d = vec![0u8; 4096 * (1 + rng.below(3) as usize)];
         rng.fill(&mut d);
         w(page * 4096, &d);
-    }
-}
-
-/// True when `reparent` accepts VHDX children (the VHDX half lands in another branch).
-fn vhdx_reparent_supported() -> bool {
-    let d = tmp();
-    let mut p = VhdxBuilder::new(Kind::Dynamic, SIZE, BS, 512);
-    p.data_write_guid = Uuid::new_v4();
-    let mut c = VhdxBuilder::new(Kind::Differencing, SIZE, BS, 512);
-    c.data_write_guid = Uuid::new_v4();
-    c.parent_linkage = p.data_write_guid;
-    c.relative_path = Some(r".\p.vhdx".into());
-    std::fs::write(d.path().join("p.vhdx"), p.build().bytes).unwrap();
-    std::fs::write(d.path().join("c.vhdx"), c.build().bytes).unwrap();
-    let opts = vhdkit::ReparentOptions {
-        new_parent: d.path().join("p.vhdx"),
-        ..Default::default()
-    };
-    match vhdkit::reparent::plan(&d.path().join("c.vhdx"), &opts) {
-        Err(vhdkit::Error::Unsupported { detail, .. }) => {
-            eprintln!(
-                "SKIP (VHDX half): reparent does not support VHDX children yet ({detail}); \
-                 the VHDX part of this test runs once it does"
-            );
-            false
-        }
-        _ => true,
     }
 }
 
@@ -196,7 +170,7 @@ fn total_size(dir: &Path) -> u64 {
 
 #[test]
 fn lab_share_delete_copies_move_and_relink() {
-    let vhdx = vhdx_reparent_supported();
+    let vhdx = true;
     let lab = lab(vhdx, 4);
     let vms = lab.vms();
     let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
@@ -506,7 +480,9 @@ fn kill_at_every_step_then_rerun_completes() {
             .env("VHDKIT_TEST_ABORT_AFTER_STEPS", k.to_string())
             .output()
             .unwrap();
-        let killed = o.status.code().is_none();
+        // The hook aborts (SIGABRT) after step k; past the last step the run completes.
+        let killed = o.status.signal() == Some(6);
+        assert!(killed || o.status.success(), "step {k}: {o:?}");
         // Whatever the moment, every chain reads the same (no child without a parent).
         for (t, h) in lab.tops.iter().zip(&before) {
             assert_eq!(
@@ -550,41 +526,52 @@ fn kill_at_every_step_then_rerun_completes() {
     }
 }
 
-/// A real SIGKILL in the middle of a reparent write (strace fault injection on pwrite64).
+/// A real SIGKILL at the first, a middle and the last `pwrite64` of a share run (counted on an
+/// identical lab), and one injection past the last that must complete: a re-run after each kill
+/// completes and every chain reads the same.
 #[test]
 fn sigkill_during_writes_then_rerun_completes() {
     if !have_tool("strace", "share kill test") {
         return;
     }
-    for n in [1, 3, 7, 12] {
-        let lab = lab(false, 3);
+    let bin = Path::new(env!("CARGO_BIN_EXE_vhdkit"));
+    let share_args = |lab: &Lab| -> Vec<String> {
         let vms = lab.vms();
-        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
-        let _ = std::process::Command::new("strace")
-            .args([
-                "-f",
-                "-o",
-                "/dev/null",
-                "-e",
-                &format!("inject=pwrite64:signal=KILL:when={n}"),
-            ])
-            .arg(env!("CARGO_BIN_EXE_vhdkit"))
-            .args([
-                "share",
-                s(&vms),
-                "--into",
-                s(&lab.shared()),
-                "--delete-copies",
-            ])
-            .output()
-            .unwrap();
-        let r = run([
+        [
             "share",
             s(&vms),
             "--into",
             s(&lab.shared()),
             "--delete-copies",
-        ]);
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let counting = lab(false, 3);
+    let total = kill::count_syscalls(
+        bin,
+        &share_args(&counting),
+        "pwrite64",
+        &counting.root.path().join("strace.log"),
+    )
+    .get("pwrite64")
+    .copied()
+    .unwrap_or(0);
+    assert!(
+        total >= 4,
+        "a share run of three VMs writes more than {total} times"
+    );
+    for n in [1, total / 2, total, total + 1] {
+        let lab = lab(false, 3);
+        let vms = lab.vms();
+        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+        let args = share_args(&lab);
+        if n > total {
+            kill::run_past_last(bin, &args, "pwrite64", total);
+        } else {
+            kill::run_killed_at(bin, &args, "pwrite64", n);
+        }
+        let r = run(&args);
         assert_eq!(r.code, 0, "re-run after SIGKILL at pwrite {n}: {r:?}");
         for (t, h) in lab.tops.iter().zip(&before) {
             assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at pwrite {n}: {t:?}");
@@ -612,31 +599,19 @@ fn sigkill_at_batch_barriers_then_rerun_completes() {
         let lab = lab(false, 3);
         let vms = lab.vms();
         let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
-        let o = std::process::Command::new("strace")
-            .args([
-                "-f",
-                "-o",
-                "/dev/null",
-                "-e",
-                &format!("inject={call}:signal=KILL:when={n}"),
-            ])
-            .arg(env!("CARGO_BIN_EXE_vhdkit"))
-            .args([
+        // Every case is a point the run reaches: the process must really die there.
+        kill::run_killed_at(
+            Path::new(env!("CARGO_BIN_EXE_vhdkit")),
+            &[
                 "share",
                 s(&vms),
                 "--into",
                 s(&lab.shared()),
                 "--delete-copies",
-            ])
-            .output()
-            .unwrap();
-        // strace dies of the tracee's signal (or exits 128 + 9): the run did not finish.
-        if call == "syncfs" {
-            assert!(
-                matches!(o.status.code(), None | Some(137)),
-                "the run should die at {call} {n}: {o:?}"
-            );
-        }
+            ],
+            call,
+            n,
+        );
         for (t, h) in lab.tops.iter().zip(&before) {
             assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at {call} {n}: {t:?}");
         }
