@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub mod oracle;
 pub mod skip;
+pub mod snapshot;
 
 pub use skip::{require_file, skip_or_fail};
 

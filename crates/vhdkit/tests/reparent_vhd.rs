@@ -667,14 +667,16 @@ fn pending_journal_overlay_and_repair() {
     assert!(d.warnings().is_empty(), "{:?}", d.warnings());
 
     // A journal that does not match the file is ignored and never applied.
-    let now = std::fs::read(&lab.child).unwrap();
     std::fs::write(&lab.child, &old).unwrap();
     let mut tampered = old.clone();
     tampered[600] ^= 0xFF; // inside the header: matches neither old nor new
     let fp = FaultPlan::new(Some(3));
     let f = FaultyFile::new(old.clone(), fp.clone());
     let j = MemJournal::new(fp);
-    let _ = reparent::apply_to(&f, &j, &plan);
+    assert!(
+        reparent::apply_to(&f, &j, &plan).is_err(),
+        "the fault at 3 must stop it"
+    );
     std::fs::write(jp.path(), j.load().unwrap().unwrap()).unwrap();
     std::fs::write(&lab.child, &tampered).unwrap();
     match Disk::open(&lab.child) {
@@ -688,7 +690,6 @@ fn pending_journal_overlay_and_repair() {
     assert!(r.needs_attention());
     assert_eq!(std::fs::read(&lab.child).unwrap(), tampered);
     assert!(jp.path().exists());
-    let _ = now;
 }
 
 /// The real Windows child `fat-differential.vhd` with a synthetic parent (ORACLES.md recipe).

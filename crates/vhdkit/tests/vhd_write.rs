@@ -649,9 +649,14 @@ fn convert_raw_to_vhd_and_back() {
             let len = std::fs::metadata(&out).unwrap().len();
             assert!(len > 6 * MIB && len < 6 * MIB + 64 * 1024, "{len}");
         }
+        let before = sha256_file(&out);
         let e = vhdkit::convert::to_vhd(&src, &out, &opts, |_| {}).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
-        let _ = sha256_file(&out);
+        assert_eq!(
+            sha256_file(&out),
+            before,
+            "fixed={fixed}: a refused overwrite changed OUT"
+        );
     }
 }
 

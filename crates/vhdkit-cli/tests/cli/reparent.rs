@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::{kill, Rng};
 
+use vhdkit_testkit::snapshot::Snapshot;
+
 use crate::util::*;
 
 const SIZE: u64 = 8 << 20;
@@ -164,10 +166,8 @@ fn dry_run_json_apply_and_chain() {
 }
 
 fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
-    let bytes = std::fs::read(&lab.child).unwrap();
-    let mtime = std::fs::metadata(&lab.child).unwrap().modified().unwrap();
-    let journal = PathBuf::from(format!("{}.vhdkit-journal", lab.child.display()));
-    let had_journal = journal.exists();
+    // Everything in the lab: the child, its journal (or its absence), every parent.
+    let before = Snapshot::tree(lab.dir.path());
     let mut a = vec!["reparent", s(&lab.child)];
     a.extend_from_slice(args);
     let r = run(&a);
@@ -176,13 +176,7 @@ fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
     assert_eq!(r.stderr.lines().count(), 1, "one line: {r:?}");
     assert!(r.stderr.contains("refused: "), "{r:?}");
     assert!(r.stderr.contains(needle), "{needle:?} in {r:?}");
-    assert_eq!(std::fs::read(&lab.child).unwrap(), bytes, "{args:?}");
-    assert_eq!(
-        std::fs::metadata(&lab.child).unwrap().modified().unwrap(),
-        mtime,
-        "{args:?}"
-    );
-    assert_eq!(journal.exists(), had_journal, "{args:?}");
+    before.assert_unchanged(&format!("{args:?}"));
 }
 
 #[test]
@@ -195,9 +189,11 @@ fn every_refusal_exits_1_and_touches_nothing() {
     if have_tool("qemu-img", "reparent onto a vhdx parent") {
         let x = lab.path("p.vhdx");
         qemu_create("vhdx", "subformat=dynamic", &x, "8M");
+        let before = Snapshot::tree(lab.dir.path());
         let r = run(["reparent", s(&lab.child), "--parent", s(&x)]);
         assert_eq!(r.code, 1, "{r:?}");
         assert!(r.stderr.contains("vhdx"), "{r:?}");
+        before.assert_unchanged("vhdx parent");
     }
     // Identity mismatch without a flag.
     let other = lab.path("other/base.vhd");
@@ -274,9 +270,11 @@ fn vhdx_dynamic_is_refused() {
     let d = tmp();
     let x = p(d.path(), "c.vhdx");
     qemu_create("vhdx", "subformat=dynamic", &x, "8M");
+    let before = Snapshot::tree(d.path());
     let r = run(["reparent", s(&x), "--parent", s(&x)]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("not a differencing disk"), "{r:?}");
+    before.assert_unchanged("dynamic vhdx child");
 }
 
 #[test]
@@ -288,12 +286,11 @@ fn repair_reports_and_refuses_foreign_journals() {
     assert_eq!(j["journal"]["state"], "none");
     let jp = PathBuf::from(format!("{}.vhdkit-journal", lab.child.display()));
     std::fs::write(&jp, b"garbage").unwrap();
-    let before = std::fs::read(&lab.child).unwrap();
+    let before = Snapshot::tree(lab.dir.path());
     let r = run(["repair", s(&lab.child)]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("NOT applied"), "{r:?}");
-    assert!(jp.exists());
-    assert_eq!(std::fs::read(&lab.child).unwrap(), before);
+    before.assert_unchanged("repair with a foreign journal");
     // info still opens the file, with a warning, and reparent refuses.
     let r = run_success(["info", s(&lab.child)]);
     assert!(r.stdout.contains("ignored the vhdkit journal"), "{r:?}");

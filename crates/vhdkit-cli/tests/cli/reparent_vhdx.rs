@@ -9,6 +9,8 @@ use uuid::Uuid;
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
 use vhdkit_testkit::{kill, Rng};
 
+use vhdkit_testkit::snapshot::Snapshot;
+
 use crate::util::*;
 
 const SIZE: u64 = 8 << 20;
@@ -197,8 +199,8 @@ fn vhdx_dry_run_json_apply_and_chain() {
 }
 
 fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
-    let bytes = std::fs::read(&lab.child).unwrap();
-    let mtime = std::fs::metadata(&lab.child).unwrap().modified().unwrap();
+    // Everything in the lab: the child, its journal (or its absence), every parent.
+    let before = Snapshot::tree(lab.dir.path());
     let mut a = vec!["reparent", s(&lab.child)];
     a.extend_from_slice(args);
     let r = run(&a);
@@ -207,12 +209,7 @@ fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
     assert_eq!(r.stderr.lines().count(), 1, "one line: {r:?}");
     assert!(r.stderr.contains("refused: "), "{r:?}");
     assert!(r.stderr.contains(needle), "{needle:?} in {r:?}");
-    assert_eq!(std::fs::read(&lab.child).unwrap(), bytes, "{args:?}");
-    assert_eq!(
-        std::fs::metadata(&lab.child).unwrap().modified().unwrap(),
-        mtime,
-        "{args:?}"
-    );
+    before.assert_unchanged(&format!("{args:?}"));
 }
 
 #[test]

@@ -4,12 +4,12 @@
 //! that writes nothing, a damaged disk skipped with a reason, idempotence, and a kill at every
 //! changing step followed by a re-run.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 use vhdkit::{Chain, ChainOptions};
+use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
 use vhdkit_testkit::{kill, sha256_reader, Rng};
@@ -122,29 +122,6 @@ fn vsha(top: &Path) -> String {
     let c = Chain::open(top, &ChainOptions::default())
         .unwrap_or_else(|e| panic!("chain of {}: {e}", top.display()));
     sha256_reader(c.into_view())
-}
-
-/// Every regular file under `dir` with its SHA-256 (symlinks by their target text).
-fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            if m.file_type().is_symlink() {
-                out.insert(
-                    p.clone(),
-                    format!("-> {}", std::fs::read_link(&p).unwrap().display()),
-                );
-            } else if m.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), sha256_file(&p));
-            }
-        }
-    }
-    out
 }
 
 fn total_size(dir: &Path) -> u64 {
@@ -294,7 +271,7 @@ fn same_id_different_bytes_is_left_alone() {
     bytes[pos] ^= 0xFF;
     std::fs::write(&odd, &bytes).unwrap();
     let odd_child = vms.join("VM3/vm.vhd");
-    let odd_child_sha = sha256_file(&odd_child);
+    let untouched = Snapshot::files(&[&odd, &odd_child]);
 
     let r = run([
         "share",
@@ -307,8 +284,7 @@ fn same_id_different_bytes_is_left_alone() {
     assert!(r.stdout.contains("CONFLICT"), "{r:?}");
     assert!(r.stdout.contains(s(&odd)), "{r:?}");
     // The odd copy and its child are untouched; the others were shared.
-    assert_eq!(std::fs::read(&odd).unwrap(), bytes);
-    assert_eq!(sha256_file(&odd_child), odd_child_sha);
+    untouched.assert_unchanged("the conflicting copy and its child");
     assert!(lab.shared().join("ref.vhd").is_file());
     assert!(!vms.join("VM2/ref.vhd").exists());
 }
@@ -318,7 +294,7 @@ fn locked_child_is_refused_and_nothing_changes_for_it() {
     let lab = lab(false, 2);
     let vms = lab.vms();
     let child = vms.join("VM2/vm.vhd");
-    let before = sha256_file(&child);
+    let before = Snapshot::files(&[&child, &vms.join("VM2/ref.vhd")]);
     let holder = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -334,9 +310,8 @@ fn locked_child_is_refused_and_nothing_changes_for_it() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("in use by another process"), "{r:?}");
-    assert_eq!(sha256_file(&child), before);
-    // Its parent copy is kept, since not every child of the group moved.
-    assert!(vms.join("VM2/ref.vhd").exists());
+    // The child and its parent copy (kept, since not every child of the group moved).
+    before.assert_unchanged("locked child");
     drop(holder);
     // Once released, a re-run finishes the job.
     run_success([
@@ -355,21 +330,21 @@ fn read_only_child_is_refused() {
     let lab = lab(false, 2);
     let vms = lab.vms();
     let child = vms.join("VM1/vm.vhd");
-    let before = sha256_file(&child);
     let mut perm = std::fs::metadata(&child).unwrap().permissions();
     perm.set_readonly(true);
     std::fs::set_permissions(&child, perm).unwrap();
+    let before = Snapshot::files(&[&child]);
     let r = run(["share", s(&vms), "--into", s(&lab.shared())]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("read-only"), "{r:?}");
-    assert_eq!(sha256_file(&child), before);
+    before.assert_unchanged("read-only child");
     assert!(std::fs::metadata(&child).unwrap().permissions().readonly());
 }
 
 #[test]
 fn dry_run_writes_nothing() {
     let lab = lab(false, 4);
-    let before = tree(lab.root.path());
+    let before = Snapshot::tree(lab.root.path());
     let r = run_success([
         "share",
         s(&lab.vms()),
@@ -393,11 +368,7 @@ fn dry_run_writes_nothing() {
     assert_eq!(r.json()["plan"]["children_to_repoint"], 4);
     let r = run_success(["relink", s(&lab.vms()), "--dry-run"]);
     assert!(r.stdout.contains("nothing to do"), "{r:?}");
-    assert_eq!(
-        tree(lab.root.path()),
-        before,
-        "a dry run changed or added files"
-    );
+    before.assert_unchanged("dry runs");
 }
 
 #[test]
@@ -411,6 +382,7 @@ fn damaged_disk_is_skipped_with_a_reason() {
     std::fs::write(&bad, &junk).unwrap();
     // Not a disk at all: ignored silently.
     std::fs::write(vms.join("VM1/notes.txt"), b"hello").unwrap();
+    let before = Snapshot::files(&[&bad, &vms.join("VM1/notes.txt")]);
     let r = run(["share", s(&vms), "--into", s(&lab.shared()), "--json"]);
     assert_eq!(r.code, 1, "{r:?}");
     let j = r.json();
@@ -418,6 +390,7 @@ fn damaged_disk_is_skipped_with_a_reason() {
     assert_eq!(skipped.len(), 1, "{r:?}");
     assert!(skipped[0]["path"].as_str().unwrap().ends_with("broken.vhd"));
     assert!(!skipped[0]["reason"].as_str().unwrap().is_empty());
+    before.assert_unchanged("a damaged disk and a non-disk");
     // The rest was still done.
     assert_eq!(j["report"]["children_repointed"], 2, "{r:?}");
 }
