@@ -86,3 +86,56 @@ pub fn layer_digest(disk: &Disk) -> Result<String> {
     }
     Ok(hex(&h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::disk::OpenOptions;
+    use vhdkit_testkit::vhd::VhdBuilder;
+
+    const SIZE: u64 = 4 << 20;
+    const HALF: u32 = 512 << 10;
+
+    /// Digest of a dynamic VHD with `block` bytes per block and `writes` applied.
+    fn digest(block: u32, writes: &[(u64, &[u8])]) -> String {
+        let mut b = VhdBuilder::dynamic(SIZE).block_size(block);
+        for (off, data) in writes {
+            b.write(*off, data);
+        }
+        let d = Disk::from_source(Box::new(b.build().bytes), &OpenOptions::default()).unwrap();
+        content_digest(&d.view(), &mut |_| {}).unwrap().0
+    }
+
+    /// A 1 MiB chunk whose first half is a hole (an unallocated 512 KiB block) and whose second
+    /// half holds data must be hashed by its bytes: copies differing only there differ.
+    #[test]
+    fn data_after_a_hole_in_the_same_chunk_counts() {
+        let at = u64::from(HALF);
+        let a = digest(HALF, &[(at, &[1; 4096])]);
+        let b = digest(HALF, &[(at, &[2; 4096])]);
+        assert_ne!(a, b);
+        assert_ne!(a, digest(HALF, &[]));
+    }
+
+    /// The digest depends on the contents only: block size, holes and stored zeros do not count.
+    #[test]
+    fn same_contents_same_digest_across_layouts() {
+        let data = [7u8; 8192];
+        let at = u64::from(HALF) + 4096;
+        let writes: &[(u64, &[u8])] = &[(at, &data), (3 << 20, &data)];
+        let small = digest(HALF, writes);
+        for block in [1 << 20, 2 << 20] {
+            assert_eq!(digest(block, writes), small, "block {block}");
+        }
+        // Stored zeros equal a hole.
+        let zeros = [0u8; 65536];
+        let mut with_zeros = writes.to_vec();
+        with_zeros.push((1 << 20, &zeros));
+        assert_eq!(digest(HALF, &with_zeros), small);
+        // The same data one sector further is another disk.
+        let moved: &[(u64, &[u8])] = &[(at + 512, &data), (3 << 20, &data)];
+        assert_ne!(digest(HALF, moved), small);
+    }
+}
