@@ -23,6 +23,9 @@ const MIB: u64 = 1 << 20;
 const SIZE: u64 = 8 << 20;
 const PARENT_DWG: u128 = 0xaaaa_0000_0000_4000_8000_0000_0000_0001;
 const CHILD_DWG: u128 = 0xcccc_0000_0000_4000_8000_0000_0000_0002;
+/// The child's `parent_linkage2`: non-zero (a zero one is dropped when read) and matching no
+/// parent, so every refusal also proves the alternate linkage is not accepted blindly.
+const STALE_LINKAGE2: u128 = 0x2222_0000_0000_4000_8000_0000_0000_0003;
 
 /// `old/base.vhdx` (the parent the child was made from) and `vm/child.avhdx`, linked the way
 /// Hyper-V links them (parent_linkage, absolute_win32_path, relative_path, volume_path, a zero
@@ -52,7 +55,7 @@ fn child_builder(size: u64, bs: u32, lss: u32, seed: u64) -> VhdxBuilder {
     c.data_write_guid = Uuid::from_u128(CHILD_DWG);
     c.file_write_guid = Uuid::from_u128(0xcccc_1111);
     c.parent_linkage = Uuid::from_u128(PARENT_DWG);
-    c.parent_linkage2 = Some(Uuid::nil());
+    c.parent_linkage2 = Some(Uuid::from_u128(STALE_LINKAGE2));
     c.absolute_win32_path = Some(r"C:\Lab\old\base.vhdx".into());
     c.relative_path = Some(r"..\old\base.vhdx".into());
     c.volume_path =
@@ -273,7 +276,7 @@ fn round_trip_512_and_4096() {
                 ("relative_path".into(), Some(r"..\RefDisk\base.vhdx".into())),
                 (
                     "parent_linkage2".into(),
-                    Some(format!("{{{}}}", Uuid::nil()))
+                    Some(format!("{{{}}}", Uuid::from_u128(STALE_LINKAGE2)))
                 ),
             ]
         );
@@ -694,6 +697,30 @@ fn parent_linkage2_match_is_named_and_kept() {
         value(&v, "parent_linkage2"),
         Some(format!("{{{}}}", Uuid::from_u128(PARENT_DWG)))
     );
+    Chain::open(&child, &ChainOptions::default()).unwrap();
+}
+
+/// A `parent_linkage2` that matches nothing accepts nothing: with a stale primary linkage, a
+/// parent with neither id is refused by reparent and not taken by the chain walker.
+#[test]
+fn parent_linkage2_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = parent_builder(SIZE, 1 << 20, 512, 3);
+    let np = dir.path().join("ref/base.vhdx");
+    std::fs::create_dir_all(np.parent().unwrap()).unwrap();
+    std::fs::write(&np, p.build().bytes).unwrap();
+    let mut c = child_builder(SIZE, 1 << 20, 512, 3);
+    c.parent_linkage = Uuid::from_u128(0x1234);
+    c.relative_path = Some(r"..\ref\base.vhdx".into());
+    let child = dir.path().join("vm/c.avhdx");
+    std::fs::create_dir_all(child.parent().unwrap()).unwrap();
+    std::fs::write(&child, c.build().bytes).unwrap();
+    assert_refused(&child, &opts(&np), "identity mismatch");
+    let e = Chain::open(&child, &ChainOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("id mismatch"), "{e}");
+    // The same child with parent_linkage2 = the parent's DataWriteGuid is linked.
+    c.parent_linkage2 = Some(Uuid::from_u128(PARENT_DWG));
+    std::fs::write(&child, c.build().bytes).unwrap();
     Chain::open(&child, &ChainOptions::default()).unwrap();
 }
 

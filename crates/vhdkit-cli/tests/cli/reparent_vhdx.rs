@@ -16,6 +16,9 @@ use crate::util::*;
 const SIZE: u64 = 8 << 20;
 const PARENT_DWG: u128 = 0xaaaa_0000_0000_4000_8000_0000_0000_0001;
 const CHILD_DWG: u128 = 0xcccc_0000_0000_4000_8000_0000_0000_0002;
+/// The child's `parent_linkage2`: non-zero (a zero one is dropped when read) and matching no
+/// parent, so every refusal also proves the alternate linkage is not accepted blindly.
+const STALE_LINKAGE2: u128 = 0x2222_0000_0000_4000_8000_0000_0000_0003;
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -41,7 +44,7 @@ fn child_builder() -> VhdxBuilder {
     let mut c = VhdxBuilder::new(Kind::Differencing, SIZE, 1 << 20, 512);
     c.data_write_guid = Uuid::from_u128(CHILD_DWG);
     c.parent_linkage = Uuid::from_u128(PARENT_DWG);
-    c.parent_linkage2 = Some(Uuid::nil());
+    c.parent_linkage2 = Some(Uuid::from_u128(STALE_LINKAGE2));
     c.absolute_win32_path = Some(r"C:\Lab\old\base.vhdx".into());
     c.relative_path = Some(r"..\old\base.vhdx".into());
     c.volume_path =
