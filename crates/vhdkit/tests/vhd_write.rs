@@ -15,6 +15,7 @@ use vhdkit::vhd::write::VhdWriter;
 use vhdkit::{
     Chain, ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions, WritableDisk,
 };
+use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::{have_tool, run_ok, sha256, sha256_file, Rng};
 
 const MIB: u64 = 1 << 20;
@@ -329,6 +330,8 @@ fn random_writes_depth_3(size: u64, block: u32, seed: u64, writes: usize) {
     let mut rng = Rng::new(seed);
     let (paths, mut model) = make_chain(d.path(), size, block, &mut rng);
     let top = &paths[0];
+    // Writes to the top never touch its parents (opened read-only): bytes and mtimes.
+    let parents = Snapshot::files(&paths[1..]);
     let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
     let mut all = vec![0u8; size as usize];
     for i in 0..writes {
@@ -377,7 +380,8 @@ fn random_writes_depth_3(size: u64, block: u32, seed: u64, writes: usize) {
     let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
     w.read_exact_at(&mut all, 0).unwrap();
     assert!(all == model, "after reopen");
-    // Parents untouched by writes to the top.
+    drop(w);
+    parents.assert_unchanged("parents after writes to the top");
     let disk = Disk::open(top).unwrap();
     assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
 }

@@ -15,6 +15,7 @@ use vhdkit::vhdx::create::{self as vc, NewKind, NewParent, NewVhdx};
 use vhdkit::vhdx::write::VhdxWriter;
 use vhdkit::{Chain, ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions};
 use vhdkit::{DiskFormat, WritableDisk};
+use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::{have_tool, run_ok, sha256, Rng};
 
 const MIB: u64 = 1 << 20;
@@ -304,6 +305,8 @@ fn random_writes_depth_3(size: u64, block: u32, logical: u32, seed: u64, writes:
     let mut rng = Rng::new(seed);
     let (paths, mut model) = make_chain(d.path(), size, block, logical, &mut rng);
     let top = &paths[0];
+    // Writes to the top never touch its parents (opened read-only): bytes and mtimes.
+    let parents = Snapshot::files(&paths[1..]);
     let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
     let mut all = vec![0u8; size as usize];
     let ls = u64::from(logical);
@@ -351,6 +354,7 @@ fn random_writes_depth_3(size: u64, block: u32, logical: u32, seed: u64, writes:
     w.read_exact_at(&mut all, 0).unwrap();
     assert!(all == model, "after reopen");
     drop(w);
+    parents.assert_unchanged("parents after writes to the top");
     let disk = Disk::open(top).unwrap();
     assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
