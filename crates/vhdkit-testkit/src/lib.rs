@@ -8,6 +8,7 @@
 
 pub mod corpus;
 pub mod kill;
+pub mod lab;
 pub mod vhd;
 pub mod vhdx;
 
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 pub mod oracle;
 pub mod skip;
 pub mod snapshot;
+pub mod through;
 
 pub use skip::{require_file, skip_or_fail};
 

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use uuid::Uuid;
 use vhdkit::disk::FormatInfo;
@@ -16,6 +16,8 @@ use vhdkit::reparent::{self, AbsoluteSource, IdentityCheck, LocatorMode, Reparen
 use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::vhdx::VhdxInfo;
 use vhdkit::{Chain, ChainOptions, ChainView, Disk, Error, OpenOptions};
+use vhdkit_testkit::lab::Lab;
+use vhdkit_testkit::through::{assert_changes_within, chain_sha};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
 use vhdkit_testkit::{oracle, sha256_reader, Rng};
 
@@ -26,16 +28,6 @@ const CHILD_DWG: u128 = 0xcccc_0000_0000_4000_8000_0000_0000_0002;
 /// The child's `parent_linkage2`: non-zero (a zero one is dropped when read) and matching no
 /// parent, so every refusal also proves the alternate linkage is not accepted blindly.
 const STALE_LINKAGE2: u128 = 0x2222_0000_0000_4000_8000_0000_0000_0003;
-
-/// `old/base.vhdx` (the parent the child was made from) and `vm/child.avhdx`, linked the way
-/// Hyper-V links them (parent_linkage, absolute_win32_path, relative_path, volume_path, a zero
-/// parent_linkage2).
-struct Lab {
-    dir: tempfile::TempDir,
-    parent_bytes: Vec<u8>,
-    child: PathBuf,
-    old_parent: PathBuf,
-}
 
 fn parent_builder(size: u64, bs: u32, lss: u32, seed: u64) -> VhdxBuilder {
     let mut p = VhdxBuilder::new(Kind::Dynamic, size, bs, lss);
@@ -82,37 +74,16 @@ fn child_builder(size: u64, bs: u32, lss: u32, seed: u64) -> VhdxBuilder {
 }
 
 fn lab_with(size: u64, bs: u32, lss: u32, seed: u64) -> Lab {
-    let dir = tempfile::tempdir().unwrap();
-    for d in ["old", "vm"] {
-        std::fs::create_dir_all(dir.path().join(d)).unwrap();
-    }
-    let parent_bytes = parent_builder(size, bs, lss, seed).build().bytes;
-    let old_parent = dir.path().join("old/base.vhdx");
-    std::fs::write(&old_parent, &parent_bytes).unwrap();
-    let child = dir.path().join("vm/child.avhdx");
-    std::fs::write(&child, child_builder(size, bs, lss, seed).build().bytes).unwrap();
-    Lab {
-        dir,
-        parent_bytes,
-        child,
-        old_parent,
-    }
+    Lab::new(
+        "old/base.vhdx",
+        parent_builder(size, bs, lss, seed).build().bytes,
+        "vm/child.avhdx",
+        &child_builder(size, bs, lss, seed).build().bytes,
+    )
 }
 
 fn lab() -> Lab {
     lab_with(SIZE, 1 << 20, 512, 1)
-}
-
-impl Lab {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn copy_parent(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &self.parent_bytes).unwrap();
-        p
-    }
 }
 
 fn opts(np: &Path) -> ReparentOptions {
@@ -154,14 +125,6 @@ fn value(v: &VhdxInfo, key: &str) -> Option<String> {
         .and_then(|(_, v)| v)
 }
 
-fn chain_sha(child: &Path) -> String {
-    sha256_reader(
-        Chain::open(child, &ChainOptions::default())
-            .unwrap()
-            .into_view(),
-    )
-}
-
 /// Headers, the log region and the metadata region of a testkit-built file.
 fn metadata_areas() -> Vec<Range<usize>> {
     vec![
@@ -169,15 +132,6 @@ fn metadata_areas() -> Vec<Range<usize>> {
         MIB as usize..2 * MIB as usize,
         2 * MIB as usize..3 * MIB as usize,
     ]
-}
-
-fn assert_changes_within(old: &[u8], new: &[u8], allowed: &[Range<usize>]) {
-    assert_eq!(old.len(), new.len(), "the file length changed");
-    for i in 0..old.len() {
-        if old[i] != new[i] && !allowed.iter().any(|r| r.contains(&i)) {
-            panic!("byte {i:#x} changed outside the headers, log and metadata");
-        }
-    }
 }
 
 fn reparent_ok(child: &Path, o: &ReparentOptions) -> reparent::ReparentPlan {

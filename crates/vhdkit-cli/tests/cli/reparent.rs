@@ -7,26 +7,28 @@ use std::path::{Path, PathBuf};
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::{kill, Rng};
 
+use vhdkit_testkit::lab::Lab;
 use vhdkit_testkit::snapshot::Snapshot;
 
 use crate::util::*;
 
 const SIZE: u64 = 8 << 20;
 
-struct Lab {
-    dir: tempfile::TempDir,
-    child: PathBuf,
-    old_parent: PathBuf,
-    parent_bytes: Vec<u8>,
+/// The lab and the VHD ids of its child and parent.
+struct VhdLab {
+    lab: Lab,
     child_id: [u8; 16],
     parent_id: [u8; 16],
 }
 
-fn lab() -> Lab {
-    let dir = tmp();
-    for d in ["old", "vm", "RefDisk"] {
-        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+impl std::ops::Deref for VhdLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
     }
+}
+
+fn lab() -> VhdLab {
     let mut rng = Rng::new(11);
     let mut parent = VhdBuilder::dynamic(SIZE).block_size(1 << 20);
     let mut child = VhdBuilder::differencing(SIZE, parent.id())
@@ -47,45 +49,22 @@ fn lab() -> Lab {
     for s in [1u64, 3, 6] {
         child.write(s * 512, &[0xC5; 512]);
     }
-    let old_parent = dir.path().join("old/base.vhd");
-    let parent_bytes = parent.build().bytes;
-    std::fs::write(&old_parent, &parent_bytes).unwrap();
-    let c = dir.path().join("vm/child.vhd");
-    child.build().write_to(&c);
-    Lab {
-        child: c,
-        old_parent,
-        parent_bytes,
+    let lab = Lab::new(
+        "old/base.vhd",
+        parent.build().bytes,
+        "vm/child.vhd",
+        &child.build().bytes,
+    );
+    std::fs::create_dir_all(lab.path("RefDisk")).unwrap();
+    VhdLab {
+        lab,
         child_id: child.id(),
         parent_id: parent.id(),
-        dir,
-    }
-}
-
-impl Lab {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn copy_parent(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &self.parent_bytes).unwrap();
-        p
     }
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// SHA-256 of the whole virtual disk through the chain, by `vhdkit convert --to raw`.
-fn virtual_sha(child: &Path) -> String {
-    let out = child.with_extension("raw-check");
-    let _ = std::fs::remove_file(&out);
-    run_success(["convert", "--to", "raw", "--no-progress", s(child), s(&out)]);
-    let h = sha256_file(&out);
-    std::fs::remove_file(&out).unwrap();
-    h
 }
 
 #[test]

@@ -3,9 +3,10 @@
 //! unchanged), a dirty log, and a process kill at every write and flush (strace fault
 //! injection).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use uuid::Uuid;
+use vhdkit_testkit::lab::Lab;
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
 use vhdkit_testkit::{kill, Rng};
 
@@ -19,13 +20,6 @@ const CHILD_DWG: u128 = 0xcccc_0000_0000_4000_8000_0000_0000_0002;
 /// The child's `parent_linkage2`: non-zero (a zero one is dropped when read) and matching no
 /// parent, so every refusal also proves the alternate linkage is not accepted blindly.
 const STALE_LINKAGE2: u128 = 0x2222_0000_0000_4000_8000_0000_0000_0003;
-
-struct Lab {
-    dir: tempfile::TempDir,
-    child: PathBuf,
-    old_parent: PathBuf,
-    parent_bytes: Vec<u8>,
-}
 
 fn parent_builder(size: u64, lss: u32, dwg: u128) -> VhdxBuilder {
     let mut p = VhdxBuilder::new(Kind::Dynamic, size, 1 << 20, lss);
@@ -62,53 +56,16 @@ fn child_builder() -> VhdxBuilder {
 }
 
 fn lab() -> Lab {
-    let dir = tmp();
-    for d in ["old", "vm"] {
-        std::fs::create_dir_all(dir.path().join(d)).unwrap();
-    }
-    let parent_bytes = parent_builder(SIZE, 512, PARENT_DWG).build().bytes;
-    let old_parent = dir.path().join("old/base.vhdx");
-    std::fs::write(&old_parent, &parent_bytes).unwrap();
-    let child = dir.path().join("vm/child.avhdx");
-    std::fs::write(&child, child_builder().build().bytes).unwrap();
-    Lab {
-        dir,
-        child,
-        old_parent,
-        parent_bytes,
-    }
-}
-
-impl Lab {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn copy_parent(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &self.parent_bytes).unwrap();
-        p
-    }
-    fn write(&self, rel: &str, b: &VhdxBuilder) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, b.build().bytes).unwrap();
-        p
-    }
+    Lab::new(
+        "old/base.vhdx",
+        parent_builder(SIZE, 512, PARENT_DWG).build().bytes,
+        "vm/child.avhdx",
+        &child_builder().build().bytes,
+    )
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// SHA-256 of the whole virtual disk through the chain, by `vhdkit convert --to raw`.
-fn virtual_sha(child: &Path) -> String {
-    let out = child.with_extension("raw-check");
-    let _ = std::fs::remove_file(&out);
-    run_success(["convert", "--to", "raw", "--no-progress", s(child), s(&out)]);
-    let h = sha256_file(&out);
-    std::fs::remove_file(&out).unwrap();
-    h
 }
 
 /// (relative_path, DataWriteGuid, LogGuid) from `vhdkit info --json`.
@@ -230,20 +187,29 @@ fn vhdx_every_refusal_exits_1_and_touches_nothing() {
         "a vhdx child needs a vhdx parent",
     );
     // Identity mismatch; --verify-content with different contents.
-    let other = lab.write("other/base.vhdx", &parent_builder(SIZE, 512, 0xdead));
+    let other = lab.write(
+        "other/base.vhdx",
+        &parent_builder(SIZE, 512, 0xdead).build().bytes,
+    );
     assert_refusal(&lab, &["--parent", s(&other)], "identity mismatch");
     let mut diff = parent_builder(SIZE, 512, 0xbeef);
     diff.write(0, &[1; 512]);
-    let diff = lab.write("diff/base.vhdx", &diff);
+    let diff = lab.write("diff/base.vhdx", &diff.build().bytes);
     assert_refusal(
         &lab,
         &["--parent", s(&diff), "--verify-content", s(&lab.old_parent)],
         "contents differ from the old parent's at virtual offset 0x",
     );
     // Size and sector size mismatches.
-    let big = lab.write("big/base.vhdx", &parent_builder(SIZE * 2, 512, PARENT_DWG));
+    let big = lab.write(
+        "big/base.vhdx",
+        &parent_builder(SIZE * 2, 512, PARENT_DWG).build().bytes,
+    );
     assert_refusal(&lab, &["--parent", s(&big)], "virtual size mismatch");
-    let s4k = lab.write("s4k/base.vhdx", &parent_builder(SIZE, 4096, PARENT_DWG));
+    let s4k = lab.write(
+        "s4k/base.vhdx",
+        &parent_builder(SIZE, 4096, PARENT_DWG).build().bytes,
+    );
     assert_refusal(&lab, &["--parent", s(&s4k)], "sector size mismatch");
     // The child itself; its own child.
     assert_refusal(&lab, &["--parent", s(&lab.child)], "the child itself");
@@ -251,14 +217,14 @@ fn vhdx_every_refusal_exits_1_and_touches_nothing() {
     gc.data_write_guid = Uuid::from_u128(0x9999);
     gc.parent_linkage = Uuid::from_u128(CHILD_DWG);
     gc.relative_path = Some(r".\child.avhdx".into());
-    let gc = lab.write("vm/gc.avhdx", &gc);
+    let gc = lab.write("vm/gc.avhdx", &gc.build().bytes);
     assert_refusal(&lab, &["--parent", s(&gc)], "descendant of the child");
     // A new parent whose own chain is broken.
     let mut orphan = VhdxBuilder::new(Kind::Differencing, SIZE, 1 << 20, 512);
     orphan.data_write_guid = Uuid::from_u128(PARENT_DWG);
     orphan.parent_linkage = Uuid::from_u128(0x4444);
     orphan.relative_path = Some(r".\gone.vhdx".into());
-    let orphan = lab.write("orphan/base.vhdx", &orphan);
+    let orphan = lab.write("orphan/base.vhdx", &orphan.build().bytes);
     assert_refusal(&lab, &["--parent", s(&orphan)], "own chain is broken");
     // A path longer than Windows allows.
     let np = lab.copy_parent("RefDisk/base.vhdx");

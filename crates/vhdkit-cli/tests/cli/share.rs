@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use vhdkit::{Chain, ChainOptions};
 use vhdkit_testkit::snapshot::Snapshot;
+use vhdkit_testkit::through::chain_sha;
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::{kill, sha256_reader, Rng};
+use vhdkit_testkit::{kill, Rng};
 
 use crate::util::*;
 
@@ -117,13 +118,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// SHA-256 of the virtual disk through its chain, read by vhdkit.
-fn vsha(top: &Path) -> String {
-    let c = Chain::open(top, &ChainOptions::default())
-        .unwrap_or_else(|e| panic!("chain of {}: {e}", top.display()));
-    sha256_reader(c.into_view())
-}
-
 fn total_size(dir: &Path) -> u64 {
     let mut seen = std::collections::HashSet::new();
     let mut n = 0;
@@ -150,7 +144,11 @@ fn lab_share_delete_copies_move_and_relink() {
     let vhdx = true;
     let lab = lab(vhdx, 4);
     let vms = lab.vms();
-    let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+    let before: Vec<String> = lab
+        .tops
+        .iter()
+        .map(|t| chain_sha(&vms.join(&t[0])))
+        .collect();
     let size_before = total_size(lab.root.path());
 
     let r = run([
@@ -179,7 +177,7 @@ fn lab_share_delete_copies_move_and_relink() {
     assert_eq!(total_size(lab.root.path()), size_before - freed);
     assert_eq!(j["report"]["bytes_freed"], freed);
     for (t, h) in lab.tops.iter().zip(&before) {
-        assert_eq!(&vsha(&vms.join(&t[0])), h, "{t:?} after share");
+        assert_eq!(&chain_sha(&vms.join(&t[0])), h, "{t:?} after share");
     }
 
     // Second run: nothing to do.
@@ -230,7 +228,7 @@ fn lab_share_delete_copies_move_and_relink() {
 
     for (t, h) in lab.tops.iter().zip(&before) {
         let top = new_vms.join(&t[0]);
-        assert_eq!(&vsha(&top), h, "{t:?} after the move and relink");
+        assert_eq!(&chain_sha(&top), h, "{t:?} after the move and relink");
         run_success(["chain", s(&top)]);
         // The independent reader, with the chain given explicitly.
         let mut chain: Vec<PathBuf> = t[..t.len() - 1].iter().map(|x| new_vms.join(x)).collect();
@@ -407,7 +405,7 @@ fn symlinked_parent_is_replaced_by_a_real_reparent() {
     for vm in ["VM1", "VM2"] {
         std::os::unix::fs::symlink(refdir.join("ref.vhd"), vms.join(vm).join("ref.vhd")).unwrap();
     }
-    let before = vsha(&vms.join("VM1/vm.vhd"));
+    let before = chain_sha(&vms.join("VM1/vm.vhd"));
     let r = run([
         "share",
         s(&vms),
@@ -430,7 +428,7 @@ fn symlinked_parent_is_replaced_by_a_real_reparent() {
     }
     // The only copy stays where it is.
     assert!(refdir.join("ref.vhd").is_file());
-    assert_eq!(vsha(&vms.join("VM1/vm.vhd")), before);
+    assert_eq!(chain_sha(&vms.join("VM1/vm.vhd")), before);
 }
 
 /// Kill the process after every changing step in turn (the test hook aborts as a kill would);
@@ -441,7 +439,11 @@ fn kill_at_every_step_then_rerun_completes() {
     loop {
         let lab = lab(false, 3);
         let vms = lab.vms();
-        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+        let before: Vec<String> = lab
+            .tops
+            .iter()
+            .map(|t| chain_sha(&vms.join(&t[0])))
+            .collect();
         let o = vhdkit()
             .args([
                 "share",
@@ -459,7 +461,7 @@ fn kill_at_every_step_then_rerun_completes() {
         // Whatever the moment, every chain reads the same (no child without a parent).
         for (t, h) in lab.tops.iter().zip(&before) {
             assert_eq!(
-                &vsha(&vms.join(&t[0])),
+                &chain_sha(&vms.join(&t[0])),
                 h,
                 "after a kill at step {k}: {t:?}"
             );
@@ -474,7 +476,7 @@ fn kill_at_every_step_then_rerun_completes() {
         assert_eq!(r.code, 0, "re-run after a kill at step {k}: {r:?}");
         for (t, h) in lab.tops.iter().zip(&before) {
             assert_eq!(
-                &vsha(&vms.join(&t[0])),
+                &chain_sha(&vms.join(&t[0])),
                 h,
                 "after the re-run (kill at {k}): {t:?}"
             );
@@ -537,7 +539,11 @@ fn sigkill_during_writes_then_rerun_completes() {
     for n in [1, total / 2, total, total + 1] {
         let lab = lab(false, 3);
         let vms = lab.vms();
-        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+        let before: Vec<String> = lab
+            .tops
+            .iter()
+            .map(|t| chain_sha(&vms.join(&t[0])))
+            .collect();
         let args = share_args(&lab);
         if n > total {
             kill::run_past_last(bin, &args, "pwrite64", total);
@@ -547,7 +553,11 @@ fn sigkill_during_writes_then_rerun_completes() {
         let r = run(&args);
         assert_eq!(r.code, 0, "re-run after SIGKILL at pwrite {n}: {r:?}");
         for (t, h) in lab.tops.iter().zip(&before) {
-            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at pwrite {n}: {t:?}");
+            assert_eq!(
+                &chain_sha(&vms.join(&t[0])),
+                h,
+                "SIGKILL at pwrite {n}: {t:?}"
+            );
         }
     }
 }
@@ -571,7 +581,11 @@ fn sigkill_at_batch_barriers_then_rerun_completes() {
     for (call, n) in cases {
         let lab = lab(false, 3);
         let vms = lab.vms();
-        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+        let before: Vec<String> = lab
+            .tops
+            .iter()
+            .map(|t| chain_sha(&vms.join(&t[0])))
+            .collect();
         // Every case is a point the run reaches: the process must really die there.
         kill::run_killed_at(
             Path::new(env!("CARGO_BIN_EXE_vhdkit")),
@@ -586,7 +600,11 @@ fn sigkill_at_batch_barriers_then_rerun_completes() {
             n,
         );
         for (t, h) in lab.tops.iter().zip(&before) {
-            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at {call} {n}: {t:?}");
+            assert_eq!(
+                &chain_sha(&vms.join(&t[0])),
+                h,
+                "SIGKILL at {call} {n}: {t:?}"
+            );
         }
         let r = run([
             "share",
@@ -597,7 +615,11 @@ fn sigkill_at_batch_barriers_then_rerun_completes() {
         ]);
         assert_eq!(r.code, 0, "re-run after SIGKILL at {call} {n}: {r:?}");
         for (t, h) in lab.tops.iter().zip(&before) {
-            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at {call} {n}: {t:?}");
+            assert_eq!(
+                &chain_sha(&vms.join(&t[0])),
+                h,
+                "SIGKILL at {call} {n}: {t:?}"
+            );
         }
         let r = run_success([
             "share",
