@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::process::Command;
 
-use vhdkit::{Chain, ChainOptions};
+use vhdkit::{Chain, ChainOptions, Disk, OpenOptions};
 
 use crate::{have_tool, run_ok, sha256_file, sha256_reader, Rng};
 
@@ -26,6 +26,11 @@ pub fn read_chain(p: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     v.read_to_end(&mut out).expect("read the chain");
     out
+}
+
+/// An in-memory image opened with default options.
+pub fn disk_of(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
+    Disk::from_source(Box::new(bytes), &OpenOptions::default())
 }
 
 /// SHA-256 of the whole virtual disk of `p` through its chain, opened with `o`.

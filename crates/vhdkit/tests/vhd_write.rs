@@ -15,7 +15,7 @@ use vhdkit::{
     Chain, ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions, WritableDisk,
 };
 use vhdkit_testkit::snapshot::Snapshot;
-use vhdkit_testkit::through::{apply, pattern_writes, qemu_raw, read_chain, tmp};
+use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
 use vhdkit_testkit::{sha256, sha256_file, Rng};
 
 const MIB: u64 = 1 << 20;
@@ -417,10 +417,6 @@ fn new_image(kind: NewKind, size: u64, block: u32) -> Vec<u8> {
     )
     .unwrap();
     f.contents_all_written()
-}
-
-fn disk_of(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
-    Disk::from_source(Box::new(bytes), &OpenOptions::default())
 }
 
 fn view_of(bytes: Vec<u8>, parent: Option<&[u8]>) -> vhdkit::Result<ChainView> {

@@ -15,7 +15,7 @@ use vhdkit::vhdx::write::VhdxWriter;
 use vhdkit::{ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions};
 use vhdkit::{DiskFormat, WritableDisk};
 use vhdkit_testkit::snapshot::Snapshot;
-use vhdkit_testkit::through::{apply, pattern_writes, qemu_raw, read_chain, tmp};
+use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
 use vhdkit_testkit::{sha256, Rng};
 
 const MIB: u64 = 1 << 20;
@@ -423,10 +423,6 @@ fn new_image(p: &NewVhdx) -> Vec<u8> {
     let f = FaultyFile::new(Vec::new(), FaultPlan::new(None));
     vc::write_new(&f, p).unwrap();
     f.contents_all_written()
-}
-
-fn disk_of(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
-    Disk::from_source(Box::new(bytes), &OpenOptions::default())
 }
 
 fn writable(
