@@ -17,6 +17,7 @@ use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::vhdx::VhdxInfo;
 use vhdkit::{Chain, ChainOptions, ChainView, Disk, Error, OpenOptions};
 use vhdkit_testkit::lab::Lab;
+use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::through::{assert_changes_within, chain_sha};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
 use vhdkit_testkit::{oracle, sha256_reader, Rng};
@@ -484,13 +485,12 @@ fn last_item_grows_in_place() {
 }
 
 fn assert_refused(child: &Path, o: &ReparentOptions, needle: &str) {
-    let before = std::fs::read(child).unwrap();
-    let mtime = std::fs::metadata(child).unwrap().modified().unwrap();
+    // The whole lab (the child's folder's parent): child, journal, every parent copy.
+    let before = Snapshot::tree(child.parent().unwrap().parent().unwrap());
     let e = reparent::plan(child, o).unwrap_err();
     assert!(matches!(e, Error::Refused { .. }), "{needle}: {e}");
     assert!(e.to_string().contains(needle), "{needle:?} in {e}");
-    assert_eq!(std::fs::read(child).unwrap(), before);
-    assert_eq!(std::fs::metadata(child).unwrap().modified().unwrap(), mtime);
+    before.assert_unchanged(needle);
 }
 
 #[test]
