@@ -201,6 +201,24 @@ mod tests {
         assert_eq!(content_digest(&d.view(), &mut |_| {}).unwrap().1, 0);
     }
 
+    /// A disk whose size is not a whole number of chunks: the last, short chunk is hashed by
+    /// its own length, and its contents count.
+    #[test]
+    fn last_short_chunk_counts() {
+        let size = SIZE + 512;
+        let of = |last: u8| {
+            let mut b = VhdBuilder::dynamic(size).block_size(2 << 20);
+            b.write(size - 512, &[last; 512]);
+            let d = Disk::from_source(Box::new(b.build().bytes), &OpenOptions::default()).unwrap();
+            let mut covered = 0;
+            let h = content_digest(&d.view(), &mut |n| covered += n).unwrap().0;
+            assert_eq!(covered, size);
+            h
+        };
+        assert_ne!(of(1), of(2));
+        assert_eq!(of(1), of(1));
+    }
+
     /// The digest depends on the contents only: block size, holes and stored zeros do not count.
     #[test]
     fn same_contents_same_digest_across_layouts() {
