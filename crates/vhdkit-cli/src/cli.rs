@@ -7,10 +7,18 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Inspect, check and repoint VHD and VHDX virtual disks and their differencing chains.
 ///
-/// Exit status: 0 ok, 1 findings or refusal (a broken chain, a refused change), 2 error.
+/// Exit status: 0 ok, 1 findings, refusal or bad arguments (a broken chain, a refused change,
+/// an unknown flag), 2 error.
 #[derive(Debug, Parser)]
 #[command(name = "vhdkit", version, about, long_about = None)]
 pub struct Cli {
+    /// Print nothing on stdout but JSON asked for with --json, and no progress bar: errors
+    /// (stderr) and the exit status tell the outcome.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    /// Never show a progress bar (it is shown only when stderr is a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -53,7 +61,8 @@ pub struct ShareArgs {
     /// Print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Delete the other copies once every child of their group is repointed and verified.
+    /// Delete the other copies once every child of their group is repointed and verified
+    /// (nothing is deleted while any path in the tree could not be inspected).
     #[arg(long)]
     pub delete_copies: bool,
     /// Print JSON instead of text.
@@ -262,9 +271,6 @@ pub struct ConvertArgs {
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Never show a progress bar (it is shown only when stderr is a terminal).
-    #[arg(long)]
-    pub no_progress: bool,
     /// Parent lookup options.
     #[command(flatten)]
     pub resolve: ResolveArgs,

@@ -9,6 +9,7 @@ mod output;
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 /// What a command concluded, beyond success.
@@ -19,8 +20,20 @@ pub enum Outcome {
     Findings,
 }
 
+/// Exit status of a usage error (unknown flag, missing or malformed argument): a bad argument
+/// is a refusal, as the README's exit-code table says, and as the library's own argument
+/// checks (`--map`, `--size`) already exit.
+const USAGE_EXIT: u8 = 1;
+
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    output::set_verbosity(output::Verbosity {
+        quiet: cli.quiet,
+        no_progress: cli.no_progress,
+    });
     let json = cmd::wants_json(&cli.command);
     match cmd::run(cli.command) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -29,5 +42,46 @@ fn main() -> ExitCode {
             output::print_error(&e, json);
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// `--help` and `--version` succeed; anything else clap rejects is one line on stderr (and the
+/// JSON error object on stdout when `--json` appears anywhere on the command line).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let line = usage_line(e);
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    output::print_usage_error(&line, USAGE_EXIT, json);
+    ExitCode::from(USAGE_EXIT)
+}
+
+/// clap's message (several lines: the error, a tip, the usage) folded into one line.
+fn usage_line(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "no command given (see `vhdkit --help`)".into();
+    }
+    let text = e.render().to_string();
+    let mut what = Vec::new();
+    let mut usage = None;
+    for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = l.strip_prefix("Usage: ") {
+            usage = Some(u);
+            break;
+        }
+        if !l.starts_with("tip:") && !l.starts_with("For more information") {
+            what.push(l.strip_prefix("error: ").unwrap_or(l));
+        }
+    }
+    let what = if what.is_empty() {
+        "bad arguments".to_string()
+    } else {
+        what.join(" ")
+    };
+    match usage {
+        Some(u) => format!("{what} (usage: {u}; see --help)"),
+        None => format!("{what} (see --help)"),
     }
 }

@@ -1,8 +1,40 @@
 //! Rendering: human text and JSON, errors on one line.
 
-use std::io::Write;
-
 use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+
+/// The global `--quiet` / `--no-progress` flags, set once by `main`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Verbosity {
+    /// `--quiet`: no text on stdout, no progress bar.
+    pub quiet: bool,
+    /// `--no-progress`.
+    pub no_progress: bool,
+}
+
+static VERBOSITY: OnceLock<Verbosity> = OnceLock::new();
+
+/// Record the global flags (the first call wins).
+pub fn set_verbosity(v: Verbosity) {
+    let _ = VERBOSITY.set(v);
+}
+
+fn verbosity() -> Verbosity {
+    VERBOSITY.get().copied().unwrap_or_default()
+}
+
+/// True when text reports may be printed on stdout (not `--quiet`).
+pub fn text_wanted() -> bool {
+    !verbosity().quiet
+}
+
+/// True when a progress bar may be shown: stderr is a terminal, the output is not JSON, and
+/// neither `--quiet` nor `--no-progress` was given.
+pub fn progress_shown(json: bool) -> bool {
+    let v = verbosity();
+    !json && !v.quiet && !v.no_progress && std::io::stderr().is_terminal()
+}
 
 /// A command failure: a library error, or a problem of the command line itself.
 #[derive(Debug)]
@@ -55,6 +87,15 @@ pub fn print_error(e: &CliError, json: bool) {
     eprintln!("vhdkit: error: {line}");
     if json {
         let v = serde_json::json!({ "error": line, "exit_code": e.exit_code() });
+        println!("{v}");
+    }
+}
+
+/// Print a usage error: one line on stderr; with `--json`, the same JSON object as other errors.
+pub fn print_usage_error(line: &str, exit_code: u8, json: bool) {
+    eprintln!("vhdkit: error: {line}");
+    if json {
+        let v = serde_json::json!({ "error": line, "exit_code": exit_code });
         println!("{v}");
     }
 }

@@ -7,6 +7,7 @@
 //! a bare `return` for a missing tool or image: call a helper of this crate instead.
 
 pub mod corpus;
+pub mod foreign;
 pub mod kill;
 pub mod lab;
 pub mod vhd;

@@ -19,3 +19,26 @@ fn bundled_lab_is_reproducible() {
         );
     }
 }
+
+#[test]
+fn bundled_exported_lab_is_reproducible() {
+    let d = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_make-testdata"))
+        .arg("--exported-lab")
+        .arg(d.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let lab = vhdkit_testkit::testdata_dir().join("exported-lab");
+    for vm in ["Web01", "Web02", "Db01"] {
+        for f in ["Base-2022.vhdx".to_string(), format!("{vm}.avhdx")] {
+            let rel = std::path::Path::new(vm).join("Virtual Hard Disks").join(&f);
+            assert_eq!(
+                std::fs::read(d.path().join(&rel)).unwrap(),
+                std::fs::read(lab.join(&rel)).unwrap(),
+                "testdata/exported-lab/{} differs from what make-testdata writes",
+                rel.display()
+            );
+        }
+    }
+}

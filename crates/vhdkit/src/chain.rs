@@ -142,6 +142,9 @@ pub struct ParentResolution {
     pub tried: Vec<Attempt>,
     /// Non-fatal findings about the link (time stamp or size differences).
     pub warnings: Vec<String>,
+    /// Facts about the link that need no action (a physical sector size that differs).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Vec::is_empty"))]
+    pub notes: Vec<String>,
 }
 
 /// One disk of a chain report.
@@ -353,6 +356,7 @@ pub fn resolve_parent(
         id_match: None,
         tried: Vec::new(),
         warnings: Vec::new(),
+        notes: Vec::new(),
     };
     let child_canon = canonical(child_path);
     let mut seen = HashSet::new();
@@ -380,6 +384,9 @@ pub fn resolve_parent(
                 child.virtual_size()
             ));
         }
+        if let Some(n) = crate::sectors::compare(child, &parent).note() {
+            res.notes.push(n);
+        }
         if let Some(ts) = linkage.timestamp.filter(|&t| t != 0) {
             if let Some(w) = vhd_timestamp_warning(ts, &parent, &cand) {
                 res.warnings.push(w);
@@ -392,7 +399,35 @@ pub fn resolve_parent(
         res.id_match = Some(id_match);
         return Ok((res, Some(parent)));
     }
+    note_unmapped_windows_paths(&child.parent_locators(), opts, &mut res);
     Ok((res, None))
+}
+
+/// When no parent was found, name every absolute Windows locator that gave no local path (off
+/// Windows, without a matching `--map`), so the error shows it and how to use it.
+fn note_unmapped_windows_paths(
+    locators: &[ParentLocator],
+    opts: &ChainOptions,
+    res: &mut ParentResolution,
+) {
+    if cfg!(windows) {
+        return;
+    }
+    for loc in locators {
+        let Some(p) = loc.path.as_deref().filter(|p| is_windows_absolute(p)) else {
+            continue;
+        };
+        if opts.path_maps.iter().any(|m| m.apply(p).is_some()) {
+            continue;
+        }
+        res.tried.push(Attempt {
+            path: PathBuf::from(p),
+            via: loc.kind.clone(),
+            outcome: "skipped: an absolute Windows path has no local meaning here; map it with \
+                      --map 'PREFIX=LOCAL_FOLDER' (e.g. --map 'C:\\Lab=/srv/lab')"
+                .into(),
+        });
+    }
 }
 
 /// Why a candidate path was not accepted as the parent.
@@ -413,7 +448,7 @@ impl std::fmt::Display for Rejected {
 }
 
 /// Open `cand` and accept it as the parent of `child` when it carries the recorded identity,
-/// the same format and the same logical sector size.
+/// the same format and sector sizes the one rule in [`crate::sectors`] accepts.
 fn try_candidate(
     child: &Disk,
     linkage: &crate::disk::ParentLinkage,
@@ -448,12 +483,8 @@ fn try_candidate(
             parent.format()
         )));
     }
-    if parent.logical_sector_size() != child.logical_sector_size() {
-        return Err(Rejected::NotParent(format!(
-            "logical sector size mismatch: parent {}, child {}",
-            parent.logical_sector_size(),
-            child.logical_sector_size()
-        )));
+    if let Some(why) = crate::sectors::compare(child, &parent).refusal() {
+        return Err(Rejected::NotParent(why));
     }
     Ok((parent, id_match))
 }
@@ -617,26 +648,43 @@ fn is_windows_absolute(p: &str) -> bool {
     p.starts_with(r"\\") || (b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':')
 }
 
+/// What a locator string holds, judged by the string, not by its slot: writers put absolute
+/// POSIX paths in relative slots (VirtualBox 2.x), relative paths in absolute slots and in
+/// `MacX` URLs (blktap), and Windows paths anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// `C:\...`, `\\server\...`, `\\?\...`: usable as it is only on Windows, elsewhere
+    /// through a prefix map.
+    WindowsAbsolute(String),
+    /// `/...`: a local path on this host (or another POSIX host).
+    PosixAbsolute(String),
+    /// Relative to the child's folder, whatever the working directory.
+    Relative(String),
+}
+
+/// Read what `p` holds; `None` for paths vhdkit cannot use (alias records, a URL that is not a
+/// `file://` URL).
+pub(crate) fn held(p: &str, style: PathStyle) -> Option<Held> {
+    let text = match style {
+        PathStyle::Opaque => return None,
+        PathStyle::FileUrl => file_url_path(p)?,
+        _ => p.to_string(),
+    };
+    if text.is_empty() {
+        None
+    } else if is_windows_absolute(&text) {
+        Some(Held::WindowsAbsolute(text))
+    } else if text.starts_with('/') {
+        Some(Held::PosixAbsolute(text))
+    } else {
+        Some(Held::Relative(text))
+    }
+}
+
 /// Local paths a locator path may stand for.
 fn local_paths(p: &str, style: PathStyle, child_dir: &Path, maps: &[PathMap]) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    // Windows resolves `..` lexically, so vhdkit does too (it also keeps displayed paths tidy).
-    let relative = |out: &mut Vec<PathBuf>| {
-        let mut q = child_dir.to_path_buf();
-        for c in win_components(p) {
-            let can_pop = matches!(
-                q.components().next_back(),
-                Some(std::path::Component::Normal(_))
-            );
-            if c == ".." && can_pop {
-                q.pop();
-            } else {
-                q.push(c);
-            }
-        }
-        out.push(q);
-    };
-    let absolute = |out: &mut Vec<PathBuf>| {
+    let mapped = |out: &mut Vec<PathBuf>, p: &str| {
         let mut sorted: Vec<&PathMap> = maps.iter().collect();
         sorted.sort_by_key(|m| std::cmp::Reverse(m.windows_prefix.len()));
         for m in sorted {
@@ -644,29 +692,40 @@ fn local_paths(p: &str, style: PathStyle, child_dir: &Path, maps: &[PathMap]) ->
                 out.push(l);
             }
         }
-        // A Windows path is usable as it is only on Windows; a POSIX path anywhere.
-        if cfg!(windows) || p.starts_with('/') {
-            out.push(PathBuf::from(p));
-        }
     };
-    match style {
-        PathStyle::Relative => relative(&mut out),
-        PathStyle::AbsoluteWindows | PathStyle::Volume => absolute(&mut out),
-        PathStyle::FileUrl => {
-            if let Some(u) = file_url_path(p) {
-                out.push(PathBuf::from(u));
+    match held(p, style) {
+        Some(Held::Relative(r)) => out.push(join_relative(child_dir, &r)),
+        Some(Held::WindowsAbsolute(a)) => {
+            mapped(&mut out, &a);
+            if cfg!(windows) {
+                out.push(PathBuf::from(a));
             }
         }
-        PathStyle::Name => {
-            if is_windows_absolute(p) || p.starts_with('/') {
-                absolute(&mut out);
-            } else {
-                relative(&mut out);
-            }
+        Some(Held::PosixAbsolute(a)) => {
+            mapped(&mut out, &a);
+            out.push(PathBuf::from(a));
         }
-        PathStyle::Opaque => {}
+        None => {}
     }
     out
+}
+
+/// `rel` under `child_dir`, with `\` or `/` separators. Windows resolves `..` lexically, so
+/// vhdkit does too (it also keeps displayed paths tidy).
+fn join_relative(child_dir: &Path, rel: &str) -> PathBuf {
+    let mut q = child_dir.to_path_buf();
+    for c in win_components(rel) {
+        let can_pop = matches!(
+            q.components().next_back(),
+            Some(std::path::Component::Normal(_))
+        );
+        if c == ".." && can_pop {
+            q.pop();
+        } else {
+            q.push(c);
+        }
+    }
+    q
 }
 
 #[cfg(test)]
@@ -734,6 +793,43 @@ mod tests {
             Some("p q.vhd".into())
         );
         assert_eq!(file_name_of("..", PathStyle::Relative), None);
+    }
+
+    #[test]
+    fn locators_are_read_by_what_they_hold() {
+        let dir = Path::new("/lab/vm");
+        let got = |p: &str, style| local_paths(p, style, dir, &[]);
+        // blktap: a relative MacX URL is relative to the child's folder.
+        assert_eq!(
+            got("file://./base.vhd", PathStyle::FileUrl),
+            vec![PathBuf::from("/lab/vm/base.vhd")]
+        );
+        assert_eq!(
+            got("file://../ref/base.vhd", PathStyle::FileUrl),
+            vec![PathBuf::from("/lab/ref/base.vhd")]
+        );
+        assert_eq!(
+            got("file:///srv/base.vhd", PathStyle::FileUrl),
+            vec![PathBuf::from("/srv/base.vhd")]
+        );
+        // VirtualBox 2.x: an absolute POSIX path in a relative slot is used as it is.
+        assert_eq!(
+            got("/srv/vbox/base.vhd", PathStyle::Relative),
+            vec![PathBuf::from("/srv/vbox/base.vhd")]
+        );
+        // blktap, Xen Orchestra: a relative path in an absolute slot joins the child's folder.
+        assert_eq!(
+            got("./base.vhd", PathStyle::AbsoluteWindows),
+            vec![PathBuf::from("/lab/vm/base.vhd")]
+        );
+        // A Windows absolute path in a relative slot is absolute: never joined.
+        let w = got(r"C:\Lab\base.vhd", PathStyle::Relative);
+        assert!(w.iter().all(|p| !p.starts_with(dir)), "{w:?}");
+        let m = PathMap::parse(r"C:\Lab=/srv/lab").unwrap();
+        assert_eq!(
+            local_paths(r"C:\Lab\base.vhd", PathStyle::Relative, dir, &[m]),
+            vec![PathBuf::from("/srv/lab/base.vhd")]
+        );
     }
 
     #[test]

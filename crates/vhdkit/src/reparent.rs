@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::txn::barrier::{Barrier, FsBarrier};
 use crate::txn::journal::{self, FileJournal, JournalState, JournalStore, Recovery};
 use crate::txn::{self, Sink};
+use crate::vhd::name_style::{NameInputs, NameStyle, ParentNameStyle};
 
 /// Which locators to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -157,6 +158,10 @@ pub struct ReparentPlan {
     pub absolute_path: Option<AbsolutePath>,
     /// The parent name written (VHD parent unicode name; empty for VHDX, which has none).
     pub parent_name: String,
+    /// VHD: the parent name's style before and after (the child's style is kept when it can
+    /// be, so the tool that made the child still finds its parent).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub parent_name_style: Option<ParentNameStyle>,
     /// True when an interrupted change will be finished before applying: a vhdkit journal
     /// beside a VHD, a dirty log inside a VHDX (replayed to the file).
     pub pending_journal: bool,
@@ -315,17 +320,11 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
             c.virtual_size()
         )));
     }
-    if np.logical_sector_size() != c.logical_sector_size()
-        || np.physical_sector_size() != c.physical_sector_size()
-    {
-        return Err(refuse(format!(
-            "sector size mismatch: the new parent has {}/{} (logical/physical), the child {}/{}",
-            np.logical_sector_size(),
-            np.physical_sector_size(),
-            c.logical_sector_size(),
-            c.physical_sector_size()
-        )));
+    let sectors = crate::sectors::compare(&c, &np);
+    if let Some(why) = sectors.refusal() {
+        return Err(refuse(why));
     }
+    notes.extend(sectors.note());
 
     // Identity.
     let np_id = np.identity();
@@ -477,6 +476,7 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
             relative_path,
             absolute_path,
             parent_name: String::new(),
+            parent_name_style: None,
             pending_journal: planned.guard.log_dirty,
             notes,
             warnings,
@@ -485,27 +485,21 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
             vhdx: Some(planned.guard),
         });
     }
-    let parent_name = match &absolute_path {
-        Some(a)
-            if a.value.encode_utf16().count() <= crate::vhd::reparent::MAX_PARENT_NAME_UNITS =>
-        {
-            a.value.clone()
-        }
-        Some(a) => {
-            notes.push(format!(
-                "the absolute path ({} UTF-16 code units) does not fit the 256-unit parent name; \
-                 the parent name holds the file name only",
-                a.value.encode_utf16().count()
-            ));
-            np_file_name.clone()
-        }
-        None => {
-            notes.push(
-                "relative-only: the parent name holds the new parent's file name only".into(),
-            );
-            np_file_name.clone()
-        }
-    };
+    let old_name = c
+        .parent_locators()
+        .into_iter()
+        .find(|l| l.kind == "parent_name")
+        .and_then(|l| l.path);
+    let (parent_name, name_style) = crate::vhd::name_style::choose(&NameInputs {
+        old: old_name.as_deref(),
+        mode: opts.mode,
+        absolute: absolute_path.as_ref().map(|a| a.value.as_str()),
+        child_dir: &child_dir,
+        new_parent: &np_canon,
+        file_name: &np_file_name,
+        max_units: crate::vhd::reparent::MAX_PARENT_NAME_UNITS,
+    });
+    notes.push(describe_name_style(&name_style));
     if parent_name.encode_utf16().count() > crate::vhd::reparent::MAX_PARENT_NAME_UNITS {
         return Err(refuse(format!(
             "the new parent's file name is longer than the 256 UTF-16 code units of the parent \
@@ -544,6 +538,7 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         relative_path,
         absolute_path,
         parent_name,
+        parent_name_style: Some(name_style),
         pending_journal,
         notes,
         warnings,
@@ -551,6 +546,25 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         bytes_written,
         vhdx: None,
     })
+}
+
+fn describe_name_style(s: &ParentNameStyle) -> String {
+    let name = |n: NameStyle| match n {
+        NameStyle::Absolute => "absolute path",
+        NameStyle::Relative => "relative path",
+        NameStyle::Bare => "bare file name",
+        NameStyle::None => "nothing usable",
+    };
+    match (&s.why, s.kept) {
+        (None, true) => format!("parent name style kept: {}", name(s.written)),
+        (Some(why), true) => format!("parent name style kept: {} ({why})", name(s.written)),
+        (why, false) => format!(
+            "parent name style changed: {} -> {}{}",
+            name(s.before),
+            name(s.written),
+            why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+        ),
+    }
 }
 
 /// Compare the virtual contents of the old and new parents, each through its own chain, in

@@ -364,7 +364,10 @@ fn modes_and_map_in_reverse() {
     };
     let plan = reparent_ok(&lab.child, &o);
     assert!(plan.absolute_path.is_none());
-    assert_eq!(plan.parent_name, "base.vhd");
+    // Not the bare name, which vhd-lib would look for in the child's folder (issue 17).
+    assert_eq!(plan.parent_name, "../srv/lab/Ref/base.vhd");
+    let style = plan.parent_name_style.unwrap();
+    assert!(!style.kept && style.why.unwrap().contains("--relative-only"));
     let codes: Vec<String> = slots(&lab.child).into_iter().map(|s| s.code).collect();
     assert_eq!(codes, ["W2ru"]);
     let o = ReparentOptions {

@@ -14,7 +14,7 @@ pub fn run(a: &ChainArgs) -> Result<Outcome, CliError> {
     let report = Chain::inspect(&a.file, &opts)?;
     if a.json {
         output::print_json(&report)?;
-    } else {
+    } else if output::text_wanted() {
         let mut s = String::new();
         let n = report.links.len();
         let _ = writeln!(
@@ -68,6 +68,9 @@ pub fn run(a: &ChainArgs) -> Result<Outcome, CliError> {
                 }
                 for w in &p.warnings {
                     let _ = writeln!(s, "    warning: {w}");
+                }
+                for n in &p.notes {
+                    let _ = writeln!(s, "    note: {n}");
                 }
             }
         }

@@ -12,6 +12,8 @@ use crate::Outcome;
 #[derive(serde::Serialize)]
 struct JsonOut<'a> {
     files: &'a [FileReport],
+    /// Paths in the folders that could not be inspected (each has a `tree.*` report in `files`).
+    not_inspected: usize,
     errors: usize,
     warnings: usize,
     infos: usize,
@@ -22,11 +24,14 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
     let opts = CheckOptions::default()
         .chain(a.chain)
         .chain_options(super::chain_options(&a.resolve)?);
-    let files = check::collect_files(&a.paths)?;
-    let mut reports = Vec::with_capacity(files.len());
+    let (files, blind) = check::collect_tree(&a.paths)?;
+    let not_inspected = blind.len();
+    let mut reports = Vec::with_capacity(files.len() + blind.len());
     for f in &files {
         reports.push(check::check_file(f, &opts)?);
     }
+    // Paths in the folders that could not be inspected: a tree is never clean from a partial view.
+    reports.extend(blind);
     let count = |s: Severity| {
         reports
             .iter()
@@ -43,12 +48,13 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
     if a.json {
         output::print_json(&JsonOut {
             files: &reports,
+            not_inspected,
             errors,
             warnings,
             infos,
             clean,
         })?;
-    } else {
+    } else if output::text_wanted() {
         for r in &reports {
             let fmt = r.format.map_or_else(|| "?".to_string(), |f| f.to_string());
             if r.findings.is_empty() {
@@ -68,9 +74,14 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
                 );
             }
         }
+        let blind = if not_inspected > 0 {
+            format!(", {not_inspected} path(s) could not be inspected")
+        } else {
+            String::new()
+        };
         println!(
-            "{} file(s) checked: {errors} error(s), {warnings} warning(s), {infos} info",
-            reports.len()
+            "{} file(s) checked{blind}: {errors} error(s), {warnings} warning(s), {infos} info",
+            files.len()
         );
     }
     Ok(if clean {

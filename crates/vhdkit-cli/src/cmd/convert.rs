@@ -1,7 +1,5 @@
 //! `vhdkit convert --to raw|vhd|vhdx [--fixed] [--from raw] SRC DST`.
 
-use std::io::IsTerminal;
-
 use indicatif::{ProgressBar, ProgressStyle};
 use vhdkit::convert::{self, ConvertOptions, RawSource, VirtualSource};
 use vhdkit::Chain;
@@ -25,7 +23,7 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
         Box::new(Chain::open(&a.src, &opts)?.into_view())
     };
     let size = view.virtual_size();
-    let bar = if !a.no_progress && !a.json && std::io::stderr().is_terminal() {
+    let bar = if output::progress_shown(a.json) {
         let b = ProgressBar::new(size);
         b.set_style(
             ProgressStyle::with_template(
@@ -78,7 +76,7 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
             },
             "stats": stats,
         }))?;
-    } else {
+    } else if output::text_wanted() {
         println!(
             "{} -> {} ({format}): {} virtual, {} written, {} left sparse",
             a.src.display(),

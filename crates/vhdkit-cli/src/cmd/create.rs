@@ -30,7 +30,7 @@ pub fn run(a: &CreateArgs) -> Result<Outcome, CliError> {
     let c = create::create(&a.out, &p)?;
     if a.json {
         output::print_json(&c)?;
-    } else {
+    } else if output::text_wanted() {
         let block = c
             .block_size
             .map(|b| format!(", {} blocks", output::size(b)))

@@ -78,6 +78,8 @@ pub fn run(a: &InfoArgs) -> Result<Outcome, CliError> {
             output::render_value(&mut s, k, v, 1);
         }
     }
-    print!("{s}");
+    if output::text_wanted() {
+        print!("{s}");
+    }
     Ok(Outcome::Ok)
 }

@@ -1,7 +1,5 @@
 //! A progress bar for `share` and `relink`, shown only when stderr is a terminal.
 
-use std::io::IsTerminal;
-
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Progress shown on stderr with indicatif.
@@ -11,10 +9,11 @@ pub struct Bar {
 }
 
 impl Bar {
-    /// A bar when stderr is a terminal and the output is not JSON.
+    /// A bar when stderr is a terminal, the output is not JSON and neither `--quiet` nor
+    /// `--no-progress` was given.
     pub fn new(json: bool) -> Bar {
         Bar {
-            enabled: !json && std::io::stderr().is_terminal(),
+            enabled: crate::output::progress_shown(json),
             bar: None,
         }
     }

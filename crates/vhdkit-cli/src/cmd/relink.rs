@@ -25,13 +25,9 @@ pub fn run(a: &RelinkArgs) -> Result<Outcome, CliError> {
                 "nothing_to_do": plan.nothing_to_do,
                 "plan": plan,
             }))?;
-        } else {
+        } else if output::text_wanted() {
             print!("{}", render_plan(&plan));
-            if plan.nothing_to_do {
-                println!("nothing to do: every parent resolves through its relative path");
-            } else {
-                println!("dry run: nothing written");
-            }
+            println!("{}", closing_line(&plan));
         }
         return Ok(if findings {
             Outcome::Findings
@@ -47,7 +43,7 @@ pub fn run(a: &RelinkArgs) -> Result<Outcome, CliError> {
             "plan": plan,
             "report": report,
         }))?;
-    } else {
+    } else if output::text_wanted() {
         print!("{}", render_plan(&plan));
         print!("{}", render_report(&report));
     }
@@ -60,14 +56,32 @@ pub fn run(a: &RelinkArgs) -> Result<Outcome, CliError> {
     )
 }
 
+/// The last line of a run that changed nothing; never "nothing to do" alone when findings were
+/// listed above it.
+fn closing_line(p: &RelinkPlan) -> &'static str {
+    match (p.nothing_to_do, p.has_findings()) {
+        (true, false) => "nothing to do: every parent resolves through its relative path",
+        (true, true) => {
+            "nothing to do for the disks that could be inspected; the findings above need a person"
+        }
+        (false, _) => "dry run: nothing written",
+    }
+}
+
 fn render_plan(p: &RelinkPlan) -> String {
     let mut s = String::new();
+    let refused = p.items.iter().filter(|i| i.refused.is_some()).count();
     let _ = writeln!(
         s,
-        "relink {}: {} disks found, {} children to repoint",
+        "relink {}: {} disks found, {} children to repoint{}",
         p.dir.display(),
         p.disks_found,
-        p.items.len()
+        p.items.len().saturating_sub(refused),
+        if refused > 0 {
+            format!(" ({refused} more refused)")
+        } else {
+            String::new()
+        }
     );
     for it in &p.items {
         let _ = write!(
@@ -90,6 +104,12 @@ fn render_plan(p: &RelinkPlan) -> String {
     }
     for u in &p.unresolved {
         let _ = writeln!(s, "UNRESOLVED: {}: {}", u.path.display(), u.reason);
+    }
+    for c in &p.conflicts {
+        let _ = writeln!(s, "CONFLICT: {}: {}", c.path.display(), c.reason);
+    }
+    for u in &p.uninspected {
+        let _ = writeln!(s, "UNINSPECTED: {}: {}", u.path.display(), u.reason);
     }
     for n in &p.notes {
         let _ = writeln!(s, "note: {n}");

@@ -11,7 +11,7 @@ pub fn run(a: &RepairArgs) -> Result<Outcome, CliError> {
     let report = repair::repair(&a.file, &RepairOptions::default().dry_run(a.dry_run))?;
     if a.json {
         output::print_json(&report)?;
-    } else {
+    } else if output::text_wanted() {
         let j = report.journal_path.display();
         let line = match &report.journal {
             JournalOutcome::None => "no interrupted vhdkit change: nothing to do".to_string(),

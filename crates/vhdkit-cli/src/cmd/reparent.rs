@@ -30,7 +30,7 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
     if a.dry_run {
         if a.json {
             output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
-        } else {
+        } else if output::text_wanted() {
             print!("{}", render_plan(&plan));
             println!("dry run: nothing written");
         }
@@ -50,7 +50,7 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
             "report": report,
             "chain": chain_report,
         }))?;
-    } else {
+    } else if output::text_wanted() {
         let mut s = render_plan(&plan);
         if let Some(x) = &report.vhdx {
             if let Some(r) = &x.log_replayed {
@@ -141,6 +141,19 @@ fn render_plan(p: &ReparentPlan) -> String {
     }
     if p.format == vhdkit::DiskFormat::Vhd {
         let _ = writeln!(s, "  parent name:   {}", p.parent_name);
+        if let Some(st) = &p.parent_name_style {
+            let how = if st.kept { "kept" } else { "changed" };
+            let why = st
+                .why
+                .as_ref()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  name style:    {how} ({:?} -> {:?}){why}",
+                st.before, st.written
+            );
+        }
     }
     let _ = writeln!(s, "changes:");
     for c in &p.txn.changes {

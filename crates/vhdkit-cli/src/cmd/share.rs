@@ -26,13 +26,9 @@ pub fn run(a: &ShareArgs) -> Result<Outcome, CliError> {
                 "nothing_to_do": plan.nothing_to_do,
                 "plan": plan,
             }))?;
-        } else {
+        } else if output::text_wanted() {
             print!("{}", render_plan(&plan));
-            if plan.nothing_to_do {
-                println!("nothing to do: every child already uses its shared parent");
-            } else {
-                println!("dry run: nothing written");
-            }
+            println!("{}", closing_line(&plan, a.dry_run));
         }
         return Ok(if findings {
             Outcome::Findings
@@ -48,7 +44,7 @@ pub fn run(a: &ShareArgs) -> Result<Outcome, CliError> {
             "plan": plan,
             "report": report,
         }))?;
-    } else {
+    } else if output::text_wanted() {
         print!("{}", render_plan(&plan));
         print!("{}", render_report(&report));
     }
@@ -57,6 +53,18 @@ pub fn run(a: &ShareArgs) -> Result<Outcome, CliError> {
     } else {
         Outcome::Ok
     })
+}
+
+/// The last line of a run that changed nothing; never "nothing to do" alone when findings were
+/// listed above it.
+fn closing_line(p: &SharePlan, dry_run: bool) -> &'static str {
+    match (p.nothing_to_do, p.has_findings(), dry_run) {
+        (true, false, _) => "nothing to do: every child already uses its shared parent",
+        (true, true, _) => {
+            "nothing to do for the disks that could be inspected; the findings above need a person"
+        }
+        (false, _, _) => "dry run: nothing written",
+    }
 }
 
 fn render_plan(p: &SharePlan) -> String {
@@ -115,17 +123,18 @@ fn render_plan(p: &SharePlan) -> String {
             let _ = writeln!(s);
         }
         for c in &g.copies {
+            let fate = match (&c.kept, &c.refused) {
+                (Some(k), _) => format!(" -> kept: {k}"),
+                (None, Some(r)) => format!(" -> cannot be deleted: {r}"),
+                (None, None) => " -> deleted once every child is repointed".into(),
+            };
             let _ = writeln!(
                 s,
-                "  copy: {} ({}, {} children){}",
+                "  copy: {} ({} on disk, {} apparent, {} children){fate}",
                 c.path.display(),
+                size(c.allocated),
                 size(c.file_size),
                 c.children,
-                if c.delete {
-                    " -> deleted once every child is repointed"
-                } else {
-                    " -> kept (no --delete-copies)"
-                }
             );
         }
         for n in &g.old_names {
@@ -134,14 +143,15 @@ fn render_plan(p: &SharePlan) -> String {
         for l in &g.symlinks {
             let _ = writeln!(
                 s,
-                "  symlink to this parent: {}{}",
-                l.display(),
-                if p.delete_copies {
-                    " -> removed (children use the real file)"
-                } else {
-                    " -> kept (no --delete-copies); children use the real file"
-                }
+                "  symlink to this parent: {} -> removed (children use the real file)",
+                l.display()
             );
+        }
+        for k in &g.kept_names {
+            let _ = writeln!(s, "  name kept: {} ({})", k.path.display(), k.reason);
+        }
+        if let Some(r) = &g.keeper_refused {
+            let _ = writeln!(s, "  REFUSED: the keeper cannot be placed: {r}");
         }
     }
     for c in &p.conflicts {
@@ -168,17 +178,28 @@ fn render_plan(p: &SharePlan) -> String {
     for u in &p.unresolved {
         let _ = writeln!(s, "UNRESOLVED: {}: {}", u.path.display(), u.reason);
     }
+    for u in &p.uninspected {
+        let _ = writeln!(s, "UNINSPECTED: {}: {}", u.path.display(), u.reason);
+    }
+    if p.delete_copies && !(p.uninspected.is_empty() && p.skipped.is_empty()) {
+        let _ = writeln!(
+            s,
+            "nothing is deleted in any group: a disk that could not be inspected may use a copy"
+        );
+    }
     for n in &p.notes {
         let _ = writeln!(s, "note: {n}");
     }
     let _ = writeln!(
         s,
-        "hashed {} of virtual contents ({} read); size {} -> {} (frees {})",
+        "hashed {} of virtual contents ({} read); disk usage {} -> {} (frees {} on disk, {} \
+         apparent)",
         size(p.bytes_hashed),
         size(p.bytes_read),
         size(p.size_before),
         size(p.size_after),
-        size(p.bytes_freed)
+        size(p.bytes_freed),
+        size(p.bytes_freed_apparent)
     );
     s
 }
@@ -187,7 +208,7 @@ fn render_report(r: &ShareReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "done: {} groups, {} keepers placed, {} children repointed and verified, {} copies \
+        "done: {} groups completed, {} keepers placed, {} children repointed and verified, {} copies \
          deleted, {} old names and {} symlinks removed",
         r.groups_done,
         r.keepers_placed,
@@ -201,8 +222,9 @@ fn render_report(r: &ShareReport) -> String {
     }
     let _ = writeln!(
         s,
-        "freed {}; total size {} -> {}",
+        "freed {} on disk ({} apparent); disk usage {} -> {}",
         size(r.bytes_freed),
+        size(r.bytes_freed_apparent),
         size(r.size_before),
         size(r.size_after)
     );

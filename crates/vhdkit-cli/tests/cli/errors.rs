@@ -113,9 +113,10 @@ fn bad_map_argument_is_a_refusal() {
 }
 
 #[test]
-fn usage_errors_exit_2() {
+fn usage_errors_exit_1() {
+    // A bad argument is a refusal (README: exit 1), as `--map nonsense` above.
     let r = run(["info"]);
-    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
     let r = run(["frobnicate"]);
-    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(r.code, 1, "{r:?}");
 }

@@ -7,10 +7,14 @@ mod util;
 
 mod chains;
 mod check;
+mod cli_contract;
 mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
+mod foreign_writers;
+mod partial_trees;
+mod readme;
 mod real_images;
 mod reparent;
 mod reparent_vhdx;

@@ -1,6 +1,7 @@
-//! Regenerates the bundled lab in `testdata/lab/` (deterministic: same bytes every run).
+//! Regenerates the bundled images (deterministic: same bytes every run).
 //!
 //! `cargo run -p vhdkit-testkit --bin make-testdata -- testdata/lab`
+//! `cargo run -p vhdkit-testkit --bin make-testdata -- --exported-lab testdata/exported-lab`
 //!
 //! The images are written by the testkit's own writers (independent of the vhdkit library), so
 //! the library is tested against files it did not make.
@@ -22,11 +23,13 @@ fn banner(text: &str, fill: u8, len: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let out = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "testdata/lab".into()),
-    );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--exported-lab") {
+        let out = args.get(1).map_or("testdata/exported-lab", String::as_str);
+        exported_lab(&PathBuf::from(out));
+        return;
+    }
+    let out = PathBuf::from(args.first().map_or("testdata/lab", String::as_str));
     let vm1 = out.join("vm1");
     std::fs::create_dir_all(&vm1).expect("create output folders");
 
@@ -77,4 +80,40 @@ fn main() {
     vchild.write(3 * MIB + 4096, &vec![0xC3; 3 * 512]);
     vchild.build().write_to(&vm1.join("disk.vhd"));
     println!("wrote the lab to {}", out.display());
+}
+
+/// The VMs of the exported lab: name, and a byte that marks what each one wrote.
+const EXPORTED_VMS: [(&str, u8); 3] = [("Web01", 0xA1), ("Web02", 0xA2), ("Db01", 0xA3)];
+
+/// What Hyper-V's Export-VM leaves behind for a lab of differencing disks over one reference
+/// disk: every VM folder holds its own copy of the parent (same DataWriteGuid, same bytes) and a
+/// child whose locator points at that copy. This is the tree `vhdkit share` exists for.
+fn exported_lab(out: &std::path::Path) {
+    let mut base = VhdxBuilder::new(Kind::Dynamic, 4 * MIB, MIB as u32, 512);
+    base.data_write_guid = Uuid::from_u128(0x6c61_6245_0000_4000_8000_0000_0000_0001);
+    base.file_write_guid = Uuid::from_u128(0x6c61_6245_0000_4000_8000_0000_0000_0002);
+    base.virtual_disk_id = Uuid::from_u128(0x6c61_6245_0000_4000_8000_0000_0000_0003);
+    base.creator = "vhdkit make-testdata".into();
+    base.write(0, &banner("vhdkit exported lab reference disk", 0xB0, 4096));
+    base.write(2 * MIB, &vec![0xB2; 64 * 1024]);
+    let base_bytes = base.build().bytes;
+    for (i, (vm, mark)) in (1u128..).zip(EXPORTED_VMS) {
+        let disks = out.join(vm).join("Virtual Hard Disks");
+        std::fs::create_dir_all(&disks).expect("create VM folder");
+        std::fs::write(disks.join("Base-2022.vhdx"), &base_bytes).expect("write parent copy");
+        let mut child = VhdxBuilder::new(Kind::Differencing, 4 * MIB, MIB as u32, 512);
+        child.data_write_guid = Uuid::from_u128(0x6c61_6245_0000_4000_8000_0000_0000_0010 + i);
+        child.file_write_guid = Uuid::from_u128(0x6c61_6245_0000_4000_8000_0000_0000_0020 + i);
+        child.virtual_disk_id = base.virtual_disk_id;
+        child.parent_linkage = base.data_write_guid;
+        child.relative_path = Some(r".\Base-2022.vhdx".into());
+        child.absolute_win32_path =
+            Some(format!(r"D:\Export\{vm}\Virtual Hard Disks\Base-2022.vhdx"));
+        child.creator = "vhdkit make-testdata".into();
+        child.write(512, &banner(&format!("{vm} writes here"), mark, 1024));
+        child.write(3 * MIB, &vec![mark; 128 * 1024]);
+        let name = format!("{vm}.avhdx");
+        std::fs::write(disks.join(name), child.build().bytes).expect("write child");
+    }
+    println!("wrote the exported lab to {}", out.display());
 }

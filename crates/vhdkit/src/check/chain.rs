@@ -39,6 +39,16 @@ pub fn check_chain(path: &Path, opts: &ChainOptions) -> Vec<Finding> {
             }
         }
         if let Some(res) = &link.parent {
+            for n in &res.notes {
+                if n.starts_with("physical sector size") {
+                    out.push(Finding::new(
+                        "chain.physical_sector_size_mismatch",
+                        structure(&link.path),
+                        None,
+                        n.clone(),
+                    ));
+                }
+            }
             for w in &res.warnings {
                 if w.contains("virtual size") {
                     out.push(Finding::new(

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use crate::chain::{locator_leads_to_parent, resolve_parent, ChainOptions, Rejected};
+use crate::chain::{held, locator_leads_to_parent, resolve_parent, ChainOptions, Held, Rejected};
 use crate::disk::{Disk, DiskFormat, FormatInfo, ParentLocator, PathStyle};
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -204,13 +204,22 @@ pub(crate) fn analyse(path: &Path) -> Option<Analysis> {
             }
             continue;
         }
-        // Absolute Windows paths cannot be verified off Windows: they count when they lead to
-        // the parent (a POSIX path in absolute_win32_path does), and are kept otherwise.
-        let certain = match loc.style {
-            PathStyle::Relative | PathStyle::FileUrl => true,
-            PathStyle::AbsoluteWindows | PathStyle::Volume => cfg!(windows),
-            PathStyle::Name | PathStyle::Opaque => {
-                a.kept.push(format!("{name}: not a locator path; kept"));
+        if matches!(loc.style, PathStyle::Name | PathStyle::Opaque) {
+            a.kept.push(format!("{name}: not a locator path; kept"));
+            continue;
+        }
+        // Judged by what the locator holds, not by its slot. Only a relative path is certain
+        // anywhere (it depends on the child's folder alone); an absolute path counts when it
+        // leads to the parent and is kept otherwise: it may be right on another host (a
+        // Windows path anywhere off Windows, a POSIX path on the host that wrote it).
+        let held = loc.path.as_deref().and_then(|p| held(p, loc.style));
+        let certain = match held {
+            Some(Held::Relative(_)) => true,
+            Some(Held::WindowsAbsolute(_)) => cfg!(windows),
+            Some(Held::PosixAbsolute(_)) => false,
+            None => {
+                a.dead
+                    .push(dead("it is not a file path vhdkit can use".to_string()));
                 continue;
             }
         };
@@ -220,7 +229,7 @@ pub(crate) fn analyse(path: &Path) -> Option<Analysis> {
                 "it does not lead to a file with the parent's identity".to_string(),
             )),
             Ok(false) => a.kept.push(format!(
-                "{name}: an absolute Windows path, which cannot be verified off Windows; kept"
+                "{name}: an absolute path, which may be right on another host; kept"
             )),
             Err(Rejected::Unreadable(why) | Rejected::NotParent(why)) => {
                 a.kept.push(format!("{name}: cannot tell ({why}); kept"));

@@ -104,6 +104,13 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     // file level
     ("file.unreadable", E, "the file could not be read (I/O error)"),
     ("file.not_a_disk", E, "no `vhdxfile` signature and no `conectix` footer"),
+    // trees (folders given to check): paths that could not be inspected
+    ("tree.unreadable", E, "a file in the folder could not be opened to look for a disk signature"),
+    ("tree.unlistable", E, "a folder in the tree could not be listed"),
+    ("tree.link_unresolved", E, "a symlink whose target could not be examined (dangling, or behind a closed folder)"),
+    ("tree.symlinked_folder", W, "a symlink to a folder: not followed, its contents not checked"),
+    ("tree.too_deep", W, "a folder deeper than the depth bound: not checked"),
+    ("tree.entry_limit", W, "the entry bound was reached: the rest of the tree was not checked"),
     // VHD footer
     ("vhd.file.too_small", E, "a VHD needs at least a 511/512-byte footer"),
     ("vhd.footer.missing", E, "no `conectix` footer at the end of the file (a front copy may exist)"),
@@ -129,6 +136,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhd.header.version", W, "dynamic header version is not 1.0"),
     ("vhd.header.block_size", E, "block size is zero, not a power-of-two number of sectors, or above 256 MiB"),
     ("vhd.header.parent_name", W, "differencing disk: parent unicode name is empty or not valid UTF-16BE"),
+    ("vhd.header.parent_name_little_endian", W, "differencing disk: the parent unicode name is stored little-endian (VirtualBox 2.x, tapdisk 0.1); read as such"),
     ("vhd.header.parent_id_zero", W, "differencing disk: parent unique id is all zeros"),
     // VHD BAT
     ("vhd.bat.too_small", E, "max table entries is smaller than current size / block size"),
@@ -207,6 +215,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("chain.identity_mismatch", E, "a parent was found but its identity does not match the child's record"),
     ("chain.size_mismatch", W, "child and parent virtual sizes differ"),
     ("chain.sector_size_mismatch", E, "child and parent logical sector sizes differ"),
+    ("chain.physical_sector_size_mismatch", I, "child and parent physical sector sizes differ (allowed: only the logical size must match)"),
     ("chain.format_mismatch", E, "the parent found is of the other format (VHD vs VHDX)"),
     ("chain.not_followed", I, "the chain was not followed because the disk itself does not open"),
     ("chain.loop", E, "the chain loops back to a disk already in it"),
@@ -495,38 +504,34 @@ pub fn is_disk_file(path: &Path) -> bool {
 }
 
 /// Expand `paths`: files as given, folders recursively (sorted), keeping only files that carry
-/// a disk signature. Symbolic links to folders are not followed (no loops).
+/// a disk signature. Symbolic links to folders are not followed (no loops). Paths in the folders
+/// that could not be inspected are dropped here; [`collect_tree`] reports them.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        let md = std::fs::metadata(p).map_err(|e| Error::io("reading", e).with_path(p))?;
-        if md.is_dir() {
-            walk_dir(p, &mut out, 0)?;
-        } else {
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
+    Ok(collect_tree(paths)?.0)
 }
 
-fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
-    if depth > 64 {
-        return Ok(());
-    }
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("listing", e).with_path(dir))?;
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
+/// Like [`collect_files`], plus one report per path in the folders that could not be inspected
+/// (a `tree.*` finding with the reason): a tree is never called clean from a partial view.
+pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)> {
+    let (mut files, mut blind) = (Vec::new(), Vec::new());
+    for p in paths {
+        let md = std::fs::metadata(p).map_err(|e| Error::io("reading", e).with_path(p))?;
+        if !md.is_dir() {
+            files.push(p.clone());
             continue;
-        };
-        if md.is_dir() {
-            walk_dir(&p, out, depth + 1)?;
-        } else if md.is_file() && is_disk_file(&p) {
-            out.push(p);
         }
+        // Every file is looked at (vhdkit's own leftovers too); links to disks are not followed,
+        // their targets are checked where they lie.
+        let limits = crate::tree::WalkLimits::default();
+        let w = crate::tree::walk(p, &limits, &crate::tree::Select::SIGNATURES)?;
+        files.extend(w.disks.into_iter().map(|d| d.path));
+        blind.extend(w.uninspected.into_iter().map(|u| FileReport {
+            findings: vec![Finding::new(u.kind.code(), "tree", None, u.reason)],
+            path: u.path,
+            format: None,
+        }));
     }
-    Ok(())
+    Ok((files, blind))
 }
 
 #[cfg(test)]

@@ -343,6 +343,15 @@ fn check_dynamic(
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
+        let decoded = crate::vhd::dynamic::decode_parent_name(name);
+        if decoded.little_endian {
+            s.add(
+                "vhd.header.parent_name_little_endian",
+                HEADER,
+                Some(hdr_off + PARENT_NAME_OFFSET as u64),
+                crate::vhd::little_endian_warning(&decoded),
+            );
+        }
         match String::from_utf16(&units) {
             Ok(n) if !n.is_empty() => usable += 1,
             Ok(_) => {}

@@ -36,7 +36,9 @@
 //! deleted. A second complete run finds nothing to do.
 //!
 //! Disks outside DIR and SHARED are never changed or deleted; children outside them are not
-//! seen, so `delete_copies` must not be used when other trees use the copies.
+//! seen, so `delete_copies` must not be used when other trees use the copies. No name is removed
+//! without `delete_copies` (a moved keeper keeps its old name as a hard link), and none at all
+//! while any path in the tree could not be inspected (`share/removal.rs` holds the rule).
 //!
 //! # relink
 //! For every differencing disk under DIR whose parent does not resolve, or resolves other than
@@ -47,6 +49,8 @@
 
 pub mod digest;
 pub mod lock;
+pub mod probe;
+mod removal;
 pub mod scan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,6 +63,8 @@ use crate::chain::{Chain, ChainOptions};
 use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::reparent::{self, LocatorMode, ReparentOptions};
+use crate::tree::Uninspected;
+use removal::Removal;
 
 pub use scan::{scan, FileKey, ParentRef, Scan, ScanLimits, ScannedDisk, Skipped, Symlink};
 
@@ -128,10 +134,16 @@ pub struct CopyPlan {
     pub path: PathBuf,
     /// Its size.
     pub file_size: u64,
+    /// Bytes it occupies on disk (allocated blocks, what `du` shows).
+    pub allocated: u64,
     /// Its children (all repointed at the keeper).
     pub children: usize,
-    /// True when it will be deleted (`delete_copies`, under DIR, not in SHARED).
+    /// True when it will be deleted (see [`CopyPlan::kept`]).
     pub delete: bool,
+    /// Why it is kept, when it is.
+    pub kept: Option<String>,
+    /// Why deleting it will fail, found while planning (its folder refuses).
+    pub refused: Option<String>,
     #[cfg_attr(feature = "serde", serde(skip))]
     key: FileKey,
 }
@@ -184,10 +196,16 @@ pub struct GroupPlan {
     pub old_names: Vec<PathBuf>,
     /// Symlinks to members, removed with `delete_copies` once unused.
     pub symlinks: Vec<PathBuf>,
+    /// Old names and symlinks that stay, each with the reason.
+    pub kept_names: Vec<Finding>,
+    /// Why the keeper cannot be placed in SHARED, found while planning.
+    pub keeper_refused: Option<String>,
     /// Children to repoint.
     pub children: Vec<ChildPlan>,
-    /// Bytes freed by deleting copies.
+    /// Bytes freed by deleting copies (allocated blocks).
     pub bytes_freed: u64,
+    /// Apparent size of the copies deleted.
+    pub bytes_freed_apparent: u64,
 }
 
 /// Files with the same identity but different virtual contents: left alone.
@@ -230,6 +248,9 @@ pub struct SharePlan {
     pub disks_found: usize,
     /// Files with a disk signature that could not be used.
     pub skipped: Vec<Skipped>,
+    /// Paths under DIR or SHARED that could not be inspected (nothing is deleted while any
+    /// exists).
+    pub uninspected: Vec<Uninspected>,
     /// Groups with something to do, lowest level first.
     pub groups: Vec<GroupPlan>,
     /// Same identity, different contents.
@@ -238,12 +259,14 @@ pub struct SharePlan {
     pub unresolved: Vec<Finding>,
     /// Notes.
     pub notes: Vec<String>,
-    /// Bytes of all disk files under DIR and SHARED now (each file once).
+    /// Bytes allocated to all disk files under DIR and SHARED now (each file once; `du`).
     pub size_before: u64,
     /// Expected after.
     pub size_after: u64,
-    /// Bytes freed by deleting copies.
+    /// Bytes freed by deleting copies (allocated blocks, what `du` shows).
     pub bytes_freed: u64,
+    /// Apparent size (file length) of the copies deleted.
+    pub bytes_freed_apparent: u64,
     /// Virtual bytes hashed to prove copies identical.
     pub bytes_hashed: u64,
     /// File bytes read while hashing.
@@ -259,12 +282,14 @@ impl SharePlan {
     /// unresolved parents).
     pub fn has_findings(&self) -> bool {
         !self.skipped.is_empty()
+            || !self.uninspected.is_empty()
             || !self.conflicts.is_empty()
             || !self.unresolved.is_empty()
-            || self
-                .groups
-                .iter()
-                .any(|g| g.children.iter().any(|c| c.refused.is_some()))
+            || self.groups.iter().any(|g| {
+                g.keeper_refused.is_some()
+                    || g.children.iter().any(|c| c.refused.is_some())
+                    || g.copies.iter().any(|c| c.refused.is_some())
+            })
     }
 }
 
@@ -286,8 +311,10 @@ pub struct ShareReport {
     pub old_names_removed: usize,
     /// Symlinks removed.
     pub symlinks_removed: usize,
-    /// Bytes freed.
+    /// Bytes freed (allocated blocks of the copies deleted, what `du` shows).
     pub bytes_freed: u64,
+    /// Apparent size (file length) of the copies deleted.
+    pub bytes_freed_apparent: u64,
     /// Bytes added by copying keepers across file systems.
     pub bytes_copied: u64,
     /// Total size before.
@@ -391,7 +418,61 @@ fn sync_dir(p: &Path) {
     }
 }
 
-/// Plan `share` of `dir` into `into`. Reads only (scans, opens, hashes).
+/// The names a group would remove, for holding them all back at once.
+struct Names<'a> {
+    copies: &'a mut Vec<CopyPlan>,
+    old_names: &'a mut Vec<PathBuf>,
+    symlinks: &'a mut Vec<PathBuf>,
+    kept_names: &'a mut Vec<Finding>,
+}
+
+impl Names<'_> {
+    /// Keep every name, each with `why`.
+    fn hold_back(&mut self, why: &str) {
+        for c in self.copies.iter_mut().filter(|c| c.delete) {
+            c.delete = false;
+            c.kept = Some(why.into());
+        }
+        let names = self.old_names.drain(..).chain(self.symlinks.drain(..));
+        self.kept_names.extend(names.map(|path| Finding {
+            path,
+            reason: why.into(),
+        }));
+    }
+
+    /// Bytes the copies still to be deleted free, measured by `size`.
+    fn freed(&self, size: impl Fn(&CopyPlan) -> u64) -> u64 {
+        self.copies
+            .iter()
+            .filter(|c| c.delete && c.refused.is_none())
+            .fold(0, |n, c| n.saturating_add(size(c)))
+    }
+}
+
+/// Why changing this child will be refused, found the way the real run will meet it: the lock
+/// (open for writing) and, for a VHD, its folder (the journal is created beside it).
+fn change_refusal(d: &ScannedDisk) -> Option<String> {
+    probe::change_refusal(&d.path).or_else(|| {
+        (d.format == DiskFormat::Vhd)
+            .then(|| probe::folder_refusal(&d.path))
+            .flatten()
+    })
+}
+
+/// Why SHARED (or the folder it would be created in) will refuse the keeper.
+fn into_refusal(into: &Path) -> Option<String> {
+    let mut probe = into.join("keeper");
+    while !probe.parent().is_some_and(Path::is_dir) {
+        if !probe.pop() {
+            return None;
+        }
+    }
+    probe::folder_refusal(&probe)
+}
+
+/// Plan `share` of `dir` into `into`. Reads only (scans, opens, hashes); the dry run's
+/// predictions are probed as the real run meets them (files opened for writing and locked, then
+/// released; folders asked for write access).
 pub fn plan_share(
     dir: &Path,
     into: &Path,
@@ -496,8 +577,18 @@ pub fn plan_share(
         digests.insert(i, r);
     }
     progress.finish();
-
     let mut skipped = sc.skipped.clone();
+    for (&i, r) in &digests {
+        if let (Err(e), Some(d)) = (r, sc.disks.get(i)) {
+            skipped.push(Skipped {
+                path: d.path.clone(),
+                reason: format!("cannot be read through its chain: {e}"),
+            });
+        }
+    }
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    let removal = Removal::new(opts.delete_copies, &sc.uninspected, &skipped);
+    let into_refused = into_refusal(&into);
     let mut groups = Vec::new();
     let mut conflicts = Vec::new();
     let mut taken_names: HashSet<PathBuf> = HashSet::new();
@@ -524,17 +615,8 @@ pub fn plan_share(
         if members.len() > 1 {
             let mut classes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for &i in &members {
-                match digests.get(&i) {
-                    Some(Ok(h)) => classes.entry(h.clone()).or_default().push(i),
-                    Some(Err(e)) => {
-                        if let Some(d) = sc.disks.get(i) {
-                            skipped.push(Skipped {
-                                path: d.path.clone(),
-                                reason: format!("cannot be read through its chain: {e}"),
-                            });
-                        }
-                    }
-                    None => {}
+                if let Some(Ok(h)) = digests.get(&i) {
+                    classes.entry(h.clone()).or_default().push(i);
                 }
             }
             let in_shared = |m: &Vec<usize>| {
@@ -679,34 +761,56 @@ pub fn plan_share(
             old_names.push(keeper_source.clone());
             old_names.dedup();
         }
-        // Copies.
+        let mut kept_names = Vec::new();
+        if let Some(why) = removal.keep_reason(false, false) {
+            kept_names.extend(old_names.drain(..).map(|path| Finding {
+                path,
+                reason: why.clone(),
+            }));
+        }
+        // Copies: every member but the keeper; a copied keeper's source is a copy too.
         let mut copies = Vec::new();
-        let mut bytes_freed = 0;
+        let (mut bytes_freed, mut bytes_freed_apparent) = (0, 0);
         for d in &ds {
-            if d.key == keeper_disk.key {
+            if d.key == keeper_disk.key && action != KeeperAction::Copy {
                 continue;
             }
-            let deletable = !d.outside && under(&d.path, &dir) && !in_into(&d.path);
-            let delete = opts.delete_copies && deletable;
-            if delete {
-                bytes_freed += d.file_size;
+            let kept = removal.keep_reason(d.outside || !under(&d.path, &dir), in_into(&d.path));
+            let delete = kept.is_none();
+            let refused = if delete {
+                probe::folder_refusal(&d.path)
+            } else {
+                None
+            };
+            if delete && refused.is_none() {
+                bytes_freed = u64::saturating_add(bytes_freed, d.allocated);
+                bytes_freed_apparent = u64::saturating_add(bytes_freed_apparent, d.file_size);
             }
             copies.push(CopyPlan {
                 path: d.path.clone(),
                 file_size: d.file_size,
+                allocated: d.allocated,
                 children: children_of.get(&d.key).map_or(0, Vec::len),
                 delete,
+                kept,
+                refused,
                 key: d.key.clone(),
             });
         }
         // Symlinks to members.
         let member_keys: HashSet<&FileKey> = ds.iter().map(|d| &d.key).collect();
-        let symlinks: Vec<PathBuf> = sc
+        let mut symlinks: Vec<PathBuf> = sc
             .symlinks
             .iter()
             .filter(|s| member_keys.contains(&s.key) && under(&s.path, &dir))
             .map(|s| s.path.clone())
             .collect();
+        if let Some(why) = removal.keep_reason(false, false) {
+            kept_names.extend(symlinks.drain(..).map(|path| Finding {
+                path,
+                reason: why.clone(),
+            }));
+        }
         // Children.
         let mut children = Vec::new();
         for d in &ds {
@@ -722,13 +826,7 @@ pub fn plan_share(
                 if !repoint && !cd.pending_journal {
                     continue;
                 }
-                let refused = if cd.read_only {
-                    lock::read_only_reason(&cd.path)
-                } else if lock::is_locked_elsewhere(&cd.path) {
-                    Some("in use by another process (it holds a lock on the file); close it and run again".into())
-                } else {
-                    None
-                };
+                let refused = change_refusal(cd);
                 children.push(ChildPlan {
                     path: cd.path.clone(),
                     from: pr.resolved.clone(),
@@ -740,11 +838,31 @@ pub fn plan_share(
             }
         }
         children.sort_by(|a, b| a.path.cmp(&b.path));
-        let has_work = matches!(action, KeeperAction::Move | KeeperAction::Copy)
+        let places_keeper = matches!(action, KeeperAction::Move | KeeperAction::Copy);
+        let keeper_refused = into_refused.clone().filter(|_| places_keeper);
+        if let Some(r) = &keeper_refused {
+            for c in children.iter_mut().filter(|c| c.refused.is_none()) {
+                c.refused = Some(format!("its shared parent cannot be placed: {r}"));
+            }
+        }
+        if children.iter().any(|c| c.refused.is_some()) {
+            // The real run keeps every name of a group it cannot finish: so does the plan.
+            let why = "not every child of its group can be repointed (a child could still use it)";
+            let mut names = Names {
+                copies: &mut copies,
+                old_names: &mut old_names,
+                symlinks: &mut symlinks,
+                kept_names: &mut kept_names,
+            };
+            names.hold_back(why);
+            bytes_freed = names.freed(|c| c.allocated);
+            bytes_freed_apparent = names.freed(|c| c.file_size);
+        }
+        let has_work = places_keeper
             || !children.is_empty()
             || !old_names.is_empty()
             || copies.iter().any(|c| c.delete)
-            || (opts.delete_copies && !symlinks.is_empty());
+            || !symlinks.is_empty();
         if !has_work {
             continue;
         }
@@ -767,8 +885,11 @@ pub fn plan_share(
             copies,
             old_names,
             symlinks,
+            kept_names,
+            keeper_refused,
             children,
             bytes_freed,
+            bytes_freed_apparent,
         });
     }
     let mut seen = HashSet::new();
@@ -776,19 +897,20 @@ pub fn plan_share(
         .disks
         .iter()
         .filter(|d| !d.outside && seen.insert(d.key.clone()))
-        .map(|d| d.file_size)
+        .map(|d| d.allocated)
         .sum();
     let bytes_freed: u64 = groups.iter().map(|g| g.bytes_freed).sum();
+    let bytes_freed_apparent: u64 = groups.iter().map(|g| g.bytes_freed_apparent).sum();
     let bytes_copied: u64 = groups
         .iter()
         .filter(|g| g.action == KeeperAction::Copy)
         .filter_map(|g| fs::metadata(&g.keeper_source).ok())
-        .map(|m| m.len())
+        .map(|m| scan::allocated(&m))
         .sum();
     let children_to_repoint = groups
         .iter()
         .flat_map(|g| &g.children)
-        .filter(|c| c.repoint)
+        .filter(|c| c.repoint && c.refused.is_none())
         .count();
     Ok(SharePlan {
         nothing_to_do: groups.is_empty(),
@@ -797,13 +919,17 @@ pub fn plan_share(
         delete_copies: opts.delete_copies,
         disks_found: sc.disks.iter().filter(|d| !d.outside).count(),
         skipped,
+        uninspected: sc.uninspected.clone(),
         groups,
         conflicts,
         unresolved,
         notes,
         size_before,
-        size_after: size_before + bytes_copied - bytes_freed,
+        size_after: size_before
+            .saturating_add(bytes_copied)
+            .saturating_sub(bytes_freed),
         bytes_freed,
+        bytes_freed_apparent,
         bytes_hashed,
         bytes_read,
         children_to_repoint,
@@ -860,9 +986,15 @@ fn prepare_child(
     if !r.repoint {
         return Ok((finished, None));
     }
-    let before = Disk::open_with(r.child, &opts.chain.open)
-        .and_then(|d| digest::layer_digest(&d))
-        .map_err(|e| (false, e.to_string()))?;
+    let disk = Disk::open_with(r.child, &opts.chain.open).map_err(|e| (false, one_line(&e)))?;
+    // The VHD journal is created beside the child: refused now, as the dry run predicted.
+    if disk.format() == DiskFormat::Vhd {
+        if let Some(why) = probe::folder_refusal(r.child) {
+            return Err((true, why));
+        }
+    }
+    let before = digest::layer_digest(&disk).map_err(|e| (false, e.to_string()))?;
+    drop(disk);
     let ropts = ReparentOptions {
         new_parent: r.new_parent.to_path_buf(),
         mode: opts.mode,
@@ -1087,12 +1219,28 @@ pub fn apply_share(
     );
     for g in &plan.groups {
         let mut complete = true;
+        if let Some(r) = &g.keeper_refused {
+            rep.refused.push(Finding {
+                path: g.keeper.clone(),
+                reason: r.clone(),
+            });
+            rep.kept
+                .extend(g.copies.iter().filter(|c| c.delete).map(|c| Finding {
+                    path: c.path.clone(),
+                    reason: "its group's keeper could not be placed".into(),
+                }));
+            continue;
+        }
         match place_keeper(g, opts, &mut steps) {
             Ok(n) => {
                 if matches!(g.action, KeeperAction::Move | KeeperAction::Copy) {
                     rep.keepers_placed += 1;
                 }
-                rep.bytes_copied += n;
+                if n > 0 {
+                    // What the copy occupies, holes and all (comparable with `du`).
+                    let m = fs::metadata(&g.keeper);
+                    rep.bytes_copied += m.map_or(n, |m| scan::allocated(&m));
+                }
             }
             Err(r) => {
                 rep.failed.push(Finding {
@@ -1146,12 +1294,14 @@ pub fn apply_share(
             }
         }
         if !complete {
-            for c in g.copies.iter().filter(|c| c.delete) {
-                rep.kept.push(Finding {
-                    path: c.path.clone(),
-                    reason: "kept: not every child of its group could be repointed".into(),
-                });
-            }
+            let why = "not every child of its group could be repointed (a child could still \
+                       use it)";
+            let names = g.copies.iter().filter(|c| c.delete).map(|c| &c.path);
+            let names = names.chain(&g.old_names).chain(&g.symlinks);
+            rep.kept.extend(names.map(|path| Finding {
+                path: path.clone(),
+                reason: why.into(),
+            }));
             continue;
         }
         for n in &g.old_names {
@@ -1178,54 +1328,64 @@ pub fn apply_share(
                 }),
             }
         }
-        if opts.delete_copies {
-            for c in g.copies.iter().filter(|c| c.delete) {
-                let now = fs::metadata(&c.path).map(|m| scan::file_key(&c.path, &m));
-                if now.as_ref().ok() != Some(&c.key) {
-                    rep.kept.push(Finding {
-                        path: c.path.clone(),
-                        reason: "kept: the file changed or disappeared since the plan".into(),
-                    });
-                    continue;
-                }
-                if lock::is_locked_elsewhere(&c.path) {
-                    rep.refused.push(Finding {
-                        path: c.path.clone(),
-                        reason: "not deleted: in use by another process".into(),
-                    });
-                    continue;
-                }
-                match fs::remove_file(&c.path) {
-                    Ok(()) => {
-                        sync_dir(&c.path);
-                        rep.copies_deleted += 1;
-                        rep.bytes_freed += c.file_size;
-                        steps.step();
-                    }
-                    Err(e) => rep.failed.push(Finding {
-                        path: c.path.clone(),
-                        reason: format!("deleting the copy: {e}"),
-                    }),
-                }
+        // Only the names the removal rule allowed are listed for removal.
+        for c in g.copies.iter().filter(|c| c.delete) {
+            if let Some(r) = &c.refused {
+                rep.refused.push(Finding {
+                    path: c.path.clone(),
+                    reason: format!("not deleted: {r}"),
+                });
+                continue;
             }
-            for s in &g.symlinks {
-                match fs::remove_file(s) {
-                    Ok(()) => {
-                        rep.symlinks_removed += 1;
-                        steps.step();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => rep.failed.push(Finding {
-                        path: s.clone(),
-                        reason: format!("removing the symlink: {e}"),
-                    }),
+            let now = fs::metadata(&c.path).map(|m| scan::file_key(&c.path, &m));
+            if now.as_ref().ok() != Some(&c.key) {
+                rep.kept.push(Finding {
+                    path: c.path.clone(),
+                    reason: "the file changed or disappeared since the plan".into(),
+                });
+                continue;
+            }
+            if lock::is_locked_elsewhere(&c.path) {
+                rep.refused.push(Finding {
+                    path: c.path.clone(),
+                    reason: "not deleted: in use by another process".into(),
+                });
+                continue;
+            }
+            match fs::remove_file(&c.path) {
+                Ok(()) => {
+                    sync_dir(&c.path);
+                    rep.copies_deleted += 1;
+                    rep.bytes_freed = rep.bytes_freed.saturating_add(c.allocated);
+                    rep.bytes_freed_apparent = rep.bytes_freed_apparent.saturating_add(c.file_size);
+                    steps.step();
                 }
+                Err(e) => rep.failed.push(Finding {
+                    path: c.path.clone(),
+                    reason: format!("deleting the copy: {e}"),
+                }),
+            }
+        }
+        for s in &g.symlinks {
+            match fs::remove_file(s) {
+                Ok(()) => {
+                    rep.symlinks_removed += 1;
+                    steps.step();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => rep.failed.push(Finding {
+                    path: s.clone(),
+                    reason: format!("removing the symlink: {e}"),
+                }),
             }
         }
         rep.groups_done += 1;
     }
     progress.finish();
-    rep.size_after = (rep.size_before + rep.bytes_copied).saturating_sub(rep.bytes_freed);
+    rep.size_after = rep
+        .size_before
+        .saturating_add(rep.bytes_copied)
+        .saturating_sub(rep.bytes_freed);
     Ok(rep)
 }
 
@@ -1269,6 +1429,11 @@ pub struct RelinkPlan {
     pub unresolved: Vec<Finding>,
     /// Files with a disk signature that could not be used.
     pub skipped: Vec<Skipped>,
+    /// Paths under DIR or the search folders that could not be inspected.
+    pub uninspected: Vec<Uninspected>,
+    /// Children left alone because several files carry their parent's id with different
+    /// contents (any choice could change the child's virtual contents).
+    pub conflicts: Vec<Finding>,
     /// Notes.
     pub notes: Vec<String>,
     /// True when there is nothing to do.
@@ -1280,6 +1445,8 @@ impl RelinkPlan {
     pub fn has_findings(&self) -> bool {
         !self.unresolved.is_empty()
             || !self.skipped.is_empty()
+            || !self.uninspected.is_empty()
+            || !self.conflicts.is_empty()
             || self.items.iter().any(|i| i.refused.is_some())
     }
 }
@@ -1307,6 +1474,12 @@ pub fn plan_relink(
 ) -> Result<RelinkPlan> {
     let dir =
         fs::canonicalize(dir).map_err(|e| Error::io("opening the folder", e).with_path(dir))?;
+    if !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a folder (relink scans a tree; for one file use `vhdkit reparent`)",
+            dir.display()
+        )));
+    }
     let mut roots = vec![dir.clone()];
     let mut search_abs = Vec::new();
     for s in search {
@@ -1327,6 +1500,8 @@ pub fn plan_relink(
     }
     let mut items = Vec::new();
     let mut unresolved = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut digests = Digests::default();
     let mut new_parent_key: HashMap<FileKey, FileKey> = HashMap::new();
     for d in &sc.disks {
         if d.outside || !under(&d.path, &dir) {
@@ -1344,7 +1519,7 @@ pub fn plan_relink(
                 c.key != d.key
                     && c.format == d.format
                     && c.virtual_size == d.virtual_size
-                    && c.logical_sector_size == d.logical_sector_size
+                    && crate::sectors::logical_matches(d.logical_sector_size, c.logical_sector_size)
             })
             .collect();
         let current_key = p.resolved_key.clone();
@@ -1367,6 +1542,13 @@ pub fn plan_relink(
             });
             continue;
         };
+        if let Some(why) = ambiguity(&cands, current_key.as_ref(), &mut digests, opts) {
+            conflicts.push(Finding {
+                path: d.path.clone(),
+                reason: why,
+            });
+            continue;
+        }
         // A relative locator that already names the chosen file: only a pending journal.
         let reason = match (&p.resolved, &p.via) {
             (None, _) => "its parent does not resolve".to_string(),
@@ -1375,16 +1557,8 @@ pub fn plan_relink(
             (Some(_), Some(v)) => format!("its parent resolves only through {v}"),
             (Some(_), None) => "its parent resolves only indirectly".to_string(),
         };
-        let refused = if d.read_only {
-            lock::read_only_reason(&d.path)
-        } else if lock::is_locked_elsewhere(&d.path) {
-            Some(
-                "in use by another process (it holds a lock on the file); close it and run again"
-                    .into(),
-            )
-        } else {
-            None
-        };
+        let refused =
+            blind_choice(&sc, current_key.as_ref(), &best.key).or_else(|| change_refusal(d));
         new_parent_key.insert(d.key.clone(), best.key.clone());
         items.push((
             d.key.clone(),
@@ -1439,8 +1613,76 @@ pub fn plan_relink(
         items: out,
         unresolved,
         skipped: sc.skipped,
+        uninspected: sc.uninspected,
+        conflicts,
         notes: sc.notes,
     })
+}
+
+/// Why choosing `best` would be a decision from a partial view: the child's current parent is
+/// not the file chosen, and a path that could not be inspected (or a disk that does not open)
+/// may be another file with the recorded id and different contents.
+fn blind_choice(sc: &Scan, current: Option<&FileKey>, best: &FileKey) -> Option<String> {
+    let blind = sc.uninspected.len() + sc.skipped.len();
+    (current != Some(best) && blind > 0).then(|| {
+        format!(
+            "not repointed: {blind} path(s) in the tree could not be inspected, and one may be \
+             another file with its parent's id and different contents"
+        )
+    })
+}
+
+/// Content digests of candidate parents, each computed once.
+#[derive(Default)]
+struct Digests(HashMap<FileKey, std::result::Result<String, String>>);
+
+impl Digests {
+    fn of(&mut self, d: &ScannedDisk, opts: &ShareOptions) -> std::result::Result<String, String> {
+        self.0
+            .entry(d.key.clone())
+            .or_insert_with(|| {
+                Chain::open(&d.path, &opts.chain)
+                    .and_then(|c| digest::content_digest(&c.into_view(), &mut |_| {}))
+                    .map(|(h, _)| h)
+                    .map_err(|e| one_line(&e))
+            })
+            .clone()
+    }
+}
+
+/// Why no candidate may be chosen: several files carry the recorded id and their virtual
+/// contents are not proven equal. The child's current parent, when it is one of them, is always
+/// a safe choice (its contents do not change).
+fn ambiguity(
+    cands: &[&ScannedDisk],
+    current: Option<&FileKey>,
+    digests: &mut Digests,
+    opts: &ShareOptions,
+) -> Option<String> {
+    if cands.len() < 2 || cands.iter().any(|c| Some(&c.key) == current) {
+        return None;
+    }
+    let mut seen: Vec<(String, &Path)> = Vec::new();
+    for c in cands {
+        match digests.of(c, opts) {
+            Ok(h) => seen.push((h, &c.path)),
+            Err(e) => {
+                return Some(format!(
+                    "several files carry its parent's id and {} cannot be read to \
+                     compare them: {e}",
+                    c.path.display()
+                ))
+            }
+        }
+    }
+    let (h0, p0) = seen.first()?;
+    let (_, p1) = seen.iter().find(|(h, _)| h != h0)?;
+    Some(format!(
+        "{} and {} both carry its parent's id but their contents differ; left alone \
+         (repoint it by hand with `vhdkit reparent`)",
+        p0.display(),
+        p1.display()
+    ))
 }
 
 /// Carry out a relink plan.

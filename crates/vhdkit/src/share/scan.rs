@@ -1,8 +1,9 @@
 //! Walk folders for VHD/VHDX files (by signature, never by name), open each, and resolve every
 //! differencing disk's parent.
 //!
-//! The walk never follows symlinked folders (no loops), is bounded in depth and in entries, and
-//! sorts entries so results are deterministic. Symlinked *files* that lead to a disk are
+//! The walk ([`crate::tree`]) never follows symlinked folders (no loops), is bounded in depth and
+//! in entries, sorts entries so results are deterministic, and reports every path it could not
+//! inspect. Symlinked *files* that lead to a disk are
 //! recorded as links (the `mklink` setups `share` replaces). Hard links to one file are one disk
 //! with several names. A file that has a disk signature but fails to open is skipped with the
 //! reason. vhdkit's own journal and temporary files are ignored.
@@ -14,8 +15,9 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::chain::{resolve_parent, ChainOptions};
-use crate::disk::{detect, Disk, DiskFormat, DiskType};
+use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
+use crate::tree::{self, FoundDisk, Uninspected, WalkLimits};
 use crate::txn::journal::FileJournal;
 
 /// Suffix of the temporary file `share` copies a keeper into (ignored by the scan).
@@ -58,6 +60,19 @@ pub fn file_key(path: &Path, meta: &fs::Metadata) -> FileKey {
         let _ = meta;
         let c = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         FileKey(c.to_string_lossy().to_lowercase().into_bytes())
+    }
+}
+
+/// Bytes a file occupies on disk: allocated blocks where the OS tells, else its length.
+pub fn allocated(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.blocks().saturating_mul(512)
+    }
+    #[cfg(not(unix))]
+    {
+        meta.len()
     }
 }
 
@@ -113,6 +128,8 @@ pub struct ScannedDisk {
     pub id: Uuid,
     /// File size in bytes.
     pub file_size: u64,
+    /// Bytes allocated to it on disk (what `du` counts; holes are free).
+    pub allocated: u64,
     /// True when its permissions make it read-only.
     pub read_only: bool,
     /// True when a vhdkit journal lies beside it (an interrupted change).
@@ -159,8 +176,10 @@ pub struct Scan {
     pub skipped: Vec<Skipped>,
     /// Symlinks to disk files.
     pub symlinks: Vec<Symlink>,
-    /// Notes (folders not followed, limits reached).
+    /// Notes.
     pub notes: Vec<String>,
+    /// Paths under the roots that could not be inspected (each may hide a disk).
+    pub uninspected: Vec<Uninspected>,
     /// Directory entries looked at.
     pub entries: usize,
 }
@@ -205,13 +224,8 @@ fn is_ours(name: &str) -> bool {
     name.ends_with(".vhdkit-journal") || name.ends_with(TMP_SUFFIX)
 }
 
-/// Whether the file at `path` carries a VHD or VHDX signature.
-fn has_signature(path: &Path) -> bool {
-    fs::File::open(path).is_ok_and(|f| detect(&f).is_ok())
-}
-
 /// Walk `roots` (recursively), open every disk, resolve every parent. `on_file` is called once
-/// per disk opened (for progress).
+/// per disk opened (for progress). Paths that cannot be inspected are in `uninspected`.
 pub fn scan(
     roots: &[PathBuf],
     chain: &ChainOptions,
@@ -220,6 +234,10 @@ pub fn scan(
 ) -> Result<Scan> {
     let mut out = Scan::default();
     let mut index: HashMap<FileKey, usize> = HashMap::new();
+    let wl = WalkLimits {
+        max_depth: limits.max_depth,
+        max_entries: limits.max_entries,
+    };
     for root in roots {
         let root = fs::canonicalize(root)
             .map_err(|e| Error::io("opening the folder", e).with_path(root))?;
@@ -227,93 +245,40 @@ pub fn scan(
             continue;
         }
         out.roots.push(root.clone());
-        let mut stack = vec![(root, 0usize)];
-        while let Some((dir, depth)) = stack.pop() {
-            let rd = match fs::read_dir(&dir) {
-                Ok(r) => r,
-                Err(e) => {
-                    out.notes
-                        .push(format!("cannot list {}: {e}", dir.display()));
-                    continue;
+        let select = tree::Select {
+            ignore: &is_ours,
+            also: &|_| false,
+        };
+        let w = tree::walk(&root, &wl, &select)?;
+        out.entries += w.entries;
+        out.uninspected.extend(w.uninspected);
+        for l in w.links {
+            let target = fs::canonicalize(&l.path).unwrap_or_else(|_| l.path.clone());
+            out.symlinks.push(Symlink {
+                key: file_key(&l.path, &l.meta),
+                path: l.path,
+                target,
+            });
+        }
+        for FoundDisk { path, meta } in w.disks {
+            let key = file_key(&path, &meta);
+            if let Some(&i) = index.get(&key) {
+                if let Some(d) = out.disks.get_mut(i) {
+                    d.names.push(path);
                 }
-            };
-            let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            entries.sort();
-            let mut subdirs = Vec::new();
-            for path in entries {
-                out.entries += 1;
-                if out.entries > limits.max_entries {
-                    out.notes.push(format!(
-                        "stopped after {} entries (the limit); the rest was not scanned",
-                        limits.max_entries
-                    ));
-                    return finish(out, index, chain);
-                }
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if is_ours(&name) {
-                    continue;
-                }
-                let Ok(lmeta) = fs::symlink_metadata(&path) else {
-                    continue;
-                };
-                if lmeta.file_type().is_symlink() {
-                    let Ok(meta) = fs::metadata(&path) else {
-                        continue; // dangling
-                    };
-                    if meta.is_dir() {
-                        out.notes.push(format!(
-                            "{}: a symlinked folder, not followed",
-                            path.display()
-                        ));
-                    } else if meta.is_file() && has_signature(&path) {
-                        let target = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-                        out.symlinks.push(Symlink {
-                            key: file_key(&path, &meta),
-                            path,
-                            target,
-                        });
-                    }
-                    continue;
-                }
-                if lmeta.is_dir() {
-                    if depth + 1 > limits.max_depth {
-                        out.notes.push(format!(
-                            "{}: deeper than {} levels, not scanned",
-                            path.display(),
-                            limits.max_depth
-                        ));
-                    } else {
-                        subdirs.push((path, depth + 1));
-                    }
-                    continue;
-                }
-                if !lmeta.is_file() || !has_signature(&path) {
-                    continue;
-                }
-                let key = file_key(&path, &lmeta);
-                if let Some(&i) = index.get(&key) {
-                    if let Some(d) = out.disks.get_mut(i) {
-                        d.names.push(path);
-                    }
-                    continue;
-                }
-                on_file(&path);
-                match open_one(&path, key.clone(), &lmeta, chain, false) {
-                    Ok(d) => {
-                        index.insert(key, out.disks.len());
-                        out.disks.push(d);
-                    }
-                    Err(e) => out.skipped.push(Skipped {
-                        path,
-                        reason: e.to_string().replace('\n', " "),
-                    }),
-                }
+                continue;
             }
-            // Depth first, in name order.
-            stack.extend(subdirs.into_iter().rev());
+            on_file(&path);
+            match open_one(&path, key.clone(), &meta, chain, false) {
+                Ok(d) => {
+                    index.insert(key, out.disks.len());
+                    out.disks.push(d);
+                }
+                Err(e) => out.skipped.push(Skipped {
+                    path,
+                    reason: e.to_string().replace('\n', " "),
+                }),
+            }
         }
     }
     finish(out, index, chain)
@@ -402,6 +367,7 @@ fn open_one(
         logical_sector_size: disk.logical_sector_size(),
         id: disk.identity(),
         file_size: meta.len(),
+        allocated: allocated(meta),
         read_only: meta.permissions().readonly(),
         pending_journal: FileJournal::for_disk(path).path().exists(),
         outside,

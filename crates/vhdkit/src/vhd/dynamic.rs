@@ -36,6 +36,29 @@ pub struct ParentName {
     pub error: Option<String>,
     /// The raw bytes, trailing zero code units trimmed.
     pub raw: Vec<u8>,
+    /// True when the field was stored little-endian (VirtualBox 2.x, early tapdisk) and was
+    /// read as such; see [`little_endian_name`].
+    pub little_endian: bool,
+}
+
+/// The parent name read little-endian, when that reading is certain: every big-endian code
+/// unit has a zero low byte (so read big-endian it would be a run of CJK or punctuation
+/// characters that all end in 00), while read little-endian it is printable ASCII ending in a
+/// VHD extension. VirtualBox 2.x wrote the host's (little-endian) UTF-16 here, and so did
+/// tapdisk 0.1 (blktap reads `tap` 0.1 names as native UTF-16).
+pub fn little_endian_name(raw: &[u8]) -> Option<String> {
+    if raw.is_empty() || raw.len() % 2 != 0 {
+        return None;
+    }
+    let mut name = String::with_capacity(raw.len() / 2);
+    for c in raw.chunks_exact(2) {
+        match c {
+            [lo @ 0x20..=0x7e, 0] => name.push(char::from(*lo)),
+            _ => return None,
+        }
+    }
+    let lower = name.to_ascii_lowercase();
+    (lower.ends_with(".vhd") || lower.ends_with(".avhd")).then_some(name)
 }
 
 /// Decode the parent unicode name field (UTF-16 **big-endian**, zero-padded).
@@ -53,11 +76,20 @@ pub fn decode_parent_name(field: &[u8]) -> ParentName {
         units.pop();
     }
     let raw = field.get(..units.len() * 2).unwrap_or_default().to_vec();
+    if let Some(name) = little_endian_name(&raw) {
+        return ParentName {
+            name: Some(name),
+            error: None,
+            raw,
+            little_endian: true,
+        };
+    }
     match String::from_utf16(&units) {
         Ok(s) => ParentName {
             name: Some(s),
             error: None,
             raw,
+            little_endian: false,
         },
         Err(_) => ParentName {
             name: None,
@@ -66,6 +98,7 @@ pub fn decode_parent_name(field: &[u8]) -> ParentName {
                 first_bad_unit(&units)
             )),
             raw,
+            little_endian: false,
         },
     }
 }
@@ -186,6 +219,27 @@ mod tests {
         assert!(p.name.is_none());
         assert!(p.error.unwrap().contains("code unit 2"));
         assert_eq!(p.raw.len(), 8);
+    }
+
+    #[test]
+    fn little_endian_parent_name_is_recognised_only_when_certain() {
+        let le: Vec<u8> = "base.vhd"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .chain([0u8; 8])
+            .collect();
+        let p = decode_parent_name(&le);
+        assert_eq!(p.name.as_deref(), Some("base.vhd"));
+        assert!(p.little_endian);
+        // Big-endian ASCII is never mistaken for it.
+        let p = decode_parent_name(&be("base.vhd"));
+        assert_eq!(p.name.as_deref(), Some("base.vhd"));
+        assert!(!p.little_endian);
+        // Without a VHD extension the reading is not certain: big-endian as the spec says.
+        let le: Vec<u8> = "base".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let p = decode_parent_name(&le);
+        assert!(!p.little_endian);
+        assert_ne!(p.name.as_deref(), Some("base"));
     }
 
     #[test]

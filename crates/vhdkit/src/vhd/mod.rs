@@ -24,6 +24,7 @@ pub mod dynamic;
 pub mod footer;
 pub mod format;
 pub mod locator;
+pub mod name_style;
 pub mod reparent;
 pub mod write;
 
@@ -286,6 +287,9 @@ impl VhdFile {
         if disk_type == DiskType::Differencing {
             if let Some(e) = &hdr.parent_name.error {
                 warnings.push(e.clone());
+            }
+            if hdr.parent_name.little_endian {
+                warnings.push(little_endian_warning(&hdr.parent_name));
             }
         }
         Ok(VhdFile {
@@ -578,6 +582,15 @@ impl Image for VhdFile {
     fn details(&self) -> FormatInfo {
         FormatInfo::Vhd(self.info())
     }
+}
+
+/// The warning for a parent unicode name stored little-endian.
+pub(crate) fn little_endian_warning(n: &dynamic::ParentName) -> String {
+    format!(
+        "the parent unicode name is stored little-endian (as VirtualBox 2.x and tapdisk 0.1 \
+         wrote it), not big-endian as the VHD spec says; read as {:?}",
+        n.name.as_deref().unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,91 @@
+//! The one rule for when `share` may remove a name: a copy, the old name of a moved keeper, a
+//! symlink to a parent.
+//!
+//! A name is removed only when the user asked (`--delete-copies`), it lies under DIR and not in
+//! SHARED, and the whole tree was inspected: a file that could not be read, a folder that could
+//! not be listed, a link that could not be followed, a folder past the depth bound or a disk that
+//! did not open may be a child of any group, and removing its parent would orphan it. While any
+//! such path exists, nothing is removed in any group (which group it belongs to cannot be known).
+//! Without `--delete-copies` no name is removed at all, since a disk outside DIR (which the scan
+//! cannot see) might use it.
+
+use super::scan::Skipped;
+use crate::tree::Uninspected;
+
+/// Whether and why names are kept in this run.
+#[derive(Debug, Clone)]
+pub(crate) struct Removal {
+    delete_copies: bool,
+    blocked: Option<String>,
+}
+
+impl Removal {
+    /// The rule for a run over a tree with these uninspected paths and unopenable disks.
+    pub(crate) fn new(
+        delete_copies: bool,
+        uninspected: &[Uninspected],
+        skipped: &[Skipped],
+    ) -> Self {
+        let n = uninspected.len() + skipped.len();
+        let first = uninspected
+            .first()
+            .map(|u| u.path.display().to_string())
+            .or_else(|| skipped.first().map(|s| s.path.display().to_string()));
+        let blocked = first.map(|f| {
+            format!(
+                "{n} path(s) in the tree could not be inspected (first: {f}); a child \
+                 there could use it"
+            )
+        });
+        Removal {
+            delete_copies,
+            blocked,
+        }
+    }
+
+    /// Why a name is kept, or `None` when it may be removed. `outside`: not under DIR;
+    /// `shared`: in SHARED.
+    pub(crate) fn keep_reason(&self, outside: bool, shared: bool) -> Option<String> {
+        if !self.delete_copies {
+            Some("no --delete-copies (a disk outside DIR might use it)".into())
+        } else if outside {
+            Some("outside DIR".into())
+        } else if shared {
+            Some("in SHARED".into())
+        } else {
+            self.blocked.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::UninspectedKind;
+
+    #[test]
+    fn reasons_in_order() {
+        let none = Removal::new(true, &[], &[]);
+        assert_eq!(none.keep_reason(false, false), None);
+        assert!(none
+            .keep_reason(true, false)
+            .unwrap()
+            .contains("outside DIR"));
+        let off = Removal::new(false, &[], &[]);
+        assert!(off
+            .keep_reason(false, false)
+            .unwrap()
+            .contains("no --delete-copies"));
+        let u = Uninspected {
+            path: "/x/vm2".into(),
+            kind: UninspectedKind::Unlistable,
+            reason: "denied".into(),
+        };
+        let b = Removal::new(true, &[u], &[]);
+        let r = b.keep_reason(false, false).unwrap();
+        assert!(
+            r.contains("could not be inspected") && r.contains("/x/vm2"),
+            "{r}"
+        );
+    }
+}
