@@ -5,7 +5,7 @@
 #   1. testdata/ at the repository root (every .vhd/.vhdx/.avhd/.avhdx, plain, .gz or .bz2, and
 #      testdata/fuzz-regressions/*);
 #   2. the shared real-world images (../shared/testdata-real beside the repository, or
-#      $VHDKIT_TESTDATA_REAL);
+#      $VHDKIT_REAL_TESTDATA);
 #   3. tiny images made here with qemu-img/qemu-io in several subformats and block sizes.
 #
 # Size policy (inputs are capped at -max_len=4 MiB by run-ci.sh):
@@ -92,7 +92,7 @@ if [ -d "$ROOT/testdata" ]; then
 fi
 
 # 2. shared real-world images
-REAL="${VHDKIT_TESTDATA_REAL:-}"
+REAL="${VHDKIT_REAL_TESTDATA:-}"
 if [ -z "$REAL" ]; then
     for d in "$ROOT/../shared/testdata-real" "$ROOT/../../shared/testdata-real"; do
         if [ -d "$d" ]; then REAL="$d"; break; fi
@@ -104,7 +104,7 @@ if [ -n "$REAL" ] && [ -d "$REAL" ]; then
         add_any "real-${rel//\//-}" "$f"
     done < <(find "$REAL" -type f \( -iname '*.vhd*' -o -iname '*.avhd*' -o -name '*.1' -o -name '*.bin' \) -print0 | sort -z)
 else
-    echo "seed.sh: no shared testdata-real found (set VHDKIT_TESTDATA_REAL); skipping" >&2
+    echo "seed.sh: no shared testdata-real found (set VHDKIT_REAL_TESTDATA); skipping" >&2
 fi
 
 # 3. tiny qemu-made images

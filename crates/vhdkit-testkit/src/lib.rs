@@ -1,11 +1,15 @@
 //! Test support for vhdkit (not published): paths to the shared real images, decompression,
 //! digests, external-tool detection, and small image builders used until vhdkit can write.
 //!
-//! Tests that need something absent (the shared images, qemu-img, pyvhdi) print a loud
-//! `SKIP:` line on stderr and return early; they never pass silently by accident of setup.
+//! Tests that need something absent (the shared images, qemu-img, pyvhdi, strace, ...) go
+//! through [`skip_or_fail`]: with `CI=true` the test fails with the reason; otherwise it prints a
+//! `SKIP:` line on stdout, records it in `target/vhdkit-skips.txt` and returns early. Never write
+//! a bare `return` for a missing tool or image: call a helper of this crate instead.
 
 pub mod corpus;
 pub mod foreign;
+pub mod kill;
+pub mod lab;
 pub mod vhd;
 pub mod vhdx;
 
@@ -16,6 +20,11 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 pub mod oracle;
+pub mod skip;
+pub mod snapshot;
+pub mod through;
+
+pub use skip::{require_file, skip_or_fail};
 
 /// Root of the vhdkit workspace.
 pub fn workspace_root() -> PathBuf {
@@ -48,10 +57,10 @@ pub fn real_data_dir(why: &str) -> Option<PathBuf> {
     if dir.join("SOURCES.md").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIP: {why}: shared real test images not found at {} (set VHDKIT_REAL_TESTDATA)",
+        skip_or_fail(&format!(
+            "{why}: shared real test images not found at {} (set VHDKIT_REAL_TESTDATA)",
             dir.display()
-        );
+        ));
         None
     }
 }
@@ -117,7 +126,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// True when `cmd --version` (or `--help`) runs; otherwise prints a SKIP line naming `why`.
+/// True when `cmd --version` runs; otherwise skips (fails in CI) naming `why`.
 pub fn have_tool(cmd: &str, why: &str) -> bool {
     let ok = Command::new(cmd)
         .arg("--version")
@@ -125,12 +134,13 @@ pub fn have_tool(cmd: &str, why: &str) -> bool {
         .map(|o| o.status.success() || !o.stdout.is_empty())
         .unwrap_or(false);
     if !ok {
-        eprintln!("SKIP: {why}: `{cmd}` is not installed");
+        skip_or_fail(&format!("{why}: `{cmd}` is not installed"));
     }
     ok
 }
 
-/// True when Python can import `module` with `/usr/bin/python3` (Debian's pyvhdi lives there).
+/// True when Python can import `module` with `/usr/bin/python3` (Debian's pyvhdi lives there);
+/// otherwise skips (fails in CI) naming `why`.
 pub fn have_python_module(module: &str, why: &str) -> bool {
     let ok = Command::new("/usr/bin/python3")
         .args(["-c", &format!("import {module}")])
@@ -138,7 +148,9 @@ pub fn have_python_module(module: &str, why: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("SKIP: {why}: python module `{module}` is not importable by /usr/bin/python3");
+        skip_or_fail(&format!(
+            "{why}: python module `{module}` is not importable by /usr/bin/python3"
+        ));
     }
     ok
 }

@@ -94,7 +94,7 @@ print(h.hexdigest(), size)
 "#;
 
 /// A Python interpreter that can import dissect.hypervisor: `VHDKIT_DISSECT_PYTHON`, else
-/// `python3` on the PATH. `None`, with a SKIP line naming `why`, when neither can.
+/// `python3` on the PATH. `None` when neither can: skipped (a failure in CI) naming `why`.
 pub fn dissect_python(why: &str) -> Option<std::path::PathBuf> {
     let mut cands: Vec<std::path::PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("VHDKIT_DISSECT_PYTHON") {
@@ -111,10 +111,10 @@ pub fn dissect_python(why: &str) -> Option<std::path::PathBuf> {
             return Some(c);
         }
     }
-    eprintln!(
-        "SKIP: {why}: dissect.hypervisor is not importable (install it in a venv and set \
+    crate::skip_or_fail(&format!(
+        "{why}: dissect.hypervisor is not importable (install it in a venv and set \
          VHDKIT_DISSECT_PYTHON to its python)"
-    );
+    ));
     None
 }
 

@@ -8,20 +8,13 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use vhdkit::check::{check_file, CheckOptions};
 use vhdkit::repair::{repair, RepairOptions};
-use vhdkit::{Chain, ChainOptions, Disk};
+use vhdkit::Disk;
+use vhdkit_testkit::sha256_file;
+use vhdkit_testkit::through::chain_sha;
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::{sha256_file, sha256_reader};
 
 const PARENT_ID: [u8; 16] = *b"parent-identity!";
-
-fn chain_sha(p: &Path) -> String {
-    sha256_reader(
-        Chain::open(p, &ChainOptions::default())
-            .unwrap()
-            .into_view(),
-    )
-}
 
 fn codes(p: &Path) -> Vec<&'static str> {
     check_file(p, &CheckOptions::default()).unwrap().codes()

@@ -13,6 +13,9 @@ use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::txn::journal::{self, JournalStore, Recovery};
 use vhdkit::vhd::locator::LocatorSlot;
 use vhdkit::{Chain, ChainOptions, ChainView, Disk, Error, OpenOptions, PathMap};
+use vhdkit_testkit::lab::Lab;
+use vhdkit_testkit::snapshot::Snapshot;
+use vhdkit_testkit::through::{assert_changes_within, chain_sha_with};
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::{sha256_reader, Rng};
 
@@ -20,13 +23,17 @@ const SIZE: u64 = 8 << 20;
 const BS: u32 = 1 << 20;
 
 /// A lab: `old/base.vhd` (the parent the child was made from), `vm/child.vhd` (its child,
-/// linked by W2ku, W2ru, Wi2r and MacX), and a byte-identical copy of the parent elsewhere.
-struct Lab {
-    dir: tempfile::TempDir,
-    parent_bytes: Vec<u8>,
-    child: PathBuf,
-    old_parent: PathBuf,
+/// linked by W2ku, W2ru, Wi2r and MacX), and the parent's unique id.
+struct VhdLab {
+    lab: Lab,
     parent_id: [u8; 16],
+}
+
+impl std::ops::Deref for VhdLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
 }
 
 fn write_data(b: &mut VhdBuilder, rng: &mut Rng, writes: usize, size: u64) {
@@ -39,10 +46,7 @@ fn write_data(b: &mut VhdBuilder, rng: &mut Rng, writes: usize, size: u64) {
     }
 }
 
-fn lab_with(size: u64, seed: u64, extra: impl FnOnce(VhdBuilder) -> VhdBuilder) -> Lab {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("old")).unwrap();
-    std::fs::create_dir_all(dir.path().join("vm")).unwrap();
+fn lab_with(size: u64, seed: u64, extra: impl FnOnce(VhdBuilder) -> VhdBuilder) -> VhdLab {
     let mut rng = Rng::new(seed);
     let mut parent = VhdBuilder::dynamic(size).block_size(BS).timestamp(1234);
     write_data(&mut parent, &mut rng, 40, size);
@@ -62,35 +66,19 @@ fn lab_with(size: u64, seed: u64, extra: impl FnOnce(VhdBuilder) -> VhdBuilder) 
         child.write(s * 512, &d);
     }
     write_data(&mut child, &mut rng, 20, size);
-    let old_parent = dir.path().join("old/base.vhd");
-    let parent_bytes = parent.build().bytes;
-    std::fs::write(&old_parent, &parent_bytes).unwrap();
-    let c = dir.path().join("vm/child.vhd");
-    child.build().write_to(&c);
-    Lab {
+    VhdLab {
+        lab: Lab::new(
+            "old/base.vhd",
+            parent.build().bytes,
+            "vm/child.vhd",
+            &child.build().bytes,
+        ),
         parent_id: parent.id(),
-        parent_bytes,
-        dir,
-        child: c,
-        old_parent,
     }
 }
 
-fn lab() -> Lab {
+fn lab() -> VhdLab {
     lab_with(SIZE, 1, |c| c)
-}
-
-impl Lab {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    /// Copy the parent to `rel` (creating folders).
-    fn copy_parent(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &self.parent_bytes).unwrap();
-        p
-    }
 }
 
 fn opts(np: &Path) -> ReparentOptions {
@@ -98,10 +86,6 @@ fn opts(np: &Path) -> ReparentOptions {
         new_parent: np.to_path_buf(),
         ..ReparentOptions::default()
     }
-}
-
-fn chain_sha(child: &Path, o: &ChainOptions) -> String {
-    sha256_reader(Chain::open(child, o).unwrap().into_view())
 }
 
 fn slots(p: &Path) -> Vec<LocatorSlot> {
@@ -118,21 +102,6 @@ fn locator(p: &Path, kind: &str) -> Option<String> {
         .into_iter()
         .find(|l| l.kind == kind)
         .and_then(|l| l.path)
-}
-
-/// Every byte that differs between `old` and `new` (and every byte past `old`'s end) must lie
-/// in one of `allowed`.
-fn assert_changes_within(old: &[u8], new: &[u8], allowed: &[Range<usize>]) {
-    let n = old.len().max(new.len());
-    for i in 0..n {
-        if old.get(i) != new.get(i) && !allowed.iter().any(|r| r.contains(&i)) {
-            panic!(
-                "byte {i:#x} changed outside the metadata areas ({:?} -> {:?})",
-                old.get(i),
-                new.get(i)
-            );
-        }
-    }
 }
 
 /// Footer copies, header, and every locator data space before and after.
@@ -161,7 +130,7 @@ fn reparent_ok(child: &Path, o: &ReparentOptions) -> reparent::ReparentPlan {
 #[test]
 fn round_trip_to_a_copy_elsewhere() {
     let lab = lab();
-    let before_sha = chain_sha(&lab.child, &ChainOptions::default());
+    let before_sha = chain_sha_with(&lab.child, &ChainOptions::default());
     let before = std::fs::read(&lab.child).unwrap();
     let np = lab.copy_parent("RefDisk/base.vhd");
     let plan = reparent_ok(&lab.child, &opts(&np));
@@ -266,7 +235,7 @@ fn oracles(child: &Path, parent: &Path, name: &str) {
 #[test]
 fn relocation_of_long_paths_keeps_data_in_place() {
     let lab = lab();
-    let before_sha = chain_sha(&lab.child, &ChainOptions::default());
+    let before_sha = chain_sha_with(&lab.child, &ChainOptions::default());
     let before = std::fs::read(&lab.child).unwrap();
     let long = format!("{}/base.vhd", ["a-rather-long-folder-name"; 14].join("/"));
     let np = lab.copy_parent(&format!("vm/{long}"));
@@ -311,19 +280,25 @@ fn relocation_of_long_paths_keeps_data_in_place() {
     assert_eq!(&after[after.len() - 512..], &before[old_footer..]);
     assert_eq!(&after[..512], &before[..512]);
     std::fs::remove_file(&lab.old_parent).unwrap();
-    assert_eq!(chain_sha(&lab.child, &ChainOptions::default()), before_sha);
+    assert_eq!(
+        chain_sha_with(&lab.child, &ChainOptions::default()),
+        before_sha
+    );
     // Repointing again to a short path reuses the relocated space in place.
     let np2 = lab.copy_parent("vm/b.vhd");
     let p2 = reparent_ok(&lab.child, &opts(&np2));
     assert_eq!(p2.txn.new_len, p2.txn.old_len);
     assert_eq!(locator(&lab.child, "W2ru").as_deref(), Some(r".\b.vhd"));
-    assert_eq!(chain_sha(&lab.child, &ChainOptions::default()), before_sha);
+    assert_eq!(
+        chain_sha_with(&lab.child, &ChainOptions::default()),
+        before_sha
+    );
 }
 
 #[test]
 fn odd_names_round_trip() {
     let lab = lab();
-    let sha = chain_sha(&lab.child, &ChainOptions::default());
+    let sha = chain_sha_with(&lab.child, &ChainOptions::default());
     let np = lab.copy_parent("Réf Disks/Basis Ünïcødé 日本 😀.vhd");
     let plan = reparent_ok(&lab.child, &opts(&np));
     assert_eq!(
@@ -335,7 +310,7 @@ fn odd_names_round_trip() {
         plan.absolute_path.map(|a| a.value)
     );
     std::fs::remove_file(&lab.old_parent).unwrap();
-    assert_eq!(chain_sha(&lab.child, &ChainOptions::default()), sha);
+    assert_eq!(chain_sha_with(&lab.child, &ChainOptions::default()), sha);
     oracles(&lab.child, &np, "Basis Ünïcødé 日本 😀.vhd");
 
     // UNC --windows-path with spaces, absolute-only.
@@ -359,7 +334,7 @@ fn odd_names_round_trip() {
         ))
         .unwrap(),
     );
-    assert_eq!(chain_sha(&lab.child, &o), sha);
+    assert_eq!(chain_sha_with(&lab.child, &o), sha);
 
     // A path too long for the parent name: the name holds the file name only.
     let deep = format!("{}/p.vhd", vec!["d".repeat(60); 6].join("/"));
@@ -412,8 +387,8 @@ fn modes_and_map_in_reverse() {
 }
 
 fn assert_refused(child: &Path, o: &ReparentOptions, needle: &str) {
-    let bytes = std::fs::read(child).unwrap();
-    let mtime = std::fs::metadata(child).unwrap().modified().unwrap();
+    // The whole lab (the child's folder's parent): child, journal, every parent copy.
+    let before = Snapshot::tree(child.parent().unwrap().parent().unwrap());
     match reparent::plan(child, o) {
         Err(e @ Error::Refused { .. }) => {
             let s = e.to_string();
@@ -423,8 +398,7 @@ fn assert_refused(child: &Path, o: &ReparentOptions, needle: &str) {
         Err(e) => panic!("expected a refusal, got {e}"),
         Ok(p) => panic!("expected a refusal, got a plan {:?}", p.identity),
     }
-    assert_eq!(std::fs::read(child).unwrap(), bytes);
-    assert_eq!(std::fs::metadata(child).unwrap().modified().unwrap(), mtime);
+    before.assert_unchanged(needle);
 }
 
 #[test]
@@ -495,7 +469,7 @@ fn refusals_touch_nothing() {
     assert_refused(&lab.child, &opts(&lab.old_parent), "does not match");
     std::fs::remove_file(j.path()).unwrap();
     // The same data under another identity is accepted with --verify-content ...
-    let sha = chain_sha(&lab.child, &ChainOptions::default());
+    let sha = chain_sha_with(&lab.child, &ChainOptions::default());
     let plan = reparent_ok(&lab.child, &o);
     assert!(matches!(
         plan.identity,
@@ -508,7 +482,7 @@ fn refusals_touch_nothing() {
         uuid::Uuid::from_bytes(other.id())
     );
     assert_eq!(d.parent_linkage().unwrap().timestamp, Some(0));
-    assert_eq!(chain_sha(&lab.child, &ChainOptions::default()), sha);
+    assert_eq!(chain_sha_with(&lab.child, &ChainOptions::default()), sha);
     // ... and back to the original with --ignore-id-mismatch (loud warning).
     let plan = reparent_ok(
         &lab.child,
@@ -525,7 +499,7 @@ fn refusals_touch_nothing() {
         .warnings
         .iter()
         .any(|w| w.contains("IDENTITY MISMATCH IGNORED")));
-    assert_eq!(chain_sha(&lab.child, &ChainOptions::default()), sha);
+    assert_eq!(chain_sha_with(&lab.child, &ChainOptions::default()), sha);
 }
 
 #[test]
@@ -670,14 +644,16 @@ fn pending_journal_overlay_and_repair() {
     assert!(d.warnings().is_empty(), "{:?}", d.warnings());
 
     // A journal that does not match the file is ignored and never applied.
-    let now = std::fs::read(&lab.child).unwrap();
     std::fs::write(&lab.child, &old).unwrap();
     let mut tampered = old.clone();
     tampered[600] ^= 0xFF; // inside the header: matches neither old nor new
     let fp = FaultPlan::new(Some(3));
     let f = FaultyFile::new(old.clone(), fp.clone());
     let j = MemJournal::new(fp);
-    let _ = reparent::apply_to(&f, &j, &plan);
+    assert!(
+        reparent::apply_to(&f, &j, &plan).is_err(),
+        "the fault at 3 must stop it"
+    );
     std::fs::write(jp.path(), j.load().unwrap().unwrap()).unwrap();
     std::fs::write(&lab.child, &tampered).unwrap();
     match Disk::open(&lab.child) {
@@ -691,7 +667,6 @@ fn pending_journal_overlay_and_repair() {
     assert!(r.needs_attention());
     assert_eq!(std::fs::read(&lab.child).unwrap(), tampered);
     assert!(jp.path().exists());
-    let _ = now;
 }
 
 /// The real Windows child `fat-differential.vhd` with a synthetic parent (ORACLES.md recipe).
@@ -707,7 +682,7 @@ fn real_windows_child_fat_differential() {
     p.write(0, &vec![0xcd; 4 << 20]);
     let parent = p.build();
     parent.write_to(&d.path().join("fat-parent.vhd"));
-    let sha = chain_sha(&child, &ChainOptions::default());
+    let sha = chain_sha_with(&child, &ChainOptions::default());
     let before = std::fs::read(&child).unwrap();
     std::fs::create_dir_all(d.path().join("RefDisk")).unwrap();
     let np = d.path().join("RefDisk/fat-parent.vhd");
@@ -729,7 +704,7 @@ fn real_windows_child_fat_differential() {
         .map(|s| (s.code.as_str(), s.data_space_raw, s.data_offset))
         .collect();
     assert_eq!(sp, [("W2ku", 4096, 0x1000), ("W2ru", 65536, 0x3000)]);
-    assert_eq!(chain_sha(&child, &ChainOptions::default()), sha);
+    assert_eq!(chain_sha_with(&child, &ChainOptions::default()), sha);
     let after = std::fs::read(&child).unwrap();
     assert_changes_within(
         &before,
@@ -774,7 +749,7 @@ fn bytes_written_do_not_grow_with_the_disk() {
 #[test]
 fn batch_crash_at_every_operation_gives_old_or_new_per_child() {
     use vhdkit::txn::fault::FaultBarrier;
-    let labs: Vec<Lab> = (0..5).map(|s| lab_with(SIZE, 10 + s, |c| c)).collect();
+    let labs: Vec<VhdLab> = (0..5).map(|s| lab_with(SIZE, 10 + s, |c| c)).collect();
     let plans: Vec<reparent::ReparentPlan> = labs
         .iter()
         .enumerate()
@@ -875,14 +850,14 @@ fn batch_crash_at_every_operation_gives_old_or_new_per_child() {
 /// parent with the same contents, and no journal is left.
 #[test]
 fn apply_batch_on_files() {
-    let labs: Vec<Lab> = (0..5).map(|s| lab_with(SIZE, 20 + s, |c| c)).collect();
+    let labs: Vec<VhdLab> = (0..5).map(|s| lab_with(SIZE, 20 + s, |c| c)).collect();
     let nps: Vec<PathBuf> = labs
         .iter()
         .map(|l| l.copy_parent("RefDisk/base.vhd"))
         .collect();
     let before: Vec<String> = labs
         .iter()
-        .map(|l| chain_sha(&l.child, &ChainOptions::default()))
+        .map(|l| chain_sha_with(&l.child, &ChainOptions::default()))
         .collect();
     let plans: Vec<reparent::ReparentPlan> = labs
         .iter()
@@ -901,6 +876,6 @@ fn apply_batch_on_files() {
             std::fs::canonicalize(c.disks()[1].path().unwrap()).unwrap(),
             std::fs::canonicalize(np).unwrap()
         );
-        assert_eq!(&chain_sha(&l.child, &ChainOptions::default()), sha);
+        assert_eq!(&chain_sha_with(&l.child, &ChainOptions::default()), sha);
     }
 }

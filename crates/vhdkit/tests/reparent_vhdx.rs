@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use uuid::Uuid;
 use vhdkit::disk::FormatInfo;
@@ -16,6 +16,9 @@ use vhdkit::reparent::{self, AbsoluteSource, IdentityCheck, LocatorMode, Reparen
 use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::vhdx::VhdxInfo;
 use vhdkit::{Chain, ChainOptions, ChainView, Disk, Error, OpenOptions};
+use vhdkit_testkit::lab::Lab;
+use vhdkit_testkit::snapshot::Snapshot;
+use vhdkit_testkit::through::{assert_changes_within, chain_sha};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
 use vhdkit_testkit::{oracle, sha256_reader, Rng};
 
@@ -23,16 +26,9 @@ const MIB: u64 = 1 << 20;
 const SIZE: u64 = 8 << 20;
 const PARENT_DWG: u128 = 0xaaaa_0000_0000_4000_8000_0000_0000_0001;
 const CHILD_DWG: u128 = 0xcccc_0000_0000_4000_8000_0000_0000_0002;
-
-/// `old/base.vhdx` (the parent the child was made from) and `vm/child.avhdx`, linked the way
-/// Hyper-V links them (parent_linkage, absolute_win32_path, relative_path, volume_path, a zero
-/// parent_linkage2).
-struct Lab {
-    dir: tempfile::TempDir,
-    parent_bytes: Vec<u8>,
-    child: PathBuf,
-    old_parent: PathBuf,
-}
+/// The child's `parent_linkage2`: non-zero (a zero one is dropped when read) and matching no
+/// parent, so every refusal also proves the alternate linkage is not accepted blindly.
+const STALE_LINKAGE2: u128 = 0x2222_0000_0000_4000_8000_0000_0000_0003;
 
 fn parent_builder(size: u64, bs: u32, lss: u32, seed: u64) -> VhdxBuilder {
     let mut p = VhdxBuilder::new(Kind::Dynamic, size, bs, lss);
@@ -52,7 +48,7 @@ fn child_builder(size: u64, bs: u32, lss: u32, seed: u64) -> VhdxBuilder {
     c.data_write_guid = Uuid::from_u128(CHILD_DWG);
     c.file_write_guid = Uuid::from_u128(0xcccc_1111);
     c.parent_linkage = Uuid::from_u128(PARENT_DWG);
-    c.parent_linkage2 = Some(Uuid::nil());
+    c.parent_linkage2 = Some(Uuid::from_u128(STALE_LINKAGE2));
     c.absolute_win32_path = Some(r"C:\Lab\old\base.vhdx".into());
     c.relative_path = Some(r"..\old\base.vhdx".into());
     c.volume_path =
@@ -79,37 +75,16 @@ fn child_builder(size: u64, bs: u32, lss: u32, seed: u64) -> VhdxBuilder {
 }
 
 fn lab_with(size: u64, bs: u32, lss: u32, seed: u64) -> Lab {
-    let dir = tempfile::tempdir().unwrap();
-    for d in ["old", "vm"] {
-        std::fs::create_dir_all(dir.path().join(d)).unwrap();
-    }
-    let parent_bytes = parent_builder(size, bs, lss, seed).build().bytes;
-    let old_parent = dir.path().join("old/base.vhdx");
-    std::fs::write(&old_parent, &parent_bytes).unwrap();
-    let child = dir.path().join("vm/child.avhdx");
-    std::fs::write(&child, child_builder(size, bs, lss, seed).build().bytes).unwrap();
-    Lab {
-        dir,
-        parent_bytes,
-        child,
-        old_parent,
-    }
+    Lab::new(
+        "old/base.vhdx",
+        parent_builder(size, bs, lss, seed).build().bytes,
+        "vm/child.avhdx",
+        &child_builder(size, bs, lss, seed).build().bytes,
+    )
 }
 
 fn lab() -> Lab {
     lab_with(SIZE, 1 << 20, 512, 1)
-}
-
-impl Lab {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn copy_parent(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &self.parent_bytes).unwrap();
-        p
-    }
 }
 
 fn opts(np: &Path) -> ReparentOptions {
@@ -151,14 +126,6 @@ fn value(v: &VhdxInfo, key: &str) -> Option<String> {
         .and_then(|(_, v)| v)
 }
 
-fn chain_sha(child: &Path) -> String {
-    sha256_reader(
-        Chain::open(child, &ChainOptions::default())
-            .unwrap()
-            .into_view(),
-    )
-}
-
 /// Headers, the log region and the metadata region of a testkit-built file.
 fn metadata_areas() -> Vec<Range<usize>> {
     vec![
@@ -166,15 +133,6 @@ fn metadata_areas() -> Vec<Range<usize>> {
         MIB as usize..2 * MIB as usize,
         2 * MIB as usize..3 * MIB as usize,
     ]
-}
-
-fn assert_changes_within(old: &[u8], new: &[u8], allowed: &[Range<usize>]) {
-    assert_eq!(old.len(), new.len(), "the file length changed");
-    for i in 0..old.len() {
-        if old[i] != new[i] && !allowed.iter().any(|r| r.contains(&i)) {
-            panic!("byte {i:#x} changed outside the headers, log and metadata");
-        }
-    }
 }
 
 fn reparent_ok(child: &Path, o: &ReparentOptions) -> reparent::ReparentPlan {
@@ -273,7 +231,7 @@ fn round_trip_512_and_4096() {
                 ("relative_path".into(), Some(r"..\RefDisk\base.vhdx".into())),
                 (
                     "parent_linkage2".into(),
-                    Some(format!("{{{}}}", Uuid::nil()))
+                    Some(format!("{{{}}}", Uuid::from_u128(STALE_LINKAGE2)))
                 ),
             ]
         );
@@ -527,13 +485,12 @@ fn last_item_grows_in_place() {
 }
 
 fn assert_refused(child: &Path, o: &ReparentOptions, needle: &str) {
-    let before = std::fs::read(child).unwrap();
-    let mtime = std::fs::metadata(child).unwrap().modified().unwrap();
+    // The whole lab (the child's folder's parent): child, journal, every parent copy.
+    let before = Snapshot::tree(child.parent().unwrap().parent().unwrap());
     let e = reparent::plan(child, o).unwrap_err();
     assert!(matches!(e, Error::Refused { .. }), "{needle}: {e}");
     assert!(e.to_string().contains(needle), "{needle:?} in {e}");
-    assert_eq!(std::fs::read(child).unwrap(), before);
-    assert_eq!(std::fs::metadata(child).unwrap().modified().unwrap(), mtime);
+    before.assert_unchanged(needle);
 }
 
 #[test]
@@ -694,6 +651,30 @@ fn parent_linkage2_match_is_named_and_kept() {
         value(&v, "parent_linkage2"),
         Some(format!("{{{}}}", Uuid::from_u128(PARENT_DWG)))
     );
+    Chain::open(&child, &ChainOptions::default()).unwrap();
+}
+
+/// A `parent_linkage2` that matches nothing accepts nothing: with a stale primary linkage, a
+/// parent with neither id is refused by reparent and not taken by the chain walker.
+#[test]
+fn parent_linkage2_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = parent_builder(SIZE, 1 << 20, 512, 3);
+    let np = dir.path().join("ref/base.vhdx");
+    std::fs::create_dir_all(np.parent().unwrap()).unwrap();
+    std::fs::write(&np, p.build().bytes).unwrap();
+    let mut c = child_builder(SIZE, 1 << 20, 512, 3);
+    c.parent_linkage = Uuid::from_u128(0x1234);
+    c.relative_path = Some(r"..\ref\base.vhdx".into());
+    let child = dir.path().join("vm/c.avhdx");
+    std::fs::create_dir_all(child.parent().unwrap()).unwrap();
+    std::fs::write(&child, c.build().bytes).unwrap();
+    assert_refused(&child, &opts(&np), "identity mismatch");
+    let e = Chain::open(&child, &ChainOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("id mismatch"), "{e}");
+    // The same child with parent_linkage2 = the parent's DataWriteGuid is linked.
+    c.parent_linkage2 = Some(Uuid::from_u128(PARENT_DWG));
+    std::fs::write(&child, c.build().bytes).unwrap();
     Chain::open(&child, &ChainOptions::default()).unwrap();
 }
 

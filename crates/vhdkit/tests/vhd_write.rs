@@ -7,7 +7,6 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use vhdkit::txn::fault::{FaultPlan, FaultyFile};
 use vhdkit::vhd::create::{self as vc, NewKind, NewVhd};
@@ -15,68 +14,11 @@ use vhdkit::vhd::write::VhdWriter;
 use vhdkit::{
     Chain, ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions, WritableDisk,
 };
-use vhdkit_testkit::{have_tool, run_ok, sha256, sha256_file, Rng};
+use vhdkit_testkit::snapshot::Snapshot;
+use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
+use vhdkit_testkit::{sha256, sha256_file, Rng};
 
 const MIB: u64 = 1 << 20;
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
-}
-
-/// The whole virtual disk through a freshly opened chain (an independent read path from the
-/// writer's own).
-fn read_chain(p: &Path) -> Vec<u8> {
-    let mut v = Chain::open(p, &ChainOptions::default())
-        .unwrap()
-        .into_view();
-    let mut out = Vec::new();
-    v.read_to_end(&mut out).unwrap();
-    out
-}
-
-fn qemu_raw(p: &Path, dir: &Path) -> Option<Vec<u8>> {
-    if !have_tool("qemu-img", "qemu-img read-back of vhdkit-made VHDs") {
-        return None;
-    }
-    run_ok(Command::new("qemu-img").args(["info", "-f", "vpc"]).arg(p));
-    let raw = dir.join("qemu-readback.raw");
-    let _ = std::fs::remove_file(&raw);
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "vpc", "-O", "raw"])
-            .arg(p)
-            .arg(&raw),
-    );
-    Some(std::fs::read(raw).unwrap())
-}
-
-/// Writes that cover sub-sector pieces, block boundaries, the last byte, and leave holes.
-fn pattern_writes(size: u64) -> Vec<(u64, Vec<u8>)> {
-    let mut rng = Rng::new(size);
-    let mut w = Vec::new();
-    let mut add = |off: u64, len: u64| {
-        if off >= size {
-            return;
-        }
-        let len = len.min(size - off);
-        let mut d = vec![0u8; len as usize];
-        rng.fill(&mut d);
-        w.push((off, d));
-    };
-    add(0, 4096);
-    add(700, 100); // inside one sector
-    add(2 * MIB - 300, 1000); // across a block boundary, unaligned both ends
-    add(3 * MIB + 512, 512);
-    add(size - 1, 1); // last byte
-    add(size / 2 + 17, 70_000);
-    w
-}
-
-fn apply(model: &mut [u8], writes: &[(u64, Vec<u8>)]) {
-    for (o, d) in writes {
-        model[*o as usize..*o as usize + d.len()].copy_from_slice(d);
-    }
-}
 
 fn check_standalone(fixed: bool, size: u64) {
     let d = tmp();
@@ -92,7 +34,7 @@ fn check_standalone(fixed: bool, size: u64) {
     let mut model = vec![0u8; size as usize];
     // Empty disk reads as zeros everywhere.
     assert_eq!(read_chain(&p), model);
-    if let Some(q) = qemu_raw(&p, d.path()) {
+    if let Some(q) = qemu_raw("vpc", &p, d.path()) {
         assert_eq!(q, model, "qemu: empty {size}");
     }
     let writes = pattern_writes(size);
@@ -114,7 +56,7 @@ fn check_standalone(fixed: bool, size: u64) {
         model,
         "vhdkit read-back fixed={fixed} size={size}"
     );
-    if let Some(q) = qemu_raw(&p, d.path()) {
+    if let Some(q) = qemu_raw("vpc", &p, d.path()) {
         assert_eq!(
             sha256(&q),
             sha256(&model),
@@ -189,7 +131,7 @@ fn writes_into_a_file_made_by_the_independent_test_writer() {
     w.close().unwrap();
     apply(&mut model, &writes);
     assert_eq!(read_chain(&p), model);
-    if let Some(q) = qemu_raw(&p, d.path()) {
+    if let Some(q) = qemu_raw("vpc", &p, d.path()) {
         assert_eq!(sha256(&q), sha256(&model));
     }
 }
@@ -329,6 +271,8 @@ fn random_writes_depth_3(size: u64, block: u32, seed: u64, writes: usize) {
     let mut rng = Rng::new(seed);
     let (paths, mut model) = make_chain(d.path(), size, block, &mut rng);
     let top = &paths[0];
+    // Writes to the top never touch its parents (opened read-only): bytes and mtimes.
+    let parents = Snapshot::files(&paths[1..]);
     let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
     let mut all = vec![0u8; size as usize];
     for i in 0..writes {
@@ -377,7 +321,8 @@ fn random_writes_depth_3(size: u64, block: u32, seed: u64, writes: usize) {
     let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
     w.read_exact_at(&mut all, 0).unwrap();
     assert!(all == model, "after reopen");
-    // Parents untouched by writes to the top.
+    drop(w);
+    parents.assert_unchanged("parents after writes to the top");
     let disk = Disk::open(top).unwrap();
     assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
 }
@@ -472,10 +417,6 @@ fn new_image(kind: NewKind, size: u64, block: u32) -> Vec<u8> {
     )
     .unwrap();
     f.contents_all_written()
-}
-
-fn disk_of(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
-    Disk::from_source(Box::new(bytes), &OpenOptions::default())
 }
 
 fn view_of(bytes: Vec<u8>, parent: Option<&[u8]>) -> vhdkit::Result<ChainView> {
@@ -639,7 +580,7 @@ fn convert_raw_to_vhd_and_back() {
         let opts = vhdkit::convert::ConvertOptions::default().fixed(fixed);
         vhdkit::convert::to_vhd(&src, &out, &opts, |_| {}).unwrap();
         assert_eq!(read_chain(&out), padded, "fixed={fixed}");
-        if let Some(q) = qemu_raw(&out, d.path()) {
+        if let Some(q) = qemu_raw("vpc", &out, d.path()) {
             assert_eq!(sha256(&q), sha256(&padded), "qemu fixed={fixed}");
         }
         if !fixed {
@@ -649,9 +590,14 @@ fn convert_raw_to_vhd_and_back() {
             let len = std::fs::metadata(&out).unwrap().len();
             assert!(len > 6 * MIB && len < 6 * MIB + 64 * 1024, "{len}");
         }
+        let before = sha256_file(&out);
         let e = vhdkit::convert::to_vhd(&src, &out, &opts, |_| {}).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
-        let _ = sha256_file(&out);
+        assert_eq!(
+            sha256_file(&out),
+            before,
+            "fixed={fixed}: a refused overwrite changed OUT"
+        );
     }
 }
 
@@ -679,7 +625,7 @@ fn writes_into_real_windows_disks() {
         let disk = Disk::open(&p).unwrap();
         assert!(disk.warnings().is_empty(), "{rel}: {:?}", disk.warnings());
         assert!(read_chain(&p) == model, "{rel}: vhdkit read-back");
-        if let Some(q) = qemu_raw(&p, d.path()) {
+        if let Some(q) = qemu_raw("vpc", &p, d.path()) {
             assert_eq!(sha256(&q), sha256(&model), "{rel}: qemu read-back");
         }
     }

@@ -158,6 +158,49 @@ mod built {
         }
     }
 
+    /// Set BAT entry `index` of a built image.
+    fn set_bat(b: &mut Built, index: u64, v: u64) {
+        let at = usize::try_from(b.layout.bat_offset + index * 8).unwrap();
+        b.bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// A PARTIALLY_PRESENT block whose sector bitmap block is not present is refused at open,
+    /// naming the BAT entry: its bitmap would otherwise be read from file offset 0.
+    #[test]
+    fn partially_present_without_bitmap_block_is_refused() {
+        let mut child = VhdxBuilder::new(Kind::Differencing, 2 << 20, 1 << 20, 512);
+        child.write(3 * 512, &[0x22; 512]);
+        let mut b = child.build();
+        let cr = b.layout.chunk_ratio;
+        assert!(open(b.bytes.clone()).is_ok());
+        set_bat(&mut b, cr, 0); // the chunk's sector bitmap entry: NOT_PRESENT
+        let e = open(b.bytes).unwrap_err();
+        assert!(e.is_corruption(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("PARTIALLY_PRESENT but its sector bitmap entry"),
+            "{msg}"
+        );
+        assert_eq!(
+            e.location().map(|l| l.offset),
+            Some(b.layout.bat_offset),
+            "{msg}"
+        );
+    }
+
+    /// PARTIALLY_PRESENT needs a parent: in a dynamic disk it is refused.
+    #[test]
+    fn partially_present_in_a_dynamic_disk_is_refused() {
+        let mut d = VhdxBuilder::new(Kind::Dynamic, 2 << 20, 1 << 20, 512);
+        d.write(0, &[0x22; 512]);
+        let mut b = d.build();
+        let at = usize::try_from(b.layout.bat_offset).unwrap();
+        let e0 = u64::from_le_bytes(b.bytes[at..at + 8].try_into().unwrap());
+        set_bat(&mut b, 0, (e0 & !7) | 7); // state 7: PARTIALLY_PRESENT
+        let e = open(b.bytes).unwrap_err();
+        assert!(e.to_string().contains("without a parent"), "{e}");
+    }
+
     /// Writes that start and end in the middle of a bitmap byte (sector 3..13 of a block).
     #[test]
     fn mid_bitmap_byte_runs() {

@@ -8,81 +8,17 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use vhdkit::txn::fault::{FaultPlan, FaultyFile};
 use vhdkit::vhdx::create::{self as vc, NewKind, NewParent, NewVhdx};
 use vhdkit::vhdx::write::VhdxWriter;
-use vhdkit::{Chain, ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions};
+use vhdkit::{ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions};
 use vhdkit::{DiskFormat, WritableDisk};
-use vhdkit_testkit::{have_tool, run_ok, sha256, Rng};
+use vhdkit_testkit::snapshot::Snapshot;
+use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
+use vhdkit_testkit::{sha256, Rng};
 
 const MIB: u64 = 1 << 20;
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
-}
-
-fn read_chain(p: &Path) -> Vec<u8> {
-    let mut v = Chain::open(p, &ChainOptions::default())
-        .unwrap()
-        .into_view();
-    let mut out = Vec::new();
-    v.read_to_end(&mut out).unwrap();
-    out
-}
-
-/// `qemu-img check` must pass; returns qemu's raw read-back.
-fn qemu_raw(p: &Path, dir: &Path) -> Option<Vec<u8>> {
-    if !have_tool(
-        "qemu-img",
-        "qemu-img check and read-back of vhdkit-made VHDXs",
-    ) {
-        return None;
-    }
-    run_ok(
-        Command::new("qemu-img")
-            .args(["check", "-f", "vhdx"])
-            .arg(p),
-    );
-    let raw = dir.join("qemu-readback.raw");
-    let _ = std::fs::remove_file(&raw);
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-f", "vhdx", "-O", "raw"])
-            .arg(p)
-            .arg(&raw),
-    );
-    Some(std::fs::read(raw).unwrap())
-}
-
-fn pattern_writes(size: u64) -> Vec<(u64, Vec<u8>)> {
-    let mut rng = Rng::new(size);
-    let mut w = Vec::new();
-    let mut add = |off: u64, len: u64| {
-        if off >= size {
-            return;
-        }
-        let len = len.min(size - off);
-        let mut d = vec![0u8; len as usize];
-        rng.fill(&mut d);
-        w.push((off, d));
-    };
-    add(0, 4096);
-    add(700, 100); // inside one sector
-    add(2 * MIB - 300, 1000); // across a 1/2 MiB block boundary, unaligned both ends
-    add(32 * MIB - 5000, 9000); // across a 32 MiB block boundary
-    add(3 * MIB + 512, 512);
-    add(size - 1, 1); // last byte
-    add(size / 2 + 17, 70_000);
-    w
-}
-
-fn apply(model: &mut [u8], writes: &[(u64, Vec<u8>)]) {
-    for (o, d) in writes {
-        model[*o as usize..*o as usize + d.len()].copy_from_slice(d);
-    }
-}
 
 fn vhdx_info(p: &Path) -> vhdkit::vhdx::VhdxInfo {
     match Disk::open(p).unwrap().info().details {
@@ -115,7 +51,7 @@ fn check_standalone(fixed: bool, size: u64, logical: u32) {
     let mut model = vec![0u8; size as usize];
     assert_eq!(read_chain(&p), model);
     if logical == 512 {
-        if let Some(q) = qemu_raw(&p, d.path()) {
+        if let Some(q) = qemu_raw("vhdx", &p, d.path()) {
             assert_eq!(q, model, "qemu: empty {size}");
         }
     }
@@ -149,7 +85,7 @@ fn check_standalone(fixed: bool, size: u64, logical: u32) {
     // qemu-img supports only 512-byte logical sectors (its vhdx driver returns ENOTSUP
     // otherwise); libvhdi reads both.
     if logical == 512 {
-        if let Some(q) = qemu_raw(&p, d.path()) {
+        if let Some(q) = qemu_raw("vhdx", &p, d.path()) {
             assert_eq!(sha256(&q), sha256(&model), "qemu read-back fixed={fixed}");
         }
     }
@@ -304,6 +240,8 @@ fn random_writes_depth_3(size: u64, block: u32, logical: u32, seed: u64, writes:
     let mut rng = Rng::new(seed);
     let (paths, mut model) = make_chain(d.path(), size, block, logical, &mut rng);
     let top = &paths[0];
+    // Writes to the top never touch its parents (opened read-only): bytes and mtimes.
+    let parents = Snapshot::files(&paths[1..]);
     let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
     let mut all = vec![0u8; size as usize];
     let ls = u64::from(logical);
@@ -351,6 +289,7 @@ fn random_writes_depth_3(size: u64, block: u32, logical: u32, seed: u64, writes:
     w.read_exact_at(&mut all, 0).unwrap();
     assert!(all == model, "after reopen");
     drop(w);
+    parents.assert_unchanged("parents after writes to the top");
     let disk = Disk::open(top).unwrap();
     assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
@@ -435,7 +374,7 @@ fn writes_into_real_windows_vhdx() {
         let disk = Disk::open(&p).unwrap();
         assert!(disk.warnings().is_empty(), "{rel}: {:?}", disk.warnings());
         assert!(read_chain(&p) == model, "{rel}: vhdkit read-back");
-        if let Some(q) = qemu_raw(&p, d.path()) {
+        if let Some(q) = qemu_raw("vhdx", &p, d.path()) {
             assert_eq!(sha256(&q), sha256(&model), "{rel}: qemu read-back");
         }
     }
@@ -458,7 +397,7 @@ fn convert_raw_to_vhdx_and_back() {
         let opts = vhdkit::convert::ConvertOptions::default().fixed(fixed);
         vhdkit::convert::to_vhdx(&src, &out, &opts, |_| {}).unwrap();
         assert!(read_chain(&out) == padded, "fixed={fixed}");
-        if let Some(q) = qemu_raw(&out, d.path()) {
+        if let Some(q) = qemu_raw("vhdx", &out, d.path()) {
             assert_eq!(sha256(&q), sha256(&padded), "qemu fixed={fixed}");
         }
         let disk = Disk::open(&out).unwrap();
@@ -484,10 +423,6 @@ fn new_image(p: &NewVhdx) -> Vec<u8> {
     let f = FaultyFile::new(Vec::new(), FaultPlan::new(None));
     vc::write_new(&f, p).unwrap();
     f.contents_all_written()
-}
-
-fn disk_of(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
-    Disk::from_source(Box::new(bytes), &OpenOptions::default())
 }
 
 fn writable(

@@ -352,6 +352,20 @@ fn parent_linkage2_and_volume_path_map() {
     ])
     .json();
     assert_eq!(j["links"][0]["parent"]["id_match"], "alternate");
+    // A parent_linkage2 naming another disk links nothing.
+    child.parent_linkage2 = Some(Uuid::from_u128(0xdead));
+    std::fs::write(&cpath, child.build().bytes).unwrap();
+    let r = run([
+        "chain".as_ref(),
+        "--map".as_ref(),
+        map.as_ref(),
+        cpath.as_os_str(),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("id mismatch") || r.stderr.contains("id mismatch"),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -19,15 +19,14 @@ fn codes(j: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Run the binary under `/usr/bin/time` to learn its peak RSS (KiB); `None` when that tool is
-/// missing (the run itself still happens).
-fn run_measured(args: &[String], dir: &Path) -> (crate::util::Run, Option<u64>) {
-    let time = Path::new("/usr/bin/time");
-    if !time.exists() {
+/// Run the binary, under `/usr/bin/time` when `measure`, to learn its peak RSS (KiB).
+/// Output that cannot be parsed is a failure: a bound that silently stops applying is no bound.
+fn run_measured(args: &[String], dir: &Path, measure: bool) -> (crate::util::Run, Option<u64>) {
+    if !measure {
         return (run(args), None);
     }
     let out = dir.join("rss.txt");
-    let o = std::process::Command::new(time)
+    let o = std::process::Command::new("/usr/bin/time")
         .arg("-f")
         .arg("%M")
         .arg("-o")
@@ -36,11 +35,14 @@ fn run_measured(args: &[String], dir: &Path) -> (crate::util::Run, Option<u64>) 
         .args(args)
         .output()
         .unwrap();
-    let rss = std::fs::read_to_string(&out)
-        .ok()
-        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()));
-    let _ = std::fs::remove_file(&out);
-    (o.into(), rss)
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let rss = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{args:?}: unparsable /usr/bin/time output {text:?}"));
+    std::fs::remove_file(&out).unwrap();
+    (o.into(), Some(rss))
 }
 
 fn problems(j: &serde_json::Value) -> u64 {
@@ -53,6 +55,10 @@ fn corpus_subset_through_the_binary() {
     let t = tmp();
     let mut n = 0;
     let mut max_rss = 0u64;
+    let measure = vhdkit_testkit::require_file(
+        Path::new("/usr/bin/time"),
+        "peak-RSS bound of the corpus run",
+    );
     for (i, c) in all.iter().enumerate() {
         if i % 5 != 0 && !c.chain {
             continue;
@@ -97,7 +103,7 @@ fn corpus_subset_through_the_binary() {
                 dir.join("out.raw").display().to_string(),
             ],
         ] {
-            let (r, rss_kib) = run_measured(&cmd, &dir);
+            let (r, rss_kib) = run_measured(&cmd, &dir, measure);
             assert!((0..=2).contains(&r.code), "{} {cmd:?}: {r:?}", c.name);
             assert!(!r.stderr.contains("panicked"), "{} {cmd:?}: {r:?}", c.name);
             // Hostile input must not make vhdkit allocate beyond its limits.

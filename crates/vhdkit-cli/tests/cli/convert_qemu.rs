@@ -1,6 +1,8 @@
 //! `vhdkit convert --to raw` on images made by qemu-img and filled by qemu-io must equal
 //! `qemu-img convert -O raw` byte for byte, and be sparse.
 
+use vhdkit_testkit::snapshot::Snapshot;
+
 use crate::util::*;
 
 /// Writes that start and end at odd sectors, cross block boundaries and leave holes.
@@ -104,6 +106,7 @@ fn refuses_to_overwrite_without_force() {
     qemu_create("vpc", "subformat=dynamic", &img, "8M");
     let out = p(d.path(), "out.raw");
     std::fs::write(&out, b"keep me").unwrap();
+    let before = Snapshot::tree(d.path());
     let r = run([
         "convert".as_ref(),
         "--to".as_ref(),
@@ -113,7 +116,7 @@ fn refuses_to_overwrite_without_force() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("already exists"), "{r:?}");
-    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    before.assert_unchanged("convert over an existing file");
     run_success([
         "convert".as_ref(),
         "--to".as_ref(),
@@ -137,7 +140,7 @@ fn refuses_to_overwrite_its_own_source() {
     let d = tmp();
     let img = p(d.path(), "d.vhd");
     qemu_create("vpc", "subformat=dynamic", &img, "8M");
-    let before = sha256_file(&img);
+    let before = Snapshot::tree(d.path());
     let r = run([
         "convert".as_ref(),
         "--to".as_ref(),
@@ -147,5 +150,5 @@ fn refuses_to_overwrite_its_own_source() {
         img.as_os_str(),
     ]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert_eq!(sha256_file(&img), before);
+    before.assert_unchanged("convert onto its own source");
 }

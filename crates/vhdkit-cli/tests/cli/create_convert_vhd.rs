@@ -1,6 +1,8 @@
 //! `vhdkit create` and `vhdkit convert --to vhd`: exit codes, refusals, and read-back through
 //! qemu-img and vhdkit.
 
+use vhdkit_testkit::snapshot::Snapshot;
+
 use crate::util::*;
 
 fn args<'a>(v: &'a [&'a std::ffi::OsStr]) -> impl Iterator<Item = &'a std::ffi::OsStr> {
@@ -62,6 +64,7 @@ fn create_refusals_and_errors() {
     let d = tmp();
     let a = p(d.path(), "a.vhd");
     std::fs::write(&a, b"keep").unwrap();
+    let before = Snapshot::tree(d.path());
     let r = run([
         "create".as_ref(),
         a.as_os_str(),
@@ -70,7 +73,7 @@ fn create_refusals_and_errors() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("already exists"), "{r:?}");
-    assert_eq!(std::fs::read(&a).unwrap(), b"keep");
+    before.assert_unchanged("create over an existing file");
     let x = p(d.path(), "x.vhdx");
     // VHDX blocks are 1 MiB .. 256 MiB.
     let r = run([
@@ -106,6 +109,18 @@ fn create_refusals_and_errors() {
         "--format".as_ref(),
         "vhd".as_ref(),
     ]);
+    let j = run_success(["info".as_ref(), "--json".as_ref(), img.as_os_str()]).json();
+    assert_eq!(
+        (&j["format"], &j["disk_type"], &j["virtual_size"]),
+        (&"vhd".into(), &"dynamic".into(), &(1 << 20).into()),
+        "{j}"
+    );
+    let c = run_success(["check".as_ref(), "--json".as_ref(), img.as_os_str()]).json();
+    assert_eq!(
+        (&c["errors"], &c["warnings"]),
+        (&0.into(), &0.into()),
+        "{c}"
+    );
     let r = run([
         "create".as_ref(),
         p(d.path(), "n.img").as_os_str(),

@@ -68,16 +68,21 @@ fn truncated_images_fail_cleanly() {
             }
             let t = p(d.path(), &format!("cut{cut}.{ext}"));
             std::fs::write(&t, &bytes[..cut]).unwrap();
+            // Every cut is damage, except a VHD one byte short: its end footer is then 511
+            // bytes long, which Virtual PC before 2004 wrote and vhdkit accepts (check: info).
+            let opens = fmt == "vpc" && cut == bytes.len() - 1;
             for cmd in ["info", "chain"] {
                 let r = run([cmd.as_ref(), t.as_os_str()]);
-                assert!(
-                    !r.stderr.contains("panicked"),
-                    "{fmt} cut {cut} {cmd}: {r:?}"
-                );
-                if r.code != 0 {
-                    assert_eq!(r.code, 2, "{fmt} cut {cut} {cmd}: {r:?}");
-                    assert_eq!(r.stderr.lines().count(), 1, "{fmt} cut {cut} {cmd}: {r:?}");
+                if opens {
+                    assert_eq!(r.code, 0, "{fmt} cut {cut} {cmd}: {r:?}");
+                } else {
+                    assert_clean_failure(&r, 2, &format!("cut{cut}.{ext}"));
                 }
+            }
+            // One byte holds no signature: convert reads such a file as raw (README), so the
+            // convert check starts where the signature is there.
+            if cut < 8 {
+                continue;
             }
             let out = p(d.path(), &format!("cut{cut}.raw"));
             let r = run([
@@ -87,10 +92,15 @@ fn truncated_images_fail_cleanly() {
                 t.as_os_str(),
                 out.as_os_str(),
             ]);
-            assert!(
-                !r.stderr.contains("panicked"),
-                "{fmt} cut {cut} convert: {r:?}"
-            );
+            if opens {
+                assert_eq!(r.code, 0, "{fmt} cut {cut} convert: {r:?}");
+            } else {
+                assert_clean_failure(&r, 2, &format!("cut{cut}.{ext}"));
+                assert!(
+                    !out.exists(),
+                    "{fmt} cut {cut}: output left by a failed convert"
+                );
+            }
         }
     }
 }

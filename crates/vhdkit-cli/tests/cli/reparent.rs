@@ -2,31 +2,33 @@
 //! re-verify, every refusal (exit 1, one line, child bytes and mtime unchanged), VHDX children,
 //! and a process kill at every write/flush/rename (strace fault injection).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
-use vhdkit_testkit::Rng;
+use vhdkit_testkit::{kill, Rng};
+
+use vhdkit_testkit::lab::Lab;
+use vhdkit_testkit::snapshot::Snapshot;
 
 use crate::util::*;
 
 const SIZE: u64 = 8 << 20;
 
-struct Lab {
-    dir: tempfile::TempDir,
-    child: PathBuf,
-    old_parent: PathBuf,
-    parent_bytes: Vec<u8>,
+/// The lab and the VHD ids of its child and parent.
+struct VhdLab {
+    lab: Lab,
     child_id: [u8; 16],
     parent_id: [u8; 16],
 }
 
-fn lab() -> Lab {
-    let dir = tmp();
-    for d in ["old", "vm", "RefDisk"] {
-        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+impl std::ops::Deref for VhdLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
     }
+}
+
+fn lab() -> VhdLab {
     let mut rng = Rng::new(11);
     let mut parent = VhdBuilder::dynamic(SIZE).block_size(1 << 20);
     let mut child = VhdBuilder::differencing(SIZE, parent.id())
@@ -47,45 +49,22 @@ fn lab() -> Lab {
     for s in [1u64, 3, 6] {
         child.write(s * 512, &[0xC5; 512]);
     }
-    let old_parent = dir.path().join("old/base.vhd");
-    let parent_bytes = parent.build().bytes;
-    std::fs::write(&old_parent, &parent_bytes).unwrap();
-    let c = dir.path().join("vm/child.vhd");
-    child.build().write_to(&c);
-    Lab {
-        child: c,
-        old_parent,
-        parent_bytes,
+    let lab = Lab::new(
+        "old/base.vhd",
+        parent.build().bytes,
+        "vm/child.vhd",
+        &child.build().bytes,
+    );
+    std::fs::create_dir_all(lab.path("RefDisk")).unwrap();
+    VhdLab {
+        lab,
         child_id: child.id(),
         parent_id: parent.id(),
-        dir,
-    }
-}
-
-impl Lab {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn copy_parent(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &self.parent_bytes).unwrap();
-        p
     }
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// SHA-256 of the whole virtual disk through the chain, by `vhdkit convert --to raw`.
-fn virtual_sha(child: &Path) -> String {
-    let out = child.with_extension("raw-check");
-    let _ = std::fs::remove_file(&out);
-    run_success(["convert", "--to", "raw", "--no-progress", s(child), s(&out)]);
-    let h = sha256_file(&out);
-    std::fs::remove_file(&out).unwrap();
-    h
 }
 
 #[test]
@@ -166,10 +145,8 @@ fn dry_run_json_apply_and_chain() {
 }
 
 fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
-    let bytes = std::fs::read(&lab.child).unwrap();
-    let mtime = std::fs::metadata(&lab.child).unwrap().modified().unwrap();
-    let journal = PathBuf::from(format!("{}.vhdkit-journal", lab.child.display()));
-    let had_journal = journal.exists();
+    // Everything in the lab: the child, its journal (or its absence), every parent.
+    let before = Snapshot::tree(lab.dir.path());
     let mut a = vec!["reparent", s(&lab.child)];
     a.extend_from_slice(args);
     let r = run(&a);
@@ -178,13 +155,7 @@ fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
     assert_eq!(r.stderr.lines().count(), 1, "one line: {r:?}");
     assert!(r.stderr.contains("refused: "), "{r:?}");
     assert!(r.stderr.contains(needle), "{needle:?} in {r:?}");
-    assert_eq!(std::fs::read(&lab.child).unwrap(), bytes, "{args:?}");
-    assert_eq!(
-        std::fs::metadata(&lab.child).unwrap().modified().unwrap(),
-        mtime,
-        "{args:?}"
-    );
-    assert_eq!(journal.exists(), had_journal, "{args:?}");
+    before.assert_unchanged(&format!("{args:?}"));
 }
 
 #[test]
@@ -197,9 +168,11 @@ fn every_refusal_exits_1_and_touches_nothing() {
     if have_tool("qemu-img", "reparent onto a vhdx parent") {
         let x = lab.path("p.vhdx");
         qemu_create("vhdx", "subformat=dynamic", &x, "8M");
+        let before = Snapshot::tree(lab.dir.path());
         let r = run(["reparent", s(&lab.child), "--parent", s(&x)]);
         assert_eq!(r.code, 1, "{r:?}");
         assert!(r.stderr.contains("vhdx"), "{r:?}");
+        before.assert_unchanged("vhdx parent");
     }
     // Identity mismatch without a flag.
     let other = lab.path("other/base.vhd");
@@ -276,9 +249,11 @@ fn vhdx_dynamic_is_refused() {
     let d = tmp();
     let x = p(d.path(), "c.vhdx");
     qemu_create("vhdx", "subformat=dynamic", &x, "8M");
+    let before = Snapshot::tree(d.path());
     let r = run(["reparent", s(&x), "--parent", s(&x)]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("not a differencing disk"), "{r:?}");
+    before.assert_unchanged("dynamic vhdx child");
 }
 
 #[test]
@@ -290,12 +265,11 @@ fn repair_reports_and_refuses_foreign_journals() {
     assert_eq!(j["journal"]["state"], "none");
     let jp = PathBuf::from(format!("{}.vhdkit-journal", lab.child.display()));
     std::fs::write(&jp, b"garbage").unwrap();
-    let before = std::fs::read(&lab.child).unwrap();
+    let before = Snapshot::tree(lab.dir.path());
     let r = run(["repair", s(&lab.child)]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("NOT applied"), "{r:?}");
-    assert!(jp.exists());
-    assert_eq!(std::fs::read(&lab.child).unwrap(), before);
+    before.assert_unchanged("repair with a foreign journal");
     // info still opens the file, with a warning, and reparent refuses.
     let r = run_success(["info", s(&lab.child)]);
     assert!(r.stdout.contains("ignored the vhdkit journal"), "{r:?}");
@@ -339,28 +313,14 @@ fn kill_case(np_rel: &str) {
     let new = std::fs::read(&reference).unwrap();
     assert_ne!(new, old);
     // Count the syscalls of one clean run.
-    let log = lab.path("strace.log");
     let counted = lab.path("vm/counted.vhd");
     std::fs::write(&counted, &old).unwrap();
-    let o = Command::new("strace")
-        .args(["-f", "-qq", "-e", &format!("trace={TRACED}"), "-o"])
-        .arg(&log)
-        .arg(env!("CARGO_BIN_EXE_vhdkit"))
-        .args(["reparent", s(&counted), "--parent", s(&np)])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
-        let name = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|w| w.split('(').next())
-            .unwrap_or_default();
-        if TRACED.split(',').any(|t| t == name) {
-            *counts.entry(name.to_string()).or_default() += 1;
-        }
-    }
+    let counts = kill::count_syscalls(
+        Path::new(env!("CARGO_BIN_EXE_vhdkit")),
+        &["reparent", s(&counted), "--parent", s(&np)],
+        TRACED,
+        &lab.path("strace.log"),
+    );
     eprintln!("syscalls of one reparent: {counts:?}");
     assert!(
         counts.get("pwrite64").copied().unwrap_or(0) >= 3,
@@ -370,27 +330,19 @@ fn kill_case(np_rel: &str) {
     let journal = PathBuf::from(format!("{}.vhdkit-journal", lab.child.display()));
     let mut runs = 0;
     let (mut saw_old, mut saw_new) = (0, 0);
+    let bin = Path::new(env!("CARGO_BIN_EXE_vhdkit"));
+    let args = ["reparent", s(&lab.child), "--parent", s(&np)];
+    let fresh = || {
+        std::fs::write(&lab.child, &old).unwrap();
+        if journal.exists() {
+            std::fs::remove_file(&journal).unwrap();
+        }
+    };
     for (name, &n) in &counts {
         for k in 1..=n {
-            std::fs::write(&lab.child, &old).unwrap();
-            let _ = std::fs::remove_file(&journal);
-            let o = Command::new("strace")
-                .args([
-                    "-f",
-                    "-qq",
-                    "-o",
-                    "/dev/null",
-                    "-e",
-                    &format!("trace={name}"),
-                    "-e",
-                    &format!("inject={name}:signal=KILL:when={k}"),
-                ])
-                .arg(env!("CARGO_BIN_EXE_vhdkit"))
-                .args(["reparent", s(&lab.child), "--parent", s(&np)])
-                .output()
-                .unwrap();
+            fresh();
+            kill::run_killed_at(bin, &args, name, k);
             runs += 1;
-            let killed = !o.status.success();
             // Read-only commands see either linkage, intact, with the same contents.
             let r = run(["chain", s(&lab.child)]);
             assert_eq!(r.code, 0, "{name}#{k}: {r:?}");
@@ -404,10 +356,18 @@ fn kill_case(np_rel: &str) {
             } else if got == new {
                 saw_new += 1;
             } else {
-                panic!("{name}#{k} (killed: {killed}): neither old nor new after repair");
+                panic!("{name}#{k}: neither old nor new after repair");
             }
             assert_eq!(virtual_sha(&lab.child), sha, "{name}#{k}");
         }
+        fresh();
+        kill::run_past_last(bin, &args, name, n);
+        assert_eq!(
+            std::fs::read(&lab.child).unwrap(),
+            new,
+            "{name}: past the last point"
+        );
+        assert!(!journal.exists(), "{name}: journal left by a complete run");
     }
     eprintln!("process kills: {runs} runs, {saw_old} ended old, {saw_new} ended new");
     assert!(saw_old > 0 && saw_new > 0, "{saw_old} old, {saw_new} new");

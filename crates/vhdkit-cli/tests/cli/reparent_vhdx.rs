@@ -3,26 +3,23 @@
 //! unchanged), a dirty log, and a process kill at every write and flush (strace fault
 //! injection).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use uuid::Uuid;
+use vhdkit_testkit::lab::Lab;
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::Rng;
+use vhdkit_testkit::{kill, Rng};
+
+use vhdkit_testkit::snapshot::Snapshot;
 
 use crate::util::*;
 
 const SIZE: u64 = 8 << 20;
 const PARENT_DWG: u128 = 0xaaaa_0000_0000_4000_8000_0000_0000_0001;
 const CHILD_DWG: u128 = 0xcccc_0000_0000_4000_8000_0000_0000_0002;
-
-struct Lab {
-    dir: tempfile::TempDir,
-    child: PathBuf,
-    old_parent: PathBuf,
-    parent_bytes: Vec<u8>,
-}
+/// The child's `parent_linkage2`: non-zero (a zero one is dropped when read) and matching no
+/// parent, so every refusal also proves the alternate linkage is not accepted blindly.
+const STALE_LINKAGE2: u128 = 0x2222_0000_0000_4000_8000_0000_0000_0003;
 
 fn parent_builder(size: u64, lss: u32, dwg: u128) -> VhdxBuilder {
     let mut p = VhdxBuilder::new(Kind::Dynamic, size, 1 << 20, lss);
@@ -41,7 +38,7 @@ fn child_builder() -> VhdxBuilder {
     let mut c = VhdxBuilder::new(Kind::Differencing, SIZE, 1 << 20, 512);
     c.data_write_guid = Uuid::from_u128(CHILD_DWG);
     c.parent_linkage = Uuid::from_u128(PARENT_DWG);
-    c.parent_linkage2 = Some(Uuid::nil());
+    c.parent_linkage2 = Some(Uuid::from_u128(STALE_LINKAGE2));
     c.absolute_win32_path = Some(r"C:\Lab\old\base.vhdx".into());
     c.relative_path = Some(r"..\old\base.vhdx".into());
     c.volume_path =
@@ -59,53 +56,16 @@ fn child_builder() -> VhdxBuilder {
 }
 
 fn lab() -> Lab {
-    let dir = tmp();
-    for d in ["old", "vm"] {
-        std::fs::create_dir_all(dir.path().join(d)).unwrap();
-    }
-    let parent_bytes = parent_builder(SIZE, 512, PARENT_DWG).build().bytes;
-    let old_parent = dir.path().join("old/base.vhdx");
-    std::fs::write(&old_parent, &parent_bytes).unwrap();
-    let child = dir.path().join("vm/child.avhdx");
-    std::fs::write(&child, child_builder().build().bytes).unwrap();
-    Lab {
-        dir,
-        child,
-        old_parent,
-        parent_bytes,
-    }
-}
-
-impl Lab {
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn copy_parent(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, &self.parent_bytes).unwrap();
-        p
-    }
-    fn write(&self, rel: &str, b: &VhdxBuilder) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, b.build().bytes).unwrap();
-        p
-    }
+    Lab::new(
+        "old/base.vhdx",
+        parent_builder(SIZE, 512, PARENT_DWG).build().bytes,
+        "vm/child.avhdx",
+        &child_builder().build().bytes,
+    )
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// SHA-256 of the whole virtual disk through the chain, by `vhdkit convert --to raw`.
-fn virtual_sha(child: &Path) -> String {
-    let out = child.with_extension("raw-check");
-    let _ = std::fs::remove_file(&out);
-    run_success(["convert", "--to", "raw", "--no-progress", s(child), s(&out)]);
-    let h = sha256_file(&out);
-    std::fs::remove_file(&out).unwrap();
-    h
 }
 
 /// (relative_path, DataWriteGuid, LogGuid) from `vhdkit info --json`.
@@ -199,8 +159,8 @@ fn vhdx_dry_run_json_apply_and_chain() {
 }
 
 fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
-    let bytes = std::fs::read(&lab.child).unwrap();
-    let mtime = std::fs::metadata(&lab.child).unwrap().modified().unwrap();
+    // Everything in the lab: the child, its journal (or its absence), every parent.
+    let before = Snapshot::tree(lab.dir.path());
     let mut a = vec!["reparent", s(&lab.child)];
     a.extend_from_slice(args);
     let r = run(&a);
@@ -209,12 +169,7 @@ fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
     assert_eq!(r.stderr.lines().count(), 1, "one line: {r:?}");
     assert!(r.stderr.contains("refused: "), "{r:?}");
     assert!(r.stderr.contains(needle), "{needle:?} in {r:?}");
-    assert_eq!(std::fs::read(&lab.child).unwrap(), bytes, "{args:?}");
-    assert_eq!(
-        std::fs::metadata(&lab.child).unwrap().modified().unwrap(),
-        mtime,
-        "{args:?}"
-    );
+    before.assert_unchanged(&format!("{args:?}"));
 }
 
 #[test]
@@ -232,20 +187,29 @@ fn vhdx_every_refusal_exits_1_and_touches_nothing() {
         "a vhdx child needs a vhdx parent",
     );
     // Identity mismatch; --verify-content with different contents.
-    let other = lab.write("other/base.vhdx", &parent_builder(SIZE, 512, 0xdead));
+    let other = lab.write(
+        "other/base.vhdx",
+        &parent_builder(SIZE, 512, 0xdead).build().bytes,
+    );
     assert_refusal(&lab, &["--parent", s(&other)], "identity mismatch");
     let mut diff = parent_builder(SIZE, 512, 0xbeef);
     diff.write(0, &[1; 512]);
-    let diff = lab.write("diff/base.vhdx", &diff);
+    let diff = lab.write("diff/base.vhdx", &diff.build().bytes);
     assert_refusal(
         &lab,
         &["--parent", s(&diff), "--verify-content", s(&lab.old_parent)],
         "contents differ from the old parent's at virtual offset 0x",
     );
     // Size and sector size mismatches.
-    let big = lab.write("big/base.vhdx", &parent_builder(SIZE * 2, 512, PARENT_DWG));
+    let big = lab.write(
+        "big/base.vhdx",
+        &parent_builder(SIZE * 2, 512, PARENT_DWG).build().bytes,
+    );
     assert_refusal(&lab, &["--parent", s(&big)], "virtual size mismatch");
-    let s4k = lab.write("s4k/base.vhdx", &parent_builder(SIZE, 4096, PARENT_DWG));
+    let s4k = lab.write(
+        "s4k/base.vhdx",
+        &parent_builder(SIZE, 4096, PARENT_DWG).build().bytes,
+    );
     assert_refusal(&lab, &["--parent", s(&s4k)], "sector size mismatch");
     // The child itself; its own child.
     assert_refusal(&lab, &["--parent", s(&lab.child)], "the child itself");
@@ -253,14 +217,14 @@ fn vhdx_every_refusal_exits_1_and_touches_nothing() {
     gc.data_write_guid = Uuid::from_u128(0x9999);
     gc.parent_linkage = Uuid::from_u128(CHILD_DWG);
     gc.relative_path = Some(r".\child.avhdx".into());
-    let gc = lab.write("vm/gc.avhdx", &gc);
+    let gc = lab.write("vm/gc.avhdx", &gc.build().bytes);
     assert_refusal(&lab, &["--parent", s(&gc)], "descendant of the child");
     // A new parent whose own chain is broken.
     let mut orphan = VhdxBuilder::new(Kind::Differencing, SIZE, 1 << 20, 512);
     orphan.data_write_guid = Uuid::from_u128(PARENT_DWG);
     orphan.parent_linkage = Uuid::from_u128(0x4444);
     orphan.relative_path = Some(r".\gone.vhdx".into());
-    let orphan = lab.write("orphan/base.vhdx", &orphan);
+    let orphan = lab.write("orphan/base.vhdx", &orphan.build().bytes);
     assert_refusal(&lab, &["--parent", s(&orphan)], "own chain is broken");
     // A path longer than Windows allows.
     let np = lab.copy_parent("RefDisk/base.vhdx");
@@ -337,28 +301,14 @@ fn vhdx_process_kill_at_every_syscall() {
     let sha = virtual_sha(&lab.child);
     let (old_rel, dwg, _) = facts(&lab.child);
     let new_rel = Some(r"..\RefDisk\base.vhdx".to_string());
-    let log = lab.path("strace.log");
     let counted = lab.path("vm/counted.avhdx");
     std::fs::write(&counted, &old).unwrap();
-    let o = Command::new("strace")
-        .args(["-f", "-qq", "-e", &format!("trace={TRACED}"), "-o"])
-        .arg(&log)
-        .arg(env!("CARGO_BIN_EXE_vhdkit"))
-        .args(["reparent", s(&counted), "--parent", s(&np)])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
-        let name = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|w| w.split('(').next())
-            .unwrap_or_default();
-        if TRACED.split(',').any(|t| t == name) {
-            *counts.entry(name.to_string()).or_default() += 1;
-        }
-    }
+    let counts = kill::count_syscalls(
+        Path::new(env!("CARGO_BIN_EXE_vhdkit")),
+        &["reparent", s(&counted), "--parent", s(&np)],
+        TRACED,
+        &lab.path("strace.log"),
+    );
     eprintln!("syscalls of one vhdx reparent: {counts:?}");
     assert!(
         counts.get("pwrite64").copied().unwrap_or(0) >= 5,
@@ -366,26 +316,13 @@ fn vhdx_process_kill_at_every_syscall() {
     );
     assert!(counts.get("fsync").copied().unwrap_or(0) >= 5, "{counts:?}");
     let (mut runs, mut saw_old, mut saw_new) = (0, 0, 0);
+    let bin = Path::new(env!("CARGO_BIN_EXE_vhdkit"));
+    let args = ["reparent", s(&lab.child), "--parent", s(&np)];
     for (name, &n) in &counts {
         for k in 1..=n {
             std::fs::write(&lab.child, &old).unwrap();
-            let o = Command::new("strace")
-                .args([
-                    "-f",
-                    "-qq",
-                    "-o",
-                    "/dev/null",
-                    "-e",
-                    &format!("trace={name}"),
-                    "-e",
-                    &format!("inject={name}:signal=KILL:when={k}"),
-                ])
-                .arg(env!("CARGO_BIN_EXE_vhdkit"))
-                .args(["reparent", s(&lab.child), "--parent", s(&np)])
-                .output()
-                .unwrap();
+            kill::run_killed_at(bin, &args, name, k);
             runs += 1;
-            let killed = !o.status.success();
             let r = run(["chain", s(&lab.child)]);
             assert_eq!(r.code, 0, "{name}#{k}: {r:?}");
             assert_eq!(virtual_sha(&lab.child), sha, "{name}#{k}");
@@ -402,10 +339,15 @@ fn vhdx_process_kill_at_every_syscall() {
             } else if rel == new_rel {
                 saw_new += 1;
             } else {
-                panic!("{name}#{k} (killed: {killed}): relative_path {rel:?}");
+                panic!("{name}#{k}: relative_path {rel:?}");
             }
             assert_eq!(virtual_sha(&lab.child), sha, "{name}#{k}");
         }
+        std::fs::write(&lab.child, &old).unwrap();
+        kill::run_past_last(bin, &args, name, n);
+        let (rel, d, log) = facts(&lab.child);
+        assert_eq!(rel, new_rel, "{name}: past the last point");
+        assert_eq!((d, log), (dwg.clone(), Uuid::nil().to_string()), "{name}");
     }
     eprintln!("vhdx process kills: {runs} runs, {saw_old} ended old, {saw_new} ended new");
     assert!(saw_old > 0 && saw_new > 0, "{saw_old} old, {saw_new} new");

@@ -4,14 +4,16 @@
 //! that writes nothing, a damaged disk skipped with a reason, idempotence, and a kill at every
 //! changing step followed by a re-run.
 
-use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 use vhdkit::{Chain, ChainOptions};
+use vhdkit_testkit::snapshot::Snapshot;
+use vhdkit_testkit::through::chain_sha;
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::{sha256_reader, Rng};
+use vhdkit_testkit::{kill, Rng};
 
 use crate::util::*;
 
@@ -25,33 +27,6 @@ fn scribble(rng: &mut Rng, n: usize, mut w: impl FnMut(u64, &[u8])) {
         let mut d = vec![0u8; 4096 * (1 + rng.below(3) as usize)];
         rng.fill(&mut d);
         w(page * 4096, &d);
-    }
-}
-
-/// True when `reparent` accepts VHDX children (the VHDX half lands in another branch).
-fn vhdx_reparent_supported() -> bool {
-    let d = tmp();
-    let mut p = VhdxBuilder::new(Kind::Dynamic, SIZE, BS, 512);
-    p.data_write_guid = Uuid::new_v4();
-    let mut c = VhdxBuilder::new(Kind::Differencing, SIZE, BS, 512);
-    c.data_write_guid = Uuid::new_v4();
-    c.parent_linkage = p.data_write_guid;
-    c.relative_path = Some(r".\p.vhdx".into());
-    std::fs::write(d.path().join("p.vhdx"), p.build().bytes).unwrap();
-    std::fs::write(d.path().join("c.vhdx"), c.build().bytes).unwrap();
-    let opts = vhdkit::ReparentOptions {
-        new_parent: d.path().join("p.vhdx"),
-        ..Default::default()
-    };
-    match vhdkit::reparent::plan(&d.path().join("c.vhdx"), &opts) {
-        Err(vhdkit::Error::Unsupported { detail, .. }) => {
-            eprintln!(
-                "SKIP (VHDX half): reparent does not support VHDX children yet ({detail}); \
-                 the VHDX part of this test runs once it does"
-            );
-            false
-        }
-        _ => true,
     }
 }
 
@@ -143,36 +118,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// SHA-256 of the virtual disk through its chain, read by vhdkit.
-fn vsha(top: &Path) -> String {
-    let c = Chain::open(top, &ChainOptions::default())
-        .unwrap_or_else(|e| panic!("chain of {}: {e}", top.display()));
-    sha256_reader(c.into_view())
-}
-
-/// Every regular file under `dir` with its SHA-256 (symlinks by their target text).
-fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            if m.file_type().is_symlink() {
-                out.insert(
-                    p.clone(),
-                    format!("-> {}", std::fs::read_link(&p).unwrap().display()),
-                );
-            } else if m.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), sha256_file(&p));
-            }
-        }
-    }
-    out
-}
-
 fn total_size(dir: &Path) -> u64 {
     let mut seen = std::collections::HashSet::new();
     let mut n = 0;
@@ -196,10 +141,14 @@ fn total_size(dir: &Path) -> u64 {
 
 #[test]
 fn lab_share_delete_copies_move_and_relink() {
-    let vhdx = vhdx_reparent_supported();
+    let vhdx = true;
     let lab = lab(vhdx, 4);
     let vms = lab.vms();
-    let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+    let before: Vec<String> = lab
+        .tops
+        .iter()
+        .map(|t| chain_sha(&vms.join(&t[0])))
+        .collect();
     let size_before = total_size(lab.root.path());
 
     let r = run([
@@ -231,7 +180,7 @@ fn lab_share_delete_copies_move_and_relink() {
     let on_disk = j["report"]["bytes_freed"].as_u64().unwrap();
     assert!(on_disk > 0 && on_disk <= freed + 3 * 4096 * 3, "{r:?}");
     for (t, h) in lab.tops.iter().zip(&before) {
-        assert_eq!(&vsha(&vms.join(&t[0])), h, "{t:?} after share");
+        assert_eq!(&chain_sha(&vms.join(&t[0])), h, "{t:?} after share");
     }
 
     // Second run: nothing to do.
@@ -282,7 +231,7 @@ fn lab_share_delete_copies_move_and_relink() {
 
     for (t, h) in lab.tops.iter().zip(&before) {
         let top = new_vms.join(&t[0]);
-        assert_eq!(&vsha(&top), h, "{t:?} after the move and relink");
+        assert_eq!(&chain_sha(&top), h, "{t:?} after the move and relink");
         run_success(["chain", s(&top)]);
         // The independent reader, with the chain given explicitly.
         let mut chain: Vec<PathBuf> = t[..t.len() - 1].iter().map(|x| new_vms.join(x)).collect();
@@ -323,7 +272,7 @@ fn same_id_different_bytes_is_left_alone() {
     bytes[pos] ^= 0xFF;
     std::fs::write(&odd, &bytes).unwrap();
     let odd_child = vms.join("VM3/vm.vhd");
-    let odd_child_sha = sha256_file(&odd_child);
+    let untouched = Snapshot::files(&[&odd, &odd_child]);
 
     let r = run([
         "share",
@@ -336,8 +285,7 @@ fn same_id_different_bytes_is_left_alone() {
     assert!(r.stdout.contains("CONFLICT"), "{r:?}");
     assert!(r.stdout.contains(s(&odd)), "{r:?}");
     // The odd copy and its child are untouched; the others were shared.
-    assert_eq!(std::fs::read(&odd).unwrap(), bytes);
-    assert_eq!(sha256_file(&odd_child), odd_child_sha);
+    untouched.assert_unchanged("the conflicting copy and its child");
     assert!(lab.shared().join("ref.vhd").is_file());
     assert!(!vms.join("VM2/ref.vhd").exists());
 }
@@ -347,7 +295,7 @@ fn locked_child_is_refused_and_nothing_changes_for_it() {
     let lab = lab(false, 2);
     let vms = lab.vms();
     let child = vms.join("VM2/vm.vhd");
-    let before = sha256_file(&child);
+    let before = Snapshot::files(&[&child, &vms.join("VM2/ref.vhd")]);
     let holder = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -363,9 +311,8 @@ fn locked_child_is_refused_and_nothing_changes_for_it() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("in use by another process"), "{r:?}");
-    assert_eq!(sha256_file(&child), before);
-    // Its parent copy is kept, since not every child of the group moved.
-    assert!(vms.join("VM2/ref.vhd").exists());
+    // The child and its parent copy (kept, since not every child of the group moved).
+    before.assert_unchanged("locked child");
     drop(holder);
     // Once released, a re-run finishes the job.
     run_success([
@@ -384,21 +331,21 @@ fn read_only_child_is_refused() {
     let lab = lab(false, 2);
     let vms = lab.vms();
     let child = vms.join("VM1/vm.vhd");
-    let before = sha256_file(&child);
     let mut perm = std::fs::metadata(&child).unwrap().permissions();
     perm.set_readonly(true);
     std::fs::set_permissions(&child, perm).unwrap();
+    let before = Snapshot::files(&[&child]);
     let r = run(["share", s(&vms), "--into", s(&lab.shared())]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("read-only"), "{r:?}");
-    assert_eq!(sha256_file(&child), before);
+    before.assert_unchanged("read-only child");
     assert!(std::fs::metadata(&child).unwrap().permissions().readonly());
 }
 
 #[test]
 fn dry_run_writes_nothing() {
     let lab = lab(false, 4);
-    let before = tree(lab.root.path());
+    let before = Snapshot::tree(lab.root.path());
     let r = run_success([
         "share",
         s(&lab.vms()),
@@ -422,11 +369,7 @@ fn dry_run_writes_nothing() {
     assert_eq!(r.json()["plan"]["children_to_repoint"], 4);
     let r = run_success(["relink", s(&lab.vms()), "--dry-run"]);
     assert!(r.stdout.contains("nothing to do"), "{r:?}");
-    assert_eq!(
-        tree(lab.root.path()),
-        before,
-        "a dry run changed or added files"
-    );
+    before.assert_unchanged("dry runs");
 }
 
 #[test]
@@ -440,6 +383,7 @@ fn damaged_disk_is_skipped_with_a_reason() {
     std::fs::write(&bad, &junk).unwrap();
     // Not a disk at all: ignored silently.
     std::fs::write(vms.join("VM1/notes.txt"), b"hello").unwrap();
+    let before = Snapshot::files(&[&bad, &vms.join("VM1/notes.txt")]);
     let r = run(["share", s(&vms), "--into", s(&lab.shared()), "--json"]);
     assert_eq!(r.code, 1, "{r:?}");
     let j = r.json();
@@ -447,6 +391,7 @@ fn damaged_disk_is_skipped_with_a_reason() {
     assert_eq!(skipped.len(), 1, "{r:?}");
     assert!(skipped[0]["path"].as_str().unwrap().ends_with("broken.vhd"));
     assert!(!skipped[0]["reason"].as_str().unwrap().is_empty());
+    before.assert_unchanged("a damaged disk and a non-disk");
     // The rest was still done.
     assert_eq!(j["report"]["children_repointed"], 2, "{r:?}");
 }
@@ -463,7 +408,7 @@ fn symlinked_parent_is_replaced_by_a_real_reparent() {
     for vm in ["VM1", "VM2"] {
         std::os::unix::fs::symlink(refdir.join("ref.vhd"), vms.join(vm).join("ref.vhd")).unwrap();
     }
-    let before = vsha(&vms.join("VM1/vm.vhd"));
+    let before = chain_sha(&vms.join("VM1/vm.vhd"));
     let r = run([
         "share",
         s(&vms),
@@ -486,7 +431,7 @@ fn symlinked_parent_is_replaced_by_a_real_reparent() {
     }
     // The only copy stays where it is.
     assert!(refdir.join("ref.vhd").is_file());
-    assert_eq!(vsha(&vms.join("VM1/vm.vhd")), before);
+    assert_eq!(chain_sha(&vms.join("VM1/vm.vhd")), before);
 }
 
 /// Kill the process after every changing step in turn (the test hook aborts as a kill would);
@@ -497,7 +442,11 @@ fn kill_at_every_step_then_rerun_completes() {
     loop {
         let lab = lab(false, 3);
         let vms = lab.vms();
-        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
+        let before: Vec<String> = lab
+            .tops
+            .iter()
+            .map(|t| chain_sha(&vms.join(&t[0])))
+            .collect();
         let o = vhdkit()
             .args([
                 "share",
@@ -509,11 +458,13 @@ fn kill_at_every_step_then_rerun_completes() {
             .env("VHDKIT_TEST_ABORT_AFTER_STEPS", k.to_string())
             .output()
             .unwrap();
-        let killed = o.status.code().is_none();
+        // The hook aborts (SIGABRT) after step k; past the last step the run completes.
+        let killed = o.status.signal() == Some(6);
+        assert!(killed || o.status.success(), "step {k}: {o:?}");
         // Whatever the moment, every chain reads the same (no child without a parent).
         for (t, h) in lab.tops.iter().zip(&before) {
             assert_eq!(
-                &vsha(&vms.join(&t[0])),
+                &chain_sha(&vms.join(&t[0])),
                 h,
                 "after a kill at step {k}: {t:?}"
             );
@@ -528,7 +479,7 @@ fn kill_at_every_step_then_rerun_completes() {
         assert_eq!(r.code, 0, "re-run after a kill at step {k}: {r:?}");
         for (t, h) in lab.tops.iter().zip(&before) {
             assert_eq!(
-                &vsha(&vms.join(&t[0])),
+                &chain_sha(&vms.join(&t[0])),
                 h,
                 "after the re-run (kill at {k}): {t:?}"
             );
@@ -553,44 +504,63 @@ fn kill_at_every_step_then_rerun_completes() {
     }
 }
 
-/// A real SIGKILL in the middle of a reparent write (strace fault injection on pwrite64).
+/// A real SIGKILL at the first, a middle and the last `pwrite64` of a share run (counted on an
+/// identical lab), and one injection past the last that must complete: a re-run after each kill
+/// completes and every chain reads the same.
 #[test]
 fn sigkill_during_writes_then_rerun_completes() {
     if !have_tool("strace", "share kill test") {
         return;
     }
-    for n in [1, 3, 7, 12] {
-        let lab = lab(false, 3);
+    let bin = Path::new(env!("CARGO_BIN_EXE_vhdkit"));
+    let share_args = |lab: &Lab| -> Vec<String> {
         let vms = lab.vms();
-        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
-        let _ = std::process::Command::new("strace")
-            .args([
-                "-f",
-                "-o",
-                "/dev/null",
-                "-e",
-                &format!("inject=pwrite64:signal=KILL:when={n}"),
-            ])
-            .arg(env!("CARGO_BIN_EXE_vhdkit"))
-            .args([
-                "share",
-                s(&vms),
-                "--into",
-                s(&lab.shared()),
-                "--delete-copies",
-            ])
-            .output()
-            .unwrap();
-        let r = run([
+        [
             "share",
             s(&vms),
             "--into",
             s(&lab.shared()),
             "--delete-copies",
-        ]);
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let counting = lab(false, 3);
+    let total = kill::count_syscalls(
+        bin,
+        &share_args(&counting),
+        "pwrite64",
+        &counting.root.path().join("strace.log"),
+    )
+    .get("pwrite64")
+    .copied()
+    .unwrap_or(0);
+    assert!(
+        total >= 4,
+        "a share run of three VMs writes more than {total} times"
+    );
+    for n in [1, total / 2, total, total + 1] {
+        let lab = lab(false, 3);
+        let vms = lab.vms();
+        let before: Vec<String> = lab
+            .tops
+            .iter()
+            .map(|t| chain_sha(&vms.join(&t[0])))
+            .collect();
+        let args = share_args(&lab);
+        if n > total {
+            kill::run_past_last(bin, &args, "pwrite64", total);
+        } else {
+            kill::run_killed_at(bin, &args, "pwrite64", n);
+        }
+        let r = run(&args);
         assert_eq!(r.code, 0, "re-run after SIGKILL at pwrite {n}: {r:?}");
         for (t, h) in lab.tops.iter().zip(&before) {
-            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at pwrite {n}: {t:?}");
+            assert_eq!(
+                &chain_sha(&vms.join(&t[0])),
+                h,
+                "SIGKILL at pwrite {n}: {t:?}"
+            );
         }
     }
 }
@@ -614,34 +584,30 @@ fn sigkill_at_batch_barriers_then_rerun_completes() {
     for (call, n) in cases {
         let lab = lab(false, 3);
         let vms = lab.vms();
-        let before: Vec<String> = lab.tops.iter().map(|t| vsha(&vms.join(&t[0]))).collect();
-        let o = std::process::Command::new("strace")
-            .args([
-                "-f",
-                "-o",
-                "/dev/null",
-                "-e",
-                &format!("inject={call}:signal=KILL:when={n}"),
-            ])
-            .arg(env!("CARGO_BIN_EXE_vhdkit"))
-            .args([
+        let before: Vec<String> = lab
+            .tops
+            .iter()
+            .map(|t| chain_sha(&vms.join(&t[0])))
+            .collect();
+        // Every case is a point the run reaches: the process must really die there.
+        kill::run_killed_at(
+            Path::new(env!("CARGO_BIN_EXE_vhdkit")),
+            &[
                 "share",
                 s(&vms),
                 "--into",
                 s(&lab.shared()),
                 "--delete-copies",
-            ])
-            .output()
-            .unwrap();
-        // strace dies of the tracee's signal (or exits 128 + 9): the run did not finish.
-        if call == "syncfs" {
-            assert!(
-                matches!(o.status.code(), None | Some(137)),
-                "the run should die at {call} {n}: {o:?}"
-            );
-        }
+            ],
+            call,
+            n,
+        );
         for (t, h) in lab.tops.iter().zip(&before) {
-            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at {call} {n}: {t:?}");
+            assert_eq!(
+                &chain_sha(&vms.join(&t[0])),
+                h,
+                "SIGKILL at {call} {n}: {t:?}"
+            );
         }
         let r = run([
             "share",
@@ -652,7 +618,11 @@ fn sigkill_at_batch_barriers_then_rerun_completes() {
         ]);
         assert_eq!(r.code, 0, "re-run after SIGKILL at {call} {n}: {r:?}");
         for (t, h) in lab.tops.iter().zip(&before) {
-            assert_eq!(&vsha(&vms.join(&t[0])), h, "SIGKILL at {call} {n}: {t:?}");
+            assert_eq!(
+                &chain_sha(&vms.join(&t[0])),
+                h,
+                "SIGKILL at {call} {n}: {t:?}"
+            );
         }
         let r = run_success([
             "share",

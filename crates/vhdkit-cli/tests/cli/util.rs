@@ -7,6 +7,11 @@ use std::process::{Command, Output};
 
 pub use vhdkit_testkit::{have_tool, run_ok, sha256_file};
 
+/// SHA-256 of the whole virtual disk through the chain, by `vhdkit convert --to raw`.
+pub fn virtual_sha(child: &Path) -> String {
+    vhdkit_testkit::through::convert_sha(Path::new(env!("CARGO_BIN_EXE_vhdkit")), child)
+}
+
 /// The `vhdkit` binary built for this test run.
 pub fn vhdkit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vhdkit"))

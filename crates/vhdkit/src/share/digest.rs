@@ -86,3 +86,159 @@ pub fn layer_digest(disk: &Disk) -> Result<String> {
     }
     Ok(hex(&h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::disk::OpenOptions;
+    use vhdkit_testkit::vhd::VhdBuilder;
+
+    const SIZE: u64 = 4 << 20;
+    const HALF: u32 = 512 << 10;
+
+    /// Digest of a dynamic VHD with `block` bytes per block and `writes` applied.
+    fn digest(block: u32, writes: &[(u64, &[u8])]) -> String {
+        let mut b = VhdBuilder::dynamic(SIZE).block_size(block);
+        for (off, data) in writes {
+            b.write(*off, data);
+        }
+        let d = Disk::from_source(Box::new(b.build().bytes), &OpenOptions::default()).unwrap();
+        content_digest(&d.view(), &mut |_| {}).unwrap().0
+    }
+
+    /// A 1 MiB chunk whose first half is a hole (an unallocated 512 KiB block) and whose second
+    /// half holds data must be hashed by its bytes: copies differing only there differ.
+    #[test]
+    fn data_after_a_hole_in_the_same_chunk_counts() {
+        let at = u64::from(HALF);
+        let a = digest(HALF, &[(at, &[1; 4096])]);
+        let b = digest(HALF, &[(at, &[2; 4096])]);
+        assert_ne!(a, b);
+        assert_ne!(a, digest(HALF, &[]));
+    }
+
+    /// Layer digest of a VHD built by `b` after `writes`.
+    fn layer(b: VhdBuilder, writes: &[(u64, &[u8])]) -> String {
+        let mut b = b;
+        for (off, data) in writes {
+            b.write(*off, data);
+        }
+        let d = Disk::from_source(Box::new(b.build().bytes), &OpenOptions::default()).unwrap();
+        layer_digest(&d).unwrap()
+    }
+
+    fn child(path: &str) -> VhdBuilder {
+        VhdBuilder::differencing(SIZE, [7; 16])
+            .block_size(HALF)
+            .locator(vhdkit_testkit::vhd::Locator::w2ru(path))
+    }
+
+    /// A reparent changes locators only: the layer digest must not see them, and must see
+    /// every byte, run and kind of range the file holds itself.
+    #[test]
+    fn layer_digest_sees_the_layer_and_nothing_else() {
+        let data = [5u8; 4096];
+        let at = 3 << 20; // past the first 1 MiB read chunk
+        let base = layer(child(r".\a.vhd"), &[(0, &data), (at, &data)]);
+        // Same layer, another locator: same digest.
+        assert_eq!(
+            layer(child(r"..\b\a.vhd"), &[(0, &data), (at, &data)]),
+            base
+        );
+        // One byte of stored data differs (in a later block and a later chunk).
+        let mut other = data;
+        other[4095] ^= 1;
+        assert_ne!(layer(child(r".\a.vhd"), &[(0, &data), (at, &other)]), base);
+        // Stored zeros hide the parent; an unallocated range shows it: different layers.
+        let zeros = [0u8; 4096];
+        let with_zeros = layer(
+            child(r".\a.vhd"),
+            &[(0, &data), (at, &data), (1 << 20, &zeros)],
+        );
+        assert_ne!(with_zeros, base);
+        // The same data one sector further is another layer.
+        assert_ne!(
+            layer(child(r".\a.vhd"), &[(0, &data), (at + 512, &data)]),
+            base
+        );
+        // The virtual size counts.
+        let bigger = VhdBuilder::differencing(2 * SIZE, [7; 16])
+            .block_size(HALF)
+            .locator(vhdkit_testkit::vhd::Locator::w2ru(r".\a.vhd"));
+        assert_ne!(layer(bigger, &[(0, &data), (at, &data)]), base);
+    }
+
+    /// A data run longer than one read chunk is hashed whole: a difference at its end counts.
+    #[test]
+    fn layer_digest_reads_long_runs_to_the_end() {
+        // One run of the whole disk; SIZE + 512 also ends in a short piece after whole chunks.
+        for size in [SIZE, SIZE + 512] {
+            let fixed = |last: u8| {
+                let mut b = VhdBuilder::fixed(size);
+                b.write(size - 512, &[last; 512]);
+                b
+            };
+            assert_ne!(layer(fixed(1), &[]), layer(fixed(2), &[]), "{size}");
+            assert_eq!(layer(fixed(1), &[]), layer(fixed(1), &[]), "{size}");
+        }
+    }
+
+    /// Only chunks that are not a hole are read, and progress covers the whole disk once.
+    #[test]
+    fn reads_only_what_is_not_a_hole_and_reports_progress() {
+        // 2 MiB blocks: block 0 is a hole (2 chunks skipped), block 1 holds data (2 read).
+        let mut b = VhdBuilder::dynamic(SIZE).block_size(2 << 20);
+        b.write(5 << 19, &[9; 512]);
+        let d = Disk::from_source(Box::new(b.build().bytes), &OpenOptions::default()).unwrap();
+        let mut seen = Vec::new();
+        let (_, read) = content_digest(&d.view(), &mut |n| seen.push(n)).unwrap();
+        assert_eq!(read, 2 * CHUNK);
+        assert_eq!(seen, vec![CHUNK; 4]);
+        let d = Disk::from_source(
+            Box::new(VhdBuilder::dynamic(SIZE).block_size(2 << 20).build().bytes),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(content_digest(&d.view(), &mut |_| {}).unwrap().1, 0);
+    }
+
+    /// A disk whose size is not a whole number of chunks: the last, short chunk is hashed by
+    /// its own length, and its contents count.
+    #[test]
+    fn last_short_chunk_counts() {
+        let size = SIZE + 512;
+        let of = |last: u8| {
+            let mut b = VhdBuilder::dynamic(size).block_size(2 << 20);
+            b.write(size - 512, &[last; 512]);
+            let d = Disk::from_source(Box::new(b.build().bytes), &OpenOptions::default()).unwrap();
+            let mut covered = 0;
+            let h = content_digest(&d.view(), &mut |n| covered += n).unwrap().0;
+            assert_eq!(covered, size);
+            h
+        };
+        assert_ne!(of(1), of(2));
+        assert_eq!(of(1), of(1));
+    }
+
+    /// The digest depends on the contents only: block size, holes and stored zeros do not count.
+    #[test]
+    fn same_contents_same_digest_across_layouts() {
+        let data = [7u8; 8192];
+        let at = u64::from(HALF) + 4096;
+        let writes: &[(u64, &[u8])] = &[(at, &data), (3 << 20, &data)];
+        let small = digest(HALF, writes);
+        for block in [1 << 20, 2 << 20] {
+            assert_eq!(digest(block, writes), small, "block {block}");
+        }
+        // Stored zeros equal a hole.
+        let zeros = [0u8; 65536];
+        let mut with_zeros = writes.to_vec();
+        with_zeros.push((1 << 20, &zeros));
+        assert_eq!(digest(HALF, &with_zeros), small);
+        // The same data one sector further is another disk.
+        let moved: &[(u64, &[u8])] = &[(at + 512, &data), (3 << 20, &data)];
+        assert_ne!(digest(HALF, moved), small);
+    }
+}

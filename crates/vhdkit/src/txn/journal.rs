@@ -883,6 +883,55 @@ mod tests {
             .contains("past the file's end"));
     }
 
+    /// A journal is only recovered onto a file whose length is its old or its new length: a
+    /// file of any other length (here the old bytes plus zeros, so every record still reads
+    /// as old) is not the file the journal was written for, and is left alone.
+    #[test]
+    fn file_length_matching_neither_old_nor_new_is_foreign() {
+        let (old, plan) = sample();
+        for len in [4096 + 512, 8192 + 512, 8192 - 512] {
+            let mut other = old.clone();
+            other.resize(len, 0);
+            let fp = FaultPlan::new(None);
+            let f = FaultyFile::new(other.clone(), fp.clone());
+            let j = MemJournal::with(encode(&plan), fp);
+            match inspect(&f, &j).unwrap() {
+                JournalState::Foreign { reason } => {
+                    assert!(reason.contains("file length"), "{len}: {reason}")
+                }
+                s => panic!("{len}: {s:?}"),
+            }
+            assert!(matches!(recover(&f, &j).unwrap(), Recovery::Foreign { .. }));
+            assert_eq!(f.contents_all_written(), other, "{len}");
+            assert!(j.load().unwrap().is_some(), "{len}: journal kept");
+        }
+        // At the old and the new length the same journal is recognised.
+        for (bytes, complete) in [(old.clone(), false), (expected_new(&old, &plan), true)] {
+            let fp = FaultPlan::new(None);
+            let f = FaultyFile::new(bytes, fp.clone());
+            let j = MemJournal::with(encode(&plan), fp);
+            let st = inspect(&f, &j).unwrap();
+            assert_eq!(matches!(st, JournalState::Complete(_)), complete, "{st:?}");
+            assert_eq!(matches!(st, JournalState::Pending(_)), !complete, "{st:?}");
+        }
+    }
+
+    /// apply refuses a file whose length is not the plan's old length, before writing anything.
+    #[test]
+    fn apply_refuses_a_file_whose_length_changed() {
+        let (old, plan) = sample();
+        let mut longer = old.clone();
+        longer.resize(old.len() + 512, 0);
+        let fp = FaultPlan::new(None);
+        let f = FaultyFile::new(longer.clone(), fp.clone());
+        let j = MemJournal::new(fp.clone());
+        let e = apply(&f, &j, &plan).unwrap_err();
+        assert!(e.to_string().contains("length"), "{e}");
+        assert_eq!(f.contents_all_written(), longer);
+        assert_eq!(j.load().unwrap(), None);
+        assert_eq!(fp.count(), 0, "nothing written");
+    }
+
     #[test]
     fn encode_decode_round_trip() {
         let (_, plan) = sample();

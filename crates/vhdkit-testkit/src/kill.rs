@@ -1,0 +1,107 @@
+//! Process kills at chosen system calls (strace fault injection), with proof that each kill
+//! happened: a crash test whose crash never happened tests nothing.
+//!
+//! Protocol: [`count_syscalls`] counts the calls of one clean run; then, for every call name and
+//! every `k` in `1..=count`, [`run_killed_at`] must kill the run (the test checks the state
+//! after it), and [`run_past_last`] with `k = count + 1` must complete with exit 0, which proves
+//! the loop covered every point the command reaches.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SIGKILL: i32 = 9;
+
+/// The system calls of one clean run of `program args` among `traced` (comma-separated),
+/// counted per name; asserts the run succeeds.
+pub fn count_syscalls<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    traced: &str,
+    log: &Path,
+) -> BTreeMap<String, usize> {
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-e", &format!("trace={traced}"), "-o"])
+        .arg(log)
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("spawn strace");
+    assert!(o.status.success(), "counting run failed: {o:?}");
+    let text = std::fs::read_to_string(log).expect("read strace log");
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        // `-f` lines start with the pid: `1234 pwrite64(3, ...) = 512`.
+        let name = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.split('(').next())
+            .unwrap_or_default();
+        if traced.split(',').any(|t| t == name) {
+            *counts.entry(name.to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Run `program args` with SIGKILL injected at the `k`th call of `syscall`.
+pub fn run_with_kill<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    syscall: &str,
+    k: usize,
+) -> Output {
+    Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:signal=KILL:when={k}"))
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("spawn strace")
+}
+
+/// True when strace reports that its tracee died of SIGKILL: strace re-raises the signal (no
+/// exit code) or, in some versions, exits with 128 + 9.
+pub fn died_of_sigkill(o: &Output) -> bool {
+    o.status.signal() == Some(SIGKILL) || o.status.code() == Some(128 + SIGKILL)
+}
+
+/// Run with a kill at the `k`th `syscall` and assert the process really died of it.
+pub fn run_killed_at<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    syscall: &str,
+    k: usize,
+) -> Output {
+    let o = run_with_kill(program, args, syscall, k);
+    assert!(
+        died_of_sigkill(&o),
+        "{syscall}#{k}: expected a SIGKILL, got {}: stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Run with the injection one past the last counted `syscall` and assert the command completed
+/// normally (exit 0): the counted points were all the points there are.
+pub fn run_past_last<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    syscall: &str,
+    count: usize,
+) -> Output {
+    let o = run_with_kill(program, args, syscall, count + 1);
+    assert!(
+        o.status.success(),
+        "{syscall}#{}: the run past the last counted call should complete, got {}: stderr {}",
+        count + 1,
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
