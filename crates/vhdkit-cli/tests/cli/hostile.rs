@@ -19,10 +19,7 @@ use crate::util::*;
 
 /// Print a loud skip; in CI (`CI=true`) a missing capability is a failure instead.
 pub fn skip(reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but the test cannot run: {reason}");
-    }
-    println!("SKIP: {reason}");
+    vhdkit_testkit::skip_or_fail(reason);
 }
 
 /// Run `vhdkit ARGS...`, killed (and the test failed) when it runs longer than `secs`.
