@@ -1175,4 +1175,18 @@ mod tests {
         assert_eq!(j.load().unwrap(), None);
         j.remove().unwrap();
     }
+
+    /// A journal file larger than any vhdkit journal is refused before it is read (memory
+    /// bound); one of exactly the bound is read.
+    #[test]
+    fn file_journal_over_the_size_bound_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let j = FileJournal::for_disk(&d.path().join("child.vhd"));
+        let f = fs::File::create(j.path()).unwrap();
+        f.set_len(MAX_JOURNAL_BYTES + 1).unwrap(); // sparse
+        let e = j.load().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        f.set_len(MAX_JOURNAL_BYTES).unwrap();
+        assert_eq!(j.load().unwrap().unwrap().len() as u64, MAX_JOURNAL_BYTES);
+    }
 }
