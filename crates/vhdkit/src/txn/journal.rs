@@ -1183,10 +1183,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let j = FileJournal::for_disk(&d.path().join("child.vhd"));
         let f = fs::File::create(j.path()).unwrap();
-        f.set_len(MAX_JOURNAL_BYTES + 1).unwrap(); // sparse
+        f.set_len(MAX_JOURNAL_FILE + 1).unwrap(); // sparse
         let e = j.load().unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
-        f.set_len(MAX_JOURNAL_BYTES).unwrap();
-        assert_eq!(j.load().unwrap().unwrap().len() as u64, MAX_JOURNAL_BYTES);
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        f.set_len(MAX_JOURNAL_FILE).unwrap();
+        assert_eq!(j.load().unwrap().unwrap().len() as u64, MAX_JOURNAL_FILE);
     }
 }
