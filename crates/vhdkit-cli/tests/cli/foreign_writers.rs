@@ -219,3 +219,30 @@ fn physical_sector_size_may_differ_everywhere() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("physical sector size differs"), "{r:?}");
 }
+
+/// `relink` judges a locator by what it holds: a child found through a relative path in any
+/// slot (vhd-lib's `W2ku`, blktap's `W2ku`/`MacX`) needs nothing; VirtualBox 2.x's absolute POSIX
+/// path in `W2ru` is an absolute link and is made relative.
+#[test]
+fn relink_repoints_only_children_found_through_an_absolute_path() {
+    let dir = tmp();
+    let lab = lab(dir.path());
+    let r: Run = vhdkit()
+        .args(["relink", "--dry-run", "--json"])
+        .arg(dir.path())
+        .output()
+        .unwrap()
+        .into();
+    let json = r.json();
+    let text = json.to_string();
+    for (w, child) in &lab {
+        let named = text.contains(&child.display().to_string());
+        assert_eq!(
+            named,
+            *w == Writer::VirtualBox2,
+            "{}: {}",
+            w.name(),
+            serde_json::to_string_pretty(&json).unwrap()
+        );
+    }
+}

@@ -92,16 +92,31 @@ pub struct ParentRef {
     pub failure: Option<String>,
     #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) resolved_key: Option<FileKey>,
+    /// Whether the locator that led to the parent holds a relative path, judged by what it
+    /// holds rather than by its slot (vhd-lib writes relative paths in `W2ku` and the parent
+    /// name; VirtualBox 2.x absolute ones in `W2ru`).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) via_relative_path: bool,
 }
 
 impl ParentRef {
-    /// True when the parent was found through a relative locator (`W2ru`, `Wi2r`,
-    /// `relative_path`) and not through a symlink.
+    /// True when the parent was found through a locator that holds a relative path (whatever
+    /// its slot) and not through a symlink.
     pub fn via_relative(&self) -> bool {
-        self.resolved.is_some()
-            && !self.via_symlink
-            && matches!(self.via.as_deref(), Some("W2ru" | "Wi2r" | "relative_path"))
+        self.resolved.is_some() && !self.via_symlink && self.via_relative_path
     }
+}
+
+/// Whether `disk`'s locator named `via` holds a relative path (see [`ParentRef::via_relative`]).
+fn locator_is_relative(disk: &Disk, via: Option<&str>) -> bool {
+    let Some(via) = via else { return false };
+    disk.parent_locators().iter().any(|l| {
+        l.kind == via
+            && l.path
+                .as_deref()
+                .and_then(|p| crate::chain::held(p, l.style))
+                .is_some_and(|h| matches!(h, crate::chain::Held::Relative(_)))
+    })
 }
 
 /// One disk found.
@@ -349,6 +364,7 @@ fn open_one(
                 alternate_id: l.alternate_id,
                 resolved: res.path.clone(),
                 resolved_real,
+                via_relative_path: locator_is_relative(&disk, res.via.as_deref()),
                 via: res.via.clone(),
                 via_symlink,
                 failure,
