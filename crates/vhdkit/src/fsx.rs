@@ -107,6 +107,12 @@ pub fn open_disk(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// Open `path` read-only without blocking (and, unless `follow`, without following a link),
+/// whatever it is: for walkers that check the type on the descriptor themselves.
+pub(crate) fn open_nonblocking(path: &Path, follow: bool) -> io::Result<File> {
+    open_flags(path, false, follow)
+}
+
 /// Open a disk for reading and writing, with the rules of [`open_disk`].
 pub fn open_disk_rw(path: &Path) -> io::Result<File> {
     let f = open_flags(path, true, true).map_err(|e| explain_open(path, true, e))?;

@@ -143,31 +143,11 @@ impl std::fmt::Debug for Select<'_> {
 /// never blocks (a FIFO swapped in after the type check) and, for a plain entry, never follows
 /// a link swapped in; the type is checked again on the open descriptor.
 fn probe(path: &Path, follow: bool) -> std::io::Result<bool> {
-    let f = open_nonblocking(path, follow)?;
+    let f = crate::fsx::open_nonblocking(path, follow)?;
     if !f.metadata()?.is_file() {
         return Ok(false);
     }
     Ok(crate::disk::detect(&f).is_ok())
-}
-
-#[cfg(target_os = "linux")]
-fn open_nonblocking(path: &Path, follow: bool) -> std::io::Result<fs::File> {
-    use rustix::fs::OFlags;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut flags = OFlags::NONBLOCK;
-    if !follow {
-        flags |= OFlags::NOFOLLOW;
-    }
-    let bits = i32::try_from(flags.bits()).unwrap_or(0);
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(bits)
-        .open(path)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_nonblocking(path: &Path, _follow: bool) -> std::io::Result<fs::File> {
-    fs::File::open(path)
 }
 
 /// Walk `root` (a folder) recursively. The root itself must be listable (`Err` otherwise: the
