@@ -125,6 +125,7 @@ pub mod sidefile;
 pub mod source;
 pub mod tree;
 pub mod txn;
+pub(crate) mod util;
 pub mod vhd;
 pub mod vhdx;
 pub mod view;

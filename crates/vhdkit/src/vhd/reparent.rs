@@ -65,17 +65,7 @@ pub struct Planned {
     pub warnings: Vec<String>,
 }
 
-fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
-}
-
-fn round_up(v: u64, to: u64) -> Option<u64> {
-    v.checked_add(to - 1).map(|x| x / to * to)
-}
-
-fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
-    a.start < b.end && b.start < a.end
-}
+use crate::util::{overlaps, round_up, utf16le};
 
 fn hexu32(v: u32) -> String {
     format!("{v:#010x}")

@@ -139,36 +139,17 @@ impl Applied {
     }
 }
 
-fn decode(b: &[u8]) -> Option<String> {
-    if b.len() % 2 != 0 {
-        return None;
-    }
-    let u: Vec<u16> = b
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    String::from_utf16(&u).ok()
-}
+use crate::util::from_utf16le as decode;
 
 fn show(b: &[u8]) -> String {
     decode(b).unwrap_or_else(|| format!("({} bytes, not valid UTF-16)", b.len()))
 }
 
-fn braced(u: &Uuid) -> String {
-    format!("{{{}}}", u.hyphenated())
-}
+use crate::util::braced;
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
+use crate::util::le_u32;
 
-fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
-    a.start < b.end && b.start < a.end
-}
+use crate::util::overlaps;
 
 /// The 4 KiB sectors the writes touch, and the size of the one log entry that carries them.
 fn log_entry_bytes(writes: &[WriteOp]) -> (u64, u64) {
