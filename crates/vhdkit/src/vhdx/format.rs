@@ -352,6 +352,35 @@ pub fn crc32c_with_zeroed(buf: &[u8], checksum_at: usize) -> u32 {
     crc32c::crc32c_append(c, tail)
 }
 
+// ---- vhdxlink ----
+
+/// Bytes of the metadata table header ([`MetadataTableHeader`]): entry `i` starts at
+/// `METADATA_TABLE_HEADER_BYTES + i * METADATA_TABLE_ENTRY_BYTES` in the table.
+pub const METADATA_TABLE_HEADER_BYTES: u64 = 32;
+/// Bytes of one metadata table entry ([`MetadataTableEntry`]).
+pub const METADATA_TABLE_ENTRY_BYTES: u64 = 32;
+/// Where a metadata table entry's `offset` and `length` ([`MetadataItemPlace`]) start in it.
+pub const METADATA_ENTRY_PLACE_OFFSET: u64 = 16;
+
+/// The `offset` and `length` fields of a metadata table entry (8 bytes), the part a moved or
+/// resized item rewrites.
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataItemPlace {
+    /// From the start of the metadata region.
+    pub offset: u32,
+    /// Item length in bytes.
+    pub length: u32,
+}
+
+/// Bytes of the parent locator header ([`ParentLocatorHeader`]); the entries follow it.
+pub const PARENT_LOCATOR_HEADER_BYTES: usize = 20;
+/// Bytes of one parent locator entry ([`ParentLocatorEntry`]).
+pub const PARENT_LOCATOR_ENTRY_BYTES: usize = 12;
+/// Where `key_value_count` lies in the parent locator header.
+pub const PARENT_LOCATOR_COUNT_OFFSET: u64 = 18;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,5 +537,52 @@ mod tests {
         b[4..8].copy_from_slice(&[0; 4]);
         assert_eq!(c, crc32c::crc32c(&b));
         assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    /// The offsets and sizes named for the link editor agree with the structs they point into.
+    #[test]
+    fn link_layouts_match_the_structs() {
+        fn bytes<T: for<'a> BinWrite<Args<'a> = ()>>(v: &T) -> Vec<u8> {
+            let mut c = Cursor::new(Vec::new());
+            v.write_le(&mut c).unwrap();
+            c.into_inner()
+        }
+        let place = MetadataItemPlace {
+            offset: 0x10028,
+            length: 580,
+        };
+        round_trip(&place, 8);
+        let entry = bytes(&MetadataTableEntry {
+            item_id: PARENT_LOCATOR_GUID,
+            offset: place.offset,
+            length: place.length,
+            flags: 0,
+            reserved: 0,
+        });
+        assert_eq!(entry.len() as u64, METADATA_TABLE_ENTRY_BYTES);
+        let at = METADATA_ENTRY_PLACE_OFFSET as usize;
+        assert_eq!(entry[at..at + 8], bytes(&place)[..]);
+        let table = bytes(&MetadataTableHeader {
+            signature: METADATA_TABLE_SIGNATURE,
+            reserved: 0,
+            entry_count: 1,
+            reserved2: [0; 20],
+        });
+        assert_eq!(table.len() as u64, METADATA_TABLE_HEADER_BYTES);
+        let header = bytes(&ParentLocatorHeader {
+            locator_type: VHDX_LOCATOR_TYPE_GUID,
+            reserved: 0,
+            key_value_count: 0x0102,
+        });
+        assert_eq!(header.len(), PARENT_LOCATOR_HEADER_BYTES);
+        let at = PARENT_LOCATOR_COUNT_OFFSET as usize;
+        assert_eq!(header[at..at + 2], [0x02, 0x01]);
+        let e = bytes(&ParentLocatorEntry {
+            key_offset: 0,
+            value_offset: 0,
+            key_length: 0,
+            value_length: 0,
+        });
+        assert_eq!(e.len(), PARENT_LOCATOR_ENTRY_BYTES);
     }
 }
