@@ -416,78 +416,24 @@ pub(crate) fn vhd_plan(path: &Path, dead: &[Dead]) -> Result<Plan> {
     })
 }
 
-fn decode_key(b: &[u8]) -> Option<String> {
-    if b.len() % 2 != 0 {
-        return None;
-    }
-    let u: Vec<u16> = b
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    String::from_utf16(&u).ok()
-}
-
-/// Plan the removal of the `dead` keys from the VHDX parent locator item at `path`: the item
-/// re-encoded without them (every other key, `parent_linkage`/`parent_linkage2` and unknown
-/// ones included, byte for byte), written at the same offset with its tail zeroed, and the
-/// metadata table entry's length updated. Returns the writes for one `Session::commit`.
+/// Plan the removal of the `dead` keys from the VHDX parent locator item at `path` through the
+/// link editor: every other key (`parent_linkage`/`parent_linkage2` and unknown ones included)
+/// kept byte for byte, the item re-encoded at the same offset with its freed tail zeroed, and
+/// the metadata table entry's length updated. Returns the writes for one `Session::commit`.
 pub(crate) fn vhdx_writes(path: &Path, dead: &[Dead]) -> Result<Vec<(u64, Vec<u8>)>> {
-    use crate::vhdx::format::{METADATA_TABLE_SIZE, META_IS_USER, PARENT_LOCATOR_GUID};
-    let disk = Disk::open(path)?;
-    let FormatInfo::Vhdx(v) = disk.info().details else {
+    use crate::error::ResultExt;
+    use crate::vhdx::locator::link::{self, LinkEdit, Placement};
+    let opts = crate::disk::OpenOptions::default();
+    let (src, _) = crate::disk::open_source(path)?;
+    if crate::disk::detect(&*src).with_path(path)? != DiskFormat::Vhdx {
         return Err(Error::InvalidArgument("not a VHDX".into()));
-    };
-    drop(disk);
-    let pl = crate::guid::from_vhdx_bytes(PARENT_LOCATOR_GUID);
-    let item = v
-        .metadata_items
-        .iter()
-        .find(|i| i.guid == pl && !i.is_user)
-        .ok_or_else(|| Error::corrupt("vhdx metadata table", 0, "no parent locator item"))?;
-    let region_off = item.file_offset - u64::from(item.offset);
-    let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
-    let table = read_at(
-        &f,
-        region_off,
-        METADATA_TABLE_SIZE,
-        "reading the metadata table",
-    )?;
-    let count = usize::from(super::le16(&table, 10));
-    let index = (0..count)
-        .find(|&i| {
-            let at = 32 + 32 * i;
-            table.get(at..at + 16) == Some(&PARENT_LOCATOR_GUID[..])
-                && super::le32(&table, at + 24) & META_IS_USER == 0
-        })
-        .ok_or_else(|| Error::corrupt("vhdx metadata table", region_off, "no locator entry"))?;
-    let old_item = read_at(
-        &f,
-        item.file_offset,
-        item.length as usize,
-        "reading the parent locator",
-    )?;
-    let pairs = crate::vhdx::locator::raw_pairs(&old_item, item.file_offset)?;
-    let kept: Vec<(Vec<u8>, Vec<u8>)> = pairs
-        .into_iter()
-        .filter(|(k, _)| {
-            let key = decode_key(k);
-            !dead.iter().any(|d| Some(&d.kind) == key.as_ref())
-        })
-        .collect();
-    let mut new_item = crate::vhdx::locator::encode_locator(&kept)?;
-    let new_len = u32::try_from(new_item.len())
-        .ok()
-        .filter(|&n| n <= item.length)
-        .ok_or_else(|| Error::refused("the re-encoded parent locator would be longer"))?;
-    new_item.resize(old_item.len(), 0);
-    let mut writes = vec![(item.file_offset, new_item)];
-    if new_len != item.length {
-        writes.push((
-            region_off + 32 + 32 * index as u64 + 20,
-            new_len.to_le_bytes().to_vec(),
-        ));
     }
-    Ok(writes)
+    let file = crate::vhdx::VhdxFile::open(src, &opts).with_path(path)?;
+    let mut edit = LinkEdit::keep_all(Placement::InPlace);
+    for d in dead {
+        edit.drop_key(&d.kind)?;
+    }
+    Ok(link::plan(&file, &edit, &opts.limits)?.into_log_writes())
 }
 
 // Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).

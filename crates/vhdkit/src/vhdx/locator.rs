@@ -1,15 +1,39 @@
-//! The VHDX parent locator metadata item: key/value pairs of UTF-16LE strings.
+//! The VHDX parent locator metadata item (MS-VHDX 2.6.2.6): key/value pairs of UTF-16LE
+//! strings. The one parser ([`parse_locator`], [`raw_pairs`]) and serialiser
+//! ([`encode_locator`]) of the item; [`link`] edits it for every writer.
 
 use std::collections::HashSet;
+use std::io::Cursor;
 
+use binrw::BinWrite;
 use uuid::Uuid;
 
-use super::format::{self, ParentLocatorEntry, ParentLocatorHeader, VHDX_LOCATOR_TYPE_GUID};
+use super::format::{
+    self, ParentLocatorEntry, ParentLocatorHeader, PARENT_LOCATOR_COUNT_OFFSET,
+    PARENT_LOCATOR_ENTRY_BYTES, PARENT_LOCATOR_HEADER_BYTES, VHDX_LOCATOR_TYPE_GUID,
+};
 use crate::disk::{ParentLocator, PathStyle};
 use crate::error::{Error, Result};
 use crate::guid::from_vhdx_bytes;
+use crate::util::utf16le;
+
+// The file sits beside this one (`vhdx/link.rs`); it is declared here because `vhdx/mod.rs`
+// belongs to the reader, and the editor is this item's only writer.
+#[path = "link.rs"]
+pub(crate) mod link;
 
 const PL: &str = "vhdx parent locator";
+
+/// `parent_linkage`: the parent's DataWriteGuid (compared without regard to case).
+pub(crate) const KEY_PARENT_LINKAGE: &str = "parent_linkage";
+/// `parent_linkage2`: an alternate parent DataWriteGuid.
+pub(crate) const KEY_PARENT_LINKAGE2: &str = "parent_linkage2";
+/// `relative_path`.
+pub(crate) const KEY_RELATIVE_PATH: &str = "relative_path";
+/// `volume_path`: `\\?\Volume{GUID}\...`.
+pub(crate) const KEY_VOLUME_PATH: &str = "volume_path";
+/// `absolute_win32_path`.
+pub(crate) const KEY_ABSOLUTE_WIN32_PATH: &str = "absolute_win32_path";
 
 /// One key/value pair, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +60,14 @@ pub(crate) struct Locator {
     pub warnings: Vec<String>,
 }
 
+/// One key/value pair as stored, for rewriting: the key (valid UTF-16, so it re-encodes to the
+/// same bytes) and the value bytes exactly as they were, decodable or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LocatorPair {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
 fn utf16(bytes: &[u8]) -> std::result::Result<String, String> {
     if bytes.len() % 2 != 0 {
         return Err(format!("odd UTF-16 byte length {}", bytes.len()));
@@ -55,10 +87,18 @@ fn parse_linkage(value: &Option<String>, key: &str, at: u64) -> Result<Uuid> {
         .map_err(|e| Error::corrupt(PL, at, format!("{key} value {v:?} is not a GUID ({e})")))
 }
 
-/// Parse the item bytes; `item_file_offset` is where the item starts in the file.
-pub(crate) fn parse_locator(item: &[u8], item_file_offset: u64) -> Result<Locator> {
-    let h: ParentLocatorHeader =
-        format::parse(item.get(..20).unwrap_or(item), PL, item_file_offset)?;
+/// Offset of entry `i` in the item (bounded by the 16-bit entry count).
+fn entry_start(i: usize) -> usize {
+    PARENT_LOCATOR_HEADER_BYTES + PARENT_LOCATOR_ENTRY_BYTES * i
+}
+
+/// The header: the locator type checked, and the entry count that fits the item.
+fn read_header(item: &[u8], item_file_offset: u64) -> Result<(Uuid, usize)> {
+    let h: ParentLocatorHeader = format::parse(
+        item.get(..PARENT_LOCATOR_HEADER_BYTES).unwrap_or(item),
+        PL,
+        item_file_offset,
+    )?;
     let locator_type = from_vhdx_bytes(h.locator_type);
     if h.locator_type != VHDX_LOCATOR_TYPE_GUID {
         return Err(Error::unsupported(format!(
@@ -66,165 +106,208 @@ pub(crate) fn parse_locator(item: &[u8], item_file_offset: u64) -> Result<Locato
         )));
     }
     let count = usize::from(h.key_value_count);
-    let table_end = 20 + 12 * count;
+    let table_end = entry_start(count);
     if table_end > item.len() {
         return Err(Error::corrupt(
             PL,
-            item_file_offset + 18,
+            item_file_offset.saturating_add(PARENT_LOCATOR_COUNT_OFFSET),
             format!(
                 "{count} entries need {table_end} bytes but the item has {}",
                 item.len()
             ),
         ));
     }
-    let mut entries = Vec::with_capacity(count);
-    let mut seen = HashSet::new();
-    for i in 0..count {
-        let rel = 20 + 12 * i;
-        let at = item_file_offset + u64::try_from(rel).unwrap_or(0);
-        let e: ParentLocatorEntry = format::parse(item.get(rel..rel + 12).unwrap_or(&[]), PL, at)?;
-        let slice = |off: u32, len: u16, what: &str| -> Result<&[u8]> {
-            let start = usize::try_from(off).map_err(|_| Error::corrupt(PL, at, "offset"))?;
-            let end = start.checked_add(usize::from(len));
-            end.and_then(|end| item.get(start..end)).ok_or_else(|| {
-                Error::corrupt(
-                    PL,
-                    at,
-                    format!(
-                        "entry {i} {what} at item offset {off}+{len} lies outside the {}-byte item",
-                        item.len()
-                    ),
-                )
-            })
-        };
-        let key_bytes = slice(e.key_offset, e.key_length, "key")?;
-        let value_bytes = slice(e.value_offset, e.value_length, "value")?;
-        if e.key_length == 0 {
-            return Err(Error::corrupt(
+    Ok((locator_type, count))
+}
+
+/// Entry `i`: its decoded key and value, and the value bytes as stored.
+fn read_entry(item: &[u8], item_file_offset: u64, i: usize) -> Result<(LocatorEntry, &[u8])> {
+    let rel = entry_start(i);
+    let at = item_file_offset.saturating_add(u64::try_from(rel).unwrap_or(u64::MAX));
+    let raw = item
+        .get(rel..rel + PARENT_LOCATOR_ENTRY_BYTES)
+        .unwrap_or(&[]);
+    let e: ParentLocatorEntry = format::parse(raw, PL, at)?;
+    let slice = |off: u32, len: u16, what: &str| -> Result<&[u8]> {
+        let start = usize::try_from(off).map_err(|_| Error::corrupt(PL, at, "offset"))?;
+        let end = start.checked_add(usize::from(len));
+        end.and_then(|end| item.get(start..end)).ok_or_else(|| {
+            Error::corrupt(
                 PL,
                 at,
-                format!("entry {i} has an empty key"),
-            ));
-        }
-        let key =
-            utf16(key_bytes).map_err(|m| Error::corrupt(PL, at, format!("entry {i} key: {m}")))?;
-        if !seen.insert(key.clone()) {
-            return Err(Error::corrupt(PL, at, format!("duplicate key {key:?}")));
-        }
-        let (value, error) = match utf16(value_bytes) {
-            Ok(v) => (Some(v), None),
-            Err(m) => (None, Some(m)),
-        };
-        entries.push(LocatorEntry {
-            key,
-            value,
-            value_file_offset: item_file_offset + u64::from(e.value_offset),
-            error,
-        });
+                format!(
+                    "entry {i} {what} at item offset {off}+{len} lies outside the {}-byte item",
+                    item.len()
+                ),
+            )
+        })
+    };
+    let key_bytes = slice(e.key_offset, e.key_length, "key")?;
+    let value_bytes = slice(e.value_offset, e.value_length, "value")?;
+    if e.key_length == 0 {
+        return Err(Error::corrupt(
+            PL,
+            at,
+            format!("entry {i} has an empty key"),
+        ));
     }
-    let mut warnings = Vec::new();
-    let linkage = entries
-        .iter()
-        .find(|e| e.key.eq_ignore_ascii_case("parent_linkage"))
+    let key =
+        utf16(key_bytes).map_err(|m| Error::corrupt(PL, at, format!("entry {i} key: {m}")))?;
+    let (value, error) = match utf16(value_bytes) {
+        Ok(v) => (Some(v), None),
+        Err(m) => (None, Some(m)),
+    };
+    let entry = LocatorEntry {
+        key,
+        value,
+        value_file_offset: item_file_offset.saturating_add(u64::from(e.value_offset)),
+        error,
+    };
+    Ok((entry, value_bytes))
+}
+
+/// `parent_linkage` (required) and `parent_linkage2` (a nil or bad one is dropped, with a
+/// warning for a bad one).
+fn linkages(
+    entries: &[LocatorEntry],
+    item_file_offset: u64,
+    warnings: &mut Vec<String>,
+) -> Result<(Uuid, Option<Uuid>)> {
+    let find = |k: &str| entries.iter().find(|e| e.key.eq_ignore_ascii_case(k));
+    let linkage = find(KEY_PARENT_LINKAGE)
         .ok_or_else(|| Error::corrupt(PL, item_file_offset, "no parent_linkage key"))?;
-    let parent_linkage =
-        parse_linkage(&linkage.value, "parent_linkage", linkage.value_file_offset)?;
+    let parent_linkage = parse_linkage(
+        &linkage.value,
+        KEY_PARENT_LINKAGE,
+        linkage.value_file_offset,
+    )?;
     let mut parent_linkage2 = None;
-    if let Some(l2) = entries
-        .iter()
-        .find(|e| e.key.eq_ignore_ascii_case("parent_linkage2"))
-    {
-        match parse_linkage(&l2.value, "parent_linkage2", l2.value_file_offset) {
+    if let Some(l2) = find(KEY_PARENT_LINKAGE2) {
+        match parse_linkage(&l2.value, KEY_PARENT_LINKAGE2, l2.value_file_offset) {
             Ok(u) if u.is_nil() => {}
             Ok(u) => parent_linkage2 = Some(u),
             Err(e) => warnings.push(format!("parent_linkage2 ignored: {e}")),
         }
     }
+    Ok((parent_linkage, parent_linkage2))
+}
+
+/// The one parse of an item: the checked locator and each entry's value bytes as stored.
+fn parse(item: &[u8], item_file_offset: u64) -> Result<(Locator, Vec<&[u8]>)> {
+    let (locator_type, count) = read_header(item, item_file_offset)?;
+    let mut entries = Vec::with_capacity(count);
+    let mut values = Vec::with_capacity(count);
+    let mut seen = HashSet::new();
+    for i in 0..count {
+        let (entry, value) = read_entry(item, item_file_offset, i)?;
+        if !seen.insert(entry.key.clone()) {
+            let at = item_file_offset.saturating_add(entry_start(i) as u64);
+            return Err(Error::corrupt(
+                PL,
+                at,
+                format!("duplicate key {:?}", entry.key),
+            ));
+        }
+        entries.push(entry);
+        values.push(value);
+    }
+    let mut warnings = Vec::new();
+    let (parent_linkage, parent_linkage2) = linkages(&entries, item_file_offset, &mut warnings)?;
     if !entries.iter().any(|e| {
         matches!(
             e.key.as_str(),
-            "relative_path" | "volume_path" | "absolute_win32_path"
+            KEY_RELATIVE_PATH | KEY_VOLUME_PATH | KEY_ABSOLUTE_WIN32_PATH
         )
     }) {
         warnings.push("the parent locator has no path key".to_string());
     }
-    Ok(Locator {
+    let locator = Locator {
         locator_type,
         entries,
         parent_linkage,
         parent_linkage2,
         warnings,
-    })
+    };
+    Ok((locator, values))
 }
 
-/// The key/value pairs of a locator item as stored (UTF-16LE bytes), in file order, for
-/// rewriting: unknown keys and undecodable values are carried over byte for byte. The item is
-/// validated with [`parse_locator`] first.
-pub(crate) fn raw_pairs(item: &[u8], item_file_offset: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let loc = parse_locator(item, item_file_offset)?;
-    let mut out = Vec::with_capacity(loc.entries.len());
-    for i in 0..loc.entries.len() {
-        let rel = 20 + 12 * i;
-        let at = item_file_offset + u64::try_from(rel).unwrap_or(0);
-        let e: ParentLocatorEntry = format::parse(item.get(rel..rel + 12).unwrap_or(&[]), PL, at)?;
-        let get = |off: u32, len: u16| -> Result<Vec<u8>> {
-            let start = usize::try_from(off).map_err(|_| Error::corrupt(PL, at, "offset"))?;
-            start
-                .checked_add(usize::from(len))
-                .and_then(|end| item.get(start..end))
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| Error::corrupt(PL, at, "entry outside the item"))
-        };
-        out.push((
-            get(e.key_offset, e.key_length)?,
-            get(e.value_offset, e.value_length)?,
-        ));
-    }
-    Ok(out)
+/// Parse the item bytes; `item_file_offset` is where the item starts in the file.
+pub(crate) fn parse_locator(item: &[u8], item_file_offset: u64) -> Result<Locator> {
+    parse(item, item_file_offset).map(|(l, _)| l)
 }
 
-/// UTF-16LE bytes of `s` (no terminator).
-pub(crate) fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+/// The key/value pairs of a locator item, in file order, for rewriting: unknown keys and
+/// undecodable values are carried over byte for byte. The item is checked as
+/// [`parse_locator`] checks it (same parse, same errors).
+pub(crate) fn raw_pairs(item: &[u8], item_file_offset: u64) -> Result<Vec<LocatorPair>> {
+    let (locator, values) = parse(item, item_file_offset)?;
+    Ok(locator
+        .entries
+        .into_iter()
+        .zip(values)
+        .map(|(e, v)| LocatorPair {
+            key: e.key,
+            value: v.to_vec(),
+        })
+        .collect())
+}
+
+/// Little-endian bytes of an on-disk struct from `format`.
+pub(crate) fn le_bytes<T>(v: &T, structure: &str) -> Result<Vec<u8>>
+where
+    T: for<'a> BinWrite<Args<'a> = ()>,
+{
+    let mut c = Cursor::new(Vec::new());
+    v.write_le(&mut c)
+        .map_err(|e| Error::InvalidArgument(format!("{structure}: {e}")))?;
+    Ok(c.into_inner())
 }
 
 /// Serialise a locator item compactly, as Windows lays it out: the 20-byte header, the 12-byte
 /// entries, then each key followed by its value, in order. Fails when a key or value is longer
 /// than the 16-bit length field allows or has an odd byte count.
-pub(crate) fn encode_locator(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>> {
+pub(crate) fn encode_locator(pairs: &[LocatorPair]) -> Result<Vec<u8>> {
     let bad = |m: String| Error::InvalidArgument(format!("vhdx parent locator: {m}"));
     let count = u16::try_from(pairs.len()).map_err(|_| bad("too many keys".into()))?;
-    let table_end = 20 + 12 * pairs.len();
-    let mut item = Vec::new();
-    item.extend_from_slice(&VHDX_LOCATOR_TYPE_GUID);
-    item.extend_from_slice(&0u16.to_le_bytes());
-    item.extend_from_slice(&count.to_le_bytes());
+    let table_end = entry_start(pairs.len());
+    let mut item = le_bytes(
+        &ParentLocatorHeader {
+            locator_type: VHDX_LOCATOR_TYPE_GUID,
+            reserved: 0,
+            key_value_count: count,
+        },
+        PL,
+    )?;
     let mut data: Vec<u8> = Vec::new();
-    for (k, v) in pairs {
-        for (what, b) in [("key", k), ("value", v)] {
-            if b.len() % 2 != 0 {
-                return Err(bad(format!("a {what} has an odd byte length {}", b.len())));
-            }
+    for p in pairs {
+        let k = utf16le(&p.key);
+        let v = &p.value;
+        if v.len() % 2 != 0 {
+            return Err(bad(format!("a value has an odd byte length {}", v.len())));
         }
         if k.is_empty() {
             return Err(bad("an empty key".into()));
         }
-        let kl = u16::try_from(k.len())
+        let key_length = u16::try_from(k.len())
             .map_err(|_| bad(format!("a key of {} bytes does not fit", k.len())))?;
-        let vl = u16::try_from(v.len()).map_err(|_| {
+        let value_length = u16::try_from(v.len()).map_err(|_| {
             bad(format!(
                 "a value of {} bytes does not fit the 65535-byte length field",
                 v.len()
             ))
         })?;
-        let ko = u32::try_from(table_end + data.len()).map_err(|_| bad("too large".into()))?;
-        data.extend_from_slice(k);
-        let vo = u32::try_from(table_end + data.len()).map_err(|_| bad("too large".into()))?;
+        let at = |n: usize| u32::try_from(table_end + n).map_err(|_| bad("too large".into()));
+        let key_offset = at(data.len())?;
+        data.extend_from_slice(&k);
+        let value_offset = at(data.len())?;
         data.extend_from_slice(v);
-        item.extend_from_slice(&ko.to_le_bytes());
-        item.extend_from_slice(&vo.to_le_bytes());
-        item.extend_from_slice(&kl.to_le_bytes());
-        item.extend_from_slice(&vl.to_le_bytes());
+        let entry = ParentLocatorEntry {
+            key_offset,
+            value_offset,
+            key_length,
+            value_length,
+        };
+        item.extend_from_slice(&le_bytes(&entry, PL)?);
     }
     item.extend_from_slice(&data);
     Ok(item)
@@ -234,9 +317,9 @@ impl Locator {
     /// Path locators in the order SX says to try them.
     pub(crate) fn parent_locators(&self) -> Vec<ParentLocator> {
         [
-            ("relative_path", PathStyle::Relative),
-            ("volume_path", PathStyle::Volume),
-            ("absolute_win32_path", PathStyle::AbsoluteWindows),
+            (KEY_RELATIVE_PATH, PathStyle::Relative),
+            (KEY_VOLUME_PATH, PathStyle::Volume),
+            (KEY_ABSOLUTE_WIN32_PATH, PathStyle::AbsoluteWindows),
         ]
         .iter()
         .filter_map(|(k, style)| {
@@ -323,14 +406,21 @@ mod tests {
         ]);
         let pairs = raw_pairs(&item, 0).unwrap();
         assert_eq!(pairs.len(), 3);
-        assert_eq!(pairs[2].1, bad);
+        assert_eq!(pairs[2].key, "odd_key");
+        assert_eq!(pairs[2].value, bad);
         // The testkit-style builder and ours lay items out identically.
         assert_eq!(encode_locator(&pairs).unwrap(), item);
+        let pair = |k: &str, v: Vec<u8>| LocatorPair {
+            key: k.into(),
+            value: v,
+        };
         let long = vec![0x41u8; 65536];
-        assert!(encode_locator(&[(u16s("k"), long)]).is_err());
+        assert!(encode_locator(&[pair("k", long)]).is_err());
+        assert!(encode_locator(&[pair("k", vec![0x41])]).is_err());
+        assert!(encode_locator(&[pair("", vec![])]).is_err());
         let max = vec![0x41u8; 65534];
-        let it = encode_locator(&[(u16s("parent_linkage"), l.clone()), (u16s("k"), max)]).unwrap();
-        assert_eq!(raw_pairs(&it, 0).unwrap()[1].1.len(), 65534);
+        let it = encode_locator(&[pair("parent_linkage", l.clone()), pair("k", max)]).unwrap();
+        assert_eq!(raw_pairs(&it, 0).unwrap()[1].value.len(), 65534);
     }
 
     #[test]
