@@ -574,3 +574,86 @@ pub fn apply(
         log_replayed,
     })
 }
+
+// Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
+#[cfg(test)]
+#[cfg(vhdkit_workspace)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::vhdx::format::HEADER_OFFSETS;
+    use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
+
+    /// Counts the reads of the file identifier (one per full parse: only `VhdxFile::open`
+    /// reads it) and of the first header slot (one per header parse).
+    #[derive(Debug)]
+    struct Counted {
+        bytes: Vec<u8>,
+        opens: Arc<AtomicUsize>,
+        headers: Arc<AtomicUsize>,
+    }
+
+    impl Source for Counted {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            if offset == 0 {
+                self.opens.fetch_add(1, Ordering::SeqCst);
+            }
+            if offset == HEADER_OFFSETS[0] {
+                self.headers.fetch_add(1, Ordering::SeqCst);
+            }
+            self.bytes.read_exact_at(buf, offset)
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            Source::len(&self.bytes)
+        }
+    }
+
+    fn counted_plan(bytes: Vec<u8>) -> (Planned, usize, usize) {
+        let opens = Arc::new(AtomicUsize::new(0));
+        let headers = Arc::new(AtomicUsize::new(0));
+        let calls = AtomicUsize::new(0);
+        let open = || -> Result<Box<dyn Source>> {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Counted {
+                bytes: bytes.clone(),
+                opens: opens.clone(),
+                headers: headers.clone(),
+            }))
+        };
+        let t = Targets {
+            relative: Some(r"..\new\base.vhdx".into()),
+            absolute: Some(r"D:\new\base.vhdx".into()),
+            linkage: None,
+        };
+        let p = plan(&open, &OpenOptions::default(), &t).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        (
+            p,
+            opens.load(Ordering::SeqCst),
+            headers.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The plan parses the child twice: once as it is, once as simulated. The headers are read
+    /// once more only to simulate the replay of a dirty log (before the link editor, they were
+    /// always read once more, and the metadata table and locator item parsed again by hand).
+    #[test]
+    fn the_child_is_parsed_twice() {
+        let mut c = VhdxBuilder::new(Kind::Differencing, 8 << 20, 1 << 20, 512);
+        c.relative_path = Some(r"..\old\base.vhdx".into());
+        c.write(4096, &[0x55; 4096]);
+        let mut built = c.build();
+        let (p, opens, headers) = counted_plan(built.bytes.clone());
+        assert!(!p.plan.writes.is_empty());
+        assert_eq!((opens, headers), (2, 2));
+
+        let bat = built.layout.bat_offset;
+        built.make_dirty(&[bat], &[], &Default::default());
+        let (p, opens, headers) = counted_plan(built.bytes);
+        assert!(p.guard.log_dirty);
+        assert_eq!((opens, headers), (2, 3));
+    }
+}
