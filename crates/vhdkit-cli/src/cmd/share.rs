@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use vhdkit::share::{
-    self, GroupPlan, KeeperAction, PathNote, ShareOptions, SharePlan, ShareReport,
+    self, GroupPlan, KeeperAction, PathNote, ShareOptions, SharePlan, ShareReport, Skipped,
 };
+use vhdkit::tree::Uninspected;
 
 use crate::cli::ShareArgs;
 use crate::cmd::progress::{abort_hook, Bar};
@@ -32,18 +33,53 @@ pub(super) fn tree_options(confine: &[std::path::PathBuf]) -> ShareOptions {
     }
 }
 
-/// A tree command's plan as the command line shows and applies it.
+/// A tree command's plan as the command line shows and applies it (see [`tree_plan`]).
 pub(super) trait TreePlan: serde::Serialize {
     type Report: serde::Serialize;
+    /// The closing line when nothing was to do and nothing needs a person.
+    const ALL_DONE: &'static str;
     fn nothing_to_do(&self) -> bool;
     fn has_findings(&self) -> bool;
-    /// The closing line when nothing was to do and nothing needs a person.
-    fn all_done_line(&self) -> &'static str;
     fn render(&self) -> String;
     fn apply(&self, opts: &ShareOptions, bar: &mut Bar) -> vhdkit::Result<Self::Report>;
     fn render_report(r: &Self::Report) -> String;
     fn report_has_findings(r: &Self::Report) -> bool;
 }
+
+/// `impl TreePlan` for a library plan, from its report type, its apply function and its
+/// closing line; the text comes from the invoking module's `render_plan` and `render_report`
+/// (the plan and report types have `has_findings`, the plan a `nothing_to_do` field).
+macro_rules! tree_plan {
+    ($plan:ty, $report:ty, $apply:path, $all_done:expr) => {
+        impl $crate::cmd::share::TreePlan for $plan {
+            type Report = $report;
+            const ALL_DONE: &'static str = $all_done;
+            fn nothing_to_do(&self) -> bool {
+                self.nothing_to_do
+            }
+            fn has_findings(&self) -> bool {
+                <$plan>::has_findings(self)
+            }
+            fn render(&self) -> String {
+                render_plan(self)
+            }
+            fn apply(
+                &self,
+                opts: &vhdkit::share::ShareOptions,
+                bar: &mut $crate::cmd::progress::Bar,
+            ) -> vhdkit::Result<$report> {
+                $apply(self, opts, bar)
+            }
+            fn render_report(r: &$report) -> String {
+                render_report(r)
+            }
+            fn report_has_findings(r: &$report) -> bool {
+                r.has_findings()
+            }
+        }
+    };
+}
+pub(super) use tree_plan;
 
 /// Show `plan` (JSON or text) and apply it unless this is a dry run or there is nothing to do.
 pub(super) fn show_and_apply<P: TreePlan>(
@@ -94,7 +130,7 @@ pub(super) fn show_and_apply<P: TreePlan>(
 /// listed above it.
 fn closing_line<P: TreePlan>(p: &P) -> &'static str {
     match (p.nothing_to_do(), p.has_findings()) {
-        (true, false) => p.all_done_line(),
+        (true, false) => P::ALL_DONE,
         (true, true) => {
             "nothing to do for the disks that could be inspected; the findings above need a person"
         }
@@ -118,42 +154,23 @@ pub(super) fn notes(v: &[PathNote]) -> impl Iterator<Item = (&Path, &str)> {
     v.iter().map(|f| (f.path.as_path(), f.reason.as_str()))
 }
 
+/// Skipped disks as [`listed`] takes them.
+pub(super) fn skipped(v: &[Skipped]) -> impl Iterator<Item = (&Path, &str)> {
+    v.iter().map(|k| (k.path.as_path(), k.reason.as_str()))
+}
+
+/// Uninspected paths as [`listed`] takes them.
+pub(super) fn uninspected(v: &[Uninspected]) -> impl Iterator<Item = (&Path, &str)> {
+    v.iter().map(|u| (u.path.as_path(), u.reason.as_str()))
+}
+
 /// The first 16 hex digits of a digest.
 fn short(h: &str) -> &str {
     h.get(..16).unwrap_or(h)
 }
 
-impl TreePlan for SharePlan {
-    type Report = ShareReport;
-
-    fn nothing_to_do(&self) -> bool {
-        self.nothing_to_do
-    }
-
-    fn has_findings(&self) -> bool {
-        SharePlan::has_findings(self)
-    }
-
-    fn all_done_line(&self) -> &'static str {
-        "nothing to do: every child already uses its shared parent"
-    }
-
-    fn render(&self) -> String {
-        render_plan(self)
-    }
-
-    fn apply(&self, opts: &ShareOptions, bar: &mut Bar) -> vhdkit::Result<ShareReport> {
-        share::apply_share(self, opts, bar)
-    }
-
-    fn render_report(r: &ShareReport) -> String {
-        render_report(r)
-    }
-
-    fn report_has_findings(r: &ShareReport) -> bool {
-        r.has_findings()
-    }
-}
+const ALL_DONE: &str = "nothing to do: every child already uses its shared parent";
+tree_plan!(SharePlan, ShareReport, share::apply_share, ALL_DONE);
 
 fn render_plan(p: &SharePlan) -> String {
     let mut s = String::new();
@@ -182,17 +199,9 @@ fn render_plan(p: &SharePlan) -> String {
             let _ = writeln!(s, "  child left alone: {}", k.display());
         }
     }
-    let skipped = p
-        .skipped
-        .iter()
-        .map(|k| (k.path.as_path(), k.reason.as_str()));
-    listed(&mut s, "SKIPPED", skipped);
+    listed(&mut s, "SKIPPED", skipped(&p.skipped));
     listed(&mut s, "UNRESOLVED", notes(&p.unresolved));
-    let uninspected = p
-        .uninspected
-        .iter()
-        .map(|u| (u.path.as_path(), u.reason.as_str()));
-    listed(&mut s, "UNINSPECTED", uninspected);
+    listed(&mut s, "UNINSPECTED", uninspected(&p.uninspected));
     if p.delete_copies && !(p.uninspected.is_empty() && p.skipped.is_empty()) {
         let _ = writeln!(
             s,

@@ -49,6 +49,7 @@
 
 mod apply;
 pub mod digest;
+mod groups;
 /// The writers' lock (moved to [`crate::lock`]; kept here for callers of `share::lock`).
 pub use crate::lock;
 mod plan;
