@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 use super::scan::{FileKey, Scan, ScannedDisk, Skipped};
-use super::{digest, PathNote, Progress, ShareOptions};
+use super::{digest, ContentDigest, PathNote, Progress, ShareOptions};
 use crate::disk::DiskFormat;
 
 /// A group's identity: format (0 VHD, 1 VHDX), the id children record, virtual size.
@@ -83,7 +83,7 @@ pub(super) fn by_level(
 /// Content digests of the members of groups with more than one file.
 pub(super) struct Hashed {
     /// Disk index -> digest, or why its chain could not be read.
-    pub digests: HashMap<usize, std::result::Result<String, String>>,
+    pub digests: HashMap<usize, ContentDigest>,
     pub bytes_hashed: u64,
     pub bytes_read: u64,
 }

@@ -405,6 +405,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// A content digest ([`digest::content_digest`]), or why the chain could not be read.
+type ContentDigest = std::result::Result<String, String>;
+
 /// `dir` made canonical; an error when it is not a folder (`hint` follows the message).
 fn tree_dir(dir: &Path, hint: &str) -> Result<PathBuf> {
     let c = fs::canonicalize(dir).map_err(|e| Error::io("opening the folder", e).with_path(dir))?;

@@ -12,8 +12,8 @@ use super::groups::{by_level, children_of, group_identities, hash_members, GKey}
 use super::removal::Removal;
 use super::scan::{self, FileKey, Scan, ScannedDisk};
 use super::{
-    canonical, probe, scan_phase, tree_dir, under, ChildPlan, Conflict, CopyPlan, GroupPlan,
-    KeeperAction, PathNote, Progress, ShareOptions, SharePlan,
+    canonical, probe, scan_phase, tree_dir, under, ChildPlan, Conflict, ContentDigest, CopyPlan,
+    GroupPlan, KeeperAction, PathNote, Progress, ShareOptions, SharePlan,
 };
 use crate::disk::{DiskFormat, DiskType};
 use crate::error::{Error, Result};
@@ -228,7 +228,7 @@ struct Planner<'a> {
     dir: &'a Path,
     into: &'a Path,
     children_of: HashMap<FileKey, Vec<usize>>,
-    digests: HashMap<usize, std::result::Result<String, String>>,
+    digests: HashMap<usize, ContentDigest>,
     removal: Removal,
     into_refused: Option<String>,
     /// Keeper paths already given to a group.

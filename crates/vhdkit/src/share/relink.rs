@@ -10,7 +10,8 @@ use uuid::Uuid;
 use super::repoint::{self, Repoint};
 use super::scan::{FileKey, ParentRef, Scan, ScannedDisk, Skipped};
 use super::{
-    digest, one_line, probe, scan_phase, tree_dir, under, PathNote, Progress, ShareOptions, Steps,
+    digest, one_line, probe, scan_phase, tree_dir, under, ContentDigest, PathNote, Progress,
+    ShareOptions, Steps,
 };
 use crate::error::{Error, Result};
 use crate::tree::Uninspected;
@@ -303,10 +304,10 @@ fn blind_choice(sc: &Scan, current: Option<&FileKey>, best: &FileKey) -> Option<
 
 /// Content digests of candidate parents, each computed once (`Err`: why it could not be read).
 #[derive(Default)]
-struct Digests(HashMap<FileKey, std::result::Result<String, String>>);
+struct Digests(HashMap<FileKey, ContentDigest>);
 
 impl Digests {
-    fn of(&mut self, d: &ScannedDisk, opts: &ShareOptions) -> std::result::Result<String, String> {
+    fn of(&mut self, d: &ScannedDisk, opts: &ShareOptions) -> ContentDigest {
         self.0
             .entry(d.key.clone())
             .or_insert_with(|| {
