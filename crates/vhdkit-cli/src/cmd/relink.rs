@@ -2,72 +2,25 @@
 
 use std::fmt::Write as _;
 
-use vhdkit::share::{self, RelinkPlan, RelinkReport, ShareOptions};
+use vhdkit::share::{self, RelinkPlan, RelinkReport};
 
 use crate::cli::RelinkArgs;
-use crate::cmd::progress::{abort_hook, Bar};
-use crate::output::{self, CliError};
+use crate::cmd::progress::Bar;
+use crate::cmd::share::{
+    listed, notes, show_and_apply, skipped, tree_options, tree_plan, uninspected,
+};
+use crate::output::CliError;
 use crate::Outcome;
 
 pub fn run(a: &RelinkArgs) -> Result<Outcome, CliError> {
-    let opts = ShareOptions {
-        abort_after_steps: abort_hook(),
-        chain: crate::cmd::confined(vhdkit::ChainOptions::default(), &a.confine),
-        ..ShareOptions::default()
-    };
+    let opts = tree_options(&a.confine);
     let mut bar = Bar::new(a.json);
     let plan = share::plan_relink(&a.dir, &a.search, &opts, &mut bar)?;
-    let findings = plan.has_findings();
-    if a.dry_run || plan.nothing_to_do {
-        if a.json {
-            output::print_json(&serde_json::json!({
-                "applied": false,
-                "dry_run": a.dry_run,
-                "nothing_to_do": plan.nothing_to_do,
-                "plan": plan,
-            }))?;
-        } else if output::text_wanted() {
-            print!("{}", render_plan(&plan));
-            println!("{}", closing_line(&plan));
-        }
-        return Ok(if findings {
-            Outcome::Findings
-        } else {
-            Outcome::Ok
-        });
-    }
-    let report = share::apply_relink(&plan, &opts, &mut bar)?;
-    if a.json {
-        output::print_json(&serde_json::json!({
-            "applied": true,
-            "nothing_to_do": false,
-            "plan": plan,
-            "report": report,
-        }))?;
-    } else if output::text_wanted() {
-        print!("{}", render_plan(&plan));
-        print!("{}", render_report(&report));
-    }
-    Ok(
-        if findings || !report.refused.is_empty() || !report.failed.is_empty() {
-            Outcome::Findings
-        } else {
-            Outcome::Ok
-        },
-    )
+    show_and_apply(&plan, &opts, &mut bar, a.json, a.dry_run)
 }
 
-/// The last line of a run that changed nothing; never "nothing to do" alone when findings were
-/// listed above it.
-fn closing_line(p: &RelinkPlan) -> &'static str {
-    match (p.nothing_to_do, p.has_findings()) {
-        (true, false) => "nothing to do: every parent resolves through its relative path",
-        (true, true) => {
-            "nothing to do for the disks that could be inspected; the findings above need a person"
-        }
-        (false, _) => "dry run: nothing written",
-    }
-}
+const ALL_DONE: &str = "nothing to do: every parent resolves through its relative path";
+tree_plan!(RelinkPlan, RelinkReport, share::apply_relink, ALL_DONE);
 
 fn render_plan(p: &RelinkPlan) -> String {
     let mut s = String::new();
@@ -100,18 +53,10 @@ fn render_plan(p: &RelinkPlan) -> String {
             let _ = writeln!(s, "    (also has the id: {})", alt.display());
         }
     }
-    for k in &p.skipped {
-        let _ = writeln!(s, "SKIPPED: {}: {}", k.path.display(), k.reason);
-    }
-    for u in &p.unresolved {
-        let _ = writeln!(s, "UNRESOLVED: {}: {}", u.path.display(), u.reason);
-    }
-    for c in &p.conflicts {
-        let _ = writeln!(s, "CONFLICT: {}: {}", c.path.display(), c.reason);
-    }
-    for u in &p.uninspected {
-        let _ = writeln!(s, "UNINSPECTED: {}: {}", u.path.display(), u.reason);
-    }
+    listed(&mut s, "SKIPPED", skipped(&p.skipped));
+    listed(&mut s, "UNRESOLVED", notes(&p.unresolved));
+    listed(&mut s, "CONFLICT", notes(&p.conflicts));
+    listed(&mut s, "UNINSPECTED", uninspected(&p.uninspected));
     for n in &p.notes {
         let _ = writeln!(s, "note: {n}");
     }
@@ -121,11 +66,7 @@ fn render_plan(p: &RelinkPlan) -> String {
 fn render_report(r: &RelinkReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "done: {} children repointed and verified", r.relinked);
-    for f in &r.refused {
-        let _ = writeln!(s, "REFUSED: {}: {}", f.path.display(), f.reason);
-    }
-    for f in &r.failed {
-        let _ = writeln!(s, "FAILED: {}: {}", f.path.display(), f.reason);
-    }
+    listed(&mut s, "REFUSED", notes(&r.refused));
+    listed(&mut s, "FAILED", notes(&r.failed));
     s
 }

@@ -1,8 +1,13 @@
-//! `vhdkit share DIR --into SHARED`.
+//! `vhdkit share DIR --into SHARED`, and the run shape it shares with `relink`: a plan shown
+//! (and applied unless it is a dry run or there is nothing to do), as text or JSON.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
-use vhdkit::share::{self, KeeperAction, ShareOptions, SharePlan, ShareReport};
+use vhdkit::share::{
+    self, GroupPlan, KeeperAction, PathNote, ShareOptions, SharePlan, ShareReport, Skipped,
+};
+use vhdkit::tree::Uninspected;
 
 use crate::cli::ShareArgs;
 use crate::cmd::progress::{abort_hook, Bar};
@@ -12,33 +17,102 @@ use crate::Outcome;
 pub fn run(a: &ShareArgs) -> Result<Outcome, CliError> {
     let opts = ShareOptions {
         delete_copies: a.delete_copies,
-        abort_after_steps: abort_hook(),
-        chain: crate::cmd::confined(vhdkit::ChainOptions::default(), &a.confine),
-        ..ShareOptions::default()
+        ..tree_options(&a.confine)
     };
     let mut bar = Bar::new(a.json);
     let plan = share::plan_share(&a.dir, &a.into, &opts, &mut bar)?;
-    let findings = plan.has_findings();
-    if a.dry_run || plan.nothing_to_do {
-        if a.json {
-            output::print_json(&serde_json::json!({
-                "applied": false,
-                "dry_run": a.dry_run,
-                "nothing_to_do": plan.nothing_to_do,
-                "plan": plan,
-            }))?;
-        } else if output::text_wanted() {
-            print!("{}", render_plan(&plan));
-            println!("{}", closing_line(&plan, a.dry_run));
+    show_and_apply(&plan, &opts, &mut bar, a.json, a.dry_run)
+}
+
+/// Options of a tree command (`share`, `relink`) run from the command line.
+pub(super) fn tree_options(confine: &[std::path::PathBuf]) -> ShareOptions {
+    ShareOptions {
+        abort_after_steps: abort_hook(),
+        chain: crate::cmd::confined(vhdkit::ChainOptions::default(), confine),
+        ..ShareOptions::default()
+    }
+}
+
+/// A tree command's plan as the command line shows and applies it (see [`tree_plan`]).
+pub(super) trait TreePlan: serde::Serialize {
+    type Report: serde::Serialize;
+    /// The closing line when nothing was to do and nothing needs a person.
+    const ALL_DONE: &'static str;
+    fn nothing_to_do(&self) -> bool;
+    fn has_findings(&self) -> bool;
+    fn render(&self) -> String;
+    fn apply(&self, opts: &ShareOptions, bar: &mut Bar) -> vhdkit::Result<Self::Report>;
+    fn render_report(r: &Self::Report) -> String;
+    fn report_has_findings(r: &Self::Report) -> bool;
+}
+
+/// `impl TreePlan` for a library plan, from its report type, its apply function and its
+/// closing line; the text comes from the invoking module's `render_plan` and `render_report`
+/// (the plan and report types have `has_findings`, the plan a `nothing_to_do` field).
+macro_rules! tree_plan {
+    ($plan:ty, $report:ty, $apply:path, $all_done:expr) => {
+        impl $crate::cmd::share::TreePlan for $plan {
+            type Report = $report;
+            const ALL_DONE: &'static str = $all_done;
+            fn nothing_to_do(&self) -> bool {
+                self.nothing_to_do
+            }
+            fn has_findings(&self) -> bool {
+                <$plan>::has_findings(self)
+            }
+            fn render(&self) -> String {
+                render_plan(self)
+            }
+            fn apply(
+                &self,
+                opts: &vhdkit::share::ShareOptions,
+                bar: &mut $crate::cmd::progress::Bar,
+            ) -> vhdkit::Result<$report> {
+                $apply(self, opts, bar)
+            }
+            fn render_report(r: &$report) -> String {
+                render_report(r)
+            }
+            fn report_has_findings(r: &$report) -> bool {
+                r.has_findings()
+            }
         }
-        return Ok(if findings {
+    };
+}
+pub(super) use tree_plan;
+
+/// Show `plan` (JSON or text) and apply it unless this is a dry run or there is nothing to do.
+pub(super) fn show_and_apply<P: TreePlan>(
+    plan: &P,
+    opts: &ShareOptions,
+    bar: &mut Bar,
+    json: bool,
+    dry_run: bool,
+) -> Result<Outcome, CliError> {
+    let findings = plan.has_findings();
+    let outcome = |more: bool| {
+        if findings || more {
             Outcome::Findings
         } else {
             Outcome::Ok
-        });
+        }
+    };
+    if dry_run || plan.nothing_to_do() {
+        if json {
+            output::print_json(&serde_json::json!({
+                "applied": false,
+                "dry_run": dry_run,
+                "nothing_to_do": plan.nothing_to_do(),
+                "plan": plan,
+            }))?;
+        } else if output::text_wanted() {
+            print!("{}", plan.render());
+            println!("{}", closing_line(plan));
+        }
+        return Ok(outcome(false));
     }
-    let report = share::apply_share(&plan, &opts, &mut bar)?;
-    if a.json {
+    let report = plan.apply(opts, bar)?;
+    if json {
         output::print_json(&serde_json::json!({
             "applied": true,
             "nothing_to_do": false,
@@ -46,27 +120,57 @@ pub fn run(a: &ShareArgs) -> Result<Outcome, CliError> {
             "report": report,
         }))?;
     } else if output::text_wanted() {
-        print!("{}", render_plan(&plan));
-        print!("{}", render_report(&report));
+        print!("{}", plan.render());
+        print!("{}", P::render_report(&report));
     }
-    Ok(if findings || report.has_findings() {
-        Outcome::Findings
-    } else {
-        Outcome::Ok
-    })
+    Ok(outcome(P::report_has_findings(&report)))
 }
 
 /// The last line of a run that changed nothing; never "nothing to do" alone when findings were
 /// listed above it.
-fn closing_line(p: &SharePlan, dry_run: bool) -> &'static str {
-    match (p.nothing_to_do, p.has_findings(), dry_run) {
-        (true, false, _) => "nothing to do: every child already uses its shared parent",
-        (true, true, _) => {
+fn closing_line<P: TreePlan>(p: &P) -> &'static str {
+    match (p.nothing_to_do(), p.has_findings()) {
+        (true, false) => P::ALL_DONE,
+        (true, true) => {
             "nothing to do for the disks that could be inspected; the findings above need a person"
         }
-        (false, _, _) => "dry run: nothing written",
+        (false, _) => "dry run: nothing written",
     }
 }
+
+/// One `LABEL: path: reason` line per item.
+pub(super) fn listed<'a>(
+    s: &mut String,
+    label: &str,
+    items: impl IntoIterator<Item = (&'a Path, &'a str)>,
+) {
+    for (path, reason) in items {
+        let _ = writeln!(s, "{label}: {}: {reason}", path.display());
+    }
+}
+
+/// The items of a report list as [`listed`] takes them.
+pub(super) fn notes(v: &[PathNote]) -> impl Iterator<Item = (&Path, &str)> {
+    v.iter().map(|f| (f.path.as_path(), f.reason.as_str()))
+}
+
+/// Skipped disks as [`listed`] takes them.
+pub(super) fn skipped(v: &[Skipped]) -> impl Iterator<Item = (&Path, &str)> {
+    v.iter().map(|k| (k.path.as_path(), k.reason.as_str()))
+}
+
+/// Uninspected paths as [`listed`] takes them.
+pub(super) fn uninspected(v: &[Uninspected]) -> impl Iterator<Item = (&Path, &str)> {
+    v.iter().map(|u| (u.path.as_path(), u.reason.as_str()))
+}
+
+/// The first 16 hex digits of a digest.
+fn short(h: &str) -> &str {
+    h.get(..16).unwrap_or(h)
+}
+
+const ALL_DONE: &str = "nothing to do: every child already uses its shared parent";
+tree_plan!(SharePlan, ShareReport, share::apply_share, ALL_DONE);
 
 fn render_plan(p: &SharePlan) -> String {
     let mut s = String::new();
@@ -80,80 +184,7 @@ fn render_plan(p: &SharePlan) -> String {
         p.children_to_repoint
     );
     for g in &p.groups {
-        let how = match g.action {
-            KeeperAction::AlreadyShared => "already shared",
-            KeeperAction::InPlace => "the only file: stays in place",
-            KeeperAction::Move => "moved there",
-            KeeperAction::Copy => "copied there",
-        };
-        let _ = writeln!(
-            s,
-            "group {} {} ({} virtual, level {}, {} identical files{}):",
-            g.format,
-            g.id,
-            size(g.virtual_size),
-            g.level,
-            g.files,
-            g.content_sha256
-                .as_deref()
-                .map(|h| format!(", contents sha256 {}", &h[..16.min(h.len())]))
-                .unwrap_or_default()
-        );
-        let _ = writeln!(s, "  keeper: {} ({how})", g.keeper.display());
-        if g.keeper_source != g.keeper {
-            let _ = writeln!(s, "    from {}", g.keeper_source.display());
-        }
-        for c in &g.children {
-            let what = if c.repoint {
-                "repoint"
-            } else {
-                "finish interrupted change"
-            };
-            let _ = write!(
-                s,
-                "  {what}: {} (now via {} -> {})",
-                c.path.display(),
-                c.via.as_deref().unwrap_or("?"),
-                c.from
-                    .as_ref()
-                    .map_or_else(|| "?".into(), |f| f.display().to_string())
-            );
-            if let Some(r) = &c.refused {
-                let _ = write!(s, " REFUSED: {r}");
-            }
-            let _ = writeln!(s);
-        }
-        for c in &g.copies {
-            let fate = match (&c.kept, &c.refused) {
-                (Some(k), _) => format!(" -> kept: {k}"),
-                (None, Some(r)) => format!(" -> cannot be deleted: {r}"),
-                (None, None) => " -> deleted once every child is repointed".into(),
-            };
-            let _ = writeln!(
-                s,
-                "  copy: {} ({} on disk, {} apparent, {} children){fate}",
-                c.path.display(),
-                size(c.allocated),
-                size(c.file_size),
-                c.children,
-            );
-        }
-        for n in &g.old_names {
-            let _ = writeln!(s, "  old name removed after the move: {}", n.display());
-        }
-        for l in &g.symlinks {
-            let _ = writeln!(
-                s,
-                "  symlink to this parent: {} -> removed (children use the real file)",
-                l.display()
-            );
-        }
-        for k in &g.kept_names {
-            let _ = writeln!(s, "  name kept: {} ({})", k.path.display(), k.reason);
-        }
-        if let Some(r) = &g.keeper_refused {
-            let _ = writeln!(s, "  REFUSED: the keeper cannot be placed: {r}");
-        }
+        render_group(&mut s, g);
     }
     for c in &p.conflicts {
         let _ = writeln!(
@@ -162,26 +193,15 @@ fn render_plan(p: &SharePlan) -> String {
             c.id, c.format
         );
         for (f, h) in &c.files {
-            let _ = writeln!(
-                s,
-                "  {} (contents sha256 {})",
-                f.display(),
-                &h[..16.min(h.len())]
-            );
+            let _ = writeln!(s, "  {} (contents sha256 {})", f.display(), short(h));
         }
         for k in &c.children {
             let _ = writeln!(s, "  child left alone: {}", k.display());
         }
     }
-    for k in &p.skipped {
-        let _ = writeln!(s, "SKIPPED: {}: {}", k.path.display(), k.reason);
-    }
-    for u in &p.unresolved {
-        let _ = writeln!(s, "UNRESOLVED: {}: {}", u.path.display(), u.reason);
-    }
-    for u in &p.uninspected {
-        let _ = writeln!(s, "UNINSPECTED: {}: {}", u.path.display(), u.reason);
-    }
+    listed(&mut s, "SKIPPED", skipped(&p.skipped));
+    listed(&mut s, "UNRESOLVED", notes(&p.unresolved));
+    listed(&mut s, "UNINSPECTED", uninspected(&p.uninspected));
     if p.delete_copies && !(p.uninspected.is_empty() && p.skipped.is_empty()) {
         let _ = writeln!(
             s,
@@ -203,6 +223,83 @@ fn render_plan(p: &SharePlan) -> String {
         size(p.bytes_freed_apparent)
     );
     s
+}
+
+fn render_group(s: &mut String, g: &GroupPlan) {
+    let how = match g.action {
+        KeeperAction::AlreadyShared => "already shared",
+        KeeperAction::InPlace => "the only file: stays in place",
+        KeeperAction::Move => "moved there",
+        KeeperAction::Copy => "copied there",
+    };
+    let _ = writeln!(
+        s,
+        "group {} {} ({} virtual, level {}, {} identical files{}):",
+        g.format,
+        g.id,
+        size(g.virtual_size),
+        g.level,
+        g.files,
+        g.content_sha256
+            .as_deref()
+            .map(|h| format!(", contents sha256 {}", short(h)))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(s, "  keeper: {} ({how})", g.keeper.display());
+    if g.keeper_source != g.keeper {
+        let _ = writeln!(s, "    from {}", g.keeper_source.display());
+    }
+    for c in &g.children {
+        let what = if c.repoint {
+            "repoint"
+        } else {
+            "finish interrupted change"
+        };
+        let _ = write!(
+            s,
+            "  {what}: {} (now via {} -> {})",
+            c.path.display(),
+            c.via.as_deref().unwrap_or("?"),
+            c.from
+                .as_ref()
+                .map_or_else(|| "?".into(), |f| f.display().to_string())
+        );
+        if let Some(r) = &c.refused {
+            let _ = write!(s, " REFUSED: {r}");
+        }
+        let _ = writeln!(s);
+    }
+    for c in &g.copies {
+        let fate = match (&c.kept, &c.refused) {
+            (Some(k), _) => format!(" -> kept: {k}"),
+            (None, Some(r)) => format!(" -> cannot be deleted: {r}"),
+            (None, None) => " -> deleted once every child is repointed".into(),
+        };
+        let _ = writeln!(
+            s,
+            "  copy: {} ({} on disk, {} apparent, {} children){fate}",
+            c.path.display(),
+            size(c.allocated),
+            size(c.file_size),
+            c.children,
+        );
+    }
+    for n in &g.old_names {
+        let _ = writeln!(s, "  old name removed after the move: {}", n.display());
+    }
+    for l in &g.symlinks {
+        let _ = writeln!(
+            s,
+            "  symlink to this parent: {} -> removed (children use the real file)",
+            l.display()
+        );
+    }
+    for k in &g.kept_names {
+        let _ = writeln!(s, "  name kept: {} ({})", k.path.display(), k.reason);
+    }
+    if let Some(r) = &g.keeper_refused {
+        let _ = writeln!(s, "  REFUSED: the keeper cannot be placed: {r}");
+    }
 }
 
 fn render_report(r: &ShareReport) -> String {
@@ -229,14 +326,8 @@ fn render_report(r: &ShareReport) -> String {
         size(r.size_before),
         size(r.size_after)
     );
-    for f in &r.refused {
-        let _ = writeln!(s, "REFUSED: {}: {}", f.path.display(), f.reason);
-    }
-    for f in &r.failed {
-        let _ = writeln!(s, "FAILED: {}: {}", f.path.display(), f.reason);
-    }
-    for f in &r.kept {
-        let _ = writeln!(s, "KEPT: {}: {}", f.path.display(), f.reason);
-    }
+    listed(&mut s, "REFUSED", notes(&r.refused));
+    listed(&mut s, "FAILED", notes(&r.failed));
+    listed(&mut s, "KEPT", notes(&r.kept));
     s
 }

@@ -11,6 +11,9 @@
 
 use sha2::{Digest, Sha256};
 
+use std::path::Path;
+
+use crate::chain::{Chain, ChainOptions};
 use crate::disk::{Disk, Extent};
 use crate::error::Result;
 use crate::view::{Allocation, ChainView};
@@ -53,6 +56,16 @@ pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result
         on_bytes(n);
     }
     Ok((hex(&h.finalize()), read))
+}
+
+/// [`content_digest`] of the chain opened at `path`.
+pub fn chain_digest(
+    path: &Path,
+    chain: &ChainOptions,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(String, u64)> {
+    let c = Chain::open(path, chain)?;
+    content_digest(&c.into_view(), on_bytes)
 }
 
 /// Whether `n` bytes at `off` read as zeros without reading them: every allocation run in the

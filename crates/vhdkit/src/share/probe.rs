@@ -6,6 +6,8 @@
 use std::path::Path;
 
 use super::lock;
+use super::scan::ScannedDisk;
+use crate::disk::DiskFormat;
 
 /// Why changing `path` will be refused: the file is opened for writing and the exclusive lock
 /// taken, exactly as the real run does ([`lock::lock_for_change`]), then released at once.
@@ -26,6 +28,16 @@ pub fn folder_refusal(path: &Path) -> Option<String> {
             "its folder {} does not allow creating or removing files ({e})",
             dir.display()
         )
+    })
+}
+
+/// Why changing this child will be refused, found the way the real run will meet it: the lock
+/// (open for writing) and, for a VHD, its folder (the journal is created beside it).
+pub(crate) fn child_refusal(d: &ScannedDisk) -> Option<String> {
+    change_refusal(&d.path).or_else(|| {
+        (d.format == DiskFormat::Vhd)
+            .then(|| folder_refusal(&d.path))
+            .flatten()
     })
 }
 
