@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 
 use vhdkit::reparent::{self, IdentityCheck, LocatorMode, ReparentOptions, ReparentPlan};
-use vhdkit::Chain;
 
 use crate::cli::ReparentArgs;
 use crate::cmd::chain_options;
@@ -24,7 +23,7 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
         ignore_id_mismatch: a.ignore_id_mismatch,
         verify_content: a.verify_content.clone(),
         windows_path: a.windows_path.clone(),
-        chain: chain.clone(),
+        chain,
     };
     let plan = reparent::plan(&a.child, &opts)?;
     if a.dry_run {
@@ -49,9 +48,17 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
         return Ok(Outcome::Ok);
     }
     let report = reparent::apply(&plan)?;
-    // Re-verify: the child's chain must open intact through the new locators.
-    let verify = Chain::open(&a.child, &chain)?;
-    let chain_report = verify.report().clone();
+    // The chain apply followed again through the new locators must be intact here.
+    let chain_report = report.chain.as_ref();
+    if let Some(reason) = chain_report.and_then(|c| c.broken_reason.as_ref()) {
+        let at = chain_report
+            .and_then(|c| c.links.last())
+            .map(|l| l.path.clone());
+        return Err(CliError::Lib(vhdkit::Error::Chain {
+            path: Some(at.unwrap_or_else(|| a.child.clone())),
+            detail: reason.clone(),
+        }));
+    }
     if a.json {
         output::print_json(&serde_json::json!({
             "applied": true,
@@ -98,11 +105,12 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
                 "first finished an interrupted earlier change ({writes} ranges)"
             );
         }
-        let parent = chain_report.links.first().and_then(|l| l.parent.as_ref());
+        let links = chain_report.map_or(&[][..], |c| &c.links[..]);
+        let parent = links.first().and_then(|l| l.parent.as_ref());
         let _ = writeln!(
             s,
             "chain re-opened: intact, {} disks; parent found via {}: {}",
-            chain_report.links.len(),
+            links.len(),
             parent.and_then(|p| p.via.as_deref()).unwrap_or("?"),
             parent
                 .and_then(|p| p.path.as_ref())
@@ -165,7 +173,7 @@ fn render_plan(p: &ReparentPlan) -> String {
         }
     }
     let _ = writeln!(s, "changes:");
-    for c in &p.txn.changes {
+    for c in &p.txn().changes {
         let _ = writeln!(
             s,
             "  {} / {}:\n    {}\n    -> {}",
@@ -177,21 +185,21 @@ fn render_plan(p: &ReparentPlan) -> String {
             s,
             "writes: {} metadata bytes in {} ranges, through the log: {} bytes written to the file \
              in all (headers, log entry, metadata sectors)",
-            p.txn.bytes_written(),
-            p.txn.writes.len(),
-            p.bytes_written
+            p.txn().bytes_written(),
+            p.txn().writes.len(),
+            p.bytes_written()
         );
     } else {
         let _ = writeln!(
             s,
             "writes: {} bytes in {} ranges (file {} -> {} bytes)",
-            p.bytes_written,
-            p.txn.writes.len(),
-            p.txn.old_len,
-            p.txn.new_len
+            p.bytes_written(),
+            p.txn().writes.len(),
+            p.txn().old_len,
+            p.txn().new_len
         );
     }
-    for w in &p.txn.writes {
+    for w in &p.txn().writes {
         let _ = writeln!(
             s,
             "  {:#010x} {:>6} bytes  {}",
