@@ -537,8 +537,8 @@ fn display_absolute(p: &Path) -> Result<String> {
 }
 
 /// `target` relative to the folder `from`, with Windows separators: `.\name.vhd`,
-/// `..\ref\name.vhd`. `None` when there is no relative path (different drives) or a component
-/// is not Unicode.
+/// `..\ref\name.vhd`. `None` when there is no relative path (different roots) or a component
+/// is not Unicode or holds a `\`.
 pub fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
     crate::winpath::relative_windows_path(from, target).ok()
 }

@@ -22,8 +22,8 @@
 //! [`FormatPlan`], and the caller's [`ChainOptions`] (with its limits) on to [`apply`].
 //!
 //! Layout: `plan.rs` (checks and the format-neutral plan), `apply.rs` (one child), `batch.rs`
-//! (many children, one set of durability barriers); Windows path forms are in
-//! [`crate::winpath`].
+//! (many children, one set of durability barriers), `verify.rs` (`verify_content`); Windows
+//! path forms are in the crate's `winpath` module.
 
 use std::path::{Path, PathBuf};
 
