@@ -72,3 +72,28 @@ fn parses_per_file() {
         assert_eq!(c.np_apply, 2, "{ext}");
     }
 }
+
+/// A change made as asked is not an error of `apply` when the chain does not resolve here (an
+/// absolute Windows path only, no map): the report says the chain is broken, and why.
+#[test]
+fn apply_reports_a_chain_that_does_not_resolve_here() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.vhdx");
+    let child = d.path().join("child.vhdx");
+    create(&base, &CreateParams::dynamic(8 << 20)).unwrap();
+    create(&child, &CreateParams::differencing(&base)).unwrap();
+    std::fs::create_dir(d.path().join("ref")).unwrap();
+    let np = d.path().join("ref").join("base.vhdx");
+    std::fs::copy(&base, &np).unwrap();
+    std::fs::remove_file(&base).unwrap();
+    let opts = ReparentOptions {
+        new_parent: np,
+        mode: LocatorMode::AbsoluteOnly,
+        windows_path: Some(r"C:\Lab\ref\base.vhdx".into()),
+        ..ReparentOptions::default()
+    };
+    let report = apply(&plan(&child, &opts).unwrap()).unwrap();
+    let chain = report.chain.unwrap();
+    assert!(!chain.intact);
+    assert!(chain.broken_reason.is_some_and(|r| r.contains("not found")));
+}
