@@ -50,7 +50,7 @@ fn run(child: &Path, new_parent: &Path, dry_run: bool) -> Result<(), Box<dyn std
         plan.format,
         plan.new_parent_resolved.display()
     );
-    for c in &plan.txn.changes {
+    for c in &plan.txn().changes {
         println!(
             "  {} / {}: {:?} -> {:?}",
             c.structure, c.field, c.old, c.new
@@ -59,7 +59,7 @@ fn run(child: &Path, new_parent: &Path, dry_run: bool) -> Result<(), Box<dyn std
     for w in &plan.warnings {
         println!("  warning: {w}");
     }
-    println!("  {} bytes to write", plan.bytes_written);
+    println!("  {} bytes to write", plan.bytes_written());
     if dry_run {
         println!("dry run: nothing written");
         return Ok(());

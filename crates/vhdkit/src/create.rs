@@ -32,7 +32,7 @@
 use std::fs::{self, File};
 
 use crate::sidefile::PartialGuard;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
@@ -537,37 +537,10 @@ fn display_absolute(p: &Path) -> Result<String> {
 }
 
 /// `target` relative to the folder `from`, with Windows separators: `.\name.vhd`,
-/// `..\ref\name.vhd`. `None` when there is no relative path (different drives) or a component
-/// is not Unicode.
+/// `..\ref\name.vhd`. `None` when there is no relative path (different roots) or a component
+/// is not Unicode or holds a `\`.
 pub fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
-    let a: Vec<Component<'_>> = from.components().collect();
-    let b: Vec<Component<'_>> = target.components().collect();
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    if common == 0 {
-        return None;
-    }
-    let mut parts: Vec<String> = Vec::new();
-    for c in a.get(common..)? {
-        match c {
-            Component::Normal(_) => parts.push("..".into()),
-            _ => return None,
-        }
-    }
-    for c in b.get(common..)? {
-        match c {
-            Component::Normal(n) => parts.push(n.to_str()?.to_string()),
-            _ => return None,
-        }
-    }
-    if parts.is_empty() {
-        return None;
-    }
-    let joined = parts.join("\\");
-    if joined.starts_with("..") {
-        Some(joined)
-    } else {
-        Some(format!(".\\{joined}"))
-    }
+    crate::winpath::relative_windows_path(from, target).ok()
 }
 
 /// Start building `dst` under this process's partial-output name (see [`crate::sidefile`]):

@@ -324,6 +324,8 @@ impl Disk {
     /// that does not match is ignored, with a warning.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
         let path = path.as_ref();
+        #[cfg(test)]
+        crate::parse_count::note(path);
         let (src, warning) = open_source(path)?;
         let mut disk = Self::from_source(src, opts).with_path(path)?;
         disk.path = Some(path.to_path_buf());

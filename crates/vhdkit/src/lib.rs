@@ -64,7 +64,7 @@
 //! std::fs::copy(&base, &copy)?;
 //! let opts = ReparentOptions { new_parent: copy.clone(), ..ReparentOptions::default() };
 //! let plan = reparent::plan(&child, &opts)?;
-//! for c in &plan.txn.changes {
+//! for c in &plan.txn().changes {
 //!     println!("{} {}: {} -> {}", c.structure, c.field, c.old, c.new);
 //! }
 //! reparent::apply(&plan)?;
@@ -116,6 +116,8 @@ pub mod fsx;
 pub mod guid;
 pub mod limits;
 pub mod lock;
+#[cfg(test)]
+pub(crate) mod parse_count;
 pub mod readset;
 pub mod repair;
 pub mod reparent;
@@ -129,6 +131,7 @@ pub(crate) mod util;
 pub mod vhd;
 pub mod vhdx;
 pub mod view;
+pub(crate) mod winpath;
 pub mod write;
 
 pub use chain::{Chain, ChainOptions, ChainReport, PathMap};

@@ -79,7 +79,7 @@ fn a_byte_the_plan_read_that_changed_refuses_the_change() {
         // the VHDX file identifier's creator) that the plan itself does not write.
         let at = 0x20u64;
         assert!(
-            p.txn
+            p.txn()
                 .writes
                 .iter()
                 .all(|w| !(w.offset..w.offset + w.data.len() as u64).contains(&at)),

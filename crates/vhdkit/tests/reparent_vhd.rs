@@ -122,7 +122,7 @@ fn reparent_ok(child: &Path, o: &ReparentOptions) -> reparent::ReparentPlan {
     let plan = reparent::plan(child, o).unwrap();
     let report = reparent::apply(&plan).unwrap();
     assert_eq!(report.recovery, Recovery::Clean);
-    assert_eq!(report.bytes_written, plan.bytes_written);
+    assert_eq!(report.bytes_written, plan.bytes_written());
     assert!(!journal::FileJournal::for_disk(child).path().exists());
     plan
 }
@@ -287,7 +287,7 @@ fn relocation_of_long_paths_keeps_data_in_place() {
     // Repointing again to a short path reuses the relocated space in place.
     let np2 = lab.copy_parent("vm/b.vhd");
     let p2 = reparent_ok(&lab.child, &opts(&np2));
-    assert_eq!(p2.txn.new_len, p2.txn.old_len);
+    assert_eq!(p2.txn().new_len, p2.txn().old_len);
     assert_eq!(locator(&lab.child, "W2ru").as_deref(), Some(r".\b.vhd"));
     assert_eq!(
         chain_sha_with(&lab.child, &ChainOptions::default()),
@@ -530,7 +530,7 @@ fn crash_at_every_operation_gives_old_or_new() {
             lab.copy_parent("RefDisk/base.vhd")
         };
         let plan = reparent::plan(&lab.child, &opts(&np)).unwrap();
-        assert_eq!(plan.txn.new_len > plan.txn.old_len, relocate);
+        assert_eq!(plan.txn().new_len > plan.txn().old_len, relocate);
         let old = std::fs::read(&lab.child).unwrap();
         let parent_disk = || Disk::open(&lab.old_parent).unwrap();
         let contents = |bytes: &[u8]| {
@@ -693,7 +693,7 @@ fn real_windows_child_fat_differential() {
         ..opts(&np)
     };
     let plan = reparent_ok(&child, &o);
-    assert_eq!(plan.txn.new_len, plan.txn.old_len);
+    assert_eq!(plan.txn().new_len, plan.txn().old_len);
     assert_eq!(
         plan.relative_path.as_deref(),
         Some(r".\RefDisk\fat-parent.vhd")
@@ -765,7 +765,7 @@ fn batch_crash_at_every_operation_gives_old_or_new_per_child() {
             reparent::plan(&lab.child, &opts(&np)).unwrap()
         })
         .collect();
-    assert!(plans[2].txn.new_len > plans[2].txn.old_len);
+    assert!(plans[2].txn().new_len > plans[2].txn().old_len);
     let olds: Vec<Vec<u8>> = labs
         .iter()
         .map(|l| std::fs::read(&l.child).unwrap())
@@ -815,7 +815,7 @@ fn batch_crash_at_every_operation_gives_old_or_new_per_child() {
     // Five children: their journals (stage, publish, discard), their writes, four barriers.
     let writes: usize = plans
         .iter()
-        .map(|p| p.txn.writes.len() + usize::from(p.txn.new_len != p.txn.old_len))
+        .map(|p| p.txn().writes.len() + usize::from(p.txn().new_len != p.txn().old_len))
         .sum();
     assert_eq!(total, 5 * 3 + writes + 4);
     for k in 1..=total {

@@ -138,7 +138,7 @@ fn metadata_areas() -> Vec<Range<usize>> {
 fn reparent_ok(child: &Path, o: &ReparentOptions) -> reparent::ReparentPlan {
     let plan = reparent::plan(child, o).unwrap();
     let report = reparent::apply(&plan).unwrap();
-    assert_eq!(report.bytes_written, plan.bytes_written, "{report:?}");
+    assert_eq!(report.bytes_written, plan.bytes_written(), "{report:?}");
     assert_eq!(report.journal_bytes, 0);
     assert!(!vhdkit::txn::journal::FileJournal::for_disk(child)
         .path()
@@ -194,7 +194,12 @@ fn round_trip_512_and_4096() {
             "{:?}",
             plan.notes
         );
-        let fields: Vec<&str> = plan.txn.changes.iter().map(|c| c.field.as_str()).collect();
+        let fields: Vec<&str> = plan
+            .txn()
+            .changes
+            .iter()
+            .map(|c| c.field.as_str())
+            .collect();
         assert!(
             fields.contains(&"relative_path") && fields.contains(&"volume_path"),
             "{fields:?}"
@@ -970,7 +975,7 @@ fn bytes_written_do_not_grow_with_the_disk() {
         figures.push((
             size,
             report.bytes_written,
-            plan.txn.bytes_written(),
+            plan.txn().bytes_written(),
             x.header_bytes,
             x.log_bytes,
             x.metadata_bytes,

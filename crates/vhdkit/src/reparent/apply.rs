@@ -1,0 +1,121 @@
+//! [`apply`] and [`apply_to`]: one child.
+
+use super::{refused, ApplyReport, FormatPlan, ReparentPlan};
+use crate::chain::Chain;
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::lock::FileLock;
+use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
+use crate::txn::Sink;
+
+/// Apply a plan to the child file: check that the new parent still has the planned identity,
+/// then (VHD) finish a pending journal first, check the file still holds every old byte of the
+/// plan, and write through the redo journal beside the file; or (VHDX) check the current header
+/// is the one the plan was made on, replay a dirty log, check every old byte, and commit through
+/// the file's own log. Then the child's chain is followed again through the new locators (with
+/// the plan's options), and the report carries it ([`ApplyReport::chain`]): a chain that does
+/// not resolve here (an absolute path only a Windows host resolves, no map) is reported there,
+/// not returned as an error, since the change asked for is made.
+///
+/// Everything up to the write happens under the child's exclusive lock ([`crate::lock`]):
+/// taken first (another writer holding it is a refusal), then every range the plan read is
+/// re-checked from the locked descriptor ([`crate::readset::ReadSet::verify`]), and the change
+/// is written through it.
+pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
+    let mut report = {
+        let lock = lock_child(plan)?;
+        let store = FileJournal::for_disk(&plan.child);
+        apply_to(lock.file(), &store, plan).map_err(|e| e.with_path(&plan.child))?
+    };
+    report.chain = Some(Chain::inspect(&plan.child, &plan.chain)?);
+    Ok(report)
+}
+
+/// Lock the child, then re-validate under the lock: the new parent still has the planned
+/// identity, and the child still holds every byte the plan read.
+pub(super) fn lock_child(plan: &ReparentPlan) -> Result<FileLock> {
+    let lock = crate::lock::lock_disk(&plan.child)?;
+    check_new_parent(plan)?;
+    plan.reads
+        .verify(lock.file())
+        .map_err(|e| e.with_path(&plan.child))?;
+    Ok(lock)
+}
+
+fn check_new_parent(plan: &ReparentPlan) -> Result<()> {
+    let np = Disk::open_with(&plan.new_parent_resolved, &plan.chain.open).map_err(|e| {
+        refused(
+            &plan.child,
+            format!("the new parent can no longer be opened: {e}"),
+        )
+    })?;
+    if np.identity() != plan.new_parent_id {
+        return Err(refused(
+            &plan.child,
+            format!(
+                "the new parent changed since the plan was made (id {} instead of {})",
+                np.identity(),
+                plan.new_parent_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a VHD plan applied through its journal did.
+pub(super) fn vhd_report(recovery: Recovery, plan: &ReparentPlan) -> ApplyReport {
+    let txn = plan.txn();
+    ApplyReport {
+        recovery,
+        writes: txn.writes.len(),
+        bytes_written: txn.bytes_written(),
+        journal_bytes: journal::encoded_len(txn) as u64,
+        old_len: txn.old_len,
+        new_len: txn.new_len,
+        vhdx: None,
+        chain: None,
+    }
+}
+
+/// A foreign journal beside a VHD child is never applied nor overwritten.
+pub(super) fn refuse_foreign(store: &dyn JournalStore, reason: &str) -> Error {
+    Error::refused(format!(
+        "a vhdkit journal {} does not match the file ({reason})",
+        store.describe()
+    ))
+}
+
+/// [`apply`] on any target and journal store (fault-injection tests use
+/// [`crate::txn::fault`]), without re-opening the chain. VHD: recovers a pending journal
+/// first; refuses a foreign one. VHDX: the store is not used (the file's log is the journal);
+/// a dirty log is replayed within the plan's limits.
+pub fn apply_to(
+    target: &dyn Sink,
+    store: &dyn JournalStore,
+    plan: &ReparentPlan,
+) -> Result<ApplyReport> {
+    match &plan.format_plan {
+        FormatPlan::Vhdx(p) => {
+            let limits = &plan.chain.open.limits;
+            let a = crate::vhdx::reparent::apply(target, &p.guard, &p.plan, limits)?;
+            Ok(ApplyReport {
+                recovery: Recovery::Clean,
+                writes: a.writes,
+                bytes_written: a.total_bytes(),
+                journal_bytes: 0,
+                old_len: p.plan.old_len,
+                new_len: p.plan.new_len,
+                vhdx: Some(a),
+                chain: None,
+            })
+        }
+        FormatPlan::Vhd(p) => {
+            let recovery = journal::recover(target, store)?;
+            if let Recovery::Foreign { reason } = &recovery {
+                return Err(refuse_foreign(store, reason));
+            }
+            journal::apply(target, store, &p.plan)?;
+            Ok(vhd_report(recovery, plan))
+        }
+    }
+}
