@@ -25,6 +25,7 @@ pub mod footer;
 pub mod format;
 pub mod locator;
 pub mod name_style;
+mod open;
 pub mod reparent;
 pub mod write;
 
@@ -200,79 +201,28 @@ impl VhdFile {
     /// Open and check a VHD file.
     pub(crate) fn open(src: Box<dyn Source>, opts: &OpenOptions) -> Result<VhdFile> {
         let file_size = source_len(&*src)?;
-        let ft = footer::read_footer(&*src, file_size)?;
-        let mut warnings = ft.warnings.clone();
-        let f = &ft.raw;
-        let disk_type = match f.disk_type {
-            format::DISK_TYPE_FIXED => DiskType::Fixed,
-            format::DISK_TYPE_DYNAMIC => DiskType::Dynamic,
-            _ => DiskType::Differencing,
-        };
-        let virtual_size = f.current_size;
-        if virtual_size == 0 {
-            return Err(Error::corrupt(
-                footer_structure(&ft),
-                ft.offset.saturating_add(48),
-                "current size is 0",
-            ));
-        }
-        let chs = format::chs_bytes(f.cylinders, f.heads, f.sectors_per_track);
-        if f.creator_application == format::CREATOR_VPC && chs != virtual_size {
-            warnings.push(format!(
-                "Virtual PC disk: CHS geometry gives {chs} bytes, current size {virtual_size}; \
-                 using current size (qemu would use the CHS size)"
-            ));
-        }
-        let bit_order = if f.creator_application == format::CREATOR_TAP
-            && f.creator_version == format::TAP_LSB_BITMAP_VERSION
-        {
-            BitOrder::LsbFirst
-        } else {
-            BitOrder::MsbFirst
-        };
-        if disk_type == DiskType::Fixed {
-            if virtual_size > ft.end_offset {
-                return Err(Error::corrupt(
-                    "vhd footer",
-                    ft.offset.saturating_add(48),
-                    format!(
-                        "fixed disk current size {virtual_size} is larger than the {} bytes \
-                         of data before the footer",
-                        ft.end_offset
-                    ),
-                ));
-            }
+        let p = open::parse(&*src, file_size, opts, open::Purpose::Read)?;
+        let mut warnings = p.warnings;
+        let Some(sp) = p.sparse else {
             return Ok(VhdFile {
                 src,
                 file_size,
-                disk_type,
-                virtual_size,
-                footer: ft,
+                disk_type: p.disk_type,
+                virtual_size: p.virtual_size,
+                footer: p.footer,
                 header: None,
                 slots: Vec::new(),
                 bat: Vec::new(),
                 bitmap_bytes: 0,
-                bit_order,
+                bit_order: p.bit_order,
                 cache: Mutex::new(None),
                 warnings,
             });
-        }
-        let hdr = dynamic::read_header(&*src, f.data_offset, ft.end_offset)?;
-        let h = &hdr.raw;
-        let bitmap_bytes = format::bitmap_bytes(h.block_size);
-        let layout = bat::BatLayout {
-            table_offset: h.table_offset,
-            entries: h.max_table_entries,
-            block_size: h.block_size,
-            bitmap_bytes,
-            virtual_size,
-            data_end: ft.end_offset,
-            header_offset: hdr.offset,
         };
-        let bat = bat::read_bat(&*src, &layout, &opts.limits)?;
+        let hdr = sp.header;
         let slots = locator::read_slots(
             &*src,
-            &h.parent_locators,
+            &hdr.raw.parent_locators,
             hdr.offset,
             file_size,
             opts.limits.max_locator_bytes,
@@ -284,7 +234,7 @@ impl VhdFile {
                 }
             }
         }
-        if disk_type == DiskType::Differencing {
+        if p.disk_type == DiskType::Differencing {
             if let Some(e) = &hdr.parent_name.error {
                 warnings.push(e.clone());
             }
@@ -295,14 +245,14 @@ impl VhdFile {
         Ok(VhdFile {
             src,
             file_size,
-            disk_type,
-            virtual_size,
-            footer: ft,
+            disk_type: p.disk_type,
+            virtual_size: p.virtual_size,
+            footer: p.footer,
             header: Some(hdr),
             slots,
-            bat,
-            bitmap_bytes,
-            bit_order,
+            bat: sp.bat,
+            bitmap_bytes: sp.bitmap_bytes,
+            bit_order: p.bit_order,
             cache: Mutex::new(None),
             warnings,
         })
@@ -412,14 +362,6 @@ impl VhdFile {
             footer,
             dynamic,
         }
-    }
-}
-
-fn footer_structure(ft: &footer::CheckedFooter) -> &'static str {
-    if ft.offset == 0 {
-        "vhd footer (copy at offset 0)"
-    } else {
-        "vhd footer"
     }
 }
 

@@ -30,6 +30,8 @@ use crate::error::{Error, Result, ResultExt};
 use crate::txn::journal::{self, FileJournal, Recovery};
 use crate::view::ChainView;
 
+pub(crate) mod engine;
+
 /// Reads the virtual disk *below* an image (its parent chain), for differencing writes that need
 /// the old contents of a partially written sector. Offsets are virtual-disk offsets.
 pub type ParentRead<'a> = dyn FnMut(u64, &mut [u8]) -> Result<()> + 'a;
