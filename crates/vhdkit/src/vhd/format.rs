@@ -192,6 +192,25 @@ pub fn bitmap_bytes(block_size: u32) -> u64 {
     sectors.div_ceil(8).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
 }
 
+// ---- writer ----
+
+/// Length of a footer or dynamic header cookie.
+pub const COOKIE_BYTES: usize = 8;
+/// Offset of `file_format_version` inside the footer.
+pub const FOOTER_VERSION_OFFSET: usize = 12;
+/// Offset of `current_size` inside the footer.
+pub const FOOTER_CURRENT_SIZE_OFFSET: usize = 48;
+/// Offset of `disk_type` inside the footer.
+pub const FOOTER_DISK_TYPE_OFFSET: usize = 60;
+/// Offset of `header_version` inside the dynamic header.
+pub const DYNAMIC_VERSION_OFFSET: usize = 24;
+/// Offset of `max_table_entries` inside the dynamic header.
+pub const DYNAMIC_MAX_ENTRIES_OFFSET: usize = 28;
+/// Offset of `block_size` inside the dynamic header.
+pub const DYNAMIC_BLOCK_SIZE_OFFSET: usize = 32;
+/// Bytes of one BAT entry (a big-endian sector number).
+pub const BAT_ENTRY_BYTES: u64 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,25 +334,6 @@ mod tests {
         assert_eq!(bitmap_bytes(256 << 20), 65536);
     }
 }
-
-// ---- writer ----
-
-/// Length of a footer or dynamic header cookie.
-pub const COOKIE_BYTES: usize = 8;
-/// Offset of `file_format_version` inside the footer.
-pub const FOOTER_VERSION_OFFSET: usize = 12;
-/// Offset of `current_size` inside the footer.
-pub const FOOTER_CURRENT_SIZE_OFFSET: usize = 48;
-/// Offset of `disk_type` inside the footer.
-pub const FOOTER_DISK_TYPE_OFFSET: usize = 60;
-/// Offset of `header_version` inside the dynamic header.
-pub const DYNAMIC_VERSION_OFFSET: usize = 24;
-/// Offset of `max_table_entries` inside the dynamic header.
-pub const DYNAMIC_MAX_ENTRIES_OFFSET: usize = 28;
-/// Offset of `block_size` inside the dynamic header.
-pub const DYNAMIC_BLOCK_SIZE_OFFSET: usize = 32;
-/// Bytes of one BAT entry (a big-endian sector number).
-pub const BAT_ENTRY_BYTES: u64 = 4;
 
 #[cfg(test)]
 mod writer_layout_tests {
