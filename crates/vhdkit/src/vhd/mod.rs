@@ -332,7 +332,11 @@ impl VhdFile {
             timestamp_utc: vhd_time_utc(f.time_stamp),
             creator_application: locator::code_text(f.creator_application),
             creator_application_hex: hex(&f.creator_application),
-            creator_version: format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xFFFF),
+            creator_version: format!(
+                "{}.{}",
+                f.creator_version >> 16,
+                f.creator_version & u32::from(u16::MAX)
+            ),
             creator_version_raw: f.creator_version,
             creator_host_os: locator::code_text(f.creator_host_os),
             original_size: f.original_size,
@@ -469,7 +473,7 @@ impl Image for VhdFile {
             .header
             .as_ref()
             .map_or(0, |h| h.raw.table_offset)
-            .saturating_add(block.saturating_mul(4));
+            .saturating_add(block.saturating_mul(format::BAT_ENTRY_BYTES));
         let entry = usize::try_from(block)
             .ok()
             .and_then(|b| self.bat.get(b))

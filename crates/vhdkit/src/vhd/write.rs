@@ -181,7 +181,7 @@ impl<S: Sink> Blocks<S> {
                 .write_all_at(&gap, old_footer)
                 .map_err(io(format!("clearing the old footer at {old_footer:#x}")))?;
         }
-        let fill = if self.differencing { 0u8 } else { 0xFF };
+        let fill = if self.differencing { 0u8 } else { u8::MAX };
         let bm = vec![fill; usize_of(self.bitmap_bytes)?];
         self.sink
             .write_all_at(&bm, bitmap_at)

@@ -28,7 +28,7 @@ use crate::chain::{Chain, ChainOptions};
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::txn::journal::{self, FileJournal, Recovery};
-use crate::view::ChainView;
+use crate::view::{read_len, seek_to, ChainView};
 
 pub(crate) mod engine;
 
@@ -254,13 +254,10 @@ impl Drop for WritableDisk {
 
 impl Read for WritableDisk {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let size = self.virtual_size();
-        if self.pos >= size || buf.is_empty() {
+        let n = read_len(self.pos, self.virtual_size(), buf.len());
+        if n == 0 {
             return Ok(0);
         }
-        let n = usize::try_from(size - self.pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
         self.read_exact_at(&mut buf[..n], self.pos)?;
         self.pos += n as u64;
         Ok(n)
@@ -272,19 +269,17 @@ impl Write for WritableDisk {
         if buf.is_empty() {
             return Ok(0);
         }
-        let size = self.virtual_size();
-        if self.pos >= size {
+        let n = read_len(self.pos, self.virtual_size(), buf.len());
+        if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!(
-                    "write at {:#x}: the virtual disk ends at {size:#x}",
-                    self.pos
+                    "write at {:#x}: the virtual disk ends at {:#x}",
+                    self.pos,
+                    self.virtual_size()
                 ),
             ));
         }
-        let n = usize::try_from(size - self.pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
         self.write_at(self.pos, &buf[..n])?;
         self.pos += n as u64;
         Ok(n)
@@ -297,20 +292,7 @@ impl Write for WritableDisk {
 
 impl Seek for WritableDisk {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.virtual_size().checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek to a negative or overflowing position",
-            )),
-        }
+        self.pos = seek_to(self.pos, self.virtual_size(), pos)?;
+        Ok(self.pos)
     }
 }
