@@ -140,11 +140,8 @@ impl ChainView {
 
 impl Read for ChainView {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = read_len(self.pos, self.virtual_size(), buf.len());
-        if n == 0 {
-            return Ok(0);
-        }
-        self.read_exact_at(&mut buf[..n], self.pos)?;
+        let (pos, size) = (self.pos, self.virtual_size());
+        let n = read_from(pos, size, buf, |b, o| self.read_exact_at(b, o))?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -164,6 +161,21 @@ pub(crate) fn read_len(pos: u64, size: u64, want: usize) -> usize {
         return 0;
     }
     usize::try_from(size - pos).unwrap_or(usize::MAX).min(want)
+}
+
+/// One `Read::read` at `pos` of a `size`-byte virtual disk through `read_exact_at`: the bytes
+/// read (0 at or past the end).
+pub(crate) fn read_from(
+    pos: u64,
+    size: u64,
+    buf: &mut [u8],
+    read_exact_at: impl FnOnce(&mut [u8], u64) -> Result<()>,
+) -> io::Result<usize> {
+    let n = read_len(pos, size, buf.len());
+    if n > 0 {
+        read_exact_at(&mut buf[..n], pos)?;
+    }
+    Ok(n)
 }
 
 /// The position `to` leads to from `pos` on a `size`-byte virtual disk (it may lie past the

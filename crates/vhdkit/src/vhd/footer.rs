@@ -191,41 +191,10 @@ fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; format::FOOTER_BYTE
 /// Find, check and choose the footer of a file of `len` bytes.
 pub fn read_footer(src: &dyn Source, len: u64) -> Result<CheckedFooter> {
     let (end_off, end_bytes, have, short) = read_end(src, len)?;
-    let end = check_copy(end_bytes, have, "vhd footer", end_off);
-    let front = || -> Result<Copy> {
-        let mut b = [0u8; format::FOOTER_BYTES];
-        read_struct(src, 0, &mut b, "vhd footer (copy at offset 0)")?;
-        check_copy(b, format::FOOTER_BYTES, "vhd footer (copy at offset 0)", 0)
-    };
-    match end {
+    match check_copy(end_bytes, have, "vhd footer", end_off) {
         Ok(e) => {
             let mut warnings = Vec::new();
-            let copies = if e.raw.disk_type == format::DISK_TYPE_FIXED {
-                FooterCopies::SingleFixed
-            } else if end_off < format::FOOTER_BYTES as u64 {
-                // No room for a front copy; the dynamic header check fails later.
-                warnings.push("no room for a footer copy at offset 0".to_string());
-                FooterCopies::FrontDamaged
-            } else {
-                match front() {
-                    Ok(f) if f.bytes == e.bytes => FooterCopies::Agree,
-                    Ok(_) => {
-                        warnings.push(
-                            "the footer copies at offset 0 and at the end of the file differ; \
-                             using the copy at the end"
-                                .to_string(),
-                        );
-                        FooterCopies::Differ
-                    }
-                    Err(err) => {
-                        warnings.push(format!(
-                            "footer copy at offset 0 is damaged ({}); using the copy at the end of the file",
-                            short_reason(&err)
-                        ));
-                        FooterCopies::FrontDamaged
-                    }
-                }
-            };
+            let copies = compare_front(src, &e, end_off, &mut warnings);
             Ok(CheckedFooter {
                 raw: e.raw,
                 offset: end_off,
@@ -236,37 +205,86 @@ pub fn read_footer(src: &dyn Source, len: u64) -> Result<CheckedFooter> {
                 warnings,
             })
         }
-        Err(end_err) => {
-            // Offset 0 of a fixed disk is guest data, so only a front copy that says it is
-            // dynamic or differencing is believed.
-            if len < 2 * format::FOOTER_BYTES as u64 {
-                return Err(end_err);
-            }
-            // A damaged end copy that still has its cookie and says "fixed" means offset 0
-            // is guest data, whatever it looks like.
-            let end_says_fixed = end_bytes.get(..format::COOKIE_BYTES)
-                == Some(&format::FOOTER_COOKIE[..])
-                && end_bytes.get(disk_type_field())
-                    == Some(&format::DISK_TYPE_FIXED.to_be_bytes()[..]);
-            if end_says_fixed {
-                return Err(end_err);
-            }
-            match front() {
-                Ok(f) if f.raw.disk_type != format::DISK_TYPE_FIXED => Ok(CheckedFooter {
-                    raw: f.raw,
-                    offset: 0,
-                    computed_checksum: f.computed,
-                    short_footer: false,
-                    end_offset: end_off,
-                    copies: FooterCopies::EndDamaged,
-                    warnings: vec![format!(
-                        "footer copy at end of file is damaged ({}); using the copy at offset 0",
-                        short_reason(&end_err)
-                    )],
-                }),
-                _ => Err(end_err),
-            }
+        Err(end_err) => fall_back_to_front(src, len, end_off, &end_bytes, end_err),
+    }
+}
+
+/// The front copy, checked.
+fn read_front(src: &dyn Source) -> Result<Copy> {
+    let mut b = [0u8; format::FOOTER_BYTES];
+    read_struct(src, 0, &mut b, "vhd footer (copy at offset 0)")?;
+    check_copy(b, format::FOOTER_BYTES, "vhd footer (copy at offset 0)", 0)
+}
+
+/// How the front copy relates to a valid end copy at `end_off`.
+fn compare_front(
+    src: &dyn Source,
+    e: &Copy,
+    end_off: u64,
+    warnings: &mut Vec<String>,
+) -> FooterCopies {
+    if e.raw.disk_type == format::DISK_TYPE_FIXED {
+        return FooterCopies::SingleFixed;
+    }
+    if end_off < format::FOOTER_BYTES as u64 {
+        // No room for a front copy; the dynamic header check fails later.
+        warnings.push("no room for a footer copy at offset 0".to_string());
+        return FooterCopies::FrontDamaged;
+    }
+    match read_front(src) {
+        Ok(f) if f.bytes == e.bytes => FooterCopies::Agree,
+        Ok(_) => {
+            warnings.push(
+                "the footer copies at offset 0 and at the end of the file differ; \
+                 using the copy at the end"
+                    .to_string(),
+            );
+            FooterCopies::Differ
         }
+        Err(err) => {
+            warnings.push(format!(
+                "footer copy at offset 0 is damaged ({}); using the copy at the end of the file",
+                short_reason(&err)
+            ));
+            FooterCopies::FrontDamaged
+        }
+    }
+}
+
+/// The end copy is damaged: use the front copy when it can be believed.
+fn fall_back_to_front(
+    src: &dyn Source,
+    len: u64,
+    end_off: u64,
+    end_bytes: &[u8],
+    end_err: Error,
+) -> Result<CheckedFooter> {
+    // Offset 0 of a fixed disk is guest data, so only a front copy that says it is
+    // dynamic or differencing is believed.
+    if len < 2 * format::FOOTER_BYTES as u64 {
+        return Err(end_err);
+    }
+    // A damaged end copy that still has its cookie and says "fixed" means offset 0
+    // is guest data, whatever it looks like.
+    let end_says_fixed = end_bytes.get(..format::COOKIE_BYTES) == Some(&format::FOOTER_COOKIE[..])
+        && end_bytes.get(disk_type_field()) == Some(&format::DISK_TYPE_FIXED.to_be_bytes()[..]);
+    if end_says_fixed {
+        return Err(end_err);
+    }
+    match read_front(src) {
+        Ok(f) if f.raw.disk_type != format::DISK_TYPE_FIXED => Ok(CheckedFooter {
+            raw: f.raw,
+            offset: 0,
+            computed_checksum: f.computed,
+            short_footer: false,
+            end_offset: end_off,
+            copies: FooterCopies::EndDamaged,
+            warnings: vec![format!(
+                "footer copy at end of file is damaged ({}); using the copy at offset 0",
+                short_reason(&end_err)
+            )],
+        }),
+        _ => Err(end_err),
     }
 }
 

@@ -1,9 +1,10 @@
 //! VHD (version 1, "conectix") files, read-only.
 //!
 //! Opening runs, in order: footer ([`footer`]: end copy, 511-byte fallback, front copy), then
-//! for dynamic and differencing disks the dynamic header ([`dynamic`]), the parent locators
-//! ([`locator`]) and the block allocation table ([`bat`]). Reads map virtual ranges to file
-//! ranges; differencing disks consult the sector bitmap ([`bitmap`]) of allocated blocks.
+//! for dynamic and differencing disks the dynamic header ([`dynamic`]) and the block allocation
+//! table ([`bat`]) -- the parse the writer ([`write`]) shares -- and last the parent locators
+//! ([`locator`]). Reads map virtual ranges to file ranges; differencing disks consult the sector
+//! bitmap ([`bitmap`]) of allocated blocks.
 //!
 //! **Virtual size.** vhdkit uses the footer's *current size* for every creator, including
 //! Virtual PC (`vpc `), and also reports the CHS product (`chs_size`). Reasons: the spec defines
@@ -284,6 +285,42 @@ impl VhdFile {
     }
 
     fn info(&self) -> VhdInfo {
+        VhdInfo {
+            timestamp: self.footer.raw.time_stamp,
+            footer: self.footer_info(),
+            dynamic: self.header.as_ref().map(|h| self.dynamic_info(h)),
+        }
+    }
+
+    fn dynamic_info(&self, h: &dynamic::CheckedHeader) -> Box<DynamicInfo> {
+        Box::new(DynamicInfo {
+            header_offset: h.offset,
+            header_version: h.raw.header_version,
+            checksum: ChecksumInfo {
+                stored: h.raw.checksum,
+                computed: h.computed_checksum,
+                ok: h.raw.checksum == h.computed_checksum,
+            },
+            table_offset: h.raw.table_offset,
+            max_table_entries: h.raw.max_table_entries,
+            allocated_blocks: self
+                .bat
+                .iter()
+                .filter(|&&e| e != format::BAT_UNALLOCATED)
+                .count() as u64,
+            block_size: h.raw.block_size,
+            bitmap_bytes: self.bitmap_bytes,
+            bitmap_order: self.bit_order,
+            parent_unique_id: guid::from_vhd_bytes(h.raw.parent_unique_id),
+            parent_time_stamp: h.raw.parent_time_stamp,
+            parent_time_stamp_utc: vhd_time_utc(h.raw.parent_time_stamp),
+            parent_unicode_name: h.parent_name.name.clone(),
+            parent_unicode_name_error: h.parent_name.error.clone(),
+            locators: self.slots.clone(),
+        })
+    }
+
+    fn footer_info(&self) -> Box<FooterInfo> {
         let f = &self.footer.raw;
         let chs_size = format::chs_bytes(f.cylinders, f.heads, f.sectors_per_track);
         let size_source = if f.creator_application == format::CREATOR_VPC
@@ -296,34 +333,7 @@ impl VhdFile {
         } else {
             "current_size (vhdkit uses it for every creator; chs_size is informational)".to_string()
         };
-        let dynamic = self.header.as_ref().map(|h| {
-            Box::new(DynamicInfo {
-                header_offset: h.offset,
-                header_version: h.raw.header_version,
-                checksum: ChecksumInfo {
-                    stored: h.raw.checksum,
-                    computed: h.computed_checksum,
-                    ok: h.raw.checksum == h.computed_checksum,
-                },
-                table_offset: h.raw.table_offset,
-                max_table_entries: h.raw.max_table_entries,
-                allocated_blocks: self
-                    .bat
-                    .iter()
-                    .filter(|&&e| e != format::BAT_UNALLOCATED)
-                    .count() as u64,
-                block_size: h.raw.block_size,
-                bitmap_bytes: self.bitmap_bytes,
-                bitmap_order: self.bit_order,
-                parent_unique_id: guid::from_vhd_bytes(h.raw.parent_unique_id),
-                parent_time_stamp: h.raw.parent_time_stamp,
-                parent_time_stamp_utc: vhd_time_utc(h.raw.parent_time_stamp),
-                parent_unicode_name: h.parent_name.name.clone(),
-                parent_unicode_name_error: h.parent_name.error.clone(),
-                locators: self.slots.clone(),
-            })
-        });
-        let footer = Box::new(FooterInfo {
+        Box::new(FooterInfo {
             cookie: "conectix".to_string(),
             features: f.features,
             temporary: f.features & format::FEATURE_TEMPORARY != 0,
@@ -360,12 +370,7 @@ impl VhdFile {
             footer_offset: self.footer.offset,
             footer_511: self.footer.short_footer,
             unique_id: guid::from_vhd_bytes(f.unique_id),
-        });
-        VhdInfo {
-            timestamp: f.time_stamp,
-            footer,
-            dynamic,
-        }
+        })
     }
 }
 

@@ -353,17 +353,18 @@ pub fn crc32c_with_zeroed(buf: &[u8], checksum_at: usize) -> u32 {
 }
 
 // ---- writer ----
+// Same names and values as the reader helper's additions: drop this section when both meet.
 
 /// Bytes of one BAT entry.
-pub const BAT_ENTRY_BYTES: u64 = 8;
+pub const BAT_ENTRY_SIZE: u64 = 8;
 /// The state bits of a BAT entry.
 pub const BAT_STATE_MASK: u64 = 7;
 /// Offset of `log_version` inside a header.
 pub const HEADER_LOG_VERSION_OFFSET: u64 = 64;
 /// Bytes of a log entry header.
-pub const LOG_ENTRY_HEADER_BYTES: u64 = 64;
+pub const LOG_ENTRY_HEADER_SIZE: u64 = 64;
 /// Bytes of one log descriptor.
-pub const LOG_DESCRIPTOR_BYTES: u64 = 32;
+pub const LOG_DESCRIPTOR_SIZE: u64 = 32;
 
 #[cfg(test)]
 mod tests {

@@ -43,13 +43,15 @@ use super::format::{
     self, BAT_OFFSET_MASK, KIB4, MIB, PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT,
     PAYLOAD_BLOCK_PARTIALLY_PRESENT, SB_BLOCK_PRESENT, SECTOR_BITMAP_BLOCK_SIZE,
 };
-use super::header::ParsedHeader;
+use super::header::{Headers, ParsedHeader};
+use super::log::LogSequence;
 use super::metadata::Metadata;
 use super::update::{Session, SessionState};
 use super::{header, log, metadata, region};
 use crate::bitmap::{self as bits, BitOrder};
 use crate::disk::{DiskFormat, DiskType, OpenOptions};
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::source::{read_struct, source_len, Source};
 use crate::txn::Sink;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
@@ -86,27 +88,24 @@ struct Payload<S: Sink> {
     max_sectors_per_commit: usize,
 }
 
-/// What the writer needs from the regions, the metadata and the BAT.
-struct Layout {
-    meta: Metadata,
-    bat_offset: u64,
-    entries: Vec<u64>,
-    /// The end of the file, the log and every region.
-    reserved_end: u64,
-}
-
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |e| Error::io(what, e)
 }
 
+// ---- Stand-ins for the reader's shared parse ----
+// `dirty_log`, `read_layout` (with `Layout`) and `max_data_sectors` have the signatures of the
+// reader's shared open path (vhdx::log::dirty_log, vhdx::read_layout,
+// vhdx::log::max_data_sectors); once that lands, these items are deleted and the imports
+// point there instead.
+
 /// Most data sectors `n` with `descriptor sectors + n` sectors plus one free sector in the log.
-fn sectors_per_entry(log_length: u64) -> usize {
+fn max_data_sectors(log_length: u64) -> usize {
     let total = log_length / KIB4;
     let mut n = total.saturating_sub(2);
     while n > 0
         && (n
-            + (format::LOG_ENTRY_HEADER_BYTES + format::LOG_DESCRIPTOR_BYTES * n).div_ceil(KIB4)
+            + (format::LOG_ENTRY_HEADER_SIZE + format::LOG_DESCRIPTOR_SIZE * n).div_ceil(KIB4)
             + 1)
             > total
     {
@@ -115,35 +114,48 @@ fn sectors_per_entry(log_length: u64) -> usize {
     usize::try_from(n).unwrap_or(0)
 }
 
-/// Replay a dirty log into the file (a new FileWriteGuid): the session to write with and the
-/// header it starts from.
-fn replay<S: Sink>(sink: &S, opts: &OpenOptions) -> Result<(SessionState, ParsedHeader)> {
-    header::read_file_identifier(sink)?;
-    let hdrs = header::read_headers(sink)?;
-    let cur = hdrs.current.clone();
-    let mut session = Session::new(sink, cur.clone(), hdrs.current_index);
-    if !cur.log_guid.is_nil() {
-        if cur.log_version != 0 {
-            return Err(Error::corrupt(
-                "vhdx header",
-                format::HEADER_OFFSETS[hdrs.current_index & 1] + format::HEADER_LOG_VERSION_OFFSET,
-                format!("log version {}, expected 0", cur.log_version),
-            ));
-        }
-        let place = log::LogPlace {
-            offset: cur.log_offset,
-            length: u64::from(cur.log_length),
-            guid: cur.log_guid,
-        };
-        let seq = log::find_active_sequence(sink, &place, opts.limits.max_log_replay_bytes)?;
-        session.replay_to_disk(&seq)?;
+/// The active log sequence when the current header names a log.
+fn dirty_log(
+    src: &dyn Source,
+    headers: &Headers,
+    max_replay_bytes: u64,
+) -> Result<Option<LogSequence>> {
+    let cur = &headers.current;
+    if cur.log_guid.is_nil() {
+        return Ok(None);
     }
-    Ok((session.state(), session.current().clone()))
+    if cur.log_version != 0 {
+        return Err(Error::corrupt(
+            "vhdx header",
+            format::HEADER_OFFSETS[headers.current_index & 1] + format::HEADER_LOG_VERSION_OFFSET,
+            format!("log version {}, expected 0", cur.log_version),
+        ));
+    }
+    let place = log::LogPlace {
+        offset: cur.log_offset,
+        length: u64::from(cur.log_length),
+        guid: cur.log_guid,
+    };
+    log::find_active_sequence(src, &place, max_replay_bytes).map(Some)
 }
 
-/// Regions, metadata and BAT of a file whose log is clean.
-fn read_layout(src: &dyn Source, cur: &ParsedHeader, opts: &OpenOptions) -> Result<Layout> {
-    let file_len = source_len(src)?;
+/// Regions, metadata and BAT of a VHDX, checked.
+struct Layout {
+    regions: region::Regions,
+    meta: Metadata,
+    bat: bat::Bat,
+    /// Spans (start, end, what) no block may overlap: the first MiB, the log, every region.
+    reserved: Vec<(u64, u64, String)>,
+    disk_type: DiskType,
+}
+
+/// Read regions, metadata and the BAT through `src` (`file_len` bytes, log already replayed).
+fn read_layout(
+    src: &dyn Source,
+    file_len: u64,
+    cur: &ParsedHeader,
+    limits: &Limits,
+) -> Result<Layout> {
     let log_length = u64::from(cur.log_length);
     let log_span = (log_length > 0).then_some((cur.log_offset, log_length));
     let regions = region::read_regions(src, file_len, log_span)?;
@@ -151,24 +163,20 @@ fn read_layout(src: &dyn Source, cur: &ParsedHeader, opts: &OpenOptions) -> Resu
         src,
         regions.metadata.file_offset,
         regions.metadata.length,
-        &opts.limits,
+        limits,
     )?;
     let mut reserved: Vec<(u64, u64, String)> = vec![(0, MIB, "the first MiB".to_string())];
-    let mut end = file_len;
     if let Some((o, l)) = log_span {
         reserved.push((o, o.saturating_add(l), "the log".to_string()));
-        end = end.max(o.saturating_add(l));
     }
     for r in &regions.all {
-        let e = r.file_offset.saturating_add(r.length);
         reserved.push((
             r.file_offset,
-            e,
+            r.file_offset.saturating_add(r.length),
             format!("region {}", r.name.unwrap_or("?")),
         ));
-        end = end.max(e);
     }
-    let table = bat::read_bat(
+    let bat = bat::read_bat(
         src,
         &bat::BatParams {
             region_offset: regions.bat.file_offset,
@@ -178,23 +186,46 @@ fn read_layout(src: &dyn Source, cur: &ParsedHeader, opts: &OpenOptions) -> Resu
             logical_sector_size: meta.logical_sector_size,
             differencing: meta.has_parent,
             file_len,
-            max_bat_bytes: opts.limits.max_bat_bytes,
+            max_bat_bytes: limits.max_bat_bytes,
             reserved: &reserved,
         },
     )?;
+    let disk_type = if meta.has_parent {
+        DiskType::Differencing
+    } else if meta.leave_block_allocated {
+        DiskType::Fixed
+    } else {
+        DiskType::Dynamic
+    };
     Ok(Layout {
+        regions,
         meta,
-        bat_offset: regions.bat.file_offset,
-        entries: table.entries,
-        reserved_end: end,
+        bat,
+        reserved,
+        disk_type,
     })
 }
 
-/// Where the next allocation goes: 1 MiB-aligned past everything the file holds.
-fn allocation_start(l: &Layout, cr: u64) -> Result<u64> {
+// ---- End of the stand-ins ----
+
+/// Replay a dirty log into the file (a new FileWriteGuid): the session to write with and the
+/// header it starts from.
+fn replay<S: Sink>(sink: &S, opts: &OpenOptions) -> Result<(SessionState, ParsedHeader)> {
+    header::read_file_identifier(sink)?;
+    let hdrs = header::read_headers(sink)?;
+    let mut session = Session::new(sink, hdrs.current.clone(), hdrs.current_index);
+    if let Some(seq) = dirty_log(sink, &hdrs, opts.limits.max_log_replay_bytes)? {
+        session.replay_to_disk(&seq)?;
+    }
+    Ok((session.state(), session.current().clone()))
+}
+
+/// Where the next allocation goes: 1 MiB-aligned past the end of the file, the log, every
+/// region and every block.
+fn allocation_start(l: &Layout, file_len: u64, cr: u64) -> Result<u64> {
     let block_size = u64::from(l.meta.block_size);
-    let mut end = l.reserved_end;
-    for (i, &e) in l.entries.iter().enumerate() {
+    let mut end = l.reserved.iter().fold(file_len, |e, r| e.max(r.1));
+    for (i, &e) in l.bat.entries.iter().enumerate() {
         let off = e & BAT_OFFSET_MASK;
         if off == 0 {
             continue;
@@ -224,17 +255,11 @@ impl<S: Sink> VhdxWriter<S> {
     /// Open a VHDX for writing: a dirty log is replayed into the file first.
     pub fn open(sink: S, opts: &OpenOptions) -> Result<VhdxWriter<S>> {
         let (session, cur) = replay(&sink, opts)?;
-        let layout = read_layout(&sink, &cur, opts)?;
+        let file_len = source_len(&sink)?;
+        let layout = read_layout(&sink, file_len, &cur, &opts.limits)?;
         let meta = &layout.meta;
         let cr = chunk_ratio(meta.logical_sector_size, meta.block_size);
         let block_size = u64::from(meta.block_size);
-        let disk_type = if meta.has_parent {
-            DiskType::Differencing
-        } else if meta.leave_block_allocated {
-            DiskType::Fixed
-        } else {
-            DiskType::Dynamic
-        };
         let geo = Geometry {
             block_size,
             sector: u64::from(meta.logical_sector_size),
@@ -242,8 +267,8 @@ impl<S: Sink> VhdxWriter<S> {
             max_cached_bitmaps: MAX_CACHED_BITMAPS,
         };
         let payload = Payload {
-            file_end: allocation_start(&layout, cr)?,
-            max_sectors_per_commit: sectors_per_entry(u64::from(cur.log_length)),
+            file_end: allocation_start(&layout, file_len, cr)?,
+            max_sectors_per_commit: max_data_sectors(u64::from(cur.log_length)),
             sink,
             session,
             data_write_guid_changed: false,
@@ -252,12 +277,12 @@ impl<S: Sink> VhdxWriter<S> {
             block_size,
             logical: geo.sector,
             cr,
-            bat_offset: layout.bat_offset,
+            bat_offset: layout.regions.bat.file_offset,
         };
         Ok(VhdxWriter {
-            disk_type,
+            disk_type: layout.disk_type,
             virtual_size: meta.virtual_disk_size,
-            engine: Engine::new(payload, layout.entries, geo),
+            engine: Engine::new(payload, layout.bat.entries, geo),
         })
     }
 
@@ -333,7 +358,7 @@ impl<S: Sink> Payload<S> {
         let (mut sb_writes, mut payload_writes) = (Vec::new(), Vec::new());
         for &i in st.table.dirty() {
             let w = (
-                self.bat_offset + i * format::BAT_ENTRY_BYTES,
+                self.bat_offset + i * format::BAT_ENTRY_SIZE,
                 st.table.get(i)?.to_le_bytes().to_vec(),
             );
             if is_sb_index(i, cr) {
@@ -386,7 +411,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
             }
             PAYLOAD_BLOCK_PARTIALLY_PRESENT => Err(Error::corrupt(
                 "vhdx block allocation table",
-                self.bat_offset + idx * format::BAT_ENTRY_BYTES,
+                self.bat_offset + idx * format::BAT_ENTRY_SIZE,
                 "PARTIALLY_PRESENT block in a disk without a parent",
             )),
             _ => {
@@ -506,7 +531,7 @@ mod tests {
 
     #[test]
     fn one_megabyte_log_entry_capacity() {
-        let n = sectors_per_entry(MIB);
+        let n = max_data_sectors(MIB);
         // n data sectors + descriptor sectors + one free sector fill at most 256 sectors.
         assert!(n as u64 + (64 + 32 * n as u64).div_ceil(4096) < 256);
         assert!(n as u64 + 1 + (64 + 32 * (n as u64 + 1)).div_ceil(4096) + 1 > 256);
