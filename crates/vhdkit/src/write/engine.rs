@@ -415,3 +415,122 @@ impl<F: SparseFormat> Engine<F> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A differencing format in memory: block `b` stores its sectors at `b * BS` of `file`
+    /// once allocated (entry 1); bitmaps start clear.
+    #[derive(Debug)]
+    struct Mem {
+        file: RefCell<Vec<u8>>,
+        bitmap_reads: RefCell<usize>,
+    }
+
+    const BS: u64 = 4096;
+    const SECTOR: u64 = 512;
+
+    impl SparseFormat for Mem {
+        type Entry = u8;
+        fn place(&self, st: &State<u8>, block: u64) -> Result<Place> {
+            Ok(match st.table.get(block)? {
+                0 => Place::Parent,
+                _ => Place::Sectors {
+                    data_at: block * BS,
+                },
+            })
+        }
+        fn place_for_write(&mut self, st: &mut State<u8>, block: u64) -> Result<Place> {
+            if st.table.get(block)? == 0 {
+                st.table.set(block, 1)?;
+                st.bitmaps.insert(block, vec![0; 1], true);
+            }
+            self.place(st, block)
+        }
+        fn read_bitmap(&self, _st: &State<u8>, _block: u64) -> Result<Vec<u8>> {
+            *self.bitmap_reads.borrow_mut() += 1;
+            Ok(vec![0; 1])
+        }
+        fn read_data(&self, buf: &mut [u8], at: u64) -> Result<()> {
+            let at = at as usize;
+            buf.copy_from_slice(&self.file.borrow()[at..at + buf.len()]);
+            Ok(())
+        }
+        fn write_data(&self, data: &[u8], at: u64) -> Result<()> {
+            let at = at as usize;
+            self.file.borrow_mut()[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn sync(&self) -> Result<()> {
+            Ok(())
+        }
+        fn commit(&mut self, _st: &mut State<u8>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn engine(blocks: usize, max_cached: usize) -> Engine<Mem> {
+        let mem = Mem {
+            file: RefCell::new(vec![0; blocks * BS as usize]),
+            bitmap_reads: RefCell::new(0),
+        };
+        let geo = Geometry {
+            block_size: BS,
+            sector: SECTOR,
+            order: BitOrder::MsbFirst,
+            max_cached_bitmaps: max_cached,
+        };
+        Engine::new(mem, vec![0; blocks], geo)
+    }
+
+    fn parent(o: u64, b: &mut [u8]) -> Result<()> {
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = ((o + i as u64) % 251) as u8 | 1;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn partial_sectors_are_completed_from_the_parent_and_marked() {
+        let mut e = engine(2, 16);
+        // Bytes 100..1100 of block 1: sectors 0 and 2 are partial, sector 1 whole.
+        e.write_at(BS + 100, &[0xEE; 1000], &mut parent).unwrap();
+        let mut back = vec![0u8; 2 * SECTOR as usize + 512];
+        e.read_at(BS, &mut back, &mut parent).unwrap();
+        let mut want = vec![0u8; back.len()];
+        parent(BS, &mut want).unwrap();
+        want[100..1100].fill(0xEE);
+        assert_eq!(back, want);
+        // Sectors 0..3 set (MSB first), the rest of the block still the parent's.
+        assert_eq!(e.st.bitmaps.get(1), Some(&vec![0xE0]));
+        assert!(e.st.bitmaps.dirty().contains(&1));
+        let mut tail = vec![0u8; 512];
+        e.read_at(BS + 3 * SECTOR, &mut tail, &mut parent).unwrap();
+        let mut want = vec![0u8; 512];
+        parent(BS + 3 * SECTOR, &mut want).unwrap();
+        assert_eq!(tail, want);
+        e.flush().unwrap();
+        assert!(e.st.bitmaps.dirty().is_empty());
+        assert!(e.st.table.dirty().is_empty());
+    }
+
+    #[test]
+    fn a_full_cache_forgets_clean_bitmaps_only() {
+        let mut e = engine(4, 2);
+        e.write_at(0, &[1; 512], &mut parent).unwrap(); // block 0: dirty
+        e.flush().unwrap(); // block 0 clean now
+        e.write_at(BS, &[1; 512], &mut parent).unwrap(); // block 1: dirty
+        e.st.table.set(2, 1).unwrap();
+        e.st.table.set(3, 1).unwrap();
+        let mut b = [0u8; 512];
+        e.read_at(2 * BS, &mut b, &mut parent).unwrap(); // cache full (0, 1): loads 2
+        assert!(e.st.bitmaps.get(2).is_some());
+        e.read_at(3 * BS, &mut b, &mut parent).unwrap(); // full again: keeps dirty 1 only
+        assert!(e.st.bitmaps.get(0).is_none());
+        assert!(e.st.bitmaps.get(1).is_some());
+        assert!(e.st.bitmaps.get(3).is_some());
+        assert_eq!(*e.fmt.bitmap_reads.borrow(), 2);
+    }
+}
