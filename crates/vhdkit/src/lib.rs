@@ -106,6 +106,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub(crate) mod bitmap;
 pub mod chain;
 pub mod check;
 pub mod convert;

@@ -140,14 +140,8 @@ impl ChainView {
 
 impl Read for ChainView {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let size = self.virtual_size();
-        if self.pos >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let n = usize::try_from(size - self.pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        self.read_exact_at(&mut buf[..n], self.pos)?;
+        let (pos, size) = (self.pos, self.virtual_size());
+        let n = read_from(pos, size, buf, |b, o| self.read_exact_at(b, o))?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -155,20 +149,47 @@ impl Read for ChainView {
 
 impl Seek for ChainView {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.virtual_size().checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek to a negative or overflowing position",
-            )),
-        }
+        self.pos = seek_to(self.pos, self.virtual_size(), pos)?;
+        Ok(self.pos)
     }
+}
+
+/// How many bytes a `Read` or `Write` of `want` bytes at `pos` of a `size`-byte virtual disk
+/// covers: 0 at or past the end, else as many as fit before it.
+pub(crate) fn read_len(pos: u64, size: u64, want: usize) -> usize {
+    if pos >= size {
+        return 0;
+    }
+    usize::try_from(size - pos).unwrap_or(usize::MAX).min(want)
+}
+
+/// One `Read::read` at `pos` of a `size`-byte virtual disk through `read_exact_at`: the bytes
+/// read (0 at or past the end).
+pub(crate) fn read_from(
+    pos: u64,
+    size: u64,
+    buf: &mut [u8],
+    read_exact_at: impl FnOnce(&mut [u8], u64) -> Result<()>,
+) -> io::Result<usize> {
+    let n = read_len(pos, size, buf.len());
+    if n > 0 {
+        read_exact_at(&mut buf[..n], pos)?;
+    }
+    Ok(n)
+}
+
+/// The position `to` leads to from `pos` on a `size`-byte virtual disk (it may lie past the
+/// end, as with files).
+pub(crate) fn seek_to(pos: u64, size: u64, to: SeekFrom) -> io::Result<u64> {
+    let new = match to {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::End(d) => size.checked_add_signed(d),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+    };
+    new.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "seek to a negative or overflowing position",
+        )
+    })
 }

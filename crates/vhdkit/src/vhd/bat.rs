@@ -41,7 +41,9 @@ pub struct BatLayout {
 pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<u32>> {
     let bs = u64::from(l.block_size);
     let needed = l.virtual_size.div_ceil(bs);
-    let table_at_entries = l.header_offset.saturating_add(28);
+    let table_at_entries = l
+        .header_offset
+        .saturating_add(format::DYNAMIC_MAX_ENTRIES_OFFSET as u64);
     if u64::from(l.entries) < needed {
         return Err(Error::corrupt(
             "vhd dynamic header",
@@ -53,7 +55,7 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
             ),
         ));
     }
-    let bytes = u64::from(l.entries) * 4;
+    let bytes = u64::from(l.entries) * format::BAT_ENTRY_BYTES;
     if bytes > limits.max_bat_bytes {
         return Err(Error::limit(
             STRUCTURE,
@@ -95,27 +97,23 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
     let mut raw = vec![0u8; n];
     read_struct(src, l.table_offset, &mut raw, STRUCTURE)?;
     let entries: Vec<u32> = raw
-        .chunks_exact(4)
-        .map(|c| {
-            u32::from_be_bytes([
-                c.first().copied().unwrap_or(0),
-                c.get(1).copied().unwrap_or(0),
-                c.get(2).copied().unwrap_or(0),
-                c.get(3).copied().unwrap_or(0),
-            ])
-        })
+        .chunks_exact(std::mem::size_of::<u32>())
+        .map(|c| c.try_into().map_or(0, u32::from_be_bytes))
         .collect();
     check_entries(&entries, l, header_end)?;
     Ok(entries)
 }
 
 fn entry_offset(l: &BatLayout, i: usize) -> u64 {
-    l.table_offset.saturating_add((i as u64).saturating_mul(4))
+    l.table_offset
+        .saturating_add((i as u64).saturating_mul(format::BAT_ENTRY_BYTES))
 }
 
 fn check_entries(entries: &[u32], l: &BatLayout, header_end: u64) -> Result<()> {
     let span = l.bitmap_bytes.saturating_add(u64::from(l.block_size));
-    let table_end = l.table_offset.saturating_add(entries.len() as u64 * 4);
+    let table_end = l
+        .table_offset
+        .saturating_add(entries.len() as u64 * format::BAT_ENTRY_BYTES);
     // Fixed structures a block must not touch.
     let fixed: [(u64, u64, &str); 3] = [
         (

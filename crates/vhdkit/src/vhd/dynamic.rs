@@ -138,24 +138,24 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
     }
     let mut buf = [0u8; format::DYNAMIC_HEADER_BYTES];
     read_struct(src, offset, &mut buf, STRUCTURE)?;
-    if buf.get(..8) != Some(&format::DYNAMIC_COOKIE[..]) {
+    if buf.get(..format::COOKIE_BYTES) != Some(&format::DYNAMIC_COOKIE[..]) {
         return Err(Error::corrupt(
             STRUCTURE,
             offset,
             format!(
                 "bad cookie {:?} (expected \"cxsparse\")",
-                String::from_utf8_lossy(buf.get(..8).unwrap_or_default())
+                String::from_utf8_lossy(buf.get(..format::COOKIE_BYTES).unwrap_or_default())
             ),
         ));
     }
     let computed = format::checksum(&buf, format::DYNAMIC_CHECKSUM_OFFSET);
     let raw = DynamicHeader::read(&mut Cursor::new(&buf[..]))
         .map_err(|e| Error::corrupt(STRUCTURE, offset, format!("unreadable: {e}")))?;
-    let at = |rel: u64| offset.saturating_add(rel);
+    let at = |rel: usize| offset.saturating_add(rel as u64);
     if raw.checksum != computed {
         return Err(Error::corrupt(
             STRUCTURE,
-            at(36),
+            at(format::DYNAMIC_CHECKSUM_OFFSET),
             format!(
                 "bad checksum {:#010x} (computed {computed:#010x})",
                 raw.checksum
@@ -165,7 +165,7 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
     if raw.header_version >> 16 != 1 {
         return Err(Error::corrupt(
             STRUCTURE,
-            at(24),
+            at(format::DYNAMIC_VERSION_OFFSET),
             format!(
                 "header version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.header_version
@@ -176,7 +176,7 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
     if bs < 512 || !bs.is_power_of_two() || bs > format::MAX_BLOCK_BYTES {
         return Err(Error::corrupt(
             STRUCTURE,
-            at(32),
+            at(format::DYNAMIC_BLOCK_SIZE_OFFSET),
             format!(
                 "block size {bs} is not a power of two between 512 and {} bytes",
                 format::MAX_BLOCK_BYTES

@@ -80,13 +80,13 @@ fn check_copy(
     structure: &'static str,
     offset: u64,
 ) -> Result<Copy> {
-    if bytes.get(..8) != Some(&format::FOOTER_COOKIE[..]) {
+    if bytes.get(..format::COOKIE_BYTES) != Some(&format::FOOTER_COOKIE[..]) {
         return Err(Error::corrupt(
             structure,
             offset,
             format!(
                 "bad cookie {:?} (expected \"conectix\")",
-                String::from_utf8_lossy(bytes.get(..8).unwrap_or_default())
+                String::from_utf8_lossy(bytes.get(..format::COOKIE_BYTES).unwrap_or_default())
             ),
         ));
     }
@@ -99,7 +99,7 @@ fn check_copy(
     if raw.checksum != computed {
         return Err(Error::corrupt(
             structure,
-            offset.saturating_add(64),
+            offset.saturating_add(format::FOOTER_CHECKSUM_OFFSET as u64),
             format!(
                 "bad checksum {:#010x} (computed {computed:#010x})",
                 raw.checksum
@@ -109,7 +109,7 @@ fn check_copy(
     if raw.file_format_version >> 16 != 1 {
         return Err(Error::corrupt(
             structure,
-            offset.saturating_add(12),
+            offset.saturating_add(format::FOOTER_VERSION_OFFSET as u64),
             format!(
                 "file format version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.file_format_version
@@ -122,7 +122,7 @@ fn check_copy(
     ) {
         return Err(Error::corrupt(
             structure,
-            offset.saturating_add(60),
+            offset.saturating_add(format::FOOTER_DISK_TYPE_OFFSET as u64),
             format!(
                 "disk type {} is not fixed (2), dynamic (3) or differencing (4)",
                 raw.disk_type
@@ -137,7 +137,7 @@ fn check_copy(
 }
 
 fn has_cookie_at(src: &dyn Source, offset: u64) -> Result<bool> {
-    let mut c = [0u8; 8];
+    let mut c = [0u8; format::COOKIE_BYTES];
     read_struct(src, offset, &mut c, "vhd footer")?;
     Ok(&c == format::FOOTER_COOKIE)
 }
@@ -159,7 +159,7 @@ pub fn looks_like_vhd(src: &dyn Source, len: u64) -> Result<bool> {
 }
 
 /// Read the end footer: `(offset, bytes, bytes present, short)` or why it is not there.
-fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; 512], usize, bool)> {
+fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; format::FOOTER_BYTES], usize, bool)> {
     let full = format::FOOTER_BYTES as u64;
     let short = format::OLD_FOOTER_BYTES as u64;
     if len < short {
@@ -172,7 +172,7 @@ fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; 512], usize, bool)>
     let mut buf = [0u8; format::FOOTER_BYTES];
     if len >= full {
         read_struct(src, len - full, &mut buf, "vhd footer")?;
-        if buf.get(..8) == Some(&format::FOOTER_COOKIE[..]) {
+        if buf.get(..format::COOKIE_BYTES) == Some(&format::FOOTER_COOKIE[..]) {
             return Ok((len - full, buf, format::FOOTER_BYTES, false));
         }
     }
@@ -180,7 +180,7 @@ fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; 512], usize, bool)>
     if let Some(dst) = sb.get_mut(..format::OLD_FOOTER_BYTES) {
         read_struct(src, len - short, dst, "vhd footer")?;
     }
-    if sb.get(..8) == Some(&format::FOOTER_COOKIE[..]) {
+    if sb.get(..format::COOKIE_BYTES) == Some(&format::FOOTER_COOKIE[..]) {
         return Ok((len - short, sb, format::OLD_FOOTER_BYTES, true));
     }
     // Report the 512-byte position: that is where the footer belongs.
@@ -191,41 +191,10 @@ fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; 512], usize, bool)>
 /// Find, check and choose the footer of a file of `len` bytes.
 pub fn read_footer(src: &dyn Source, len: u64) -> Result<CheckedFooter> {
     let (end_off, end_bytes, have, short) = read_end(src, len)?;
-    let end = check_copy(end_bytes, have, "vhd footer", end_off);
-    let front = || -> Result<Copy> {
-        let mut b = [0u8; format::FOOTER_BYTES];
-        read_struct(src, 0, &mut b, "vhd footer (copy at offset 0)")?;
-        check_copy(b, format::FOOTER_BYTES, "vhd footer (copy at offset 0)", 0)
-    };
-    match end {
+    match check_copy(end_bytes, have, "vhd footer", end_off) {
         Ok(e) => {
             let mut warnings = Vec::new();
-            let copies = if e.raw.disk_type == format::DISK_TYPE_FIXED {
-                FooterCopies::SingleFixed
-            } else if end_off < format::FOOTER_BYTES as u64 {
-                // No room for a front copy; the dynamic header check fails later.
-                warnings.push("no room for a footer copy at offset 0".to_string());
-                FooterCopies::FrontDamaged
-            } else {
-                match front() {
-                    Ok(f) if f.bytes == e.bytes => FooterCopies::Agree,
-                    Ok(_) => {
-                        warnings.push(
-                            "the footer copies at offset 0 and at the end of the file differ; \
-                             using the copy at the end"
-                                .to_string(),
-                        );
-                        FooterCopies::Differ
-                    }
-                    Err(err) => {
-                        warnings.push(format!(
-                            "footer copy at offset 0 is damaged ({}); using the copy at the end of the file",
-                            short_reason(&err)
-                        ));
-                        FooterCopies::FrontDamaged
-                    }
-                }
-            };
+            let copies = compare_front(src, &e, end_off, &mut warnings);
             Ok(CheckedFooter {
                 raw: e.raw,
                 offset: end_off,
@@ -236,36 +205,92 @@ pub fn read_footer(src: &dyn Source, len: u64) -> Result<CheckedFooter> {
                 warnings,
             })
         }
-        Err(end_err) => {
-            // Offset 0 of a fixed disk is guest data, so only a front copy that says it is
-            // dynamic or differencing is believed.
-            if len < 2 * format::FOOTER_BYTES as u64 {
-                return Err(end_err);
-            }
-            // A damaged end copy that still has its cookie and says "fixed" means offset 0
-            // is guest data, whatever it looks like.
-            let end_says_fixed = end_bytes.get(..8) == Some(&format::FOOTER_COOKIE[..])
-                && end_bytes.get(60..64) == Some(&format::DISK_TYPE_FIXED.to_be_bytes()[..]);
-            if end_says_fixed {
-                return Err(end_err);
-            }
-            match front() {
-                Ok(f) if f.raw.disk_type != format::DISK_TYPE_FIXED => Ok(CheckedFooter {
-                    raw: f.raw,
-                    offset: 0,
-                    computed_checksum: f.computed,
-                    short_footer: false,
-                    end_offset: end_off,
-                    copies: FooterCopies::EndDamaged,
-                    warnings: vec![format!(
-                        "footer copy at end of file is damaged ({}); using the copy at offset 0",
-                        short_reason(&end_err)
-                    )],
-                }),
-                _ => Err(end_err),
-            }
+        Err(end_err) => fall_back_to_front(src, len, end_off, &end_bytes, end_err),
+    }
+}
+
+/// The front copy, checked.
+fn read_front(src: &dyn Source) -> Result<Copy> {
+    let mut b = [0u8; format::FOOTER_BYTES];
+    read_struct(src, 0, &mut b, "vhd footer (copy at offset 0)")?;
+    check_copy(b, format::FOOTER_BYTES, "vhd footer (copy at offset 0)", 0)
+}
+
+/// How the front copy relates to a valid end copy at `end_off`.
+fn compare_front(
+    src: &dyn Source,
+    e: &Copy,
+    end_off: u64,
+    warnings: &mut Vec<String>,
+) -> FooterCopies {
+    if e.raw.disk_type == format::DISK_TYPE_FIXED {
+        return FooterCopies::SingleFixed;
+    }
+    if end_off < format::FOOTER_BYTES as u64 {
+        // No room for a front copy; the dynamic header check fails later.
+        warnings.push("no room for a footer copy at offset 0".to_string());
+        return FooterCopies::FrontDamaged;
+    }
+    match read_front(src) {
+        Ok(f) if f.bytes == e.bytes => FooterCopies::Agree,
+        Ok(_) => {
+            warnings.push(
+                "the footer copies at offset 0 and at the end of the file differ; \
+                 using the copy at the end"
+                    .to_string(),
+            );
+            FooterCopies::Differ
+        }
+        Err(err) => {
+            warnings.push(format!(
+                "footer copy at offset 0 is damaged ({}); using the copy at the end of the file",
+                short_reason(&err)
+            ));
+            FooterCopies::FrontDamaged
         }
     }
+}
+
+/// The end copy is damaged: use the front copy when it can be believed.
+fn fall_back_to_front(
+    src: &dyn Source,
+    len: u64,
+    end_off: u64,
+    end_bytes: &[u8],
+    end_err: Error,
+) -> Result<CheckedFooter> {
+    // Offset 0 of a fixed disk is guest data, so only a front copy that says it is
+    // dynamic or differencing is believed.
+    if len < 2 * format::FOOTER_BYTES as u64 {
+        return Err(end_err);
+    }
+    // A damaged end copy that still has its cookie and says "fixed" means offset 0
+    // is guest data, whatever it looks like.
+    let end_says_fixed = end_bytes.get(..format::COOKIE_BYTES) == Some(&format::FOOTER_COOKIE[..])
+        && end_bytes.get(disk_type_field()) == Some(&format::DISK_TYPE_FIXED.to_be_bytes()[..]);
+    if end_says_fixed {
+        return Err(end_err);
+    }
+    match read_front(src) {
+        Ok(f) if f.raw.disk_type != format::DISK_TYPE_FIXED => Ok(CheckedFooter {
+            raw: f.raw,
+            offset: 0,
+            computed_checksum: f.computed,
+            short_footer: false,
+            end_offset: end_off,
+            copies: FooterCopies::EndDamaged,
+            warnings: vec![format!(
+                "footer copy at end of file is damaged ({}); using the copy at offset 0",
+                short_reason(&end_err)
+            )],
+        }),
+        _ => Err(end_err),
+    }
+}
+
+/// The byte range of the footer's disk type field.
+fn disk_type_field() -> std::ops::Range<usize> {
+    format::FOOTER_DISK_TYPE_OFFSET..format::FOOTER_DISK_TYPE_OFFSET + 4
 }
 
 /// The detail of a corruption error, without its location.

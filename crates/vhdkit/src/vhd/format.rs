@@ -192,6 +192,25 @@ pub fn bitmap_bytes(block_size: u32) -> u64 {
     sectors.div_ceil(8).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
 }
 
+// ---- writer ----
+
+/// Length of a footer or dynamic header cookie.
+pub const COOKIE_BYTES: usize = 8;
+/// Offset of `file_format_version` inside the footer.
+pub const FOOTER_VERSION_OFFSET: usize = 12;
+/// Offset of `current_size` inside the footer.
+pub const FOOTER_CURRENT_SIZE_OFFSET: usize = 48;
+/// Offset of `disk_type` inside the footer.
+pub const FOOTER_DISK_TYPE_OFFSET: usize = 60;
+/// Offset of `header_version` inside the dynamic header.
+pub const DYNAMIC_VERSION_OFFSET: usize = 24;
+/// Offset of `max_table_entries` inside the dynamic header.
+pub const DYNAMIC_MAX_ENTRIES_OFFSET: usize = 28;
+/// Offset of `block_size` inside the dynamic header.
+pub const DYNAMIC_BLOCK_SIZE_OFFSET: usize = 32;
+/// Bytes of one BAT entry (a big-endian sector number).
+pub const BAT_ENTRY_BYTES: u64 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +332,79 @@ mod tests {
         assert_eq!(bitmap_bytes(512), 512);
         assert_eq!(bitmap_bytes(4 << 20), 1024);
         assert_eq!(bitmap_bytes(256 << 20), 65536);
+    }
+}
+
+#[cfg(test)]
+mod writer_layout_tests {
+    use super::*;
+    use binrw::BinWrite;
+    use std::io::Cursor;
+
+    #[test]
+    fn named_offsets_match_the_structs() {
+        let mut h = DynamicHeader {
+            data_offset: u64::MAX,
+            table_offset: 0,
+            header_version: 0x0102_0304,
+            max_table_entries: 0x0506_0708,
+            block_size: 0x090A_0B0C,
+            checksum: 0,
+            parent_unique_id: [0; 16],
+            parent_time_stamp: 0,
+            reserved1: 0,
+            parent_unicode_name: [0; 512],
+            parent_locators: [ParentLocatorEntry::default(); 8],
+            reserved2: [0; 256],
+        };
+        let mut c = Cursor::new(Vec::new());
+        h.write(&mut c).unwrap();
+        let b = c.into_inner();
+        let at = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap());
+        assert_eq!(at(DYNAMIC_VERSION_OFFSET), h.header_version);
+        assert_eq!(at(DYNAMIC_MAX_ENTRIES_OFFSET), h.max_table_entries);
+        assert_eq!(at(DYNAMIC_BLOCK_SIZE_OFFSET), h.block_size);
+        h.checksum = 0x1122_3344;
+        let mut c = Cursor::new(Vec::new());
+        h.write(&mut c).unwrap();
+        let b = c.into_inner();
+        assert_eq!(
+            &b[DYNAMIC_CHECKSUM_OFFSET..DYNAMIC_CHECKSUM_OFFSET + 4],
+            &h.checksum.to_be_bytes()
+        );
+        assert_eq!(&b[..COOKIE_BYTES], DYNAMIC_COOKIE);
+    }
+
+    #[test]
+    fn named_footer_offsets_match_the_struct() {
+        let f = Footer {
+            features: FEATURE_RESERVED,
+            file_format_version: 0x0001_0002,
+            data_offset: 0,
+            time_stamp: 0,
+            creator_application: [0; 4],
+            creator_version: 0,
+            creator_host_os: [0; 4],
+            original_size: 0,
+            current_size: 0x0102_0304_0506_0708,
+            cylinders: 0,
+            heads: 0,
+            sectors_per_track: 0,
+            disk_type: DISK_TYPE_DIFFERENCING,
+            checksum: 0,
+            unique_id: [0; 16],
+            saved_state: 0,
+            reserved: [0; 427],
+        };
+        let mut c = Cursor::new(Vec::new());
+        f.write(&mut c).unwrap();
+        let b = c.into_inner();
+        let v = FOOTER_VERSION_OFFSET;
+        assert_eq!(&b[v..v + 4], &f.file_format_version.to_be_bytes());
+        let s = FOOTER_CURRENT_SIZE_OFFSET;
+        assert_eq!(&b[s..s + 8], &f.current_size.to_be_bytes());
+        let t = FOOTER_DISK_TYPE_OFFSET;
+        assert_eq!(&b[t..t + 4], &f.disk_type.to_be_bytes());
+        assert_eq!(&b[..COOKIE_BYTES], FOOTER_COOKIE);
     }
 }

@@ -1,9 +1,10 @@
 //! VHD (version 1, "conectix") files, read-only.
 //!
 //! Opening runs, in order: footer ([`footer`]: end copy, 511-byte fallback, front copy), then
-//! for dynamic and differencing disks the dynamic header ([`dynamic`]), the parent locators
-//! ([`locator`]) and the block allocation table ([`bat`]). Reads map virtual ranges to file
-//! ranges; differencing disks consult the sector bitmap ([`bitmap`]) of allocated blocks.
+//! for dynamic and differencing disks the dynamic header ([`dynamic`]) and the block allocation
+//! table ([`bat`]) -- the parse the writer ([`write`]) shares -- and last the parent locators
+//! ([`locator`]). Reads map virtual ranges to file ranges; differencing disks consult the sector
+//! bitmap ([`bitmap`]) of allocated blocks.
 //!
 //! **Virtual size.** vhdkit uses the footer's *current size* for every creator, including
 //! Virtual PC (`vpc `), and also reports the CHS product (`chs_size`). Reasons: the spec defines
@@ -25,6 +26,7 @@ pub mod footer;
 pub mod format;
 pub mod locator;
 pub mod name_style;
+mod open;
 pub mod reparent;
 pub mod write;
 
@@ -200,79 +202,28 @@ impl VhdFile {
     /// Open and check a VHD file.
     pub(crate) fn open(src: Box<dyn Source>, opts: &OpenOptions) -> Result<VhdFile> {
         let file_size = source_len(&*src)?;
-        let ft = footer::read_footer(&*src, file_size)?;
-        let mut warnings = ft.warnings.clone();
-        let f = &ft.raw;
-        let disk_type = match f.disk_type {
-            format::DISK_TYPE_FIXED => DiskType::Fixed,
-            format::DISK_TYPE_DYNAMIC => DiskType::Dynamic,
-            _ => DiskType::Differencing,
-        };
-        let virtual_size = f.current_size;
-        if virtual_size == 0 {
-            return Err(Error::corrupt(
-                footer_structure(&ft),
-                ft.offset.saturating_add(48),
-                "current size is 0",
-            ));
-        }
-        let chs = format::chs_bytes(f.cylinders, f.heads, f.sectors_per_track);
-        if f.creator_application == format::CREATOR_VPC && chs != virtual_size {
-            warnings.push(format!(
-                "Virtual PC disk: CHS geometry gives {chs} bytes, current size {virtual_size}; \
-                 using current size (qemu would use the CHS size)"
-            ));
-        }
-        let bit_order = if f.creator_application == format::CREATOR_TAP
-            && f.creator_version == format::TAP_LSB_BITMAP_VERSION
-        {
-            BitOrder::LsbFirst
-        } else {
-            BitOrder::MsbFirst
-        };
-        if disk_type == DiskType::Fixed {
-            if virtual_size > ft.end_offset {
-                return Err(Error::corrupt(
-                    "vhd footer",
-                    ft.offset.saturating_add(48),
-                    format!(
-                        "fixed disk current size {virtual_size} is larger than the {} bytes \
-                         of data before the footer",
-                        ft.end_offset
-                    ),
-                ));
-            }
+        let p = open::parse(&*src, file_size, opts, open::Purpose::Read)?;
+        let mut warnings = p.warnings;
+        let Some(sp) = p.sparse else {
             return Ok(VhdFile {
                 src,
                 file_size,
-                disk_type,
-                virtual_size,
-                footer: ft,
+                disk_type: p.disk_type,
+                virtual_size: p.virtual_size,
+                footer: p.footer,
                 header: None,
                 slots: Vec::new(),
                 bat: Vec::new(),
                 bitmap_bytes: 0,
-                bit_order,
+                bit_order: p.bit_order,
                 cache: Mutex::new(None),
                 warnings,
             });
-        }
-        let hdr = dynamic::read_header(&*src, f.data_offset, ft.end_offset)?;
-        let h = &hdr.raw;
-        let bitmap_bytes = format::bitmap_bytes(h.block_size);
-        let layout = bat::BatLayout {
-            table_offset: h.table_offset,
-            entries: h.max_table_entries,
-            block_size: h.block_size,
-            bitmap_bytes,
-            virtual_size,
-            data_end: ft.end_offset,
-            header_offset: hdr.offset,
         };
-        let bat = bat::read_bat(&*src, &layout, &opts.limits)?;
+        let hdr = sp.header;
         let slots = locator::read_slots(
             &*src,
-            &h.parent_locators,
+            &hdr.raw.parent_locators,
             hdr.offset,
             file_size,
             opts.limits.max_locator_bytes,
@@ -284,7 +235,7 @@ impl VhdFile {
                 }
             }
         }
-        if disk_type == DiskType::Differencing {
+        if p.disk_type == DiskType::Differencing {
             if let Some(e) = &hdr.parent_name.error {
                 warnings.push(e.clone());
             }
@@ -295,14 +246,14 @@ impl VhdFile {
         Ok(VhdFile {
             src,
             file_size,
-            disk_type,
-            virtual_size,
-            footer: ft,
+            disk_type: p.disk_type,
+            virtual_size: p.virtual_size,
+            footer: p.footer,
             header: Some(hdr),
             slots,
-            bat,
-            bitmap_bytes,
-            bit_order,
+            bat: sp.bat,
+            bitmap_bytes: sp.bitmap_bytes,
+            bit_order: p.bit_order,
             cache: Mutex::new(None),
             warnings,
         })
@@ -334,6 +285,42 @@ impl VhdFile {
     }
 
     fn info(&self) -> VhdInfo {
+        VhdInfo {
+            timestamp: self.footer.raw.time_stamp,
+            footer: self.footer_info(),
+            dynamic: self.header.as_ref().map(|h| self.dynamic_info(h)),
+        }
+    }
+
+    fn dynamic_info(&self, h: &dynamic::CheckedHeader) -> Box<DynamicInfo> {
+        Box::new(DynamicInfo {
+            header_offset: h.offset,
+            header_version: h.raw.header_version,
+            checksum: ChecksumInfo {
+                stored: h.raw.checksum,
+                computed: h.computed_checksum,
+                ok: h.raw.checksum == h.computed_checksum,
+            },
+            table_offset: h.raw.table_offset,
+            max_table_entries: h.raw.max_table_entries,
+            allocated_blocks: self
+                .bat
+                .iter()
+                .filter(|&&e| e != format::BAT_UNALLOCATED)
+                .count() as u64,
+            block_size: h.raw.block_size,
+            bitmap_bytes: self.bitmap_bytes,
+            bitmap_order: self.bit_order,
+            parent_unique_id: guid::from_vhd_bytes(h.raw.parent_unique_id),
+            parent_time_stamp: h.raw.parent_time_stamp,
+            parent_time_stamp_utc: vhd_time_utc(h.raw.parent_time_stamp),
+            parent_unicode_name: h.parent_name.name.clone(),
+            parent_unicode_name_error: h.parent_name.error.clone(),
+            locators: self.slots.clone(),
+        })
+    }
+
+    fn footer_info(&self) -> Box<FooterInfo> {
         let f = &self.footer.raw;
         let chs_size = format::chs_bytes(f.cylinders, f.heads, f.sectors_per_track);
         let size_source = if f.creator_application == format::CREATOR_VPC
@@ -346,34 +333,7 @@ impl VhdFile {
         } else {
             "current_size (vhdkit uses it for every creator; chs_size is informational)".to_string()
         };
-        let dynamic = self.header.as_ref().map(|h| {
-            Box::new(DynamicInfo {
-                header_offset: h.offset,
-                header_version: h.raw.header_version,
-                checksum: ChecksumInfo {
-                    stored: h.raw.checksum,
-                    computed: h.computed_checksum,
-                    ok: h.raw.checksum == h.computed_checksum,
-                },
-                table_offset: h.raw.table_offset,
-                max_table_entries: h.raw.max_table_entries,
-                allocated_blocks: self
-                    .bat
-                    .iter()
-                    .filter(|&&e| e != format::BAT_UNALLOCATED)
-                    .count() as u64,
-                block_size: h.raw.block_size,
-                bitmap_bytes: self.bitmap_bytes,
-                bitmap_order: self.bit_order,
-                parent_unique_id: guid::from_vhd_bytes(h.raw.parent_unique_id),
-                parent_time_stamp: h.raw.parent_time_stamp,
-                parent_time_stamp_utc: vhd_time_utc(h.raw.parent_time_stamp),
-                parent_unicode_name: h.parent_name.name.clone(),
-                parent_unicode_name_error: h.parent_name.error.clone(),
-                locators: self.slots.clone(),
-            })
-        });
-        let footer = Box::new(FooterInfo {
+        Box::new(FooterInfo {
             cookie: "conectix".to_string(),
             features: f.features,
             temporary: f.features & format::FEATURE_TEMPORARY != 0,
@@ -382,7 +342,11 @@ impl VhdFile {
             timestamp_utc: vhd_time_utc(f.time_stamp),
             creator_application: locator::code_text(f.creator_application),
             creator_application_hex: hex(&f.creator_application),
-            creator_version: format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xFFFF),
+            creator_version: format!(
+                "{}.{}",
+                f.creator_version >> 16,
+                f.creator_version & u32::from(u16::MAX)
+            ),
             creator_version_raw: f.creator_version,
             creator_host_os: locator::code_text(f.creator_host_os),
             original_size: f.original_size,
@@ -406,20 +370,7 @@ impl VhdFile {
             footer_offset: self.footer.offset,
             footer_511: self.footer.short_footer,
             unique_id: guid::from_vhd_bytes(f.unique_id),
-        });
-        VhdInfo {
-            timestamp: f.time_stamp,
-            footer,
-            dynamic,
-        }
-    }
-}
-
-fn footer_structure(ft: &footer::CheckedFooter) -> &'static str {
-    if ft.offset == 0 {
-        "vhd footer (copy at offset 0)"
-    } else {
-        "vhd footer"
+        })
     }
 }
 
@@ -527,7 +478,7 @@ impl Image for VhdFile {
             .header
             .as_ref()
             .map_or(0, |h| h.raw.table_offset)
-            .saturating_add(block.saturating_mul(4));
+            .saturating_add(block.saturating_mul(format::BAT_ENTRY_BYTES));
         let entry = usize::try_from(block)
             .ok()
             .and_then(|b| self.bat.get(b))

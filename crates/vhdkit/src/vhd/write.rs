@@ -28,15 +28,19 @@
 //!
 //! The front footer copy is never rewritten: no field of the footer changes when data is written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::io::Cursor;
 
-use super::bitmap::{self, BitOrder};
+use binrw::BinWrite;
+
 use super::create::{align_up, ALIGN_BYTES};
-use super::{bat, dynamic, footer, format};
+use super::format;
+use super::open::{self, Purpose};
 use crate::disk::{DiskFormat, DiskType, OpenOptions};
 use crate::error::{Error, Result};
-use crate::source::read_struct;
+use crate::source::{read_struct, source_len};
 use crate::txn::Sink;
+use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
 use crate::write::{ParentRead, WritableImage};
 
 const SECTOR: u64 = format::SECTOR_BYTES;
@@ -47,32 +51,33 @@ const MAX_CACHED_BITMAPS: usize = 4096;
 /// A VHD opened for writing.
 #[derive(Debug)]
 pub struct VhdWriter<S: Sink> {
-    sink: S,
     disk_type: DiskType,
     virtual_size: u64,
+    body: Body<S>,
+}
+
+#[derive(Debug)]
+enum Body<S: Sink> {
+    /// A fixed disk: virtual offsets are file offsets.
+    Fixed(S),
+    /// A dynamic or differencing disk.
+    Sparse(Box<Engine<Blocks<S>>>),
+}
+
+/// The VHD part of a sparse writer: allocation at the end of the file and the ordered commit.
+#[derive(Debug)]
+struct Blocks<S: Sink> {
+    sink: S,
+    differencing: bool,
+    block_size: u64,
+    bitmap_bytes: u64,
+    table_offset: u64,
     /// The end footer's bytes (written again at every new end).
     footer: [u8; format::FOOTER_BYTES],
     /// Current offset of the end footer.
     footer_at: u64,
-    /// Dynamic and differencing only.
-    sparse: Option<Sparse>,
-}
-
-#[derive(Debug)]
-struct Sparse {
-    block_size: u64,
-    bitmap_bytes: u64,
-    table_offset: u64,
-    /// The BAT as it is now (including entries not yet on disk).
-    bat: Vec<u32>,
-    /// Entries changed since the last flush.
-    dirty_entries: BTreeSet<u32>,
     /// Blocks allocated since the last flush.
-    new_blocks: BTreeSet<u32>,
-    /// Differencing: sector bitmaps loaded so far (block -> bitmap).
-    bitmaps: BTreeMap<u32, Vec<u8>>,
-    /// Differencing: bitmaps changed since the last flush.
-    dirty_bitmaps: BTreeSet<u32>,
+    new_blocks: BTreeSet<u64>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -80,122 +85,83 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
-fn usize_of(v: u64) -> Result<usize> {
-    usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} bytes do not fit memory")))
-}
-
 impl<S: Sink> VhdWriter<S> {
     /// Open a VHD for writing. Refuses files vhdkit would have to guess about: a damaged or
     /// 511-byte end footer, old LSB-first tapdisk bitmaps, a disk in a saved state.
     pub fn open(sink: S, opts: &OpenOptions) -> Result<VhdWriter<S>> {
-        let len = sink.len().map_err(io("reading the file length"))?;
-        let ft = footer::read_footer(&sink, len)?;
-        if ft.short_footer {
-            return Err(Error::unsupported(
-                "writing a VHD with an old 511-byte footer (convert it first)",
-            ));
-        }
-        if ft.offset != ft.end_offset {
-            return Err(Error::unsupported(
-                "writing a VHD whose end footer is damaged (repair it first)",
-            ));
-        }
-        if ft.raw.saved_state != 0 {
-            return Err(Error::unsupported(
-                "writing a VHD whose footer says a virtual machine is in a saved state",
-            ));
-        }
-        let f = &ft.raw;
-        if f.creator_application == format::CREATOR_TAP
-            && f.creator_version == format::TAP_LSB_BITMAP_VERSION
-        {
-            return Err(Error::unsupported(
-                "writing an old tapdisk VHD with least-significant-bit-first bitmaps",
-            ));
-        }
-        let mut footer_bytes = [0u8; format::FOOTER_BYTES];
-        read_struct(&sink, ft.offset, &mut footer_bytes, "vhd footer")?;
-        let disk_type = match f.disk_type {
-            format::DISK_TYPE_FIXED => DiskType::Fixed,
-            format::DISK_TYPE_DYNAMIC => DiskType::Dynamic,
-            _ => DiskType::Differencing,
-        };
-        let virtual_size = f.current_size;
-        if virtual_size == 0 || virtual_size % SECTOR != 0 {
-            return Err(Error::unsupported(format!(
-                "writing a VHD whose current size {virtual_size} is not a non-zero multiple of 512"
-            )));
-        }
-        let sparse = if disk_type == DiskType::Fixed {
-            if virtual_size > ft.end_offset {
-                return Err(Error::corrupt(
-                    "vhd footer",
-                    ft.offset.saturating_add(48),
-                    "fixed disk current size is larger than the data before the footer",
-                ));
+        let len = source_len(&sink)?;
+        let p = open::parse(&sink, len, opts, Purpose::Write)?;
+        let mut footer = Cursor::new([0u8; format::FOOTER_BYTES]);
+        p.footer
+            .raw
+            .write(&mut footer)
+            .map_err(|e| Error::corrupt("vhd footer", p.footer.offset, e.to_string()))?;
+        let body = match p.sparse {
+            None => Body::Fixed(sink),
+            Some(sp) => {
+                let block_size = u64::from(sp.header.raw.block_size);
+                let geo = Geometry {
+                    block_size,
+                    sector: SECTOR,
+                    order: p.bit_order,
+                    max_cached_bitmaps: MAX_CACHED_BITMAPS,
+                };
+                let blocks = Blocks {
+                    sink,
+                    differencing: p.disk_type == DiskType::Differencing,
+                    block_size,
+                    bitmap_bytes: sp.bitmap_bytes,
+                    table_offset: sp.header.raw.table_offset,
+                    footer: footer.into_inner(),
+                    footer_at: p.footer.offset,
+                    new_blocks: BTreeSet::new(),
+                };
+                Body::Sparse(Box::new(Engine::new(blocks, sp.bat, geo)))
             }
-            None
-        } else {
-            let hdr = dynamic::read_header(&sink, f.data_offset, ft.end_offset)?;
-            let h = &hdr.raw;
-            let bitmap_bytes = format::bitmap_bytes(h.block_size);
-            let layout = bat::BatLayout {
-                table_offset: h.table_offset,
-                entries: h.max_table_entries,
-                block_size: h.block_size,
-                bitmap_bytes,
-                virtual_size,
-                data_end: ft.end_offset,
-                header_offset: hdr.offset,
-            };
-            let bat = bat::read_bat(&sink, &layout, &opts.limits)?;
-            Some(Sparse {
-                block_size: u64::from(h.block_size),
-                bitmap_bytes,
-                table_offset: h.table_offset,
-                bat,
-                dirty_entries: BTreeSet::new(),
-                new_blocks: BTreeSet::new(),
-                bitmaps: BTreeMap::new(),
-                dirty_bitmaps: BTreeSet::new(),
-            })
         };
         Ok(VhdWriter {
-            sink,
-            disk_type,
-            virtual_size,
-            footer: footer_bytes,
-            footer_at: ft.offset,
-            sparse,
+            disk_type: p.disk_type,
+            virtual_size: p.virtual_size,
+            body,
         })
     }
 
     /// The file underneath.
     pub fn sink(&self) -> &S {
-        &self.sink
+        match &self.body {
+            Body::Fixed(s) => s,
+            Body::Sparse(e) => &e.fmt.sink,
+        }
     }
+}
 
-    fn write_file(&self, data: &[u8], at: u64, what: &str) -> Result<()> {
+impl<S: Sink> Blocks<S> {
+    fn write(&self, data: &[u8], at: u64, what: &str) -> Result<()> {
         self.sink
             .write_all_at(data, at)
             .map_err(io(format!("writing the {what} at offset {at:#x}")))
     }
 
-    fn read_file(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        read_struct(&self.sink, at, buf, "vhd data block")
+    fn sync(&self, what: &str) -> Result<()> {
+        self.sink.sync().map_err(io(format!("flushing the {what}")))
+    }
+
+    fn place_of(&self, bitmap_at: u64) -> Place {
+        let data_at = bitmap_at + self.bitmap_bytes;
+        if self.differencing {
+            Place::Sectors { data_at }
+        } else {
+            Place::Whole { data_at }
+        }
     }
 
     /// Allocate `block` at the end of the file; returns its bitmap's file offset.
-    fn allocate(&mut self, block: u32) -> Result<u64> {
-        let diff = self.disk_type == DiskType::Differencing;
-        let Some(sp) = self.sparse.as_mut() else {
-            return Err(Error::InvalidArgument("a fixed disk has no blocks".into()));
-        };
+    fn allocate(&mut self, st: &mut State<u32>, block: u64) -> Result<u64> {
         let overflow = || Error::unsupported("the file would grow past what a VHD BAT can address");
         let old_footer = self.footer_at;
-        let data_at = align_up(old_footer + sp.bitmap_bytes, ALIGN_BYTES).ok_or_else(overflow)?;
-        let bitmap_at = data_at - sp.bitmap_bytes;
-        let data_end = data_at.checked_add(sp.block_size).ok_or_else(overflow)?;
+        let data_at = align_up(old_footer + self.bitmap_bytes, ALIGN_BYTES).ok_or_else(overflow)?;
+        let bitmap_at = data_at - self.bitmap_bytes;
+        let data_end = data_at.checked_add(self.block_size).ok_or_else(overflow)?;
         let new_len =
             align_up(data_end + format::FOOTER_BYTES as u64, ALIGN_BYTES).ok_or_else(overflow)?;
         let entry = u32::try_from(bitmap_at / SECTOR)
@@ -215,209 +181,119 @@ impl<S: Sink> VhdWriter<S> {
                 .write_all_at(&gap, old_footer)
                 .map_err(io(format!("clearing the old footer at {old_footer:#x}")))?;
         }
-        let bm = vec![if diff { 0u8 } else { 0xFF }; usize_of(sp.bitmap_bytes)?];
+        let fill = if self.differencing { 0u8 } else { u8::MAX };
+        let bm = vec![fill; usize_of(self.bitmap_bytes)?];
         self.sink
             .write_all_at(&bm, bitmap_at)
             .map_err(io(format!("writing a block bitmap at {bitmap_at:#x}")))?;
-        let slot = sp
-            .bat
-            .get_mut(block as usize)
-            .ok_or_else(|| Error::InvalidArgument(format!("block {block} outside the BAT")))?;
-        *slot = entry;
-        sp.dirty_entries.insert(block);
-        sp.new_blocks.insert(block);
-        if diff {
-            sp.bitmaps.insert(block, bm);
+        st.table.set(block, entry)?;
+        self.new_blocks.insert(block);
+        if self.differencing {
+            st.bitmaps.insert(block, bm, false);
         }
         Ok(bitmap_at)
     }
 
-    fn sparse(&self) -> Result<&Sparse> {
-        self.sparse
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("a fixed disk has no blocks".into()))
-    }
-
-    /// The bitmap of an allocated differencing block (loaded on first use).
-    fn load_bitmap(&mut self, block: u32, bitmap_at: u64) -> Result<()> {
-        let sp = self.sparse()?;
-        if sp.bitmaps.contains_key(&block) {
-            return Ok(());
-        }
-        let mut bm = vec![0u8; usize_of(sp.bitmap_bytes)?];
-        read_struct(&self.sink, bitmap_at, &mut bm, "vhd sector bitmap")?;
-        if let Some(sp) = self.sparse.as_mut() {
-            if sp.bitmaps.len() >= MAX_CACHED_BITMAPS {
-                // Keep memory bounded: forget clean bitmaps (dirty ones wait for the flush).
-                let dirty = &sp.dirty_bitmaps;
-                sp.bitmaps.retain(|b, _| dirty.contains(b));
-            }
-            sp.bitmaps.insert(block, bm);
+    /// The changed BAT entries, one 512-byte BAT sector at a time.
+    fn write_bat_sectors(&self, st: &State<u32>) -> Result<()> {
+        let sectors: BTreeSet<u64> = st
+            .table
+            .dirty()
+            .iter()
+            .map(|&b| b * format::BAT_ENTRY_BYTES / SECTOR)
+            .collect();
+        let per_sector = usize_of(SECTOR / format::BAT_ENTRY_BYTES)?;
+        let entries = st.table.entries();
+        for s in sectors {
+            let first = usize_of(s)?.saturating_mul(per_sector);
+            let last = first.saturating_add(per_sector).min(entries.len());
+            let bytes: Vec<u8> = entries
+                .get(first..last)
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|e| e.to_be_bytes())
+                .collect();
+            self.write(
+                &bytes,
+                self.table_offset + s * SECTOR,
+                "block allocation table",
+            )?;
         }
         Ok(())
     }
+}
 
-    fn entry(&self, block: u64) -> Result<u32> {
-        let sp = self.sparse()?;
-        usize::try_from(block)
-            .ok()
-            .and_then(|b| sp.bat.get(b))
-            .copied()
-            .ok_or_else(|| Error::InvalidArgument(format!("block {block} outside the BAT")))
+impl<S: Sink> SparseFormat for Blocks<S> {
+    type Entry = u32;
+
+    fn place(&self, st: &State<u32>, block: u64) -> Result<Place> {
+        let entry = st.table.get(block)?;
+        if entry == format::BAT_UNALLOCATED {
+            return Ok(if self.differencing {
+                Place::Parent
+            } else {
+                Place::Zero
+            });
+        }
+        Ok(self.place_of(u64::from(entry) * SECTOR))
     }
 
-    /// Write `data` at `in_block` of `block` (the piece stays inside the block).
-    fn write_piece(
-        &mut self,
-        block: u64,
-        in_block: u64,
-        data: &[u8],
-        parent: &mut ParentRead<'_>,
-    ) -> Result<()> {
-        let block32 = u32::try_from(block)
-            .map_err(|_| Error::InvalidArgument(format!("block {block} outside the BAT")))?;
-        let (bitmap_bytes, block_size) = {
-            let sp = self.sparse()?;
-            (sp.bitmap_bytes, sp.block_size)
-        };
-        let entry = self.entry(block)?;
+    fn place_for_write(&mut self, st: &mut State<u32>, block: u64) -> Result<Place> {
+        let entry = st.table.get(block)?;
         let bitmap_at = if entry == format::BAT_UNALLOCATED {
-            self.allocate(block32)?
+            self.allocate(st, block)?
         } else {
             u64::from(entry) * SECTOR
         };
-        let data_at = bitmap_at + bitmap_bytes;
-        if self.disk_type != DiskType::Differencing {
-            return self.write_file(data, data_at + in_block, "data block");
-        }
-        self.load_bitmap(block32, bitmap_at)?;
-        let first = in_block / SECTOR;
-        let end = (in_block + data.len() as u64).div_ceil(SECTOR);
-        let span_at = first * SECTOR;
-        let head = usize_of(in_block - span_at)?;
-        let span_len = usize_of((end - first) * SECTOR)?;
-        let block_virtual = block * block_size;
-        let aligned = head == 0 && data.len() == span_len;
-        let mut owned;
-        let out: &[u8] = if aligned {
-            data
-        } else {
-            owned = vec![0u8; span_len];
-            // Complete the first and the last sector from their current contents.
-            let mut edges = vec![first];
-            if end - 1 != first {
-                edges.push(end - 1);
-            }
-            for s in edges {
-                let rel = usize_of((s - first) * SECTOR)?;
-                let dst = owned
-                    .get_mut(rel..rel + SECTOR as usize)
-                    .ok_or_else(|| Error::InvalidArgument("sector outside the span".into()))?;
-                let set = self
-                    .sparse()?
-                    .bitmaps
-                    .get(&block32)
-                    .is_some_and(|bm| bitmap::bit(bm, s, BitOrder::MsbFirst));
-                if set {
-                    self.read_file(dst, data_at + s * SECTOR)?;
-                } else {
-                    parent(block_virtual + s * SECTOR, dst)?;
-                }
-            }
-            if let Some(d) = owned.get_mut(head..head + data.len()) {
-                d.copy_from_slice(data);
-            }
-            &owned
-        };
-        self.write_file(out, data_at + span_at, "data block")?;
-        let sp = self
-            .sparse
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("a fixed disk has no blocks".into()))?;
-        if let Some(bm) = sp.bitmaps.get_mut(&block32) {
-            let mut changed = false;
-            for s in first..end {
-                let byte = usize_of(s / 8)?;
-                let mask = 0x80u8 >> (s % 8);
-                if let Some(b) = bm.get_mut(byte) {
-                    if *b & mask == 0 {
-                        *b |= mask;
-                        changed = true;
-                    }
-                }
-            }
-            if changed {
-                sp.dirty_bitmaps.insert(block32);
-            }
-        }
-        Ok(())
+        Ok(self.place_of(bitmap_at))
     }
 
-    fn read_piece(
-        &mut self,
-        block: u64,
-        in_block: u64,
-        buf: &mut [u8],
-        parent: &mut ParentRead<'_>,
-    ) -> Result<()> {
-        let (bitmap_bytes, block_size) = {
-            let sp = self.sparse()?;
-            (sp.bitmap_bytes, sp.block_size)
-        };
-        let virt = block * block_size + in_block;
-        let entry = self.entry(block)?;
-        if entry == format::BAT_UNALLOCATED {
-            if self.disk_type == DiskType::Differencing {
-                return parent(virt, buf);
-            }
-            buf.fill(0);
-            return Ok(());
-        }
-        let bitmap_at = u64::from(entry) * SECTOR;
-        let data_at = bitmap_at + bitmap_bytes;
-        if self.disk_type != DiskType::Differencing {
-            return self.read_file(buf, data_at + in_block);
-        }
-        let block32 = u32::try_from(block)
-            .map_err(|_| Error::InvalidArgument(format!("block {block} outside the BAT")))?;
-        self.load_bitmap(block32, bitmap_at)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = in_block + done as u64;
-            let s = pos / SECTOR;
-            let limit = (in_block + buf.len() as u64).div_ceil(SECTOR);
-            let (set, run_end) = match self.sparse()?.bitmaps.get(&block32) {
-                Some(bm) => bitmap::run(bm, s, limit, BitOrder::MsbFirst),
-                None => (false, limit),
+    fn read_bitmap(&self, st: &State<u32>, block: u64) -> Result<Vec<u8>> {
+        let at = u64::from(st.table.get(block)?) * SECTOR;
+        let mut bm = vec![0u8; usize_of(self.bitmap_bytes)?];
+        read_struct(&self.sink, at, &mut bm, "vhd sector bitmap")?;
+        Ok(bm)
+    }
+
+    fn read_data(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        read_struct(&self.sink, at, buf, "vhd data block")
+    }
+
+    fn write_data(&self, data: &[u8], at: u64) -> Result<()> {
+        self.write(data, at, "data block")
+    }
+
+    fn sync(&self) -> Result<()> {
+        Blocks::sync(self, "vhd")
+    }
+
+    /// 1. bitmaps of new blocks; 2. sync; 3. bitmaps of old blocks and BAT sectors; 4. sync.
+    fn commit(&mut self, st: &mut State<u32>) -> Result<()> {
+        // 1. Bitmaps of new blocks: durable before any BAT entry points at them.
+        let mut late = Vec::new();
+        for &b in st.bitmaps.dirty() {
+            let Some(bm) = st.bitmaps.get(b) else {
+                continue;
             };
-            let run_bytes = usize_of(run_end * SECTOR - pos)?.min(buf.len() - done);
-            let chunk = buf
-                .get_mut(done..done + run_bytes)
-                .ok_or_else(|| Error::InvalidArgument("read outside the buffer".into()))?;
-            if set {
-                self.read_file(chunk, data_at + pos)?;
+            let entry = st.table.get(b).unwrap_or(format::BAT_UNALLOCATED);
+            let at = u64::from(entry) * SECTOR;
+            if self.new_blocks.contains(&b) {
+                self.write(bm, at, "block bitmap")?;
             } else {
-                parent(block * block_size + pos, chunk)?;
+                late.push((at, bm));
             }
-            done += run_bytes;
         }
+        // 2. Every data byte and new bitmap durable.
+        Blocks::sync(self, "vhd data")?;
+        // 3. Bitmaps of old blocks, then BAT entries, grouped by 512-byte BAT sector.
+        for (at, bm) in late {
+            self.write(bm, at, "block bitmap")?;
+        }
+        self.write_bat_sectors(st)?;
+        // 4. Durable.
+        Blocks::sync(self, "vhd metadata")?;
+        self.new_blocks.clear();
         Ok(())
-    }
-
-    /// Split `[offset, offset + len)` into per-block pieces: (block, offset in block, start in
-    /// the caller's buffer, length).
-    fn pieces(&self, offset: u64, len: usize) -> Result<Vec<(u64, u64, usize, usize)>> {
-        let bs = self.sparse()?.block_size;
-        let mut out = Vec::new();
-        let mut done = 0usize;
-        while done < len {
-            let pos = offset + done as u64;
-            let in_block = pos % bs;
-            let n = usize_of(bs - in_block)?.min(len - done);
-            out.push((pos / bs, in_block, done, n));
-            done += n;
-        }
-        Ok(out)
     }
 }
 
@@ -435,101 +311,25 @@ impl<S: Sink + 'static> WritableImage for VhdWriter<S> {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8], parent: &mut ParentRead<'_>) -> Result<()> {
-        if self.sparse.is_none() {
-            return self.read_file(buf, offset);
+        match &mut self.body {
+            Body::Fixed(sink) => read_struct(sink, offset, buf, "vhd data block"),
+            Body::Sparse(e) => e.read_at(offset, buf, parent),
         }
-        for (block, in_block, start, n) in self.pieces(offset, buf.len())? {
-            let chunk = buf
-                .get_mut(start..start + n)
-                .ok_or_else(|| Error::InvalidArgument("read outside the buffer".into()))?;
-            self.read_piece(block, in_block, chunk, parent)?;
-        }
-        Ok(())
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8], parent: &mut ParentRead<'_>) -> Result<()> {
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > self.virtual_size)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "write of {} bytes at {offset:#x} past the end of the virtual disk",
-                data.len()
-            )));
+        match &mut self.body {
+            Body::Fixed(sink) => sink.write_all_at(data, offset).map_err(io(format!(
+                "writing the fixed disk data at offset {offset:#x}"
+            ))),
+            Body::Sparse(e) => e.write_at(offset, data, parent),
         }
-        if self.sparse.is_none() {
-            return self.write_file(data, offset, "fixed disk data");
-        }
-        for (block, in_block, start, n) in self.pieces(offset, data.len())? {
-            let piece = data
-                .get(start..start + n)
-                .ok_or_else(|| Error::InvalidArgument("write outside the buffer".into()))?;
-            self.write_piece(block, in_block, piece, parent)?;
-        }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        let Some(sp) = self.sparse.as_ref() else {
-            return self.sink.sync().map_err(io("flushing the vhd"));
-        };
-        if sp.dirty_entries.is_empty() && sp.dirty_bitmaps.is_empty() {
-            return self.sink.sync().map_err(io("flushing the vhd"));
+        match &mut self.body {
+            Body::Fixed(sink) => sink.sync().map_err(io("flushing the vhd")),
+            Body::Sparse(e) => e.flush(),
         }
-        // 1. Bitmaps of new blocks: durable before any BAT entry points at them.
-        let mut late = Vec::new();
-        for &b in &sp.dirty_bitmaps {
-            let Some(bm) = sp.bitmaps.get(&b) else {
-                continue;
-            };
-            let entry = sp
-                .bat
-                .get(b as usize)
-                .copied()
-                .unwrap_or(format::BAT_UNALLOCATED);
-            let at = u64::from(entry) * SECTOR;
-            if sp.new_blocks.contains(&b) {
-                self.write_file(bm, at, "block bitmap")?;
-            } else {
-                late.push((at, b));
-            }
-        }
-        // 2. Every data byte and new bitmap durable.
-        self.sink.sync().map_err(io("flushing the vhd data"))?;
-        // 3. Bitmaps of old blocks, then BAT entries, grouped by 512-byte BAT sector.
-        for (at, b) in late {
-            if let Some(bm) = sp.bitmaps.get(&b) {
-                self.write_file(bm, at, "block bitmap")?;
-            }
-        }
-        let mut sectors: BTreeSet<u64> = BTreeSet::new();
-        for &b in &sp.dirty_entries {
-            sectors.insert(u64::from(b) * 4 / SECTOR);
-        }
-        let entries_per_sector = (SECTOR / 4) as usize;
-        for s in sectors {
-            let first = usize_of(s)? * entries_per_sector;
-            let last = (first + entries_per_sector).min(sp.bat.len());
-            let bytes: Vec<u8> = sp
-                .bat
-                .get(first..last)
-                .unwrap_or_default()
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
-            self.write_file(
-                &bytes,
-                sp.table_offset + s * SECTOR,
-                "block allocation table",
-            )?;
-        }
-        // 4. Durable.
-        self.sink.sync().map_err(io("flushing the vhd metadata"))?;
-        if let Some(sp) = self.sparse.as_mut() {
-            sp.dirty_entries.clear();
-            sp.new_blocks.clear();
-            sp.dirty_bitmaps.clear();
-        }
-        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! block owning `1 MiB / chunk_ratio` consecutive bytes of its chunk's bitmap.
 
 use super::format::SECTOR_BITMAP_BLOCK_SIZE;
+use crate::bitmap::{run, BitOrder};
 
 /// Byte range (offset inside the chunk's sector bitmap block, length) owned by payload block `b`.
 pub(crate) fn block_bitmap_range(b: u64, cr: u64) -> (u64, u64) {
@@ -12,30 +13,8 @@ pub(crate) fn block_bitmap_range(b: u64, cr: u64) -> (u64, u64) {
 /// Length in bits of the run of equal bits starting at bit `start` of `bitmap` (LSB first),
 /// looking at no more than `max` bits; returns (bit value, run length >= 1).
 pub(crate) fn bit_run(bitmap: &[u8], start: u64, max: u64) -> (bool, u64) {
-    let bit = |k: u64| -> bool {
-        usize::try_from(k / 8)
-            .ok()
-            .and_then(|i| bitmap.get(i))
-            .is_some_and(|b| b >> (k % 8) & 1 == 1)
-    };
-    let v = bit(start);
-    let full = if v { 0xFF } else { 0x00 };
-    let end = start.saturating_add(max);
-    let mut k = start + 1;
-    while k < end {
-        if k % 8 == 0 && k + 8 <= end {
-            let byte = usize::try_from(k / 8).ok().and_then(|i| bitmap.get(i));
-            if byte == Some(&full) {
-                k += 8;
-                continue;
-            }
-        }
-        if bit(k) != v {
-            break;
-        }
-        k += 1;
-    }
-    (v, k.min(end) - start)
+    let (v, end) = run(bitmap, start, start.saturating_add(max), BitOrder::LsbFirst);
+    (v, end.saturating_sub(start))
 }
 
 #[cfg(test)]

@@ -381,6 +381,20 @@ pub const PARENT_LOCATOR_ENTRY_BYTES: usize = 12;
 /// Where `key_value_count` lies in the parent locator header.
 pub const PARENT_LOCATOR_COUNT_OFFSET: u64 = 18;
 
+// ---- writer ----
+// Same names and values as the reader helper's additions: drop this section when both meet.
+
+/// Bytes of one BAT entry.
+pub const BAT_ENTRY_SIZE: u64 = 8;
+/// The state bits of a BAT entry.
+pub const BAT_STATE_MASK: u64 = 7;
+/// Offset of `log_version` inside a header.
+pub const HEADER_LOG_VERSION_OFFSET: u64 = 64;
+/// Bytes of a log entry header.
+pub const LOG_ENTRY_HEADER_SIZE: u64 = 64;
+/// Bytes of one log descriptor.
+pub const LOG_DESCRIPTOR_SIZE: u64 = 32;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,22 +33,28 @@
 //!
 //! [`flush`]: WritableImage::flush
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
 use super::bat::{self, chunk_ratio, payload_index, sb_index};
-use super::bitmap::{bit_run, block_bitmap_range};
+use super::bitmap::block_bitmap_range;
 use super::format::{
     self, BAT_OFFSET_MASK, KIB4, MIB, PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT,
     PAYLOAD_BLOCK_PARTIALLY_PRESENT, SB_BLOCK_PRESENT, SECTOR_BITMAP_BLOCK_SIZE,
 };
+use super::header::{Headers, ParsedHeader};
+use super::log::LogSequence;
+use super::metadata::Metadata;
 use super::update::{Session, SessionState};
 use super::{header, log, metadata, region};
+use crate::bitmap::{self as bits, BitOrder};
 use crate::disk::{DiskFormat, DiskType, OpenOptions};
 use crate::error::{Error, Result};
-use crate::source::{read_struct, source_len};
+use crate::limits::Limits;
+use crate::source::{read_struct, source_len, Source};
 use crate::txn::Sink;
+use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
 use crate::write::{ParentRead, WritableImage};
 
 /// Clean sector bitmaps kept in memory before the cache is emptied. Dirty ones stay until the
@@ -58,25 +64,26 @@ const MAX_CACHED_BITMAPS: usize = 8192;
 /// A VHDX opened for writing.
 #[derive(Debug)]
 pub struct VhdxWriter<S: Sink> {
+    disk_type: DiskType,
+    virtual_size: u64,
+    engine: Engine<Payload<S>>,
+}
+
+/// The VHDX part of a sparse writer: block states, allocation at the end of the file, the new
+/// GUIDs of a session and the commit through the log.
+#[derive(Debug)]
+struct Payload<S: Sink> {
     sink: S,
     session: SessionState,
     data_write_guid_changed: bool,
-    disk_type: DiskType,
+    differencing: bool,
     virtual_size: u64,
     block_size: u64,
     logical: u64,
     cr: u64,
     bat_offset: u64,
-    /// The BAT as it is now (including entries not yet committed).
-    bat: Vec<u64>,
-    /// BAT indices changed since the last flush.
-    dirty_entries: BTreeSet<u64>,
     /// Where the next allocation goes (1 MiB-aligned, at or past the end of the file).
     file_end: u64,
-    /// Differencing: sector bitmap bytes of payload blocks loaded so far.
-    bitmaps: BTreeMap<u64, Vec<u8>>,
-    /// Differencing: bitmaps changed since the last flush.
-    dirty_bitmaps: BTreeSet<u64>,
     /// Most 4 KiB sectors one log entry can carry.
     max_sectors_per_commit: usize,
 }
@@ -86,170 +93,214 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
-fn usize_of(v: u64) -> Result<usize> {
-    usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} bytes do not fit memory")))
-}
+// ---- Stand-ins for the reader's shared parse ----
+// `dirty_log`, `read_layout` (with `Layout`) and `max_data_sectors` have the signatures of the
+// reader's shared open path (vhdx::log::dirty_log, vhdx::read_layout,
+// vhdx::log::max_data_sectors); once that lands, these items are deleted and the imports
+// point there instead.
 
 /// Most data sectors `n` with `descriptor sectors + n` sectors plus one free sector in the log.
-fn sectors_per_entry(log_length: u64) -> usize {
+fn max_data_sectors(log_length: u64) -> usize {
     let total = log_length / KIB4;
     let mut n = total.saturating_sub(2);
-    while n > 0 && (n + (64 + 32 * n).div_ceil(KIB4) + 1) > total {
+    while n > 0
+        && (n
+            + (format::LOG_ENTRY_HEADER_SIZE + format::LOG_DESCRIPTOR_SIZE * n).div_ceil(KIB4)
+            + 1)
+            > total
+    {
         n -= 1;
     }
     usize::try_from(n).unwrap_or(0)
 }
 
+/// The active log sequence when the current header names a log.
+fn dirty_log(
+    src: &dyn Source,
+    headers: &Headers,
+    max_replay_bytes: u64,
+) -> Result<Option<LogSequence>> {
+    let cur = &headers.current;
+    if cur.log_guid.is_nil() {
+        return Ok(None);
+    }
+    if cur.log_version != 0 {
+        return Err(Error::corrupt(
+            "vhdx header",
+            format::HEADER_OFFSETS[headers.current_index & 1] + format::HEADER_LOG_VERSION_OFFSET,
+            format!("log version {}, expected 0", cur.log_version),
+        ));
+    }
+    let place = log::LogPlace {
+        offset: cur.log_offset,
+        length: u64::from(cur.log_length),
+        guid: cur.log_guid,
+    };
+    log::find_active_sequence(src, &place, max_replay_bytes).map(Some)
+}
+
+/// Regions, metadata and BAT of a VHDX, checked.
+struct Layout {
+    regions: region::Regions,
+    meta: Metadata,
+    bat: bat::Bat,
+    /// Spans (start, end, what) no block may overlap: the first MiB, the log, every region.
+    reserved: Vec<(u64, u64, String)>,
+    disk_type: DiskType,
+}
+
+/// Read regions, metadata and the BAT through `src` (`file_len` bytes, log already replayed).
+fn read_layout(
+    src: &dyn Source,
+    file_len: u64,
+    cur: &ParsedHeader,
+    limits: &Limits,
+) -> Result<Layout> {
+    let log_length = u64::from(cur.log_length);
+    let log_span = (log_length > 0).then_some((cur.log_offset, log_length));
+    let regions = region::read_regions(src, file_len, log_span)?;
+    let meta = metadata::read_metadata(
+        src,
+        regions.metadata.file_offset,
+        regions.metadata.length,
+        limits,
+    )?;
+    let mut reserved: Vec<(u64, u64, String)> = vec![(0, MIB, "the first MiB".to_string())];
+    if let Some((o, l)) = log_span {
+        reserved.push((o, o.saturating_add(l), "the log".to_string()));
+    }
+    for r in &regions.all {
+        reserved.push((
+            r.file_offset,
+            r.file_offset.saturating_add(r.length),
+            format!("region {}", r.name.unwrap_or("?")),
+        ));
+    }
+    let bat = bat::read_bat(
+        src,
+        &bat::BatParams {
+            region_offset: regions.bat.file_offset,
+            region_length: regions.bat.length,
+            virtual_size: meta.virtual_disk_size,
+            block_size: meta.block_size,
+            logical_sector_size: meta.logical_sector_size,
+            differencing: meta.has_parent,
+            file_len,
+            max_bat_bytes: limits.max_bat_bytes,
+            reserved: &reserved,
+        },
+    )?;
+    let disk_type = if meta.has_parent {
+        DiskType::Differencing
+    } else if meta.leave_block_allocated {
+        DiskType::Fixed
+    } else {
+        DiskType::Dynamic
+    };
+    Ok(Layout {
+        regions,
+        meta,
+        bat,
+        reserved,
+        disk_type,
+    })
+}
+
+// ---- End of the stand-ins ----
+
+/// Replay a dirty log into the file (a new FileWriteGuid): the session to write with and the
+/// header it starts from.
+fn replay<S: Sink>(sink: &S, opts: &OpenOptions) -> Result<(SessionState, ParsedHeader)> {
+    header::read_file_identifier(sink)?;
+    let hdrs = header::read_headers(sink)?;
+    let mut session = Session::new(sink, hdrs.current.clone(), hdrs.current_index);
+    if let Some(seq) = dirty_log(sink, &hdrs, opts.limits.max_log_replay_bytes)? {
+        session.replay_to_disk(&seq)?;
+    }
+    Ok((session.state(), session.current().clone()))
+}
+
+/// Where the next allocation goes: 1 MiB-aligned past the end of the file, the log, every
+/// region and every block.
+fn allocation_start(l: &Layout, file_len: u64, cr: u64) -> Result<u64> {
+    let block_size = u64::from(l.meta.block_size);
+    let mut end = l.reserved.iter().fold(file_len, |e, r| e.max(r.1));
+    for (i, &e) in l.bat.entries.iter().enumerate() {
+        let off = e & BAT_OFFSET_MASK;
+        if off == 0 {
+            continue;
+        }
+        let len = if is_sb_index(i as u64, cr) {
+            SECTOR_BITMAP_BLOCK_SIZE
+        } else {
+            block_size
+        };
+        end = end.max(off.saturating_add(len));
+    }
+    end.checked_next_multiple_of(MIB)
+        .ok_or_else(|| Error::unsupported("file too large"))
+}
+
+/// Whether BAT entry `i` is a sector bitmap entry (the last of each chunk's `cr + 1`).
+fn is_sb_index(i: u64, cr: u64) -> bool {
+    (i + 1) % (cr + 1) == 0
+}
+
+/// The state bits of a BAT entry.
+fn state(e: u64) -> u8 {
+    u8::try_from(e & format::BAT_STATE_MASK).unwrap_or(u8::MAX)
+}
+
 impl<S: Sink> VhdxWriter<S> {
     /// Open a VHDX for writing: a dirty log is replayed into the file first.
     pub fn open(sink: S, opts: &OpenOptions) -> Result<VhdxWriter<S>> {
-        header::read_file_identifier(&sink)?;
-        let hdrs = header::read_headers(&sink)?;
-        let cur = hdrs.current.clone();
-        let mut session = Session::new(&sink, cur.clone(), hdrs.current_index);
-        if !cur.log_guid.is_nil() {
-            if cur.log_version != 0 {
-                return Err(Error::corrupt(
-                    "vhdx header",
-                    format::HEADER_OFFSETS[hdrs.current_index & 1] + 64,
-                    format!("log version {}, expected 0", cur.log_version),
-                ));
-            }
-            let place = log::LogPlace {
-                offset: cur.log_offset,
-                length: u64::from(cur.log_length),
-                guid: cur.log_guid,
-            };
-            let seq = log::find_active_sequence(&sink, &place, opts.limits.max_log_replay_bytes)?;
-            session.replay_to_disk(&seq)?;
-        }
-        let state = session.state();
-        let cur = session.current().clone();
+        let (session, cur) = replay(&sink, opts)?;
         let file_len = source_len(&sink)?;
-        let log_length = u64::from(cur.log_length);
-        let log_span = (log_length > 0).then_some((cur.log_offset, log_length));
-        let regions = region::read_regions(&sink, file_len, log_span)?;
-        let meta = metadata::read_metadata(
-            &sink,
-            regions.metadata.file_offset,
-            regions.metadata.length,
-            &opts.limits,
-        )?;
-        let mut reserved: Vec<(u64, u64, String)> = vec![(0, MIB, "the first MiB".to_string())];
-        let mut end = file_len;
-        if let Some((o, l)) = log_span {
-            reserved.push((o, o.saturating_add(l), "the log".to_string()));
-            end = end.max(o.saturating_add(l));
-        }
-        for r in &regions.all {
-            let e = r.file_offset.saturating_add(r.length);
-            reserved.push((
-                r.file_offset,
-                e,
-                format!("region {}", r.name.unwrap_or("?")),
-            ));
-            end = end.max(e);
-        }
-        let table = bat::read_bat(
-            &sink,
-            &bat::BatParams {
-                region_offset: regions.bat.file_offset,
-                region_length: regions.bat.length,
-                virtual_size: meta.virtual_disk_size,
-                block_size: meta.block_size,
-                logical_sector_size: meta.logical_sector_size,
-                differencing: meta.has_parent,
-                file_len,
-                max_bat_bytes: opts.limits.max_bat_bytes,
-                reserved: &reserved,
-            },
-        )?;
+        let layout = read_layout(&sink, file_len, &cur, &opts.limits)?;
+        let meta = &layout.meta;
         let cr = chunk_ratio(meta.logical_sector_size, meta.block_size);
         let block_size = u64::from(meta.block_size);
-        for (i, &e) in table.entries.iter().enumerate() {
-            let off = e & BAT_OFFSET_MASK;
-            if off == 0 {
-                continue;
-            }
-            let is_sb = (i as u64 + 1) % (cr + 1) == 0;
-            let len = if is_sb {
-                SECTOR_BITMAP_BLOCK_SIZE
-            } else {
-                block_size
-            };
-            end = end.max(off.saturating_add(len));
-        }
-        let file_end = end
-            .checked_next_multiple_of(MIB)
-            .ok_or_else(|| Error::unsupported("file too large"))?;
-        let disk_type = if meta.has_parent {
-            DiskType::Differencing
-        } else if meta.leave_block_allocated {
-            DiskType::Fixed
-        } else {
-            DiskType::Dynamic
+        let geo = Geometry {
+            block_size,
+            sector: u64::from(meta.logical_sector_size),
+            order: BitOrder::LsbFirst,
+            max_cached_bitmaps: MAX_CACHED_BITMAPS,
         };
-        Ok(VhdxWriter {
-            max_sectors_per_commit: sectors_per_entry(log_length),
+        let payload = Payload {
+            file_end: allocation_start(&layout, file_len, cr)?,
+            max_sectors_per_commit: max_data_sectors(u64::from(cur.log_length)),
             sink,
-            session: state,
+            session,
             data_write_guid_changed: false,
-            disk_type,
+            differencing: meta.has_parent,
             virtual_size: meta.virtual_disk_size,
             block_size,
-            logical: u64::from(meta.logical_sector_size),
+            logical: geo.sector,
             cr,
-            bat_offset: regions.bat.file_offset,
-            bat: table.entries,
-            dirty_entries: BTreeSet::new(),
-            file_end,
-            bitmaps: BTreeMap::new(),
-            dirty_bitmaps: BTreeSet::new(),
+            bat_offset: layout.regions.bat.file_offset,
+        };
+        Ok(VhdxWriter {
+            disk_type: layout.disk_type,
+            virtual_size: meta.virtual_disk_size,
+            engine: Engine::new(payload, layout.bat.entries, geo),
         })
     }
 
     /// The file underneath.
     pub fn sink(&self) -> &S {
-        &self.sink
+        &self.engine.fmt.sink
     }
 
     /// Lower the number of 4 KiB sectors one log entry may carry (at least 1), so tests can
     /// make a flush commit in several batches.
     #[doc(hidden)]
     pub fn limit_sectors_per_commit(&mut self, n: usize) {
-        self.max_sectors_per_commit = self.max_sectors_per_commit.min(n.max(1));
+        let p = &mut self.engine.fmt;
+        p.max_sectors_per_commit = p.max_sectors_per_commit.min(n.max(1));
     }
+}
 
-    fn entry(&self, index: u64) -> Result<u64> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.bat.get(i))
-            .copied()
-            .ok_or_else(|| Error::InvalidArgument(format!("BAT entry {index} outside the table")))
-    }
-
-    fn set_entry(&mut self, index: u64, value: u64) -> Result<()> {
-        let slot = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.bat.get_mut(i))
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("BAT entry {index} outside the table"))
-            })?;
-        *slot = value;
-        self.dirty_entries.insert(index);
-        Ok(())
-    }
-
-    fn write_file(&self, data: &[u8], at: u64) -> Result<()> {
-        self.sink
-            .write_all_at(data, at)
-            .map_err(io(format!("writing vhdx payload at offset {at:#x}")))
-    }
-
-    fn read_file(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        read_struct(&self.sink, at, buf, "vhdx payload block")
-    }
-
+impl<S: Sink> Payload<S> {
     /// `len` bytes (a multiple of 1 MiB) at the end of the file; the file is grown over them.
     fn allocate(&mut self, len: u64) -> Result<u64> {
         let at = self.file_end;
@@ -264,8 +315,142 @@ impl<S: Sink> VhdxWriter<S> {
         Ok(at)
     }
 
+    /// Sectors of block `b` inside the virtual disk.
+    fn sectors_in_block(&self, b: u64) -> u64 {
+        let start = b * self.block_size;
+        self.block_size.min(self.virtual_size.saturating_sub(start)) / self.logical
+    }
+
+    /// The metadata writes of a flush, in commit order: sector bitmap bytes, sector bitmap
+    /// entries, payload entries. Decides each dirty differencing block's final state first.
+    fn pending_writes(&mut self, st: &mut State<u64>) -> Result<Vec<(u64, Vec<u8>)>> {
+        let cr = self.cr;
+        let mut bitmap_writes = Vec::new();
+        let dirty: Vec<u64> = st.bitmaps.dirty().iter().copied().collect();
+        for b in dirty {
+            let idx = payload_index(b, cr);
+            let e = st.table.get(idx)?;
+            if state(e) != PAYLOAD_BLOCK_PARTIALLY_PRESENT {
+                continue;
+            }
+            let n = self.sectors_in_block(b);
+            let full = st
+                .bitmaps
+                .get(b)
+                .is_some_and(|bm| bits::run(bm, 0, n, BitOrder::LsbFirst) == (true, n));
+            if full {
+                let whole = (e & BAT_OFFSET_MASK) | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
+                st.table.set(idx, whole)?;
+                continue;
+            }
+            let si = sb_index(b / cr, cr);
+            let mut sb = st.table.get(si)?;
+            if state(sb) != SB_BLOCK_PRESENT {
+                let at = self.allocate(SECTOR_BITMAP_BLOCK_SIZE)?;
+                sb = at | u64::from(SB_BLOCK_PRESENT);
+                st.table.set(si, sb)?;
+            }
+            let (rel, _) = block_bitmap_range(b, cr);
+            if let Some(bm) = st.bitmaps.get(b) {
+                bitmap_writes.push(((sb & BAT_OFFSET_MASK) + rel, bm.clone()));
+            }
+        }
+        let (mut sb_writes, mut payload_writes) = (Vec::new(), Vec::new());
+        for &i in st.table.dirty() {
+            let w = (
+                self.bat_offset + i * format::BAT_ENTRY_SIZE,
+                st.table.get(i)?.to_le_bytes().to_vec(),
+            );
+            if is_sb_index(i, cr) {
+                sb_writes.push(w);
+            } else {
+                payload_writes.push(w);
+            }
+        }
+        bitmap_writes.append(&mut sb_writes);
+        bitmap_writes.append(&mut payload_writes);
+        Ok(bitmap_writes)
+    }
+
+    fn commit_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut s = Session::resume(&self.sink, self.session.clone());
+        let r = s.commit(batch);
+        self.session = s.state();
+        r
+    }
+}
+
+impl<S: Sink> SparseFormat for Payload<S> {
+    type Entry = u64;
+
+    fn place(&self, st: &State<u64>, b: u64) -> Result<Place> {
+        let e = st.table.get(payload_index(b, self.cr))?;
+        let data_at = e & BAT_OFFSET_MASK;
+        Ok(match state(e) {
+            PAYLOAD_BLOCK_FULLY_PRESENT => Place::Whole { data_at },
+            PAYLOAD_BLOCK_PARTIALLY_PRESENT => Place::Sectors { data_at },
+            PAYLOAD_BLOCK_NOT_PRESENT if self.differencing => Place::Parent,
+            _ => Place::Zero,
+        })
+    }
+
+    fn place_for_write(&mut self, st: &mut State<u64>, b: u64) -> Result<Place> {
+        let idx = payload_index(b, self.cr);
+        let e = st.table.get(idx)?;
+        let data_at = e & BAT_OFFSET_MASK;
+        match state(e) {
+            PAYLOAD_BLOCK_FULLY_PRESENT => Ok(Place::Whole { data_at }),
+            PAYLOAD_BLOCK_PARTIALLY_PRESENT if self.differencing => Ok(Place::Sectors { data_at }),
+            PAYLOAD_BLOCK_NOT_PRESENT if self.differencing => {
+                let at = self.allocate(self.block_size)?;
+                st.table
+                    .set(idx, at | u64::from(PAYLOAD_BLOCK_PARTIALLY_PRESENT))?;
+                let n = usize_of(SECTOR_BITMAP_BLOCK_SIZE / self.cr)?;
+                st.bitmaps.insert(b, vec![0u8; n], true);
+                Ok(Place::Sectors { data_at: at })
+            }
+            PAYLOAD_BLOCK_PARTIALLY_PRESENT => Err(Error::corrupt(
+                "vhdx block allocation table",
+                self.bat_offset + idx * format::BAT_ENTRY_SIZE,
+                "PARTIALLY_PRESENT block in a disk without a parent",
+            )),
+            _ => {
+                // Reads as zeros now: a fresh block (zeros but for the data) keeps that.
+                let at = self.allocate(self.block_size)?;
+                st.table
+                    .set(idx, at | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT))?;
+                Ok(Place::Whole { data_at: at })
+            }
+        }
+    }
+
+    fn read_bitmap(&self, st: &State<u64>, b: u64) -> Result<Vec<u8>> {
+        let (rel, len) = block_bitmap_range(b, self.cr);
+        let mut bm = vec![0u8; usize_of(len)?];
+        let sb = st.table.get(sb_index(b / self.cr, self.cr))?;
+        if state(sb) == SB_BLOCK_PRESENT {
+            read_struct(
+                &self.sink,
+                (sb & BAT_OFFSET_MASK) + rel,
+                &mut bm,
+                "vhdx sector bitmap",
+            )?;
+        }
+        Ok(bm)
+    }
+
+    fn read_data(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        read_struct(&self.sink, at, buf, "vhdx payload block")
+    }
+
+    fn write_data(&self, data: &[u8], at: u64) -> Result<()> {
+        self.sink
+            .write_all_at(data, at)
+            .map_err(io(format!("writing vhdx payload at offset {at:#x}")))
+    }
+
     /// Before the first data change of the session: new FileWriteGuid, new DataWriteGuid.
-    fn before_data_change(&mut self) -> Result<()> {
+    fn before_write(&mut self) -> Result<()> {
         if self.data_write_guid_changed {
             return Ok(());
         }
@@ -277,269 +462,16 @@ impl<S: Sink> VhdxWriter<S> {
         Ok(())
     }
 
-    fn bitmap_len(&self) -> u64 {
-        SECTOR_BITMAP_BLOCK_SIZE / self.cr
+    fn sync(&self) -> Result<()> {
+        self.sink.sync().map_err(io("flushing the vhdx"))
     }
 
-    /// The sector bitmap bytes of block `b` (loaded on first use).
-    fn load_bitmap(&mut self, b: u64) -> Result<()> {
-        if self.bitmaps.contains_key(&b) {
-            return Ok(());
-        }
-        let (rel, len) = block_bitmap_range(b, self.cr);
-        let mut bm = vec![0u8; usize_of(len)?];
-        let sb = self.entry(sb_index(b / self.cr, self.cr))?;
-        if sb & 7 == u64::from(SB_BLOCK_PRESENT) {
-            read_struct(
-                &self.sink,
-                (sb & BAT_OFFSET_MASK) + rel,
-                &mut bm,
-                "vhdx sector bitmap",
-            )?;
-        }
-        if self.bitmaps.len() >= MAX_CACHED_BITMAPS {
-            let dirty = &self.dirty_bitmaps;
-            self.bitmaps.retain(|k, _| dirty.contains(k));
-        }
-        self.bitmaps.insert(b, bm);
-        Ok(())
-    }
-
-    fn bit(&self, b: u64, s: u64) -> bool {
-        self.bitmaps
-            .get(&b)
-            .and_then(|bm| bm.get(usize::try_from(s / 8).ok()?))
-            .is_some_and(|byte| byte >> (s % 8) & 1 == 1)
-    }
-
-    /// Sectors of block `b` inside the virtual disk.
-    fn sectors_in_block(&self, b: u64) -> u64 {
-        let start = b * self.block_size;
-        self.block_size.min(self.virtual_size.saturating_sub(start)) / self.logical
-    }
-
-    /// Write `data` at `within` of block `b` (the piece stays inside the block).
-    fn write_piece(
-        &mut self,
-        b: u64,
-        within: u64,
-        data: &[u8],
-        parent: &mut ParentRead<'_>,
-    ) -> Result<()> {
-        let idx = payload_index(b, self.cr);
-        let e = self.entry(idx)?;
-        let state = u8::try_from(e & 7).unwrap_or(u8::MAX);
-        let diff = self.disk_type == DiskType::Differencing;
-        match state {
-            PAYLOAD_BLOCK_FULLY_PRESENT => self.write_file(data, (e & BAT_OFFSET_MASK) + within),
-            PAYLOAD_BLOCK_PARTIALLY_PRESENT if diff => {
-                self.write_sectors(b, e & BAT_OFFSET_MASK, within, data, parent)
-            }
-            PAYLOAD_BLOCK_NOT_PRESENT if diff => {
-                let at = self.allocate(self.block_size)?;
-                self.set_entry(idx, at | u64::from(PAYLOAD_BLOCK_PARTIALLY_PRESENT))?;
-                let n = usize_of(self.bitmap_len())?;
-                self.bitmaps.insert(b, vec![0u8; n]);
-                self.dirty_bitmaps.insert(b);
-                self.write_sectors(b, at, within, data, parent)
-            }
-            PAYLOAD_BLOCK_PARTIALLY_PRESENT => Err(Error::corrupt(
-                "vhdx block allocation table",
-                self.bat_offset + idx * 8,
-                "PARTIALLY_PRESENT block in a disk without a parent",
-            )),
-            _ => {
-                // Reads as zeros now: a fresh block (zeros but for the data) keeps that.
-                let at = self.allocate(self.block_size)?;
-                self.set_entry(idx, at | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT))?;
-                self.write_file(data, at + within)
-            }
-        }
-    }
-
-    /// Differencing: write whole logical sectors (completing partial ones) into the block at
-    /// `at` and set their bits.
-    fn write_sectors(
-        &mut self,
-        b: u64,
-        at: u64,
-        within: u64,
-        data: &[u8],
-        parent: &mut ParentRead<'_>,
-    ) -> Result<()> {
-        self.load_bitmap(b)?;
-        let ls = self.logical;
-        let first = within / ls;
-        let end = (within + data.len() as u64).div_ceil(ls);
-        let span_at = first * ls;
-        let head = usize_of(within - span_at)?;
-        let span_len = usize_of((end - first) * ls)?;
-        let owned;
-        let out: &[u8] = if head == 0 && data.len() == span_len {
-            data
-        } else {
-            let mut buf = vec![0u8; span_len];
-            let mut edges = vec![first];
-            if end - 1 != first {
-                edges.push(end - 1);
-            }
-            for s in edges {
-                let rel = usize_of((s - first) * ls)?;
-                let dst = buf
-                    .get_mut(rel..rel + usize_of(ls)?)
-                    .ok_or_else(|| Error::InvalidArgument("sector outside the span".into()))?;
-                if self.bit(b, s) {
-                    self.read_file(dst, at + s * ls)?;
-                } else {
-                    parent(b * self.block_size + s * ls, dst)?;
-                }
-            }
-            if let Some(d) = buf.get_mut(head..head + data.len()) {
-                d.copy_from_slice(data);
-            }
-            owned = buf;
-            &owned
-        };
-        self.write_file(out, at + span_at)?;
-        let mut changed = false;
-        if let Some(bm) = self.bitmaps.get_mut(&b) {
-            for s in first..end {
-                if let Some(byte) = bm.get_mut(usize_of(s / 8)?) {
-                    let mask = 1u8 << (s % 8);
-                    if *byte & mask == 0 {
-                        *byte |= mask;
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if changed {
-            self.dirty_bitmaps.insert(b);
+    fn commit(&mut self, st: &mut State<u64>) -> Result<()> {
+        let writes = self.pending_writes(st)?;
+        for batch in batches(writes, self.max_sectors_per_commit.max(1)) {
+            self.commit_batch(&batch)?;
         }
         Ok(())
-    }
-
-    fn read_piece(
-        &mut self,
-        b: u64,
-        within: u64,
-        buf: &mut [u8],
-        parent: &mut ParentRead<'_>,
-    ) -> Result<()> {
-        let virt = b * self.block_size + within;
-        let e = self.entry(payload_index(b, self.cr))?;
-        let at = e & BAT_OFFSET_MASK;
-        match u8::try_from(e & 7).unwrap_or(u8::MAX) {
-            PAYLOAD_BLOCK_FULLY_PRESENT => self.read_file(buf, at + within),
-            PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
-                self.load_bitmap(b)?;
-                let ls = self.logical;
-                let mut done = 0usize;
-                while done < buf.len() {
-                    let pos = within + done as u64;
-                    let s = pos / ls;
-                    let limit = (within + buf.len() as u64).div_ceil(ls);
-                    let (set, run) = match self.bitmaps.get(&b) {
-                        Some(bm) => bit_run(bm, s, limit - s),
-                        None => (false, limit - s),
-                    };
-                    let n = usize_of((s + run) * ls - pos)?.min(buf.len() - done);
-                    let chunk = buf
-                        .get_mut(done..done + n)
-                        .ok_or_else(|| Error::InvalidArgument("read outside the buffer".into()))?;
-                    if set {
-                        self.read_file(chunk, at + pos)?;
-                    } else {
-                        parent(b * self.block_size + pos, chunk)?;
-                    }
-                    done += n;
-                }
-                Ok(())
-            }
-            PAYLOAD_BLOCK_NOT_PRESENT if self.disk_type == DiskType::Differencing => {
-                parent(virt, buf)
-            }
-            _ => {
-                buf.fill(0);
-                Ok(())
-            }
-        }
-    }
-
-    /// Split `[offset, offset + len)` into per-block pieces: (block, offset in block, start in
-    /// the caller's buffer, length).
-    fn pieces(&self, offset: u64, len: usize) -> Result<Vec<(u64, u64, usize, usize)>> {
-        let bs = self.block_size;
-        let mut out = Vec::new();
-        let mut done = 0usize;
-        while done < len {
-            let pos = offset + done as u64;
-            let within = pos % bs;
-            let n = usize_of(bs - within)?.min(len - done);
-            out.push((pos / bs, within, done, n));
-            done += n;
-        }
-        Ok(out)
-    }
-
-    /// The metadata writes of a flush, in commit order: sector bitmap bytes, sector bitmap
-    /// entries, payload entries. Decides each dirty differencing block's final state first.
-    fn pending_writes(&mut self) -> Result<Vec<(u64, Vec<u8>)>> {
-        let cr = self.cr;
-        let mut bitmap_writes = Vec::new();
-        let dirty: Vec<u64> = self.dirty_bitmaps.iter().copied().collect();
-        for b in dirty {
-            let idx = payload_index(b, cr);
-            let e = self.entry(idx)?;
-            if e & 7 != u64::from(PAYLOAD_BLOCK_PARTIALLY_PRESENT) {
-                continue;
-            }
-            let n = self.sectors_in_block(b);
-            let full = self
-                .bitmaps
-                .get(&b)
-                .is_some_and(|bm| bit_run(bm, 0, n) == (true, n));
-            if full {
-                self.set_entry(
-                    idx,
-                    (e & BAT_OFFSET_MASK) | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT),
-                )?;
-                continue;
-            }
-            let si = sb_index(b / cr, cr);
-            let mut sb = self.entry(si)?;
-            if sb & 7 != u64::from(SB_BLOCK_PRESENT) {
-                let at = self.allocate(SECTOR_BITMAP_BLOCK_SIZE)?;
-                sb = at | u64::from(SB_BLOCK_PRESENT);
-                self.set_entry(si, sb)?;
-            }
-            let (rel, _) = block_bitmap_range(b, cr);
-            if let Some(bm) = self.bitmaps.get(&b) {
-                bitmap_writes.push(((sb & BAT_OFFSET_MASK) + rel, bm.clone()));
-            }
-        }
-        let (mut sb_writes, mut payload_writes) = (Vec::new(), Vec::new());
-        for &i in &self.dirty_entries {
-            let w = (
-                self.bat_offset + i * 8,
-                self.entry(i)?.to_le_bytes().to_vec(),
-            );
-            if (i + 1) % (cr + 1) == 0 {
-                sb_writes.push(w);
-            } else {
-                payload_writes.push(w);
-            }
-        }
-        bitmap_writes.append(&mut sb_writes);
-        bitmap_writes.append(&mut payload_writes);
-        Ok(bitmap_writes)
-    }
-
-    fn commit(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<()> {
-        let mut s = Session::resume(&self.sink, self.session.clone());
-        let r = s.commit(batch);
-        self.session = s.state();
-        r
     }
 }
 
@@ -581,49 +513,15 @@ impl<S: Sink + 'static> WritableImage for VhdxWriter<S> {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8], parent: &mut ParentRead<'_>) -> Result<()> {
-        for (b, within, start, n) in self.pieces(offset, buf.len())? {
-            let chunk = buf
-                .get_mut(start..start + n)
-                .ok_or_else(|| Error::InvalidArgument("read outside the buffer".into()))?;
-            self.read_piece(b, within, chunk, parent)?;
-        }
-        Ok(())
+        self.engine.read_at(offset, buf, parent)
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8], parent: &mut ParentRead<'_>) -> Result<()> {
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > self.virtual_size)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "write of {} bytes at {offset:#x} past the end of the virtual disk",
-                data.len()
-            )));
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.before_data_change()?;
-        for (b, within, start, n) in self.pieces(offset, data.len())? {
-            let piece = data
-                .get(start..start + n)
-                .ok_or_else(|| Error::InvalidArgument("write outside the buffer".into()))?;
-            self.write_piece(b, within, piece, parent)?;
-        }
-        Ok(())
+        self.engine.write_at(offset, data, parent)
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.dirty_entries.is_empty() && self.dirty_bitmaps.is_empty() {
-            return self.sink.sync().map_err(io("flushing the vhdx"));
-        }
-        let writes = self.pending_writes()?;
-        for batch in batches(writes, self.max_sectors_per_commit.max(1)) {
-            self.commit(&batch)?;
-        }
-        self.dirty_entries.clear();
-        self.dirty_bitmaps.clear();
-        Ok(())
+        self.engine.flush()
     }
 }
 
@@ -633,7 +531,7 @@ mod tests {
 
     #[test]
     fn one_megabyte_log_entry_capacity() {
-        let n = sectors_per_entry(MIB);
+        let n = max_data_sectors(MIB);
         // n data sectors + descriptor sectors + one free sector fill at most 256 sectors.
         assert!(n as u64 + (64 + 32 * n as u64).div_ceil(4096) < 256);
         assert!(n as u64 + 1 + (64 + 32 * (n as u64 + 1)).div_ceil(4096) + 1 > 256);

@@ -11,6 +11,11 @@
 //!   bitmap sectors through the log, as MS-VHDX 2.3 says; the first write of a session changes
 //!   the VHDX FileWriteGuid/DataWriteGuid inside `write_at`).
 //!
+//! Both sparse formats run on one engine ([`engine`]): it splits writes per block, completes
+//! partial sectors, keeps the sector bitmap cache and the dirty sets; the format supplies its
+//! BAT encoding, allocation, bit order and commit. The range of every read and write is checked
+//! once, here in [`WritableDisk`]; images rely on it.
+//!
 //! Opening for write finishes an interrupted vhdkit metadata change first
 //! ([`crate::txn::journal::recover`]) and refuses a journal that does not belong to the file;
 //! a VHDX with a dirty log has it replayed into the file.
@@ -28,14 +33,16 @@ use crate::chain::{Chain, ChainOptions};
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::txn::journal::{self, FileJournal, Recovery};
-use crate::view::ChainView;
+use crate::view::{read_from, read_len, seek_to, ChainView};
+
+pub(crate) mod engine;
 
 /// Reads the virtual disk *below* an image (its parent chain), for differencing writes that need
 /// the old contents of a partially written sector. Offsets are virtual-disk offsets.
 pub type ParentRead<'a> = dyn FnMut(u64, &mut [u8]) -> Result<()> + 'a;
 
 /// One writable disk file of some format. Offsets are virtual-disk offsets, and callers keep
-/// `offset + len <= virtual_size()`.
+/// `offset + len <= virtual_size()` ([`WritableDisk`] checks it; the images do not again).
 pub trait WritableImage: Send + fmt::Debug {
     /// Container format.
     fn format(&self) -> DiskFormat;
@@ -252,14 +259,8 @@ impl Drop for WritableDisk {
 
 impl Read for WritableDisk {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let size = self.virtual_size();
-        if self.pos >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let n = usize::try_from(size - self.pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        self.read_exact_at(&mut buf[..n], self.pos)?;
+        let (pos, size) = (self.pos, self.virtual_size());
+        let n = read_from(pos, size, buf, |b, o| self.read_exact_at(b, o))?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -270,19 +271,17 @@ impl Write for WritableDisk {
         if buf.is_empty() {
             return Ok(0);
         }
-        let size = self.virtual_size();
-        if self.pos >= size {
+        let n = read_len(self.pos, self.virtual_size(), buf.len());
+        if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!(
-                    "write at {:#x}: the virtual disk ends at {size:#x}",
-                    self.pos
+                    "write at {:#x}: the virtual disk ends at {:#x}",
+                    self.pos,
+                    self.virtual_size()
                 ),
             ));
         }
-        let n = usize::try_from(size - self.pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
         self.write_at(self.pos, &buf[..n])?;
         self.pos += n as u64;
         Ok(n)
@@ -295,20 +294,7 @@ impl Write for WritableDisk {
 
 impl Seek for WritableDisk {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.virtual_size().checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek to a negative or overflowing position",
-            )),
-        }
+        self.pos = seek_to(self.pos, self.virtual_size(), pos)?;
+        Ok(self.pos)
     }
 }
