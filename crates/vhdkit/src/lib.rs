@@ -114,6 +114,8 @@ pub mod disk;
 pub mod error;
 pub mod fsx;
 pub mod guid;
+#[cfg(test)]
+mod layout_lint;
 pub mod limits;
 pub mod lock;
 pub mod readset;

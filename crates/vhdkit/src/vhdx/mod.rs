@@ -462,7 +462,7 @@ impl Image for VhdxFile {
         let within = offset % bs;
         let run = max_len.min(bs - within);
         let e = self.entry(bat::payload_index(b, cr))?;
-        let state = u8::try_from(e & 7).unwrap_or(u8::MAX);
+        let state = u8::try_from(e & format::BAT_STATE_MASK).unwrap_or(u8::MAX);
         let file_offset = e & format::BAT_OFFSET_MASK;
         match state {
             PAYLOAD_BLOCK_FULLY_PRESENT => Ok((
