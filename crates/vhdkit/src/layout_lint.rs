@@ -87,43 +87,35 @@ fn blank_non_code(src: &str) -> String {
                 blank(&mut out, c.get(k).copied().unwrap_or(' '));
             }
             i = j + 1 + len;
-        } else if ch == '"' {
-            blank(&mut out, ch);
-            i += 1;
-            while let Some(&x) = c.get(i) {
-                blank(&mut out, x);
-                i += 1;
-                if x == '\\' {
-                    if let Some(&y) = c.get(i) {
-                        blank(&mut out, y);
-                        i += 1;
-                    }
-                } else if x == '"' {
-                    break;
-                }
-            }
-        } else if ch == '\'' && (next == Some('\\') || c.get(i + 2) == Some(&'\'')) {
-            // A char literal ('x', '\n', '\u{..}'); a lifetime has no closing quote.
-            blank(&mut out, ch);
-            i += 1;
-            while let Some(&x) = c.get(i) {
-                blank(&mut out, x);
-                i += 1;
-                if x == '\\' {
-                    if let Some(&y) = c.get(i) {
-                        blank(&mut out, y);
-                        i += 1;
-                    }
-                } else if x == '\'' {
-                    break;
-                }
-            }
+        } else if ch == '"' || (ch == '\'' && (next == Some('\\') || c.get(i + 2) == Some(&'\''))) {
+            // A string or char literal ('x', '\n', '\u{..}'); a lifetime has no closing quote.
+            i = blank_quoted(&c, i, &mut out);
         } else {
             out.push(ch);
             i += 1;
         }
     }
     out
+}
+
+/// Blank the quoted literal opening at `c[i]` (escapes honoured); returns the index after it.
+fn blank_quoted(c: &[char], mut i: usize, out: &mut String) -> usize {
+    let quote = c.get(i).copied().unwrap_or('"');
+    out.push(' ');
+    i += 1;
+    while let Some(&x) = c.get(i) {
+        out.push(if x == '\n' { '\n' } else { ' ' });
+        i += 1;
+        if x == '\\' {
+            if let Some(&y) = c.get(i) {
+                out.push(if y == '\n' { '\n' } else { ' ' });
+                i += 1;
+            }
+        } else if x == quote {
+            break;
+        }
+    }
+    i
 }
 
 fn ident_before(c: &[char], i: usize) -> bool {

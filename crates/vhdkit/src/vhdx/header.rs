@@ -99,26 +99,49 @@ pub(crate) fn encode_header(h: &ParsedHeader) -> Vec<u8> {
     b
 }
 
-fn parse_header(buf: &[u8], structure: &'static str, offset: u64) -> Result<ParsedHeader> {
-    let h: Header = format::parse(buf, structure, offset)?;
-    if h.signature != HEADER_SIGNATURE {
+/// Where a structure was read, for errors.
+pub(super) struct Where {
+    pub structure: &'static str,
+    pub offset: u64,
+}
+
+/// The signature and CRC-32C (over all of `buf`, checksum field zeroed) of a header, region
+/// table or log entry.
+pub(super) fn check_signed(
+    buf: &[u8],
+    at: &Where,
+    signature: &[u8],
+    expected: &[u8],
+    checksum: u32,
+) -> Result<()> {
+    if signature != expected {
         return Err(Error::corrupt(
-            structure,
-            offset,
-            format!("signature {:02x?}, expected \"head\"", h.signature),
-        ));
-    }
-    let crc = format::crc32c_with_zeroed(buf, CHECKSUM_OFFSET);
-    if crc != h.checksum {
-        return Err(Error::corrupt(
-            structure,
-            offset,
+            at.structure,
+            at.offset,
             format!(
-                "checksum {:#010x}, computed {crc:#010x} over 4096 bytes",
-                h.checksum
+                "signature {signature:02x?}, expected \"{}\"",
+                String::from_utf8_lossy(expected)
             ),
         ));
     }
+    let crc = format::crc32c_with_zeroed(buf, CHECKSUM_OFFSET);
+    if crc != checksum {
+        return Err(Error::corrupt(
+            at.structure,
+            at.offset,
+            format!(
+                "checksum {checksum:#010x}, computed {crc:#010x} over {} bytes",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_header(buf: &[u8], structure: &'static str, offset: u64) -> Result<ParsedHeader> {
+    let h: Header = format::parse(buf, structure, offset)?;
+    let at = Where { structure, offset };
+    check_signed(buf, &at, &h.signature, &HEADER_SIGNATURE, h.checksum)?;
     if h.version != HEADER_VERSION {
         return Err(Error::corrupt(
             structure,

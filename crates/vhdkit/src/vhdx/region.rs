@@ -3,11 +3,11 @@
 use uuid::Uuid;
 
 use super::format::{
-    self, RegionTableEntry, RegionTableHeader, BAT_REGION_GUID, CHECKSUM_OFFSET,
-    MAX_REGION_ENTRIES, METADATA_REGION_GUID, MIB, REGION_REQUIRED,
-    REGION_TABLE_ENTRY_COUNT_OFFSET, REGION_TABLE_ENTRY_SIZE, REGION_TABLE_HEADER_SIZE,
-    REGION_TABLE_OFFSETS, REGION_TABLE_SIZE,
+    self, RegionTableEntry, RegionTableHeader, BAT_REGION_GUID, MAX_REGION_ENTRIES,
+    METADATA_REGION_GUID, MIB, REGION_REQUIRED, REGION_TABLE_ENTRY_COUNT_OFFSET,
+    REGION_TABLE_ENTRY_SIZE, REGION_TABLE_HEADER_SIZE, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE,
 };
+use super::header::{check_signed, Where};
 use crate::error::{Error, Result};
 use crate::guid::from_vhdx_bytes;
 use crate::source::{read_struct, Source};
@@ -57,24 +57,14 @@ fn name_of(guid: &[u8; 16]) -> Option<&'static str> {
 
 fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<Region>> {
     let h: RegionTableHeader = format::parse(buf, structure, offset)?;
-    if h.signature != format::REGION_TABLE_SIGNATURE {
-        return Err(Error::corrupt(
-            structure,
-            offset,
-            format!("signature {:02x?}, expected \"regi\"", h.signature),
-        ));
-    }
-    let crc = format::crc32c_with_zeroed(buf, CHECKSUM_OFFSET);
-    if crc != h.checksum {
-        return Err(Error::corrupt(
-            structure,
-            offset,
-            format!(
-                "checksum {:#010x}, computed {crc:#010x} over 65536 bytes",
-                h.checksum
-            ),
-        ));
-    }
+    let at = Where { structure, offset };
+    check_signed(
+        buf,
+        &at,
+        &h.signature,
+        &format::REGION_TABLE_SIGNATURE,
+        h.checksum,
+    )?;
     if h.entry_count > MAX_REGION_ENTRIES {
         return Err(Error::corrupt(
             structure,
