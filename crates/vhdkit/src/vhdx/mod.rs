@@ -515,7 +515,6 @@ pub(crate) struct Layout {
     /// The BAT.
     pub bat: bat::Bat,
     /// Spans (start, end, what) no block may overlap: the first MiB, the log, every region.
-    #[allow(dead_code)] // for the writable open (vhdx/write.rs): where allocation may start
     pub reserved: Vec<(u64, u64, String)>,
     /// Fixed (LeaveBlockAllocated), dynamic or differencing (HasParent).
     pub disk_type: DiskType,
@@ -581,4 +580,27 @@ pub(crate) fn read_layout(
         disk_type,
         warnings,
     })
+}
+
+impl Layout {
+    /// End of the last byte any structure uses: the log, every region, and every block a BAT
+    /// entry points at (whatever its state). A writer allocates new blocks from here.
+    #[allow(dead_code)] // for the writable open (vhdx/write.rs)
+    pub(crate) fn structures_end(&self) -> u64 {
+        let cr = self.bat.chunk_ratio;
+        let mut end = self.reserved.iter().map(|r| r.1).max().unwrap_or(0);
+        for (i, &e) in (0u64..).zip(self.bat.entries.iter()) {
+            let off = e & format::BAT_OFFSET_MASK;
+            if off == 0 {
+                continue;
+            }
+            let len = if (i + 1) % (cr + 1) == 0 {
+                format::SECTOR_BITMAP_BLOCK_SIZE
+            } else {
+                self.bat.block_size
+            };
+            end = end.max(off.saturating_add(len));
+        }
+        end
+    }
 }

@@ -3,8 +3,9 @@
 //! entries ([`write`]). Entry sizes come from one function, [`entry::entry_length`], for both
 //! reading and writing.
 //!
-//! Finding and decoding depend only on `format`, `error` and `source`; replay to the file goes
-//! through `update::Session`, which owns header updates.
+//! Finding and decoding depend only on `format`, `error`, `guid`, `util` and `source`, and never
+//! write;
+//! replay to the file goes through `update::Session`, which owns header updates.
 
 mod entry;
 mod replay;

@@ -124,3 +124,40 @@ pub(crate) fn inspect_log(src: &dyn Source, limits: &Limits) -> Result<Option<Lo
     let headers = read_headers(src)?;
     Ok(dirty_log(src, &headers, limits.max_log_replay_bytes)?.map(|s| summary(&s)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn header(log_guid: Uuid, log_version: u16) -> ParsedHeader {
+        ParsedHeader {
+            sequence_number: 1,
+            file_write_guid: Uuid::nil(),
+            data_write_guid: Uuid::nil(),
+            log_guid,
+            log_version,
+            log_length: 1 << 20,
+            log_offset: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn log_version_is_checked_only_for_a_dirty_log() {
+        let clean = header(Uuid::nil(), 7);
+        assert!(named_log(&clean, Some(("vhdx header 2", 0x20000)))
+            .unwrap()
+            .is_none());
+        let dirty = header(Uuid::from_u128(1), 0);
+        let place = named_log(&dirty, None).unwrap().unwrap();
+        assert_eq!((place.offset, place.length), (1 << 20, 1 << 20));
+        let bad = header(Uuid::from_u128(1), 1);
+        let e = named_log(&bad, Some(("vhdx header 2", 0x20000))).unwrap_err();
+        assert!(e.is_corruption());
+        assert!(
+            e.to_string().contains("vhdx header 2 at offset 0x20040"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("log version 1, expected 0"), "{e}");
+    }
+}
