@@ -115,6 +115,8 @@ pub mod disk;
 pub mod error;
 pub mod fsx;
 pub mod guid;
+#[cfg(test)]
+mod layout_lint;
 pub mod limits;
 pub mod lock;
 #[cfg(test)]

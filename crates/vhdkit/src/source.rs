@@ -4,6 +4,7 @@
 //! That keeps a disk shareable between threads (`&self` reads), lets a VHDX log replay lay an
 //! in-memory overlay over a file without touching it, and lets fuzz targets use a plain buffer.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Mutex;
@@ -137,19 +138,50 @@ impl<R: Read + Seek + Send + std::fmt::Debug> Source for SeekSource<R> {
 }
 
 /// A source with some ranges replaced in memory and a different length: how a read-only open
-/// shows a pending journal's change without writing it. Bytes past the inner source's end
-/// read as zeros.
+/// shows a pending journal's change, or a dirty VHDX log's replay, without writing. Bytes past
+/// the inner source's end read as zeros unless replaced.
 #[derive(Debug)]
 pub struct OverlaySource {
     inner: Box<dyn Source>,
     inner_len: u64,
     len: u64,
-    writes: Vec<(u64, Vec<u8>)>,
+    /// Replaced ranges by start offset. They never overlap: a later layer cuts the parts it
+    /// covers out of earlier ones, so a read finds its pieces with one range lookup.
+    pieces: BTreeMap<u64, Piece>,
+}
+
+/// One replaced range.
+#[derive(Debug, Clone)]
+enum Piece {
+    Bytes(Vec<u8>),
+    Zeros(u64),
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::Zeros(n) => *n,
+        }
+    }
+
+    /// Bytes `from..to` of the piece (both within it).
+    fn slice(&self, from: u64, to: u64) -> Piece {
+        match self {
+            Piece::Bytes(b) => {
+                let r = usize::try_from(from).unwrap_or(usize::MAX)
+                    ..usize::try_from(to).unwrap_or(usize::MAX);
+                Piece::Bytes(b.get(r).unwrap_or_default().to_vec())
+            }
+            Piece::Zeros(_) => Piece::Zeros(to.saturating_sub(from)),
+        }
+    }
 }
 
 impl OverlaySource {
-    /// Lay `writes` (offset, bytes) over `inner`, giving a source of `len` bytes. On failure
-    /// (the inner length cannot be read) the inner source is handed back.
+    /// Lay `writes` (offset, bytes; a later one wins where they overlap) over `inner`, giving a
+    /// source of `len` bytes. On failure (the inner length cannot be read) the inner source is
+    /// handed back.
     #[allow(clippy::type_complexity)]
     pub fn new(
         inner: Box<dyn Source>,
@@ -157,42 +189,96 @@ impl OverlaySource {
         len: u64,
     ) -> std::result::Result<OverlaySource, (Box<dyn Source>, io::Error)> {
         match inner.len() {
-            Ok(inner_len) => Ok(OverlaySource {
-                inner,
-                inner_len,
-                len,
-                writes,
-            }),
+            Ok(inner_len) => {
+                let mut o = OverlaySource {
+                    inner,
+                    inner_len,
+                    len,
+                    pieces: BTreeMap::new(),
+                };
+                for (at, data) in writes {
+                    o.put(at, Piece::Bytes(data));
+                }
+                Ok(o)
+            }
             Err(e) => Err((inner, e)),
         }
+    }
+
+    /// Replace `len` bytes at `at` with zeros (over any earlier replacement).
+    pub(crate) fn put_zeros(&mut self, at: u64, len: u64) {
+        self.put(at, Piece::Zeros(len));
+    }
+
+    /// Replace the bytes at `at` with `data` (over any earlier replacement).
+    pub(crate) fn put_bytes(&mut self, at: u64, data: Vec<u8>) {
+        self.put(at, Piece::Bytes(data));
+    }
+
+    fn put(&mut self, at: u64, piece: Piece) {
+        let end = at.saturating_add(piece.len());
+        if end == at {
+            return;
+        }
+        let before = self
+            .pieces
+            .range(..at)
+            .next_back()
+            .filter(|(k, p)| k.saturating_add(p.len()) > at)
+            .map(|(k, _)| *k);
+        let hit: Vec<u64> = before
+            .into_iter()
+            .chain(self.pieces.range(at..end).map(|(k, _)| *k))
+            .collect();
+        for k in hit {
+            let Some(old) = self.pieces.remove(&k) else {
+                continue;
+            };
+            let old_end = k.saturating_add(old.len());
+            if k < at {
+                self.pieces.insert(k, old.slice(0, at - k));
+            }
+            if old_end > end {
+                self.pieces.insert(end, old.slice(end - k, old_end - k));
+            }
+        }
+        self.pieces.insert(at, piece);
     }
 }
 
 impl Source for OverlaySource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
-        let end = offset.checked_add(buf.len() as u64).ok_or_else(eof)?;
+        let end = offset
+            .checked_add(u64::try_from(buf.len()).map_err(|_| eof())?)
+            .ok_or_else(eof)?;
         if end > self.len {
             return Err(eof());
         }
         buf.fill(0);
         if offset < self.inner_len {
-            let n = usize::try_from((self.inner_len - offset).min(buf.len() as u64))
-                .map_err(|_| eof())?;
+            let n =
+                usize::try_from((self.inner_len - offset).min(end - offset)).map_err(|_| eof())?;
             self.inner
                 .read_exact_at(buf.get_mut(..n).ok_or_else(eof)?, offset)?;
         }
-        for (at, data) in &self.writes {
-            let w_end = at.saturating_add(data.len() as u64);
+        let first = self
+            .pieces
+            .range(..offset)
+            .next_back()
+            .filter(|(k, p)| k.saturating_add(p.len()) > offset);
+        for (at, piece) in first.into_iter().chain(self.pieces.range(offset..end)) {
             let lo = offset.max(*at);
-            let hi = end.min(w_end);
-            if lo >= hi {
-                continue;
-            }
-            let (b0, b1) = ((lo - offset) as usize, (hi - offset) as usize);
-            let (d0, d1) = ((lo - at) as usize, (hi - at) as usize);
-            if let (Some(dst), Some(src)) = (buf.get_mut(b0..b1), data.get(d0..d1)) {
-                dst.copy_from_slice(src);
+            let hi = end.min(at.saturating_add(piece.len()));
+            let idx = |v: u64| usize::try_from(v).map_err(|_| eof());
+            let dst = buf
+                .get_mut(idx(lo - offset)?..idx(hi - offset)?)
+                .ok_or_else(eof)?;
+            match piece {
+                Piece::Bytes(data) => {
+                    dst.copy_from_slice(data.get(idx(lo - at)?..idx(hi - at)?).ok_or_else(eof)?);
+                }
+                Piece::Zeros(_) => dst.fill(0),
             }
         }
         Ok(())
@@ -271,6 +357,29 @@ mod tests {
         assert_eq!(&b[13..20], &[13, 0xAA, 0xAA, 0xAA, 0xAA, 0, 0]);
         assert_eq!(Source::len(&o).unwrap(), 20);
         assert!(o.read_exact_at(&mut b, 1).is_err());
+    }
+
+    #[test]
+    fn overlay_later_layers_win_and_split_earlier_ones() {
+        let base: Vec<u8> = vec![1; 32];
+        let mut o = OverlaySource::new(Box::new(base), vec![(4, vec![2; 16])], 40)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        o.put_zeros(8, 4);
+        o.put_bytes(30, vec![3; 6]);
+        o.put_bytes(2, vec![4; 3]);
+        let mut b = [9u8; 40];
+        o.read_exact_at(&mut b, 0).unwrap();
+        let mut want = vec![1u8; 32];
+        want.resize(40, 0);
+        want[4..20].fill(2);
+        want[8..12].fill(0);
+        want[30..36].fill(3);
+        want[2..5].fill(4);
+        assert_eq!(&b[..], &want[..]);
+        let mut part = [9u8; 5];
+        o.read_exact_at(&mut part, 9).unwrap();
+        assert_eq!(part, [0, 0, 0, 2, 2]);
     }
 
     #[test]

@@ -6,15 +6,21 @@
 //! and UNMAPPED contents are undefined anyway.
 
 use super::format::{
-    BAT_OFFSET_MASK, BAT_RESERVED_MASK, MIB, PAYLOAD_BLOCK_FULLY_PRESENT,
-    PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT, PAYLOAD_BLOCK_UNDEFINED,
-    PAYLOAD_BLOCK_UNMAPPED, PAYLOAD_BLOCK_UNMAPPED_V095, PAYLOAD_BLOCK_ZERO, SB_BLOCK_NOT_PRESENT,
-    SB_BLOCK_PRESENT, SECTORS_PER_CHUNK, SECTOR_BITMAP_BLOCK_SIZE,
+    BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_RESERVED_MASK, BAT_STATE_MASK, MIB,
+    PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT,
+    PAYLOAD_BLOCK_UNDEFINED, PAYLOAD_BLOCK_UNMAPPED, PAYLOAD_BLOCK_UNMAPPED_V095,
+    PAYLOAD_BLOCK_ZERO, SB_BLOCK_NOT_PRESENT, SB_BLOCK_PRESENT, SECTORS_PER_CHUNK,
+    SECTOR_BITMAP_BLOCK_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::source::{read_struct, Source};
+use crate::util::overlaps;
 
 const BAT: &str = "vhdx block allocation table";
+/// [`BAT_ENTRY_SIZE`] as a slice length.
+const ENTRY_BYTES: usize = BAT_ENTRY_SIZE as usize;
+/// Bytes of raw table read at a time.
+const READ_CHUNK: usize = 1 << 20;
 
 /// Counts of BAT entries per state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,13 +98,200 @@ pub(crate) struct BatParams<'a> {
     pub reserved: &'a [(u64, u64, String)],
 }
 
+/// Read `count` entries (`bytes` bytes) through a 1 MiB buffer: the raw table is never held
+/// beside the decoded one.
+fn read_entries(src: &dyn Source, region_offset: u64, bytes: u64) -> Result<Vec<u64>> {
+    let n =
+        usize::try_from(bytes).map_err(|_| Error::corrupt(BAT, region_offset, "BAT too large"))?;
+    let mut entries: Vec<u64> = Vec::with_capacity(n / ENTRY_BYTES);
+    let mut raw = vec![0u8; n.min(READ_CHUNK)];
+    let mut done = 0u64;
+    while done < bytes {
+        let k = usize::try_from(bytes - done).map_or(raw.len(), |left| left.min(raw.len()));
+        let part = raw.get_mut(..k).unwrap_or_default();
+        read_struct(src, region_offset + done, part, BAT)?;
+        entries.extend(part.chunks_exact(ENTRY_BYTES).map(|c| {
+            let mut a = [0u8; ENTRY_BYTES];
+            a.copy_from_slice(c);
+            u64::from_le_bytes(a)
+        }));
+        done += u64::try_from(k).unwrap_or(u64::MAX);
+    }
+    Ok(entries)
+}
+
+/// State checks of one BAT entry, counted into a summary.
+struct Checker<'a, 'b> {
+    p: &'a BatParams<'b>,
+    entries: &'a [u64],
+    cr: u64,
+    summary: BatSummary,
+    warnings: Vec<String>,
+}
+
+impl Checker<'_, '_> {
+    /// Sector bitmap entry `idx`: bytes of file it needs, if any.
+    fn sector_bitmap(&mut self, idx: u64, at: u64, state: u8) -> Result<Option<u64>> {
+        self.summary.sector_bitmap_entries += 1;
+        match state {
+            SB_BLOCK_NOT_PRESENT => Ok(None),
+            SB_BLOCK_PRESENT => {
+                self.summary.sector_bitmap_present += 1;
+                Ok(Some(SECTOR_BITMAP_BLOCK_SIZE))
+            }
+            s => Err(Error::corrupt(
+                BAT,
+                at,
+                format!("sector bitmap entry {idx} has state {s}; allowed 0 or 6"),
+            )),
+        }
+    }
+
+    /// Payload entry `idx` of block `b`: bytes of file it needs, if any.
+    fn payload(&mut self, idx: u64, b: u64, at: u64, state: u8) -> Result<Option<u64>> {
+        let s = &mut self.summary;
+        match state {
+            PAYLOAD_BLOCK_NOT_PRESENT => s.not_present += 1,
+            PAYLOAD_BLOCK_UNDEFINED => s.undefined += 1,
+            PAYLOAD_BLOCK_ZERO => s.zero += 1,
+            PAYLOAD_BLOCK_UNMAPPED => s.unmapped += 1,
+            PAYLOAD_BLOCK_UNMAPPED_V095 => {
+                s.unmapped += 1;
+                if !self.warnings.iter().any(|w| w.contains("state 5")) {
+                    self.warnings.push(format!(
+                        "BAT entry {idx} uses reserved state 5 (qemu's draft UNMAPPED); read as zeros"
+                    ));
+                }
+            }
+            PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
+                self.check_partial(idx, b, at)?;
+                self.summary.partially_present += 1;
+                return Ok(Some(self.used_bytes(b)));
+            }
+            PAYLOAD_BLOCK_FULLY_PRESENT => {
+                s.fully_present += 1;
+                return Ok(Some(self.used_bytes(b)));
+            }
+            s => {
+                return Err(Error::corrupt(
+                    BAT,
+                    at,
+                    format!("payload entry {idx} (block {b}) has reserved state {s}"),
+                ))
+            }
+        }
+        Ok(None)
+    }
+
+    /// Only the part of the last block that holds virtual data must exist.
+    fn used_bytes(&self, b: u64) -> u64 {
+        let block_size = u64::from(self.p.block_size);
+        self.p
+            .virtual_size
+            .saturating_sub(b.saturating_mul(block_size))
+            .min(block_size)
+    }
+
+    /// PARTIALLY_PRESENT needs a parent and a present sector bitmap block.
+    fn check_partial(&self, idx: u64, b: u64, at: u64) -> Result<()> {
+        if !self.p.differencing {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!(
+                    "payload entry {idx} (block {b}) is PARTIALLY_PRESENT in a disk without a parent"
+                ),
+            ));
+        }
+        let sbi = sb_index(b / self.cr, self.cr);
+        let sb = usize::try_from(sbi).ok().and_then(|s| self.entries.get(s));
+        if sb.map(|v| v & BAT_STATE_MASK) != Some(u64::from(SB_BLOCK_PRESENT)) {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!(
+                    "payload entry {idx} (block {b}) is PARTIALLY_PRESENT but its \
+                     sector bitmap entry {sbi} is not present"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Entry `idx` (value `e`): its block span (start, end) in the file, if it has one.
+    fn check(&mut self, idx: u64, e: u64) -> Result<Option<(u64, u64)>> {
+        let at = self.p.region_offset + idx * BAT_ENTRY_SIZE;
+        if e & BAT_RESERVED_MASK != 0 {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!("entry {idx} ({e:#018x}) has reserved bits 3-19 set"),
+            ));
+        }
+        let state = u8::try_from(e & BAT_STATE_MASK).unwrap_or(u8::MAX);
+        let needed = if (idx + 1) % (self.cr + 1) == 0 {
+            self.sector_bitmap(idx, at, state)?
+        } else {
+            self.payload(idx, idx - idx / (self.cr + 1), at, state)?
+        };
+        let Some(len) = needed else { return Ok(None) };
+        let offset = e & BAT_OFFSET_MASK;
+        if offset < MIB {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!("entry {idx} points at {offset:#x}, inside the first MiB"),
+            ));
+        }
+        let file_len = self.p.file_len;
+        let end = offset.checked_add(len).filter(|&end| end <= file_len).ok_or_else(|| {
+            Error::corrupt(
+                BAT,
+                at,
+                format!(
+                    "entry {idx} block at {offset:#x}+{len:#x} ends past the end of the file ({file_len:#x})"
+                ),
+            )
+        })?;
+        let reserved = self.p.reserved.iter();
+        if let Some((_, _, what)) = reserved
+            .clone()
+            .find(|(s, e, _)| overlaps(&(offset..end), &(*s..*e)))
+        {
+            return Err(Error::corrupt(
+                BAT,
+                at,
+                format!("entry {idx} block at {offset:#x}+{len:#x} overlaps {what}"),
+            ));
+        }
+        Ok(Some((offset, end)))
+    }
+}
+
+/// No two blocks may share a byte. `spans` are (start, end, entry index).
+fn check_no_overlaps(region_offset: u64, mut spans: Vec<(u64, u64, u64)>) -> Result<()> {
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if let [(_, e1, i1), (s2, _, i2)] = w {
+            if s2 < e1 {
+                return Err(Error::corrupt(
+                    BAT,
+                    region_offset + i2 * BAT_ENTRY_SIZE,
+                    format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
     let cr = chunk_ratio(p.logical_sector_size, p.block_size);
     let block_size = u64::from(p.block_size);
     let payload_blocks = p.virtual_size.div_ceil(block_size);
     let count = required_entries(payload_blocks, cr, p.differencing);
     let bytes = count
-        .checked_mul(8)
+        .checked_mul(BAT_ENTRY_SIZE)
         .ok_or_else(|| Error::corrupt(BAT, p.region_offset, format!("{count} entries overflow")))?;
     if bytes > p.region_length {
         return Err(Error::corrupt(
@@ -119,171 +312,28 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
             p.max_bat_bytes,
         ));
     }
-    let n = usize::try_from(bytes)
-        .map_err(|_| Error::corrupt(BAT, p.region_offset, "BAT too large"))?;
-    // Read through a 1 MiB buffer: the raw table is never held beside the decoded one.
-    let mut entries: Vec<u64> = Vec::with_capacity(n / 8);
-    let mut raw = vec![0u8; n.min(1 << 20)];
-    let mut done = 0usize;
-    while done < n {
-        let k = (n - done).min(raw.len());
-        let part = raw.get_mut(..k).unwrap_or_default();
-        read_struct(src, p.region_offset + done as u64, part, BAT)?;
-        entries.extend(part.chunks_exact(8).map(|c| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            u64::from_le_bytes(a)
-        }));
-        done += k;
-    }
-    drop(raw);
-
-    let mut summary = BatSummary {
-        entries: count,
-        payload_blocks,
-        ..BatSummary::default()
+    let entries = read_entries(src, p.region_offset, bytes)?;
+    let mut checker = Checker {
+        p,
+        entries: &entries,
+        cr,
+        summary: BatSummary {
+            entries: count,
+            payload_blocks,
+            ..BatSummary::default()
+        },
+        warnings: Vec::new(),
     };
-    let mut warnings = Vec::new();
     let mut spans: Vec<(u64, u64, u64)> = Vec::new();
-    for (i, &e) in entries.iter().enumerate() {
-        let idx = u64::try_from(i).unwrap_or(u64::MAX);
-        let at = p.region_offset + idx * 8;
-        let state = e & 7;
-        let offset = e & BAT_OFFSET_MASK;
-        let is_sb = (idx + 1) % (cr + 1) == 0;
-        if e & BAT_RESERVED_MASK != 0 {
-            return Err(Error::corrupt(
-                BAT,
-                at,
-                format!("entry {idx} ({e:#018x}) has reserved bits 3-19 set"),
-            ));
-        }
-        let needed_len = if is_sb {
-            summary.sector_bitmap_entries += 1;
-            match u8::try_from(state).unwrap_or(u8::MAX) {
-                SB_BLOCK_NOT_PRESENT => None,
-                SB_BLOCK_PRESENT => {
-                    summary.sector_bitmap_present += 1;
-                    Some(SECTOR_BITMAP_BLOCK_SIZE)
-                }
-                s => {
-                    return Err(Error::corrupt(
-                        BAT,
-                        at,
-                        format!("sector bitmap entry {idx} has state {s}; allowed 0 or 6"),
-                    ))
-                }
-            }
-        } else {
-            let b = idx - idx / (cr + 1);
-            match u8::try_from(state).unwrap_or(u8::MAX) {
-                PAYLOAD_BLOCK_NOT_PRESENT => {
-                    summary.not_present += 1;
-                    None
-                }
-                PAYLOAD_BLOCK_UNDEFINED => {
-                    summary.undefined += 1;
-                    None
-                }
-                PAYLOAD_BLOCK_ZERO => {
-                    summary.zero += 1;
-                    None
-                }
-                PAYLOAD_BLOCK_UNMAPPED => {
-                    summary.unmapped += 1;
-                    None
-                }
-                PAYLOAD_BLOCK_UNMAPPED_V095 => {
-                    summary.unmapped += 1;
-                    if !warnings.iter().any(|w: &String| w.contains("state 5")) {
-                        warnings.push(format!(
-                            "BAT entry {idx} uses reserved state 5 (qemu's draft UNMAPPED); read as zeros"
-                        ));
-                    }
-                    None
-                }
-                PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
-                    if state == u64::from(PAYLOAD_BLOCK_PARTIALLY_PRESENT) {
-                        if !p.differencing {
-                            return Err(Error::corrupt(
-                                BAT,
-                                at,
-                                format!(
-                                    "payload entry {idx} (block {b}) is PARTIALLY_PRESENT in a disk without a parent"
-                                ),
-                            ));
-                        }
-                        let sbi = sb_index(b / cr, cr);
-                        let sb = usize::try_from(sbi).ok().and_then(|s| entries.get(s));
-                        if sb.map(|v| v & 7) != Some(u64::from(SB_BLOCK_PRESENT)) {
-                            return Err(Error::corrupt(
-                                BAT,
-                                at,
-                                format!(
-                                    "payload entry {idx} (block {b}) is PARTIALLY_PRESENT but its \
-                                     sector bitmap entry {sbi} is not present"
-                                ),
-                            ));
-                        }
-                        summary.partially_present += 1;
-                    } else {
-                        summary.fully_present += 1;
-                    }
-                    // Only the part of the last block that holds virtual data must exist.
-                    let used = p
-                        .virtual_size
-                        .saturating_sub(b * block_size)
-                        .min(block_size);
-                    Some(used)
-                }
-                s => {
-                    return Err(Error::corrupt(
-                        BAT,
-                        at,
-                        format!("payload entry {idx} (block {b}) has reserved state {s}"),
-                    ))
-                }
-            }
-        };
-        let Some(len) = needed_len else { continue };
-        if offset < MIB {
-            return Err(Error::corrupt(
-                BAT,
-                at,
-                format!("entry {idx} points at {offset:#x}, inside the first MiB"),
-            ));
-        }
-        let end = offset.checked_add(len).filter(|&end| end <= p.file_len).ok_or_else(|| {
-            Error::corrupt(
-                BAT,
-                at,
-                format!(
-                    "entry {idx} block at {offset:#x}+{len:#x} ends past the end of the file ({:#x})",
-                    p.file_len
-                ),
-            )
-        })?;
-        if let Some((_, _, what)) = p.reserved.iter().find(|(s, e, _)| offset < *e && *s < end) {
-            return Err(Error::corrupt(
-                BAT,
-                at,
-                format!("entry {idx} block at {offset:#x}+{len:#x} overlaps {what}"),
-            ));
-        }
-        spans.push((offset, end, idx));
-    }
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if let [(_, e1, i1), (s2, _, i2)] = w {
-            if s2 < e1 {
-                return Err(Error::corrupt(
-                    BAT,
-                    p.region_offset + i2 * 8,
-                    format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
-                ));
-            }
+    for (idx, &e) in (0u64..).zip(entries.iter()) {
+        if let Some((start, end)) = checker.check(idx, e)? {
+            spans.push((start, end, idx));
         }
     }
+    let Checker {
+        summary, warnings, ..
+    } = checker;
+    check_no_overlaps(p.region_offset, spans)?;
     Ok(Bat {
         entries,
         chunk_ratio: cr,

@@ -354,11 +354,6 @@ pub fn crc32c_with_zeroed(buf: &[u8], checksum_at: usize) -> u32 {
 
 // ---- vhdxlink ----
 
-/// Bytes of the metadata table header ([`MetadataTableHeader`]): entry `i` starts at
-/// `METADATA_TABLE_HEADER_BYTES + i * METADATA_TABLE_ENTRY_BYTES` in the table.
-pub const METADATA_TABLE_HEADER_BYTES: u64 = 32;
-/// Bytes of one metadata table entry ([`MetadataTableEntry`]).
-pub const METADATA_TABLE_ENTRY_BYTES: u64 = 32;
 /// Where a metadata table entry's `offset` and `length` ([`MetadataItemPlace`]) start in it.
 pub const METADATA_ENTRY_PLACE_OFFSET: u64 = 16;
 
@@ -381,19 +376,84 @@ pub const PARENT_LOCATOR_ENTRY_BYTES: usize = 12;
 /// Where `key_value_count` lies in the parent locator header.
 pub const PARENT_LOCATOR_COUNT_OFFSET: u64 = 18;
 
-// ---- writer ----
-// Same names and values as the reader helper's additions: drop this section when both meet.
+// ---- vhdxread ----
 
-/// Bytes of one BAT entry.
-pub const BAT_ENTRY_SIZE: u64 = 8;
-/// The state bits of a BAT entry.
-pub const BAT_STATE_MASK: u64 = 7;
-/// Offset of `log_version` inside a header.
+/// Size of the file type identifier structure read at offset 0.
+pub const FILE_IDENTIFIER_SIZE: usize = 520;
+/// Offset of the CRC-32C field in a header, region table and log entry.
+pub const CHECKSUM_OFFSET: usize = 4;
+/// Offset of `log_version` inside a header (where a bad LogVersion is reported).
 pub const HEADER_LOG_VERSION_OFFSET: u64 = 64;
-/// Bytes of a log entry header.
+/// Header `version` this crate reads and writes.
+pub const HEADER_VERSION: u16 = 1;
+/// Size of [`RegionTableHeader`]; entries follow it.
+pub const REGION_TABLE_HEADER_SIZE: u64 = 16;
+/// Size of one [`RegionTableEntry`].
+pub const REGION_TABLE_ENTRY_SIZE: u64 = 32;
+/// Offset of `entry_count` inside a region table header.
+pub const REGION_TABLE_ENTRY_COUNT_OFFSET: u64 = 8;
+/// Size of [`MetadataTableHeader`]; entries follow it.
+pub const METADATA_TABLE_HEADER_SIZE: u64 = 32;
+/// Size of one [`MetadataTableEntry`].
+pub const METADATA_TABLE_ENTRY_SIZE: u64 = 32;
+/// Offset of `entry_count` inside a metadata table header.
+pub const METADATA_TABLE_ENTRY_COUNT_OFFSET: u64 = 10;
+/// Size of one BAT entry.
+pub const BAT_ENTRY_SIZE: u64 = 8;
+/// Bits 0..2 of a BAT entry: the state.
+pub const BAT_STATE_MASK: u64 = 7;
+/// Size of [`LogEntryHeader`]; descriptors follow it.
 pub const LOG_ENTRY_HEADER_SIZE: u64 = 64;
-/// Bytes of one log descriptor.
+/// Size of one [`LogDescriptor`].
 pub const LOG_DESCRIPTOR_SIZE: u64 = 32;
+/// Log sectors (entry header sectors and data sectors) are 4 KiB.
+pub const LOG_SECTOR_SIZE: u64 = KIB4;
+/// Target bytes a data descriptor carries at the start of its sector (LeadingBytes).
+pub const LOG_LEADING_BYTES: usize = 8;
+/// Target bytes a data descriptor carries at the end of its sector (TrailingBytes).
+pub const LOG_TRAILING_BYTES: usize = 4;
+/// Target bytes a data sector carries: the rest of the 4 KiB.
+pub const LOG_DATA_BYTES: usize = 4096 - LOG_LEADING_BYTES - LOG_TRAILING_BYTES;
+/// Where [`LogDataSector::data`] starts inside a data sector (after [`LogDataSectorHead`]).
+pub const LOG_DATA_SECTOR_DATA_OFFSET: usize = 8;
+/// Where [`LogDataSector::sequence_low`] sits inside a data sector. Readers parse the head and
+/// this field alone rather than the whole sector when they only validate it.
+pub const LOG_DATA_SECTOR_SEQUENCE_LOW_OFFSET: usize = LOG_DATA_SECTOR_DATA_OFFSET + LOG_DATA_BYTES;
+
+/// Log data sector (4 KiB): the middle 4084 bytes of the target sector between two halves of
+/// the sequence number; the descriptor holds the first 8 and last 4 target bytes.
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDataSector {
+    /// `data`.
+    pub signature: [u8; 4],
+    /// High 32 bits of the sequence number.
+    pub sequence_high: u32,
+    /// Target bytes 8..4092.
+    pub data: [u8; LOG_DATA_BYTES],
+    /// Low 32 bits of the sequence number.
+    pub sequence_low: u32,
+}
+
+/// Encode a little-endian struct into bytes.
+pub fn encode<T>(v: &T) -> Vec<u8>
+where
+    T: for<'a> binrw::BinWrite<Args<'a> = ()>,
+{
+    let mut c = Cursor::new(Vec::new());
+    // Writing fixed-size plain fields into a Vec cannot fail.
+    let _ = v.write_le(&mut c);
+    c.into_inner()
+}
+
+/// Set the little-endian CRC-32C of `buf` (computed with the field zeroed) at [`CHECKSUM_OFFSET`].
+pub fn set_checksum(buf: &mut [u8]) {
+    let crc = crc32c_with_zeroed(buf, CHECKSUM_OFFSET);
+    if let Some(dst) = buf.get_mut(CHECKSUM_OFFSET..CHECKSUM_OFFSET + 4) {
+        dst.copy_from_slice(&crc.to_le_bytes());
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -532,6 +592,15 @@ mod tests {
             },
             8,
         );
+        round_trip(
+            &LogDataSector {
+                signature: DATA_SECTOR_SIGNATURE,
+                sequence_high: 1,
+                data: [7; LOG_DATA_BYTES],
+                sequence_low: 2,
+            },
+            4096,
+        );
     }
 
     #[test]
@@ -573,7 +642,7 @@ mod tests {
             flags: 0,
             reserved: 0,
         });
-        assert_eq!(entry.len() as u64, METADATA_TABLE_ENTRY_BYTES);
+        assert_eq!(entry.len() as u64, METADATA_TABLE_ENTRY_SIZE);
         let at = METADATA_ENTRY_PLACE_OFFSET as usize;
         assert_eq!(entry[at..at + 8], bytes(&place)[..]);
         let table = bytes(&MetadataTableHeader {
@@ -582,7 +651,7 @@ mod tests {
             entry_count: 1,
             reserved2: [0; 20],
         });
-        assert_eq!(table.len() as u64, METADATA_TABLE_HEADER_BYTES);
+        assert_eq!(table.len() as u64, METADATA_TABLE_HEADER_SIZE);
         let header = bytes(&ParentLocatorHeader {
             locator_type: VHDX_LOCATOR_TYPE_GUID,
             reserved: 0,

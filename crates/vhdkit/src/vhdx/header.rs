@@ -2,9 +2,12 @@
 
 use uuid::Uuid;
 
-use super::format::{self, FileIdentifier, Header, FILE_IDENTIFIER_SIGNATURE, HEADER_OFFSETS};
+use super::format::{
+    self, FileIdentifier, Header, CHECKSUM_OFFSET, FILE_IDENTIFIER_SIGNATURE, FILE_IDENTIFIER_SIZE,
+    HEADER_OFFSETS, HEADER_SIGNATURE, HEADER_SIZE, HEADER_VERSION,
+};
 use crate::error::{Error, Result};
-use crate::guid::from_vhdx_bytes;
+use crate::guid::{from_vhdx_bytes, to_vhdx_bytes};
 use crate::source::{read_struct, Source};
 
 const IDENT: &str = "vhdx file identifier";
@@ -12,7 +15,7 @@ const HEADER_NAMES: [&str; 2] = ["vhdx header 1", "vhdx header 2"];
 
 /// Read the file identifier; returns the creator string (lossy for bad UTF-16).
 pub(crate) fn read_file_identifier(src: &dyn Source) -> Result<String> {
-    let mut buf = [0u8; 520];
+    let mut buf = [0u8; FILE_IDENTIFIER_SIZE];
     read_struct(src, 0, &mut buf, IDENT)?;
     let id: FileIdentifier = format::parse(&buf, IDENT, 0)?;
     if id.signature != FILE_IDENTIFIER_SIGNATURE {
@@ -22,7 +25,11 @@ pub(crate) fn read_file_identifier(src: &dyn Source) -> Result<String> {
             format!("signature {:02x?}, expected \"vhdxfile\"", id.signature),
         ));
     }
-    let end = id.creator.iter().position(|&c| c == 0).unwrap_or(256);
+    let end = id
+        .creator
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(id.creator.len());
     Ok(String::from_utf16_lossy(
         id.creator.get(..end).unwrap_or(&[]),
     ))
@@ -58,27 +65,84 @@ pub(crate) struct Headers {
     pub warnings: Vec<String>,
 }
 
-fn parse_header(buf: &[u8], structure: &'static str, offset: u64) -> Result<ParsedHeader> {
-    let h: Header = format::parse(buf, structure, offset)?;
-    if h.signature != format::HEADER_SIGNATURE {
-        return Err(Error::corrupt(
-            structure,
-            offset,
-            format!("signature {:02x?}, expected \"head\"", h.signature),
-        ));
+impl Headers {
+    /// Name of the current header's slot, for errors.
+    pub fn current_name(&self) -> &'static str {
+        HEADER_NAMES
+            .get(self.current_index)
+            .copied()
+            .unwrap_or("vhdx header")
     }
-    let crc = format::crc32c_with_zeroed(buf, 4);
-    if crc != h.checksum {
+
+    /// File offset of the current header.
+    pub fn current_offset(&self) -> u64 {
+        HEADER_OFFSETS.get(self.current_index).copied().unwrap_or(0)
+    }
+}
+
+/// The on-disk bytes of a header (4 KiB, reserved bytes zero), checksum included.
+pub(crate) fn encode_header(h: &ParsedHeader) -> Vec<u8> {
+    let mut b = format::encode(&Header {
+        signature: HEADER_SIGNATURE,
+        checksum: 0,
+        sequence_number: h.sequence_number,
+        file_write_guid: to_vhdx_bytes(&h.file_write_guid),
+        data_write_guid: to_vhdx_bytes(&h.data_write_guid),
+        log_guid: to_vhdx_bytes(&h.log_guid),
+        log_version: h.log_version,
+        version: HEADER_VERSION,
+        log_length: h.log_length,
+        log_offset: h.log_offset,
+    });
+    b.resize(HEADER_SIZE, 0);
+    format::set_checksum(&mut b);
+    b
+}
+
+/// Where a structure was read, for errors.
+pub(super) struct Where {
+    pub structure: &'static str,
+    pub offset: u64,
+}
+
+/// The signature and CRC-32C (over all of `buf`, checksum field zeroed) of a header, region
+/// table or log entry.
+pub(super) fn check_signed(
+    buf: &[u8],
+    at: &Where,
+    signature: &[u8],
+    expected: &[u8],
+    checksum: u32,
+) -> Result<()> {
+    if signature != expected {
         return Err(Error::corrupt(
-            structure,
-            offset,
+            at.structure,
+            at.offset,
             format!(
-                "checksum {:#010x}, computed {crc:#010x} over 4096 bytes",
-                h.checksum
+                "signature {signature:02x?}, expected \"{}\"",
+                String::from_utf8_lossy(expected)
             ),
         ));
     }
-    if h.version != 1 {
+    let crc = format::crc32c_with_zeroed(buf, CHECKSUM_OFFSET);
+    if crc != checksum {
+        return Err(Error::corrupt(
+            at.structure,
+            at.offset,
+            format!(
+                "checksum {checksum:#010x}, computed {crc:#010x} over {} bytes",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_header(buf: &[u8], structure: &'static str, offset: u64) -> Result<ParsedHeader> {
+    let h: Header = format::parse(buf, structure, offset)?;
+    let at = Where { structure, offset };
+    check_signed(buf, &at, &h.signature, &HEADER_SIGNATURE, h.checksum)?;
+    if h.version != HEADER_VERSION {
         return Err(Error::corrupt(
             structure,
             offset,
@@ -102,7 +166,7 @@ pub(crate) fn read_headers(src: &dyn Source) -> Result<Headers> {
     let mut results: Vec<Result<ParsedHeader>> = Vec::with_capacity(2);
     for (i, &off) in HEADER_OFFSETS.iter().enumerate() {
         let name = HEADER_NAMES.get(i).copied().unwrap_or("vhdx header");
-        let mut buf = vec![0u8; format::HEADER_SIZE];
+        let mut buf = vec![0u8; HEADER_SIZE];
         let r = read_struct(src, off, &mut buf, name).and_then(|()| parse_header(&buf, name, off));
         if let Some(slot) = raws.get_mut(i) {
             *slot = buf;

@@ -37,7 +37,7 @@ use crate::txn::{FieldChange, WriteOp};
 use crate::util::{braced, from_utf16le, overlaps, utf16le};
 use crate::vhdx::format::{
     self, MetadataItemPlace, MetadataTableEntry, KIB64, MAX_METADATA_ITEM_BYTES,
-    METADATA_ENTRY_PLACE_OFFSET, METADATA_TABLE_ENTRY_BYTES, METADATA_TABLE_HEADER_BYTES,
+    METADATA_ENTRY_PLACE_OFFSET, METADATA_TABLE_ENTRY_SIZE, METADATA_TABLE_HEADER_SIZE,
     META_IS_USER, PARENT_LOCATOR_GUID,
 };
 use crate::vhdx::{VhdxFile, VhdxInfo};
@@ -226,8 +226,8 @@ impl Site {
             .ok_or_else(|| Error::corrupt(TABLE, region.offset, "no parent locator item"))?;
         let entry_file_offset = u64::try_from(index)
             .ok()
-            .and_then(|i| i.checked_mul(METADATA_TABLE_ENTRY_BYTES))
-            .and_then(|x| x.checked_add(METADATA_TABLE_HEADER_BYTES))
+            .and_then(|i| i.checked_mul(METADATA_TABLE_ENTRY_SIZE))
+            .and_then(|x| x.checked_add(METADATA_TABLE_HEADER_SIZE))
             .and_then(|x| x.checked_add(region.offset))
             .ok_or_else(|| Error::corrupt(TABLE, region.offset, "entry offset overflow"))?;
         let others = info
@@ -256,7 +256,7 @@ impl Site {
 
     /// The table entry on disk is the one the model describes (it is about to be rewritten).
     fn check_entry(&self, src: &dyn Source) -> Result<()> {
-        let mut b = vec![0u8; METADATA_TABLE_ENTRY_BYTES as usize];
+        let mut b = vec![0u8; METADATA_TABLE_ENTRY_SIZE as usize];
         read_struct(src, self.entry_file_offset, &mut b, TABLE)?;
         let e: MetadataTableEntry = format::parse(&b, TABLE, self.entry_file_offset)?;
         let same = e.item_id == PARENT_LOCATOR_GUID

@@ -2,8 +2,9 @@
 //! locator, BAT and sector bitmaps (MS-VHDX; FORMAT.md Part B).
 //!
 //! Opening order follows SX 2.3.3: file identifier, headers, then the log (a dirty log is
-//! replayed into an in-memory [`log::OverlaySource`]; the file is never written), and only then
-//! everything else, read through the overlay.
+//! replayed into an in-memory [`crate::source::OverlaySource`]; the file is never written), and
+//! only then everything else, read through the overlay ([`read_layout`], shared with the
+//! writable open).
 //!
 //! Writes (reparent) go through the crash-safe session of the `update` module: header updates
 //! and the log.
@@ -35,6 +36,7 @@ use crate::disk::{
     DiskFormat, DiskType, Extent, FormatInfo, Image, OpenOptions, ParentLinkage, ParentLocator,
 };
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::source::{read_struct, source_len, Source};
 
 pub use bat::BatSummary;
@@ -209,130 +211,139 @@ pub struct VhdxFile {
     bitmap_cache: Mutex<Option<(u64, Vec<u8>)>>,
 }
 
+/// The parent linkage, locators and raw locator item of a differencing disk's metadata.
+type ParentParts = (
+    Option<ParentLinkage>,
+    Vec<ParentLocator>,
+    Option<Box<ParentLocatorInfo>>,
+);
+
+/// Replay a dirty log into memory (SX 2.3.3: before anything after the headers is read).
+/// Returns the source to read everything else through, and what the log held.
+fn open_log(
+    src: Box<dyn Source>,
+    headers: &header::Headers,
+    limits: &Limits,
+    warnings: &mut Vec<String>,
+) -> Result<(Box<dyn Source>, LogInfo)> {
+    let cur = &headers.current;
+    let mut log_info = LogInfo {
+        state: LogState::Clean,
+        entries: 0,
+        first_sequence: None,
+        last_sequence: None,
+        log_offset: cur.log_offset,
+        log_length: u64::from(cur.log_length),
+    };
+    let Some(seq) = log::dirty_log(&*src, headers, limits.max_log_replay_bytes)? else {
+        return Ok((src, log_info));
+    };
+    let (a, b) = seq.sequence_range();
+    let n = seq.entries.len();
+    warnings.push(format!(
+        "log replayed in memory ({n} entries, seq {a}..{b}); the file itself is unchanged"
+    ));
+    log_info.state = LogState::ReplayedInMemory;
+    log_info.entries = u64::try_from(n).unwrap_or(u64::MAX);
+    log_info.first_sequence = Some(a);
+    log_info.last_sequence = Some(b);
+    Ok((Box::new(log::overlay(src, &seq)?), log_info))
+}
+
+/// Linkage, locators and the raw item, from the parsed locator (warnings added).
+fn parent_parts(meta: &metadata::Metadata, warnings: &mut Vec<String>) -> ParentParts {
+    let Some(l) = &meta.locator else {
+        return (None, Vec::new(), None);
+    };
+    warnings.extend(l.warnings.iter().cloned());
+    (
+        Some(ParentLinkage {
+            id: l.parent_linkage,
+            alternate_id: l.parent_linkage2,
+            timestamp: None,
+        }),
+        l.parent_locators(),
+        Some(Box::new(ParentLocatorInfo {
+            locator_type: l.locator_type,
+            entries: l.entries.clone(),
+        })),
+    )
+}
+
+fn header_infos(headers: &header::Headers) -> Vec<HeaderInfo> {
+    (0usize..)
+        .zip(headers.slots.iter())
+        .map(|(i, s)| HeaderInfo {
+            offset: s.offset,
+            valid: s.header.is_some(),
+            sequence_number: s.header.as_ref().map(|h| h.sequence_number),
+            current: i == headers.current_index,
+            error: s.error.clone(),
+        })
+        .collect()
+}
+
+fn region_table_infos(regions: &region::Regions) -> Vec<RegionTableInfo> {
+    regions
+        .copies
+        .iter()
+        .map(|c| RegionTableInfo {
+            offset: c.offset,
+            valid: c.entries.is_some(),
+            entries: c
+                .entries
+                .iter()
+                .flatten()
+                .map(|r| RegionInfo {
+                    guid: r.guid,
+                    name: r.name.map(str::to_string),
+                    offset: r.file_offset,
+                    length: r.length,
+                    required: r.required,
+                })
+                .collect(),
+            error: c.error.clone(),
+        })
+        .collect()
+}
+
+fn metadata_item_infos(meta: &metadata::Metadata) -> Vec<MetadataItemInfo> {
+    meta.items
+        .iter()
+        .map(|i| MetadataItemInfo {
+            guid: i.guid,
+            name: i.name.map(str::to_string),
+            offset: i.offset,
+            file_offset: i.file_offset,
+            length: i.length,
+            flags: i.flags,
+            is_user: i.flags & format::META_IS_USER != 0,
+            is_virtual_disk: i.flags & format::META_IS_VIRTUAL_DISK != 0,
+            is_required: i.flags & format::META_IS_REQUIRED != 0,
+        })
+        .collect()
+}
+
 impl VhdxFile {
     /// Open a VHDX file read-only (replaying a dirty log in memory).
     pub(crate) fn open(src: Box<dyn Source>, opts: &OpenOptions) -> Result<VhdxFile> {
         let creator = header::read_file_identifier(&*src)?;
         let headers = header::read_headers(&*src)?;
-        let mut warnings = headers.warnings.clone();
-        let cur = headers.current.clone();
         let real_file_len = source_len(&*src)?;
-        let log_length = u64::from(cur.log_length);
-        let mut log_info = LogInfo {
-            state: LogState::Clean,
-            entries: 0,
-            first_sequence: None,
-            last_sequence: None,
-            log_offset: cur.log_offset,
-            log_length,
-        };
-        let src: Box<dyn Source> = if cur.log_guid.is_nil() {
-            src
-        } else {
-            let hname = if headers.current_index == 0 {
-                "vhdx header 1"
-            } else {
-                "vhdx header 2"
-            };
-            if cur.log_version != 0 {
-                return Err(Error::corrupt(
-                    hname,
-                    format::HEADER_OFFSETS
-                        .get(headers.current_index)
-                        .copied()
-                        .unwrap_or(0)
-                        + 64,
-                    format!("log version {}, expected 0", cur.log_version),
-                ));
-            }
-            let place = log::LogPlace {
-                offset: cur.log_offset,
-                length: log_length,
-                guid: cur.log_guid,
-            };
-            let seq = log::find_active_sequence(&*src, &place, opts.limits.max_log_replay_bytes)?;
-            let (a, b) = seq.sequence_range();
-            let n = seq.entries.len();
-            warnings.push(format!(
-                "log replayed in memory ({n} entries, seq {a}..{b}); the file itself is unchanged"
-            ));
-            log_info.state = LogState::ReplayedInMemory;
-            log_info.entries = u64::try_from(n).unwrap_or(u64::MAX);
-            log_info.first_sequence = Some(a);
-            log_info.last_sequence = Some(b);
-            Box::new(log::OverlaySource::replay(src, &seq)?)
-        };
+        let mut warnings = headers.warnings.clone();
+        let (src, log_info) = open_log(src, &headers, &opts.limits, &mut warnings)?;
+        let cur = &headers.current;
         let file_len = source_len(&*src)?;
-        let log_span = (log_length > 0)
-            .then(|| {
-                cur.log_offset
-                    .checked_add(log_length)
-                    .map(|_| (cur.log_offset, log_length))
-            })
-            .flatten();
-        let regions = region::read_regions(&*src, file_len, log_span)?;
-        warnings.extend(regions.warnings.iter().cloned());
-        let meta = metadata::read_metadata(
-            &*src,
-            regions.metadata.file_offset,
-            regions.metadata.length,
-            &opts.limits,
-        )?;
-        warnings.extend(meta.warnings.iter().cloned());
-        let mut reserved: Vec<(u64, u64, String)> =
-            vec![(0, format::MIB, "the first MiB".to_string())];
-        if let Some((o, l)) = log_span {
-            reserved.push((o, o.saturating_add(l), "the log".to_string()));
-        }
-        for r in &regions.all {
-            reserved.push((
-                r.file_offset,
-                r.file_offset.saturating_add(r.length),
-                format!("region {}", r.name.unwrap_or("unknown")),
-            ));
-        }
-        let bat = bat::read_bat(
-            &*src,
-            &bat::BatParams {
-                region_offset: regions.bat.file_offset,
-                region_length: regions.bat.length,
-                virtual_size: meta.virtual_disk_size,
-                block_size: meta.block_size,
-                logical_sector_size: meta.logical_sector_size,
-                differencing: meta.has_parent,
-                file_len,
-                max_bat_bytes: opts.limits.max_bat_bytes,
-                reserved: &reserved,
-            },
-        )?;
-        warnings.extend(bat.warnings.iter().cloned());
-
-        let disk_type = if meta.has_parent {
-            DiskType::Differencing
-        } else if meta.leave_block_allocated {
-            // VHDX has no type field; Windows and qemu mark fixed disks with LeaveBlockAllocated.
-            DiskType::Fixed
-        } else {
-            DiskType::Dynamic
-        };
-        let (linkage, locators, locator_info) = match &meta.locator {
-            Some(l) => {
-                warnings.extend(l.warnings.iter().cloned());
-                (
-                    Some(ParentLinkage {
-                        id: l.parent_linkage,
-                        alternate_id: l.parent_linkage2,
-                        timestamp: None,
-                    }),
-                    l.parent_locators(),
-                    Some(Box::new(ParentLocatorInfo {
-                        locator_type: l.locator_type,
-                        entries: l.entries.clone(),
-                    })),
-                )
-            }
-            None => (None, Vec::new(), None),
-        };
+        let layout = read_layout(&*src, file_len, cur, &opts.limits)?;
+        warnings.extend(layout.warnings.iter().cloned());
+        let Layout {
+            regions,
+            meta,
+            bat,
+            disk_type,
+            ..
+        } = layout;
+        let (linkage, locators, parent_locator) = parent_parts(&meta, &mut warnings);
         let info = VhdxInfo {
             creator,
             data_write_guid: cur.data_write_guid,
@@ -340,59 +351,14 @@ impl VhdxFile {
             log_guid: cur.log_guid,
             log: Box::new(log_info),
             virtual_disk_id: meta.virtual_disk_id,
-            headers: headers
-                .slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| HeaderInfo {
-                    offset: s.offset,
-                    valid: s.header.is_some(),
-                    sequence_number: s.header.as_ref().map(|h| h.sequence_number),
-                    current: i == headers.current_index,
-                    error: s.error.clone(),
-                })
-                .collect(),
-            region_tables: regions
-                .copies
-                .iter()
-                .map(|c| RegionTableInfo {
-                    offset: c.offset,
-                    valid: c.entries.is_some(),
-                    entries: c
-                        .entries
-                        .iter()
-                        .flatten()
-                        .map(|r| RegionInfo {
-                            guid: r.guid,
-                            name: r.name.map(str::to_string),
-                            offset: r.file_offset,
-                            length: r.length,
-                            required: r.required,
-                        })
-                        .collect(),
-                    error: c.error.clone(),
-                })
-                .collect(),
-            metadata_items: meta
-                .items
-                .iter()
-                .map(|i| MetadataItemInfo {
-                    guid: i.guid,
-                    name: i.name.map(str::to_string),
-                    offset: i.offset,
-                    file_offset: i.file_offset,
-                    length: i.length,
-                    flags: i.flags,
-                    is_user: i.flags & format::META_IS_USER != 0,
-                    is_virtual_disk: i.flags & format::META_IS_VIRTUAL_DISK != 0,
-                    is_required: i.flags & format::META_IS_REQUIRED != 0,
-                })
-                .collect(),
+            headers: header_infos(&headers),
+            region_tables: region_table_infos(&regions),
+            metadata_items: metadata_item_infos(&meta),
             leave_block_allocated: meta.leave_block_allocated,
             has_parent: meta.has_parent,
             chunk_ratio: bat.chunk_ratio,
             bat: Box::new(bat.summary.clone()),
-            parent_locator: locator_info,
+            parent_locator,
         };
         Ok(VhdxFile {
             src,
@@ -496,7 +462,7 @@ impl Image for VhdxFile {
         let within = offset % bs;
         let run = max_len.min(bs - within);
         let e = self.entry(bat::payload_index(b, cr))?;
-        let state = u8::try_from(e & 7).unwrap_or(u8::MAX);
+        let state = u8::try_from(e & format::BAT_STATE_MASK).unwrap_or(u8::MAX);
         let file_offset = e & format::BAT_OFFSET_MASK;
         match state {
             PAYLOAD_BLOCK_FULLY_PRESENT => Ok((
@@ -535,5 +501,106 @@ impl Image for VhdxFile {
     }
     fn details(&self) -> FormatInfo {
         FormatInfo::Vhdx(self.info.clone())
+    }
+}
+
+/// Regions, metadata and BAT of a VHDX, checked: everything after the headers and the log.
+/// Shared by the read-only open and the writable open, so both apply the same rules.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    /// Both region tables and the regions in use.
+    pub regions: region::Regions,
+    /// The metadata items.
+    pub meta: metadata::Metadata,
+    /// The BAT.
+    pub bat: bat::Bat,
+    /// Spans (start, end, what) no block may overlap: the first MiB, the log, every region.
+    pub reserved: Vec<(u64, u64, String)>,
+    /// Fixed (LeaveBlockAllocated), dynamic or differencing (HasParent).
+    pub disk_type: DiskType,
+    /// Warnings of the regions, metadata and BAT, in that order (the locator's are in
+    /// `meta.locator`).
+    pub warnings: Vec<String>,
+}
+
+/// Read regions, metadata and the BAT through `src` (`file_len` bytes; a dirty log already
+/// replayed into it or onto the file), for the current header `cur`.
+pub(crate) fn read_layout(
+    src: &dyn Source,
+    file_len: u64,
+    cur: &header::ParsedHeader,
+    limits: &Limits,
+) -> Result<Layout> {
+    let log_length = u64::from(cur.log_length);
+    let log_span = (log_length > 0)
+        .then(|| {
+            cur.log_offset
+                .checked_add(log_length)
+                .map(|_| (cur.log_offset, log_length))
+        })
+        .flatten();
+    let regions = region::read_regions(src, file_len, log_span)?;
+    let mut warnings = regions.warnings.clone();
+    let meta = metadata::read_metadata(
+        src,
+        regions.metadata.file_offset,
+        regions.metadata.length,
+        limits,
+    )?;
+    warnings.extend(meta.warnings.iter().cloned());
+    let reserved = regions.reserved_spans(log_span);
+    let bat = bat::read_bat(
+        src,
+        &bat::BatParams {
+            region_offset: regions.bat.file_offset,
+            region_length: regions.bat.length,
+            virtual_size: meta.virtual_disk_size,
+            block_size: meta.block_size,
+            logical_sector_size: meta.logical_sector_size,
+            differencing: meta.has_parent,
+            file_len,
+            max_bat_bytes: limits.max_bat_bytes,
+            reserved: &reserved,
+        },
+    )?;
+    warnings.extend(bat.warnings.iter().cloned());
+    let disk_type = if meta.has_parent {
+        DiskType::Differencing
+    } else if meta.leave_block_allocated {
+        // VHDX has no type field; Windows and qemu mark fixed disks with LeaveBlockAllocated.
+        DiskType::Fixed
+    } else {
+        DiskType::Dynamic
+    };
+    Ok(Layout {
+        regions,
+        meta,
+        bat,
+        reserved,
+        disk_type,
+        warnings,
+    })
+}
+
+impl Layout {
+    /// End of the last byte any structure uses: the log, every region, and every block a BAT
+    /// entry points at (whatever its state). A writer allocates new blocks from here.
+    #[allow(dead_code)] // for the writable open (vhdx/write.rs)
+    pub(crate) fn structures_end(&self) -> u64 {
+        let cr = self.bat.chunk_ratio;
+        let mut end = self.reserved.iter().map(|r| r.1).max().unwrap_or(0);
+        for (i, &e) in (0u64..).zip(self.bat.entries.iter()) {
+            let off = e & format::BAT_OFFSET_MASK;
+            if off == 0 {
+                continue;
+            }
+            let len = if (i + 1) % (cr + 1) == 0 {
+                format::SECTOR_BITMAP_BLOCK_SIZE
+            } else {
+                self.bat.block_size
+            };
+            end = end.max(off.saturating_add(len));
+        }
+        end
     }
 }

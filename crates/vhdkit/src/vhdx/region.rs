@@ -4,13 +4,18 @@ use uuid::Uuid;
 
 use super::format::{
     self, RegionTableEntry, RegionTableHeader, BAT_REGION_GUID, MAX_REGION_ENTRIES,
-    METADATA_REGION_GUID, MIB, REGION_REQUIRED, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE,
+    METADATA_REGION_GUID, MIB, REGION_REQUIRED, REGION_TABLE_ENTRY_COUNT_OFFSET,
+    REGION_TABLE_ENTRY_SIZE, REGION_TABLE_HEADER_SIZE, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE,
 };
+use super::header::{check_signed, Where};
 use crate::error::{Error, Result};
 use crate::guid::from_vhdx_bytes;
 use crate::source::{read_struct, Source};
+use crate::util::overlaps;
 
 const NAMES: [&str; 2] = ["vhdx region table 1", "vhdx region table 2"];
+/// [`REGION_TABLE_ENTRY_SIZE`] as a slice length.
+const ENTRY_BYTES: usize = REGION_TABLE_ENTRY_SIZE as usize;
 
 /// One region entry, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,28 +57,18 @@ fn name_of(guid: &[u8; 16]) -> Option<&'static str> {
 
 fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<Region>> {
     let h: RegionTableHeader = format::parse(buf, structure, offset)?;
-    if h.signature != format::REGION_TABLE_SIGNATURE {
-        return Err(Error::corrupt(
-            structure,
-            offset,
-            format!("signature {:02x?}, expected \"regi\"", h.signature),
-        ));
-    }
-    let crc = format::crc32c_with_zeroed(buf, 4);
-    if crc != h.checksum {
-        return Err(Error::corrupt(
-            structure,
-            offset,
-            format!(
-                "checksum {:#010x}, computed {crc:#010x} over 65536 bytes",
-                h.checksum
-            ),
-        ));
-    }
+    let at = Where { structure, offset };
+    check_signed(
+        buf,
+        &at,
+        &h.signature,
+        &format::REGION_TABLE_SIGNATURE,
+        h.checksum,
+    )?;
     if h.entry_count > MAX_REGION_ENTRIES {
         return Err(Error::corrupt(
             structure,
-            offset + 8,
+            offset + REGION_TABLE_ENTRY_COUNT_OFFSET,
             format!(
                 "entry count {}, allowed 0..={MAX_REGION_ENTRIES}",
                 h.entry_count
@@ -82,11 +77,11 @@ fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<R
     }
     let mut out = Vec::new();
     for i in 0..h.entry_count {
-        let rel = 16 + 32 * u64::from(i);
+        let rel = entry_offset(u64::from(i));
         let at = offset + rel;
-        let start = usize::try_from(rel).map_err(|_| Error::corrupt(structure, at, "offset"))?;
-        let bytes = buf
-            .get(start..start + 32)
+        let bytes = usize::try_from(rel)
+            .ok()
+            .and_then(|start| buf.get(start..)?.get(..ENTRY_BYTES))
             .ok_or_else(|| Error::corrupt(structure, at, "entry outside the table"))?;
         let e: RegionTableEntry = format::parse(bytes, structure, at)?;
         out.push(Region {
@@ -100,39 +95,37 @@ fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<R
     Ok(out)
 }
 
-/// Read both region tables and check the one in use. `log` is the log's (offset, length) when it
-/// has a non-zero length; `file_len` the (overlaid) file length.
-pub(crate) fn read_regions(
-    src: &dyn Source,
-    file_len: u64,
-    log: Option<(u64, u64)>,
-) -> Result<Regions> {
-    let mut copies = Vec::with_capacity(2);
-    let mut parsed = Vec::with_capacity(2);
-    for (i, &off) in REGION_TABLE_OFFSETS.iter().enumerate() {
+/// Offset of entry `i` from the start of a region table (`i` is below 2048).
+fn entry_offset(i: u64) -> u64 {
+    REGION_TABLE_HEADER_SIZE + REGION_TABLE_ENTRY_SIZE * i
+}
+
+/// Read both copies; each is kept for `info` with its parse result.
+fn read_copies(src: &dyn Source) -> ([TableCopy; 2], [Result<Vec<Region>>; 2]) {
+    let read = |i: usize| {
         let name = NAMES.get(i).copied().unwrap_or("vhdx region table");
+        let off = REGION_TABLE_OFFSETS.get(i).copied().unwrap_or(0);
         let mut buf = vec![0u8; REGION_TABLE_SIZE];
         let r = read_struct(src, off, &mut buf, name).and_then(|()| parse_table(&buf, name, off));
-        copies.push(TableCopy {
+        let copy = TableCopy {
             offset: off,
             entries: r.as_ref().ok().cloned(),
             error: r.as_ref().err().map(|e| e.to_string()),
-        });
-        parsed.push(r);
-    }
-    let mut warnings = Vec::new();
-    let mut it = parsed.into_iter();
-    let (t1, t2) = match (it.next(), it.next()) {
-        (Some(a), Some(b)) => (a, b),
-        _ => {
-            return Err(Error::corrupt(
-                NAMES[0],
-                REGION_TABLE_OFFSETS[0],
-                "internal",
-            ))
-        }
+        };
+        (copy, r)
     };
-    let (index, table) = match (t1, t2) {
+    let (c1, r1) = read(0);
+    let (c2, r2) = read(1);
+    ([c1, c2], [r1, r2])
+}
+
+/// The copy in use: the first valid one (SX: both must match; a difference is a warning).
+fn choose(
+    t1: Result<Vec<Region>>,
+    t2: Result<Vec<Region>>,
+    warnings: &mut Vec<String>,
+) -> Result<(usize, Vec<Region>)> {
+    Ok(match (t1, t2) {
         (Ok(a), Ok(b)) => {
             if a != b {
                 warnings.push("region tables 1 and 2 differ; using region table 1".to_string());
@@ -152,9 +145,107 @@ pub(crate) fn read_regions(
             (1, b)
         }
         (Err(e1), Err(_)) => return Err(e1),
+    })
+}
+
+/// Where the table in use sits, for errors.
+struct TableAt {
+    structure: &'static str,
+    offset: u64,
+}
+
+/// Check one entry's own rules (unique, known if required, aligned, inside the file, no overlap
+/// with `spans`); returns its end.
+fn check_entry(
+    t: &TableAt,
+    table: &[Region],
+    i: usize,
+    file_len: u64,
+    spans: &[(u64, u64, String)],
+) -> Result<u64> {
+    let Some(r) = table.get(i) else {
+        return Err(Error::corrupt(t.structure, t.offset, "internal"));
     };
-    let structure = NAMES.get(index).copied().unwrap_or("vhdx region table");
-    let table_off = REGION_TABLE_OFFSETS.get(index).copied().unwrap_or(0);
+    let structure = t.structure;
+    let at = t.offset + entry_offset(u64::try_from(i).unwrap_or(0));
+    let label = r.name.map_or_else(|| r.guid.to_string(), str::to_string);
+    if table.iter().take(i).any(|other| other.guid == r.guid) {
+        return Err(Error::corrupt(
+            structure,
+            at,
+            format!("region {label} listed more than once"),
+        ));
+    }
+    if r.name.is_none() && r.required {
+        return Err(Error::unsupported(format!(
+            "unknown required vhdx region {} at offset {:#x}",
+            r.guid, r.file_offset
+        )));
+    }
+    if r.file_offset % MIB != 0 || r.file_offset < MIB {
+        return Err(Error::corrupt(
+            structure,
+            at,
+            format!(
+                "region {label} file offset {:#x}: must be a multiple of 1 MiB and at least 1 MiB",
+                r.file_offset
+            ),
+        ));
+    }
+    if r.length % MIB != 0 || r.length < MIB {
+        return Err(Error::corrupt(
+            structure,
+            at,
+            format!(
+                "region {label} length {:#x}: must be a non-zero multiple of 1 MiB",
+                r.length
+            ),
+        ));
+    }
+    let end = r
+        .file_offset
+        .checked_add(r.length)
+        .filter(|&e| e <= file_len)
+        .ok_or_else(|| {
+            Error::corrupt(
+                structure,
+                at,
+                format!(
+                    "region {label} at {:#x}+{:#x} ends past the end of the file ({file_len:#x})",
+                    r.file_offset, r.length
+                ),
+            )
+        })?;
+    if let Some((_, _, what)) = spans
+        .iter()
+        .find(|(s, e, _)| overlaps(&(r.file_offset..end), &(*s..*e)))
+    {
+        return Err(Error::corrupt(
+            structure,
+            at,
+            format!(
+                "region {label} at {:#x}+{:#x} overlaps {what}",
+                r.file_offset, r.length
+            ),
+        ));
+    }
+    Ok(end)
+}
+
+/// Read both region tables and check the one in use. `log` is the log's (offset, length) when it
+/// has a non-zero length; `file_len` the (overlaid) file length.
+pub(crate) fn read_regions(
+    src: &dyn Source,
+    file_len: u64,
+    log: Option<(u64, u64)>,
+) -> Result<Regions> {
+    let (copies, [t1, t2]) = read_copies(src);
+    let mut warnings = Vec::new();
+    let (index, table) = choose(t1, t2, &mut warnings)?;
+    let t = TableAt {
+        structure: NAMES.get(index).copied().unwrap_or("vhdx region table"),
+        offset: REGION_TABLE_OFFSETS.get(index).copied().unwrap_or(0),
+    };
     let mut bat = None;
     let mut metadata = None;
     // (start, end, what) of everything that must not overlap; the first MiB counts.
@@ -165,68 +256,8 @@ pub(crate) fn read_regions(
         }
     }
     for (i, r) in table.iter().enumerate() {
-        let at = table_off + 16 + 32 * u64::try_from(i).unwrap_or(0);
+        let end = check_entry(&t, &table, i, file_len, &spans)?;
         let label = r.name.map_or_else(|| r.guid.to_string(), str::to_string);
-        if table.iter().take(i).any(|other| other.guid == r.guid) {
-            return Err(Error::corrupt(
-                structure,
-                at,
-                format!("region {label} listed more than once"),
-            ));
-        }
-        if r.name.is_none() && r.required {
-            return Err(Error::unsupported(format!(
-                "unknown required vhdx region {} at offset {:#x}",
-                r.guid, r.file_offset
-            )));
-        }
-        if r.file_offset % MIB != 0 || r.file_offset < MIB {
-            return Err(Error::corrupt(
-                structure,
-                at,
-                format!(
-                    "region {label} file offset {:#x}: must be a multiple of 1 MiB and at least 1 MiB",
-                    r.file_offset
-                ),
-            ));
-        }
-        if r.length % MIB != 0 || r.length < MIB {
-            return Err(Error::corrupt(
-                structure,
-                at,
-                format!(
-                    "region {label} length {:#x}: must be a non-zero multiple of 1 MiB",
-                    r.length
-                ),
-            ));
-        }
-        let end = r
-            .file_offset
-            .checked_add(r.length)
-            .filter(|&e| e <= file_len)
-            .ok_or_else(|| {
-                Error::corrupt(
-                    structure,
-                    at,
-                    format!(
-                        "region {label} at {:#x}+{:#x} ends past the end of the file ({file_len:#x})",
-                        r.file_offset, r.length
-                    ),
-                )
-            })?;
-        if let Some((_, _, what)) = spans
-            .iter()
-            .find(|(s, e, _)| r.file_offset < *e && *s < end)
-        {
-            return Err(Error::corrupt(
-                structure,
-                at,
-                format!(
-                    "region {label} at {:#x}+{:#x} overlaps {what}",
-                    r.file_offset, r.length
-                ),
-            ));
-        }
         spans.push((r.file_offset, end, format!("region {label}")));
         match r.name {
             Some("bat") => bat = Some(r.clone()),
@@ -234,18 +265,33 @@ pub(crate) fn read_regions(
             _ => {}
         }
     }
-    let bat = bat.ok_or_else(|| Error::corrupt(structure, table_off, "no BAT region"))?;
+    let bat = bat.ok_or_else(|| Error::corrupt(t.structure, t.offset, "no BAT region"))?;
     let metadata =
-        metadata.ok_or_else(|| Error::corrupt(structure, table_off, "no metadata region"))?;
-    let [c1, c2] = match <[TableCopy; 2]>::try_from(copies) {
-        Ok(c) => c,
-        Err(_) => return Err(Error::corrupt(structure, table_off, "internal")),
-    };
+        metadata.ok_or_else(|| Error::corrupt(t.structure, t.offset, "no metadata region"))?;
     Ok(Regions {
-        copies: [c1, c2],
+        copies,
         bat,
         metadata,
         all: table,
         warnings,
     })
+}
+
+impl Regions {
+    /// Spans (start, end, what) that BAT entries must not overlap: the first MiB, the log (when
+    /// `log` is its (offset, length)) and every region.
+    pub(crate) fn reserved_spans(&self, log: Option<(u64, u64)>) -> Vec<(u64, u64, String)> {
+        let mut reserved: Vec<(u64, u64, String)> = vec![(0, MIB, "the first MiB".to_string())];
+        if let Some((o, l)) = log {
+            reserved.push((o, o.saturating_add(l), "the log".to_string()));
+        }
+        for r in &self.all {
+            reserved.push((
+                r.file_offset,
+                r.file_offset.saturating_add(r.length),
+                format!("region {}", r.name.unwrap_or("unknown")),
+            ));
+        }
+        reserved
+    }
 }

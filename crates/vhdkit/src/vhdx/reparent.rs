@@ -24,7 +24,6 @@
 //! (MS-VHDX requires it before any other change), checks that every byte the plan replaces is
 //! still what the plan read, then commits all writes through the log.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use uuid::Uuid;
@@ -35,6 +34,9 @@ use super::locator::link::{self, KeyEdit, LinkEdit, LinkPlan, Placement};
 use super::locator::{
     KEY_ABSOLUTE_WIN32_PATH, KEY_PARENT_LINKAGE2, KEY_RELATIVE_PATH, KEY_VOLUME_PATH,
 };
+pub use super::log::LogReplay;
+pub(crate) use super::log::{inspect_log, replay_log};
+use super::log::{log_entry_bytes, summary, Counting};
 use super::update::{self, Session};
 use super::VhdxFile;
 use crate::disk::{DiskType, OpenOptions};
@@ -95,18 +97,6 @@ pub struct Planned {
     pub warnings: Vec<String>,
 }
 
-/// A dirty log that was (or would be) replayed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct LogReplay {
-    /// Entries in the active sequence.
-    pub entries: u64,
-    /// Sequence number of its first entry.
-    pub first_sequence: u64,
-    /// Sequence number of its head entry.
-    pub last_sequence: u64,
-}
-
 /// What [`apply`] wrote, by structure.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -130,22 +120,6 @@ impl Applied {
     pub fn total_bytes(&self) -> u64 {
         self.header_bytes + self.log_bytes + self.metadata_bytes
     }
-}
-
-/// The 4 KiB sectors the writes touch, and the size of the one log entry that carries them.
-fn log_entry_bytes(writes: &[WriteOp]) -> (u64, u64) {
-    let mut sectors = std::collections::BTreeSet::new();
-    for w in writes {
-        let end = w.offset + w.data.len() as u64;
-        let mut s = w.offset / KIB4;
-        while s * KIB4 < end {
-            sectors.insert(s);
-            s += 1;
-        }
-    }
-    let n = sectors.len() as u64;
-    let descriptor_sectors = (64 + 32 * n).div_ceil(KIB4);
-    (n, (descriptor_sectors + n) * KIB4)
 }
 
 /// Plan the locator rewrite of the differencing VHDX that `open` yields (called once). The
@@ -431,82 +405,6 @@ fn table_digest(entries: &[u64]) -> [u8; 32] {
         h.update(e.to_le_bytes());
     }
     h.finalize().into()
-}
-
-/// A [`Sink`] that counts what is written where.
-#[derive(Debug)]
-struct Counting<'a> {
-    inner: &'a dyn Sink,
-    log: Range<u64>,
-    writes: AtomicUsize,
-    syncs: AtomicUsize,
-    header_bytes: AtomicU64,
-    log_bytes: AtomicU64,
-    other_bytes: AtomicU64,
-}
-
-impl Source for Counting<'_> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-}
-
-impl Sink for Counting<'_> {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, offset)?;
-        let n = buf.len() as u64;
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        let bucket = if HEADER_OFFSETS
-            .iter()
-            .any(|&h| offset >= h && offset < h + HEADER_SIZE as u64)
-        {
-            &self.header_bytes
-        } else if self.log.contains(&offset) {
-            &self.log_bytes
-        } else {
-            &self.other_bytes
-        };
-        bucket.fetch_add(n, Ordering::SeqCst);
-        Ok(())
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        self.inner.sync()?;
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
-/// Replay a dirty log of the VHDX file `sink` to the file itself (a new FileWriteGuid, the
-/// logged sectors written, both headers marked clean). `Ok(None)` when the log is clean.
-pub(crate) fn replay_log(sink: &dyn Sink, limits: &Limits) -> Result<Option<LogReplay>> {
-    let headers = header::read_headers(sink)?;
-    let Some(seq) = update::dirty_log(sink, &headers.current, limits.max_log_replay_bytes)? else {
-        return Ok(None);
-    };
-    let mut s = Session::new(sink, headers.current, headers.current_index);
-    s.replay_to_disk(&seq)?;
-    Ok(Some(summary(&seq)))
-}
-
-/// What a dirty log would replay, without writing. `Ok(None)` when the log is clean.
-pub(crate) fn inspect_log(src: &dyn Source, limits: &Limits) -> Result<Option<LogReplay>> {
-    let headers = header::read_headers(src)?;
-    Ok(update::dirty_log(src, &headers.current, limits.max_log_replay_bytes)?.map(|s| summary(&s)))
-}
-
-fn summary(seq: &super::log::LogSequence) -> LogReplay {
-    let (a, b) = seq.sequence_range();
-    LogReplay {
-        entries: seq.entries.len() as u64,
-        first_sequence: a,
-        last_sequence: b,
-    }
 }
 
 /// Apply `plan` (made by [`plan`] on the header `guard`) to the VHDX file `sink`.

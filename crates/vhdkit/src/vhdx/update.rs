@@ -22,45 +22,18 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::format::{self, HEADER_OFFSETS, HEADER_SIZE, KIB4, LOG_MIN_TARGET, MIB};
+use super::format::{HEADER_OFFSETS, KIB4, LOG_MIN_TARGET, MIB};
+pub(crate) use super::header::encode_header;
 use super::header::ParsedHeader;
-use super::log::{LogSequence, LogWrite};
+use super::log::{encode_entry, LogSequence, LogWrite};
 use crate::error::{Error, Result};
-use crate::guid::to_vhdx_bytes;
 use crate::source::source_len;
 use crate::txn::Sink;
 
 const SECTOR: usize = 4096;
-const STRUCT: &str = "vhdx log entry (being written)";
 
 fn io(what: &str, e: std::io::Error) -> Error {
     Error::io(what.to_string(), e)
-}
-
-/// The on-disk bytes of a header, checksum included.
-pub(crate) fn encode_header(h: &ParsedHeader) -> Vec<u8> {
-    let mut b = vec![0u8; HEADER_SIZE];
-    put(&mut b, 0, &format::HEADER_SIGNATURE);
-    put(&mut b, 8, &h.sequence_number.to_le_bytes());
-    put(&mut b, 16, &to_vhdx_bytes(&h.file_write_guid));
-    put(&mut b, 32, &to_vhdx_bytes(&h.data_write_guid));
-    put(&mut b, 48, &to_vhdx_bytes(&h.log_guid));
-    put(&mut b, 64, &h.log_version.to_le_bytes());
-    put(&mut b, 66, &1u16.to_le_bytes());
-    put(&mut b, 68, &h.log_length.to_le_bytes());
-    put(&mut b, 72, &h.log_offset.to_le_bytes());
-    let crc = format::crc32c_with_zeroed(&b, 4);
-    put(&mut b, 4, &crc.to_le_bytes());
-    b
-}
-
-fn put(buf: &mut [u8], at: usize, data: &[u8]) {
-    if let Some(dst) = at
-        .checked_add(data.len())
-        .and_then(|end| buf.get_mut(at..end))
-    {
-        dst.copy_from_slice(data);
-    }
 }
 
 /// What a [`Session`] remembers between calls: the current header, its slot, the session's
@@ -323,30 +296,16 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The active log sequence of a file whose current header `h` names a log (LogGuid non-zero),
-/// or `None` when the log is clean. A dirty log must be replayed before any other change
-/// (MS-VHDX 2.3.3); see [`Session::replay_to_disk`].
+/// The active log sequence of a file whose current header is `h` (slot unknown), or `None` when
+/// the log is clean. Prefer [`super::log::dirty_log`], which names the header slot in errors.
 pub(crate) fn dirty_log(
     src: &dyn crate::source::Source,
     h: &ParsedHeader,
     max_replay_bytes: u64,
 ) -> Result<Option<LogSequence>> {
-    if h.log_guid.is_nil() {
-        return Ok(None);
-    }
-    if h.log_version != 0 {
-        return Err(Error::corrupt(
-            "vhdx header",
-            0,
-            format!("log version {}, expected 0", h.log_version),
-        ));
-    }
-    let place = super::log::LogPlace {
-        offset: h.log_offset,
-        length: u64::from(h.log_length),
-        guid: h.log_guid,
-    };
-    super::log::find_active_sequence(src, &place, max_replay_bytes).map(Some)
+    super::log::named_log(h, None)?
+        .map(|place| super::log::find_active_sequence(src, &place, max_replay_bytes))
+        .transpose()
 }
 
 fn write_zeros(sink: &dyn Sink, offset: u64, length: u64) -> std::io::Result<()> {
@@ -361,72 +320,12 @@ fn write_zeros(sink: &dyn Sink, offset: u64, length: u64) -> std::io::Result<()>
     Ok(())
 }
 
-/// Encode one log entry holding a data descriptor and data sector per 4 KiB sector.
-fn encode_entry(
-    sequence: u64,
-    tail: u32,
-    log_guid: Uuid,
-    flushed_file_offset: u64,
-    last_file_offset: u64,
-    sectors: &BTreeMap<u64, Vec<u8>>,
-) -> Result<Vec<u8>> {
-    let count = sectors.len();
-    let descriptor_bytes = 64usize
-        .checked_add(count.checked_mul(32).ok_or_else(too_big)?)
-        .ok_or_else(too_big)?;
-    let descriptor_sectors = descriptor_bytes.div_ceil(SECTOR);
-    let total = descriptor_sectors
-        .checked_add(count)
-        .and_then(|s| s.checked_mul(SECTOR))
-        .ok_or_else(too_big)?;
-    let entry_length = u32::try_from(total).map_err(|_| too_big())?;
-    let mut e = vec![0u8; total];
-    put(&mut e, 0, &format::LOG_ENTRY_SIGNATURE);
-    put(&mut e, 8, &entry_length.to_le_bytes());
-    put(&mut e, 12, &tail.to_le_bytes());
-    put(&mut e, 16, &sequence.to_le_bytes());
-    put(
-        &mut e,
-        24,
-        &u32::try_from(count).map_err(|_| too_big())?.to_le_bytes(),
-    );
-    put(&mut e, 32, &to_vhdx_bytes(&log_guid));
-    put(&mut e, 48, &flushed_file_offset.to_le_bytes());
-    put(&mut e, 56, &last_file_offset.to_le_bytes());
-    for (i, (off, data)) in sectors.iter().enumerate() {
-        if data.len() != SECTOR || off % KIB4 != 0 {
-            return Err(Error::corrupt(
-                STRUCT,
-                *off,
-                "log data must be whole 4 KiB sectors",
-            ));
-        }
-        let d = 64 + 32 * i;
-        put(&mut e, d, &format::DATA_DESCRIPTOR_SIGNATURE);
-        put(&mut e, d + 4, data.get(4092..4096).unwrap_or(&[]));
-        put(&mut e, d + 8, data.get(0..8).unwrap_or(&[]));
-        put(&mut e, d + 16, &off.to_le_bytes());
-        put(&mut e, d + 24, &sequence.to_le_bytes());
-        let s = (descriptor_sectors + i) * SECTOR;
-        put(&mut e, s, &format::DATA_SECTOR_SIGNATURE);
-        put(&mut e, s + 4, &((sequence >> 32) as u32).to_le_bytes());
-        put(&mut e, s + 8, data.get(8..4092).unwrap_or(&[]));
-        put(&mut e, s + 4092, &(sequence as u32).to_le_bytes());
-    }
-    let crc = format::crc32c_with_zeroed(&e, 4);
-    put(&mut e, 4, &crc.to_le_bytes());
-    Ok(e)
-}
-
-fn too_big() -> Error {
-    Error::unsupported("metadata update too large for one log entry")
-}
-
 // Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
 #[cfg(test)]
 #[cfg(vhdkit_workspace)]
 mod tests {
     use super::*;
+    use crate::guid::to_vhdx_bytes;
     use crate::source::Source;
     use crate::txn::fault::{FaultPlan, FaultyFile};
     use crate::{Disk, OpenOptions};

@@ -37,21 +37,20 @@ use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
-use super::bat::{self, chunk_ratio, payload_index, sb_index};
+use super::bat::{chunk_ratio, payload_index, sb_index};
 use super::bitmap::block_bitmap_range;
 use super::format::{
     self, BAT_OFFSET_MASK, KIB4, MIB, PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT,
     PAYLOAD_BLOCK_PARTIALLY_PRESENT, SB_BLOCK_PRESENT, SECTOR_BITMAP_BLOCK_SIZE,
 };
-use super::header::{Headers, ParsedHeader};
-use super::log::LogSequence;
-use super::metadata::Metadata;
+use super::header::ParsedHeader;
 use super::update::{Session, SessionState};
-use super::{header, log, metadata, region};
+use super::log::{dirty_log, max_data_sectors};
+use super::header;
+use super::{read_layout, Layout};
 use crate::bitmap::{self as bits, BitOrder};
 use crate::disk::{DiskFormat, DiskType, OpenOptions};
 use crate::error::{Error, Result};
-use crate::limits::Limits;
 use crate::source::{read_struct, source_len, Source};
 use crate::txn::Sink;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
@@ -93,120 +92,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
-// ---- Stand-ins for the reader's shared parse ----
-// `dirty_log`, `read_layout` (with `Layout`) and `max_data_sectors` have the signatures of the
-// reader's shared open path (vhdx::log::dirty_log, vhdx::read_layout,
-// vhdx::log::max_data_sectors); once that lands, these items are deleted and the imports
-// point there instead.
-
-/// Most data sectors `n` with `descriptor sectors + n` sectors plus one free sector in the log.
-fn max_data_sectors(log_length: u64) -> usize {
-    let total = log_length / KIB4;
-    let mut n = total.saturating_sub(2);
-    while n > 0
-        && (n
-            + (format::LOG_ENTRY_HEADER_SIZE + format::LOG_DESCRIPTOR_SIZE * n).div_ceil(KIB4)
-            + 1)
-            > total
-    {
-        n -= 1;
-    }
-    usize::try_from(n).unwrap_or(0)
-}
-
-/// The active log sequence when the current header names a log.
-fn dirty_log(
-    src: &dyn Source,
-    headers: &Headers,
-    max_replay_bytes: u64,
-) -> Result<Option<LogSequence>> {
-    let cur = &headers.current;
-    if cur.log_guid.is_nil() {
-        return Ok(None);
-    }
-    if cur.log_version != 0 {
-        return Err(Error::corrupt(
-            "vhdx header",
-            format::HEADER_OFFSETS[headers.current_index & 1] + format::HEADER_LOG_VERSION_OFFSET,
-            format!("log version {}, expected 0", cur.log_version),
-        ));
-    }
-    let place = log::LogPlace {
-        offset: cur.log_offset,
-        length: u64::from(cur.log_length),
-        guid: cur.log_guid,
-    };
-    log::find_active_sequence(src, &place, max_replay_bytes).map(Some)
-}
-
-/// Regions, metadata and BAT of a VHDX, checked.
-struct Layout {
-    regions: region::Regions,
-    meta: Metadata,
-    bat: bat::Bat,
-    /// Spans (start, end, what) no block may overlap: the first MiB, the log, every region.
-    reserved: Vec<(u64, u64, String)>,
-    disk_type: DiskType,
-}
-
-/// Read regions, metadata and the BAT through `src` (`file_len` bytes, log already replayed).
-fn read_layout(
-    src: &dyn Source,
-    file_len: u64,
-    cur: &ParsedHeader,
-    limits: &Limits,
-) -> Result<Layout> {
-    let log_length = u64::from(cur.log_length);
-    let log_span = (log_length > 0).then_some((cur.log_offset, log_length));
-    let regions = region::read_regions(src, file_len, log_span)?;
-    let meta = metadata::read_metadata(
-        src,
-        regions.metadata.file_offset,
-        regions.metadata.length,
-        limits,
-    )?;
-    let mut reserved: Vec<(u64, u64, String)> = vec![(0, MIB, "the first MiB".to_string())];
-    if let Some((o, l)) = log_span {
-        reserved.push((o, o.saturating_add(l), "the log".to_string()));
-    }
-    for r in &regions.all {
-        reserved.push((
-            r.file_offset,
-            r.file_offset.saturating_add(r.length),
-            format!("region {}", r.name.unwrap_or("?")),
-        ));
-    }
-    let bat = bat::read_bat(
-        src,
-        &bat::BatParams {
-            region_offset: regions.bat.file_offset,
-            region_length: regions.bat.length,
-            virtual_size: meta.virtual_disk_size,
-            block_size: meta.block_size,
-            logical_sector_size: meta.logical_sector_size,
-            differencing: meta.has_parent,
-            file_len,
-            max_bat_bytes: limits.max_bat_bytes,
-            reserved: &reserved,
-        },
-    )?;
-    let disk_type = if meta.has_parent {
-        DiskType::Differencing
-    } else if meta.leave_block_allocated {
-        DiskType::Fixed
-    } else {
-        DiskType::Dynamic
-    };
-    Ok(Layout {
-        regions,
-        meta,
-        bat,
-        reserved,
-        disk_type,
-    })
-}
-
-// ---- End of the stand-ins ----
 
 /// Replay a dirty log into the file (a new FileWriteGuid): the session to write with and the
 /// header it starts from.

@@ -1,0 +1,125 @@
+//! The VHDX log (MS-VHDX 2.3): entry layout and size ([`entry`]), finding the active sequence
+//! ([`find_active_sequence`]), replaying it in memory or to the file ([`replay`]), and writing
+//! entries ([`write`]). Entry sizes come from one function, [`entry::entry_length`], for both
+//! reading and writing.
+//!
+//! Finding and decoding depend only on `format`, `error`, `guid`, `util` and `source`, and never
+//! write;
+//! replay to the file goes through `update::Session`, which owns header updates.
+
+mod entry;
+mod replay;
+mod sequence;
+mod write;
+
+use uuid::Uuid;
+
+pub use replay::LogReplay;
+pub(crate) use replay::{dirty_log, inspect_log, named_log, overlay, replay_log, summary};
+pub use sequence::find_active_sequence;
+#[allow(unused_imports)] // for the writable open's batch size (vhdx/write.rs)
+pub(crate) use write::max_data_sectors;
+pub(crate) use write::{encode_entry, log_entry_bytes, Counting};
+
+/// One change recorded in a log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogWrite {
+    /// Write this 4 KiB sector at `file_offset`.
+    Data {
+        /// Target, 4 KiB aligned.
+        file_offset: u64,
+        /// The rebuilt sector (4096 bytes).
+        sector: Box<[u8]>,
+    },
+    /// Zero `length` bytes at `file_offset`.
+    Zero {
+        /// Target, 4 KiB aligned.
+        file_offset: u64,
+        /// 4 KiB multiple.
+        length: u64,
+    },
+}
+
+/// One valid log entry.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Offset of the entry inside the log ring.
+    pub ring_offset: u64,
+    /// Sequence number.
+    pub sequence_number: u64,
+    /// File size known stable when the entry was written.
+    pub flushed_file_offset: u64,
+    /// Size every allocated structure fits in.
+    pub last_file_offset: u64,
+    /// The changes, in descriptor order.
+    pub writes: Vec<LogWrite>,
+}
+
+/// The active sequence: tail entry first, head last.
+#[derive(Debug, Clone)]
+pub struct LogSequence {
+    /// Entries to replay, in order.
+    pub entries: Vec<LogEntry>,
+}
+
+impl LogSequence {
+    /// Sequence number of the first and last entry.
+    pub fn sequence_range(&self) -> (u64, u64) {
+        (
+            self.entries.first().map_or(0, |e| e.sequence_number),
+            self.entries.last().map_or(0, |e| e.sequence_number),
+        )
+    }
+}
+
+/// The log's placement, from the current header.
+#[derive(Debug, Clone, Copy)]
+pub struct LogPlace {
+    /// Absolute offset of the ring.
+    pub offset: u64,
+    /// Ring length in bytes.
+    pub length: u64,
+    /// The header's LogGuid (non-zero).
+    pub guid: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Source;
+
+    #[test]
+    fn overlay_merges_sectors_and_extends_with_zeros() {
+        let base: Vec<u8> = (0..3 * 4096).map(|i| (i % 251) as u8).collect();
+        let seq = LogSequence {
+            entries: vec![LogEntry {
+                ring_offset: 0,
+                sequence_number: 1,
+                flushed_file_offset: 0,
+                last_file_offset: 6 * 4096,
+                writes: vec![
+                    LogWrite::Data {
+                        file_offset: 4096,
+                        sector: vec![0xAB; 4096].into_boxed_slice(),
+                    },
+                    LogWrite::Zero {
+                        file_offset: 8192,
+                        length: 4096,
+                    },
+                ],
+            }],
+        };
+        let o = overlay(Box::new(base.clone()), &seq).unwrap();
+        assert_eq!(Source::len(&o).unwrap(), 6 * 4096);
+        let mut all = vec![0u8; 6 * 4096];
+        o.read_exact_at(&mut all, 0).unwrap();
+        assert_eq!(&all[..4096], &base[..4096]);
+        assert!(all[4096..8192].iter().all(|&b| b == 0xAB));
+        assert!(all[8192..].iter().all(|&b| b == 0));
+        let mut mid = [0u8; 10];
+        o.read_exact_at(&mut mid, 4090).unwrap();
+        assert_eq!(&mid[..6], &base[4090..4096]);
+        assert_eq!(&mid[6..], &[0xAB; 4]);
+        assert!(o.read_exact_at(&mut mid, 6 * 4096 - 5).is_err());
+    }
+}
