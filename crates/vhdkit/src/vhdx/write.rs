@@ -51,7 +51,7 @@ use super::{read_layout, Layout};
 use crate::bitmap::{self as bits, BitOrder};
 use crate::disk::{DiskFormat, DiskType, OpenOptions};
 use crate::error::{Error, Result};
-use crate::source::{read_struct, source_len, Source};
+use crate::source::{read_struct, source_len};
 use crate::txn::Sink;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
 use crate::write::{ParentRead, WritableImage};
