@@ -192,6 +192,11 @@ pub fn bitmap_bytes(block_size: u32) -> u64 {
     sectors.div_ceil(8).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
 }
 
+// ---- vhdlink ----
+
+/// Size of one BAT entry (a big-endian sector number).
+pub const BAT_ENTRY_BYTES: u64 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
