@@ -1,11 +1,9 @@
 //! Building the plan of a [`LinkEdit`], in steps over one [`Editor`]: choose the slots, place
-//! the new paths, zero the dropped locators' data, rewrite the dynamic header, move or sync the
-//! footers. Each step adds its writes and its field changes in the order they are shown.
+//! the new paths, zero the dropped locators' data, then (in `tables`) rewrite the dynamic header
+//! and move or sync the footers. Each step adds its writes and its field changes in the order
+//! they are shown.
 
 use std::ops::Range;
-
-use binrw::meta::WriteEndian;
-use binrw::BinWrite;
 
 use crate::disk::OpenOptions;
 use crate::error::{Error, Result};
@@ -17,12 +15,11 @@ use super::super::dynamic::CheckedHeader;
 use super::super::format::{self, ParentLocatorEntry};
 use super::super::locator::{code_text, data_space_bytes};
 use super::super::VhdFile;
-use super::{DropLocators, LinkEdit, MAX_PARENT_NAME_UNITS, MAX_PATH_UNITS};
+use super::{DropLocators, LinkEdit, MAX_PATH_UNITS};
 
 const SECTOR: u64 = format::SECTOR_BYTES;
-const HEADER: &str = "vhd dynamic header";
 /// The codes a new path is written with, in the order they are placed.
-const NEW_CODES: [[u8; 4]; 2] = [format::PLATFORM_W2KU, format::PLATFORM_W2RU];
+pub(super) const NEW_CODES: [[u8; 4]; 2] = [format::PLATFORM_W2KU, format::PLATFORM_W2RU];
 
 /// What the simulated result must show.
 pub(super) struct Expected {
@@ -61,19 +58,13 @@ pub(super) fn build(file: &VhdFile, opts: &OpenOptions, edit: &LinkEdit) -> Resu
     Ok(ed.finish(edit, values, new_len))
 }
 
-/// The on-disk bytes of a binrw structure.
-fn to_bytes<T>(v: &T, what: &str) -> Result<Vec<u8>>
-where
-    T: for<'a> BinWrite<Args<'a> = ()> + WriteEndian,
-{
-    let mut c = std::io::Cursor::new(Vec::new());
-    v.write(&mut c)
-        .map_err(|e| Error::InvalidArgument(format!("internal: encoding the {what}: {e}")))?;
-    Ok(c.into_inner())
-}
-
 /// Read `len` bytes at `offset`; bytes past `file_len` are zeros.
-fn read_padded(src: &dyn Source, offset: u64, len: u64, file_len: u64) -> Result<Vec<u8>> {
+pub(super) fn read_padded(
+    src: &dyn Source,
+    offset: u64,
+    len: u64,
+    file_len: u64,
+) -> Result<Vec<u8>> {
     let n = usize::try_from(len)
         .map_err(|_| Error::InvalidArgument(format!("a write of {len} bytes is too large")))?;
     let mut buf = vec![0u8; n];
@@ -86,59 +77,29 @@ fn read_padded(src: &dyn Source, offset: u64, len: u64, file_len: u64) -> Result
     Ok(buf)
 }
 
-fn describe_entry(e: &ParentLocatorEntry, path: Option<&str>) -> String {
-    if e.platform_code == [0; 4] {
-        return "(empty)".to_string();
-    }
-    format!(
-        "{} {} (data {} bytes at {:#x}, space {})",
-        code_text(e.platform_code),
-        path.map_or_else(|| "(undecodable)".to_string(), |p| format!("\"{p}\"")),
-        e.platform_data_length,
-        e.platform_data_offset,
-        e.platform_data_space
-    )
-}
-
-/// The parent unicode name field for `name`: UTF-16 big-endian, zero-padded.
-fn encode_parent_name(name: &str) -> Result<[u8; format::PARENT_NAME_BYTES]> {
-    let units: Vec<u16> = name.encode_utf16().collect();
-    if units.len() > MAX_PARENT_NAME_UNITS {
-        return Err(Error::InvalidArgument(format!(
-            "parent unicode name of {} code units is longer than {MAX_PARENT_NAME_UNITS}",
-            units.len()
-        )));
-    }
-    let mut field = [0u8; format::PARENT_NAME_BYTES];
-    for (dst, u) in field.chunks_exact_mut(2).zip(&units) {
-        dst.copy_from_slice(&u.to_be_bytes());
-    }
-    Ok(field)
-}
-
 /// The state passed between the steps of [`build`].
-struct Editor<'a> {
-    file: &'a VhdFile,
-    hdr: &'a CheckedHeader,
-    src: &'a dyn Source,
-    file_len: u64,
-    end_footer: u64,
+pub(super) struct Editor<'a> {
+    pub(super) file: &'a VhdFile,
+    pub(super) hdr: &'a CheckedHeader,
+    pub(super) src: &'a dyn Source,
+    pub(super) file_len: u64,
+    pub(super) end_footer: u64,
     /// Structures no locator write may touch.
-    protected: Vec<(Range<u64>, String)>,
-    old: [ParentLocatorEntry; format::LOCATOR_ENTRIES],
-    entries: [ParentLocatorEntry; format::LOCATOR_ENTRIES],
+    pub(super) protected: Vec<(Range<u64>, String)>,
+    pub(super) old: [ParentLocatorEntry; format::LOCATOR_ENTRIES],
+    pub(super) entries: [ParentLocatorEntry; format::LOCATOR_ENTRIES],
     /// The slot of each new path, by [`NEW_CODES`] index.
-    keep: [Option<usize>; 2],
-    dropped: Vec<usize>,
+    pub(super) keep: [Option<usize>; 2],
+    pub(super) dropped: Vec<usize>,
     /// Data spaces kept or written by this edit.
-    claimed: Vec<Range<u64>>,
+    pub(super) claimed: Vec<Range<u64>>,
     /// Where the next relocated data goes.
-    tail: u64,
-    first_tail: u64,
-    writes: Vec<WriteOp>,
-    changes: Vec<FieldChange>,
-    notes: Vec<String>,
-    warnings: Vec<String>,
+    pub(super) tail: u64,
+    pub(super) first_tail: u64,
+    pub(super) writes: Vec<WriteOp>,
+    pub(super) changes: Vec<FieldChange>,
+    pub(super) notes: Vec<String>,
+    pub(super) warnings: Vec<String>,
 }
 
 impl<'a> Editor<'a> {
@@ -188,7 +149,7 @@ impl<'a> Editor<'a> {
         }
     }
 
-    fn path_of(&self, i: usize) -> Option<String> {
+    pub(super) fn path_of(&self, i: usize) -> Option<String> {
         self.file
             .slots
             .iter()
@@ -300,7 +261,7 @@ impl<'a> Editor<'a> {
         let mut buf = data.to_vec();
         buf.resize(usize::try_from(n).unwrap_or(data.len()), 0);
         let old_bytes = read_padded(self.src, off, n, self.file_len)?;
-        self.claimed.push(off..off + sp);
+        self.claimed.push(off..off.saturating_add(sp));
         if old_bytes != buf {
             self.writes.push(WriteOp {
                 offset: off,
@@ -340,7 +301,7 @@ impl<'a> Editor<'a> {
                 code_text(code)
             ),
         });
-        self.claimed.push(off..off + space);
+        self.claimed.push(off..self.tail);
         let was = data_space_bytes(old.platform_data_space)
             .filter(|_| old.platform_code == code)
             .map_or_else(
@@ -422,7 +383,7 @@ impl<'a> Editor<'a> {
         Ok(())
     }
 
-    fn change(&mut self, structure: &str, field: String, old: String, new: String) {
+    pub(super) fn change(&mut self, structure: &str, field: String, old: String, new: String) {
         if old != new {
             self.changes.push(FieldChange {
                 structure: structure.to_string(),
@@ -431,125 +392,6 @@ impl<'a> Editor<'a> {
                 new,
             });
         }
-    }
-
-    /// The new dynamic header: parent name, linkage, locator entries, checksum.
-    fn header(&mut self, edit: &LinkEdit, values: [Option<&str>; 2]) -> Result<()> {
-        let mut h = self.hdr.raw.clone();
-        if let Some(name) = &edit.parent_name {
-            h.parent_unicode_name = encode_parent_name(name)?;
-        }
-        h.parent_locators = self.entries;
-        if let Some((id, ts)) = edit.linkage {
-            h.parent_unique_id = id;
-            h.parent_time_stamp = ts;
-        }
-        h.checksum = format::checksum(&to_bytes(&h, HEADER)?, format::DYNAMIC_CHECKSUM_OFFSET);
-        let new = to_bytes(&h, HEADER)?;
-        let old = to_bytes(&self.hdr.raw, HEADER)?;
-        self.describe_header(edit, values, h.checksum);
-        if new != old {
-            self.writes.push(WriteOp {
-                offset: self.hdr.offset,
-                data: new,
-                old,
-                what: "dynamic header".into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn describe_header(&mut self, edit: &LinkEdit, values: [Option<&str>; 2], sum: u32) {
-        let raw = &self.hdr.raw;
-        let (old_id, old_ts, old_sum) = (raw.parent_unique_id, raw.parent_time_stamp, raw.checksum);
-        if let Some(name) = &edit.parent_name {
-            let old_name = self.hdr.parent_name.name.clone();
-            let old_name = old_name.unwrap_or_else(|| "(undecodable)".to_string());
-            self.change(HEADER, "parent unicode name".into(), old_name, name.clone());
-        }
-        if let Some((id, ts)) = edit.linkage {
-            let g = crate::guid::from_vhd_bytes;
-            let (old_g, new_g) = (g(old_id).to_string(), g(id).to_string());
-            self.change(HEADER, "parent unique id".into(), old_g, new_g);
-            let (old_t, new_t) = (old_ts.to_string(), ts.to_string());
-            self.change(HEADER, "parent time stamp".into(), old_t, new_t);
-        }
-        for i in 0..format::LOCATOR_ENTRIES {
-            let old_p = self.path_of(i);
-            let new_p = match self.keep.iter().position(|s| *s == Some(i)) {
-                Some(k) => values[k].map(str::to_string),
-                None if self.entries[i] == self.old[i] => old_p.clone(),
-                None => None,
-            };
-            let old_d = describe_entry(&self.old[i], old_p.as_deref());
-            let new_d = describe_entry(&self.entries[i], new_p.as_deref());
-            self.change(HEADER, format!("parent locator {i}"), old_d, new_d);
-        }
-        let hex = |v: u32| format!("{v:#010x}");
-        self.change(HEADER, "checksum".into(), hex(old_sum), hex(sum));
-    }
-
-    /// Footers: content unchanged; the end one moves after relocated data, and with `sync` the
-    /// copy in use goes to both places. Returns the new file length.
-    fn footers(&mut self, sync: bool) -> Result<u64> {
-        let relocated = self.tail > self.first_tail;
-        if !sync && !relocated {
-            return Ok(self.file_len);
-        }
-        // The copy in use, as parsed (its checksum was verified at open).
-        let footer = to_bytes(&self.file.footer.raw, "vhd footer")?;
-        if sync {
-            self.sync_front(&footer)?;
-        }
-        let (end_footer, file_len) = (self.end_footer, self.file_len);
-        let new_at = if relocated { self.tail } else { end_footer };
-        let old_end = read_padded(self.src, new_at, format::FOOTER_BYTES as u64, file_len)?;
-        if new_at != end_footer {
-            let (old, new) = (format!("{end_footer:#x}"), format!("{new_at:#x}"));
-            self.change("vhd footer (end)", "offset".into(), old, new);
-        }
-        if old_end != footer {
-            self.writes.push(WriteOp {
-                offset: new_at,
-                old: old_end,
-                data: footer,
-                what: if new_at == end_footer {
-                    "end footer".into()
-                } else {
-                    "end footer, moved after the relocated locator data".into()
-                },
-            });
-        }
-        let new_len = new_at + format::FOOTER_BYTES as u64;
-        let (old, new) = (file_len.to_string(), new_len.to_string());
-        self.change("file", "length".into(), old, new);
-        if new_len < file_len {
-            return Err(Error::InvalidArgument(format!(
-                "internal: the plan would shrink the file from {file_len} to {new_len} bytes"
-            )));
-        }
-        Ok(new_len)
-    }
-
-    /// Rewrite the copy at offset 0 when it differs from `footer`, the copy in use.
-    fn sync_front(&mut self, footer: &[u8]) -> Result<()> {
-        let front = read_padded(self.src, 0, format::FOOTER_BYTES as u64, self.file_len)?;
-        if front != footer {
-            let status = self.file.footer.copies.as_str();
-            self.change(
-                "vhd footer (copy at offset 0)",
-                "contents".into(),
-                format!("differs from the copy in use (status: {status})"),
-                "the copy in use".into(),
-            );
-            self.writes.push(WriteOp {
-                offset: 0,
-                old: front,
-                data: footer.to_vec(),
-                what: "footer copy at offset 0".into(),
-            });
-        }
-        Ok(())
     }
 
     fn finish(self, edit: &LinkEdit, values: [Option<&str>; 2], new_len: u64) -> Built {
@@ -622,7 +464,7 @@ fn protected(file: &VhdFile, hdr: &CheckedHeader) -> Vec<(Range<u64>, String)> {
             "the footer copy at offset 0".into(),
         ),
         (
-            hdr_off..hdr_off + format::DYNAMIC_HEADER_BYTES as u64,
+            hdr_off..hdr_off.saturating_add(format::DYNAMIC_HEADER_BYTES as u64),
             "the dynamic header".into(),
         ),
     ];

@@ -31,6 +31,7 @@
 //! linkage before the plan is returned.
 
 mod edit;
+mod tables;
 mod verify;
 
 use std::path::Path;
@@ -328,6 +329,24 @@ mod kit_tests {
         );
         // Footers are not repair's business here.
         assert!(p.plan.writes.iter().all(|w| w.offset != 0));
+    }
+
+    /// The child is parsed twice: as it is, and as the simulated result.
+    #[test]
+    fn the_child_is_opened_twice() {
+        let b = child();
+        let opens = std::sync::atomic::AtomicUsize::new(0);
+        let open = || -> Result<Box<dyn Source>> {
+            opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Box::new(b.bytes.clone()))
+        };
+        plan_edit(
+            &open,
+            &OpenOptions::default(),
+            &LinkEdit::drop_only(vec![1]),
+        )
+        .unwrap();
+        assert_eq!(opens.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]
