@@ -19,7 +19,7 @@ use super::{DropLocators, LinkEdit, MAX_PATH_UNITS};
 
 const SECTOR: u64 = format::SECTOR_BYTES;
 /// The codes a new path is written with, in the order they are placed.
-pub(super) const NEW_CODES: [[u8; 4]; 2] = [format::PLATFORM_W2KU, format::PLATFORM_W2RU];
+const NEW_CODES: [[u8; 4]; 2] = [format::PLATFORM_W2KU, format::PLATFORM_W2RU];
 
 /// What the simulated result must show.
 pub(super) struct Expected {
