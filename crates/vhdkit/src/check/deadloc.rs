@@ -21,7 +21,7 @@ use crate::chain::{held, locator_leads_to_parent, resolve_parent, ChainOptions, 
 use crate::disk::{Disk, DiskFormat, FormatInfo, ParentLocator, PathStyle};
 use crate::error::{Error, Result};
 use crate::source::Source;
-use crate::txn::{FieldChange, Plan, WriteOp};
+use crate::txn::Plan;
 use crate::vhd::format as vfmt;
 
 /// One locator that points nowhere.
@@ -286,134 +286,11 @@ pub(crate) fn findings(path: &Path, confine: &[PathBuf]) -> Vec<super::Finding> 
         .collect()
 }
 
-fn io(what: &str, e: std::io::Error) -> Error {
-    Error::io(what.to_string(), e)
-}
-
-fn read_at(src: &dyn Source, off: u64, n: usize, what: &str) -> Result<Vec<u8>> {
-    let mut b = vec![0u8; n];
-    src.read_exact_at(&mut b, off).map_err(|e| io(what, e))?;
-    Ok(b)
-}
-
-fn overlaps(a: &std::ops::Range<u64>, b: &std::ops::Range<u64>) -> bool {
-    a.start < b.end && b.start < a.end
-}
-
-/// Plan the removal of `dead` (VHD slots) from the VHD at `path`: the 24-byte entries zeroed,
-/// the dynamic header checksum recomputed, and each dead locator's data zeroed where it lies
-/// between the front and end footers and overlaps nothing else (the header, the BAT, a block,
-/// a kept locator's data space).
+/// Plan the removal of `dead` (VHD slots) from the VHD at `path` through the VHD link editor:
+/// the entries zeroed, the dynamic header checksum recomputed, and each dead locator's data
+/// zeroed where that is safe (see [`crate::vhd::link`]).
 pub(crate) fn vhd_plan(path: &Path, dead: &[Dead]) -> Result<Plan> {
-    let disk = Disk::open(path)?;
-    let FormatInfo::Vhd(v) = disk.info().details else {
-        return Err(Error::InvalidArgument("not a VHD".into()));
-    };
-    let Some(d) = v.dynamic else {
-        return Err(Error::InvalidArgument("no dynamic header".into()));
-    };
-    drop(disk);
-    let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
-    let len = f.len().map_err(|e| io("reading the length", e))?;
-    let hdr = d.header_offset;
-    let mut protected: Vec<std::ops::Range<u64>> = vec![
-        0..512,
-        hdr..hdr + vfmt::DYNAMIC_HEADER_BYTES as u64,
-        len.saturating_sub(512)..len,
-    ];
-    let bat_bytes = (u64::from(d.max_table_entries) * 4).next_multiple_of(512);
-    protected.push(d.table_offset..d.table_offset.saturating_add(bat_bytes));
-    let bat = read_at(
-        &f,
-        d.table_offset,
-        usize::try_from(u64::from(d.max_table_entries) * 4).unwrap_or(0),
-        "reading the BAT",
-    )?;
-    let span = d.bitmap_bytes + u64::from(d.block_size);
-    for c in bat.chunks_exact(4) {
-        let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        if e != vfmt::BAT_UNALLOCATED {
-            let at = u64::from(e) * 512;
-            protected.push(at..at.saturating_add(span));
-        }
-    }
-    let is_dead = |i: usize| dead.iter().any(|x| x.slot == Some(i));
-    for s in d.locators.iter().filter(|s| !is_dead(s.index)) {
-        let n = s
-            .data_space_bytes
-            .unwrap_or(0)
-            .max(u64::from(s.data_length));
-        protected.push(s.data_offset..s.data_offset.saturating_add(n));
-    }
-    let mut h = read_at(
-        &f,
-        hdr,
-        vfmt::DYNAMIC_HEADER_BYTES,
-        "reading the dynamic header",
-    )?;
-    let old_h = h.clone();
-    let mut changes = Vec::new();
-    let mut writes = Vec::new();
-    for s in d.locators.iter().filter(|s| is_dead(s.index)) {
-        let at = vfmt::LOCATOR_TABLE_OFFSET + s.index * vfmt::LOCATOR_ENTRY_BYTES;
-        if let Some(e) = h.get_mut(at..at + vfmt::LOCATOR_ENTRY_BYTES) {
-            e.fill(0);
-        }
-        changes.push(FieldChange {
-            structure: "vhd dynamic header".into(),
-            field: format!("parent locator {}", s.index),
-            old: format!(
-                "{} {} (data {} bytes at {:#x})",
-                s.code,
-                s.path
-                    .as_deref()
-                    .map_or_else(|| "(unusable)".to_string(), |p| format!("\"{p}\"")),
-                s.data_length,
-                s.data_offset
-            ),
-            new: "(empty)".into(),
-        });
-        let r = s.data_offset..s.data_offset.saturating_add(u64::from(s.data_length));
-        let inside = r.start >= 512 && r.end <= len.saturating_sub(512) && r.start < r.end;
-        if !inside
-            || s.raw.is_empty()
-            || protected.iter().any(|p| overlaps(p, &r))
-            || writes
-                .iter()
-                .any(|w: &WriteOp| overlaps(&(w.offset..w.offset + w.data.len() as u64), &r))
-        {
-            continue; // out of bounds or shared: the entry goes, the bytes stay
-        }
-        let old = read_at(&f, r.start, s.data_length as usize, "reading locator data")?;
-        if old.iter().any(|&b| b != 0) {
-            writes.push(WriteOp {
-                offset: r.start,
-                data: vec![0; old.len()],
-                old,
-                what: format!("dead parent locator {} ({}) data, zeroed", s.index, s.code),
-            });
-        }
-    }
-    let sum = vfmt::checksum(&h, vfmt::DYNAMIC_CHECKSUM_OFFSET);
-    h[36..40].copy_from_slice(&sum.to_be_bytes());
-    changes.push(FieldChange {
-        structure: "vhd dynamic header".into(),
-        field: "checksum".into(),
-        old: format!("{:#010x}", super::be32(&old_h, 36)),
-        new: format!("{sum:#010x}"),
-    });
-    writes.push(WriteOp {
-        offset: hdr,
-        data: h,
-        old: old_h,
-        what: "dynamic header (dead locator entries cleared)".into(),
-    });
-    Ok(Plan {
-        changes,
-        writes,
-        old_len: len,
-        new_len: len,
-    })
+    crate::vhd::link::drop_locators(path, dead.iter().filter_map(|d| d.slot).collect())
 }
 
 /// Plan the removal of the `dead` keys from the VHDX parent locator item at `path` through the

@@ -111,10 +111,11 @@ pub fn code_text(code: [u8; 4]) -> String {
 
 /// The blktap heuristic for the data space field (trap 3).
 pub fn data_space_bytes(raw: u32) -> Option<u64> {
-    if raw < 512 {
-        Some(u64::from(raw) * 512)
-    } else if raw % 512 == 0 {
-        Some(u64::from(raw))
+    let raw = u64::from(raw);
+    if raw < format::SECTOR_BYTES {
+        Some(raw * format::SECTOR_BYTES)
+    } else if raw % format::SECTOR_BYTES == 0 {
+        Some(raw)
     } else {
         None
     }
@@ -130,22 +131,17 @@ pub fn decode_path(code: [u8; 4], data: &[u8]) -> Result<String, String> {
                     data.len()
                 ));
             }
-            let mut units: Vec<u16> = data
+            let units: Vec<u16> = data
                 .chunks_exact(2)
-                .map(|c| {
-                    u16::from_le_bytes([
-                        c.first().copied().unwrap_or(0),
-                        c.get(1).copied().unwrap_or(0),
-                    ])
-                })
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect();
-            while units.last() == Some(&0) {
-                units.pop();
-            }
-            String::from_utf16(&units).map_err(|_| {
+            // Trailing NULs pad the data; they are not part of the path.
+            let end = units.iter().rposition(|&u| u != 0).map_or(0, |i| i + 1);
+            let units = units.get(..end).unwrap_or_default();
+            String::from_utf16(units).map_err(|_| {
                 format!(
                     "invalid UTF-16 (little-endian): unpaired surrogate at code unit {}",
-                    super::dynamic::first_bad_unit(&units)
+                    super::dynamic::first_bad_unit(units)
                 )
             })
         }

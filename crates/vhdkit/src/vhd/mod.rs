@@ -24,6 +24,7 @@ pub mod create;
 pub mod dynamic;
 pub mod footer;
 pub mod format;
+pub mod link;
 pub mod locator;
 pub mod name_style;
 mod open;

@@ -44,6 +44,28 @@ pub struct ParentNameStyle {
     pub why: Option<String>,
 }
 
+impl ParentNameStyle {
+    /// One line for the user: the style kept or changed, and why.
+    pub fn describe(&self) -> String {
+        let name = |n: NameStyle| match n {
+            NameStyle::Absolute => "absolute path",
+            NameStyle::Relative => "relative path",
+            NameStyle::Bare => "bare file name",
+            NameStyle::None => "nothing usable",
+        };
+        match (&self.why, self.kept) {
+            (None, true) => format!("parent name style kept: {}", name(self.written)),
+            (Some(why), true) => format!("parent name style kept: {} ({why})", name(self.written)),
+            (why, false) => format!(
+                "parent name style changed: {} -> {}{}",
+                name(self.before),
+                name(self.written),
+                why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
 /// A relative form: which separator and whether a same-folder path starts with `./`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RelForm {
@@ -87,7 +109,7 @@ fn detect(name: Option<&str>) -> (NameStyle, Option<RelForm>) {
 
 /// The path of `target` relative to `dir` in form `f`.
 fn relative(dir: &Path, target: &Path, f: RelForm) -> Result<String, String> {
-    let win = crate::reparent::relative_windows_path(dir, target)?;
+    let win = crate::winpath::relative_windows_path(dir, target)?;
     let body = win.strip_prefix(".\\").unwrap_or(&win);
     let same_folder = !win.starts_with("..");
     let mut s = String::new();
@@ -242,21 +264,15 @@ mod tests {
 
     #[test]
     fn relative_only_never_writes_a_misleading_bare_name() {
-        let (n, s) = pick(
-            Some(r"C:\old\base.vhd"),
-            LocatorMode::RelativeOnly,
-            "/lab/ref/base.vhd",
-        );
-        assert_eq!(n, "../ref/base.vhd");
-        assert_eq!(s.written, NameStyle::Relative);
-        assert!(!s.kept && s.why.unwrap().contains("--relative-only"));
-        let (n, s) = pick(
-            Some(r"C:\old\base.vhd"),
-            LocatorMode::RelativeOnly,
-            "/lab/vm/base.vhd",
-        );
-        assert_eq!(n, "./base.vhd");
-        assert_eq!(s.written, NameStyle::Relative);
+        for (np, want) in [
+            ("/lab/ref/base.vhd", "../ref/base.vhd"),
+            ("/lab/vm/base.vhd", "./base.vhd"),
+        ] {
+            let (n, s) = pick(Some(r"C:\old\base.vhd"), LocatorMode::RelativeOnly, np);
+            assert_eq!(n, want);
+            assert_eq!(s.written, NameStyle::Relative);
+            assert!(!s.kept && s.why.unwrap().contains("--relative-only"));
+        }
     }
 
     #[test]

@@ -1,0 +1,68 @@
+//! Simulating a link plan in memory and re-opening the result: it must parse, map every block
+//! exactly as before, keep its size and identity, and carry exactly the planned locators,
+//! parent name and linkage.
+
+use crate::disk::OpenOptions;
+use crate::error::{Error, Result};
+use crate::source::{OverlaySource, Source};
+use crate::txn::Plan;
+
+use super::super::VhdFile;
+use super::edit::Expected;
+
+fn check(ok: bool, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "internal: the planned file would have a different {what}"
+        )))
+    }
+}
+
+/// Lay `plan` over a fresh `open()` of the file, parse it, and compare with `before`.
+pub(super) fn simulate(
+    open: &dyn Fn() -> Result<Box<dyn Source>>,
+    opts: &OpenOptions,
+    before: &VhdFile,
+    plan: &Plan,
+    expect: &Expected,
+) -> Result<()> {
+    let writes = plan
+        .writes
+        .iter()
+        .map(|w| (w.offset, w.data.clone()))
+        .collect();
+    let sim = OverlaySource::new(open()?, writes, plan.new_len)
+        .map_err(|(_, e)| Error::io("simulating the plan", e))?;
+    let after = VhdFile::open(Box::new(sim), opts).map_err(|e| {
+        Error::InvalidArgument(format!("internal: the planned file would not open: {e}"))
+    })?;
+    check(after.bat == before.bat, "block allocation table")?;
+    check(after.virtual_size == before.virtual_size, "virtual size")?;
+    check(
+        after.footer.raw.unique_id == before.footer.raw.unique_id,
+        "unique id",
+    )?;
+    let (Some(a), Some(b)) = (after.header.as_ref(), before.header.as_ref()) else {
+        return check(false, "dynamic header");
+    };
+    check(
+        (a.raw.block_size, a.raw.table_offset) == (b.raw.block_size, b.raw.table_offset),
+        "block layout",
+    )?;
+    let got: Vec<(usize, String, Option<String>)> = after
+        .slots
+        .iter()
+        .map(|s| (s.index, s.code.clone(), s.path.clone()))
+        .collect();
+    check(got == expect.locators, "set of parent locators")?;
+    check(
+        a.parent_name.name == expect.parent_name,
+        "parent unicode name",
+    )?;
+    check(
+        (a.raw.parent_unique_id, a.raw.parent_time_stamp) == expect.linkage,
+        "parent linkage",
+    )
+}
