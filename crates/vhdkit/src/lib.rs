@@ -116,6 +116,7 @@ pub mod fsx;
 pub mod guid;
 pub mod limits;
 pub mod lock;
+pub mod newdisk;
 pub mod readset;
 pub mod repair;
 pub mod reparent;
