@@ -3,6 +3,8 @@
 //! [`crate::vhdx::create`]).
 
 use crate::disk::DiskType;
+use crate::error::{Error, Result};
+use crate::txn::Sink;
 
 /// The kind of disk to create. `P` is what a differencing disk records about its parent, which
 /// each format defines ([`crate::vhd::create::NewParent`], [`crate::vhdx::create::NewParent`]).
@@ -34,4 +36,25 @@ impl<P> NewKind<P> {
             NewKind::Differencing(_) => DiskType::Differencing,
         }
     }
+}
+
+/// Write a new disk's layout into an empty `sink` and make it durable: size it to `len` (the
+/// rest is holes of zeros), let `tables` write what is streamed through a bounded buffer (the
+/// BAT), write `writes` in order, sync. `what` names the format in errors (`"vhd"`).
+pub(crate) fn write_layout<S: Sink + ?Sized>(
+    sink: &S,
+    what: &str,
+    len: u64,
+    tables: impl FnOnce(&S) -> Result<()>,
+    writes: &[(u64, Vec<u8>)],
+) -> Result<()> {
+    sink.set_len(len)
+        .map_err(|e| Error::io(format!("sizing the new {what}"), e))?;
+    tables(sink)?;
+    for (at, data) in writes {
+        sink.write_all_at(data, *at)
+            .map_err(|e| Error::io(format!("writing the new {what} at offset {at:#x}"), e))?;
+    }
+    sink.sync()
+        .map_err(|e| Error::io(format!("flushing the new {what}"), e))
 }

@@ -257,7 +257,6 @@ pub(crate) fn locator_target(
 /// The VHD parent time stamp is written inconsistently (Windows writes 0, blktap the parent
 /// file's mtime, others the parent's creation stamp); warn only when it matches neither.
 fn vhd_timestamp_warning(ts: u32, parent: &Disk, parent_path: &Path) -> Option<String> {
-    const VHD_EPOCH: u64 = 946_684_800;
     let creation = match parent.info().details {
         crate::disk::FormatInfo::Vhd(v) => Some(v.timestamp),
         _ => None,
@@ -269,7 +268,10 @@ fn vhd_timestamp_warning(ts: u32, parent: &Disk, parent_path: &Path) -> Option<S
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs().saturating_sub(VHD_EPOCH));
+        .map(|d| {
+            d.as_secs()
+                .saturating_sub(crate::vhd::format::TIME_STAMP_EPOCH_UNIX_SECS)
+        });
     if mtime == Some(u64::from(ts)) {
         return None;
     }

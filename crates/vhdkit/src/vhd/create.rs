@@ -24,6 +24,7 @@ use binrw::BinWrite;
 
 use super::format::{self, DynamicHeader, Footer, ParentLocatorEntry};
 use crate::error::{Error, Result};
+use crate::newdisk::write_layout;
 use crate::txn::Sink;
 use crate::util::utf16le;
 
@@ -95,6 +96,14 @@ pub struct Layout {
     /// The BAT: `(offset, length)` filled with 0xFF (unallocated), written through a bounded
     /// buffer before `writes`. Absent for fixed disks.
     pub bat: Option<(u64, u64)>,
+}
+
+/// The footer time stamp for now: seconds since the VHD epoch (saturating).
+pub fn time_stamp_now() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs.saturating_sub(format::TIME_STAMP_EPOCH_UNIX_SECS)).unwrap_or(u32::MAX)
 }
 
 /// CHS geometry for `size` bytes, per the VHD spec appendix (FORMAT.md A.5).
@@ -364,18 +373,12 @@ fn dynamic_header(
 /// Write a new disk into an empty `sink` and make it durable.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
     let layout = build(p)?;
-    sink.set_len(layout.file_len)
-        .map_err(|e| Error::io("sizing the new vhd", e))?;
-    if let Some((at, len)) = layout.bat {
-        crate::limits::write_fill(sink, at, len, 0xFF)
-            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))?;
-    }
-    for (at, data) in &layout.writes {
-        sink.write_all_at(data, *at)
-            .map_err(|e| Error::io(format!("writing the new vhd at offset {at:#x}"), e))?;
-    }
-    sink.sync()
-        .map_err(|e| Error::io("flushing the new vhd", e))?;
+    let bat = |sink: &S| match layout.bat {
+        Some((at, len)) => crate::limits::write_fill(sink, at, len, 0xFF)
+            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e)),
+        None => Ok(()),
+    };
+    write_layout(sink, "vhd", layout.file_len, bat, &layout.writes)?;
     Ok(layout)
 }
 

@@ -192,6 +192,11 @@ pub fn bitmap_bytes(block_size: u32) -> u64 {
     sectors.div_ceil(8).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
 }
 
+// ---- txn ----
+
+/// The VHD time stamp epoch (A.2: seconds since 2000-01-01 00:00:00 UTC), in Unix seconds.
+pub const TIME_STAMP_EPOCH_UNIX_SECS: u64 = 946_684_800;
+
 #[cfg(test)]
 mod tests {
     use super::*;

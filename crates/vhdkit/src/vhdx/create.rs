@@ -42,6 +42,7 @@ use super::header::ParsedHeader;
 use super::update::encode_header;
 use crate::error::{Error, Result};
 use crate::guid::to_vhdx_bytes;
+use crate::newdisk::write_layout;
 use crate::txn::Sink;
 use crate::util::utf16le;
 
@@ -181,6 +182,15 @@ impl FixedBat {
             i += n;
         }
         Ok(())
+    }
+}
+
+/// Hyper-V's block size for a new disk of `kind`.
+pub fn default_block_bytes(kind: &NewKind) -> u32 {
+    match kind {
+        NewKind::Fixed => DEFAULT_FIXED_BLOCK_BYTES,
+        NewKind::Dynamic => DEFAULT_DYNAMIC_BLOCK_BYTES,
+        NewKind::Differencing(_) => DEFAULT_DIFFERENCING_BLOCK_BYTES,
     }
 }
 
@@ -484,18 +494,13 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
 /// (zeros) made by sizing the file.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
     let layout = build(p)?;
-    sink.set_len(layout.file_len)
-        .map_err(|e| Error::io("sizing the new vhdx", e))?;
-    if let Some(bat) = &layout.fixed_bat {
-        bat.write(sink)
-            .map_err(|e| Error::io("writing the new vhdx's BAT", e))?;
-    }
-    for (at, data) in &layout.writes {
-        sink.write_all_at(data, *at)
-            .map_err(|e| Error::io(format!("writing the new vhdx at offset {at:#x}"), e))?;
-    }
-    sink.sync()
-        .map_err(|e| Error::io("flushing the new vhdx", e))?;
+    let bat = |sink: &S| match &layout.fixed_bat {
+        Some(bat) => bat
+            .write(sink)
+            .map_err(|e| Error::io("writing the new vhdx's BAT", e)),
+        None => Ok(()),
+    };
+    write_layout(sink, "vhdx", layout.file_len, bat, &layout.writes)?;
     Ok(layout)
 }
 
