@@ -1,6 +1,6 @@
-//! What a new disk is before a format lays it out, shared by [`crate::create`],
-//! [`crate::convert`] and the per-format layouts ([`crate::vhd::create`],
-//! [`crate::vhdx::create`]).
+//! What a new disk is before a format lays it out, shared by
+//! [`crate::create`](mod@crate::create), [`crate::convert`] and the per-format layouts
+//! ([`crate::vhd::create`], [`crate::vhdx::create`]).
 
 use crate::disk::DiskType;
 use crate::error::{Error, Result};
