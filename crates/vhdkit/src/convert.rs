@@ -15,9 +15,11 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::create::{persist, start_partial};
+use crate::create::build_output;
 use crate::error::{Error, Result, ResultExt};
+use crate::newdisk::NewKind;
 use crate::vhd::create as vhd_create;
+use crate::vhdx::create as vhdx_create;
 use crate::view::{Allocation, ChainView};
 use crate::write::{WritableDisk, WritableImage};
 
@@ -121,6 +123,16 @@ pub struct ConvertStats {
     pub bytes_skipped: u64,
 }
 
+impl ConvertStats {
+    /// Nothing done yet on a disk of `size` bytes.
+    fn of_size(size: u64) -> ConvertStats {
+        ConvertStats {
+            virtual_size: size,
+            ..ConvertStats::default()
+        }
+    }
+}
+
 /// Options for [`to_raw`], [`to_vhd`] and [`to_vhdx`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -184,31 +196,35 @@ pub fn to_raw(
     opts: &ConvertOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<ConvertStats> {
-    if dst.exists() && !opts.overwrite {
+    check_destination(view, dst, opts, dst.exists())?;
+    // As for vhd/vhdx: without --force a name that appeared meanwhile is never replaced.
+    build_output(dst, opts.overwrite, |file| {
+        // Sizing the file first makes every skipped range a hole and turns the writes into
+        // in-place writes, which are cheaper than writes that extend the file.
+        finish_file(file, view.virtual_size())?;
+        let stats = copy_sparse(view, file, &mut progress)?;
+        file.sync_data()
+            .map_err(|e| Error::io("flushing the output file", e))?;
+        Ok(stats)
+    })
+}
+
+/// Refuse a destination that `exists` (unless `--force`), that is part of the chain read, or
+/// that another writer holds.
+fn check_destination(
+    src: &dyn VirtualSource,
+    dst: &Path,
+    opts: &ConvertOptions,
+    exists: bool,
+) -> Result<()> {
+    if exists && !opts.overwrite {
         return Err(Error::InvalidArgument(format!(
             "{} already exists (use --force to replace it)",
             dst.display()
         )));
     }
-    refuse_chain_member(view, dst)?;
-    refuse_locked_dst(dst)?;
-    let (guard, mut file) = start_partial(dst)?;
-    let tmp = guard.path().to_path_buf();
-    // Sizing the file first makes every skipped range a hole and turns the writes into
-    // in-place writes, which are cheaper than writes that extend the file.
-    let result = finish_file(&file, view.virtual_size())
-        .and_then(|()| copy_sparse(view, &mut file, &mut progress))
-        .and_then(|stats| {
-            file.sync_data()
-                .map_err(|e| Error::io("flushing the output file", e))?;
-            Ok(stats)
-        })
-        .with_path(&tmp);
-    drop(file);
-    let stats = result?;
-    // As for vhd/vhdx: without --force a name that appeared meanwhile is never replaced.
-    persist(guard, dst, opts.overwrite)?;
-    Ok(stats)
+    refuse_chain_member(src, dst)?;
+    refuse_locked_dst(dst)
 }
 
 /// `--force` replaces DST by a rename, which would pull a disk from under another writer that
@@ -228,13 +244,11 @@ fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
         return Ok(());
     };
     for p in view.files() {
-        {
-            if std::fs::canonicalize(&p).ok().as_deref() == Some(d.as_path()) {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is part of the chain being converted; refusing to overwrite it",
-                    dst.display()
-                )));
-            }
+        if std::fs::canonicalize(&p).ok().as_deref() == Some(d.as_path()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is part of the chain being converted; refusing to overwrite it",
+                dst.display()
+            )));
         }
     }
     Ok(())
@@ -248,10 +262,7 @@ pub fn copy_sparse<W: Write + Seek>(
     progress: &mut impl FnMut(u64),
 ) -> Result<ConvertStats> {
     let size = view.virtual_size();
-    let mut stats = ConvertStats {
-        virtual_size: size,
-        ..ConvertStats::default()
-    };
+    let mut stats = ConvertStats::of_size(size);
     // A reader thread fills buffers while this thread writes the previous ones, so reading the
     // source and writing the output overlap (as qemu-img's parallel requests do). At most
     // `IN_FLIGHT` + 2 buffers exist: memory stays a few chunks whatever the disk size.
@@ -340,32 +351,31 @@ pub fn to_vhd(
     opts: &ConvertOptions,
     progress: impl FnMut(u64),
 ) -> Result<ConvertStats> {
-    let vsize = src.virtual_size().div_ceil(512).saturating_mul(512);
     let new = vhd_create::NewVhd {
-        kind: if opts.fixed {
-            vhd_create::NewKind::Fixed
-        } else {
-            vhd_create::NewKind::Dynamic
-        },
-        virtual_size: vsize,
+        kind: NewKind::without_parent(opts.fixed),
+        virtual_size: padded_size(src),
         block_size: opts.block_size.unwrap_or(vhd_create::DEFAULT_BLOCK_BYTES),
         unique_id: uuid::Uuid::new_v4().to_bytes_le(),
-        time_stamp: crate::create::vhd_now(),
+        time_stamp: vhd_create::time_stamp_now(),
     };
     vhd_create::build(&new)?;
-    let step = if opts.fixed {
-        CHUNK_BYTES as u64
-    } else {
-        u64::from(new.block_size)
-    };
-    convert_into(src, dst, opts, progress, step, |file| {
+    convert_into(src, dst, opts, progress, new.block_size, |file| {
         vhd_create::write_new(file, &new)?;
-        let handle = file
-            .try_clone()
-            .map_err(|e| Error::io("reopening the output file", e))?;
-        let w = crate::vhd::write::VhdWriter::open(handle, &crate::OpenOptions::default())?;
+        let w = crate::vhd::write::VhdWriter::open(reopen(file)?, &crate::OpenOptions::default())?;
         Ok(Box::new(w))
     })
+}
+
+/// The virtual size of a new image holding `src`: padded with zeros to a whole 512-byte
+/// sector.
+fn padded_size(src: &dyn VirtualSource) -> u64 {
+    src.virtual_size().div_ceil(512).saturating_mul(512)
+}
+
+/// A second handle on the new image, for its writer.
+fn reopen(file: &File) -> Result<File> {
+    file.try_clone()
+        .map_err(|e| Error::io("reopening the output file", e))
 }
 
 /// Write the whole virtual disk of `src` to `dst` as a new VHDX (Hyper-V's layout, 512-byte
@@ -398,63 +408,45 @@ pub fn to_vhdx(
     opts: &ConvertOptions,
     progress: impl FnMut(u64),
 ) -> Result<ConvertStats> {
-    use crate::vhdx::create as vx;
-    let vsize = src.virtual_size().div_ceil(512).saturating_mul(512);
-    let (kind, default_block) = if opts.fixed {
-        (vx::NewKind::Fixed, vx::DEFAULT_FIXED_BLOCK_BYTES)
-    } else {
-        (vx::NewKind::Dynamic, vx::DEFAULT_DYNAMIC_BLOCK_BYTES)
-    };
-    let new = vx::NewVhdx::new(kind, vsize, opts.block_size.unwrap_or(default_block));
-    vx::build(&new)?;
-    let step = if opts.fixed {
-        CHUNK_BYTES as u64
-    } else {
-        u64::from(new.block_size)
-    };
-    convert_into(src, dst, opts, progress, step, |file| {
-        vx::write_new(file, &new)?;
-        let handle = file
-            .try_clone()
-            .map_err(|e| Error::io("reopening the output file", e))?;
-        let w = crate::vhdx::write::VhdxWriter::open(handle, &crate::OpenOptions::default())?;
+    let kind = NewKind::without_parent(opts.fixed);
+    let block = opts
+        .block_size
+        .unwrap_or_else(|| vhdx_create::default_block_bytes(&kind));
+    let new = vhdx_create::NewVhdx::new(kind, padded_size(src), block);
+    vhdx_create::build(&new)?;
+    convert_into(src, dst, opts, progress, new.block_size, |file| {
+        vhdx_create::write_new(file, &new)?;
+        let w =
+            crate::vhdx::write::VhdxWriter::open(reopen(file)?, &crate::OpenOptions::default())?;
         Ok(Box::new(w))
     })
 }
 
 /// The shared part of [`to_vhd`] and [`to_vhdx`]: make the new, empty image under a temporary
-/// name with `make`, copy into it in steps of `step` bytes, close (flush) it, and give it its
-/// name.
+/// name with `make`, copy into it (block by block, or in large steps for fixed output), close
+/// (flush) it, and give it its name.
 fn convert_into(
     src: &dyn VirtualSource,
     dst: &Path,
     opts: &ConvertOptions,
     mut progress: impl FnMut(u64),
-    step: u64,
+    block_size: u32,
     make: impl FnOnce(&File) -> Result<Box<dyn WritableImage>>,
 ) -> Result<ConvertStats> {
-    if !opts.overwrite && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists (use --force to replace it)",
-            dst.display()
-        )));
-    }
-    refuse_chain_member(src, dst)?;
-    refuse_locked_dst(dst)?;
-    let (guard, file) = start_partial(dst)?;
-    let tmp = guard.path().to_path_buf();
-    let result = (|| {
-        let image = make(&file)?;
+    // `symlink_metadata`: a dangling link at DST counts as existing.
+    check_destination(src, dst, opts, std::fs::symlink_metadata(dst).is_ok())?;
+    let step = if opts.fixed {
+        CHUNK_BYTES as u64
+    } else {
+        u64::from(block_size)
+    };
+    build_output(dst, opts.overwrite, |file| {
+        let image = make(file)?;
         let mut out = WritableDisk::from_parts(image, None);
         let stats = copy_blocks(src, &mut out, step, &mut progress)?;
         out.close()?;
         Ok(stats)
-    })()
-    .with_path(&tmp);
-    drop(file);
-    let stats = result?;
-    persist(guard, dst, opts.overwrite)?;
-    Ok(stats)
+    })
 }
 
 /// Copy `src` into `out` in aligned steps of `step` bytes, skipping steps that hold no data or
@@ -466,10 +458,7 @@ fn copy_blocks(
     progress: &mut impl FnMut(u64),
 ) -> Result<ConvertStats> {
     let size = src.virtual_size();
-    let mut stats = ConvertStats {
-        virtual_size: size,
-        ..ConvertStats::default()
-    };
+    let mut stats = ConvertStats::of_size(size);
     let step = step.clamp(512, CHUNK_BYTES as u64);
     let mut buf = vec![0u8; usize::try_from(step).unwrap_or(CHUNK_BYTES)];
     let mut pos = 0u64;

@@ -31,7 +31,6 @@
 
 use std::fs::{self, File};
 
-use crate::sidefile::PartialGuard;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -40,10 +39,22 @@ use crate::chain::{Chain, ChainOptions};
 use crate::disk::{DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::guid;
+use crate::newdisk::NewKind;
+use crate::sidefile::PartialGuard;
 use crate::vhd::create as vhd_create;
+use crate::vhdx::create as vhdx_create;
 
-/// Seconds between the Unix epoch and the VHD epoch (2000-01-01 00:00:00 UTC).
-const VHD_EPOCH_UNIX: u64 = 946_684_800;
+/// Builder methods that set optional fields: `name(value)` sets `self.name = Some(value)`.
+macro_rules! optional_setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty,)*) => {$(
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$name = Some(value);
+            self
+        }
+    )*};
+}
 
 /// What to create. `Default` gives: format from the file extension, no size (it must be given
 /// unless there is a parent), dynamic, no parent, the format's default block size (VHD 2 MiB),
@@ -99,32 +110,15 @@ impl CreateParams {
         }
     }
 
-    /// Set the format.
-    #[must_use]
-    pub fn format(mut self, f: DiskFormat) -> Self {
-        self.format = Some(f);
-        self
-    }
-
-    /// Set the block size.
-    #[must_use]
-    pub fn block_size(mut self, bytes: u32) -> Self {
-        self.block_size = Some(bytes);
-        self
-    }
-
-    /// Set the VHDX logical sector size.
-    #[must_use]
-    pub fn logical_sector_size(mut self, bytes: u32) -> Self {
-        self.logical_sector_size = Some(bytes);
-        self
-    }
-
-    /// Set the id.
-    #[must_use]
-    pub fn id(mut self, id: Uuid) -> Self {
-        self.id = Some(id);
-        self
+    optional_setters! {
+        /// Set the format.
+        format: DiskFormat,
+        /// Set the block size.
+        block_size: u32,
+        /// Set the VHDX logical sector size.
+        logical_sector_size: u32,
+        /// Set the id.
+        id: Uuid,
     }
 
     /// Set the parent lookup options.
@@ -260,6 +254,15 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// # }
 /// ```
 pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
+    match check_request(path, p)? {
+        DiskFormat::Vhd => create_vhd(path, p),
+        DiskFormat::Vhdx => create_vhdx(path, p),
+    }
+}
+
+/// The format to create, after the checks every format shares: a known format, a free name,
+/// not fixed with a parent.
+fn check_request(path: &Path, p: &CreateParams) -> Result<DiskFormat> {
     let format = match p.format {
         Some(f) => f,
         None => format_from_extension(path).ok_or_else(|| {
@@ -281,146 +284,126 @@ pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
             "a differencing disk cannot be fixed (give either --fixed or --parent)".into(),
         ));
     }
-    if format == DiskFormat::Vhdx {
-        return create_vhdx(path, p);
+    Ok(format)
+}
+
+/// The size of a disk without parent: it must be given.
+fn size_without_parent(p: &CreateParams) -> Result<u64> {
+    p.size.ok_or_else(|| {
+        Error::InvalidArgument("a size is needed (--size) unless there is a parent".into())
+    })
+}
+
+/// A differencing disk has its parent's size: a `--size` that differs is refused.
+fn check_parent_size(p: &CreateParams, parent_size: u64) -> Result<()> {
+    match p.size.filter(|&s| s != parent_size) {
+        Some(s) => Err(Error::InvalidArgument(format!(
+            "--size {s} differs from the parent's virtual size {parent_size}; a differencing \
+             disk has its parent's size (leave --size out)"
+        ))),
+        None => Ok(()),
     }
+}
+
+/// The VHD half of [`create`] (format decided, `path` free, not fixed with a parent).
+fn create_vhd(path: &Path, p: &CreateParams) -> Result<Created> {
     if p.logical_sector_size.is_some_and(|s| s != 512) {
         return Err(Error::InvalidArgument(
             "VHD sectors are always 512 bytes (a 4096-byte logical sector needs VHDX)".into(),
         ));
     }
-    let id = p.id.unwrap_or_else(Uuid::new_v4);
-    let unique_id = id.to_bytes_le();
-    let time_stamp = vhd_now();
-    let block_size = p.block_size.unwrap_or(vhd_create::DEFAULT_BLOCK_BYTES);
     let (kind, size) = match &p.parent {
         Some(parent) => {
             let (np, size) = vhd_parent(path, parent, &p.chain)?;
-            if let Some(s) = p.size.filter(|&s| s != size) {
-                return Err(Error::InvalidArgument(format!(
-                    "--size {s} differs from the parent's virtual size {size}; a differencing \
-                     disk has its parent's size (leave --size out)"
-                )));
-            }
-            (vhd_create::NewKind::Differencing(np), size)
+            check_parent_size(p, size)?;
+            (NewKind::Differencing(np), size)
         }
-        None => {
-            let size = p.size.ok_or_else(|| {
-                Error::InvalidArgument("a size is needed (--size) unless there is a parent".into())
-            })?;
-            let kind = if p.fixed {
-                vhd_create::NewKind::Fixed
-            } else {
-                vhd_create::NewKind::Dynamic
-            };
-            (kind, size)
-        }
-    };
-    let disk_type = match kind {
-        vhd_create::NewKind::Fixed => DiskType::Fixed,
-        vhd_create::NewKind::Dynamic => DiskType::Dynamic,
-        vhd_create::NewKind::Differencing(_) => DiskType::Differencing,
+        None => (NewKind::without_parent(p.fixed), size_without_parent(p)?),
     };
     let new = vhd_create::NewVhd {
         kind,
         virtual_size: size,
-        block_size,
-        unique_id,
-        time_stamp,
+        block_size: p.block_size.unwrap_or(vhd_create::DEFAULT_BLOCK_BYTES),
+        unique_id: p.id.unwrap_or_else(Uuid::new_v4).to_bytes_le(),
+        time_stamp: vhd_create::time_stamp_now(),
     };
+    let disk_type = new.kind.disk_type();
     // Everything is checked before any file is made.
     let layout = vhd_create::build(&new)?;
-    write_atomically(path, |f| vhd_create::write_new(f, &new).map(|_| ()))?;
-    if disk_type == DiskType::Differencing {
-        // The new child must resolve to its parent exactly as any reader will do it.
-        if let Err(e) = Chain::open(path, &p.chain) {
-            let _ = fs::remove_file(path);
-            return Err(e);
-        }
-    }
+    write_new_disk(path, p, disk_type, |f| {
+        vhd_create::write_new(f, &new).map(|_| ())
+    })?;
     Ok(Created {
         path: path.to_path_buf(),
-        format,
+        format: DiskFormat::Vhd,
         disk_type,
         virtual_size: size,
-        block_size: (disk_type != DiskType::Fixed).then_some(u64::from(block_size)),
-        id: guid::from_vhd_bytes(unique_id),
+        block_size: (disk_type != DiskType::Fixed).then_some(u64::from(new.block_size)),
+        id: guid::from_vhd_bytes(new.unique_id),
         file_size: layout.file_len,
         parent: p.parent.clone(),
     })
 }
 
-/// Build the file at a temporary name with `write`, then link it into place (never over an
-/// existing file).
-fn write_atomically(path: &Path, write: impl FnOnce(&File) -> Result<()>) -> Result<()> {
-    let (guard, file) = start_partial(path)?;
-    let written = write(&file).with_path(guard.path());
-    drop(file);
-    written?;
-    persist(guard, path, false)
-}
-
-/// The VHDX half of [`create`] (format already decided, `path` free, not fixed with a parent).
-fn create_vhdx(path: &Path, p: &CreateParams) -> Result<Created> {
-    use crate::vhdx::create as vx;
-    let dwg = p.id.unwrap_or_else(Uuid::new_v4);
-    let new = match &p.parent {
-        Some(parent) => {
-            let pp = vhdx_parent(path, parent, &p.chain)?;
-            if let Some(s) = p.size.filter(|&s| s != pp.size) {
-                return Err(Error::InvalidArgument(format!(
-                    "--size {s} differs from the parent's virtual size {}; a differencing \
-                     disk has its parent's size (leave --size out)",
-                    pp.size
-                )));
-            }
-            if let Some(s) = p.logical_sector_size.filter(|&s| s != pp.logical) {
-                return Err(Error::InvalidArgument(format!(
-                    "logical sector size {s} differs from the parent's {}; a differencing disk \
-                     has its parent's sector sizes",
-                    pp.logical
-                )));
-            }
-            vx::NewVhdx {
-                kind: vx::NewKind::Differencing(pp.parent),
-                virtual_size: pp.size,
-                block_size: p.block_size.unwrap_or(vx::DEFAULT_DIFFERENCING_BLOCK_BYTES),
-                logical_sector_size: pp.logical,
-                physical_sector_size: pp.physical,
-                virtual_disk_id: pp.virtual_disk_id,
-                data_write_guid: dwg,
-                file_write_guid: Uuid::new_v4(),
-            }
-        }
-        None => {
-            let size = p.size.ok_or_else(|| {
-                Error::InvalidArgument("a size is needed (--size) unless there is a parent".into())
-            })?;
-            let (kind, default_block) = if p.fixed {
-                (vx::NewKind::Fixed, vx::DEFAULT_FIXED_BLOCK_BYTES)
-            } else {
-                (vx::NewKind::Dynamic, vx::DEFAULT_DYNAMIC_BLOCK_BYTES)
-            };
-            let mut n = vx::NewVhdx::new(kind, size, p.block_size.unwrap_or(default_block));
-            n.logical_sector_size = p.logical_sector_size.unwrap_or(vx::DEFAULT_LOGICAL_SECTOR);
-            n.data_write_guid = dwg;
-            n
-        }
-    };
-    // Everything is checked before any file is made.
-    let layout = vx::build(&new)?;
-    write_atomically(path, |f| vx::write_new(f, &new).map(|_| ()))?;
-    let disk_type = match new.kind {
-        vx::NewKind::Fixed => DiskType::Fixed,
-        vx::NewKind::Dynamic => DiskType::Dynamic,
-        vx::NewKind::Differencing(_) => DiskType::Differencing,
-    };
+/// Build the new disk at `path` with `write` (never over an existing file) and, for a
+/// differencing disk, check that it resolves to its parent exactly as any reader will do it
+/// (removing it when not).
+fn write_new_disk(
+    path: &Path,
+    p: &CreateParams,
+    disk_type: DiskType,
+    write: impl FnOnce(&File) -> Result<()>,
+) -> Result<()> {
+    build_output(path, false, |f| write(f))?;
     if disk_type == DiskType::Differencing {
         if let Err(e) = Chain::open(path, &p.chain) {
             let _ = fs::remove_file(path);
             return Err(e);
         }
     }
+    Ok(())
+}
+
+/// Build `dst` under this process's partial-output name with `build`, then give it its name
+/// ([`persist`]; without `overwrite`, never over an existing file). Errors while building name
+/// the partial file, which is removed.
+pub(crate) fn build_output<T>(
+    dst: &Path,
+    overwrite: bool,
+    build: impl FnOnce(&mut File) -> Result<T>,
+) -> Result<T> {
+    let (guard, mut file) = start_partial(dst)?;
+    let built = build(&mut file).with_path(guard.path());
+    drop(file);
+    let value = built?;
+    persist(guard, dst, overwrite)?;
+    Ok(value)
+}
+
+/// The VHDX half of [`create`] (format already decided, `path` free, not fixed with a parent).
+fn create_vhdx(path: &Path, p: &CreateParams) -> Result<Created> {
+    let dwg = p.id.unwrap_or_else(Uuid::new_v4);
+    let new = match &p.parent {
+        Some(parent) => new_vhdx_child(path, parent, p, dwg)?,
+        None => {
+            let kind = NewKind::without_parent(p.fixed);
+            let block = p
+                .block_size
+                .unwrap_or_else(|| vhdx_create::default_block_bytes(&kind));
+            let mut n = vhdx_create::NewVhdx::new(kind, size_without_parent(p)?, block);
+            n.logical_sector_size = p
+                .logical_sector_size
+                .unwrap_or(vhdx_create::DEFAULT_LOGICAL_SECTOR);
+            n.data_write_guid = dwg;
+            n
+        }
+    };
+    // Everything is checked before any file is made.
+    let layout = vhdx_create::build(&new)?;
+    let disk_type = new.kind.disk_type();
+    write_new_disk(path, p, disk_type, |f| {
+        vhdx_create::write_new(f, &new).map(|_| ())
+    })?;
     Ok(Created {
         path: path.to_path_buf(),
         format: DiskFormat::Vhdx,
@@ -433,9 +416,41 @@ fn create_vhdx(path: &Path, p: &CreateParams) -> Result<Created> {
     })
 }
 
+/// A new VHDX child of `parent` at `path`: size, sector sizes and virtual disk id from the
+/// parent, data write GUID `dwg`.
+fn new_vhdx_child(
+    path: &Path,
+    parent: &Path,
+    p: &CreateParams,
+    dwg: Uuid,
+) -> Result<vhdx_create::NewVhdx> {
+    let pp = vhdx_parent(path, parent, &p.chain)?;
+    check_parent_size(p, pp.size)?;
+    if let Some(s) = p.logical_sector_size.filter(|&s| s != pp.logical) {
+        return Err(Error::InvalidArgument(format!(
+            "logical sector size {s} differs from the parent's {}; a differencing disk \
+             has its parent's sector sizes",
+            pp.logical
+        )));
+    }
+    let kind = NewKind::Differencing(pp.parent);
+    Ok(vhdx_create::NewVhdx {
+        block_size: p
+            .block_size
+            .unwrap_or_else(|| vhdx_create::default_block_bytes(&kind)),
+        kind,
+        virtual_size: pp.size,
+        logical_sector_size: pp.logical,
+        physical_sector_size: pp.physical,
+        virtual_disk_id: pp.virtual_disk_id,
+        data_write_guid: dwg,
+        file_write_guid: Uuid::new_v4(),
+    })
+}
+
 /// What a new VHDX child takes from its parent.
 struct VhdxParent {
-    parent: crate::vhdx::create::NewParent,
+    parent: vhdx_create::NewParent,
     size: u64,
     logical: u32,
     physical: u32,
@@ -457,7 +472,7 @@ fn vhdx_parent(child: &Path, parent: &Path, opts: &ChainOptions) -> Result<VhdxP
     };
     let (absolute, relative) = locator_paths(child, parent)?;
     Ok(VhdxParent {
-        parent: crate::vhdx::create::NewParent {
+        parent: vhdx_create::NewParent {
             linkage: top.identity(),
             absolute_path: absolute,
             relative_path: relative,
@@ -475,24 +490,14 @@ fn locator_paths(child: &Path, parent: &Path) -> Result<(String, Option<String>)
     let abs = fs::canonicalize(parent)
         .map_err(|e| Error::io("resolving the parent's absolute path", e))
         .with_path(parent)?;
-    let child_dir = match child.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let child_dir = fs::canonicalize(&child_dir)
+    let folder = crate::sidefile::folder_of(child);
+    let child_dir = fs::canonicalize(folder)
         .map_err(|e| Error::io("resolving the new disk's folder", e))
-        .with_path(&child_dir)?;
+        .with_path(folder)?;
     Ok((
         display_absolute(&abs)?,
         relative_windows_path(&child_dir, &abs),
     ))
-}
-
-pub(crate) fn vhd_now() -> u32 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    u32::try_from(secs.saturating_sub(VHD_EPOCH_UNIX)).unwrap_or(u32::MAX)
 }
 
 /// The linkage and locators of a new VHD child at `child` over `parent`, and the size.
@@ -586,11 +591,7 @@ pub(crate) fn persist(guard: PartialGuard, dst: &Path, overwrite: bool) -> Resul
 fn sync_parent_dir(p: &Path) {
     #[cfg(unix)]
     {
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if let Ok(d) = File::open(dir) {
+        if let Ok(d) = File::open(crate::sidefile::folder_of(p)) {
             let _ = d.sync_all();
         }
     }

@@ -119,6 +119,7 @@ pub mod guid;
 mod layout_lint;
 pub mod limits;
 pub mod lock;
+pub mod newdisk;
 #[cfg(test)]
 pub(crate) mod parse_count;
 pub mod readset;

@@ -91,11 +91,7 @@ pub fn remove_stale_partials(dst: &Path) -> Vec<PathBuf> {
     let Some(want) = dst.file_name().and_then(|n| n.to_str()) else {
         return Vec::new();
     };
-    let dir = match dst.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    let Ok(rd) = std::fs::read_dir(folder_of(dst)) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
@@ -125,6 +121,15 @@ pub fn pid_alive(pid: u32) -> bool {
         return true;
     }
     proc.join(pid.to_string()).exists()
+}
+
+/// The folder holding `p` (`.` for a bare file name): where vhdkit puts its side files, and
+/// where relative parent paths of a disk start.
+pub fn folder_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {

@@ -1,4 +1,5 @@
-//! Durability barriers for batched changes ([`super::journal::apply_batch`]).
+//! Durability barriers for batched changes (the journal's batch apply). This module knows the
+//! journal only by its names ([`crate::sidefile`]), never by its code.
 //!
 //! A [`Barrier`] makes everything written so far to a batch's files durable: file data, the
 //! journals beside them, and the folder entries (renames, removals) of those journals. A batch
@@ -15,8 +16,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-#[cfg(not(target_os = "linux"))]
-use super::journal::FileJournal;
+use crate::sidefile;
 
 /// One durability barrier: after `barrier()` returns `Ok`, every write made before it to the
 /// files it covers (and their journals and folder entries) survives a crash.
@@ -39,19 +39,12 @@ pub struct FsBarrier {
     dirs: Vec<PathBuf>,
 }
 
-fn folder_of(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 impl FsBarrier {
     /// A barrier covering `disks`, their folders and their journals.
     pub fn for_disks(disks: &[&Path]) -> io::Result<FsBarrier> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for d in disks {
-            let dir = folder_of(d);
+            let dir = sidefile::folder_of(d).to_path_buf();
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }
@@ -117,9 +110,8 @@ impl Barrier for FsBarrier {
         {
             for d in &self.disks {
                 sync_path_if_exists(d)?;
-                let j = FileJournal::for_disk(d);
-                sync_path_if_exists(j.path())?;
-                sync_path_if_exists(&j.tmp_path())?;
+                sync_path_if_exists(&sidefile::journal(d))?;
+                sync_path_if_exists(&sidefile::journal_tmp(d))?;
             }
             #[cfg(unix)]
             for d in &self.dirs {

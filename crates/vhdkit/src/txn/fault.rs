@@ -312,3 +312,25 @@ impl Barrier for FaultBarrier {
         Ok(())
     }
 }
+
+/// Reopen a crash image: `image` as the file and `journal` (if any) beside it, then
+/// [`recover`](super::journal::recover) it without faults. Returns what recovery did, the file
+/// after it, and the journal left behind.
+pub fn recover_crash_image(
+    image: Vec<u8>,
+    journal: Option<Vec<u8>>,
+) -> (super::journal::Recovery, Vec<u8>, Option<Vec<u8>>) {
+    let plan = FaultPlan::new(None);
+    let file = FaultyFile::new(image, plan.clone());
+    let store = match journal {
+        Some(b) => MemJournal::with(b, plan),
+        None => MemJournal::new(plan),
+    };
+    let r = super::journal::recover(&file, &store).unwrap_or_else(|e| {
+        super::journal::Recovery::Foreign {
+            reason: format!("recovery failed: {e}"),
+        }
+    });
+    let left = store.load().unwrap_or_default();
+    (r, file.contents_all_written(), left)
+}

@@ -1,14 +1,34 @@
-//! The one write path: every change to an existing disk file is first computed as a [`Plan`]
-//! (validated, touching nothing), then applied crash-safely.
+//! The metadata write path: every change vhdkit makes to the *metadata* of an existing disk
+//! file (parent linkage and locators, footers, headers, region and metadata tables) is first
+//! computed as a [`Plan`] (validated, touching nothing), then applied crash-safely.
 //!
 //! - VHD has no log, so a plan's writes are made durable first in a sidecar journal
 //!   (`<file>.vhdkit-journal`, see [`journal`]), then applied, then the journal is removed. The
-//!   next vhdkit open of the file finishes an interrupted change ([`journal::recover`]).
-//! - VHDX metadata changes go through the file's own log (the VHDX module builds the entry);
-//!   header updates use the two-slot procedure. Both still use [`Sink`] for their writes so the
-//!   same fault injection tests them.
+//!   next vhdkit open of the file finishes an interrupted change ([`journal::recover`]). Used by
+//!   `reparent` (and the relinks of `share`), `repair` and dead-locator repair.
+//! - VHDX metadata changes go through the file's own log (`vhdx::update::Session` builds and
+//!   commits the entry); header updates use the two-slot procedure. Both write through [`Sink`]
+//!   so the same fault injection tests them.
 //!
-//! No other module writes to an existing disk file.
+//! # Who else writes to an existing disk file, and why not through a plan
+//! - **Virtual-disk data** ([`crate::write::WritableDisk`] over `vhd::write::VhdWriter` and
+//!   `vhdx::write::VhdxWriter`): guest data is written in place, directly through [`Sink`]. It is
+//!   not journaled: a data write is what a guest's write to a real disk is (each sector old or
+//!   new after a crash), and journaling every byte would double the I/O. What those writes
+//!   allocate is ordered instead: VHD writes data, syncs, then BAT entries and bitmaps, syncs
+//!   (the footer moves to the new end first); VHDX commits BAT entries and sector bitmaps
+//!   through the log (`Session::commit`) after the data is synced, and changes the
+//!   FileWriteGuid/DataWriteGuid by header updates before the first write.
+//! - **Recovery on open for write** (and `repair`): an interrupted VHD journal is rolled forward
+//!   ([`journal::recover`]); a dirty VHDX log is replayed into the file
+//!   (`Session::replay_to_disk`). Both only finish a change that was already durable.
+//! - **Locking** (`crate::lock`) opens a disk for writing to take its lock, and the non-Linux
+//!   [`barrier::FsBarrier`] opens one to sync it; neither writes a byte.
+//!
+//! New files (`create`, `convert`, the keeper copies of `share`) are never written at an
+//! existing file's name: they are built under a partial name ([`crate::sidefile`]) and linked
+//! into place once complete and synced (`convert --force` renames over the old file instead of
+//! writing into it). No other module writes to a disk file.
 
 pub mod barrier;
 pub mod fault;

@@ -24,7 +24,9 @@ use binrw::BinWrite;
 
 use super::format::{self, DynamicHeader, Footer, ParentLocatorEntry};
 use crate::error::{Error, Result};
+use crate::newdisk::write_layout;
 use crate::txn::Sink;
+use crate::util::utf16le;
 
 /// Default block size: 2 MiB, what Hyper-V uses for dynamic and differencing VHDs.
 pub const DEFAULT_BLOCK_BYTES: u32 = 2 << 20;
@@ -45,20 +47,14 @@ pub const DYNAMIC_BAT_OFFSET: u64 = 0x600;
 pub const W2KU_OFFSET: u64 = 0x1000;
 /// Minimum data space of the `W2ku` locator (Windows: 4096 bytes).
 pub const W2KU_MIN_SPACE: u64 = 4096;
+/// A BAT entry is one big-endian u32.
+const BAT_ENTRY_BYTES: u64 = std::mem::size_of::<u32>() as u64;
 /// Minimum data space of the `W2ru` locator (Windows: 65536 bytes, enough for any Windows path
 /// of 32767 UTF-16 code units).
 pub const W2RU_MIN_SPACE: u64 = 65536;
 
 /// The kind of VHD to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NewKind {
-    /// Fixed: all data up front.
-    Fixed,
-    /// Dynamic: blocks allocated on write.
-    Dynamic,
-    /// Differencing over the parent described.
-    Differencing(NewParent),
-}
+pub type NewKind = crate::newdisk::NewKind<NewParent>;
 
 /// What a new differencing VHD records about its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +98,14 @@ pub struct Layout {
     pub bat: Option<(u64, u64)>,
 }
 
+/// The footer time stamp for now: seconds since the VHD epoch (saturating).
+pub fn time_stamp_now() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs.saturating_sub(format::TIME_STAMP_EPOCH_UNIX_SECS)).unwrap_or(u32::MAX)
+}
+
 /// CHS geometry for `size` bytes, per the VHD spec appendix (FORMAT.md A.5).
 pub fn geometry(size: u64) -> (u16, u8, u8) {
     let max = 65535u64 * 16 * 255;
@@ -134,7 +138,7 @@ pub fn geometry(size: u64) -> (u16, u8, u8) {
 
 /// `v` rounded up to a multiple of `a` (a power of two).
 pub(crate) fn align_up(v: u64, a: u64) -> Option<u64> {
-    Some(v.checked_add(a - 1)? & !(a - 1))
+    crate::util::round_up(v, a)
 }
 
 fn serialize<T>(v: &T, size: usize, checksum_at: usize) -> Result<Vec<u8>>
@@ -183,10 +187,6 @@ pub fn footer_bytes(p: &NewVhd) -> Result<Vec<u8>> {
     serialize(&f, format::FOOTER_BYTES, format::FOOTER_CHECKSUM_OFFSET)
 }
 
-fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
-}
-
 fn check(p: &NewVhd) -> Result<()> {
     if p.virtual_size == 0 || p.virtual_size % format::SECTOR_BYTES != 0 {
         return Err(Error::InvalidArgument(format!(
@@ -226,116 +226,159 @@ pub fn build(p: &NewVhd) -> Result<Layout> {
         NewKind::Dynamic => None,
         NewKind::Differencing(np) => Some(np),
     };
-    let too_big = || Error::InvalidArgument("the disk layout overflows".into());
     let entries = p.virtual_size.div_ceil(u64::from(p.block_size));
-    let entries32 = u32::try_from(entries).map_err(|_| too_big())?;
-    let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut locators = [ParentLocatorEntry::default(); format::LOCATOR_ENTRIES];
-    let mut name_field = [0u8; format::PARENT_NAME_BYTES];
-    let mut parent_id = [0u8; 16];
-    let mut parent_ts = 0u32;
-    let table_offset;
-    let mut end;
-    let bat_bytes_len = entries * 4;
-    crate::Limits::default().check_new_table(bat_bytes_len)?;
-    match parent {
-        None => {
-            table_offset = DYNAMIC_BAT_OFFSET;
-            end = align_up(table_offset + bat_bytes_len, ALIGN_BYTES).ok_or_else(too_big)?;
-        }
-        Some(np) => {
-            parent_id = np.unique_id;
-            parent_ts = np.time_stamp;
-            let units: Vec<u16> = np.unicode_name.encode_utf16().collect();
-            if units.len() * 2 > format::PARENT_NAME_BYTES {
-                return Err(Error::InvalidArgument(format!(
-                    "parent unicode name is {} UTF-16 code units, more than the 256 the field holds",
-                    units.len()
-                )));
-            }
-            for (slot, u) in name_field.chunks_exact_mut(2).zip(&units) {
-                slot.copy_from_slice(&u.to_be_bytes());
-            }
-            let mut slot = 0usize;
-            let mut add = |code: [u8; 4], at: u64, space: u64, data: Vec<u8>| -> Result<()> {
-                let e = locators.get_mut(slot).ok_or_else(too_big)?;
-                *e = ParentLocatorEntry {
-                    platform_code: code,
-                    platform_data_space: u32::try_from(space).map_err(|_| too_big())?,
-                    platform_data_length: u32::try_from(data.len()).map_err(|_| too_big())?,
-                    reserved: 0,
-                    platform_data_offset: at,
-                };
-                slot += 1;
-                writes.push((at, data));
-                Ok(())
-            };
-            let abs = utf16le(&np.absolute_path);
-            let abs_space = align_up((abs.len() as u64).max(W2KU_MIN_SPACE), ALIGN_BYTES)
-                .ok_or_else(too_big)?;
-            add(format::PLATFORM_W2KU, W2KU_OFFSET, abs_space, abs)?;
-            table_offset = W2KU_OFFSET + abs_space;
-            end = align_up(table_offset + bat_bytes_len, ALIGN_BYTES).ok_or_else(too_big)?;
-            if let Some(rel) = &np.relative_path {
-                let rel = utf16le(rel);
-                let rel_space = align_up((rel.len() as u64).max(W2RU_MIN_SPACE), ALIGN_BYTES)
-                    .ok_or_else(too_big)?;
-                add(format::PLATFORM_W2RU, end, rel_space, rel)?;
-                end += rel_space;
-            }
-        }
-    }
-    let header = DynamicHeader {
-        data_offset: u64::MAX,
-        table_offset,
-        header_version: format::VERSION_1_0,
-        max_table_entries: entries32,
-        block_size: p.block_size,
-        checksum: 0,
-        parent_unique_id: parent_id,
-        parent_time_stamp: parent_ts,
-        reserved1: 0,
-        parent_unicode_name: name_field,
-        parent_locators: locators,
-        reserved2: [0; 256],
+    let max_table_entries = u32::try_from(entries).map_err(|_| too_big())?;
+    let bat_bytes = entries * BAT_ENTRY_BYTES;
+    crate::Limits::default().check_new_table(bat_bytes)?;
+    let space = match parent {
+        None => Space::dynamic(bat_bytes)?,
+        Some(np) => Space::differencing(np, bat_bytes)?,
     };
-    let header = serialize(
-        &header,
-        format::DYNAMIC_HEADER_BYTES,
-        format::DYNAMIC_CHECKSUM_OFFSET,
-    )?;
+    let header = dynamic_header(p, max_table_entries, parent, &space)?;
     // The BAT, padded with 0xFF (unallocated) to its 4 KiB boundary, as Windows does.
-    let bat_end = align_up(table_offset + bat_bytes_len, ALIGN_BYTES).ok_or_else(too_big)?;
-    let bat_len = bat_end - table_offset;
-    let file_len = align_up(end + format::FOOTER_BYTES as u64, ALIGN_BYTES).ok_or_else(too_big)?;
-    let mut out = vec![
+    let bat_end = align_up(space.table_offset + bat_bytes, ALIGN_BYTES).ok_or_else(too_big)?;
+    let footer_at = align_up(space.end + format::FOOTER_BYTES as u64, ALIGN_BYTES)
+        .ok_or_else(too_big)?
+        - format::FOOTER_BYTES as u64;
+    let mut writes = vec![
         (0u64, footer.clone()),
         (format::FOOTER_BYTES as u64, header),
     ];
-    out.append(&mut writes);
-    out.push((file_len - format::FOOTER_BYTES as u64, footer));
+    writes.extend(space.writes);
+    writes.push((footer_at, footer));
     Ok(Layout {
-        file_len,
-        writes: out,
-        bat: Some((table_offset, bat_len)),
+        file_len: footer_at + format::FOOTER_BYTES as u64,
+        writes,
+        bat: Some((space.table_offset, bat_end - space.table_offset)),
     })
+}
+
+fn too_big() -> Error {
+    Error::InvalidArgument("the disk layout overflows".into())
+}
+
+/// Where the structures after the dynamic header go: the BAT, the parent locators and their
+/// data, and the end of the last of them (where the first block will go).
+struct Space {
+    table_offset: u64,
+    end: u64,
+    locators: [ParentLocatorEntry; format::LOCATOR_ENTRIES],
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl Space {
+    /// Dynamic: the BAT right after the header.
+    fn dynamic(bat_bytes: u64) -> Result<Space> {
+        Ok(Space {
+            table_offset: DYNAMIC_BAT_OFFSET,
+            end: align_up(DYNAMIC_BAT_OFFSET + bat_bytes, ALIGN_BYTES).ok_or_else(too_big)?,
+            locators: Default::default(),
+            writes: Vec::new(),
+        })
+    }
+
+    /// Differencing, in Windows' order: `W2ku` data, the BAT, then `W2ru` data.
+    fn differencing(np: &NewParent, bat_bytes: u64) -> Result<Space> {
+        let mut s = Space {
+            table_offset: 0,
+            end: 0,
+            locators: Default::default(),
+            writes: Vec::new(),
+        };
+        let abs = utf16le(&np.absolute_path);
+        let abs_space = locator_space(&abs, W2KU_MIN_SPACE)?;
+        s.add(format::PLATFORM_W2KU, W2KU_OFFSET, abs_space, abs)?;
+        s.table_offset = W2KU_OFFSET.checked_add(abs_space).ok_or_else(too_big)?;
+        s.end = align_up(s.table_offset + bat_bytes, ALIGN_BYTES).ok_or_else(too_big)?;
+        if let Some(rel) = &np.relative_path {
+            let rel = utf16le(rel);
+            let rel_space = locator_space(&rel, W2RU_MIN_SPACE)?;
+            s.add(format::PLATFORM_W2RU, s.end, rel_space, rel)?;
+            s.end = s.end.checked_add(rel_space).ok_or_else(too_big)?;
+        }
+        Ok(s)
+    }
+
+    /// The next locator slot: `data` at `at`, in `space` bytes.
+    fn add(&mut self, code: [u8; 4], at: u64, space: u64, data: Vec<u8>) -> Result<()> {
+        let e = self
+            .locators
+            .get_mut(self.writes.len())
+            .ok_or_else(too_big)?;
+        *e = ParentLocatorEntry {
+            platform_code: code,
+            platform_data_space: u32::try_from(space).map_err(|_| too_big())?,
+            platform_data_length: u32::try_from(data.len()).map_err(|_| too_big())?,
+            reserved: 0,
+            platform_data_offset: at,
+        };
+        self.writes.push((at, data));
+        Ok(())
+    }
+}
+
+/// The space of a locator holding `data`: at least Windows' `min`, whole 4 KiB units.
+fn locator_space(data: &[u8], min: u64) -> Result<u64> {
+    align_up((data.len() as u64).max(min), ALIGN_BYTES).ok_or_else(too_big)
+}
+
+/// The parent unicode name field: UTF-16 big-endian, zero-padded.
+fn parent_name_field(np: &NewParent) -> Result<[u8; format::PARENT_NAME_BYTES]> {
+    let units: Vec<u16> = np.unicode_name.encode_utf16().collect();
+    if units.len() * 2 > format::PARENT_NAME_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "parent unicode name is {} UTF-16 code units, more than the 256 the field holds",
+            units.len()
+        )));
+    }
+    let mut field = [0u8; format::PARENT_NAME_BYTES];
+    for (slot, u) in field.chunks_exact_mut(2).zip(&units) {
+        slot.copy_from_slice(&u.to_be_bytes());
+    }
+    Ok(field)
+}
+
+/// The dynamic header's bytes (checksum included).
+fn dynamic_header(
+    p: &NewVhd,
+    max_table_entries: u32,
+    parent: Option<&NewParent>,
+    space: &Space,
+) -> Result<Vec<u8>> {
+    let (parent_unique_id, parent_time_stamp, parent_unicode_name) = match parent {
+        Some(np) => (np.unique_id, np.time_stamp, parent_name_field(np)?),
+        None => ([0; 16], 0, [0; format::PARENT_NAME_BYTES]),
+    };
+    let header = DynamicHeader {
+        data_offset: u64::MAX,
+        table_offset: space.table_offset,
+        header_version: format::VERSION_1_0,
+        max_table_entries,
+        block_size: p.block_size,
+        checksum: 0,
+        parent_unique_id,
+        parent_time_stamp,
+        reserved1: 0,
+        parent_unicode_name,
+        parent_locators: space.locators,
+        reserved2: [0; 256],
+    };
+    serialize(
+        &header,
+        format::DYNAMIC_HEADER_BYTES,
+        format::DYNAMIC_CHECKSUM_OFFSET,
+    )
 }
 
 /// Write a new disk into an empty `sink` and make it durable.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
     let layout = build(p)?;
-    sink.set_len(layout.file_len)
-        .map_err(|e| Error::io("sizing the new vhd", e))?;
-    if let Some((at, len)) = layout.bat {
-        crate::limits::write_fill(sink, at, len, 0xFF)
-            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))?;
-    }
-    for (at, data) in &layout.writes {
-        sink.write_all_at(data, *at)
-            .map_err(|e| Error::io(format!("writing the new vhd at offset {at:#x}"), e))?;
-    }
-    sink.sync()
-        .map_err(|e| Error::io("flushing the new vhd", e))?;
+    let bat = |sink: &S| match layout.bat {
+        Some((at, len)) => crate::limits::write_fill(sink, at, len, 0xFF)
+            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e)),
+        None => Ok(()),
+    };
+    write_layout(sink, "vhd", layout.file_len, bat, &layout.writes)?;
     Ok(layout)
 }
 

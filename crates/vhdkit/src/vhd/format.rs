@@ -210,6 +210,10 @@ pub const DYNAMIC_MAX_ENTRIES_OFFSET: usize = 28;
 pub const DYNAMIC_BLOCK_SIZE_OFFSET: usize = 32;
 /// Bytes of one BAT entry (a big-endian sector number).
 pub const BAT_ENTRY_BYTES: u64 = 4;
+// ---- txn ----
+
+/// The VHD time stamp epoch (A.2: seconds since 2000-01-01 00:00:00 UTC), in Unix seconds.
+pub const TIME_STAMP_EPOCH_UNIX_SECS: u64 = 946_684_800;
 
 #[cfg(test)]
 mod tests {

@@ -26,10 +26,14 @@
 use uuid::Uuid;
 
 use super::bat::chunk_ratio;
+use binrw::BinWrite;
+
 use super::format::{
-    self, BAT_REGION_GUID, FILE_PARAMETERS_GUID, FP_HAS_PARENT, FP_LEAVE_BLOCK_ALLOCATED,
-    HEADER_OFFSETS, KIB64, LOGICAL_SECTOR_SIZE_GUID, MAX_BLOCK_SIZE, MAX_VIRTUAL_DISK_SIZE,
-    METADATA_REGION_GUID, META_IS_REQUIRED, META_IS_VIRTUAL_DISK, MIB, MIN_BLOCK_SIZE,
+    self, FileIdentifier, FileParameters, MetadataTableEntry, MetadataTableHeader,
+    ParentLocatorEntry, ParentLocatorHeader, RegionTableEntry, RegionTableHeader, BAT_REGION_GUID,
+    FILE_PARAMETERS_GUID, FP_HAS_PARENT, FP_LEAVE_BLOCK_ALLOCATED, HEADER_OFFSETS,
+    LOGICAL_SECTOR_SIZE_GUID, MAX_BLOCK_SIZE, MAX_VIRTUAL_DISK_SIZE, METADATA_REGION_GUID,
+    METADATA_TABLE_SIZE, META_IS_REQUIRED, META_IS_VIRTUAL_DISK, MIB, MIN_BLOCK_SIZE,
     PARENT_LOCATOR_GUID, PAYLOAD_BLOCK_FULLY_PRESENT, PHYSICAL_SECTOR_SIZE_GUID, REGION_REQUIRED,
     REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, VHDX_LOCATOR_TYPE_GUID, VIRTUAL_DISK_ID_GUID,
     VIRTUAL_DISK_SIZE_GUID,
@@ -38,7 +42,9 @@ use super::header::ParsedHeader;
 use super::update::encode_header;
 use crate::error::{Error, Result};
 use crate::guid::to_vhdx_bytes;
+use crate::newdisk::write_layout;
 use crate::txn::Sink;
+use crate::util::utf16le;
 
 /// Default block size of a dynamic VHDX: 32 MiB (Hyper-V).
 pub const DEFAULT_DYNAMIC_BLOCK_BYTES: u32 = 32 << 20;
@@ -60,17 +66,14 @@ pub const METADATA_OFFSET: u64 = 2 * MIB;
 pub const METADATA_LENGTH: u64 = MIB;
 /// BAT region offset.
 pub const BAT_OFFSET: u64 = 3 * MIB;
+/// A BAT entry is one little-endian u64.
+const BAT_ENTRY_BYTES: u64 = std::mem::size_of::<u64>() as u64;
+/// Room the fixed-size metadata items (file parameters, sizes, disk id: 40 bytes) need after
+/// the table, so a parent locator item never crowds them out of the region.
+const FIXED_ITEMS_ROOM: u64 = 64;
 
 /// The kind of VHDX to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NewKind {
-    /// Every block allocated up front.
-    Fixed,
-    /// Blocks allocated on write.
-    Dynamic,
-    /// Differencing over the parent described.
-    Differencing(NewParent),
-}
+pub type NewKind = crate::newdisk::NewKind<NewParent>;
 
 /// What a new differencing VHDX records about its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +169,7 @@ impl FixedBat {
 
     /// Write the table at `BAT_OFFSET`, 1 MiB at a time.
     fn write<S: Sink + ?Sized>(&self, sink: &S) -> std::io::Result<()> {
-        const PER_CHUNK: u64 = crate::limits::FILL_CHUNK / 8;
+        const PER_CHUNK: u64 = crate::limits::FILL_CHUNK / BAT_ENTRY_BYTES;
         let mut buf = Vec::with_capacity(crate::limits::FILL_CHUNK as usize);
         let mut i = 0u64;
         while i < self.entries {
@@ -175,10 +178,19 @@ impl FixedBat {
             for k in i..i + n {
                 buf.extend_from_slice(&self.entry(k).to_le_bytes());
             }
-            sink.write_all_at(&buf, BAT_OFFSET + i * 8)?;
+            sink.write_all_at(&buf, BAT_OFFSET + i * BAT_ENTRY_BYTES)?;
             i += n;
         }
         Ok(())
+    }
+}
+
+/// Hyper-V's block size for a new disk of `kind`.
+pub fn default_block_bytes(kind: &NewKind) -> u32 {
+    match kind {
+        NewKind::Fixed => DEFAULT_FIXED_BLOCK_BYTES,
+        NewKind::Dynamic => DEFAULT_DYNAMIC_BLOCK_BYTES,
+        NewKind::Differencing(_) => DEFAULT_DIFFERENCING_BLOCK_BYTES,
     }
 }
 
@@ -187,17 +199,15 @@ pub fn creator() -> String {
     format!("vhdkit {}", env!("CARGO_PKG_VERSION"))
 }
 
-fn put(buf: &mut [u8], at: usize, data: &[u8]) {
-    if let Some(dst) = at
-        .checked_add(data.len())
-        .and_then(|end| buf.get_mut(at..end))
-    {
-        dst.copy_from_slice(data);
-    }
-}
-
-fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+/// The bytes of an on-disk structure, as [`format`] lays it out.
+fn bytes_of<T>(v: &T) -> Result<Vec<u8>>
+where
+    T: for<'a> BinWrite<Args<'a> = ()>,
+{
+    let mut c = std::io::Cursor::new(Vec::new());
+    v.write_le(&mut c)
+        .map_err(|e| Error::InvalidArgument(format!("serializing a vhdx structure: {e}")))?;
+    Ok(c.into_inner())
 }
 
 fn check(p: &NewVhdx) -> Result<()> {
@@ -235,7 +245,7 @@ fn check(p: &NewVhdx) -> Result<()> {
 /// The parent locator item (B.7): keys `parent_linkage`, `absolute_win32_path`,
 /// `relative_path`, keys and values back to back after the entry table.
 pub fn locator_item(np: &NewParent) -> Result<Vec<u8>> {
-    let linkage = format!("{{{}}}", np.linkage.hyphenated());
+    let linkage = crate::util::braced(&np.linkage);
     let mut pairs: Vec<(&str, &str)> = vec![
         ("parent_linkage", linkage.as_str()),
         ("absolute_win32_path", np.absolute_path.as_str()),
@@ -244,45 +254,41 @@ pub fn locator_item(np: &NewParent) -> Result<Vec<u8>> {
         pairs.push(("relative_path", r.as_str()));
     }
     let too_long = || Error::InvalidArgument("a parent locator path is too long".into());
-    let mut item = vec![0u8; 20 + 12 * pairs.len()];
-    put(&mut item, 0, &VHDX_LOCATOR_TYPE_GUID);
-    put(
-        &mut item,
-        18,
-        &u16::try_from(pairs.len())
-            .map_err(|_| too_long())?
-            .to_le_bytes(),
-    );
-    for (i, (k, v)) in pairs.iter().enumerate() {
+    let header = ParentLocatorHeader {
+        locator_type: VHDX_LOCATOR_TYPE_GUID,
+        reserved: 0,
+        key_value_count: u16::try_from(pairs.len()).map_err(|_| too_long())?,
+    };
+    let mut item = bytes_of(&header)?;
+    let empty = ParentLocatorEntry {
+        key_offset: 0,
+        value_offset: 0,
+        key_length: 0,
+        value_length: 0,
+    };
+    // Keys and values start right after the entry table, as Windows writes them.
+    let mut at = item.len() + bytes_of(&empty)?.len() * pairs.len();
+    let mut data = Vec::new();
+    for (k, v) in &pairs {
         let (k, v) = (utf16le(k), utf16le(v));
         if v.is_empty() {
             return Err(Error::InvalidArgument(
                 "an empty parent locator value".into(),
             ));
         }
-        let ko = u32::try_from(item.len()).map_err(|_| too_long())?;
-        item.extend_from_slice(&k);
-        let vo = u32::try_from(item.len()).map_err(|_| too_long())?;
-        item.extend_from_slice(&v);
-        let e = 20 + 12 * i;
-        put(&mut item, e, &ko.to_le_bytes());
-        put(&mut item, e + 4, &vo.to_le_bytes());
-        put(
-            &mut item,
-            e + 8,
-            &u16::try_from(k.len())
-                .map_err(|_| too_long())?
-                .to_le_bytes(),
-        );
-        put(
-            &mut item,
-            e + 10,
-            &u16::try_from(v.len())
-                .map_err(|_| too_long())?
-                .to_le_bytes(),
-        );
+        let entry = ParentLocatorEntry {
+            key_offset: u32::try_from(at).map_err(|_| too_long())?,
+            value_offset: u32::try_from(at + k.len()).map_err(|_| too_long())?,
+            key_length: u16::try_from(k.len()).map_err(|_| too_long())?,
+            value_length: u16::try_from(v.len()).map_err(|_| too_long())?,
+        };
+        item.extend_from_slice(&bytes_of(&entry)?);
+        at += k.len() + v.len();
+        data.extend_from_slice(&k);
+        data.extend_from_slice(&v);
     }
-    if item.len() as u64 > METADATA_LENGTH - KIB64 - 64 {
+    item.extend_from_slice(&data);
+    if item.len() as u64 > METADATA_LENGTH - METADATA_TABLE_SIZE as u64 - FIXED_ITEMS_ROOM {
         return Err(too_long());
     }
     Ok(item)
@@ -290,16 +296,50 @@ pub fn locator_item(np: &NewParent) -> Result<Vec<u8>> {
 
 /// The metadata region's bytes (table and items), up to the end of the last item.
 fn metadata_region(p: &NewVhdx) -> Result<Vec<u8>> {
+    let too_large = || Error::InvalidArgument("metadata too large".into());
+    let mut region = Vec::new();
+    let mut data = Vec::new();
+    let items = metadata_items(p)?;
+    let header = MetadataTableHeader {
+        signature: format::METADATA_TABLE_SIGNATURE,
+        reserved: 0,
+        entry_count: u16::try_from(items.len()).map_err(|_| too_large())?,
+        reserved2: [0; 20],
+    };
+    region.extend_from_slice(&bytes_of(&header)?);
+    for (id, flags, item) in &items {
+        let entry = MetadataTableEntry {
+            item_id: *id,
+            offset: u32::try_from(METADATA_TABLE_SIZE + data.len()).map_err(|_| too_large())?,
+            length: u32::try_from(item.len()).map_err(|_| too_large())?,
+            flags: *flags,
+            reserved: 0,
+        };
+        region.extend_from_slice(&bytes_of(&entry)?);
+        data.extend_from_slice(item);
+    }
+    // Items from 64 KiB on, in Windows' order.
+    region.resize(METADATA_TABLE_SIZE, 0);
+    region.extend_from_slice(&data);
+    Ok(region)
+}
+
+/// One metadata item: its id, its flags and its bytes.
+type Item = ([u8; 16], u32, Vec<u8>);
+
+/// The metadata items of a new disk, in the order Windows writes them.
+fn metadata_items(p: &NewVhdx) -> Result<Vec<Item>> {
     let (fp_flags, locator) = match &p.kind {
         NewKind::Fixed => (FP_LEAVE_BLOCK_ALLOCATED, None),
         NewKind::Dynamic => (0, None),
         NewKind::Differencing(np) => (FP_HAS_PARENT, Some(locator_item(np)?)),
     };
-    let mut fp = Vec::with_capacity(8);
-    fp.extend_from_slice(&p.block_size.to_le_bytes());
-    fp.extend_from_slice(&fp_flags.to_le_bytes());
+    let fp = bytes_of(&FileParameters {
+        block_size: p.block_size,
+        flags: fp_flags,
+    })?;
     let vd = META_IS_VIRTUAL_DISK | META_IS_REQUIRED;
-    let mut items: Vec<([u8; 16], u32, Vec<u8>)> = vec![
+    let mut items: Vec<Item> = vec![
         (FILE_PARAMETERS_GUID, META_IS_REQUIRED, fp),
         (
             VIRTUAL_DISK_SIZE_GUID,
@@ -325,51 +365,61 @@ fn metadata_region(p: &NewVhdx) -> Result<Vec<u8>> {
     if let Some(l) = locator {
         items.push((PARENT_LOCATOR_GUID, META_IS_REQUIRED, l));
     }
-    let total: usize = items.iter().map(|i| i.2.len()).sum();
-    let mut region = vec![0u8; KIB64 as usize + total];
-    put(&mut region, 0, &format::METADATA_TABLE_SIGNATURE);
-    put(&mut region, 10, &(items.len() as u16).to_le_bytes());
-    let mut at = KIB64 as usize;
-    for (i, (id, flags, data)) in items.iter().enumerate() {
-        let e = 32 + 32 * i;
-        put(&mut region, e, id);
-        let off =
-            u32::try_from(at).map_err(|_| Error::InvalidArgument("metadata too large".into()))?;
-        put(&mut region, e + 16, &off.to_le_bytes());
-        put(&mut region, e + 20, &(data.len() as u32).to_le_bytes());
-        put(&mut region, e + 24, &flags.to_le_bytes());
-        put(&mut region, at, data);
-        at += data.len();
-    }
-    Ok(region)
+    Ok(items)
 }
 
+/// One region table (both copies are identical): BAT then metadata, both required.
 fn region_table(bat_length: u64) -> Result<Vec<u8>> {
-    let mut t = vec![0u8; REGION_TABLE_SIZE];
-    put(&mut t, 0, &format::REGION_TABLE_SIGNATURE);
-    put(&mut t, 8, &2u32.to_le_bytes());
     let bat_len =
         u32::try_from(bat_length).map_err(|_| Error::InvalidArgument("BAT too large".into()))?;
-    for (i, (guid, off, len)) in [
+    let entries = [
         (BAT_REGION_GUID, BAT_OFFSET, bat_len),
         (
             METADATA_REGION_GUID,
             METADATA_OFFSET,
             METADATA_LENGTH as u32,
         ),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let e = 16 + 32 * i;
-        put(&mut t, e, guid);
-        put(&mut t, e + 16, &off.to_le_bytes());
-        put(&mut t, e + 24, &len.to_le_bytes());
-        put(&mut t, e + 28, &REGION_REQUIRED.to_le_bytes());
+    ];
+    let mut header = RegionTableHeader {
+        signature: format::REGION_TABLE_SIGNATURE,
+        checksum: 0,
+        entry_count: entries.len() as u32,
+        reserved: 0,
+    };
+    let mut t = bytes_of(&header)?;
+    for (guid, file_offset, length) in entries {
+        t.extend_from_slice(&bytes_of(&RegionTableEntry {
+            guid,
+            file_offset,
+            length,
+            flags: REGION_REQUIRED,
+        })?);
     }
-    let crc = format::crc32c_with_zeroed(&t, 4);
-    put(&mut t, 4, &crc.to_le_bytes());
+    t.resize(REGION_TABLE_SIZE, 0);
+    // The checksum covers the whole table with its own field zero, as it is now.
+    header.checksum = crc32c::crc32c(&t);
+    let head = bytes_of(&header)?;
+    if let Some(dst) = t.get_mut(..head.len()) {
+        dst.copy_from_slice(&head);
+    }
     Ok(t)
+}
+
+/// The file identifier: signature and creator (UTF-16, cut to leave a terminating NUL).
+fn file_identifier() -> Result<Vec<u8>> {
+    let mut id = FileIdentifier {
+        signature: format::FILE_IDENTIFIER_SIGNATURE,
+        creator: [0; 256],
+    };
+    let room = id.creator.len() - 1;
+    for (slot, unit) in id
+        .creator
+        .iter_mut()
+        .zip(creator().encode_utf16().take(room))
+    {
+        *slot = unit;
+    }
+    bytes_of(&id)
 }
 
 /// Compute every non-zero byte of a new disk.
@@ -388,21 +438,17 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
     crate::Limits::default().check_new_table(
         super::bat::required_entries(pb, cr, differencing)
             .max(entries)
-            .saturating_mul(8),
+            .saturating_mul(BAT_ENTRY_BYTES),
     )?;
     let bat_length = entries
-        .checked_mul(8)
+        .checked_mul(BAT_ENTRY_BYTES)
         .and_then(|b| b.checked_next_multiple_of(MIB))
         .ok_or_else(too_big)?
         .max(MIB);
     let data_start = BAT_OFFSET + bat_length;
     let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
     // File identifier.
-    let mut ident = vec![0u8; 8 + 512];
-    put(&mut ident, 0, &format::FILE_IDENTIFIER_SIGNATURE);
-    let c: Vec<u8> = utf16le(&creator()).into_iter().take(510).collect();
-    put(&mut ident, 8, &c);
-    writes.push((0, ident));
+    writes.push((0, file_identifier()?));
     // Headers 1 and 2 (2 current), identical but for the sequence number.
     for (i, &off) in HEADER_OFFSETS.iter().enumerate() {
         let h = ParsedHeader {
@@ -448,18 +494,13 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
 /// (zeros) made by sizing the file.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
     let layout = build(p)?;
-    sink.set_len(layout.file_len)
-        .map_err(|e| Error::io("sizing the new vhdx", e))?;
-    if let Some(bat) = &layout.fixed_bat {
-        bat.write(sink)
-            .map_err(|e| Error::io("writing the new vhdx's BAT", e))?;
-    }
-    for (at, data) in &layout.writes {
-        sink.write_all_at(data, *at)
-            .map_err(|e| Error::io(format!("writing the new vhdx at offset {at:#x}"), e))?;
-    }
-    sink.sync()
-        .map_err(|e| Error::io("flushing the new vhdx", e))?;
+    let bat = |sink: &S| match &layout.fixed_bat {
+        Some(bat) => bat
+            .write(sink)
+            .map_err(|e| Error::io("writing the new vhdx's BAT", e)),
+        None => Ok(()),
+    };
+    write_layout(sink, "vhdx", layout.file_len, bat, &layout.writes)?;
     Ok(layout)
 }
 

@@ -43,10 +43,10 @@ use super::format::{
     self, BAT_OFFSET_MASK, KIB4, MIB, PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT,
     PAYLOAD_BLOCK_PARTIALLY_PRESENT, SB_BLOCK_PRESENT, SECTOR_BITMAP_BLOCK_SIZE,
 };
-use super::header::ParsedHeader;
-use super::update::{Session, SessionState};
-use super::log::{dirty_log, max_data_sectors};
 use super::header;
+use super::header::ParsedHeader;
+use super::log::{dirty_log, max_data_sectors};
+use super::update::{Session, SessionState};
 use super::{read_layout, Layout};
 use crate::bitmap::{self as bits, BitOrder};
 use crate::disk::{DiskFormat, DiskType, OpenOptions};
@@ -91,7 +91,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |e| Error::io(what, e)
 }
-
 
 /// Replay a dirty log into the file (a new FileWriteGuid): the session to write with and the
 /// header it starts from.

@@ -1,0 +1,281 @@
+//! Trying candidate paths for a parent: confinement, opening, identity, format and sector
+//! checks, and the per-locator questions dead-locator repair asks.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::locate::{candidates, is_windows_absolute, local_paths};
+use super::{canonical, Attempt, ChainOptions, IdMatch, ParentResolution};
+use crate::disk::{Disk, ParentLocator};
+use crate::error::{Error, Result};
+use crate::sidefile::folder_of;
+
+/// Find and verify the parent of `child` (opened from `child_path`).
+///
+/// Returns the resolution record and, when a parent was accepted, the opened parent.
+pub fn resolve_parent(
+    child: &Disk,
+    child_path: &Path,
+    opts: &ChainOptions,
+) -> Result<(ParentResolution, Option<Disk>)> {
+    let Some(linkage) = child.parent_linkage() else {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a differencing disk",
+            child_path.display()
+        )));
+    };
+    let candidates = candidates(&child.parent_locators(), folder_of(child_path), opts);
+    let mut res = ParentResolution {
+        expected_id: linkage.id,
+        path: None,
+        via: None,
+        id_match: None,
+        tried: Vec::new(),
+        warnings: Vec::new(),
+        notes: Vec::new(),
+    };
+    let child_canon = canonical(child_path);
+    let mut seen = HashSet::new();
+    for (cand, via) in candidates {
+        if !seen.insert(cand.clone()) {
+            continue;
+        }
+        let mut attempt = Attempt {
+            path: cand.clone(),
+            via: via.clone(),
+            outcome: String::new(),
+        };
+        let (parent, id_match) = match try_candidate(child, &linkage, &cand, &child_canon, opts) {
+            Ok(x) => x,
+            Err(why) => {
+                attempt.outcome = why.to_string();
+                res.tried.push(attempt);
+                continue;
+            }
+        };
+        if parent.virtual_size() != child.virtual_size() {
+            res.warnings.push(format!(
+                "parent virtual size {} differs from the child's {}",
+                parent.virtual_size(),
+                child.virtual_size()
+            ));
+        }
+        if let Some(n) = crate::sectors::compare(child, &parent).note() {
+            res.notes.push(n);
+        }
+        if let Some(ts) = linkage.timestamp.filter(|&t| t != 0) {
+            if let Some(w) = vhd_timestamp_warning(ts, &parent, &cand) {
+                res.warnings.push(w);
+            }
+        }
+        attempt.outcome = "accepted".into();
+        res.tried.push(attempt);
+        res.path = Some(cand);
+        res.via = Some(via);
+        res.id_match = Some(id_match);
+        return Ok((res, Some(parent)));
+    }
+    note_unmapped_windows_paths(&child.parent_locators(), opts, &mut res);
+    Ok((res, None))
+}
+
+/// When no parent was found, name every absolute Windows locator that gave no local path (off
+/// Windows, without a matching `--map`), so the error shows it and how to use it.
+fn note_unmapped_windows_paths(
+    locators: &[ParentLocator],
+    opts: &ChainOptions,
+    res: &mut ParentResolution,
+) {
+    if cfg!(windows) {
+        return;
+    }
+    for loc in locators {
+        let Some(p) = loc.path.as_deref().filter(|p| is_windows_absolute(p)) else {
+            continue;
+        };
+        if opts.path_maps.iter().any(|m| m.apply(p).is_some()) {
+            continue;
+        }
+        res.tried.push(Attempt {
+            path: PathBuf::from(p),
+            via: loc.kind.clone(),
+            outcome: "skipped: an absolute Windows path has no local meaning here; map it with \
+                      --map 'PREFIX=LOCAL_FOLDER' (e.g. --map 'C:\\Lab=/srv/lab')"
+                .into(),
+        });
+    }
+}
+
+/// Why a candidate path was not accepted as the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    /// Certain: the path does not lead to a file with the parent's identity.
+    NotParent(String),
+    /// Uncertain: the file exists but could not be opened.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::NotParent(s) | Rejected::Unreadable(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Open `cand` and accept it as the parent of `child` when it carries the recorded identity,
+/// the same format and sector sizes the one rule in [`crate::sectors`] accepts.
+fn try_candidate(
+    child: &Disk,
+    linkage: &crate::disk::ParentLinkage,
+    cand: &Path,
+    child_canon: &Path,
+    opts: &ChainOptions,
+) -> std::result::Result<(Disk, IdMatch), Rejected> {
+    let confined = confined_path(cand, &opts.confine)?;
+    let cand = confined.as_deref().unwrap_or(cand);
+    if !cand.is_file() {
+        return Err(Rejected::NotParent(if cand.exists() {
+            "not a regular file".into()
+        } else {
+            "not found".into()
+        }));
+    }
+    if canonical(cand) == child_canon {
+        return Err(Rejected::NotParent("is the child itself".into()));
+    }
+    let parent = Disk::open_with(cand, &opts.open)
+        .map_err(|e| Rejected::Unreadable(format!("cannot open: {e}")))?;
+    let pid = parent.identity();
+    let id_match = if pid == linkage.id {
+        IdMatch::Primary
+    } else if linkage.alternate_id == Some(pid) {
+        IdMatch::Alternate
+    } else {
+        return Err(Rejected::NotParent(format!("id mismatch: it has {pid}")));
+    };
+    if parent.format() != child.format() {
+        return Err(Rejected::NotParent(format!(
+            "format mismatch: a {} child cannot have a {} parent",
+            child.format(),
+            parent.format()
+        )));
+    }
+    if let Some(why) = crate::sectors::compare(child, &parent).refusal() {
+        return Err(Rejected::NotParent(why));
+    }
+    Ok((parent, id_match))
+}
+
+/// The message for a candidate outside the confining folders: it says nothing about the file
+/// (whether it exists, what it is), which may be a secret a hostile locator points at.
+const CONFINED_OUT: &str = "refused by confinement: outside the --confine folders";
+
+/// With confining folders: `Ok(Some(real path))` for a candidate inside one of them (the path to
+/// open, links already resolved, so a link cannot lead the open outside), `Err` otherwise
+/// (uncertain: a locator that leads outside is not proved dead, so repair never drops it).
+/// Without: `Ok(None)`, open the candidate as it is. Resolving the path only stats (`realpath`);
+/// nothing outside is opened.
+fn confined_path(
+    cand: &Path,
+    confine: &[PathBuf],
+) -> std::result::Result<Option<PathBuf>, Rejected> {
+    if confine.is_empty() {
+        return Ok(None);
+    }
+    let inside = |real: &Path| {
+        confine
+            .iter()
+            .filter_map(|c| std::fs::canonicalize(c).ok())
+            .any(|c| real.starts_with(c))
+    };
+    if let Ok(real) = std::fs::canonicalize(cand) {
+        return if inside(&real) {
+            Ok(Some(real))
+        } else {
+            Err(Rejected::Unreadable(CONFINED_OUT.into()))
+        };
+    }
+    // A missing candidate inside reads "not found", as without confinement; `file_name` is
+    // `None` for a path ending in `..`, so the folder test cannot be fooled lexically.
+    match (std::fs::canonicalize(folder_of(cand)), cand.file_name()) {
+        (Ok(d), Some(_)) if inside(&d) => Err(Rejected::NotParent("not found".into())),
+        _ => Err(Rejected::Unreadable(CONFINED_OUT.into())),
+    }
+}
+
+/// Whether the one locator `loc` of `child` (opened from `child_path`) leads to its parent by
+/// itself, through the same candidate paths [`resolve_parent`] tries for it (no file-name or
+/// search-folder fallbacks). `Ok(true)`: one of them is the parent; `Ok(false)`: certainly not
+/// (every candidate is missing or is another disk); `Err`: cannot tell (a candidate exists but
+/// does not open).
+pub(crate) fn locator_leads_to_parent(
+    child: &Disk,
+    child_path: &Path,
+    loc: &ParentLocator,
+    opts: &ChainOptions,
+) -> std::result::Result<bool, Rejected> {
+    let Some(linkage) = child.parent_linkage() else {
+        return Ok(false);
+    };
+    let Some(p) = loc.path.as_deref() else {
+        return Ok(false);
+    };
+    let child_canon = canonical(child_path);
+    let mut unsure = None;
+    for cand in local_paths(p, loc.style, folder_of(child_path), &opts.path_maps) {
+        match try_candidate(child, &linkage, &cand, &child_canon, opts) {
+            Ok(_) => return Ok(true),
+            Err(r @ Rejected::Unreadable(_)) => unsure = Some(r),
+            Err(Rejected::NotParent(_)) => {}
+        }
+    }
+    match unsure {
+        Some(r) => Err(r),
+        None => Ok(false),
+    }
+}
+
+/// The existing file (canonical path) the locator `loc` of the child at `child_path` leads to
+/// first, through the candidates [`resolve_parent`] tries for it (no name or search fallbacks,
+/// confinement respected); `None` when it leads to no file. Only stats: nothing is opened.
+pub(crate) fn locator_target(
+    child_path: &Path,
+    loc: &ParentLocator,
+    opts: &ChainOptions,
+) -> Option<PathBuf> {
+    let p = loc.path.as_deref().filter(|p| !p.is_empty())?;
+    let child_canon = canonical(child_path);
+    local_paths(p, loc.style, folder_of(child_path), &opts.path_maps)
+        .into_iter()
+        .filter(|c| confined_path(c, &opts.confine).is_ok())
+        .filter(|c| c.is_file())
+        .map(|c| canonical(&c))
+        .find(|c| *c != child_canon)
+}
+
+/// The VHD parent time stamp is written inconsistently (Windows writes 0, blktap the parent
+/// file's mtime, others the parent's creation stamp); warn only when it matches neither.
+fn vhd_timestamp_warning(ts: u32, parent: &Disk, parent_path: &Path) -> Option<String> {
+    let creation = match parent.info().details {
+        crate::disk::FormatInfo::Vhd(v) => Some(v.timestamp),
+        _ => None,
+    };
+    if creation == Some(ts) {
+        return None;
+    }
+    let mtime = std::fs::metadata(parent_path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            d.as_secs()
+                .saturating_sub(crate::vhd::format::TIME_STAMP_EPOCH_UNIX_SECS)
+        });
+    if mtime == Some(u64::from(ts)) {
+        return None;
+    }
+    Some(format!(
+        "parent time stamp {ts} matches neither the parent's creation stamp nor its file time"
+    ))
+}
