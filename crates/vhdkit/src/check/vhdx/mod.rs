@@ -10,6 +10,8 @@ mod metadata;
 
 use std::ops::Range;
 
+use binrw::BinRead;
+
 use super::{Bytes, Finding, Findings};
 use crate::guid::from_vhdx_bytes;
 use crate::limits::Limits;
@@ -27,31 +29,82 @@ const REGION_NAMES: [&str; 2] = ["vhdx region table 1", "vhdx region table 2"];
 /// A broken header or region table: the finding code and its message.
 pub(crate) type Broken = (&'static str, String);
 
-/// Check one header slot: its fields, or what is wrong with it.
-pub(crate) fn header_status(b: &Bytes, slot: usize) -> std::result::Result<Header, Broken> {
-    let off = HEADER_OFFSETS[slot & 1];
-    let Some(h) = b.get(off, HEADER_SIZE) else {
+/// A structure at a fixed place with a signature and a CRC-32C: what to call it, and the codes
+/// of its findings.
+struct Checksummed {
+    /// "header" or "region table".
+    what: &'static str,
+    signature: &'static [u8],
+    /// Where the checksum field starts.
+    checksum_at: usize,
+    signature_code: &'static str,
+    checksum_code: &'static str,
+}
+
+const HEADER: Checksummed = Checksummed {
+    what: "header",
+    signature: &format::HEADER_SIGNATURE,
+    checksum_at: header_fields::CHECKSUM,
+    signature_code: "vhdx.header.signature",
+    checksum_code: "vhdx.header.checksum",
+};
+
+const REGION_TABLE: Checksummed = Checksummed {
+    what: "region table",
+    signature: &format::REGION_TABLE_SIGNATURE,
+    checksum_at: rt::CHECKSUM,
+    signature_code: "vhdx.region.signature",
+    checksum_code: "vhdx.region.checksum",
+};
+
+/// The `size` bytes of `c` at `off` and the struct `T` at their start, when the signature and
+/// checksum (`stored` gives the one in `T`) are right.
+fn read_checksummed<T>(
+    b: &Bytes,
+    off: u64,
+    size: usize,
+    name: &'static str,
+    c: &Checksummed,
+    stored: fn(&T) -> u32,
+) -> std::result::Result<(T, Vec<u8>), Broken>
+where
+    T: for<'a> BinRead<Args<'a> = ()>,
+{
+    let Some(bytes) = b.get(off, size) else {
         return Err((
-            "vhdx.header.signature",
-            "the file ends before this header".into(),
+            c.signature_code,
+            format!("the file ends before this {}", c.what),
         ));
     };
-    let signature = h.get(..format::HEADER_SIGNATURE.len()).unwrap_or(&[]);
-    if signature != format::HEADER_SIGNATURE {
+    let signature = bytes.get(..c.signature.len()).unwrap_or(&[]);
+    if signature != c.signature {
         return Err((
-            "vhdx.header.signature",
-            format!("signature {signature:02x?}, expected \"head\""),
+            c.signature_code,
+            format!(
+                "signature {signature:02x?}, expected \"{}\"",
+                String::from_utf8_lossy(c.signature)
+            ),
         ));
     }
-    let header: Header = parse(&h, HEADER_NAMES[slot & 1], off)
-        .map_err(|e| ("vhdx.header.signature", e.to_string()))?;
-    let crc = format::crc32c_with_zeroed(&h, header_fields::CHECKSUM);
-    if crc != header.checksum {
+    let v: T = parse(&bytes, name, off).map_err(|e| (c.signature_code, e.to_string()))?;
+    let (crc, stored) = (
+        format::crc32c_with_zeroed(&bytes, c.checksum_at),
+        stored(&v),
+    );
+    if crc != stored {
         return Err((
-            "vhdx.header.checksum",
-            format!("checksum {:#010x}, computed {crc:#010x}", header.checksum),
+            c.checksum_code,
+            format!("checksum {stored:#010x}, computed {crc:#010x}"),
         ));
     }
+    Ok((v, bytes))
+}
+
+/// Check one header slot: its fields, or what is wrong with it.
+pub(crate) fn header_status(b: &Bytes, slot: usize) -> std::result::Result<Header, Broken> {
+    let (off, name) = (HEADER_OFFSETS[slot & 1], HEADER_NAMES[slot & 1]);
+    let (header, _) =
+        read_checksummed(b, off, HEADER_SIZE, name, &HEADER, |h: &Header| h.checksum)?;
     if header.version != 1 {
         return Err((
             "vhdx.header.version",
@@ -66,29 +119,15 @@ pub(crate) fn region_status(
     b: &Bytes,
     slot: usize,
 ) -> std::result::Result<(RegionTableHeader, Vec<u8>), Broken> {
-    let off = REGION_TABLE_OFFSETS[slot & 1];
-    let Some(t) = b.get(off, REGION_TABLE_SIZE) else {
-        return Err((
-            "vhdx.region.signature",
-            "the file ends before this region table".into(),
-        ));
-    };
-    let signature = t.get(..format::REGION_TABLE_SIGNATURE.len()).unwrap_or(&[]);
-    if signature != format::REGION_TABLE_SIGNATURE {
-        return Err((
-            "vhdx.region.signature",
-            format!("signature {signature:02x?}, expected \"regi\""),
-        ));
-    }
-    let header: RegionTableHeader = parse(&t, REGION_NAMES[slot & 1], off)
-        .map_err(|e| ("vhdx.region.signature", e.to_string()))?;
-    let crc = format::crc32c_with_zeroed(&t, rt::CHECKSUM);
-    if crc != header.checksum {
-        return Err((
-            "vhdx.region.checksum",
-            format!("checksum {:#010x}, computed {crc:#010x}", header.checksum),
-        ));
-    }
+    let (off, name) = (REGION_TABLE_OFFSETS[slot & 1], REGION_NAMES[slot & 1]);
+    let (header, t) = read_checksummed(
+        b,
+        off,
+        REGION_TABLE_SIZE,
+        name,
+        &REGION_TABLE,
+        |h: &RegionTableHeader| h.checksum,
+    )?;
     let n = header.entry_count;
     if n > MAX_REGION_ENTRIES {
         return Err((
