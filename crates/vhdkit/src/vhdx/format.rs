@@ -566,7 +566,7 @@ pub mod metadata_item_bytes {
 }
 
 /// BAT entry layout (MS-VHDX 2.5.1): a `u64` of state (low 3 bits), reserved bits and
-/// FileOffsetMB ([`super::BAT_RESERVED_MASK`], [`super::BAT_OFFSET_MASK`]).
+/// FileOffsetMB ([`BAT_RESERVED_MASK`], [`BAT_OFFSET_MASK`]).
 pub mod bat_entry_fields {
     /// Bytes per entry.
     pub const BYTES: u64 = 8;
