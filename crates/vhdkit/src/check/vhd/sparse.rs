@@ -287,6 +287,12 @@ impl Sparse<'_> {
             }
             ranges.push((doff..dend, "locator data"));
         }
+        self.decodes(s, name, code, doff, dlen)
+    }
+
+    /// Whether the `dlen` bytes of locator data at `doff` decode to a path; a finding (for
+    /// the slot `name`) when they do not decode.
+    fn decodes(&self, s: &mut Findings, name: String, code: [u8; 4], doff: u64, dlen: u32) -> bool {
         // Mac alias records are opaque: nothing to decode.
         if dlen > self.limits.max_locator_bytes || code == format::PLATFORM_MAC {
             return false;

@@ -486,7 +486,21 @@ fn check_region(
         );
         return None;
     };
-    if log.is_some_and(|l| overlaps(&range, l)) {
+    report_region_overlaps(s, name, at, &range, regions, log);
+    Some(range)
+}
+
+/// A usable region (entry field at `at`) that overlaps the log or a region before it.
+fn report_region_overlaps(
+    s: &mut Findings,
+    name: &'static str,
+    at: Option<u64>,
+    range: &Range<u64>,
+    regions: &Regions,
+    log: Option<&Range<u64>>,
+) {
+    let (off, len) = (range.start, range.end - range.start);
+    if log.is_some_and(|l| overlaps(range, l)) {
         s.add(
             "vhdx.region.overlap",
             name,
@@ -495,7 +509,7 @@ fn check_region(
         );
     }
     for (_, r) in &regions.all {
-        if overlaps(&range, r) {
+        if overlaps(range, r) {
             s.add(
                 "vhdx.region.overlap",
                 name,
@@ -508,5 +522,4 @@ fn check_region(
             );
         }
     }
-    Some(range)
 }
