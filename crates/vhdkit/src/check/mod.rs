@@ -1,10 +1,12 @@
 //! `vhdkit check`: validate every structural rule of a VHD or VHDX file, and optionally of its
 //! differencing chain, collecting *all* findings instead of stopping at the first.
 //!
-//! The checkers parse raw bytes themselves (with the constants and structs of [`crate::vhd`] and
-//! [`crate::vhdx`]), so a broken structure that makes the reader refuse the file still lets
-//! later, independent structures be checked. Nothing here ever writes: files are opened
-//! read-only and only read with positional reads.
+//! The checkers read the raw on-disk structs of [`crate::vhd::format`] and
+//! [`crate::vhdx::format`] without validating them, then judge each field themselves, so a
+//! broken structure that makes the reader refuse the file still lets later, independent
+//! structures be checked. Nothing here writes: files are opened read-only and only read with
+//! positional reads. The repairs live in [`crate::repair`]; `deadloc` only works out which
+//! locators are dead and what dropping them would write, for [`crate::repair`] to apply.
 //!
 //! **Codes** are stable, dotted, lower-case names: `<format>.<structure>.<rule>`, e.g.
 //! `vhd.footer.checksum`. Every code is listed in [`CODES`] with its severity and meaning (the
@@ -19,10 +21,15 @@
 mod chain;
 pub(crate) mod deadloc;
 mod disagree;
-pub mod repair;
 mod side;
-mod vhd;
-mod vhdx;
+pub(crate) mod vhd;
+pub(crate) mod vhdx;
+
+/// The structural repairs, now in [`crate::repair`]; this path is kept for existing users.
+#[deprecated(note = "use `vhdkit::repair::{repair_structures, StructureRepair}`")]
+pub mod repair {
+    pub use crate::repair::{repair_structures, StructureRepair};
+}
 
 use std::path::{Path, PathBuf};
 
@@ -296,12 +303,12 @@ pub(crate) const MAX_PER_CODE: usize = 20;
 
 /// Collects findings with a per-code cap, so a hostile BAT cannot produce millions of lines.
 #[derive(Debug, Default)]
-pub(crate) struct Sink {
+pub(crate) struct Findings {
     pub findings: Vec<Finding>,
     counts: Vec<(&'static str, usize)>,
 }
 
-impl Sink {
+impl Findings {
     pub fn push(&mut self, f: Finding) {
         let n = match self.counts.iter_mut().find(|c| c.0 == f.code) {
             Some(c) => {
@@ -404,44 +411,29 @@ impl<'a> Bytes<'a> {
     }
 }
 
-pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
+// Field readers for `deadloc`, which still reads a few fields by position; the checkers read
+// the structs of `vhd::format` / `vhdx::format`. Zero where `b` is too short, as
+// `util::le_u32`.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    if let Some(s) = at.checked_add(N).and_then(|end| b.get(at..end)) {
         a.copy_from_slice(s);
     }
-    u32::from_be_bytes(a)
+    a
 }
 
-pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_be_bytes(a)
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(bytes_at(b, at))
 }
 
 pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
-    let mut a = [0u8; 2];
-    if let Some(s) = b.get(at..at + 2) {
-        a.copy_from_slice(s);
-    }
-    u16::from_le_bytes(a)
+    u16::from_le_bytes(bytes_at(b, at))
 }
 
-pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
+pub(crate) use crate::util::le_u32 as le32;
 
 pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
+    u64::from_le_bytes(bytes_at(b, at))
 }
 
 /// Check the disk in `src` (format detected by signature). Never fails: what cannot be read is
@@ -623,8 +615,8 @@ mod tests {
     }
 
     #[test]
-    fn sink_caps_per_code() {
-        let mut s = Sink::default();
+    fn findings_cap_per_code() {
+        let mut s = Findings::default();
         for i in 0..100u64 {
             s.add("vhd.block.overlap", "vhd bat", Some(i), "x");
         }

@@ -412,3 +412,168 @@ mod writer_layout_tests {
         assert_eq!(&b[..COOKIE_BYTES], FOOTER_COOKIE);
     }
 }
+
+// ---- check ----
+
+/// Where the footer's fields (A.3) start, counted from its first byte: findings point at the
+/// field at fault. Pinned to [`Footer`] by a test.
+pub mod footer_fields {
+    /// `features`.
+    pub const FEATURES: u64 = 8;
+    /// `file_format_version`.
+    pub const FILE_FORMAT_VERSION: u64 = 12;
+    /// `data_offset`.
+    pub const DATA_OFFSET: u64 = 16;
+    /// `current_size`.
+    pub const CURRENT_SIZE: u64 = 48;
+    /// `cylinders`, `heads`, `sectors_per_track`.
+    pub const DISK_GEOMETRY: u64 = 56;
+    /// `disk_type`.
+    pub const DISK_TYPE: u64 = 60;
+    /// `checksum`.
+    pub const CHECKSUM: u64 = 64;
+    /// `saved_state`.
+    pub const SAVED_STATE: u64 = 84;
+}
+
+/// Where the dynamic header's fields (A.6) start, counted from its first byte. Pinned to
+/// [`DynamicHeader`] by a test.
+pub mod dynamic_header_fields {
+    /// `table_offset`.
+    pub const TABLE_OFFSET: u64 = 16;
+    /// `header_version`.
+    pub const HEADER_VERSION: u64 = 24;
+    /// `max_table_entries`.
+    pub const MAX_TABLE_ENTRIES: u64 = 28;
+    /// `block_size`.
+    pub const BLOCK_SIZE: u64 = 32;
+    /// `checksum`.
+    pub const CHECKSUM: u64 = 36;
+    /// `parent_unique_id`.
+    pub const PARENT_UNIQUE_ID: u64 = 40;
+    /// `parent_unicode_name`.
+    pub const PARENT_UNICODE_NAME: u64 = 64;
+    /// The first of the `parent_locators`.
+    pub const PARENT_LOCATORS: u64 = 576;
+}
+
+/// Where a parent locator entry's fields (A.7) start, counted from its first byte. Pinned to
+/// [`ParentLocatorEntry`] by a test.
+pub mod locator_entry_fields {
+    /// `platform_data_space`.
+    pub const PLATFORM_DATA_SPACE: u64 = 4;
+    /// `platform_data_offset`.
+    pub const PLATFORM_DATA_OFFSET: u64 = 16;
+}
+
+/// The block allocation table (A.9): big-endian sector numbers of the blocks.
+pub mod bat_fields {
+    /// Bytes per entry (a `u32`).
+    pub const ENTRY_BYTES: u64 = 4;
+}
+
+#[cfg(test)]
+mod check_field_tests {
+    use super::*;
+    use binrw::BinWrite;
+    use std::io::Cursor;
+
+    fn at(b: &[u8], off: u64, n: usize) -> &[u8] {
+        let o = usize::try_from(off).unwrap();
+        &b[o..o + n]
+    }
+
+    #[test]
+    fn field_offsets_match_the_structs() {
+        let f = Footer {
+            features: 0x0A0B_0C0D,
+            file_format_version: 0x1112_1314,
+            data_offset: 0x2122_2324_2526_2728,
+            time_stamp: 0,
+            creator_application: [0; 4],
+            creator_version: 0,
+            creator_host_os: [0; 4],
+            original_size: 0,
+            current_size: 0x3132_3334_3536_3738,
+            cylinders: 0x4142,
+            heads: 0x43,
+            sectors_per_track: 0x44,
+            disk_type: 0x5152_5354,
+            checksum: 0x6162_6364,
+            unique_id: [0; 16],
+            saved_state: 0x71,
+            reserved: [0; 427],
+        };
+        let mut c = Cursor::new(Vec::new());
+        f.write(&mut c).unwrap();
+        let b = c.into_inner();
+        use footer_fields as ff;
+        assert_eq!(at(&b, ff::FEATURES, 4), &f.features.to_be_bytes());
+        assert_eq!(
+            at(&b, ff::FILE_FORMAT_VERSION, 4),
+            &f.file_format_version.to_be_bytes()
+        );
+        assert_eq!(at(&b, ff::DATA_OFFSET, 8), &f.data_offset.to_be_bytes());
+        assert_eq!(at(&b, ff::CURRENT_SIZE, 8), &f.current_size.to_be_bytes());
+        assert_eq!(at(&b, ff::DISK_GEOMETRY, 4), &[0x41, 0x42, 0x43, 0x44]);
+        assert_eq!(at(&b, ff::DISK_TYPE, 4), &f.disk_type.to_be_bytes());
+        assert_eq!(at(&b, ff::CHECKSUM, 4), &f.checksum.to_be_bytes());
+        assert_eq!(ff::CHECKSUM, FOOTER_CHECKSUM_OFFSET as u64);
+        assert_eq!(at(&b, ff::SAVED_STATE, 1), &[0x71]);
+
+        let mut locs = [ParentLocatorEntry::default(); 8];
+        locs[0] = ParentLocatorEntry {
+            platform_code: *b"abcd",
+            platform_data_space: 0x8182_8384,
+            platform_data_length: 0,
+            reserved: 0,
+            platform_data_offset: 0x9192_9394_9596_9798,
+        };
+        let h = DynamicHeader {
+            data_offset: 0,
+            table_offset: 0x0102_0304_0506_0708,
+            header_version: 0x1112_1314,
+            max_table_entries: 0x2122_2324,
+            block_size: 0x3132_3334,
+            checksum: 0x4142_4344,
+            parent_unique_id: [0x51; 16],
+            parent_time_stamp: 0,
+            reserved1: 0,
+            parent_unicode_name: [0x61; 512],
+            parent_locators: locs,
+            reserved2: [0; 256],
+        };
+        let mut c = Cursor::new(Vec::new());
+        h.write(&mut c).unwrap();
+        let b = c.into_inner();
+        use dynamic_header_fields as hf;
+        assert_eq!(at(&b, hf::TABLE_OFFSET, 8), &h.table_offset.to_be_bytes());
+        assert_eq!(
+            at(&b, hf::HEADER_VERSION, 4),
+            &h.header_version.to_be_bytes()
+        );
+        assert_eq!(
+            at(&b, hf::MAX_TABLE_ENTRIES, 4),
+            &h.max_table_entries.to_be_bytes()
+        );
+        assert_eq!(at(&b, hf::BLOCK_SIZE, 4), &h.block_size.to_be_bytes());
+        assert_eq!(at(&b, hf::CHECKSUM, 4), &h.checksum.to_be_bytes());
+        assert_eq!(hf::CHECKSUM, DYNAMIC_CHECKSUM_OFFSET as u64);
+        assert_eq!(at(&b, hf::PARENT_UNIQUE_ID, 16), &[0x51; 16]);
+        assert_eq!(at(&b, hf::PARENT_UNICODE_NAME, 512), &[0x61; 512]);
+        assert_eq!(hf::PARENT_UNICODE_NAME, PARENT_NAME_OFFSET as u64);
+        assert_eq!(hf::PARENT_LOCATORS, LOCATOR_TABLE_OFFSET as u64);
+        let e = at(&b, hf::PARENT_LOCATORS, LOCATOR_ENTRY_BYTES);
+        use locator_entry_fields as lf;
+        assert_eq!(&e[..4], b"abcd");
+        assert_eq!(
+            at(e, lf::PLATFORM_DATA_SPACE, 4),
+            &locs[0].platform_data_space.to_be_bytes()
+        );
+        assert_eq!(
+            at(e, lf::PLATFORM_DATA_OFFSET, 8),
+            &locs[0].platform_data_offset.to_be_bytes()
+        );
+        assert_eq!(bat_fields::ENTRY_BYTES as usize, std::mem::size_of::<u32>());
+    }
+}

@@ -1,6 +1,6 @@
 //! `vhdkit repair`: bring a disk file back to a consistent state.
 //!
-//! Today it does two things:
+//! In order, it does this:
 //! - finish (roll forward) a change that vhdkit interrupted, recorded in the redo journal beside
 //!   the file (`<file>.vhdkit-journal`, see [`crate::txn::journal`]; VHD), or report a journal
 //!   that does not belong to the file (which is never applied);
@@ -8,12 +8,18 @@
 //!   leaves one; read-only opens replay it in memory each time), with a new FileWriteGuid and
 //!   both headers marked clean afterwards.
 //!
-//! Later checks (footer copies, checksums) add their own steps to [`RepairReport`].
+//! Then the certain structural repairs ([`repair_structures`]: footer copies, header and region
+//! table twins, dead locators); what `check` still finds is listed for a person.
+
+mod structure;
 
 use std::path::{Path, PathBuf};
 
+use crate::check::Finding;
 use crate::error::{Error, Result};
 use crate::txn::journal::{self, FileJournal, JournalState, Recovery};
+
+pub use structure::{repair_structures, StructureRepair};
 
 /// Options for [`repair`].
 #[derive(Debug, Clone, Default)]
@@ -98,11 +104,11 @@ pub struct RepairReport {
     /// The VHDX log step (`None` for a VHD file).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub vhdx_log: Option<LogOutcome>,
-    /// Structural repairs done (or, dry run, planned): see [`crate::check::repair`].
-    pub structures: Vec<crate::check::repair::StructureRepair>,
+    /// Structural repairs done (or, dry run, planned): see [`repair_structures`].
+    pub structures: Vec<StructureRepair>,
     /// Errors and warnings `check` still finds that repair cannot fix with certainty (after
     /// the repairs; on a dry run, before them). Left alone.
-    pub unrepaired: Vec<crate::check::Finding>,
+    pub unrepaired: Vec<Finding>,
 }
 
 impl RepairReport {
@@ -233,17 +239,14 @@ fn vhdx_log_step(path: &Path, opts: &RepairOptions) -> Result<Option<LogOutcome>
     ))
 }
 
-/// The certain structural repairs, then what `check` still finds (see [`crate::check::repair`]).
+/// The certain structural repairs, then what `check` still finds (see [`repair_structures`]).
 fn structural_step(
     path: &Path,
     dry_run: bool,
     confine: &[PathBuf],
-) -> Result<(
-    Vec<crate::check::repair::StructureRepair>,
-    Vec<crate::check::Finding>,
-)> {
+) -> Result<(Vec<StructureRepair>, Vec<Finding>)> {
     use crate::check::{check_file, CheckOptions, Severity};
-    let done = crate::check::repair::repair_structures(path, dry_run, confine)?;
+    let done = repair_structures(path, dry_run, confine)?;
     let fixed: Vec<&str> = done.iter().map(|d| d.code).collect();
     // Dry run: findings about VHD locator entries that would be dropped go with them.
     let dropped_entries: Vec<u64> = if dry_run && fixed.contains(&"vhd.locator.dead") {
@@ -251,10 +254,14 @@ fn structural_step(
     } else {
         Vec::new()
     };
-    let in_dropped_entry = |f: &crate::check::Finding| {
+    let entry = crate::vhd::format::LOCATOR_ENTRY_BYTES as u64;
+    let in_dropped_entry = |f: &Finding| {
         f.code.starts_with("vhd.locator.")
-            && f.offset
-                .is_some_and(|o| dropped_entries.iter().any(|&e| (e..e + 24).contains(&o)))
+            && f.offset.is_some_and(|o| {
+                dropped_entries
+                    .iter()
+                    .any(|&e| (e..e.saturating_add(entry)).contains(&o))
+            })
     };
     let mut copts = CheckOptions::default();
     copts.chain_options.confine = confine.to_vec();
@@ -262,7 +269,7 @@ fn structural_step(
     let left = report
         .findings
         .into_iter()
-        .chain(crate::check::repair::unresolved_finding(path, confine))
+        .chain(structure::unresolved_finding(path, confine))
         .filter(|f| f.severity >= Severity::Warning)
         .filter(|f| !in_dropped_entry(f))
         .filter(|f| {

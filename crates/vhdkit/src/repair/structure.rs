@@ -8,21 +8,27 @@
 //!   damaged slot); rewrite a damaged region table from its good twin through the log
 //!   (`Session::commit`);
 //! - differencing disks: drop the parent locators that point nowhere when another locator leads
-//!   to the parent now (see `check::deadloc` for what counts as dead and what is always kept);
+//!   to the parent now (`check::deadloc` says what counts as dead, what is always kept, and
+//!   what dropping writes);
 //!   VHD through the redo journal, VHDX through the log (DataWriteGuid unchanged).
 //!
 //! Anything else that `check` finds is listed as needing a person and left alone.
 
 use std::path::{Path, PathBuf};
 
-use super::vhdx::{header_status, region_status};
-use super::{be32, Bytes};
+use crate::check::vhd::{raw_dynamic_header, raw_footer};
+use crate::check::vhdx::{header_status, region_status};
+use crate::check::{deadloc, Bytes, Finding};
 use crate::error::{Error, Result};
 use crate::source::Source;
 use crate::txn::{journal, FieldChange, Plan, WriteOp};
-use crate::vhd::format::{self as vfmt, DISK_TYPE_DIFFERENCING, DISK_TYPE_DYNAMIC, FOOTER_COOKIE};
+use crate::vhd::format::{
+    self as vfmt, bat_fields, DISK_TYPE_DIFFERENCING, DISK_TYPE_DYNAMIC, DYNAMIC_HEADER_BYTES,
+    FOOTER_BYTES, FOOTER_CHECKSUM_OFFSET, FOOTER_COOKIE, SECTOR_BYTES,
+};
 use crate::vhdx::format::{HEADER_OFFSETS, REGION_TABLE_OFFSETS};
 use crate::vhdx::log::{find_active_sequence, LogPlace};
+use crate::vhdx::update::Session;
 
 /// One structural repair, done or (dry run) planned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +69,9 @@ pub fn repair_structures(
 }
 
 /// Differencing disks: drop the locators that point nowhere when another one leads to the
-/// parent (see [`super::deadloc`]). VHD through the redo journal, VHDX through the log.
+/// parent (see `check::deadloc`). VHD through the redo journal, VHDX through the log.
 fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<StructureRepair>> {
-    let Some(a) = super::deadloc::analyse(path, confine) else {
+    let Some(a) = deadloc::analyse(path, confine) else {
         return Ok(Vec::new());
     };
     let dead = a.droppable();
@@ -77,7 +83,7 @@ fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<
     let mut out = Vec::new();
     match a.format {
         crate::DiskFormat::Vhd => {
-            let plan = super::deadloc::vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
+            let plan = deadloc::vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
                 let (_lock, w) = crate::lock::locked_file(path)?;
                 journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
@@ -85,7 +91,7 @@ fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<
             }
         }
         crate::DiskFormat::Vhdx => {
-            let writes = super::deadloc::vhdx_writes(path, dead).map_err(|e| e.with_path(path))?;
+            let writes = deadloc::vhdx_writes(path, dead).map_err(|e| e.with_path(path))?;
             if !dry_run {
                 let (_lock, w) = crate::lock::locked_file(path)?;
                 let headers =
@@ -93,13 +99,9 @@ fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<
                 if !headers.current.log_guid.is_nil() {
                     return Ok(out); // a log still to replay: not now
                 }
-                crate::vhdx::update::Session::new(
-                    &w,
-                    headers.current.clone(),
-                    headers.current_index,
-                )
-                .commit(&writes)
-                .map_err(|e| e.with_path(path))?;
+                Session::new(&w, headers.current.clone(), headers.current_index)
+                    .commit(&writes)
+                    .map_err(|e| e.with_path(path))?;
             }
         }
     }
@@ -121,13 +123,13 @@ fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<
 
 /// A finding for a person when dead-looking locators exist but no locator entry leads to the
 /// parent now (nothing is dropped then).
-pub(crate) fn unresolved_finding(path: &Path, confine: &[PathBuf]) -> Option<super::Finding> {
-    let a = super::deadloc::analyse(path, confine)?;
+pub(crate) fn unresolved_finding(path: &Path, confine: &[PathBuf]) -> Option<Finding> {
+    let a = deadloc::analyse(path, confine)?;
     if a.resolved_via.is_some() || a.dead.is_empty() {
         return None;
     }
-    let list: Vec<String> = a.dead.iter().map(super::deadloc::Dead::describe).collect();
-    Some(super::Finding::new(
+    let list: Vec<String> = a.dead.iter().map(deadloc::Dead::describe).collect();
+    Some(Finding::new(
         "chain.parent_missing",
         "chain link",
         None,
@@ -138,47 +140,73 @@ pub(crate) fn unresolved_finding(path: &Path, confine: &[PathBuf]) -> Option<sup
     ))
 }
 
+/// Bytes of a whole footer, as a file length or offset.
+const FOOTER: u64 = FOOTER_BYTES as u64;
+
+/// Largest BAT read to decide whether the end footer's slot is free (a memory bound).
+const MAX_BAT_READ: usize = 64 << 20;
+
+/// A whole 512-byte footer with its cookie and a checksum that matches.
 fn footer_ok(b: &[u8]) -> bool {
-    b.len() == 512 && b.get(..8) == Some(&FOOTER_COOKIE[..]) && vfmt::checksum(b, 64) == be32(b, 64)
+    b.len() == FOOTER_BYTES
+        && b.get(..FOOTER_COOKIE.len()) == Some(&FOOTER_COOKIE[..])
+        && raw_footer(b).is_some_and(|f| vfmt::checksum(b, FOOTER_CHECKSUM_OFFSET) == f.checksum)
+}
+
+/// A good footer (see [`footer_ok`]) of a dynamic or differencing disk.
+fn sparse_footer_ok(b: &[u8]) -> bool {
+    footer_ok(b)
+        && raw_footer(b)
+            .is_some_and(|f| matches!(f.disk_type, DISK_TYPE_DYNAMIC | DISK_TYPE_DIFFERENCING))
+}
+
+/// The footer to write: its offset, the good bytes, the damaged bytes it replaces, what it is
+/// and the finding it fixes.
+type FooterFix = (u64, Vec<u8>, Vec<u8>, &'static str, &'static str);
+
+/// Which footer copy is good, which is damaged, and where the damaged one goes (`None` when
+/// nothing is certain).
+fn footer_fix(b: &Bytes, len: u64) -> Option<FooterFix> {
+    let end_at = len.checked_sub(FOOTER)?;
+    let (front, end) = (b.get(0, FOOTER_BYTES)?, b.get(end_at, FOOTER_BYTES)?);
+    if sparse_footer_ok(&end) && front != end {
+        return Some((
+            0,
+            end,
+            front,
+            "footer copy at offset 0, from the end footer",
+            "vhd.footer_copy.checksum",
+        ));
+    }
+    if !sparse_footer_ok(&front) || footer_ok(&end) {
+        return None;
+    }
+    // The end footer is damaged in place (its slot is the last 512 bytes): only when that slot
+    // holds a footer-like cookie or the data area provably ends before it.
+    if end.get(..FOOTER_COOKIE.len()) != Some(&FOOTER_COOKIE[..])
+        && !data_ends_before(b, &front, end_at)
+    {
+        return None;
+    }
+    Some((
+        end_at,
+        front,
+        end,
+        "end footer, from the copy at offset 0",
+        "vhd.footer.checksum",
+    ))
 }
 
 fn vhd_footer(path: &Path, len: u64, dry_run: bool) -> Result<Vec<StructureRepair>> {
-    if len < 1024 {
+    if len < 2 * FOOTER {
         return Ok(Vec::new());
     }
     let f = crate::fsx::open_disk(path).map_err(|e| io("opening the file", e).with_path(path))?;
-    let b = Bytes::new(&f, len);
-    let (Some(front), Some(end)) = (b.get(0, 512), b.get(len - 512, 512)) else {
-        return Ok(Vec::new());
-    };
-    let sparse = |x: &[u8]| matches!(be32(x, 60), DISK_TYPE_DYNAMIC | DISK_TYPE_DIFFERENCING);
-    // Which copy is good, which is damaged, and where the damaged one goes.
-    let (offset, good, old, what, code) = if footer_ok(&end) && sparse(&end) && front != end {
-        (
-            0,
-            end.clone(),
-            front.clone(),
-            "footer copy at offset 0, from the end footer",
-            "vhd.footer_copy.checksum",
-        )
-    } else if footer_ok(&front) && sparse(&front) && !footer_ok(&end) {
-        // The end footer is damaged in place (its slot is the last 512 bytes): only when that
-        // slot holds a footer-like cookie or the data area provably ends before it.
-        if end.get(..8) != Some(&FOOTER_COOKIE[..]) && !data_ends_before(&b, &front, len - 512) {
-            return Ok(Vec::new());
-        }
-        (
-            len - 512,
-            front.clone(),
-            end.clone(),
-            "end footer, from the copy at offset 0",
-            "vhd.footer.checksum",
-        )
-    } else {
-        return Ok(Vec::new());
-    };
-    drop(b);
+    let fix = footer_fix(&Bytes::new(&f, len), len);
     drop(f);
+    let Some((offset, good, old, what, code)) = fix else {
+        return Ok(Vec::new());
+    };
     let action = format!(
         "{} restore the {what}",
         if dry_run { "would" } else { "did" }
@@ -210,26 +238,31 @@ fn vhd_footer(path: &Path, len: u64, dry_run: bool) -> Result<Vec<StructureRepai
 /// True when every structure the good footer describes (dynamic header, BAT, blocks) ends at or
 /// before `end_slot`, so the last 512 bytes are the footer's and nothing else's.
 fn data_ends_before(b: &Bytes, footer: &[u8], end_slot: u64) -> bool {
-    let hdr = super::be64(footer, 16);
-    let Some(h) = b.get(hdr, 1024) else {
+    let Some(hdr) = raw_footer(footer).map(|f| f.data_offset) else {
         return false;
     };
-    let bat = super::be64(&h, 16);
-    let n = u64::from(be32(&h, 28));
-    let bs = u64::from(be32(&h, 32));
-    let Some(raw) = usize::try_from(n * 4)
+    let Some(h) = b
+        .get(hdr, DYNAMIC_HEADER_BYTES)
+        .and_then(|h| raw_dynamic_header(&h))
+    else {
+        return false;
+    };
+    let bat = h.table_offset;
+    let bat_bytes = u64::from(h.max_table_entries) * bat_fields::ENTRY_BYTES;
+    let Some(raw) = usize::try_from(bat_bytes)
         .ok()
-        .filter(|&k| k <= 64 << 20)
+        .filter(|&k| k <= MAX_BAT_READ)
         .and_then(|k| b.get(bat, k))
     else {
         return false;
     };
-    let span = vfmt::bitmap_bytes(bs as u32) + bs;
-    let mut max_end = (bat + n * 4).max(hdr + 1024);
-    for c in raw.chunks_exact(4) {
+    // Both reads above lie inside the file, so these ends do not overflow.
+    let span = vfmt::bitmap_bytes(h.block_size) + u64::from(h.block_size);
+    let mut max_end = (bat + bat_bytes).max(hdr + DYNAMIC_HEADER_BYTES as u64);
+    for c in raw.chunks_exact(bat_fields::ENTRY_BYTES as usize) {
         let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
         if e != vfmt::BAT_UNALLOCATED {
-            max_end = max_end.max(u64::from(e) * 512 + span);
+            max_end = max_end.max(u64::from(e) * SECTOR_BYTES + span);
         }
     }
     max_end <= end_slot
@@ -249,8 +282,7 @@ fn vhdx_twins(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
     let Ok(headers) = crate::vhdx::header::read_headers(&w) else {
         return Ok(done); // no valid header (or an undecidable tie): nothing certain to do
     };
-    let mut session =
-        crate::vhdx::update::Session::new(&w, headers.current.clone(), headers.current_index);
+    let mut session = Session::new(&w, headers.current.clone(), headers.current_index);
     // 1. A dirty log: replay it (this also rewrites both headers).
     let mut headers_rewritten = false;
     if !headers.current.log_guid.is_nil() {
@@ -259,66 +291,70 @@ fn vhdx_twins(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
             length: u64::from(headers.current.log_length),
             guid: headers.current.log_guid,
         };
-        if let Ok(seq) =
-            find_active_sequence(&w, &place, crate::Limits::default().max_log_replay_bytes)
-        {
-            if !dry_run {
-                session
-                    .replay_to_disk(&seq)
-                    .map_err(|e| e.with_path(path))?;
-                headers_rewritten = true;
-            }
-            done.push(StructureRepair {
-                code: "vhdx.log.dirty",
-                action: format!(
-                    "{verb} replay {} log entries and mark the log clean",
-                    seq.entries.len()
-                ),
-            });
-        } else {
+        let limit = crate::Limits::default().max_log_replay_bytes;
+        let Ok(seq) = find_active_sequence(&w, &place, limit) else {
             return Ok(done); // a corrupt log: leave it for a person
-        }
-    }
-    let len = w.len().map_err(|e| io("reading the length", e))?;
-    let b = Bytes::new(&w, len);
-    // 2. A damaged header next to a good one: one header update writes the damaged slot.
-    let bad: Vec<usize> = (0..2).filter(|&s| header_status(&b, s).is_err()).collect();
-    if bad.len() == 1 && !headers_rewritten {
+        };
         if !dry_run {
-            session.begin().map_err(|e| e.with_path(path))?;
+            session
+                .replay_to_disk(&seq)
+                .map_err(|e| e.with_path(path))?;
+            headers_rewritten = true;
         }
         done.push(StructureRepair {
-            code: "vhdx.header.checksum",
+            code: "vhdx.log.dirty",
             action: format!(
-                "{verb} rewrite header {} at {:#x} from its good twin (header update)",
-                bad[0] + 1,
-                HEADER_OFFSETS[bad[0]]
+                "{verb} replay {} log entries and mark the log clean",
+                seq.entries.len()
             ),
         });
     }
-    // 3. A damaged region table next to a good one: copy it through the log.
-    let r: Vec<_> = (0..2).map(|s| region_status(&b, s)).collect();
-    if let [a, c] = r.as_slice() {
-        let fix = match (a, c) {
-            (Ok(good), Err(_)) => Some((1usize, good.clone())),
-            (Err(_), Ok(good)) => Some((0usize, good.clone())),
-            _ => None,
-        };
-        if let Some((slot, good)) = fix {
-            if !dry_run {
-                session
-                    .commit(&[(REGION_TABLE_OFFSETS[slot], good)])
-                    .map_err(|e| e.with_path(path))?;
-            }
-            done.push(StructureRepair {
-                code: "vhdx.region.checksum",
-                action: format!(
-                    "{verb} rewrite region table {} at {:#x} from its good twin (through the log)",
-                    slot + 1,
-                    REGION_TABLE_OFFSETS[slot]
-                ),
-            });
-        }
+    let len = w.len().map_err(|e| io("reading the length", e))?;
+    let b = Bytes::new(&w, len);
+    if !headers_rewritten {
+        done.extend(header_twin(&b, &mut session, dry_run).map_err(|e| e.with_path(path))?);
     }
+    done.extend(region_twin(&b, &mut session, dry_run).map_err(|e| e.with_path(path))?);
     Ok(done)
+}
+
+/// A damaged header next to a good one: one header update writes the damaged slot.
+fn header_twin(b: &Bytes, session: &mut Session, dry_run: bool) -> Result<Option<StructureRepair>> {
+    let bad: Vec<usize> = (0..2).filter(|&s| header_status(b, s).is_err()).collect();
+    let [slot] = bad.as_slice() else {
+        return Ok(None);
+    };
+    if !dry_run {
+        session.begin()?;
+    }
+    Ok(Some(StructureRepair {
+        code: "vhdx.header.checksum",
+        action: format!(
+            "{} rewrite header {} at {:#x} from its good twin (header update)",
+            if dry_run { "would" } else { "did" },
+            slot + 1,
+            HEADER_OFFSETS[*slot & 1]
+        ),
+    }))
+}
+
+/// A damaged region table next to a good one: copy the good one over it through the log.
+fn region_twin(b: &Bytes, session: &mut Session, dry_run: bool) -> Result<Option<StructureRepair>> {
+    let (slot, good) = match (region_status(b, 0), region_status(b, 1)) {
+        (Ok((_, good)), Err(_)) => (1usize, good),
+        (Err(_), Ok((_, good))) => (0usize, good),
+        _ => return Ok(None),
+    };
+    if !dry_run {
+        session.commit(&[(REGION_TABLE_OFFSETS[slot], good)])?;
+    }
+    Ok(Some(StructureRepair {
+        code: "vhdx.region.checksum",
+        action: format!(
+            "{} rewrite region table {} at {:#x} from its good twin (through the log)",
+            if dry_run { "would" } else { "did" },
+            slot + 1,
+            REGION_TABLE_OFFSETS[slot]
+        ),
+    }))
 }

@@ -1,0 +1,282 @@
+//! The BAT of a VHDX file: its size against the disk's geometry, every entry's state and
+//! offset, overlaps between blocks and with metadata, and the sector bitmaps that partially
+//! present blocks need.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use super::metadata::Params;
+use crate::check::{Bytes, Findings};
+use crate::limits::Limits;
+use crate::util::overlaps;
+use crate::vhdx::format::{
+    self, bat_entry_fields, BAT_OFFSET_MASK, BAT_RESERVED_MASK, MIB, SECTOR_BITMAP_BLOCK_SIZE,
+};
+
+const BAT: &str = "vhdx bat";
+
+/// Entries read at a time (1 MiB of table): the table is never held whole.
+const PER_READ: u64 = 1 << 17;
+
+/// The walk over the BAT entries, and what it gathers for the checks across entries.
+struct Walk<'a> {
+    b: &'a Bytes<'a>,
+    p: &'a Params,
+    /// Where the table starts.
+    boff: u64,
+    /// Payload blocks per chunk (then one sector bitmap entry).
+    chunk_ratio: u64,
+    /// What blocks may not overlap.
+    busy: &'a [(Range<u64>, &'static str)],
+    /// Present blocks: start, end, entry index.
+    present: Vec<(u64, u64, u64)>,
+    /// Chunks with a partially present block.
+    sb_needed: Vec<u64>,
+    /// Chunks with a sector bitmap block.
+    sb_present: Vec<u64>,
+}
+
+/// Check the BAT region `bat` against the geometry in `p`; blocks may not overlap `busy`.
+pub(super) fn check(
+    b: &Bytes,
+    limits: &Limits,
+    s: &mut Findings,
+    bat: Range<u64>,
+    p: &Params,
+    busy: &[(Range<u64>, &'static str)],
+) {
+    let (boff, blen) = (bat.start, bat.end - bat.start);
+    let chunk_ratio = (format::SECTORS_PER_CHUNK * p.logical_sector_size) / p.block_size;
+    if chunk_ratio == 0 {
+        return;
+    }
+    let Some(count) = table_entries(s, limits, boff, blen, p, chunk_ratio) else {
+        return;
+    };
+    let entry = bat_entry_fields::BYTES;
+    if boff
+        .checked_add(count * entry)
+        .is_none_or(|end| end > b.len)
+    {
+        return;
+    }
+    let mut w = Walk {
+        b,
+        p,
+        boff,
+        chunk_ratio,
+        busy,
+        present: Vec::new(),
+        sb_needed: Vec::new(),
+        sb_present: Vec::new(),
+    };
+    let mut first = 0u64;
+    while first < count {
+        let n = (count - first).min(PER_READ);
+        let Some(raw) = usize::try_from(n * entry)
+            .ok()
+            .and_then(|k| b.get(boff + first * entry, k))
+        else {
+            return;
+        };
+        for (i, c) in (first..).zip(raw.chunks_exact(entry as usize)) {
+            let e = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            if e != 0 {
+                w.entry(s, i, e);
+            }
+        }
+        first += n;
+    }
+    w.report_overlaps(s);
+    w.report_missing_bitmaps(s);
+}
+
+/// The entries the disk needs against the region and the memory limit: how many to walk, or
+/// `None` when the table is too large to check.
+fn table_entries(
+    s: &mut Findings,
+    limits: &Limits,
+    boff: u64,
+    blen: u64,
+    p: &Params,
+    chunk_ratio: u64,
+) -> Option<u64> {
+    let cr = chunk_ratio;
+    let payload_blocks = p.virtual_size.div_ceil(p.block_size);
+    let need = if p.has_parent {
+        payload_blocks.div_ceil(cr) * (cr + 1)
+    } else {
+        payload_blocks + payload_blocks.saturating_sub(1) / cr
+    };
+    let entry = bat_entry_fields::BYTES;
+    let need_bytes = need.saturating_mul(entry);
+    if need_bytes > blen {
+        s.add(
+            "vhdx.bat.too_small",
+            BAT,
+            Some(boff),
+            format!("the BAT region has {blen} bytes but {need} entries ({need_bytes} bytes) are needed"),
+        );
+    }
+    if need_bytes > limits.max_bat_bytes {
+        s.add(
+            "vhdx.bat.too_large",
+            BAT,
+            Some(boff),
+            format!(
+                "{need_bytes} bytes of BAT is above the {}-byte limit; entries not checked",
+                limits.max_bat_bytes
+            ),
+        );
+        return None;
+    }
+    Some(need.min(blen / entry))
+}
+
+impl Walk<'_> {
+    /// Entry `i` (non-zero value `e`).
+    fn entry(&mut self, s: &mut Findings, i: u64, e: u64) {
+        let at = self.boff + bat_entry_fields::BYTES * i;
+        let off = e & BAT_OFFSET_MASK;
+        if e & BAT_RESERVED_MASK != 0 {
+            s.add(
+                "vhdx.bat.reserved_bits",
+                BAT,
+                Some(at),
+                format!("entry {i} ({e:#018x}) has reserved bits set"),
+            );
+        }
+        let Some(span) = self.span(s, i, at, e, off) else {
+            return;
+        };
+        if off < MIB {
+            s.add(
+                "vhdx.bat.offset_invalid",
+                BAT,
+                Some(at),
+                format!("entry {i} is present at file offset {off:#x}, inside the first MiB"),
+            );
+            return;
+        }
+        let end = off.saturating_add(span);
+        if end > self.b.len {
+            s.add(
+                "vhdx.bat.past_eof",
+                BAT,
+                Some(at),
+                format!(
+                    "entry {i}: block at {off:#x}..{end:#x} ends past the end of the file ({:#x})",
+                    self.b.len
+                ),
+            );
+            return;
+        }
+        for (r, what) in self.busy {
+            if overlaps(&(off..end), r) {
+                s.add(
+                    "vhdx.bat.overlaps_metadata",
+                    BAT,
+                    Some(at),
+                    format!("entry {i}: block at {off:#x}..{end:#x} overlaps {what}"),
+                );
+            }
+        }
+        self.present.push((off, end, i));
+    }
+
+    /// The bytes entry `i` (at `at`, value `e`, file offset `off`) places in the file, when
+    /// its state says it has any; findings about its state.
+    fn span(&mut self, s: &mut Findings, i: u64, at: u64, e: u64, off: u64) -> Option<u64> {
+        let state = (e & bat_entry_fields::STATE_MASK) as u8;
+        let cr = self.chunk_ratio;
+        if i % (cr + 1) == cr {
+            if state != format::SB_BLOCK_NOT_PRESENT && state != format::SB_BLOCK_PRESENT {
+                s.add(
+                    "vhdx.bat.state_invalid",
+                    BAT,
+                    Some(at),
+                    format!("sector bitmap entry {i} has state {state} (0 or 6 allowed)"),
+                );
+                return None;
+            }
+            if state != format::SB_BLOCK_PRESENT {
+                return None;
+            }
+            self.sb_present.push(i / (cr + 1));
+            return Some(SECTOR_BITMAP_BLOCK_SIZE);
+        }
+        match state {
+            format::PAYLOAD_BLOCK_NOT_PRESENT | format::PAYLOAD_BLOCK_ZERO => {
+                if off != 0 {
+                    s.add(
+                        "vhdx.bat.offset_reserved",
+                        BAT,
+                        Some(at),
+                        format!("entry {i} has state {state} but file offset {off:#x}"),
+                    );
+                }
+                None
+            }
+            format::PAYLOAD_BLOCK_UNDEFINED | format::PAYLOAD_BLOCK_UNMAPPED => None,
+            format::PAYLOAD_BLOCK_FULLY_PRESENT => Some(self.p.block_size),
+            format::PAYLOAD_BLOCK_PARTIALLY_PRESENT if self.p.has_parent => {
+                self.sb_needed.push(i / (cr + 1));
+                Some(self.p.block_size)
+            }
+            _ => {
+                s.add(
+                    "vhdx.bat.state_invalid",
+                    BAT,
+                    Some(at),
+                    format!(
+                        "payload entry {i} has state {state}{}",
+                        if state == format::PAYLOAD_BLOCK_PARTIALLY_PRESENT {
+                            " (partially present) on a disk without a parent"
+                        } else {
+                            " (reserved)"
+                        }
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Present blocks that overlap one before them in file order.
+    fn report_overlaps(&mut self, s: &mut Findings) {
+        self.present.sort_unstable();
+        let mut max_end: Option<(u64, u64)> = None;
+        for (start, end, i) in &self.present {
+            if let Some((me, mi)) = max_end {
+                if *start < me {
+                    s.add(
+                        "vhdx.bat.overlap",
+                        BAT,
+                        Some(self.boff + bat_entry_fields::BYTES * i),
+                        format!("entry {i} (at {start:#x}) overlaps entry {mi}"),
+                    );
+                }
+            }
+            if max_end.is_none_or(|(me, _)| *end > me) {
+                max_end = Some((*end, *i));
+            }
+        }
+    }
+
+    /// Chunks with partially present blocks but no sector bitmap block.
+    fn report_missing_bitmaps(&mut self, s: &mut Findings) {
+        let cr = self.chunk_ratio;
+        self.sb_needed.dedup();
+        let sb_present: HashSet<u64> = self.sb_present.iter().copied().collect();
+        for c in &self.sb_needed {
+            if !sb_present.contains(c) {
+                s.add(
+                    "vhdx.bat.bitmap_missing",
+                    BAT,
+                    Some(self.boff + bat_entry_fields::BYTES * (c * (cr + 1) + cr)),
+                    format!("chunk {c} has partially present blocks but no sector bitmap block"),
+                );
+            }
+        }
+    }
+}
