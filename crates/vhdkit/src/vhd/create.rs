@@ -374,8 +374,10 @@ fn dynamic_header(
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
     let layout = build(p)?;
     let bat = |sink: &S| match layout.bat {
-        Some((at, len)) => crate::limits::write_fill(sink, at, len, 0xFF)
-            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e)),
+        Some((at, len)) => {
+            crate::limits::write_fill(sink, at, len, super::format::BAT_UNALLOCATED_FILL)
+                .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))
+        }
         None => Ok(()),
     };
     write_layout(sink, "vhd", layout.file_len, bat, &layout.writes)?;

@@ -53,7 +53,7 @@ pub fn little_endian_name(raw: &[u8]) -> Option<String> {
     let mut name = String::with_capacity(raw.len() / 2);
     for c in raw.chunks_exact(2) {
         match c {
-            [lo @ 0x20..=0x7e, 0] => name.push(char::from(*lo)),
+            [lo, 0] if lo.is_ascii_graphic() || *lo == b' ' => name.push(char::from(*lo)),
             _ => return None,
         }
     }

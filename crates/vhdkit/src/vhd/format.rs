@@ -51,6 +51,8 @@ pub const DISK_TYPE_DIFFERENCING: u32 = 4;
 
 /// BAT entry of an unallocated block.
 pub const BAT_UNALLOCATED: u32 = 0xFFFF_FFFF;
+/// The byte a new BAT is filled with: every entry [`BAT_UNALLOCATED`].
+pub const BAT_UNALLOCATED_FILL: u8 = 0xFF;
 
 /// Creator application of Virtual PC.
 pub const CREATOR_VPC: [u8; 4] = *b"vpc ";
