@@ -2,7 +2,7 @@
 //!
 //! Opening runs, in order: footer ([`footer`]: end copy, 511-byte fallback, front copy), then
 //! for dynamic and differencing disks the dynamic header ([`dynamic`]) and the block allocation
-//! table ([`bat`]) -- the parse the writer ([`write`]) shares -- and last the parent locators
+//! table ([`bat`]) -- the parse the writer ([`mod@write`]) shares -- and last the parent locators
 //! ([`locator`]). Reads map virtual ranges to file ranges; differencing disks consult the sector
 //! bitmap ([`bitmap`]) of allocated blocks.
 //!

@@ -1,6 +1,6 @@
 //! The VHDX parent locator metadata item (MS-VHDX 2.6.2.6): key/value pairs of UTF-16LE
-//! strings. The one parser ([`parse_locator`], [`raw_pairs`]) and serialiser
-//! ([`encode_locator`]) of the item; [`link`] edits it for every writer.
+//! strings. The one parser (`parse_locator`, `raw_pairs`) and serialiser
+//! (`encode_locator`) of the item; `link` edits it for every writer.
 
 use std::collections::HashSet;
 use std::io::Cursor;
@@ -238,7 +238,7 @@ pub(crate) fn parse_locator(item: &[u8], item_file_offset: u64) -> Result<Locato
 
 /// The key/value pairs of a locator item, in file order, for rewriting: unknown keys and
 /// undecodable values are carried over byte for byte. The item is checked as
-/// [`parse_locator`] checks it (same parse, same errors).
+/// `parse_locator` checks it (same parse, same errors).
 pub(crate) fn raw_pairs(item: &[u8], item_file_offset: u64) -> Result<Vec<LocatorPair>> {
     let (locator, values) = parse(item, item_file_offset)?;
     Ok(locator

@@ -3,7 +3,7 @@
 //!
 //! Opening order follows SX 2.3.3: file identifier, headers, then the log (a dirty log is
 //! replayed into an in-memory [`crate::source::OverlaySource`]; the file is never written), and
-//! only then everything else, read through the overlay ([`read_layout`], shared with the
+//! only then everything else, read through the overlay (`read_layout`, shared with the
 //! writable open).
 //!
 //! Writes (reparent) go through the crash-safe session of the `update` module: header updates

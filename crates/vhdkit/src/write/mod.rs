@@ -11,7 +11,7 @@
 //!   bitmap sectors through the log, as MS-VHDX 2.3 says; the first write of a session changes
 //!   the VHDX FileWriteGuid/DataWriteGuid inside `write_at`).
 //!
-//! Both sparse formats run on one engine ([`engine`]): it splits writes per block, completes
+//! Both sparse formats run on one engine (`engine`): it splits writes per block, completes
 //! partial sectors, keeps the sector bitmap cache and the dirty sets; the format supplies its
 //! BAT encoding, allocation, bit order and commit. The range of every read and write is checked
 //! once, here in [`WritableDisk`]; images rely on it.

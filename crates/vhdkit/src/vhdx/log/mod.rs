@@ -1,6 +1,6 @@
-//! The VHDX log (MS-VHDX 2.3): entry layout and size ([`entry`]), finding the active sequence
-//! ([`find_active_sequence`]), replaying it in memory or to the file ([`replay`]), and writing
-//! entries ([`write`]). Entry sizes come from one function, [`entry::entry_length`], for both
+//! The VHDX log (MS-VHDX 2.3): entry layout and size (`entry`), finding the active sequence
+//! ([`find_active_sequence`]), replaying it in memory or to the file (`replay`), and writing
+//! entries ([`write`]). Entry sizes come from one function, `entry::entry_length`, for both
 //! reading and writing.
 //!
 //! Finding and decoding depend only on `format`, `error`, `guid`, `util` and `source`, and never
