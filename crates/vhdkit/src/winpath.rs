@@ -4,6 +4,9 @@
 //!
 //! Local paths are split into components and joined with `\`; a component that holds a `\`
 //! cannot be written (Windows would read it as two), nor one that is not valid Unicode.
+//!
+//! It also reads Windows paths found in locators and `--map` prefixes (roots, components, a
+//! prefix match without regard to case) for [`crate::chain`].
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -119,11 +122,59 @@ pub fn relative_windows_path(dir: &Path, target: &Path) -> Result<String, String
     Ok(s)
 }
 
+/// What follows a drive letter and colon (`C:`) at the start of `p`, if it has one.
+fn after_drive(p: &str) -> Option<&str> {
+    let mut c = p.chars();
+    match (c.next(), c.next()) {
+        (Some(d), Some(':')) if d.is_ascii_alphabetic() => Some(c.as_str()),
+        _ => None,
+    }
+}
+
 /// True for `C:\...` and `\\server\share\...`; a drive-relative `C:x` is not absolute.
 pub(crate) fn is_windows_absolute(p: &str) -> bool {
-    let b = p.as_bytes();
-    p.starts_with(r"\\")
-        || (b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\')
+    p.starts_with(r"\\") || after_drive(p).is_some_and(|rest| rest.starts_with('\\'))
+}
+
+/// True for anything that names a drive (`C:\...`, also a drive-relative `C:x`) or starts with
+/// `\\` (UNC, `\\?\`, `\\.\`): a path that has no meaning relative to a child's folder.
+pub(crate) fn has_windows_root(p: &str) -> bool {
+    p.starts_with(r"\\") || after_drive(p).is_some()
+}
+
+/// Path components of a Windows path, split on either separator, empty and `.` parts dropped.
+pub(crate) fn win_components(p: &str) -> Vec<&str> {
+    p.split(['\\', '/'])
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect()
+}
+
+/// Strip the `\\?\` (or `\\.\`) verbatim prefix, and `UNC\` after it.
+fn strip_verbatim(p: &str) -> &str {
+    let p = p
+        .strip_prefix(r"\\?\")
+        .or_else(|| p.strip_prefix(r"\\.\"))
+        .unwrap_or(p);
+    p.strip_prefix(r"UNC\").unwrap_or(p)
+}
+
+/// Windows compares names without regard to case.
+fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || a.to_lowercase() == b.to_lowercase()
+}
+
+/// The components of `win_path` below `prefix` (both Windows paths, verbatim prefixes
+/// ignored), when `prefix` names whole leading components of it, without regard to case.
+pub(crate) fn components_below<'a>(win_path: &'a str, prefix: &str) -> Option<Vec<&'a str>> {
+    let prefix = win_components(strip_verbatim(prefix));
+    let path = win_components(strip_verbatim(win_path));
+    if prefix.is_empty() || path.len() < prefix.len() {
+        return None;
+    }
+    if !prefix.iter().zip(&path).all(|(a, b)| same_name(a, b)) {
+        return None;
+    }
+    path.get(prefix.len()..).map(<[&str]>::to_vec)
 }
 
 /// The absolute path to record for `np` (canonical, file name `file_name`), and how it was
@@ -175,7 +226,7 @@ fn given_path(w: &str, file_name: &str) -> Result<AbsolutePath, String> {
     }
     let mut how = "given with --windows-path".to_string();
     let last = w.rsplit('\\').next().unwrap_or_default();
-    if !last.eq_ignore_ascii_case(file_name) && last.to_lowercase() != file_name.to_lowercase() {
+    if !same_name(last, file_name) {
         how.push_str(&format!(
             " (its file name {last:?} differs from the local {file_name:?})"
         ));
@@ -241,6 +292,34 @@ mod tests {
         assert!(is_windows_absolute(r"\\server\share\x.vhd"));
         assert!(!is_windows_absolute("C:x.vhd"));
         assert!(!is_windows_absolute("/srv/x.vhd"));
+    }
+
+    #[test]
+    fn windows_root() {
+        assert!(has_windows_root(r"C:\x"));
+        assert!(has_windows_root("C:x"));
+        assert!(has_windows_root(r"\\server\share\x"));
+        assert!(has_windows_root(
+            r"\\?\Volume{0eba351e-5634-46d6-a8cf-4ddc2d6ac0b9}\x"
+        ));
+        assert!(!has_windows_root(r".\x"));
+        assert!(!has_windows_root("x.vhd"));
+        assert!(!has_windows_root("/srv/x.vhd"));
+    }
+
+    #[test]
+    fn components_below_a_prefix() {
+        assert_eq!(
+            components_below(r"c:\lab\Ref\base.vhdx", r"C:\Lab"),
+            Some(vec!["Ref", "base.vhdx"])
+        );
+        assert_eq!(components_below(r"C:\Labs\base.vhdx", r"C:\Lab"), None);
+        assert_eq!(
+            components_below(r"\\?\UNC\srv\share\x.vhd", r"\\srv\share\"),
+            Some(vec!["x.vhd"])
+        );
+        assert_eq!(components_below(r"C:\x.vhd", ""), None);
+        assert_eq!(components_below(r"C:\Lab", r"C:\Lab"), Some(vec![]));
     }
 
     #[test]

@@ -5,24 +5,13 @@ use std::path::{Path, PathBuf};
 
 use super::{ChainOptions, PathMap};
 use crate::disk::{ParentLocator, PathStyle};
+use crate::winpath::{components_below, has_windows_root, win_components};
 
 impl PathMap {
     /// If `win_path` starts with this prefix (at a component boundary), the local path.
     pub(super) fn apply(&self, win_path: &str) -> Option<PathBuf> {
-        let prefix = win_components(strip_verbatim(&self.windows_prefix));
-        let path = win_components(strip_verbatim(win_path));
-        if prefix.is_empty() || path.len() < prefix.len() {
-            return None;
-        }
-        let matches = prefix
-            .iter()
-            .zip(&path)
-            .all(|(a, b)| a.eq_ignore_ascii_case(b) || a.to_lowercase() == b.to_lowercase());
-        if !matches {
-            return None;
-        }
         let mut out = self.local.clone();
-        for c in path.get(prefix.len()..).unwrap_or_default() {
+        for c in components_below(win_path, &self.windows_prefix)? {
             out.push(c);
         }
         Some(out)
@@ -59,22 +48,6 @@ pub(super) fn candidates(
         }
     }
     out
-}
-
-/// Path components of a Windows path, split on either separator, empty and `.` parts dropped.
-fn win_components(p: &str) -> Vec<&str> {
-    p.split(['\\', '/'])
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect()
-}
-
-/// Strip the `\\?\` (or `\\.\`) verbatim prefix, and `UNC\` after it.
-fn strip_verbatim(p: &str) -> &str {
-    let p = p
-        .strip_prefix(r"\\?\")
-        .or_else(|| p.strip_prefix(r"\\.\"))
-        .unwrap_or(p);
-    p.strip_prefix(r"UNC\").unwrap_or(p)
 }
 
 fn file_name_of(p: &str, style: PathStyle) -> Option<String> {
@@ -123,11 +96,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub(super) fn is_windows_absolute(p: &str) -> bool {
-    let b = p.as_bytes();
-    p.starts_with(r"\\") || (b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':')
-}
-
 /// What a locator string holds, judged by the string, not by its slot: writers put absolute
 /// POSIX paths in relative slots (VirtualBox 2.x), relative paths in absolute slots and in
 /// `MacX` URLs (blktap), and Windows paths anywhere.
@@ -152,7 +120,7 @@ pub(crate) fn held(p: &str, style: PathStyle) -> Option<Held> {
     };
     if text.is_empty() {
         None
-    } else if is_windows_absolute(&text) {
+    } else if has_windows_root(&text) {
         Some(Held::WindowsAbsolute(text))
     } else if text.starts_with('/') {
         Some(Held::PosixAbsolute(text))
@@ -284,29 +252,27 @@ mod tests {
     fn locators_are_read_by_what_they_hold() {
         let dir = Path::new("/lab/vm");
         let got = |p: &str, style| local_paths(p, style, dir, &[]);
-        // blktap: a relative MacX URL is relative to the child's folder.
-        assert_eq!(
-            got("file://./base.vhd", PathStyle::FileUrl),
-            vec![PathBuf::from("/lab/vm/base.vhd")]
-        );
-        assert_eq!(
-            got("file://../ref/base.vhd", PathStyle::FileUrl),
-            vec![PathBuf::from("/lab/ref/base.vhd")]
-        );
-        assert_eq!(
-            got("file:///srv/base.vhd", PathStyle::FileUrl),
-            vec![PathBuf::from("/srv/base.vhd")]
-        );
-        // VirtualBox 2.x: an absolute POSIX path in a relative slot is used as it is.
-        assert_eq!(
-            got("/srv/vbox/base.vhd", PathStyle::Relative),
-            vec![PathBuf::from("/srv/vbox/base.vhd")]
-        );
-        // blktap, Xen Orchestra: a relative path in an absolute slot joins the child's folder.
-        assert_eq!(
-            got("./base.vhd", PathStyle::AbsoluteWindows),
-            vec![PathBuf::from("/lab/vm/base.vhd")]
-        );
+        for (p, style, want) in [
+            // blktap: a relative MacX URL is relative to the child's folder.
+            ("file://./base.vhd", PathStyle::FileUrl, "/lab/vm/base.vhd"),
+            (
+                "file://../ref/base.vhd",
+                PathStyle::FileUrl,
+                "/lab/ref/base.vhd",
+            ),
+            ("file:///srv/base.vhd", PathStyle::FileUrl, "/srv/base.vhd"),
+            // VirtualBox 2.x: an absolute POSIX path in a relative slot is used as it is.
+            (
+                "/srv/vbox/base.vhd",
+                PathStyle::Relative,
+                "/srv/vbox/base.vhd",
+            ),
+            // blktap, Xen Orchestra: a relative path in an absolute slot joins the child's
+            // folder.
+            ("./base.vhd", PathStyle::AbsoluteWindows, "/lab/vm/base.vhd"),
+        ] {
+            assert_eq!(got(p, style), vec![PathBuf::from(want)], "{p}");
+        }
         // A Windows absolute path in a relative slot is absolute: never joined.
         let w = got(r"C:\Lab\base.vhd", PathStyle::Relative);
         assert!(w.iter().all(|p| !p.starts_with(dir)), "{w:?}");
@@ -315,13 +281,5 @@ mod tests {
             local_paths(r"C:\Lab\base.vhd", PathStyle::Relative, dir, &[m]),
             vec![PathBuf::from("/srv/lab/base.vhd")]
         );
-    }
-
-    #[test]
-    fn windows_absolute_detection() {
-        assert!(is_windows_absolute(r"C:\x"));
-        assert!(is_windows_absolute(r"\\server\share\x"));
-        assert!(!is_windows_absolute(r".\x"));
-        assert!(!is_windows_absolute("x.vhd"));
     }
 }

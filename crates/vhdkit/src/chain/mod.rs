@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::disk::{Disk, DiskFormat, DiskType, OpenOptions};
 use crate::error::{Error, Result};
 use crate::view::ChainView;
+use crate::winpath::canonical;
 
 mod locate;
 mod resolve;
@@ -388,8 +389,4 @@ fn describe_failure(child: &Path, res: &ParentResolution, expected: Uuid) -> Str
         child.display(),
         tried.join("; ")
     )
-}
-
-fn canonical(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }

@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::locate::{candidates, is_windows_absolute, local_paths};
+use super::locate::{candidates, local_paths};
 use super::{canonical, Attempt, ChainOptions, IdMatch, ParentResolution};
 use crate::disk::{Disk, ParentLocator};
 use crate::error::{Error, Result};
 use crate::sidefile::folder_of;
+use crate::winpath::has_windows_root;
 
 /// Find and verify the parent of `child` (opened from `child_path`).
 ///
@@ -90,7 +91,7 @@ fn note_unmapped_windows_paths(
         return;
     }
     for loc in locators {
-        let Some(p) = loc.path.as_deref().filter(|p| is_windows_absolute(p)) else {
+        let Some(p) = loc.path.as_deref().filter(|p| has_windows_root(p)) else {
             continue;
         };
         if opts.path_maps.iter().any(|m| m.apply(p).is_some()) {

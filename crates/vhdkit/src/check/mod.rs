@@ -5,8 +5,8 @@
 //! [`crate::vhdx::format`] without validating them, then judge each field themselves, so a
 //! broken structure that makes the reader refuse the file still lets later, independent
 //! structures be checked. Nothing here writes: files are opened read-only and only read with
-//! positional reads. The repairs live in [`crate::repair`]; `deadloc` only works out which
-//! locators are dead and what dropping them would write, for [`crate::repair`] to apply.
+//! positional reads. The repairs, and the plans for them, live in [`crate::repair`]; `deadloc`
+//! only works out which locators are dead, for the findings and for [`crate::repair`].
 //!
 //! **Codes** are stable, dotted, lower-case names: `<format>.<structure>.<rule>`, e.g.
 //! `vhd.footer.checksum`. Every code is listed in [`CODES`] with its severity and meaning (the
@@ -409,31 +409,6 @@ impl<'a> Bytes<'a> {
         }
         Some(b)
     }
-}
-
-// Field readers for `deadloc`, which still reads a few fields by position; the checkers read
-// the structs of `vhd::format` / `vhdx::format`. Zero where `b` is too short, as
-// `util::le_u32`.
-fn bytes_at<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut a = [0u8; N];
-    if let Some(s) = at.checked_add(N).and_then(|end| b.get(at..end)) {
-        a.copy_from_slice(s);
-    }
-    a
-}
-
-pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(bytes_at(b, at))
-}
-
-pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(bytes_at(b, at))
-}
-
-pub(crate) use crate::util::le_u32 as le32;
-
-pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes_at(b, at))
 }
 
 /// Check the disk in `src` (format detected by signature). Never fails: what cannot be read is

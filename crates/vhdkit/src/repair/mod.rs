@@ -11,6 +11,7 @@
 //! Then the certain structural repairs ([`repair_structures`]: footer copies, header and region
 //! table twins, dead locators); what `check` still finds is listed for a person.
 
+mod deadloc;
 mod structure;
 
 use std::path::{Path, PathBuf};
@@ -250,7 +251,7 @@ fn structural_step(
     let fixed: Vec<&str> = done.iter().map(|d| d.code).collect();
     // Dry run: findings about VHD locator entries that would be dropped go with them.
     let dropped_entries: Vec<u64> = if dry_run && fixed.contains(&"vhd.locator.dead") {
-        crate::check::deadloc::droppable_vhd_entries(path, confine)
+        deadloc::droppable_vhd_entries(path, confine)
     } else {
         Vec::new()
     };
@@ -269,7 +270,7 @@ fn structural_step(
     let left = report
         .findings
         .into_iter()
-        .chain(structure::unresolved_finding(path, confine))
+        .chain(deadloc::unresolved_finding(path, confine))
         .filter(|f| f.severity >= Severity::Warning)
         .filter(|f| !in_dropped_entry(f))
         .filter(|f| {

@@ -8,9 +8,7 @@
 //!   damaged slot); rewrite a damaged region table from its good twin through the log
 //!   (`Session::commit`);
 //! - differencing disks: drop the parent locators that point nowhere when another locator leads
-//!   to the parent now (`check::deadloc` says what counts as dead, what is always kept, and
-//!   what dropping writes);
-//!   VHD through the redo journal, VHDX through the log (DataWriteGuid unchanged).
+//!   to the parent now ([`super::deadloc`]).
 //!
 //! Anything else that `check` finds is listed as needing a person and left alone.
 
@@ -18,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::check::vhd::{raw_dynamic_header, raw_footer};
 use crate::check::vhdx::{header_status, region_status};
-use crate::check::{deadloc, Bytes, Finding};
+use crate::check::Bytes;
 use crate::error::{Error, Result};
 use crate::source::Source;
 use crate::txn::{journal, FieldChange, Plan, WriteOp};
@@ -64,80 +62,8 @@ pub fn repair_structures(
         crate::DiskFormat::Vhd => vhd_footer(path, len, dry_run)?,
         crate::DiskFormat::Vhdx => vhdx_twins(path, dry_run)?,
     };
-    done.extend(dead_locators(path, dry_run, confine)?);
+    done.extend(super::deadloc::dead_locators(path, dry_run, confine)?);
     Ok(done)
-}
-
-/// Differencing disks: drop the locators that point nowhere when another one leads to the
-/// parent (see `check::deadloc`). VHD through the redo journal, VHDX through the log.
-fn dead_locators(path: &Path, dry_run: bool, confine: &[PathBuf]) -> Result<Vec<StructureRepair>> {
-    let Some(a) = deadloc::analyse(path, confine) else {
-        return Ok(Vec::new());
-    };
-    let dead = a.droppable();
-    if dead.is_empty() {
-        return Ok(Vec::new());
-    }
-    let verb = if dry_run { "would" } else { "did" };
-    let via = a.resolved_via.clone().unwrap_or_default();
-    let mut out = Vec::new();
-    match a.format {
-        crate::DiskFormat::Vhd => {
-            let plan = deadloc::vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
-            if !dry_run {
-                let (_lock, w) = crate::lock::locked_file(path)?;
-                journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
-                    .map_err(|e| e.with_path(path))?;
-            }
-        }
-        crate::DiskFormat::Vhdx => {
-            let writes = deadloc::vhdx_writes(path, dead).map_err(|e| e.with_path(path))?;
-            if !dry_run {
-                let (_lock, w) = crate::lock::locked_file(path)?;
-                let headers =
-                    crate::vhdx::header::read_headers(&w).map_err(|e| e.with_path(path))?;
-                if !headers.current.log_guid.is_nil() {
-                    return Ok(out); // a log still to replay: not now
-                }
-                Session::new(&w, headers.current.clone(), headers.current_index)
-                    .commit(&writes)
-                    .map_err(|e| e.with_path(path))?;
-            }
-        }
-    }
-    let code = match a.format {
-        crate::DiskFormat::Vhd => "vhd.locator.dead",
-        crate::DiskFormat::Vhdx => "vhdx.locator.dead",
-    };
-    for d in dead {
-        out.push(StructureRepair {
-            code,
-            action: format!(
-                "{verb} drop {} (the parent resolves through {via})",
-                d.describe()
-            ),
-        });
-    }
-    Ok(out)
-}
-
-/// A finding for a person when dead-looking locators exist but no locator entry leads to the
-/// parent now (nothing is dropped then).
-pub(crate) fn unresolved_finding(path: &Path, confine: &[PathBuf]) -> Option<Finding> {
-    let a = deadloc::analyse(path, confine)?;
-    if a.resolved_via.is_some() || a.dead.is_empty() {
-        return None;
-    }
-    let list: Vec<String> = a.dead.iter().map(deadloc::Dead::describe).collect();
-    Some(Finding::new(
-        "chain.parent_missing",
-        "chain link",
-        None,
-        format!(
-            "no locator leads to the parent now, so none is dropped: {}",
-            list.join("; ")
-        ),
-    ))
 }
 
 /// Bytes of a whole footer, as a file length or offset.
