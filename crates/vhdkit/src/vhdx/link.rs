@@ -1,6 +1,6 @@
 //! The VHDX link editor: the one writer of the parent locator metadata item (MS-VHDX 2.6.2.6,
 //! FORMAT.md B.6, B.7, B.9), used by reparent (`vhdx::reparent`) and by dead-locator repair
-//! (`check::deadloc`). The caller says what the locator should say ([`LinkEdit`]); [`plan`]
+//! (`repair::deadloc`). The caller says what the locator should say ([`LinkEdit`]); [`plan`]
 //! reads the open file and returns the new item and the metadata writes for one log entry
 //! ([`LinkPlan`]). It writes nothing.
 //!
