@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         no_progress: cli.no_progress,
     });
+    output::set_command(&cli.command);
     let json = cmd::wants_json(&cli.command);
     let result = cmd::run(cli.command);
     let stdout_failed = output::stdout_failure();

@@ -4,6 +4,10 @@ use serde::Serialize;
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 
+use vhdkit::ErrorKind;
+
+use crate::cli::Command;
+
 /// The global `--quiet` / `--no-progress` flags, set once by `main`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Verbosity {
@@ -46,12 +50,28 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// Exit status: a refusal to overwrite or a bad argument is a refusal (1); everything
-    /// else, including a damaged disk, is an error (2).
+    /// Exit status: a refusal (to overwrite, of a change whose safety check failed, of a
+    /// locked file) or a bad argument is a refusal (1); everything else, including a damaged
+    /// disk and a vhdkit bug, is an error (2).
     pub fn exit_code(&self) -> u8 {
-        match self {
-            CliError::Lib(vhdkit::Error::InvalidArgument(_) | vhdkit::Error::Refused { .. }) => 1,
+        let CliError::Lib(e) = self else {
+            return 2;
+        };
+        match e.kind() {
+            ErrorKind::InvalidArgument { .. }
+            | ErrorKind::AlreadyExists { .. }
+            | ErrorKind::ParentMismatch { .. }
+            | ErrorKind::Locked { .. }
+            | ErrorKind::Refused { .. } => 1,
             _ => 2,
+        }
+    }
+
+    /// The error's kind, snake_case (`kind` of the `--json` error object).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            CliError::Lib(e) => e.kind().name(),
+            CliError::Output(_) => "io",
         }
     }
 }
@@ -59,10 +79,59 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Lib(e) => write!(f, "{e}"),
+            CliError::Lib(e) => write!(f, "{e}{}", hint(e).unwrap_or_default()),
             CliError::Output(e) => write!(f, "writing output: {e}"),
         }
     }
+}
+
+/// What the command line asked for, as far as the hints of [`hint`] need it.
+#[derive(Debug, Clone, Copy, Default)]
+struct HintContext {
+    /// The subcommand (`create`, `convert`...).
+    command: &'static str,
+    /// `create --parent` was given.
+    with_parent: bool,
+}
+
+static HINTS: OnceLock<HintContext> = OnceLock::new();
+
+/// Record the command being run, for the hints added to its errors (the first call wins).
+pub fn set_command(c: &Command) {
+    let (command, with_parent) = match c {
+        Command::Create(a) => ("create", a.parent.is_some()),
+        Command::Convert(_) => ("convert", false),
+        Command::Reparent(_) => ("reparent", false),
+        _ => ("", false),
+    };
+    let _ = HINTS.set(HintContext {
+        command,
+        with_parent,
+    });
+}
+
+/// The library names no flags: the flag that would get past an error is added here, for the
+/// kinds of error a flag of the running command answers.
+fn hint(e: &vhdkit::Error) -> Option<&'static str> {
+    let ctx = HINTS.get().copied().unwrap_or_default();
+    let h = match (ctx.command, e.kind()) {
+        ("convert", ErrorKind::AlreadyExists { .. }) => " (use --force to replace it)",
+        ("reparent", ErrorKind::ParentMismatch { .. }) => {
+            "; if it really holds the same data, use --verify-content OLDPARENT or \
+             --ignore-id-mismatch"
+        }
+        (_, ErrorKind::InvalidArgument { option: Some(o) }) => match o {
+            "format" => "; give --format",
+            "fixed" => " (give either --fixed or --parent)",
+            "size" if ctx.with_parent => " (leave --size out)",
+            "size" => " (give --size)",
+            "block_size" => " (--block-size)",
+            "into" => " (--into)",
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(h)
 }
 
 impl From<vhdkit::Error> for CliError {
@@ -86,16 +155,31 @@ pub fn print_error(e: &CliError, json: bool) {
     let line = e.to_string().replace('\n', " ");
     eprintln!("vhdkit: error: {line}");
     if json {
-        let v = serde_json::json!({ "error": line, "exit_code": e.exit_code() });
+        let mut v = serde_json::json!({
+            "error": line,
+            "exit_code": e.exit_code(),
+            "kind": e.kind_name(),
+        });
+        if let Some(code) = match e {
+            CliError::Lib(e) => e.code(),
+            CliError::Output(_) => None,
+        } {
+            v["code"] = code.into();
+        }
         println!("{v}");
     }
 }
 
-/// Print a usage error: one line on stderr; with `--json`, the same JSON object as other errors.
+/// Print a usage error: one line on stderr; with `--json`, the same JSON object as other errors
+/// (of kind `invalid_argument`).
 pub fn print_usage_error(line: &str, exit_code: u8, json: bool) {
     eprintln!("vhdkit: error: {line}");
     if json {
-        let v = serde_json::json!({ "error": line, "exit_code": exit_code });
+        let v = serde_json::json!({
+            "error": line,
+            "exit_code": exit_code,
+            "kind": "invalid_argument",
+        });
         println!("{v}");
     }
 }

@@ -218,10 +218,9 @@ fn check_destination(
     exists: bool,
 ) -> Result<()> {
     if exists && !opts.overwrite {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists (use --force to replace it)",
-            dst.display()
-        )));
+        return Err(Error::AlreadyExists {
+            path: dst.to_path_buf(),
+        });
     }
     refuse_chain_member(src, dst)?;
     refuse_locked_dst(dst)
@@ -231,10 +230,7 @@ fn check_destination(
 /// holds the writers' lock on it ([`crate::lock`]): refused, as that writer would refuse us.
 fn refuse_locked_dst(dst: &Path) -> Result<()> {
     if crate::lock::is_locked_elsewhere(dst) {
-        return Err(Error::Refused {
-            path: Some(dst.to_path_buf()),
-            reason: crate::lock::IN_USE.into(),
-        });
+        return Err(crate::lock::refusal(dst, crate::lock::IN_USE.into()));
     }
     Ok(())
 }

@@ -265,42 +265,46 @@ pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
 fn check_request(path: &Path, p: &CreateParams) -> Result<DiskFormat> {
     let format = match p.format {
         Some(f) => f,
-        None => format_from_extension(path).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "cannot tell the format of {} from its extension (.vhd, .avhd, .vhdx, .avhdx); \
-                 give --format",
+        None => format_from_extension(path).ok_or_else(|| Error::InvalidOption {
+            option: "format",
+            detail: format!(
+                "cannot tell the format of {} from its extension (.vhd, .avhd, .vhdx, .avhdx)",
                 path.display()
-            ))
+            ),
         })?,
     };
     if fs::symlink_metadata(path).is_ok() {
-        return Err(Error::InvalidArgument(format!(
-            "{} already exists; refusing to overwrite it",
-            path.display()
-        )));
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+        });
     }
     if p.fixed && p.parent.is_some() {
-        return Err(Error::InvalidArgument(
-            "a differencing disk cannot be fixed (give either --fixed or --parent)".into(),
-        ));
+        return Err(Error::InvalidOption {
+            option: "fixed",
+            detail: "a differencing disk cannot be fixed".into(),
+        });
     }
     Ok(format)
 }
 
 /// The size of a disk without parent: it must be given.
 fn size_without_parent(p: &CreateParams) -> Result<u64> {
-    p.size.ok_or_else(|| {
-        Error::InvalidArgument("a size is needed (--size) unless there is a parent".into())
+    p.size.ok_or_else(|| Error::InvalidOption {
+        option: "size",
+        detail: "a size is needed unless there is a parent".into(),
     })
 }
 
 /// A differencing disk has its parent's size: a `--size` that differs is refused.
 fn check_parent_size(p: &CreateParams, parent_size: u64) -> Result<()> {
     match p.size.filter(|&s| s != parent_size) {
-        Some(s) => Err(Error::InvalidArgument(format!(
-            "--size {s} differs from the parent's virtual size {parent_size}; a differencing \
-             disk has its parent's size (leave --size out)"
-        ))),
+        Some(s) => Err(Error::InvalidOption {
+            option: "size",
+            detail: format!(
+                "the size {s} differs from the parent's virtual size {parent_size}; a \
+                 differencing disk has its parent's size"
+            ),
+        }),
         None => Ok(()),
     }
 }
@@ -570,14 +574,13 @@ pub(crate) fn persist(guard: PartialGuard, dst: &Path, overwrite: bool) -> Resul
     } else {
         match fs::hard_link(tmp, dst) {
             Ok(()) => fs::remove_file(tmp).map_err(|e| Error::io("removing the temporary name", e)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::InvalidArgument(
-                format!("{} already exists; refusing to overwrite it", dst.display()),
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
+                path: dst.to_path_buf(),
+            }),
             // A file system without hard links: check, then rename.
-            Err(_) if fs::symlink_metadata(dst).is_ok() => Err(Error::InvalidArgument(format!(
-                "{} already exists; refusing to overwrite it",
-                dst.display()
-            ))),
+            Err(_) if fs::symlink_metadata(dst).is_ok() => Err(Error::AlreadyExists {
+                path: dst.to_path_buf(),
+            }),
             Err(_) => fs::rename(tmp, dst)
                 .map_err(|e| Error::io(format!("renaming to {}", dst.display()), e)),
         }

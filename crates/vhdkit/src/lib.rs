@@ -82,7 +82,11 @@
 //!
 //! Every fallible function returns [`Result`]; its [`Error`] names the file, the structure and
 //! the absolute offset where that applies ([`Error::Corrupt`], [`Error::NotADisk`],
-//! [`Error::Chain`], [`Error::Refused`], [`Error::LimitExceeded`], [`Error::Io`], ...).
+//! [`Error::Chain`], [`Error::Refused`], [`Error::LimitExceeded`], [`Error::Io`], ...). A
+//! program acts on it through [`Error::kind`]: an [`ErrorKind`] to `match` (not a disk, corrupt
+//! with the `check` code, parent not found with every path tried, parent mismatch, loop, too
+//! deep, already exists, locked, refused, limit exceeded, I/O, internal...), and
+//! [`Error::code`] gives the stable `check` finding code where one applies.
 //!
 //! # Untrusted input
 //!
@@ -144,7 +148,7 @@ pub use disk::{
     claimed_format, detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions,
     ParentLinkage, ParentLocator, PathStyle,
 };
-pub use error::{Error, Result};
+pub use error::{ChainBroken, Error, ErrorKind, Result};
 pub use limits::Limits;
 pub use reparent::{LocatorMode, ReparentOptions, ReparentPlan};
 pub use source::{SeekSource, Source};

@@ -48,11 +48,14 @@ impl Limits {
         if bytes <= self.max_bat_bytes {
             return Ok(());
         }
-        Err(crate::Error::InvalidArgument(format!(
-            "the block allocation table would be {bytes} bytes, more than the {} bytes any \
-             reader (vhdkit's included) is allowed to load; use a larger --block-size",
-            self.max_bat_bytes
-        )))
+        Err(crate::Error::InvalidOption {
+            option: "block_size",
+            detail: format!(
+                "the block allocation table would be {bytes} bytes, more than the {} bytes any \
+                 reader (vhdkit's included) is allowed to load; use a larger block size",
+                self.max_bat_bytes
+            ),
+        })
     }
 }
 

@@ -153,13 +153,22 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
 pub const IN_USE: &str =
     "in use by another process (it holds a lock on the file); close it and run again";
 
-/// [`lock_for_change`] for a writer: the refusal is an [`Error::Refused`] naming the file (exit
-/// status 1 in the CLI, one line).
+/// [`lock_for_change`] for a writer: the refusal is an [`Error::Locked`] when another process
+/// holds the lock, an [`Error::Refused`] otherwise, naming the file (exit status 1 in the CLI,
+/// one line).
 pub fn lock_disk(path: &Path) -> Result<FileLock> {
-    lock_for_change(path).map_err(|r| Error::Refused {
-        path: Some(path.to_path_buf()),
-        reason: r,
-    })
+    lock_for_change(path).map_err(|r| refusal(path, r))
+}
+
+/// The error for a `reason` from [`lock_for_change`] (to which a caller may have added a
+/// remark): [`Error::Locked`] for [`IN_USE`], [`Error::Refused`] for the others.
+pub fn refusal(path: &Path, reason: String) -> Error {
+    let path = Some(path.to_path_buf());
+    if reason.starts_with(IN_USE) {
+        Error::Locked { path, reason }
+    } else {
+        Error::Refused { path, reason }
+    }
 }
 
 /// True when another process holds a lock on `path` (checked with a shared lock taken and

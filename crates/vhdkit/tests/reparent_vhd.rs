@@ -390,7 +390,7 @@ fn assert_refused(child: &Path, o: &ReparentOptions, needle: &str) {
     // The whole lab (the child's folder's parent): child, journal, every parent copy.
     let before = Snapshot::tree(child.parent().unwrap().parent().unwrap());
     match reparent::plan(child, o) {
-        Err(e @ Error::Refused { .. }) => {
+        Err(e @ (Error::Refused { .. } | Error::ParentMismatch { .. })) => {
             let s = e.to_string();
             assert!(s.contains(needle), "{s:?} should contain {needle:?}");
             assert_eq!(s.lines().count(), 1, "{s}");

@@ -60,10 +60,10 @@ fn dry_run(a: &ReparentArgs, plan: &ReparentPlan) -> Result<(), CliError> {
     // locked child). The lock is taken and dropped at once; a real run that tries in that
     // instant is refused politely, never harmed.
     if let Err(reason) = vhdkit::lock::lock_for_change(&a.child) {
-        return Err(CliError::Lib(vhdkit::Error::Refused {
-            path: Some(a.child.clone()),
-            reason: format!("{reason} (dry run: the real run would be refused)"),
-        }));
+        return Err(CliError::Lib(vhdkit::lock::refusal(
+            &a.child,
+            format!("{reason} (dry run: the real run would be refused)"),
+        )));
     }
     if a.json {
         output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
@@ -81,11 +81,11 @@ fn intact_chain<'r>(
     report: &'r ApplyReport,
 ) -> Result<Option<&'r ChainReport>, CliError> {
     let chain = report.chain.as_ref();
-    if let Some(reason) = chain.and_then(|c| c.broken_reason.as_ref()) {
+    if let Some(broken) = chain.and_then(|c| c.broken.as_ref()) {
         let at = chain.and_then(|c| c.links.last()).map(|l| l.path.clone());
         return Err(CliError::Lib(vhdkit::Error::Chain {
             path: Some(at.unwrap_or_else(|| a.child.clone())),
-            detail: reason.clone(),
+            broken: broken.clone(),
         }));
     }
     Ok(chain)

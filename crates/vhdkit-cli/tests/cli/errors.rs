@@ -120,3 +120,160 @@ fn usage_errors_exit_1() {
     let r = run(["frobnicate"]);
     assert_eq!(r.code, 1, "{r:?}");
 }
+
+/// `--json` errors carry the kind a script can branch on, and the stable `check` code where
+/// one applies; the CLI adds the flag hints the library leaves out.
+mod json_kinds {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use vhdkit_testkit::vhd::VhdBuilder;
+
+    fn json_error(r: &Run, exit: i32, kind: &str) -> serde_json::Value {
+        assert_eq!(r.code, exit, "{r:?}");
+        let j = r.json();
+        assert_eq!(j["kind"], kind, "{r:?}");
+        assert_eq!(j["exit_code"], exit, "{r:?}");
+        j
+    }
+
+    /// `base.vhdx` and a differencing `child.avhdx` over it, made by vhdkit.
+    fn pair(dir: &Path) -> (PathBuf, PathBuf) {
+        let (base, child) = (p(dir, "base.vhdx"), p(dir, "child.avhdx"));
+        run_success([
+            "create".as_ref(),
+            "--size".as_ref(),
+            "8M".as_ref(),
+            base.as_os_str(),
+        ]);
+        let parent = ["--parent".as_ref(), base.as_os_str()];
+        run_success([&["create".as_ref()][..], &parent, &[child.as_os_str()]].concat());
+        (base, child)
+    }
+
+    #[test]
+    fn not_a_disk() {
+        let d = tmp();
+        let f = p(d.path(), "junk.vhd");
+        std::fs::write(&f, vec![0x5au8; 4096]).unwrap();
+        let r = run(["info".as_ref(), "--json".as_ref(), f.as_os_str()]);
+        let j = json_error(&r, 2, "not_a_disk");
+        assert_eq!(j["code"], "file.not_a_disk");
+    }
+
+    #[test]
+    fn parent_not_found() {
+        let d = tmp();
+        let (base, child) = pair(d.path());
+        std::fs::remove_file(&base).unwrap();
+        let out = p(d.path(), "out.img");
+        let r = run([
+            "convert".as_ref(),
+            "--json".as_ref(),
+            "--to".as_ref(),
+            "raw".as_ref(),
+            child.as_os_str(),
+            out.as_os_str(),
+        ]);
+        let j = json_error(&r, 2, "parent_not_found");
+        assert_eq!(j["code"], "chain.parent_missing");
+    }
+
+    #[test]
+    fn parent_mismatch_gets_the_flag_hint() {
+        let d = tmp();
+        let (_, child) = pair(d.path());
+        let other = p(d.path(), "other.vhdx");
+        run_success([
+            "create".as_ref(),
+            "--size".as_ref(),
+            "8M".as_ref(),
+            other.as_os_str(),
+        ]);
+        let r = run([
+            "reparent".as_ref(),
+            "--json".as_ref(),
+            child.as_os_str(),
+            "--parent".as_ref(),
+            other.as_os_str(),
+        ]);
+        let j = json_error(&r, 1, "parent_mismatch");
+        assert_eq!(j["code"], "chain.identity_mismatch");
+        let line = j["error"].as_str().unwrap();
+        assert!(line.contains("--ignore-id-mismatch"), "{line}");
+        assert!(r.stderr.contains("--verify-content OLDPARENT"), "{r:?}");
+    }
+
+    #[test]
+    fn already_exists() {
+        let d = tmp();
+        let (base, _) = pair(d.path());
+        let r = run([
+            "create".as_ref(),
+            "--json".as_ref(),
+            "--size".as_ref(),
+            "8M".as_ref(),
+            base.as_os_str(),
+        ]);
+        let j = json_error(&r, 1, "already_exists");
+        assert!(j.get("code").is_none(), "{j}");
+        // convert has --force: its error says so.
+        let dst = p(d.path(), "copy.vhdx");
+        std::fs::write(&dst, b"keep").unwrap();
+        let r = run([
+            "convert".as_ref(),
+            "--to".as_ref(),
+            "vhdx".as_ref(),
+            base.as_os_str(),
+            dst.as_os_str(),
+        ]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("already exists"), "{r:?}");
+        assert!(r.stderr.contains("(use --force to replace it)"), "{r:?}");
+        assert_eq!(std::fs::read(&dst).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn locked() {
+        let d = tmp();
+        let (base, _) = pair(d.path());
+        let held = std::fs::File::open(&base).unwrap();
+        held.try_lock().unwrap();
+        let r = run(["repair".as_ref(), "--json".as_ref(), base.as_os_str()]);
+        json_error(&r, 1, "locked");
+        assert!(r.stderr.contains("in use by another process"), "{r:?}");
+    }
+
+    #[test]
+    fn limit_exceeded() {
+        let d = tmp();
+        let f = p(d.path(), "huge-bat.vhd");
+        let mut v = VhdBuilder::dynamic(1 << 20).build();
+        // Max table entries (dynamic header at 512, field at +28): a 64 MiB + 4 byte table,
+        // above the default limit, checked before the table's place in the file.
+        v.set_u32(512 + 28, (16 << 20) + 1);
+        v.fix_header_checksum();
+        v.write_to(&f);
+        let r = run(["info".as_ref(), "--json".as_ref(), f.as_os_str()]);
+        json_error(&r, 2, "limit_exceeded");
+    }
+
+    #[test]
+    fn bad_option_and_usage() {
+        let d = tmp();
+        let f = p(d.path(), "noext");
+        let r = run([
+            "create".as_ref(),
+            "--json".as_ref(),
+            "--size".as_ref(),
+            "8M".as_ref(),
+            f.as_os_str(),
+        ]);
+        let j = json_error(&r, 1, "invalid_argument");
+        assert!(
+            j["error"].as_str().unwrap().ends_with("; give --format"),
+            "{j}"
+        );
+        let r = run(["info", "--json", "--no-such-flag"]);
+        json_error(&r, 1, "invalid_argument");
+    }
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::disk::{Disk, DiskFormat, DiskType, OpenOptions};
-use crate::error::{Error, Result};
+use crate::error::{ChainBroken, Error, Result};
 use crate::view::ChainView;
 use crate::winpath::canonical;
 
@@ -191,6 +191,9 @@ pub struct ChainReport {
     pub intact: bool,
     /// Why the chain is broken, when it is.
     pub broken_reason: Option<String>,
+    /// The same, typed: `broken_reason` is its text.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub broken: Option<ChainBroken>,
 }
 
 /// An intact, opened chain.
@@ -236,14 +239,14 @@ impl Chain {
     pub fn open(path: impl AsRef<Path>, opts: &ChainOptions) -> Result<Chain> {
         let path = path.as_ref();
         let (report, disks) = walk(path, opts)?;
-        if let Some(reason) = &report.broken_reason {
+        if let Some(broken) = &report.broken {
             let at = report
                 .links
                 .last()
                 .map_or_else(|| path.to_path_buf(), |l| l.path.clone());
             return Err(Error::Chain {
                 path: Some(at),
-                detail: reason.clone(),
+                broken: broken.clone(),
             });
         }
         Ok(Chain {
@@ -324,9 +327,7 @@ fn walk(path: &Path, opts: &ChainOptions) -> Result<(ChainReport, Vec<Disk>)> {
             break;
         };
         if links.len() + 1 >= max_depth {
-            broken = Some(format!(
-                "chain deeper than {max_depth} disks (the limit); a loop or a hostile chain?"
-            ));
+            broken = Some(ChainBroken::TooDeep { limit: max_depth });
             links.push(link);
             disks.push(current);
             break;
@@ -335,18 +336,21 @@ fn walk(path: &Path, opts: &ChainOptions) -> Result<(ChainReport, Vec<Disk>)> {
         let next = match (parent, &resolution.path) {
             (Some(p), Some(pp)) => {
                 if !seen.insert(canonical(pp)) {
-                    broken = Some(format!(
-                        "loop: {} names {} as its parent, which is already in the chain",
-                        current_path.display(),
-                        pp.display()
-                    ));
+                    broken = Some(ChainBroken::Loop {
+                        child: current_path.clone(),
+                        parent: pp.clone(),
+                    });
                     None
                 } else {
                     Some((p, pp.clone()))
                 }
             }
             _ => {
-                broken = Some(describe_failure(&current_path, &resolution, linkage.id));
+                broken = Some(ChainBroken::ParentNotFound {
+                    child: current_path.clone(),
+                    expected_id: linkage.id,
+                    attempts: resolution.tried.clone(),
+                });
                 None
             }
         };
@@ -366,27 +370,10 @@ fn walk(path: &Path, opts: &ChainOptions) -> Result<(ChainReport, Vec<Disk>)> {
         ChainReport {
             links,
             intact,
-            broken_reason: broken,
+            broken_reason: broken.as_ref().map(ChainBroken::to_string),
+            broken,
         },
         disks,
     ))
 }
 
-fn describe_failure(child: &Path, res: &ParentResolution, expected: Uuid) -> String {
-    if res.tried.is_empty() {
-        return format!(
-            "parent of {} not found: no usable locator and no search folder to look in",
-            child.display()
-        );
-    }
-    let tried: Vec<String> = res
-        .tried
-        .iter()
-        .map(|a| format!("{} ({}: {})", a.path.display(), a.via, a.outcome))
-        .collect();
-    format!(
-        "parent of {} (id {expected}) not found; tried {}",
-        child.display(),
-        tried.join("; ")
-    )
-}

@@ -66,30 +66,10 @@ pub fn check_chain(path: &Path, opts: &ChainOptions) -> Vec<Finding> {
     };
     let last = report.links.last();
     let at = last.map_or_else(|| path.to_path_buf(), |l| l.path.clone());
-    let code = if reason.starts_with("loop") {
-        "chain.loop"
-    } else if reason.starts_with("chain deeper") {
-        "chain.too_deep"
-    } else {
-        let tried = last
-            .and_then(|l| l.parent.as_ref())
-            .map(|r| r.tried.clone())
-            .unwrap_or_default();
-        if tried.iter().any(|a| a.outcome.starts_with("id mismatch")) {
-            "chain.identity_mismatch"
-        } else if tried
-            .iter()
-            .any(|a| a.outcome.contains("sector size mismatch"))
-        {
-            "chain.sector_size_mismatch"
-        } else if tried.iter().any(|a| a.outcome.contains("format mismatch")) {
-            "chain.format_mismatch"
-        } else if tried.iter().any(|a| a.outcome.starts_with("cannot open")) {
-            "chain.parent_unreadable"
-        } else {
-            "chain.parent_missing"
-        }
-    };
+    let code = report
+        .broken
+        .as_ref()
+        .map_or("chain.parent_missing", crate::error::ChainBroken::code);
     out.push(Finding::new(code, structure(&at), None, reason.clone()));
     out
 }

@@ -145,24 +145,19 @@ pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
     let _lock = if opts.dry_run {
         // Predict the real run: it would be refused while another process holds the lock.
         if crate::lock::is_locked_elsewhere(path) {
-            return Err(Error::Refused {
-                path: Some(path.to_path_buf()),
-                reason: format!(
+            return Err(crate::lock::refusal(
+                path,
+                format!(
                     "{} (dry run: the real run would be refused)",
                     crate::lock::IN_USE
                 ),
-            });
+            ));
         }
         None
     } else {
         match crate::lock::lock_for_change(path) {
             Ok(l) => Some(l),
-            Err(r) if r == crate::lock::IN_USE => {
-                return Err(Error::Refused {
-                    path: Some(path.to_path_buf()),
-                    reason: r,
-                })
-            }
+            Err(r) if r == crate::lock::IN_USE => return Err(crate::lock::refusal(path, r)),
             Err(_) => None,
         }
     };

@@ -52,7 +52,8 @@ use crate::winpath::{self, canonical, AbsolutePath, AbsoluteSource};
 /// let other = dir.path().join("other.vhdx");
 /// create(&other, &CreateParams::dynamic(8 << 20))?;
 /// let opts = ReparentOptions { new_parent: other, ..ReparentOptions::default() };
-/// assert!(matches!(reparent::plan(&child, &opts), Err(vhdkit::Error::Refused { .. })));
+/// let e = reparent::plan(&child, &opts).unwrap_err();
+/// assert!(matches!(e.kind(), vhdkit::ErrorKind::ParentMismatch { .. }));
 /// # Ok(())
 /// # }
 /// ```
@@ -401,14 +402,17 @@ impl Draft<'_> {
                 new_parent: np_id,
             },
             (None, None) => {
-                return Err(self.refuse(format!(
-                    "identity mismatch: the child's parent id is {}, the new parent {} has {}; \
-                     if it really holds the same data, use --verify-content OLDPARENT or \
-                     --ignore-id-mismatch",
-                    linkage.id,
-                    self.opts.new_parent.display(),
-                    np_id
-                )))
+                return Err(Error::ParentMismatch {
+                    path: Some(self.child.to_path_buf()),
+                    expected: linkage.id,
+                    found: np_id,
+                    detail: format!(
+                        "identity mismatch: the child's parent id is {}, the new parent {} has {}",
+                        linkage.id,
+                        self.opts.new_parent.display(),
+                        np_id
+                    ),
+                })
             }
         };
         self.tell_identity(&identity);

@@ -24,11 +24,11 @@ pub(super) fn contents(
 ) -> Result<u64> {
     let refuse = |r: String| refused(child, r);
     let old_chain = Chain::open(old, opts)
-        .map_err(|e| refuse(format!("--verify-content: the old parent's chain: {e}")))?;
+        .map_err(|e| refuse(format!("content check: the old parent's chain: {e}")))?;
     let old_id = old_chain.disks().first().map(Disk::identity);
     if old_id != Some(*recorded) {
         return Err(refuse(format!(
-            "--verify-content: {} is not the child's recorded parent (it has id {}, the child \
+            "content check: {} is not the child's recorded parent (it has id {}, the child \
              records {recorded})",
             old.display(),
             old_id.map_or_else(|| "?".to_string(), |u| u.to_string())
@@ -37,7 +37,7 @@ pub(super) fn contents(
     let (a, b) = (old_chain.into_view(), new_chain.into_view());
     if a.virtual_size() != b.virtual_size() {
         return Err(refuse(format!(
-            "--verify-content: the old parent has {} bytes, the new one {}",
+            "content check: the old parent has {} bytes, the new one {}",
             a.virtual_size(),
             b.virtual_size()
         )));
@@ -53,7 +53,7 @@ pub(super) fn contents(
         b.read_exact_at(xb, off)?;
         if let Some(i) = xa.iter().zip(xb.iter()).position(|(p, q)| p != q) {
             return Err(refuse(format!(
-                "--verify-content: the new parent's contents differ from the old parent's at \
+                "content check: the new parent's contents differ from the old parent's at \
                  virtual offset {:#x}",
                 off + i as u64
             )));

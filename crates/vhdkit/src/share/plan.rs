@@ -59,10 +59,13 @@ pub fn plan_share(
     let dir = tree_dir(dir, "")?;
     let into = absolute_into(into)?;
     if into.exists() && !into.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "--into {} exists and is not a folder",
-            into.display()
-        )));
+        return Err(Error::InvalidOption {
+            option: "into",
+            detail: format!(
+                "the shared folder {} exists and is not a folder",
+                into.display()
+            ),
+        });
     }
     let mut roots = vec![dir.clone()];
     if into.is_dir() {

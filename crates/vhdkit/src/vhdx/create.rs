@@ -540,7 +540,13 @@ mod tests {
             data_write_guid: Uuid::nil(),
             virtual_disk_id: Uuid::nil(),
         };
-        assert!(matches!(build(&p), Err(Error::InvalidArgument(m)) if m.contains("--block-size")));
+        assert!(matches!(
+            build(&p),
+            Err(Error::InvalidOption {
+                option: "block_size",
+                ..
+            })
+        ));
         p.block_size = 32 << 20;
         assert!(build(&p).is_ok());
     }

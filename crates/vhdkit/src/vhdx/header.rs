@@ -224,7 +224,8 @@ pub(crate) fn read_headers(src: &dyn Source) -> Result<Headers> {
                 HEADER_NAMES[0],
                 HEADER_OFFSETS[0],
                 format!("no valid header: header 1: {e1}; header 2: {e2}"),
-            ));
+            )
+            .with_code("vhdx.header.none_valid"));
         }
     };
     let current = slots

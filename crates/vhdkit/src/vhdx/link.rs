@@ -112,8 +112,8 @@ impl LinkEdit {
             KEY_ABSOLUTE_WIN32_PATH => self.absolute = KeyEdit::Drop,
             KEY_VOLUME_PATH => self.volume = KeyEdit::Drop,
             _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "internal: {key} is not a vhdx parent locator path key"
+                return Err(Error::Internal(format!(
+                    "{key} is not a vhdx parent locator path key"
                 )))
             }
         }
@@ -265,8 +265,8 @@ impl Site {
         if same {
             Ok(())
         } else {
-            Err(Error::InvalidArgument(format!(
-                "internal: the metadata table entry at {:#x} is not the parent locator the \
+            Err(Error::Internal(format!(
+                "the metadata table entry at {:#x} is not the parent locator the \
                  file was opened with",
                 self.entry_file_offset
             )))

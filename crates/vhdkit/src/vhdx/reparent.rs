@@ -200,7 +200,7 @@ fn open_child(open: &dyn Fn() -> Result<Box<dyn Source>>, opts: &OpenOptions) ->
         .iter()
         .find(|h| h.current)
         .and_then(|h| h.sequence_number)
-        .ok_or_else(|| Error::InvalidArgument("internal: no current vhdx header".into()))?;
+        .ok_or_else(|| Error::internal("no current vhdx header"))?;
     let guard = HeaderGuard {
         sequence_number,
         file_write_guid: info.file_write_guid,
@@ -307,9 +307,8 @@ fn verify(
     let VhdxFile { src, .. } = child.file;
     let overlay = OverlaySource::new(src, sim, child.file_len)
         .map_err(|(_, e)| Error::io("simulating the plan", e))?;
-    let after = VhdxFile::open(Box::new(overlay), opts).map_err(|e| {
-        Error::InvalidArgument(format!("internal: the planned file would not open: {e}"))
-    })?;
+    let after = VhdxFile::open(Box::new(overlay), opts)
+        .map_err(|e| Error::Internal(format!("the planned file would not open: {e}")))?;
     before.check_same(&Kept::of(&after))?;
     let mut got = vec![0u8; item.len()];
     read_struct(&*after.src, item_file_offset, &mut got, PL)?;
@@ -347,8 +346,8 @@ fn check(ok: bool, what: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
-            "internal: the planned file would have a different {what}"
+        Err(Error::Internal(format!(
+            "the planned file would have a different {what}"
         )))
     }
 }

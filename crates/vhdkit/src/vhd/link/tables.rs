@@ -22,7 +22,7 @@ where
 {
     let mut c = std::io::Cursor::new(Vec::new());
     v.write(&mut c)
-        .map_err(|e| Error::InvalidArgument(format!("internal: encoding the {what}: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encoding the {what}: {e}")))?;
     Ok(c.into_inner())
 }
 
@@ -150,8 +150,8 @@ impl Editor<'_> {
         let (old, new) = (file_len.to_string(), new_len.to_string());
         self.change("file", "length".into(), old, new);
         if new_len < file_len {
-            return Err(Error::InvalidArgument(format!(
-                "internal: the plan would shrink the file from {file_len} to {new_len} bytes"
+            return Err(Error::Internal(format!(
+                "the plan would shrink the file from {file_len} to {new_len} bytes"
             )));
         }
         Ok(new_len)

@@ -14,8 +14,8 @@ fn check(ok: bool, what: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
-            "internal: the planned file would have a different {what}"
+        Err(Error::Internal(format!(
+            "the planned file would have a different {what}"
         )))
     }
 }
@@ -35,9 +35,8 @@ pub(super) fn simulate(
         .collect();
     let sim = OverlaySource::new(open()?, writes, plan.new_len)
         .map_err(|(_, e)| Error::io("simulating the plan", e))?;
-    let after = VhdFile::open(Box::new(sim), opts).map_err(|e| {
-        Error::InvalidArgument(format!("internal: the planned file would not open: {e}"))
-    })?;
+    let after = VhdFile::open(Box::new(sim), opts)
+        .map_err(|e| Error::Internal(format!("the planned file would not open: {e}")))?;
     check(after.bat == before.bat, "block allocation table")?;
     check(after.virtual_size == before.virtual_size, "virtual size")?;
     check(

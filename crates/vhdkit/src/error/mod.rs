@@ -3,10 +3,26 @@
 //! Every error that comes from a file's contents says which file (when known), which structure,
 //! at which absolute file offset, and what rule was broken. `Display` is one lower-case line that
 //! the CLI prints as it is.
+//!
+//! A program acts on an error through [`Error::kind`]: one [`ErrorKind`] per thing a caller can
+//! do something about (a file that is not a disk, a corrupt one, a parent not found, a lock held
+//! by another writer, a bug...), with the typed details of each (module `kind`; a broken chain's
+//! reason is [`ChainBroken`], in `broken`). Hints that name a CLI flag ("use --force") are the
+//! CLI's to add, by kind. Not yet everywhere: the outcome text of a parent path tried (`--map`,
+//! `--confine`), a bad Windows path given to reparent, and some plan and share report notes
+//! still name flags.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+mod broken;
+mod kind;
+
+pub use broken::ChainBroken;
+pub use kind::ErrorKind;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,6 +58,9 @@ pub enum Error {
         location: Location,
         /// The rule broken, with the bad value and what was allowed.
         detail: String,
+        /// The stable `check` finding code of the rule (see [`crate::check::CODES`]), when the
+        /// rule has one.
+        code: Option<&'static str>,
     },
 
     /// An operating-system I/O error.
@@ -88,17 +107,63 @@ pub enum Error {
     },
 
     /// A differencing chain could not be followed.
-    #[error("{}{detail}", path_prefix(.path))]
+    #[error("{}{broken}", path_prefix(.path))]
     Chain {
         /// The child whose parent is at fault.
         path: Option<PathBuf>,
         /// Why, including which paths were tried.
-        detail: String,
+        broken: ChainBroken,
     },
 
     /// The caller asked for something impossible (bad offset, bad option).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// One option of the call is missing or does not fit the others (a size not given, a
+    /// format that cannot be told, a block size too small for the disk).
+    #[error("invalid argument: {detail}")]
+    InvalidOption {
+        /// The option at fault, by its field name in the library's option structs (`size`,
+        /// `format`, `fixed`, `block_size`, `into`).
+        option: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// The file to be created exists, and replacing it was not asked for. Nothing was written.
+    #[error("{} already exists; refusing to overwrite it", .path.display())]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+
+    /// A new parent does not carry the identity the child records. Nothing was written.
+    #[error("{}refused: {detail}", path_prefix(.path))]
+    ParentMismatch {
+        /// The child.
+        path: Option<PathBuf>,
+        /// The parent identity the child records.
+        expected: Uuid,
+        /// The identity the offered parent has.
+        found: Uuid,
+        /// The one-line explanation.
+        detail: String,
+    },
+
+    /// Another process holds the writers' lock on the file (see [`crate::lock`]). Nothing was
+    /// written; the same change may succeed once that process is done.
+    #[error("{}refused: {reason}", path_prefix(.path))]
+    Locked {
+        /// The locked file.
+        path: Option<PathBuf>,
+        /// Why, in one line.
+        reason: String,
+    },
+
+    /// A bug in vhdkit (a plan that does not hold, a structure that does not encode): neither the
+    /// input nor the caller is at fault. Nothing was written.
+    #[error("internal: {0}")]
+    Internal(String),
 
     /// A requested change was refused because a safety check failed (a parent that does not
     /// match, a loop, a foreign journal). Nothing was written.
@@ -135,7 +200,23 @@ impl Error {
                 offset,
             },
             detail: detail.into(),
+            code: None,
         }
+    }
+
+    /// An internal error: a bug in vhdkit, not a fault of the input (see [`Error::Internal`]).
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Error::Internal(detail.into())
+    }
+
+    /// Give a [`Error::Corrupt`] the `check` finding code of the rule it breaks (other errors
+    /// are returned as they are).
+    #[must_use]
+    pub fn with_code(mut self, c: &'static str) -> Self {
+        if let Error::Corrupt { code, .. } = &mut self {
+            *code = Some(c);
+        }
+        self
     }
 
     /// An I/O error while doing `what`.
@@ -195,8 +276,13 @@ impl Error {
             | Error::NotADisk { path, .. }
             | Error::Chain { path, .. }
             | Error::ReadOnly { path }
+            | Error::ParentMismatch { path, .. }
+            | Error::Locked { path, .. }
             | Error::Refused { path, .. } => path,
-            Error::InvalidArgument(_) => return self,
+            Error::InvalidArgument(_)
+            | Error::InvalidOption { .. }
+            | Error::AlreadyExists { .. }
+            | Error::Internal(_) => return self,
         };
         if slot.is_none() {
             *slot = Some(p.to_path_buf());
@@ -222,7 +308,6 @@ impl Error {
         )
     }
 }
-
 /// Errors cross `Read`/`Seek` as `io::Error`: corruption becomes `InvalidData`, the rest keep
 /// their nature, and the original error stays reachable as the source.
 impl From<Error> for io::Error {
@@ -230,9 +315,13 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Io { source, .. } => source.kind(),
             Error::Unsupported { .. } => io::ErrorKind::Unsupported,
-            Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
+            Error::InvalidArgument(_) | Error::InvalidOption { .. } => io::ErrorKind::InvalidInput,
             Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
-            Error::Refused { .. } => io::ErrorKind::Other,
+            Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+            Error::Locked { .. } => io::ErrorKind::WouldBlock,
+            Error::Refused { .. } | Error::ParentMismatch { .. } | Error::Internal(_) => {
+                io::ErrorKind::Other
+            }
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
