@@ -205,10 +205,20 @@ pub struct ParentInfo {
 /// The per-format implementation behind a [`Disk`]. Both formats implement it; the rest of the
 /// crate sees only this.
 pub(crate) trait Image: Send + Sync + fmt::Debug {
-    fn format(&self) -> DiskFormat;
-    fn disk_type(&self) -> DiskType;
-    fn virtual_size(&self) -> u64;
-    fn block_size(&self) -> Option<u64>;
+    /// The description the writable open shares (see [`crate::view::Shape`]).
+    fn shape(&self) -> crate::view::Shape;
+    fn format(&self) -> DiskFormat {
+        self.shape().format
+    }
+    fn disk_type(&self) -> DiskType {
+        self.shape().disk_type
+    }
+    fn virtual_size(&self) -> u64 {
+        self.shape().virtual_size
+    }
+    fn block_size(&self) -> Option<u64> {
+        self.shape().block_size
+    }
     fn logical_sector_size(&self) -> u32;
     fn physical_sector_size(&self) -> u32;
     /// See [`Disk::identity`].

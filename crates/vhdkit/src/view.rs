@@ -6,8 +6,23 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use crate::disk::{Disk, Extent};
+use crate::disk::{Disk, DiskFormat, DiskType, Extent};
 use crate::error::{Error, Result};
+
+/// What a disk is, as its one parse found it: the read-only open ([`Disk`]) and the writable
+/// open ([`crate::WritableImage`]) describe a file through the same value, so they cannot
+/// disagree about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Container format.
+    pub format: DiskFormat,
+    /// Storage type.
+    pub disk_type: DiskType,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Block size in bytes; `None` for a fixed VHD, which has no blocks.
+    pub block_size: Option<u64>,
+}
 
 /// The virtual disk of a chain of disks, child first. Reads past the end return EOF.
 #[derive(Debug)]

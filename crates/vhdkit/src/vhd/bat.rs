@@ -56,15 +56,12 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
         ));
     }
     let bytes = u64::from(l.entries) * format::BAT_ENTRY_BYTES;
-    if bytes > limits.max_bat_bytes {
-        return Err(Error::limit(
-            STRUCTURE,
-            l.table_offset,
-            "block allocation table size in bytes",
-            bytes,
-            limits.max_bat_bytes,
-        ));
-    }
+    limits.check_bat_bytes(
+        STRUCTURE,
+        l.table_offset,
+        "block allocation table size in bytes",
+        bytes,
+    )?;
     let end = l.table_offset.checked_add(bytes);
     let header_end = l
         .header_offset

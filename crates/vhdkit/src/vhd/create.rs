@@ -373,15 +373,21 @@ fn dynamic_header(
 /// Write a new disk into an empty `sink` and make it durable.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
     let layout = build(p)?;
-    let bat = |sink: &S| match layout.bat {
-        Some((at, len)) => {
-            crate::limits::write_fill(sink, at, len, super::format::BAT_UNALLOCATED_FILL)
-                .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))
-        }
-        None => Ok(()),
-    };
-    write_layout(sink, "vhd", layout.file_len, bat, &layout.writes)?;
+    let tables = |sink: &S| layout.write_bat(sink);
+    write_layout(sink, "vhd", layout.file_len, tables, &layout.writes)?;
     Ok(layout)
+}
+
+impl Layout {
+    /// The BAT of a dynamic or differencing disk: every entry unallocated, written in bounded
+    /// pieces (it is not part of `writes`).
+    fn write_bat<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+        let Some((at, len)) = self.bat else {
+            return Ok(());
+        };
+        crate::limits::write_fill(sink, at, len, super::format::BAT_UNALLOCATED_FILL)
+            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use super::format::{
     SECTOR_BITMAP_BLOCK_SIZE,
 };
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::source::{read_struct, Source};
 use crate::util::overlaps;
 
@@ -93,7 +94,8 @@ pub(crate) struct BatParams<'a> {
     pub logical_sector_size: u32,
     pub differencing: bool,
     pub file_len: u64,
-    pub max_bat_bytes: u64,
+    /// Only `max_bat_bytes` is used.
+    pub limits: &'a Limits,
     /// Spans (start, end, what) entries must not overlap: first MiB, regions, log.
     pub reserved: &'a [(u64, u64, String)],
 }
@@ -303,15 +305,8 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
             ),
         ));
     }
-    if bytes > p.max_bat_bytes {
-        return Err(Error::limit(
-            BAT,
-            p.region_offset,
-            "BAT size in bytes",
-            bytes,
-            p.max_bat_bytes,
-        ));
-    }
+    p.limits
+        .check_bat_bytes(BAT, p.region_offset, "BAT size in bytes", bytes)?;
     let entries = read_entries(src, p.region_offset, bytes)?;
     let mut checker = Checker {
         p,

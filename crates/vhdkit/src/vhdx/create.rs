@@ -494,14 +494,19 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
 /// (zeros) made by sizing the file.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
     let layout = build(p)?;
-    let bat = |sink: &S| match &layout.fixed_bat {
-        Some(bat) => bat
-            .write(sink)
-            .map_err(|e| Error::io("writing the new vhdx's BAT", e)),
-        None => Ok(()),
-    };
-    write_layout(sink, "vhdx", layout.file_len, bat, &layout.writes)?;
+    let tables = |sink: &S| layout.write_fixed_bat(sink);
+    write_layout(sink, "vhdx", layout.file_len, tables, &layout.writes)?;
     Ok(layout)
+}
+
+impl Layout {
+    /// A fixed disk's BAT is streamed (too large for `writes`); the others' is in `writes`.
+    fn write_fixed_bat<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+        self.fixed_bat.as_ref().map_or(Ok(()), |bat| {
+            bat.write(sink)
+                .map_err(|e| Error::io("writing the new vhdx's BAT", e))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use crate::chain::{Chain, ChainOptions};
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::txn::journal::{self, FileJournal, Recovery};
-use crate::view::{read_from, read_len, seek_to, ChainView};
+use crate::view::{read_from, read_len, seek_to, ChainView, Shape};
 
 pub(crate) mod engine;
 
@@ -44,12 +44,21 @@ pub type ParentRead<'a> = dyn FnMut(u64, &mut [u8]) -> Result<()> + 'a;
 /// One writable disk file of some format. Offsets are virtual-disk offsets, and callers keep
 /// `offset + len <= virtual_size()` ([`WritableDisk`] checks it; the images do not again).
 pub trait WritableImage: Send + fmt::Debug {
+    /// Format, storage type, virtual size and block size, from the same parse as the
+    /// read-only open.
+    fn shape(&self) -> Shape;
     /// Container format.
-    fn format(&self) -> DiskFormat;
+    fn format(&self) -> DiskFormat {
+        self.shape().format
+    }
     /// Storage type.
-    fn disk_type(&self) -> DiskType;
+    fn disk_type(&self) -> DiskType {
+        self.shape().disk_type
+    }
     /// Virtual size in bytes.
-    fn virtual_size(&self) -> u64;
+    fn virtual_size(&self) -> u64 {
+        self.shape().virtual_size
+    }
     /// Read the virtual disk as this image holds it now (including uncommitted changes); ranges
     /// the image does not hold come from `parent` (differencing) or are zeros.
     fn read_at(&mut self, offset: u64, buf: &mut [u8], parent: &mut ParentRead<'_>) -> Result<()>;

@@ -39,7 +39,10 @@ pub(super) fn simulate(
         Error::InvalidArgument(format!("internal: the planned file would not open: {e}"))
     })?;
     check(after.bat == before.bat, "block allocation table")?;
-    check(after.virtual_size == before.virtual_size, "virtual size")?;
+    check(
+        after.shape.virtual_size == before.shape.virtual_size,
+        "virtual size",
+    )?;
     check(
         after.footer.raw.unique_id == before.footer.raw.unique_id,
         "unique id",
