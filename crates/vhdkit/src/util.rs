@@ -51,6 +51,17 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
+/// The bytes binrw writes for `v` in its own byte order (format.rs pinning tests).
+#[cfg(test)]
+pub(crate) fn binrw_bytes<T>(v: &T) -> Vec<u8>
+where
+    T: for<'a> binrw::BinWrite<Args<'a> = ()> + binrw::meta::WriteEndian,
+{
+    let mut c = std::io::Cursor::new(Vec::new());
+    v.write(&mut c).expect("writing to memory");
+    c.into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

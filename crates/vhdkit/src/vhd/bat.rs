@@ -43,7 +43,7 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
     let needed = l.virtual_size.div_ceil(bs);
     let table_at_entries = l
         .header_offset
-        .saturating_add(format::DYNAMIC_MAX_ENTRIES_OFFSET as u64);
+        .saturating_add(format::dynamic_header_fields::MAX_TABLE_ENTRIES);
     if u64::from(l.entries) < needed {
         return Err(Error::corrupt(
             "vhd dynamic header",

@@ -47,8 +47,6 @@ pub const DYNAMIC_BAT_OFFSET: u64 = 0x600;
 pub const W2KU_OFFSET: u64 = 0x1000;
 /// Minimum data space of the `W2ku` locator (Windows: 4096 bytes).
 pub const W2KU_MIN_SPACE: u64 = 4096;
-/// A BAT entry is one big-endian u32.
-const BAT_ENTRY_BYTES: u64 = std::mem::size_of::<u32>() as u64;
 /// Minimum data space of the `W2ru` locator (Windows: 65536 bytes, enough for any Windows path
 /// of 32767 UTF-16 code units).
 pub const W2RU_MIN_SPACE: u64 = 65536;
@@ -228,7 +226,7 @@ pub fn build(p: &NewVhd) -> Result<Layout> {
     };
     let entries = p.virtual_size.div_ceil(u64::from(p.block_size));
     let max_table_entries = u32::try_from(entries).map_err(|_| too_big())?;
-    let bat_bytes = entries * BAT_ENTRY_BYTES;
+    let bat_bytes = entries * format::BAT_ENTRY_BYTES;
     crate::Limits::default().check_new_table(bat_bytes)?;
     let space = match parent {
         None => Space::dynamic(bat_bytes)?,
