@@ -13,6 +13,7 @@
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::source::{read_struct, Source};
+use crate::util::first_overlap;
 
 use super::format;
 
@@ -154,22 +155,17 @@ fn check_entries(entries: &[u32], l: &BatLayout, header_end: u64) -> Result<()> 
         }
         blocks.push((start, end, i));
     }
-    blocks.sort_unstable();
-    for w in blocks.windows(2) {
-        if let [(s0, e0, i0), (s1, _, i1)] = w {
-            if s1 < e0 {
-                return Err(Error::corrupt(
-                    STRUCTURE,
-                    entry_offset(l, *i1),
-                    format!(
-                        "entry {i1} (block at {s1:#x}) overlaps entry {i0} (block \
-                         {s0:#x}..{e0:#x}); blocks must not share bytes"
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
+    let Some(((s0, e0, i0), (s1, _, i1))) = first_overlap(&mut blocks) else {
+        return Ok(());
+    };
+    Err(Error::corrupt(
+        STRUCTURE,
+        entry_offset(l, i1),
+        format!(
+            "entry {i1} (block at {s1:#x}) overlaps entry {i0} (block {s0:#x}..{e0:#x}); \
+             blocks must not share bytes"
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::format::{
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::source::{read_struct, Source};
-use crate::util::overlaps;
+use crate::util::{first_overlap, overlaps};
 
 const BAT: &str = "vhdx block allocation table";
 /// [`BAT_ENTRY_SIZE`] as a slice length.
@@ -272,19 +272,14 @@ impl Checker<'_, '_> {
 
 /// No two blocks may share a byte. `spans` are (start, end, entry index).
 fn check_no_overlaps(region_offset: u64, mut spans: Vec<(u64, u64, u64)>) -> Result<()> {
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if let [(_, e1, i1), (s2, _, i2)] = w {
-            if s2 < e1 {
-                return Err(Error::corrupt(
-                    BAT,
-                    region_offset + i2 * BAT_ENTRY_SIZE,
-                    format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
-                ));
-            }
-        }
+    match first_overlap(&mut spans) {
+        None => Ok(()),
+        Some(((_, _, i1), (s2, _, i2))) => Err(Error::corrupt(
+            BAT,
+            region_offset + i2 * BAT_ENTRY_SIZE,
+            format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
+        )),
     }
-    Ok(())
 }
 
 pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
