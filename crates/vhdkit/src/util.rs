@@ -51,11 +51,12 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
+/// A byte range `start..end` of the file with a tag (say, the BAT entry that points at it).
+pub(crate) type Span<T> = (u64, u64, T);
+
 /// Sort `spans` (start, end, tag) and return the first neighbouring pair that shares a byte:
 /// (earlier, later). Used by both BAT readers: no two blocks may overlap.
-pub(crate) fn first_overlap<T: Ord + Copy>(
-    spans: &mut [(u64, u64, T)],
-) -> Option<((u64, u64, T), (u64, u64, T))> {
+pub(crate) fn first_overlap<T: Ord + Copy>(spans: &mut [Span<T>]) -> Option<(Span<T>, Span<T>)> {
     spans.sort_unstable();
     spans.windows(2).find_map(|w| match w {
         [a, b] if b.0 < a.1 => Some((*a, *b)),
