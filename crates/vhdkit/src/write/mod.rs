@@ -26,14 +26,14 @@
 //! business.
 
 use std::fmt;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::chain::{Chain, ChainOptions};
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::txn::journal::{self, FileJournal, Recovery};
-use crate::view::{read_from, read_len, seek_to, ChainView, Shape};
+use crate::view::{read_len, ChainView, Shape};
 
 pub(crate) mod engine;
 
@@ -219,25 +219,35 @@ impl WritableDisk {
 
     /// Write `data` at virtual offset `offset`; the whole range must lie inside the disk.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check_range(offset, data.len(), "write")?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let parent = self.parent.as_ref();
-        let mut pr = |o: u64, b: &mut [u8]| read_parent(parent, o, b);
-        let r = self.image.write_at(offset, data, &mut pr);
-        self.attach_path(r)
+        self.in_range(offset, data.len(), "write", |image, parent| {
+            image.write_at(offset, data, parent)
+        })
     }
 
     /// Fill `buf` from virtual offset `offset`; the whole range must lie inside the disk.
     pub fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len(), "read")?;
-        if buf.is_empty() {
+        let len = buf.len();
+        self.in_range(offset, len, "read", |image, parent| {
+            image.read_at(offset, buf, parent)
+        })
+    }
+
+    /// The one range check of every read and write, then `op` on the image with the parents
+    /// below it; errors name the file.
+    fn in_range(
+        &mut self,
+        offset: u64,
+        len: usize,
+        what: &str,
+        op: impl FnOnce(&mut dyn WritableImage, &mut ParentRead<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.check_range(offset, len, what)?;
+        if len == 0 {
             return Ok(());
         }
         let parent = self.parent.as_ref();
         let mut pr = |o: u64, b: &mut [u8]| read_parent(parent, o, b);
-        let r = self.image.read_at(offset, buf, &mut pr);
+        let r = op(&mut *self.image, &mut pr);
         self.attach_path(r)
     }
 
@@ -266,14 +276,7 @@ impl Drop for WritableDisk {
     }
 }
 
-impl Read for WritableDisk {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (pos, size) = (self.pos, self.virtual_size());
-        let n = read_from(pos, size, buf, |b, o| self.read_exact_at(b, o))?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
+crate::view::cursor_read_seek!(WritableDisk);
 
 impl Write for WritableDisk {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -298,12 +301,5 @@ impl Write for WritableDisk {
 
     fn flush(&mut self) -> io::Result<()> {
         WritableDisk::flush(self).map_err(io::Error::from)
-    }
-}
-
-impl Seek for WritableDisk {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.pos = seek_to(self.pos, self.virtual_size(), pos)?;
-        Ok(self.pos)
     }
 }
