@@ -322,18 +322,12 @@ fn locator_space(data: &[u8], min: u64) -> Result<u64> {
 
 /// The parent unicode name field: UTF-16 big-endian, zero-padded.
 fn parent_name_field(np: &NewParent) -> Result<[u8; format::PARENT_NAME_BYTES]> {
-    let units: Vec<u16> = np.unicode_name.encode_utf16().collect();
-    if units.len() * 2 > format::PARENT_NAME_BYTES {
-        return Err(Error::InvalidArgument(format!(
+    format::parent_name_field(&np.unicode_name).ok_or_else(|| {
+        Error::InvalidArgument(format!(
             "parent unicode name is {} UTF-16 code units, more than the 256 the field holds",
-            units.len()
-        )));
-    }
-    let mut field = [0u8; format::PARENT_NAME_BYTES];
-    for (slot, u) in field.chunks_exact_mut(2).zip(&units) {
-        slot.copy_from_slice(&u.to_be_bytes());
-    }
-    Ok(field)
+            np.unicode_name.encode_utf16().count()
+        ))
+    })
 }
 
 /// The dynamic header's bytes (checksum included).

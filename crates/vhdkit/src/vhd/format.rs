@@ -377,6 +377,19 @@ pub mod locator_entry_fields {
     pub const PLATFORM_DATA_OFFSET: u64 = 16;
 }
 
+// ---- dedupe ----
+
+/// The parent unicode name field holding `name`: UTF-16 big-endian, zero-padded (A.6). `None`
+/// when it has more code units than the field holds; callers word the refusal.
+pub fn parent_name_field(name: &str) -> Option<[u8; PARENT_NAME_BYTES]> {
+    let mut field = [0u8; PARENT_NAME_BYTES];
+    let mut slots = field.chunks_exact_mut(2);
+    for u in name.encode_utf16() {
+        slots.next()?.copy_from_slice(&u.to_be_bytes());
+    }
+    Some(field)
+}
+
 #[cfg(test)]
 mod field_tests {
     //! One pinning test per structure: every named offset above points at its field.
@@ -477,5 +490,13 @@ mod field_tests {
         let offset = e.platform_data_offset.to_be_bytes();
         assert_eq!(at(&b, lf::PLATFORM_DATA_OFFSET, 8), &offset);
         assert_eq!(BAT_ENTRY_BYTES, std::mem::size_of::<u32>() as u64);
+    }
+
+    #[test]
+    fn parent_name_field_is_utf16_be_and_bounded() {
+        let f = parent_name_field("Ab").unwrap();
+        assert_eq!(&f[..6], &[0, b'A', 0, b'b', 0, 0]);
+        assert!(parent_name_field(&"x".repeat(PARENT_NAME_BYTES / 2)).is_some());
+        assert!(parent_name_field(&"x".repeat(PARENT_NAME_BYTES / 2 + 1)).is_none());
     }
 }

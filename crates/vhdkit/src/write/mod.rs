@@ -303,3 +303,34 @@ impl Write for WritableDisk {
         WritableDisk::flush(self).map_err(io::Error::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{create, CreateParams, Disk};
+
+    /// The read-only and the writable open describe a disk through one shape.
+    #[test]
+    fn reader_and_writer_share_the_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, fixed) in [("d.vhd", false), ("f.vhd", true), ("d.vhdx", false)] {
+            let path = dir.path().join(name);
+            let params = if fixed {
+                CreateParams::fixed(3 << 20)
+            } else {
+                CreateParams::dynamic(8 << 20)
+            };
+            create(&path, &params).unwrap();
+            let read = Disk::open(&path).unwrap();
+            let expected = Shape {
+                format: read.format(),
+                disk_type: read.disk_type(),
+                virtual_size: read.virtual_size(),
+                block_size: read.block_size(),
+            };
+            let w = WritableDisk::open(&path, &ChainOptions::default()).unwrap();
+            assert_eq!(w.image.shape(), expected, "{name}");
+            assert_eq!(w.virtual_size(), expected.virtual_size);
+        }
+    }
+}
