@@ -205,10 +205,8 @@ pub struct ParentInfo {
 /// The per-format implementation behind a [`Disk`]. Both formats implement it; the rest of the
 /// crate sees only this.
 pub(crate) trait Image: Send + Sync + fmt::Debug {
-    fn format(&self) -> DiskFormat;
-    fn disk_type(&self) -> DiskType;
-    fn virtual_size(&self) -> u64;
-    fn block_size(&self) -> Option<u64>;
+    /// The description the writable open shares (see [`crate::view::Shape`]).
+    fn shape(&self) -> crate::view::Shape;
     fn logical_sector_size(&self) -> u32;
     fn physical_sector_size(&self) -> u32;
     /// See [`Disk::identity`].
@@ -378,22 +376,22 @@ impl Disk {
 
     /// Container format.
     pub fn format(&self) -> DiskFormat {
-        self.image.format()
+        self.image.shape().format
     }
 
     /// Storage type.
     pub fn disk_type(&self) -> DiskType {
-        self.image.disk_type()
+        self.image.shape().disk_type
     }
 
     /// Virtual size in bytes.
     pub fn virtual_size(&self) -> u64 {
-        self.image.virtual_size()
+        self.image.shape().virtual_size
     }
 
     /// Block size in bytes; `None` for a fixed VHD.
     pub fn block_size(&self) -> Option<u64> {
-        self.image.block_size()
+        self.image.shape().block_size
     }
 
     /// Logical sector size in bytes.

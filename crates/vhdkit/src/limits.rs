@@ -57,6 +57,28 @@ impl Limits {
             ),
         })
     }
+
+    /// The one table-size rule for existing disks: a block allocation table of `bytes` at
+    /// `offset` in `structure` larger than `max_bat_bytes` is not loaded (`what` names the
+    /// figure in the error).
+    pub(crate) fn check_bat_bytes(
+        &self,
+        structure: &'static str,
+        offset: u64,
+        what: &'static str,
+        bytes: u64,
+    ) -> crate::Result<()> {
+        if bytes > self.max_bat_bytes {
+            return Err(crate::Error::limit(
+                structure,
+                offset,
+                what,
+                bytes,
+                self.max_bat_bytes,
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Writes `len` bytes of `byte` at `at` through a bounded buffer (a large table is never held

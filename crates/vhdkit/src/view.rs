@@ -4,10 +4,25 @@
 //! from the file in one call, and only runs a differencing layer does not hold go down to its
 //! parent. A read therefore costs one file read per run, not per sector.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, SeekFrom};
 
-use crate::disk::{Disk, Extent};
+use crate::disk::{Disk, DiskFormat, DiskType, Extent};
 use crate::error::{Error, Result};
+
+/// What a disk is, as its one parse found it: the read-only open ([`Disk`]) and the writable
+/// open ([`crate::WritableImage`]) describe a file through the same value, so they cannot
+/// disagree about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Container format.
+    pub format: DiskFormat,
+    /// Storage type.
+    pub disk_type: DiskType,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Block size in bytes; `None` for a fixed VHD, which has no blocks.
+    pub block_size: Option<u64>,
+}
 
 /// The virtual disk of a chain of disks, child first. Reads past the end return EOF.
 #[derive(Debug)]
@@ -138,21 +153,31 @@ impl ChainView {
     }
 }
 
-impl Read for ChainView {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (pos, size) = (self.pos, self.virtual_size());
-        let n = read_from(pos, size, buf, |b, o| self.read_exact_at(b, o))?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
+/// `Read` and `Seek` at the cursor `pos` of a type with `virtual_size()` and
+/// `read_exact_at(buf, offset) -> Result<()>`: the chain view and the writable disk move the
+/// same way.
+macro_rules! cursor_read_seek {
+    ($t:ty) => {
+        impl std::io::Read for $t {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let (pos, size) = (self.pos, self.virtual_size());
+                let n = $crate::view::read_from(pos, size, buf, |b, o| self.read_exact_at(b, o))?;
+                self.pos += n as u64;
+                Ok(n)
+            }
+        }
 
-impl Seek for ChainView {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.pos = seek_to(self.pos, self.virtual_size(), pos)?;
-        Ok(self.pos)
-    }
+        impl std::io::Seek for $t {
+            fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+                self.pos = $crate::view::seek_to(self.pos, self.virtual_size(), to)?;
+                Ok(self.pos)
+            }
+        }
+    };
 }
+pub(crate) use cursor_read_seek;
+
+cursor_read_seek!(ChainView);
 
 /// How many bytes a `Read` or `Write` of `want` bytes at `pos` of a `size`-byte virtual disk
 /// covers: 0 at or past the end, else as many as fit before it.

@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::source::Source;
 use crate::txn::{journal, FieldChange, Plan, WriteOp};
 use crate::vhd::format::{
-    self as vfmt, bat_fields, DISK_TYPE_DIFFERENCING, DISK_TYPE_DYNAMIC, DYNAMIC_HEADER_BYTES,
-    FOOTER_BYTES, FOOTER_CHECKSUM_OFFSET, FOOTER_COOKIE, SECTOR_BYTES,
+    self as vfmt, DISK_TYPE_DIFFERENCING, DISK_TYPE_DYNAMIC, DYNAMIC_HEADER_BYTES, FOOTER_BYTES,
+    FOOTER_CHECKSUM_OFFSET, FOOTER_COOKIE, SECTOR_BYTES,
 };
 use crate::vhdx::format::{HEADER_OFFSETS, REGION_TABLE_OFFSETS};
 use crate::vhdx::log::{find_active_sequence, LogPlace};
@@ -174,7 +174,7 @@ fn data_ends_before(b: &Bytes, footer: &[u8], end_slot: u64) -> bool {
         return false;
     };
     let bat = h.table_offset;
-    let bat_bytes = u64::from(h.max_table_entries) * bat_fields::ENTRY_BYTES;
+    let bat_bytes = u64::from(h.max_table_entries) * vfmt::BAT_ENTRY_BYTES;
     let Some(raw) = usize::try_from(bat_bytes)
         .ok()
         .filter(|&k| k <= MAX_BAT_READ)
@@ -185,7 +185,7 @@ fn data_ends_before(b: &Bytes, footer: &[u8], end_slot: u64) -> bool {
     // Both reads above lie inside the file, so these ends do not overflow.
     let span = vfmt::bitmap_bytes(h.block_size) + u64::from(h.block_size);
     let mut max_end = (bat + bat_bytes).max(hdr + DYNAMIC_HEADER_BYTES as u64);
-    for c in raw.chunks_exact(bat_fields::ENTRY_BYTES as usize) {
+    for c in raw.chunks_exact(vfmt::BAT_ENTRY_BYTES as usize) {
         let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
         if e != vfmt::BAT_UNALLOCATED {
             max_end = max_end.max(u64::from(e) * SECTOR_BYTES + span);

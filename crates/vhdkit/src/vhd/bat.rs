@@ -13,6 +13,7 @@
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::source::{read_struct, Source};
+use crate::util::first_overlap;
 
 use super::format;
 
@@ -43,7 +44,7 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
     let needed = l.virtual_size.div_ceil(bs);
     let table_at_entries = l
         .header_offset
-        .saturating_add(format::DYNAMIC_MAX_ENTRIES_OFFSET as u64);
+        .saturating_add(format::dynamic_header_fields::MAX_TABLE_ENTRIES);
     if u64::from(l.entries) < needed {
         return Err(Error::corrupt(
             "vhd dynamic header",
@@ -56,15 +57,12 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
         ));
     }
     let bytes = u64::from(l.entries) * format::BAT_ENTRY_BYTES;
-    if bytes > limits.max_bat_bytes {
-        return Err(Error::limit(
-            STRUCTURE,
-            l.table_offset,
-            "block allocation table size in bytes",
-            bytes,
-            limits.max_bat_bytes,
-        ));
-    }
+    limits.check_bat_bytes(
+        STRUCTURE,
+        l.table_offset,
+        "block allocation table size in bytes",
+        bytes,
+    )?;
     let end = l.table_offset.checked_add(bytes);
     let header_end = l
         .header_offset
@@ -157,22 +155,17 @@ fn check_entries(entries: &[u32], l: &BatLayout, header_end: u64) -> Result<()> 
         }
         blocks.push((start, end, i));
     }
-    blocks.sort_unstable();
-    for w in blocks.windows(2) {
-        if let [(s0, e0, i0), (s1, _, i1)] = w {
-            if s1 < e0 {
-                return Err(Error::corrupt(
-                    STRUCTURE,
-                    entry_offset(l, *i1),
-                    format!(
-                        "entry {i1} (block at {s1:#x}) overlaps entry {i0} (block \
-                         {s0:#x}..{e0:#x}); blocks must not share bytes"
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
+    let Some(((s0, e0, i0), (s1, _, i1))) = first_overlap(&mut blocks) else {
+        return Ok(());
+    };
+    Err(Error::corrupt(
+        STRUCTURE,
+        entry_offset(l, i1),
+        format!(
+            "entry {i1} (block at {s1:#x}) overlaps entry {i0} (block {s0:#x}..{e0:#x}); \
+             blocks must not share bytes"
+        ),
+    ))
 }
 
 #[cfg(test)]

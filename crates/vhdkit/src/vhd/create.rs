@@ -47,8 +47,6 @@ pub const DYNAMIC_BAT_OFFSET: u64 = 0x600;
 pub const W2KU_OFFSET: u64 = 0x1000;
 /// Minimum data space of the `W2ku` locator (Windows: 4096 bytes).
 pub const W2KU_MIN_SPACE: u64 = 4096;
-/// A BAT entry is one big-endian u32.
-const BAT_ENTRY_BYTES: u64 = std::mem::size_of::<u32>() as u64;
 /// Minimum data space of the `W2ru` locator (Windows: 65536 bytes, enough for any Windows path
 /// of 32767 UTF-16 code units).
 pub const W2RU_MIN_SPACE: u64 = 65536;
@@ -228,7 +226,7 @@ pub fn build(p: &NewVhd) -> Result<Layout> {
     };
     let entries = p.virtual_size.div_ceil(u64::from(p.block_size));
     let max_table_entries = u32::try_from(entries).map_err(|_| too_big())?;
-    let bat_bytes = entries * BAT_ENTRY_BYTES;
+    let bat_bytes = entries * format::BAT_ENTRY_BYTES;
     crate::Limits::default().check_new_table(bat_bytes)?;
     let space = match parent {
         None => Space::dynamic(bat_bytes)?,
@@ -324,18 +322,12 @@ fn locator_space(data: &[u8], min: u64) -> Result<u64> {
 
 /// The parent unicode name field: UTF-16 big-endian, zero-padded.
 fn parent_name_field(np: &NewParent) -> Result<[u8; format::PARENT_NAME_BYTES]> {
-    let units: Vec<u16> = np.unicode_name.encode_utf16().collect();
-    if units.len() * 2 > format::PARENT_NAME_BYTES {
-        return Err(Error::InvalidArgument(format!(
+    format::parent_name_field(&np.unicode_name).ok_or_else(|| {
+        Error::InvalidArgument(format!(
             "parent unicode name is {} UTF-16 code units, more than the 256 the field holds",
-            units.len()
-        )));
-    }
-    let mut field = [0u8; format::PARENT_NAME_BYTES];
-    for (slot, u) in field.chunks_exact_mut(2).zip(&units) {
-        slot.copy_from_slice(&u.to_be_bytes());
-    }
-    Ok(field)
+            np.unicode_name.encode_utf16().count()
+        ))
+    })
 }
 
 /// The dynamic header's bytes (checksum included).
@@ -373,15 +365,21 @@ fn dynamic_header(
 /// Write a new disk into an empty `sink` and make it durable.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
     let layout = build(p)?;
-    let bat = |sink: &S| match layout.bat {
-        Some((at, len)) => {
-            crate::limits::write_fill(sink, at, len, super::format::BAT_UNALLOCATED_FILL)
-                .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))
-        }
-        None => Ok(()),
-    };
-    write_layout(sink, "vhd", layout.file_len, bat, &layout.writes)?;
+    let tables = |sink: &S| layout.write_bat(sink);
+    write_layout(sink, "vhd", layout.file_len, tables, &layout.writes)?;
     Ok(layout)
+}
+
+impl Layout {
+    /// The BAT of a dynamic or differencing disk: every entry unallocated, written in bounded
+    /// pieces (it is not part of `writes`).
+    fn write_bat<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+        let Some((at, len)) = self.bat else {
+            return Ok(());
+        };
+        crate::limits::write_fill(sink, at, len, super::format::BAT_UNALLOCATED_FILL)
+            .map_err(|e| Error::io(format!("writing the new vhd's BAT at offset {at:#x}"), e))
+    }
 }
 
 #[cfg(test)]

@@ -151,11 +151,11 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
     let computed = format::checksum(&buf, format::DYNAMIC_CHECKSUM_OFFSET);
     let raw = DynamicHeader::read(&mut Cursor::new(&buf[..]))
         .map_err(|e| Error::corrupt(STRUCTURE, offset, format!("unreadable: {e}")))?;
-    let at = |rel: usize| offset.saturating_add(rel as u64);
+    let at = |rel: u64| offset.saturating_add(rel);
     if raw.checksum != computed {
         return Err(Error::corrupt(
             STRUCTURE,
-            at(format::DYNAMIC_CHECKSUM_OFFSET),
+            at(format::DYNAMIC_CHECKSUM_OFFSET as u64),
             format!(
                 "bad checksum {:#010x} (computed {computed:#010x})",
                 raw.checksum
@@ -165,7 +165,7 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
     if raw.header_version >> 16 != 1 {
         return Err(Error::corrupt(
             STRUCTURE,
-            at(format::DYNAMIC_VERSION_OFFSET),
+            at(format::dynamic_header_fields::HEADER_VERSION),
             format!(
                 "header version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.header_version
@@ -176,7 +176,7 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
     if bs < 512 || !bs.is_power_of_two() || bs > format::MAX_BLOCK_BYTES {
         return Err(Error::corrupt(
             STRUCTURE,
-            at(format::DYNAMIC_BLOCK_SIZE_OFFSET),
+            at(format::dynamic_header_fields::BLOCK_SIZE),
             format!(
                 "block size {bs} is not a power of two between 512 and {} bytes",
                 format::MAX_BLOCK_BYTES

@@ -109,7 +109,7 @@ fn check_copy(
     if raw.file_format_version >> 16 != 1 {
         return Err(Error::corrupt(
             structure,
-            offset.saturating_add(format::FOOTER_VERSION_OFFSET as u64),
+            offset.saturating_add(format::footer_fields::FILE_FORMAT_VERSION),
             format!(
                 "file format version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.file_format_version
@@ -122,7 +122,7 @@ fn check_copy(
     ) {
         return Err(Error::corrupt(
             structure,
-            offset.saturating_add(format::FOOTER_DISK_TYPE_OFFSET as u64),
+            offset.saturating_add(format::footer_fields::DISK_TYPE),
             format!(
                 "disk type {} is not fixed (2), dynamic (3) or differencing (4)",
                 raw.disk_type
@@ -290,7 +290,8 @@ fn fall_back_to_front(
 
 /// The byte range of the footer's disk type field.
 fn disk_type_field() -> std::ops::Range<usize> {
-    format::FOOTER_DISK_TYPE_OFFSET..format::FOOTER_DISK_TYPE_OFFSET + 4
+    let at = format::footer_fields::DISK_TYPE as usize;
+    at..at + std::mem::size_of::<u32>()
 }
 
 /// The detail of a corruption error, without its location.

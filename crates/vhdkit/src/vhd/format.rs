@@ -198,18 +198,6 @@ pub fn bitmap_bytes(block_size: u32) -> u64 {
 
 /// Length of a footer or dynamic header cookie.
 pub const COOKIE_BYTES: usize = 8;
-/// Offset of `file_format_version` inside the footer.
-pub const FOOTER_VERSION_OFFSET: usize = 12;
-/// Offset of `current_size` inside the footer.
-pub const FOOTER_CURRENT_SIZE_OFFSET: usize = 48;
-/// Offset of `disk_type` inside the footer.
-pub const FOOTER_DISK_TYPE_OFFSET: usize = 60;
-/// Offset of `header_version` inside the dynamic header.
-pub const DYNAMIC_VERSION_OFFSET: usize = 24;
-/// Offset of `max_table_entries` inside the dynamic header.
-pub const DYNAMIC_MAX_ENTRIES_OFFSET: usize = 28;
-/// Offset of `block_size` inside the dynamic header.
-pub const DYNAMIC_BLOCK_SIZE_OFFSET: usize = 32;
 /// Bytes of one BAT entry (a big-endian sector number).
 pub const BAT_ENTRY_BYTES: u64 = 4;
 // ---- txn ----
@@ -341,84 +329,11 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod writer_layout_tests {
-    use super::*;
-    use binrw::BinWrite;
-    use std::io::Cursor;
-
-    #[test]
-    fn named_offsets_match_the_structs() {
-        let mut h = DynamicHeader {
-            data_offset: u64::MAX,
-            table_offset: 0,
-            header_version: 0x0102_0304,
-            max_table_entries: 0x0506_0708,
-            block_size: 0x090A_0B0C,
-            checksum: 0,
-            parent_unique_id: [0; 16],
-            parent_time_stamp: 0,
-            reserved1: 0,
-            parent_unicode_name: [0; 512],
-            parent_locators: [ParentLocatorEntry::default(); 8],
-            reserved2: [0; 256],
-        };
-        let mut c = Cursor::new(Vec::new());
-        h.write(&mut c).unwrap();
-        let b = c.into_inner();
-        let at = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap());
-        assert_eq!(at(DYNAMIC_VERSION_OFFSET), h.header_version);
-        assert_eq!(at(DYNAMIC_MAX_ENTRIES_OFFSET), h.max_table_entries);
-        assert_eq!(at(DYNAMIC_BLOCK_SIZE_OFFSET), h.block_size);
-        h.checksum = 0x1122_3344;
-        let mut c = Cursor::new(Vec::new());
-        h.write(&mut c).unwrap();
-        let b = c.into_inner();
-        assert_eq!(
-            &b[DYNAMIC_CHECKSUM_OFFSET..DYNAMIC_CHECKSUM_OFFSET + 4],
-            &h.checksum.to_be_bytes()
-        );
-        assert_eq!(&b[..COOKIE_BYTES], DYNAMIC_COOKIE);
-    }
-
-    #[test]
-    fn named_footer_offsets_match_the_struct() {
-        let f = Footer {
-            features: FEATURE_RESERVED,
-            file_format_version: 0x0001_0002,
-            data_offset: 0,
-            time_stamp: 0,
-            creator_application: [0; 4],
-            creator_version: 0,
-            creator_host_os: [0; 4],
-            original_size: 0,
-            current_size: 0x0102_0304_0506_0708,
-            cylinders: 0,
-            heads: 0,
-            sectors_per_track: 0,
-            disk_type: DISK_TYPE_DIFFERENCING,
-            checksum: 0,
-            unique_id: [0; 16],
-            saved_state: 0,
-            reserved: [0; 427],
-        };
-        let mut c = Cursor::new(Vec::new());
-        f.write(&mut c).unwrap();
-        let b = c.into_inner();
-        let v = FOOTER_VERSION_OFFSET;
-        assert_eq!(&b[v..v + 4], &f.file_format_version.to_be_bytes());
-        let s = FOOTER_CURRENT_SIZE_OFFSET;
-        assert_eq!(&b[s..s + 8], &f.current_size.to_be_bytes());
-        let t = FOOTER_DISK_TYPE_OFFSET;
-        assert_eq!(&b[t..t + 4], &f.disk_type.to_be_bytes());
-        assert_eq!(&b[..COOKIE_BYTES], FOOTER_COOKIE);
-    }
-}
-
 // ---- check ----
 
 /// Where the footer's fields (A.3) start, counted from its first byte: findings point at the
-/// field at fault. Pinned to [`Footer`] by a test.
+/// field at fault (the checksum's is [`super::FOOTER_CHECKSUM_OFFSET`]). Pinned to [`Footer`] by
+/// a test.
 pub mod footer_fields {
     /// `features`.
     pub const FEATURES: u64 = 8;
@@ -432,13 +347,13 @@ pub mod footer_fields {
     pub const DISK_GEOMETRY: u64 = 56;
     /// `disk_type`.
     pub const DISK_TYPE: u64 = 60;
-    /// `checksum`.
-    pub const CHECKSUM: u64 = 64;
     /// `saved_state`.
     pub const SAVED_STATE: u64 = 84;
 }
 
-/// Where the dynamic header's fields (A.6) start, counted from its first byte. Pinned to
+/// Where the dynamic header's fields (A.6) start, counted from its first byte (the checksum,
+/// parent name and locator table are [`super::DYNAMIC_CHECKSUM_OFFSET`],
+/// [`super::PARENT_NAME_OFFSET`] and [`super::LOCATOR_TABLE_OFFSET`]). Pinned to
 /// [`DynamicHeader`] by a test.
 pub mod dynamic_header_fields {
     /// `table_offset`.
@@ -449,14 +364,8 @@ pub mod dynamic_header_fields {
     pub const MAX_TABLE_ENTRIES: u64 = 28;
     /// `block_size`.
     pub const BLOCK_SIZE: u64 = 32;
-    /// `checksum`.
-    pub const CHECKSUM: u64 = 36;
     /// `parent_unique_id`.
     pub const PARENT_UNIQUE_ID: u64 = 40;
-    /// `parent_unicode_name`.
-    pub const PARENT_UNICODE_NAME: u64 = 64;
-    /// The first of the `parent_locators`.
-    pub const PARENT_LOCATORS: u64 = 576;
 }
 
 /// Where a parent locator entry's fields (A.7) start, counted from its first byte. Pinned to
@@ -468,17 +377,24 @@ pub mod locator_entry_fields {
     pub const PLATFORM_DATA_OFFSET: u64 = 16;
 }
 
-/// The block allocation table (A.9): big-endian sector numbers of the blocks.
-pub mod bat_fields {
-    /// Bytes per entry (a `u32`).
-    pub const ENTRY_BYTES: u64 = 4;
+// ---- dedupe ----
+
+/// The parent unicode name field holding `name`: UTF-16 big-endian, zero-padded (A.6). `None`
+/// when it has more code units than the field holds; callers word the refusal.
+pub fn parent_name_field(name: &str) -> Option<[u8; PARENT_NAME_BYTES]> {
+    let mut field = [0u8; PARENT_NAME_BYTES];
+    let mut slots = field.chunks_exact_mut(2);
+    for u in name.encode_utf16() {
+        slots.next()?.copy_from_slice(&u.to_be_bytes());
+    }
+    Some(field)
 }
 
 #[cfg(test)]
-mod check_field_tests {
+mod field_tests {
+    //! One pinning test per structure: every named offset above points at its field.
     use super::*;
-    use binrw::BinWrite;
-    use std::io::Cursor;
+    use crate::util::binrw_bytes as bytes;
 
     fn at(b: &[u8], off: u64, n: usize) -> &[u8] {
         let o = usize::try_from(off).unwrap();
@@ -486,7 +402,7 @@ mod check_field_tests {
     }
 
     #[test]
-    fn field_offsets_match_the_structs() {
+    fn footer_offsets() {
         let f = Footer {
             features: 0x0A0B_0C0D,
             file_format_version: 0x1112_1314,
@@ -506,31 +422,23 @@ mod check_field_tests {
             saved_state: 0x71,
             reserved: [0; 427],
         };
-        let mut c = Cursor::new(Vec::new());
-        f.write(&mut c).unwrap();
-        let b = c.into_inner();
+        let b = bytes(&f);
         use footer_fields as ff;
+        assert_eq!(&b[..COOKIE_BYTES], FOOTER_COOKIE);
         assert_eq!(at(&b, ff::FEATURES, 4), &f.features.to_be_bytes());
-        assert_eq!(
-            at(&b, ff::FILE_FORMAT_VERSION, 4),
-            &f.file_format_version.to_be_bytes()
-        );
+        let version = f.file_format_version.to_be_bytes();
+        assert_eq!(at(&b, ff::FILE_FORMAT_VERSION, 4), &version);
         assert_eq!(at(&b, ff::DATA_OFFSET, 8), &f.data_offset.to_be_bytes());
         assert_eq!(at(&b, ff::CURRENT_SIZE, 8), &f.current_size.to_be_bytes());
         assert_eq!(at(&b, ff::DISK_GEOMETRY, 4), &[0x41, 0x42, 0x43, 0x44]);
         assert_eq!(at(&b, ff::DISK_TYPE, 4), &f.disk_type.to_be_bytes());
-        assert_eq!(at(&b, ff::CHECKSUM, 4), &f.checksum.to_be_bytes());
-        assert_eq!(ff::CHECKSUM, FOOTER_CHECKSUM_OFFSET as u64);
+        let checksum = FOOTER_CHECKSUM_OFFSET as u64;
+        assert_eq!(at(&b, checksum, 4), &f.checksum.to_be_bytes());
         assert_eq!(at(&b, ff::SAVED_STATE, 1), &[0x71]);
+    }
 
-        let mut locs = [ParentLocatorEntry::default(); 8];
-        locs[0] = ParentLocatorEntry {
-            platform_code: *b"abcd",
-            platform_data_space: 0x8182_8384,
-            platform_data_length: 0,
-            reserved: 0,
-            platform_data_offset: 0x9192_9394_9596_9798,
-        };
+    #[test]
+    fn dynamic_header_offsets() {
         let h = DynamicHeader {
             data_offset: 0,
             table_offset: 0x0102_0304_0506_0708,
@@ -542,40 +450,53 @@ mod check_field_tests {
             parent_time_stamp: 0,
             reserved1: 0,
             parent_unicode_name: [0x61; 512],
-            parent_locators: locs,
+            parent_locators: [ParentLocatorEntry {
+                platform_code: *b"abcd",
+                ..ParentLocatorEntry::default()
+            }; 8],
             reserved2: [0; 256],
         };
-        let mut c = Cursor::new(Vec::new());
-        h.write(&mut c).unwrap();
-        let b = c.into_inner();
+        let b = bytes(&h);
         use dynamic_header_fields as hf;
+        assert_eq!(&b[..COOKIE_BYTES], DYNAMIC_COOKIE);
         assert_eq!(at(&b, hf::TABLE_OFFSET, 8), &h.table_offset.to_be_bytes());
-        assert_eq!(
-            at(&b, hf::HEADER_VERSION, 4),
-            &h.header_version.to_be_bytes()
-        );
-        assert_eq!(
-            at(&b, hf::MAX_TABLE_ENTRIES, 4),
-            &h.max_table_entries.to_be_bytes()
-        );
+        let version = h.header_version.to_be_bytes();
+        assert_eq!(at(&b, hf::HEADER_VERSION, 4), &version);
+        let entries = h.max_table_entries.to_be_bytes();
+        assert_eq!(at(&b, hf::MAX_TABLE_ENTRIES, 4), &entries);
         assert_eq!(at(&b, hf::BLOCK_SIZE, 4), &h.block_size.to_be_bytes());
-        assert_eq!(at(&b, hf::CHECKSUM, 4), &h.checksum.to_be_bytes());
-        assert_eq!(hf::CHECKSUM, DYNAMIC_CHECKSUM_OFFSET as u64);
+        let checksum = DYNAMIC_CHECKSUM_OFFSET as u64;
+        assert_eq!(at(&b, checksum, 4), &h.checksum.to_be_bytes());
         assert_eq!(at(&b, hf::PARENT_UNIQUE_ID, 16), &[0x51; 16]);
-        assert_eq!(at(&b, hf::PARENT_UNICODE_NAME, 512), &[0x61; 512]);
-        assert_eq!(hf::PARENT_UNICODE_NAME, PARENT_NAME_OFFSET as u64);
-        assert_eq!(hf::PARENT_LOCATORS, LOCATOR_TABLE_OFFSET as u64);
-        let e = at(&b, hf::PARENT_LOCATORS, LOCATOR_ENTRY_BYTES);
+        let name = PARENT_NAME_OFFSET as u64;
+        assert_eq!(at(&b, name, PARENT_NAME_BYTES), &[0x61; PARENT_NAME_BYTES]);
+        let table = LOCATOR_TABLE_OFFSET as u64;
+        assert_eq!(at(&b, table, 4), b"abcd");
+    }
+
+    #[test]
+    fn locator_entry_and_bat_entry_sizes() {
+        let e = ParentLocatorEntry {
+            platform_code: *b"abcd",
+            platform_data_space: 0x8182_8384,
+            platform_data_length: 0,
+            reserved: 0,
+            platform_data_offset: 0x9192_9394_9596_9798,
+        };
+        let b = bytes(&e);
         use locator_entry_fields as lf;
-        assert_eq!(&e[..4], b"abcd");
-        assert_eq!(
-            at(e, lf::PLATFORM_DATA_SPACE, 4),
-            &locs[0].platform_data_space.to_be_bytes()
-        );
-        assert_eq!(
-            at(e, lf::PLATFORM_DATA_OFFSET, 8),
-            &locs[0].platform_data_offset.to_be_bytes()
-        );
-        assert_eq!(bat_fields::ENTRY_BYTES as usize, std::mem::size_of::<u32>());
+        let space = e.platform_data_space.to_be_bytes();
+        assert_eq!(at(&b, lf::PLATFORM_DATA_SPACE, 4), &space);
+        let offset = e.platform_data_offset.to_be_bytes();
+        assert_eq!(at(&b, lf::PLATFORM_DATA_OFFSET, 8), &offset);
+        assert_eq!(BAT_ENTRY_BYTES, std::mem::size_of::<u32>() as u64);
+    }
+
+    #[test]
+    fn parent_name_field_is_utf16_be_and_bounded() {
+        let f = parent_name_field("Ab").unwrap();
+        assert_eq!(&f[..6], &[0, b'A', 0, b'b', 0, 0]);
+        assert!(parent_name_field(&"x".repeat(PARENT_NAME_BYTES / 2)).is_some());
+        assert!(parent_name_field(&"x".repeat(PARENT_NAME_BYTES / 2 + 1)).is_none());
     }
 }

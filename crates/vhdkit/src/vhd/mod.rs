@@ -42,6 +42,7 @@ use crate::disk::{
 use crate::error::{Error, Result};
 use crate::guid;
 use crate::source::{read_struct, source_len, Source};
+use crate::view::Shape;
 
 use bitmap::BitOrder;
 use footer::FooterCopies;
@@ -182,8 +183,7 @@ type BitmapCache = Mutex<Option<(u32, Vec<u8>)>>;
 pub struct VhdFile {
     src: Box<dyn Source>,
     file_size: u64,
-    disk_type: DiskType,
-    virtual_size: u64,
+    shape: Shape,
     footer: footer::CheckedFooter,
     header: Option<dynamic::CheckedHeader>,
     slots: Vec<LocatorSlot>,
@@ -192,6 +192,19 @@ pub struct VhdFile {
     bit_order: BitOrder,
     cache: BitmapCache,
     warnings: Vec<String>,
+}
+
+/// The reader's and the writer's description of the parsed disk.
+pub(crate) fn shape(p: &open::Parsed) -> Shape {
+    Shape {
+        format: DiskFormat::Vhd,
+        disk_type: p.disk_type,
+        virtual_size: p.virtual_size,
+        block_size: p
+            .sparse
+            .as_ref()
+            .map(|sp| u64::from(sp.header.raw.block_size)),
+    }
 }
 
 /// True when `conectix` is at EOF-512, EOF-511, or offset 0.
@@ -204,13 +217,13 @@ impl VhdFile {
     pub(crate) fn open(src: Box<dyn Source>, opts: &OpenOptions) -> Result<VhdFile> {
         let file_size = source_len(&*src)?;
         let p = open::parse(&*src, file_size, opts, open::Purpose::Read)?;
+        let shape = shape(&p);
         let mut warnings = p.warnings;
         let Some(sp) = p.sparse else {
             return Ok(VhdFile {
                 src,
                 file_size,
-                disk_type: p.disk_type,
-                virtual_size: p.virtual_size,
+                shape,
                 footer: p.footer,
                 header: None,
                 slots: Vec::new(),
@@ -247,8 +260,7 @@ impl VhdFile {
         Ok(VhdFile {
             src,
             file_size,
-            disk_type: p.disk_type,
-            virtual_size: p.virtual_size,
+            shape,
             footer: p.footer,
             header: Some(hdr),
             slots,
@@ -261,10 +273,6 @@ impl VhdFile {
     }
 
     /// Block size, for dynamic and differencing disks.
-    fn block_bytes(&self) -> Option<u64> {
-        self.header.as_ref().map(|h| u64::from(h.raw.block_size))
-    }
-
     /// Run `f` on the sector bitmap of `block`, whose bitmap starts at `at`.
     fn with_bitmap<T>(&self, block: u32, at: u64, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
         let mut guard = self
@@ -358,7 +366,7 @@ impl VhdFile {
                 sectors_per_track: f.sectors_per_track,
             },
             chs_size,
-            virtual_size: self.virtual_size,
+            virtual_size: self.shape.virtual_size,
             size_source,
             disk_type_code: f.disk_type,
             footer_checksum: ChecksumInfo {
@@ -405,17 +413,8 @@ pub fn vhd_time_utc(ts: u32) -> String {
 }
 
 impl Image for VhdFile {
-    fn format(&self) -> DiskFormat {
-        DiskFormat::Vhd
-    }
-    fn disk_type(&self) -> DiskType {
-        self.disk_type
-    }
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
-    fn block_size(&self) -> Option<u64> {
-        self.block_bytes()
+    fn shape(&self) -> Shape {
+        self.shape
     }
     fn logical_sector_size(&self) -> u32 {
         512
@@ -427,7 +426,7 @@ impl Image for VhdFile {
         guid::from_vhd_bytes(self.footer.raw.unique_id)
     }
     fn parent_linkage(&self) -> Option<ParentLinkage> {
-        if self.disk_type != DiskType::Differencing {
+        if self.shape.disk_type != DiskType::Differencing {
             return None;
         }
         let h = self.header.as_ref()?;
@@ -438,7 +437,7 @@ impl Image for VhdFile {
         })
     }
     fn parent_locators(&self) -> Vec<ParentLocator> {
-        if self.disk_type != DiskType::Differencing {
+        if self.shape.disk_type != DiskType::Differencing {
             return Vec::new();
         }
         let mut slots: Vec<&LocatorSlot> = self.slots.iter().collect();
@@ -464,7 +463,7 @@ impl Image for VhdFile {
         out
     }
     fn map(&self, offset: u64, max_len: u64) -> Result<(Extent, u64)> {
-        let Some(bs) = self.block_bytes() else {
+        let Some(bs) = self.shape.block_size else {
             return Ok((
                 Extent::Data {
                     file_offset: offset,
@@ -496,7 +495,7 @@ impl Image for VhdFile {
         }
         let bitmap_at = u64::from(entry) * format::SECTOR_BYTES;
         let data_at = bitmap_at + self.bitmap_bytes;
-        if self.disk_type != DiskType::Differencing {
+        if self.shape.disk_type != DiskType::Differencing {
             return Ok((
                 Extent::Data {
                     file_offset: data_at + in_block,

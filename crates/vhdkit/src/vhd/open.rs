@@ -71,7 +71,7 @@ pub(crate) fn parse(
     let virtual_size = f.current_size;
     let size_at = ft
         .offset
-        .saturating_add(format::FOOTER_CURRENT_SIZE_OFFSET as u64);
+        .saturating_add(format::footer_fields::CURRENT_SIZE);
     if virtual_size == 0 {
         return Err(Error::corrupt(
             footer_structure(&ft),

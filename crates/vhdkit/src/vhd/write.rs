@@ -36,10 +36,11 @@ use binrw::BinWrite;
 use super::create::{align_up, ALIGN_BYTES};
 use super::format;
 use super::open::{self, Purpose};
-use crate::disk::{DiskFormat, DiskType, OpenOptions};
+use crate::disk::{DiskType, OpenOptions};
 use crate::error::{Error, Result};
 use crate::source::{read_struct, source_len};
 use crate::txn::Sink;
+use crate::view::Shape;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
 use crate::write::{ParentRead, WritableImage};
 
@@ -51,8 +52,7 @@ const MAX_CACHED_BITMAPS: usize = 4096;
 /// A VHD opened for writing.
 #[derive(Debug)]
 pub struct VhdWriter<S: Sink> {
-    disk_type: DiskType,
-    virtual_size: u64,
+    shape: Shape,
     body: Body<S>,
 }
 
@@ -91,6 +91,7 @@ impl<S: Sink> VhdWriter<S> {
     pub fn open(sink: S, opts: &OpenOptions) -> Result<VhdWriter<S>> {
         let len = source_len(&sink)?;
         let p = open::parse(&sink, len, opts, Purpose::Write)?;
+        let shape = super::shape(&p);
         let mut footer = Cursor::new([0u8; format::FOOTER_BYTES]);
         p.footer
             .raw
@@ -119,11 +120,7 @@ impl<S: Sink> VhdWriter<S> {
                 Body::Sparse(Box::new(Engine::new(blocks, sp.bat, geo)))
             }
         };
-        Ok(VhdWriter {
-            disk_type: p.disk_type,
-            virtual_size: p.virtual_size,
-            body,
-        })
+        Ok(VhdWriter { shape, body })
     }
 
     /// The file underneath.
@@ -298,16 +295,8 @@ impl<S: Sink> SparseFormat for Blocks<S> {
 }
 
 impl<S: Sink + 'static> WritableImage for VhdWriter<S> {
-    fn format(&self) -> DiskFormat {
-        DiskFormat::Vhd
-    }
-
-    fn disk_type(&self) -> DiskType {
-        self.disk_type
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
+    fn shape(&self) -> Shape {
+        self.shape
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8], parent: &mut ParentRead<'_>) -> Result<()> {

@@ -13,8 +13,9 @@ use super::format::{
     SECTOR_BITMAP_BLOCK_SIZE,
 };
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::source::{read_struct, Source};
-use crate::util::overlaps;
+use crate::util::{first_overlap, overlaps};
 
 const BAT: &str = "vhdx block allocation table";
 /// [`BAT_ENTRY_SIZE`] as a slice length.
@@ -93,7 +94,8 @@ pub(crate) struct BatParams<'a> {
     pub logical_sector_size: u32,
     pub differencing: bool,
     pub file_len: u64,
-    pub max_bat_bytes: u64,
+    /// Only `max_bat_bytes` is used.
+    pub limits: &'a Limits,
     /// Spans (start, end, what) entries must not overlap: first MiB, regions, log.
     pub reserved: &'a [(u64, u64, String)],
 }
@@ -270,19 +272,14 @@ impl Checker<'_, '_> {
 
 /// No two blocks may share a byte. `spans` are (start, end, entry index).
 fn check_no_overlaps(region_offset: u64, mut spans: Vec<(u64, u64, u64)>) -> Result<()> {
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if let [(_, e1, i1), (s2, _, i2)] = w {
-            if s2 < e1 {
-                return Err(Error::corrupt(
-                    BAT,
-                    region_offset + i2 * BAT_ENTRY_SIZE,
-                    format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
-                ));
-            }
-        }
+    match first_overlap(&mut spans) {
+        None => Ok(()),
+        Some(((_, _, i1), (s2, _, i2))) => Err(Error::corrupt(
+            BAT,
+            region_offset + i2 * BAT_ENTRY_SIZE,
+            format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
+        )),
     }
-    Ok(())
 }
 
 pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
@@ -303,15 +300,8 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
             ),
         ));
     }
-    if bytes > p.max_bat_bytes {
-        return Err(Error::limit(
-            BAT,
-            p.region_offset,
-            "BAT size in bytes",
-            bytes,
-            p.max_bat_bytes,
-        ));
-    }
+    p.limits
+        .check_bat_bytes(BAT, p.region_offset, "BAT size in bytes", bytes)?;
     let entries = read_entries(src, p.region_offset, bytes)?;
     let mut checker = Checker {
         p,

@@ -66,8 +66,6 @@ pub const METADATA_OFFSET: u64 = 2 * MIB;
 pub const METADATA_LENGTH: u64 = MIB;
 /// BAT region offset.
 pub const BAT_OFFSET: u64 = 3 * MIB;
-/// A BAT entry is one little-endian u64.
-const BAT_ENTRY_BYTES: u64 = std::mem::size_of::<u64>() as u64;
 /// Room the fixed-size metadata items (file parameters, sizes, disk id: 40 bytes) need after
 /// the table, so a parent locator item never crowds them out of the region.
 const FIXED_ITEMS_ROOM: u64 = 64;
@@ -169,7 +167,7 @@ impl FixedBat {
 
     /// Write the table at `BAT_OFFSET`, 1 MiB at a time.
     fn write<S: Sink + ?Sized>(&self, sink: &S) -> std::io::Result<()> {
-        const PER_CHUNK: u64 = crate::limits::FILL_CHUNK / BAT_ENTRY_BYTES;
+        const PER_CHUNK: u64 = crate::limits::FILL_CHUNK / format::BAT_ENTRY_SIZE;
         let mut buf = Vec::with_capacity(crate::limits::FILL_CHUNK as usize);
         let mut i = 0u64;
         while i < self.entries {
@@ -178,7 +176,7 @@ impl FixedBat {
             for k in i..i + n {
                 buf.extend_from_slice(&self.entry(k).to_le_bytes());
             }
-            sink.write_all_at(&buf, BAT_OFFSET + i * BAT_ENTRY_BYTES)?;
+            sink.write_all_at(&buf, BAT_OFFSET + i * format::BAT_ENTRY_SIZE)?;
             i += n;
         }
         Ok(())
@@ -438,10 +436,10 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
     crate::Limits::default().check_new_table(
         super::bat::required_entries(pb, cr, differencing)
             .max(entries)
-            .saturating_mul(BAT_ENTRY_BYTES),
+            .saturating_mul(format::BAT_ENTRY_SIZE),
     )?;
     let bat_length = entries
-        .checked_mul(BAT_ENTRY_BYTES)
+        .checked_mul(format::BAT_ENTRY_SIZE)
         .and_then(|b| b.checked_next_multiple_of(MIB))
         .ok_or_else(too_big)?
         .max(MIB);
@@ -494,14 +492,19 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
 /// (zeros) made by sizing the file.
 pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
     let layout = build(p)?;
-    let bat = |sink: &S| match &layout.fixed_bat {
-        Some(bat) => bat
-            .write(sink)
-            .map_err(|e| Error::io("writing the new vhdx's BAT", e)),
-        None => Ok(()),
-    };
-    write_layout(sink, "vhdx", layout.file_len, bat, &layout.writes)?;
+    let tables = |sink: &S| layout.write_fixed_bat(sink);
+    write_layout(sink, "vhdx", layout.file_len, tables, &layout.writes)?;
     Ok(layout)
+}
+
+impl Layout {
+    /// A fixed disk's BAT is streamed (too large for `writes`); the others' is in `writes`.
+    fn write_fixed_bat<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+        self.fixed_bat.as_ref().map_or(Ok(()), |bat| {
+            bat.write(sink)
+                .map_err(|e| Error::io("writing the new vhdx's BAT", e))
+        })
+    }
 }
 
 #[cfg(test)]

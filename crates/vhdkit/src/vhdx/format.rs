@@ -672,36 +672,17 @@ mod tests {
 
 // ---- check ----
 
-/// Header layout beyond [`Header`]: where its checksum sits and how many bytes its fields take.
+/// Header layout beyond [`Header`] (its checksum is at [`CHECKSUM_OFFSET`]).
 pub mod header_fields {
-    /// `checksum`, from the header's first byte.
-    pub const CHECKSUM: usize = 4;
     /// Bytes of the fields of [`super::Header`]; the rest of the 4 KiB is reserved.
     pub const BYTES: usize = 80;
 }
 
-/// Region table layout beyond [`RegionTableHeader`] and [`RegionTableEntry`].
+/// Region table layout beyond [`RegionTableHeader`] and [`RegionTableEntry`] (checksum at
+/// [`CHECKSUM_OFFSET`], sizes [`REGION_TABLE_HEADER_SIZE`] and [`REGION_TABLE_ENTRY_SIZE`]).
 pub mod region_table_fields {
-    /// `checksum`, from the table's first byte.
-    pub const CHECKSUM: usize = 4;
-    /// Bytes of [`super::RegionTableHeader`]; the entries follow it.
-    pub const HEADER_BYTES: usize = 16;
-    /// Bytes of one [`super::RegionTableEntry`].
-    pub const ENTRY_BYTES: usize = 32;
     /// An entry's `file_offset` (then `length`), from the entry's first byte.
     pub const ENTRY_FILE_OFFSET: u64 = 16;
-}
-
-/// Metadata table layout beyond [`MetadataTableHeader`] and [`MetadataTableEntry`].
-pub mod metadata_table_fields {
-    /// `entry_count`, from the table's first byte.
-    pub const ENTRY_COUNT: u64 = 10;
-    /// Bytes of [`super::MetadataTableHeader`]; the entries follow it.
-    pub const HEADER_BYTES: usize = 32;
-    /// Bytes of one [`super::MetadataTableEntry`].
-    pub const ENTRY_BYTES: usize = 32;
-    /// An entry's `offset` (then `length`), from the entry's first byte.
-    pub const ENTRY_OFFSET: u64 = 16;
 }
 
 /// File parameters item layout beyond [`FileParameters`].
@@ -724,31 +705,19 @@ pub mod metadata_item_bytes {
     pub const SECTOR_SIZE: u64 = 4;
 }
 
-/// BAT entry layout (MS-VHDX 2.5.1): a `u64` of state (low 3 bits), reserved bits and
-/// FileOffsetMB ([`BAT_RESERVED_MASK`], [`BAT_OFFSET_MASK`]).
-pub mod bat_entry_fields {
-    /// Bytes per entry.
-    pub const BYTES: u64 = 8;
-    /// The state bits.
-    pub const STATE_MASK: u64 = 7;
-}
-
 #[cfg(test)]
-mod check_field_tests {
+mod field_tests {
+    //! One pinning test per structure for the offsets the checker names.
     use super::*;
-    use binrw::BinWrite;
+    use crate::util::binrw_bytes as bytes;
 
-    fn bytes<T>(v: &T) -> Vec<u8>
-    where
-        T: for<'a> BinWrite<Args<'a> = ()>,
-    {
-        let mut c = Cursor::new(Vec::new());
-        v.write_le(&mut c).unwrap();
-        c.into_inner()
+    /// The four little-endian bytes of `b` at `at`.
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
     }
 
     #[test]
-    fn field_offsets_match_the_structs() {
+    fn header_offsets() {
         let h = bytes(&Header {
             signature: HEADER_SIGNATURE,
             checksum: 0x0102_0304,
@@ -762,57 +731,57 @@ mod check_field_tests {
             log_offset: 0,
         });
         assert_eq!(h.len(), header_fields::BYTES);
-        let c = header_fields::CHECKSUM;
-        assert_eq!(&h[c..c + 4], &0x0102_0304u32.to_le_bytes());
+        assert_eq!(u32_at(&h, CHECKSUM_OFFSET), 0x0102_0304);
+    }
 
+    #[test]
+    fn region_table_offsets() {
         let t = bytes(&RegionTableHeader {
             signature: REGION_TABLE_SIGNATURE,
             checksum: 0x0102_0304,
             entry_count: 0,
             reserved: 0,
         });
-        assert_eq!(t.len(), region_table_fields::HEADER_BYTES);
-        let c = region_table_fields::CHECKSUM;
-        assert_eq!(&t[c..c + 4], &0x0102_0304u32.to_le_bytes());
+        assert_eq!(t.len() as u64, REGION_TABLE_HEADER_SIZE);
+        assert_eq!(u32_at(&t, CHECKSUM_OFFSET), 0x0102_0304);
         let e = bytes(&RegionTableEntry {
             guid: [0; 16],
             file_offset: 0x0102_0304_0506_0708,
             length: 0,
             flags: 0,
         });
-        assert_eq!(e.len(), region_table_fields::ENTRY_BYTES);
+        assert_eq!(e.len() as u64, REGION_TABLE_ENTRY_SIZE);
         let o = region_table_fields::ENTRY_FILE_OFFSET as usize;
         assert_eq!(&e[o..o + 8], &0x0102_0304_0506_0708u64.to_le_bytes());
+    }
 
+    #[test]
+    fn metadata_table_header_offsets() {
         let m = bytes(&MetadataTableHeader {
             signature: METADATA_TABLE_SIGNATURE,
             reserved: 0,
             entry_count: 0x0102,
             reserved2: [0; 20],
         });
-        assert_eq!(m.len(), metadata_table_fields::HEADER_BYTES);
-        let o = metadata_table_fields::ENTRY_COUNT as usize;
+        assert_eq!(m.len() as u64, METADATA_TABLE_HEADER_SIZE);
+        let o = METADATA_TABLE_ENTRY_COUNT_OFFSET as usize;
         assert_eq!(&m[o..o + 2], &0x0102u16.to_le_bytes());
-        let e = bytes(&MetadataTableEntry {
-            item_id: [0; 16],
-            offset: 0x0102_0304,
-            length: 0,
-            flags: 0,
-            reserved: 0,
-        });
-        assert_eq!(e.len(), metadata_table_fields::ENTRY_BYTES);
-        let o = metadata_table_fields::ENTRY_OFFSET as usize;
-        assert_eq!(&e[o..o + 4], &0x0102_0304u32.to_le_bytes());
+    }
 
+    #[test]
+    fn file_parameters_and_bat_entry_fields() {
         let p = bytes(&FileParameters {
             block_size: 0,
             flags: 0x0102_0304,
         });
         assert_eq!(p.len() as u64, file_parameters_fields::BYTES);
-        let o = file_parameters_fields::FLAGS as usize;
-        assert_eq!(&p[o..o + 4], &0x0102_0304u32.to_le_bytes());
+        assert_eq!(
+            u32_at(&p, file_parameters_fields::FLAGS as usize),
+            0x0102_0304
+        );
         assert_eq!(file_parameters_fields::KNOWN_FLAGS, 3);
-        assert_eq!(BAT_RESERVED_MASK & bat_entry_fields::STATE_MASK, 0);
-        assert_eq!(BAT_OFFSET_MASK & bat_entry_fields::STATE_MASK, 0);
+        assert_eq!(BAT_ENTRY_SIZE, std::mem::size_of::<u64>() as u64);
+        assert_eq!(BAT_RESERVED_MASK & BAT_STATE_MASK, 0);
+        assert_eq!(BAT_OFFSET_MASK & BAT_STATE_MASK, 0);
     }
 }

@@ -38,6 +38,7 @@ use crate::disk::{
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::source::{read_struct, source_len, Source};
+use crate::view::Shape;
 
 pub use bat::BatSummary;
 pub use locator::LocatorEntry;
@@ -197,8 +198,7 @@ pub struct VhdxInfo {
 pub struct VhdxFile {
     src: Box<dyn Source>,
     real_file_len: u64,
-    disk_type: DiskType,
-    virtual_size: u64,
+    shape: Shape,
     logical_sector_size: u32,
     physical_sector_size: u32,
     bat: bat::Bat,
@@ -336,12 +336,9 @@ impl VhdxFile {
         let file_len = source_len(&*src)?;
         let layout = read_layout(&*src, file_len, cur, &opts.limits)?;
         warnings.extend(layout.warnings.iter().cloned());
+        let shape = layout.shape();
         let Layout {
-            regions,
-            meta,
-            bat,
-            disk_type,
-            ..
+            regions, meta, bat, ..
         } = layout;
         let (linkage, locators, parent_locator) = parent_parts(&meta, &mut warnings);
         let info = VhdxInfo {
@@ -363,8 +360,7 @@ impl VhdxFile {
         Ok(VhdxFile {
             src,
             real_file_len,
-            disk_type,
-            virtual_size: meta.virtual_disk_size,
+            shape,
             logical_sector_size: meta.logical_sector_size,
             physical_sector_size: meta.physical_sector_size,
             bat,
@@ -428,17 +424,8 @@ impl VhdxFile {
 }
 
 impl Image for VhdxFile {
-    fn format(&self) -> DiskFormat {
-        DiskFormat::Vhdx
-    }
-    fn disk_type(&self) -> DiskType {
-        self.disk_type
-    }
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
-    fn block_size(&self) -> Option<u64> {
-        Some(self.bat.block_size)
+    fn shape(&self) -> Shape {
+        self.shape
     }
     fn logical_sector_size(&self) -> u32 {
         self.logical_sector_size
@@ -559,7 +546,7 @@ pub(crate) fn read_layout(
             logical_sector_size: meta.logical_sector_size,
             differencing: meta.has_parent,
             file_len,
-            max_bat_bytes: limits.max_bat_bytes,
+            limits,
             reserved: &reserved,
         },
     )?;
@@ -583,9 +570,18 @@ pub(crate) fn read_layout(
 }
 
 impl Layout {
+    /// The reader's and the writer's description of the parsed disk.
+    pub(crate) fn shape(&self) -> Shape {
+        Shape {
+            format: DiskFormat::Vhdx,
+            disk_type: self.disk_type,
+            virtual_size: self.meta.virtual_disk_size,
+            block_size: Some(self.bat.block_size),
+        }
+    }
+
     /// End of the last byte any structure uses: the log, every region, and every block a BAT
     /// entry points at (whatever its state). A writer allocates new blocks from here.
-    #[allow(dead_code)] // for the writable open (vhdx/write.rs)
     pub(crate) fn structures_end(&self) -> u64 {
         let cr = self.bat.chunk_ratio;
         let mut end = self.reserved.iter().map(|r| r.1).max().unwrap_or(0);

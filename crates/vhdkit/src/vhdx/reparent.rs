@@ -189,7 +189,7 @@ fn open_child(open: &dyn Fn() -> Result<Box<dyn Source>>, opts: &OpenOptions) ->
     // Opening replays a dirty log in memory: the plan is made on the file as it will be once
     // apply has replayed it to disk.
     let file = VhdxFile::open(open()?, opts)?;
-    if file.disk_type != DiskType::Differencing {
+    if file.shape.disk_type != DiskType::Differencing {
         return Err(Error::refused(
             "not a differencing disk (file parameters HasParent is clear)",
         ));
@@ -367,7 +367,7 @@ impl Kept {
         Kept {
             bat_digest: table_digest(&f.bat.entries),
             geometry: (
-                f.virtual_size,
+                f.shape.virtual_size,
                 f.logical_sector_size,
                 f.physical_sector_size,
             ),

@@ -49,10 +49,11 @@ use super::log::{dirty_log, max_data_sectors};
 use super::update::{Session, SessionState};
 use super::{read_layout, Layout};
 use crate::bitmap::{self as bits, BitOrder};
-use crate::disk::{DiskFormat, DiskType, OpenOptions};
+use crate::disk::OpenOptions;
 use crate::error::{Error, Result};
 use crate::source::{read_struct, source_len};
 use crate::txn::Sink;
+use crate::view::Shape;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
 use crate::write::{ParentRead, WritableImage};
 
@@ -63,8 +64,7 @@ const MAX_CACHED_BITMAPS: usize = 8192;
 /// A VHDX opened for writing.
 #[derive(Debug)]
 pub struct VhdxWriter<S: Sink> {
-    disk_type: DiskType,
-    virtual_size: u64,
+    shape: Shape,
     engine: Engine<Payload<S>>,
 }
 
@@ -106,22 +106,10 @@ fn replay<S: Sink>(sink: &S, opts: &OpenOptions) -> Result<(SessionState, Parsed
 
 /// Where the next allocation goes: 1 MiB-aligned past the end of the file, the log, every
 /// region and every block.
-fn allocation_start(l: &Layout, file_len: u64, cr: u64) -> Result<u64> {
-    let block_size = u64::from(l.meta.block_size);
-    let mut end = l.reserved.iter().fold(file_len, |e, r| e.max(r.1));
-    for (i, &e) in l.bat.entries.iter().enumerate() {
-        let off = e & BAT_OFFSET_MASK;
-        if off == 0 {
-            continue;
-        }
-        let len = if is_sb_index(i as u64, cr) {
-            SECTOR_BITMAP_BLOCK_SIZE
-        } else {
-            block_size
-        };
-        end = end.max(off.saturating_add(len));
-    }
-    end.checked_next_multiple_of(MIB)
+fn allocation_start(l: &Layout, file_len: u64) -> Result<u64> {
+    l.structures_end()
+        .max(file_len)
+        .checked_next_multiple_of(MIB)
         .ok_or_else(|| Error::unsupported("file too large"))
 }
 
@@ -151,7 +139,7 @@ impl<S: Sink> VhdxWriter<S> {
             max_cached_bitmaps: MAX_CACHED_BITMAPS,
         };
         let payload = Payload {
-            file_end: allocation_start(&layout, file_len, cr)?,
+            file_end: allocation_start(&layout, file_len)?,
             max_sectors_per_commit: max_data_sectors(u64::from(cur.log_length)),
             sink,
             session,
@@ -164,8 +152,7 @@ impl<S: Sink> VhdxWriter<S> {
             bat_offset: layout.regions.bat.file_offset,
         };
         Ok(VhdxWriter {
-            disk_type: layout.disk_type,
-            virtual_size: meta.virtual_disk_size,
+            shape: layout.shape(),
             engine: Engine::new(payload, layout.bat.entries, geo),
         })
     }
@@ -384,16 +371,8 @@ fn batches(writes: Vec<(u64, Vec<u8>)>, max: usize) -> Vec<Vec<(u64, Vec<u8>)>> 
 }
 
 impl<S: Sink + 'static> WritableImage for VhdxWriter<S> {
-    fn format(&self) -> DiskFormat {
-        DiskFormat::Vhdx
-    }
-
-    fn disk_type(&self) -> DiskType {
-        self.disk_type
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
+    fn shape(&self) -> Shape {
+        self.shape
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8], parent: &mut ParentRead<'_>) -> Result<()> {

@@ -26,14 +26,14 @@
 //! business.
 
 use std::fmt;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::chain::{Chain, ChainOptions};
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::txn::journal::{self, FileJournal, Recovery};
-use crate::view::{read_from, read_len, seek_to, ChainView};
+use crate::view::{read_len, ChainView, Shape};
 
 pub(crate) mod engine;
 
@@ -44,12 +44,21 @@ pub type ParentRead<'a> = dyn FnMut(u64, &mut [u8]) -> Result<()> + 'a;
 /// One writable disk file of some format. Offsets are virtual-disk offsets, and callers keep
 /// `offset + len <= virtual_size()` ([`WritableDisk`] checks it; the images do not again).
 pub trait WritableImage: Send + fmt::Debug {
+    /// Format, storage type, virtual size and block size, from the same parse as the
+    /// read-only open.
+    fn shape(&self) -> Shape;
     /// Container format.
-    fn format(&self) -> DiskFormat;
+    fn format(&self) -> DiskFormat {
+        self.shape().format
+    }
     /// Storage type.
-    fn disk_type(&self) -> DiskType;
+    fn disk_type(&self) -> DiskType {
+        self.shape().disk_type
+    }
     /// Virtual size in bytes.
-    fn virtual_size(&self) -> u64;
+    fn virtual_size(&self) -> u64 {
+        self.shape().virtual_size
+    }
     /// Read the virtual disk as this image holds it now (including uncommitted changes); ranges
     /// the image does not hold come from `parent` (differencing) or are zeros.
     fn read_at(&mut self, offset: u64, buf: &mut [u8], parent: &mut ParentRead<'_>) -> Result<()>;
@@ -210,25 +219,35 @@ impl WritableDisk {
 
     /// Write `data` at virtual offset `offset`; the whole range must lie inside the disk.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check_range(offset, data.len(), "write")?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let parent = self.parent.as_ref();
-        let mut pr = |o: u64, b: &mut [u8]| read_parent(parent, o, b);
-        let r = self.image.write_at(offset, data, &mut pr);
-        self.attach_path(r)
+        self.in_range(offset, data.len(), "write", |image, parent| {
+            image.write_at(offset, data, parent)
+        })
     }
 
     /// Fill `buf` from virtual offset `offset`; the whole range must lie inside the disk.
     pub fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len(), "read")?;
-        if buf.is_empty() {
+        let len = buf.len();
+        self.in_range(offset, len, "read", |image, parent| {
+            image.read_at(offset, buf, parent)
+        })
+    }
+
+    /// The one range check of every read and write, then `op` on the image with the parents
+    /// below it; errors name the file.
+    fn in_range(
+        &mut self,
+        offset: u64,
+        len: usize,
+        what: &str,
+        op: impl FnOnce(&mut dyn WritableImage, &mut ParentRead<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.check_range(offset, len, what)?;
+        if len == 0 {
             return Ok(());
         }
         let parent = self.parent.as_ref();
         let mut pr = |o: u64, b: &mut [u8]| read_parent(parent, o, b);
-        let r = self.image.read_at(offset, buf, &mut pr);
+        let r = op(&mut *self.image, &mut pr);
         self.attach_path(r)
     }
 
@@ -257,14 +276,7 @@ impl Drop for WritableDisk {
     }
 }
 
-impl Read for WritableDisk {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (pos, size) = (self.pos, self.virtual_size());
-        let n = read_from(pos, size, buf, |b, o| self.read_exact_at(b, o))?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
+crate::view::cursor_read_seek!(WritableDisk);
 
 impl Write for WritableDisk {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -292,9 +304,33 @@ impl Write for WritableDisk {
     }
 }
 
-impl Seek for WritableDisk {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.pos = seek_to(self.pos, self.virtual_size(), pos)?;
-        Ok(self.pos)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{create, CreateParams, Disk};
+
+    /// The read-only and the writable open describe a disk through one shape.
+    #[test]
+    fn reader_and_writer_share_the_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, fixed) in [("d.vhd", false), ("f.vhd", true), ("d.vhdx", false)] {
+            let path = dir.path().join(name);
+            let params = if fixed {
+                CreateParams::fixed(3 << 20)
+            } else {
+                CreateParams::dynamic(8 << 20)
+            };
+            create(&path, &params).unwrap();
+            let read = Disk::open(&path).unwrap();
+            let expected = Shape {
+                format: read.format(),
+                disk_type: read.disk_type(),
+                virtual_size: read.virtual_size(),
+                block_size: read.block_size(),
+            };
+            let w = WritableDisk::open(&path, &ChainOptions::default()).unwrap();
+            assert_eq!(w.image.shape(), expected, "{name}");
+            assert_eq!(w.virtual_size(), expected.virtual_size);
+        }
     }
 }

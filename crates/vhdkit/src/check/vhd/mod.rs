@@ -177,7 +177,7 @@ fn report_footers(
                 s.add(
                     "vhd.footer.checksum",
                     FOOTER,
-                    Some(e.offset + ff::CHECKSUM),
+                    Some(e.offset + FOOTER_CHECKSUM_OFFSET as u64),
                     format!(
                         "checksum {:#010x}, computed {:#010x}",
                         e.raw.checksum,
@@ -191,7 +191,7 @@ fn report_footers(
         s.add(
             "vhd.footer_copy.checksum",
             COPY,
-            Some(ff::CHECKSUM),
+            Some(FOOTER_CHECKSUM_OFFSET as u64),
             format!(
                 "checksum {:#010x}, computed {:#010x}",
                 f.raw.checksum,

@@ -8,10 +8,11 @@ use crate::check::{Bytes, Findings};
 use crate::limits::Limits;
 use crate::util::{overlaps, round_up};
 use crate::vhd::format::{
-    self, bat_fields, dynamic_header_fields as hf, footer_fields as ff, locator_entry_fields as lf,
-    DynamicHeader, Footer, ParentLocatorEntry, BAT_UNALLOCATED, DISK_TYPE_DIFFERENCING,
-    DYNAMIC_CHECKSUM_OFFSET, DYNAMIC_COOKIE, DYNAMIC_HEADER_BYTES, FOOTER_BYTES,
-    LOCATOR_ENTRY_BYTES, MAX_BLOCK_BYTES, SECTOR_BYTES, VERSION_1_0,
+    self, dynamic_header_fields as hf, footer_fields as ff, locator_entry_fields as lf,
+    DynamicHeader, Footer, ParentLocatorEntry, BAT_ENTRY_BYTES, BAT_UNALLOCATED,
+    DISK_TYPE_DIFFERENCING, DYNAMIC_CHECKSUM_OFFSET, DYNAMIC_COOKIE, DYNAMIC_HEADER_BYTES,
+    FOOTER_BYTES, LOCATOR_ENTRY_BYTES, LOCATOR_TABLE_OFFSET, MAX_BLOCK_BYTES, PARENT_NAME_OFFSET,
+    SECTOR_BYTES, VERSION_1_0,
 };
 use crate::vhd::locator::{code_text, data_space_bytes, decode_path};
 
@@ -71,7 +72,7 @@ pub(super) fn check(b: &Bytes, limits: &Limits, s: &mut Findings, f: &Footer, fo
         s.add(
             "vhd.locator.none",
             HEADER,
-            Some(hdr_off + hf::PARENT_LOCATORS),
+            Some(hdr_off + LOCATOR_TABLE_OFFSET as u64),
             "differencing disk without a decodable parent name or locator",
         );
     }
@@ -148,7 +149,7 @@ fn read_dynamic_header(
         s.add(
             "vhd.header.checksum",
             HEADER,
-            Some(hdr_off + hf::CHECKSUM),
+            Some(hdr_off + DYNAMIC_CHECKSUM_OFFSET as u64),
             format!("checksum {:#010x}, computed {computed:#010x}", h.checksum),
         );
     }
@@ -163,7 +164,7 @@ impl Sparse<'_> {
     /// The parent name and id of a differencing disk; true when the name is usable.
     fn check_parent_name(&self, s: &mut Findings) -> bool {
         let name = &self.h.parent_unicode_name[..];
-        let at = self.hdr_off + hf::PARENT_UNICODE_NAME;
+        let at = self.hdr_off + PARENT_NAME_OFFSET as u64;
         let units: Vec<u16> = name
             .chunks_exact(2)
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
@@ -226,7 +227,7 @@ impl Sparse<'_> {
         if code == [0; 4] {
             return false;
         }
-        let at = self.hdr_off + hf::PARENT_LOCATORS + (i * LOCATOR_ENTRY_BYTES) as u64;
+        let at = self.hdr_off + LOCATOR_TABLE_OFFSET as u64 + (i * LOCATOR_ENTRY_BYTES) as u64;
         let name = format!("{LOCATOR} {}", i + 1);
         if !self.differencing {
             s.add(
@@ -361,7 +362,7 @@ impl Sparse<'_> {
     ) -> Option<(u64, u64)> {
         let entries = self.h.max_table_entries;
         let bat_off = self.h.table_offset;
-        let bat_bytes = u64::from(entries) * bat_fields::ENTRY_BYTES;
+        let bat_bytes = u64::from(entries) * BAT_ENTRY_BYTES;
         let at = Some(self.hdr_off + hf::TABLE_OFFSET);
         if bat_off % SECTOR_BYTES != 0 {
             s.add(
@@ -419,7 +420,7 @@ impl Sparse<'_> {
     /// The table is read 1 MiB at a time, never held whole.
     fn check_blocks(&self, s: &mut Findings, bat_off: u64, bat_bytes: u64, meta: &Ranges) {
         const PER_READ: u64 = 1 << 20;
-        let entry = bat_fields::ENTRY_BYTES;
+        let entry = BAT_ENTRY_BYTES;
         let bs = self.h.block_size;
         let block_span = format::bitmap_bytes(bs) + u64::from(bs);
         let mut blocks: Vec<(u64, u64)> = Vec::new();

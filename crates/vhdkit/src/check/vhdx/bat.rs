@@ -10,7 +10,8 @@ use crate::check::{Bytes, Findings};
 use crate::limits::Limits;
 use crate::util::overlaps;
 use crate::vhdx::format::{
-    self, bat_entry_fields, BAT_OFFSET_MASK, BAT_RESERVED_MASK, MIB, SECTOR_BITMAP_BLOCK_SIZE,
+    self, BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_RESERVED_MASK, BAT_STATE_MASK, MIB,
+    SECTOR_BITMAP_BLOCK_SIZE,
 };
 
 const BAT: &str = "vhdx bat";
@@ -53,7 +54,7 @@ pub(super) fn check(
     let Some(count) = table_entries(s, limits, boff, blen, p, chunk_ratio) else {
         return;
     };
-    let entry = bat_entry_fields::BYTES;
+    let entry = BAT_ENTRY_SIZE;
     if boff
         .checked_add(count * entry)
         .is_none_or(|end| end > b.len)
@@ -108,7 +109,7 @@ fn table_entries(
     } else {
         payload_blocks + payload_blocks.saturating_sub(1) / cr
     };
-    let entry = bat_entry_fields::BYTES;
+    let entry = BAT_ENTRY_SIZE;
     let need_bytes = need.saturating_mul(entry);
     if need_bytes > blen {
         s.add(
@@ -136,7 +137,7 @@ fn table_entries(
 impl Walk<'_> {
     /// Entry `i` (non-zero value `e`).
     fn entry(&mut self, s: &mut Findings, i: u64, e: u64) {
-        let at = self.boff + bat_entry_fields::BYTES * i;
+        let at = self.boff + BAT_ENTRY_SIZE * i;
         let off = e & BAT_OFFSET_MASK;
         if e & BAT_RESERVED_MASK != 0 {
             s.add(
@@ -187,7 +188,7 @@ impl Walk<'_> {
     /// The bytes entry `i` (at `at`, value `e`, file offset `off`) places in the file, when
     /// its state says it has any; findings about its state.
     fn span(&mut self, s: &mut Findings, i: u64, at: u64, e: u64, off: u64) -> Option<u64> {
-        let state = (e & bat_entry_fields::STATE_MASK) as u8;
+        let state = (e & BAT_STATE_MASK) as u8;
         let cr = self.chunk_ratio;
         if i % (cr + 1) == cr {
             if state != format::SB_BLOCK_NOT_PRESENT && state != format::SB_BLOCK_PRESENT {
@@ -252,7 +253,7 @@ impl Walk<'_> {
                     s.add(
                         "vhdx.bat.overlap",
                         BAT,
-                        Some(self.boff + bat_entry_fields::BYTES * i),
+                        Some(self.boff + BAT_ENTRY_SIZE * i),
                         format!("entry {i} (at {start:#x}) overlaps entry {mi}"),
                     );
                 }
@@ -273,7 +274,7 @@ impl Walk<'_> {
                 s.add(
                     "vhdx.bat.bitmap_missing",
                     BAT,
-                    Some(self.boff + bat_entry_fields::BYTES * (c * (cr + 1) + cr)),
+                    Some(self.boff + BAT_ENTRY_SIZE * (c * (cr + 1) + cr)),
                     format!("chunk {c} has partially present blocks but no sector bitmap block"),
                 );
             }

@@ -11,11 +11,11 @@ use crate::guid::from_vhdx_bytes;
 use crate::limits::Limits;
 use crate::util::overlaps;
 use crate::vhdx::format::{
-    self, file_parameters_fields as fpf, metadata_item_bytes as item_bytes,
-    metadata_table_fields as mt, parse, FileParameters, MetadataTableEntry, MetadataTableHeader,
-    FILE_PARAMETERS_GUID, LOGICAL_SECTOR_SIZE_GUID, MAX_BLOCK_SIZE, MAX_METADATA_ENTRIES,
-    MAX_METADATA_ITEM_BYTES, MAX_VIRTUAL_DISK_SIZE, METADATA_TABLE_SIZE, MIN_BLOCK_SIZE,
-    PARENT_LOCATOR_GUID, PHYSICAL_SECTOR_SIZE_GUID, VIRTUAL_DISK_ID_GUID, VIRTUAL_DISK_SIZE_GUID,
+    self, file_parameters_fields as fpf, metadata_item_bytes as item_bytes, parse, FileParameters,
+    MetadataTableEntry, MetadataTableHeader, FILE_PARAMETERS_GUID, LOGICAL_SECTOR_SIZE_GUID,
+    MAX_BLOCK_SIZE, MAX_METADATA_ENTRIES, MAX_METADATA_ITEM_BYTES, MAX_VIRTUAL_DISK_SIZE,
+    METADATA_TABLE_SIZE, MIN_BLOCK_SIZE, PARENT_LOCATOR_GUID, PHYSICAL_SECTOR_SIZE_GUID,
+    VIRTUAL_DISK_ID_GUID, VIRTUAL_DISK_SIZE_GUID,
 };
 
 const META: &str = "vhdx metadata table";
@@ -152,7 +152,7 @@ fn read_table(b: &Bytes, s: &mut Findings, moff: u64) -> Option<(MetadataTableHe
         s.add(
             "vhdx.metadata.entry_count",
             META,
-            Some(moff + mt::ENTRY_COUNT),
+            Some(moff + format::METADATA_TABLE_ENTRY_COUNT_OFFSET),
             format!("{n} entries, at most {MAX_METADATA_ENTRIES} allowed"),
         );
         return None;
@@ -169,11 +169,12 @@ fn read_items(
     region: &Range<u64>,
 ) -> Vec<Item> {
     let mut items: Vec<Item> = Vec::new();
-    let entries = (mt::HEADER_BYTES..).step_by(mt::ENTRY_BYTES);
+    let size = format::METADATA_TABLE_ENTRY_SIZE as usize;
+    let entries = (format::METADATA_TABLE_HEADER_SIZE as usize..).step_by(size);
     for rel in entries.take(usize::from(header.entry_count)) {
         let at = region.start + rel as u64;
         let Some(e) = t
-            .get(rel..rel + mt::ENTRY_BYTES)
+            .get(rel..rel + size)
             .and_then(|e| parse::<MetadataTableEntry>(e, META, at).ok())
         else {
             break;
@@ -224,7 +225,7 @@ fn check_item(
         s.add(
             "vhdx.metadata.item_bounds",
             META,
-            Some(at + mt::ENTRY_OFFSET),
+            Some(at + format::METADATA_ENTRY_PLACE_OFFSET),
             format!(
                 "item {} at region offset {off:#x}+{len:#x} is out of bounds",
                 from_vhdx_bytes(guid)
@@ -238,7 +239,7 @@ fn check_item(
                 s.add(
                     "vhdx.metadata.item_overlap",
                     META,
-                    Some(at + mt::ENTRY_OFFSET),
+                    Some(at + format::METADATA_ENTRY_PLACE_OFFSET),
                     format!(
                         "item {} at {off:#x}+{len:#x} overlaps item {}",
                         from_vhdx_bytes(guid),

@@ -17,9 +17,10 @@ use crate::guid::from_vhdx_bytes;
 use crate::limits::Limits;
 use crate::util::overlaps;
 use crate::vhdx::format::{
-    self, header_fields, parse, region_table_fields as rt, Header, RegionTableEntry,
-    RegionTableHeader, BAT_REGION_GUID, HEADER_OFFSETS, HEADER_SIZE, KIB4, MAX_REGION_ENTRIES,
-    METADATA_REGION_GUID, MIB, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE,
+    self, parse, region_table_fields as rt, Header, RegionTableEntry, RegionTableHeader,
+    BAT_REGION_GUID, HEADER_OFFSETS, HEADER_SIZE, KIB4, MAX_REGION_ENTRIES, METADATA_REGION_GUID,
+    MIB, REGION_TABLE_ENTRY_SIZE, REGION_TABLE_HEADER_SIZE, REGION_TABLE_OFFSETS,
+    REGION_TABLE_SIZE,
 };
 use crate::vhdx::log::{self, LogPlace, LogWrite};
 
@@ -44,7 +45,7 @@ struct Checksummed {
 const HEADER: Checksummed = Checksummed {
     what: "header",
     signature: &format::HEADER_SIGNATURE,
-    checksum_at: header_fields::CHECKSUM,
+    checksum_at: format::CHECKSUM_OFFSET,
     signature_code: "vhdx.header.signature",
     checksum_code: "vhdx.header.checksum",
 };
@@ -52,7 +53,7 @@ const HEADER: Checksummed = Checksummed {
 const REGION_TABLE: Checksummed = Checksummed {
     what: "region table",
     signature: &format::REGION_TABLE_SIGNATURE,
-    checksum_at: rt::CHECKSUM,
+    checksum_at: format::CHECKSUM_OFFSET,
     signature_code: "vhdx.region.signature",
     checksum_code: "vhdx.region.checksum",
 };
@@ -405,9 +406,13 @@ fn check_regions(
     let (name, toff) = (REGION_NAMES[slot], REGION_TABLE_OFFSETS[slot]);
     let mut regions = Regions::default();
     let count = usize::try_from(header.entry_count).unwrap_or(usize::MAX);
-    for rel in (rt::HEADER_BYTES..).step_by(rt::ENTRY_BYTES).take(count) {
+    let (first, size) = (
+        REGION_TABLE_HEADER_SIZE as usize,
+        REGION_TABLE_ENTRY_SIZE as usize,
+    );
+    for rel in (first..).step_by(size).take(count) {
         let Some(e) = table
-            .get(rel..rel + rt::ENTRY_BYTES)
+            .get(rel..rel + size)
             .and_then(|e| parse::<RegionTableEntry>(e, name, toff).ok())
         else {
             break;

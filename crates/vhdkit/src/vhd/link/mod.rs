@@ -199,7 +199,7 @@ fn open_differencing(src: Box<dyn Source>, opts: &OpenOptions) -> Result<VhdFile
             "not a differencing disk (no dynamic header)",
         ));
     }
-    if file.disk_type != crate::DiskType::Differencing {
+    if file.shape.disk_type != crate::DiskType::Differencing {
         return Err(Error::refused(format!(
             "not a differencing disk (footer disk type {})",
             file.footer.raw.disk_type

@@ -42,18 +42,12 @@ fn describe_entry(e: &ParentLocatorEntry, path: Option<&str>) -> String {
 
 /// The parent unicode name field for `name`: UTF-16 big-endian, zero-padded.
 fn encode_parent_name(name: &str) -> Result<[u8; format::PARENT_NAME_BYTES]> {
-    let units: Vec<u16> = name.encode_utf16().collect();
-    if units.len() > MAX_PARENT_NAME_UNITS {
-        return Err(Error::InvalidArgument(format!(
+    format::parent_name_field(name).ok_or_else(|| {
+        Error::InvalidArgument(format!(
             "parent unicode name of {} code units is longer than {MAX_PARENT_NAME_UNITS}",
-            units.len()
-        )));
-    }
-    let mut field = [0u8; format::PARENT_NAME_BYTES];
-    for (dst, u) in field.chunks_exact_mut(2).zip(&units) {
-        dst.copy_from_slice(&u.to_be_bytes());
-    }
-    Ok(field)
+            name.encode_utf16().count()
+        ))
+    })
 }
 
 impl Editor<'_> {

@@ -38,7 +38,10 @@ pub(super) fn simulate(
     let after = VhdFile::open(Box::new(sim), opts)
         .map_err(|e| Error::Internal(format!("the planned file would not open: {e}")))?;
     check(after.bat == before.bat, "block allocation table")?;
-    check(after.virtual_size == before.virtual_size, "virtual size")?;
+    check(
+        after.shape.virtual_size == before.shape.virtual_size,
+        "virtual size",
+    )?;
     check(
         after.footer.raw.unique_id == before.footer.raw.unique_id,
         "unique id",
