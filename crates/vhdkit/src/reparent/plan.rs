@@ -16,7 +16,7 @@ use crate::readset::ReadSet;
 use crate::source::{OverlaySource, Source};
 use crate::txn;
 use crate::txn::journal::{self, FileJournal, JournalState, JournalStore};
-use crate::vhd::name_style::{NameInputs, NameStyle, ParentNameStyle};
+use crate::vhd::name_style::{NameInputs, ParentNameStyle};
 use crate::winpath::{self, canonical, AbsolutePath, AbsoluteSource};
 
 /// Plan repointing `child` at `opts.new_parent`. Reads only.
@@ -545,60 +545,31 @@ impl Draft<'_> {
             .into_iter()
             .find(|l| l.kind == "parent_name")
             .and_then(|l| l.path);
-        let (parent_name, style) = crate::vhd::name_style::choose(&NameInputs {
-            old: old_name.as_deref(),
-            mode: self.opts.mode,
-            absolute: ch.paths.absolute.as_ref().map(|a| a.value.as_str()),
-            child_dir: &ch.paths.child_dir,
-            new_parent: &ch.paths.new_parent,
-            file_name: &ch.paths.file_name,
-            max_units: crate::vhd::reparent::MAX_PARENT_NAME_UNITS,
-        });
-        self.notes.push(describe_name_style(&style));
-        if parent_name.encode_utf16().count() > crate::vhd::reparent::MAX_PARENT_NAME_UNITS {
-            return Err(self.refuse(format!(
-                "the new parent's file name is longer than the 256 UTF-16 code units of the \
-                 parent name: {parent_name}"
-            )));
-        }
+        let np_id = ch.np_id;
+        let link = crate::vhd::link::reparent_link(
+            &NameInputs {
+                old: old_name.as_deref(),
+                mode: self.opts.mode,
+                absolute: ch.paths.absolute.as_ref().map(|a| a.value.as_str()),
+                child_dir: &ch.paths.child_dir,
+                new_parent: &ch.paths.new_parent,
+                file_name: &ch.paths.file_name,
+                max_units: crate::vhd::reparent::MAX_PARENT_NAME_UNITS,
+            },
+            ch.rewrite.then_some(&np_id),
+        )
+        .map_err(|why| self.refuse(why))?;
+        self.notes.extend(link.notes);
         let targets = crate::vhd::reparent::Targets {
             relative: ch.paths.relative.clone(),
             absolute: ch.paths.absolute.as_ref().map(|a| a.value.clone()),
-            parent_name: parent_name.clone(),
-            linkage: ch
-                .rewrite
-                .then(|| (crate::guid::to_vhd_bytes(&ch.np_id), 0)),
+            parent_name: link.parent_name.clone(),
+            linkage: link.linkage,
         };
         let mut planned = crate::vhd::reparent::plan(open, &self.opts.chain.open, &targets)
             .map_err(|e| e.with_path(self.child))?;
-        if ch.rewrite {
-            self.notes.push(
-                "the parent time stamp is set to 0, as Windows writes it for new links (FORMAT.md \
-                 A.10)"
-                    .into(),
-            );
-        }
         self.notes.append(&mut planned.notes);
         self.warnings.append(&mut planned.warnings);
-        Ok((planned, parent_name, style))
-    }
-}
-
-fn describe_name_style(s: &ParentNameStyle) -> String {
-    let name = |n: NameStyle| match n {
-        NameStyle::Absolute => "absolute path",
-        NameStyle::Relative => "relative path",
-        NameStyle::Bare => "bare file name",
-        NameStyle::None => "nothing usable",
-    };
-    match (&s.why, s.kept) {
-        (None, true) => format!("parent name style kept: {}", name(s.written)),
-        (Some(why), true) => format!("parent name style kept: {} ({why})", name(s.written)),
-        (why, false) => format!(
-            "parent name style changed: {} -> {}{}",
-            name(s.before),
-            name(s.written),
-            why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
-        ),
+        Ok((planned, link.parent_name, link.name_style))
     }
 }
