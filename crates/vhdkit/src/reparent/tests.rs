@@ -18,7 +18,15 @@ struct Counts {
     np_apply: usize,
 }
 
-fn count(ext: &str, verify: bool) -> Counts {
+/// A base, its child, and a copy of the base in `ref/` (the new parent).
+struct Lab {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+    child: PathBuf,
+    np: PathBuf,
+}
+
+fn lab(ext: &str) -> Lab {
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join(format!("base.{ext}"));
     let child = d.path().join(format!("child.{ext}"));
@@ -27,6 +35,17 @@ fn count(ext: &str, verify: bool) -> Counts {
     std::fs::create_dir(d.path().join("ref")).unwrap();
     let np = d.path().join("ref").join(format!("base.{ext}"));
     std::fs::copy(&base, &np).unwrap();
+    Lab {
+        _dir: d,
+        base,
+        child,
+        np,
+    }
+}
+
+fn count(ext: &str, verify: bool) -> Counts {
+    let l = lab(ext);
+    let (base, child, np) = (&l.base, &l.child, &l.np);
     let opts = ReparentOptions {
         new_parent: np.clone(),
         verify_content: verify.then(|| base.clone()),
@@ -34,16 +53,16 @@ fn count(ext: &str, verify: bool) -> Counts {
     };
     let of = |c: &std::collections::HashMap<PathBuf, usize>, p: &Path| parse_count::of(c, p);
     parse_count::take();
-    let p = plan(&child, &opts).unwrap();
+    let p = plan(child, &opts).unwrap();
     let planned = parse_count::take();
     let report = apply(&p).unwrap();
     let applied = parse_count::take();
     assert!(report.chain.is_some_and(|c| c.intact && c.links.len() == 2));
     Counts {
-        child_plan: of(&planned, &child),
-        child_apply: of(&applied, &child),
-        np_plan: of(&planned, &np),
-        np_apply: of(&applied, &np),
+        child_plan: of(&planned, child),
+        child_apply: of(&applied, child),
+        np_plan: of(&planned, np),
+        np_apply: of(&applied, np),
     }
 }
 
@@ -76,26 +95,20 @@ fn parses_per_file() {
 #[test]
 fn apply_refuses_a_new_parent_that_changed() {
     for ext in ["vhd", "vhdx"] {
-        let d = tempfile::tempdir().unwrap();
-        let base = d.path().join(format!("base.{ext}"));
-        let child = d.path().join(format!("child.{ext}"));
-        create(&base, &CreateParams::dynamic(8 << 20)).unwrap();
-        create(&child, &CreateParams::differencing(&base)).unwrap();
-        std::fs::create_dir(d.path().join("ref")).unwrap();
-        let np = d.path().join("ref").join(format!("base.{ext}"));
-        std::fs::copy(&base, &np).unwrap();
+        let l = lab(ext);
+        let (child, np) = (&l.child, &l.np);
         let opts = ReparentOptions {
             new_parent: np.clone(),
             ..ReparentOptions::default()
         };
-        let p = plan(&child, &opts).unwrap();
-        std::fs::remove_file(&np).unwrap();
-        create(&np, &CreateParams::dynamic(8 << 20)).unwrap();
-        let before = std::fs::read(&child).unwrap();
+        let p = plan(child, &opts).unwrap();
+        std::fs::remove_file(np).unwrap();
+        create(np, &CreateParams::dynamic(8 << 20)).unwrap();
+        let before = std::fs::read(child).unwrap();
         let e = apply(&p).unwrap_err().to_string();
         assert!(e.contains("the new parent"), "{ext}: {e}");
         assert!(e.contains("changed since the plan was made"), "{ext}: {e}");
-        assert_eq!(std::fs::read(&child).unwrap(), before, "{ext}");
+        assert_eq!(std::fs::read(child).unwrap(), before, "{ext}");
     }
 }
 
