@@ -129,6 +129,19 @@ pub struct ParentLinkage {
 pub struct OpenOptions {
     /// Resource limits.
     pub limits: Limits,
+    /// Record every read of one file's own bytes (a reparent's new parent, whose chain is opened
+    /// with these options), so a writer can re-check under its lock, without parsing it again,
+    /// that the file is still the one planned on.
+    pub(crate) record: Option<Recorded>,
+}
+
+/// The file whose reads [`OpenOptions::record`] records, and where.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    /// The file, canonical.
+    pub(crate) path: PathBuf,
+    /// Its reads.
+    pub(crate) reads: crate::readset::ReadSet,
 }
 
 impl OpenOptions {
@@ -226,10 +239,20 @@ pub(crate) trait Image: Send + Sync + fmt::Debug {
 /// One VHD or VHDX file, opened read-only.
 #[derive(Debug)]
 pub struct Disk {
-    image: Box<dyn Image>,
+    image: Parsed,
     path: Option<PathBuf>,
     /// Warnings about the file's surroundings (a pending or foreign journal beside it).
     extra_warnings: Vec<String>,
+}
+
+/// The parsed file behind a [`Disk`], by format: a writer that planned on a [`Disk`] takes its
+/// model from here instead of parsing the file again.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// A VHD file.
+    Vhd(Box<vhd::VhdFile>),
+    /// A VHDX file.
+    Vhdx(Box<vhdx::VhdxFile>),
 }
 
 const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
@@ -324,7 +347,11 @@ impl Disk {
         let path = path.as_ref();
         #[cfg(test)]
         crate::parse_count::note(path);
-        let (src, warning) = open_source(path)?;
+        let reads = opts.record.as_ref().and_then(|r| {
+            let canon = std::fs::canonicalize(path).ok()?;
+            (canon == r.path).then_some(&r.reads)
+        });
+        let (src, warning) = open_source_recorded(path, reads)?;
         let mut disk = Self::from_source(src, opts).with_path(path)?;
         disk.path = Some(path.to_path_buf());
         disk.extra_warnings.extend(warning);
@@ -358,9 +385,9 @@ impl Disk {
     /// # }
     /// ```
     pub fn from_source(src: Box<dyn Source>, opts: &OpenOptions) -> Result<Disk> {
-        let image: Box<dyn Image> = match detect(&*src)? {
-            DiskFormat::Vhd => Box::new(vhd::VhdFile::open(src, opts)?),
-            DiskFormat::Vhdx => Box::new(vhdx::VhdxFile::open(src, opts)?),
+        let image = match detect(&*src)? {
+            DiskFormat::Vhd => Parsed::Vhd(Box::new(vhd::VhdFile::open(src, opts)?)),
+            DiskFormat::Vhdx => Parsed::Vhdx(Box::new(vhdx::VhdxFile::open(src, opts)?)),
         };
         Ok(Disk {
             image,
@@ -374,56 +401,68 @@ impl Disk {
         self.path.as_deref()
     }
 
+    fn image(&self) -> &dyn Image {
+        match &self.image {
+            Parsed::Vhd(f) => &**f,
+            Parsed::Vhdx(f) => &**f,
+        }
+    }
+
+    /// The parsed file itself, for a writer that planned on this disk.
+    pub(crate) fn into_parsed(self) -> Parsed {
+        self.image
+    }
+
     /// Container format.
     pub fn format(&self) -> DiskFormat {
-        self.image.shape().format
+        self.image().shape().format
     }
 
     /// Storage type.
     pub fn disk_type(&self) -> DiskType {
-        self.image.shape().disk_type
+        self.image().shape().disk_type
     }
 
     /// Virtual size in bytes.
     pub fn virtual_size(&self) -> u64 {
-        self.image.shape().virtual_size
+        self.image().shape().virtual_size
     }
 
     /// Block size in bytes; `None` for a fixed VHD.
     pub fn block_size(&self) -> Option<u64> {
-        self.image.shape().block_size
+        self.image().shape().block_size
     }
 
     /// Logical sector size in bytes.
     pub fn logical_sector_size(&self) -> u32 {
-        self.image.logical_sector_size()
+        self.image().logical_sector_size()
     }
 
     /// Physical sector size in bytes.
     pub fn physical_sector_size(&self) -> u32 {
-        self.image.physical_sector_size()
+        self.image().physical_sector_size()
     }
 
     /// The identity that children of this disk record as their parent's: the VHD footer's
     /// unique id, or the VHDX current header's DataWriteGuid.
     pub fn identity(&self) -> Uuid {
-        self.image.identity()
+        self.image().identity()
     }
 
     /// How this disk identifies its parent; `None` unless it is a differencing disk.
     pub fn parent_linkage(&self) -> Option<ParentLinkage> {
-        self.image.parent_linkage()
+        self.image().parent_linkage()
     }
 
     /// The parent locators, in the order they should be tried.
     pub fn parent_locators(&self) -> Vec<ParentLocator> {
-        self.image.parent_locators()
+        self.image().parent_locators()
     }
 
     /// Problems that did not stop the open (a damaged redundant copy, a log replayed in memory).
     pub fn warnings(&self) -> Vec<String> {
         let mut w = self.extra_warnings.clone();
-        w.extend(self.image.warnings());
+        w.extend(self.image().warnings());
         w
     }
 
@@ -455,7 +494,7 @@ impl Disk {
             )));
         }
         let max_len = max_len.min(size - offset);
-        let (extent, len) = self.image.map(offset, max_len)?;
+        let (extent, len) = self.image().map(offset, max_len)?;
         if len == 0 || len > max_len {
             // A format mapper that breaks its contract must not send the reader into a loop.
             return Err(Error::corrupt(
@@ -469,7 +508,7 @@ impl Disk {
 
     /// Read bytes of the file (not the virtual disk) at `file_offset`.
     pub(crate) fn read_data(&self, file_offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.image.read_data(file_offset, buf)
+        self.image().read_data(file_offset, buf)
     }
 
     /// Everything about this file, for display.
@@ -489,10 +528,10 @@ impl Disk {
             logical_sector_size: self.logical_sector_size(),
             physical_sector_size: self.physical_sector_size(),
             id: self.identity(),
-            file_size: self.image.file_size(),
+            file_size: self.image().file_size(),
             parent,
             warnings: self.warnings(),
-            details: self.image.details(),
+            details: self.image().details(),
         }
     }
 

@@ -376,4 +376,3 @@ fn walk(path: &Path, opts: &ChainOptions) -> Result<(ChainReport, Vec<Disk>)> {
         disks,
     ))
 }
-

@@ -22,12 +22,13 @@ use super::vhd::raw_footer;
 use crate::chain::{held, locator_leads_to_parent, resolve_parent, ChainOptions, Held, Rejected};
 use crate::disk::{Disk, DiskFormat, FormatInfo, ParentLocator, PathStyle};
 use crate::source::Source;
-use crate::vhd::format::{self as vfmt, footer_fields as ff, FOOTER_BYTES, OLD_FOOTER_BYTES};
+use crate::vhd::format::{self as vfmt, FOOTER_BYTES, OLD_FOOTER_BYTES};
 use crate::vhdx::format::{
-    metadata_table_fields as mtf, parse, region_table_fields as rtf, MetadataTableEntry,
-    MetadataTableHeader, RegionTableEntry, RegionTableHeader, MAX_METADATA_ENTRIES,
-    MAX_REGION_ENTRIES, METADATA_REGION_GUID, METADATA_TABLE_SIGNATURE, METADATA_TABLE_SIZE,
-    PARENT_LOCATOR_GUID, REGION_TABLE_OFFSETS, REGION_TABLE_SIGNATURE,
+    parse, MetadataTableEntry, MetadataTableHeader, RegionTableEntry, RegionTableHeader,
+    MAX_METADATA_ENTRIES, MAX_REGION_ENTRIES, METADATA_REGION_GUID, METADATA_TABLE_ENTRY_SIZE,
+    METADATA_TABLE_HEADER_SIZE, METADATA_TABLE_SIGNATURE, METADATA_TABLE_SIZE, PARENT_LOCATOR_GUID,
+    REGION_TABLE_ENTRY_SIZE, REGION_TABLE_HEADER_SIZE, REGION_TABLE_OFFSETS,
+    REGION_TABLE_SIGNATURE,
 };
 
 /// One locator that points nowhere.
@@ -102,7 +103,11 @@ fn vhdx_may_have_parent(f: &std::fs::File) -> bool {
 /// table cannot be read or lacks its signature. Checksums are not looked at: this only decides
 /// whether the full analysis is worth running.
 fn metadata_table_at(f: &std::fs::File, rt: u64) -> Option<Vec<u8>> {
-    let mut t = vec![0u8; rtf::HEADER_BYTES + rtf::ENTRY_BYTES * MAX_REGION_ENTRIES as usize];
+    let mut t = vec![
+        0u8;
+        REGION_TABLE_HEADER_SIZE as usize
+            + REGION_TABLE_ENTRY_SIZE as usize * MAX_REGION_ENTRIES as usize
+    ];
     f.read_exact_at(&mut t, rt).ok()?;
     let header: RegionTableHeader = parse(&t, "region table", rt).ok()?;
     if header.signature != REGION_TABLE_SIGNATURE {
@@ -110,8 +115,8 @@ fn metadata_table_at(f: &std::fs::File, rt: u64) -> Option<Vec<u8>> {
     }
     let n = header.entry_count.min(MAX_REGION_ENTRIES) as usize;
     let meta_at = t
-        .get(rtf::HEADER_BYTES..)?
-        .chunks_exact(rtf::ENTRY_BYTES)
+        .get(REGION_TABLE_HEADER_SIZE as usize..)?
+        .chunks_exact(REGION_TABLE_ENTRY_SIZE as usize)
         .take(n)
         .filter_map(|e| parse::<RegionTableEntry>(e, "region table entry", rt).ok())
         .find(|e| e.guid == METADATA_REGION_GUID)?
@@ -127,16 +132,16 @@ fn lists_parent_locator(m: &[u8]) -> bool {
         return false;
     };
     let n = usize::from(header.entry_count.min(MAX_METADATA_ENTRIES));
-    m.get(mtf::HEADER_BYTES..)
+    m.get(METADATA_TABLE_HEADER_SIZE as usize..)
         .unwrap_or_default()
-        .chunks_exact(mtf::ENTRY_BYTES)
+        .chunks_exact(METADATA_TABLE_ENTRY_SIZE as usize)
         .take(n)
         .filter_map(|e| parse::<MetadataTableEntry>(e, "metadata table entry", 0).ok())
         .any(|e| e.item_id == PARENT_LOCATOR_GUID)
 }
 
 /// The footer's fields up to and including `disk_type`.
-const FOOTER_HEAD: usize = ff::CHECKSUM as usize;
+const FOOTER_HEAD: usize = vfmt::FOOTER_CHECKSUM_OFFSET;
 
 /// VHD: does a footer (at the end, a 511-byte one at the end, or the copy at offset 0) say
 /// the disk is differencing? Only the fields up to the disk type are read.

@@ -8,7 +8,7 @@ use crate::lock::FileLock;
 use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
 use crate::txn::Sink;
 
-/// Apply a plan to the child file: check that the new parent still has the planned identity,
+/// Apply a plan to the child file: check that the new parent is still the planned disk,
 /// then (VHD) finish a pending journal first, check the file still holds every old byte of the
 /// plan, and write through the redo journal beside the file; or (VHDX) check the current header
 /// is the one the plan was made on, replay a dirty log, check every old byte, and commit through
@@ -31,8 +31,8 @@ pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
     Ok(report)
 }
 
-/// Lock the child, then re-validate under the lock: the new parent still has the planned
-/// identity, and the child still holds every byte the plan read.
+/// Lock the child, then re-validate under the lock: the new parent still holds every byte
+/// its parse read, and the child still holds every byte the plan read.
 pub(super) fn lock_child(plan: &ReparentPlan) -> Result<FileLock> {
     let lock = crate::lock::lock_disk(&plan.child)?;
     check_new_parent(plan)?;
@@ -42,7 +42,34 @@ pub(super) fn lock_child(plan: &ReparentPlan) -> Result<FileLock> {
     Ok(lock)
 }
 
+/// The new parent is still the planned disk: every byte its parse read at plan time is still
+/// there (no second parse). A plan that recorded nothing (its new parent was not opened by the
+/// recorded path) falls back to parsing it and comparing identities.
 fn check_new_parent(plan: &ReparentPlan) -> Result<()> {
+    let np_path = &plan.new_parent_resolved;
+    if plan.new_parent_reads.is_empty() {
+        return check_new_parent_identity(plan);
+    }
+    let file = crate::fsx::open_disk(np_path).map_err(|e| {
+        let e = Error::io("opening the file", e).with_path(np_path);
+        refused(
+            &plan.child,
+            format!("the new parent can no longer be opened: {e}"),
+        )
+    })?;
+    plan.new_parent_reads.verify(&file).map_err(|e| {
+        let why = match e {
+            Error::Refused { reason, .. } => reason,
+            e => e.to_string(),
+        };
+        refused(
+            &plan.child,
+            format!("the new parent {}: {why}", np_path.display()),
+        )
+    })
+}
+
+fn check_new_parent_identity(plan: &ReparentPlan) -> Result<()> {
     let np = Disk::open_with(&plan.new_parent_resolved, &plan.chain.open).map_err(|e| {
         refused(
             &plan.child,

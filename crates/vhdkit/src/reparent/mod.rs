@@ -213,6 +213,10 @@ pub struct ReparentPlan {
     /// Every range of the child the plan read, re-checked under the lock before writing.
     #[cfg_attr(feature = "serde", serde(skip))]
     pub reads: ReadSet,
+    /// Every range of the new parent file its parse read, re-checked under the child's lock
+    /// before writing: the new parent is still the planned disk without parsing it again.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub new_parent_reads: ReadSet,
     /// The options the plan was made with: [`apply`] opens the new parent and re-opens the
     /// child's chain with them (and VHDX log replay keeps to their limits).
     #[cfg_attr(feature = "serde", serde(skip))]

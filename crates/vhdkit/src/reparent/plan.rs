@@ -1,8 +1,9 @@
 //! [`plan`]: every check, then the format-specific writes. Reads only.
 //!
 //! Each file is parsed as few times as the checks allow: the child once here (the format plan
-//! parses it again, and once more on the simulated result), the new parent once, with its own
-//! chain ([`Chain::open`]); the journal beside the child is looked up once.
+//! takes that parse and parses only its simulated result), the new parent once, with its own
+//! chain ([`Chain::open`]), every read of its file recorded so that apply re-checks it without
+//! parsing it again; the journal beside the child is looked up once.
 
 use std::path::{Path, PathBuf};
 
@@ -10,13 +11,13 @@ use uuid::Uuid;
 
 use super::{refused, FormatPlan, IdentityCheck, LocatorMode, ReparentOptions, ReparentPlan};
 use crate::chain::{Chain, ChainReport, IdMatch};
-use crate::disk::{Disk, DiskFormat, ParentLinkage};
+use crate::disk::{Disk, DiskFormat, ParentLinkage, Parsed, Recorded};
 use crate::error::{Error, Result};
 use crate::readset::ReadSet;
 use crate::source::{OverlaySource, Source};
 use crate::txn;
 use crate::txn::journal::{self, FileJournal, JournalState, JournalStore};
-use crate::vhd::name_style::{NameInputs, NameStyle, ParentNameStyle};
+use crate::vhd::name_style::{NameInputs, ParentNameStyle};
 use crate::winpath::{self, canonical, AbsolutePath, AbsoluteSource};
 
 /// Plan repointing `child` at `opts.new_parent`. Reads only.
@@ -75,7 +76,8 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         ))
     })?;
     let child_canon = canonical(child);
-    let np_chain = d.open_new_parent(&c, &child_canon)?;
+    let np_reads = ReadSet::new();
+    let np_chain = d.open_new_parent(&c, &child_canon, &np_reads)?;
     let np_id = np_chain.disks().first().map_or(Uuid::nil(), Disk::identity);
     let identity = d.identity(&linkage, np_id, np_chain)?;
     let linkage_rewritten = matches!(
@@ -83,15 +85,6 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         IdentityCheck::MismatchIgnored { .. } | IdentityCheck::ContentVerified { .. }
     );
     let paths = d.paths(&child_canon, &canonical(&opts.new_parent))?;
-    let open = || -> Result<Box<dyn Source>> {
-        #[cfg(test)]
-        crate::parse_count::note(child);
-        child_source(
-            child,
-            &reads,
-            pending.as_ref().and_then(|p| p.overlay.as_ref()),
-        )
-    };
     let change = Change {
         linkage: &linkage,
         np_id,
@@ -99,20 +92,29 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         rewrite: linkage_rewritten,
         paths: &paths,
     };
-    let (format_plan, name, style, pending_change) = match c.format() {
-        DiskFormat::Vhdx => {
-            let p = d.vhdx_plan(&open, &change)?;
+    let format = c.format();
+    let old_name = c
+        .parent_locators()
+        .into_iter()
+        .find(|l| l.kind == "parent_name")
+        .and_then(|l| l.path);
+    // The format plan takes the child as parsed here and parses only its simulated result.
+    #[cfg(test)]
+    let _counted = crate::parse_count::subject(child);
+    let (format_plan, name, style, pending_change) = match c.into_parsed() {
+        Parsed::Vhdx(file) => {
+            let p = d.vhdx_plan(*file, &change)?;
             let dirty = p.guard.log_dirty;
             (FormatPlan::Vhdx(p), String::new(), None, dirty)
         }
-        DiskFormat::Vhd => {
-            let (p, name, style) = d.vhd_plan(&open, &c, &change)?;
+        Parsed::Vhd(file) => {
+            let (p, name, style) = d.vhd_plan(*file, old_name.as_deref(), &change)?;
             (FormatPlan::Vhd(p), name, Some(style), pending.is_some())
         }
     };
     Ok(ReparentPlan {
         child: child.to_path_buf(),
-        format: c.format(),
+        format,
         new_parent: opts.new_parent.clone(),
         new_parent_resolved: paths.new_parent,
         recorded_parent_id: linkage.id,
@@ -129,6 +131,7 @@ pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
         warnings: d.warnings,
         format_plan,
         reads,
+        new_parent_reads: np_reads,
         chain: opts.chain.clone(),
     })
 }
@@ -244,11 +247,17 @@ impl Draft<'_> {
         Ok(c)
     }
 
-    /// Open the new parent with its own chain and check that it fits the child: same format,
-    /// not the child nor a descendant of it, its chain intact, same virtual size and sectors.
-    fn open_new_parent(&mut self, c: &Disk, child_canon: &Path) -> Result<Chain> {
+    /// Open the new parent with its own chain, its reads recorded in `reads`, and check that
+    /// it fits the child: same format, not the child nor a descendant of it, its chain intact,
+    /// same virtual size and sectors.
+    fn open_new_parent(&mut self, c: &Disk, child_canon: &Path, reads: &ReadSet) -> Result<Chain> {
         let np_path = &self.opts.new_parent;
-        let chain = match Chain::open(np_path, &self.opts.chain) {
+        let mut recording = self.opts.chain.clone();
+        recording.open.record = Some(Recorded {
+            path: canonical(np_path),
+            reads: reads.clone(),
+        });
+        let chain = match Chain::open(np_path, &recording) {
             Ok(chain) => chain,
             Err(e) => return Err(self.why_no_chain(c, child_canon, e)),
         };
@@ -504,7 +513,7 @@ impl Draft<'_> {
     /// The VHDX part: the parent locator item, rewritten through the log.
     fn vhdx_plan(
         &mut self,
-        open: &dyn Fn() -> Result<Box<dyn Source>>,
+        file: crate::vhdx::VhdxFile,
         ch: &Change<'_>,
     ) -> Result<crate::vhdx::reparent::Planned> {
         let targets = crate::vhdx::reparent::Targets {
@@ -512,7 +521,7 @@ impl Draft<'_> {
             absolute: ch.paths.absolute.as_ref().map(|a| a.value.clone()),
             linkage: ch.rewrite.then_some(ch.np_id),
         };
-        let mut planned = crate::vhdx::reparent::plan(open, &self.opts.chain.open, &targets)
+        let mut planned = crate::vhdx::reparent::plan(file, &self.opts.chain.open, &targets)
             .map_err(|e| e.with_path(self.child))?;
         let np_id = ch.np_id;
         match ch.identity {
@@ -540,69 +549,35 @@ impl Draft<'_> {
     /// the linkage, written through the journal.
     fn vhd_plan(
         &mut self,
-        open: &dyn Fn() -> Result<Box<dyn Source>>,
-        c: &Disk,
+        file: crate::vhd::VhdFile,
+        old_name: Option<&str>,
         ch: &Change<'_>,
     ) -> Result<(crate::vhd::reparent::Planned, String, ParentNameStyle)> {
-        let old_name = c
-            .parent_locators()
-            .into_iter()
-            .find(|l| l.kind == "parent_name")
-            .and_then(|l| l.path);
-        let (parent_name, style) = crate::vhd::name_style::choose(&NameInputs {
-            old: old_name.as_deref(),
-            mode: self.opts.mode,
-            absolute: ch.paths.absolute.as_ref().map(|a| a.value.as_str()),
-            child_dir: &ch.paths.child_dir,
-            new_parent: &ch.paths.new_parent,
-            file_name: &ch.paths.file_name,
-            max_units: crate::vhd::reparent::MAX_PARENT_NAME_UNITS,
-        });
-        self.notes.push(describe_name_style(&style));
-        if parent_name.encode_utf16().count() > crate::vhd::reparent::MAX_PARENT_NAME_UNITS {
-            return Err(self.refuse(format!(
-                "the new parent's file name is longer than the 256 UTF-16 code units of the \
-                 parent name: {parent_name}"
-            )));
-        }
+        let np_id = ch.np_id;
+        let link = crate::vhd::link::reparent_link(
+            &NameInputs {
+                old: old_name,
+                mode: self.opts.mode,
+                absolute: ch.paths.absolute.as_ref().map(|a| a.value.as_str()),
+                child_dir: &ch.paths.child_dir,
+                new_parent: &ch.paths.new_parent,
+                file_name: &ch.paths.file_name,
+                max_units: crate::vhd::reparent::MAX_PARENT_NAME_UNITS,
+            },
+            ch.rewrite.then_some(&np_id),
+        )
+        .map_err(|why| self.refuse(why))?;
+        self.notes.extend(link.notes);
         let targets = crate::vhd::reparent::Targets {
             relative: ch.paths.relative.clone(),
             absolute: ch.paths.absolute.as_ref().map(|a| a.value.clone()),
-            parent_name: parent_name.clone(),
-            linkage: ch
-                .rewrite
-                .then(|| (crate::guid::to_vhd_bytes(&ch.np_id), 0)),
+            parent_name: link.parent_name.clone(),
+            linkage: link.linkage,
         };
-        let mut planned = crate::vhd::reparent::plan(open, &self.opts.chain.open, &targets)
+        let mut planned = crate::vhd::reparent::plan(file, &self.opts.chain.open, &targets)
             .map_err(|e| e.with_path(self.child))?;
-        if ch.rewrite {
-            self.notes.push(
-                "the parent time stamp is set to 0, as Windows writes it for new links (FORMAT.md \
-                 A.10)"
-                    .into(),
-            );
-        }
         self.notes.append(&mut planned.notes);
         self.warnings.append(&mut planned.warnings);
-        Ok((planned, parent_name, style))
-    }
-}
-
-fn describe_name_style(s: &ParentNameStyle) -> String {
-    let name = |n: NameStyle| match n {
-        NameStyle::Absolute => "absolute path",
-        NameStyle::Relative => "relative path",
-        NameStyle::Bare => "bare file name",
-        NameStyle::None => "nothing usable",
-    };
-    match (&s.why, s.kept) {
-        (None, true) => format!("parent name style kept: {}", name(s.written)),
-        (Some(why), true) => format!("parent name style kept: {} ({why})", name(s.written)),
-        (why, false) => format!(
-            "parent name style changed: {} -> {}{}",
-            name(s.before),
-            name(s.written),
-            why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
-        ),
+        Ok((planned, link.parent_name, link.name_style))
     }
 }

@@ -5,7 +5,6 @@
 
 use crate::disk::OpenOptions;
 use crate::error::Result;
-use crate::source::Source;
 
 use super::link::{self, DropLocators, LinkEdit};
 
@@ -24,13 +23,9 @@ pub struct Targets {
     pub linkage: Option<([u8; 16], u32)>,
 }
 
-/// Plan the rewrite of the differencing VHD that `open` yields. `open` is called twice: once to
-/// read the file as it is, once to re-open the simulated result.
-pub fn plan(
-    open: &dyn Fn() -> Result<Box<dyn Source>>,
-    opts: &OpenOptions,
-    t: &Targets,
-) -> Result<Planned> {
+/// Plan the rewrite of `file`, a differencing VHD already parsed with `opts`; only the simulated
+/// result is parsed again.
+pub fn plan(file: super::VhdFile, opts: &OpenOptions, t: &Targets) -> Result<Planned> {
     let edit = LinkEdit {
         absolute: t.absolute.clone(),
         relative: t.relative.clone(),
@@ -39,5 +34,5 @@ pub fn plan(
         linkage: t.linkage,
         sync_footers: true,
     };
-    link::plan_edit(open, opts, &edit)
+    link::plan_edit(file, opts, &edit)
 }

@@ -122,14 +122,11 @@ impl Applied {
     }
 }
 
-/// Plan the locator rewrite of the differencing VHDX that `open` yields (called once). The
-/// child is parsed twice: opened here, and the simulated result re-opened to check it.
-pub fn plan(
-    open: &dyn Fn() -> Result<Box<dyn Source>>,
-    opts: &OpenOptions,
-    t: &Targets,
-) -> Result<Planned> {
-    let child = open_child(open, opts)?;
+/// Plan the locator rewrite of `file`, a differencing VHDX already parsed with `opts` (a dirty
+/// log replayed in memory); only the simulated result is parsed again, from an overlay on
+/// `file`'s own source.
+pub fn plan(file: VhdxFile, opts: &OpenOptions, t: &Targets) -> Result<Planned> {
+    let child = child_of(file)?;
     let mut notes = child.notes();
     let link = link::plan(&child.file, &t.edit(), &opts.limits)?;
     notes.extend(link_notes(&link));
@@ -184,11 +181,10 @@ struct Child {
     file_len: u64,
 }
 
-/// Open the child (the one parse of the file as it is) and check it is differencing.
-fn open_child(open: &dyn Fn() -> Result<Box<dyn Source>>, opts: &OpenOptions) -> Result<Child> {
-    // Opening replays a dirty log in memory: the plan is made on the file as it will be once
-    // apply has replayed it to disk.
-    let file = VhdxFile::open(open()?, opts)?;
+/// The child as parsed (the one parse of the file as it is), checked to be differencing.
+/// Parsing replayed a dirty log in memory: the plan is made on the file as it will be once
+/// apply has replayed it to disk.
+fn child_of(file: VhdxFile) -> Result<Child> {
     if file.shape.disk_type != DiskType::Differencing {
         return Err(Error::refused(
             "not a differencing disk (file parameters HasParent is clear)",
@@ -307,6 +303,8 @@ fn verify(
     let VhdxFile { src, .. } = child.file;
     let overlay = OverlaySource::new(src, sim, child.file_len)
         .map_err(|(_, e)| Error::io("simulating the plan", e))?;
+    #[cfg(test)]
+    crate::parse_count::note_subject();
     let after = VhdxFile::open(Box::new(overlay), opts)
         .map_err(|e| Error::Internal(format!("the planned file would not open: {e}")))?;
     before.check_same(&Kept::of(&after))?;
@@ -511,22 +509,18 @@ mod tests {
     fn counted_plan(bytes: Vec<u8>) -> (Planned, usize, usize) {
         let opens = Arc::new(AtomicUsize::new(0));
         let headers = Arc::new(AtomicUsize::new(0));
-        let calls = AtomicUsize::new(0);
-        let open = || -> Result<Box<dyn Source>> {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(Counted {
-                bytes: bytes.clone(),
-                opens: opens.clone(),
-                headers: headers.clone(),
-            }))
-        };
+        let src = Box::new(Counted {
+            bytes,
+            opens: opens.clone(),
+            headers: headers.clone(),
+        });
         let t = Targets {
             relative: Some(r"..\new\base.vhdx".into()),
             absolute: Some(r"D:\new\base.vhdx".into()),
             linkage: None,
         };
-        let p = plan(&open, &OpenOptions::default(), &t).unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let opts = OpenOptions::default();
+        let p = plan(VhdxFile::open(src, &opts).unwrap(), &opts, &t).unwrap();
         (
             p,
             opens.load(Ordering::SeqCst),

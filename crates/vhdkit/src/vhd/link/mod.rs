@@ -26,7 +26,7 @@
 //! Writes are ordered as FORMAT.md recommends (new locator data, then the header, then the front
 //! and the end footer); the `txn` journal makes the whole plan atomic anyway.
 //!
-//! The child is parsed twice: once as it is, once as the simulated result, which must parse,
+//! The caller parses the child as it is; the editor parses only the simulated result, which must parse,
 //! keep its blocks, size and identity, and carry exactly the planned locators, parent name and
 //! linkage before the plan is returned.
 
@@ -40,7 +40,6 @@ use uuid::Uuid;
 
 use crate::disk::OpenOptions;
 use crate::error::{Error, Result};
-use crate::source::Source;
 use crate::txn::Plan;
 
 use super::name_style::{NameInputs, ParentNameStyle};
@@ -158,16 +157,13 @@ pub struct Planned {
     pub warnings: Vec<String>,
 }
 
-/// Plan `edit` on the differencing VHD that `open` yields. `open` is called twice: once to
-/// read the file as it is, once as the base of the simulated result.
-pub fn plan_edit(
-    open: &dyn Fn() -> Result<Box<dyn Source>>,
-    opts: &OpenOptions,
-    edit: &LinkEdit,
-) -> Result<Planned> {
-    let file = open_differencing(open()?, opts)?;
+/// Plan `edit` on `file`, a VHD already parsed (with `opts`); it must be differencing. The
+/// simulated result is parsed from an overlay on `file`'s own source, so the file is not parsed
+/// again as it is.
+pub fn plan_edit(file: VhdFile, opts: &OpenOptions, edit: &LinkEdit) -> Result<Planned> {
+    let file = require_differencing(file)?;
     let mut built = edit::build(&file, opts, edit)?;
-    verify::simulate(open, opts, &file, &built.plan, &built.expect)?;
+    verify::simulate(file, opts, &built.plan, &built.expect)?;
     if built.relocated {
         built.notes.push(format!(
             "the file grows from {} to {} bytes; no data block moves",
@@ -183,17 +179,15 @@ pub fn plan_edit(
 
 /// Plan the removal of the locators in `slots` from the VHD at `path` (dead-locator repair).
 pub(crate) fn drop_locators(path: &Path, slots: Vec<usize>) -> Result<Plan> {
-    let open = || -> Result<Box<dyn Source>> {
-        let f = crate::fsx::open_disk(path)
-            .map_err(|e| Error::io("opening the file", e).with_path(path))?;
-        Ok(Box::new(f))
-    };
-    plan_edit(&open, &OpenOptions::default(), &LinkEdit::drop_only(slots)).map(|p| p.plan)
+    let f = crate::fsx::open_disk(path)
+        .map_err(|e| Error::io("opening the file", e).with_path(path))?;
+    let opts = OpenOptions::default();
+    let file = VhdFile::open(Box::new(f), &opts)?;
+    plan_edit(file, &opts, &LinkEdit::drop_only(slots)).map(|p| p.plan)
 }
 
-/// Open `src` and require a differencing disk.
-fn open_differencing(src: Box<dyn Source>, opts: &OpenOptions) -> Result<VhdFile> {
-    let file = VhdFile::open(src, opts)?;
+/// Refuse a VHD that is not a differencing disk.
+fn require_differencing(file: VhdFile) -> Result<VhdFile> {
     if file.header.is_none() {
         return Err(Error::refused(
             "not a differencing disk (no dynamic header)",
@@ -283,9 +277,9 @@ mod kit_tests {
     }
 
     fn plan_on(bytes: &[u8], edit: &LinkEdit) -> Planned {
-        let bytes = bytes.to_vec();
-        let open = move || -> Result<Box<dyn Source>> { Ok(Box::new(bytes.clone())) };
-        plan_edit(&open, &OpenOptions::default(), edit).unwrap()
+        let opts = OpenOptions::default();
+        let file = VhdFile::open(Box::new(bytes.to_vec()), &opts).unwrap();
+        plan_edit(file, &opts, edit).unwrap()
     }
 
     fn applied(bytes: &[u8], plan: &Plan) -> Vec<u8> {
@@ -329,24 +323,6 @@ mod kit_tests {
         );
         // Footers are not repair's business here.
         assert!(p.plan.writes.iter().all(|w| w.offset != 0));
-    }
-
-    /// The child is parsed twice: as it is, and as the simulated result.
-    #[test]
-    fn the_child_is_opened_twice() {
-        let b = child();
-        let opens = std::sync::atomic::AtomicUsize::new(0);
-        let open = || -> Result<Box<dyn Source>> {
-            opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(Box::new(b.bytes.clone()))
-        };
-        plan_edit(
-            &open,
-            &OpenOptions::default(),
-            &LinkEdit::drop_only(vec![1]),
-        )
-        .unwrap();
-        assert_eq!(opens.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]

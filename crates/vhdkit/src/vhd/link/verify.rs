@@ -4,7 +4,7 @@
 
 use crate::disk::OpenOptions;
 use crate::error::{Error, Result};
-use crate::source::{OverlaySource, Source};
+use crate::source::OverlaySource;
 use crate::txn::Plan;
 
 use super::super::VhdFile;
@@ -20,11 +20,10 @@ fn check(ok: bool, what: &str) -> Result<()> {
     }
 }
 
-/// Lay `plan` over a fresh `open()` of the file, parse it, and compare with `before`.
+/// Lay `plan` over the source `before` was parsed from, parse it, and compare with `before`.
 pub(super) fn simulate(
-    open: &dyn Fn() -> Result<Box<dyn Source>>,
+    before: VhdFile,
     opts: &OpenOptions,
-    before: &VhdFile,
     plan: &Plan,
     expect: &Expected,
 ) -> Result<()> {
@@ -33,8 +32,13 @@ pub(super) fn simulate(
         .iter()
         .map(|w| (w.offset, w.data.clone()))
         .collect();
-    let sim = OverlaySource::new(open()?, writes, plan.new_len)
+    // The file before is kept as parsed (its BAT among it); only its source moves under the
+    // overlay.
+    let VhdFile { src, .. } = before;
+    let sim = OverlaySource::new(src, writes, plan.new_len)
         .map_err(|(_, e)| Error::io("simulating the plan", e))?;
+    #[cfg(test)]
+    crate::parse_count::note_subject();
     let after = VhdFile::open(Box::new(sim), opts)
         .map_err(|e| Error::Internal(format!("the planned file would not open: {e}")))?;
     check(after.bat == before.bat, "block allocation table")?;
