@@ -332,7 +332,7 @@ mod tests {
 // ---- check ----
 
 /// Where the footer's fields (A.3) start, counted from its first byte: findings point at the
-/// field at fault (the checksum's is [`super::FOOTER_CHECKSUM_OFFSET`]). Pinned to [`Footer`] by
+/// field at fault (the checksum's is [`FOOTER_CHECKSUM_OFFSET`]). Pinned to [`Footer`] by
 /// a test.
 pub mod footer_fields {
     /// `features`.
@@ -352,8 +352,8 @@ pub mod footer_fields {
 }
 
 /// Where the dynamic header's fields (A.6) start, counted from its first byte (the checksum,
-/// parent name and locator table are [`super::DYNAMIC_CHECKSUM_OFFSET`],
-/// [`super::PARENT_NAME_OFFSET`] and [`super::LOCATOR_TABLE_OFFSET`]). Pinned to
+/// parent name and locator table are [`DYNAMIC_CHECKSUM_OFFSET`],
+/// [`PARENT_NAME_OFFSET`] and [`LOCATOR_TABLE_OFFSET`]). Pinned to
 /// [`DynamicHeader`] by a test.
 pub mod dynamic_header_fields {
     /// `table_offset`.
