@@ -132,6 +132,7 @@ pub mod reparent;
 pub(crate) mod sectors;
 pub mod share;
 pub mod sidefile;
+pub(crate) mod simulate;
 pub mod source;
 pub mod tree;
 pub mod txn;

@@ -42,7 +42,7 @@ use super::VhdxFile;
 use crate::disk::{DiskType, OpenOptions};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::source::{read_struct, source_len, OverlaySource, Source};
+use crate::source::{read_struct, source_len, Source};
 use crate::txn::{Plan, Sink, WriteOp};
 
 pub use super::locator::link::MAX_PATH_UNITS;
@@ -301,12 +301,7 @@ fn verify(
     // Only the digest of the table is kept: the file before and the simulated file after are
     // never both held whole (a 64 TiB disk's table is tens of MiB).
     let VhdxFile { src, .. } = child.file;
-    let overlay = OverlaySource::new(src, sim, child.file_len)
-        .map_err(|(_, e)| Error::io("simulating the plan", e))?;
-    #[cfg(test)]
-    crate::parse_count::note_subject();
-    let after = VhdxFile::open(Box::new(overlay), opts)
-        .map_err(|e| Error::Internal(format!("the planned file would not open: {e}")))?;
+    let after = crate::simulate::reopen(src, sim, child.file_len, |s| VhdxFile::open(s, opts))?;
     before.check_same(&Kept::of(&after))?;
     let mut got = vec![0u8; item.len()];
     read_struct(&*after.src, item_file_offset, &mut got, PL)?;
@@ -340,15 +335,7 @@ fn clean_headers(src: &dyn Source) -> Result<Vec<(u64, Vec<u8>)>> {
     Ok(HEADER_OFFSETS.iter().map(|&o| (o, b.clone())).collect())
 }
 
-fn check(ok: bool, what: &str) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Internal(format!(
-            "the planned file would have a different {what}"
-        )))
-    }
-}
+use crate::simulate::same as check;
 
 /// What a reparent must not change, apart from the locator item.
 struct Kept {

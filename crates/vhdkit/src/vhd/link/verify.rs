@@ -3,22 +3,13 @@
 //! parent name and linkage.
 
 use crate::disk::OpenOptions;
-use crate::error::{Error, Result};
-use crate::source::OverlaySource;
+use crate::error::Result;
 use crate::txn::Plan;
 
 use super::super::VhdFile;
 use super::edit::Expected;
 
-fn check(ok: bool, what: &str) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Internal(format!(
-            "the planned file would have a different {what}"
-        )))
-    }
-}
+use crate::simulate::same as check;
 
 /// Lay `plan` over the source `before` was parsed from, parse it, and compare with `before`.
 pub(super) fn simulate(
@@ -35,12 +26,7 @@ pub(super) fn simulate(
     // The file before is kept as parsed (its BAT among it); only its source moves under the
     // overlay.
     let VhdFile { src, .. } = before;
-    let sim = OverlaySource::new(src, writes, plan.new_len)
-        .map_err(|(_, e)| Error::io("simulating the plan", e))?;
-    #[cfg(test)]
-    crate::parse_count::note_subject();
-    let after = VhdFile::open(Box::new(sim), opts)
-        .map_err(|e| Error::Internal(format!("the planned file would not open: {e}")))?;
+    let after = crate::simulate::reopen(src, writes, plan.new_len, |s| VhdFile::open(s, opts))?;
     check(after.bat == before.bat, "block allocation table")?;
     check(
         after.shape.virtual_size == before.shape.virtual_size,
