@@ -24,7 +24,7 @@
 //! (MS-VHDX requires it before any other change), checks that every byte the plan replaces is
 //! still what the plan read, then commits all writes through the log.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
@@ -48,11 +48,6 @@ use crate::txn::{Plan, Sink, WriteOp};
 pub use super::locator::link::MAX_PATH_UNITS;
 
 const PL: &str = "vhdx parent locator";
-
-// `util::le_u32` lost its last caller here (the locator and the metadata table are read through
-// format.rs now). util.rs is not part of this change: this keeps it warning-free until the
-// integrator drops it or another reader takes it up.
-const _: fn(&[u8], usize) -> u32 = crate::util::le_u32;
 
 /// What the new locator should say.
 #[derive(Debug, Clone, Default)]
@@ -416,15 +411,10 @@ pub fn apply(
         )));
     }
     let seq = update::dirty_log(sink, &cur, limits.max_log_replay_bytes)?;
-    let counting = Counting {
-        inner: sink,
-        log: cur.log_offset..cur.log_offset.saturating_add(u64::from(cur.log_length)),
-        writes: AtomicUsize::new(0),
-        syncs: AtomicUsize::new(0),
-        header_bytes: AtomicU64::new(0),
-        log_bytes: AtomicU64::new(0),
-        other_bytes: AtomicU64::new(0),
-    };
+    let counting = Counting::new(
+        sink,
+        cur.log_offset..cur.log_offset.saturating_add(u64::from(cur.log_length)),
+    );
     let mut session = Session::new(&counting, cur, headers.current_index);
     let mut log_replayed = None;
     if let Some(seq) = &seq {
@@ -463,6 +453,7 @@ pub fn apply(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
     use super::*;

@@ -17,7 +17,6 @@ use uuid::Uuid;
 pub use replay::LogReplay;
 pub(crate) use replay::{dirty_log, inspect_log, named_log, overlay, replay_log, summary};
 pub use sequence::find_active_sequence;
-#[allow(unused_imports)] // for the writable open's batch size (vhdx/write.rs)
 pub(crate) use write::max_data_sectors;
 pub(crate) use write::{encode_entry, log_entry_bytes, Counting};
 

@@ -42,7 +42,6 @@ pub(crate) fn log_entry_bytes(writes: &[WriteOp]) -> (u64, u64) {
 
 /// Most data sectors one entry can carry in a log of `log_length` bytes, keeping one sector
 /// free so the head never meets the tail (MS-VHDX 2.3).
-#[allow(dead_code)] // for the writable open's batch size (vhdx/write.rs)
 pub(crate) fn max_data_sectors(log_length: u64) -> usize {
     let total = log_length / LOG_SECTOR_SIZE;
     let mut n = total.saturating_sub(2);
@@ -134,7 +133,6 @@ pub(crate) struct Counting<'a> {
 
 impl<'a> Counting<'a> {
     /// Count writes to `inner`, whose log occupies `log`.
-    #[allow(dead_code)] // for the reparent rewrite; today's caller builds the struct itself
     pub(crate) fn new(inner: &'a dyn Sink, log: Range<u64>) -> Self {
         Counting {
             inner,
