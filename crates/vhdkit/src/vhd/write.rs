@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::source::{read_struct, source_len};
 use crate::txn::Sink;
 use crate::view::Shape;
-use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
+use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State, Table};
 use crate::write::{ParentRead, WritableImage};
 
 const SECTOR: u64 = format::SECTOR_BYTES;
@@ -117,7 +117,7 @@ impl<S: Sink> VhdWriter<S> {
                     footer_at: p.footer.offset,
                     new_blocks: BTreeSet::new(),
                 };
-                Body::Sparse(Box::new(Engine::new(blocks, sp.bat, geo)))
+                Body::Sparse(Box::new(Engine::new(blocks, Table::new(sp.bat), geo)))
             }
         };
         Ok(VhdWriter { shape, body })
@@ -196,20 +196,16 @@ impl<S: Sink> Blocks<S> {
         let sectors: BTreeSet<u64> = st
             .table
             .dirty()
-            .iter()
-            .map(|&b| b * format::BAT_ENTRY_BYTES / SECTOR)
+            .map(|b| b * format::BAT_ENTRY_BYTES / SECTOR)
             .collect();
-        let per_sector = usize_of(SECTOR / format::BAT_ENTRY_BYTES)?;
-        let entries = st.table.entries();
+        let per_sector = SECTOR / format::BAT_ENTRY_BYTES;
         for s in sectors {
-            let first = usize_of(s)?.saturating_mul(per_sector);
-            let last = first.saturating_add(per_sector).min(entries.len());
-            let bytes: Vec<u8> = entries
-                .get(first..last)
-                .unwrap_or_default()
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
+            let first = s.saturating_mul(per_sector);
+            let last = first.saturating_add(per_sector).min(st.table.len());
+            let mut bytes = Vec::with_capacity(usize_of(SECTOR)?);
+            for i in first..last {
+                bytes.extend_from_slice(&st.table.get(i)?.to_be_bytes());
+            }
             self.write(
                 &bytes,
                 self.table_offset + s * SECTOR,

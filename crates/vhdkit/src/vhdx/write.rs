@@ -54,7 +54,7 @@ use crate::error::{Error, Result};
 use crate::source::{read_struct, source_len};
 use crate::txn::Sink;
 use crate::view::Shape;
-use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State};
+use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State, Table};
 use crate::write::{ParentRead, WritableImage};
 
 /// Clean sector bitmaps kept in memory before the cache is emptied. Dirty ones stay until the
@@ -153,7 +153,7 @@ impl<S: Sink> VhdxWriter<S> {
         };
         Ok(VhdxWriter {
             shape: layout.shape(),
-            engine: Engine::new(payload, layout.bat.entries, geo),
+            engine: Engine::new(payload, Table::new(layout.bat.entries), geo),
         })
     }
 
@@ -227,7 +227,7 @@ impl<S: Sink> Payload<S> {
             }
         }
         let (mut sb_writes, mut payload_writes) = (Vec::new(), Vec::new());
-        for &i in st.table.dirty() {
+        for i in st.table.dirty() {
             let w = (
                 self.bat_offset + i * format::BAT_ENTRY_SIZE,
                 st.table.get(i)?.to_le_bytes().to_vec(),

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitmap::{self, BitOrder};
 use crate::error::{Error, Result};
+use crate::table::LazyTable;
 use crate::write::ParentRead;
 
 /// A memory size from a file value, or an error when it does not fit.
@@ -58,51 +59,127 @@ pub(crate) struct Geometry {
     pub max_cached_bitmaps: usize,
 }
 
-/// A block allocation table as it is now (including entries not yet on disk), and which
-/// entries changed since the last commit.
-#[derive(Debug)]
-pub(crate) struct Table<E> {
-    entries: Vec<E>,
-    dirty: BTreeSet<u64>,
+/// One table entry as a format keeps it: converts to and from the raw value on disk.
+pub(crate) trait Entry: Copy {
+    /// The entry a raw on-disk value encodes.
+    fn from_raw(raw: u64) -> Self;
+    /// The raw on-disk value.
+    fn to_raw(self) -> u64;
 }
 
-impl<E: Copy> Table<E> {
-    /// A table read from the file: nothing dirty.
+impl Entry for u32 {
+    fn from_raw(raw: u64) -> u32 {
+        // VHD entries are read as 4 bytes: a wider raw value is never produced.
+        u32::try_from(raw).unwrap_or(u32::MAX)
+    }
+    fn to_raw(self) -> u64 {
+        u64::from(self)
+    }
+}
+
+impl Entry for u64 {
+    fn from_raw(raw: u64) -> u64 {
+        raw
+    }
+    fn to_raw(self) -> u64 {
+        self
+    }
+}
+
+/// Where the entries not changed since the last commit come from.
+#[derive(Debug)]
+enum Backing<E> {
+    /// Held whole (small tables built in memory, tests).
+    Mem(Vec<E>),
+    /// Read from the file on demand, so memory does not grow with the table.
+    #[allow(dead_code)] // the writers switch to it in the next commits
+    Lazy(LazyTable),
+}
+
+/// A block allocation table as it is now (including entries not yet on disk), and which
+/// entries changed since the last commit. Only the changed entries are held in memory; the
+/// others are read from the backing.
+#[derive(Debug)]
+pub(crate) struct Table<E> {
+    backing: Backing<E>,
+    changed: BTreeMap<u64, E>,
+}
+
+impl<E: Entry> Table<E> {
+    /// A table held whole: nothing dirty.
     pub fn new(entries: Vec<E>) -> Table<E> {
         Table {
-            entries,
-            dirty: BTreeSet::new(),
+            backing: Backing::Mem(entries),
+            changed: BTreeMap::new(),
+        }
+    }
+
+    /// A table read from the file on demand: nothing dirty.
+    #[allow(dead_code)] // the writers switch to it in the next commits
+    pub fn lazy(table: LazyTable) -> Table<E> {
+        Table {
+            backing: Backing::Lazy(table),
+            changed: BTreeMap::new(),
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> u64 {
+        match &self.backing {
+            Backing::Mem(v) => v.len() as u64,
+            Backing::Lazy(t) => t.len(),
         }
     }
 
     /// Entry `index`.
     pub fn get(&self, index: u64) -> Result<E> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.entries.get(i))
-            .copied()
-            .ok_or_else(|| outside(index))
+        if let Some(e) = self.changed.get(&index) {
+            return Ok(*e);
+        }
+        match &self.backing {
+            Backing::Mem(v) => usize::try_from(index)
+                .ok()
+                .and_then(|i| v.get(i))
+                .copied()
+                .ok_or_else(|| outside(index)),
+            Backing::Lazy(t) if index < t.len() => t.get(index).map(E::from_raw),
+            Backing::Lazy(_) => Err(outside(index)),
+        }
     }
 
     /// Change entry `index` in memory and remember it for the commit.
     pub fn set(&mut self, index: u64, value: E) -> Result<()> {
-        let slot = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.entries.get_mut(i))
-            .ok_or_else(|| outside(index))?;
-        *slot = value;
-        self.dirty.insert(index);
+        if index >= self.len() {
+            return Err(outside(index));
+        }
+        self.changed.insert(index, value);
         Ok(())
     }
 
-    /// Every entry.
-    pub fn entries(&self) -> &[E] {
-        &self.entries
+    /// Entries changed since the last commit.
+    pub fn dirty(&self) -> impl Iterator<Item = u64> + '_ {
+        self.changed.keys().copied()
     }
 
-    /// Entries changed since the last commit.
-    pub fn dirty(&self) -> &BTreeSet<u64> {
-        &self.dirty
+    /// True when no entry changed since the last commit.
+    pub fn is_clean(&self) -> bool {
+        self.changed.is_empty()
+    }
+
+    /// The changed entries are on disk now (the format committed them to their place in the
+    /// table): fold them into the backing and forget them.
+    fn settle(&mut self) {
+        let changed = std::mem::take(&mut self.changed);
+        for (i, e) in changed {
+            match &mut self.backing {
+                Backing::Mem(v) => {
+                    if let Some(slot) = usize::try_from(i).ok().and_then(|i| v.get_mut(i)) {
+                        *slot = e;
+                    }
+                }
+                Backing::Lazy(t) => t.patch(i, e.to_raw()),
+            }
+        }
     }
 }
 
@@ -169,7 +246,7 @@ pub(crate) struct State<E> {
 /// What a sparse format supplies to the engine.
 pub(crate) trait SparseFormat {
     /// One table entry as kept in memory.
-    type Entry: Copy;
+    type Entry: Entry;
     /// Where the sectors of `block` are read from now.
     fn place(&self, st: &State<Self::Entry>, block: u64) -> Result<Place>;
     /// Where a write into `block` goes, allocating the block first when it has no room for
@@ -203,12 +280,12 @@ pub(crate) struct Engine<F: SparseFormat> {
 }
 
 impl<F: SparseFormat> Engine<F> {
-    /// An engine over `fmt`, whose table is `entries` as read from the file.
-    pub fn new(fmt: F, entries: Vec<F::Entry>, geo: Geometry) -> Engine<F> {
+    /// An engine over `fmt`, whose table is `table` as read from the file.
+    pub fn new(fmt: F, table: Table<F::Entry>, geo: Geometry) -> Engine<F> {
         Engine {
             fmt,
             st: State {
-                table: Table::new(entries),
+                table,
                 bitmaps: Bitmaps::new(geo.max_cached_bitmaps),
             },
             geo,
@@ -287,11 +364,11 @@ impl<F: SparseFormat> Engine<F> {
 
     /// Commit every change durably.
     pub fn flush(&mut self) -> Result<()> {
-        if self.st.table.dirty.is_empty() && self.st.bitmaps.dirty.is_empty() {
+        if self.st.table.is_clean() && self.st.bitmaps.dirty.is_empty() {
             return self.fmt.sync();
         }
         self.fmt.commit(&mut self.st)?;
-        self.st.table.dirty.clear();
+        self.st.table.settle();
         self.st.bitmaps.dirty.clear();
         Ok(())
     }
@@ -433,8 +510,8 @@ mod tests {
     const SECTOR: u64 = 512;
 
     impl SparseFormat for Mem {
-        type Entry = u8;
-        fn place(&self, st: &State<u8>, block: u64) -> Result<Place> {
+        type Entry = u32;
+        fn place(&self, st: &State<u32>, block: u64) -> Result<Place> {
             Ok(match st.table.get(block)? {
                 0 => Place::Parent,
                 _ => Place::Sectors {
@@ -442,14 +519,14 @@ mod tests {
                 },
             })
         }
-        fn place_for_write(&mut self, st: &mut State<u8>, block: u64) -> Result<Place> {
+        fn place_for_write(&mut self, st: &mut State<u32>, block: u64) -> Result<Place> {
             if st.table.get(block)? == 0 {
                 st.table.set(block, 1)?;
                 st.bitmaps.insert(block, vec![0; 1], true);
             }
             self.place(st, block)
         }
-        fn read_bitmap(&self, _st: &State<u8>, _block: u64) -> Result<Vec<u8>> {
+        fn read_bitmap(&self, _st: &State<u32>, _block: u64) -> Result<Vec<u8>> {
             *self.bitmap_reads.borrow_mut() += 1;
             Ok(vec![0; 1])
         }
@@ -466,7 +543,7 @@ mod tests {
         fn sync(&self) -> Result<()> {
             Ok(())
         }
-        fn commit(&mut self, _st: &mut State<u8>) -> Result<()> {
+        fn commit(&mut self, _st: &mut State<u32>) -> Result<()> {
             Ok(())
         }
     }
@@ -482,7 +559,7 @@ mod tests {
             order: BitOrder::MsbFirst,
             max_cached_bitmaps: max_cached,
         };
-        Engine::new(mem, vec![0; blocks], geo)
+        Engine::new(mem, Table::new(vec![0; blocks]), geo)
     }
 
     fn parent(o: u64, b: &mut [u8]) -> Result<()> {
@@ -513,7 +590,7 @@ mod tests {
         assert_eq!(tail, want);
         e.flush().unwrap();
         assert!(e.st.bitmaps.dirty().is_empty());
-        assert!(e.st.table.dirty().is_empty());
+        assert!(e.st.table.is_clean());
     }
 
     #[test]
@@ -532,5 +609,25 @@ mod tests {
         assert!(e.st.bitmaps.get(1).is_some());
         assert!(e.st.bitmaps.get(3).is_some());
         assert_eq!(*e.fmt.bitmap_reads.borrow(), 2);
+    }
+
+    #[test]
+    fn a_lazy_table_holds_only_changed_entries_until_they_settle() {
+        use crate::table::{LazyTable, Width};
+        let file: Vec<u8> = (0u32..1000).flat_map(|i| (i * 3).to_be_bytes()).collect();
+        let src: std::sync::Arc<dyn crate::source::Source> = std::sync::Arc::new(file);
+        let mut t: Table<u32> = Table::lazy(LazyTable::new(src, 0, 1000, Width::U32Be, "t"));
+        assert_eq!(t.len(), 1000);
+        assert_eq!(t.get(7).unwrap(), 21);
+        t.set(7, 5).unwrap();
+        t.set(999, 6).unwrap();
+        assert!(t.set(1000, 1).is_err());
+        assert!(t.get(1000).is_err());
+        assert_eq!(t.dirty().collect::<Vec<_>>(), vec![7, 999]);
+        assert_eq!((t.get(7).unwrap(), t.get(999).unwrap()), (5, 6));
+        t.settle();
+        assert!(t.is_clean());
+        // The page read before holds the settled value; the file itself was not written here.
+        assert_eq!(t.get(7).unwrap(), 5);
     }
 }

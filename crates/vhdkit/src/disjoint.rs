@@ -1,0 +1,337 @@
+//! Whether any two of a set of file spans overlap, in bounded memory.
+//!
+//! A table may point at tens of millions of blocks, and a hostile sparse file can make every one
+//! of them allocated, so the blocks cannot all be held and sorted at once. Instead the spans are
+//! visited in passes: one pass counts them; while a range of start offsets holds more spans than
+//! the budget, a histogram pass splits it into ranges that each hold at most the budget (a single
+//! start offset shared by more spans than the budget is itself an overlap); each such range is
+//! then collected, sorted and checked against the span reaching furthest before it. Memory is
+//! the budget plus one histogram; the cost is a few passes over the table, and only when it is
+//! larger than the budget.
+
+use crate::error::Result;
+
+/// A span of the file `[start, end)` and who uses it (a table index, for messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Span {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Caller's id (e.g. the table entry's index).
+    pub id: u64,
+}
+
+/// Spans collected and sorted at a time by default: 24 bytes each, 12 MiB.
+pub(crate) const DEFAULT_BUDGET: usize = 512 << 10;
+/// Histogram buckets per split: 512 KiB of counters.
+const MAX_BUCKETS: usize = 64 << 10;
+
+/// The visitor a pass calls once per span.
+pub(crate) type Visit<'v> = dyn FnMut(Span) -> Result<()> + 'v;
+
+/// A source of spans: each call visits every span once, in any order, the same set each time.
+pub(crate) trait Spans {
+    /// Visit every span.
+    fn pass(&mut self, visit: &mut Visit<'_>) -> Result<()>;
+}
+
+impl<F> Spans for F
+where
+    F: FnMut(&mut Visit<'_>) -> Result<()>,
+{
+    fn pass(&mut self, visit: &mut Visit<'_>) -> Result<()> {
+        self(visit)
+    }
+}
+
+/// The first overlapping pair found, `(a, b)` with `a.start <= b.start`, or `None` when the
+/// spans are disjoint. Empty spans (`end <= start`) overlap nothing. At most `budget` spans
+/// are held at once (`budget >= 2`).
+pub(crate) fn find_overlap(spans: &mut dyn Spans, budget: usize) -> Result<Option<(Span, Span)>> {
+    let mut f = Finder {
+        spans,
+        budget: budget.max(2),
+        carry: None,
+        passes: 0,
+    };
+    f.run()
+}
+
+/// As [`find_overlap`], also returning how many passes it made (for tests and benchmarks).
+#[cfg(test)]
+fn find_overlap_counting(spans: &mut dyn Spans, budget: usize) -> (Option<(Span, Span)>, u32) {
+    let mut f = Finder {
+        spans,
+        budget: budget.max(2),
+        carry: None,
+        passes: 0,
+    };
+    let r = f.run().ok().flatten();
+    (r, f.passes)
+}
+
+struct Finder<'s> {
+    spans: &'s mut dyn Spans,
+    budget: usize,
+    /// Of the spans checked so far (all starting before the current range), the one whose end
+    /// reaches furthest.
+    carry: Option<Span>,
+    passes: u32,
+}
+
+impl Finder<'_> {
+    /// Visit the non-empty spans whose start is in `lo..=hi`.
+    fn each_in(&mut self, lo: u64, hi: u64, f: &mut dyn FnMut(Span)) -> Result<()> {
+        self.passes += 1;
+        self.spans.pass(&mut |s: Span| {
+            if s.end > s.start && (lo..=hi).contains(&s.start) {
+                f(s);
+            }
+            Ok(())
+        })
+    }
+
+    fn run(&mut self) -> Result<Option<(Span, Span)>> {
+        let (mut n, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
+        self.each_in(0, u64::MAX, &mut |s| {
+            n += 1;
+            lo = lo.min(s.start);
+            hi = hi.max(s.start);
+        })?;
+        if n < 2 {
+            return Ok(None);
+        }
+        self.range(lo, hi, n)
+    }
+
+    /// Check the `n` spans starting in `lo..=hi`; every span starting before `lo` is checked.
+    fn range(&mut self, lo: u64, hi: u64, n: u64) -> Result<Option<(Span, Span)>> {
+        if n <= self.budget as u64 {
+            return self.collect_and_check(lo, hi);
+        }
+        if lo == hi {
+            // More spans than the budget share one start, so any two of them overlap.
+            return self.collect_and_check_first(lo);
+        }
+        let buckets = self.budget.clamp(2, MAX_BUCKETS);
+        // Width so that `buckets` buckets cover lo..=hi: (hi - lo) / width < buckets.
+        let width = (hi - lo) / buckets as u64 + 1;
+        let mut hist = vec![0u64; buckets];
+        self.each_in(lo, hi, &mut |s| {
+            let b = usize::try_from((s.start - lo) / width).unwrap_or(0);
+            if let Some(c) = hist.get_mut(b) {
+                *c += 1;
+            }
+        })?;
+        self.walk_buckets(lo, hi, width, &hist)
+    }
+
+    /// Check bucket after bucket, grouping neighbours while they fit the budget together.
+    fn walk_buckets(
+        &mut self,
+        lo: u64,
+        hi: u64,
+        width: u64,
+        hist: &[u64],
+    ) -> Result<Option<(Span, Span)>> {
+        let bucket_lo = |b: u64| lo.saturating_add(b.saturating_mul(width));
+        let bucket_hi = |b: u64| bucket_lo(b + 1).saturating_sub(1).min(hi);
+        let mut group: Option<(u64, u64)> = None; // (first bucket, spans)
+        for (b, &c) in (0u64..).zip(hist.iter()) {
+            if let Some((g0, sum)) = group {
+                if sum + c > self.budget as u64 {
+                    if let Some(o) = self.range(bucket_lo(g0), bucket_hi(b - 1), sum)? {
+                        return Ok(Some(o));
+                    }
+                    group = None;
+                }
+            }
+            if c > self.budget as u64 {
+                if let Some(o) = self.range(bucket_lo(b), bucket_hi(b), c)? {
+                    return Ok(Some(o));
+                }
+                continue;
+            }
+            if c > 0 {
+                group = Some(group.map_or((b, c), |(g0, sum)| (g0, sum + c)));
+            }
+        }
+        match group {
+            Some((g0, sum)) => self.range(bucket_lo(g0), hi, sum),
+            None => Ok(None),
+        }
+    }
+
+    fn collect_and_check(&mut self, lo: u64, hi: u64) -> Result<Option<(Span, Span)>> {
+        let mut v = Vec::new();
+        self.each_in(lo, hi, &mut |s| v.push(s))?;
+        v.sort_unstable();
+        for s in v {
+            if let Some(c) = self.carry {
+                if s.start < c.end {
+                    return Ok(Some((c, s)));
+                }
+            }
+            if self.carry.is_none_or(|c| s.end > c.end) {
+                self.carry = Some(s);
+            }
+        }
+        Ok(None)
+    }
+
+    fn collect_and_check_first(&mut self, at: u64) -> Result<Option<(Span, Span)>> {
+        let mut two: Vec<Span> = Vec::with_capacity(2);
+        self.each_in(at, at, &mut |s| {
+            if two.len() < 2 {
+                two.push(s);
+            }
+        })?;
+        two.sort_unstable();
+        Ok(match (self.carry, two.first(), two.get(1)) {
+            (Some(c), Some(&a), _) if a.start < c.end => Some((c, a)),
+            (_, Some(&a), Some(&b)) => Some((a, b)),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spans_of(v: &[Span]) -> impl FnMut(&mut Visit<'_>) -> Result<()> + '_ {
+        move |visit: &mut Visit<'_>| {
+            for s in v {
+                visit(*s)?;
+            }
+            Ok(())
+        }
+    }
+
+    fn sp(start: u64, end: u64, id: u64) -> Span {
+        Span { start, end, id }
+    }
+
+    /// The answer by brute force: is there any overlapping pair?
+    fn any_overlap(v: &[Span]) -> bool {
+        let mut w: Vec<&Span> = v.iter().filter(|s| s.end > s.start).collect();
+        w.sort();
+        let mut reach = 0u64;
+        let mut first = true;
+        for s in w {
+            if !first && s.start < reach {
+                return true;
+            }
+            first = false;
+            reach = reach.max(s.end);
+        }
+        false
+    }
+
+    fn check(v: &[Span], budget: usize) -> Option<(Span, Span)> {
+        let (r, _) = find_overlap_counting(&mut spans_of(v), budget);
+        assert_eq!(r.is_some(), any_overlap(v), "budget {budget}: {v:?}");
+        if let Some((a, b)) = r {
+            assert!(a.start <= b.start && b.start < a.end, "{a:?} {b:?}");
+            assert_ne!(a.id, b.id);
+        }
+        r
+    }
+
+    /// A small deterministic generator (no rand dependency).
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    #[test]
+    fn disjoint_blocks_pass_at_every_budget() {
+        // Blocks of 3 units placed every 3..5 units, shuffled.
+        let mut seed = 7;
+        let mut at = 10u64;
+        let mut v = Vec::new();
+        for i in 0..5000 {
+            v.push(sp(at, at + 3, i));
+            at += 3 + lcg(&mut seed) % 3;
+        }
+        for i in (1..v.len()).rev() {
+            let j = (lcg(&mut seed) as usize) % (i + 1);
+            v.swap(i, j);
+        }
+        for budget in [2, 3, 7, 100, 4999, 5000, 1 << 20] {
+            assert_eq!(check(&v, budget), None);
+        }
+    }
+
+    #[test]
+    fn an_overlap_is_found_wherever_it_is_at_every_budget() {
+        let mut seed = 11;
+        for round in 0..60 {
+            let n = 50 + lcg(&mut seed) % 400;
+            let mut v: Vec<Span> = (0..n).map(|i| sp(i * 8, i * 8 + 8, i)).collect();
+            // Move one block so that it overlaps another (same start, inside, or straddling).
+            let k = (lcg(&mut seed) % n) as usize;
+            let target = lcg(&mut seed) % n;
+            let shift = [0, 3, 7, 9][(round % 4) as usize];
+            v[k].start = (target * 8 + shift).min(n * 8 - 1);
+            v[k].end = v[k].start + 8;
+            for budget in [2, 5, 64, 1000] {
+                check(&v, budget);
+            }
+        }
+    }
+
+    #[test]
+    fn many_spans_on_one_start_and_empty_spans() {
+        let mut v: Vec<Span> = (0..100).map(|i| sp(500, 600, i)).collect();
+        v.push(sp(0, 100, 100));
+        assert!(check(&v, 4).is_some());
+        // Empty spans never overlap, even at the same place.
+        let e: Vec<Span> = (0..100).map(|i| sp(5, 5, i)).collect();
+        assert_eq!(check(&e, 4), None);
+        assert_eq!(check(&[], 4), None);
+        assert_eq!(check(&[sp(1, 2, 0)], 4), None);
+    }
+
+    #[test]
+    fn spans_at_the_ends_of_the_offset_range() {
+        let v = [
+            sp(u64::MAX - 10, u64::MAX, 0),
+            sp(0, 1, 1),
+            sp(u64::MAX - 20, u64::MAX - 10, 2),
+        ];
+        for budget in [2, 3] {
+            assert_eq!(check(&v, budget), None);
+        }
+        let w = [
+            sp(u64::MAX - 10, u64::MAX, 0),
+            sp(u64::MAX - 11, u64::MAX - 9, 1),
+            sp(0, 1, 2),
+        ];
+        assert!(check(&w, 2).is_some());
+    }
+
+    #[test]
+    fn passes_stay_few_for_large_sets() {
+        // 200k disjoint blocks spread over a huge range, 10k budget: a count pass, one histogram
+        // pass, then about n / budget collect passes (at most twice that after grouping).
+        let n = 200_000u64;
+        let v: Vec<Span> = (0..n).map(|i| sp(i << 30, (i << 30) + 4096, i)).collect();
+        let (r, passes) = find_overlap_counting(&mut spans_of(&v), 10_000);
+        assert_eq!(r, None);
+        assert!(passes <= 2 + 2 * 20 + 2, "{passes} passes");
+        let (_, small) = find_overlap_counting(&mut spans_of(&v[..100]), 10_000);
+        assert_eq!(small, 2);
+    }
+
+    #[test]
+    fn a_failing_pass_is_an_error() {
+        let mut bad =
+            |_: &mut Visit<'_>| -> Result<()> { Err(crate::Error::Internal("io".into())) };
+        assert!(find_overlap(&mut bad, 10).is_err());
+    }
+}

@@ -1,0 +1,342 @@
+//! On-demand reads of a block allocation table.
+//!
+//! A table can hold tens of millions of entries (a 2040 GiB VHD with 128 KiB blocks: 64 MiB;
+//! a 64 TiB differencing VHDX with 2 MiB blocks: 256 MiB), so no reader or writer keeps it
+//! whole: entries are read from the file a page at a time through a small cache, and scans
+//! stream it through one bounded buffer. Memory then stays the same whatever the disk's size
+//! (the README's 64 MiB bound).
+//!
+//! The table is read through its own handle on the file, so a writer's later writes to the
+//! same file are seen by pages read after them; [`LazyTable::patch`] keeps cached pages in step
+//! with entries the owner writes itself.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{Error, Result};
+use crate::source::{read_struct, Source};
+
+/// Bytes of table per cached page.
+const PAGE_BYTES: u64 = 64 << 10;
+/// Pages kept: 1 MiB of table.
+const MAX_PAGES: usize = 16;
+/// Bytes read at a time by [`LazyTable::scan`].
+const SCAN_BYTES: u64 = 1 << 20;
+
+/// How one entry is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Width {
+    /// 4 bytes, big-endian (VHD).
+    U32Be,
+    /// 8 bytes, little-endian (VHDX).
+    U64Le,
+}
+
+impl Width {
+    /// Bytes per entry.
+    pub(crate) const fn bytes(self) -> u64 {
+        match self {
+            Width::U32Be => 4,
+            Width::U64Le => 8,
+        }
+    }
+
+    fn decode(self, b: &[u8]) -> u64 {
+        match self {
+            Width::U32Be => b
+                .try_into()
+                .map_or(0, |a: [u8; 4]| u64::from(u32::from_be_bytes(a))),
+            Width::U64Le => b.try_into().map_or(0, u64::from_le_bytes),
+        }
+    }
+
+    fn encode(self, v: u64, out: &mut [u8]) {
+        match self {
+            Width::U32Be => {
+                let x = u32::try_from(v).unwrap_or(u32::MAX).to_be_bytes();
+                out.copy_from_slice(&x);
+            }
+            Width::U64Le => out.copy_from_slice(&v.to_le_bytes()),
+        }
+    }
+}
+
+/// Pages read so far, most recently used last.
+#[derive(Debug, Default)]
+struct Pages {
+    pages: Vec<(u64, Vec<u8>)>,
+}
+
+/// A table of `count` entries at `offset`, read on demand.
+#[derive(Debug)]
+pub(crate) struct LazyTable {
+    src: Arc<dyn Source>,
+    offset: u64,
+    count: u64,
+    width: Width,
+    structure: &'static str,
+    cache: Mutex<Pages>,
+}
+
+impl LazyTable {
+    /// A table of `count` entries of `width` at `offset` of `src`. The caller has checked that
+    /// the table lies inside the file; `structure` names it in errors.
+    pub(crate) fn new(
+        src: Arc<dyn Source>,
+        offset: u64,
+        count: u64,
+        width: Width,
+        structure: &'static str,
+    ) -> LazyTable {
+        LazyTable {
+            src,
+            offset,
+            count,
+            width,
+            structure,
+            cache: Mutex::new(Pages::default()),
+        }
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Absolute offset of the table.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Absolute file offset of entry `index`.
+    pub(crate) fn entry_offset(&self, index: u64) -> u64 {
+        self.offset
+            .saturating_add(index.saturating_mul(self.width.bytes()))
+    }
+
+    fn table_bytes(&self) -> u64 {
+        self.count.saturating_mul(self.width.bytes())
+    }
+
+    fn outside(&self, index: u64) -> Error {
+        Error::corrupt(
+            self.structure,
+            self.entry_offset(index),
+            format!(
+                "entry {index} is outside the table of {} entries",
+                self.count
+            ),
+        )
+    }
+
+    /// Entry `index`, as stored (VHD: the sector number; VHDX: the raw 64-bit entry).
+    pub(crate) fn get(&self, index: u64) -> Result<u64> {
+        if index >= self.count {
+            return Err(self.outside(index));
+        }
+        let byte = index * self.width.bytes();
+        let page = byte / PAGE_BYTES;
+        let within = usize::try_from(byte % PAGE_BYTES).unwrap_or(0);
+        let width = usize::try_from(self.width.bytes()).unwrap_or(8);
+        let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let pos = match c.pages.iter().position(|(p, _)| *p == page) {
+            Some(pos) => pos,
+            None => {
+                let bytes = self.read_page(page)?;
+                if c.pages.len() >= MAX_PAGES {
+                    c.pages.remove(0);
+                }
+                c.pages.push((page, bytes));
+                c.pages.len() - 1
+            }
+        };
+        // Most recently used last, so eviction drops the page unused longest.
+        let last = c.pages.len() - 1;
+        if pos != last {
+            let hit = c.pages.remove(pos);
+            c.pages.push(hit);
+        }
+        let bytes = c
+            .pages
+            .last()
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or_default();
+        let raw = bytes.get(within..within + width).unwrap_or_default();
+        Ok(self.width.decode(raw))
+    }
+
+    fn read_page(&self, page: u64) -> Result<Vec<u8>> {
+        let start = page * PAGE_BYTES;
+        let len = self.table_bytes().saturating_sub(start).min(PAGE_BYTES);
+        // `len` is at most PAGE_BYTES, so it fits memory on every target.
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        read_struct(
+            &*self.src,
+            self.offset.saturating_add(start),
+            &mut buf,
+            self.structure,
+        )?;
+        Ok(buf)
+    }
+
+    /// Record that entry `index` now holds `value` on disk (the owner wrote it): a cached page
+    /// holding it is updated, so later reads agree with the file.
+    pub(crate) fn patch(&self, index: u64, value: u64) {
+        if index >= self.count {
+            return;
+        }
+        let byte = index * self.width.bytes();
+        let page = byte / PAGE_BYTES;
+        let within = usize::try_from(byte % PAGE_BYTES).unwrap_or(0);
+        let width = usize::try_from(self.width.bytes()).unwrap_or(8);
+        let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, bytes)) = c.pages.iter_mut().find(|(p, _)| *p == page) {
+            if let Some(slot) = bytes.get_mut(within..within + width) {
+                self.width.encode(value, slot);
+            }
+        }
+    }
+
+    /// Forget every cached page (the file changed under the table).
+    pub(crate) fn invalidate(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pages
+            .clear();
+    }
+
+    /// Call `f(index, entry)` for every entry from `from` on, in order, reading the table
+    /// through one bounded buffer (the cache is left alone). Stops at the first error `f`
+    /// returns.
+    pub(crate) fn scan(&self, from: u64, mut f: impl FnMut(u64, u64) -> Result<()>) -> Result<()> {
+        scan_table(
+            &*self.src,
+            self.offset,
+            self.count,
+            self.width,
+            self.structure,
+            from,
+            &mut f,
+        )
+    }
+}
+
+/// Stream `count` entries of `width` at `offset` of `src` from entry `from` on, through one
+/// bounded buffer; for checks that run before a [`LazyTable`] exists.
+pub(crate) fn scan_table(
+    src: &dyn Source,
+    offset: u64,
+    count: u64,
+    width: Width,
+    structure: &'static str,
+    from: u64,
+    f: &mut dyn FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
+    let w = width.bytes();
+    let per_read = SCAN_BYTES / w;
+    let mut buf = Vec::new();
+    let mut i = from;
+    while i < count {
+        let n = (count - i).min(per_read);
+        buf.resize(usize::try_from(n * w).unwrap_or(0), 0);
+        read_struct(src, offset.saturating_add(i * w), &mut buf, structure)?;
+        let step = usize::try_from(w).unwrap_or(8);
+        for (k, raw) in (0u64..).zip(buf.chunks_exact(step)) {
+            f(i + k, width.decode(raw))?;
+        }
+        i += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[u64], width: Width, at: usize) -> (Arc<dyn Source>, LazyTable) {
+        let w = usize::try_from(width.bytes()).unwrap();
+        let mut file = vec![0xEEu8; at + entries.len() * w + 3];
+        for (i, &e) in entries.iter().enumerate() {
+            width.encode(e, &mut file[at + i * w..at + (i + 1) * w]);
+        }
+        let src: Arc<dyn Source> = Arc::new(file);
+        let t = LazyTable::new(
+            src.clone(),
+            at as u64,
+            entries.len() as u64,
+            width,
+            "test table",
+        );
+        (src, t)
+    }
+
+    #[test]
+    fn get_reads_every_entry_across_pages_and_evictions() {
+        // 40 pages of VHD entries: more than the cache holds, so pages are evicted and reread.
+        let n = (40 * PAGE_BYTES / 4) as usize;
+        let entries: Vec<u64> = (0..n as u64).map(|i| i * 7 + 1).collect();
+        let (_, t) = table(&entries, Width::U32Be, 512);
+        for i in (0..n).step_by(997).chain((0..n).rev().step_by(1013)) {
+            assert_eq!(t.get(i as u64).unwrap(), entries[i], "entry {i}");
+        }
+        assert!(t.cache.lock().unwrap().pages.len() <= MAX_PAGES);
+        let err = t.get(n as u64).unwrap_err().to_string();
+        assert!(err.contains("outside the table"), "{err}");
+    }
+
+    #[test]
+    fn vhdx_entries_are_little_endian_u64() {
+        let entries = [u64::MAX - 5, 0x0000_0030_0000_0006, 0];
+        let (_, t) = table(&entries, Width::U64Le, 8);
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(t.get(i as u64).unwrap(), *e);
+        }
+    }
+
+    #[test]
+    fn patch_updates_a_cached_page_only() {
+        let entries: Vec<u64> = (0..100).collect();
+        let (_, t) = table(&entries, Width::U64Le, 0);
+        assert_eq!(t.get(5).unwrap(), 5);
+        t.patch(5, 55);
+        assert_eq!(t.get(5).unwrap(), 55);
+        // Not in the file: forgetting the cache brings the file's value back.
+        t.invalidate();
+        assert_eq!(t.get(5).unwrap(), 5);
+        t.patch(1000, 1); // outside: ignored
+    }
+
+    #[test]
+    fn scan_visits_every_entry_once_in_order_from_a_start() {
+        let n = (3 * SCAN_BYTES / 8 + 5) as usize;
+        let entries: Vec<u64> = (0..n as u64).map(|i| i ^ 0x5A5A).collect();
+        let (_, t) = table(&entries, Width::U64Le, 4096);
+        let mut seen = 0u64;
+        t.scan(10, |i, e| {
+            assert_eq!(i, 10 + seen);
+            assert_eq!(e, entries[i as usize]);
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, n as u64 - 10);
+        let stop = t.scan(0, |i, _| {
+            if i == 3 {
+                Err(Error::Internal("stop".into()))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(stop.is_err());
+    }
+
+    #[test]
+    fn a_table_past_the_end_of_the_file_is_an_error_not_a_panic() {
+        let src: Arc<dyn Source> = Arc::new(vec![0u8; 100]);
+        let t = LazyTable::new(src, 96, 1000, Width::U32Be, "test table");
+        assert!(t.get(0).is_err());
+        assert!(t.get(999).is_err());
+        assert!(t.scan(0, |_, _| Ok(())).is_err());
+    }
+}
