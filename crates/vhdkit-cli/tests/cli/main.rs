@@ -28,4 +28,5 @@ mod reparent;
 mod reparent_vhdx;
 mod roundtrip;
 mod share;
+mod shared_storage;
 mod stdout_errors;
