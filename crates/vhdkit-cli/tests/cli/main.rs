@@ -30,3 +30,4 @@ mod roundtrip;
 mod share;
 mod shared_storage;
 mod stdout_errors;
+mod sticky_folders;
