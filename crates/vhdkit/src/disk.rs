@@ -272,12 +272,28 @@ pub fn open_source_recorded(
     let file = crate::fsx::open_disk(path)
         .map_err(|e| Error::io("opening the file", e))
         .with_path(path)?;
+    Ok(source_over(path, file, reads))
+}
+
+/// `file` (opened from `path`) as a source, with the journal beside `path` laid over it.
+fn source_over(
+    path: &Path,
+    file: std::fs::File,
+    reads: Option<&crate::readset::ReadSet>,
+) -> (Box<dyn Source>, Option<String>) {
     let raw: Box<dyn Source> = match reads {
         Some(r) => r.wrap(Box::new(file)),
         None => Box::new(file),
     };
     let journal = crate::txn::journal::FileJournal::for_disk(path);
-    Ok(crate::txn::journal::overlay_pending(raw, &journal))
+    crate::txn::journal::overlay_pending(raw, &journal)
+}
+
+/// Where reads of the file at `path` are recorded, when `opts` asks for that file.
+fn recorded_reads<'o>(path: &Path, opts: &'o OpenOptions) -> Option<&'o crate::readset::ReadSet> {
+    let r = opts.record.as_ref()?;
+    let canon = std::fs::canonicalize(path).ok()?;
+    (canon == r.path).then_some(&r.reads)
 }
 
 /// Which format the bytes are in, by signature (never by file name).
@@ -347,11 +363,31 @@ impl Disk {
         let path = path.as_ref();
         #[cfg(test)]
         crate::parse_count::note(path);
-        let reads = opts.record.as_ref().and_then(|r| {
-            let canon = std::fs::canonicalize(path).ok()?;
-            (canon == r.path).then_some(&r.reads)
-        });
+        let reads = recorded_reads(path, opts);
         let (src, warning) = open_source_recorded(path, reads)?;
+        Self::from_opened(path, src, warning, opts)
+    }
+
+    /// [`Disk::open_with`] on a file the caller opened from `path` itself (a confined parent
+    /// candidate, opened beneath its confining folder).
+    pub(crate) fn open_file_with(
+        path: &Path,
+        file: std::fs::File,
+        opts: &OpenOptions,
+    ) -> Result<Disk> {
+        #[cfg(test)]
+        crate::parse_count::note(path);
+        let reads = recorded_reads(path, opts);
+        let (src, warning) = source_over(path, file, reads);
+        Self::from_opened(path, src, warning, opts)
+    }
+
+    fn from_opened(
+        path: &Path,
+        src: Box<dyn Source>,
+        warning: Option<String>,
+        opts: &OpenOptions,
+    ) -> Result<Disk> {
         let mut disk = Self::from_source(src, opts).with_path(path)?;
         disk.path = Some(path.to_path_buf());
         disk.extra_warnings.extend(warning);

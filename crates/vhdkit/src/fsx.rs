@@ -5,6 +5,9 @@
 //!   swapped in cannot hang a reader) and the type is checked with `fstat` on the open
 //!   descriptor, never by a path check followed by a second open. Anything but a regular file
 //!   is refused with a [`Refused`] error.
+//! - **Confined parent candidates** ([`open_disk_beneath`]): the same rules, and the path is
+//!   resolved by the kernel beneath the confining folder (`openat2` with `RESOLVE_BENEATH`), so
+//!   a path component swapped for a link after the candidate was checked cannot lead outside.
 //! - **Side files read** ([`read_side`]): vhdkit's own files beside a disk (the journal). Never
 //!   through a link (`O_NOFOLLOW`), never blocking, regular files only, read with a hard size
 //!   bound fixed by the caller.
@@ -22,6 +25,9 @@ use std::path::Path;
 pub enum Refused {
     /// Not a regular file: what it is instead ("symbolic link", "FIFO", "folder", ...).
     NotRegular(&'static str),
+    /// Reached only by leaving the confining folder (a link or `..` leading out of it, possibly
+    /// swapped in after the path was checked): refused by the kernel, nothing opened.
+    OutsideConfinement,
     /// Larger than the bound the caller allows.
     TooLarge {
         /// The file's length.
@@ -35,6 +41,9 @@ impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refused::NotRegular(kind) => write!(f, "not a regular file (a {kind}); not opened"),
+            Refused::OutsideConfinement => {
+                f.write_str("leads outside the confining folder; not opened")
+            }
             Refused::TooLarge { len, max } => {
                 write!(
                     f,
@@ -329,6 +338,54 @@ fn open_create(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Open the parent candidate `rel` (a path relative to `root`, normally its real path with the
+/// canonical `root` stripped) read-only with the rules of [`open_disk`], never leaving `root`.
+///
+/// On Linux the kernel resolves `rel` beneath an open descriptor of `root` (`openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`): a link or `..` that leads out of `root` is
+/// refused ([`Refused::OutsideConfinement`]) even when it was swapped in after the caller
+/// checked the path. Kernels without `openat2` (before 5.6: `ENOSYS`) and other systems fall
+/// back to opening `root/rel` by path, so there confinement rests on the caller's check made
+/// just before, and a component swapped in that window is not caught.
+pub fn open_disk_beneath(root: &Path, rel: &Path) -> io::Result<File> {
+    let f = match open_beneath(root, rel)? {
+        Some(f) => f,
+        None => return open_disk(&root.join(rel)),
+    };
+    require_regular(&f)?;
+    Ok(f)
+}
+
+/// `Ok(None)`: no `openat2` here, the caller opens by path.
+#[cfg(target_os = "linux")]
+fn open_beneath(root: &Path, rel: &Path) -> io::Result<Option<File>> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    // EAGAIN: a rename elsewhere raced a `..` in the walk; the kernel asks for a retry.
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), resolve) {
+            Ok(fd) => return Ok(Some(File::from(fd))),
+            Err(Errno::NOSYS) => return Ok(None),
+            Err(Errno::XDEV) => return Err(Refused::OutsideConfinement.into()),
+            Err(Errno::AGAIN) if tries < 8 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_beneath(_root: &Path, _rel: &Path) -> io::Result<Option<File>> {
+    Ok(None)
+}
+
 #[cfg(test)]
 #[cfg(target_os = "linux")]
 mod tests {
@@ -453,5 +510,38 @@ mod tests {
         assert_eq!(refusal(&e), Some(&Refused::NotRegular("folder")));
         let e = open_disk(Path::new("/dev/zero")).unwrap_err();
         assert_eq!(refusal(&e), Some(&Refused::NotRegular("character device")));
+    }
+
+    #[test]
+    fn open_disk_beneath_stays_inside_the_root() {
+        let d = dir();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/disk"), b"in").unwrap();
+        std::fs::write(d.path().join("secret"), b"out").unwrap();
+        let read = |rel: &str| {
+            let mut s = String::new();
+            open_disk_beneath(&root, Path::new(rel))
+                .map(|mut f| f.read_to_string(&mut s).map(|_| s))
+        };
+        assert_eq!(read("sub/disk").unwrap().unwrap(), "in");
+        // A link that stays inside is followed; one that leaves (or a `..` that does) is not.
+        std::os::unix::fs::symlink("sub", root.join("inlink")).unwrap();
+        assert_eq!(read("inlink/disk").unwrap().unwrap(), "in");
+        std::os::unix::fs::symlink(d.path(), root.join("out")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), root.join("s")).unwrap();
+        for rel in [
+            "out/secret",
+            "s",
+            "../secret",
+            "sub/../../secret",
+            "/proc/self/root/x",
+        ] {
+            let e = read(rel).unwrap_err();
+            assert_eq!(refusal(&e), Some(&Refused::OutsideConfinement), "{rel}");
+        }
+        let e = read("sub").unwrap_err();
+        assert_eq!(refusal(&e), Some(&Refused::NotRegular("folder")));
+        assert_eq!(read("none").unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 }

@@ -57,9 +57,10 @@ fn options(a: &ReparentArgs) -> Result<ReparentOptions, CliError> {
 
 fn dry_run(a: &ReparentArgs, plan: &ReparentPlan) -> Result<(), CliError> {
     // Predict the real run's first refusal: it takes the writers' lock (a read-only or
-    // locked child). The lock is taken and dropped at once; a real run that tries in that
-    // instant is refused politely, never harmed.
-    if let Err(reason) = vhdkit::lock::lock_for_change(&a.child) {
+    // locked child) and, for a VHD, writes its journal beside the child (a closed or sticky
+    // folder). The lock is taken and dropped at once; a real run that tries in that instant is
+    // refused politely, never harmed.
+    if let Some(reason) = reparent::predict_refusal(plan) {
         return Err(CliError::Lib(vhdkit::lock::refusal(
             &a.child,
             format!("{reason} (dry run: the real run would be refused)"),

@@ -160,9 +160,10 @@ fn at_stale_partial(kind: Plant) {
     let planted: Vec<Planted> = ["out.vhd", "new.vhdx"]
         .iter()
         .filter_map(|n| {
+            // This host's name for a dead pid (pid_max is at most 2^22).
             plant(
                 kind,
-                &dir.join(format!(".{n}.vhdkit-partial-4999999")),
+                &vhdkit::sidefile::partial_output_of(&dir.join(n), 4_999_999),
                 &lab,
             )
         })

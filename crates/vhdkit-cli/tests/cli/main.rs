@@ -28,4 +28,6 @@ mod reparent;
 mod reparent_vhdx;
 mod roundtrip;
 mod share;
+mod shared_storage;
 mod stdout_errors;
+mod sticky_folders;

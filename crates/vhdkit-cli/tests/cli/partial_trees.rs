@@ -21,12 +21,12 @@ use crate::util::*;
 
 const SIZE: u64 = 4 << 20;
 const BS: u32 = 1 << 20;
-const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
 /// True when tests can run the binary as `nobody`: root, `runuser`, and a binary and temporary
 /// folder that `nobody` can reach. Otherwise prints a SKIP line, or fails under CI=true (CI runs
 /// as root, so a skip there would hide a regression).
-fn nobody_available() -> bool {
+pub(crate) fn nobody_available() -> bool {
     let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     let nobody_runs = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
     let runs =
@@ -50,7 +50,7 @@ fn nobody_available() -> bool {
 }
 
 /// Run `vhdkit ARGS` as `nobody`.
-fn as_nobody(args: &[&str]) -> Run {
+pub(crate) fn as_nobody(args: &[&str]) -> Run {
     Command::new("runuser")
         .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_vhdkit")])
         .args(args)
@@ -59,19 +59,19 @@ fn as_nobody(args: &[&str]) -> Run {
         .into()
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 /// A lab under a tempdir that `nobody` owns (the tempdir itself is opened to others):
 /// `VMs/VM1..VM2/ref.vhd` (identical copies) each with `vm.vhd` over it, relative locators.
-struct Lab {
+pub(crate) struct Lab {
     _tmp: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl Lab {
-    fn new() -> Lab {
+    pub(crate) fn new() -> Lab {
         let tmp = tmp();
         let root = tmp.path().join("lab");
         let mut base = VhdBuilder::dynamic(SIZE).block_size(BS);
@@ -92,10 +92,10 @@ impl Lab {
         open_to_nobody(lab._tmp.path(), &lab.root);
         lab
     }
-    fn vms(&self) -> PathBuf {
+    pub(crate) fn vms(&self) -> PathBuf {
         self.root.join("VMs")
     }
-    fn shared(&self) -> PathBuf {
+    pub(crate) fn shared(&self) -> PathBuf {
         self.root.join("Shared")
     }
 }
@@ -115,7 +115,7 @@ fn open_to_nobody(top: &Path, root: &Path) {
 }
 
 /// Every path under `dir` (as root) with its bytes' hash and mtime (links: their target text).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (String, Option<SystemTime>)> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (String, Option<SystemTime>)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -152,7 +152,7 @@ struct Obstacle {
     plant: fn(&Lab),
 }
 
-fn chmod(p: &Path, mode: u32) {
+pub(crate) fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 

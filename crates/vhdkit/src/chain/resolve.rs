@@ -134,7 +134,7 @@ fn try_candidate(
     opts: &ChainOptions,
 ) -> std::result::Result<(Disk, IdMatch), Rejected> {
     let confined = confined_path(cand, &opts.confine)?;
-    let cand = confined.as_deref().unwrap_or(cand);
+    let cand = confined.as_ref().map_or(cand, |c| c.real.as_path());
     if !cand.is_file() {
         return Err(Rejected::NotParent(if cand.exists() {
             "not a regular file".into()
@@ -145,8 +145,11 @@ fn try_candidate(
     if canonical(cand) == child_canon {
         return Err(Rejected::NotParent("is the child itself".into()));
     }
-    let parent = Disk::open_with(cand, &opts.open)
-        .map_err(|e| Rejected::Unreadable(format!("cannot open: {e}")))?;
+    let parent = match &confined {
+        Some(c) => c.open(opts)?,
+        None => Disk::open_with(cand, &opts.open),
+    }
+    .map_err(|e| Rejected::Unreadable(format!("cannot open: {e}")))?;
     let pid = parent.identity();
     let id_match = if pid == linkage.id {
         IdMatch::Primary
@@ -172,35 +175,59 @@ fn try_candidate(
 /// (whether it exists, what it is), which may be a secret a hostile locator points at.
 const CONFINED_OUT: &str = "refused by confinement: outside the --confine folders";
 
-/// With confining folders: `Ok(Some(real path))` for a candidate inside one of them (the path to
-/// open, links already resolved, so a link cannot lead the open outside), `Err` otherwise
-/// (uncertain: a locator that leads outside is not proved dead, so repair never drops it).
-/// Without: `Ok(None)`, open the candidate as it is. Resolving the path only stats (`realpath`);
-/// nothing outside is opened.
+/// A candidate found inside a confining folder.
+struct Confined {
+    /// The confining folder (canonical).
+    root: PathBuf,
+    /// The candidate's real path (links resolved), under `root`.
+    real: PathBuf,
+}
+
+impl Confined {
+    /// Open the candidate resolving its path again beneath `root` (see
+    /// [`crate::fsx::open_disk_beneath`]): a component swapped for a link to outside since
+    /// [`confined_path`] checked it is refused by the kernel, not followed.
+    fn open(&self, opts: &ChainOptions) -> std::result::Result<Result<Disk>, Rejected> {
+        let rel = self.real.strip_prefix(&self.root).unwrap_or(Path::new("."));
+        let file = match crate::fsx::open_disk_beneath(&self.root, rel) {
+            Ok(f) => f,
+            Err(e) if crate::fsx::refusal(&e) == Some(&crate::fsx::Refused::OutsideConfinement) => {
+                return Err(Rejected::Unreadable(CONFINED_OUT.into()))
+            }
+            Err(e) => return Ok(Err(Error::io("opening the file", e).with_path(&self.real))),
+        };
+        Ok(Disk::open_file_with(&self.real, file, &opts.open))
+    }
+}
+
+/// With confining folders: `Ok(Some(..))` for a candidate inside one of them (its real path,
+/// links already resolved, and the folder to open it beneath), `Err` otherwise (uncertain: a
+/// locator that leads outside is not proved dead, so repair never drops it). Without:
+/// `Ok(None)`, open the candidate as it is. Resolving the path only stats (`realpath`); nothing
+/// outside is opened.
 fn confined_path(
     cand: &Path,
     confine: &[PathBuf],
-) -> std::result::Result<Option<PathBuf>, Rejected> {
+) -> std::result::Result<Option<Confined>, Rejected> {
     if confine.is_empty() {
         return Ok(None);
     }
-    let inside = |real: &Path| {
+    let root_of = |real: &Path| {
         confine
             .iter()
             .filter_map(|c| std::fs::canonicalize(c).ok())
-            .any(|c| real.starts_with(c))
+            .find(|c| real.starts_with(c))
     };
     if let Ok(real) = std::fs::canonicalize(cand) {
-        return if inside(&real) {
-            Ok(Some(real))
-        } else {
-            Err(Rejected::Unreadable(CONFINED_OUT.into()))
+        return match root_of(&real) {
+            Some(root) => Ok(Some(Confined { root, real })),
+            None => Err(Rejected::Unreadable(CONFINED_OUT.into())),
         };
     }
     // A missing candidate inside reads "not found", as without confinement; `file_name` is
     // `None` for a path ending in `..`, so the folder test cannot be fooled lexically.
     match (std::fs::canonicalize(folder_of(cand)), cand.file_name()) {
-        (Ok(d), Some(_)) if inside(&d) => Err(Rejected::NotParent("not found".into())),
+        (Ok(d), Some(_)) if root_of(&d).is_some() => Err(Rejected::NotParent("not found".into())),
         _ => Err(Rejected::Unreadable(CONFINED_OUT.into())),
     }
 }

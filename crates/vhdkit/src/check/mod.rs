@@ -115,8 +115,9 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("file.not_a_disk", E, "no `vhdxfile` signature and no `conectix` footer"),
     ("file.journal_not_regular", W, "something other than a regular file (a symbolic link, FIFO, device, socket, folder) is at the name of the vhdkit journal beside the disk; it is never read and every change to the disk is refused until it is removed"),
     ("file.journal_too_large", W, "the file at the vhdkit journal's name is larger than any vhdkit journal; it is never read and every change to the disk is refused until it is removed"),
-    ("file.partial_output.stale", W, "a partial output (`.NAME.vhdkit-partial-PID`, `.NAME.vhdkit-share-tmp-PID`) of a vhdkit run that was killed (its process is gone); the next run on the same output removes it"),
+    ("file.partial_output.stale", W, "a partial output (`.NAME.vhdkit-partial-HOST-PID`, `.NAME.vhdkit-share-tmp-HOST-PID`) of a vhdkit run on this host that was killed (its process is gone); the next run on the same output removes it"),
     ("file.partial_output.in_progress", I, "a partial output that a running vhdkit process is writing"),
+    ("file.partial_output.unknown", I, "a partial output written on another host (shared storage) or whose name records no host: whether its process still runs cannot be known here, so it is never removed automatically"),
     // trees (folders given to check): paths that could not be inspected
     ("tree.unreadable", E, "a file in the folder could not be opened to look for a disk signature"),
     ("tree.unlistable", E, "a folder in the tree could not be listed"),

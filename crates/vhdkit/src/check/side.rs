@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{FileReport, Finding};
 use crate::fsx::{self, Refused};
-use crate::sidefile;
+use crate::sidefile::{self, Writer};
 use crate::txn::journal::MAX_JOURNAL_FILE;
 
 /// What is wrong with the journal name beside `disk` (nothing when absent or plausible).
@@ -42,29 +42,43 @@ pub fn journal_findings(disk: &Path) -> Vec<Finding> {
 /// The report for a partial output (never opened), when `path` is one.
 pub fn partial_report(path: &Path) -> Option<FileReport> {
     let part = sidefile::partial(path)?;
-    let (code, state) = if part.alive {
-        (
+    let (code, msg) = match part.writer {
+        Writer::Running => (
             "file.partial_output.in_progress",
-            "being written by running",
-        )
-    } else {
-        ("file.partial_output.stale", "left by killed")
+            format!(
+                "partial output for {}, being written by running process {}",
+                part.target, part.pid
+            ),
+        ),
+        Writer::Gone => (
+            "file.partial_output.stale",
+            format!(
+                "partial output for {}, left by killed process {}; the next vhdkit run on \
+                 that output removes it (or delete it)",
+                part.target, part.pid
+            ),
+        ),
+        Writer::Unknown => ("file.partial_output.unknown", unknown_writer(&part)),
     };
-    let msg = format!(
-        "partial output for {}, {state} process {}{}",
-        part.target,
-        part.pid,
-        if part.alive {
-            ""
-        } else {
-            "; the next vhdkit run on that output removes it (or delete it)"
-        }
-    );
     Some(FileReport {
         path: path.to_path_buf(),
         format: None,
         findings: vec![Finding::new(code, "partial output", None, msg)],
     })
+}
+
+/// A partial output whose writer cannot be judged from here: its pid is another host's.
+fn unknown_writer(part: &sidefile::Partial) -> String {
+    let host = match &part.host {
+        Some(h) => format!("on another host (host id {h})"),
+        None => "on a host it does not record".to_string(),
+    };
+    format!(
+        "partial output for {}, written by process {} {host}: it may still be in progress \
+         (shared storage), so vhdkit never removes it; delete it once no run on that host \
+         writes it",
+        part.target, part.pid
+    )
 }
 
 #[cfg(test)]
@@ -105,9 +119,39 @@ mod tests {
         let live = sidefile::partial_output(&d.path().join("o.vhd"));
         let r = partial_report(&live).unwrap();
         assert_eq!(codes(&r.findings), ["file.partial_output.in_progress"]);
-        let dead = d.path().join(".o.vhd.vhdkit-partial-4999999");
+        let dead = sidefile::partial_output_of(&d.path().join("o.vhd"), 4_999_999);
         let r = partial_report(&dead).unwrap();
         assert_eq!(codes(&r.findings), ["file.partial_output.stale"]);
         assert!(partial_report(&d.path().join("o.vhd")).is_none());
+        // Another host's pid (alive or not here) and a name without a host: unknown.
+        let me = sidefile::host_id().unwrap();
+        let other = if me == "0123456789ab" {
+            "ba9876543210"
+        } else {
+            "0123456789ab"
+        };
+        for (name, says) in [
+            (format!(".o.vhd.vhdkit-partial-{other}-1"), other),
+            (
+                format!(".o.vhd.vhdkit-share-tmp-{other}-4999999"),
+                "another host",
+            ),
+            (
+                ".o.vhd.vhdkit-partial-4999999".to_string(),
+                "does not record",
+            ),
+        ] {
+            let r = partial_report(&d.path().join(&name)).unwrap();
+            assert_eq!(
+                codes(&r.findings),
+                ["file.partial_output.unknown"],
+                "{name}"
+            );
+            assert!(
+                r.findings[0].message.contains(says),
+                "{name}: {:?}",
+                r.findings
+            );
+        }
     }
 }

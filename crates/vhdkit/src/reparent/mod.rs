@@ -261,6 +261,20 @@ pub struct ApplyReport {
     pub chain: Option<ChainReport>,
 }
 
+/// Why [`apply`] will refuse `plan` before writing anything, found the way apply meets it
+/// (for dry runs): the child is opened for writing and its exclusive lock taken (then released
+/// at once), and for a VHD the journal's folder is asked by the kernel for write access and the
+/// sticky-folder rule is applied to whatever already sits at the journal's names (another
+/// user's file there cannot be unlinked or replaced). Nothing is written.
+pub fn predict_refusal(plan: &ReparentPlan) -> Option<String> {
+    if let Err(why) = crate::lock::lock_for_change(&plan.child) {
+        return Some(why);
+    }
+    (plan.format == DiskFormat::Vhd)
+        .then(|| crate::share::probe::journal_refusal(&plan.child))
+        .flatten()
+}
+
 fn refused(child: &Path, reason: impl Into<String>) -> Error {
     Error::Refused {
         path: Some(child.to_path_buf()),

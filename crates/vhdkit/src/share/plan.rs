@@ -485,7 +485,7 @@ impl<'a> Planner<'a> {
             let outside = d.outside || !under(&d.path, self.dir);
             let kept = self.removal.keep_reason(outside, self.in_into(&d.path));
             let delete = kept.is_none();
-            let refused = delete.then(|| probe::folder_refusal(&d.path)).flatten();
+            let refused = delete.then(|| probe::removal_refusal(&d.path)).flatten();
             copies.push(CopyPlan {
                 path: d.path.clone(),
                 file_size: d.file_size,

@@ -36,8 +36,89 @@ pub fn folder_refusal(path: &Path) -> Option<String> {
 pub(crate) fn child_refusal(d: &ScannedDisk) -> Option<String> {
     change_refusal(&d.path).or_else(|| {
         (d.format == DiskFormat::Vhd)
-            .then(|| folder_refusal(&d.path))
+            .then(|| journal_refusal(&d.path))
             .flatten()
+    })
+}
+
+/// Why the journal of a VHD `disk` cannot be written beside it: the folder refuses new files,
+/// or an entry already at one of the journal's names cannot be unlinked or replaced (a sticky
+/// folder and another user's file; see [`sticky_refusal`]).
+pub fn journal_refusal(disk: &Path) -> Option<String> {
+    folder_refusal(disk)
+        .or_else(|| sticky_refusal(&crate::sidefile::journal_tmp(disk)))
+        .or_else(|| sticky_refusal(&crate::sidefile::journal(disk)))
+}
+
+/// Why the name `path` cannot be removed (a copy to delete): its folder refuses, or the folder
+/// is sticky and the entry belongs to another user.
+pub fn removal_refusal(path: &Path) -> Option<String> {
+    folder_refusal(path).or_else(|| sticky_refusal(path))
+}
+
+/// Why the kernel will refuse to unlink `path` or rename over it for the sticky bit: in a
+/// folder with `+t` (`/tmp`, shared drop folders) only the entry's owner, the folder's owner or
+/// a process with `CAP_FOWNER` may, whatever the folder's write bits say. The rule is applied
+/// exactly as the kernel does, to the entry itself (a link's own owner, not its target's) and
+/// the filesystem uid and effective capabilities of this process; `None` when nothing is at
+/// `path`, the folder is not sticky, or the process may.
+pub fn sticky_refusal(path: &Path) -> Option<String> {
+    let entry = std::fs::symlink_metadata(path).ok()?;
+    let dir = crate::sidefile::folder_of(path);
+    let dir_md = std::fs::metadata(dir).ok()?;
+    let (owner, dir_owner) = sticky_owners(&entry, &dir_md)?;
+    let me = creds()?;
+    if me.fowner || me.fsuid == owner || me.fsuid == dir_owner {
+        return None;
+    }
+    Some(format!(
+        "{} cannot be removed or replaced: its folder {} is sticky (+t) and the file belongs \
+         to another user (uid {owner}), so only that user, the folder's owner (uid \
+         {dir_owner}) or root may",
+        path.display(),
+        dir.display()
+    ))
+}
+
+/// `(entry owner, folder owner)` when the folder is sticky.
+#[cfg(unix)]
+fn sticky_owners(entry: &std::fs::Metadata, dir: &std::fs::Metadata) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    const S_ISVTX: u32 = 0o1000;
+    (dir.mode() & S_ISVTX != 0).then(|| (entry.uid(), dir.uid()))
+}
+
+#[cfg(not(unix))]
+fn sticky_owners(_entry: &std::fs::Metadata, _dir: &std::fs::Metadata) -> Option<(u32, u32)> {
+    None
+}
+
+/// The credentials the kernel's sticky check uses.
+struct Creds {
+    fsuid: u32,
+    /// `CAP_FOWNER` is in the effective set.
+    fowner: bool,
+}
+
+/// From `/proc/self/status` (`Uid:` real, effective, saved, filesystem; `CapEff:` hex). `None`
+/// when it cannot be read: then no prediction is made (the real run still meets the rule).
+fn creds() -> Option<Creds> {
+    use std::io::Read;
+    let f = std::fs::File::open("/proc/self/status").ok()?;
+    let mut status = String::new();
+    f.take(64 << 10).read_to_string(&mut status).ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let fsuid = field("Uid:")?.split_whitespace().nth(3)?.parse().ok()?;
+    let cap_eff = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
+    const CAP_FOWNER: u32 = 3;
+    Some(Creds {
+        fsuid,
+        fowner: cap_eff & (1 << CAP_FOWNER) != 0,
     })
 }
 
@@ -73,5 +154,28 @@ mod tests {
         assert_eq!(change_refusal(&p), None);
         assert_eq!(folder_refusal(&p), None);
         assert!(folder_refusal(&d.path().join("missing/f")).is_some());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn sticky_rule_follows_the_owners_and_the_bit() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        let me = creds().unwrap();
+        assert_eq!(me.fsuid, std::fs::metadata(&p).unwrap().uid());
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // Our own file in our own sticky folder, and nothing at a name: no refusal.
+        assert_eq!(sticky_refusal(&p), None);
+        assert_eq!(sticky_refusal(&d.path().join("none")), None);
+        assert_eq!(removal_refusal(&p), None);
+        // Another user's file in another user's sticky folder: only CAP_FOWNER may.
+        let entry = std::fs::metadata(&p).unwrap();
+        let dir = std::fs::metadata(d.path()).unwrap();
+        assert_eq!(sticky_owners(&entry, &dir), Some((me.fsuid, me.fsuid)));
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = std::fs::metadata(d.path()).unwrap();
+        assert_eq!(sticky_owners(&entry, &dir), None);
     }
 }

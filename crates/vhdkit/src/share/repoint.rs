@@ -146,7 +146,7 @@ fn prepare_child(
     let disk = Disk::open_with(r.child, &opts.chain.open).map_err(failed)?;
     // The VHD journal is created beside the child: refused now, as the dry run predicted.
     if disk.format() == DiskFormat::Vhd {
-        if let Some(why) = probe::folder_refusal(r.child) {
+        if let Some(why) = probe::journal_refusal(r.child) {
             return Err(NotRepointed::Refused(why));
         }
     }
