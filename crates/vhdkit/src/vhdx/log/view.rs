@@ -292,3 +292,254 @@ impl Source for LogView {
         Ok(self.len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guid::to_vhdx_bytes;
+    use crate::txn::fault::{FaultPlan, FaultyFile};
+    use crate::vhdx::format::{
+        self, LogDataSector, LogDescriptor, LogEntryHeader, DATA_DESCRIPTOR_SIGNATURE,
+        DATA_SECTOR_SIGNATURE, LOG_ENTRY_SIGNATURE, ZERO_DESCRIPTOR_SIGNATURE,
+    };
+    use crate::vhdx::header::ParsedHeader;
+    use crate::vhdx::log::entry::{descriptor_sectors, entry_length};
+    use crate::vhdx::log::{find_active_sequence, LogPlace};
+    use crate::vhdx::update::Session;
+    use uuid::Uuid;
+
+    const LOG: u64 = 1 << 20;
+    const RING: u64 = 1 << 20;
+    const FILE: usize = 4 << 20;
+    const GUID: Uuid = Uuid::from_u128(0x1234_5678);
+    const T: u64 = 2 << 20;
+    const K4: u64 = 4096;
+
+    #[derive(Clone, Copy)]
+    enum W {
+        Data(u64, u8),
+        Zero(u64, u64),
+    }
+
+    /// A sector whose every byte (leading and trailing ones included) depends on `tag`.
+    fn pattern(tag: u8) -> Vec<u8> {
+        (0..4096u32)
+            .map(|i| tag ^ (i % 253) as u8 ^ (i >> 8) as u8)
+            .collect()
+    }
+
+    fn entry(seq: u64, tail: u64, writes: &[W]) -> Vec<u8> {
+        let n = writes.len() as u64;
+        let data = writes.iter().filter(|w| matches!(w, W::Data(..))).count() as u64;
+        let header = LogEntryHeader {
+            signature: LOG_ENTRY_SIGNATURE,
+            checksum: 0,
+            entry_length: u32::try_from(entry_length(n, data).unwrap()).unwrap(),
+            tail: u32::try_from(tail).unwrap(),
+            sequence_number: seq,
+            descriptor_count: u32::try_from(n).unwrap(),
+            reserved: 0,
+            log_guid: to_vhdx_bytes(&GUID),
+            flushed_file_offset: FILE as u64,
+            last_file_offset: FILE as u64,
+        };
+        let mut out = format::encode(&header);
+        let mut sectors = Vec::new();
+        for w in writes {
+            let d = match *w {
+                W::Data(off, tag) => {
+                    let s = pattern(tag);
+                    sectors.extend(format::encode(&LogDataSector {
+                        signature: DATA_SECTOR_SIGNATURE,
+                        sequence_high: (seq >> 32) as u32,
+                        data: s[8..4092].try_into().unwrap(),
+                        sequence_low: seq as u32,
+                    }));
+                    LogDescriptor {
+                        signature: DATA_DESCRIPTOR_SIGNATURE,
+                        trailing_bytes: s[4092..].try_into().unwrap(),
+                        leading_bytes: s[..8].try_into().unwrap(),
+                        file_offset: off,
+                        sequence_number: seq,
+                    }
+                }
+                W::Zero(off, len) => LogDescriptor {
+                    signature: ZERO_DESCRIPTOR_SIGNATURE,
+                    trailing_bytes: [0; 4],
+                    leading_bytes: len.to_le_bytes(),
+                    file_offset: off,
+                    sequence_number: seq,
+                },
+            };
+            out.extend(format::encode(&d));
+        }
+        out.resize((descriptor_sectors(n).unwrap() * K4) as usize, 0);
+        out.extend(sectors);
+        format::set_checksum(&mut out);
+        out
+    }
+
+    /// A file whose bytes are a counter, with `entries` laid one after another into the ring
+    /// from ring offset `start`, wrapping.
+    fn file_with(start: u64, entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut f: Vec<u8> = (0..FILE).map(|i| (i % 251) as u8).collect();
+        f[LOG as usize..(LOG + RING) as usize].fill(0);
+        let mut pos = start;
+        for e in entries {
+            for b in e {
+                f[(LOG + pos) as usize] = *b;
+                pos = (pos + 1) % RING;
+            }
+        }
+        f
+    }
+
+    /// `base` with `writes` applied in order.
+    fn model(base: &[u8], writes: &[W]) -> Vec<u8> {
+        let mut m = base.to_vec();
+        for w in writes {
+            match *w {
+                W::Data(off, tag) => m[off as usize..][..4096].copy_from_slice(&pattern(tag)),
+                W::Zero(off, len) => m[off as usize..(off + len) as usize].fill(0),
+            }
+        }
+        m
+    }
+
+    fn place() -> LogPlace {
+        LogPlace {
+            offset: LOG,
+            length: RING,
+            guid: GUID,
+        }
+    }
+
+    /// The active sequence and the whole replayed view of `file`.
+    fn replayed(file: &[u8]) -> (LogSequence, Vec<u8>) {
+        let seq = find_active_sequence(&file.to_vec(), &place(), 1 << 30).unwrap();
+        let v = LogView::new(Box::new(file.to_vec()), &seq).unwrap();
+        assert_eq!(Source::len(&v).unwrap(), FILE as u64);
+        let mut all = vec![0u8; FILE];
+        v.read_exact_at(&mut all, 0).unwrap();
+        // Reads that start and end inside pieces see the same bytes.
+        for (off, len) in [(T + 4090, 10), (T + 7, 3 * 4096), (T + 65530, 70_000)] {
+            let mut part = vec![0u8; len];
+            v.read_exact_at(&mut part, off).unwrap();
+            assert_eq!(part, all[off as usize..][..len], "read at {off:#x}+{len}");
+        }
+        (seq, all)
+    }
+
+    /// What replaying `seq` onto `file` itself leaves past the headers.
+    fn replayed_to_disk(file: &[u8], seq: &LogSequence) -> Vec<u8> {
+        let h = ParsedHeader {
+            sequence_number: 1,
+            file_write_guid: Uuid::nil(),
+            data_write_guid: Uuid::nil(),
+            log_guid: GUID,
+            log_version: 0,
+            log_length: RING as u32,
+            log_offset: LOG,
+        };
+        let f = FaultyFile::new(file.to_vec(), FaultPlan::new(None));
+        Session::new(&f, h, 0).replay_to_disk(seq).unwrap();
+        f.contents_synced()
+    }
+
+    #[test]
+    fn later_entries_win_and_zero_ranges_split() {
+        let e1 = [
+            W::Data(T, 1),
+            W::Data(T + K4, 2),
+            W::Zero(T + 16 * K4, 16 * K4),
+        ];
+        let e2 = [W::Data(T, 3), W::Data(T + 18 * K4, 4), W::Zero(T + K4, K4)];
+        let e3 = [W::Data(T, 5), W::Data(T + 40 * K4, 6), W::Data(T, 7)];
+        let entries = [entry(5, 0, &e1), entry(6, 0, &e2), entry(7, 0, &e3)];
+        let file = file_with(0, &entries);
+        let (seq, view) = replayed(&file);
+        assert_eq!(seq.sequence_range(), (5, 7));
+        let all: Vec<W> = [e1, e2, e3].concat();
+        let want = model(&file, &all);
+        assert_eq!(view[(T as usize)..][..4096], pattern(7)[..]);
+        assert!(view[(T + K4) as usize..][..4096].iter().all(|&b| b == 0));
+        assert_eq!(view[(T + 18 * K4) as usize..][..4096], pattern(4)[..]);
+        assert!(view[(T + 17 * K4) as usize..][..4096]
+            .iter()
+            .all(|&b| b == 0));
+        assert!(
+            view == want,
+            "the view differs from applying the writes in order"
+        );
+        let disk = replayed_to_disk(&file, &seq);
+        let from = LOG as usize;
+        assert!(disk[from..] == want[from..], "replay to disk differs");
+    }
+
+    #[test]
+    fn an_entry_larger_than_a_read_chunk_wraps_the_ring() {
+        // 130 data sectors need two descriptor sectors: 528 KiB, streamed in several chunks,
+        // starting 64 KiB before the end of the ring.
+        let writes: Vec<W> = (0..130u64)
+            .map(|i| W::Data(T + i * K4, i as u8))
+            .chain([W::Zero(T + 200 * K4, 8 * K4)])
+            .collect();
+        let start = RING - 16 * K4;
+        let file = file_with(start, &[entry(9, start, &writes)]);
+        let (seq, view) = replayed(&file);
+        assert_eq!(seq.entries.len(), 1);
+        assert_eq!(seq.entries[0].writes.len(), 131);
+        assert!(view == model(&file, &writes));
+        let disk = replayed_to_disk(&file, &seq);
+        assert!(disk[LOG as usize..] == view[LOG as usize..]);
+    }
+
+    #[test]
+    fn a_damaged_entry_ends_the_sequence_before_it() {
+        let e = |tag| [W::Data(T, tag)];
+        let entries = [entry(5, 0, &e(1)), entry(6, 0, &e(2)), entry(7, 0, &e(3))];
+        // Entry 7's data sector, after two 8 KiB entries and its own descriptor sector.
+        let data = (LOG + 5 * K4) as usize;
+        // A bad checksum (one payload byte changed), then a torn write (the sector lost).
+        for torn in [false, true] {
+            let mut file = file_with(0, &entries);
+            if torn {
+                file[data..data + 4096].fill(0);
+            } else {
+                file[data + 100] ^= 0xFF;
+            }
+            let (seq, view) = replayed(&file);
+            assert_eq!(seq.sequence_range(), (5, 6));
+            assert_eq!(view[T as usize..][..4096], pattern(2)[..]);
+        }
+        // Damage in the tail entry leaves no complete sequence; the reason is kept.
+        let mut file = file_with(0, &entries);
+        file[LOG as usize + 5000] ^= 1;
+        let err = find_active_sequence(&file, &place(), 1 << 30).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("no complete entry sequence"), "{msg}");
+        assert!(
+            msg.contains("first rejected entry") && msg.contains("checksum"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_bad_data_sector_is_reported_before_a_later_bad_descriptor() {
+        // Descriptor 1's data sector lacks its signature and descriptor 2 is not a descriptor:
+        // a sequential check stops at the data sector, and so does the streamed one.
+        let mut e = entry(
+            5,
+            0,
+            &[W::Data(T, 1), W::Data(T + K4, 2), W::Data(T + 2 * K4, 3)],
+        );
+        e[64 + 2 * 32..][..4].copy_from_slice(b"junk");
+        e[2 * 4096..][..4].copy_from_slice(b"atad");
+        format::set_checksum(&mut e);
+        let file = file_with(0, &[e]);
+        let msg = find_active_sequence(&file, &place(), 1 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("data sector for descriptor 1"), "{msg}");
+    }
+}
