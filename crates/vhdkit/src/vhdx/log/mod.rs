@@ -60,6 +60,15 @@ pub enum LogWrite {
     },
 }
 
+impl LogWrite {
+    /// The 4 KiB sector a data write puts at its target, a logged one read from `file` (the
+    /// file whose log holds it); `None` for a zero write.
+    pub fn sector(&self, file: &dyn crate::source::Source) -> std::io::Result<Option<Box<[u8]>>> {
+        let mut out = vec![0u8; entry::SECTOR];
+        Ok(logged_sector(file, self, &mut out)?.then(|| out.into_boxed_slice()))
+    }
+}
+
 /// One valid log entry.
 #[derive(Debug, Clone)]
 pub struct LogEntry {

@@ -237,9 +237,7 @@ mod tests {
         match w {
             super::super::LogWrite::Logged { file_offset, .. } => {
                 assert_eq!(*file_offset, 0x30_0000);
-                let mut sector = vec![0u8; 4096];
-                assert!(super::super::logged_sector(&file, w, &mut sector).unwrap());
-                assert_eq!(&sector[..], &a[..]);
+                assert_eq!(&w.sector(&file).unwrap().unwrap()[..], &a[..]);
             }
             w => panic!("{w:?}"),
         }
