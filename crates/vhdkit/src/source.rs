@@ -138,8 +138,8 @@ impl<R: Read + Seek + Send + std::fmt::Debug> Source for SeekSource<R> {
 }
 
 /// A source with some ranges replaced in memory and a different length: how a read-only open
-/// shows a pending journal's change, or a dirty VHDX log's replay, without writing. Bytes past
-/// the inner source's end read as zeros unless replaced.
+/// shows a pending journal's change without writing. Bytes past the inner source's end read as
+/// zeros unless replaced.
 #[derive(Debug)]
 pub struct OverlaySource {
     inner: Box<dyn Source>,
