@@ -19,8 +19,9 @@ pub struct Limits {
     pub max_locator_bytes: u32,
     /// Largest VHDX metadata item read, in bytes (the spec's own maximum is 1 MiB).
     pub max_metadata_item_bytes: u32,
-    /// Largest amount of logged data held in memory while replaying a dirty VHDX log read-only,
-    /// in bytes. The log region Windows creates is 1 MiB.
+    /// Largest VHDX log, and largest amount of data its active sequence may replay, in bytes.
+    /// The log is streamed and its sectors read where they lie, so memory does not grow with
+    /// it. The log region Windows creates is 1 MiB.
     pub max_log_replay_bytes: u64,
 }
 

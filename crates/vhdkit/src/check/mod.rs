@@ -358,9 +358,6 @@ impl Findings {
     }
 }
 
-/// One replayed log write: offset, length, data (`None` = zeros).
-pub(crate) type OverlayWrite = (u64, u64, Option<Box<[u8]>>);
-
 /// Bounds-checked reads from a source, optionally with a replayed VHDX log laid over it.
 pub(crate) struct Bytes<'a> {
     pub src: &'a dyn Source,
@@ -368,8 +365,8 @@ pub(crate) struct Bytes<'a> {
     pub len: u64,
     /// Length of the file underneath.
     pub base_len: u64,
-    /// Replayed writes: (offset, length, data; `None` = zeros), applied in order.
-    pub overlay: Vec<OverlayWrite>,
+    /// A replayed VHDX log: its writes, whose sectors are read from `src` when needed.
+    pub replay: Option<crate::vhdx::log::ReplayMap>,
 }
 
 impl<'a> Bytes<'a> {
@@ -378,7 +375,7 @@ impl<'a> Bytes<'a> {
             src,
             len,
             base_len: len,
-            overlay: Vec::new(),
+            replay: None,
         }
     }
 
@@ -394,19 +391,8 @@ impl<'a> Bytes<'a> {
             let k = usize::try_from(base_end - off).ok()?;
             self.src.read_exact_at(b.get_mut(..k)?, off).ok()?;
         }
-        for (o, l, d) in &self.overlay {
-            let (s0, e0) = ((*o).max(off), o.saturating_add(*l).min(end));
-            if s0 >= e0 {
-                continue;
-            }
-            let dst =
-                b.get_mut(usize::try_from(s0 - off).ok()?..usize::try_from(e0 - off).ok()?)?;
-            match d {
-                Some(d) => dst.copy_from_slice(
-                    d.get(usize::try_from(s0 - o).ok()?..usize::try_from(e0 - o).ok()?)?,
-                ),
-                None => dst.fill(0),
-            }
+        if let Some(r) = &self.replay {
+            r.apply(self.src, &mut b, off).ok()?;
         }
         Some(b)
     }

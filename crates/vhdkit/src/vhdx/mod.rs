@@ -2,9 +2,9 @@
 //! locator, BAT and sector bitmaps (MS-VHDX; FORMAT.md Part B).
 //!
 //! Opening order follows SX 2.3.3: file identifier, headers, then the log (a dirty log is
-//! replayed into an in-memory [`crate::source::OverlaySource`]; the file is never written), and
-//! only then everything else, read through the overlay (`read_layout`, shared with the
-//! writable open).
+//! replayed into a read-only view that maps each logged sector to its place in the log, in
+//! bounded memory; the file is never written), and only then everything else, read through
+//! that view (`read_layout`, shared with the writable open).
 //!
 //! Writes (reparent) go through the crash-safe session of the `update` module: header updates
 //! and the log.
@@ -218,7 +218,7 @@ type ParentParts = (
     Option<Box<ParentLocatorInfo>>,
 );
 
-/// Replay a dirty log into memory (SX 2.3.3: before anything after the headers is read).
+/// Replay a dirty log read-only (SX 2.3.3: before anything after the headers is read).
 /// Returns the source to read everything else through, and what the log held.
 fn open_log(
     src: Box<dyn Source>,

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::format::{HEADER_OFFSETS, KIB4, LOG_MIN_TARGET, MIB};
 pub(crate) use super::header::encode_header;
 use super::header::ParsedHeader;
-use super::log::{encode_entry, LogSequence, LogWrite};
+use super::log::{encode_entry, logged_sector, LogSequence, LogWrite};
 use crate::error::{Error, Result};
 use crate::source::source_len;
 use crate::txn::Sink;
@@ -218,18 +218,21 @@ impl<'a> Session<'a> {
         self.begin()?;
         let len = source_len(self.sink)?;
         let mut last = len;
+        // One sector at a time, read from the log and written to its target: the log is never
+        // a target, so what is still to replay stays intact (a crash replays again).
+        let mut sector = vec![0u8; SECTOR];
         for e in &seq.entries {
             last = last.max(e.last_file_offset);
             for w in &e.writes {
                 match w {
-                    LogWrite::Data {
-                        file_offset,
-                        sector,
-                    } => self.sink.write_all_at(sector, *file_offset),
                     LogWrite::Zero {
                         file_offset,
                         length,
                     } => write_zeros(self.sink, *file_offset, *length),
+                    LogWrite::Data { file_offset, .. } | LogWrite::Logged { file_offset, .. } => {
+                        logged_sector(self.sink, w, &mut sector)
+                            .and_then(|_| self.sink.write_all_at(&sector, *file_offset))
+                    }
                 }
                 .map_err(|e| io("replaying the vhdx log", e))?;
             }

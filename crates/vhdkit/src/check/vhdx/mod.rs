@@ -316,20 +316,19 @@ fn replay_log(b: &mut Bytes, limits: &Limits, s: &mut Findings, place: &LogPlace
     for e in &seq.entries {
         b.len = b.len.max(e.last_file_offset);
         for w in &e.writes {
-            let (offset, length, data) = match w {
-                LogWrite::Data {
-                    file_offset,
-                    sector,
-                } => (*file_offset, KIB4, Some(sector.clone())),
+            let (offset, length) = match w {
+                LogWrite::Data { file_offset, .. } | LogWrite::Logged { file_offset, .. } => {
+                    (*file_offset, KIB4)
+                }
                 LogWrite::Zero {
                     file_offset,
                     length,
-                } => (*file_offset, *length, None),
+                } => (*file_offset, *length),
             };
             b.len = b.len.max(offset.saturating_add(length));
-            b.overlay.push((offset, length, data));
         }
     }
+    b.replay = Some(log::ReplayMap::new(&seq));
 }
 
 /// Both region table slots: the slot of the first valid table, its header and its bytes.

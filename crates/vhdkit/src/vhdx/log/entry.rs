@@ -1,5 +1,6 @@
 //! One log entry: its size, and validating and decoding it from the ring (MS-VHDX 2.3.1).
 
+use super::ring::Ring;
 use super::{LogEntry, LogPlace, LogWrite};
 use crate::error::{Error, Result};
 use crate::guid::from_vhdx_bytes;
@@ -7,8 +8,7 @@ use crate::vhdx::format::{
     self, LogDataSectorHead, LogDescriptor, LogEntryHeader, CHECKSUM_OFFSET,
     DATA_DESCRIPTOR_SIGNATURE, DATA_SECTOR_SIGNATURE, LOG_DATA_SECTOR_DATA_OFFSET,
     LOG_DATA_SECTOR_SEQUENCE_LOW_OFFSET, LOG_DESCRIPTOR_SIZE, LOG_ENTRY_HEADER_SIZE,
-    LOG_ENTRY_SIGNATURE, LOG_LEADING_BYTES, LOG_MIN_TARGET, LOG_SECTOR_SIZE,
-    ZERO_DESCRIPTOR_SIGNATURE,
+    LOG_ENTRY_SIGNATURE, LOG_MIN_TARGET, LOG_SECTOR_SIZE, ZERO_DESCRIPTOR_SIGNATURE,
 };
 
 pub(super) const LOGE: &str = "vhdx log entry";
@@ -42,21 +42,6 @@ pub(super) struct EntrySummary {
 
 pub(super) fn bad(at: u64, detail: String) -> Error {
     Error::corrupt(LOGE, at, detail)
-}
-
-/// Copy `len` bytes starting at ring offset `start`, wrapping at the end of the ring.
-pub(super) fn ring_bytes(ring: &[u8], start: u64, len: u64) -> Option<Vec<u8>> {
-    let rlen = u64::try_from(ring.len()).ok()?;
-    if len > rlen || start >= rlen {
-        return None;
-    }
-    let s = usize::try_from(start).ok()?;
-    let l = usize::try_from(len).ok()?;
-    let first = l.min(ring.len().checked_sub(s)?);
-    let mut out = Vec::with_capacity(l);
-    out.extend_from_slice(ring.get(s..s.checked_add(first)?)?);
-    out.extend_from_slice(ring.get(..l.checked_sub(first)?)?);
-    Some(out)
 }
 
 /// The header's own rules; returns (entry length, tail).
@@ -101,28 +86,35 @@ fn check_header(h: &LogEntryHeader, at: u64, place: &LogPlace) -> Result<(u64, u
     Ok((entry_length, tail))
 }
 
-/// One entry's bytes and what its header says, while its descriptors are decoded.
-struct Entry<'a> {
-    bytes: &'a [u8],
+/// One entry being validated as its sectors stream past: what its header says, the CRC so
+/// far, and what its descriptors say. Descriptor sectors come before data sectors, so every
+/// data sector's descriptor is known by the time the sector arrives.
+struct Entry<'p> {
+    place: &'p LogPlace,
+    pos: u64,
     at: u64,
     sequence_number: u64,
     entry_length: u64,
+    count: u64,
+    desc_sectors: u64,
+    full: bool,
+    crc: u32,
+    /// Descriptor index of each data descriptor, in order: data sector `k` is `data_desc[k]`'s.
+    data_desc: Vec<u64>,
+    writes: Vec<LogWrite>,
+    next_descriptor: u64,
+    /// The first bad descriptor; later ones are not read, as a sequential check would stop.
+    descriptor_error: Option<Error>,
+    /// The first bad data sector; it belongs to a descriptor before any bad descriptor.
+    data_error: Option<Error>,
 }
 
 impl Entry<'_> {
-    /// Descriptor `i`, checked; returns it and the bytes it targets.
-    fn descriptor(&self, i: u64, place: &LogPlace) -> Result<(LogDescriptor, u64)> {
+    /// Descriptor `i` from its 32 bytes, checked; returns it and the bytes it targets.
+    fn descriptor(&self, raw: &[u8], i: u64) -> Result<(LogDescriptor, u64)> {
         let at = self.at;
         let rel = LOG_ENTRY_HEADER_SIZE + LOG_DESCRIPTOR_SIZE * i;
-        let raw = usize::try_from(rel)
-            .ok()
-            .and_then(|r| self.bytes.get(r..))
-            .unwrap_or(&[]);
-        let d: LogDescriptor = format::parse(
-            raw.get(..DESCRIPTOR_BYTES).unwrap_or(raw),
-            LOGE,
-            at.saturating_add(rel),
-        )?;
+        let d: LogDescriptor = format::parse(raw, LOGE, at.saturating_add(rel))?;
         if d.sequence_number != self.sequence_number {
             return Err(bad(
                 at,
@@ -158,6 +150,7 @@ impl Entry<'_> {
             .file_offset
             .checked_add(length)
             .ok_or_else(|| bad(at, format!("descriptor {i} range overflows")))?;
+        let place = self.place;
         let log_end = place.offset.saturating_add(place.length);
         if d.file_offset < LOG_MIN_TARGET || (d.file_offset < log_end && place.offset < end) {
             return Err(bad(
@@ -171,34 +164,54 @@ impl Entry<'_> {
         Ok((d, length))
     }
 
-    /// The data sector at entry sector `index` for descriptor `i`, checked.
-    fn data_sector(&self, index: u64, i: u64) -> Result<&[u8]> {
-        let at = self.at;
+    /// Take in descriptor `i` (its 32 bytes): remember where its data sector is.
+    fn take_descriptor(&mut self, raw: &[u8], i: u64) -> Result<()> {
+        let (d, length) = self.descriptor(raw, i)?;
+        if d.signature != DATA_DESCRIPTOR_SIGNATURE {
+            if self.full {
+                self.writes.push(LogWrite::Zero {
+                    file_offset: d.file_offset,
+                    length,
+                });
+            }
+            return Ok(());
+        }
+        let index = self
+            .desc_sectors
+            .saturating_add(self.data_desc.len() as u64);
         if index >= self.entry_length / LOG_SECTOR_SIZE {
             return Err(bad(
-                at,
+                self.at,
                 format!(
                     "descriptor {i} has no data sector inside the {:#x}-byte entry",
                     self.entry_length
                 ),
             ));
         }
+        self.data_desc.push(i);
+        if self.full {
+            let rel = self.pos.saturating_add(index * LOG_SECTOR_SIZE);
+            let ring_pos = rel.checked_rem(self.place.length).unwrap_or(0);
+            self.writes.push(LogWrite::Logged {
+                file_offset: d.file_offset,
+                data_sector_offset: self.place.offset.saturating_add(ring_pos),
+                leading_bytes: d.leading_bytes,
+                trailing_bytes: d.trailing_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Check the data sector at entry sector `index` against descriptor `i`.
+    fn data_sector(&self, sec: &[u8], index: u64, i: u64) -> Result<()> {
         let sector_at = index * LOG_SECTOR_SIZE;
-        let s = usize::try_from(sector_at).map_err(|_| bad(at, "data sector offset".into()))?;
-        let sec = self
-            .bytes
-            .get(s..s.saturating_add(SECTOR))
-            .ok_or_else(|| bad(at, "data sector outside the entry".into()))?;
-        let sh: LogDataSectorHead = format::parse(
-            sec.get(..HEAD_BYTES).unwrap_or(&[]),
-            LOGE,
-            at.saturating_add(sector_at),
-        )?;
+        let at = self.at.saturating_add(sector_at);
+        let sh: LogDataSectorHead = format::parse(sec.get(..HEAD_BYTES).unwrap_or(&[]), LOGE, at)?;
         let low = crate::util::le_u32(sec, LOG_DATA_SECTOR_SEQUENCE_LOW_OFFSET);
         let seq = (u64::from(sh.sequence_high) << 32) | u64::from(low);
         if sh.signature != DATA_SECTOR_SIGNATURE || seq != self.sequence_number {
             return Err(bad(
-                at.saturating_add(sector_at),
+                at,
                 format!(
                     "data sector for descriptor {i}: signature {:02x?} and sequence {seq}, \
                      expected \"data\" and {}",
@@ -206,91 +219,109 @@ impl Entry<'_> {
                 ),
             ));
         }
-        Ok(sec)
+        Ok(())
+    }
+
+    /// One sector of the entry, in order.
+    fn visit(&mut self, index: u64, sec: &[u8]) {
+        self.crc = if index == 0 {
+            format::crc32c_with_zeroed(sec, CHECKSUM_OFFSET)
+        } else {
+            crc32c::crc32c_append(self.crc, sec)
+        };
+        let sectors = self.entry_length / LOG_SECTOR_SIZE;
+        if self.desc_sectors > sectors {
+            return; // reported after the checksum, like any damage
+        }
+        if index < self.desc_sectors {
+            self.descriptors_in(index, sec);
+            return;
+        }
+        let k = index - self.desc_sectors;
+        let owner = usize::try_from(k).ok().and_then(|k| self.data_desc.get(k));
+        if let (Some(&i), None) = (owner, &self.data_error) {
+            self.data_error = self.data_sector(sec, index, i).err();
+        }
+    }
+
+    /// The descriptors that sit in descriptor sector `index`.
+    fn descriptors_in(&mut self, index: u64, sec: &[u8]) {
+        let sector_end = index.saturating_add(1).saturating_mul(LOG_SECTOR_SIZE);
+        while self.descriptor_error.is_none() && self.next_descriptor < self.count {
+            let i = self.next_descriptor;
+            let rel = LOG_ENTRY_HEADER_SIZE + LOG_DESCRIPTOR_SIZE * i;
+            if rel >= sector_end {
+                break;
+            }
+            // Descriptors are 32-byte aligned, so one never straddles two sectors.
+            let within = usize::try_from(rel - index * LOG_SECTOR_SIZE).unwrap_or(usize::MAX);
+            let raw = sec
+                .get(within..within.saturating_add(DESCRIPTOR_BYTES))
+                .unwrap_or(&[]);
+            self.descriptor_error = self.take_descriptor(raw, i).err();
+            self.next_descriptor = i + 1;
+        }
     }
 }
 
 /// [`LOG_DESCRIPTOR_SIZE`] as a slice length.
 const DESCRIPTOR_BYTES: usize = LOG_DESCRIPTOR_SIZE as usize;
 
-/// The target sector a data descriptor and its data sector describe together.
-fn rebuild_sector(d: &LogDescriptor, sec: &[u8]) -> Box<[u8]> {
-    let mut sector = vec![0u8; SECTOR].into_boxed_slice();
-    let data = LOG_DATA_SECTOR_DATA_OFFSET..LOG_DATA_SECTOR_SEQUENCE_LOW_OFFSET;
-    if let Some(dst) = sector.get_mut(..LOG_LEADING_BYTES) {
-        dst.copy_from_slice(&d.leading_bytes);
-    }
-    if let (Some(dst), Some(src)) = (sector.get_mut(data.clone()), sec.get(data)) {
-        dst.copy_from_slice(src);
-    }
-    if let Some(dst) = sector.get_mut(LOG_DATA_SECTOR_SEQUENCE_LOW_OFFSET..) {
-        dst.copy_from_slice(&d.trailing_bytes);
-    }
-    sector
-}
-
-/// Validate the entry at ring offset `pos`; `full` also decodes descriptors into writes.
+/// Validate the entry at ring offset `pos`, streaming it through a bounded buffer; `full` also
+/// decodes its descriptors into writes (data sectors by position, never by content).
 pub(super) fn parse_entry(
-    ring: &[u8],
+    ring: &Ring,
     pos: u64,
-    place: &LogPlace,
     full: bool,
 ) -> Result<(EntrySummary, Option<LogEntry>)> {
+    let place = ring.place;
     let at = place.offset.saturating_add(pos);
-    let head = ring_bytes(ring, pos, LOG_ENTRY_HEADER_SIZE)
-        .ok_or_else(|| bad(at, "outside the log".into()))?;
+    let mut head = [0u8; LOG_ENTRY_HEADER_SIZE as usize];
+    if pos >= place.length {
+        return Err(bad(at, "outside the log".into()));
+    }
+    ring.read(pos, &mut head, LOGE)?;
     let h: LogEntryHeader = format::parse(&head, LOGE, at)?;
     let (entry_length, tail) = check_header(&h, at, place)?;
-    let bytes = ring_bytes(ring, pos, entry_length).ok_or_else(|| {
-        bad(
-            at,
-            format!("entry of {entry_length:#x} bytes outside the log"),
-        )
-    })?;
-    let crc = format::crc32c_with_zeroed(&bytes, CHECKSUM_OFFSET);
-    if crc != h.checksum {
-        return Err(bad(
-            at,
-            format!(
-                "checksum {:#010x}, computed {crc:#010x} over {entry_length:#x} bytes",
-                h.checksum
-            ),
-        ));
-    }
     let count = u64::from(h.descriptor_count);
-    let desc_sectors = descriptor_sectors(count).unwrap_or(u64::MAX);
-    let sectors = entry_length / LOG_SECTOR_SIZE;
-    if desc_sectors > sectors {
-        return Err(bad(
-            at,
-            format!("{count} descriptors need {desc_sectors} sectors but the entry has {sectors}"),
-        ));
-    }
-    let entry = Entry {
-        bytes: &bytes,
+    let mut entry = Entry {
+        place,
+        pos,
         at,
         sequence_number: h.sequence_number,
         entry_length,
+        count,
+        desc_sectors: descriptor_sectors(count).unwrap_or(u64::MAX),
+        full,
+        crc: 0,
+        data_desc: Vec::new(),
+        writes: Vec::new(),
+        next_descriptor: 0,
+        descriptor_error: None,
+        data_error: None,
     };
-    let mut data_index = desc_sectors;
-    let mut writes = Vec::new();
-    for i in 0..count {
-        let (d, length) = entry.descriptor(i, place)?;
-        if d.signature == DATA_DESCRIPTOR_SIGNATURE {
-            let sec = entry.data_sector(data_index, i)?;
-            data_index += 1;
-            if full {
-                writes.push(LogWrite::Data {
-                    file_offset: d.file_offset,
-                    sector: rebuild_sector(&d, sec),
-                });
-            }
-        } else if full {
-            writes.push(LogWrite::Zero {
-                file_offset: d.file_offset,
-                length,
-            });
-        }
+    ring.each_sector(pos, entry_length, |i, s| entry.visit(i, s))?;
+    if entry.crc != h.checksum {
+        return Err(bad(
+            at,
+            format!(
+                "checksum {:#010x}, computed {:#010x} over {entry_length:#x} bytes",
+                h.checksum, entry.crc
+            ),
+        ));
+    }
+    let sectors = entry_length / LOG_SECTOR_SIZE;
+    if entry.desc_sectors > sectors {
+        return Err(bad(
+            at,
+            format!(
+                "{count} descriptors need {} sectors but the entry has {sectors}",
+                entry.desc_sectors
+            ),
+        ));
+    }
+    if let Some(e) = entry.data_error.or(entry.descriptor_error) {
+        return Err(e);
     }
     let summary = EntrySummary {
         sequence_number: h.sequence_number,
@@ -302,22 +333,13 @@ pub(super) fn parse_entry(
         sequence_number: h.sequence_number,
         flushed_file_offset: h.flushed_file_offset,
         last_file_offset: h.last_file_offset,
-        writes,
+        writes: entry.writes,
     });
     Ok((summary, entry))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ring_bytes_wraps() {
-        let ring: Vec<u8> = (0..8).collect();
-        assert_eq!(ring_bytes(&ring, 6, 4).unwrap(), vec![6, 7, 0, 1]);
-        assert!(ring_bytes(&ring, 6, 9).is_none());
-        assert!(ring_bytes(&ring, 8, 1).is_none());
-    }
 
     #[test]
     fn entry_sizes() {

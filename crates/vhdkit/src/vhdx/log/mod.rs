@@ -3,13 +3,18 @@
 //! entries ([`write`]). Entry sizes come from one function, `entry::entry_length`, for both
 //! reading and writing.
 //!
+//! Memory stays bounded whatever the log's size: the ring is streamed through the source in
+//! small chunks, and a decoded sequence keeps each data sector's position, not its bytes.
+//!
 //! Finding and decoding depend only on `format`, `error`, `guid`, `util` and `source`, and never
 //! write;
 //! replay to the file goes through `update::Session`, which owns header updates.
 
 mod entry;
 mod replay;
+mod ring;
 mod sequence;
+mod view;
 mod write;
 
 use uuid::Uuid;
@@ -17,18 +22,34 @@ use uuid::Uuid;
 pub use replay::LogReplay;
 pub(crate) use replay::{dirty_log, inspect_log, named_log, overlay, replay_log, summary};
 pub use sequence::find_active_sequence;
+pub(crate) use view::{logged_sector, ReplayMap};
 pub(crate) use write::max_data_sectors;
 pub(crate) use write::{encode_entry, log_entry_bytes, Counting};
 
 /// One change recorded in a log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogWrite {
-    /// Write this 4 KiB sector at `file_offset`.
+    /// Write this 4 KiB sector, held in memory, at `file_offset` (for sequences built in
+    /// memory; a sequence read from a log uses [`LogWrite::Logged`]).
     Data {
         /// Target, 4 KiB aligned.
         file_offset: u64,
         /// The rebuilt sector (4096 bytes).
         sector: Box<[u8]>,
+    },
+    /// Write the 4 KiB sector at `file_offset` whose first 8 and last 4 bytes are
+    /// `leading_bytes` and `trailing_bytes` and whose middle 4084 bytes are those of the log
+    /// data sector at `data_sector_offset`. The payload stays in the file, so a sequence costs
+    /// tens of bytes per sector however much it writes.
+    Logged {
+        /// Target, 4 KiB aligned.
+        file_offset: u64,
+        /// Absolute file offset of the log data sector (inside the log, 4 KiB aligned).
+        data_sector_offset: u64,
+        /// The target sector's first 8 bytes (from the data descriptor).
+        leading_bytes: [u8; 8],
+        /// The target sector's last 4 bytes (from the data descriptor).
+        trailing_bytes: [u8; 4],
     },
     /// Zero `length` bytes at `file_offset`.
     Zero {
@@ -37,6 +58,15 @@ pub enum LogWrite {
         /// 4 KiB multiple.
         length: u64,
     },
+}
+
+impl LogWrite {
+    /// The 4 KiB sector a data write puts at its target, a logged one read from `file` (the
+    /// file whose log holds it); `None` for a zero write.
+    pub fn sector(&self, file: &dyn crate::source::Source) -> std::io::Result<Option<Box<[u8]>>> {
+        let mut out = vec![0u8; entry::SECTOR];
+        Ok(logged_sector(file, self, &mut out)?.then(|| out.into_boxed_slice()))
+    }
 }
 
 /// One valid log entry.

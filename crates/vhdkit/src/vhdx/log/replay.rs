@@ -1,12 +1,13 @@
 //! Replaying the active sequence: in memory for a read-only open, or to the file itself before
 //! any other change (MS-VHDX 2.3.3). The one place the header's LogVersion is checked.
 
-use super::{find_active_sequence, LogPlace, LogSequence, LogWrite};
+use super::view::LogView;
+use super::{find_active_sequence, LogPlace, LogSequence};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::source::{source_len, OverlaySource, Source};
+use crate::source::Source;
 use crate::txn::Sink;
-use crate::vhdx::format::{HEADER_LOG_VERSION_OFFSET, LOG_SECTOR_SIZE};
+use crate::vhdx::format::HEADER_LOG_VERSION_OFFSET;
 use crate::vhdx::header::{read_headers, Headers, ParsedHeader};
 use crate::vhdx::update::Session;
 
@@ -73,38 +74,11 @@ pub(crate) fn dirty_log(
         .transpose()
 }
 
-/// `base` with `seq` replayed over it in memory. The length grows to cover every write and
+/// `base` with `seq` replayed over it, read-only. The length grows to cover every write and
 /// each entry's LastFileOffset; bytes past the end of `base` read as zeros unless written.
-pub(crate) fn overlay(base: Box<dyn Source>, seq: &LogSequence) -> Result<OverlaySource> {
-    let mut len = source_len(&*base)?;
-    for e in &seq.entries {
-        for w in &e.writes {
-            let end = match w {
-                LogWrite::Data { file_offset, .. } => file_offset.saturating_add(LOG_SECTOR_SIZE),
-                LogWrite::Zero {
-                    file_offset,
-                    length,
-                } => file_offset.saturating_add(*length),
-            };
-            len = len.max(end);
-        }
-        len = len.max(e.last_file_offset);
-    }
-    let mut o = OverlaySource::new(base, Vec::new(), len)
-        .map_err(|(_, e)| Error::io("reading the file length", e))?;
-    for w in seq.entries.iter().flat_map(|e| &e.writes) {
-        match w {
-            LogWrite::Data {
-                file_offset,
-                sector,
-            } => o.put_bytes(*file_offset, sector.to_vec()),
-            LogWrite::Zero {
-                file_offset,
-                length,
-            } => o.put_zeros(*file_offset, *length),
-        }
-    }
-    Ok(o)
+/// Logged sectors are read from `base` when asked for, never copied.
+pub(crate) fn overlay(base: Box<dyn Source>, seq: &LogSequence) -> Result<LogView> {
+    LogView::new(base, seq)
 }
 
 /// Replay a dirty log of the VHDX file `sink` to the file itself (a new FileWriteGuid, the

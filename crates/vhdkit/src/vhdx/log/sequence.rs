@@ -1,9 +1,10 @@
 //! Finding the active sequence in the log ring (MS-VHDX 2.3.2 / SX 2.3.2).
 
 use super::entry::{parse_entry, EntrySummary, LOGE};
+use super::ring::Ring;
 use super::{LogPlace, LogSequence, LogWrite};
 use crate::error::{Error, Result};
-use crate::source::{read_struct, source_len, Source};
+use crate::source::{source_len, Source};
 use crate::vhdx::format::{LOG_SECTOR_SIZE, MIB};
 
 /// The log's placement rules against the file, and the memory bound.
@@ -45,31 +46,50 @@ fn check_place(place: &LogPlace, file_len: u64, max_bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// What one 4 KiB ring position holds, once validated. Only the first rejection's message is
+/// kept, so the cache costs a few bytes per position.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Unknown,
+    Entry(EntrySummary),
+    Rejected,
+}
+
 /// Validates ring positions, each at most once, remembering the first interesting rejection.
 struct Scanner<'a> {
-    ring: &'a [u8],
+    ring: Ring<'a>,
     place: &'a LogPlace,
-    cache: Vec<Option<std::result::Result<EntrySummary, String>>>,
+    cache: Vec<Slot>,
     first_error: Option<String>,
+    /// The first read that failed for a reason other than damage (an I/O error): the scan's
+    /// answer would depend on it, so it is the result.
+    failure: Option<Error>,
 }
 
 impl Scanner<'_> {
     fn summary_at(&mut self, pos: u64) -> Option<EntrySummary> {
         let idx = usize::try_from(pos / LOG_SECTOR_SIZE).ok()?;
-        let slot = self.cache.get_mut(idx)?;
-        if slot.is_none() {
-            let r = parse_entry(self.ring, pos, self.place, false).map(|(s, _)| s);
-            *slot = Some(r.map_err(|e| e.to_string()));
-        }
-        match slot.as_ref()? {
-            Ok(s) => Some(*s),
-            Err(m) => {
-                // A slot that is not an entry at all is the normal case; keep real damage.
-                if self.first_error.is_none() && !m.contains("expected \"loge\"") {
-                    self.first_error = Some(m.clone());
+        if let Slot::Unknown = self.cache.get(idx)? {
+            let slot = match parse_entry(&self.ring, pos, false) {
+                Ok((s, _)) => Slot::Entry(s),
+                Err(e) if !e.is_corruption() => {
+                    self.failure.get_or_insert(e);
+                    Slot::Rejected
                 }
-                None
-            }
+                Err(e) => {
+                    let m = e.to_string();
+                    // A slot that is not an entry at all is the normal case; keep real damage.
+                    if self.first_error.is_none() && !m.contains("expected \"loge\"") {
+                        self.first_error = Some(m);
+                    }
+                    Slot::Rejected
+                }
+            };
+            *self.cache.get_mut(idx)? = slot;
+        }
+        match self.cache.get(idx)? {
+            Slot::Entry(s) => Some(*s),
+            Slot::Unknown | Slot::Rejected => None,
         }
     }
 
@@ -125,15 +145,16 @@ impl Scanner<'_> {
 }
 
 /// Decode the entries at `offsets`, within the replay budget.
-fn decode(ring: &[u8], place: &LogPlace, offsets: Vec<u64>, max_bytes: u64) -> Result<LogSequence> {
+fn decode(ring: &Ring, offsets: Vec<u64>, max_bytes: u64) -> Result<LogSequence> {
+    let place = ring.place;
     let mut entries = Vec::with_capacity(offsets.len());
     let mut replay_bytes = 0u64;
     for p in offsets {
-        let (_, e) = parse_entry(ring, p, place, true)?;
+        let (_, e) = parse_entry(ring, p, true)?;
         if let Some(e) = e {
             for w in &e.writes {
                 let n = match w {
-                    LogWrite::Data { .. } => LOG_SECTOR_SIZE,
+                    LogWrite::Data { .. } | LogWrite::Logged { .. } => LOG_SECTOR_SIZE,
                     LogWrite::Zero { length, .. } => *length,
                 };
                 replay_bytes = replay_bytes.saturating_add(n);
@@ -153,7 +174,7 @@ fn decode(ring: &[u8], place: &LogPlace, offsets: Vec<u64>, max_bytes: u64) -> R
     Ok(LogSequence { entries })
 }
 
-/// Read the log ring and find the active sequence (SX 2.3.2). Errors when no complete
+/// Scan the log ring (through a bounded buffer) and find the active sequence (SX 2.3.2). Errors when no complete
 /// sequence exists or the file is shorter than the head's FlushedFileOffset.
 pub fn find_active_sequence(
     src: &dyn Source,
@@ -162,18 +183,20 @@ pub fn find_active_sequence(
 ) -> Result<LogSequence> {
     let file_len = source_len(src)?;
     check_place(place, file_len, max_bytes)?;
-    let len = usize::try_from(place.length)
+    let slots = usize::try_from(place.length / LOG_SECTOR_SIZE)
         .map_err(|_| Error::corrupt(LOGE, place.offset, "log too large"))?;
-    let mut ring = vec![0u8; len];
-    read_struct(src, place.offset, &mut ring, LOGE)?;
-    let slots = usize::try_from(place.length / LOG_SECTOR_SIZE).unwrap_or(0);
     let mut scanner = Scanner {
-        ring: &ring,
+        ring: Ring { src, place },
         place,
-        cache: vec![None; slots],
+        cache: vec![Slot::Unknown; slots],
         first_error: None,
+        failure: None,
     };
-    let Some(offsets) = scanner.best_sequence() else {
+    let best = scanner.best_sequence();
+    if let Some(e) = scanner.failure.take() {
+        return Err(e);
+    }
+    let Some(offsets) = best else {
         return Err(Error::corrupt(
             LOGE,
             place.offset,
@@ -188,7 +211,7 @@ pub fn find_active_sequence(
             ),
         ));
     };
-    let seq = decode(&ring, place, offsets, max_bytes)?;
+    let seq = decode(&scanner.ring, offsets, max_bytes)?;
     if let Some(head) = seq.entries.last() {
         if file_len < head.flushed_file_offset {
             return Err(Error::corrupt(

@@ -217,23 +217,27 @@ mod tests {
         let guid = Uuid::from_u128(7);
         let e = encode_entry(0x1_0000_0002, 0, guid, 1 << 20, 4 << 20, &sectors).unwrap();
         assert_eq!(e.len() as u64, entry_length(2, 2).unwrap());
-        let mut ring = e.clone();
-        ring.resize(1 << 20, 0);
+        // The ring at 1 MiB, as in a file.
+        let mut file = vec![0u8; 1 << 20];
+        file.extend_from_slice(&e);
+        file.resize(2 << 20, 0);
         let place = super::super::LogPlace {
             offset: 1 << 20,
             length: 1 << 20,
             guid,
         };
-        let (_, entry) = super::super::entry::parse_entry(&ring, 0, &place, true).unwrap();
+        let ring = super::super::ring::Ring {
+            src: &file,
+            place: &place,
+        };
+        let (_, entry) = super::super::entry::parse_entry(&ring, 0, true).unwrap();
         let entry = entry.unwrap();
         assert_eq!(entry.sequence_number, 0x1_0000_0002);
-        match &entry.writes[0] {
-            super::super::LogWrite::Data {
-                file_offset,
-                sector,
-            } => {
+        let w = &entry.writes[0];
+        match w {
+            super::super::LogWrite::Logged { file_offset, .. } => {
                 assert_eq!(*file_offset, 0x30_0000);
-                assert_eq!(&sector[..], &a[..]);
+                assert_eq!(&w.sector(&file).unwrap().unwrap()[..], &a[..]);
             }
             w => panic!("{w:?}"),
         }
