@@ -98,7 +98,7 @@ pub enum PathStyle {
 pub struct ParentLocator {
     /// The spec's name: `W2ru`, `W2ku`, `Wi2r`, `Wi2k`, `MacX`, `Mac`, `parent_name` for VHD;
     /// `relative_path`, `volume_path`, `absolute_win32_path` for VHDX.
-    pub kind: String,
+    pub kind: crate::chain::LocatorKind,
     /// The decoded path, or `None` when the data could not be decoded.
     pub path: Option<String>,
     /// How to interpret `path`.

@@ -259,7 +259,9 @@ fn render_group(s: &mut String, g: &GroupPlan) {
             s,
             "  {what}: {} (now via {} -> {})",
             c.path.display(),
-            c.via.as_deref().unwrap_or("?"),
+            c.via
+                .as_ref()
+                .map_or_else(|| "?".to_string(), ToString::to_string),
             c.from
                 .as_ref()
                 .map_or_else(|| "?".into(), |f| f.display().to_string())

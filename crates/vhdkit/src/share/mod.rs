@@ -164,7 +164,7 @@ pub struct ChildPlan {
     /// The parent it resolves to now.
     pub from: Option<PathBuf>,
     /// Through which locator.
-    pub via: Option<String>,
+    pub via: Option<crate::chain::Via>,
     /// True when it is repointed (false: only an interrupted change is finished).
     pub repoint: bool,
     /// True when an interrupted vhdkit change beside it is finished first.

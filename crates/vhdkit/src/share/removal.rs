@@ -47,7 +47,7 @@ impl Removal {
     /// `shared`: in SHARED.
     pub(crate) fn keep_reason(&self, outside: bool, shared: bool) -> Option<String> {
         if !self.delete_copies {
-            Some("no --delete-copies (a disk outside DIR might use it)".into())
+            Some("delete_copies is off (a disk outside DIR might use it)".into())
         } else if outside {
             Some("outside DIR".into())
         } else if shared {
@@ -75,7 +75,7 @@ mod tests {
         assert!(off
             .keep_reason(false, false)
             .unwrap()
-            .contains("no --delete-copies"));
+            .contains("delete_copies is off"));
         let u = Uninspected {
             path: "/x/vm2".into(),
             kind: UninspectedKind::Unlistable,

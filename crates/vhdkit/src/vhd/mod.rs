@@ -453,7 +453,7 @@ impl Image for VhdFile {
                 (None, e) => (None, e.clone()),
             };
             out.push(ParentLocator {
-                kind: "parent_name".to_string(),
+                kind: crate::chain::LocatorKind::ParentName,
                 path,
                 style: PathStyle::Name,
                 file_offset: Some(h.offset.saturating_add(format::PARENT_NAME_OFFSET as u64)),
