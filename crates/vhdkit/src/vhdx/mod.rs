@@ -207,6 +207,10 @@ pub struct VhdxFile {
     data_write_guid: Uuid,
     warnings: Vec<String>,
     info: VhdxInfo,
+    /// The checked metadata region and its table entries, in table order: the positions the
+    /// link editor rewrites (`info` is only a view of them).
+    metadata_region: region::Region,
+    metadata_items: Vec<metadata::Item>,
     /// Last payload block's bitmap bytes read: (block index, bytes).
     bitmap_cache: Mutex<Option<(u64, Vec<u8>)>>,
 }
@@ -369,6 +373,8 @@ impl VhdxFile {
             data_write_guid: cur.data_write_guid,
             warnings,
             info,
+            metadata_region: regions.metadata,
+            metadata_items: meta.items,
             bitmap_cache: Mutex::new(None),
         })
     }
