@@ -44,7 +44,7 @@ use super::locator::{
 use super::update::encode_header;
 use crate::error::{Error, Result};
 use crate::guid::to_vhdx_bytes;
-use crate::newdisk::write_layout;
+use crate::newdisk::{write_built, Built};
 use crate::txn::Sink;
 use crate::util::utf16le;
 
@@ -403,6 +403,12 @@ fn file_identifier() -> Result<Vec<u8>> {
     bytes_of(&id)
 }
 
+/// Write a new disk into an empty `sink` and make it durable. Fixed disks' payload is a hole
+/// (zeros) made by sizing the file.
+pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
+    write_built(sink, build(p)?)
+}
+
 /// Compute every non-zero byte of a new disk.
 pub fn build(p: &NewVhdx) -> Result<Layout> {
     check(p)?;
@@ -471,18 +477,13 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
     })
 }
 
-/// Write a new disk into an empty `sink` and make it durable. Fixed disks' payload is a hole
-/// (zeros) made by sizing the file.
-pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
-    let layout = build(p)?;
-    let tables = |sink: &S| layout.write_fixed_bat(sink);
-    write_layout(sink, "vhdx", layout.file_len, tables, &layout.writes)?;
-    Ok(layout)
-}
-
-impl Layout {
+impl Built for Layout {
+    const FORMAT: &'static str = "vhdx";
+    fn bytes(&self) -> (u64, &[(u64, Vec<u8>)]) {
+        (self.file_len, &self.writes)
+    }
     /// A fixed disk's BAT is streamed (too large for `writes`); the others' is in `writes`.
-    fn write_fixed_bat<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+    fn write_streamed<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
         self.fixed_bat.as_ref().map_or(Ok(()), |bat| {
             bat.write(sink)
                 .map_err(|e| Error::io("writing the new vhdx's BAT", e))
