@@ -79,7 +79,12 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Lib(e) => write!(f, "{e}{}", hint(e).unwrap_or_default()),
+            CliError::Lib(e) => write!(
+                f,
+                "{}{}",
+                cli_words(&e.to_string()),
+                hint(e).unwrap_or_default()
+            ),
             CliError::Output(e) => write!(f, "writing output: {e}"),
         }
     }
@@ -192,10 +197,11 @@ pub fn out(args: std::fmt::Arguments<'_>, newline: bool) {
     if STDOUT_FAILED.get().is_some() {
         return;
     }
+    let text = cli_words(&args.to_string());
     let mut o = std::io::stdout().lock();
-    let r = o
-        .write_fmt(args)
-        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) });
+    let r =
+        o.write_all(text.as_bytes())
+            .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) });
     if let Err(e) = r {
         let _ = STDOUT_FAILED.set(e);
     }
@@ -217,13 +223,86 @@ pub fn stdout_failure() -> Option<CliError> {
 /// Print a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
     let mut o = std::io::stdout().lock();
-    let r = serde_json::to_writer_pretty(&mut o, v)
+    let r = serde_json::to_string_pretty(v)
         .map_err(std::io::Error::from)
-        .and_then(|()| writeln!(o));
+        .and_then(|s| writeln!(o, "{}", cli_words_json(&s)));
     if let Err(e) = r {
         let _ = STDOUT_FAILED.set(e);
     }
     Ok(())
+}
+
+/// The library names no flags: it speaks of its own options (`delete_copies`, the confining
+/// folders, a path map). Where its words stand for a flag of this command line, the flag is
+/// named instead, so the CLI reads as it always has. Each pair: the library's words, the CLI's.
+/// No CLI text contains the library words it replaces, so applying this twice changes nothing.
+const FLAG_WORDS: &[(&str, &str)] = &[
+    (
+        "outside the confining folders",
+        "outside the --confine folders",
+    ),
+    (
+        "map it with a path map 'PREFIX=LOCAL_FOLDER' (e.g. 'C:\\Lab=/srv/lab')",
+        "map it with --map 'PREFIX=LOCAL_FOLDER' (e.g. --map 'C:\\Lab=/srv/lab')",
+    ),
+    ("delete_copies is off", "no --delete-copies"),
+    (
+        "the content check against the old parent (verify_content) also found",
+        "--verify-content also found",
+    ),
+    (
+        "give a Windows path (windows_path) or a path map PREFIX=DIR to record",
+        "give --windows-path or --map PREFIX=DIR to record",
+    ),
+    (
+        "(no Windows path given, no path map containing it)",
+        "(no --windows-path, no --map containing it)",
+    ),
+    ("the given Windows path \"", "--windows-path \""),
+    ("given as the Windows path", "given with --windows-path"),
+    ("from the path map '", "from --map '"),
+    (
+        "(a given Windows path is a drive or UNC path",
+        "(--windows-path gives a drive or UNC path",
+    ),
+    (
+        "absolute only: the absolute path is written",
+        "--absolute-only: the absolute path is written",
+    ),
+    (
+        "and only the absolute path is wanted",
+        "and --absolute-only was given",
+    ),
+    (
+        "relative only: the path relative",
+        "--relative-only: the path relative",
+    ),
+];
+
+/// `text` with the library's words for this command line's flags replaced (see `FLAG_WORDS`).
+pub fn cli_words(text: &str) -> String {
+    replace_all(text, FLAG_WORDS.iter().map(|&(l, c)| (l.into(), c.into())))
+}
+
+/// The same for JSON text: the pairs as they appear inside JSON strings.
+fn cli_words_json(json: &str) -> String {
+    let esc = |s: &str| {
+        let q = serde_json::Value::from(s).to_string();
+        q.get(1..q.len().saturating_sub(1))
+            .unwrap_or_default()
+            .to_string()
+    };
+    replace_all(json, FLAG_WORDS.iter().map(|&(l, c)| (esc(l), esc(c))))
+}
+
+fn replace_all(text: &str, pairs: impl Iterator<Item = (String, String)>) -> String {
+    let mut out = text.to_string();
+    for (lib, cli) in pairs {
+        if out.contains(&lib) {
+            out = out.replace(&lib, &cli);
+        }
+    }
+    out
 }
 
 /// Human size: exact bytes plus a binary-unit rendering.
@@ -311,5 +390,27 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(4 << 20), "4 MiB (4194304 bytes)");
         assert_eq!(size(1536), "1.50 KiB (1536 bytes)");
+    }
+
+    #[test]
+    fn library_words_become_flags_once() {
+        use vhdkit::chain::AttemptOutcome;
+        let confined = AttemptOutcome::Confined.to_string();
+        assert_eq!(
+            cli_words(&confined),
+            "refused by confinement: outside the --confine folders"
+        );
+        let unmapped = AttemptOutcome::UnmappedWindowsPath.to_string();
+        let want = "skipped: an absolute Windows path has no local meaning here; map it with \
+                    --map 'PREFIX=LOCAL_FOLDER' (e.g. --map 'C:\\Lab=/srv/lab')";
+        assert_eq!(cli_words(&unmapped), want);
+        assert_eq!(cli_words(&cli_words(&unmapped)), want);
+        let json = serde_json::json!({ "outcome": unmapped }).to_string();
+        let cli_json = serde_json::json!({ "outcome": want }).to_string();
+        assert_eq!(cli_words_json(&json), cli_json);
+        for (lib, cli) in FLAG_WORDS {
+            assert!(!lib.contains("--"), "{lib}");
+            assert!(!cli.contains(lib), "{cli}");
+        }
     }
 }

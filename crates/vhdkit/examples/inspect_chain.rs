@@ -44,7 +44,10 @@ fn run(child: &std::path::Path, opts: &ChainOptions) -> Result<(), Box<dyn std::
             link.id
         );
         if let Some(parent) = &link.parent {
-            let via = parent.via.as_deref().unwrap_or("-");
+            let via = parent
+                .via
+                .as_ref()
+                .map_or_else(|| "-".to_string(), ToString::to_string);
             println!("   parent {} found via {via}", parent.expected_id);
         }
         for w in &link.warnings {

@@ -73,6 +73,18 @@ pub enum Extent {
     Unallocated,
 }
 
+impl Extent {
+    /// A run of a block's sector bitmap, `len` bytes: stored from `file_offset` when its
+    /// sectors are present, else held by nothing in this file.
+    pub(crate) fn bitmap_run(present: bool, file_offset: u64, len: u64) -> (Extent, u64) {
+        if present {
+            (Extent::Data { file_offset }, len)
+        } else {
+            (Extent::Unallocated, len)
+        }
+    }
+}
+
 /// How a locator's path is to be interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -98,7 +110,7 @@ pub enum PathStyle {
 pub struct ParentLocator {
     /// The spec's name: `W2ru`, `W2ku`, `Wi2r`, `Wi2k`, `MacX`, `Mac`, `parent_name` for VHD;
     /// `relative_path`, `volume_path`, `absolute_win32_path` for VHDX.
-    pub kind: String,
+    pub kind: crate::chain::LocatorKind,
     /// The decoded path, or `None` when the data could not be decoded.
     pub path: Option<String>,
     /// How to interpret `path`.
@@ -229,11 +241,46 @@ pub(crate) trait Image: Send + Sync + fmt::Debug {
     fn parent_locators(&self) -> Vec<ParentLocator>;
     /// See [`Disk::map`]. Called only with `offset < virtual_size` and `max_len > 0`.
     fn map(&self, offset: u64, max_len: u64) -> Result<(Extent, u64)>;
-    /// Read file bytes at `file_offset` (after any in-memory log overlay).
-    fn read_data(&self, file_offset: u64, buf: &mut [u8]) -> Result<()>;
-    fn file_size(&self) -> u64;
-    fn warnings(&self) -> Vec<String>;
     fn details(&self) -> FormatInfo;
+    /// What every format keeps alike, so the accessors below are written once.
+    fn parts(&self) -> ImageParts<'_>;
+    /// Read file bytes at `file_offset` (after any in-memory log overlay).
+    fn read_data(&self, file_offset: u64, buf: &mut [u8]) -> Result<()> {
+        let p = self.parts();
+        crate::source::read_struct(p.src, file_offset, buf, p.data)
+    }
+    fn file_size(&self) -> u64 {
+        self.parts().file_size
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.parts().warnings.to_vec()
+    }
+}
+
+/// The parts of an opened image every format has: the source data is read from (after any
+/// in-memory log overlay), the structure name its data reads are reported under, the real
+/// file size and the warnings of the open.
+pub(crate) struct ImageParts<'a> {
+    src: &'a dyn Source,
+    data: &'static str,
+    file_size: u64,
+    warnings: &'a [String],
+}
+
+impl<'a> ImageParts<'a> {
+    pub(crate) fn new(
+        src: &'a dyn Source,
+        data: &'static str,
+        file_size: u64,
+        warnings: &'a [String],
+    ) -> Self {
+        ImageParts {
+            src,
+            data,
+            file_size,
+            warnings,
+        }
+    }
 }
 
 /// One VHD or VHDX file, opened read-only.

@@ -58,3 +58,21 @@ pub(crate) fn write_layout<S: Sink + ?Sized>(
     sink.sync()
         .map_err(|e| Error::io(format!("flushing the new {what}"), e))
 }
+
+/// A format's laid-out new disk, as [`write_built`] writes it.
+pub(crate) trait Built {
+    /// The format's name in errors (`"vhd"`).
+    const FORMAT: &'static str;
+    /// File length, and the writes in order.
+    fn bytes(&self) -> (u64, &[(u64, Vec<u8>)]);
+    /// Write what is streamed through a bounded buffer (the BAT), before the writes.
+    fn write_streamed<S: Sink + ?Sized>(&self, sink: &S) -> Result<()>;
+}
+
+/// Write `layout` into an empty `sink` and make it durable (see [`write_layout`]); returns
+/// the layout.
+pub(crate) fn write_built<S: Sink + ?Sized, L: Built>(sink: &S, layout: L) -> Result<L> {
+    let (len, writes) = layout.bytes();
+    write_layout(sink, L::FORMAT, len, |s| layout.write_streamed(s), writes)?;
+    Ok(layout)
+}

@@ -210,21 +210,22 @@ pub(crate) fn absolute_windows_path(
     Ok(AbsolutePath {
         value: s.to_string(),
         source: AbsoluteSource::LocalPosix,
-        how: "the local absolute path as it is (no --windows-path, no --map containing it); \
-              Windows hosts will not resolve it"
+        how: "the local absolute path as it is (no Windows path given, no path map \
+              containing it); Windows hosts will not resolve it"
             .into(),
     })
 }
 
-/// The path the caller gave (`--windows-path`), checked to be an absolute Windows path.
+/// The path the caller gave (`ReparentOptions::windows_path`), checked to be an absolute
+/// Windows path.
 fn given_path(w: &str, file_name: &str) -> Result<AbsolutePath, String> {
     if !is_windows_absolute(w) {
         return Err(format!(
-            "--windows-path {w:?} is not an absolute Windows path (C:\\dir\\file.vhd or \
+            "the given Windows path {w:?} is not an absolute Windows path (C:\\dir\\file.vhd or \
              \\\\server\\share\\file.vhd)"
         ));
     }
-    let mut how = "given with --windows-path".to_string();
+    let mut how = "given as the Windows path".to_string();
     let last = w.rsplit('\\').next().unwrap_or_default();
     if !same_name(last, file_name) {
         how.push_str(&format!(
@@ -256,7 +257,7 @@ fn mapped_path(np: &Path, maps: &[PathMap]) -> Result<Option<AbsolutePath>, Stri
             };
             return Ok(Some(AbsolutePath {
                 how: format!(
-                    "from --map '{}={}' read in reverse",
+                    "from the path map '{}={}' read in reverse",
                     m.windows_prefix,
                     m.local.display()
                 ),
@@ -332,7 +333,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.source, AbsoluteSource::Given);
-        assert_eq!(a.how, "given with --windows-path");
+        assert_eq!(a.how, "given as the Windows path");
         let a = absolute_windows_path(Path::new("/x/base.vhd"), "base.vhd", Some(r"C:\o.vhd"), &[])
             .unwrap();
         assert!(a.how.contains("differs from the local"), "{}", a.how);

@@ -66,7 +66,12 @@ fn a_folder_swapped_for_a_link_to_outside_never_leads_the_open_out() {
         let res = report.links[0].parent.as_ref().unwrap();
         assert!(res.path.is_none(), "escaped confinement: {res:?}");
         let first = &res.tried[0].outcome;
-        let key = first.split(':').next().unwrap_or_default().to_string();
+        let key = first
+            .to_string()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         *outcomes.entry(key).or_default() += 1;
     }
     stop.store(true, Ordering::Relaxed);

@@ -25,7 +25,7 @@ fn locators(p: &Path) -> Vec<(String, Option<String>)> {
         .unwrap()
         .parent_locators()
         .into_iter()
-        .map(|l| (l.kind, l.path))
+        .map(|l| (l.kind.to_string(), l.path))
         .collect()
 }
 

@@ -84,7 +84,12 @@ fn parent_not_found_lists_every_attempt() {
             assert_eq!(expected_id, id);
             assert!(!attempts.is_empty());
             assert!(attempts.iter().any(|a| a.path == base), "{attempts:?}");
-            assert!(attempts.iter().all(|a| a.outcome == "not found"), "{e}");
+            assert!(
+                attempts
+                    .iter()
+                    .all(|a| a.outcome == vhdkit::chain::AttemptOutcome::NotFound),
+                "{e}"
+            );
         }
         _ => panic!("expected parent not found, got {e}"),
     }

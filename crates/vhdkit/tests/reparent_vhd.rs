@@ -146,7 +146,12 @@ fn round_trip_to_a_copy_elsewhere() {
     std::fs::remove_file(&lab.old_parent).unwrap();
     let chain = Chain::open(&lab.child, &ChainOptions::default()).unwrap();
     let link = chain.report().links[0].parent.clone().unwrap();
-    assert_eq!(link.via.as_deref(), Some("W2ru"));
+    assert_eq!(
+        link.via,
+        Some(vhdkit::chain::Via::Locator(
+            vhdkit::chain::LocatorKind::W2ru
+        ))
+    );
     assert_eq!(
         std::fs::canonicalize(link.path.unwrap()).unwrap(),
         std::fs::canonicalize(&np).unwrap()
@@ -367,7 +372,7 @@ fn modes_and_map_in_reverse() {
     // Not the bare name, which vhd-lib would look for in the child's folder (issue 17).
     assert_eq!(plan.parent_name, "../srv/lab/Ref/base.vhd");
     let style = plan.parent_name_style.unwrap();
-    assert!(!style.kept && style.why.unwrap().contains("--relative-only"));
+    assert!(!style.kept && style.why.unwrap().contains("relative only"));
     let codes: Vec<String> = slots(&lab.child).into_iter().map(|s| s.code).collect();
     assert_eq!(codes, ["W2ru"]);
     let o = ReparentOptions {

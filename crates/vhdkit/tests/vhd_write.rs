@@ -154,7 +154,7 @@ fn differencing_layout_matches_windows() {
     let locs: Vec<(String, Option<String>, Option<u64>)> = parent
         .locators
         .iter()
-        .map(|l| (l.kind.clone(), l.path.clone(), l.file_offset))
+        .map(|l| (l.kind.to_string(), l.path.clone(), l.file_offset))
         .collect();
     assert_eq!(
         locs,

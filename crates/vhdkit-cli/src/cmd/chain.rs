@@ -76,10 +76,11 @@ pub fn run(a: &ChainArgs) -> Result<Outcome, CliError> {
         }
         print!("{s}");
     }
-    match &report.broken_reason {
+    match &report.broken {
         None => Ok(Outcome::Ok),
-        Some(reason) => {
-            eprintln!("vhdkit: chain broken: {}", reason.replace('\n', " "));
+        Some(broken) => {
+            let reason = output::cli_words(&broken.to_string()).replace('\n', " ");
+            eprintln!("vhdkit: chain broken: {reason}");
             Ok(Outcome::Findings)
         }
     }

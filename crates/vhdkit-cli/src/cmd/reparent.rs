@@ -33,7 +33,7 @@ pub fn run(a: &ReparentArgs) -> Result<Outcome, CliError> {
         }
     }
     for w in &plan.warnings {
-        eprintln!("vhdkit: warning: {w}");
+        eprintln!("vhdkit: warning: {}", output::cli_words(w));
     }
     Ok(Outcome::Ok)
 }
@@ -136,7 +136,9 @@ fn render_applied(s: &mut String, report: &ApplyReport, chain: Option<&ChainRepo
         s,
         "chain re-opened: intact, {} disks; parent found via {}: {}",
         links.len(),
-        parent.and_then(|p| p.via.as_deref()).unwrap_or("?"),
+        parent
+            .and_then(|p| p.via.as_ref())
+            .map_or_else(|| "?".to_string(), ToString::to_string),
         parent
             .and_then(|p| p.path.as_ref())
             .map_or_else(|| "?".to_string(), |p| p.display().to_string())

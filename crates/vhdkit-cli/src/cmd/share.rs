@@ -139,10 +139,10 @@ fn closing_line<P: TreePlan>(p: &P) -> &'static str {
 }
 
 /// One `LABEL: path: reason` line per item.
-pub(super) fn listed<'a>(
+pub(super) fn listed<'a, R: std::fmt::Display>(
     s: &mut String,
     label: &str,
-    items: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    items: impl IntoIterator<Item = (&'a Path, R)>,
 ) {
     for (path, reason) in items {
         let _ = writeln!(s, "{label}: {}: {reason}", path.display());
@@ -150,8 +150,8 @@ pub(super) fn listed<'a>(
 }
 
 /// The items of a report list as [`listed`] takes them.
-pub(super) fn notes(v: &[PathNote]) -> impl Iterator<Item = (&Path, &str)> {
-    v.iter().map(|f| (f.path.as_path(), f.reason.as_str()))
+pub(super) fn notes(v: &[PathNote]) -> impl Iterator<Item = (&Path, &vhdkit::share::NoteReason)> {
+    v.iter().map(|f| (f.path.as_path(), &f.reason))
 }
 
 /// Skipped disks as [`listed`] takes them.
@@ -259,7 +259,9 @@ fn render_group(s: &mut String, g: &GroupPlan) {
             s,
             "  {what}: {} (now via {} -> {})",
             c.path.display(),
-            c.via.as_deref().unwrap_or("?"),
+            c.via
+                .as_ref()
+                .map_or_else(|| "?".to_string(), ToString::to_string),
             c.from
                 .as_ref()
                 .map_or_else(|| "?".into(), |f| f.display().to_string())

@@ -379,7 +379,7 @@ fn depth_limit_is_enforced() {
         vhdkit::ChainOptions::default().open_options(vhdkit::OpenOptions::default().limits(limits));
     let report = vhdkit::Chain::inspect(&paths[0], &opts).unwrap();
     assert!(!report.intact);
-    assert!(report.broken_reason.unwrap().contains("deeper than 3"));
+    assert!(report.broken.unwrap().to_string().contains("deeper than 3"));
     assert!(vhdkit::Chain::open(&paths[0], &opts).is_err());
     assert!(vhdkit::Chain::open(&paths[0], &vhdkit::ChainOptions::default()).is_ok());
 }

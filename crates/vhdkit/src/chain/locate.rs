@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ChainOptions, PathMap};
+use super::{ChainOptions, PathMap, Via};
 use crate::disk::{ParentLocator, PathStyle};
 use crate::winpath::{components_below, has_windows_root, win_components};
 
@@ -23,7 +23,7 @@ pub(super) fn candidates(
     locators: &[ParentLocator],
     child_dir: &Path,
     opts: &ChainOptions,
-) -> Vec<(PathBuf, String)> {
+) -> Vec<(PathBuf, Via)> {
     let mut out = Vec::new();
     let mut names = Vec::new();
     for loc in locators {
@@ -31,7 +31,7 @@ pub(super) fn candidates(
             continue;
         };
         for c in local_paths(p, loc.style, child_dir, &opts.path_maps) {
-            out.push((c, loc.kind.clone()));
+            out.push((c, Via::Locator(loc.kind.clone())));
         }
         if let Some(name) = file_name_of(p, loc.style) {
             if !names.contains(&name) {
@@ -40,11 +40,11 @@ pub(super) fn candidates(
         }
     }
     for name in &names {
-        out.push((child_dir.join(name), "name in child folder".to_string()));
+        out.push((child_dir.join(name), Via::NameInChildFolder));
     }
     for dir in &opts.search_dirs {
         for name in &names {
-            out.push((dir.join(name), "search".to_string()));
+            out.push((dir.join(name), Via::Search));
         }
     }
     out

@@ -20,9 +20,11 @@ use crate::view::ChainView;
 use crate::winpath::canonical;
 
 mod locate;
+mod outcome;
 mod resolve;
 
 pub(crate) use locate::{held, Held};
+pub use outcome::{AttemptOutcome, LocatorKind, Via};
 pub use resolve::resolve_parent;
 pub(crate) use resolve::{locator_leads_to_parent, locator_target, Rejected};
 
@@ -135,9 +137,9 @@ pub struct Attempt {
     /// The local path tried.
     pub path: PathBuf,
     /// Which locator it came from (`W2ru`, `relative_path`, `search`...).
-    pub via: String,
-    /// `"accepted"`, or why it was not.
-    pub outcome: String,
+    pub via: Via,
+    /// Accepted, or why it was not.
+    pub outcome: AttemptOutcome,
 }
 
 /// How a child's parent was resolved.
@@ -149,7 +151,7 @@ pub struct ParentResolution {
     /// The parent's path, when one was accepted.
     pub path: Option<PathBuf>,
     /// The locator (or `search`) that led to it.
-    pub via: Option<String>,
+    pub via: Option<Via>,
     /// Which identity matched.
     pub id_match: Option<IdMatch>,
     /// Every candidate tried, in order.
@@ -189,10 +191,8 @@ pub struct ChainReport {
     pub links: Vec<Link>,
     /// True when every parent was found and matched.
     pub intact: bool,
-    /// Why the chain is broken, when it is.
-    pub broken_reason: Option<String>,
-    /// The same, typed: `broken_reason` is its text.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    /// Why the chain is broken, when it is (serialised as its text, `broken_reason`).
+    #[cfg_attr(feature = "serde", serde(rename = "broken_reason"))]
     pub broken: Option<ChainBroken>,
 }
 
@@ -273,7 +273,7 @@ impl Chain {
     ///
     /// let report = Chain::inspect(&child, &ChainOptions::default())?;
     /// assert!(!report.intact);
-    /// println!("broken: {}", report.broken_reason.as_deref().unwrap_or(""));
+    /// println!("broken: {}", report.broken.as_ref().map(ToString::to_string).unwrap_or_default());
     /// // Every path tried for the parent, and why each was rejected.
     /// for attempt in &report.links[0].parent.as_ref().unwrap().tried {
     ///     println!("{} via {}: {}", attempt.path.display(), attempt.via, attempt.outcome);
@@ -370,7 +370,6 @@ fn walk(path: &Path, opts: &ChainOptions) -> Result<(ChainReport, Vec<Disk>)> {
         ChainReport {
             links,
             intact,
-            broken_reason: broken.as_ref().map(ChainBroken::to_string),
             broken,
         },
         disks,

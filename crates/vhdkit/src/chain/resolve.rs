@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::locate::{candidates, local_paths};
-use super::{canonical, Attempt, ChainOptions, IdMatch, ParentResolution};
+use super::{canonical, Attempt, AttemptOutcome, ChainOptions, IdMatch, ParentResolution, Via};
 use crate::disk::{Disk, ParentLocator};
 use crate::error::{Error, Result};
 use crate::sidefile::folder_of;
@@ -41,16 +41,14 @@ pub fn resolve_parent(
         if !seen.insert(cand.clone()) {
             continue;
         }
-        let mut attempt = Attempt {
-            path: cand.clone(),
-            via: via.clone(),
-            outcome: String::new(),
-        };
         let (parent, id_match) = match try_candidate(child, &linkage, &cand, &child_canon, opts) {
             Ok(x) => x,
             Err(why) => {
-                attempt.outcome = why.to_string();
-                res.tried.push(attempt);
+                res.tried.push(Attempt {
+                    path: cand,
+                    via,
+                    outcome: why.into_outcome(),
+                });
                 continue;
             }
         };
@@ -69,8 +67,11 @@ pub fn resolve_parent(
                 res.warnings.push(w);
             }
         }
-        attempt.outcome = "accepted".into();
-        res.tried.push(attempt);
+        res.tried.push(Attempt {
+            path: cand.clone(),
+            via: via.clone(),
+            outcome: AttemptOutcome::Accepted,
+        });
         res.path = Some(cand);
         res.via = Some(via);
         res.id_match = Some(id_match);
@@ -81,7 +82,7 @@ pub fn resolve_parent(
 }
 
 /// When no parent was found, name every absolute Windows locator that gave no local path (off
-/// Windows, without a matching `--map`), so the error shows it and how to use it.
+/// Windows, without a matching path map), so the error shows it and how to use it.
 fn note_unmapped_windows_paths(
     locators: &[ParentLocator],
     opts: &ChainOptions,
@@ -99,10 +100,8 @@ fn note_unmapped_windows_paths(
         }
         res.tried.push(Attempt {
             path: PathBuf::from(p),
-            via: loc.kind.clone(),
-            outcome: "skipped: an absolute Windows path has no local meaning here; map it with \
-                      --map 'PREFIX=LOCAL_FOLDER' (e.g. --map 'C:\\Lab=/srv/lab')"
-                .into(),
+            via: Via::Locator(loc.kind.clone()),
+            outcome: AttemptOutcome::UnmappedWindowsPath,
         });
     }
 }
@@ -111,15 +110,23 @@ fn note_unmapped_windows_paths(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rejected {
     /// Certain: the path does not lead to a file with the parent's identity.
-    NotParent(String),
-    /// Uncertain: the file exists but could not be opened.
-    Unreadable(String),
+    NotParent(AttemptOutcome),
+    /// Uncertain: the file exists but could not be opened (or confinement forbids a look).
+    Unreadable(AttemptOutcome),
+}
+
+impl Rejected {
+    fn into_outcome(self) -> AttemptOutcome {
+        match self {
+            Rejected::NotParent(o) | Rejected::Unreadable(o) => o,
+        }
+    }
 }
 
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Rejected::NotParent(s) | Rejected::Unreadable(s) => f.write_str(s),
+            Rejected::NotParent(o) | Rejected::Unreadable(o) => o.fmt(f),
         }
     }
 }
@@ -137,43 +144,44 @@ fn try_candidate(
     let cand = confined.as_ref().map_or(cand, |c| c.real.as_path());
     if !cand.is_file() {
         return Err(Rejected::NotParent(if cand.exists() {
-            "not a regular file".into()
+            AttemptOutcome::NotRegularFile
         } else {
-            "not found".into()
+            AttemptOutcome::NotFound
         }));
     }
     if canonical(cand) == child_canon {
-        return Err(Rejected::NotParent("is the child itself".into()));
+        return Err(Rejected::NotParent(AttemptOutcome::IsChild));
     }
     let parent = match &confined {
         Some(c) => c.open(opts)?,
         None => Disk::open_with(cand, &opts.open),
     }
-    .map_err(|e| Rejected::Unreadable(format!("cannot open: {e}")))?;
+    .map_err(|e| Rejected::Unreadable(AttemptOutcome::CannotOpen(e.to_string())))?;
     let pid = parent.identity();
     let id_match = if pid == linkage.id {
         IdMatch::Primary
     } else if linkage.alternate_id == Some(pid) {
         IdMatch::Alternate
     } else {
-        return Err(Rejected::NotParent(format!("id mismatch: it has {pid}")));
+        return Err(Rejected::NotParent(AttemptOutcome::IdMismatch {
+            found: pid,
+        }));
     };
     if parent.format() != child.format() {
-        return Err(Rejected::NotParent(format!(
-            "format mismatch: a {} child cannot have a {} parent",
-            child.format(),
-            parent.format()
-        )));
+        return Err(Rejected::NotParent(AttemptOutcome::FormatMismatch {
+            child: child.format(),
+            parent: parent.format(),
+        }));
     }
-    if let Some(why) = crate::sectors::compare(child, &parent).refusal() {
-        return Err(Rejected::NotParent(why));
+    if let crate::sectors::Verdict::LogicalDiffers { child, parent } =
+        crate::sectors::compare(child, &parent)
+    {
+        return Err(Rejected::NotParent(
+            AttemptOutcome::LogicalSectorSizeMismatch { child, parent },
+        ));
     }
     Ok((parent, id_match))
 }
-
-/// The message for a candidate outside the confining folders: it says nothing about the file
-/// (whether it exists, what it is), which may be a secret a hostile locator points at.
-const CONFINED_OUT: &str = "refused by confinement: outside the --confine folders";
 
 /// A candidate found inside a confining folder.
 struct Confined {
@@ -192,7 +200,7 @@ impl Confined {
         let file = match crate::fsx::open_disk_beneath(&self.root, rel) {
             Ok(f) => f,
             Err(e) if crate::fsx::refusal(&e) == Some(&crate::fsx::Refused::OutsideConfinement) => {
-                return Err(Rejected::Unreadable(CONFINED_OUT.into()))
+                return Err(Rejected::Unreadable(AttemptOutcome::Confined))
             }
             Err(e) => return Ok(Err(Error::io("opening the file", e).with_path(&self.real))),
         };
@@ -221,14 +229,16 @@ fn confined_path(
     if let Ok(real) = std::fs::canonicalize(cand) {
         return match root_of(&real) {
             Some(root) => Ok(Some(Confined { root, real })),
-            None => Err(Rejected::Unreadable(CONFINED_OUT.into())),
+            None => Err(Rejected::Unreadable(AttemptOutcome::Confined)),
         };
     }
     // A missing candidate inside reads "not found", as without confinement; `file_name` is
     // `None` for a path ending in `..`, so the folder test cannot be fooled lexically.
     match (std::fs::canonicalize(folder_of(cand)), cand.file_name()) {
-        (Ok(d), Some(_)) if root_of(&d).is_some() => Err(Rejected::NotParent("not found".into())),
-        _ => Err(Rejected::Unreadable(CONFINED_OUT.into())),
+        (Ok(d), Some(_)) if root_of(&d).is_some() => {
+            Err(Rejected::NotParent(AttemptOutcome::NotFound))
+        }
+        _ => Err(Rejected::Unreadable(AttemptOutcome::Confined)),
     }
 }
 

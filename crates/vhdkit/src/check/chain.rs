@@ -61,15 +61,12 @@ pub fn check_chain(path: &Path, opts: &ChainOptions) -> Vec<Finding> {
             }
         }
     }
-    let Some(reason) = &report.broken_reason else {
+    let Some(broken) = &report.broken else {
         return out;
     };
     let last = report.links.last();
     let at = last.map_or_else(|| path.to_path_buf(), |l| l.path.clone());
-    let code = report
-        .broken
-        .as_ref()
-        .map_or("chain.parent_missing", crate::error::ChainBroken::code);
-    out.push(Finding::new(code, structure(&at), None, reason.clone()));
+    let code = broken.code();
+    out.push(Finding::new(code, structure(&at), None, broken.to_string()));
     out
 }

@@ -189,7 +189,7 @@ struct Entry {
 impl Entry {
     fn dead(&self, why: impl Into<String>) -> Verdict {
         Verdict::Dead(Dead {
-            kind: self.loc.kind.clone(),
+            kind: self.loc.kind.to_string(),
             slot: self.slot,
             path: self.loc.path.clone(),
             why: why.into(),
@@ -200,7 +200,7 @@ impl Entry {
     fn kept(&self, why: &str) -> Verdict {
         Verdict::Kept(format!(
             "{}: {why}; kept",
-            entry_name(&self.loc.kind, self.slot)
+            entry_name(self.loc.kind.as_str(), self.slot)
         ))
     }
 }
@@ -311,7 +311,7 @@ pub(crate) fn analyse(path: &Path, confine: &[PathBuf]) -> Option<Analysis> {
         match judge(&disk, path, &opts, &e) {
             Verdict::Dead(d) => a.dead.push(d),
             Verdict::Kept(why) => a.kept.push(why),
-            Verdict::Leads => working.push(e.loc.kind),
+            Verdict::Leads => working.push(e.loc.kind.to_string()),
         }
     }
     if working.is_empty() {
@@ -320,7 +320,10 @@ pub(crate) fn analyse(path: &Path, confine: &[PathBuf]) -> Option<Analysis> {
     // The resolver's own verdict, with default options: it must resolve through a locator
     // entry that was verified above, and that locator is never dropped.
     if let Ok((res, Some(_))) = resolve_parent(&disk, path, &opts) {
-        a.resolved_via = res.via.filter(|v| working.contains(v));
+        a.resolved_via = res
+            .via
+            .and_then(|v| v.locator().map(ToString::to_string))
+            .filter(|v| working.contains(v));
     }
     Some(a)
 }

@@ -26,7 +26,9 @@ pub(crate) fn findings(path: &Path, opts: &ChainOptions) -> Vec<Finding> {
     let targets: Vec<(String, Option<u64>, PathBuf)> = disk
         .parent_locators()
         .iter()
-        .filter_map(|l| locator_target(path, l, opts).map(|t| (l.kind.clone(), l.file_offset, t)))
+        .filter_map(|l| {
+            locator_target(path, l, opts).map(|t| (l.kind.to_string(), l.file_offset, t))
+        })
         .collect();
     let Some((first_kind, _, first)) = targets.first() else {
         return Vec::new();

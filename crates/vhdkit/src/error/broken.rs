@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use uuid::Uuid;
 
 use super::ErrorKind;
-use crate::chain::Attempt;
+use crate::chain::{Attempt, AttemptOutcome};
 
 /// Why a differencing chain could not be followed (see [`crate::Error::Chain`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +43,14 @@ impl ChainBroken {
             ChainBroken::TooDeep { .. } => return "chain.too_deep",
             ChainBroken::ParentNotFound { attempts, .. } => attempts,
         };
-        let any = |f: &dyn Fn(&str) -> bool| attempts.iter().any(|a| f(&a.outcome));
-        if any(&|o| o.starts_with("id mismatch")) {
+        let any = |f: &dyn Fn(&AttemptOutcome) -> bool| attempts.iter().any(|a| f(&a.outcome));
+        if any(&|o| matches!(o, AttemptOutcome::IdMismatch { .. })) {
             "chain.identity_mismatch"
-        } else if any(&|o| o.contains("sector size mismatch")) {
+        } else if any(&|o| matches!(o, AttemptOutcome::LogicalSectorSizeMismatch { .. })) {
             "chain.sector_size_mismatch"
-        } else if any(&|o| o.contains("format mismatch")) {
+        } else if any(&|o| matches!(o, AttemptOutcome::FormatMismatch { .. })) {
             "chain.format_mismatch"
-        } else if any(&|o| o.starts_with("cannot open")) {
+        } else if any(&|o| matches!(o, AttemptOutcome::CannotOpen(_))) {
             "chain.parent_unreadable"
         } else {
             "chain.parent_missing"

@@ -306,10 +306,10 @@ impl Draft<'_> {
         if let Err(refusal) = self.not_a_descendant(c, &report, child_canon) {
             return refusal;
         }
-        match &report.broken_reason {
-            Some(reason) => self.refuse(format!(
+        match &report.broken {
+            Some(broken) => self.refuse(format!(
                 "the new parent's own chain is broken: {}",
-                reason.replace('\n', " ")
+                broken.to_string().replace('\n', " ")
             )),
             None => e,
         }
@@ -393,8 +393,8 @@ impl Draft<'_> {
             (Some(IdMatch::Primary), v) => {
                 if let Some(n) = v {
                     self.notes.push(format!(
-                        "identity matches; --verify-content also found the contents equal ({n} \
-                         bytes)"
+                        "identity matches; the content check against the old parent \
+                         (verify_content) also found the contents equal ({n} bytes)"
                     ));
                 }
                 IdentityCheck::Primary
@@ -497,7 +497,8 @@ impl Draft<'_> {
         {
             self.warnings.push(format!(
                 "the absolute path {} is a local POSIX path: Windows hosts will not resolve it \
-                 (vhdkit does); give --windows-path or --map PREFIX=DIR to record a Windows path",
+                 (vhdkit does); give a Windows path (windows_path) or a path map PREFIX=DIR to \
+                 record a Windows path",
                 a.value
             ));
         }

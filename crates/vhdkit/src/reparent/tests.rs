@@ -134,5 +134,7 @@ fn apply_reports_a_chain_that_does_not_resolve_here() {
     let report = apply(&plan(&child, &opts).unwrap()).unwrap();
     let chain = report.chain.unwrap();
     assert!(!chain.intact);
-    assert!(chain.broken_reason.is_some_and(|r| r.contains("not found")));
+    assert!(chain
+        .broken
+        .is_some_and(|r| r.to_string().contains("not found")));
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::repoint::{self, reparent_options, Repoint};
 use super::{
-    digest, lock, one_line, same_file, scan, sync_dir, GroupPlan, KeeperAction, PathNote, Progress,
-    ShareOptions, SharePlan, ShareReport, Steps,
+    digest, lock, one_line, same_file, scan, sync_dir, GroupPlan, KeeperAction, NoteReason,
+    PathNote, Progress, ShareOptions, SharePlan, ShareReport, Steps,
 };
 use crate::disk::Disk;
 use crate::error::Result;
@@ -54,9 +54,8 @@ fn apply_group(
     if let Some(r) = &g.keeper_refused {
         rep.refused.push(PathNote::new(&g.keeper, r.clone()));
         let copies = g.copies.iter().filter(|c| c.delete);
-        rep.kept.extend(
-            copies.map(|c| PathNote::new(&c.path, "its group's keeper could not be placed")),
-        );
+        rep.kept
+            .extend(copies.map(|c| PathNote::new(&c.path, NoteReason::KeeperNotPlaced)));
         return false;
     }
     match place_keeper(g, opts, steps) {
@@ -95,10 +94,11 @@ fn apply_group(
     rep.refused.extend(out.refused);
     rep.failed.extend(out.failed);
     if !complete {
-        let why = "not every child of its group could be repointed (a child could still use it)";
+        let why = || NoteReason::ChildrenNotAllRepointed;
         let names = g.copies.iter().filter(|c| c.delete).map(|c| &c.path);
         let names = names.chain(&g.old_names).chain(&g.symlinks);
-        rep.kept.extend(names.map(|path| PathNote::new(path, why)));
+        rep.kept
+            .extend(names.map(|path| PathNote::new(path, why())));
         return false;
     }
     remove_old_names(g, steps, rep);
@@ -121,7 +121,7 @@ fn remove_old_names(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
             }
             Err(e) => rep
                 .failed
-                .push(PathNote::new(n, format!("removing the old name: {e}"))),
+                .push(PathNote::new(n, failed("removing the old name", &e))),
         }
     }
 }
@@ -132,22 +132,17 @@ fn delete_copies(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
     for c in g.copies.iter().filter(|c| c.delete) {
         if let Some(r) = &c.refused {
             rep.refused
-                .push(PathNote::new(&c.path, format!("not deleted: {r}")));
+                .push(PathNote::new(&c.path, NoteReason::NotDeleted(r.clone())));
             continue;
         }
         let now = fs::metadata(&c.path).map(|m| scan::file_key(&c.path, &m));
         if now.as_ref().ok() != Some(&c.key) {
-            rep.kept.push(PathNote::new(
-                &c.path,
-                "the file changed or disappeared since the plan",
-            ));
+            rep.kept
+                .push(PathNote::new(&c.path, NoteReason::ChangedSincePlan));
             continue;
         }
         if lock::is_locked_elsewhere(&c.path) {
-            rep.refused.push(PathNote::new(
-                &c.path,
-                "not deleted: in use by another process",
-            ));
+            rep.refused.push(PathNote::new(&c.path, NoteReason::InUse));
             continue;
         }
         match fs::remove_file(&c.path) {
@@ -160,8 +155,16 @@ fn delete_copies(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
             }
             Err(e) => rep
                 .failed
-                .push(PathNote::new(&c.path, format!("deleting the copy: {e}"))),
+                .push(PathNote::new(&c.path, failed("deleting the copy", &e))),
         }
+    }
+}
+
+/// A failed step, with the error's text.
+fn failed(step: &'static str, e: &std::io::Error) -> NoteReason {
+    NoteReason::Failed {
+        step,
+        error: e.to_string(),
     }
 }
 
@@ -175,7 +178,7 @@ fn remove_symlinks(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => rep
                 .failed
-                .push(PathNote::new(s, format!("removing the symlink: {e}"))),
+                .push(PathNote::new(s, failed("removing the symlink", &e))),
         }
     }
 }

@@ -54,6 +54,7 @@ mod groups;
 pub use crate::lock;
 mod plan;
 pub mod probe;
+mod reason;
 mod relink;
 mod removal;
 mod repoint;
@@ -72,6 +73,7 @@ use crate::tree::Uninspected;
 
 pub use apply::apply_share;
 pub use plan::plan_share;
+pub use reason::NoteReason;
 pub use relink::{apply_relink, plan_relink, RelinkItem, RelinkPlan, RelinkReport};
 pub use scan::{scan, FileKey, ParentRef, Scan, ScanLimits, ScannedDisk, Skipped, Symlink};
 
@@ -148,7 +150,7 @@ pub struct CopyPlan {
     /// True when it will be deleted (see [`CopyPlan::kept`]).
     pub delete: bool,
     /// Why it is kept, when it is.
-    pub kept: Option<String>,
+    pub kept: Option<NoteReason>,
     /// Why deleting it will fail, found while planning (its folder refuses).
     pub refused: Option<String>,
     #[cfg_attr(feature = "serde", serde(skip))]
@@ -164,7 +166,7 @@ pub struct ChildPlan {
     /// The parent it resolves to now.
     pub from: Option<PathBuf>,
     /// Through which locator.
-    pub via: Option<String>,
+    pub via: Option<crate::chain::Via>,
     /// True when it is repointed (false: only an interrupted change is finished).
     pub repoint: bool,
     /// True when an interrupted vhdkit change beside it is finished first.
@@ -238,13 +240,13 @@ pub struct Conflict {
 pub struct PathNote {
     /// The file.
     pub path: PathBuf,
-    /// Why, in one line.
-    pub reason: String,
+    /// Why (displayed in one line).
+    pub reason: NoteReason,
 }
 
 impl PathNote {
     /// `path` with `reason`.
-    pub fn new(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+    pub fn new(path: impl Into<PathBuf>, reason: impl Into<NoteReason>) -> Self {
         PathNote {
             path: path.into(),
             reason: reason.into(),

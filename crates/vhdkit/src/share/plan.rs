@@ -13,7 +13,7 @@ use super::removal::Removal;
 use super::scan::{self, FileKey, Scan, ScannedDisk};
 use super::{
     canonical, probe, scan_phase, tree_dir, under, ChildPlan, Conflict, ContentDigest, CopyPlan,
-    GroupPlan, KeeperAction, PathNote, Progress, ShareOptions, SharePlan,
+    GroupPlan, KeeperAction, NoteReason, PathNote, Progress, ShareOptions, SharePlan,
 };
 use crate::disk::{DiskFormat, DiskType};
 use crate::error::{Error, Result};
@@ -561,10 +561,7 @@ impl<'a> Planner<'a> {
         }
         if g.children.iter().any(|c| c.refused.is_some()) {
             // The real run keeps every name of a group it cannot finish: so does the plan.
-            hold_back(
-                g,
-                "not every child of its group can be repointed (a child could still use it)",
-            );
+            hold_back(g, &NoteReason::ChildrenCannotAllBeRepointed);
         }
         g.bytes_freed = freed(&g.copies, |c| c.allocated);
         g.bytes_freed_apparent = freed(&g.copies, |c| c.file_size);
@@ -572,14 +569,14 @@ impl<'a> Planner<'a> {
 }
 
 /// Keep every name of `g`, each with `why`.
-fn hold_back(g: &mut GroupPlan, why: &str) {
+fn hold_back(g: &mut GroupPlan, why: &NoteReason) {
     for c in g.copies.iter_mut().filter(|c| c.delete) {
         c.delete = false;
-        c.kept = Some(why.into());
+        c.kept = Some(why.clone());
     }
     let names = g.old_names.drain(..).chain(g.symlinks.drain(..));
     g.kept_names
-        .extend(names.map(|path| PathNote::new(path, why)));
+        .extend(names.map(|path| PathNote::new(path, why.clone())));
 }
 
 /// Bytes the copies still to be deleted free, measured by `size`.

@@ -27,7 +27,7 @@ pub struct RelinkItem {
     /// Where its parent resolves now, if anywhere.
     pub current: Option<PathBuf>,
     /// Through which locator.
-    pub via: Option<String>,
+    pub via: Option<crate::chain::Via>,
     /// The parent found by identity.
     pub new_parent: PathBuf,
     /// Why it is relinked.

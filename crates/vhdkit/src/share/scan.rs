@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::chain::{resolve_parent, ChainOptions};
+use crate::chain::{resolve_parent, ChainOptions, Via};
 use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::tree::{self, FoundDisk, Uninspected, WalkLimits};
@@ -85,7 +85,7 @@ pub struct ParentRef {
     /// The real file behind it (symlinks resolved).
     pub resolved_real: Option<PathBuf>,
     /// Which locator (or `search`) led to it.
-    pub via: Option<String>,
+    pub via: Option<Via>,
     /// True when the accepted path is itself a symlink.
     pub via_symlink: bool,
     /// Why it did not resolve, when it did not.
@@ -108,10 +108,12 @@ impl ParentRef {
 }
 
 /// Whether `disk`'s locator named `via` holds a relative path (see [`ParentRef::via_relative`]).
-fn locator_is_relative(disk: &Disk, via: Option<&str>) -> bool {
-    let Some(via) = via else { return false };
+fn locator_is_relative(disk: &Disk, via: Option<&Via>) -> bool {
+    let Some(kind) = via.and_then(Via::locator) else {
+        return false;
+    };
     disk.parent_locators().iter().any(|l| {
-        l.kind == via
+        l.kind == *kind
             && l.path
                 .as_deref()
                 .and_then(|p| crate::chain::held(p, l.style))
@@ -364,7 +366,7 @@ fn open_one(
                 alternate_id: l.alternate_id,
                 resolved: res.path.clone(),
                 resolved_real,
-                via_relative_path: locator_is_relative(&disk, res.via.as_deref()),
+                via_relative_path: locator_is_relative(&disk, res.via.as_ref()),
                 via: res.via.clone(),
                 via_symlink,
                 failure,

@@ -24,7 +24,7 @@ use binrw::BinWrite;
 
 use super::format::{self, DynamicHeader, Footer, ParentLocatorEntry};
 use crate::error::{Error, Result};
-use crate::newdisk::write_layout;
+use crate::newdisk::{write_built, Built};
 use crate::txn::Sink;
 use crate::util::utf16le;
 
@@ -209,6 +209,11 @@ fn check(p: &NewVhd) -> Result<()> {
     Ok(())
 }
 
+/// Write a new disk into an empty `sink` and make it durable.
+pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
+    write_built(sink, build(p)?)
+}
+
 /// Compute every byte of a new, empty disk.
 pub fn build(p: &NewVhd) -> Result<Layout> {
     check(p)?;
@@ -362,18 +367,14 @@ fn dynamic_header(
     )
 }
 
-/// Write a new disk into an empty `sink` and make it durable.
-pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhd) -> Result<Layout> {
-    let layout = build(p)?;
-    let tables = |sink: &S| layout.write_bat(sink);
-    write_layout(sink, "vhd", layout.file_len, tables, &layout.writes)?;
-    Ok(layout)
-}
-
-impl Layout {
+impl Built for Layout {
+    const FORMAT: &'static str = "vhd";
+    fn bytes(&self) -> (u64, &[(u64, Vec<u8>)]) {
+        (self.file_len, &self.writes)
+    }
     /// The BAT of a dynamic or differencing disk: every entry unallocated, written in bounded
     /// pieces (it is not part of `writes`).
-    fn write_bat<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+    fn write_streamed<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
         let Some((at, len)) = self.bat else {
             return Ok(());
         };

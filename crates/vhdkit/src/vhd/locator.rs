@@ -87,7 +87,7 @@ impl LocatorSlot {
     /// As a format-neutral locator.
     pub fn to_parent_locator(&self) -> ParentLocator {
         ParentLocator {
-            kind: self.kind(),
+            kind: crate::chain::LocatorKind::from_name(&self.kind()),
             path: self.path.clone(),
             style: self.style(),
             file_offset: Some(self.data_offset),

@@ -36,8 +36,8 @@ use std::sync::Mutex;
 use uuid::Uuid;
 
 use crate::disk::{
-    DiskFormat, DiskType, Extent, FormatInfo, Image, OpenOptions, ParentLinkage, ParentLocator,
-    PathStyle,
+    DiskFormat, DiskType, Extent, FormatInfo, Image, ImageParts, OpenOptions, ParentLinkage,
+    ParentLocator, PathStyle,
 };
 use crate::error::{Error, Result};
 use crate::guid;
@@ -453,7 +453,7 @@ impl Image for VhdFile {
                 (None, e) => (None, e.clone()),
             };
             out.push(ParentLocator {
-                kind: "parent_name".to_string(),
+                kind: crate::chain::LocatorKind::ParentName,
                 path,
                 style: PathStyle::Name,
                 file_offset: Some(h.offset.saturating_add(format::PARENT_NAME_OFFSET as u64)),
@@ -510,28 +510,13 @@ impl Image for VhdFile {
             bitmap::run(bm, first, limit, self.bit_order)
         })?;
         let len = (end_sector * format::SECTOR_BYTES - in_block).min(n);
-        if set {
-            Ok((
-                Extent::Data {
-                    file_offset: data_at + in_block,
-                },
-                len,
-            ))
-        } else {
-            Ok((Extent::Unallocated, len))
-        }
-    }
-    fn read_data(&self, file_offset: u64, buf: &mut [u8]) -> Result<()> {
-        read_struct(&*self.src, file_offset, buf, "vhd data block")
-    }
-    fn file_size(&self) -> u64 {
-        self.file_size
-    }
-    fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+        Ok(Extent::bitmap_run(set, data_at + in_block, len))
     }
     fn details(&self) -> FormatInfo {
         FormatInfo::Vhd(self.info())
+    }
+    fn parts(&self) -> ImageParts<'_> {
+        ImageParts::new(&*self.src, "vhd data block", self.file_size, &self.warnings)
     }
 }
 

@@ -148,7 +148,7 @@ pub fn choose(i: &NameInputs<'_>) -> (String, ParentNameStyle) {
     let (name, why) = match (i.mode, before) {
         (LocatorMode::AbsoluteOnly, NameStyle::Relative) => (
             i.absolute.map(str::to_string),
-            Some("--absolute-only: the absolute path is written".to_string()),
+            Some("absolute only: the absolute path is written".to_string()),
         ),
         (_, NameStyle::Relative) => match rel(form.unwrap_or(POSIX)) {
             Ok(r) => (Some(r), None),
@@ -161,7 +161,8 @@ pub fn choose(i: &NameInputs<'_>) -> (String, ParentNameStyle) {
         (LocatorMode::AbsoluteOnly, NameStyle::Bare) => (
             i.absolute.map(str::to_string),
             Some(
-                "the new parent is not in the child's folder and --absolute-only was given".into(),
+                "the new parent is not in the child's folder and only the absolute path is wanted"
+                    .into(),
             ),
         ),
         (_, NameStyle::Bare) => (
@@ -179,7 +180,7 @@ pub fn choose(i: &NameInputs<'_>) -> (String, ParentNameStyle) {
             })
             .ok(),
             Some(
-                "--relative-only: the path relative to the child's folder is written (not a \
+                "relative only: the path relative to the child's folder is written (not a \
                  bare name, which readers would look for in the child's folder only)"
                     .into(),
             ),
@@ -271,7 +272,7 @@ mod tests {
             let (n, s) = pick(Some(r"C:\old\base.vhd"), LocatorMode::RelativeOnly, np);
             assert_eq!(n, want);
             assert_eq!(s.written, NameStyle::Relative);
-            assert!(!s.kept && s.why.unwrap().contains("--relative-only"));
+            assert!(!s.kept && s.why.unwrap().contains("relative only"));
         }
     }
 

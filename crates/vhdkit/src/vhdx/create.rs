@@ -30,19 +30,21 @@ use binrw::BinWrite;
 
 use super::format::{
     self, FileIdentifier, FileParameters, MetadataTableEntry, MetadataTableHeader,
-    ParentLocatorEntry, ParentLocatorHeader, RegionTableEntry, RegionTableHeader, BAT_REGION_GUID,
-    FILE_PARAMETERS_GUID, FP_HAS_PARENT, FP_LEAVE_BLOCK_ALLOCATED, HEADER_OFFSETS,
-    LOGICAL_SECTOR_SIZE_GUID, MAX_BLOCK_SIZE, MAX_VIRTUAL_DISK_SIZE, METADATA_REGION_GUID,
-    METADATA_TABLE_SIZE, META_IS_REQUIRED, META_IS_VIRTUAL_DISK, MIB, MIN_BLOCK_SIZE,
-    PARENT_LOCATOR_GUID, PAYLOAD_BLOCK_FULLY_PRESENT, PHYSICAL_SECTOR_SIZE_GUID, REGION_REQUIRED,
-    REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, VHDX_LOCATOR_TYPE_GUID, VIRTUAL_DISK_ID_GUID,
-    VIRTUAL_DISK_SIZE_GUID,
+    RegionTableEntry, RegionTableHeader, BAT_REGION_GUID, FILE_PARAMETERS_GUID, FP_HAS_PARENT,
+    FP_LEAVE_BLOCK_ALLOCATED, HEADER_OFFSETS, LOGICAL_SECTOR_SIZE_GUID, MAX_BLOCK_SIZE,
+    MAX_VIRTUAL_DISK_SIZE, METADATA_REGION_GUID, METADATA_TABLE_SIZE, META_IS_REQUIRED,
+    META_IS_VIRTUAL_DISK, MIB, MIN_BLOCK_SIZE, PARENT_LOCATOR_GUID, PAYLOAD_BLOCK_FULLY_PRESENT,
+    PHYSICAL_SECTOR_SIZE_GUID, REGION_REQUIRED, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE,
+    VIRTUAL_DISK_ID_GUID, VIRTUAL_DISK_SIZE_GUID,
 };
 use super::header::ParsedHeader;
+use super::locator::{
+    encode_locator, LocatorPair, KEY_ABSOLUTE_WIN32_PATH, KEY_PARENT_LINKAGE, KEY_RELATIVE_PATH,
+};
 use super::update::encode_header;
 use crate::error::{Error, Result};
 use crate::guid::to_vhdx_bytes;
-use crate::newdisk::write_layout;
+use crate::newdisk::{write_built, Built};
 use crate::txn::Sink;
 use crate::util::utf16le;
 
@@ -241,51 +243,32 @@ fn check(p: &NewVhdx) -> Result<()> {
 }
 
 /// The parent locator item (B.7): keys `parent_linkage`, `absolute_win32_path`,
-/// `relative_path`, keys and values back to back after the entry table.
+/// `relative_path`, through the one locator encoder (keys and values back to back after the
+/// entry table, as Windows writes them).
 pub fn locator_item(np: &NewParent) -> Result<Vec<u8>> {
     let linkage = crate::util::braced(&np.linkage);
-    let mut pairs: Vec<(&str, &str)> = vec![
-        ("parent_linkage", linkage.as_str()),
-        ("absolute_win32_path", np.absolute_path.as_str()),
+    let mut pairs = vec![
+        (KEY_PARENT_LINKAGE, linkage.as_str()),
+        (KEY_ABSOLUTE_WIN32_PATH, np.absolute_path.as_str()),
     ];
     if let Some(r) = &np.relative_path {
-        pairs.push(("relative_path", r.as_str()));
+        pairs.push((KEY_RELATIVE_PATH, r.as_str()));
     }
+    if pairs.iter().any(|(_, v)| v.is_empty()) {
+        return Err(Error::InvalidArgument(
+            "an empty parent locator value".into(),
+        ));
+    }
+    let pairs: Vec<LocatorPair> = pairs
+        .into_iter()
+        .map(|(k, v)| LocatorPair {
+            key: k.to_string(),
+            value: utf16le(v),
+        })
+        .collect();
     let too_long = || Error::InvalidArgument("a parent locator path is too long".into());
-    let header = ParentLocatorHeader {
-        locator_type: VHDX_LOCATOR_TYPE_GUID,
-        reserved: 0,
-        key_value_count: u16::try_from(pairs.len()).map_err(|_| too_long())?,
-    };
-    let mut item = bytes_of(&header)?;
-    let empty = ParentLocatorEntry {
-        key_offset: 0,
-        value_offset: 0,
-        key_length: 0,
-        value_length: 0,
-    };
-    // Keys and values start right after the entry table, as Windows writes them.
-    let mut at = item.len() + bytes_of(&empty)?.len() * pairs.len();
-    let mut data = Vec::new();
-    for (k, v) in &pairs {
-        let (k, v) = (utf16le(k), utf16le(v));
-        if v.is_empty() {
-            return Err(Error::InvalidArgument(
-                "an empty parent locator value".into(),
-            ));
-        }
-        let entry = ParentLocatorEntry {
-            key_offset: u32::try_from(at).map_err(|_| too_long())?,
-            value_offset: u32::try_from(at + k.len()).map_err(|_| too_long())?,
-            key_length: u16::try_from(k.len()).map_err(|_| too_long())?,
-            value_length: u16::try_from(v.len()).map_err(|_| too_long())?,
-        };
-        item.extend_from_slice(&bytes_of(&entry)?);
-        at += k.len() + v.len();
-        data.extend_from_slice(&k);
-        data.extend_from_slice(&v);
-    }
-    item.extend_from_slice(&data);
+    // The encoder refuses only what does not fit its length fields here: a path too long.
+    let item = encode_locator(&pairs).map_err(|_| too_long())?;
     if item.len() as u64 > METADATA_LENGTH - METADATA_TABLE_SIZE as u64 - FIXED_ITEMS_ROOM {
         return Err(too_long());
     }
@@ -420,6 +403,12 @@ fn file_identifier() -> Result<Vec<u8>> {
     bytes_of(&id)
 }
 
+/// Write a new disk into an empty `sink` and make it durable. Fixed disks' payload is a hole
+/// (zeros) made by sizing the file.
+pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
+    write_built(sink, build(p)?)
+}
+
 /// Compute every non-zero byte of a new disk.
 pub fn build(p: &NewVhdx) -> Result<Layout> {
     check(p)?;
@@ -488,18 +477,13 @@ pub fn build(p: &NewVhdx) -> Result<Layout> {
     })
 }
 
-/// Write a new disk into an empty `sink` and make it durable. Fixed disks' payload is a hole
-/// (zeros) made by sizing the file.
-pub fn write_new<S: Sink + ?Sized>(sink: &S, p: &NewVhdx) -> Result<Layout> {
-    let layout = build(p)?;
-    let tables = |sink: &S| layout.write_fixed_bat(sink);
-    write_layout(sink, "vhdx", layout.file_len, tables, &layout.writes)?;
-    Ok(layout)
-}
-
-impl Layout {
+impl Built for Layout {
+    const FORMAT: &'static str = "vhdx";
+    fn bytes(&self) -> (u64, &[(u64, Vec<u8>)]) {
+        (self.file_len, &self.writes)
+    }
     /// A fixed disk's BAT is streamed (too large for `writes`); the others' is in `writes`.
-    fn write_fixed_bat<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+    fn write_streamed<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
         self.fixed_bat.as_ref().map_or(Ok(()), |bat| {
             bat.write(sink)
                 .map_err(|e| Error::io("writing the new vhdx's BAT", e))
@@ -631,6 +615,37 @@ mod tests {
         );
         // First key right after the entry table, as Windows writes it.
         assert_eq!(u32::from_le_bytes(item[20..24].try_into().unwrap()), 56);
+    }
+
+    /// The bytes of a differencing VHDX with fixed GUIDs, pinned: building the locator item
+    /// through the one encoder must not change a byte.
+    #[test]
+    fn differencing_bytes_are_pinned() {
+        use sha2::Digest;
+        let np = NewParent {
+            linkage: Uuid::from_u128(0xff34003b_11ed_4cf8_a166_b2be05e20b80),
+            absolute_path: r"C:\Lab\Ref\base disk.vhdx".into(),
+            relative_path: Some(r"..\Ref\base disk.vhdx".into()),
+        };
+        let mut p = NewVhdx::new(NewKind::Differencing(np), 8 << 20, 2 << 20);
+        p.virtual_disk_id = Uuid::from_u128(1);
+        p.data_write_guid = Uuid::from_u128(2);
+        p.file_write_guid = Uuid::from_u128(3);
+        let f =
+            crate::txn::fault::FaultyFile::new(Vec::new(), crate::txn::fault::FaultPlan::new(None));
+        write_new(&f, &p).unwrap();
+        let bytes = f.contents_all_written();
+        let hex: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            (bytes.len(), hex.as_str()),
+            (
+                4 << 20,
+                "c896dfb95ec6bfa29963f4d6722360b1f5525df981bbf4d47a3d8b29be300c57"
+            )
+        );
     }
 
     #[test]

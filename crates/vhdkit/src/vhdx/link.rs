@@ -40,7 +40,7 @@ use crate::vhdx::format::{
     METADATA_ENTRY_PLACE_OFFSET, METADATA_TABLE_ENTRY_SIZE, METADATA_TABLE_HEADER_SIZE,
     META_IS_USER, PARENT_LOCATOR_GUID,
 };
-use crate::vhdx::{VhdxFile, VhdxInfo};
+use crate::vhdx::VhdxFile;
 
 /// Longest path written (UTF-16 code units): Windows' limit, which also fits the 16-bit value
 /// length of a locator entry (65 534 bytes).
@@ -208,29 +208,22 @@ struct Site {
 }
 
 impl Site {
-    fn of(info: &VhdxInfo) -> Result<Site> {
-        let region = info
-            .region_tables
-            .iter()
-            .filter(|r| r.valid)
-            .flat_map(|r| r.entries.iter())
-            .find(|r| r.name.as_deref() == Some("metadata"))
-            .ok_or_else(|| Error::corrupt(TABLE, 0, "no metadata region"))?;
-        let pl = crate::guid::from_vhdx_bytes(PARENT_LOCATOR_GUID);
+    fn of(file: &VhdxFile) -> Result<Site> {
+        let region = &file.metadata_region;
         // The items are the table's entries in table order: the position is the entry index.
-        let (index, item) = info
+        let (index, item) = file
             .metadata_items
             .iter()
             .enumerate()
-            .find(|(_, i)| i.guid == pl && !i.is_user)
-            .ok_or_else(|| Error::corrupt(TABLE, region.offset, "no parent locator item"))?;
+            .find(|(_, i)| i.raw_id == PARENT_LOCATOR_GUID && !i.is_user())
+            .ok_or_else(|| Error::corrupt(TABLE, region.file_offset, "no parent locator item"))?;
         let entry_file_offset = u64::try_from(index)
             .ok()
             .and_then(|i| i.checked_mul(METADATA_TABLE_ENTRY_SIZE))
             .and_then(|x| x.checked_add(METADATA_TABLE_HEADER_SIZE))
-            .and_then(|x| x.checked_add(region.offset))
-            .ok_or_else(|| Error::corrupt(TABLE, region.offset, "entry offset overflow"))?;
-        let others = info
+            .and_then(|x| x.checked_add(region.file_offset))
+            .ok_or_else(|| Error::corrupt(TABLE, region.file_offset, "entry offset overflow"))?;
+        let others = file
             .metadata_items
             .iter()
             .enumerate()
@@ -238,7 +231,7 @@ impl Site {
             .map(|(_, e)| u64::from(e.offset)..u64::from(e.offset) + u64::from(e.length))
             .collect();
         Ok(Site {
-            region_offset: region.offset,
+            region_offset: region.file_offset,
             region_length: region.length,
             entry_file_offset,
             offset: u64::from(item.offset),
@@ -288,7 +281,7 @@ fn show(b: &[u8]) -> String {
 /// Plan `edit` on the parent locator of `file`, as opened (a dirty log replayed in memory):
 /// the old item is read and parsed once, nothing is written.
 pub(crate) fn plan(file: &VhdxFile, edit: &LinkEdit, limits: &Limits) -> Result<LinkPlan> {
-    let site = Site::of(file.info())?;
+    let site = Site::of(file)?;
     let src = &*file.src;
     site.check_entry(src)?;
     let old_bytes = site.read(src, site.offset, site.length)?;

@@ -327,7 +327,7 @@ impl Locator {
                 .iter()
                 .find(|e| e.key == *k)
                 .map(|e| ParentLocator {
-                    kind: (*k).to_string(),
+                    kind: crate::chain::LocatorKind::from_name(k),
                     path: e.value.clone(),
                     style: *style,
                     file_offset: Some(e.value_file_offset),

@@ -33,7 +33,8 @@ use std::sync::Mutex;
 use uuid::Uuid;
 
 use crate::disk::{
-    DiskFormat, DiskType, Extent, FormatInfo, Image, OpenOptions, ParentLinkage, ParentLocator,
+    DiskFormat, DiskType, Extent, FormatInfo, Image, ImageParts, OpenOptions, ParentLinkage,
+    ParentLocator,
 };
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -207,6 +208,10 @@ pub struct VhdxFile {
     data_write_guid: Uuid,
     warnings: Vec<String>,
     info: VhdxInfo,
+    /// The checked metadata region and its table entries, in table order: the positions the
+    /// link editor rewrites (`info` is only a view of them).
+    metadata_region: region::Region,
+    metadata_items: Vec<metadata::Item>,
     /// Last payload block's bitmap bytes read: (block index, bytes).
     bitmap_cache: Mutex<Option<(u64, Vec<u8>)>>,
 }
@@ -369,6 +374,8 @@ impl VhdxFile {
             data_write_guid: cur.data_write_guid,
             warnings,
             info,
+            metadata_region: regions.metadata,
+            metadata_items: meta.items,
             bitmap_cache: Mutex::new(None),
         })
     }
@@ -460,16 +467,7 @@ impl Image for VhdxFile {
             )),
             PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
                 let (present, len) = self.bitmap_run(b, within, run)?;
-                if present {
-                    Ok((
-                        Extent::Data {
-                            file_offset: file_offset + within,
-                        },
-                        len,
-                    ))
-                } else {
-                    Ok((Extent::Unallocated, len))
-                }
+                Ok(Extent::bitmap_run(present, file_offset + within, len))
             }
             PAYLOAD_BLOCK_NOT_PRESENT => Ok((Extent::Unallocated, run)),
             PAYLOAD_BLOCK_ZERO => Ok((Extent::Zero, run)),
@@ -477,17 +475,16 @@ impl Image for VhdxFile {
             _ => Ok((Extent::Zero, run)),
         }
     }
-    fn read_data(&self, file_offset: u64, buf: &mut [u8]) -> Result<()> {
-        read_struct(&*self.src, file_offset, buf, "vhdx payload block")
-    }
-    fn file_size(&self) -> u64 {
-        self.real_file_len
-    }
-    fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
-    }
     fn details(&self) -> FormatInfo {
         FormatInfo::Vhdx(self.info.clone())
+    }
+    fn parts(&self) -> ImageParts<'_> {
+        ImageParts::new(
+            &*self.src,
+            "vhdx payload block",
+            self.real_file_len,
+            &self.warnings,
+        )
     }
 }
 

@@ -235,8 +235,8 @@ fn link_notes(link: &LinkPlan) -> Vec<String> {
         } else if d.key == KEY_VOLUME_PATH {
             notes.push(
                 "volume_path is removed: it names the old parent by volume GUID, and a volume \
-                 GUID path for the new parent can only be learnt on Windows (--windows-path \
-                 gives a drive or UNC path, which goes into absolute_win32_path)"
+                 GUID path for the new parent can only be learnt on Windows (a given Windows \
+                 path is a drive or UNC path, which goes into absolute_win32_path)"
                     .to_string(),
             );
         }

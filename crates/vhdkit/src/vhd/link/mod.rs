@@ -343,7 +343,7 @@ mod kit_tests {
             .parent_locators()
             .into_iter()
             .filter(|l| l.kind != "parent_name")
-            .map(|l| (l.kind, l.path))
+            .map(|l| (l.kind.to_string(), l.path))
             .collect();
         assert_eq!(
             locs,
