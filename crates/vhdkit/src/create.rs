@@ -153,7 +153,8 @@ pub struct Created {
 }
 
 /// The format an extension implies: `.vhd`/`.avhd` VHD, `.vhdx`/`.avhdx` VHDX (any case).
-pub fn format_from_extension(path: &Path) -> Option<DiskFormat> {
+pub fn format_from_extension(path: impl AsRef<Path>) -> Option<DiskFormat> {
+    let path = path.as_ref();
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
         "vhd" | "avhd" => Some(DiskFormat::Vhd),
