@@ -1,22 +1,25 @@
 //! Copy the virtual contents of a disk (through its chain), or of a raw image, out to another
 //! container.
 //!
-//! Inputs are anything implementing [`VirtualSource`]: a [`ChainView`] (a VHD/VHDX and its
-//! parents, flattened) or a [`RawSource`] (a plain file, all of it data).
+//! Inputs are anything implementing [`VirtualSource`]: a [`ChainView`](crate::ChainView) (a
+//! VHD/VHDX and its parents, flattened) or a [`RawSource`] (a plain file, all of it data).
+//! Outputs are a path ([`to_raw`], [`to_vhd`], [`to_vhdx`]) or any
+//! [`OutputSink`], such as an in-memory `Cursor<Vec<u8>>` ([`to_raw_into`],
+//! [`to_vhd_into`], [`to_vhdx_into`]: the same bytes, written in place). Every conversion
+//! reports to a [`Progress`], which may cancel it.
 //!
 //! Raw output is written sparsely: ranges no layer stores, and stored ranges that are all
 //! zeros, are left as holes. VHD output ([`to_vhd`]) is dynamic by default: blocks that are all
 //! zeros are never allocated; fixed output leaves zero ranges as holes of the data area; VHDX
 //! output ([`to_vhdx`]) likewise. The output is built under a temporary name in the destination's
-//! folder and renamed into place only once complete and flushed, so an interrupted conversion
-//! never leaves a truncated file under the destination's name.
+//! folder and renamed into place only once complete and flushed, so an interrupted (or
+//! cancelled) conversion never leaves a truncated file under the destination's name.
 
-use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::create::build_output;
-use crate::error::{Error, Result, ResultExt};
+use crate::error::{Error, Result};
 use crate::newdisk::{NewKind, OutputSink, SinkIo};
 use crate::progress::Progress;
 use crate::txn::Sink;
@@ -24,90 +27,11 @@ use crate::vhd::create as vhd_create;
 use crate::vhd::write::VhdWriter;
 use crate::vhdx::create as vhdx_create;
 use crate::vhdx::write::VhdxWriter;
-use crate::view::{Allocation, ChainView};
+use crate::view::Allocation;
 use crate::write::WritableImage;
 
-/// The virtual disk being copied: a chain, or a raw image. `Sync`, so a reader thread can fill
-/// the next buffer while the previous one is written.
-pub trait VirtualSource: Sync {
-    /// Size in bytes.
-    fn virtual_size(&self) -> u64;
-    /// Fill `buf` from `offset`; the range lies inside the disk.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
-    /// Whether the range at `offset` holds data, and for how many bytes (1..=`max_len`).
-    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)>;
-    /// The files read (so that none of them is overwritten by the output).
-    fn files(&self) -> Vec<PathBuf>;
-}
-
-impl VirtualSource for ChainView {
-    fn virtual_size(&self) -> u64 {
-        ChainView::virtual_size(self)
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        ChainView::read_exact_at(self, buf, offset)
-    }
-    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
-        ChainView::allocation(self, offset, max_len)
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        self.layers()
-            .iter()
-            .filter_map(|d| d.path().map(Path::to_path_buf))
-            .collect()
-    }
-}
-
-/// A raw image file: every byte is virtual data.
-#[derive(Debug)]
-pub struct RawSource {
-    file: File,
-    len: u64,
-    path: PathBuf,
-}
-
-impl RawSource {
-    /// Open a raw image.
-    pub fn open(path: impl AsRef<Path>) -> Result<RawSource> {
-        let path = path.as_ref();
-        let file = crate::fsx::open_disk(path)
-            .map_err(|e| Error::io("opening the raw image", e))
-            .with_path(path)?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("reading the raw image length", e))
-            .with_path(path)?
-            .len();
-        Ok(RawSource {
-            file,
-            len,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl VirtualSource for RawSource {
-    fn virtual_size(&self) -> u64 {
-        self.len
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        crate::source::Source::read_exact_at(&self.file, buf, offset)
-            .map_err(|e| Error::io(format!("reading the raw image at {offset:#x}"), e))
-            .with_path(&self.path)
-    }
-    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
-        if offset >= self.len || max_len == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "allocation query at {offset:#x} outside a {}-byte image",
-                self.len
-            )));
-        }
-        Ok((Allocation::Data, max_len.min(self.len - offset)))
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        vec![self.path.clone()]
-    }
-}
+mod source;
+pub use source::{RawSource, VirtualSource};
 
 /// Size of one copy step. Large enough that per-call overhead vanishes at storage speed,
 /// small enough to keep peak memory far below the 64 MiB budget.
@@ -217,17 +141,14 @@ pub fn to_raw(
 /// # Examples
 ///
 /// ```
-/// use std::io::Cursor;
-/// use vhdkit::convert::{to_raw_into, RawSource};
-/// use vhdkit::NoProgress;
-///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// # let path = dir.path().join("disk.img");
 /// # std::fs::write(&path, [7u8; 4096])?;
-/// let src = RawSource::open(&path)?;
-/// let mut raw = Cursor::new(Vec::new());
-/// to_raw_into(&src, &mut raw, NoProgress)?;
+/// use vhdkit::convert::{to_raw_into, RawSource};
+///
+/// let mut raw = std::io::Cursor::new(Vec::new());
+/// to_raw_into(&RawSource::open(&path)?, &mut raw, vhdkit::NoProgress)?;
 /// assert_eq!(raw.into_inner(), std::fs::read(&path)?);
 /// # Ok(())
 /// # }
@@ -417,19 +338,18 @@ pub fn to_vhd(
 /// # Examples
 ///
 /// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
 /// use std::io::Cursor;
 /// use vhdkit::convert::{to_vhd_into, ConvertOptions};
 /// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat, NoProgress};
-/// use vhdkit::OpenOptions;
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let dir = tempfile::tempdir()?;
 /// let src = dir.path().join("disk.vhdx");
 /// create(&src, &CreateParams::dynamic(8 << 20))?;
 /// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
 /// let mut vhd = Cursor::new(Vec::new());
 /// to_vhd_into(&view, &mut vhd, &ConvertOptions::default(), NoProgress)?;
-/// let disk = Disk::from_source(Box::new(vhd.into_inner()), &OpenOptions::default())?;
+/// let disk = Disk::from_source(Box::new(vhd.into_inner()), &Default::default())?;
 /// assert_eq!(disk.info().format, DiskFormat::Vhd);
 /// # Ok(())
 /// # }
@@ -504,8 +424,8 @@ pub fn to_vhdx_into<W: OutputSink + ?Sized>(
 /// The new, empty image a VHD or VHDX conversion starts from, checked, and the size of its
 /// copy steps.
 enum NewImage {
-    Vhd(vhd_create::NewVhd, u64),
-    Vhdx(vhdx_create::NewVhdx, u64),
+    Vhd(u64, vhd_create::NewVhd),
+    Vhdx(u64, vhdx_create::NewVhdx),
 }
 
 impl NewImage {
@@ -518,8 +438,7 @@ impl NewImage {
             time_stamp: vhd_create::time_stamp_now(),
         };
         vhd_create::build(&new)?;
-        let step = step_size(opts, new.block_size);
-        Ok(NewImage::Vhd(new, step))
+        Ok(NewImage::Vhd(step_size(opts, new.block_size), new))
     }
 
     fn vhdx(src: &dyn VirtualSource, opts: &ConvertOptions) -> Result<NewImage> {
@@ -529,8 +448,7 @@ impl NewImage {
             .unwrap_or_else(|| vhdx_create::default_block_bytes(&kind));
         let new = vhdx_create::NewVhdx::new(kind, padded_size(src), block);
         vhdx_create::build(&new)?;
-        let step = step_size(opts, new.block_size);
-        Ok(NewImage::Vhdx(new, step))
+        Ok(NewImage::Vhdx(step_size(opts, new.block_size), new))
     }
 }
 
@@ -555,9 +473,8 @@ fn to_path(
     // `symlink_metadata`: a dangling link at DST counts as existing.
     check_destination(src, dst, opts, std::fs::symlink_metadata(dst).is_ok())?;
     build_output(dst, opts.overwrite, |file| {
-        let handle = file
-            .try_clone()
-            .map_err(|e| Error::io("reopening the output file", e))?;
+        let handle = file.try_clone();
+        let handle = handle.map_err(|e| Error::io("reopening the output file", e))?;
         image_into(src, handle, &new, &mut progress)
     })
 }
@@ -572,11 +489,11 @@ fn image_into<S: Sink>(
 ) -> Result<ConvertStats> {
     let opts = crate::OpenOptions::default();
     let (mut image, step): (Box<dyn WritableImage + '_>, u64) = match new {
-        NewImage::Vhd(n, step) => {
+        NewImage::Vhd(step, n) => {
             vhd_create::write_new(&sink, n)?;
             (Box::new(VhdWriter::open(sink, &opts)?), *step)
         }
-        NewImage::Vhdx(n, step) => {
+        NewImage::Vhdx(step, n) => {
             vhdx_create::write_new(&sink, n)?;
             (Box::new(VhdxWriter::open(sink, &opts)?), *step)
         }
