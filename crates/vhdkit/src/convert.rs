@@ -1,109 +1,37 @@
 //! Copy the virtual contents of a disk (through its chain), or of a raw image, out to another
 //! container.
 //!
-//! Inputs are anything implementing [`VirtualSource`]: a [`ChainView`] (a VHD/VHDX and its
-//! parents, flattened) or a [`RawSource`] (a plain file, all of it data).
+//! Inputs are anything implementing [`VirtualSource`]: a [`ChainView`](crate::ChainView) (a
+//! VHD/VHDX and its parents, flattened) or a [`RawSource`] (a plain file, all of it data).
+//! Outputs are a path ([`to_raw`], [`to_vhd`], [`to_vhdx`]) or any
+//! [`OutputSink`], such as an in-memory `Cursor<Vec<u8>>` ([`to_raw_into`],
+//! [`to_vhd_into`], [`to_vhdx_into`]: the same bytes, written in place). Every conversion
+//! reports to a [`Progress`], which may cancel it.
 //!
 //! Raw output is written sparsely: ranges no layer stores, and stored ranges that are all
 //! zeros, are left as holes. VHD output ([`to_vhd`]) is dynamic by default: blocks that are all
 //! zeros are never allocated; fixed output leaves zero ranges as holes of the data area; VHDX
 //! output ([`to_vhdx`]) likewise. The output is built under a temporary name in the destination's
-//! folder and renamed into place only once complete and flushed, so an interrupted conversion
-//! never leaves a truncated file under the destination's name.
+//! folder and renamed into place only once complete and flushed, so an interrupted (or
+//! cancelled) conversion never leaves a truncated file under the destination's name.
 
-use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::create::build_output;
-use crate::error::{Error, Result, ResultExt};
-use crate::newdisk::NewKind;
+use crate::error::{Error, Result};
+use crate::newdisk::{NewKind, OutputSink, SinkIo};
+use crate::progress::Progress;
+use crate::txn::Sink;
 use crate::vhd::create as vhd_create;
+use crate::vhd::write::VhdWriter;
 use crate::vhdx::create as vhdx_create;
-use crate::view::{Allocation, ChainView};
-use crate::write::{WritableDisk, WritableImage};
+use crate::vhdx::write::VhdxWriter;
+use crate::view::Allocation;
+use crate::write::WritableImage;
 
-/// The virtual disk being copied: a chain, or a raw image. `Sync`, so a reader thread can fill
-/// the next buffer while the previous one is written.
-pub trait VirtualSource: Sync {
-    /// Size in bytes.
-    fn virtual_size(&self) -> u64;
-    /// Fill `buf` from `offset`; the range lies inside the disk.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
-    /// Whether the range at `offset` holds data, and for how many bytes (1..=`max_len`).
-    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)>;
-    /// The files read (so that none of them is overwritten by the output).
-    fn files(&self) -> Vec<PathBuf>;
-}
-
-impl VirtualSource for ChainView {
-    fn virtual_size(&self) -> u64 {
-        ChainView::virtual_size(self)
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        ChainView::read_exact_at(self, buf, offset)
-    }
-    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
-        ChainView::allocation(self, offset, max_len)
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        self.layers()
-            .iter()
-            .filter_map(|d| d.path().map(Path::to_path_buf))
-            .collect()
-    }
-}
-
-/// A raw image file: every byte is virtual data.
-#[derive(Debug)]
-pub struct RawSource {
-    file: File,
-    len: u64,
-    path: PathBuf,
-}
-
-impl RawSource {
-    /// Open a raw image.
-    pub fn open(path: impl AsRef<Path>) -> Result<RawSource> {
-        let path = path.as_ref();
-        let file = crate::fsx::open_disk(path)
-            .map_err(|e| Error::io("opening the raw image", e))
-            .with_path(path)?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("reading the raw image length", e))
-            .with_path(path)?
-            .len();
-        Ok(RawSource {
-            file,
-            len,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl VirtualSource for RawSource {
-    fn virtual_size(&self) -> u64 {
-        self.len
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        crate::source::Source::read_exact_at(&self.file, buf, offset)
-            .map_err(|e| Error::io(format!("reading the raw image at {offset:#x}"), e))
-            .with_path(&self.path)
-    }
-    fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
-        if offset >= self.len || max_len == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "allocation query at {offset:#x} outside a {}-byte image",
-                self.len
-            )));
-        }
-        Ok((Allocation::Data, max_len.min(self.len - offset)))
-    }
-    fn files(&self) -> Vec<PathBuf> {
-        vec![self.path.clone()]
-    }
-}
+mod source;
+pub use source::{RawSource, VirtualSource};
 
 /// Size of one copy step. Large enough that per-call overhead vanishes at storage speed,
 /// small enough to keep peak memory far below the 64 MiB budget.
@@ -171,7 +99,8 @@ impl ConvertOptions {
 
 /// Write the whole virtual disk of `view` to `dst` as a raw image.
 ///
-/// `progress` is called with the number of virtual bytes done so far, after every step.
+/// `progress` hears one `"convert"` phase in virtual bytes and may cancel it (the partial
+/// output is then removed; see [`crate::progress`]).
 ///
 /// # Examples
 ///
@@ -179,34 +108,85 @@ impl ConvertOptions {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// use vhdkit::convert::{to_raw, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, NoProgress};
 ///
 /// let src = dir.path().join("disk.vhdx");
 /// create(&src, &CreateParams::dynamic(8 << 20))?;
 /// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
 /// let raw = dir.path().join("disk.img");
-/// let stats = to_raw(&view, &raw, &ConvertOptions::default(), |_done| {})?;
+/// let stats = to_raw(&view, &raw, &ConvertOptions::default(), NoProgress)?;
 /// assert_eq!(std::fs::metadata(&raw)?.len(), stats.virtual_size);
 /// # Ok(())
 /// # }
 /// ```
 pub fn to_raw(
     view: &dyn VirtualSource,
-    dst: &Path,
+    dst: impl AsRef<Path>,
     opts: &ConvertOptions,
-    mut progress: impl FnMut(u64),
+    mut progress: impl Progress,
 ) -> Result<ConvertStats> {
+    let dst = dst.as_ref();
     check_destination(view, dst, opts, dst.exists())?;
     // As for vhd/vhdx: without --force a name that appeared meanwhile is never replaced.
     build_output(dst, opts.overwrite, |file| {
-        // Sizing the file first makes every skipped range a hole and turns the writes into
-        // in-place writes, which are cheaper than writes that extend the file.
-        finish_file(file, view.virtual_size())?;
-        let stats = copy_sparse(view, file, &mut progress)?;
-        file.sync_data()
-            .map_err(|e| Error::io("flushing the output file", e))?;
-        Ok(stats)
+        raw_into(view, file, &mut progress)
     })
+}
+
+/// Write the whole virtual disk of `view` into `out` as a raw image: the bytes [`to_raw`]
+/// writes to a file. `out` is sized to the virtual size first, and only non-zero data is
+/// written, so it should be empty (or all zeros). After an error (a cancel included) it holds
+/// a partial image.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("disk.img");
+/// # std::fs::write(&path, [7u8; 4096])?;
+/// use vhdkit::convert::{to_raw_into, RawSource};
+///
+/// let mut raw = std::io::Cursor::new(Vec::new());
+/// to_raw_into(&RawSource::open(&path)?, &mut raw, vhdkit::NoProgress)?;
+/// assert_eq!(raw.into_inner(), std::fs::read(&path)?);
+/// # Ok(())
+/// # }
+/// ```
+pub fn to_raw_into<W: OutputSink + ?Sized>(
+    view: &dyn VirtualSource,
+    out: &mut W,
+    mut progress: impl Progress,
+) -> Result<ConvertStats> {
+    raw_into(view, out, &mut progress)
+}
+
+/// The raw conversion into an empty `out`, as one `"convert"` phase of `progress`.
+fn raw_into<W: OutputSink + ?Sized>(
+    view: &dyn VirtualSource,
+    out: &mut W,
+    progress: &mut dyn Progress,
+) -> Result<ConvertStats> {
+    // Sizing the output first makes every skipped range a hole and turns the writes into
+    // in-place writes, which are cheaper than writes that extend the file.
+    out.set_len(view.virtual_size())
+        .map_err(|e| Error::io("setting the output length", e))?;
+    let stats = phase(view, progress, |p| copy_sparse(view, out, p))?;
+    out.sync()
+        .map_err(|e| Error::io("flushing the output file", e))?;
+    Ok(stats)
+}
+
+/// `copy` as the `"convert"` phase of `progress`, over the virtual size of `src`.
+fn phase<T>(
+    src: &dyn VirtualSource,
+    progress: &mut dyn Progress,
+    copy: impl FnOnce(&mut dyn Progress) -> Result<T>,
+) -> Result<T> {
+    progress.start("convert", Some(src.virtual_size()));
+    let r = copy(progress);
+    progress.finish();
+    r
 }
 
 /// Refuse a destination that `exists` (unless `--force`), that is part of the chain read, or
@@ -250,12 +230,13 @@ fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copy every stored, non-zero range of `view` to `out` at the same offset. The caller sizes
-/// `out` to the virtual size afterwards (see [`finish_file`]) so trailing holes exist.
-pub fn copy_sparse<W: Write + Seek>(
+/// Copy every stored, non-zero range of `view` to `out` at the same offset; `out` is already
+/// sized to the virtual size, so skipped ranges are holes. Checks `progress` for a cancel
+/// before each step.
+fn copy_sparse<W: Write + Seek + ?Sized>(
     view: &dyn VirtualSource,
     out: &mut W,
-    progress: &mut impl FnMut(u64),
+    progress: &mut dyn Progress,
 ) -> Result<ConvertStats> {
     let size = view.virtual_size();
     let mut stats = ConvertStats::of_size(size);
@@ -267,11 +248,13 @@ pub fn copy_sparse<W: Write + Seek>(
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Step>>(IN_FLIGHT);
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         scope.spawn(move || read_ahead(view, size, &tx, &back_rx));
+        // Returning early drops `rx`, which stops the reader at its next send.
         for step in rx {
+            crate::progress::check(progress)?;
             match step? {
-                Step::Skip { end, len } => {
+                Step::Skip { len } => {
                     stats.bytes_skipped += len;
-                    progress(end);
+                    progress.advance(len);
                 }
                 Step::Data { pos, buf } => {
                     let len = buf.len() as u64;
@@ -279,7 +262,7 @@ pub fn copy_sparse<W: Write + Seek>(
                     write_nonzero(out, &buf, pos, &mut stats)?;
                     // The reader may have finished already; then the buffer is simply dropped.
                     let _ = back_tx.send(buf);
-                    progress(pos + len);
+                    progress.advance(len);
                 }
             }
         }
@@ -292,8 +275,8 @@ pub fn copy_sparse<W: Write + Seek>(
 
 /// One unit of work handed from the reader thread to the writer.
 enum Step {
-    /// A range no layer stores, ending at `end`.
-    Skip { end: u64, len: u64 },
+    /// A range of `len` bytes that no layer stores.
+    Skip { len: u64 },
     /// Stored data read from `pos`.
     Data { pos: u64, buf: Vec<u8> },
 }
@@ -312,10 +295,7 @@ fn read_ahead(
         let step = view
             .allocation(pos, want)
             .and_then(|(alloc, len)| match alloc {
-                Allocation::Zero => Ok(Step::Skip {
-                    end: pos + len,
-                    len,
-                }),
+                Allocation::Zero => Ok(Step::Skip { len }),
                 Allocation::Data => {
                     let n = usize::try_from(len).unwrap_or(CHUNK_BYTES).min(CHUNK_BYTES);
                     let mut buf = back.try_recv().unwrap_or_default();
@@ -340,26 +320,48 @@ fn read_ahead(
 /// Write the whole virtual disk of `src` to `dst` as a new VHD: dynamic (all-zero blocks left
 /// unallocated) or, with `opts.fixed`, fixed (zero ranges left as holes). A source whose size
 /// is not a multiple of 512 is padded with zeros to the next sector. The output is built under
-/// a temporary name and renamed into place once complete and synced.
+/// a temporary name and renamed into place once complete and synced; `progress` hears one
+/// `"convert"` phase and may cancel it (the partial output is then removed).
 pub fn to_vhd(
     src: &dyn VirtualSource,
-    dst: &Path,
+    dst: impl AsRef<Path>,
     opts: &ConvertOptions,
-    progress: impl FnMut(u64),
+    progress: impl Progress,
 ) -> Result<ConvertStats> {
-    let new = vhd_create::NewVhd {
-        kind: NewKind::without_parent(opts.fixed),
-        virtual_size: padded_size(src),
-        block_size: opts.block_size.unwrap_or(vhd_create::DEFAULT_BLOCK_BYTES),
-        unique_id: uuid::Uuid::new_v4().to_bytes_le(),
-        time_stamp: vhd_create::time_stamp_now(),
-    };
-    vhd_create::build(&new)?;
-    convert_into(src, dst, opts, progress, new.block_size, |file| {
-        vhd_create::write_new(file, &new)?;
-        let w = crate::vhd::write::VhdWriter::open(reopen(file)?, &crate::OpenOptions::default())?;
-        Ok(Box::new(w))
-    })
+    to_path(src, dst.as_ref(), opts, NewImage::vhd(src, opts)?, progress)
+}
+
+/// Write the whole virtual disk of `src` into `out` as a new VHD: the image [`to_vhd`] writes
+/// to a file (`opts.overwrite` does not apply). `out` should be empty; after an error (a cancel
+/// included) it holds a partial image.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use std::io::Cursor;
+/// use vhdkit::convert::{to_vhd_into, ConvertOptions};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat, NoProgress};
+///
+/// let src = dir.path().join("disk.vhdx");
+/// create(&src, &CreateParams::dynamic(8 << 20))?;
+/// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
+/// let mut vhd = Cursor::new(Vec::new());
+/// to_vhd_into(&view, &mut vhd, &ConvertOptions::default(), NoProgress)?;
+/// let disk = Disk::from_source(Box::new(vhd.into_inner()), &Default::default())?;
+/// assert_eq!(disk.info().format, DiskFormat::Vhd);
+/// # Ok(())
+/// # }
+/// ```
+pub fn to_vhd_into<W: OutputSink + ?Sized>(
+    src: &dyn VirtualSource,
+    out: &mut W,
+    opts: &ConvertOptions,
+    mut progress: impl Progress,
+) -> Result<ConvertStats> {
+    let new = NewImage::vhd(src, opts)?;
+    image_into(src, SinkIo::new(out), &new, &mut progress)
 }
 
 /// The virtual size of a new image holding `src`: padded with zeros to a whole 512-byte
@@ -368,18 +370,12 @@ fn padded_size(src: &dyn VirtualSource) -> u64 {
     src.virtual_size().div_ceil(512).saturating_mul(512)
 }
 
-/// A second handle on the new image, for its writer.
-fn reopen(file: &File) -> Result<File> {
-    file.try_clone()
-        .map_err(|e| Error::io("reopening the output file", e))
-}
-
 /// Write the whole virtual disk of `src` to `dst` as a new VHDX (Hyper-V's layout, 512-byte
 /// logical and 4096-byte physical sectors): dynamic with 32 MiB blocks by default (all-zero
 /// blocks left unallocated) or, with `opts.fixed`, fixed with 2 MiB blocks (every block
 /// allocated, zero ranges left as holes). A source whose size is not a multiple of 512 is
 /// padded with zeros. Built under a temporary name, renamed into place once complete and
-/// synced.
+/// synced; `progress` as for [`to_vhd`].
 ///
 /// # Examples
 ///
@@ -387,114 +383,184 @@ fn reopen(file: &File) -> Result<File> {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// use vhdkit::convert::{to_vhdx, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat, NoProgress};
 ///
 /// let src = dir.path().join("disk.vhd");
 /// create(&src, &CreateParams::dynamic(8 << 20))?;
 /// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
 /// let dst = dir.path().join("disk.vhdx");
-/// to_vhdx(&view, &dst, &ConvertOptions::default(), |_done| {})?;
+/// to_vhdx(&view, &dst, &ConvertOptions::default(), NoProgress)?;
 /// assert_eq!(Disk::open(&dst)?.info().format, DiskFormat::Vhdx);
 /// # Ok(())
 /// # }
 /// ```
 pub fn to_vhdx(
     src: &dyn VirtualSource,
-    dst: &Path,
+    dst: impl AsRef<Path>,
     opts: &ConvertOptions,
-    progress: impl FnMut(u64),
+    progress: impl Progress,
 ) -> Result<ConvertStats> {
-    let kind = NewKind::without_parent(opts.fixed);
-    let block = opts
-        .block_size
-        .unwrap_or_else(|| vhdx_create::default_block_bytes(&kind));
-    let new = vhdx_create::NewVhdx::new(kind, padded_size(src), block);
-    vhdx_create::build(&new)?;
-    convert_into(src, dst, opts, progress, new.block_size, |file| {
-        vhdx_create::write_new(file, &new)?;
-        let w =
-            crate::vhdx::write::VhdxWriter::open(reopen(file)?, &crate::OpenOptions::default())?;
-        Ok(Box::new(w))
-    })
+    to_path(
+        src,
+        dst.as_ref(),
+        opts,
+        NewImage::vhdx(src, opts)?,
+        progress,
+    )
 }
 
-/// The shared part of [`to_vhd`] and [`to_vhdx`]: make the new, empty image under a temporary
-/// name with `make`, copy into it (block by block, or in large steps for fixed output), close
-/// (flush) it, and give it its name.
-fn convert_into(
+/// Write the whole virtual disk of `src` into `out` as a new VHDX: the image [`to_vhdx`]
+/// writes to a file, as [`to_vhd_into`] does for VHD.
+pub fn to_vhdx_into<W: OutputSink + ?Sized>(
     src: &dyn VirtualSource,
-    dst: &Path,
+    out: &mut W,
     opts: &ConvertOptions,
-    mut progress: impl FnMut(u64),
-    block_size: u32,
-    make: impl FnOnce(&File) -> Result<Box<dyn WritableImage>>,
+    mut progress: impl Progress,
 ) -> Result<ConvertStats> {
-    // `symlink_metadata`: a dangling link at DST counts as existing.
-    check_destination(src, dst, opts, std::fs::symlink_metadata(dst).is_ok())?;
-    let step = if opts.fixed {
+    let new = NewImage::vhdx(src, opts)?;
+    image_into(src, SinkIo::new(out), &new, &mut progress)
+}
+
+/// The new, empty image a VHD or VHDX conversion starts from, checked, and the size of its
+/// copy steps.
+enum NewImage {
+    Vhd(u64, vhd_create::NewVhd),
+    Vhdx(u64, vhdx_create::NewVhdx),
+}
+
+impl NewImage {
+    fn vhd(src: &dyn VirtualSource, opts: &ConvertOptions) -> Result<NewImage> {
+        let new = vhd_create::NewVhd {
+            kind: NewKind::without_parent(opts.fixed),
+            virtual_size: padded_size(src),
+            block_size: opts.block_size.unwrap_or(vhd_create::DEFAULT_BLOCK_BYTES),
+            unique_id: uuid::Uuid::new_v4().to_bytes_le(),
+            time_stamp: vhd_create::time_stamp_now(),
+        };
+        vhd_create::build(&new)?;
+        Ok(NewImage::Vhd(step_size(opts, new.block_size), new))
+    }
+
+    fn vhdx(src: &dyn VirtualSource, opts: &ConvertOptions) -> Result<NewImage> {
+        let kind = NewKind::without_parent(opts.fixed);
+        let block = opts
+            .block_size
+            .unwrap_or_else(|| vhdx_create::default_block_bytes(&kind));
+        let new = vhdx_create::NewVhdx::new(kind, padded_size(src), block);
+        vhdx_create::build(&new)?;
+        Ok(NewImage::Vhdx(step_size(opts, new.block_size), new))
+    }
+}
+
+/// Copy steps: block by block, or in large steps for fixed output.
+fn step_size(opts: &ConvertOptions, block_size: u32) -> u64 {
+    if opts.fixed {
         CHUNK_BYTES as u64
     } else {
         u64::from(block_size)
-    };
+    }
+}
+
+/// The path half of [`to_vhd`] and [`to_vhdx`]: check `dst`, then build the image under a
+/// temporary name ([`image_into`] on a second handle of it) and give it its name.
+fn to_path(
+    src: &dyn VirtualSource,
+    dst: &Path,
+    opts: &ConvertOptions,
+    new: NewImage,
+    mut progress: impl Progress,
+) -> Result<ConvertStats> {
+    // `symlink_metadata`: a dangling link at DST counts as existing.
+    check_destination(src, dst, opts, std::fs::symlink_metadata(dst).is_ok())?;
     build_output(dst, opts.overwrite, |file| {
-        let image = make(file)?;
-        let mut out = WritableDisk::from_parts(image, None);
-        let stats = copy_blocks(src, &mut out, step, &mut progress)?;
-        out.close()?;
-        Ok(stats)
+        let handle = file.try_clone();
+        let handle = handle.map_err(|e| Error::io("reopening the output file", e))?;
+        image_into(src, handle, &new, &mut progress)
     })
 }
 
+/// Lay `new` out in the empty `sink`, open it with the format's writer, copy `src` into it as
+/// one `"convert"` phase, and flush it.
+fn image_into<S: Sink>(
+    src: &dyn VirtualSource,
+    sink: S,
+    new: &NewImage,
+    progress: &mut dyn Progress,
+) -> Result<ConvertStats> {
+    let opts = crate::OpenOptions::default();
+    let (mut image, step): (Box<dyn WritableImage + '_>, u64) = match new {
+        NewImage::Vhd(step, n) => {
+            vhd_create::write_new(&sink, n)?;
+            (Box::new(VhdWriter::open(sink, &opts)?), *step)
+        }
+        NewImage::Vhdx(step, n) => {
+            vhdx_create::write_new(&sink, n)?;
+            (Box::new(VhdxWriter::open(sink, &opts)?), *step)
+        }
+    };
+    let stats = phase(src, progress, |p| copy_blocks(src, &mut *image, step, p))?;
+    image.flush()?;
+    Ok(stats)
+}
+
 /// Copy `src` into `out` in aligned steps of `step` bytes, skipping steps that hold no data or
-/// only zeros.
+/// only zeros. Checks `progress` for a cancel before each step.
 fn copy_blocks(
     src: &dyn VirtualSource,
-    out: &mut WritableDisk,
+    out: &mut dyn WritableImage,
     step: u64,
-    progress: &mut impl FnMut(u64),
+    progress: &mut dyn Progress,
 ) -> Result<ConvertStats> {
     let size = src.virtual_size();
     let mut stats = ConvertStats::of_size(size);
     let step = step.clamp(512, CHUNK_BYTES as u64);
     let mut buf = vec![0u8; usize::try_from(step).unwrap_or(CHUNK_BYTES)];
+    // The new image has no parent: sectors it does not hold are zeros.
+    let mut no_parent = |_: u64, b: &mut [u8]| {
+        b.fill(0);
+        Ok(())
+    };
     let mut pos = 0u64;
     while pos < size {
+        crate::progress::check(progress)?;
         let len = (size - pos).min(step - pos % step);
-        // Does any part of this step hold data?
-        let mut any = false;
-        let mut at = pos;
-        while at < pos + len {
-            let (alloc, n) = src.allocation(at, pos + len - at)?;
-            if alloc == Allocation::Data {
-                any = true;
-                break;
-            }
-            at += n;
-        }
         let n = usize::try_from(len).unwrap_or(buf.len()).min(buf.len());
-        if any {
+        if holds_data(src, pos, len)? {
             let chunk = &mut buf[..n];
             src.read_exact_at(chunk, pos)?;
             stats.bytes_read += len;
             if is_zero(chunk) {
                 stats.bytes_skipped += len;
             } else {
-                out.write_at(pos, chunk)?;
+                out.write_at(pos, chunk, &mut no_parent)?;
                 stats.bytes_written += len;
             }
         } else {
             stats.bytes_skipped += len;
         }
         pos += len;
-        progress(pos);
+        progress.advance(len);
     }
     Ok(stats)
+}
+
+/// Whether any part of `len` bytes at `pos` is stored data.
+fn holds_data(src: &dyn VirtualSource, pos: u64, len: u64) -> Result<bool> {
+    let mut at = pos;
+    while at < pos + len {
+        let (alloc, n) = src.allocation(at, pos + len - at)?;
+        if alloc == Allocation::Data {
+            return Ok(true);
+        }
+        at += n;
+    }
+    Ok(false)
 }
 
 /// Granularity of hole detection inside stored data: one 64 KiB piece at a time.
 const ZERO_GRAIN: usize = 64 << 10;
 
-fn write_nonzero<W: Write + Seek>(
+fn write_nonzero<W: Write + Seek + ?Sized>(
     out: &mut W,
     data: &[u8],
     offset: u64,
@@ -534,7 +600,7 @@ fn write_nonzero<W: Write + Seek>(
     Ok(())
 }
 
-fn write_run<W: Write + Seek>(
+fn write_run<W: Write + Seek + ?Sized>(
     out: &mut W,
     run: &[u8],
     at: u64,
@@ -554,12 +620,6 @@ pub(crate) fn is_zero(b: &[u8]) -> bool {
         .by_ref()
         .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0);
     wide && chunks.remainder().iter().all(|&x| x == 0)
-}
-
-/// Set a file's length (used for trailing holes when the writer is a plain file).
-pub fn finish_file(file: &File, size: u64) -> Result<()> {
-    file.set_len(size)
-        .map_err(|e| Error::io("setting the output length", e))
 }
 
 #[cfg(test)]

@@ -39,8 +39,9 @@ use crate::chain::{Chain, ChainOptions};
 use crate::disk::{DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::guid;
-use crate::newdisk::NewKind;
+use crate::newdisk::{NewKind, OutputSink, SinkIo};
 use crate::sidefile::PartialGuard;
+use crate::txn::Sink;
 use crate::vhd::create as vhd_create;
 use crate::vhdx::create as vhdx_create;
 
@@ -152,7 +153,8 @@ pub struct Created {
 }
 
 /// The format an extension implies: `.vhd`/`.avhd` VHD, `.vhdx`/`.avhdx` VHDX (any case).
-pub fn format_from_extension(path: &Path) -> Option<DiskFormat> {
+pub fn format_from_extension(path: impl AsRef<Path>) -> Option<DiskFormat> {
+    let path = path.as_ref();
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
         "vhd" | "avhd" => Some(DiskFormat::Vhd),
@@ -253,38 +255,100 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// # Ok(())
 /// # }
 /// ```
-pub fn create(path: &Path, p: &CreateParams) -> Result<Created> {
-    match check_request(path, p)? {
-        DiskFormat::Vhd => create_vhd(path, p),
-        DiskFormat::Vhdx => create_vhdx(path, p),
-    }
-}
-
-/// The format to create, after the checks every format shares: a known format, a free name,
-/// not fixed with a parent.
-fn check_request(path: &Path, p: &CreateParams) -> Result<DiskFormat> {
-    let format = match p.format {
-        Some(f) => f,
-        None => format_from_extension(path).ok_or_else(|| Error::InvalidOption {
-            option: "format",
-            detail: format!(
-                "cannot tell the format of {} from its extension (.vhd, .avhd, .vhdx, .avhdx)",
-                path.display()
-            ),
-        })?,
-    };
+pub fn create(path: impl AsRef<Path>, p: &CreateParams) -> Result<Created> {
+    let path = path.as_ref();
+    let format = request_format(path, p)?;
     if fs::symlink_metadata(path).is_ok() {
         return Err(Error::AlreadyExists {
             path: path.to_path_buf(),
         });
     }
+    let (new, created) = layout_for(path, format, p)?;
+    build_output(path, false, |f| new.write(&*f))?;
+    // A differencing disk must resolve to its parent exactly as any reader will do it.
+    if created.disk_type == DiskType::Differencing {
+        if let Err(e) = Chain::open(path, &p.chain) {
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
+    }
+    Ok(created)
+}
+
+/// Create a disk in `out` (a file, an in-memory `Cursor<Vec<u8>>`, any [`OutputSink`]), with
+/// the bytes [`create`] would write at `name`. `name` is not opened: it gives the format (from
+/// its extension, unless [`CreateParams::format`] is set) and, for a differencing disk, the
+/// folder its parent locators are made relative to; nothing checks that such a disk resolves
+/// to its parent until it is stored at `name`. `out` should be empty: it is sized to the new
+/// disk and written in place (no temporary name).
+///
+/// # Examples
+///
+/// ```
+/// use std::io::Cursor;
+/// use vhdkit::{create::create_into, CreateParams, Disk, DiskType, OpenOptions};
+///
+/// let mut image = Cursor::new(Vec::new());
+/// let made = create_into(&mut image, "memory.vhdx", &CreateParams::dynamic(8 << 20))?;
+/// assert_eq!(image.get_ref().len() as u64, made.file_size);
+///
+/// let disk = Disk::from_source(Box::new(image.into_inner()), &OpenOptions::default())?;
+/// assert_eq!(disk.info().disk_type, DiskType::Dynamic);
+/// # Ok::<(), vhdkit::Error>(())
+/// ```
+pub fn create_into<W: OutputSink + ?Sized>(
+    out: &mut W,
+    name: impl AsRef<Path>,
+    p: &CreateParams,
+) -> Result<Created> {
+    let name = name.as_ref();
+    let (new, created) = layout_for(name, request_format(name, p)?, p)?;
+    new.write(&SinkIo::new(out))?;
+    Ok(created)
+}
+
+/// A new disk of either format, checked and ready to be written.
+enum NewDisk {
+    Vhd(vhd_create::NewVhd),
+    Vhdx(vhdx_create::NewVhdx),
+}
+
+impl NewDisk {
+    /// Write the new disk into the empty `sink` and sync it.
+    fn write<S: Sink + ?Sized>(&self, sink: &S) -> Result<()> {
+        match self {
+            NewDisk::Vhd(n) => vhd_create::write_new(sink, n).map(|_| ()),
+            NewDisk::Vhdx(n) => vhdx_create::write_new(sink, n).map(|_| ()),
+        }
+    }
+}
+
+/// The disk to write for `name` in `format`, and what [`create`] reports about it.
+fn layout_for(name: &Path, format: DiskFormat, p: &CreateParams) -> Result<(NewDisk, Created)> {
     if p.fixed && p.parent.is_some() {
         return Err(Error::InvalidOption {
             option: "fixed",
             detail: "a differencing disk cannot be fixed".into(),
         });
     }
-    Ok(format)
+    match format {
+        DiskFormat::Vhd => layout_vhd(name, p),
+        DiskFormat::Vhdx => layout_vhdx(name, p),
+    }
+}
+
+/// The format to create: the one asked for, else the one `path`'s extension names.
+fn request_format(path: &Path, p: &CreateParams) -> Result<DiskFormat> {
+    match p.format {
+        Some(f) => Ok(f),
+        None => format_from_extension(path).ok_or_else(|| Error::InvalidOption {
+            option: "format",
+            detail: format!(
+                "cannot tell the format of {} from its extension (.vhd, .avhd, .vhdx, .avhdx)",
+                path.display()
+            ),
+        }),
+    }
 }
 
 /// The size of a disk without parent: it must be given.
@@ -309,8 +373,8 @@ fn check_parent_size(p: &CreateParams, parent_size: u64) -> Result<()> {
     }
 }
 
-/// The VHD half of [`create`] (format decided, `path` free, not fixed with a parent).
-fn create_vhd(path: &Path, p: &CreateParams) -> Result<Created> {
+/// The VHD half of [`layout_for`].
+fn layout_vhd(path: &Path, p: &CreateParams) -> Result<(NewDisk, Created)> {
     if p.logical_sector_size.is_some_and(|s| s != 512) {
         return Err(Error::InvalidArgument(
             "VHD sectors are always 512 bytes (a 4096-byte logical sector needs VHDX)".into(),
@@ -334,10 +398,7 @@ fn create_vhd(path: &Path, p: &CreateParams) -> Result<Created> {
     let disk_type = new.kind.disk_type();
     // Everything is checked before any file is made.
     let layout = vhd_create::build(&new)?;
-    write_new_disk(path, p, disk_type, |f| {
-        vhd_create::write_new(f, &new).map(|_| ())
-    })?;
-    Ok(Created {
+    let created = Created {
         path: path.to_path_buf(),
         format: DiskFormat::Vhd,
         disk_type,
@@ -346,26 +407,8 @@ fn create_vhd(path: &Path, p: &CreateParams) -> Result<Created> {
         id: guid::from_vhd_bytes(new.unique_id),
         file_size: layout.file_len,
         parent: p.parent.clone(),
-    })
-}
-
-/// Build the new disk at `path` with `write` (never over an existing file) and, for a
-/// differencing disk, check that it resolves to its parent exactly as any reader will do it
-/// (removing it when not).
-fn write_new_disk(
-    path: &Path,
-    p: &CreateParams,
-    disk_type: DiskType,
-    write: impl FnOnce(&File) -> Result<()>,
-) -> Result<()> {
-    build_output(path, false, |f| write(f))?;
-    if disk_type == DiskType::Differencing {
-        if let Err(e) = Chain::open(path, &p.chain) {
-            let _ = fs::remove_file(path);
-            return Err(e);
-        }
-    }
-    Ok(())
+    };
+    Ok((NewDisk::Vhd(new), created))
 }
 
 /// Build `dst` under this process's partial-output name with `build`, then give it its name
@@ -384,8 +427,8 @@ pub(crate) fn build_output<T>(
     Ok(value)
 }
 
-/// The VHDX half of [`create`] (format already decided, `path` free, not fixed with a parent).
-fn create_vhdx(path: &Path, p: &CreateParams) -> Result<Created> {
+/// The VHDX half of [`layout_for`].
+fn layout_vhdx(path: &Path, p: &CreateParams) -> Result<(NewDisk, Created)> {
     let dwg = p.id.unwrap_or_else(Uuid::new_v4);
     let new = match &p.parent {
         Some(parent) => new_vhdx_child(path, parent, p, dwg)?,
@@ -404,20 +447,17 @@ fn create_vhdx(path: &Path, p: &CreateParams) -> Result<Created> {
     };
     // Everything is checked before any file is made.
     let layout = vhdx_create::build(&new)?;
-    let disk_type = new.kind.disk_type();
-    write_new_disk(path, p, disk_type, |f| {
-        vhdx_create::write_new(f, &new).map(|_| ())
-    })?;
-    Ok(Created {
+    let created = Created {
         path: path.to_path_buf(),
         format: DiskFormat::Vhdx,
-        disk_type,
+        disk_type: new.kind.disk_type(),
         virtual_size: new.virtual_size,
         block_size: Some(u64::from(new.block_size)),
         id: dwg,
         file_size: layout.file_len,
         parent: p.parent.clone(),
-    })
+    };
+    Ok((NewDisk::Vhdx(new), created))
 }
 
 /// A new VHDX child of `parent` at `path`: size, sector sizes and virtual disk id from the

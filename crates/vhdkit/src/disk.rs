@@ -306,7 +306,8 @@ const VHDX_SIGNATURE: &[u8; 8] = b"vhdxfile";
 
 /// The bytes of the file at `path` as a read-only source, with a pending vhdkit journal's change
 /// laid over it in memory (see [`Disk::open_with`]), and the warning to show about the journal.
-pub fn open_source(path: &Path) -> Result<(Box<dyn Source>, Option<String>)> {
+pub fn open_source(path: impl AsRef<Path>) -> Result<(Box<dyn Source>, Option<String>)> {
+    let path = path.as_ref();
     open_source_recorded(path, None)
 }
 
@@ -367,7 +368,8 @@ pub fn detect(src: &dyn Source) -> Result<DiskFormat> {
 
 /// The format a file name claims by its extension (`.vhd`, `.avhd`: VHD; `.vhdx`, `.avhdx`:
 /// VHDX; any case), or `None` for a name that claims nothing.
-pub fn claimed_format(path: &Path) -> Option<DiskFormat> {
+pub fn claimed_format(path: impl AsRef<Path>) -> Option<DiskFormat> {
+    let path = path.as_ref();
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
         "vhd" | "avhd" => Some(DiskFormat::Vhd),

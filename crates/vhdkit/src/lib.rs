@@ -160,3 +160,8 @@ pub use reparent::{LocatorMode, ReparentOptions, ReparentPlan};
 pub use source::{SeekSource, Source};
 pub use view::{Allocation, ChainView};
 pub use write::{WritableDisk, WritableImage};
+
+// Generic outputs and progress (issue 19, point 3).
+pub mod progress;
+pub use newdisk::OutputSink;
+pub use progress::{NoProgress, Progress};

@@ -196,7 +196,7 @@ fn already_exists() {
     let view = Chain::open(&f, &ChainOptions::default())
         .unwrap()
         .into_view();
-    let e = vhdkit::convert::to_vhd(&view, &dst, &opts, |_| {}).unwrap_err();
+    let e = vhdkit::convert::to_vhd(&view, &dst, &opts, vhdkit::NoProgress).unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::AlreadyExists { path } if path == dst),
         "{e}"
@@ -249,7 +249,7 @@ fn a_bad_option_is_named() {
     let (base, _) = pair(t.path());
     let mut p = CreateParams::differencing(&base);
     p.size = Some(16 << 20);
-    let e = create(&t.path().join("c.avhdx"), &p).unwrap_err();
+    let e = create(t.path().join("c.avhdx"), &p).unwrap_err();
     assert!(
         matches!(
             e.kind(),
@@ -261,7 +261,7 @@ fn a_bad_option_is_named() {
     );
     assert_no_flag(&e);
 
-    let e = create(&t.path().join("noext"), &CreateParams::dynamic(1 << 20)).unwrap_err();
+    let e = create(t.path().join("noext"), &CreateParams::dynamic(1 << 20)).unwrap_err();
     assert!(
         matches!(
             e.kind(),

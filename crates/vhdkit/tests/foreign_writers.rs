@@ -240,7 +240,7 @@ fn content_not_slot_decides_and_dead_stays_dead() {
         .locator(vhdkit_testkit::vhd::Locator::macx("file://./base.vhd"))
         .locator(vhdkit_testkit::vhd::Locator::w2ru(r".\gone\base.vhd"));
     c.build().write_to(&root.join("child.vhd"));
-    let codes = check_file(&root.join("child.vhd"), &CheckOptions::default())
+    let codes = check_file(root.join("child.vhd"), &CheckOptions::default())
         .unwrap()
         .codes();
     assert_eq!(codes, ["vhd.locator.dead"], "W2ru is dead, MacX works");
@@ -258,7 +258,7 @@ fn content_not_slot_decides_and_dead_stays_dead() {
             "file:///elsewhere/base.vhd",
         ));
     c.build().write_to(&root.join("child2.vhd"));
-    let r = check_file(&root.join("child2.vhd"), &CheckOptions::default()).unwrap();
+    let r = check_file(root.join("child2.vhd"), &CheckOptions::default()).unwrap();
     assert!(r.findings.is_empty(), "{r:?}");
     let report = Chain::inspect(root.join("child2.vhd"), &ChainOptions::default()).unwrap();
     let res = report.links[0].parent.as_ref().unwrap();

@@ -220,7 +220,7 @@ fn create_refuses_bad_requests_and_leaves_no_file() {
     assert!(vhdkit::create(&q, &size_mismatch).is_err());
     let e = vhdkit::create(&q, &CreateParams::dynamic(MIB).logical_sector_size(4096)).unwrap_err();
     assert!(e.to_string().contains("512"), "{e}");
-    assert!(vhdkit::create(&d.path().join("c.img"), &CreateParams::dynamic(MIB)).is_err());
+    assert!(vhdkit::create(d.path().join("c.img"), &CreateParams::dynamic(MIB)).is_err());
     let names: Vec<_> = std::fs::read_dir(d.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -578,7 +578,7 @@ fn convert_raw_to_vhd_and_back() {
         let out = d.path().join(format!("out-{fixed}.vhd"));
         let src = vhdkit::convert::RawSource::open(&raw).unwrap();
         let opts = vhdkit::convert::ConvertOptions::default().fixed(fixed);
-        vhdkit::convert::to_vhd(&src, &out, &opts, |_| {}).unwrap();
+        vhdkit::convert::to_vhd(&src, &out, &opts, vhdkit::NoProgress).unwrap();
         assert_eq!(read_chain(&out), padded, "fixed={fixed}");
         if let Some(q) = qemu_raw("vpc", &out, d.path()) {
             assert_eq!(sha256(&q), sha256(&padded), "qemu fixed={fixed}");
@@ -591,7 +591,7 @@ fn convert_raw_to_vhd_and_back() {
             assert!(len > 6 * MIB && len < 6 * MIB + 64 * 1024, "{len}");
         }
         let before = sha256_file(&out);
-        let e = vhdkit::convert::to_vhd(&src, &out, &opts, |_| {}).unwrap_err();
+        let e = vhdkit::convert::to_vhd(&src, &out, &opts, vhdkit::NoProgress).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
         assert_eq!(
             sha256_file(&out),

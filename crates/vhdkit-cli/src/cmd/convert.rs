@@ -1,10 +1,10 @@
 //! `vhdkit convert --to raw|vhd|vhdx [--fixed] [--from raw] SRC DST`.
 
-use indicatif::{ProgressBar, ProgressStyle};
 use vhdkit::convert::{self, ConvertOptions, RawSource, VirtualSource};
 use vhdkit::Chain;
 
 use crate::cli::{ConvertArgs, InputFormat, OutputFormat};
+use crate::cmd::progress::Bar;
 use crate::cmd::{block_size_arg, chain_options};
 use crate::output::{self, CliError};
 use crate::Outcome;
@@ -29,33 +29,17 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
         }
         Box::new(chain.into_view())
     };
-    let size = view.virtual_size();
-    let bar = if output::progress_shown(a.json) {
-        let b = ProgressBar::new(size);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
     let copts = ConvertOptions::default()
         .overwrite(a.force)
         .fixed(a.fixed)
         .block_size(block_size);
-    let progress = |done| {
-        if let Some(b) = &bar {
-            b.set_position(done);
-        }
-    };
+    let mut bar = Bar::new(a.json);
     let stats = match a.to {
-        OutputFormat::Raw => convert::to_raw(&*view, &a.dst, &copts, progress),
-        OutputFormat::Vhd => convert::to_vhd(&*view, &a.dst, &copts, progress),
-        OutputFormat::Vhdx => convert::to_vhdx(&*view, &a.dst, &copts, progress),
+        OutputFormat::Raw => convert::to_raw(&*view, &a.dst, &copts, &mut bar),
+        OutputFormat::Vhd => convert::to_vhd(&*view, &a.dst, &copts, &mut bar),
+        OutputFormat::Vhdx => convert::to_vhdx(&*view, &a.dst, &copts, &mut bar),
     };
+    drop(bar);
     let format = match a.to {
         OutputFormat::Raw => "raw",
         OutputFormat::Vhd if a.fixed => "vhd (fixed)",
@@ -63,9 +47,6 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
         OutputFormat::Vhdx if a.fixed => "vhdx (fixed)",
         OutputFormat::Vhdx => "vhdx (dynamic)",
     };
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
     let stats = stats?;
     if a.json {
         output::print_json(&serde_json::json!({

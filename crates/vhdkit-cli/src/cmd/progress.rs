@@ -1,8 +1,9 @@
-//! A progress bar for `share` and `relink`, shown only when stderr is a terminal.
+//! A progress bar for `convert`, `share` and `relink`, shown only when stderr is a terminal.
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Progress shown on stderr with indicatif.
+/// Progress shown on stderr with indicatif: the library's [`vhdkit::Progress`] for `convert`,
+/// `share` and `relink`.
 pub struct Bar {
     enabled: bool,
     bar: Option<ProgressBar>,
@@ -19,23 +20,28 @@ impl Bar {
     }
 }
 
-impl vhdkit::share::Progress for Bar {
-    fn phase(&mut self, name: &str, total: u64) {
+impl vhdkit::Progress for Bar {
+    fn start(&mut self, what: &str, total: Option<u64>) {
         if !self.enabled {
             return;
         }
-        let (b, tpl) = match (name, total) {
-            (_, 0) => (ProgressBar::new_spinner(), "{spinner} {msg}: {pos} disks"),
-            ("hash", t) => (
+        let (b, tpl) = match (what, total) {
+            (_, None | Some(0)) => (ProgressBar::new_spinner(), "{spinner} {msg}: {pos} disks"),
+            // One bar for the whole copy, unlabelled (the command says what it converts).
+            ("convert", Some(t)) => (
+                ProgressBar::new(t),
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ),
+            ("hash", Some(t)) => (
                 ProgressBar::new(t),
                 "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             ),
-            (_, t) => (ProgressBar::new(t), "{msg} {bar:40} {pos}/{len} eta {eta}"),
+            (_, Some(t)) => (ProgressBar::new(t), "{msg} {bar:40} {pos}/{len} eta {eta}"),
         };
         b.set_style(
             ProgressStyle::with_template(tpl).unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        b.set_message(name.to_string());
+        b.set_message(what.to_string());
         self.bar = Some(b);
     }
     fn advance(&mut self, n: u64) {
@@ -47,6 +53,13 @@ impl vhdkit::share::Progress for Bar {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+    }
+}
+
+impl Drop for Bar {
+    /// A command that fails mid-phase leaves no bar behind its error message.
+    fn drop(&mut self) {
+        vhdkit::Progress::finish(self);
     }
 }
 

@@ -13,7 +13,8 @@ fn structure(p: &Path) -> String {
 /// Follow the chain of `path` and report every broken link. Structural findings of the parents
 /// are included with the parent's path in `structure`; the child's own are not (see
 /// [`super::check_file`]).
-pub fn check_chain(path: &Path, opts: &ChainOptions) -> Vec<Finding> {
+pub fn check_chain(path: impl AsRef<Path>, opts: &ChainOptions) -> Vec<Finding> {
+    let path = path.as_ref();
     let mut out = Vec::new();
     let report = match Chain::inspect(path, opts) {
         Ok(r) => r,

@@ -464,7 +464,8 @@ pub fn check_source(src: &dyn Source, opts: &CheckOptions) -> (Option<DiskFormat
 /// # Ok(())
 /// # }
 /// ```
-pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
+pub fn check_file(path: impl AsRef<Path>, opts: &CheckOptions) -> Result<FileReport> {
+    let path = path.as_ref();
     if let Some(report) = side::partial_report(path) {
         return Ok(report);
     }
@@ -488,7 +489,8 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<FileReport> {
 }
 
 /// True when `path` starts with a VHD or VHDX signature (used to pick files in folders).
-pub fn is_disk_file(path: &Path) -> bool {
+pub fn is_disk_file(path: impl AsRef<Path>) -> bool {
+    let path = path.as_ref();
     crate::fsx::open_disk(path)
         .ok()
         .is_some_and(|f| crate::disk::detect(&f).is_ok())
@@ -513,18 +515,18 @@ pub fn is_disk_file(path: &Path) -> bool {
 /// # Ok(())
 /// # }
 /// ```
-pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn collect_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>> {
     Ok(collect_tree(paths)?.0)
 }
 
 /// Like [`collect_files`], plus one report per path in the folders that could not be inspected
 /// (a `tree.*` finding with the reason): a tree is never called clean from a partial view.
-pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)> {
+pub fn collect_tree<P: AsRef<Path>>(paths: &[P]) -> Result<(Vec<PathBuf>, Vec<FileReport>)> {
     let (mut files, mut blind) = (Vec::new(), Vec::new());
-    for p in paths {
+    for p in paths.iter().map(AsRef::as_ref) {
         let md = std::fs::metadata(p).map_err(|e| Error::io("reading", e).with_path(p))?;
         if !md.is_dir() {
-            files.push(p.clone());
+            files.push(p.to_path_buf());
             continue;
         }
         // Links to disks are not followed, their targets are checked where they lie. vhdkit's

@@ -141,7 +141,8 @@ impl RepairReport {
 /// # Ok(())
 /// # }
 /// ```
-pub fn repair(path: &Path, opts: &RepairOptions) -> Result<RepairReport> {
+pub fn repair(path: impl AsRef<Path>, opts: &RepairOptions) -> Result<RepairReport> {
+    let path = path.as_ref();
     let _lock = if opts.dry_run {
         // Predict the real run: it would be refused while another process holds the lock.
         if crate::lock::is_locked_elsewhere(path) {

@@ -58,7 +58,8 @@ use crate::winpath::{self, canonical, AbsolutePath, AbsoluteSource};
 /// # Ok(())
 /// # }
 /// ```
-pub fn plan(child: &Path, opts: &ReparentOptions) -> Result<ReparentPlan> {
+pub fn plan(child: impl AsRef<Path>, opts: &ReparentOptions) -> Result<ReparentPlan> {
+    let child = child.as_ref();
     let mut d = Draft {
         child,
         opts,

@@ -19,23 +19,32 @@ use crate::reparent;
 pub fn apply_share(
     plan: &SharePlan,
     opts: &ShareOptions,
-    progress: &mut dyn Progress,
+    mut progress: impl Progress,
 ) -> Result<ShareReport> {
+    let progress: &mut dyn Progress = &mut progress;
     let mut rep = ShareReport {
         size_before: plan.size_before,
         ..ShareReport::default()
     };
     let mut steps = Steps::new(opts);
-    progress.phase(
+    progress.start(
         "repoint",
-        plan.groups.iter().map(|g| g.children.len() as u64).sum(),
+        Some(plan.groups.iter().map(|g| g.children.len() as u64).sum()),
     );
-    for g in &plan.groups {
-        if apply_group(g, opts, &mut steps, progress, &mut rep) {
-            rep.groups_done += 1;
+    let mut run = || -> Result<()> {
+        for g in &plan.groups {
+            // Between groups, and between children inside one (see `repoint_all`): each
+            // change is crash-safe on its own, so stopping there leaves every disk consistent.
+            crate::progress::check(progress)?;
+            if apply_group(g, opts, &mut steps, progress, &mut rep)? {
+                rep.groups_done += 1;
+            }
         }
-    }
+        Ok(())
+    };
+    let done = run();
     progress.finish();
+    done?;
     rep.size_after = rep
         .size_before
         .saturating_add(rep.bytes_copied)
@@ -43,20 +52,21 @@ pub fn apply_share(
     Ok(rep)
 }
 
-/// One group: its keeper, its children, then its names. True when the group was completed.
+/// One group: its keeper, its children, then its names. True when the group was completed;
+/// an error only when `progress` cancelled it (then no name of the group is removed).
 fn apply_group(
     g: &GroupPlan,
     opts: &ShareOptions,
     steps: &mut Steps,
     progress: &mut dyn Progress,
     rep: &mut ShareReport,
-) -> bool {
+) -> Result<bool> {
     if let Some(r) = &g.keeper_refused {
         rep.refused.push(PathNote::new(&g.keeper, r.clone()));
         let copies = g.copies.iter().filter(|c| c.delete);
         rep.kept
             .extend(copies.map(|c| PathNote::new(&c.path, NoteReason::KeeperNotPlaced)));
-        return false;
+        return Ok(false);
     }
     match place_keeper(g, opts, steps) {
         Ok(n) => {
@@ -71,7 +81,7 @@ fn apply_group(
         }
         Err(r) => {
             rep.failed.push(PathNote::new(&g.keeper, r));
-            return false;
+            return Ok(false);
         }
     }
     let reqs: Vec<Repoint<'_>> = g
@@ -90,6 +100,9 @@ fn apply_group(
         rep.journals_finished += usize::from(d.journal_finished);
         rep.children_repointed += usize::from(d.repointed);
     }
+    if out.cancelled {
+        return Err(crate::progress::cancelled());
+    }
     let complete = out.complete();
     rep.refused.extend(out.refused);
     rep.failed.extend(out.failed);
@@ -99,12 +112,12 @@ fn apply_group(
         let names = names.chain(&g.old_names).chain(&g.symlinks);
         rep.kept
             .extend(names.map(|path| PathNote::new(path, why())));
-        return false;
+        return Ok(false);
     }
     remove_old_names(g, steps, rep);
     delete_copies(g, steps, rep);
     remove_symlinks(g, steps, rep);
-    true
+    Ok(true)
 }
 
 /// Remove the other names of a moved keeper (never a name that is no longer the keeper's).

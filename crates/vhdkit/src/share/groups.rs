@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::scan::{FileKey, Scan, ScannedDisk, Skipped};
 use super::{digest, ContentDigest, PathNote, Progress, ShareOptions};
 use crate::disk::DiskFormat;
+use crate::error::Result;
 
 /// A group's identity: format (0 VHD, 1 VHDX), the id children record, virtual size.
 pub(super) type GKey = (u8, Uuid, u64);
@@ -108,7 +109,7 @@ pub(super) fn hash_members(
     groups: &BTreeMap<GKey, Vec<usize>>,
     opts: &ShareOptions,
     progress: &mut dyn Progress,
-) -> Hashed {
+) -> Result<Hashed> {
     let to_hash: Vec<usize> = groups
         .values()
         .filter(|m| m.len() > 1)
@@ -120,13 +121,18 @@ pub(super) fn hash_members(
         .filter_map(|&i| sc.disks.get(i))
         .map(|d| d.virtual_size)
         .sum();
-    progress.phase("hash", total);
+    progress.start("hash", Some(total));
     let mut out = Hashed {
         digests: HashMap::new(),
         bytes_hashed: 0,
         bytes_read: 0,
     };
     for &i in &to_hash {
+        // Hashing is the long part of a plan: a cancel stops it between disks.
+        if progress.cancelled() {
+            progress.finish();
+            return Err(crate::progress::cancelled());
+        }
         let Some(d) = sc.disks.get(i) else { continue };
         let r = digest::chain_digest(&d.path, &opts.chain, &mut |n| progress.advance(n));
         let r = match r {
@@ -140,5 +146,5 @@ pub(super) fn hash_members(
         out.digests.insert(i, r);
     }
     progress.finish();
-    out
+    Ok(out)
 }

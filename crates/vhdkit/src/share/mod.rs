@@ -68,6 +68,7 @@ use uuid::Uuid;
 use crate::chain::ChainOptions;
 use crate::disk::DiskFormat;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::reparent::LocatorMode;
 use crate::tree::Uninspected;
 
@@ -76,22 +77,6 @@ pub use plan::plan_share;
 pub use reason::NoteReason;
 pub use relink::{apply_relink, plan_relink, RelinkItem, RelinkPlan, RelinkReport};
 pub use scan::{scan, FileKey, ParentRef, Scan, ScanLimits, ScannedDisk, Skipped, Symlink};
-
-/// Progress callbacks (for a progress bar). Every method has an empty default.
-pub trait Progress {
-    /// A phase starts (`"scan"`, `"hash"`, `"repoint"`), with its total (files or bytes; 0 when
-    /// unknown).
-    fn phase(&mut self, _name: &str, _total: u64) {}
-    /// `n` more units done.
-    fn advance(&mut self, _n: u64) {}
-    /// The phase is over.
-    fn finish(&mut self) {}
-}
-
-/// Progress that shows nothing.
-#[derive(Debug, Default)]
-pub struct NoProgress;
-impl Progress for NoProgress {}
 
 /// Options for share and relink.
 #[derive(Debug, Clone)]
@@ -422,12 +407,14 @@ fn tree_dir(dir: &Path, hint: &str) -> Result<PathBuf> {
     Ok(c)
 }
 
-/// [`scan`] `roots` as the "scan" phase of `progress`.
+/// [`scan`] `roots` as the "scan" phase of `progress` (in disks; the total is not known
+/// before), then stop if it was cancelled meanwhile.
 fn scan_phase(roots: &[PathBuf], opts: &ShareOptions, progress: &mut dyn Progress) -> Result<Scan> {
-    progress.phase("scan", 0);
+    progress.start("scan", None);
     let sc = scan(roots, &opts.chain, &opts.limits, &mut |_| {
         progress.advance(1)
-    })?;
+    });
     progress.finish();
-    Ok(sc)
+    crate::progress::check(progress)?;
+    sc
 }

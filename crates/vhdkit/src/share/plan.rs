@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
-/// use vhdkit::share::{apply_share, plan_share, NoProgress, ShareOptions};
-/// use vhdkit::{create, CreateParams};
+/// use vhdkit::share::{apply_share, plan_share, ShareOptions};
+/// use vhdkit::{create, CreateParams, NoProgress};
 ///
 /// // Two VM folders, each with its own copy of the same parent and a child over it.
 /// let base = dir.path().join("vm1").join("base.vhdx");
@@ -43,21 +43,22 @@ use crate::error::{Error, Result};
 ///
 /// let opts = ShareOptions::default();
 /// let shared = dir.path().join("shared");
-/// let plan = plan_share(dir.path(), &shared, &opts, &mut NoProgress)?;
+/// let plan = plan_share(dir.path(), &shared, &opts, NoProgress)?;
 /// assert_eq!(plan.groups.len(), 1);
-/// let done = apply_share(&plan, &opts, &mut NoProgress)?;
+/// let done = apply_share(&plan, &opts, NoProgress)?;
 /// assert_eq!(done.children_repointed, 2);
 /// # Ok(())
 /// # }
 /// ```
 pub fn plan_share(
-    dir: &Path,
-    into: &Path,
+    dir: impl AsRef<Path>,
+    into: impl AsRef<Path>,
     opts: &ShareOptions,
-    progress: &mut dyn Progress,
+    mut progress: impl Progress,
 ) -> Result<SharePlan> {
-    let dir = tree_dir(dir, "")?;
-    let into = absolute_into(into)?;
+    let progress: &mut dyn Progress = &mut progress;
+    let dir = tree_dir(dir.as_ref(), "")?;
+    let into = absolute_into(into.as_ref())?;
     if into.exists() && !into.is_dir() {
         return Err(Error::InvalidOption {
             option: "into",
@@ -74,7 +75,7 @@ pub fn plan_share(
     let sc = scan_phase(&roots, opts, progress)?;
     let (children_of, unresolved) = children_of(&sc);
     let groups = group_identities(&sc, &children_of);
-    let hashed = hash_members(&sc, &groups, opts, progress);
+    let hashed = hash_members(&sc, &groups, opts, progress)?;
     let mut skipped = sc.skipped.clone();
     skipped.extend(hashed.unreadable(&sc));
     skipped.sort_by(|a, b| a.path.cmp(&b.path));

@@ -100,19 +100,20 @@ impl RelinkReport {
 }
 
 /// Plan `relink` of `dir`, looking for parents under `dir` and `search`. Reads only.
-pub fn plan_relink(
-    dir: &Path,
-    search: &[PathBuf],
+pub fn plan_relink<S: AsRef<Path>>(
+    dir: impl AsRef<Path>,
+    search: &[S],
     opts: &ShareOptions,
-    progress: &mut dyn Progress,
+    mut progress: impl Progress,
 ) -> Result<RelinkPlan> {
+    let progress: &mut dyn Progress = &mut progress;
     let dir = tree_dir(
-        dir,
+        dir.as_ref(),
         " (relink scans a tree; for one file use `vhdkit reparent`)",
     )?;
     let mut roots = vec![dir.clone()];
     let mut search_abs = Vec::new();
-    for s in search {
+    for s in search.iter().map(AsRef::as_ref) {
         let c = std::fs::canonicalize(s)
             .map_err(|e| Error::io("opening the search folder", e).with_path(s))?;
         roots.push(c.clone());
@@ -358,11 +359,12 @@ fn ambiguity(
 pub fn apply_relink(
     plan: &RelinkPlan,
     opts: &ShareOptions,
-    progress: &mut dyn Progress,
+    mut progress: impl Progress,
 ) -> Result<RelinkReport> {
+    let progress: &mut dyn Progress = &mut progress;
     let mut rep = RelinkReport::default();
     let mut steps = Steps::new(opts);
-    progress.phase("relink", plan.items.len() as u64);
+    progress.start("relink", Some(plan.items.len() as u64));
     // Items are sorted by level (new parents' depth); one level's children are independent, so
     // each level is repointed in batches.
     let mut rest: &[RelinkItem] = &plan.items;
@@ -389,6 +391,11 @@ pub fn apply_relink(
         }
         rep.refused.extend(out.refused);
         rep.failed.extend(out.failed);
+        if out.cancelled {
+            // Between children: each repoint is crash-safe, a rerun finishes the rest.
+            progress.finish();
+            return Err(crate::progress::cancelled());
+        }
     }
     progress.finish();
     Ok(rep)

@@ -50,6 +50,8 @@ pub(super) struct Outcome {
     pub done: Vec<Done>,
     pub refused: Vec<PathNote>,
     pub failed: Vec<PathNote>,
+    /// The progress asked to stop: the children after the last one done were not touched.
+    pub cancelled: bool,
 }
 
 impl Outcome {
@@ -110,6 +112,8 @@ pub(super) fn repoint_all(
         }
     }
     let results = repoint_batches(&todo, opts, steps, progress);
+    // A cancel leaves fewer results than requests: the rest were not touched.
+    out.cancelled = results.len() < todo.len();
     for (r, res) in todo.into_iter().zip(results) {
         out.record(r.child, res);
     }
@@ -163,7 +167,8 @@ fn prepare_child(
 /// Repoint children under locks, finishing interrupted changes first, in batches of [`BATCH`]
 /// whose reparents share their durability barriers; then verify each: its chain opens through
 /// its new parent and its own layer is unchanged. The children must be independent (none is
-/// another's new parent or in its chain). One result per child, in order.
+/// another's new parent or in its chain). One result per child, in order, up to the child
+/// before which `progress` was cancelled (the batch prepared so far is still carried out).
 fn repoint_batches(
     reqs: &[&Repoint<'_>],
     opts: &ShareOptions,
@@ -174,7 +179,12 @@ fn repoint_batches(
     for chunk in reqs.chunks(BATCH) {
         let mut results = Vec::with_capacity(chunk.len());
         let mut prepared: Vec<(usize, Prepared)> = Vec::new();
+        let mut stop = false;
         for (i, r) in chunk.iter().enumerate() {
+            if progress.cancelled() {
+                stop = true;
+                break;
+            }
             progress.advance(1);
             results.push(prepare_child(r, opts, steps).map(|ready| {
                 if let Some(p) = ready.change {
@@ -202,6 +212,9 @@ fn repoint_batches(
             }
         }
         out.extend(results);
+        if stop {
+            break;
+        }
     }
     out
 }

@@ -290,7 +290,7 @@ impl<S: Sink> SparseFormat for Blocks<S> {
     }
 }
 
-impl<S: Sink + 'static> WritableImage for VhdWriter<S> {
+impl<S: Sink> WritableImage for VhdWriter<S> {
     fn shape(&self) -> Shape {
         self.shape
     }

@@ -370,7 +370,7 @@ fn batches(writes: Vec<(u64, Vec<u8>)>, max: usize) -> Vec<Vec<(u64, Vec<u8>)>> 
     out
 }
 
-impl<S: Sink + 'static> WritableImage for VhdxWriter<S> {
+impl<S: Sink> WritableImage for VhdxWriter<S> {
     fn shape(&self) -> Shape {
         self.shape
     }
