@@ -112,6 +112,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// What a conversion did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ConvertStats {
     /// Virtual size copied, in bytes.
     pub virtual_size: u64,
@@ -252,7 +253,7 @@ fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
 
 /// Copy every stored, non-zero range of `view` to `out` at the same offset. The caller sizes
 /// `out` to the virtual size afterwards (see [`finish_file`]) so trailing holes exist.
-pub fn copy_sparse<W: Write + Seek>(
+pub(crate) fn copy_sparse<W: Write + Seek>(
     view: &dyn VirtualSource,
     out: &mut W,
     progress: &mut impl FnMut(u64),
@@ -557,7 +558,7 @@ pub(crate) fn is_zero(b: &[u8]) -> bool {
 }
 
 /// Set a file's length (used for trailing holes when the writer is a plain file).
-pub fn finish_file(file: &File, size: u64) -> Result<()> {
+pub(crate) fn finish_file(file: &File, size: u64) -> Result<()> {
     file.set_len(size)
         .map_err(|e| Error::io("setting the output length", e))
 }

@@ -132,6 +132,7 @@ impl CreateParams {
 /// What [`create`] made.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Created {
     /// The new file.
     pub path: PathBuf,
@@ -152,7 +153,7 @@ pub struct Created {
 }
 
 /// The format an extension implies: `.vhd`/`.avhd` VHD, `.vhdx`/`.avhdx` VHDX (any case).
-pub fn format_from_extension(path: &Path) -> Option<DiskFormat> {
+pub(crate) fn format_from_extension(path: &Path) -> Option<DiskFormat> {
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
         "vhd" | "avhd" => Some(DiskFormat::Vhd),
@@ -548,7 +549,7 @@ fn display_absolute(p: &Path) -> Result<String> {
 /// `target` relative to the folder `from`, with Windows separators: `.\name.vhd`,
 /// `..\ref\name.vhd`. `None` when there is no relative path (different roots) or a component
 /// is not Unicode or holds a `\`.
-pub fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
+pub(crate) fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
     crate::winpath::relative_windows_path(from, target).ok()
 }
 

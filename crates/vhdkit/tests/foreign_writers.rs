@@ -220,7 +220,7 @@ fn relative_only_writes_a_relative_name_vhd_lib_can_follow() {
     std::fs::copy(&lab.parent, &np).unwrap();
     let o = ReparentOptions {
         new_parent: np.clone(),
-        mode: vhdkit::LocatorMode::RelativeOnly,
+        mode: vhdkit::reparent::LocatorMode::RelativeOnly,
         ..ReparentOptions::default()
     };
     let plan = reparent::plan(&lab.child, &o).unwrap();

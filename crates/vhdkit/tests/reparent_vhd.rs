@@ -90,7 +90,7 @@ fn opts(np: &Path) -> ReparentOptions {
 
 fn slots(p: &Path) -> Vec<LocatorSlot> {
     match Disk::open(p).unwrap().info().details {
-        vhdkit::disk::FormatInfo::Vhd(v) => v.dynamic.unwrap().locators,
+        vhdkit::FormatInfo::Vhd(v) => v.dynamic.unwrap().locators,
         _ => panic!("not vhd"),
     }
 }
@@ -184,7 +184,7 @@ fn round_trip_to_a_copy_elsewhere() {
 fn old_slot_data(bytes: &[u8], codes: &[&str]) -> Vec<(usize, usize)> {
     let d = Disk::from_source(Box::new(bytes.to_vec()), &OpenOptions::default()).unwrap();
     match d.info().details {
-        vhdkit::disk::FormatInfo::Vhd(v) => v
+        vhdkit::FormatInfo::Vhd(v) => v
             .dynamic
             .unwrap()
             .locators
@@ -200,7 +200,7 @@ fn old_slot_data(bytes: &[u8], codes: &[&str]) -> Vec<(usize, usize)> {
 fn old_slot_areas(bytes: &[u8]) -> Vec<Range<usize>> {
     let d = Disk::from_source(Box::new(bytes.to_vec()), &OpenOptions::default()).unwrap();
     match d.info().details {
-        vhdkit::disk::FormatInfo::Vhd(v) => v
+        vhdkit::FormatInfo::Vhd(v) => v
             .dynamic
             .unwrap()
             .locators

@@ -172,7 +172,7 @@ fn differencing_layout_matches_windows() {
             ),
         ]
     );
-    let vhdkit::disk::FormatInfo::Vhd(v) = info.details else {
+    let vhdkit::FormatInfo::Vhd(v) = info.details else {
         panic!()
     };
     let dy = v.dynamic.unwrap();

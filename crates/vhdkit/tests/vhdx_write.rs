@@ -22,7 +22,7 @@ const MIB: u64 = 1 << 20;
 
 fn vhdx_info(p: &Path) -> vhdkit::vhdx::VhdxInfo {
     match Disk::open(p).unwrap().info().details {
-        vhdkit::disk::FormatInfo::Vhdx(v) => v,
+        vhdkit::FormatInfo::Vhdx(v) => v,
         _ => panic!("not a vhdx"),
     }
 }

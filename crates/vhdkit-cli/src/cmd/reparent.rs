@@ -59,11 +59,19 @@ fn dry_run(a: &ReparentArgs, plan: &ReparentPlan) -> Result<(), CliError> {
     // Predict the real run's first refusal: it takes the writers' lock (a read-only or
     // locked child). The lock is taken and dropped at once; a real run that tries in that
     // instant is refused politely, never harmed.
-    if let Err(reason) = vhdkit::lock::lock_for_change(&a.child) {
-        return Err(CliError::Lib(vhdkit::lock::refusal(
-            &a.child,
-            format!("{reason} (dry run: the real run would be refused)"),
-        )));
+    if let Err(e) = vhdkit::probe_lock(&a.child) {
+        let note = |reason: String| format!("{reason} (dry run: the real run would be refused)");
+        return Err(CliError::Lib(match e {
+            vhdkit::Error::Locked { path, reason } => vhdkit::Error::Locked {
+                path,
+                reason: note(reason),
+            },
+            vhdkit::Error::Refused { path, reason } => vhdkit::Error::Refused {
+                path,
+                reason: note(reason),
+            },
+            e => e,
+        }));
     }
     if a.json {
         output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
@@ -123,7 +131,7 @@ fn render_applied(s: &mut String, report: &ApplyReport, chain: Option<&ChainRepo
             report.new_len
         );
     }
-    if let vhdkit::txn::journal::Recovery::RolledForward { writes } = report.recovery {
+    if let vhdkit::reparent::Recovery::RolledForward { writes } = report.recovery {
         let _ = writeln!(
             s,
             "first finished an interrupted earlier change ({writes} ranges)"
@@ -208,6 +216,7 @@ fn verdict(identity: &IdentityCheck) -> String {
             "differs from the recorded {recorded}, but contents equal {} ({bytes_compared} bytes); linkage rewritten",
             old_parent.display()
         ),
+        other => format!("{other:?}"),
     }
 }
 
