@@ -58,7 +58,7 @@ impl Severity {
     }
 }
 
-/// One problem or fact found by [`check_source`] or [`check_chain`].
+/// One problem or fact found by [`check_source`] or the chain check (`CheckOptions::chain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
