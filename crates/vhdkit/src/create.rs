@@ -171,7 +171,7 @@ pub(crate) fn format_from_extension(path: &Path) -> Option<DiskFormat> {
 /// # Examples
 ///
 /// ```
-/// use vhdkit::create::parse_size;
+/// use vhdkit::parse_size;
 ///
 /// assert_eq!(parse_size("10G")?, 10 << 30);
 /// assert_eq!(parse_size("1.5GiB")?, 3 << 29);
