@@ -1,4 +1,5 @@
-//! `vhdkit::detect` on arbitrary bytes: must return a format or an error, never panic.
+//! `vhdkit::disk::detect` (feature `test-support`) on arbitrary bytes: a format or an
+//! error, never a panic.
 //!
 //! Seeds: `fuzz/seed.sh` (both formats). Run: `cargo fuzz run -s none detect`.
 #![no_main]
@@ -7,5 +8,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let v: Vec<u8> = data.to_vec();
-    let _ = vhdkit::detect(&v);
+    let _ = vhdkit::disk::detect(&v);
 });

@@ -16,7 +16,7 @@ use vhdkit::{Disk, DiskFormat};
 
 fuzz_target!(|data: &[u8]| -> Corpus {
     let v = common::with_vhd_footer(data);
-    if !matches!(vhdkit::detect(&v), Ok(DiskFormat::Vhd)) {
+    if !matches!(vhdkit::disk::detect(&v), Ok(DiskFormat::Vhd)) {
         return Corpus::Reject;
     }
     let Ok(disk) = Disk::from_source(Box::new(v), &common::tight_options()) else {

@@ -15,7 +15,7 @@ use vhdkit::{Disk, DiskFormat};
 
 fuzz_target!(|data: &[u8]| -> Corpus {
     let v = data.to_vec();
-    if !matches!(vhdkit::detect(&v), Ok(DiskFormat::Vhdx)) {
+    if !matches!(vhdkit::disk::detect(&v), Ok(DiskFormat::Vhdx)) {
         return Corpus::Reject;
     }
     let Ok(disk) = Disk::from_source(Box::new(v), &common::tight_options()) else {

@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn library_words_become_flags_once() {
-        use vhdkit::chain::AttemptOutcome;
+        use vhdkit::AttemptOutcome;
         let confined = AttemptOutcome::Confined.to_string();
         assert_eq!(
             cli_words(&confined),

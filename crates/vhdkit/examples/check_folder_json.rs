@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vhdkit::check::{check_file, collect_files, CheckOptions, FileReport};
+use vhdkit::check::{check_file, collect_tree, CheckOptions, FileReport};
 
 fn main() -> ExitCode {
     let paths: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
@@ -42,10 +42,16 @@ fn main() -> ExitCode {
 }
 
 fn run(paths: &[PathBuf]) -> vhdkit::Result<Vec<FileReport>> {
-    // Folders are searched recursively for files with a VHD or VHDX signature.
-    let files = collect_files(paths)?;
+    // Folders are searched recursively for files with a VHD or VHDX signature; a path in them
+    // that cannot be inspected comes back as a report of its own.
+    let (files, uninspected) = collect_tree(paths)?;
     let opts = CheckOptions::default().chain(true);
-    files.iter().map(|f| check_file(f, &opts)).collect()
+    let mut reports = files
+        .iter()
+        .map(|f| check_file(f, &opts))
+        .collect::<vhdkit::Result<Vec<_>>>()?;
+    reports.extend(uninspected);
+    Ok(reports)
 }
 
 fn print_json(reports: &[FileReport]) -> std::io::Result<()> {

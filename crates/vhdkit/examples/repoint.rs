@@ -11,7 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use vhdkit::{reparent, Chain, ChainOptions, ReparentOptions};
+use vhdkit::reparent::{self, ReparentOptions};
+use vhdkit::{Chain, ChainOptions};
 
 fn main() -> ExitCode {
     let mut dry_run = false;

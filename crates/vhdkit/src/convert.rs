@@ -40,6 +40,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// What a conversion did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ConvertStats {
     /// Virtual size copied, in bytes.
     pub virtual_size: u64,
@@ -108,13 +109,13 @@ impl ConvertOptions {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// use vhdkit::convert::{to_raw, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams, NoProgress};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams};
 ///
 /// let src = dir.path().join("disk.vhdx");
 /// create(&src, &CreateParams::dynamic(8 << 20))?;
 /// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
 /// let raw = dir.path().join("disk.img");
-/// let stats = to_raw(&view, &raw, &ConvertOptions::default(), NoProgress)?;
+/// let stats = to_raw(&view, &raw, &ConvertOptions::default(), ())?;
 /// assert_eq!(std::fs::metadata(&raw)?.len(), stats.virtual_size);
 /// # Ok(())
 /// # }
@@ -148,7 +149,7 @@ pub fn to_raw(
 /// use vhdkit::convert::{to_raw_into, RawSource};
 ///
 /// let mut raw = std::io::Cursor::new(Vec::new());
-/// to_raw_into(&RawSource::open(&path)?, &mut raw, vhdkit::NoProgress)?;
+/// to_raw_into(&RawSource::open(&path)?, &mut raw, ())?;
 /// assert_eq!(raw.into_inner(), std::fs::read(&path)?);
 /// # Ok(())
 /// # }
@@ -342,13 +343,13 @@ pub fn to_vhd(
 /// # let dir = tempfile::tempdir()?;
 /// use std::io::Cursor;
 /// use vhdkit::convert::{to_vhd_into, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat, NoProgress};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
 ///
 /// let src = dir.path().join("disk.vhdx");
 /// create(&src, &CreateParams::dynamic(8 << 20))?;
 /// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
 /// let mut vhd = Cursor::new(Vec::new());
-/// to_vhd_into(&view, &mut vhd, &ConvertOptions::default(), NoProgress)?;
+/// to_vhd_into(&view, &mut vhd, &ConvertOptions::default(), ())?;
 /// let disk = Disk::from_source(Box::new(vhd.into_inner()), &Default::default())?;
 /// assert_eq!(disk.info().format, DiskFormat::Vhd);
 /// # Ok(())
@@ -383,13 +384,13 @@ fn padded_size(src: &dyn VirtualSource) -> u64 {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// use vhdkit::convert::{to_vhdx, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat, NoProgress};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
 ///
 /// let src = dir.path().join("disk.vhd");
 /// create(&src, &CreateParams::dynamic(8 << 20))?;
 /// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
 /// let dst = dir.path().join("disk.vhdx");
-/// to_vhdx(&view, &dst, &ConvertOptions::default(), NoProgress)?;
+/// to_vhdx(&view, &dst, &ConvertOptions::default(), ())?;
 /// assert_eq!(Disk::open(&dst)?.info().format, DiskFormat::Vhdx);
 /// # Ok(())
 /// # }

@@ -133,6 +133,7 @@ impl CreateParams {
 /// What [`create`] made.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Created {
     /// The new file.
     pub path: PathBuf,
@@ -153,7 +154,7 @@ pub struct Created {
 }
 
 /// The format an extension implies: `.vhd`/`.avhd` VHD, `.vhdx`/`.avhdx` VHDX (any case).
-pub fn format_from_extension(path: impl AsRef<Path>) -> Option<DiskFormat> {
+pub(crate) fn format_from_extension(path: impl AsRef<Path>) -> Option<DiskFormat> {
     let path = path.as_ref();
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {
@@ -172,7 +173,7 @@ pub fn format_from_extension(path: impl AsRef<Path>) -> Option<DiskFormat> {
 /// # Examples
 ///
 /// ```
-/// use vhdkit::create::parse_size;
+/// use vhdkit::parse_size;
 ///
 /// assert_eq!(parse_size("10G")?, 10 << 30);
 /// assert_eq!(parse_size("1.5GiB")?, 3 << 29);
@@ -588,7 +589,7 @@ fn display_absolute(p: &Path) -> Result<String> {
 /// `target` relative to the folder `from`, with Windows separators: `.\name.vhd`,
 /// `..\ref\name.vhd`. `None` when there is no relative path (different roots) or a component
 /// is not Unicode or holds a `\`.
-pub fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
+pub(crate) fn relative_windows_path(from: &Path, target: &Path) -> Option<String> {
     crate::winpath::relative_windows_path(from, target).ok()
 }
 

@@ -185,6 +185,7 @@ pub enum FormatInfo {
 /// Everything `vhdkit info` shows about one file.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct DiskInfo {
     /// The file, when opened from a path.
     pub path: Option<PathBuf>,
@@ -216,6 +217,7 @@ pub struct DiskInfo {
 /// The parent part of [`DiskInfo`].
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ParentInfo {
     /// The identity the parent must have.
     pub id: Uuid,
@@ -368,7 +370,7 @@ pub fn detect(src: &dyn Source) -> Result<DiskFormat> {
 
 /// The format a file name claims by its extension (`.vhd`, `.avhd`: VHD; `.vhdx`, `.avhdx`:
 /// VHDX; any case), or `None` for a name that claims nothing.
-pub fn claimed_format(path: impl AsRef<Path>) -> Option<DiskFormat> {
+pub(crate) fn claimed_format(path: impl AsRef<Path>) -> Option<DiskFormat> {
     let path = path.as_ref();
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     match ext.as_str() {

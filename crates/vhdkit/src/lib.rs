@@ -17,9 +17,9 @@
 //!   [`WritableDisk`] is `Read + Write + Seek` over one disk, its parents read-only;
 //!   [`convert`] copies a view into a raw image, a VHD or a VHDX.
 //! - **Plan, then apply**: a change to a disk's own metadata is first a *plan* that touches
-//!   nothing and shows every field old → new ([`reparent::plan`] gives a [`ReparentPlan`]),
-//!   then is *applied* crash-safely ([`reparent::apply`]): a VHD through a redo journal beside
-//!   the file, a VHDX through its own log. After a crash the file is the old one or the new one.
+//!   nothing and shows every field old → new ([`reparent::plan`] gives a
+//!   [`reparent::ReparentPlan`]), then is *applied* crash-safely ([`reparent::apply`]): a VHD
+//!   through a redo journal beside the file, a VHDX through its own log. After a crash the file is the old one or the new one.
 //!   [`share`] (one shared parent for many children) and [`repair`] work the same way.
 //! - **Check**: [`check::check_file`] reports every broken rule of a file (and, if asked, of
 //!   its chain) as [`check::Finding`]s with a stable code, the structure and the offset; it
@@ -30,7 +30,8 @@
 //! ```
 //! use std::io::{Read, Seek, SeekFrom, Write};
 //! use vhdkit::check::{check_file, CheckOptions};
-//! use vhdkit::{create, reparent, Chain, ChainOptions, CreateParams, ReparentOptions, WritableDisk};
+//! use vhdkit::reparent::{self, ReparentOptions};
+//! use vhdkit::{create, Chain, ChainOptions, CreateParams, WritableDisk};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -104,64 +105,103 @@
 //!
 //! # Features
 //!
-//! - `serde`: `Serialize` for the reports ([`DiskInfo`], [`ChainReport`], [`ReparentPlan`],
-//!   [`check::FileReport`], ...), as the `vhdkit` command prints them with `--json`.
+//! - `serde`: `Serialize` for the reports ([`DiskInfo`], [`ChainReport`],
+//!   [`reparent::ReparentPlan`], [`check::FileReport`], ...), as the `vhdkit` command prints them
+//!   with `--json`.
+//! - `test-support`: the repository's test machinery (fault injection, in-memory journals, image
+//!   internals), public but hidden and unstable; for vhdkit's own tests and fuzz targets only.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub(crate) mod bitmap;
-pub mod chain;
+pub(crate) mod chain;
 pub mod check;
 pub mod convert;
-pub mod create;
+pub(crate) mod create;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod disk;
-pub mod error;
-pub mod fsx;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod disk;
+pub(crate) mod error;
+pub(crate) mod fsx;
+// The modules below are public, hidden and unstable with the `test-support` feature only: the
+// repository's integration tests, fuzz targets and testkit build images and inject faults
+// through them. They are no part of the API.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod guid;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod guid;
 #[cfg(test)]
 mod layout_lint;
-pub mod limits;
-pub mod lock;
-pub mod newdisk;
+pub(crate) mod limits;
+pub(crate) mod lock;
+pub(crate) mod newdisk;
 #[cfg(test)]
 pub(crate) mod parse_count;
-pub mod readset;
+pub(crate) mod readset;
 pub mod repair;
 pub mod reparent;
 pub(crate) mod sectors;
 pub mod share;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod sidefile;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod sidefile;
 pub(crate) mod simulate;
 // Until the readers switch to them (next commits), nothing outside their tests calls these.
 #[allow(dead_code)]
 pub(crate) mod disjoint;
-pub mod source;
+pub(crate) mod source;
 #[allow(dead_code)]
 pub(crate) mod table;
-pub mod tree;
+pub(crate) mod tree;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod txn;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod txn;
 pub(crate) mod util;
 pub mod vhd;
 pub mod vhdx;
-pub mod view;
+pub(crate) mod view;
 pub(crate) mod winpath;
-pub mod write;
+pub(crate) mod write;
 
-pub use chain::{Chain, ChainOptions, ChainReport, PathMap};
-pub use create::{create, CreateParams, Created};
+pub use chain::{
+    Attempt, AttemptOutcome, Chain, ChainOptions, ChainReport, IdMatch, Link, LocatorKind,
+    ParentResolution, PathMap, Via,
+};
+pub use create::{create, create_into, CreateParams, Created};
 pub use disk::{
-    claimed_format, detect, Disk, DiskFormat, DiskInfo, DiskType, Extent, OpenOptions,
+    Disk, DiskFormat, DiskInfo, DiskType, Extent, FormatInfo, OpenOptions, ParentInfo,
     ParentLinkage, ParentLocator, PathStyle,
 };
-pub use error::{ChainBroken, Error, ErrorKind, Result};
+pub use error::{ChainBroken, Error, ErrorKind, Location, Result};
 pub use limits::Limits;
-pub use reparent::{LocatorMode, ReparentOptions, ReparentPlan};
 pub use source::{SeekSource, Source};
 pub use view::{Allocation, ChainView};
-pub use write::{WritableDisk, WritableImage};
+pub use write::WritableDisk;
 
 // Generic outputs and progress (issue 19, point 3).
-pub mod progress;
+pub(crate) mod progress;
 pub use newdisk::OutputSink;
-pub use progress::{NoProgress, Progress};
+pub use progress::Progress;
+
+// What only the `vhdkit` command needs (its size syntax, the format check before a raw
+// conversion, the dry run's lock prediction): public for it, hidden, not part of the API.
+#[doc(hidden)]
+pub use create::parse_size;
+
+/// Detect the format of the file at `path` by its signature, opening it as a disk is opened
+/// (read-only, never blocking, regular files only): [`Error::NotADisk`] when it is neither a
+/// VHD nor a VHDX.
+#[doc(hidden)]
+pub fn detect_file(path: impl AsRef<std::path::Path>) -> Result<DiskFormat> {
+    let path = path.as_ref();
+    let f = fsx::open_disk(path).map_err(|e| Error::io("opening the source", e).with_path(path))?;
+    disk::detect(&f).map_err(|e| e.with_path(path))
+}

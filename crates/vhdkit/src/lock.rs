@@ -17,7 +17,7 @@
 
 use std::fs::{File, TryLockError};
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
@@ -43,15 +43,9 @@ impl Drop for Held {
 #[derive(Debug, Clone)]
 pub struct FileLock {
     held: Arc<Held>,
-    path: PathBuf,
 }
 
 impl FileLock {
-    /// The locked file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The locked descriptor, open for reading and writing: re-validate and write through it,
     /// so the bytes checked and the bytes written are those of the file that is locked (a name
     /// swapped for another file in between cannot receive the change).
@@ -128,10 +122,7 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
         .find(|(k, _)| Some(*k) == key)
         .and_then(|(_, w)| w.upgrade())
     {
-        return Ok(FileLock {
-            held: h,
-            path: path.to_path_buf(),
-        });
+        return Ok(FileLock { held: h });
     }
     match file.try_lock() {
         Ok(()) => {
@@ -139,10 +130,7 @@ pub fn lock_for_change(path: &Path) -> Result<FileLock, String> {
             if let Some(k) = key {
                 held.push((k, Arc::downgrade(&h)));
             }
-            Ok(FileLock {
-                held: h,
-                path: path.to_path_buf(),
-            })
+            Ok(FileLock { held: h })
         }
         Err(TryLockError::WouldBlock) => Err(IN_USE.into()),
         Err(TryLockError::Error(e)) => Err(format!("cannot lock it: {e}")),

@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use std::sync::atomic::{AtomicBool, Ordering};
-//! use vhdkit::{NoProgress, Progress};
+//! use vhdkit::{Progress};
 //!
 //! /// Counts bytes, and stops once `stop` is set (from another thread, a signal handler...).
 //! struct Counter<'a> {
@@ -36,7 +36,7 @@
 //! assert!(!c.cancelled());
 //! stop.store(true, Ordering::Relaxed);
 //! assert!(c.cancelled());
-//! assert!(!NoProgress.cancelled());
+//! assert!(!().cancelled());
 //! ```
 
 use crate::error::{Error, Result};
@@ -57,11 +57,9 @@ pub trait Progress {
     }
 }
 
-/// Progress that shows nothing and never cancels.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {}
+/// `()` is the progress that shows nothing and never cancels: pass `()` where no progress is
+/// wanted.
+impl Progress for () {}
 
 impl<P: Progress + ?Sized> Progress for &mut P {
     fn start(&mut self, what: &str, total: Option<u64>) {
@@ -115,7 +113,7 @@ mod tests {
             .is_cancelled());
         assert!(!Error::refused("a loop").is_cancelled());
         assert!(!Error::internal("cancelled").is_cancelled());
-        assert!(check(&NoProgress).is_ok());
+        assert!(check(&()).is_ok());
         struct Stop;
         impl Progress for Stop {
             fn cancelled(&self) -> bool {

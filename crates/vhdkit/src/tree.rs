@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum UninspectedKind {
     /// A file that could not be opened to read its signature.
     Unreadable,
@@ -51,6 +52,7 @@ impl UninspectedKind {
 /// A path the walk could not look into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Uninspected {
     /// The path.
     pub path: PathBuf,
@@ -127,6 +129,7 @@ pub struct Select<'a> {
 
 impl Select<'_> {
     /// Every file with a disk signature, nothing else, nothing passed over.
+    #[cfg(test)]
     pub const SIGNATURES: Select<'static> = Select {
         ignore: &|_| false,
         also: &|_| false,

@@ -17,6 +17,7 @@ use crate::chain::PathMap;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "source", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum AbsoluteSource {
     /// Given by the caller (`--windows-path`).
     Given,

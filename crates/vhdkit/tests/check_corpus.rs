@@ -64,7 +64,7 @@ fn run_case(dir: &Path, c: &Case) -> (Vec<&'static str>, String) {
                     &ch.into_view(),
                     &out,
                     &ConvertOptions::default().overwrite(true),
-                    vhdkit::NoProgress,
+                    (),
                 )
             });
             outcome.push(if r.is_ok() {

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use vhdkit::chain::AttemptOutcome;
+use vhdkit::AttemptOutcome;
 
 use vhdkit::check::{check_file, CheckOptions};
 use vhdkit::{Chain, ChainOptions};

@@ -188,7 +188,7 @@ fn vhdx_dead_relative_path_is_dropped() {
     std::fs::write(&child, c.build().bytes).unwrap();
     let sha = chain_sha(&child);
     let dwg_before = match Disk::open(&child).unwrap().info().details {
-        vhdkit::disk::FormatInfo::Vhdx(v) => v.data_write_guid,
+        vhdkit::FormatInfo::Vhdx(v) => v.data_write_guid,
         _ => unreachable!(),
     };
     let c0 = codes(&child);
@@ -213,7 +213,7 @@ fn vhdx_dead_relative_path_is_dropped() {
     let link = d.parent_linkage().unwrap();
     assert_eq!(link.id, dwg);
     assert_eq!(link.alternate_id, Some(Uuid::from_u128(9)));
-    let vhdkit::disk::FormatInfo::Vhdx(v) = d.info().details else {
+    let vhdkit::FormatInfo::Vhdx(v) = d.info().details else {
         unreachable!()
     };
     assert_eq!(v.data_write_guid, dwg_before);

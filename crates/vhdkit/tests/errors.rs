@@ -87,7 +87,7 @@ fn parent_not_found_lists_every_attempt() {
             assert!(
                 attempts
                     .iter()
-                    .all(|a| a.outcome == vhdkit::chain::AttemptOutcome::NotFound),
+                    .all(|a| a.outcome == vhdkit::AttemptOutcome::NotFound),
                 "{e}"
             );
         }
@@ -196,7 +196,7 @@ fn already_exists() {
     let view = Chain::open(&f, &ChainOptions::default())
         .unwrap()
         .into_view();
-    let e = vhdkit::convert::to_vhd(&view, &dst, &opts, vhdkit::NoProgress).unwrap_err();
+    let e = vhdkit::convert::to_vhd(&view, &dst, &opts, ()).unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::AlreadyExists { path } if path == dst),
         "{e}"

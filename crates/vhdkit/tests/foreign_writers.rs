@@ -8,11 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use vhdkit::chain::{LocatorKind, Via};
 use vhdkit::check::{check_file, CheckOptions, Severity};
 use vhdkit::reparent::{self, ReparentOptions};
 use vhdkit::vhd::name_style::NameStyle;
 use vhdkit::{Chain, ChainOptions, Disk};
+use vhdkit::{LocatorKind, Via};
 use vhdkit_testkit::foreign::{self, Writer};
 use vhdkit_testkit::vhd::VhdBuilder;
 
@@ -217,7 +217,7 @@ fn relative_only_writes_a_relative_name_vhd_lib_can_follow() {
     std::fs::copy(&lab.parent, &np).unwrap();
     let o = ReparentOptions {
         new_parent: np.clone(),
-        mode: vhdkit::LocatorMode::RelativeOnly,
+        mode: vhdkit::reparent::LocatorMode::RelativeOnly,
         ..ReparentOptions::default()
     };
     let plan = reparent::plan(&lab.child, &o).unwrap();

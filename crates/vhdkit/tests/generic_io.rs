@@ -12,10 +12,10 @@ use uuid::Uuid;
 use vhdkit::convert::{
     to_raw, to_raw_into, to_vhd, to_vhd_into, to_vhdx, to_vhdx_into, ConvertOptions,
 };
-use vhdkit::create::create_into;
+use vhdkit::create_into;
 use vhdkit::{
-    create, Chain, ChainOptions, ChainView, CreateParams, Disk, DiskFormat, NoProgress,
-    OpenOptions, Progress, WritableDisk,
+    create, Chain, ChainOptions, ChainView, CreateParams, Disk, DiskFormat, OpenOptions, Progress,
+    WritableDisk,
 };
 
 const MIB: u64 = 1 << 20;
@@ -151,9 +151,9 @@ fn raw_into_a_cursor_is_the_raw_file() {
     let t = tempfile::tempdir().unwrap();
     let view = source(t.path());
     let path = t.path().join("out.img");
-    let on_disk = to_raw(&view, &path, &ConvertOptions::default(), NoProgress).unwrap();
+    let on_disk = to_raw(&view, &path, &ConvertOptions::default(), ()).unwrap();
     let mut mem = Cursor::new(Vec::new());
-    let in_mem = to_raw_into(&view, &mut mem, NoProgress).unwrap();
+    let in_mem = to_raw_into(&view, &mut mem, ()).unwrap();
     assert_eq!(in_mem, on_disk);
     let file = std::fs::read(&path).unwrap();
     assert_eq!(file, mem.into_inner());
@@ -174,12 +174,9 @@ fn vhd_and_vhdx_into_a_cursor_match_the_files() {
             .block_size(Some(2 << 20));
         // VHD: only the unique id, time stamp and checksum of the two footers differ.
         let path = t.path().join(format!("out-{fixed}.vhd"));
-        let on_disk = to_vhd(&view, &path, &opts, NoProgress).unwrap();
+        let on_disk = to_vhd(&view, &path, &opts, ()).unwrap();
         let mut mem = Cursor::new(Vec::new());
-        assert_eq!(
-            to_vhd_into(&view, &mut mem, &opts, NoProgress).unwrap(),
-            on_disk
-        );
+        assert_eq!(to_vhd_into(&view, &mut mem, &opts, ()).unwrap(), on_disk);
         let file = std::fs::read(&path).unwrap();
         let len = file.len();
         let diffs = differences(&file, mem.get_ref());
@@ -189,12 +186,9 @@ fn vhd_and_vhdx_into_a_cursor_match_the_files() {
         // VHDX: ids (headers, metadata) and the log entries that carry them differ; the BAT
         // at 3 MiB and the data after it do not.
         let path = t.path().join(format!("out-{fixed}.vhdx"));
-        let on_disk = to_vhdx(&view, &path, &opts, NoProgress).unwrap();
+        let on_disk = to_vhdx(&view, &path, &opts, ()).unwrap();
         let mut mem = Cursor::new(Vec::new());
-        assert_eq!(
-            to_vhdx_into(&view, &mut mem, &opts, NoProgress).unwrap(),
-            on_disk
-        );
+        assert_eq!(to_vhdx_into(&view, &mut mem, &opts, ()).unwrap(), on_disk);
         let file = std::fs::read(&path).unwrap();
         let diffs = differences(&file, mem.get_ref());
         assert!(diffs.iter().all(|d| d.end <= 3 << 20), "{diffs:?}");

@@ -90,7 +90,7 @@ fn opts(np: &Path) -> ReparentOptions {
 
 fn slots(p: &Path) -> Vec<LocatorSlot> {
     match Disk::open(p).unwrap().info().details {
-        vhdkit::disk::FormatInfo::Vhd(v) => v.dynamic.unwrap().locators,
+        vhdkit::FormatInfo::Vhd(v) => v.dynamic.unwrap().locators,
         _ => panic!("not vhd"),
     }
 }
@@ -148,9 +148,7 @@ fn round_trip_to_a_copy_elsewhere() {
     let link = chain.report().links[0].parent.clone().unwrap();
     assert_eq!(
         link.via,
-        Some(vhdkit::chain::Via::Locator(
-            vhdkit::chain::LocatorKind::W2ru
-        ))
+        Some(vhdkit::Via::Locator(vhdkit::LocatorKind::W2ru))
     );
     assert_eq!(
         std::fs::canonicalize(link.path.unwrap()).unwrap(),
@@ -189,7 +187,7 @@ fn round_trip_to_a_copy_elsewhere() {
 fn old_slot_data(bytes: &[u8], codes: &[&str]) -> Vec<(usize, usize)> {
     let d = Disk::from_source(Box::new(bytes.to_vec()), &OpenOptions::default()).unwrap();
     match d.info().details {
-        vhdkit::disk::FormatInfo::Vhd(v) => v
+        vhdkit::FormatInfo::Vhd(v) => v
             .dynamic
             .unwrap()
             .locators
@@ -205,7 +203,7 @@ fn old_slot_data(bytes: &[u8], codes: &[&str]) -> Vec<(usize, usize)> {
 fn old_slot_areas(bytes: &[u8]) -> Vec<Range<usize>> {
     let d = Disk::from_source(Box::new(bytes.to_vec()), &OpenOptions::default()).unwrap();
     match d.info().details {
-        vhdkit::disk::FormatInfo::Vhd(v) => v
+        vhdkit::FormatInfo::Vhd(v) => v
             .dynamic
             .unwrap()
             .locators

@@ -10,11 +10,11 @@ use std::ops::Range;
 use std::path::Path;
 
 use uuid::Uuid;
-use vhdkit::disk::FormatInfo;
 use vhdkit::repair::{self, LogOutcome, RepairOptions};
 use vhdkit::reparent::{self, AbsoluteSource, IdentityCheck, LocatorMode, ReparentOptions};
 use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::vhdx::VhdxInfo;
+use vhdkit::FormatInfo;
 use vhdkit::{Chain, ChainOptions, ChainView, Disk, Error, OpenOptions};
 use vhdkit_testkit::lab::Lab;
 use vhdkit_testkit::snapshot::Snapshot;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use vhdkit::share::{apply_relink, apply_share, plan_relink, plan_share, ShareOptions};
-use vhdkit::{create, Chain, ChainOptions, CreateParams, NoProgress, Progress};
+use vhdkit::{create, Chain, ChainOptions, CreateParams, Progress};
 
 /// Cancels once `after` children of the apply phase (`"repoint"` or `"relink"`) were started.
 struct CancelAfter {
@@ -83,7 +83,7 @@ fn a_cancelled_share_stops_between_children_and_a_rerun_finishes() {
     let children = lab(t.path());
     let shared = t.path().join("shared");
     let opts = ShareOptions::default();
-    let plan = plan_share(t.path(), &shared, &opts, NoProgress).unwrap();
+    let plan = plan_share(t.path(), &shared, &opts, ()).unwrap();
     assert_eq!(plan.groups.len(), 1);
 
     let e = apply_share(&plan, &opts, CancelAfter::new(2)).unwrap_err();
@@ -94,11 +94,11 @@ fn a_cancelled_share_stops_between_children_and_a_rerun_finishes() {
     let now = parents(&children);
     assert_eq!(now.iter().filter(|p| **p == keeper).count(), 2, "{now:?}");
 
-    let plan = plan_share(t.path(), &shared, &opts, NoProgress).unwrap();
-    let done = apply_share(&plan, &opts, NoProgress).unwrap();
+    let plan = plan_share(t.path(), &shared, &opts, ()).unwrap();
+    let done = apply_share(&plan, &opts, ()).unwrap();
     assert_eq!(done.children_repointed, 4);
     assert!(parents(&children).iter().all(|p| *p == keeper));
-    let plan = plan_share(t.path(), &shared, &opts, NoProgress).unwrap();
+    let plan = plan_share(t.path(), &shared, &opts, ()).unwrap();
     assert!(plan.nothing_to_do, "{plan:?}");
 }
 
@@ -141,7 +141,7 @@ fn a_cancelled_relink_stops_between_children_and_a_rerun_finishes() {
     assert!(Chain::open(&children[0], &ChainOptions::default()).is_err());
 
     let opts = ShareOptions::default();
-    let plan = plan_relink(&moved, &[] as &[PathBuf], &opts, NoProgress).unwrap();
+    let plan = plan_relink(&moved, &[] as &[PathBuf], &opts, ()).unwrap();
     assert_eq!(plan.items.len(), 6, "{plan:?}");
     let e = apply_relink(&plan, &opts, CancelAfter::new(3)).unwrap_err();
     assert!(e.is_cancelled(), "{e}");
@@ -151,8 +151,8 @@ fn a_cancelled_relink_stops_between_children_and_a_rerun_finishes() {
         .count();
     assert_eq!(opened, 3);
 
-    let plan = plan_relink(&moved, &[] as &[PathBuf], &opts, NoProgress).unwrap();
-    let done = apply_relink(&plan, &opts, NoProgress).unwrap();
+    let plan = plan_relink(&moved, &[] as &[PathBuf], &opts, ()).unwrap();
+    let done = apply_relink(&plan, &opts, ()).unwrap();
     assert_eq!(done.relinked, 3);
     parents(&children);
 }

@@ -7,7 +7,7 @@ mod real {
     use std::io::{Read, Seek, SeekFrom};
     use std::path::{Path, PathBuf};
 
-    use vhdkit::disk::FormatInfo;
+    use vhdkit::FormatInfo;
     use vhdkit::{Disk, DiskType, Extent, PathStyle};
     use vhdkit_testkit::{real_data_dir, sha256_reader, unpack_real};
 
@@ -349,8 +349,8 @@ mod real {
 mod built {
     use std::io::Read;
 
-    use vhdkit::disk::FormatInfo;
     use vhdkit::vhd::footer::FooterCopies;
+    use vhdkit::FormatInfo;
     use vhdkit::{
         Chain, ChainOptions, ChainView, Disk, DiskType, Error, Extent, Limits, OpenOptions,
         PathStyle,

@@ -74,7 +74,7 @@ fn real_dirty_log_replayed_in_memory() {
             .any(|w| w.contains("log replayed in memory (1 entries, seq 7..7)")),
         "{w:?}"
     );
-    let vhdkit::disk::FormatInfo::Vhdx(info) = disk.info().details else {
+    let vhdkit::FormatInfo::Vhdx(info) = disk.info().details else {
         panic!("not vhdx")
     };
     assert_eq!(info.log.state, vhdkit::vhdx::LogState::ReplayedInMemory);
@@ -565,7 +565,7 @@ fn real_differencing_with_synthetic_parent() {
     };
     let child = Disk::open(&p).unwrap();
     let info = child.info();
-    let vhdkit::disk::FormatInfo::Vhdx(x) = &info.details else {
+    let vhdkit::FormatInfo::Vhdx(x) = &info.details else {
         panic!("not vhdx")
     };
     assert_eq!(child.disk_type(), DiskType::Differencing);

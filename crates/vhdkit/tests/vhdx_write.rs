@@ -22,7 +22,7 @@ const MIB: u64 = 1 << 20;
 
 fn vhdx_info(p: &Path) -> vhdkit::vhdx::VhdxInfo {
     match Disk::open(p).unwrap().info().details {
-        vhdkit::disk::FormatInfo::Vhdx(v) => v,
+        vhdkit::FormatInfo::Vhdx(v) => v,
         _ => panic!("not a vhdx"),
     }
 }
@@ -395,7 +395,7 @@ fn convert_raw_to_vhdx_and_back() {
         let out = d.path().join(format!("out-{fixed}.vhdx"));
         let src = vhdkit::convert::RawSource::open(&raw).unwrap();
         let opts = vhdkit::convert::ConvertOptions::default().fixed(fixed);
-        vhdkit::convert::to_vhdx(&src, &out, &opts, vhdkit::NoProgress).unwrap();
+        vhdkit::convert::to_vhdx(&src, &out, &opts, ()).unwrap();
         assert!(read_chain(&out) == padded, "fixed={fixed}");
         if let Some(q) = qemu_raw("vhdx", &out, d.path()) {
             assert_eq!(sha256(&q), sha256(&padded), "qemu fixed={fixed}");
@@ -412,7 +412,7 @@ fn convert_raw_to_vhdx_and_back() {
         } else {
             assert_eq!(disk.disk_type(), DiskType::Fixed);
         }
-        let e = vhdkit::convert::to_vhdx(&src, &out, &opts, vhdkit::NoProgress).unwrap_err();
+        let e = vhdkit::convert::to_vhdx(&src, &out, &opts, ()).unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
     }
 }

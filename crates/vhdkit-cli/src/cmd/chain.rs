@@ -40,7 +40,7 @@ pub fn run(a: &ChainArgs) -> Result<Outcome, CliError> {
                 match (&p.path, &p.via) {
                     (Some(path), Some(via)) => {
                         let which = match p.id_match {
-                            Some(vhdkit::chain::IdMatch::Alternate) => "alternate linkage",
+                            Some(vhdkit::IdMatch::Alternate) => "alternate linkage",
                             _ => "linkage",
                         };
                         let _ = writeln!(

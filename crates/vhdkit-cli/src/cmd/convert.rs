@@ -81,14 +81,22 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
 /// claims nothing: a `.vhd` without a footer is a truncated download, not a raw disk, and reading
 /// it as raw would hand the user garbage with exit 0. The guess is said on stderr (as qemu-img
 /// does), so a script that meant a disk sees it.
+/// True when the file name claims a disk format by its extension (`.vhd`, `.avhd`, `.vhdx`,
+/// `.avhdx`, any case).
+fn claims_a_disk(p: &std::path::Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["vhd", "avhd", "vhdx", "avhdx"]
+            .iter()
+            .any(|c| e.eq_ignore_ascii_case(c))
+    })
+}
+
 fn guess_raw(p: &std::path::Path) -> Result<bool, CliError> {
-    let f = vhdkit::fsx::open_disk(p)
-        .map_err(|e| vhdkit::Error::io("opening the source", e).with_path(p))?;
-    match vhdkit::detect(&f) {
+    match vhdkit::detect_file(p) {
         Ok(_) => Ok(false),
         Err(e @ vhdkit::Error::NotADisk { .. }) => {
-            if vhdkit::claimed_format(p).is_some() {
-                return Err(e.with_path(p).into());
+            if claims_a_disk(p) {
+                return Err(e.into());
             }
             eprintln!(
                 "vhdkit: note: {}: not a VHD/VHDX file, reading it as a raw image \
@@ -97,6 +105,6 @@ fn guess_raw(p: &std::path::Path) -> Result<bool, CliError> {
             );
             Ok(true)
         }
-        Err(e) => Err(e.with_path(p).into()),
+        Err(e) => Err(e.into()),
     }
 }

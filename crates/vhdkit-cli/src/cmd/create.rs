@@ -1,7 +1,7 @@
 //! `vhdkit create OUT [--size SIZE] [--fixed] [--parent PARENT] [--block-size N]
 //! [--logical-sector-size 512|4096] [--format F]`.
 
-use vhdkit::create::{self, CreateParams};
+use vhdkit::CreateParams;
 use vhdkit::DiskFormat;
 
 use crate::cli::{CreateArgs, DiskFormatArg};
@@ -27,7 +27,7 @@ pub fn run(a: &CreateArgs) -> Result<Outcome, CliError> {
         DiskFormatArg::Vhd => DiskFormat::Vhd,
         DiskFormatArg::Vhdx => DiskFormat::Vhdx,
     });
-    let c = create::create(&a.out, &p)?;
+    let c = vhdkit::create(&a.out, &p)?;
     if a.json {
         output::print_json(&c)?;
     } else if output::text_wanted() {

@@ -72,7 +72,7 @@ pub fn confined(mut o: vhdkit::ChainOptions, dirs: &[std::path::PathBuf]) -> vhd
 
 /// A size argument (`--size`, `--block-size`).
 pub fn size_arg(s: &str) -> Result<u64, CliError> {
-    Ok(vhdkit::create::parse_size(s)?)
+    Ok(vhdkit::parse_size(s)?)
 }
 
 /// A block size argument: a size that fits 32 bits.

@@ -62,11 +62,3 @@ impl Drop for Bar {
         vhdkit::Progress::finish(self);
     }
 }
-
-/// The test hook: `VHDKIT_TEST_ABORT_AFTER_STEPS=N` aborts the process (as a kill would) after
-/// N changing steps. For crash tests only.
-pub fn abort_hook() -> Option<u64> {
-    std::env::var("VHDKIT_TEST_ABORT_AFTER_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-}

@@ -34,6 +34,7 @@ pub fn run(a: &RepairArgs) -> Result<Outcome, CliError> {
             JournalOutcome::Foreign { reason } => format!(
                 "the journal {j} does not belong to the file as it is now ({reason}); it was NOT applied and was left in place"
             ),
+            other => format!("journal {j}: {other:?}"),
         };
         println!("{}: {line}", a.file.display());
         if let Some(l) = &report.vhdx_log {
@@ -47,6 +48,7 @@ pub fn run(a: &RepairArgs) -> Result<Outcome, CliError> {
                     "dry run: vhdx log is dirty; would replay it to the file ({} entries, sequence {}..{})",
                     r.entries, r.first_sequence, r.last_sequence
                 ),
+                other => format!("vhdx log: {other:?}"),
             };
             println!("{}: {line}", a.file.display());
         }

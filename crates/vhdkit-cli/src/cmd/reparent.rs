@@ -60,11 +60,19 @@ fn dry_run(a: &ReparentArgs, plan: &ReparentPlan) -> Result<(), CliError> {
     // locked child) and, for a VHD, writes its journal beside the child (a closed or sticky
     // folder). The lock is taken and dropped at once; a real run that tries in that instant is
     // refused politely, never harmed.
-    if let Some(reason) = reparent::predict_refusal(plan) {
-        return Err(CliError::Lib(vhdkit::lock::refusal(
-            &a.child,
-            format!("{reason} (dry run: the real run would be refused)"),
-        )));
+    if let Some(e) = reparent::predict_refusal(plan) {
+        let note = |reason: String| format!("{reason} (dry run: the real run would be refused)");
+        return Err(CliError::Lib(match e {
+            vhdkit::Error::Locked { path, reason } => vhdkit::Error::Locked {
+                path,
+                reason: note(reason),
+            },
+            vhdkit::Error::Refused { path, reason } => vhdkit::Error::Refused {
+                path,
+                reason: note(reason),
+            },
+            e => e,
+        }));
     }
     if a.json {
         output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
@@ -124,7 +132,7 @@ fn render_applied(s: &mut String, report: &ApplyReport, chain: Option<&ChainRepo
             report.new_len
         );
     }
-    if let vhdkit::txn::journal::Recovery::RolledForward { writes } = report.recovery {
+    if let vhdkit::reparent::Recovery::RolledForward { writes } = report.recovery {
         let _ = writeln!(
             s,
             "first finished an interrupted earlier change ({writes} ranges)"
@@ -211,6 +219,7 @@ fn verdict(identity: &IdentityCheck) -> String {
             "differs from the recorded {recorded}, but contents equal {} ({bytes_compared} bytes); linkage rewritten",
             old_parent.display()
         ),
+        other => format!("{other:?}"),
     }
 }
 

@@ -4,13 +4,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use vhdkit::share::Uninspected;
 use vhdkit::share::{
     self, GroupPlan, KeeperAction, PathNote, ShareOptions, SharePlan, ShareReport, Skipped,
 };
-use vhdkit::tree::Uninspected;
 
 use crate::cli::ShareArgs;
-use crate::cmd::progress::{abort_hook, Bar};
+use crate::cmd::progress::Bar;
 use crate::output::{self, size, CliError};
 use crate::Outcome;
 
@@ -27,7 +27,6 @@ pub fn run(a: &ShareArgs) -> Result<Outcome, CliError> {
 /// Options of a tree command (`share`, `relink`) run from the command line.
 pub(super) fn tree_options(confine: &[std::path::PathBuf]) -> ShareOptions {
     ShareOptions {
-        abort_after_steps: abort_hook(),
         chain: crate::cmd::confined(vhdkit::ChainOptions::default(), confine),
         ..ShareOptions::default()
     }
@@ -231,6 +230,7 @@ fn render_group(s: &mut String, g: &GroupPlan) {
         KeeperAction::InPlace => "the only file: stays in place",
         KeeperAction::Move => "moved there",
         KeeperAction::Copy => "copied there",
+        _ => "placed there",
     };
     let _ = writeln!(
         s,

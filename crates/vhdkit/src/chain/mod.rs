@@ -123,6 +123,7 @@ impl ChainOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum IdMatch {
     /// The primary linkage (VHD parent unique id, VHDX `parent_linkage`).
     Primary,
@@ -133,6 +134,7 @@ pub enum IdMatch {
 /// One candidate path tried for a parent, and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Attempt {
     /// The local path tried.
     pub path: PathBuf,
@@ -145,6 +147,7 @@ pub struct Attempt {
 /// How a child's parent was resolved.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ParentResolution {
     /// The identity the child requires.
     pub expected_id: Uuid,
@@ -166,6 +169,7 @@ pub struct ParentResolution {
 /// One disk of a chain report.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Link {
     /// The disk's path.
     pub path: PathBuf,
@@ -186,6 +190,7 @@ pub struct Link {
 /// A whole chain, child first, and whether it is intact.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ChainReport {
     /// The disks found, child first.
     pub links: Vec<Link>,

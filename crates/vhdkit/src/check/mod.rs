@@ -1,8 +1,8 @@
 //! `vhdkit check`: validate every structural rule of a VHD or VHDX file, and optionally of its
 //! differencing chain, collecting *all* findings instead of stopping at the first.
 //!
-//! The checkers read the raw on-disk structs of [`crate::vhd::format`] and
-//! [`crate::vhdx::format`] without validating them, then judge each field themselves, so a
+//! The checkers read the raw on-disk structs of `crate::vhd::format` and
+//! `crate::vhdx::format` without validating them, then judge each field themselves, so a
 //! broken structure that makes the reader refuse the file still lets later, independent
 //! structures be checked. Nothing here writes: files are opened read-only and only read with
 //! positional reads. The repairs, and the plans for them, live in [`crate::repair`]; `deadloc`
@@ -25,12 +25,6 @@ mod side;
 pub(crate) mod vhd;
 pub(crate) mod vhdx;
 
-/// The structural repairs, now in [`crate::repair`]; this path is kept for existing users.
-#[deprecated(note = "use `vhdkit::repair::{repair_structures, StructureRepair}`")]
-pub mod repair {
-    pub use crate::repair::{repair_structures, StructureRepair};
-}
-
 use std::path::{Path, PathBuf};
 
 use crate::disk::DiskFormat;
@@ -38,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::source::Source;
 use crate::ChainOptions;
 
-pub use chain::check_chain;
+pub(crate) use chain::check_chain;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,9 +58,10 @@ impl Severity {
     }
 }
 
-/// One problem or fact found by [`check_source`] or [`check_chain`].
+/// One problem or fact found by [`check_source`] or the chain check (`CheckOptions::chain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Finding {
     /// How bad it is.
     pub severity: Severity,
@@ -99,7 +94,7 @@ impl Finding {
 }
 
 /// The severity registered for `code` (error for an unknown code).
-pub fn severity_of(code: &str) -> Severity {
+pub(crate) fn severity_of(code: &str) -> Severity {
     CODES
         .iter()
         .find(|c| c.0 == code)
@@ -241,6 +236,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
 /// Findings for one file.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct FileReport {
     /// The file.
     pub path: PathBuf,
@@ -488,40 +484,28 @@ pub fn check_file(path: impl AsRef<Path>, opts: &CheckOptions) -> Result<FileRep
     })
 }
 
-/// True when `path` starts with a VHD or VHDX signature (used to pick files in folders).
-pub fn is_disk_file(path: impl AsRef<Path>) -> bool {
-    let path = path.as_ref();
-    crate::fsx::open_disk(path)
-        .ok()
-        .is_some_and(|f| crate::disk::detect(&f).is_ok())
-}
-
 /// Expand `paths`: files as given, folders recursively (sorted), keeping only files that carry
 /// a disk signature or a name that claims a disk format. Symbolic links to folders are not
-/// followed (no loops). Paths in the folders that could not be inspected are dropped here;
-/// [`collect_tree`] reports them.
+/// followed (no loops). Besides the files, one report per path in the folders that could not
+/// be inspected (a `tree.*` finding with the reason): a tree is never called clean from a
+/// partial view.
 ///
 /// # Examples
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
-/// use vhdkit::check::collect_files;
+/// use vhdkit::check::collect_tree;
 ///
 /// vhdkit::create(&dir.path().join("a.vhdx"), &vhdkit::CreateParams::dynamic(1 << 20))?;
 /// std::fs::write(dir.path().join("notes.txt"), "not a disk")?;
-/// let files = collect_files(&[dir.path().to_path_buf()])?;
+/// let (files, uninspected) = collect_tree(&[dir.path().to_path_buf()])?;
 /// assert_eq!(files, [dir.path().join("a.vhdx")]);
+/// assert!(uninspected.is_empty());
 /// # Ok(())
 /// # }
 /// ```
-pub fn collect_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>> {
-    Ok(collect_tree(paths)?.0)
-}
-
-/// Like [`collect_files`], plus one report per path in the folders that could not be inspected
-/// (a `tree.*` finding with the reason): a tree is never called clean from a partial view.
-pub fn collect_tree<P: AsRef<Path>>(paths: &[P]) -> Result<(Vec<PathBuf>, Vec<FileReport>)> {
+pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)> {
     let (mut files, mut blind) = (Vec::new(), Vec::new());
     for p in paths.iter().map(AsRef::as_ref) {
         let md = std::fs::metadata(p).map_err(|e| Error::io("reading", e).with_path(p))?;

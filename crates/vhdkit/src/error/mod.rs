@@ -150,7 +150,7 @@ pub enum Error {
         detail: String,
     },
 
-    /// Another process holds the writers' lock on the file (see [`crate::lock`]). Nothing was
+    /// Another process holds the writers' lock on the file (see `crate::lock`). Nothing was
     /// written; the same change may succeed once that process is done.
     #[error("{}refused: {reason}", path_prefix(.path))]
     Locked {

@@ -2,13 +2,13 @@
 //!
 //! In order, it does this:
 //! - finish (roll forward) a change that vhdkit interrupted, recorded in the redo journal beside
-//!   the file (`<file>.vhdkit-journal`, see [`crate::txn::journal`]; VHD), or report a journal
+//!   the file (`<file>.vhdkit-journal`, see `crate::txn::journal`; VHD), or report a journal
 //!   that does not belong to the file (which is never applied);
 //! - VHDX: replay a dirty log to the file (any writer, vhdkit included, that stopped mid-update
 //!   leaves one; read-only opens replay it in memory each time), with a new FileWriteGuid and
 //!   both headers marked clean afterwards.
 //!
-//! Then the certain structural repairs ([`repair_structures`]: footer copies, header and region
+//! Then the certain structural repairs (`repair_structures`: footer copies, header and region
 //! table twins, dead locators); what `check` still finds is listed for a person.
 
 mod deadloc;
@@ -20,7 +20,8 @@ use crate::check::Finding;
 use crate::error::{Error, Result};
 use crate::txn::journal::{self, FileJournal, JournalState, Recovery};
 
-pub use structure::{repair_structures, StructureRepair};
+pub(crate) use structure::repair_structures;
+pub use structure::StructureRepair;
 
 /// Options for [`repair`].
 #[derive(Debug, Clone, Default)]
@@ -52,6 +53,7 @@ impl RepairOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "state", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum JournalOutcome {
     /// No journal: nothing was interrupted.
     None,
@@ -81,6 +83,7 @@ pub enum JournalOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "state", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum LogOutcome {
     /// LogGuid is zero: nothing to replay.
     Clean,
@@ -93,6 +96,7 @@ pub enum LogOutcome {
 /// The result of [`repair`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct RepairReport {
     /// The file.
     pub path: PathBuf,
@@ -105,7 +109,7 @@ pub struct RepairReport {
     /// The VHDX log step (`None` for a VHD file).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub vhdx_log: Option<LogOutcome>,
-    /// Structural repairs done (or, dry run, planned): see [`repair_structures`].
+    /// Structural repairs done (or, dry run, planned): see `repair_structures`.
     pub structures: Vec<StructureRepair>,
     /// Errors and warnings `check` still finds that repair cannot fix with certainty (after
     /// the repairs; on a dry run, before them). Left alone.
@@ -122,7 +126,7 @@ impl RepairReport {
 /// Repair `path` (see the module docs). The file is opened for writing only when there is a
 /// journal to finish or a VHDX log to replay, and this is not a dry run.
 ///
-/// Unless it is a dry run, the whole repair runs under the writers' lock ([`crate::lock`]), so
+/// Unless it is a dry run, the whole repair runs under the writers' lock (`crate::lock`), so
 /// what it finds is what it changes: another holder is a refusal, before anything is read. A
 /// file that cannot be opened for writing (read-only) is still examined: it needs the lock only
 /// if something is to be written, and that write then refuses it.

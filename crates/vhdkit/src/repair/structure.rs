@@ -31,6 +31,7 @@ use crate::vhdx::update::Session;
 /// One structural repair, done or (dry run) planned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct StructureRepair {
     /// Finding code it fixes.
     pub code: &'static str,

@@ -17,9 +17,9 @@ use crate::txn::Sink;
 /// not resolve here (an absolute path only a Windows host resolves, no map) is reported there,
 /// not returned as an error, since the change asked for is made.
 ///
-/// Everything up to the write happens under the child's exclusive lock ([`crate::lock`]):
+/// Everything up to the write happens under the child's exclusive lock (`crate::lock`):
 /// taken first (another writer holding it is a refusal), then every range the plan read is
-/// re-checked from the locked descriptor ([`crate::readset::ReadSet::verify`]), and the change
+/// re-checked from the locked descriptor (`crate::readset::ReadSet::verify`), and the change
 /// is written through it.
 pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
     let mut report = {

@@ -1,6 +1,6 @@
 //! Repoint a differencing disk at another copy of its parent (Hyper-V's `Set-VHD -ParentPath`),
 //! in two steps: [`plan`] validates everything and computes every change, touching nothing;
-//! [`apply`] writes the plan crash-safely through [`crate::txn`] and follows the child's chain
+//! [`apply`] writes the plan crash-safely through `txn` and follows the child's chain
 //! again through the new locators.
 //!
 //! Checks, all before anything is opened for writing (a failure is [`Error::Refused`] and the
@@ -19,7 +19,7 @@
 //! The format-specific part lives in `vhd::reparent` (locators, parent name; written through a
 //! redo journal beside the file) and `vhdx::reparent` (the parent locator metadata item; written
 //! through the file's own log, so no journal is used for VHDX). The plan carries that part as a
-//! [`FormatPlan`], and the caller's [`ChainOptions`] (with its limits) on to [`apply`].
+//! `FormatPlan`, and the caller's [`ChainOptions`] (with its limits) on to [`apply`].
 //!
 //! Layout: `plan.rs` (checks and the format-neutral plan), `apply.rs` (one child), `batch.rs`
 //! (many children, one set of durability barriers), `verify.rs` (`verify_content`); Windows
@@ -34,7 +34,6 @@ use crate::disk::DiskFormat;
 use crate::error::Error;
 use crate::readset::ReadSet;
 use crate::txn;
-use crate::txn::journal::Recovery;
 use crate::vhd::name_style::ParentNameStyle;
 
 mod apply;
@@ -44,10 +43,22 @@ mod plan;
 mod tests;
 mod verify;
 
-pub use crate::winpath::{relative_windows_path, AbsolutePath, AbsoluteSource};
-pub use apply::{apply, apply_to};
-pub use batch::{apply_batch, apply_batch_to, BatchTarget};
+pub use crate::txn::journal::Recovery;
+pub use crate::txn::{FieldChange, Plan, WriteOp};
+pub use crate::vhdx::reparent::Applied as VhdxApplied;
+pub use crate::winpath::AbsolutePath;
+pub use crate::winpath::AbsoluteSource;
+pub use apply::apply;
+#[cfg(not(feature = "test-support"))]
+pub(crate) use batch::apply_batch;
+// Any sink, journal store and barrier (fault injection), and batches: the repository's tests.
 pub use plan::plan;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub use {
+    apply::apply_to,
+    batch::{apply_batch, apply_batch_to, BatchTarget},
+};
 
 /// Which locators to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +99,7 @@ pub struct ReparentOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "verdict", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum IdentityCheck {
     /// It equals the child's primary linkage (VHD parent unique id, VHDX `parent_linkage`).
     Primary,
@@ -117,7 +129,7 @@ pub enum IdentityCheck {
 
 /// The format-specific part of a plan: the writes and what they need at apply time.
 #[derive(Debug, Clone)]
-pub enum FormatPlan {
+pub(crate) enum FormatPlan {
     /// VHD: locator, parent name and linkage writes, applied through a redo journal beside
     /// the file. Its notes and warnings are moved into the [`ReparentPlan`]'s.
     Vhd(crate::vhd::reparent::Planned),
@@ -209,14 +221,14 @@ pub struct ReparentPlan {
     pub warnings: Vec<String>,
     /// The writes, by format.
     #[cfg_attr(feature = "serde", serde(flatten))]
-    pub format_plan: FormatPlan,
+    pub(crate) format_plan: FormatPlan,
     /// Every range of the child the plan read, re-checked under the lock before writing.
     #[cfg_attr(feature = "serde", serde(skip))]
-    pub reads: ReadSet,
+    pub(crate) reads: ReadSet,
     /// Every range of the new parent file its parse read, re-checked under the child's lock
     /// before writing: the new parent is still the planned disk without parsing it again.
     #[cfg_attr(feature = "serde", serde(skip))]
-    pub new_parent_reads: ReadSet,
+    pub(crate) new_parent_reads: ReadSet,
     /// The options the plan was made with: [`apply`] opens the new parent and re-opens the
     /// child's chain with them (and VHDX log replay keeps to their limits).
     #[cfg_attr(feature = "serde", serde(skip))]
@@ -229,7 +241,7 @@ impl ReparentPlan {
         self.format_plan.txn()
     }
 
-    /// Bytes the plan writes to the child (see [`FormatPlan::bytes_written`]).
+    /// Bytes the plan writes to the child.
     pub fn bytes_written(&self) -> u64 {
         self.format_plan.bytes_written()
     }
@@ -238,6 +250,7 @@ impl ReparentPlan {
 /// What [`apply`] did.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ApplyReport {
     /// A pending change found first, and what was done with it.
     pub recovery: Recovery,
@@ -256,7 +269,7 @@ pub struct ApplyReport {
     pub vhdx: Option<crate::vhdx::reparent::Applied>,
     /// The child's chain, followed again through the new locators after the change (intact
     /// or not, see [`ChainReport::intact`]): always there from [`apply`]; `None` from
-    /// [`apply_to`] and the batch functions, which do not follow it.
+    /// `apply_to` and the batch functions, which do not follow it.
     #[cfg_attr(feature = "serde", serde(skip))]
     pub chain: Option<ChainReport>,
 }
@@ -265,14 +278,19 @@ pub struct ApplyReport {
 /// (for dry runs): the child is opened for writing and its exclusive lock taken (then released
 /// at once), and for a VHD the journal's folder is asked by the kernel for write access and the
 /// sticky-folder rule is applied to whatever already sits at the journal's names (another
-/// user's file there cannot be unlinked or replaced). Nothing is written.
-pub fn predict_refusal(plan: &ReparentPlan) -> Option<String> {
-    if let Err(why) = crate::lock::lock_for_change(&plan.child) {
-        return Some(why);
-    }
-    (plan.format == DiskFormat::Vhd)
-        .then(|| crate::share::probe::journal_refusal(&plan.child))
-        .flatten()
+/// user's file there cannot be unlinked or replaced). Nothing is written. The error is the one
+/// apply would return: [`Error::Locked`] when another process holds the lock,
+/// [`Error::Refused`] otherwise.
+#[doc(hidden)] // the `vhdkit` command's dry run; not part of the API yet
+pub fn predict_refusal(plan: &ReparentPlan) -> Option<Error> {
+    let why = crate::lock::lock_for_change(&plan.child)
+        .err()
+        .or_else(|| {
+            (plan.format == DiskFormat::Vhd)
+                .then(|| crate::share::probe::journal_refusal(&plan.child))
+                .flatten()
+        })?;
+    Some(crate::lock::refusal(&plan.child, why))
 }
 
 fn refused(child: &Path, reason: impl Into<String>) -> Error {

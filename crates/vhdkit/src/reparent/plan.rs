@@ -27,7 +27,8 @@ use crate::winpath::{self, canonical, AbsolutePath, AbsoluteSource};
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
-/// use vhdkit::{create, reparent, CreateParams, LocatorMode, ReparentOptions};
+/// use vhdkit::reparent::{self, LocatorMode, ReparentOptions};
+/// use vhdkit::{create, CreateParams};
 ///
 /// let base = dir.path().join("base.vhdx");
 /// let child = dir.path().join("child.avhdx");

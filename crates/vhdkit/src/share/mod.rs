@@ -5,7 +5,7 @@
 //! A scan finds every disk under DIR (and SHARED) by signature and resolves every parent. Disks
 //! that are parents are grouped by identity (format, VHD unique id / VHDX DataWriteGuid, virtual
 //! size). Members of a group are proved interchangeable by a streamed SHA-256 of their *virtual
-//! contents*, each read through its own chain ([`digest::content_digest`]). The files' bytes
+//! contents*, each read through its own chain (`digest::content_digest`). The files' bytes
 //! themselves are not compared: two files with the same identity and the same virtual contents
 //! are interchangeable as parents even when their layout or locators differ (this is what
 //! `reparent --verify-content` means). Members whose contents differ from the kept class are
@@ -23,8 +23,8 @@
 //! must be rewritten for their new folder), it is copied to a temporary name, fixed, flushed and
 //! renamed into place; the source then counts as a copy. Then every child of every member is
 //! repointed at the keeper through [`crate::reparent`] (relative locators by default) under an
-//! exclusive advisory lock ([`lock`]), and re-verified: its chain opens intact through the
-//! keeper, and its own layer ([`digest::layer_digest`]: block map and stored data) is unchanged,
+//! exclusive advisory lock (`lock`), and re-verified: its chain opens intact through the
+//! keeper, and its own layer (`digest::layer_digest`: block map and stored data) is unchanged,
 //! which with the keeper's proven contents means its virtual contents are unchanged. Only with
 //! `delete_copies`, and only when every child of the group was repointed and verified, are the
 //! other copies (and symlinks to members) deleted. Groups are handled level by level: parents'
@@ -48,17 +48,17 @@
 //! first, so each new parent's own chain is already intact.
 
 mod apply;
-pub mod digest;
+pub(crate) mod digest;
 mod groups;
 /// The writers' lock (moved to [`crate::lock`]; kept here for callers of `share::lock`).
-pub use crate::lock;
+pub(crate) use crate::lock;
 mod plan;
-pub mod probe;
+pub(crate) mod probe;
 mod reason;
 mod relink;
 mod removal;
 mod repoint;
-pub mod scan;
+pub(crate) mod scan;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -70,13 +70,14 @@ use crate::disk::DiskFormat;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::reparent::LocatorMode;
-use crate::tree::Uninspected;
 
+pub use crate::tree::{Uninspected, UninspectedKind};
 pub use apply::apply_share;
 pub use plan::plan_share;
 pub use reason::NoteReason;
 pub use relink::{apply_relink, plan_relink, RelinkItem, RelinkPlan, RelinkReport};
-pub use scan::{scan, FileKey, ParentRef, Scan, ScanLimits, ScannedDisk, Skipped, Symlink};
+pub(crate) use scan::{scan, FileKey, Scan};
+pub use scan::{ScanLimits, Skipped, Symlink};
 
 /// Options for share and relink.
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ pub struct ShareOptions {
     /// Locators written into repointed children (default: relative only, so the tree can move).
     pub mode: LocatorMode,
     /// Test hook: abort the process (as a kill would) after this many changing steps.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
     pub abort_after_steps: Option<u64>,
 }
 
@@ -100,6 +103,7 @@ impl Default for ShareOptions {
             limits: ScanLimits::default(),
             delete_copies: false,
             mode: LocatorMode::RelativeOnly,
+            #[cfg(feature = "test-support")]
             abort_after_steps: None,
         }
     }
@@ -109,6 +113,7 @@ impl Default for ShareOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum KeeperAction {
     /// It is already in SHARED.
     AlreadyShared,
@@ -123,6 +128,7 @@ pub enum KeeperAction {
 /// A copy of a group's parent that is not kept.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct CopyPlan {
     /// The file.
     pub path: PathBuf,
@@ -145,6 +151,7 @@ pub struct CopyPlan {
 /// One child to repoint.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ChildPlan {
     /// The child file.
     pub path: PathBuf,
@@ -163,6 +170,7 @@ pub struct ChildPlan {
 /// One group of interchangeable parents and what is done with it.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct GroupPlan {
     /// Format.
     pub format: DiskFormat,
@@ -205,6 +213,7 @@ pub struct GroupPlan {
 /// Files with the same identity but different virtual contents: left alone.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Conflict {
     /// The identity.
     pub id: Uuid,
@@ -242,6 +251,7 @@ impl PathNote {
 /// Everything `share` will do. Building it writes nothing.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct SharePlan {
     /// The tree (canonical).
     pub dir: PathBuf,
@@ -301,6 +311,7 @@ impl SharePlan {
 /// What [`apply_share`] did.
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ShareReport {
     /// Groups completed (every child repointed).
     pub groups_done: usize,
@@ -342,6 +353,23 @@ impl ShareReport {
 }
 
 /// Counts changing steps; aborts the process after the configured number (test hook).
+// The crash tests of the `vhdkit` command set `VHDKIT_TEST_ABORT_AFTER_STEPS=N` (the binary
+// their build makes has this feature); nothing else reads it.
+#[cfg(feature = "test-support")]
+fn abort_after_steps(opts: &ShareOptions) -> Option<u64> {
+    opts.abort_after_steps.or_else(|| {
+        std::env::var("VHDKIT_TEST_ABORT_AFTER_STEPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+// Without the test machinery no build can abort itself.
+#[cfg(not(feature = "test-support"))]
+fn abort_after_steps(_: &ShareOptions) -> Option<u64> {
+    None
+}
+
 struct Steps {
     n: u64,
     abort_after: Option<u64>,
@@ -351,7 +379,7 @@ impl Steps {
     fn new(opts: &ShareOptions) -> Self {
         Steps {
             n: 0,
-            abort_after: opts.abort_after_steps,
+            abort_after: abort_after_steps(opts),
         }
     }
 

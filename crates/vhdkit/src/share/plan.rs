@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// use vhdkit::share::{apply_share, plan_share, ShareOptions};
-/// use vhdkit::{create, CreateParams, NoProgress};
+/// use vhdkit::{create, CreateParams};
 ///
 /// // Two VM folders, each with its own copy of the same parent and a child over it.
 /// let base = dir.path().join("vm1").join("base.vhdx");
@@ -43,9 +43,9 @@ use crate::error::{Error, Result};
 ///
 /// let opts = ShareOptions::default();
 /// let shared = dir.path().join("shared");
-/// let plan = plan_share(dir.path(), &shared, &opts, NoProgress)?;
+/// let plan = plan_share(dir.path(), &shared, &opts, ())?;
 /// assert_eq!(plan.groups.len(), 1);
-/// let done = apply_share(&plan, &opts, NoProgress)?;
+/// let done = apply_share(&plan, &opts, ())?;
 /// assert_eq!(done.children_repointed, 2);
 /// # Ok(())
 /// # }

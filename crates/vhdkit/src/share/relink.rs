@@ -19,6 +19,7 @@ use crate::tree::Uninspected;
 /// One child `relink` repoints.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct RelinkItem {
     /// The child.
     pub child: PathBuf,
@@ -43,6 +44,7 @@ pub struct RelinkItem {
 /// Everything `relink` will do.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct RelinkPlan {
     /// The tree.
     pub dir: PathBuf,
@@ -81,6 +83,7 @@ impl RelinkPlan {
 /// What [`apply_relink`] did.
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct RelinkReport {
     /// Children repointed and verified.
     pub relinked: usize,

@@ -143,8 +143,6 @@ pub struct ScannedDisk {
     pub file_size: u64,
     /// Bytes allocated to it on disk (what `du` counts; holes are free).
     pub allocated: u64,
-    /// True when its permissions make it read-only.
-    pub read_only: bool,
     /// True when a vhdkit journal lies beside it (an interrupted change).
     pub pending_journal: bool,
     /// True when the disk lies outside the scanned folders (a parent found elsewhere).
@@ -384,7 +382,6 @@ fn open_one(
         id: disk.identity(),
         file_size: meta.len(),
         allocated: allocated(meta),
-        read_only: meta.permissions().readonly(),
         pending_journal: crate::fsx::entry_exists(&crate::sidefile::journal(path)),
         outside,
         parent,

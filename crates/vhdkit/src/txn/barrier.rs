@@ -77,6 +77,7 @@ impl FsBarrier {
     }
 
     /// How many `syncfs` calls one barrier makes (Linux), or files and folders it syncs.
+    #[cfg(test)]
     pub fn width(&self) -> usize {
         #[cfg(target_os = "linux")]
         {

@@ -31,6 +31,7 @@
 //! writing into it). No other module writes to a disk file.
 
 pub mod barrier;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fault;
 pub mod journal;
 
@@ -129,6 +130,7 @@ impl serde::Serialize for WriteOp {
 /// it (for the machine). Building a plan reads the file; only applying it writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Plan {
     /// Field-level description.
     pub changes: Vec<FieldChange>,

@@ -21,6 +21,7 @@ use crate::source::{read_struct, Source};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum FooterCopies {
     /// Fixed disk: only the end copy exists.
     SingleFixed,

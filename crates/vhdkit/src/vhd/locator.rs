@@ -11,18 +11,6 @@ use crate::source::Source;
 
 use super::format::{self, ParentLocatorEntry};
 
-/// Structure names for error messages, by slot.
-pub const SLOT_NAMES: [&str; 8] = [
-    "vhd parent locator 0",
-    "vhd parent locator 1",
-    "vhd parent locator 2",
-    "vhd parent locator 3",
-    "vhd parent locator 4",
-    "vhd parent locator 5",
-    "vhd parent locator 6",
-    "vhd parent locator 7",
-];
-
 /// One non-empty locator slot, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

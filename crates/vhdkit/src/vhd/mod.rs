@@ -1,10 +1,10 @@
 //! VHD (version 1, "conectix") files, read-only.
 //!
-//! Opening runs, in order: footer ([`footer`]: end copy, 511-byte fallback, front copy), then
-//! for dynamic and differencing disks the dynamic header ([`dynamic`]) and the block allocation
-//! table ([`bat`]) -- the parse the writer ([`mod@write`]) shares -- and last the parent locators
-//! ([`locator`]). Reads map virtual ranges to file ranges; differencing disks consult the sector
-//! bitmap ([`bitmap`]) of allocated blocks.
+//! Opening runs, in order: footer (`footer`: end copy, 511-byte fallback, front copy), then
+//! for dynamic and differencing disks the dynamic header (`dynamic`) and the block allocation
+//! table (`bat`) -- the parse the writer (`write`) shares -- and last the parent locators
+//! (`locator`). Reads map virtual ranges to file ranges; differencing disks consult the sector
+//! bitmap (`bitmap`) of allocated blocks.
 //!
 //! **Virtual size.** vhdkit uses the footer's *current size* for every creator, including
 //! Virtual PC (`vpc `), and also reports the CHS product (`chs_size`). Reasons: the spec defines
@@ -18,18 +18,46 @@
 //! zeros on disk per the spec, and qemu sets the bitmap to all ones). Differencing disks honour
 //! it bit by bit.
 
-pub mod bat;
-pub mod bitmap;
+pub(crate) mod bat;
+pub(crate) mod bitmap;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod create;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod create;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod dynamic;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod dynamic;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod footer;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod footer;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod format;
-pub mod link;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod format;
+pub(crate) mod link;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod locator;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod locator;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod name_style;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod name_style;
 mod open;
-pub mod reparent;
+pub(crate) mod reparent;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod write;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod write;
 
 use std::sync::Mutex;
 
@@ -44,9 +72,10 @@ use crate::guid;
 use crate::source::{read_struct, source_len, Source};
 use crate::view::Shape;
 
-use bitmap::BitOrder;
-use footer::FooterCopies;
-use locator::LocatorSlot;
+pub use bitmap::BitOrder;
+pub use footer::FooterCopies;
+pub use locator::LocatorSlot;
+pub use name_style::{NameStyle, ParentNameStyle};
 
 /// A checksum as stored and as computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +104,7 @@ pub struct Geometry {
 /// Facts from the dynamic header, for dynamic and differencing disks.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct DynamicInfo {
     /// Absolute offset of the header.
     pub header_offset: u64,
@@ -111,6 +141,7 @@ pub struct DynamicInfo {
 /// VHD facts for `info`. Boxed parts keep [`FormatInfo`] small.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct VhdInfo {
     /// Footer time stamp: seconds since 2000-01-01 00:00:00 UTC (creation time).
     pub timestamp: u32,
@@ -124,6 +155,7 @@ pub struct VhdInfo {
 /// Footer facts.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct FooterInfo {
     /// Footer cookie (`conectix`).
     pub cookie: String,
@@ -180,7 +212,7 @@ type BitmapCache = Mutex<Option<(u32, Vec<u8>)>>;
 
 /// An opened VHD file.
 #[derive(Debug)]
-pub struct VhdFile {
+pub(crate) struct VhdFile {
     src: Box<dyn Source>,
     file_size: u64,
     shape: Shape,
@@ -388,7 +420,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Render a VHD time stamp (seconds since 2000-01-01 UTC) as ISO 8601 UTC.
-pub fn vhd_time_utc(ts: u32) -> String {
+pub(crate) fn vhd_time_utc(ts: u32) -> String {
     const VHD_EPOCH_DAYS: i64 = 10_957; // 1970-01-01 .. 2000-01-01
     let secs = i64::from(ts);
     let days = secs / 86_400 + VHD_EPOCH_DAYS;

@@ -33,6 +33,7 @@ pub enum NameStyle {
 /// The parent name style before and after a reparent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ParentNameStyle {
     /// The style the child's name had.
     pub before: NameStyle,

@@ -8,7 +8,7 @@ use crate::error::Result;
 
 use super::link::{self, DropLocators, LinkEdit};
 
-pub use super::link::{Planned, MAX_PARENT_NAME_UNITS, MAX_PATH_UNITS};
+pub use super::link::{Planned, MAX_PARENT_NAME_UNITS};
 
 /// What the new linkage should say.
 #[derive(Debug, Clone)]

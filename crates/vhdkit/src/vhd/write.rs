@@ -124,6 +124,7 @@ impl<S: Sink> VhdWriter<S> {
     }
 
     /// The file underneath.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn sink(&self) -> &S {
         match &self.body {
             Body::Fixed(s) => s,

@@ -26,6 +26,7 @@ const READ_CHUNK: usize = 1 << 20;
 /// Counts of BAT entries per state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct BatSummary {
     /// Entries read (payload and sector bitmap).
     pub entries: u64,

@@ -675,6 +675,7 @@ mod tests {
 /// Header layout beyond [`Header`] (its checksum is at [`CHECKSUM_OFFSET`]).
 pub mod header_fields {
     /// Bytes of the fields of [`super::Header`]; the rest of the 4 KiB is reserved.
+    #[cfg(test)]
     pub const BYTES: usize = 80;
 }
 

@@ -15,18 +15,26 @@
 //! state 5 read as zeros ([`Extent::Zero`]) for every disk type: their contents are undefined
 //! by the spec, and zeros are what qemu and dissect return.
 
-pub mod bat;
+pub(crate) mod bat;
 mod bitmap;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod create;
-pub mod format;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod create;
+pub(crate) mod format;
 pub(crate) mod header;
-pub mod locator;
-pub mod log;
+pub(crate) mod locator;
+pub(crate) mod log;
 mod metadata;
 mod region;
-pub mod reparent;
+pub(crate) mod reparent;
 pub(crate) mod update;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod write;
+#[cfg(not(feature = "test-support"))]
+pub(crate) mod write;
 
 use std::sync::Mutex;
 
@@ -43,6 +51,7 @@ use crate::view::Shape;
 
 pub use bat::BatSummary;
 pub use locator::LocatorEntry;
+pub use log::LogReplay;
 
 use format::{
     PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT,
@@ -53,6 +62,7 @@ use format::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum LogState {
     /// LogGuid was zero: nothing to replay.
     Clean,
@@ -63,6 +73,7 @@ pub enum LogState {
 /// The log part of [`VhdxInfo`].
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct LogInfo {
     /// Clean or replayed.
     pub state: LogState,
@@ -81,6 +92,7 @@ pub struct LogInfo {
 /// One header slot.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct HeaderInfo {
     /// File offset.
     pub offset: u64,
@@ -98,6 +110,7 @@ pub struct HeaderInfo {
 /// One region table entry.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct RegionInfo {
     /// Region GUID.
     pub guid: Uuid,
@@ -114,6 +127,7 @@ pub struct RegionInfo {
 /// One region table copy.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct RegionTableInfo {
     /// File offset.
     pub offset: u64,
@@ -129,6 +143,7 @@ pub struct RegionTableInfo {
 /// One metadata table entry.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct MetadataItemInfo {
     /// Item GUID.
     pub guid: Uuid,
@@ -153,6 +168,7 @@ pub struct MetadataItemInfo {
 /// The parent locator item, raw.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ParentLocatorInfo {
     /// Locator type GUID.
     pub locator_type: Uuid,
@@ -163,6 +179,7 @@ pub struct ParentLocatorInfo {
 /// VHDX facts for `info` (flattened into the top level of the JSON).
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct VhdxInfo {
     /// File identifier creator string.
     pub creator: String,
@@ -196,7 +213,7 @@ pub struct VhdxInfo {
 
 /// An open VHDX file.
 #[derive(Debug)]
-pub struct VhdxFile {
+pub(crate) struct VhdxFile {
     src: Box<dyn Source>,
     real_file_len: u64,
     shape: Shape,

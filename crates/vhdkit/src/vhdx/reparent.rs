@@ -45,8 +45,6 @@ use crate::limits::Limits;
 use crate::source::{read_struct, source_len, Source};
 use crate::txn::{Plan, Sink, WriteOp};
 
-pub use super::locator::link::MAX_PATH_UNITS;
-
 const PL: &str = "vhdx parent locator";
 
 /// What the new locator should say.
@@ -92,9 +90,10 @@ pub struct Planned {
     pub warnings: Vec<String>,
 }
 
-/// What [`apply`] wrote, by structure.
+/// What `apply` wrote, by structure.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct Applied {
     /// Write calls made to the file.
     pub writes: usize,

@@ -158,6 +158,7 @@ impl<S: Sink> VhdxWriter<S> {
     }
 
     /// The file underneath.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn sink(&self) -> &S {
         &self.engine.fmt.sink
     }
@@ -165,6 +166,7 @@ impl<S: Sink> VhdxWriter<S> {
     /// Lower the number of 4 KiB sectors one log entry may carry (at least 1), so tests can
     /// make a flush commit in several batches.
     #[doc(hidden)]
+    #[cfg(any(test, feature = "test-support"))]
     pub fn limit_sectors_per_commit(&mut self, n: usize) {
         let p = &mut self.engine.fmt;
         p.max_sectors_per_commit = p.max_sectors_per_commit.min(n.max(1));

@@ -182,6 +182,9 @@ impl WritableDisk {
     }
 
     /// A writable disk from an image and (for a differencing image) the view of its parents.
+    // Hidden: the image trait is not public; the repository's tests build disks from their
+    // own writers (feature `test-support`).
+    #[doc(hidden)]
     pub fn from_parts(image: Box<dyn WritableImage>, parent: Option<ChainView>) -> WritableDisk {
         WritableDisk {
             image,

@@ -11,10 +11,11 @@ use crate::error::{Error, Result};
 use crate::source::{source_len, Source};
 use crate::txn::{Plan, Sink};
 
-/// What [`recover`] found and did.
+/// What `recover` found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "state", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum Recovery {
     /// No journal: nothing was interrupted.
     Clean,

@@ -14,6 +14,7 @@ use crate::vhdx::update::Session;
 /// A dirty log that was (or would be) replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct LogReplay {
     /// Entries in the active sequence.
     pub entries: u64,
