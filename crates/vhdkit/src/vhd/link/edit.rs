@@ -492,6 +492,7 @@ fn block_under(file: &VhdFile, hdr: &CheckedHeader, r: &Range<u64>) -> Result<Op
     };
     let block_bytes = file.bitmap_bytes + u64::from(hdr.raw.block_size);
     let mut found = None;
+    // Ends the scan at the first hit; never seen by callers.
     let stop = || Error::Internal(String::new());
     let scanned = bat.scan(0, |i, e| {
         if e == u64::from(format::BAT_UNALLOCATED) {
