@@ -138,7 +138,8 @@ impl LazyTable {
         let within = usize::try_from(byte % PAGE_BYTES).unwrap_or(0);
         let width = usize::try_from(self.width.bytes()).unwrap_or(8);
         let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let pos = match c.pages.iter().position(|(p, _)| *p == page) {
+        // From the most recently used end: sequential reads hit the last page at once.
+        let pos = match c.pages.iter().rposition(|(p, _)| *p == page) {
             Some(pos) => pos,
             None => {
                 let bytes = self.read_page(page)?;

@@ -16,8 +16,7 @@
 use crate::disjoint::{find_overlap, Span, Visit, DEFAULT_BUDGET};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::source::Source;
-use crate::table::{scan_table, Width};
+use crate::source::{read_struct, Source};
 
 use super::format;
 
@@ -88,8 +87,11 @@ pub fn check_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<u64
             ),
         ));
     }
-    let allocated = check_entries(src, l, header_end)?;
-    check_disjoint(src, l, allocated, DEFAULT_BUDGET)?;
+    let (allocated, held) = check_entries(src, l, header_end, DEFAULT_BUDGET)?;
+    match held {
+        Some(blocks) => overlap_error(l, first_overlap(blocks))?,
+        None => check_disjoint(src, l, DEFAULT_BUDGET)?,
+    }
     Ok(allocated)
 }
 
@@ -103,9 +105,61 @@ fn block_span(l: &BatLayout) -> u64 {
     l.bitmap_bytes.saturating_add(u64::from(l.block_size))
 }
 
+/// Entries read at a time by [`scan_allocated`]: 1 MiB of table.
+const SCAN_ENTRIES: u64 = (1 << 20) / format::BAT_ENTRY_BYTES;
+/// Entries compared at once when skipping unallocated runs.
+const SKIP_GROUP: usize = 16;
+
+/// Call `f(index, sector)` for every allocated entry of the table, in order, reading it 1 MiB
+/// at a time; unallocated runs are skipped a group at a time, so a pass over a large, mostly
+/// empty table is cheap.
+pub(crate) fn scan_allocated(
+    src: &dyn Source,
+    offset: u64,
+    count: u64,
+    f: &mut dyn FnMut(u64, u32) -> Result<()>,
+) -> Result<()> {
+    const W: usize = format::BAT_ENTRY_BYTES as usize;
+    let empty = [u8::MAX; SKIP_GROUP * W];
+    let mut buf = Vec::new();
+    let mut i = 0u64;
+    while i < count {
+        let n = (count - i).min(SCAN_ENTRIES);
+        // At most 1 MiB (SCAN_ENTRIES entries).
+        buf.resize(usize::try_from(n).unwrap_or(0) * W, 0);
+        read_struct(
+            src,
+            offset.saturating_add(i * W as u64),
+            &mut buf,
+            STRUCTURE,
+        )?;
+        for (g, group) in (i..).step_by(SKIP_GROUP).zip(buf.chunks(SKIP_GROUP * W)) {
+            if group == empty {
+                continue;
+            }
+            for (j, c) in (g..).zip(group.chunks_exact(W)) {
+                let e = c
+                    .try_into()
+                    .map_or(format::BAT_UNALLOCATED, u32::from_be_bytes);
+                if e != format::BAT_UNALLOCATED {
+                    f(j, e)?;
+                }
+            }
+        }
+        i += n;
+    }
+    Ok(())
+}
+
 /// Stream the table once: every allocated block lies before the end footer and clear of the
-/// fixed structures. Returns how many blocks are allocated.
-fn check_entries(src: &dyn Source, l: &BatLayout, header_end: u64) -> Result<u64> {
+/// fixed structures. Returns how many blocks are allocated and, when there are at most
+/// `budget`, their spans (so the overlap check needs no second pass).
+fn check_entries(
+    src: &dyn Source,
+    l: &BatLayout,
+    header_end: u64,
+    budget: usize,
+) -> Result<(u64, Option<Vec<Span>>)> {
     let span = block_span(l);
     let table_end = entry_offset(l, u64::from(l.entries));
     // Fixed structures a block must not touch.
@@ -119,11 +173,9 @@ fn check_entries(src: &dyn Source, l: &BatLayout, header_end: u64) -> Result<u64
         (l.table_offset, table_end, "the block allocation table"),
     ];
     let mut allocated = 0u64;
-    let mut each = |i: u64, e: u64| -> Result<()> {
-        if e == u64::from(format::BAT_UNALLOCATED) {
-            return Ok(());
-        }
-        let start = e * format::SECTOR_BYTES;
+    let mut held = Some(Vec::new());
+    let mut each = |i: u64, e: u32| -> Result<()> {
+        let start = u64::from(e) * format::SECTOR_BYTES;
         let end = start.checked_add(span).filter(|&x| x <= l.data_end);
         let Some(end) = end else {
             return Err(Error::corrupt(
@@ -150,50 +202,47 @@ fn check_entries(src: &dyn Source, l: &BatLayout, header_end: u64) -> Result<u64
             }
         }
         allocated += 1;
+        // Past the budget the spans are dropped and found again in passes.
+        match &mut held {
+            Some(v) if v.len() < budget => v.push(Span { start, end, id: i }),
+            _ => held = None,
+        }
         Ok(())
     };
-    scan_table(
-        src,
-        l.table_offset,
-        u64::from(l.entries),
-        Width::U32Be,
-        STRUCTURE,
-        0,
-        &mut each,
-    )?;
-    Ok(allocated)
+    scan_allocated(src, l.table_offset, u64::from(l.entries), &mut each)?;
+    Ok((allocated, held))
 }
 
-/// No two allocated blocks share a byte. The blocks are visited in passes over the table
-/// (`disjoint`), so memory stays bounded however many are allocated.
-fn check_disjoint(src: &dyn Source, l: &BatLayout, allocated: u64, budget: usize) -> Result<()> {
-    if allocated < 2 {
-        return Ok(());
-    }
+/// The first pair of neighbours in file order that share bytes.
+fn first_overlap(mut blocks: Vec<Span>) -> Option<(Span, Span)> {
+    blocks.sort_unstable();
+    blocks.windows(2).find_map(|w| match w {
+        [a, b] if b.start < a.end => Some((*a, *b)),
+        _ => None,
+    })
+}
+
+/// No two allocated blocks share a byte, for more blocks than memory holds at once: they are
+/// visited in passes over the table (`disjoint`). The blocks all have one size, so the pair
+/// found is the one [`first_overlap`] finds.
+fn check_disjoint(src: &dyn Source, l: &BatLayout, budget: usize) -> Result<()> {
     let span = block_span(l);
     let mut pass = |visit: &mut Visit<'_>| -> Result<()> {
-        scan_table(
-            src,
-            l.table_offset,
-            u64::from(l.entries),
-            Width::U32Be,
-            STRUCTURE,
-            0,
-            &mut |i, e| {
-                if e == u64::from(format::BAT_UNALLOCATED) {
-                    return Ok(());
-                }
-                // Checked by `check_entries`: the block ends before the end footer.
-                let start = e * format::SECTOR_BYTES;
-                visit(Span {
-                    start,
-                    end: start.saturating_add(span),
-                    id: i,
-                })
-            },
-        )
+        scan_allocated(src, l.table_offset, u64::from(l.entries), &mut |i, e| {
+            // Checked by `check_entries`: the block ends before the end footer.
+            let start = u64::from(e) * format::SECTOR_BYTES;
+            visit(Span {
+                start,
+                end: start.saturating_add(span),
+                id: i,
+            })
+        })
     };
-    let Some((a, b)) = find_overlap(&mut pass, budget)? else {
+    overlap_error(l, find_overlap(&mut pass, budget)?)
+}
+
+fn overlap_error(l: &BatLayout, pair: Option<(Span, Span)>) -> Result<()> {
+    let Some((a, b)) = pair else {
         return Ok(());
     };
     let (s0, e0, i0, s1, i1) = (a.start, a.end, a.id, b.start, b.id);
@@ -315,20 +364,46 @@ mod tests {
         let mut bat: Vec<u32> = (0..60).map(|i| 0x80 + 9 * (59 - i)).collect();
         let src = image(&l, &bat);
         for budget in [2, 3, 7, 1000] {
-            check_disjoint(&src, &l, 60, budget).unwrap();
+            check_disjoint(&src, &l, budget).unwrap();
         }
         bat[40] = bat[7] + 1;
         let src = image(&l, &bat);
         for budget in [2, 3, 7, 1000] {
-            let e = check_disjoint(&src, &l, 60, budget).unwrap_err();
+            let e = check_disjoint(&src, &l, budget).unwrap_err();
             assert_eq!(e.location().unwrap().offset, 0x600 + 40 * 4, "{e}");
             assert!(e.to_string().contains("entry 40 (block at 0x"), "{e}");
             assert!(e.to_string().contains("overlaps entry 7 "), "{e}");
         }
         // Many entries on one sector: the two lowest entries are named.
         let same: Vec<u32> = vec![0x80; 60];
-        let e = check_disjoint(&image(&l, &same), &l, 60, 4).unwrap_err();
+        let e = check_disjoint(&image(&l, &same), &l, 4).unwrap_err();
         assert!(e.to_string().contains("entry 1 (block at 0x10000)"), "{e}");
         assert!(e.to_string().contains("overlaps entry 0 "), "{e}");
+    }
+
+    #[test]
+    fn one_pass_and_several_passes_agree() {
+        let mut l = layout(60);
+        l.data_end = 0x100000;
+        let mut bat: Vec<u32> = (0..60).map(|i| 0x80 + 9 * (59 - i)).collect();
+        bat[13] = format::BAT_UNALLOCATED;
+        bat[40] = bat[7] + 1;
+        let src = image(&l, &bat);
+        let (n, held) = check_entries(&src, &l, 0x600, 1000).unwrap();
+        assert_eq!(n, 59);
+        let one = overlap_error(&l, first_overlap(held.unwrap()));
+        let many = check_disjoint(&src, &l, 3);
+        assert_eq!(one.unwrap_err().to_string(), many.unwrap_err().to_string());
+        // More blocks than the budget: nothing held.
+        assert!(check_entries(&src, &l, 0x600, 10).unwrap().1.is_none());
+        let mut seen = Vec::new();
+        scan_allocated(&src, 0x600, 60, &mut |i, e| {
+            seen.push((i, e));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 59);
+        assert_eq!(seen[13], (14, bat[14]));
+        assert_eq!(seen[58], (59, bat[59]));
     }
 }

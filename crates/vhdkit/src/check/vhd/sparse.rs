@@ -423,12 +423,33 @@ impl Sparse<'_> {
     fn check_blocks(&self, s: &mut Findings, bat_off: u64, bat_bytes: u64, meta: &Ranges) {
         let bs = self.h.block_size;
         let block_span = format::bitmap_bytes(bs) + u64::from(bs);
+        // The blocks before the footer, while they fit the budget: then no second pass.
+        let mut held = Some(Vec::new());
         let read = self.each_entry(bat_off, bat_bytes, &mut |j, e| {
             let at = bat_off + BAT_ENTRY_BYTES * j;
-            self.check_block(s, at, j, e, block_span, meta);
+            if self.check_block(s, at, j, e, block_span, meta) {
+                let start = u64::from(e) * SECTOR_BYTES;
+                let span = Span {
+                    start,
+                    end: start + block_span,
+                    id: j,
+                };
+                match &mut held {
+                    Some(v) if v.len() < DEFAULT_BUDGET => v.push(span),
+                    _ => held = None,
+                }
+            }
         });
-        if read {
-            self.report_overlaps(s, bat_off, bat_bytes, block_span);
+        if !read {
+            return;
+        }
+        let mut report = Neighbours::new(s, bat_off);
+        match held {
+            Some(mut v) => {
+                v.sort_unstable();
+                v.into_iter().for_each(|b| report.next(b));
+            }
+            None => self.report_overlaps(&mut report, bat_off, bat_bytes, block_span),
         }
     }
 
@@ -447,10 +468,18 @@ impl Sparse<'_> {
                 return false;
             };
             let first = done / entry;
-            for (j, c) in (first..).zip(raw.chunks_exact(entry as usize)) {
-                let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-                if e != BAT_UNALLOCATED {
-                    f(j, e);
+            // Unallocated runs are skipped 16 entries at a time: passes over a large, mostly
+            // empty table stay cheap.
+            let empty = [u8::MAX; 64];
+            for (g, group) in (first..).step_by(16).zip(raw.chunks(64)) {
+                if group == empty {
+                    continue;
+                }
+                for (j, c) in (g..).zip(group.chunks_exact(entry as usize)) {
+                    let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+                    if e != BAT_UNALLOCATED {
+                        f(j, e);
+                    }
                 }
             }
             done += n;
@@ -458,9 +487,9 @@ impl Sparse<'_> {
         true
     }
 
-    /// Blocks that overlap the block before them in file order (blocks running past the footer
-    /// were reported already and are left out).
-    fn report_overlaps(&self, s: &mut Findings, bat_off: u64, bat_bytes: u64, block_span: u64) {
+    /// Blocks that overlap the block before them in file order, for more blocks than memory
+    /// holds at once (blocks running past the footer were reported already and are left out).
+    fn report_overlaps(&self, r: &mut Neighbours, bat_off: u64, bat_bytes: u64, block_span: u64) {
         let footer = self.footer_offset;
         let mut pass = |visit: &mut Visit<'_>| -> crate::Result<()> {
             let mut failed = None;
@@ -479,29 +508,14 @@ impl Sparse<'_> {
                 )),
             }
         };
-        let mut prev: Option<Span> = None;
         // A table that cannot be read again (the file changed under the check) ends the report.
         let _ = visit_sorted(&mut pass, DEFAULT_BUDGET, &mut |b| {
-            if let Some(a) = prev {
-                if a.end > b.start {
-                    let (ia, ib) = (a.id, b.id);
-                    s.add(
-                        "vhd.block.overlap",
-                        BAT,
-                        Some(bat_off + BAT_ENTRY_BYTES * ib),
-                        format!(
-                            "blocks {ia} (at {:#x}) and {ib} (at {:#x}) overlap",
-                            a.start, b.start
-                        ),
-                    );
-                }
-            }
-            prev = Some(b);
+            r.next(b);
             Ok(())
         });
     }
 
-    /// Block `i` (BAT entry `e`, at `at`): before the footer, clear of the metadata.
+    /// Block `i` (BAT entry `e`, at `at`): before the footer (true), clear of the metadata.
     fn check_block(
         &self,
         s: &mut Findings,
@@ -510,7 +524,7 @@ impl Sparse<'_> {
         e: u32,
         block_span: u64,
         meta: &Ranges,
-    ) {
+    ) -> bool {
         let start = u64::from(e) * SECTOR_BYTES;
         let end = start + block_span;
         if end > self.footer_offset {
@@ -523,7 +537,7 @@ impl Sparse<'_> {
                     self.footer_offset
                 ),
             );
-            return;
+            return false;
         }
         for (r, what) in meta {
             if overlaps(&(start..end), r) {
@@ -535,5 +549,41 @@ impl Sparse<'_> {
                 );
             }
         }
+        true
+    }
+}
+
+/// Reports blocks that overlap the block before them, fed in file order.
+struct Neighbours<'f> {
+    s: &'f mut Findings,
+    bat_off: u64,
+    prev: Option<Span>,
+}
+
+impl<'f> Neighbours<'f> {
+    fn new(s: &'f mut Findings, bat_off: u64) -> Neighbours<'f> {
+        Neighbours {
+            s,
+            bat_off,
+            prev: None,
+        }
+    }
+
+    fn next(&mut self, b: Span) {
+        if let Some(a) = self.prev {
+            if a.end > b.start {
+                let (ia, ib) = (a.id, b.id);
+                self.s.add(
+                    "vhd.block.overlap",
+                    BAT,
+                    Some(self.bat_off + BAT_ENTRY_BYTES * ib),
+                    format!(
+                        "blocks {ia} (at {:#x}) and {ib} (at {:#x}) overlap",
+                        a.start, b.start
+                    ),
+                );
+            }
+        }
+        self.prev = Some(b);
     }
 }
