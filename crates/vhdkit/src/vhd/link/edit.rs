@@ -11,6 +11,7 @@ use crate::source::{read_struct, source_len, Source};
 use crate::txn::{FieldChange, Plan, WriteOp};
 use crate::util::{overlaps, round_up, utf16le};
 
+use super::super::bat::scan_allocated;
 use super::super::dynamic::CheckedHeader;
 use super::super::format::{self, ParentLocatorEntry};
 use super::super::locator::{code_text, data_space_bytes};
@@ -494,11 +495,8 @@ fn block_under(file: &VhdFile, hdr: &CheckedHeader, r: &Range<u64>) -> Result<Op
     let mut found = None;
     // Ends the scan at the first hit; never seen by callers.
     let stop = || Error::Internal(String::new());
-    let scanned = bat.scan(0, |i, e| {
-        if e == u64::from(format::BAT_UNALLOCATED) {
-            return Ok(());
-        }
-        let at = e * SECTOR;
+    let scanned = scan_allocated(&*file.src, bat.offset(), bat.len(), &mut |i, e| {
+        let at = u64::from(e) * SECTOR;
         if overlaps(&(at..at.saturating_add(block_bytes)), r) {
             found = Some(i);
             return Err(stop());
