@@ -196,6 +196,213 @@ impl Finder<'_> {
     }
 }
 
+/// Call `visit` on every span (empty ones too) in ascending order of `(start, end, id)`,
+/// holding at most `budget` spans at once: for checkers that report every neighbouring pair,
+/// not just the first overlap. The ranges are split as [`find_overlap`] splits them, and each
+/// is collected, sorted and visited in turn; more spans than the budget on a single start are
+/// visited in batches of the smallest `(end, id)` left (ids are assumed distinct there).
+pub(crate) fn visit_sorted(
+    spans: &mut dyn Spans,
+    budget: usize,
+    visit: &mut dyn FnMut(Span) -> Result<()>,
+) -> Result<()> {
+    let mut s = Sorter {
+        spans,
+        budget: budget.max(2),
+        visit,
+    };
+    let (mut n, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
+    s.each_in(0, u64::MAX, &mut |x| {
+        n += 1;
+        lo = lo.min(x.start);
+        hi = hi.max(x.start);
+    })?;
+    if n == 0 {
+        return Ok(());
+    }
+    s.range(lo, hi, n)
+}
+
+struct Sorter<'s, 'v> {
+    spans: &'s mut dyn Spans,
+    budget: usize,
+    visit: &'v mut dyn FnMut(Span) -> Result<()>,
+}
+
+impl Sorter<'_, '_> {
+    /// Visit the spans whose start is in `lo..=hi`, in pass order.
+    fn each_in(&mut self, lo: u64, hi: u64, f: &mut dyn FnMut(Span)) -> Result<()> {
+        self.spans.pass(&mut |s: Span| {
+            if (lo..=hi).contains(&s.start) {
+                f(s);
+            }
+            Ok(())
+        })
+    }
+
+    /// Visit, in order, the `n` spans starting in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64, n: u64) -> Result<()> {
+        if n <= self.budget as u64 {
+            return self.sorted(lo, hi);
+        }
+        if lo == hi {
+            return self.one_start(lo);
+        }
+        let buckets = self.budget.clamp(2, MAX_BUCKETS);
+        let width = (hi - lo) / buckets as u64 + 1;
+        let mut hist = vec![0u64; buckets];
+        self.each_in(lo, hi, &mut |s| {
+            let b = usize::try_from((s.start - lo) / width).unwrap_or(0);
+            if let Some(c) = hist.get_mut(b) {
+                *c += 1;
+            }
+        })?;
+        let bucket_lo = |b: u64| lo.saturating_add(b.saturating_mul(width));
+        let bucket_hi = |b: u64| bucket_lo(b + 1).saturating_sub(1).min(hi);
+        // Neighbouring buckets are grouped while they fit the budget together.
+        let mut group: Option<(u64, u64)> = None; // (first bucket, spans)
+        for (b, &c) in (0u64..).zip(hist.iter()) {
+            if let Some((g0, sum)) = group {
+                if sum + c > self.budget as u64 {
+                    self.range(bucket_lo(g0), bucket_hi(b - 1), sum)?;
+                    group = None;
+                }
+            }
+            if c > self.budget as u64 {
+                self.range(bucket_lo(b), bucket_hi(b), c)?;
+            } else if c > 0 {
+                group = Some(group.map_or((b, c), |(g0, sum)| (g0, sum + c)));
+            }
+        }
+        match group {
+            Some((g0, sum)) => self.range(bucket_lo(g0), hi, sum),
+            None => Ok(()),
+        }
+    }
+
+    fn sorted(&mut self, lo: u64, hi: u64) -> Result<()> {
+        let mut v = Vec::new();
+        self.each_in(lo, hi, &mut |s| v.push(s))?;
+        v.sort_unstable();
+        v.into_iter().try_for_each(|s| (self.visit)(s))
+    }
+
+    /// More spans than the budget share the start `at`: visit them a batch of the smallest
+    /// `(end, id)` above the last batch per pass.
+    fn one_start(&mut self, at: u64) -> Result<()> {
+        let budget = self.budget;
+        let mut last: Option<(u64, u64)> = None;
+        loop {
+            let mut heap = std::collections::BinaryHeap::new();
+            self.each_in(at, at, &mut |s| {
+                let k = (s.end, s.id);
+                if last.is_some_and(|l| k <= l) {
+                    return;
+                }
+                if heap.len() < budget {
+                    heap.push(k);
+                } else if heap.peek().is_some_and(|&top| k < top) {
+                    heap.pop();
+                    heap.push(k);
+                }
+            })?;
+            let batch = heap.into_sorted_vec();
+            let Some(&l) = batch.last() else {
+                return Ok(());
+            };
+            last = Some(l);
+            for (end, id) in batch {
+                (self.visit)(Span { start: at, end, id })?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod sorted_tests {
+    use super::*;
+
+    fn visited(v: &[Span], budget: usize) -> Vec<Span> {
+        let mut pass =
+            |visit: &mut Visit<'_>| -> Result<()> { v.iter().try_for_each(|s| visit(*s)) };
+        let mut out = Vec::new();
+        visit_sorted(&mut pass, budget, &mut |s| {
+            out.push(s);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_span_is_visited_once_in_order_at_every_budget() {
+        let mut seed = 5u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 33
+        };
+        let mut v: Vec<Span> = (0..3000)
+            .map(|id| {
+                let start = next() % 500 * 1000 + next() % 3;
+                Span {
+                    start,
+                    end: start + next() % 4,
+                    id,
+                }
+            })
+            .collect();
+        // Many on one start, and the ends of the offset range.
+        v.extend((3000..3400).map(|id| Span {
+            start: 7000,
+            end: 7100 - id % 50,
+            id,
+        }));
+        v.push(Span {
+            start: u64::MAX,
+            end: u64::MAX,
+            id: 9999,
+        });
+        v.push(Span {
+            start: 0,
+            end: 1,
+            id: 10000,
+        });
+        let mut want = v.clone();
+        want.sort_unstable();
+        for budget in [2, 3, 10, 399, 401, 5000] {
+            assert_eq!(visited(&v, budget), want, "budget {budget}");
+        }
+        assert!(visited(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn a_failing_visit_or_pass_stops_with_its_error() {
+        let v: Vec<Span> = (0..100)
+            .map(|i| Span {
+                start: i * 10,
+                end: i * 10 + 10,
+                id: i,
+            })
+            .collect();
+        let mut pass =
+            |visit: &mut Visit<'_>| -> Result<()> { v.iter().try_for_each(|s| visit(*s)) };
+        let mut seen = 0;
+        let r = visit_sorted(&mut pass, 7, &mut |_| {
+            seen += 1;
+            if seen == 30 {
+                return Err(crate::Error::Internal("stop".into()));
+            }
+            Ok(())
+        });
+        assert!(r.is_err());
+        assert_eq!(seen, 30);
+        let mut bad =
+            |_: &mut Visit<'_>| -> Result<()> { Err(crate::Error::Internal("io".into())) };
+        assert!(visit_sorted(&mut bad, 7, &mut |_| Ok(())).is_err());
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -6,11 +6,11 @@
 //! stream it through one bounded buffer. Memory then stays the same whatever the disk's size
 //! (the README's 64 MiB bound).
 //!
-//! The table is read through its own handle on the file, so a writer's later writes to the
-//! same file are seen by pages read after them; [`LazyTable::patch`] keeps cached pages in step
-//! with entries the owner writes itself.
+//! The owner passes the source on each call (its file, a log-replay view, a writer's sink), so
+//! the table borrows nothing and a writer's later writes are seen by pages read after them;
+//! [`LazyTable::patch`] keeps cached pages in step with entries the owner writes itself.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::source::{read_struct, Source};
@@ -69,7 +69,6 @@ struct Pages {
 /// A table of `count` entries at `offset`, read on demand.
 #[derive(Debug)]
 pub(crate) struct LazyTable {
-    src: Arc<dyn Source>,
     offset: u64,
     count: u64,
     width: Width,
@@ -80,15 +79,8 @@ pub(crate) struct LazyTable {
 impl LazyTable {
     /// A table of `count` entries of `width` at `offset` of `src`. The caller has checked that
     /// the table lies inside the file; `structure` names it in errors.
-    pub(crate) fn new(
-        src: Arc<dyn Source>,
-        offset: u64,
-        count: u64,
-        width: Width,
-        structure: &'static str,
-    ) -> LazyTable {
+    pub(crate) fn new(offset: u64, count: u64, width: Width, structure: &'static str) -> LazyTable {
         LazyTable {
-            src,
             offset,
             count,
             width,
@@ -129,7 +121,7 @@ impl LazyTable {
     }
 
     /// Entry `index`, as stored (VHD: the sector number; VHDX: the raw 64-bit entry).
-    pub(crate) fn get(&self, index: u64) -> Result<u64> {
+    pub(crate) fn get(&self, src: &dyn Source, index: u64) -> Result<u64> {
         if index >= self.count {
             return Err(self.outside(index));
         }
@@ -138,10 +130,11 @@ impl LazyTable {
         let within = usize::try_from(byte % PAGE_BYTES).unwrap_or(0);
         let width = usize::try_from(self.width.bytes()).unwrap_or(8);
         let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let pos = match c.pages.iter().position(|(p, _)| *p == page) {
+        // From the most recently used end: sequential reads hit the last page at once.
+        let pos = match c.pages.iter().rposition(|(p, _)| *p == page) {
             Some(pos) => pos,
             None => {
-                let bytes = self.read_page(page)?;
+                let bytes = self.read_page(src, page)?;
                 if c.pages.len() >= MAX_PAGES {
                     c.pages.remove(0);
                 }
@@ -164,13 +157,13 @@ impl LazyTable {
         Ok(self.width.decode(raw))
     }
 
-    fn read_page(&self, page: u64) -> Result<Vec<u8>> {
+    fn read_page(&self, src: &dyn Source, page: u64) -> Result<Vec<u8>> {
         let start = page * PAGE_BYTES;
         let len = self.table_bytes().saturating_sub(start).min(PAGE_BYTES);
         // `len` is at most PAGE_BYTES, so it fits memory on every target.
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
         read_struct(
-            &*self.src,
+            src,
             self.offset.saturating_add(start),
             &mut buf,
             self.structure,
@@ -208,9 +201,14 @@ impl LazyTable {
     /// Call `f(index, entry)` for every entry from `from` on, in order, reading the table
     /// through one bounded buffer (the cache is left alone). Stops at the first error `f`
     /// returns.
-    pub(crate) fn scan(&self, from: u64, mut f: impl FnMut(u64, u64) -> Result<()>) -> Result<()> {
+    pub(crate) fn scan(
+        &self,
+        src: &dyn Source,
+        from: u64,
+        mut f: impl FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
         scan_table(
-            &*self.src,
+            src,
             self.offset,
             self.count,
             self.width,
@@ -254,21 +252,14 @@ pub(crate) fn scan_table(
 mod tests {
     use super::*;
 
-    fn table(entries: &[u64], width: Width, at: usize) -> (Arc<dyn Source>, LazyTable) {
+    fn table(entries: &[u64], width: Width, at: usize) -> (Vec<u8>, LazyTable) {
         let w = usize::try_from(width.bytes()).unwrap();
         let mut file = vec![0xEEu8; at + entries.len() * w + 3];
         for (i, &e) in entries.iter().enumerate() {
             width.encode(e, &mut file[at + i * w..at + (i + 1) * w]);
         }
-        let src: Arc<dyn Source> = Arc::new(file);
-        let t = LazyTable::new(
-            src.clone(),
-            at as u64,
-            entries.len() as u64,
-            width,
-            "test table",
-        );
-        (src, t)
+        let t = LazyTable::new(at as u64, entries.len() as u64, width, "test table");
+        (file, t)
     }
 
     #[test]
@@ -276,34 +267,34 @@ mod tests {
         // 40 pages of VHD entries: more than the cache holds, so pages are evicted and reread.
         let n = (40 * PAGE_BYTES / 4) as usize;
         let entries: Vec<u64> = (0..n as u64).map(|i| i * 7 + 1).collect();
-        let (_, t) = table(&entries, Width::U32Be, 512);
+        let (src, t) = table(&entries, Width::U32Be, 512);
         for i in (0..n).step_by(997).chain((0..n).rev().step_by(1013)) {
-            assert_eq!(t.get(i as u64).unwrap(), entries[i], "entry {i}");
+            assert_eq!(t.get(&src, i as u64).unwrap(), entries[i], "entry {i}");
         }
         assert!(t.cache.lock().unwrap().pages.len() <= MAX_PAGES);
-        let err = t.get(n as u64).unwrap_err().to_string();
+        let err = t.get(&src, n as u64).unwrap_err().to_string();
         assert!(err.contains("outside the table"), "{err}");
     }
 
     #[test]
     fn vhdx_entries_are_little_endian_u64() {
         let entries = [u64::MAX - 5, 0x0000_0030_0000_0006, 0];
-        let (_, t) = table(&entries, Width::U64Le, 8);
+        let (src, t) = table(&entries, Width::U64Le, 8);
         for (i, e) in entries.iter().enumerate() {
-            assert_eq!(t.get(i as u64).unwrap(), *e);
+            assert_eq!(t.get(&src, i as u64).unwrap(), *e);
         }
     }
 
     #[test]
     fn patch_updates_a_cached_page_only() {
         let entries: Vec<u64> = (0..100).collect();
-        let (_, t) = table(&entries, Width::U64Le, 0);
-        assert_eq!(t.get(5).unwrap(), 5);
+        let (src, t) = table(&entries, Width::U64Le, 0);
+        assert_eq!(t.get(&src, 5).unwrap(), 5);
         t.patch(5, 55);
-        assert_eq!(t.get(5).unwrap(), 55);
+        assert_eq!(t.get(&src, 5).unwrap(), 55);
         // Not in the file: forgetting the cache brings the file's value back.
         t.invalidate();
-        assert_eq!(t.get(5).unwrap(), 5);
+        assert_eq!(t.get(&src, 5).unwrap(), 5);
         t.patch(1000, 1); // outside: ignored
     }
 
@@ -311,9 +302,9 @@ mod tests {
     fn scan_visits_every_entry_once_in_order_from_a_start() {
         let n = (3 * SCAN_BYTES / 8 + 5) as usize;
         let entries: Vec<u64> = (0..n as u64).map(|i| i ^ 0x5A5A).collect();
-        let (_, t) = table(&entries, Width::U64Le, 4096);
+        let (src, t) = table(&entries, Width::U64Le, 4096);
         let mut seen = 0u64;
-        t.scan(10, |i, e| {
+        t.scan(&src, 10, |i, e| {
             assert_eq!(i, 10 + seen);
             assert_eq!(e, entries[i as usize]);
             seen += 1;
@@ -321,7 +312,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, n as u64 - 10);
-        let stop = t.scan(0, |i, _| {
+        let stop = t.scan(&src, 0, |i, _| {
             if i == 3 {
                 Err(Error::Internal("stop".into()))
             } else {
@@ -333,10 +324,10 @@ mod tests {
 
     #[test]
     fn a_table_past_the_end_of_the_file_is_an_error_not_a_panic() {
-        let src: Arc<dyn Source> = Arc::new(vec![0u8; 100]);
-        let t = LazyTable::new(src, 96, 1000, Width::U32Be, "test table");
-        assert!(t.get(0).is_err());
-        assert!(t.get(999).is_err());
-        assert!(t.scan(0, |_, _| Ok(())).is_err());
+        let src = vec![0u8; 100];
+        let t = LazyTable::new(96, 1000, Width::U32Be, "test table");
+        assert!(t.get(&src, 0).is_err());
+        assert!(t.get(&src, 999).is_err());
+        assert!(t.scan(&src, 0, |_, _| Ok(())).is_err());
     }
 }

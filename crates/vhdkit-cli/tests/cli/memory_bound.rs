@@ -160,3 +160,101 @@ fn a_64_mib_dirty_log_is_replayed_in_a_few_mib() {
         "repair did not replay the log"
     );
 }
+
+// ---- VHD: the largest table the readers accept, with more blocks than one overlap pass holds.
+
+/// Allocated blocks in the VHD worst case: more than `disjoint`'s budget (512Ki spans), so the
+/// overlap check at every open runs in several passes.
+const VHD_BLOCKS: u64 = 600_000;
+
+/// Point `n` BAT entries of the VHD at `path` at blocks past its end (holes: a sparse file), in
+/// the reverse of table order, and move the end footer after them.
+fn vhd_with_blocks(path: &Path, n: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let be32 =
+        |b: &[u8], at: usize| u64::from(u32::from_be_bytes(b[at..at + 4].try_into().unwrap()));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut footer = [0u8; 512];
+    f.seek(SeekFrom::Start(len - 512)).unwrap();
+    f.read_exact(&mut footer).unwrap();
+    // Footer: data offset at 16 (u64). Dynamic header: table offset at 16 (u64), max table
+    // entries at 28, block size at 32 (u32, big-endian).
+    let hdr_off = u64::from_be_bytes(footer[16..24].try_into().unwrap());
+    let mut hdr = [0u8; 1024];
+    f.seek(SeekFrom::Start(hdr_off)).unwrap();
+    f.read_exact(&mut hdr).unwrap();
+    let table = u64::from_be_bytes(hdr[16..24].try_into().unwrap());
+    let entries = be32(&hdr, 28);
+    let span = 512 + be32(&hdr, 32); // bitmap + block
+    let first = (len - 512).div_ceil(4096) * 4096;
+    let mut bat = vec![0xFFu8; usize::try_from(entries * 4).unwrap()];
+    for k in 0..n {
+        let sector = u32::try_from((first + (n - 1 - k) * span) / 512).unwrap();
+        let at = usize::try_from(k * 4).unwrap();
+        bat[at..at + 4].copy_from_slice(&sector.to_be_bytes());
+    }
+    f.seek(SeekFrom::Start(table)).unwrap();
+    f.write_all(&bat).unwrap();
+    f.seek(SeekFrom::Start(len - 512)).unwrap();
+    f.write_all(&[0u8; 512]).unwrap();
+    f.seek(SeekFrom::Start(first + n * span)).unwrap();
+    f.write_all(&footer).unwrap();
+}
+
+#[test]
+fn vhd_largest_table_with_many_blocks_stays_under_64_mib() {
+    if !have_time() {
+        return;
+    }
+    let dir = crate::util::tmp();
+    let (vms, shared) = (dir.path().join("vms"), dir.path().join("shared"));
+    for sub in ["vm1", "vm2"] {
+        std::fs::create_dir_all(vms.join(sub)).unwrap();
+    }
+    std::fs::create_dir_all(&shared).unwrap();
+    let (base1, base2) = (vms.join("vm1/base.vhd"), vms.join("vm2/base.vhd"));
+    let (child1, child2) = (vms.join("vm1/child.vhd"), vms.join("vm2/child.vhd"));
+    within_bound(&["create", s(&base1), "--size", "2040G"], 0);
+    std::fs::copy(&base1, &base2).unwrap();
+    // 128 KiB blocks: 16Mi entries, a 64 MiB table (Limits::max_bat_bytes).
+    for (c, b) in [(&child1, &base1), (&child2, &base2)] {
+        within_bound(
+            &["create", s(c), "--parent", s(b), "--block-size", "128K"],
+            0,
+        );
+        vhd_with_blocks(c, VHD_BLOCKS);
+    }
+    let (code, out, _) = {
+        let o = Command::new(env!("CARGO_BIN_EXE_vhdkit"))
+            .args(["info", "--json", s(&child1)])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            (),
+        )
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(&format!("\"allocated_blocks\": {VHD_BLOCKS}")),
+        "{out}"
+    );
+    within_bound(&["info", s(&child1)], 0);
+    within_bound(&["chain", s(&child1)], 0);
+    within_bound(&["check", "--chain", s(&child1)], 0);
+    within_bound(&["check", s(&vms)], 0);
+    within_bound(
+        &["reparent", "--dry-run", s(&child1), "--parent", s(&base2)],
+        0,
+    );
+    within_bound(&["reparent", s(&child1), "--parent", s(&base2)], 0);
+    let out = dir.path().join("out.vhd");
+    within_bound(&["convert", "--to", "vhd", s(&child1), s(&out)], 0);
+    within_bound(&["share", s(&vms), "--into", s(&shared)], 0);
+}

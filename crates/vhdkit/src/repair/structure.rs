@@ -70,8 +70,11 @@ pub fn repair_structures(
 /// Bytes of a whole footer, as a file length or offset.
 const FOOTER: u64 = FOOTER_BYTES as u64;
 
-/// Largest BAT read to decide whether the end footer's slot is free (a memory bound).
+/// Largest BAT read to decide whether the end footer's slot is free (it is streamed; this
+/// bounds the time spent).
 const MAX_BAT_READ: usize = 64 << 20;
+/// Bytes of the table read at a time.
+const BAT_READ_CHUNK: u64 = 1 << 20;
 
 /// A whole 512-byte footer with its cookie and a checksum that matches.
 fn footer_ok(b: &[u8]) -> bool {
@@ -176,21 +179,28 @@ fn data_ends_before(b: &Bytes, footer: &[u8], end_slot: u64) -> bool {
     };
     let bat = h.table_offset;
     let bat_bytes = u64::from(h.max_table_entries) * vfmt::BAT_ENTRY_BYTES;
-    let Some(raw) = usize::try_from(bat_bytes)
-        .ok()
-        .filter(|&k| k <= MAX_BAT_READ)
-        .and_then(|k| b.get(bat, k))
-    else {
+    if usize::try_from(bat_bytes).map_or(true, |k| k > MAX_BAT_READ)
+        || bat.checked_add(bat_bytes).is_none_or(|e| e > b.len)
+    {
         return false;
-    };
-    // Both reads above lie inside the file, so these ends do not overflow.
+    }
+    // The table lies inside the file (checked above), so these ends do not overflow.
     let span = vfmt::bitmap_bytes(h.block_size) + u64::from(h.block_size);
     let mut max_end = (bat + bat_bytes).max(hdr + DYNAMIC_HEADER_BYTES as u64);
-    for c in raw.chunks_exact(vfmt::BAT_ENTRY_BYTES as usize) {
-        let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        if e != vfmt::BAT_UNALLOCATED {
-            max_end = max_end.max(u64::from(e) * SECTOR_BYTES + span);
+    // Read 1 MiB of the table at a time: it is never held whole.
+    let mut done = 0u64;
+    while done < bat_bytes {
+        let n = (bat_bytes - done).min(BAT_READ_CHUNK);
+        let Some(raw) = usize::try_from(n).ok().and_then(|k| b.get(bat + done, k)) else {
+            return false;
+        };
+        for c in raw.chunks_exact(vfmt::BAT_ENTRY_BYTES as usize) {
+            let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            if e != vfmt::BAT_UNALLOCATED {
+                max_end = max_end.max(u64::from(e) * SECTOR_BYTES + span);
+            }
         }
+        done += n;
     }
     max_end <= end_slot
 }

@@ -9,11 +9,14 @@
 //! - every allocated block (bitmap + data) lies inside the file before the end footer, does not
 //!   overlap the front footer copy, the dynamic header or the table, and does not overlap another
 //!   block.
+//!
+//! The table is streamed, never held: one pass checks each entry, then the blocks are checked
+//! for overlaps in passes of bounded memory, and readers read entries on demand afterwards.
 
+use crate::disjoint::{find_overlap, Span, Visit, DEFAULT_BUDGET};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::source::{read_struct, Source};
-use crate::util::first_overlap;
 
 use super::format;
 
@@ -38,8 +41,9 @@ pub struct BatLayout {
     pub header_offset: u64,
 }
 
-/// Read and check the table; returns the raw entries (sector numbers or `BAT_UNALLOCATED`).
-pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<u32>> {
+/// Check the table, streaming it through a bounded buffer (it is never held whole); returns
+/// the number of allocated blocks. Readers then read entries on demand.
+pub fn check_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<u64> {
     let bs = u64::from(l.block_size);
     let needed = l.virtual_size.div_ceil(bs);
     let table_at_entries = l
@@ -83,35 +87,81 @@ pub fn read_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<Vec<
             ),
         ));
     }
-    let n = usize::try_from(bytes).map_err(|_| {
-        Error::limit(
-            STRUCTURE,
-            l.table_offset,
-            "table bytes",
-            bytes,
-            limits.max_bat_bytes,
-        )
-    })?;
-    let mut raw = vec![0u8; n];
-    read_struct(src, l.table_offset, &mut raw, STRUCTURE)?;
-    let entries: Vec<u32> = raw
-        .chunks_exact(std::mem::size_of::<u32>())
-        .map(|c| c.try_into().map_or(0, u32::from_be_bytes))
-        .collect();
-    check_entries(&entries, l, header_end)?;
-    Ok(entries)
+    let (allocated, held) = check_entries(src, l, header_end, DEFAULT_BUDGET)?;
+    match held {
+        Some(blocks) => overlap_error(l, first_overlap(blocks))?,
+        None => check_disjoint(src, l, DEFAULT_BUDGET)?,
+    }
+    Ok(allocated)
 }
 
-fn entry_offset(l: &BatLayout, i: usize) -> u64 {
+fn entry_offset(l: &BatLayout, i: u64) -> u64 {
     l.table_offset
-        .saturating_add((i as u64).saturating_mul(format::BAT_ENTRY_BYTES))
+        .saturating_add(i.saturating_mul(format::BAT_ENTRY_BYTES))
 }
 
-fn check_entries(entries: &[u32], l: &BatLayout, header_end: u64) -> Result<()> {
-    let span = l.bitmap_bytes.saturating_add(u64::from(l.block_size));
-    let table_end = l
-        .table_offset
-        .saturating_add(entries.len() as u64 * format::BAT_ENTRY_BYTES);
+/// Bitmap + data bytes of one block.
+fn block_span(l: &BatLayout) -> u64 {
+    l.bitmap_bytes.saturating_add(u64::from(l.block_size))
+}
+
+/// Entries read at a time by [`scan_allocated`]: 1 MiB of table.
+const SCAN_ENTRIES: u64 = (1 << 20) / format::BAT_ENTRY_BYTES;
+/// Entries compared at once when skipping unallocated runs.
+const SKIP_GROUP: usize = 16;
+
+/// Call `f(index, sector)` for every allocated entry of the table, in order, reading it 1 MiB
+/// at a time; unallocated runs are skipped a group at a time, so a pass over a large, mostly
+/// empty table is cheap.
+pub(crate) fn scan_allocated(
+    src: &dyn Source,
+    offset: u64,
+    count: u64,
+    f: &mut dyn FnMut(u64, u32) -> Result<()>,
+) -> Result<()> {
+    const W: usize = format::BAT_ENTRY_BYTES as usize;
+    let empty = [u8::MAX; SKIP_GROUP * W];
+    let mut buf = Vec::new();
+    let mut i = 0u64;
+    while i < count {
+        let n = (count - i).min(SCAN_ENTRIES);
+        // At most 1 MiB (SCAN_ENTRIES entries).
+        buf.resize(usize::try_from(n).unwrap_or(0) * W, 0);
+        read_struct(
+            src,
+            offset.saturating_add(i * W as u64),
+            &mut buf,
+            STRUCTURE,
+        )?;
+        for (g, group) in (i..).step_by(SKIP_GROUP).zip(buf.chunks(SKIP_GROUP * W)) {
+            if group == empty {
+                continue;
+            }
+            for (j, c) in (g..).zip(group.chunks_exact(W)) {
+                let e = c
+                    .try_into()
+                    .map_or(format::BAT_UNALLOCATED, u32::from_be_bytes);
+                if e != format::BAT_UNALLOCATED {
+                    f(j, e)?;
+                }
+            }
+        }
+        i += n;
+    }
+    Ok(())
+}
+
+/// Stream the table once: every allocated block lies before the end footer and clear of the
+/// fixed structures. Returns how many blocks are allocated and, when there are at most
+/// `budget`, their spans (so the overlap check needs no second pass).
+fn check_entries(
+    src: &dyn Source,
+    l: &BatLayout,
+    header_end: u64,
+    budget: usize,
+) -> Result<(u64, Option<Vec<Span>>)> {
+    let span = block_span(l);
+    let table_end = entry_offset(l, u64::from(l.entries));
     // Fixed structures a block must not touch.
     let fixed: [(u64, u64, &str); 3] = [
         (
@@ -122,11 +172,9 @@ fn check_entries(entries: &[u32], l: &BatLayout, header_end: u64) -> Result<()> 
         (l.header_offset, header_end, "the dynamic header"),
         (l.table_offset, table_end, "the block allocation table"),
     ];
-    let mut blocks: Vec<(u64, u64, usize)> = Vec::new();
-    for (i, &e) in entries.iter().enumerate() {
-        if e == format::BAT_UNALLOCATED {
-            continue;
-        }
+    let mut allocated = 0u64;
+    let mut held = Some(Vec::new());
+    let mut each = |i: u64, e: u32| -> Result<()> {
         let start = u64::from(e) * format::SECTOR_BYTES;
         let end = start.checked_add(span).filter(|&x| x <= l.data_end);
         let Some(end) = end else {
@@ -153,11 +201,51 @@ fn check_entries(entries: &[u32], l: &BatLayout, header_end: u64) -> Result<()> 
                 ));
             }
         }
-        blocks.push((start, end, i));
-    }
-    let Some(((s0, e0, i0), (s1, _, i1))) = first_overlap(&mut blocks) else {
+        allocated += 1;
+        // Past the budget the spans are dropped and found again in passes.
+        match &mut held {
+            Some(v) if v.len() < budget => v.push(Span { start, end, id: i }),
+            _ => held = None,
+        }
+        Ok(())
+    };
+    scan_allocated(src, l.table_offset, u64::from(l.entries), &mut each)?;
+    Ok((allocated, held))
+}
+
+/// The first pair of neighbours in file order that share bytes.
+fn first_overlap(mut blocks: Vec<Span>) -> Option<(Span, Span)> {
+    blocks.sort_unstable();
+    blocks.windows(2).find_map(|w| match w {
+        [a, b] if b.start < a.end => Some((*a, *b)),
+        _ => None,
+    })
+}
+
+/// No two allocated blocks share a byte, for more blocks than memory holds at once: they are
+/// visited in passes over the table (`disjoint`). The blocks all have one size, so the pair
+/// found is the one [`first_overlap`] finds.
+fn check_disjoint(src: &dyn Source, l: &BatLayout, budget: usize) -> Result<()> {
+    let span = block_span(l);
+    let mut pass = |visit: &mut Visit<'_>| -> Result<()> {
+        scan_allocated(src, l.table_offset, u64::from(l.entries), &mut |i, e| {
+            // Checked by `check_entries`: the block ends before the end footer.
+            let start = u64::from(e) * format::SECTOR_BYTES;
+            visit(Span {
+                start,
+                end: start.saturating_add(span),
+                id: i,
+            })
+        })
+    };
+    overlap_error(l, find_overlap(&mut pass, budget)?)
+}
+
+fn overlap_error(l: &BatLayout, pair: Option<(Span, Span)>) -> Result<()> {
+    let Some((a, b)) = pair else {
         return Ok(());
     };
+    let (s0, e0, i0, s1, i1) = (a.start, a.end, a.id, b.start, b.id);
     Err(Error::corrupt(
         STRUCTURE,
         entry_offset(l, i1),
@@ -197,15 +285,15 @@ mod tests {
     fn valid_table() {
         let l = layout(3);
         let bat = [8, format::BAT_UNALLOCATED, 0x12];
-        let got = read_bat(&image(&l, &bat), &l, &Limits::default()).unwrap();
-        assert_eq!(got, bat);
+        let got = check_bat(&image(&l, &bat), &l, &Limits::default()).unwrap();
+        assert_eq!(got, 2);
     }
 
     #[test]
     fn too_few_entries() {
         let mut l = layout(2);
         l.virtual_size = 3 * 4096 - 1;
-        let e = read_bat(&image(&l, &[]), &l, &Limits::default()).unwrap_err();
+        let e = check_bat(&image(&l, &[]), &l, &Limits::default()).unwrap_err();
         assert!(e.to_string().contains("below the 3 blocks"), "{e}");
     }
 
@@ -214,31 +302,31 @@ mod tests {
         let mut l = layout(1);
         l.entries = u32::MAX;
         l.virtual_size = 4096;
-        let e = read_bat(&image(&l, &[]), &l, &Limits::default()).unwrap_err();
+        let e = check_bat(&image(&l, &[]), &l, &Limits::default()).unwrap_err();
         assert!(matches!(e, Error::LimitExceeded { .. }), "{e}");
         let lim = Limits {
             max_bat_bytes: u64::MAX,
             ..Limits::default()
         };
-        let e = read_bat(&image(&l, &[]), &l, &lim).unwrap_err();
+        let e = check_bat(&image(&l, &[]), &l, &lim).unwrap_err();
         assert!(e.is_corruption(), "{e}");
     }
 
     #[test]
     fn entry_past_end() {
         let l = layout(2);
-        let e = read_bat(&image(&l, &[8, 0x7f]), &l, &Limits::default()).unwrap_err();
+        let e = check_bat(&image(&l, &[8, 0x7f]), &l, &Limits::default()).unwrap_err();
         let loc = e.location().unwrap();
         assert_eq!(loc.offset, 0x604);
         assert_eq!(loc.structure, STRUCTURE);
-        let e = read_bat(&image(&l, &[8, 0xFFFF_FFFE]), &l, &Limits::default()).unwrap_err();
+        let e = check_bat(&image(&l, &[8, 0xFFFF_FFFE]), &l, &Limits::default()).unwrap_err();
         assert!(e.is_corruption());
     }
 
     #[test]
     fn overlapping_entries() {
         let l = layout(3);
-        let e = read_bat(
+        let e = check_bat(
             &image(&l, &[8, format::BAT_UNALLOCATED, 10]),
             &l,
             &Limits::default(),
@@ -251,19 +339,71 @@ mod tests {
     #[test]
     fn overlapping_metadata() {
         let l = layout(2);
-        let e = read_bat(
+        let e = check_bat(
             &image(&l, &[1, format::BAT_UNALLOCATED]),
             &l,
             &Limits::default(),
         )
         .unwrap_err();
         assert!(e.to_string().contains("dynamic header"), "{e}");
-        let e = read_bat(
+        let e = check_bat(
             &image(&l, &[3, format::BAT_UNALLOCATED]),
             &l,
             &Limits::default(),
         )
         .unwrap_err();
         assert!(e.to_string().contains("allocation table"), "{e}");
+    }
+
+    #[test]
+    fn overlaps_are_found_the_same_way_in_several_passes() {
+        // 60 blocks of 9 sectors (512 bitmap + 4096 data) placed 9 sectors apart from sector
+        // 0x80, in reverse table order; then entry 40 moved onto entry 7's second sector.
+        let mut l = layout(60);
+        l.data_end = 0x100000;
+        let mut bat: Vec<u32> = (0..60).map(|i| 0x80 + 9 * (59 - i)).collect();
+        let src = image(&l, &bat);
+        for budget in [2, 3, 7, 1000] {
+            check_disjoint(&src, &l, budget).unwrap();
+        }
+        bat[40] = bat[7] + 1;
+        let src = image(&l, &bat);
+        for budget in [2, 3, 7, 1000] {
+            let e = check_disjoint(&src, &l, budget).unwrap_err();
+            assert_eq!(e.location().unwrap().offset, 0x600 + 40 * 4, "{e}");
+            assert!(e.to_string().contains("entry 40 (block at 0x"), "{e}");
+            assert!(e.to_string().contains("overlaps entry 7 "), "{e}");
+        }
+        // Many entries on one sector: the two lowest entries are named.
+        let same: Vec<u32> = vec![0x80; 60];
+        let e = check_disjoint(&image(&l, &same), &l, 4).unwrap_err();
+        assert!(e.to_string().contains("entry 1 (block at 0x10000)"), "{e}");
+        assert!(e.to_string().contains("overlaps entry 0 "), "{e}");
+    }
+
+    #[test]
+    fn one_pass_and_several_passes_agree() {
+        let mut l = layout(60);
+        l.data_end = 0x100000;
+        let mut bat: Vec<u32> = (0..60).map(|i| 0x80 + 9 * (59 - i)).collect();
+        bat[13] = format::BAT_UNALLOCATED;
+        bat[40] = bat[7] + 1;
+        let src = image(&l, &bat);
+        let (n, held) = check_entries(&src, &l, 0x600, 1000).unwrap();
+        assert_eq!(n, 59);
+        let one = overlap_error(&l, first_overlap(held.unwrap()));
+        let many = check_disjoint(&src, &l, 3);
+        assert_eq!(one.unwrap_err().to_string(), many.unwrap_err().to_string());
+        // More blocks than the budget: nothing held.
+        assert!(check_entries(&src, &l, 0x600, 10).unwrap().1.is_none());
+        let mut seen = Vec::new();
+        scan_allocated(&src, 0x600, 60, &mut |i, e| {
+            seen.push((i, e));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 59);
+        assert_eq!(seen[13], (14, bat[14]));
+        assert_eq!(seen[58], (59, bat[59]));
     }
 }

@@ -59,7 +59,7 @@ pub mod write;
 #[cfg(not(feature = "test-support"))]
 pub(crate) mod write;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -70,6 +70,7 @@ use crate::disk::{
 use crate::error::{Error, Result};
 use crate::guid;
 use crate::source::{read_struct, source_len, Source};
+use crate::table::{LazyTable, Width};
 use crate::view::Shape;
 
 pub use bitmap::BitOrder;
@@ -213,13 +214,18 @@ type BitmapCache = Mutex<Option<(u32, Vec<u8>)>>;
 /// An opened VHD file.
 #[derive(Debug)]
 pub(crate) struct VhdFile {
-    src: Box<dyn Source>,
+    /// The file (shared with the simulated re-open of a link plan, `SharedSource`); the
+    /// table reads its entries through it.
+    src: Arc<dyn Source>,
     file_size: u64,
     shape: Shape,
     footer: footer::CheckedFooter,
     header: Option<dynamic::CheckedHeader>,
     slots: Vec<LocatorSlot>,
-    bat: Vec<u32>,
+    /// The BAT, read on demand (dynamic and differencing disks).
+    bat: Option<LazyTable>,
+    /// Allocated blocks, counted when the table was checked.
+    allocated: u64,
     bitmap_bytes: u64,
     bit_order: BitOrder,
     cache: BitmapCache,
@@ -247,6 +253,7 @@ pub(crate) fn looks_like_vhd(src: &dyn Source, len: u64) -> Result<bool> {
 impl VhdFile {
     /// Open and check a VHD file.
     pub(crate) fn open(src: Box<dyn Source>, opts: &OpenOptions) -> Result<VhdFile> {
+        let src: Arc<dyn Source> = Arc::from(src);
         let file_size = source_len(&*src)?;
         let p = open::parse(&*src, file_size, opts, open::Purpose::Read)?;
         let shape = shape(&p);
@@ -259,7 +266,8 @@ impl VhdFile {
                 footer: p.footer,
                 header: None,
                 slots: Vec::new(),
-                bat: Vec::new(),
+                bat: None,
+                allocated: 0,
                 bitmap_bytes: 0,
                 bit_order: p.bit_order,
                 cache: Mutex::new(None),
@@ -289,6 +297,12 @@ impl VhdFile {
                 warnings.push(little_endian_warning(&hdr.parent_name));
             }
         }
+        let bat = LazyTable::new(
+            hdr.raw.table_offset,
+            u64::from(hdr.raw.max_table_entries),
+            Width::U32Be,
+            "vhd block allocation table",
+        );
         Ok(VhdFile {
             src,
             file_size,
@@ -296,7 +310,8 @@ impl VhdFile {
             footer: p.footer,
             header: Some(hdr),
             slots,
-            bat: sp.bat,
+            bat: Some(bat),
+            allocated: sp.allocated,
             bitmap_bytes: sp.bitmap_bytes,
             bit_order: p.bit_order,
             cache: Mutex::new(None),
@@ -344,11 +359,7 @@ impl VhdFile {
             },
             table_offset: h.raw.table_offset,
             max_table_entries: h.raw.max_table_entries,
-            allocated_blocks: self
-                .bat
-                .iter()
-                .filter(|&&e| e != format::BAT_UNALLOCATED)
-                .count() as u64,
+            allocated_blocks: self.allocated,
             block_size: h.raw.block_size,
             bitmap_bytes: self.bitmap_bytes,
             bitmap_order: self.bit_order,
@@ -511,21 +522,20 @@ impl Image for VhdFile {
             .as_ref()
             .map_or(0, |h| h.raw.table_offset)
             .saturating_add(block.saturating_mul(format::BAT_ENTRY_BYTES));
-        let entry = usize::try_from(block)
-            .ok()
-            .and_then(|b| self.bat.get(b))
-            .copied()
-            .ok_or_else(|| {
-                Error::corrupt(
+        let entry = match &self.bat {
+            Some(t) if block < t.len() => t.get(&*self.src, block)?,
+            _ => {
+                return Err(Error::corrupt(
                     "vhd block allocation table",
                     entry_at,
                     format!("no entry for block {block}"),
-                )
-            })?;
-        if entry == format::BAT_UNALLOCATED {
+                ))
+            }
+        };
+        if entry == u64::from(format::BAT_UNALLOCATED) {
             return Ok((Extent::Unallocated, n));
         }
-        let bitmap_at = u64::from(entry) * format::SECTOR_BYTES;
+        let bitmap_at = entry * format::SECTOR_BYTES;
         let data_at = bitmap_at + self.bitmap_bytes;
         if self.shape.disk_type != DiskType::Differencing {
             return Ok((
@@ -549,6 +559,20 @@ impl Image for VhdFile {
     }
     fn parts(&self) -> ImageParts<'_> {
         ImageParts::new(&*self.src, "vhd data block", self.file_size, &self.warnings)
+    }
+}
+
+/// A source shared with a table, handed to code that takes ownership of a source (the
+/// simulated re-open of a link plan).
+#[derive(Debug)]
+pub(crate) struct SharedSource(pub Arc<dyn Source>);
+
+impl Source for SharedSource {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
     }
 }
 

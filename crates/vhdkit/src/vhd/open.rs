@@ -27,8 +27,8 @@ pub(crate) enum Purpose {
 pub(crate) struct Sparse {
     /// The checked dynamic header.
     pub header: dynamic::CheckedHeader,
-    /// The BAT entries as read.
-    pub bat: Vec<u32>,
+    /// Allocated blocks (the BAT itself is checked, not kept: readers read it on demand).
+    pub allocated: u64,
     /// Bitmap bytes in front of each block.
     pub bitmap_bytes: u64,
 }
@@ -131,10 +131,10 @@ fn parse_sparse(src: &dyn Source, ft: &CheckedFooter, opts: &OpenOptions) -> Res
         data_end: ft.end_offset,
         header_offset: header.offset,
     };
-    let bat = bat::read_bat(src, &layout, &opts.limits)?;
+    let allocated = bat::check_bat(src, &layout, &opts.limits)?;
     Ok(Sparse {
         header,
-        bat,
+        allocated,
         bitmap_bytes,
     })
 }

@@ -19,7 +19,13 @@
 //! durable, and whose end footer is valid (or, if the OS lost the footer write, a valid front
 //! copy that every reader falls back to). Until a flush, data written into new blocks is
 //! invisible on disk (old contents); data written in place into sectors already present is
-//! visible immediately (old or new per sector, as on any disk).
+//! visible immediately (old or new per sector, as on any disk). The writer also flushes on its
+//! own once it has allocated 64Ki blocks or holds 4 MiB of changed bitmaps since the last flush,
+//! so what it keeps in memory stays bounded whatever is written (the file ends the same).
+//!
+//! **Memory.** The BAT is never held: entries are read on demand through a small page cache
+//! (`crate::table`) sharing the file with the writer; only entries changed since the last flush
+//! are kept, and the flush writes them to the table before the cache takes them in.
 //!
 //! **Bitmaps.** Dynamic disks: a new block's bitmap is all ones (what qemu and Windows write).
 //! Differencing disks: exactly the sectors written are marked; a write that covers part of a
@@ -39,6 +45,7 @@ use super::open::{self, Purpose};
 use crate::disk::{DiskType, OpenOptions};
 use crate::error::{Error, Result};
 use crate::source::{read_struct, source_len};
+use crate::table::{LazyTable, Width};
 use crate::txn::Sink;
 use crate::view::Shape;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State, Table};
@@ -48,6 +55,11 @@ const SECTOR: u64 = format::SECTOR_BYTES;
 /// Clean sector bitmaps kept in memory before the cache is emptied (4096 x 512 bytes = 2 MiB
 /// with 2 MiB blocks). Dirty bitmaps stay until the next flush.
 const MAX_CACHED_BITMAPS: usize = 4096;
+/// Bytes of sector bitmaps kept in memory, clean or dirty, whatever the block size.
+const MAX_BITMAP_BYTES: u64 = 4 << 20;
+/// Blocks allocated before the writer commits on its own: what it holds between commits (the
+/// changed BAT entries and the new blocks) stays a few MiB however much is written.
+const MAX_NEW_BLOCKS: usize = 64 << 10;
 
 /// A VHD opened for writing.
 #[derive(Debug)]
@@ -67,6 +79,7 @@ enum Body<S: Sink> {
 /// The VHD part of a sparse writer: allocation at the end of the file and the ordered commit.
 #[derive(Debug)]
 struct Blocks<S: Sink> {
+    /// The file; the table reads the entries not changed through it.
     sink: S,
     differencing: bool,
     block_size: u64,
@@ -105,8 +118,14 @@ impl<S: Sink> VhdWriter<S> {
                     block_size,
                     sector: SECTOR,
                     order: p.bit_order,
-                    max_cached_bitmaps: MAX_CACHED_BITMAPS,
+                    max_cached_bitmaps: max_bitmaps(sp.bitmap_bytes),
                 };
+                let table = LazyTable::new(
+                    sp.header.raw.table_offset,
+                    u64::from(sp.header.raw.max_table_entries),
+                    Width::U32Be,
+                    "vhd block allocation table",
+                );
                 let blocks = Blocks {
                     sink,
                     differencing: p.disk_type == DiskType::Differencing,
@@ -117,7 +136,7 @@ impl<S: Sink> VhdWriter<S> {
                     footer_at: p.footer.offset,
                     new_blocks: BTreeSet::new(),
                 };
-                Body::Sparse(Box::new(Engine::new(blocks, Table::new(sp.bat), geo)))
+                Body::Sparse(Box::new(Engine::new(blocks, Table::lazy(table), geo)))
             }
         };
         Ok(VhdWriter { shape, body })
@@ -131,6 +150,21 @@ impl<S: Sink> VhdWriter<S> {
             Body::Sparse(e) => &e.fmt.sink,
         }
     }
+}
+
+/// Sector bitmaps the cache keeps: [`MAX_CACHED_BITMAPS`], fewer when blocks are so large that
+/// their bitmaps would pass [`MAX_BITMAP_BYTES`].
+fn max_bitmaps(bitmap_bytes: u64) -> usize {
+    let n = MAX_BITMAP_BYTES / bitmap_bytes.max(1);
+    usize::try_from(n).map_or(MAX_CACHED_BITMAPS, |n| n.clamp(1, MAX_CACHED_BITMAPS))
+}
+
+/// Whether the writer has allocated or changed so much since its last commit that it commits
+/// now, to keep what it holds bounded (the result on disk is the same as committing later).
+fn commit_due<S: Sink>(e: &Engine<Blocks<S>>) -> bool {
+    let dirty_bitmaps = e.st.bitmaps.dirty().len() as u64;
+    e.fmt.new_blocks.len() >= MAX_NEW_BLOCKS
+        || dirty_bitmaps.saturating_mul(e.fmt.bitmap_bytes) >= MAX_BITMAP_BYTES
 }
 
 impl<S: Sink> Blocks<S> {
@@ -205,7 +239,7 @@ impl<S: Sink> Blocks<S> {
             let last = first.saturating_add(per_sector).min(st.table.len());
             let mut bytes = Vec::with_capacity(usize_of(SECTOR)?);
             for i in first..last {
-                bytes.extend_from_slice(&st.table.get(i)?.to_be_bytes());
+                bytes.extend_from_slice(&st.table.get(&self.sink, i)?.to_be_bytes());
             }
             self.write(
                 &bytes,
@@ -221,7 +255,7 @@ impl<S: Sink> SparseFormat for Blocks<S> {
     type Entry = u32;
 
     fn place(&self, st: &State<u32>, block: u64) -> Result<Place> {
-        let entry = st.table.get(block)?;
+        let entry = st.table.get(&self.sink, block)?;
         if entry == format::BAT_UNALLOCATED {
             return Ok(if self.differencing {
                 Place::Parent
@@ -233,7 +267,7 @@ impl<S: Sink> SparseFormat for Blocks<S> {
     }
 
     fn place_for_write(&mut self, st: &mut State<u32>, block: u64) -> Result<Place> {
-        let entry = st.table.get(block)?;
+        let entry = st.table.get(&self.sink, block)?;
         let bitmap_at = if entry == format::BAT_UNALLOCATED {
             self.allocate(st, block)?
         } else {
@@ -243,7 +277,7 @@ impl<S: Sink> SparseFormat for Blocks<S> {
     }
 
     fn read_bitmap(&self, st: &State<u32>, block: u64) -> Result<Vec<u8>> {
-        let at = u64::from(st.table.get(block)?) * SECTOR;
+        let at = u64::from(st.table.get(&self.sink, block)?) * SECTOR;
         let mut bm = vec![0u8; usize_of(self.bitmap_bytes)?];
         read_struct(&self.sink, at, &mut bm, "vhd sector bitmap")?;
         Ok(bm)
@@ -269,7 +303,10 @@ impl<S: Sink> SparseFormat for Blocks<S> {
             let Some(bm) = st.bitmaps.get(b) else {
                 continue;
             };
-            let entry = st.table.get(b).unwrap_or(format::BAT_UNALLOCATED);
+            let entry = st
+                .table
+                .get(&self.sink, b)
+                .unwrap_or(format::BAT_UNALLOCATED);
             let at = u64::from(entry) * SECTOR;
             if self.new_blocks.contains(&b) {
                 self.write(bm, at, "block bitmap")?;
@@ -308,7 +345,13 @@ impl<S: Sink> WritableImage for VhdWriter<S> {
             Body::Fixed(sink) => sink.write_all_at(data, offset).map_err(io(format!(
                 "writing the fixed disk data at offset {offset:#x}"
             ))),
-            Body::Sparse(e) => e.write_at(offset, data, parent),
+            Body::Sparse(e) => {
+                e.write_at(offset, data, parent)?;
+                if commit_due(e) {
+                    e.flush()?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -202,7 +202,7 @@ impl<S: Sink> Payload<S> {
         let dirty: Vec<u64> = st.bitmaps.dirty().iter().copied().collect();
         for b in dirty {
             let idx = payload_index(b, cr);
-            let e = st.table.get(idx)?;
+            let e = st.table.get(&self.sink, idx)?;
             if state(e) != PAYLOAD_BLOCK_PARTIALLY_PRESENT {
                 continue;
             }
@@ -217,7 +217,7 @@ impl<S: Sink> Payload<S> {
                 continue;
             }
             let si = sb_index(b / cr, cr);
-            let mut sb = st.table.get(si)?;
+            let mut sb = st.table.get(&self.sink, si)?;
             if state(sb) != SB_BLOCK_PRESENT {
                 let at = self.allocate(SECTOR_BITMAP_BLOCK_SIZE)?;
                 sb = at | u64::from(SB_BLOCK_PRESENT);
@@ -232,7 +232,7 @@ impl<S: Sink> Payload<S> {
         for i in st.table.dirty() {
             let w = (
                 self.bat_offset + i * format::BAT_ENTRY_SIZE,
-                st.table.get(i)?.to_le_bytes().to_vec(),
+                st.table.get(&self.sink, i)?.to_le_bytes().to_vec(),
             );
             if is_sb_index(i, cr) {
                 sb_writes.push(w);
@@ -257,7 +257,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
     type Entry = u64;
 
     fn place(&self, st: &State<u64>, b: u64) -> Result<Place> {
-        let e = st.table.get(payload_index(b, self.cr))?;
+        let e = st.table.get(&self.sink, payload_index(b, self.cr))?;
         let data_at = e & BAT_OFFSET_MASK;
         Ok(match state(e) {
             PAYLOAD_BLOCK_FULLY_PRESENT => Place::Whole { data_at },
@@ -269,7 +269,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
 
     fn place_for_write(&mut self, st: &mut State<u64>, b: u64) -> Result<Place> {
         let idx = payload_index(b, self.cr);
-        let e = st.table.get(idx)?;
+        let e = st.table.get(&self.sink, idx)?;
         let data_at = e & BAT_OFFSET_MASK;
         match state(e) {
             PAYLOAD_BLOCK_FULLY_PRESENT => Ok(Place::Whole { data_at }),
@@ -300,7 +300,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
     fn read_bitmap(&self, st: &State<u64>, b: u64) -> Result<Vec<u8>> {
         let (rel, len) = block_bitmap_range(b, self.cr);
         let mut bm = vec![0u8; usize_of(len)?];
-        let sb = st.table.get(sb_index(b / self.cr, self.cr))?;
+        let sb = st.table.get(&self.sink, sb_index(b / self.cr, self.cr))?;
         if state(sb) == SB_BLOCK_PRESENT {
             read_struct(
                 &self.sink,

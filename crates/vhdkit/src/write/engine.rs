@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitmap::{self, BitOrder};
 use crate::error::{Error, Result};
+use crate::source::Source;
 use crate::table::LazyTable;
 use crate::write::ParentRead;
 
@@ -92,7 +93,6 @@ enum Backing<E> {
     /// Held whole (small tables built in memory, tests).
     Mem(Vec<E>),
     /// Read from the file on demand, so memory does not grow with the table.
-    #[allow(dead_code)] // the writers switch to it in the next commits
     Lazy(LazyTable),
 }
 
@@ -115,7 +115,6 @@ impl<E: Entry> Table<E> {
     }
 
     /// A table read from the file on demand: nothing dirty.
-    #[allow(dead_code)] // the writers switch to it in the next commits
     pub fn lazy(table: LazyTable) -> Table<E> {
         Table {
             backing: Backing::Lazy(table),
@@ -131,8 +130,8 @@ impl<E: Entry> Table<E> {
         }
     }
 
-    /// Entry `index`.
-    pub fn get(&self, index: u64) -> Result<E> {
+    /// Entry `index`; a lazy table reads it through `src` (the file the format writes).
+    pub fn get(&self, src: &dyn Source, index: u64) -> Result<E> {
         if let Some(e) = self.changed.get(&index) {
             return Ok(*e);
         }
@@ -142,7 +141,7 @@ impl<E: Entry> Table<E> {
                 .and_then(|i| v.get(i))
                 .copied()
                 .ok_or_else(|| outside(index)),
-            Backing::Lazy(t) if index < t.len() => t.get(index).map(E::from_raw),
+            Backing::Lazy(t) if index < t.len() => t.get(src, index).map(E::from_raw),
             Backing::Lazy(_) => Err(outside(index)),
         }
     }
@@ -509,10 +508,13 @@ mod tests {
     const BS: u64 = 4096;
     const SECTOR: u64 = 512;
 
+    /// The Mem backing never reads the file.
+    const NO_FILE: &[u8] = &[];
+
     impl SparseFormat for Mem {
         type Entry = u32;
         fn place(&self, st: &State<u32>, block: u64) -> Result<Place> {
-            Ok(match st.table.get(block)? {
+            Ok(match st.table.get(&NO_FILE, block)? {
                 0 => Place::Parent,
                 _ => Place::Sectors {
                     data_at: block * BS,
@@ -520,7 +522,7 @@ mod tests {
             })
         }
         fn place_for_write(&mut self, st: &mut State<u32>, block: u64) -> Result<Place> {
-            if st.table.get(block)? == 0 {
+            if st.table.get(&NO_FILE, block)? == 0 {
                 st.table.set(block, 1)?;
                 st.bitmaps.insert(block, vec![0; 1], true);
             }
@@ -615,19 +617,19 @@ mod tests {
     fn a_lazy_table_holds_only_changed_entries_until_they_settle() {
         use crate::table::{LazyTable, Width};
         let file: Vec<u8> = (0u32..1000).flat_map(|i| (i * 3).to_be_bytes()).collect();
-        let src: std::sync::Arc<dyn crate::source::Source> = std::sync::Arc::new(file);
-        let mut t: Table<u32> = Table::lazy(LazyTable::new(src, 0, 1000, Width::U32Be, "t"));
+        let src = file;
+        let mut t: Table<u32> = Table::lazy(LazyTable::new(0, 1000, Width::U32Be, "t"));
         assert_eq!(t.len(), 1000);
-        assert_eq!(t.get(7).unwrap(), 21);
+        assert_eq!(t.get(&src, 7).unwrap(), 21);
         t.set(7, 5).unwrap();
         t.set(999, 6).unwrap();
         assert!(t.set(1000, 1).is_err());
-        assert!(t.get(1000).is_err());
+        assert!(t.get(&src, 1000).is_err());
         assert_eq!(t.dirty().collect::<Vec<_>>(), vec![7, 999]);
-        assert_eq!((t.get(7).unwrap(), t.get(999).unwrap()), (5, 6));
+        assert_eq!((t.get(&src, 7).unwrap(), t.get(&src, 999).unwrap()), (5, 6));
         t.settle();
         assert!(t.is_clean());
         // The page read before holds the settled value; the file itself was not written here.
-        assert_eq!(t.get(7).unwrap(), 5);
+        assert_eq!(t.get(&src, 7).unwrap(), 5);
     }
 }

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use super::{raw_dynamic_header, Ranges, BAT, FOOTER, HEADER, LOCATOR};
 use crate::check::{Bytes, Findings};
+use crate::disjoint::{visit_sorted, Span, Visit, DEFAULT_BUDGET};
 use crate::limits::Limits;
 use crate::util::{overlaps, round_up};
 use crate::vhd::format::{
@@ -417,13 +418,46 @@ impl Sparse<'_> {
     }
 
     /// Every allocated block: inside the file, clear of metadata, clear of the other blocks.
-    /// The table is read 1 MiB at a time, never held whole.
+    /// The table is streamed, never held whole, and the overlaps are found in passes of
+    /// bounded memory (`disjoint::visit_sorted`).
     fn check_blocks(&self, s: &mut Findings, bat_off: u64, bat_bytes: u64, meta: &Ranges) {
-        const PER_READ: u64 = 1 << 20;
-        let entry = BAT_ENTRY_BYTES;
         let bs = self.h.block_size;
         let block_span = format::bitmap_bytes(bs) + u64::from(bs);
-        let mut blocks: Vec<(u64, u64)> = Vec::new();
+        // The blocks before the footer, while they fit the budget: then no second pass.
+        let mut held = Some(Vec::new());
+        let read = self.each_entry(bat_off, bat_bytes, &mut |j, e| {
+            let at = bat_off + BAT_ENTRY_BYTES * j;
+            if self.check_block(s, at, j, e, block_span, meta) {
+                let start = u64::from(e) * SECTOR_BYTES;
+                let span = Span {
+                    start,
+                    end: start + block_span,
+                    id: j,
+                };
+                match &mut held {
+                    Some(v) if v.len() < DEFAULT_BUDGET => v.push(span),
+                    _ => held = None,
+                }
+            }
+        });
+        if !read {
+            return;
+        }
+        let mut report = Neighbours::new(s, bat_off);
+        match held {
+            Some(mut v) => {
+                v.sort_unstable();
+                v.into_iter().for_each(|b| report.next(b));
+            }
+            None => self.report_overlaps(&mut report, bat_off, bat_bytes, block_span),
+        }
+    }
+
+    /// Call `f(index, entry)` for every allocated entry, reading the table 1 MiB at a time;
+    /// false when a read fails (the entries before it were visited).
+    fn each_entry(&self, bat_off: u64, bat_bytes: u64, f: &mut dyn FnMut(u64, u32)) -> bool {
+        const PER_READ: u64 = 1 << 20;
+        let entry = BAT_ENTRY_BYTES;
         let mut done = 0u64;
         while done < bat_bytes {
             let n = (bat_bytes - done).min(PER_READ);
@@ -431,37 +465,57 @@ impl Sparse<'_> {
                 .ok()
                 .and_then(|k| self.b.get(bat_off + done, k))
             else {
-                return;
+                return false;
             };
             let first = done / entry;
-            for (j, c) in (first..).zip(raw.chunks_exact(entry as usize)) {
-                let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-                if e == BAT_UNALLOCATED {
+            // Unallocated runs are skipped 16 entries at a time: passes over a large, mostly
+            // empty table stay cheap.
+            let empty = [u8::MAX; 64];
+            for (g, group) in (first..).step_by(16).zip(raw.chunks(64)) {
+                if group == empty {
                     continue;
                 }
-                let at = bat_off + entry * j;
-                if let Some(start) = self.check_block(s, at, j, e, block_span, meta) {
-                    blocks.push((start, j));
+                for (j, c) in (g..).zip(group.chunks_exact(entry as usize)) {
+                    let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+                    if e != BAT_UNALLOCATED {
+                        f(j, e);
+                    }
                 }
             }
             done += n;
         }
-        blocks.sort_unstable();
-        for w in blocks.windows(2) {
-            if let [(a, ia), (b2, ib)] = w {
-                if a + block_span > *b2 {
-                    s.add(
-                        "vhd.block.overlap",
-                        BAT,
-                        Some(bat_off + entry * ib),
-                        format!("blocks {ia} (at {a:#x}) and {ib} (at {b2:#x}) overlap"),
-                    );
-                }
-            }
-        }
+        true
     }
 
-    /// Block `i` (BAT entry `e`, at `at`): its start when it lies before the footer.
+    /// Blocks that overlap the block before them in file order, for more blocks than memory
+    /// holds at once (blocks running past the footer were reported already and are left out).
+    fn report_overlaps(&self, r: &mut Neighbours, bat_off: u64, bat_bytes: u64, block_span: u64) {
+        let footer = self.footer_offset;
+        let mut pass = |visit: &mut Visit<'_>| -> crate::Result<()> {
+            let mut failed = None;
+            let read = self.each_entry(bat_off, bat_bytes, &mut |j, e| {
+                let start = u64::from(e) * SECTOR_BYTES;
+                let end = start + block_span;
+                if end <= footer && failed.is_none() {
+                    failed = visit(Span { start, end, id: j }).err();
+                }
+            });
+            match failed {
+                Some(e) => Err(e),
+                None if read => Ok(()),
+                None => Err(crate::Error::Internal(
+                    "the BAT could not be read again".into(),
+                )),
+            }
+        };
+        // A table that cannot be read again (the file changed under the check) ends the report.
+        let _ = visit_sorted(&mut pass, DEFAULT_BUDGET, &mut |b| {
+            r.next(b);
+            Ok(())
+        });
+    }
+
+    /// Block `i` (BAT entry `e`, at `at`): before the footer (true), clear of the metadata.
     fn check_block(
         &self,
         s: &mut Findings,
@@ -470,7 +524,7 @@ impl Sparse<'_> {
         e: u32,
         block_span: u64,
         meta: &Ranges,
-    ) -> Option<u64> {
+    ) -> bool {
         let start = u64::from(e) * SECTOR_BYTES;
         let end = start + block_span;
         if end > self.footer_offset {
@@ -483,7 +537,7 @@ impl Sparse<'_> {
                     self.footer_offset
                 ),
             );
-            return None;
+            return false;
         }
         for (r, what) in meta {
             if overlaps(&(start..end), r) {
@@ -495,6 +549,41 @@ impl Sparse<'_> {
                 );
             }
         }
-        Some(start)
+        true
+    }
+}
+
+/// Reports blocks that overlap the block before them, fed in file order.
+struct Neighbours<'f> {
+    s: &'f mut Findings,
+    bat_off: u64,
+    prev: Option<Span>,
+}
+
+impl<'f> Neighbours<'f> {
+    fn new(s: &'f mut Findings, bat_off: u64) -> Neighbours<'f> {
+        Neighbours {
+            s,
+            bat_off,
+            prev: None,
+        }
+    }
+
+    fn next(&mut self, b: Span) {
+        if let Some(a) = self.prev {
+            if a.end > b.start {
+                let (ia, ib) = (a.id, b.id);
+                self.s.add(
+                    "vhd.block.overlap",
+                    BAT,
+                    Some(self.bat_off + BAT_ENTRY_BYTES * ib),
+                    format!(
+                        "blocks {ia} (at {:#x}) and {ib} (at {:#x}) overlap",
+                        a.start, b.start
+                    ),
+                );
+            }
+        }
+        self.prev = Some(b);
     }
 }

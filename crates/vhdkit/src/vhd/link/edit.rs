@@ -11,6 +11,7 @@ use crate::source::{read_struct, source_len, Source};
 use crate::txn::{FieldChange, Plan, WriteOp};
 use crate::util::{overlaps, round_up, utf16le};
 
+use super::super::bat::scan_allocated;
 use super::super::dynamic::CheckedHeader;
 use super::super::format::{self, ParentLocatorEntry};
 use super::super::locator::{code_text, data_space_bytes};
@@ -120,7 +121,7 @@ impl<'a> Editor<'a> {
             src,
             file_len: source_len(src)?,
             end_footer,
-            protected: protected(file, hdr),
+            protected: protected(hdr),
             old: hdr.raw.parent_locators,
             entries: hdr.raw.parent_locators,
             keep: [None, None],
@@ -135,18 +136,23 @@ impl<'a> Editor<'a> {
         })
     }
 
-    /// `Ok` when `r` lies between the footers and overlaps no protected structure.
-    fn usable(&self, r: &Range<u64>) -> std::result::Result<(), String> {
+    /// `Ok(Ok)` when `r` lies between the footers and overlaps no protected structure and no
+    /// data block; `Ok(Err(why))` when it does.
+    fn usable(&self, r: &Range<u64>) -> Result<std::result::Result<(), String>> {
         if r.start < format::FOOTER_BYTES as u64 || r.end > self.end_footer || r.start > r.end {
-            return Err(format!(
+            return Ok(Err(format!(
                 "{:#x}..{:#x} is outside the area between the front footer and the end footer",
                 r.start, r.end
-            ));
+            )));
         }
-        match self.protected.iter().find(|(p, _)| overlaps(p, r)) {
-            Some((_, what)) => Err(format!("{:#x}..{:#x} overlaps {what}", r.start, r.end)),
+        let why = |what: &str| format!("{:#x}..{:#x} overlaps {what}", r.start, r.end);
+        if let Some((_, what)) = self.protected.iter().find(|(p, _)| overlaps(p, r)) {
+            return Ok(Err(why(what)));
+        }
+        Ok(match block_under(self.file, self.hdr, r)? {
+            Some(i) => Err(why(&format!("data block {i}"))),
             None => Ok(()),
-        }
+        })
     }
 
     pub(super) fn path_of(&self, i: usize) -> Option<String> {
@@ -215,7 +221,7 @@ impl<'a> Editor<'a> {
             reserved: 0,
             platform_data_offset: old.platform_data_offset,
         };
-        match self.space_in_place(slot, code, len) {
+        match self.space_in_place(slot, code, len)? {
             Some(sp) => self.write_in_place(slot, code, &old, &data, sp)?,
             None => {
                 let (off, space) = self.relocate(slot, code, &old, &data)?;
@@ -228,15 +234,17 @@ impl<'a> Editor<'a> {
     }
 
     /// The reserved space of `slot` when `len` bytes of `code` data may be written there.
-    fn space_in_place(&mut self, slot: usize, code: [u8; 4], len: u64) -> Option<u64> {
+    fn space_in_place(&mut self, slot: usize, code: [u8; 4], len: u64) -> Result<Option<u64>> {
         let old = self.old[slot];
         if old.platform_code != code {
-            return None;
+            return Ok(None);
         }
-        let sp = data_space_bytes(old.platform_data_space).filter(|&sp| len <= sp)?;
+        let Some(sp) = data_space_bytes(old.platform_data_space).filter(|&sp| len <= sp) else {
+            return Ok(None);
+        };
         let r = old.platform_data_offset..old.platform_data_offset.saturating_add(sp);
-        let why = match self.usable(&r) {
-            Ok(()) if !self.claimed.iter().any(|c| overlaps(c, &r)) => return Some(sp),
+        let why = match self.usable(&r)? {
+            Ok(()) if !self.claimed.iter().any(|c| overlaps(c, &r)) => return Ok(Some(sp)),
             Ok(()) => "shares its data space with another locator; its new data".to_string(),
             Err(why) => format!("data space {why}; its new data"),
         };
@@ -244,7 +252,7 @@ impl<'a> Editor<'a> {
             "locator {slot} ({}) {why} goes to the end of the file",
             code_text(code)
         ));
-        None
+        Ok(None)
     }
 
     fn write_in_place(
@@ -331,7 +339,7 @@ impl<'a> Editor<'a> {
                     code_text(e.platform_code)
                 )
             };
-            if let Err(why) = self.usable(&r) {
+            if let Err(why) = self.usable(&r)? {
                 self.warnings.push(left(&why));
                 continue;
             }
@@ -455,10 +463,14 @@ fn check_path_size(code: [u8; 4], data: &[u8], opts: &OpenOptions) -> Result<()>
     Ok(())
 }
 
-/// The footer copies, the dynamic header, the BAT and every allocated block.
-fn protected(file: &VhdFile, hdr: &CheckedHeader) -> Vec<(Range<u64>, String)> {
+/// The footer copies, the dynamic header and the BAT (the data blocks are checked by streaming
+/// the table, see [`Editor::usable`]).
+fn protected(hdr: &CheckedHeader) -> Vec<(Range<u64>, String)> {
     let hdr_off = hdr.offset;
-    let mut protected: Vec<(Range<u64>, String)> = vec![
+    let entries = u64::from(hdr.raw.max_table_entries);
+    let bat_bytes = round_up(entries * format::BAT_ENTRY_BYTES, SECTOR).unwrap_or(u64::MAX);
+    let table = hdr.raw.table_offset;
+    vec![
         (
             0..format::FOOTER_BYTES as u64,
             "the footer copy at offset 0".into(),
@@ -467,23 +479,32 @@ fn protected(file: &VhdFile, hdr: &CheckedHeader) -> Vec<(Range<u64>, String)> {
             hdr_off..hdr_off.saturating_add(format::DYNAMIC_HEADER_BYTES as u64),
             "the dynamic header".into(),
         ),
-    ];
-    let entries = u64::from(hdr.raw.max_table_entries);
-    let bat_bytes = round_up(entries * format::BAT_ENTRY_BYTES, SECTOR).unwrap_or(u64::MAX);
-    let table = hdr.raw.table_offset;
-    protected.push((
-        table..table.saturating_add(bat_bytes),
-        "the block allocation table".into(),
-    ));
+        (
+            table..table.saturating_add(bat_bytes),
+            "the block allocation table".into(),
+        ),
+    ]
+}
+
+/// The first allocated data block (in table order) that `r` overlaps, streaming the table.
+fn block_under(file: &VhdFile, hdr: &CheckedHeader, r: &Range<u64>) -> Result<Option<u64>> {
+    let Some(bat) = &file.bat else {
+        return Ok(None);
+    };
     let block_bytes = file.bitmap_bytes + u64::from(hdr.raw.block_size);
-    for (i, &e) in file.bat.iter().enumerate() {
-        if e != format::BAT_UNALLOCATED {
-            let at = u64::from(e) * SECTOR;
-            protected.push((
-                at..at.saturating_add(block_bytes),
-                format!("data block {i}"),
-            ));
+    let mut found = None;
+    // Ends the scan at the first hit; never seen by callers.
+    let stop = || Error::Internal(String::new());
+    let scanned = scan_allocated(&*file.src, bat.offset(), bat.len(), &mut |i, e| {
+        let at = u64::from(e) * SECTOR;
+        if overlaps(&(at..at.saturating_add(block_bytes)), r) {
+            found = Some(i);
+            return Err(stop());
         }
+        Ok(())
+    });
+    match (found, scanned) {
+        (Some(i), _) => Ok(Some(i)),
+        (None, r) => r.map(|()| None),
     }
-    protected
 }
