@@ -28,7 +28,7 @@ pub mod reparent;
 pub(crate) mod update;
 pub mod write;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -196,7 +196,8 @@ pub struct VhdxInfo {
 /// An open VHDX file.
 #[derive(Debug)]
 pub struct VhdxFile {
-    src: Box<dyn Source>,
+    /// Shared with the BAT, which reads its entries through the same (possibly replayed) bytes.
+    src: Arc<dyn Source>,
     real_file_len: u64,
     shape: Shape,
     logical_sector_size: u32,
@@ -332,9 +333,10 @@ impl VhdxFile {
         let real_file_len = source_len(&*src)?;
         let mut warnings = headers.warnings.clone();
         let (src, log_info) = open_log(src, &headers, &opts.limits, &mut warnings)?;
+        let src: Arc<dyn Source> = Arc::from(src);
         let cur = &headers.current;
         let file_len = source_len(&*src)?;
-        let layout = read_layout(&*src, file_len, cur, &opts.limits)?;
+        let layout = read_layout(&src, file_len, cur, &opts.limits)?;
         warnings.extend(layout.warnings.iter().cloned());
         let shape = layout.shape();
         let Layout {
@@ -379,17 +381,14 @@ impl VhdxFile {
     }
 
     fn entry(&self, index: u64) -> Result<u64> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.bat.entries.get(i))
-            .copied()
-            .ok_or_else(|| {
-                Error::corrupt(
-                    "vhdx block allocation table",
-                    0,
-                    format!("entry {index} outside the table"),
-                )
-            })
+        if index >= self.bat.table.len() {
+            return Err(Error::corrupt(
+                "vhdx block allocation table",
+                0,
+                format!("entry {index} outside the table"),
+            ));
+        }
+        self.bat.table.get(index)
     }
 
     /// Run of equal sector-bitmap bits for block `b`, starting at byte `within` of the block,
@@ -491,6 +490,20 @@ impl Image for VhdxFile {
     }
 }
 
+/// The bytes an open file reads, passed on where an owned source is wanted (a reparent's
+/// simulated re-open) while the BAT still shares them.
+#[derive(Debug)]
+pub(crate) struct Shared(pub Arc<dyn Source>);
+
+impl Source for Shared {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+}
+
 /// Regions, metadata and BAT of a VHDX, checked: everything after the headers and the log.
 /// Shared by the read-only open and the writable open, so both apply the same rules.
 #[derive(Debug)]
@@ -513,7 +526,7 @@ pub(crate) struct Layout {
 /// Read regions, metadata and the BAT through `src` (`file_len` bytes; a dirty log already
 /// replayed into it or onto the file), for the current header `cur`.
 pub(crate) fn read_layout(
-    src: &dyn Source,
+    src: &Arc<dyn Source>,
     file_len: u64,
     cur: &header::ParsedHeader,
     limits: &Limits,
@@ -526,10 +539,10 @@ pub(crate) fn read_layout(
                 .map(|_| (cur.log_offset, log_length))
         })
         .flatten();
-    let regions = region::read_regions(src, file_len, log_span)?;
+    let regions = region::read_regions(&**src, file_len, log_span)?;
     let mut warnings = regions.warnings.clone();
     let meta = metadata::read_metadata(
-        src,
+        &**src,
         regions.metadata.file_offset,
         regions.metadata.length,
         limits,
@@ -583,20 +596,7 @@ impl Layout {
     /// End of the last byte any structure uses: the log, every region, and every block a BAT
     /// entry points at (whatever its state). A writer allocates new blocks from here.
     pub(crate) fn structures_end(&self) -> u64 {
-        let cr = self.bat.chunk_ratio;
-        let mut end = self.reserved.iter().map(|r| r.1).max().unwrap_or(0);
-        for (i, &e) in (0u64..).zip(self.bat.entries.iter()) {
-            let off = e & format::BAT_OFFSET_MASK;
-            if off == 0 {
-                continue;
-            }
-            let len = if (i + 1) % (cr + 1) == 0 {
-                format::SECTOR_BITMAP_BLOCK_SIZE
-            } else {
-                self.bat.block_size
-            };
-            end = end.max(off.saturating_add(len));
-        }
-        end
+        let regions = self.reserved.iter().map(|r| r.1).max().unwrap_or(0);
+        regions.max(self.bat.blocks_end)
     }
 }

@@ -34,6 +34,7 @@
 //! [`flush`]: WritableImage::flush
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -51,7 +52,7 @@ use super::{read_layout, Layout};
 use crate::bitmap::{self as bits, BitOrder};
 use crate::disk::OpenOptions;
 use crate::error::{Error, Result};
-use crate::source::{read_struct, source_len};
+use crate::source::{read_struct, source_len, Source};
 use crate::txn::Sink;
 use crate::view::Shape;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State, Table};
@@ -72,7 +73,9 @@ pub struct VhdxWriter<S: Sink> {
 /// GUIDs of a session and the commit through the log.
 #[derive(Debug)]
 struct Payload<S: Sink> {
-    sink: S,
+    /// Shared with the engine's table, which reads the entries not changed since the last
+    /// commit from the file.
+    sink: Arc<S>,
     session: SessionState,
     data_write_guid_changed: bool,
     differencing: bool,
@@ -123,12 +126,14 @@ fn state(e: u64) -> u8 {
     u8::try_from(e & format::BAT_STATE_MASK).unwrap_or(u8::MAX)
 }
 
-impl<S: Sink> VhdxWriter<S> {
+impl<S: Sink + 'static> VhdxWriter<S> {
     /// Open a VHDX for writing: a dirty log is replayed into the file first.
     pub fn open(sink: S, opts: &OpenOptions) -> Result<VhdxWriter<S>> {
         let (session, cur) = replay(&sink, opts)?;
         let file_len = source_len(&sink)?;
-        let layout = read_layout(&sink, file_len, &cur, &opts.limits)?;
+        let sink = Arc::new(sink);
+        let src: Arc<dyn Source> = sink.clone();
+        let layout = read_layout(&src, file_len, &cur, &opts.limits)?;
         let meta = &layout.meta;
         let cr = chunk_ratio(meta.logical_sector_size, meta.block_size);
         let block_size = u64::from(meta.block_size);
@@ -153,7 +158,7 @@ impl<S: Sink> VhdxWriter<S> {
         };
         Ok(VhdxWriter {
             shape: layout.shape(),
-            engine: Engine::new(payload, Table::new(layout.bat.entries), geo),
+            engine: Engine::new(payload, Table::lazy(layout.bat.table), geo),
         })
     }
 
@@ -244,7 +249,7 @@ impl<S: Sink> Payload<S> {
     }
 
     fn commit_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<()> {
-        let mut s = Session::resume(&self.sink, self.session.clone());
+        let mut s = Session::resume(&*self.sink, self.session.clone());
         let r = s.commit(batch);
         self.session = s.state();
         r
@@ -301,7 +306,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
         let sb = st.table.get(sb_index(b / self.cr, self.cr))?;
         if state(sb) == SB_BLOCK_PRESENT {
             read_struct(
-                &self.sink,
+                &*self.sink,
                 (sb & BAT_OFFSET_MASK) + rel,
                 &mut bm,
                 "vhdx sector bitmap",
@@ -311,7 +316,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
     }
 
     fn read_data(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        read_struct(&self.sink, at, buf, "vhdx payload block")
+        read_struct(&*self.sink, at, buf, "vhdx payload block")
     }
 
     fn write_data(&self, data: &[u8], at: u64) -> Result<()> {
@@ -325,7 +330,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
         if self.data_write_guid_changed {
             return Ok(());
         }
-        let mut s = Session::resume(&self.sink, self.session.clone());
+        let mut s = Session::resume(&*self.sink, self.session.clone());
         let r = s.change_data_write_guid(Uuid::new_v4());
         self.session = s.state();
         r?;

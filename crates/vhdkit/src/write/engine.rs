@@ -92,7 +92,6 @@ enum Backing<E> {
     /// Held whole (small tables built in memory, tests).
     Mem(Vec<E>),
     /// Read from the file on demand, so memory does not grow with the table.
-    #[allow(dead_code)] // the writers switch to it in the next commits
     Lazy(LazyTable),
 }
 
@@ -115,7 +114,6 @@ impl<E: Entry> Table<E> {
     }
 
     /// A table read from the file on demand: nothing dirty.
-    #[allow(dead_code)] // the writers switch to it in the next commits
     pub fn lazy(table: LazyTable) -> Table<E> {
         Table {
             backing: Backing::Lazy(table),
