@@ -374,4 +374,54 @@ mod tests {
             |_: &mut Visit<'_>| -> Result<()> { Err(crate::Error::Internal("io".into())) };
         assert!(find_overlap(&mut bad, 10).is_err());
     }
+
+    /// The sweep `each_overlap` must reproduce: sort, then report each span starting before
+    /// the end of the furthest-reaching span before it.
+    fn sweep(v: &[Span]) -> Vec<(u64, u64)> {
+        let mut w: Vec<Span> = v.iter().copied().filter(|s| s.end > s.start).collect();
+        w.sort_unstable();
+        let mut carry: Option<Span> = None;
+        let mut out = Vec::new();
+        for s in w {
+            if let Some(c) = carry.filter(|c| s.start < c.end) {
+                out.push((c.id, s.id));
+            }
+            if carry.is_none_or(|c| s.end > c.end) {
+                carry = Some(s);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_overlap_reports_what_a_sweep_does_in_its_order_at_every_budget() {
+        let mut seed = 5;
+        for round in 0..40 {
+            let n = 20 + lcg(&mut seed) % 300;
+            let v: Vec<Span> = (0..n)
+                .map(|i| {
+                    // Distinct starts (a group larger than the budget on one start is swept
+                    // in visit order, see below).
+                    let start = lcg(&mut seed) % (n * 6) * 1000 + i;
+                    let len = [0, 1000, 3000, 8000, 40000][(lcg(&mut seed) % 5) as usize];
+                    sp(start, start + len, i)
+                })
+                .collect();
+            let want = sweep(&v);
+            assert!(!want.is_empty(), "round {round}: no overlap to report");
+            for budget in [2, 3, 16, 1000] {
+                let mut got = Vec::new();
+                each_overlap(&mut spans_of(&v), budget, &mut |a, b| {
+                    got.push((a.id, b.id))
+                })
+                .unwrap();
+                assert_eq!(got, want, "round {round} budget {budget}");
+            }
+        }
+        // More spans than the budget on one start: every one after the first is reported.
+        let same: Vec<Span> = (0..50).map(|i| sp(100, 200, i)).collect();
+        let mut count = 0;
+        each_overlap(&mut spans_of(&same), 4, &mut |_, _| count += 1).unwrap();
+        assert_eq!(count, 49);
+    }
 }
