@@ -374,15 +374,14 @@ pub(crate) fn read_bat(src: &Arc<dyn Source>, p: &BatParams<'_>) -> Result<Bat> 
         &mut |idx, e| {
             blocks_end = blocks_end.max(entry_end(cr, block_size, idx, e));
             if let Some((start, end)) = checker.check(idx, e)? {
-                if let Some(v) = held.as_mut() {
-                    v.push(Span {
+                // Past the budget the spans are dropped before the vector would grow again.
+                match held.as_mut() {
+                    Some(v) if v.len() < DEFAULT_BUDGET => v.push(Span {
                         start,
                         end,
                         id: idx,
-                    });
-                    if v.len() > DEFAULT_BUDGET {
-                        held = None;
-                    }
+                    }),
+                    _ => held = None,
                 }
             }
             Ok(())

@@ -225,15 +225,14 @@ impl Walk<'_> {
                 );
             }
         }
-        if let Some(v) = self.present.as_mut() {
-            v.push(Span {
+        // Past the budget the spans are dropped before the vector would grow again.
+        match self.present.as_mut() {
+            Some(v) if v.len() < DEFAULT_BUDGET => v.push(Span {
                 start: off,
                 end,
                 id: i,
-            });
-            if v.len() > DEFAULT_BUDGET {
-                self.present = None;
-            }
+            }),
+            _ => self.present = None,
         }
     }
 
