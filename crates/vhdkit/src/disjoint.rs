@@ -54,8 +54,28 @@ pub(crate) fn find_overlap(spans: &mut dyn Spans, budget: usize) -> Result<Optio
         budget: budget.max(2),
         carry: None,
         passes: 0,
+        each: None,
     };
     f.run()
+}
+
+/// Every overlap a sort-and-sweep would report: in (start, end, id) order, `f(a, b)` for each
+/// span `b` that starts before the end of `a`, the span reaching furthest among those before
+/// it. Holds at most `budget` spans. The one difference from a full sort: where more than
+/// `budget` spans share one start, those are swept in the order visited (the same count).
+pub(crate) fn each_overlap(
+    spans: &mut dyn Spans,
+    budget: usize,
+    f: &mut dyn FnMut(Span, Span),
+) -> Result<()> {
+    let mut finder = Finder {
+        spans,
+        budget: budget.max(2),
+        carry: None,
+        passes: 0,
+        each: Some(f),
+    };
+    finder.run().map(|_| ())
 }
 
 /// As [`find_overlap`], also returning how many passes it made (for tests and benchmarks).
@@ -66,6 +86,7 @@ fn find_overlap_counting(spans: &mut dyn Spans, budget: usize) -> (Option<(Span,
         budget: budget.max(2),
         carry: None,
         passes: 0,
+        each: None,
     };
     let r = f.run().ok().flatten();
     (r, f.passes)
@@ -78,6 +99,8 @@ struct Finder<'s> {
     /// reaches furthest.
     carry: Option<Span>,
     passes: u32,
+    /// Report every overlap here instead of stopping at the first.
+    each: Option<&'s mut dyn FnMut(Span, Span)>,
 }
 
 impl Finder<'_> {
@@ -170,7 +193,10 @@ impl Finder<'_> {
         for s in v {
             if let Some(c) = self.carry {
                 if s.start < c.end {
-                    return Ok(Some((c, s)));
+                    match self.each.as_mut() {
+                        Some(f) => f(c, s),
+                        None => return Ok(Some((c, s))),
+                    }
                 }
             }
             if self.carry.is_none_or(|c| s.end > c.end) {
@@ -181,6 +207,20 @@ impl Finder<'_> {
     }
 
     fn collect_and_check_first(&mut self, at: u64) -> Result<Option<(Span, Span)>> {
+        if let Some(each) = self.each.take() {
+            let mut carry = self.carry;
+            let r = self.each_in(at, at, &mut |s| {
+                if let Some(c) = carry.filter(|c| s.start < c.end) {
+                    each(c, s);
+                }
+                if carry.is_none_or(|c| s.end > c.end) {
+                    carry = Some(s);
+                }
+            });
+            self.carry = carry;
+            self.each = Some(each);
+            return r.map(|_| None);
+        }
         let mut two: Vec<Span> = Vec::with_capacity(2);
         self.each_in(at, at, &mut |s| {
             if two.len() < 2 {
@@ -540,5 +580,55 @@ mod tests {
         let mut bad =
             |_: &mut Visit<'_>| -> Result<()> { Err(crate::Error::Internal("io".into())) };
         assert!(find_overlap(&mut bad, 10).is_err());
+    }
+
+    /// The sweep `each_overlap` must reproduce: sort, then report each span starting before
+    /// the end of the furthest-reaching span before it.
+    fn sweep(v: &[Span]) -> Vec<(u64, u64)> {
+        let mut w: Vec<Span> = v.iter().copied().filter(|s| s.end > s.start).collect();
+        w.sort_unstable();
+        let mut carry: Option<Span> = None;
+        let mut out = Vec::new();
+        for s in w {
+            if let Some(c) = carry.filter(|c| s.start < c.end) {
+                out.push((c.id, s.id));
+            }
+            if carry.is_none_or(|c| s.end > c.end) {
+                carry = Some(s);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_overlap_reports_what_a_sweep_does_in_its_order_at_every_budget() {
+        let mut seed = 5;
+        for round in 0..40 {
+            let n = 20 + lcg(&mut seed) % 300;
+            let v: Vec<Span> = (0..n)
+                .map(|i| {
+                    // Distinct starts (a group larger than the budget on one start is swept
+                    // in visit order, see below).
+                    let start = lcg(&mut seed) % (n * 6) * 1000 + i;
+                    let len = [0, 1000, 3000, 8000, 40000][(lcg(&mut seed) % 5) as usize];
+                    sp(start, start + len, i)
+                })
+                .collect();
+            let want = sweep(&v);
+            assert!(!want.is_empty(), "round {round}: no overlap to report");
+            for budget in [2, 3, 16, 1000] {
+                let mut got = Vec::new();
+                each_overlap(&mut spans_of(&v), budget, &mut |a, b| {
+                    got.push((a.id, b.id))
+                })
+                .unwrap();
+                assert_eq!(got, want, "round {round} budget {budget}");
+            }
+        }
+        // More spans than the budget on one start: every one after the first is reported.
+        let same: Vec<Span> = (0..50).map(|i| sp(100, 200, i)).collect();
+        let mut count = 0;
+        each_overlap(&mut spans_of(&same), 4, &mut |_, _| count += 1).unwrap();
+        assert_eq!(count, 49);
     }
 }

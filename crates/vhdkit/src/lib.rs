@@ -154,8 +154,6 @@ pub mod sidefile;
 pub(crate) mod sidefile;
 pub(crate) mod simulate;
 pub(crate) mod source;
-// The VHDX side (U64Le, invalidate) is not switched to it yet.
-#[allow(dead_code)]
 pub(crate) mod table;
 pub(crate) mod tree;
 #[cfg(feature = "test-support")]

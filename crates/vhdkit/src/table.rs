@@ -189,15 +189,6 @@ impl LazyTable {
         }
     }
 
-    /// Forget every cached page (the file changed under the table).
-    pub(crate) fn invalidate(&self) {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pages
-            .clear();
-    }
-
     /// Call `f(index, entry)` for every entry from `from` on, in order, reading the table
     /// through one bounded buffer (the cache is left alone). Stops at the first error `f`
     /// returns.
@@ -292,8 +283,8 @@ mod tests {
         assert_eq!(t.get(&src, 5).unwrap(), 5);
         t.patch(5, 55);
         assert_eq!(t.get(&src, 5).unwrap(), 55);
-        // Not in the file: forgetting the cache brings the file's value back.
-        t.invalidate();
+        // Not in the file: once the page is evicted, the file's value comes back.
+        t.cache.lock().unwrap().pages.clear();
         assert_eq!(t.get(&src, 5).unwrap(), 5);
         t.patch(1000, 1); // outside: ignored
     }

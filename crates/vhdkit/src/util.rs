@@ -51,19 +51,6 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// A byte range `start..end` of the file with a tag (say, the BAT entry that points at it).
-pub(crate) type Span<T> = (u64, u64, T);
-
-/// Sort `spans` (start, end, tag) and return the first neighbouring pair that shares a byte:
-/// (earlier, later). Used by both BAT readers: no two blocks may overlap.
-pub(crate) fn first_overlap<T: Ord + Copy>(spans: &mut [Span<T>]) -> Option<(Span<T>, Span<T>)> {
-    spans.sort_unstable();
-    spans.windows(2).find_map(|w| match w {
-        [a, b] if b.0 < a.1 => Some((*a, *b)),
-        _ => None,
-    })
-}
-
 /// The bytes binrw writes for `v` in its own byte order (format.rs pinning tests).
 #[cfg(test)]
 pub(crate) fn binrw_bytes<T>(v: &T) -> Vec<u8>
@@ -84,17 +71,6 @@ mod tests {
         assert!(overlaps(&(0..10), &(9..11)));
         assert!(!overlaps(&(0..10), &(10..11)));
         assert!(!overlaps(&(10..10), &(0..10)));
-    }
-
-    #[test]
-    fn first_overlap_sorts_and_finds_neighbours() {
-        let mut spans = [(20, 30, 'c'), (0, 10, 'a'), (10, 21, 'b')];
-        assert_eq!(
-            first_overlap(&mut spans),
-            Some(((10, 21, 'b'), (20, 30, 'c')))
-        );
-        let mut apart = [(10, 20, 1), (0, 10, 0)];
-        assert_eq!(first_overlap(&mut apart), None);
     }
 
     #[test]

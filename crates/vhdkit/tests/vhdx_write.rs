@@ -589,3 +589,48 @@ fn fault_at_every_operation_differencing() {
 fn fault_at_every_operation_differencing_4096_in_one_sector_batches() {
     fault_injection(true, 4096, Some(1));
 }
+
+// ---- bounded metadata between flushes ----
+
+/// A writer holds at most a bound of allocations before it commits them by itself: with the
+/// bound lowered to 3, the first 9 of 10 new blocks are on disk before any flush, the 10th
+/// only after the close; the table it reads back on demand agrees all along.
+#[test]
+fn a_writer_flushes_by_itself_at_its_allocation_bound() {
+    let size = 16 * MIB;
+    let f = FaultyFile::new(
+        new_image(&NewVhdx::new(NewKind::Dynamic, size, 1 << 20)),
+        FaultPlan::new(None),
+    );
+    let mut w = VhdxWriter::open(f.clone(), &OpenOptions::default()).unwrap();
+    w.limit_unflushed(3);
+    let mut w = WritableDisk::from_parts(Box::new(w), None);
+    for i in 0..10u64 {
+        w.write_at(i * MIB + 5, &[i as u8 + 1]).unwrap();
+    }
+    let on_disk = |bytes: Vec<u8>| {
+        let v = ChainView::new(vec![disk_of(bytes).unwrap()]);
+        (0..10u64)
+            .map(|i| {
+                let mut b = [0u8; 1];
+                v.read_exact_at(&mut b, i * MIB + 5).unwrap();
+                b[0]
+            })
+            .collect::<Vec<u8>>()
+    };
+    assert_eq!(
+        on_disk(f.contents_all_written()),
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+    );
+    let mut all = vec![0u8; 10];
+    for i in 0..10u64 {
+        w.read_exact_at(&mut all[i as usize..=i as usize], i * MIB + 5)
+            .unwrap();
+    }
+    assert_eq!(all, (1..=10).collect::<Vec<u8>>());
+    w.close().unwrap();
+    assert_eq!(
+        on_disk(f.contents_all_written()),
+        (1..=10).collect::<Vec<u8>>()
+    );
+}

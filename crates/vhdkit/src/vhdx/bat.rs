@@ -12,16 +12,14 @@ use super::format::{
     PAYLOAD_BLOCK_ZERO, SB_BLOCK_NOT_PRESENT, SB_BLOCK_PRESENT, SECTORS_PER_CHUNK,
     SECTOR_BITMAP_BLOCK_SIZE,
 };
+use crate::disjoint::{find_overlap, Span, Visit, DEFAULT_BUDGET};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::source::{read_struct, Source};
-use crate::util::{first_overlap, overlaps};
+use crate::source::Source;
+use crate::table::{scan_table, LazyTable, Width};
+use crate::util::overlaps;
 
 const BAT: &str = "vhdx block allocation table";
-/// [`BAT_ENTRY_SIZE`] as a slice length.
-const ENTRY_BYTES: usize = BAT_ENTRY_SIZE as usize;
-/// Bytes of raw table read at a time.
-const READ_CHUNK: usize = 1 << 20;
 
 /// Counts of BAT entries per state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,10 +48,14 @@ pub struct BatSummary {
     pub sector_bitmap_present: u64,
 }
 
-/// The checked BAT.
-#[derive(Debug, Clone)]
+/// The checked BAT. Its entries are read from the file on demand (a 64 TiB disk's table is
+/// hundreds of MiB): only counts and the extent of the blocks are kept.
+#[derive(Debug)]
 pub(crate) struct Bat {
-    pub entries: Vec<u64>,
+    /// The raw 64-bit entries.
+    pub table: LazyTable,
+    /// End of the furthest block any entry points at, whatever its state (0 if none).
+    pub blocks_end: u64,
     pub chunk_ratio: u64,
     pub block_size: u64,
     pub summary: BatSummary,
@@ -101,32 +103,13 @@ pub(crate) struct BatParams<'a> {
     pub reserved: &'a [(u64, u64, String)],
 }
 
-/// Read `count` entries (`bytes` bytes) through a 1 MiB buffer: the raw table is never held
-/// beside the decoded one.
-fn read_entries(src: &dyn Source, region_offset: u64, bytes: u64) -> Result<Vec<u64>> {
-    let n =
-        usize::try_from(bytes).map_err(|_| Error::corrupt(BAT, region_offset, "BAT too large"))?;
-    let mut entries: Vec<u64> = Vec::with_capacity(n / ENTRY_BYTES);
-    let mut raw = vec![0u8; n.min(READ_CHUNK)];
-    let mut done = 0u64;
-    while done < bytes {
-        let k = usize::try_from(bytes - done).map_or(raw.len(), |left| left.min(raw.len()));
-        let part = raw.get_mut(..k).unwrap_or_default();
-        read_struct(src, region_offset + done, part, BAT)?;
-        entries.extend(part.chunks_exact(ENTRY_BYTES).map(|c| {
-            let mut a = [0u8; ENTRY_BYTES];
-            a.copy_from_slice(c);
-            u64::from_le_bytes(a)
-        }));
-        done += u64::try_from(k).unwrap_or(u64::MAX);
-    }
-    Ok(entries)
-}
-
 /// State checks of one BAT entry, counted into a summary.
 struct Checker<'a, 'b> {
     p: &'a BatParams<'b>,
-    entries: &'a [u64],
+    /// For the sector bitmap entry of a chunk, which comes after its payload entries.
+    table: &'a LazyTable,
+    /// What the table is read through.
+    src: &'a dyn Source,
     cr: u64,
     summary: BatSummary,
     warnings: Vec<String>,
@@ -207,7 +190,11 @@ impl Checker<'_, '_> {
             ));
         }
         let sbi = sb_index(b / self.cr, self.cr);
-        let sb = usize::try_from(sbi).ok().and_then(|s| self.entries.get(s));
+        let sb = if sbi < self.table.len() {
+            Some(self.table.get(self.src, sbi)?)
+        } else {
+            None
+        };
         if sb.map(|v| v & BAT_STATE_MASK) != Some(u64::from(SB_BLOCK_PRESENT)) {
             return Err(Error::corrupt(
                 BAT,
@@ -271,22 +258,73 @@ impl Checker<'_, '_> {
     }
 }
 
-/// No two blocks may share a byte. `spans` are (start, end, entry index).
-fn check_no_overlaps(region_offset: u64, mut spans: Vec<(u64, u64, u64)>) -> Result<()> {
-    match first_overlap(&mut spans) {
+/// The file span of entry `idx` (value `e`, already checked) when its state places a block:
+/// what the overlap passes visit.
+fn block_span(p: &BatParams<'_>, cr: u64, idx: u64, e: u64) -> Option<Span> {
+    let state = u8::try_from(e & BAT_STATE_MASK).unwrap_or(u8::MAX);
+    let len = if (idx + 1) % (cr + 1) == 0 {
+        (state == SB_BLOCK_PRESENT).then_some(SECTOR_BITMAP_BLOCK_SIZE)?
+    } else if state == PAYLOAD_BLOCK_FULLY_PRESENT || state == PAYLOAD_BLOCK_PARTIALLY_PRESENT {
+        let block_size = u64::from(p.block_size);
+        let b = idx - idx / (cr + 1);
+        p.virtual_size
+            .saturating_sub(b.saturating_mul(block_size))
+            .min(block_size)
+    } else {
+        return None;
+    };
+    let start = e & BAT_OFFSET_MASK;
+    Some(Span {
+        start,
+        end: start.saturating_add(len),
+        id: idx,
+    })
+}
+
+/// No two blocks may share a byte. `held` are the spans of the checking pass when they fit the
+/// budget; otherwise the table is streamed again, in as many passes as the budget needs.
+fn check_no_overlaps(
+    src: &dyn Source,
+    p: &BatParams<'_>,
+    cr: u64,
+    count: u64,
+    held: Option<Vec<Span>>,
+) -> Result<()> {
+    let found = match held {
+        Some(v) => find_overlap(
+            &mut |visit: &mut Visit<'_>| v.iter().try_for_each(|s| visit(*s)),
+            DEFAULT_BUDGET,
+        )?,
+        None => find_overlap(
+            &mut |visit: &mut Visit<'_>| {
+                scan_table(
+                    src,
+                    p.region_offset,
+                    count,
+                    Width::U64Le,
+                    BAT,
+                    0,
+                    &mut |i, e| block_span(p, cr, i, e).map_or(Ok(()), &mut *visit),
+                )
+            },
+            DEFAULT_BUDGET,
+        )?,
+    };
+    match found {
         None => Ok(()),
-        Some(((_, _, i1), (s2, _, i2))) => Err(Error::corrupt(
+        Some((a, b)) => Err(Error::corrupt(
             BAT,
-            region_offset + i2 * BAT_ENTRY_SIZE,
-            format!("entries {i1} and {i2} point at overlapping blocks (at {s2:#x})"),
+            p.region_offset + b.id * BAT_ENTRY_SIZE,
+            format!(
+                "entries {} and {} point at overlapping blocks (at {:#x})",
+                a.id, b.id, b.start
+            ),
         )),
     }
 }
 
-pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
-    let cr = chunk_ratio(p.logical_sector_size, p.block_size);
-    let block_size = u64::from(p.block_size);
-    let payload_blocks = p.virtual_size.div_ceil(block_size);
+/// The number of entries the disk needs, checked against the region and the limit.
+fn entry_count(p: &BatParams<'_>, cr: u64, payload_blocks: u64) -> Result<u64> {
     let count = required_entries(payload_blocks, cr, p.differencing);
     let bytes = count
         .checked_mul(BAT_ENTRY_SIZE)
@@ -303,10 +341,21 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
     }
     p.limits
         .check_bat_bytes(BAT, p.region_offset, "BAT size in bytes", bytes)?;
-    let entries = read_entries(src, p.region_offset, bytes)?;
+    Ok(count)
+}
+
+/// Check the BAT of `src` in one streaming pass (and more for overlaps only when the blocks do
+/// not fit the overlap budget); entries are read on demand afterwards.
+pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
+    let cr = chunk_ratio(p.logical_sector_size, p.block_size);
+    let block_size = u64::from(p.block_size);
+    let payload_blocks = p.virtual_size.div_ceil(block_size);
+    let count = entry_count(p, cr, payload_blocks)?;
+    let table = LazyTable::new(p.region_offset, count, Width::U64Le, BAT);
     let mut checker = Checker {
         p,
-        entries: &entries,
+        table: &table,
+        src,
         cr,
         summary: BatSummary {
             entries: count,
@@ -315,23 +364,58 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
         },
         warnings: Vec::new(),
     };
-    let mut spans: Vec<(u64, u64, u64)> = Vec::new();
-    for (idx, &e) in (0u64..).zip(entries.iter()) {
-        if let Some((start, end)) = checker.check(idx, e)? {
-            spans.push((start, end, idx));
-        }
-    }
+    let mut held: Option<Vec<Span>> = Some(Vec::new());
+    let mut blocks_end = 0u64;
+    scan_table(
+        src,
+        p.region_offset,
+        count,
+        Width::U64Le,
+        BAT,
+        0,
+        &mut |idx, e| {
+            blocks_end = blocks_end.max(entry_end(cr, block_size, idx, e));
+            if let Some((start, end)) = checker.check(idx, e)? {
+                // Past the budget the spans are dropped before the vector would grow again.
+                match held.as_mut() {
+                    Some(v) if v.len() < DEFAULT_BUDGET => v.push(Span {
+                        start,
+                        end,
+                        id: idx,
+                    }),
+                    _ => held = None,
+                }
+            }
+            Ok(())
+        },
+    )?;
     let Checker {
         summary, warnings, ..
     } = checker;
-    check_no_overlaps(p.region_offset, spans)?;
+    check_no_overlaps(src, p, cr, count, held)?;
     Ok(Bat {
-        entries,
+        table,
+        blocks_end,
         chunk_ratio: cr,
         block_size,
         summary,
         warnings,
     })
+}
+
+/// End of the block entry `idx` (value `e`) points at, whatever its state; 0 without an offset.
+/// A writer allocates past every such block.
+fn entry_end(cr: u64, block_size: u64, idx: u64, e: u64) -> u64 {
+    let off = e & BAT_OFFSET_MASK;
+    if off == 0 {
+        return 0;
+    }
+    let len = if (idx + 1) % (cr + 1) == 0 {
+        SECTOR_BITMAP_BLOCK_SIZE
+    } else {
+        block_size
+    };
+    off.saturating_add(len)
 }
 
 #[cfg(test)]

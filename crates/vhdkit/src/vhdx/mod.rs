@@ -36,7 +36,7 @@ pub mod write;
 #[cfg(not(feature = "test-support"))]
 pub(crate) mod write;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -214,7 +214,9 @@ pub struct VhdxInfo {
 /// An open VHDX file.
 #[derive(Debug)]
 pub(crate) struct VhdxFile {
-    src: Box<dyn Source>,
+    /// The file, or the view of it with a dirty log replayed; the BAT reads its entries
+    /// through it, and a reparent's simulated re-open shares it (`Shared`).
+    src: Arc<dyn Source>,
     real_file_len: u64,
     shape: Shape,
     logical_sector_size: u32,
@@ -354,6 +356,7 @@ impl VhdxFile {
         let real_file_len = source_len(&*src)?;
         let mut warnings = headers.warnings.clone();
         let (src, log_info) = open_log(src, &headers, &opts.limits, &mut warnings)?;
+        let src: Arc<dyn Source> = Arc::from(src);
         let cur = &headers.current;
         let file_len = source_len(&*src)?;
         let layout = read_layout(&*src, file_len, cur, &opts.limits)?;
@@ -403,17 +406,14 @@ impl VhdxFile {
     }
 
     fn entry(&self, index: u64) -> Result<u64> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.bat.entries.get(i))
-            .copied()
-            .ok_or_else(|| {
-                Error::corrupt(
-                    "vhdx block allocation table",
-                    0,
-                    format!("entry {index} outside the table"),
-                )
-            })
+        if index >= self.bat.table.len() {
+            return Err(Error::corrupt(
+                "vhdx block allocation table",
+                0,
+                format!("entry {index} outside the table"),
+            ));
+        }
+        self.bat.table.get(&*self.src, index)
     }
 
     /// Run of equal sector-bitmap bits for block `b`, starting at byte `within` of the block,
@@ -502,6 +502,20 @@ impl Image for VhdxFile {
             self.real_file_len,
             &self.warnings,
         )
+    }
+}
+
+/// The bytes an open file reads, passed on where an owned source is wanted (a reparent's
+/// simulated re-open) while the BAT still shares them.
+#[derive(Debug)]
+pub(crate) struct Shared(pub Arc<dyn Source>);
+
+impl Source for Shared {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
     }
 }
 
@@ -597,20 +611,7 @@ impl Layout {
     /// End of the last byte any structure uses: the log, every region, and every block a BAT
     /// entry points at (whatever its state). A writer allocates new blocks from here.
     pub(crate) fn structures_end(&self) -> u64 {
-        let cr = self.bat.chunk_ratio;
-        let mut end = self.reserved.iter().map(|r| r.1).max().unwrap_or(0);
-        for (i, &e) in (0u64..).zip(self.bat.entries.iter()) {
-            let off = e & format::BAT_OFFSET_MASK;
-            if off == 0 {
-                continue;
-            }
-            let len = if (i + 1) % (cr + 1) == 0 {
-                format::SECTOR_BITMAP_BLOCK_SIZE
-            } else {
-                self.bat.block_size
-            };
-            end = end.max(off.saturating_add(len));
-        }
-        end
+        let regions = self.reserved.iter().map(|r| r.1).max().unwrap_or(0);
+        regions.max(self.bat.blocks_end)
     }
 }

@@ -43,6 +43,7 @@ use crate::disk::{DiskType, OpenOptions};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::source::{read_struct, source_len, Source};
+use crate::table::LazyTable;
 use crate::txn::{Plan, Sink, WriteOp};
 
 const PL: &str = "vhdx parent locator";
@@ -290,13 +291,14 @@ fn verify(
     if child.guard.log_dirty {
         sim.extend(clean_headers(&*child.file.src)?);
     }
-    let before = Kept::of(&child.file);
+    let before = Kept::of(&child.file)?;
     let old_linkage = child.file.linkage.as_ref().map(|l| l.id);
     // Only the digest of the table is kept: the file before and the simulated file after are
     // never both held whole (a 64 TiB disk's table is tens of MiB).
     let VhdxFile { src, .. } = child.file;
+    let src = Box::new(super::Shared(src));
     let after = crate::simulate::reopen(src, sim, child.file_len, |s| VhdxFile::open(s, opts))?;
-    before.check_same(&Kept::of(&after))?;
+    before.check_same(&Kept::of(&after)?)?;
     let mut got = vec![0u8; item.len()];
     read_struct(&*after.src, item_file_offset, &mut got, PL)?;
     check(got == item, "parent locator item")?;
@@ -341,10 +343,10 @@ struct Kept {
 }
 
 impl Kept {
-    fn of(f: &VhdxFile) -> Kept {
+    fn of(f: &VhdxFile) -> Result<Kept> {
         let pl = crate::guid::from_vhdx_bytes(PARENT_LOCATOR_GUID);
-        Kept {
-            bat_digest: table_digest(&f.bat.entries),
+        Ok(Kept {
+            bat_digest: table_digest(&f.bat.table, &*f.src)?,
             geometry: (
                 f.shape.virtual_size,
                 f.logical_sector_size,
@@ -358,7 +360,7 @@ impl Kept {
                 .filter(|i| i.guid != pl || i.is_user)
                 .map(|i| (i.guid, i.offset, i.length, i.flags))
                 .collect(),
-        }
+        })
     }
 
     fn check_same(&self, after: &Kept) -> Result<()> {
@@ -375,14 +377,15 @@ impl Kept {
     }
 }
 
-/// SHA-256 of a BAT's entries.
-fn table_digest(entries: &[u64]) -> [u8; 32] {
+/// SHA-256 of a BAT's entries, streamed from the file.
+fn table_digest(table: &LazyTable, src: &dyn Source) -> Result<[u8; 32]> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    for e in entries {
+    table.scan(src, 0, |_, e| {
         h.update(e.to_le_bytes());
-    }
-    h.finalize().into()
+        Ok(())
+    })?;
+    Ok(h.finalize().into())
 }
 
 /// Apply `plan` (made by [`plan`] on the header `guard`) to the VHDX file `sink`.

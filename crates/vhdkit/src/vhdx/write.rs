@@ -29,7 +29,13 @@
 //!
 //! Until a flush, data written into newly allocated blocks (or into sectors whose bitmap bit
 //! is still clear) is invisible on disk; data written in place is visible at once, sector by
-//! sector, as on any disk.
+//! sector, as on any disk. What waits for the commit is bounded: after 64Ki allocations, or
+//! 4 MiB of changed sector bitmaps, the write that reached the bound flushes by itself (so a
+//! conversion that writes a whole disk before its only flush holds a few MiB, not a table).
+//!
+//! The BAT is read from the file on demand (`Table::lazy`): only the entries changed since the
+//! last commit are held. That relies on the commit applying the log to the BAT before it
+//! returns (`Session::commit` does), so the entries it forgets are on disk.
 //!
 //! [`flush`]: WritableImage::flush
 
@@ -57,9 +63,14 @@ use crate::view::Shape;
 use crate::write::engine::{usize_of, Engine, Geometry, Place, SparseFormat, State, Table};
 use crate::write::{ParentRead, WritableImage};
 
-/// Clean sector bitmaps kept in memory before the cache is emptied. Dirty ones stay until the
+/// Bytes of clean sector bitmaps kept in memory before the cache is emptied (8192 bitmaps of
+/// 2 MiB blocks; fewer of larger blocks, whose bitmaps are larger). Dirty ones stay until the
 /// next flush.
-const MAX_CACHED_BITMAPS: usize = 8192;
+const BITMAP_CACHE_BYTES: u64 = 4 << 20;
+/// Blocks allocated since the last flush after which a write flushes by itself, so the BAT
+/// entries and sector bitmaps held until the commit stay bounded (a conversion writes a whole
+/// disk before its only flush).
+const MAX_UNFLUSHED_ALLOCATIONS: u64 = 64 << 10;
 
 /// A VHDX opened for writing.
 #[derive(Debug)]
@@ -72,6 +83,8 @@ pub struct VhdxWriter<S: Sink> {
 /// GUIDs of a session and the commit through the log.
 #[derive(Debug)]
 struct Payload<S: Sink> {
+    /// Shared with the engine's table, which reads the entries not changed since the last
+    /// commit from the file.
     sink: S,
     session: SessionState,
     data_write_guid_changed: bool,
@@ -85,6 +98,10 @@ struct Payload<S: Sink> {
     file_end: u64,
     /// Most 4 KiB sectors one log entry can carry.
     max_sectors_per_commit: usize,
+    /// Blocks (payload and sector bitmap) allocated since the last commit.
+    unflushed: u64,
+    /// Allocations (or dirty sector bitmaps) after which a write flushes by itself.
+    max_unflushed: u64,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -136,11 +153,15 @@ impl<S: Sink> VhdxWriter<S> {
             block_size,
             sector: u64::from(meta.logical_sector_size),
             order: BitOrder::LsbFirst,
-            max_cached_bitmaps: MAX_CACHED_BITMAPS,
+            max_cached_bitmaps: usize_of(
+                (BITMAP_CACHE_BYTES / (SECTOR_BITMAP_BLOCK_SIZE / cr.max(1)).max(1)).max(1),
+            )?,
         };
         let payload = Payload {
             file_end: allocation_start(&layout, file_len)?,
             max_sectors_per_commit: max_data_sectors(u64::from(cur.log_length)),
+            unflushed: 0,
+            max_unflushed: MAX_UNFLUSHED_ALLOCATIONS,
             sink,
             session,
             data_write_guid_changed: false,
@@ -153,7 +174,7 @@ impl<S: Sink> VhdxWriter<S> {
         };
         Ok(VhdxWriter {
             shape: layout.shape(),
-            engine: Engine::new(payload, Table::new(layout.bat.entries), geo),
+            engine: Engine::new(payload, Table::lazy(layout.bat.table), geo),
         })
     }
 
@@ -171,11 +192,29 @@ impl<S: Sink> VhdxWriter<S> {
         let p = &mut self.engine.fmt;
         p.max_sectors_per_commit = p.max_sectors_per_commit.min(n.max(1));
     }
+
+    /// Lower the allocations (or dirty sector bitmaps) after which a write flushes by itself,
+    /// so tests can see it happen.
+    #[doc(hidden)]
+    pub fn limit_unflushed(&mut self, n: u64) {
+        self.engine.fmt.max_unflushed = n.max(1);
+    }
+
+    /// Whether the metadata held until the next commit reached its bound.
+    fn over_bound(&self) -> bool {
+        let p = &self.engine.fmt;
+        let bitmap_bytes = SECTOR_BITMAP_BLOCK_SIZE / p.cr.max(1);
+        let dirty = self.engine.st.bitmaps.dirty().len() as u64;
+        p.unflushed >= p.max_unflushed
+            || dirty >= p.max_unflushed
+            || dirty.saturating_mul(bitmap_bytes) >= BITMAP_CACHE_BYTES
+    }
 }
 
 impl<S: Sink> Payload<S> {
     /// `len` bytes (a multiple of 1 MiB) at the end of the file; the file is grown over them.
     fn allocate(&mut self, len: u64) -> Result<u64> {
+        self.unflushed += 1;
         let at = self.file_end;
         let end = at
             .checked_add(len)
@@ -344,6 +383,7 @@ impl<S: Sink> SparseFormat for Payload<S> {
         for batch in batches(writes, self.max_sectors_per_commit.max(1)) {
             self.commit_batch(&batch)?;
         }
+        self.unflushed = 0;
         Ok(())
     }
 }
@@ -382,7 +422,11 @@ impl<S: Sink> WritableImage for VhdxWriter<S> {
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8], parent: &mut ParentRead<'_>) -> Result<()> {
-        self.engine.write_at(offset, data, parent)
+        self.engine.write_at(offset, data, parent)?;
+        if self.over_bound() {
+            self.engine.flush()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -2,11 +2,12 @@
 //! offset, overlaps between blocks and with metadata, and the sector bitmaps that partially
 //! present blocks need.
 
-use std::collections::HashSet;
 use std::ops::Range;
 
 use super::metadata::Params;
-use crate::check::{Bytes, Findings};
+use crate::check::{Bytes, Findings, MAX_PER_CODE};
+use crate::disjoint::{each_overlap, Span, Visit, DEFAULT_BUDGET};
+use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::util::overlaps;
 use crate::vhdx::format::{
@@ -29,12 +30,16 @@ struct Walk<'a> {
     chunk_ratio: u64,
     /// What blocks may not overlap.
     busy: &'a [(Range<u64>, &'static str)],
-    /// Present blocks: start, end, entry index.
-    present: Vec<(u64, u64, u64)>,
-    /// Chunks with a partially present block.
-    sb_needed: Vec<u64>,
-    /// Chunks with a sector bitmap block.
-    sb_present: Vec<u64>,
+    /// Present blocks (start, end, entry index) while they fit the overlap budget; `None`
+    /// once they do not, and the overlap check streams the table again.
+    present: Option<Vec<Span>>,
+    /// The chunk being walked, when one of its blocks is partially present and no present
+    /// sector bitmap entry was seen for it yet.
+    sb_needed: Option<u64>,
+    /// The first chunks found without the sector bitmap block they need (as many as are
+    /// listed), and how many there are in all.
+    sb_missing: Vec<u64>,
+    sb_missing_count: u64,
 }
 
 /// Check the BAT region `bat` against the geometry in `p`; blocks may not overlap `busy`.
@@ -67,29 +72,66 @@ pub(super) fn check(
         boff,
         chunk_ratio,
         busy,
-        present: Vec::new(),
-        sb_needed: Vec::new(),
-        sb_present: Vec::new(),
+        present: Some(Vec::new()),
+        sb_needed: None,
+        sb_missing: Vec::new(),
+        sb_missing_count: 0,
     };
+    let walked = walk_entries(b, boff, count, &mut |i, e| {
+        w.entry(s, i, e);
+        Ok(())
+    });
+    if walked.is_err() {
+        return;
+    }
+    w.chunk_done(u64::MAX);
+    w.report_overlaps(s, count);
+    w.report_missing_bitmaps(s);
+}
+
+/// Call `f(index, entry)` for every non-zero entry of the `count` at `boff`, reading 1 MiB of
+/// table at a time; an error when part of the table cannot be read.
+fn walk_entries(
+    b: &Bytes,
+    boff: u64,
+    count: u64,
+    f: &mut dyn FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
+    let entry = BAT_ENTRY_SIZE;
     let mut first = 0u64;
     while first < count {
         let n = (count - first).min(PER_READ);
-        let Some(raw) = usize::try_from(n * entry)
+        let raw = usize::try_from(n * entry)
             .ok()
             .and_then(|k| b.get(boff + first * entry, k))
-        else {
-            return;
-        };
+            .ok_or_else(|| Error::corrupt(BAT, boff + first * entry, "unreadable"))?;
         for (i, c) in (first..).zip(raw.chunks_exact(entry as usize)) {
             let e = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
             if e != 0 {
-                w.entry(s, i, e);
+                f(i, e)?;
             }
         }
         first += n;
     }
-    w.report_overlaps(s);
-    w.report_missing_bitmaps(s);
+    Ok(())
+}
+
+/// The block entry `i` (value `e`) places in a file of `file_len` bytes, as the walk records
+/// it: a present state, past the first MiB, inside the file.
+fn block_of(p: &Params, cr: u64, file_len: u64, i: u64, e: u64) -> Option<Span> {
+    let state = (e & BAT_STATE_MASK) as u8;
+    let len = if i % (cr + 1) == cr {
+        (state == format::SB_BLOCK_PRESENT).then_some(SECTOR_BITMAP_BLOCK_SIZE)?
+    } else if state == format::PAYLOAD_BLOCK_FULLY_PRESENT
+        || (state == format::PAYLOAD_BLOCK_PARTIALLY_PRESENT && p.has_parent)
+    {
+        p.block_size
+    } else {
+        return None;
+    };
+    let start = e & BAT_OFFSET_MASK;
+    let end = start.saturating_add(len);
+    (start >= MIB && end <= file_len).then_some(Span { start, end, id: i })
 }
 
 /// The entries the disk needs against the region and the memory limit: how many to walk, or
@@ -137,6 +179,7 @@ fn table_entries(
 impl Walk<'_> {
     /// Entry `i` (non-zero value `e`).
     fn entry(&mut self, s: &mut Findings, i: u64, e: u64) {
+        self.chunk_done(i / (self.chunk_ratio + 1));
         let at = self.boff + BAT_ENTRY_SIZE * i;
         let off = e & BAT_OFFSET_MASK;
         if e & BAT_RESERVED_MASK != 0 {
@@ -182,7 +225,27 @@ impl Walk<'_> {
                 );
             }
         }
-        self.present.push((off, end, i));
+        // Past the budget the spans are dropped before the vector would grow again.
+        match self.present.as_mut() {
+            Some(v) if v.len() < DEFAULT_BUDGET => v.push(Span {
+                start: off,
+                end,
+                id: i,
+            }),
+            _ => self.present = None,
+        }
+    }
+
+    /// The walk reached chunk `c`: a chunk before it that still needs its sector bitmap block
+    /// has none.
+    fn chunk_done(&mut self, c: u64) {
+        if let Some(n) = self.sb_needed.filter(|&n| n < c) {
+            if self.sb_missing.len() < MAX_PER_CODE {
+                self.sb_missing.push(n);
+            }
+            self.sb_missing_count += 1;
+            self.sb_needed = None;
+        }
     }
 
     /// The bytes entry `i` (at `at`, value `e`, file offset `off`) places in the file, when
@@ -203,7 +266,9 @@ impl Walk<'_> {
             if state != format::SB_BLOCK_PRESENT {
                 return None;
             }
-            self.sb_present.push(i / (cr + 1));
+            if self.sb_needed == Some(i / (cr + 1)) {
+                self.sb_needed = None;
+            }
             return Some(SECTOR_BITMAP_BLOCK_SIZE);
         }
         match state {
@@ -221,7 +286,7 @@ impl Walk<'_> {
             format::PAYLOAD_BLOCK_UNDEFINED | format::PAYLOAD_BLOCK_UNMAPPED => None,
             format::PAYLOAD_BLOCK_FULLY_PRESENT => Some(self.p.block_size),
             format::PAYLOAD_BLOCK_PARTIALLY_PRESENT if self.p.has_parent => {
-                self.sb_needed.push(i / (cr + 1));
+                self.sb_needed = Some(i / (cr + 1));
                 Some(self.p.block_size)
             }
             _ => {
@@ -244,40 +309,60 @@ impl Walk<'_> {
     }
 
     /// Present blocks that overlap one before them in file order.
-    fn report_overlaps(&mut self, s: &mut Findings) {
-        self.present.sort_unstable();
-        let mut max_end: Option<(u64, u64)> = None;
-        for (start, end, i) in &self.present {
-            if let Some((me, mi)) = max_end {
-                if *start < me {
-                    s.add(
-                        "vhdx.bat.overlap",
-                        BAT,
-                        Some(self.boff + BAT_ENTRY_SIZE * i),
-                        format!("entry {i} (at {start:#x}) overlaps entry {mi}"),
-                    );
-                }
+    fn report_overlaps(&mut self, s: &mut Findings, count: u64) {
+        let boff = self.boff;
+        let mut report = |c: Span, b: Span| {
+            let (i, start, mi) = (b.id, b.start, c.id);
+            s.add(
+                "vhdx.bat.overlap",
+                BAT,
+                Some(boff + BAT_ENTRY_SIZE * i),
+                format!("entry {i} (at {start:#x}) overlaps entry {mi}"),
+            );
+        };
+        // Reading the table again fails only if the file changed under the check: then the
+        // overlaps found so far are all that is reported.
+        let _ = match self.present.take() {
+            Some(v) => each_overlap(
+                &mut |visit: &mut Visit<'_>| v.iter().try_for_each(|sp| visit(*sp)),
+                DEFAULT_BUDGET,
+                &mut report,
+            ),
+            None => {
+                let (b, p, cr) = (self.b, self.p, self.chunk_ratio);
+                each_overlap(
+                    &mut |visit: &mut Visit<'_>| {
+                        walk_entries(b, boff, count, &mut |i, e| {
+                            block_of(p, cr, b.len, i, e).map_or(Ok(()), &mut *visit)
+                        })
+                    },
+                    DEFAULT_BUDGET,
+                    &mut report,
+                )
             }
-            if max_end.is_none_or(|(me, _)| *end > me) {
-                max_end = Some((*end, *i));
-            }
-        }
+        };
     }
 
     /// Chunks with partially present blocks but no sector bitmap block.
     fn report_missing_bitmaps(&mut self, s: &mut Findings) {
         let cr = self.chunk_ratio;
-        self.sb_needed.dedup();
-        let sb_present: HashSet<u64> = self.sb_present.iter().copied().collect();
-        for c in &self.sb_needed {
-            if !sb_present.contains(c) {
-                s.add(
-                    "vhdx.bat.bitmap_missing",
-                    BAT,
-                    Some(self.boff + BAT_ENTRY_SIZE * (c * (cr + 1) + cr)),
-                    format!("chunk {c} has partially present blocks but no sector bitmap block"),
-                );
-            }
+        for c in &self.sb_missing {
+            s.add(
+                "vhdx.bat.bitmap_missing",
+                BAT,
+                Some(self.boff + BAT_ENTRY_SIZE * (c * (cr + 1) + cr)),
+                format!("chunk {c} has partially present blocks but no sector bitmap block"),
+            );
+        }
+        // Past the listed ones only the count is reported: no need to remember which.
+        let listed = self.sb_missing.len() as u64;
+        for _ in listed..self.sb_missing_count {
+            s.add(
+                "vhdx.bat.bitmap_missing",
+                BAT,
+                None,
+                "a chunk has partially present blocks but no sector bitmap block",
+            );
         }
     }
 }
