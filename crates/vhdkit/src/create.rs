@@ -287,7 +287,7 @@ pub fn create(path: impl AsRef<Path>, p: &CreateParams) -> Result<Created> {
 ///
 /// ```
 /// use std::io::Cursor;
-/// use vhdkit::{create::create_into, CreateParams, Disk, DiskType, OpenOptions};
+/// use vhdkit::{create_into, CreateParams, Disk, DiskType, OpenOptions};
 ///
 /// let mut image = Cursor::new(Vec::new());
 /// let made = create_into(&mut image, "memory.vhdx", &CreateParams::dynamic(8 << 20))?;
