@@ -59,6 +59,18 @@ fn file_read_exact_at(f: &File, mut buf: &mut [u8], mut offset: u64) -> io::Resu
 }
 
 /// An in-memory image (tests, fuzzing).
+/// A source shared between owners (a parsed file and the simulated re-open of a plan laid
+/// over it; a reader and its table) reads as the source itself.
+impl<T: Source + ?Sized> Source for std::sync::Arc<T> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+}
+
 impl Source for Vec<u8> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.as_slice().read_exact_at(buf, offset)

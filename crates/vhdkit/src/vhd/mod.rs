@@ -214,8 +214,8 @@ type BitmapCache = Mutex<Option<(u32, Vec<u8>)>>;
 /// An opened VHD file.
 #[derive(Debug)]
 pub(crate) struct VhdFile {
-    /// The file (shared with the simulated re-open of a link plan, `SharedSource`); the
-    /// table reads its entries through it.
+    /// The file (shared with the simulated re-open of a link plan); the table reads its
+    /// entries through it.
     src: Arc<dyn Source>,
     file_size: u64,
     shape: Shape,
@@ -559,20 +559,6 @@ impl Image for VhdFile {
     }
     fn parts(&self) -> ImageParts<'_> {
         ImageParts::new(&*self.src, "vhd data block", self.file_size, &self.warnings)
-    }
-}
-
-/// A source shared with a table, handed to code that takes ownership of a source (the
-/// simulated re-open of a link plan).
-#[derive(Debug)]
-pub(crate) struct SharedSource(pub Arc<dyn Source>);
-
-impl Source for SharedSource {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
     }
 }
 

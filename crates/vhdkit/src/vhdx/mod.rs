@@ -215,7 +215,7 @@ pub struct VhdxInfo {
 #[derive(Debug)]
 pub(crate) struct VhdxFile {
     /// The file, or the view of it with a dirty log replayed; the BAT reads its entries
-    /// through it, and a reparent's simulated re-open shares it (`Shared`).
+    /// through it, and a reparent's simulated re-open shares it.
     src: Arc<dyn Source>,
     real_file_len: u64,
     shape: Shape,
@@ -502,20 +502,6 @@ impl Image for VhdxFile {
             self.real_file_len,
             &self.warnings,
         )
-    }
-}
-
-/// The bytes an open file reads, passed on where an owned source is wanted (a reparent's
-/// simulated re-open) while the BAT still shares them.
-#[derive(Debug)]
-pub(crate) struct Shared(pub Arc<dyn Source>);
-
-impl Source for Shared {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
     }
 }
 

@@ -296,7 +296,7 @@ fn verify(
     // Only the digest of the table is kept: the file before and the simulated file after are
     // never both held whole (a 64 TiB disk's table is tens of MiB).
     let VhdxFile { src, .. } = child.file;
-    let src = Box::new(super::Shared(src));
+    let src = Box::new(src);
     let after = crate::simulate::reopen(src, sim, child.file_len, |s| VhdxFile::open(s, opts))?;
     before.check_same(&Kept::of(&after)?)?;
     let mut got = vec![0u8; item.len()];

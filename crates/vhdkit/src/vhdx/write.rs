@@ -83,8 +83,8 @@ pub struct VhdxWriter<S: Sink> {
 /// GUIDs of a session and the commit through the log.
 #[derive(Debug)]
 struct Payload<S: Sink> {
-    /// Shared with the engine's table, which reads the entries not changed since the last
-    /// commit from the file.
+    /// The file; the engine's table reads the entries not changed since the last commit
+    /// through it.
     sink: S,
     session: SessionState,
     data_write_guid_changed: bool,

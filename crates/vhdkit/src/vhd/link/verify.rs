@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::source::read_struct;
 use crate::txn::Plan;
 
-use super::super::{format, SharedSource, VhdFile};
+use super::super::{format, VhdFile};
 use super::edit::Expected;
 
 use crate::simulate::same as check;
@@ -25,7 +25,7 @@ pub(super) fn simulate(
         .map(|w| (w.offset, w.data.clone()))
         .collect();
     // The file before is kept as parsed; the overlay shares its source.
-    let src = Box::new(SharedSource(before.src.clone()));
+    let src = Box::new(before.src.clone());
     let after = crate::simulate::reopen(src, writes, plan.new_len, |s| VhdFile::open(s, opts))?;
     check(same_table(&before, &after)?, "block allocation table")?;
     check(
