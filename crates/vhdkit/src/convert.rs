@@ -101,7 +101,7 @@ impl ConvertOptions {
 /// Write the whole virtual disk of `view` to `dst` as a raw image.
 ///
 /// `progress` hears one `"convert"` phase in virtual bytes and may cancel it (the partial
-/// output is then removed; see [`crate::progress`]).
+/// output is then removed; see [`crate::Progress`]).
 ///
 /// # Examples
 ///

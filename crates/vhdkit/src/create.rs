@@ -153,17 +153,6 @@ pub struct Created {
     pub parent: Option<PathBuf>,
 }
 
-/// The format an extension implies: `.vhd`/`.avhd` VHD, `.vhdx`/`.avhdx` VHDX (any case).
-pub(crate) fn format_from_extension(path: impl AsRef<Path>) -> Option<DiskFormat> {
-    let path = path.as_ref();
-    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-    match ext.as_str() {
-        "vhd" | "avhd" => Some(DiskFormat::Vhd),
-        "vhdx" | "avhdx" => Some(DiskFormat::Vhdx),
-        _ => None,
-    }
-}
-
 /// Parse a size: a number, optionally with a fraction, then an optional unit `K`, `M`, `G`, `T`
 /// (binary multiples: 1024, 1024^2...), each optionally followed by `B` or `iB`, or the unit `B`
 /// alone; case-insensitive; spaces between number and unit allowed. `64MiB`, `10G`, `1.5GiB`,
@@ -342,7 +331,7 @@ fn layout_for(name: &Path, format: DiskFormat, p: &CreateParams) -> Result<(NewD
 fn request_format(path: &Path, p: &CreateParams) -> Result<DiskFormat> {
     match p.format {
         Some(f) => Ok(f),
-        None => format_from_extension(path).ok_or_else(|| Error::InvalidOption {
+        None => crate::disk::claimed_format(path).ok_or_else(|| Error::InvalidOption {
             option: "format",
             detail: format!(
                 "cannot tell the format of {} from its extension (.vhd, .avhd, .vhdx, .avhdx)",
@@ -670,18 +659,18 @@ mod tests {
     #[test]
     fn extensions() {
         assert_eq!(
-            format_from_extension(Path::new("a.VHD")),
+            crate::disk::claimed_format(Path::new("a.VHD")),
             Some(DiskFormat::Vhd)
         );
         assert_eq!(
-            format_from_extension(Path::new("a.avhd")),
+            crate::disk::claimed_format(Path::new("a.avhd")),
             Some(DiskFormat::Vhd)
         );
         assert_eq!(
-            format_from_extension(Path::new("a.avhdx")),
+            crate::disk::claimed_format(Path::new("a.avhdx")),
             Some(DiskFormat::Vhdx)
         );
-        assert_eq!(format_from_extension(Path::new("a.img")), None);
+        assert_eq!(crate::disk::claimed_format(Path::new("a.img")), None);
     }
 
     #[test]

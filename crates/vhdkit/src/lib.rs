@@ -114,27 +114,32 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// Declare a module that is public (hidden, unstable) with the `test-support` feature and
+/// crate-private without: the repository's integration tests, fuzz targets and testkit reach
+/// image internals and fault injection through it; it is no part of the API.
+macro_rules! support_mod {
+    ($name:ident) => {
+        #[cfg(feature = "test-support")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "test-support"))]
+        pub(crate) mod $name;
+    };
+}
+
 pub(crate) mod bitmap;
 pub(crate) mod chain;
 pub mod check;
 pub mod convert;
 pub(crate) mod create;
 pub(crate) mod disjoint;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod disk;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod disk;
+support_mod!(disk);
 pub(crate) mod error;
 pub(crate) mod fsx;
 // The modules below are public, hidden and unstable with the `test-support` feature only: the
 // repository's integration tests, fuzz targets and testkit build images and inject faults
 // through them. They are no part of the API.
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod guid;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod guid;
+support_mod!(guid);
 #[cfg(test)]
 mod layout_lint;
 pub(crate) mod limits;
@@ -147,20 +152,12 @@ pub mod repair;
 pub mod reparent;
 pub(crate) mod sectors;
 pub mod share;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod sidefile;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod sidefile;
+support_mod!(sidefile);
 pub(crate) mod simulate;
 pub(crate) mod source;
 pub(crate) mod table;
 pub(crate) mod tree;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod txn;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod txn;
+support_mod!(txn);
 pub(crate) mod util;
 pub mod vhd;
 pub mod vhdx;

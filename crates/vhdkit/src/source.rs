@@ -262,22 +262,35 @@ impl OverlaySource {
     }
 }
 
+/// The first step of reading an overlay view `len` bytes long: `buf` filled from `offset` with
+/// the base's bytes where the base (`base_len` bytes) has them and zeros past it. Returns the
+/// end of the range; a range past `len` is an `UnexpectedEof`.
+pub(crate) fn read_base(
+    base: &dyn Source,
+    base_len: u64,
+    len: u64,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<u64> {
+    let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
+    let end = offset
+        .checked_add(u64::try_from(buf.len()).map_err(|_| eof())?)
+        .ok_or_else(eof)?;
+    if end > len {
+        return Err(eof());
+    }
+    buf.fill(0);
+    if offset < base_len {
+        let n = usize::try_from((base_len - offset).min(end - offset)).map_err(|_| eof())?;
+        base.read_exact_at(buf.get_mut(..n).ok_or_else(eof)?, offset)?;
+    }
+    Ok(end)
+}
+
 impl Source for OverlaySource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
-        let end = offset
-            .checked_add(u64::try_from(buf.len()).map_err(|_| eof())?)
-            .ok_or_else(eof)?;
-        if end > self.len {
-            return Err(eof());
-        }
-        buf.fill(0);
-        if offset < self.inner_len {
-            let n =
-                usize::try_from((self.inner_len - offset).min(end - offset)).map_err(|_| eof())?;
-            self.inner
-                .read_exact_at(buf.get_mut(..n).ok_or_else(eof)?, offset)?;
-        }
+        let end = read_base(&*self.inner, self.inner_len, self.len, buf, offset)?;
         let first = self
             .pieces
             .range(..offset)

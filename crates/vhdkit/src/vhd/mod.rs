@@ -20,44 +20,16 @@
 
 pub(crate) mod bat;
 pub(crate) mod bitmap;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod create;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod create;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod dynamic;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod dynamic;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod footer;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod footer;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod format;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod format;
+support_mod!(create);
+support_mod!(dynamic);
+support_mod!(footer);
+support_mod!(format);
 pub(crate) mod link;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod locator;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod locator;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod name_style;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod name_style;
+support_mod!(locator);
+support_mod!(name_style);
 mod open;
 pub(crate) mod reparent;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod write;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod write;
+support_mod!(write);
 
 use std::sync::{Arc, Mutex};
 

@@ -17,11 +17,7 @@
 
 pub(crate) mod bat;
 mod bitmap;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod create;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod create;
+support_mod!(create);
 pub(crate) mod format;
 pub(crate) mod header;
 pub(crate) mod locator;
@@ -30,11 +26,7 @@ mod metadata;
 mod region;
 pub(crate) mod reparent;
 pub(crate) mod update;
-#[cfg(feature = "test-support")]
-#[doc(hidden)]
-pub mod write;
-#[cfg(not(feature = "test-support"))]
-pub(crate) mod write;
+support_mod!(write);
 
 use std::sync::{Arc, Mutex};
 

@@ -195,6 +195,7 @@ impl<S: Sink> VhdxWriter<S> {
 
     /// Lower the allocations (or dirty sector bitmaps) after which a write flushes by itself,
     /// so tests can see it happen.
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fn limit_unflushed(&mut self, n: u64) {
         self.engine.fmt.max_unflushed = n.max(1);

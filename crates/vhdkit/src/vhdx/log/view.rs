@@ -271,20 +271,7 @@ impl LogView {
 
 impl Source for LogView {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
-        let end = offset
-            .checked_add(u64::try_from(buf.len()).map_err(|_| eof())?)
-            .ok_or_else(eof)?;
-        if end > self.len {
-            return Err(eof());
-        }
-        buf.fill(0);
-        if offset < self.base_len {
-            let n =
-                usize::try_from((self.base_len - offset).min(end - offset)).map_err(|_| eof())?;
-            self.base
-                .read_exact_at(buf.get_mut(..n).ok_or_else(eof)?, offset)?;
-        }
+        crate::source::read_base(&*self.base, self.base_len, self.len, buf, offset)?;
         self.map.apply(&*self.base, buf, offset)
     }
 
