@@ -2,12 +2,12 @@
 //!
 //! A table may point at tens of millions of blocks, and a hostile sparse file can make every one
 //! of them allocated, so the blocks cannot all be held and sorted at once. Instead the spans are
-//! visited in passes: one pass counts them; while a range of start offsets holds more spans than
-//! the budget, a histogram pass splits it into ranges that each hold at most the budget (a single
-//! start offset shared by more spans than the budget is itself an overlap); each such range is
-//! then collected, sorted and checked against the span reaching furthest before it. Memory is
-//! the budget plus one histogram; the cost is a few passes over the table, and only when it is
-//! larger than the budget.
+//! visited in passes ([`visit_sorted`]): one pass counts them; while a range of start offsets
+//! holds more spans than the budget, a histogram pass splits it into ranges that each hold at
+//! most the budget; each such range is then collected, sorted and handed on in order. The
+//! overlap checks ([`find_overlap`], [`each_overlap`]) sweep that order, comparing each span
+//! with the one reaching furthest before it. Memory is the budget plus one histogram; the cost
+//! is a few passes over the table, and only when it is larger than the budget.
 
 use crate::error::Result;
 
@@ -49,197 +49,65 @@ where
 /// spans are disjoint. Empty spans (`end <= start`) overlap nothing. At most `budget` spans
 /// are held at once (`budget >= 2`).
 pub(crate) fn find_overlap(spans: &mut dyn Spans, budget: usize) -> Result<Option<(Span, Span)>> {
-    let mut f = Finder {
-        spans,
-        budget: budget.max(2),
-        carry: None,
-        passes: 0,
-        each: None,
-    };
-    f.run()
+    let mut found = None;
+    sweep(spans, budget, &mut |a, b| {
+        found = Some((a, b));
+        false
+    })?;
+    Ok(found)
 }
 
-/// Every overlap a sort-and-sweep would report: in (start, end, id) order, `f(a, b)` for each
-/// span `b` that starts before the end of `a`, the span reaching furthest among those before
-/// it. Holds at most `budget` spans. The one difference from a full sort: where more than
-/// `budget` spans share one start, those are swept in the order visited (the same count).
+/// Every overlap a sort-and-sweep reports: in (start, end, id) order, `f(a, b)` for each
+/// non-empty span `b` that starts before the end of `a`, the span reaching furthest among
+/// those before it. Holds at most `budget` spans.
 pub(crate) fn each_overlap(
     spans: &mut dyn Spans,
     budget: usize,
     f: &mut dyn FnMut(Span, Span),
 ) -> Result<()> {
-    let mut finder = Finder {
-        spans,
-        budget: budget.max(2),
-        carry: None,
-        passes: 0,
-        each: Some(f),
-    };
-    finder.run().map(|_| ())
+    sweep(spans, budget, &mut |a, b| {
+        f(a, b);
+        true
+    })
 }
 
-/// As [`find_overlap`], also returning how many passes it made (for tests and benchmarks).
-#[cfg(test)]
-fn find_overlap_counting(spans: &mut dyn Spans, budget: usize) -> (Option<(Span, Span)>, u32) {
-    let mut f = Finder {
-        spans,
-        budget: budget.max(2),
-        carry: None,
-        passes: 0,
-        each: None,
-    };
-    let r = f.run().ok().flatten();
-    (r, f.passes)
-}
-
-struct Finder<'s> {
-    spans: &'s mut dyn Spans,
+/// The sweep both share: spans in sorted order ([`visit_sorted`]), each non-empty one checked
+/// against the one reaching furthest before it; `f` is told each overlap and returns whether
+/// to go on.
+fn sweep(
+    spans: &mut dyn Spans,
     budget: usize,
-    /// Of the spans checked so far (all starting before the current range), the one whose end
-    /// reaches furthest.
-    carry: Option<Span>,
-    passes: u32,
-    /// Report every overlap here instead of stopping at the first.
-    each: Option<&'s mut dyn FnMut(Span, Span)>,
-}
-
-impl Finder<'_> {
-    /// Visit the non-empty spans whose start is in `lo..=hi`.
-    fn each_in(&mut self, lo: u64, hi: u64, f: &mut dyn FnMut(Span)) -> Result<()> {
-        self.passes += 1;
-        self.spans.pass(&mut |s: Span| {
-            if s.end > s.start && (lo..=hi).contains(&s.start) {
-                f(s);
-            }
-            Ok(())
-        })
-    }
-
-    fn run(&mut self) -> Result<Option<(Span, Span)>> {
-        let (mut n, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
-        self.each_in(0, u64::MAX, &mut |s| {
-            n += 1;
-            lo = lo.min(s.start);
-            hi = hi.max(s.start);
-        })?;
-        if n < 2 {
-            return Ok(None);
+    f: &mut dyn FnMut(Span, Span) -> bool,
+) -> Result<()> {
+    let mut reach: Option<Span> = None;
+    let mut stopped = false;
+    let done = visit_sorted(spans, budget, &mut |s| {
+        if s.end <= s.start {
+            return Ok(());
         }
-        self.range(lo, hi, n)
-    }
-
-    /// Check the `n` spans starting in `lo..=hi`; every span starting before `lo` is checked.
-    fn range(&mut self, lo: u64, hi: u64, n: u64) -> Result<Option<(Span, Span)>> {
-        if n <= self.budget as u64 {
-            return self.collect_and_check(lo, hi);
-        }
-        if lo == hi {
-            // More spans than the budget share one start, so any two of them overlap.
-            return self.collect_and_check_first(lo);
-        }
-        let buckets = self.budget.clamp(2, MAX_BUCKETS);
-        // Width so that `buckets` buckets cover lo..=hi: (hi - lo) / width < buckets.
-        let width = (hi - lo) / buckets as u64 + 1;
-        let mut hist = vec![0u64; buckets];
-        self.each_in(lo, hi, &mut |s| {
-            let b = usize::try_from((s.start - lo) / width).unwrap_or(0);
-            if let Some(c) = hist.get_mut(b) {
-                *c += 1;
-            }
-        })?;
-        self.walk_buckets(lo, hi, width, &hist)
-    }
-
-    /// Check bucket after bucket, grouping neighbours while they fit the budget together.
-    fn walk_buckets(
-        &mut self,
-        lo: u64,
-        hi: u64,
-        width: u64,
-        hist: &[u64],
-    ) -> Result<Option<(Span, Span)>> {
-        let bucket_lo = |b: u64| lo.saturating_add(b.saturating_mul(width));
-        let bucket_hi = |b: u64| bucket_lo(b + 1).saturating_sub(1).min(hi);
-        let mut group: Option<(u64, u64)> = None; // (first bucket, spans)
-        for (b, &c) in (0u64..).zip(hist.iter()) {
-            if let Some((g0, sum)) = group {
-                if sum + c > self.budget as u64 {
-                    if let Some(o) = self.range(bucket_lo(g0), bucket_hi(b - 1), sum)? {
-                        return Ok(Some(o));
-                    }
-                    group = None;
-                }
-            }
-            if c > self.budget as u64 {
-                if let Some(o) = self.range(bucket_lo(b), bucket_hi(b), c)? {
-                    return Ok(Some(o));
-                }
-                continue;
-            }
-            if c > 0 {
-                group = Some(group.map_or((b, c), |(g0, sum)| (g0, sum + c)));
+        if let Some(r) = reach.filter(|r| s.start < r.end) {
+            if !f(r, s) {
+                stopped = true;
+                // Ends the passes early; never seen by the caller.
+                return Err(crate::error::Error::Internal("sweep stopped".into()));
             }
         }
-        match group {
-            Some((g0, sum)) => self.range(bucket_lo(g0), hi, sum),
-            None => Ok(None),
+        if reach.is_none_or(|r| s.end > r.end) {
+            reach = Some(s);
         }
-    }
-
-    fn collect_and_check(&mut self, lo: u64, hi: u64) -> Result<Option<(Span, Span)>> {
-        let mut v = Vec::new();
-        self.each_in(lo, hi, &mut |s| v.push(s))?;
-        v.sort_unstable();
-        for s in v {
-            if let Some(c) = self.carry {
-                if s.start < c.end {
-                    match self.each.as_mut() {
-                        Some(f) => f(c, s),
-                        None => return Ok(Some((c, s))),
-                    }
-                }
-            }
-            if self.carry.is_none_or(|c| s.end > c.end) {
-                self.carry = Some(s);
-            }
-        }
-        Ok(None)
-    }
-
-    fn collect_and_check_first(&mut self, at: u64) -> Result<Option<(Span, Span)>> {
-        if let Some(each) = self.each.take() {
-            let mut carry = self.carry;
-            let r = self.each_in(at, at, &mut |s| {
-                if let Some(c) = carry.filter(|c| s.start < c.end) {
-                    each(c, s);
-                }
-                if carry.is_none_or(|c| s.end > c.end) {
-                    carry = Some(s);
-                }
-            });
-            self.carry = carry;
-            self.each = Some(each);
-            return r.map(|_| None);
-        }
-        let mut two: Vec<Span> = Vec::with_capacity(2);
-        self.each_in(at, at, &mut |s| {
-            if two.len() < 2 {
-                two.push(s);
-            }
-        })?;
-        two.sort_unstable();
-        Ok(match (self.carry, two.first(), two.get(1)) {
-            (Some(c), Some(&a), _) if a.start < c.end => Some((c, a)),
-            (_, Some(&a), Some(&b)) => Some((a, b)),
-            _ => None,
-        })
+        Ok(())
+    });
+    if stopped {
+        Ok(())
+    } else {
+        done
     }
 }
 
 /// Call `visit` on every span (empty ones too) in ascending order of `(start, end, id)`,
 /// holding at most `budget` spans at once: for checkers that report every neighbouring pair,
-/// not just the first overlap. The ranges are split as [`find_overlap`] splits them, and each
-/// is collected, sorted and visited in turn; more spans than the budget on a single start are
+/// not just the first overlap. Ranges of starts holding more spans than the budget are split by
+/// a histogram pass into ranges that fit, and each is collected, sorted and visited in turn; more spans than the budget on a single start are
 /// visited in batches of the smallest `(end, id)` left (ids are assumed distinct there).
 pub(crate) fn visit_sorted(
     spans: &mut dyn Spans,
@@ -457,6 +325,17 @@ mod tests {
         }
     }
 
+    /// [`find_overlap`], and how many passes it made over the spans.
+    fn counting(v: &[Span], budget: usize) -> (Option<(Span, Span)>, u32) {
+        let mut passes = 0u32;
+        let mut each = |visit: &mut Visit<'_>| {
+            passes += 1;
+            v.iter().try_for_each(|s| visit(*s))
+        };
+        let r = find_overlap(&mut each, budget).unwrap();
+        (r, passes)
+    }
+
     fn sp(start: u64, end: u64, id: u64) -> Span {
         Span { start, end, id }
     }
@@ -478,7 +357,7 @@ mod tests {
     }
 
     fn check(v: &[Span], budget: usize) -> Option<(Span, Span)> {
-        let (r, _) = find_overlap_counting(&mut spans_of(v), budget);
+        let (r, _) = counting(v, budget);
         assert_eq!(r.is_some(), any_overlap(v), "budget {budget}: {v:?}");
         if let Some((a, b)) = r {
             assert!(a.start <= b.start && b.start < a.end, "{a:?} {b:?}");
@@ -568,10 +447,10 @@ mod tests {
         // pass, then about n / budget collect passes (at most twice that after grouping).
         let n = 200_000u64;
         let v: Vec<Span> = (0..n).map(|i| sp(i << 30, (i << 30) + 4096, i)).collect();
-        let (r, passes) = find_overlap_counting(&mut spans_of(&v), 10_000);
+        let (r, passes) = counting(&v, 10_000);
         assert_eq!(r, None);
         assert!(passes <= 2 + 2 * 20 + 2, "{passes} passes");
-        let (_, small) = find_overlap_counting(&mut spans_of(&v[..100]), 10_000);
+        let (_, small) = counting(&v[..100], 10_000);
         assert_eq!(small, 2);
     }
 
