@@ -147,6 +147,7 @@ pub(crate) mod lock;
 pub(crate) mod newdisk;
 #[cfg(test)]
 pub(crate) mod parse_count;
+pub(crate) mod piecemap;
 pub(crate) mod readset;
 pub mod repair;
 pub mod reparent;

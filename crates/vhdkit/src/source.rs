@@ -159,34 +159,22 @@ pub struct OverlaySource {
     len: u64,
     /// Replaced ranges by start offset. They never overlap: a later layer cuts the parts it
     /// covers out of earlier ones, so a read finds its pieces with one range lookup.
-    pieces: BTreeMap<u64, Piece>,
+    pieces: BTreeMap<u64, Bytes>,
 }
 
-/// One replaced range.
+/// One replaced range: its bytes.
 #[derive(Debug, Clone)]
-enum Piece {
-    Bytes(Vec<u8>),
-    Zeros(u64),
-}
+struct Bytes(Vec<u8>);
 
-impl Piece {
+impl crate::piecemap::Piece for Bytes {
     fn len(&self) -> u64 {
-        match self {
-            Piece::Bytes(b) => b.len() as u64,
-            Piece::Zeros(n) => *n,
-        }
+        self.0.len() as u64
     }
 
-    /// Bytes `from..to` of the piece (both within it).
-    fn slice(&self, from: u64, to: u64) -> Piece {
-        match self {
-            Piece::Bytes(b) => {
-                let r = usize::try_from(from).unwrap_or(usize::MAX)
-                    ..usize::try_from(to).unwrap_or(usize::MAX);
-                Piece::Bytes(b.get(r).unwrap_or_default().to_vec())
-            }
-            Piece::Zeros(_) => Piece::Zeros(to.saturating_sub(from)),
-        }
+    fn slice(&self, from: u64, to: u64) -> Bytes {
+        let r =
+            usize::try_from(from).unwrap_or(usize::MAX)..usize::try_from(to).unwrap_or(usize::MAX);
+        Bytes(self.0.get(r).unwrap_or_default().to_vec())
     }
 }
 
@@ -209,56 +197,12 @@ impl OverlaySource {
                     pieces: BTreeMap::new(),
                 };
                 for (at, data) in writes {
-                    o.put(at, Piece::Bytes(data));
+                    crate::piecemap::put(&mut o.pieces, at, Bytes(data));
                 }
                 Ok(o)
             }
             Err(e) => Err((inner, e)),
         }
-    }
-
-    /// Replace `len` bytes at `at` with zeros (over any earlier replacement).
-    // No caller since a dirty VHDX log is viewed through `vhdx::log` without copying its
-    // sectors; kept for layers built in memory.
-    #[allow(dead_code)]
-    pub(crate) fn put_zeros(&mut self, at: u64, len: u64) {
-        self.put(at, Piece::Zeros(len));
-    }
-
-    /// Replace the bytes at `at` with `data` (over any earlier replacement).
-    #[allow(dead_code)] // see `put_zeros`
-    pub(crate) fn put_bytes(&mut self, at: u64, data: Vec<u8>) {
-        self.put(at, Piece::Bytes(data));
-    }
-
-    fn put(&mut self, at: u64, piece: Piece) {
-        let end = at.saturating_add(piece.len());
-        if end == at {
-            return;
-        }
-        let before = self
-            .pieces
-            .range(..at)
-            .next_back()
-            .filter(|(k, p)| k.saturating_add(p.len()) > at)
-            .map(|(k, _)| *k);
-        let hit: Vec<u64> = before
-            .into_iter()
-            .chain(self.pieces.range(at..end).map(|(k, _)| *k))
-            .collect();
-        for k in hit {
-            let Some(old) = self.pieces.remove(&k) else {
-                continue;
-            };
-            let old_end = k.saturating_add(old.len());
-            if k < at {
-                self.pieces.insert(k, old.slice(0, at - k));
-            }
-            if old_end > end {
-                self.pieces.insert(end, old.slice(end - k, old_end - k));
-            }
-        }
-        self.pieces.insert(at, piece);
     }
 }
 
@@ -291,24 +235,15 @@ impl Source for OverlaySource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
         let end = read_base(&*self.inner, self.inner_len, self.len, buf, offset)?;
-        let first = self
-            .pieces
-            .range(..offset)
-            .next_back()
-            .filter(|(k, p)| k.saturating_add(p.len()) > offset);
-        for (at, piece) in first.into_iter().chain(self.pieces.range(offset..end)) {
+        use crate::piecemap::Piece as _;
+        for (at, piece) in crate::piecemap::overlapping(&self.pieces, offset, end) {
             let lo = offset.max(*at);
             let hi = end.min(at.saturating_add(piece.len()));
             let idx = |v: u64| usize::try_from(v).map_err(|_| eof());
             let dst = buf
                 .get_mut(idx(lo - offset)?..idx(hi - offset)?)
                 .ok_or_else(eof)?;
-            match piece {
-                Piece::Bytes(data) => {
-                    dst.copy_from_slice(data.get(idx(lo - at)?..idx(hi - at)?).ok_or_else(eof)?);
-                }
-                Piece::Zeros(_) => dst.fill(0),
-            }
+            dst.copy_from_slice(piece.0.get(idx(lo - at)?..idx(hi - at)?).ok_or_else(eof)?);
         }
         Ok(())
     }
@@ -391,12 +326,15 @@ mod tests {
     #[test]
     fn overlay_later_layers_win_and_split_earlier_ones() {
         let base: Vec<u8> = vec![1; 32];
-        let mut o = OverlaySource::new(Box::new(base), vec![(4, vec![2; 16])], 40)
+        let writes = vec![
+            (4, vec![2; 16]),
+            (8, vec![0; 4]),
+            (30, vec![3; 6]),
+            (2, vec![4; 3]),
+        ];
+        let o = OverlaySource::new(Box::new(base), writes, 40)
             .map_err(|(_, e)| e)
             .unwrap();
-        o.put_zeros(8, 4);
-        o.put_bytes(30, vec![3; 6]);
-        o.put_bytes(2, vec![4; 3]);
         let mut b = [9u8; 40];
         o.read_exact_at(&mut b, 0).unwrap();
         let mut want = vec![1u8; 32];

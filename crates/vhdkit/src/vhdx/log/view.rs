@@ -82,33 +82,7 @@ impl ReplayMap {
     }
 
     fn put(&mut self, at: u64, piece: Piece) {
-        let end = at.saturating_add(piece.len);
-        if end == at {
-            return;
-        }
-        let before = self
-            .pieces
-            .range(..at)
-            .next_back()
-            .filter(|(k, p)| k.saturating_add(p.len) > at)
-            .map(|(k, _)| *k);
-        let hit: Vec<u64> = before
-            .into_iter()
-            .chain(self.pieces.range(at..end).map(|(k, _)| *k))
-            .collect();
-        for k in hit {
-            let Some(old) = self.pieces.remove(&k) else {
-                continue;
-            };
-            let old_end = k.saturating_add(old.len);
-            if k < at {
-                self.pieces.insert(k, old.slice(0, at - k));
-            }
-            if old_end > end {
-                self.pieces.insert(end, old.slice(end - k, old_end - k));
-            }
-        }
-        self.pieces.insert(at, piece);
+        crate::piecemap::put(&mut self.pieces, at, piece);
     }
 
     /// Lay the replayed bytes over `buf`, which holds the file's bytes at `offset`. Logged
@@ -116,12 +90,7 @@ impl ReplayMap {
     pub(crate) fn apply(&self, file: &dyn Source, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
         let end = offset.saturating_add(buf.len() as u64);
-        let first = self
-            .pieces
-            .range(..offset)
-            .next_back()
-            .filter(|(k, p)| k.saturating_add(p.len) > offset);
-        for (at, piece) in first.into_iter().chain(self.pieces.range(offset..end)) {
+        for (at, piece) in crate::piecemap::overlapping(&self.pieces, offset, end) {
             let lo = offset.max(*at);
             let hi = end.min(at.saturating_add(piece.len));
             let idx = |v: u64| usize::try_from(v).map_err(|_| eof());
@@ -134,8 +103,11 @@ impl ReplayMap {
     }
 }
 
-impl Piece {
-    /// Bytes `from..to` of the piece (both within it).
+impl crate::piecemap::Piece for Piece {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
     fn slice(&self, from: u64, to: u64) -> Piece {
         Piece {
             len: to.saturating_sub(from),
@@ -143,7 +115,9 @@ impl Piece {
             kind: self.kind.clone(),
         }
     }
+}
 
+impl Piece {
     /// Fill `dst` with the piece's bytes from `from` on.
     fn read(&self, file: &dyn Source, from: u64, dst: &mut [u8]) -> io::Result<()> {
         let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
