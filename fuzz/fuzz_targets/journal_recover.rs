@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Recovery::Clean)
             ));
         }
-        Ok(Recovery::Clean) | Err(_) => {}
+        // Recovery is non-exhaustive: an outcome added later has no property checked here yet.
+        Ok(_) | Err(_) => {}
     }
 });
