@@ -445,7 +445,16 @@ impl Disk {
         Ok(disk)
     }
 
-    /// Open a disk from any byte source (a buffer, a [`crate::SeekSource`] over a reader).
+    /// Open a disk from any `Read + Seek` (a network stream, a decompressor that can seek):
+    /// [`Disk::from_source`] over it, reads serialised by a mutex. See there for an example.
+    pub fn from_reader(
+        r: impl std::io::Read + std::io::Seek + Send + std::fmt::Debug + 'static,
+        opts: &OpenOptions,
+    ) -> Result<Disk> {
+        Self::from_source(Box::new(crate::source::SeekSource::new(r)), opts)
+    }
+
+    /// Open a disk from any byte source (a buffer, a file; [`Disk::from_reader`] for a reader).
     ///
     /// # Examples
     ///
@@ -455,14 +464,14 @@ impl Disk {
     /// # let path = dir.path().join("disk.vhd");
     /// # vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
     /// use std::io::Cursor;
-    /// use vhdkit::{Disk, OpenOptions, SeekSource};
+    /// use vhdkit::{Disk, OpenOptions};
     ///
     /// // From bytes in memory...
     /// let bytes: Vec<u8> = std::fs::read(&path)?;
     /// let disk = Disk::from_source(Box::new(bytes.clone()), &OpenOptions::default())?;
     /// assert_eq!(disk.virtual_size(), 8 << 20);
     /// // ...or from any `Read + Seek`.
-    /// let disk = Disk::from_source(Box::new(SeekSource::new(Cursor::new(bytes))), &OpenOptions::default())?;
+    /// let disk = Disk::from_reader(Cursor::new(bytes), &OpenOptions::default())?;
     /// assert_eq!(disk.path(), None);
     ///
     /// // Anything else is not a disk, and says so.

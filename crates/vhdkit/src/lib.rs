@@ -179,7 +179,7 @@ pub use disk::{
 };
 pub use error::{ChainBroken, Error, ErrorKind, Location, Result};
 pub use limits::Limits;
-pub use source::{SeekSource, Source};
+pub use source::Source;
 pub use view::{Allocation, ChainView};
 pub use write::WritableDisk;
 

@@ -19,24 +19,6 @@ use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::tree::{self, FoundDisk, Uninspected, WalkLimits};
 
-/// Bounds of a scan.
-#[derive(Debug, Clone)]
-pub struct ScanLimits {
-    /// Deepest folder level walked below a root.
-    pub max_depth: usize,
-    /// Most directory entries looked at in all.
-    pub max_entries: usize,
-}
-
-impl Default for ScanLimits {
-    fn default() -> Self {
-        ScanLimits {
-            max_depth: 64,
-            max_entries: 1_000_000,
-        }
-    }
-}
-
 /// A file identity that survives renames and sees hard links as one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileKey(Vec<u8>);
@@ -240,15 +222,11 @@ fn is_ours(name: &str) -> bool {
 pub fn scan(
     roots: &[PathBuf],
     chain: &ChainOptions,
-    limits: &ScanLimits,
+    wl: &WalkLimits,
     on_file: &mut dyn FnMut(&Path),
 ) -> Result<Scan> {
     let mut out = Scan::default();
     let mut index: HashMap<FileKey, usize> = HashMap::new();
-    let wl = WalkLimits {
-        max_depth: limits.max_depth,
-        max_entries: limits.max_entries,
-    };
     for root in roots {
         let root = fs::canonicalize(root)
             .map_err(|e| Error::io("opening the folder", e).with_path(root))?;
@@ -262,7 +240,7 @@ pub fn scan(
             ignore: &is_ours,
             also: &|p| crate::disk::claimed_format(p).is_some(),
         };
-        let w = tree::walk(&root, &wl, &select)?;
+        let w = tree::walk(&root, wl, &select)?;
         out.entries += w.entries;
         out.uninspected.extend(w.uninspected);
         for l in w.links {
