@@ -71,14 +71,14 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::reparent::LocatorMode;
 
-pub use crate::tree::{Uninspected, UninspectedKind};
 use crate::tree::WalkLimits;
+pub use crate::tree::{Uninspected, UninspectedKind};
 pub use apply::apply_share;
 pub use plan::plan_share;
 pub use reason::NoteReason;
 pub use relink::{apply_relink, plan_relink, RelinkItem, RelinkPlan, RelinkReport};
+pub use scan::Symlink;
 pub(crate) use scan::{scan, FileKey, Scan};
-pub use scan::{Skipped, Symlink};
 
 /// Options for share and relink.
 #[derive(Debug, Clone)]
@@ -266,7 +266,7 @@ pub struct SharePlan {
     /// Disks found.
     pub disks_found: usize,
     /// Files with a disk signature that could not be used.
-    pub skipped: Vec<Skipped>,
+    pub skipped: Vec<PathNote>,
     /// Paths under DIR or SHARED that could not be inspected (nothing is deleted while any
     /// exists).
     pub uninspected: Vec<Uninspected>,
@@ -447,9 +447,7 @@ fn scan_phase(roots: &[PathBuf], opts: &ShareOptions, progress: &mut dyn Progres
         max_depth: opts.max_scan_depth,
         max_entries: opts.max_scan_entries,
     };
-    let sc = scan(roots, &opts.chain, &limits, &mut |_| {
-        progress.advance(1)
-    });
+    let sc = scan(roots, &opts.chain, &limits, &mut |_| progress.advance(1));
     progress.finish();
     crate::progress::check(progress)?;
     sc

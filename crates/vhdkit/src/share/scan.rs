@@ -19,6 +19,8 @@ use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::tree::{self, FoundDisk, Uninspected, WalkLimits};
 
+use super::PathNote;
+
 /// A file identity that survives renames and sees hard links as one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileKey(Vec<u8>);
@@ -135,16 +137,6 @@ pub struct ScannedDisk {
     pub(crate) key: FileKey,
 }
 
-/// A file with a disk signature that could not be used.
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct Skipped {
-    /// The file.
-    pub path: PathBuf,
-    /// Why.
-    pub reason: String,
-}
-
 /// A symlink to a disk file.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -166,7 +158,7 @@ pub struct Scan {
     /// Disks, in walk order (then parents found outside the roots).
     pub disks: Vec<ScannedDisk>,
     /// Files with a disk signature that could not be used.
-    pub skipped: Vec<Skipped>,
+    pub skipped: Vec<PathNote>,
     /// Symlinks to disk files.
     pub symlinks: Vec<Symlink>,
     /// Notes.
@@ -265,10 +257,9 @@ pub fn scan(
                     index.insert(key, out.disks.len());
                     out.disks.push(d);
                 }
-                Err(e) => out.skipped.push(Skipped {
-                    path,
-                    reason: e.to_string().replace('\n', " "),
-                }),
+                Err(e) => out
+                    .skipped
+                    .push(PathNote::new(path, e.to_string().replace('\n', " "))),
             }
         }
     }
