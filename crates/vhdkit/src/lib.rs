@@ -65,7 +65,7 @@
 //! std::fs::copy(&base, &copy)?;
 //! let opts = ReparentOptions { new_parent: copy.clone(), ..ReparentOptions::default() };
 //! let plan = reparent::plan(&child, &opts)?;
-//! for c in &plan.txn().changes {
+//! for c in plan.changes() {
 //!     println!("{} {}: {} -> {}", c.structure, c.field, c.old, c.new);
 //! }
 //! reparent::apply(&plan)?;
