@@ -122,9 +122,11 @@ pub struct ParentLocator {
     pub error: Option<String>,
 }
 
-/// How a differencing disk identifies its parent.
+/// How a differencing disk identifies its parent, and where it says to look for it (the
+/// parent part of [`DiskInfo`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ParentLinkage {
     /// The identity the parent must have ([`Disk::identity`] of the parent): VHD parent unique
     /// id; VHDX `parent_linkage` (the parent's DataWriteGuid).
@@ -133,6 +135,8 @@ pub struct ParentLinkage {
     pub alternate_id: Option<Uuid>,
     /// VHD parent time stamp (seconds since 2000-01-01 UTC); 0 when the writer left it empty.
     pub timestamp: Option<u32>,
+    /// The parent locators, in the order they should be tried ([`Disk::parent_locators`]).
+    pub locators: Vec<ParentLocator>,
 }
 
 /// Options for opening a disk.
@@ -206,27 +210,12 @@ pub struct DiskInfo {
     /// Size of the file in bytes.
     pub file_size: u64,
     /// The parent linkage and locators, for a differencing disk.
-    pub parent: Option<ParentInfo>,
+    pub parent: Option<ParentLinkage>,
     /// Things that are wrong but did not stop the open (a damaged redundant copy, a replayed log).
     pub warnings: Vec<String>,
     /// Format-specific facts.
     #[cfg_attr(feature = "serde", serde(flatten))]
     pub details: FormatInfo,
-}
-
-/// The parent part of [`DiskInfo`].
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct ParentInfo {
-    /// The identity the parent must have.
-    pub id: Uuid,
-    /// A second accepted identity (VHDX `parent_linkage2`).
-    pub alternate_id: Option<Uuid>,
-    /// VHD parent time stamp.
-    pub timestamp: Option<u32>,
-    /// Locators in the order they are tried.
-    pub locators: Vec<ParentLocator>,
 }
 
 /// The per-format implementation behind a [`Disk`]. Both formats implement it; the rest of the
@@ -545,7 +534,8 @@ impl Disk {
         self.image().identity()
     }
 
-    /// How this disk identifies its parent; `None` unless it is a differencing disk.
+    /// How this disk identifies and locates its parent; `None` unless it is a differencing
+    /// disk.
     pub fn parent_linkage(&self) -> Option<ParentLinkage> {
         self.image().parent_linkage()
     }
@@ -609,12 +599,7 @@ impl Disk {
 
     /// Everything about this file, for display.
     pub fn info(&self) -> DiskInfo {
-        let parent = self.parent_linkage().map(|l| ParentInfo {
-            id: l.id,
-            alternate_id: l.alternate_id,
-            timestamp: l.timestamp,
-            locators: self.parent_locators(),
-        });
+        let parent = self.parent_linkage();
         DiskInfo {
             path: self.path.clone(),
             format: self.format(),

@@ -174,8 +174,8 @@ pub use chain::{
 };
 pub use create::{create, create_into, CreateParams, Created};
 pub use disk::{
-    Disk, DiskFormat, DiskInfo, DiskType, Extent, FormatInfo, OpenOptions, ParentInfo,
-    ParentLinkage, ParentLocator, PathStyle,
+    Disk, DiskFormat, DiskInfo, DiskType, Extent, FormatInfo, OpenOptions, ParentLinkage,
+    ParentLocator, PathStyle,
 };
 pub use error::{ChainBroken, Error, ErrorKind, Location, Result};
 pub use limits::Limits;
