@@ -77,7 +77,7 @@ pub use apply::apply_share;
 pub use plan::plan_share;
 pub use reason::NoteReason;
 pub use relink::{apply_relink, plan_relink, RelinkItem, RelinkPlan, RelinkReport};
-pub use scan::Symlink;
+
 pub(crate) use scan::{scan, FileKey, Scan};
 
 /// Options for share and relink.

@@ -140,7 +140,7 @@ pub struct ScannedDisk {
 /// A symlink to a disk file.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct Symlink {
+pub(crate) struct Symlink {
     /// The link.
     pub path: PathBuf,
     /// The real file it leads to.
