@@ -51,7 +51,7 @@ fn run(child: &Path, new_parent: &Path, dry_run: bool) -> Result<(), Box<dyn std
         plan.format,
         plan.new_parent_resolved.display()
     );
-    for c in &plan.txn().changes {
+    for c in plan.changes() {
         println!(
             "  {} / {}: {:?} -> {:?}",
             c.structure, c.field, c.old, c.new

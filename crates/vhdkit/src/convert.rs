@@ -4,8 +4,8 @@
 //! Inputs are anything implementing [`VirtualSource`]: a [`ChainView`](crate::ChainView) (a
 //! VHD/VHDX and its parents, flattened) or a [`RawSource`] (a plain file, all of it data).
 //! Outputs are a path ([`to_raw`], [`to_vhd`], [`to_vhdx`]) or any
-//! [`OutputSink`], such as an in-memory `Cursor<Vec<u8>>` ([`to_raw_into`],
-//! [`to_vhd_into`], [`to_vhdx_into`]: the same bytes, written in place). Every conversion
+//! [`OutputSink`], such as an in-memory `Cursor<Vec<u8>>` ([`to_sink`] with a [`Target`]: the
+//! same bytes, written in place). Every conversion
 //! reports to a [`Progress`], which may cancel it.
 //!
 //! Raw output is written sparsely: ranges no layer stores, and stored ranges that are all
@@ -132,34 +132,6 @@ pub fn to_raw(
     build_output(dst, opts.overwrite, |file| {
         raw_into(view, file, &mut progress)
     })
-}
-
-/// Write the whole virtual disk of `view` into `out` as a raw image: the bytes [`to_raw`]
-/// writes to a file. `out` is sized to the virtual size first, and only non-zero data is
-/// written, so it should be empty (or all zeros). After an error (a cancel included) it holds
-/// a partial image.
-///
-/// # Examples
-///
-/// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let dir = tempfile::tempdir()?;
-/// # let path = dir.path().join("disk.img");
-/// # std::fs::write(&path, [7u8; 4096])?;
-/// use vhdkit::convert::{to_raw_into, RawSource};
-///
-/// let mut raw = std::io::Cursor::new(Vec::new());
-/// to_raw_into(&RawSource::open(&path)?, &mut raw, ())?;
-/// assert_eq!(raw.into_inner(), std::fs::read(&path)?);
-/// # Ok(())
-/// # }
-/// ```
-pub fn to_raw_into<W: OutputSink + ?Sized>(
-    view: &dyn VirtualSource,
-    out: &mut W,
-    mut progress: impl Progress,
-) -> Result<ConvertStats> {
-    raw_into(view, out, &mut progress)
 }
 
 /// The raw conversion into an empty `out`, as one `"convert"` phase of `progress`.
@@ -332,39 +304,6 @@ pub fn to_vhd(
     to_path(src, dst.as_ref(), opts, NewImage::vhd(src, opts)?, progress)
 }
 
-/// Write the whole virtual disk of `src` into `out` as a new VHD: the image [`to_vhd`] writes
-/// to a file (`opts.overwrite` does not apply). `out` should be empty; after an error (a cancel
-/// included) it holds a partial image.
-///
-/// # Examples
-///
-/// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let dir = tempfile::tempdir()?;
-/// use std::io::Cursor;
-/// use vhdkit::convert::{to_vhd_into, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
-///
-/// let src = dir.path().join("disk.vhdx");
-/// create(&src, &CreateParams::dynamic(8 << 20))?;
-/// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
-/// let mut vhd = Cursor::new(Vec::new());
-/// to_vhd_into(&view, &mut vhd, &ConvertOptions::default(), ())?;
-/// let disk = Disk::from_source(Box::new(vhd.into_inner()), &Default::default())?;
-/// assert_eq!(disk.info().format, DiskFormat::Vhd);
-/// # Ok(())
-/// # }
-/// ```
-pub fn to_vhd_into<W: OutputSink + ?Sized>(
-    src: &dyn VirtualSource,
-    out: &mut W,
-    opts: &ConvertOptions,
-    mut progress: impl Progress,
-) -> Result<ConvertStats> {
-    let new = NewImage::vhd(src, opts)?;
-    image_into(src, SinkIo::new(out), &new, &mut progress)
-}
-
 /// The virtual size of a new image holding `src`: padded with zeros to a whole 512-byte
 /// sector.
 fn padded_size(src: &dyn VirtualSource) -> u64 {
@@ -410,15 +349,61 @@ pub fn to_vhdx(
     )
 }
 
-/// Write the whole virtual disk of `src` into `out` as a new VHDX: the image [`to_vhdx`]
-/// writes to a file, as [`to_vhd_into`] does for VHD.
-pub fn to_vhdx_into<W: OutputSink + ?Sized>(
+/// The container [`to_sink`] writes.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A raw image: the bytes [`to_raw`] writes to a file.
+    Raw,
+    /// A VHD: the image [`to_vhd`] writes to a file.
+    Vhd,
+    /// A VHDX: the image [`to_vhdx`] writes to a file.
+    Vhdx,
+}
+
+/// Write the whole virtual disk of `src` into `out` as a new `target` image: the bytes
+/// [`to_raw`], [`to_vhd`] or [`to_vhdx`] write to a file (`opts.overwrite` does not apply, and
+/// a raw image ignores `opts`). `out` should be empty (or, for raw, all zeros: only non-zero
+/// data is written, after sizing it to the virtual size); after an error (a cancel included)
+/// it holds a partial image.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use std::io::Cursor;
+/// use vhdkit::convert::{to_sink, ConvertOptions, RawSource, Target};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
+///
+/// let src = dir.path().join("disk.vhdx");
+/// create(&src, &CreateParams::dynamic(8 << 20))?;
+/// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
+/// let mut vhd = Cursor::new(Vec::new());
+/// to_sink(&view, &mut vhd, Target::Vhd, &ConvertOptions::default(), ())?;
+/// let disk = Disk::from_source(Box::new(vhd.into_inner()), &Default::default())?;
+/// assert_eq!(disk.info().format, DiskFormat::Vhd);
+///
+/// let img = dir.path().join("disk.img");
+/// std::fs::write(&img, [7u8; 4096])?;
+/// let mut raw = Cursor::new(Vec::new());
+/// to_sink(&RawSource::open(&img)?, &mut raw, Target::Raw, &ConvertOptions::default(), ())?;
+/// assert_eq!(raw.into_inner(), std::fs::read(&img)?);
+/// # Ok(())
+/// # }
+/// ```
+pub fn to_sink<W: OutputSink + ?Sized>(
     src: &dyn VirtualSource,
     out: &mut W,
+    target: Target,
     opts: &ConvertOptions,
     mut progress: impl Progress,
 ) -> Result<ConvertStats> {
-    let new = NewImage::vhdx(src, opts)?;
+    let new = match target {
+        Target::Raw => return raw_into(src, out, &mut progress),
+        Target::Vhd => NewImage::vhd(src, opts)?,
+        Target::Vhdx => NewImage::vhdx(src, opts)?,
+    };
     image_into(src, SinkIo::new(out), &new, &mut progress)
 }
 

@@ -122,9 +122,11 @@ pub struct ParentLocator {
     pub error: Option<String>,
 }
 
-/// How a differencing disk identifies its parent.
+/// How a differencing disk identifies its parent, and where it says to look for it (the
+/// parent part of [`DiskInfo`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct ParentLinkage {
     /// The identity the parent must have ([`Disk::identity`] of the parent): VHD parent unique
     /// id; VHDX `parent_linkage` (the parent's DataWriteGuid).
@@ -133,6 +135,8 @@ pub struct ParentLinkage {
     pub alternate_id: Option<Uuid>,
     /// VHD parent time stamp (seconds since 2000-01-01 UTC); 0 when the writer left it empty.
     pub timestamp: Option<u32>,
+    /// The parent locators, in the order they should be tried ([`Disk::parent_locators`]).
+    pub locators: Vec<ParentLocator>,
 }
 
 /// Options for opening a disk.
@@ -206,27 +210,12 @@ pub struct DiskInfo {
     /// Size of the file in bytes.
     pub file_size: u64,
     /// The parent linkage and locators, for a differencing disk.
-    pub parent: Option<ParentInfo>,
+    pub parent: Option<ParentLinkage>,
     /// Things that are wrong but did not stop the open (a damaged redundant copy, a replayed log).
     pub warnings: Vec<String>,
     /// Format-specific facts.
     #[cfg_attr(feature = "serde", serde(flatten))]
     pub details: FormatInfo,
-}
-
-/// The parent part of [`DiskInfo`].
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct ParentInfo {
-    /// The identity the parent must have.
-    pub id: Uuid,
-    /// A second accepted identity (VHDX `parent_linkage2`).
-    pub alternate_id: Option<Uuid>,
-    /// VHD parent time stamp.
-    pub timestamp: Option<u32>,
-    /// Locators in the order they are tried.
-    pub locators: Vec<ParentLocator>,
 }
 
 /// The per-format implementation behind a [`Disk`]. Both formats implement it; the rest of the
@@ -445,7 +434,16 @@ impl Disk {
         Ok(disk)
     }
 
-    /// Open a disk from any byte source (a buffer, a [`crate::SeekSource`] over a reader).
+    /// Open a disk from any `Read + Seek` (a network stream, a decompressor that can seek):
+    /// [`Disk::from_source`] over it, reads serialised by a mutex. See there for an example.
+    pub fn from_reader(
+        r: impl std::io::Read + std::io::Seek + Send + std::fmt::Debug + 'static,
+        opts: &OpenOptions,
+    ) -> Result<Disk> {
+        Self::from_source(Box::new(crate::source::SeekSource::new(r)), opts)
+    }
+
+    /// Open a disk from any byte source (a buffer, a file; [`Disk::from_reader`] for a reader).
     ///
     /// # Examples
     ///
@@ -455,14 +453,14 @@ impl Disk {
     /// # let path = dir.path().join("disk.vhd");
     /// # vhdkit::create(&path, &vhdkit::CreateParams::dynamic(8 << 20))?;
     /// use std::io::Cursor;
-    /// use vhdkit::{Disk, OpenOptions, SeekSource};
+    /// use vhdkit::{Disk, OpenOptions};
     ///
     /// // From bytes in memory...
     /// let bytes: Vec<u8> = std::fs::read(&path)?;
     /// let disk = Disk::from_source(Box::new(bytes.clone()), &OpenOptions::default())?;
     /// assert_eq!(disk.virtual_size(), 8 << 20);
     /// // ...or from any `Read + Seek`.
-    /// let disk = Disk::from_source(Box::new(SeekSource::new(Cursor::new(bytes))), &OpenOptions::default())?;
+    /// let disk = Disk::from_reader(Cursor::new(bytes), &OpenOptions::default())?;
     /// assert_eq!(disk.path(), None);
     ///
     /// // Anything else is not a disk, and says so.
@@ -536,7 +534,8 @@ impl Disk {
         self.image().identity()
     }
 
-    /// How this disk identifies its parent; `None` unless it is a differencing disk.
+    /// How this disk identifies and locates its parent; `None` unless it is a differencing
+    /// disk.
     pub fn parent_linkage(&self) -> Option<ParentLinkage> {
         self.image().parent_linkage()
     }
@@ -600,12 +599,7 @@ impl Disk {
 
     /// Everything about this file, for display.
     pub fn info(&self) -> DiskInfo {
-        let parent = self.parent_linkage().map(|l| ParentInfo {
-            id: l.id,
-            alternate_id: l.alternate_id,
-            timestamp: l.timestamp,
-            locators: self.parent_locators(),
-        });
+        let parent = self.parent_linkage();
         DiskInfo {
             path: self.path.clone(),
             format: self.format(),

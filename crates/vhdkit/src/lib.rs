@@ -65,7 +65,7 @@
 //! std::fs::copy(&base, &copy)?;
 //! let opts = ReparentOptions { new_parent: copy.clone(), ..ReparentOptions::default() };
 //! let plan = reparent::plan(&child, &opts)?;
-//! for c in &plan.txn().changes {
+//! for c in plan.changes() {
 //!     println!("{} {}: {} -> {}", c.structure, c.field, c.old, c.new);
 //! }
 //! reparent::apply(&plan)?;
@@ -172,12 +172,12 @@ pub use chain::{
 };
 pub use create::{create, create_into, CreateParams, Created};
 pub use disk::{
-    Disk, DiskFormat, DiskInfo, DiskType, Extent, FormatInfo, OpenOptions, ParentInfo,
-    ParentLinkage, ParentLocator, PathStyle,
+    Disk, DiskFormat, DiskInfo, DiskType, Extent, FormatInfo, OpenOptions, ParentLinkage,
+    ParentLocator, PathStyle,
 };
 pub use error::{ChainBroken, Error, ErrorKind, Location, Result};
 pub use limits::Limits;
-pub use source::{SeekSource, Source};
+pub use source::Source;
 pub use view::{Allocation, ChainView};
 pub use write::WritableDisk;
 

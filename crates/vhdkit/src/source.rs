@@ -114,10 +114,10 @@ fn slice_read(data: &[u8], buf: &mut [u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Adapts any `Read + Seek` (a network stream, a decompressor with seeking) into a [`Source`].
-/// Reads are serialised by a mutex.
+/// Adapts any `Read + Seek` (a network stream, a decompressor with seeking) into a [`Source`]
+/// (behind `Disk::from_reader`). Reads are serialised by a mutex.
 #[derive(Debug)]
-pub struct SeekSource<R> {
+pub(crate) struct SeekSource<R> {
     inner: Mutex<R>,
 }
 

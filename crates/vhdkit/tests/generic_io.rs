@@ -9,9 +9,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use uuid::Uuid;
-use vhdkit::convert::{
-    to_raw, to_raw_into, to_vhd, to_vhd_into, to_vhdx, to_vhdx_into, ConvertOptions,
-};
+use vhdkit::convert::{to_raw, to_sink, to_vhd, to_vhdx, ConvertOptions, Target};
 use vhdkit::create_into;
 use vhdkit::{
     create, Chain, ChainOptions, ChainView, CreateParams, Disk, DiskFormat, OpenOptions, Progress,
@@ -153,7 +151,7 @@ fn raw_into_a_cursor_is_the_raw_file() {
     let path = t.path().join("out.img");
     let on_disk = to_raw(&view, &path, &ConvertOptions::default(), ()).unwrap();
     let mut mem = Cursor::new(Vec::new());
-    let in_mem = to_raw_into(&view, &mut mem, ()).unwrap();
+    let in_mem = to_sink(&view, &mut mem, Target::Raw, &ConvertOptions::default(), ()).unwrap();
     assert_eq!(in_mem, on_disk);
     let file = std::fs::read(&path).unwrap();
     assert_eq!(file, mem.into_inner());
@@ -176,7 +174,10 @@ fn vhd_and_vhdx_into_a_cursor_match_the_files() {
         let path = t.path().join(format!("out-{fixed}.vhd"));
         let on_disk = to_vhd(&view, &path, &opts, ()).unwrap();
         let mut mem = Cursor::new(Vec::new());
-        assert_eq!(to_vhd_into(&view, &mut mem, &opts, ()).unwrap(), on_disk);
+        assert_eq!(
+            to_sink(&view, &mut mem, Target::Vhd, &opts, ()).unwrap(),
+            on_disk
+        );
         let file = std::fs::read(&path).unwrap();
         let len = file.len();
         let diffs = differences(&file, mem.get_ref());
@@ -188,7 +189,10 @@ fn vhd_and_vhdx_into_a_cursor_match_the_files() {
         let path = t.path().join(format!("out-{fixed}.vhdx"));
         let on_disk = to_vhdx(&view, &path, &opts, ()).unwrap();
         let mut mem = Cursor::new(Vec::new());
-        assert_eq!(to_vhdx_into(&view, &mut mem, &opts, ()).unwrap(), on_disk);
+        assert_eq!(
+            to_sink(&view, &mut mem, Target::Vhdx, &opts, ()).unwrap(),
+            on_disk
+        );
         let file = std::fs::read(&path).unwrap();
         let diffs = differences(&file, mem.get_ref());
         assert!(diffs.iter().all(|d| d.end <= 3 << 20), "{diffs:?}");
@@ -279,7 +283,14 @@ fn a_cancelled_conversion_leaves_no_output() {
         ..Recorder::default()
     };
     let mut mem = Cursor::new(Vec::new());
-    let e = to_vhdx_into(&view, &mut mem, &ConvertOptions::default(), &mut r).unwrap_err();
+    let e = to_sink(
+        &view,
+        &mut mem,
+        Target::Vhdx,
+        &ConvertOptions::default(),
+        &mut r,
+    )
+    .unwrap_err();
     assert!(e.is_cancelled(), "{e}");
     assert_eq!(r.advances, 1);
 }

@@ -6,9 +6,7 @@ use vhdkit::share::{self, RelinkPlan, RelinkReport};
 
 use crate::cli::RelinkArgs;
 use crate::cmd::progress::Bar;
-use crate::cmd::share::{
-    listed, notes, show_and_apply, skipped, tree_options, tree_plan, uninspected,
-};
+use crate::cmd::share::{listed, notes, show_and_apply, tree_options, tree_plan, uninspected};
 use crate::output::CliError;
 use crate::Outcome;
 
@@ -53,7 +51,7 @@ fn render_plan(p: &RelinkPlan) -> String {
             let _ = writeln!(s, "    (also has the id: {})", alt.display());
         }
     }
-    listed(&mut s, "SKIPPED", skipped(&p.skipped));
+    listed(&mut s, "SKIPPED", notes(&p.skipped));
     listed(&mut s, "UNRESOLVED", notes(&p.unresolved));
     listed(&mut s, "CONFLICT", notes(&p.conflicts));
     listed(&mut s, "UNINSPECTED", uninspected(&p.uninspected));

@@ -186,7 +186,7 @@ fn render_plan(p: &ReparentPlan) -> String {
         }
     }
     let _ = writeln!(s, "changes:");
-    for c in &p.txn().changes {
+    for c in p.changes() {
         let _ = writeln!(
             s,
             "  {} / {}:\n    {}\n    -> {}",
@@ -229,8 +229,8 @@ fn render_writes(s: &mut String, p: &ReparentPlan) {
             s,
             "writes: {} metadata bytes in {} ranges, through the log: {} bytes written to the file \
              in all (headers, log entry, metadata sectors)",
-            p.txn().bytes_written(),
-            p.txn().writes.len(),
+            p.bytes_written(),
+            p.writes().len(),
             p.bytes_written()
         );
     } else {
@@ -238,12 +238,12 @@ fn render_writes(s: &mut String, p: &ReparentPlan) {
             s,
             "writes: {} bytes in {} ranges (file {} -> {} bytes)",
             p.bytes_written(),
-            p.txn().writes.len(),
-            p.txn().old_len,
-            p.txn().new_len
+            p.writes().len(),
+            p.old_len(),
+            p.new_len()
         );
     }
-    for w in &p.txn().writes {
+    for w in p.writes() {
         let _ = writeln!(
             s,
             "  {:#010x} {:>6} bytes  {}",

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use vhdkit::share::Uninspected;
 use vhdkit::share::{
-    self, GroupPlan, KeeperAction, PathNote, ShareOptions, SharePlan, ShareReport, Skipped,
+    self, GroupPlan, KeeperAction, PathNote, ShareOptions, SharePlan, ShareReport,
 };
 
 use crate::cli::ShareArgs;
@@ -153,11 +153,6 @@ pub(super) fn notes(v: &[PathNote]) -> impl Iterator<Item = (&Path, &vhdkit::sha
     v.iter().map(|f| (f.path.as_path(), &f.reason))
 }
 
-/// Skipped disks as [`listed`] takes them.
-pub(super) fn skipped(v: &[Skipped]) -> impl Iterator<Item = (&Path, &str)> {
-    v.iter().map(|k| (k.path.as_path(), k.reason.as_str()))
-}
-
 /// Uninspected paths as [`listed`] takes them.
 pub(super) fn uninspected(v: &[Uninspected]) -> impl Iterator<Item = (&Path, &str)> {
     v.iter().map(|u| (u.path.as_path(), u.reason.as_str()))
@@ -198,7 +193,7 @@ fn render_plan(p: &SharePlan) -> String {
             let _ = writeln!(s, "  child left alone: {}", k.display());
         }
     }
-    listed(&mut s, "SKIPPED", skipped(&p.skipped));
+    listed(&mut s, "SKIPPED", notes(&p.skipped));
     listed(&mut s, "UNRESOLVED", notes(&p.unresolved));
     listed(&mut s, "UNINSPECTED", uninspected(&p.uninspected));
     if p.delete_copies && !(p.uninspected.is_empty() && p.skipped.is_empty()) {

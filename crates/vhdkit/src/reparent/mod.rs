@@ -44,7 +44,7 @@ mod tests;
 mod verify;
 
 pub use crate::txn::journal::Recovery;
-pub use crate::txn::{FieldChange, Plan, WriteOp};
+pub use crate::txn::{FieldChange, WriteOp};
 pub use crate::vhdx::reparent::Applied as VhdxApplied;
 pub use crate::winpath::AbsolutePath;
 pub use crate::winpath::AbsoluteSource;
@@ -236,14 +236,46 @@ pub struct ReparentPlan {
 }
 
 impl ReparentPlan {
-    /// The field changes and byte writes.
+    /// The field changes and byte writes (the repository's tests drive the transaction
+    /// machinery with it; users read it through the accessors below).
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
     pub fn txn(&self) -> &txn::Plan {
+        self.format_plan.txn()
+    }
+
+    /// The field changes and byte writes.
+    #[cfg(not(feature = "test-support"))]
+    pub(crate) fn txn(&self) -> &txn::Plan {
         self.format_plan.txn()
     }
 
     /// Bytes the plan writes to the child.
     pub fn bytes_written(&self) -> u64 {
         self.format_plan.bytes_written()
+    }
+}
+
+// Read access to the transaction behind a plan, so that `txn::Plan` stays crate-private.
+impl ReparentPlan {
+    /// Field-level description of what the plan changes.
+    pub fn changes(&self) -> &[FieldChange] {
+        &self.txn().changes
+    }
+
+    /// Byte-level writes, in the order they are applied.
+    pub fn writes(&self) -> &[WriteOp] {
+        &self.txn().writes
+    }
+
+    /// The child's file length before.
+    pub fn old_len(&self) -> u64 {
+        self.txn().old_len
+    }
+
+    /// The child's file length after (larger when data is relocated to the end).
+    pub fn new_len(&self) -> u64 {
+        self.txn().new_len
     }
 }
 

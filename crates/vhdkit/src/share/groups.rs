@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::scan::{FileKey, Scan, ScannedDisk, Skipped};
+use super::scan::{FileKey, Scan, ScannedDisk};
 use super::{digest, ContentDigest, PathNote, Progress, ShareOptions};
 use crate::disk::DiskFormat;
 use crate::error::Result;
@@ -91,14 +91,14 @@ pub(super) struct Hashed {
 
 impl Hashed {
     /// The members that could not be read through their chains, as skipped disks.
-    pub fn unreadable<'a>(&'a self, sc: &'a Scan) -> impl Iterator<Item = Skipped> + 'a {
+    pub fn unreadable<'a>(&'a self, sc: &'a Scan) -> impl Iterator<Item = PathNote> + 'a {
         self.digests
             .iter()
             .filter_map(|(&i, r)| match (r, sc.disks.get(i)) {
-                (Err(e), Some(d)) => Some(Skipped {
-                    path: d.path.clone(),
-                    reason: format!("cannot be read through its chain: {e}"),
-                }),
+                (Err(e), Some(d)) => Some(PathNote::new(
+                    d.path.clone(),
+                    format!("cannot be read through its chain: {e}"),
+                )),
                 _ => None,
             })
     }

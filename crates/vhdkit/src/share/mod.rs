@@ -71,21 +71,24 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::reparent::LocatorMode;
 
+use crate::tree::WalkLimits;
 pub use crate::tree::{Uninspected, UninspectedKind};
 pub use apply::apply_share;
 pub use plan::plan_share;
 pub use reason::NoteReason;
 pub use relink::{apply_relink, plan_relink, RelinkItem, RelinkPlan, RelinkReport};
+
 pub(crate) use scan::{scan, FileKey, Scan};
-pub use scan::{ScanLimits, Skipped, Symlink};
 
 /// Options for share and relink.
 #[derive(Debug, Clone)]
 pub struct ShareOptions {
     /// How to open disks and resolve parents.
     pub chain: ChainOptions,
-    /// Bounds of the folder walk.
-    pub limits: ScanLimits,
+    /// Deepest folder level the walk goes below a root (default 64).
+    pub max_scan_depth: usize,
+    /// Most directory entries the walk looks at in all (default 1 000 000).
+    pub max_scan_entries: usize,
     /// Delete the other copies (and symlinks to members) once every child is repointed.
     pub delete_copies: bool,
     /// Locators written into repointed children (default: relative only, so the tree can move).
@@ -100,7 +103,8 @@ impl Default for ShareOptions {
     fn default() -> Self {
         ShareOptions {
             chain: ChainOptions::default(),
-            limits: ScanLimits::default(),
+            max_scan_depth: WalkLimits::default().max_depth,
+            max_scan_entries: WalkLimits::default().max_entries,
             delete_copies: false,
             mode: LocatorMode::RelativeOnly,
             #[cfg(feature = "test-support")]
@@ -262,7 +266,7 @@ pub struct SharePlan {
     /// Disks found.
     pub disks_found: usize,
     /// Files with a disk signature that could not be used.
-    pub skipped: Vec<Skipped>,
+    pub skipped: Vec<PathNote>,
     /// Paths under DIR or SHARED that could not be inspected (nothing is deleted while any
     /// exists).
     pub uninspected: Vec<Uninspected>,
@@ -439,9 +443,11 @@ fn tree_dir(dir: &Path, hint: &str) -> Result<PathBuf> {
 /// before), then stop if it was cancelled meanwhile.
 fn scan_phase(roots: &[PathBuf], opts: &ShareOptions, progress: &mut dyn Progress) -> Result<Scan> {
     progress.start("scan", None);
-    let sc = scan(roots, &opts.chain, &opts.limits, &mut |_| {
-        progress.advance(1)
-    });
+    let limits = WalkLimits {
+        max_depth: opts.max_scan_depth,
+        max_entries: opts.max_scan_entries,
+    };
+    let sc = scan(roots, &opts.chain, &limits, &mut |_| progress.advance(1));
     progress.finish();
     crate::progress::check(progress)?;
     sc

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::repoint::{self, Repoint};
-use super::scan::{FileKey, ParentRef, Scan, ScannedDisk, Skipped};
+use super::scan::{FileKey, ParentRef, Scan, ScannedDisk};
 use super::{
     digest, one_line, probe, scan_phase, tree_dir, under, ContentDigest, PathNote, Progress,
     ShareOptions, Steps,
@@ -57,7 +57,7 @@ pub struct RelinkPlan {
     /// Children whose parent was found nowhere.
     pub unresolved: Vec<PathNote>,
     /// Files with a disk signature that could not be used.
-    pub skipped: Vec<Skipped>,
+    pub skipped: Vec<PathNote>,
     /// Paths under DIR or the search folders that could not be inspected.
     pub uninspected: Vec<Uninspected>,
     /// Children left alone because several files carry their parent's id with different

@@ -9,7 +9,6 @@
 //! Without `delete_copies` no name is removed at all, since a disk outside DIR (which the scan
 //! cannot see) might use it.
 
-use super::scan::Skipped;
 use super::NoteReason;
 use crate::tree::Uninspected;
 
@@ -25,7 +24,7 @@ impl Removal {
     pub(crate) fn new(
         delete_copies: bool,
         uninspected: &[Uninspected],
-        skipped: &[Skipped],
+        skipped: &[super::PathNote],
     ) -> Self {
         let n = uninspected.len() + skipped.len();
         let first = uninspected

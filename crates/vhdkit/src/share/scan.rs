@@ -19,23 +19,7 @@ use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::tree::{self, FoundDisk, Uninspected, WalkLimits};
 
-/// Bounds of a scan.
-#[derive(Debug, Clone)]
-pub struct ScanLimits {
-    /// Deepest folder level walked below a root.
-    pub max_depth: usize,
-    /// Most directory entries looked at in all.
-    pub max_entries: usize,
-}
-
-impl Default for ScanLimits {
-    fn default() -> Self {
-        ScanLimits {
-            max_depth: 64,
-            max_entries: 1_000_000,
-        }
-    }
-}
+use super::PathNote;
 
 /// A file identity that survives renames and sees hard links as one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,20 +137,10 @@ pub struct ScannedDisk {
     pub(crate) key: FileKey,
 }
 
-/// A file with a disk signature that could not be used.
-#[derive(Debug, Clone)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct Skipped {
-    /// The file.
-    pub path: PathBuf,
-    /// Why.
-    pub reason: String,
-}
-
 /// A symlink to a disk file.
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct Symlink {
+pub(crate) struct Symlink {
     /// The link.
     pub path: PathBuf,
     /// The real file it leads to.
@@ -184,7 +158,7 @@ pub struct Scan {
     /// Disks, in walk order (then parents found outside the roots).
     pub disks: Vec<ScannedDisk>,
     /// Files with a disk signature that could not be used.
-    pub skipped: Vec<Skipped>,
+    pub skipped: Vec<PathNote>,
     /// Symlinks to disk files.
     pub symlinks: Vec<Symlink>,
     /// Notes.
@@ -240,15 +214,11 @@ fn is_ours(name: &str) -> bool {
 pub fn scan(
     roots: &[PathBuf],
     chain: &ChainOptions,
-    limits: &ScanLimits,
+    wl: &WalkLimits,
     on_file: &mut dyn FnMut(&Path),
 ) -> Result<Scan> {
     let mut out = Scan::default();
     let mut index: HashMap<FileKey, usize> = HashMap::new();
-    let wl = WalkLimits {
-        max_depth: limits.max_depth,
-        max_entries: limits.max_entries,
-    };
     for root in roots {
         let root = fs::canonicalize(root)
             .map_err(|e| Error::io("opening the folder", e).with_path(root))?;
@@ -262,7 +232,7 @@ pub fn scan(
             ignore: &is_ours,
             also: &|p| crate::disk::claimed_format(p).is_some(),
         };
-        let w = tree::walk(&root, &wl, &select)?;
+        let w = tree::walk(&root, wl, &select)?;
         out.entries += w.entries;
         out.uninspected.extend(w.uninspected);
         for l in w.links {
@@ -287,10 +257,9 @@ pub fn scan(
                     index.insert(key, out.disks.len());
                     out.disks.push(d);
                 }
-                Err(e) => out.skipped.push(Skipped {
-                    path,
-                    reason: e.to_string().replace('\n', " "),
-                }),
+                Err(e) => out
+                    .skipped
+                    .push(PathNote::new(path, e.to_string().replace('\n', " "))),
             }
         }
     }

@@ -449,6 +449,7 @@ impl Image for VhdFile {
             id: guid::from_vhd_bytes(h.raw.parent_unique_id),
             alternate_id: None,
             timestamp: Some(h.raw.parent_time_stamp),
+            locators: self.parent_locators(),
         })
     }
     fn parent_locators(&self) -> Vec<ParentLocator> {

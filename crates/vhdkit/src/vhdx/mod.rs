@@ -277,6 +277,7 @@ fn parent_parts(meta: &metadata::Metadata, warnings: &mut Vec<String>) -> Parent
             id: l.parent_linkage,
             alternate_id: l.parent_linkage2,
             timestamp: None,
+            locators: l.parent_locators(),
         }),
         l.parent_locators(),
         Some(Box::new(ParentLocatorInfo {
