@@ -29,7 +29,7 @@ pub fn read_chain(p: &Path) -> Vec<u8> {
 }
 
 /// An in-memory image opened with default options.
-pub fn disk_of(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
+pub fn disk_of(bytes: Vec<u8>) -> Result<Disk, vhdkit::Error> {
     Disk::from_source(Box::new(bytes), &OpenOptions::default())
 }
 

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(paths: &[PathBuf]) -> vhdkit::Result<Vec<FileReport>> {
+fn run(paths: &[PathBuf]) -> Result<Vec<FileReport>, vhdkit::Error> {
     // Folders are searched recursively for files with a VHD or VHDX signature; a path in them
     // that cannot be inspected comes back as a report of its own.
     let (files, uninspected) = collect_tree(paths)?;
@@ -49,7 +49,7 @@ fn run(paths: &[PathBuf]) -> vhdkit::Result<Vec<FileReport>> {
     let mut reports = files
         .iter()
         .map(|f| check_file(f, &opts))
-        .collect::<vhdkit::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, vhdkit::Error>>()?;
     reports.extend(uninspected);
     Ok(reports)
 }

@@ -81,7 +81,7 @@
 //!
 //! # Errors
 //!
-//! Every fallible function returns [`Result`]; its [`Error`] names the file, the structure and
+//! Every fallible function returns `Result<T, Error>`; its [`Error`] names the file, the structure and
 //! the absolute offset where that applies ([`Error::Corrupt`], [`Error::NotADisk`],
 //! [`Error::Chain`], [`Error::Refused`], [`Error::LimitExceeded`], [`Error::Io`], ...). A
 //! program acts on it through [`Error::kind`]: an [`ErrorKind`] to `match` (not a disk, corrupt
@@ -175,7 +175,8 @@ pub use disk::{
     Disk, DiskFormat, DiskInfo, DiskType, Extent, FormatInfo, OpenOptions, ParentLinkage,
     ParentLocator, PathStyle,
 };
-pub use error::{ChainBroken, Error, ErrorKind, Location, Result};
+pub(crate) use error::Result;
+pub use error::{ChainBroken, Error, ErrorKind, Location};
 pub use limits::Limits;
 pub use source::Source;
 pub use view::{Allocation, ChainView};

@@ -358,7 +358,7 @@ mod built {
     use vhdkit_testkit::vhd::{BuiltVhd, Locator, VhdBuilder};
     use vhdkit_testkit::Rng;
 
-    fn open(b: &BuiltVhd) -> vhdkit::Result<Disk> {
+    fn open(b: &BuiltVhd) -> Result<Disk, vhdkit::Error> {
         Disk::from_source(Box::new(b.bytes.clone()), &OpenOptions::default())
     }
 

@@ -419,7 +419,7 @@ fn new_image(kind: NewKind, size: u64, block: u32) -> Vec<u8> {
     f.contents_all_written()
 }
 
-fn view_of(bytes: Vec<u8>, parent: Option<&[u8]>) -> vhdkit::Result<ChainView> {
+fn view_of(bytes: Vec<u8>, parent: Option<&[u8]>) -> Result<ChainView, vhdkit::Error> {
     let mut layers = vec![disk_of(bytes)?];
     if let Some(p) = parent {
         layers.push(disk_of(p.to_vec())?);
@@ -427,7 +427,7 @@ fn view_of(bytes: Vec<u8>, parent: Option<&[u8]>) -> vhdkit::Result<ChainView> {
     Ok(ChainView::new(layers))
 }
 
-fn writable(file: FaultyFile, parent: Option<&[u8]>) -> vhdkit::Result<WritableDisk> {
+fn writable(file: FaultyFile, parent: Option<&[u8]>) -> Result<WritableDisk, vhdkit::Error> {
     let w = VhdWriter::open(file, &OpenOptions::default())?;
     let pv = match parent {
         Some(p) => Some(ChainView::new(vec![disk_of(p.to_vec())?])),
@@ -440,7 +440,7 @@ fn run_batch(
     file: FaultyFile,
     parent: Option<&[u8]>,
     batch: &[(u64, Vec<u8>)],
-) -> vhdkit::Result<()> {
+) -> Result<(), vhdkit::Error> {
     let mut w = writable(file, parent)?;
     for (o, d) in batch {
         w.write_at(*o, d)?;
@@ -491,7 +491,7 @@ fn fault_injection(diff: bool) {
         .collect();
     run_batch(f.clone(), parent, &pre).unwrap();
     let before = f.contents_all_written();
-    let read_all = |bytes: Vec<u8>| -> vhdkit::Result<Vec<u8>> {
+    let read_all = |bytes: Vec<u8>| -> Result<Vec<u8>, vhdkit::Error> {
         let v = view_of(bytes, parent)?;
         let mut out = vec![0u8; size as usize];
         v.read_exact_at(&mut out, 0)?;

@@ -93,7 +93,7 @@ mod built {
     use vhdkit_testkit::vhdx::{Built, Kind, LogOptions, VhdxBuilder};
     use vhdkit_testkit::Rng;
 
-    fn open(bytes: Vec<u8>) -> vhdkit::Result<Disk> {
+    fn open(bytes: Vec<u8>) -> Result<Disk, vhdkit::Error> {
         Disk::from_source(Box::new(bytes), &OpenOptions::default())
     }
 
@@ -323,7 +323,7 @@ mod built {
         assert!(e.to_string().contains("truncated"), "{e}");
     }
 
-    fn corrupt_case(edit: impl FnOnce(&mut Built)) -> vhdkit::Result<Disk> {
+    fn corrupt_case(edit: impl FnOnce(&mut Built)) -> Result<Disk, vhdkit::Error> {
         let (_, mut b) = dynamic_with_data();
         edit(&mut b);
         open(b.bytes)

@@ -429,7 +429,7 @@ fn writable(
     file: FaultyFile,
     parent: Option<&[u8]>,
     limit: Option<usize>,
-) -> vhdkit::Result<WritableDisk> {
+) -> Result<WritableDisk, vhdkit::Error> {
     let mut w = VhdxWriter::open(file, &OpenOptions::default())?;
     if let Some(n) = limit {
         w.limit_sectors_per_commit(n);
@@ -446,7 +446,7 @@ fn run_batch(
     parent: Option<&[u8]>,
     batch: &[(u64, Vec<u8>)],
     limit: Option<usize>,
-) -> vhdkit::Result<()> {
+) -> Result<(), vhdkit::Error> {
     let mut w = writable(file, parent, limit)?;
     for (o, d) in batch {
         w.write_at(*o, d)?;
@@ -497,7 +497,7 @@ fn fault_injection(diff: bool, logical: u32, limit: Option<usize>) {
         .collect();
     run_batch(f.clone(), parent, &pre, None).unwrap();
     let before = f.contents_all_written();
-    let read_all = |bytes: Vec<u8>| -> vhdkit::Result<Vec<u8>> {
+    let read_all = |bytes: Vec<u8>| -> Result<Vec<u8>, vhdkit::Error> {
         let mut layers = vec![disk_of(bytes)?];
         if let Some(p) = parent {
             layers.push(disk_of(p.to_vec())?);

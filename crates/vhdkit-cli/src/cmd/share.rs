@@ -40,7 +40,7 @@ pub(super) trait TreePlan: serde::Serialize {
     fn nothing_to_do(&self) -> bool;
     fn has_findings(&self) -> bool;
     fn render(&self) -> String;
-    fn apply(&self, opts: &ShareOptions, bar: &mut Bar) -> vhdkit::Result<Self::Report>;
+    fn apply(&self, opts: &ShareOptions, bar: &mut Bar) -> Result<Self::Report, vhdkit::Error>;
     fn render_report(r: &Self::Report) -> String;
     fn report_has_findings(r: &Self::Report) -> bool;
 }
@@ -66,7 +66,7 @@ macro_rules! tree_plan {
                 &self,
                 opts: &vhdkit::share::ShareOptions,
                 bar: &mut $crate::cmd::progress::Bar,
-            ) -> vhdkit::Result<$report> {
+            ) -> Result<$report, vhdkit::Error> {
                 $apply(self, opts, bar)
             }
             fn render_report(r: &$report) -> String {

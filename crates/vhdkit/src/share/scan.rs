@@ -144,6 +144,7 @@ pub(crate) struct Symlink {
     /// The link.
     pub path: PathBuf,
     /// The real file it leads to.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))] // shown in --json plans only
     pub target: PathBuf,
     #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) key: FileKey,
