@@ -79,6 +79,17 @@ pub struct VhdxWriter<S: Sink> {
     engine: Engine<Payload<S>>,
 }
 
+/// Most 4 KiB sectors one log entry carries (8 MiB): an entry is built in memory, so a file
+/// declaring a huge log region (up to `Limits::max_log_replay_bytes`) still commits in entries
+/// of bounded size, several per flush when needed.
+const MAX_SECTORS_PER_ENTRY: usize = 2048;
+
+/// Data sectors per log entry for a log of `log_length` bytes: what fits, at most
+/// [`MAX_SECTORS_PER_ENTRY`].
+fn entry_sectors(log_length: u64) -> usize {
+    max_data_sectors(log_length).min(MAX_SECTORS_PER_ENTRY)
+}
+
 /// The VHDX part of a sparse writer: block states, allocation at the end of the file, the new
 /// GUIDs of a session and the commit through the log.
 #[derive(Debug)]
@@ -159,7 +170,7 @@ impl<S: Sink> VhdxWriter<S> {
         };
         let payload = Payload {
             file_end: allocation_start(&layout, file_len)?,
-            max_sectors_per_commit: max_data_sectors(u64::from(cur.log_length)),
+            max_sectors_per_commit: entry_sectors(u64::from(cur.log_length)),
             unflushed: 0,
             max_unflushed: MAX_UNFLUSHED_ALLOCATIONS,
             sink,
@@ -445,6 +456,17 @@ mod tests {
         // n data sectors + descriptor sectors + one free sector fill at most 256 sectors.
         assert!(n as u64 + (64 + 32 * n as u64).div_ceil(4096) < 256);
         assert!(n as u64 + 1 + (64 + 32 * (n as u64 + 1)).div_ceil(4096) + 1 > 256);
+    }
+
+    #[test]
+    fn log_entries_stay_bounded_whatever_the_log_size() {
+        // Windows' 1 MiB log: every sector that fits, as before.
+        assert_eq!(entry_sectors(MIB), max_data_sectors(MIB));
+        assert!(entry_sectors(MIB) < MAX_SECTORS_PER_ENTRY);
+        // The largest log the readers accept: 8 MiB entries, not 256 MiB ones.
+        let big = crate::limits::Limits::default().max_log_replay_bytes;
+        assert!(max_data_sectors(big) > 60_000);
+        assert_eq!(entry_sectors(big), MAX_SECTORS_PER_ENTRY);
     }
 
     #[test]
