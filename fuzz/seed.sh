@@ -8,12 +8,15 @@
 #      $VHDKIT_REAL_TESTDATA);
 #   3. tiny images made here with qemu-img/qemu-io in several subformats and block sizes.
 #
-# Size policy (inputs are capped at -max_len=4 MiB by run-ci.sh):
-#   - a file of at most 4 MiB is kept whole;
-#   - a larger VHDX is cut to its first 4 MiB (headers, log, region tables, BAT and metadata
-#     live there in every image we have; data blocks past the cut read as errors);
-#   - a larger VHD keeps its first 64 KiB (footer copy, dynamic header, BAT start) plus its
-#     last 512 bytes (the footer), since a VHD must end with its footer.
+# Size policy (run-ci.sh caps image inputs at -max_len=131072):
+#   - a file of at most 64 KiB is kept whole, as raw bytes;
+#   - a larger one becomes a sparse description (`vhdkitSP`, see fuzz_targets/common/mod.rs):
+#     its real length, its sectors of one repeated non-zero byte (a VHD's empty BAT is 0xff) as
+#     fills, and its other non-zero 512-byte sectors, at most 64 KiB of them, the structures
+#     first: a VHDX's first MiB (headers, region tables), then 2-4 MiB (BAT and metadata in every
+#     image we have), then its log (1-2 MiB), then the rest in file order; a VHD's footer, then
+#     the rest in file order. So a 4-8 MiB image is a 1-70 KiB input that still reaches every
+#     structure, and a disk of any size costs libFuzzer no more than its structures.
 # read_view inputs get a 49-byte prefix of four (offset, length) records; see
 # fuzz_targets/read_view.rs.
 set -euo pipefail
@@ -21,13 +24,14 @@ set -euo pipefail
 FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$FUZZ_DIR")"
 CORPUS="$FUZZ_DIR/corpus"
-MAX_WHOLE=$((4 << 20))
-VHD_HEAD=$((64 << 10))
+RAW_MAX=$((64 << 10))
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay,check,journal_recover}
+# Seeds of the old policy (4 MiB heads) would be cut to -max_len: drop them.
+find "$CORPUS" -type f \( -name '*.head4M*' -o -name '*.head64K+footer*' \) -delete
 count=0
 
 # Four read_view records: (0, 4096), (1 MiB mod size, 65543), (raw 0x1ff, 1000),
@@ -42,30 +46,83 @@ read_view_prefix() {
 
 is_vhdx() { cmp -s -n 8 <(printf 'vhdxfile') "$1"; }
 
-# add NAME FILE: shrink per the policy above, then copy into the targets' corpora.
+# sparse IN OUT: write IN's sparse description (the policy above) to OUT.
+sparse() {
+    python3 - "$1" "$2" <<'PY'
+import struct, sys
+MIB, SECTOR, BUDGET = 1 << 20, 512, 64 << 10
+src, dst = sys.argv[1], sys.argv[2]
+with open(src, 'rb') as f:
+    data = f.read()
+size = len(data)
+if data[:8] == b'vhdxfile':
+    spans = [(0, MIB), (2 * MIB, 4 * MIB), (MIB, 2 * MIB), (4 * MIB, size)]
+else:
+    spans = [(size - size % SECTOR - SECTOR, size), (0, size)]
+# Sector -> fill byte (a whole sector of one non-zero byte: free) or None (data: budgeted).
+keep, used = {}, 0
+for lo, hi in spans:
+    for s in range(max(lo, 0) // SECTOR, (min(hi, size) + SECTOR - 1) // SECTOR):
+        sec = data[s * SECTOR:(s + 1) * SECTOR]
+        if s in keep or not sec.strip(b'\0'):
+            continue
+        if len(sec) == SECTOR and sec == sec[:1] * SECTOR:
+            keep[s] = sec[0]
+        elif used < BUDGET:
+            keep[s] = None
+            used += SECTOR
+out = [b'vhdkitSP', struct.pack('<Q', size)]
+run = []
+def flush():
+    if not run:
+        return
+    fill = keep[run[0]]
+    if fill is None:
+        body = data[run[0] * SECTOR:(run[-1] + 1) * SECTOR]
+        out.extend([struct.pack('<II', run[0], len(body)), body])
+    else:
+        out.extend([struct.pack('<II', run[0], 1 << 31 | len(run) * SECTOR), bytes([fill])])
+    run.clear()
+for s in sorted(keep):
+    if run and (s != run[-1] + 1 or keep[s] != keep[run[0]]):
+        flush()
+    run.append(s)
+flush()
+with open(dst, 'wb') as f:
+    f.write(b''.join(out))
+PY
+}
+
+# add NAME FILE: raw or sparse per the policy above, then copy into the targets' corpora.
 add() {
     local name="$1" file="$2" size out="$TMP/seed"
     size=$(stat -c %s "$file")
-    if [ "$size" -le "$MAX_WHOLE" ]; then
+    if [ "$size" -le "$RAW_MAX" ]; then
         cp "$file" "$out"
-    elif is_vhdx "$file"; then
-        head -c "$MAX_WHOLE" "$file" > "$out"
-        name="$name.head4M"
     else
-        { head -c "$VHD_HEAD" "$file"; tail -c 512 "$file"; } > "$out"
-        name="$name.head64K+footer"
+        sparse "$file" "$out"
+        name="$name.sparse"
     fi
     cp "$out" "$CORPUS/check/$name"
-    if is_vhdx "$out"; then
+    if is_vhdx "$file"; then
         cp "$out" "$CORPUS/open_vhdx/$name"
+        # vhdx_log_replay takes the start of a log region: the 1 MiB at offset 1 MiB (qemu and
+        # Windows put the log there; the real dirty-log image has seven entries in it), less
+        # trailing zeros, at most the 256 KiB run-ci.sh allows.
+        python3 - "$file" "$CORPUS/vhdx_log_replay/$name.log" <<'PY'
+import sys
+ring = open(sys.argv[1], 'rb').read()[1 << 20:(1 << 20) + (256 << 10)].rstrip(b'\0')
+if b'loge' in ring:
+    open(sys.argv[2], 'wb').write(ring)
+PY
     else
         cp "$out" "$CORPUS/open_vhd/$name"
     fi
     # detect reads only the first 8 bytes and the last 512: keep those and the neighbourhood.
-    if [ "$(stat -c %s "$out")" -le 8192 ]; then
-        cp "$out" "$CORPUS/detect/$name"
+    if [ "$size" -le 8192 ]; then
+        cp "$file" "$CORPUS/detect/$name"
     else
-        { head -c 4096 "$out"; tail -c 4096 "$out"; } > "$CORPUS/detect/$name"
+        { head -c 4096 "$file"; tail -c 4096 "$file"; } > "$CORPUS/detect/$name"
     fi
     { read_view_prefix; cat "$out"; } > "$CORPUS/read_view/$name"
     count=$((count + 1))
@@ -136,14 +193,6 @@ else
     echo "seed.sh: qemu-img/qemu-io not found; skipping generated seeds" >&2
 fi
 
-# vhdx_log_replay takes a log region: the 1 MiB at offset 1 MiB of every VHDX seed (qemu and
-# Windows put the log there; the real dirty-log image has seven entries in it).
-for f in "$CORPUS"/open_vhdx/*; do
-    [ -f "$f" ] || continue
-    out="$CORPUS/vhdx_log_replay/$(basename "$f").log"
-    dd if="$f" of="$out" bs=1M skip=1 count=1 status=none 2>/dev/null || true
-    if [ ! -s "$out" ] || ! grep -q loge "$out"; then rm -f "$out"; fi
-done
 printf 'loge' > "$CORPUS/vhdx_log_replay/bare-signature"
 
 # journal_recover: mode byte 1 (fix the CRC up), then a journal: magic, version 1, one record

@@ -8,9 +8,21 @@
 //! journal is never applied (the file keeps its bytes).
 #![no_main]
 
+use std::sync::OnceLock;
+
 use libfuzzer_sys::fuzz_target;
 use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::txn::journal::{self, JournalStore, Recovery};
+
+/// The target file's 64 KiB pattern, computed once rather than per input.
+fn original() -> &'static [u8] {
+    static ORIGINAL: OnceLock<Vec<u8>> = OnceLock::new();
+    ORIGINAL.get_or_init(|| {
+        (0..65536u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect()
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else {
@@ -21,11 +33,9 @@ fuzz_target!(|data: &[u8]| {
         let crc = crc32c::crc32c(&j);
         j.extend_from_slice(&crc.to_le_bytes());
     }
-    let original: Vec<u8> = (0..65536u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
+    let original = original();
     let plan = FaultPlan::new(None);
-    let file = FaultyFile::new(original.clone(), plan.clone());
+    let file = FaultyFile::new(original.to_vec(), plan.clone());
     let store = MemJournal::with(j, plan);
     let _ = journal::inspect(&file, &store);
     match journal::recover(&file, &store) {

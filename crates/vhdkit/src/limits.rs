@@ -105,3 +105,43 @@ pub(crate) fn write_fill<S: crate::txn::Sink + ?Sized>(
 
 /// Chunk in which new tables are written (1 MiB).
 pub(crate) const FILL_CHUNK: u64 = 1 << 20;
+
+/// The fuzzing profile: each limit small enough that no input can make one run do more than a
+/// few MiB of work, yet large enough for the structures of the seed images (a 10 GiB VHDX with
+/// 1 MiB blocks: an 80 KiB BAT; Windows' 1 MiB log; locators of a full-length Windows path).
+/// Every entry of a table is visited on open or check, so its size is what bounds a run: a
+/// 127 GiB VHD (a 254 KiB BAT of 65,024 entries) is refused here.
+#[cfg(feature = "test-support")]
+impl Limits {
+    /// Limits for fuzz targets and other runs over hostile bytes that must stay cheap per input.
+    #[doc(hidden)]
+    pub fn fuzzing() -> Self {
+        Limits {
+            max_bat_bytes: 96 << 10,
+            max_chain_depth: 4,
+            max_locator_bytes: 64 << 10,
+            max_metadata_item_bytes: 64 << 10,
+            max_log_replay_bytes: 1 << 20,
+        }
+    }
+}
+
+#[cfg(all(test, feature = "test-support"))]
+mod fuzzing_tests {
+    use super::Limits;
+
+    #[test]
+    fn fuzzing_limits_are_tighter_than_the_defaults_and_fit_the_seeds() {
+        let (f, d) = (Limits::fuzzing(), Limits::default());
+        assert!(f.max_bat_bytes < d.max_bat_bytes);
+        assert!(f.max_chain_depth < d.max_chain_depth);
+        assert!(f.max_locator_bytes < d.max_locator_bytes);
+        assert!(f.max_metadata_item_bytes < d.max_metadata_item_bytes);
+        assert!(f.max_log_replay_bytes < d.max_log_replay_bytes);
+        // A 10 GiB VHDX with 1 MiB blocks (10,240 payload and 3 bitmap entries of 8 bytes)
+        // opens; a 127 GiB VHD with 2 MiB blocks (65,024 entries of 4 bytes) does not.
+        assert!(f.check_new_table(10_243 * 8).is_ok());
+        assert!(f.check_new_table(65_024 * 4).is_err());
+        assert_eq!(f.max_log_replay_bytes, 1 << 20);
+    }
+}
