@@ -7,7 +7,7 @@ use crate::chain::Chain;
 use crate::disk::{Disk, Parsed};
 use crate::error::{Error, Result};
 use crate::lock::FileLock;
-use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
+use crate::txn::journal::{self, FileJournal, JournalState, JournalStore, Recovery};
 use crate::txn::Sink;
 
 /// Apply a plan to the child file: check that the new parent is still the planned disk,
@@ -45,8 +45,13 @@ pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
 /// the journal writes the plan's bytes and nothing else, so it is when no journal was pending
 /// at plan time nor found at apply (neither laid over nor finished first). VHDX: apply also
 /// rewrites the headers and the log, so the headers are read back (and only them) to see that
-/// a parse would find what the simulation found.
+/// a parse would find what the simulation found. Either way no journal may lie beside the file
+/// now (a parse would lay it over the file, and warn).
 fn as_simulated(plan: &ReparentPlan, report: &ApplyReport, file: &File) -> Option<Disk> {
+    let no_journal = matches!(
+        journal::inspect(file, &FileJournal::for_disk(&plan.child)),
+        Ok(JournalState::Absent)
+    );
     let exact = |parsed: &Parsed| match (parsed, &plan.format_plan) {
         (Parsed::Vhd(_), FormatPlan::Vhd(_)) => {
             !plan.pending_journal && report.recovery == Recovery::Clean
@@ -58,7 +63,7 @@ fn as_simulated(plan: &ReparentPlan, report: &ApplyReport, file: &File) -> Optio
         FormatPlan::Vhd(p) => p.simulated.take(),
         FormatPlan::Vhdx(p) => p.simulated.take(),
     }?;
-    exact(&parsed).then(|| Disk::from_parsed(parsed, &plan.child))
+    (no_journal && exact(&parsed)).then(|| Disk::from_parsed(parsed, &plan.child))
 }
 
 /// Lock the child, then re-validate under the lock: the new parent still holds every byte
