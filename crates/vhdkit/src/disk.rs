@@ -622,3 +622,15 @@ impl Disk {
         crate::ChainView::new(vec![self])
     }
 }
+
+impl Disk {
+    /// The disk at `path` from a model parsed elsewhere: a plan's simulated result, once the
+    /// apply left the file exactly as simulated (no journal beside it, so no warning about one).
+    pub(crate) fn from_parsed(image: Parsed, path: &Path) -> Disk {
+        Disk {
+            image,
+            path: Some(path.to_path_buf()),
+            extra_warnings: Vec::new(),
+        }
+    }
+}

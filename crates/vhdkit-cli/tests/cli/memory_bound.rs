@@ -2,7 +2,7 @@
 //! on disks at the formats' size limits (2040 GiB VHD, 64 TiB VHDX; sparse files), and a
 //! table the readers would refuse is refused by `create` at a few MiB, with no file made.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::hostile::skip;
@@ -49,6 +49,37 @@ fn have_time() -> bool {
     ok
 }
 
+/// The folder `share` is measured on, under `root`: `vms/vm1` and `vms/vm2`, each with a base
+/// (`vm1`'s made by `vhdkit create` with `base_args`, measured; `vm2`'s a copy of it), and an
+/// empty `shared` to share into. The children are named here; the tests make them.
+struct TwoVms {
+    vms: PathBuf,
+    shared: PathBuf,
+    base: [PathBuf; 2],
+    child: [PathBuf; 2],
+}
+
+fn two_vms(root: &Path, ext: &str, base_args: &[&str]) -> TwoVms {
+    let (vms, shared) = (root.join("vms"), root.join("shared"));
+    for sub in ["vm1", "vm2"] {
+        std::fs::create_dir_all(vms.join(sub)).unwrap();
+    }
+    std::fs::create_dir_all(&shared).unwrap();
+    let in_vm = |vm: &str, name: &str| vms.join(vm).join(format!("{name}.{ext}"));
+    let base = [in_vm("vm1", "base"), in_vm("vm2", "base")];
+    let child = [in_vm("vm1", "child"), in_vm("vm2", "child")];
+    let mut args = vec!["create", s(&base[0])];
+    args.extend_from_slice(base_args);
+    within_bound(&args, 0);
+    std::fs::copy(&base[0], &base[1]).unwrap();
+    TwoVms {
+        vms,
+        shared,
+        base,
+        child,
+    }
+}
+
 #[test]
 fn every_command_stays_under_64_mib_at_the_size_limits() {
     if !have_time() {
@@ -58,18 +89,12 @@ fn every_command_stays_under_64_mib_at_the_size_limits() {
     // A 64 TiB VHDX child needs 32 MiB blocks: with the default 2 MiB its table would be
     // 256 MiB, which no reader loads (create refuses it, see the next test).
     for (ext, size, child_bs) in [("vhd", "2040G", "2M"), ("vhdx", "64T", "32M")] {
-        let d = dir.path().join(ext);
-        let (vms, shared) = (d.join("vms"), d.join("shared"));
-        for sub in ["vm1", "vm2"] {
-            std::fs::create_dir_all(vms.join(sub)).unwrap();
-        }
-        std::fs::create_dir_all(&shared).unwrap();
-        let base1 = vms.join(format!("vm1/base.{ext}"));
-        let base2 = vms.join(format!("vm2/base.{ext}"));
-        let child1 = vms.join(format!("vm1/child.{ext}"));
-        let child2 = vms.join(format!("vm2/child.{ext}"));
-        within_bound(&["create", s(&base1), "--size", size], 0);
-        std::fs::copy(&base1, &base2).unwrap();
+        let TwoVms {
+            vms,
+            shared,
+            base: [base1, base2],
+            child: [child1, child2],
+        } = two_vms(&dir.path().join(ext), ext, &["--size", size]);
         for (c, b) in [(&child1, &base1), (&child2, &base2)] {
             within_bound(
                 &["create", s(c), "--parent", s(b), "--block-size", child_bs],
@@ -212,15 +237,12 @@ fn vhd_largest_table_with_many_blocks_stays_under_64_mib() {
         return;
     }
     let dir = crate::util::tmp();
-    let (vms, shared) = (dir.path().join("vms"), dir.path().join("shared"));
-    for sub in ["vm1", "vm2"] {
-        std::fs::create_dir_all(vms.join(sub)).unwrap();
-    }
-    std::fs::create_dir_all(&shared).unwrap();
-    let (base1, base2) = (vms.join("vm1/base.vhd"), vms.join("vm2/base.vhd"));
-    let (child1, child2) = (vms.join("vm1/child.vhd"), vms.join("vm2/child.vhd"));
-    within_bound(&["create", s(&base1), "--size", "2040G"], 0);
-    std::fs::copy(&base1, &base2).unwrap();
+    let TwoVms {
+        vms,
+        shared,
+        base: [base1, base2],
+        child: [child1, child2],
+    } = two_vms(dir.path(), "vhd", &["--size", "2040G"]);
     // 128 KiB blocks: 16Mi entries, a 64 MiB table (Limits::max_bat_bytes).
     for (c, b) in [(&child1, &base1), (&child2, &base2)] {
         within_bound(
@@ -312,18 +334,18 @@ fn vhdx_commands_stay_under_64_mib_at_the_largest_table_and_past_the_overlap_bud
         return;
     }
     let dir = crate::util::tmp();
-    let (vms, shared) = (dir.path().join("vms"), dir.path().join("shared"));
-    for sub in ["vm1", "vm2"] {
-        std::fs::create_dir_all(vms.join(sub)).unwrap();
-    }
-    std::fs::create_dir_all(&shared).unwrap();
     // The largest table the readers accept (64 MiB): 16000 GiB in 2 MiB blocks, a dynamic
     // base (8,195,999 entries) and a differencing child (8,196,000).
-    let base1 = vms.join("vm1/base.vhdx");
-    let base2 = vms.join("vm2/base.vhdx");
-    let child1 = vms.join("vm1/child.vhdx");
-    vhdx_create(&base1, "16000G", "2M", None);
-    std::fs::copy(&base1, &base2).unwrap();
+    let TwoVms {
+        vms,
+        shared,
+        base: [base1, base2],
+        child: [child1, _],
+    } = two_vms(
+        dir.path(),
+        "vhdx",
+        &["--size", "16000G", "--block-size", "2M"],
+    );
     vhdx_create(&child1, "", "2M", Some(&base1));
     within_bound(&["info", s(&child1)], 0);
     within_bound(&["chain", s(&child1)], 0);

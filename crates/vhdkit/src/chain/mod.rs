@@ -290,6 +290,15 @@ impl Chain {
         walk(path.as_ref(), opts).map(|(r, _)| r)
     }
 
+    /// [`Chain::inspect`] with the first disk, the file at `path`, already parsed.
+    pub(crate) fn inspect_parsed(
+        first: Disk,
+        path: &Path,
+        opts: &ChainOptions,
+    ) -> Result<ChainReport> {
+        walk_from(first, path, opts).map(|(r, _)| r)
+    }
+
     /// The report on the chain.
     pub fn report(&self) -> &ChainReport {
         &self.report
@@ -307,8 +316,11 @@ impl Chain {
 }
 
 fn walk(path: &Path, opts: &ChainOptions) -> Result<(ChainReport, Vec<Disk>)> {
+    walk_from(Disk::open_with(path, &opts.open)?, path, opts)
+}
+
+fn walk_from(first: Disk, path: &Path, opts: &ChainOptions) -> Result<(ChainReport, Vec<Disk>)> {
     let max_depth = opts.open.limits.max_chain_depth.max(1);
-    let first = Disk::open_with(path, &opts.open)?;
     let mut seen: HashSet<PathBuf> = HashSet::new();
     seen.insert(canonical(path));
     let mut links = Vec::new();

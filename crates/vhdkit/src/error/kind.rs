@@ -8,130 +8,133 @@ use uuid::Uuid;
 use super::{Error, Location};
 use crate::chain::Attempt;
 
-/// What kind of error an [`Error`] is, with the details a program acts on (from
-/// [`Error::kind`]). More kinds may come: match with a `_` arm.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub enum ErrorKind<'a> {
-    /// The file is neither a VHD nor a VHDX (no `vhdxfile` signature, no `conectix` footer).
-    NotADisk {
-        /// The file, when known.
-        path: Option<&'a Path>,
-    },
-    /// The file breaks a rule of its format.
-    Corrupt {
-        /// The stable `check` finding code of the rule, when it has one.
-        code: Option<&'static str>,
-        /// The file, structure and absolute offset at fault.
-        location: &'a Location,
-    },
-    /// A differencing disk's parent was not found. `attempts` holds every candidate tried:
-    /// the locator (or `search`) it came from, the path, and why it was not accepted; a path
-    /// rejected for any reason but "not found" is a file that exists (another disk, one that
-    /// does not open, one outside the confining folders).
-    ParentNotFound {
-        /// The disk whose parent is missing.
-        child: &'a Path,
-        /// The parent identity the child records.
-        expected_id: Uuid,
-        /// Every candidate tried, in order.
-        attempts: &'a [Attempt],
-    },
-    /// A parent offered for a change does not carry the identity the child records.
-    ParentMismatch {
-        /// The child.
-        path: Option<&'a Path>,
-        /// The identity the child records.
-        expected: Uuid,
-        /// The identity the offered parent has.
-        found: Uuid,
-    },
-    /// The chain loops: `parent` is already in it.
-    ChainLoop {
-        /// The disk that names the parent.
-        child: &'a Path,
-        /// The parent, already in the chain.
-        parent: &'a Path,
-    },
-    /// The chain is deeper than [`crate::Limits::max_chain_depth`].
-    ChainTooDeep {
-        /// The limit in force.
-        limit: usize,
-    },
-    /// The file to be created exists (no overwrite was asked for).
-    AlreadyExists {
-        /// The existing file.
-        path: &'a Path,
-    },
-    /// Another process holds the writers' lock on the file; retry once it is done.
-    Locked {
-        /// The locked file.
-        path: Option<&'a Path>,
-    },
-    /// A change was refused because a safety check failed; nothing was written.
-    Refused {
-        /// The file the change was for.
-        path: Option<&'a Path>,
-        /// Why, in one line.
-        reason: &'a str,
-    },
-    /// A value is legal but above the configured [`crate::Limits`].
-    LimitExceeded {
-        /// Where.
-        location: &'a Location,
-        /// Which quantity.
-        what: &'static str,
-        /// The value found.
-        value: u64,
-        /// The limit in force.
-        limit: u64,
-    },
-    /// The file is valid but uses something vhdkit does not support.
-    Unsupported {
-        /// The file, when known.
-        path: Option<&'a Path>,
-    },
-    /// The caller asked for something impossible (a bad option or offset).
-    InvalidArgument {
-        /// The option at fault, when one is (see [`Error::InvalidOption`]).
-        option: Option<&'static str>,
-    },
-    /// A write on a disk opened read-only.
-    ReadOnly {
-        /// The file, when known.
-        path: Option<&'a Path>,
-    },
-    /// An operating-system I/O error.
-    Io {
-        /// The file, when known.
-        path: Option<&'a Path>,
-        /// The error from the OS.
-        source: &'a io::Error,
-    },
-    /// A bug in vhdkit, distinct from bad input.
-    Internal,
+/// Declares [`ErrorKind`] and its stable names ([`ErrorKind::name`]) from one list of variants.
+macro_rules! error_kinds {
+    (
+        $(#[$meta:meta])*
+        pub enum $kind:ident<$lt:lifetime> {
+            $( $(#[$vmeta:meta])* $variant:ident $({ $($fields:tt)* })? => $name:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $kind<$lt> {
+            $( $(#[$vmeta])* $variant $({ $($fields)* })?, )*
+        }
+
+        impl $kind<'_> {
+            /// The kind's stable snake_case name (the `kind` of the CLI's `--json` errors).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( $kind::$variant { .. } => $name, )*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorKind<'_> {
-    /// The kind's stable snake_case name (the `kind` of the CLI's `--json` errors).
-    pub fn name(&self) -> &'static str {
-        match self {
-            ErrorKind::NotADisk { .. } => "not_a_disk",
-            ErrorKind::Corrupt { .. } => "corrupt",
-            ErrorKind::ParentNotFound { .. } => "parent_not_found",
-            ErrorKind::ParentMismatch { .. } => "parent_mismatch",
-            ErrorKind::ChainLoop { .. } => "chain_loop",
-            ErrorKind::ChainTooDeep { .. } => "chain_too_deep",
-            ErrorKind::AlreadyExists { .. } => "already_exists",
-            ErrorKind::Locked { .. } => "locked",
-            ErrorKind::Refused { .. } => "refused",
-            ErrorKind::LimitExceeded { .. } => "limit_exceeded",
-            ErrorKind::Unsupported { .. } => "unsupported",
-            ErrorKind::InvalidArgument { .. } => "invalid_argument",
-            ErrorKind::ReadOnly { .. } => "read_only",
-            ErrorKind::Io { .. } => "io",
-            ErrorKind::Internal => "internal",
-        }
+error_kinds! {
+    /// What kind of error an [`Error`] is, with the details a program acts on (from
+    /// [`Error::kind`]). More kinds may come: match with a `_` arm.
+    #[derive(Debug, Clone, Copy)]
+    #[non_exhaustive]
+    pub enum ErrorKind<'a> {
+        /// The file is neither a VHD nor a VHDX (no `vhdxfile` signature, no `conectix` footer).
+        NotADisk {
+            /// The file, when known.
+            path: Option<&'a Path>,
+        } => "not_a_disk",
+        /// The file breaks a rule of its format.
+        Corrupt {
+            /// The stable `check` finding code of the rule, when it has one.
+            code: Option<&'static str>,
+            /// The file, structure and absolute offset at fault.
+            location: &'a Location,
+        } => "corrupt",
+        /// A differencing disk's parent was not found. `attempts` holds every candidate tried:
+        /// the locator (or `search`) it came from, the path, and why it was not accepted; a path
+        /// rejected for any reason but "not found" is a file that exists (another disk, one that
+        /// does not open, one outside the confining folders).
+        ParentNotFound {
+            /// The disk whose parent is missing.
+            child: &'a Path,
+            /// The parent identity the child records.
+            expected_id: Uuid,
+            /// Every candidate tried, in order.
+            attempts: &'a [Attempt],
+        } => "parent_not_found",
+        /// A parent offered for a change does not carry the identity the child records.
+        ParentMismatch {
+            /// The child.
+            path: Option<&'a Path>,
+            /// The identity the child records.
+            expected: Uuid,
+            /// The identity the offered parent has.
+            found: Uuid,
+        } => "parent_mismatch",
+        /// The chain loops: `parent` is already in it.
+        ChainLoop {
+            /// The disk that names the parent.
+            child: &'a Path,
+            /// The parent, already in the chain.
+            parent: &'a Path,
+        } => "chain_loop",
+        /// The chain is deeper than [`crate::Limits::max_chain_depth`].
+        ChainTooDeep {
+            /// The limit in force.
+            limit: usize,
+        } => "chain_too_deep",
+        /// The file to be created exists (no overwrite was asked for).
+        AlreadyExists {
+            /// The existing file.
+            path: &'a Path,
+        } => "already_exists",
+        /// Another process holds the writers' lock on the file; retry once it is done.
+        Locked {
+            /// The locked file.
+            path: Option<&'a Path>,
+        } => "locked",
+        /// A change was refused because a safety check failed; nothing was written.
+        Refused {
+            /// The file the change was for.
+            path: Option<&'a Path>,
+            /// Why, in one line.
+            reason: &'a str,
+        } => "refused",
+        /// A value is legal but above the configured [`crate::Limits`].
+        LimitExceeded {
+            /// Where.
+            location: &'a Location,
+            /// Which quantity.
+            what: &'static str,
+            /// The value found.
+            value: u64,
+            /// The limit in force.
+            limit: u64,
+        } => "limit_exceeded",
+        /// The file is valid but uses something vhdkit does not support.
+        Unsupported {
+            /// The file, when known.
+            path: Option<&'a Path>,
+        } => "unsupported",
+        /// The caller asked for something impossible (a bad option or offset).
+        InvalidArgument {
+            /// The option at fault, when one is (see [`Error::InvalidOption`]).
+            option: Option<&'static str>,
+        } => "invalid_argument",
+        /// A write on a disk opened read-only.
+        ReadOnly {
+            /// The file, when known.
+            path: Option<&'a Path>,
+        } => "read_only",
+        /// An operating-system I/O error.
+        Io {
+            /// The file, when known.
+            path: Option<&'a Path>,
+            /// The error from the OS.
+            source: &'a io::Error,
+        } => "io",
+        /// A bug in vhdkit, distinct from bad input.
+        Internal => "internal",
     }
 }
 

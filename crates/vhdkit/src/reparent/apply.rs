@@ -1,11 +1,13 @@
 //! [`apply`] and [`apply_to`]: one child.
 
+use std::fs::File;
+
 use super::{refused, ApplyReport, FormatPlan, ReparentPlan};
 use crate::chain::Chain;
-use crate::disk::Disk;
+use crate::disk::{Disk, Parsed};
 use crate::error::{Error, Result};
 use crate::lock::FileLock;
-use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
+use crate::txn::journal::{self, FileJournal, JournalState, JournalStore, Recovery};
 use crate::txn::Sink;
 
 /// Apply a plan to the child file: check that the new parent is still the planned disk,
@@ -15,20 +17,53 @@ use crate::txn::Sink;
 /// the file's own log. Then the child's chain is followed again through the new locators (with
 /// the plan's options), and the report carries it ([`ApplyReport::chain`]): a chain that does
 /// not resolve here (an absolute path only a Windows host resolves, no map) is reported there,
-/// not returned as an error, since the change asked for is made.
+/// not returned as an error, since the change asked for is made. The child is not parsed for
+/// that when the file is provably the plan's simulated result, parsed while planning (see
+/// `as_simulated`); its parents are opened again.
 ///
 /// Everything up to the write happens under the child's exclusive lock (`crate::lock`):
 /// taken first (another writer holding it is a refusal), then every range the plan read is
 /// re-checked from the locked descriptor (`crate::readset::ReadSet::verify`), and the change
 /// is written through it.
 pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
-    let mut report = {
+    let (mut report, child) = {
         let lock = lock_child(plan)?;
         let store = FileJournal::for_disk(&plan.child);
-        apply_to(lock.file(), &store, plan).map_err(|e| e.with_path(&plan.child))?
+        let report = apply_to(lock.file(), &store, plan).map_err(|e| e.with_path(&plan.child))?;
+        let child = as_simulated(plan, &report, lock.file());
+        (report, child)
     };
-    report.chain = Some(Chain::inspect(&plan.child, &plan.chain)?);
+    report.chain = Some(match child {
+        Some(child) => Chain::inspect_parsed(child, &plan.child, &plan.chain)?,
+        None => Chain::inspect(&plan.child, &plan.chain)?,
+    });
     Ok(report)
+}
+
+/// The child as the plan simulated it, when that is exactly what `file` (locked, just written)
+/// now holds, so that following its chain needs no third parse; `None` parses it again. VHD:
+/// the journal writes the plan's bytes and nothing else, so it is when no journal was pending
+/// at plan time nor found at apply (neither laid over nor finished first). VHDX: apply also
+/// rewrites the headers and the log, so the headers are read back (and only them) to see that
+/// a parse would find what the simulation found. Either way no journal may lie beside the file
+/// now (a parse would lay it over the file, and warn).
+fn as_simulated(plan: &ReparentPlan, report: &ApplyReport, file: &File) -> Option<Disk> {
+    let no_journal = matches!(
+        journal::inspect(file, &FileJournal::for_disk(&plan.child)),
+        Ok(JournalState::Absent)
+    );
+    let exact = |parsed: &Parsed| match (parsed, &plan.format_plan) {
+        (Parsed::Vhd(_), FormatPlan::Vhd(_)) => {
+            !plan.pending_journal && report.recovery == Recovery::Clean
+        }
+        (Parsed::Vhdx(sim), FormatPlan::Vhdx(p)) => p.simulation_is(sim, file),
+        _ => false,
+    };
+    let parsed = match &plan.format_plan {
+        FormatPlan::Vhd(p) => p.simulated.take(),
+        FormatPlan::Vhdx(p) => p.simulated.take(),
+    }?;
+    (no_journal && exact(&parsed)).then(|| Disk::from_parsed(parsed, &plan.child))
 }
 
 /// Lock the child, then re-validate under the lock: the new parent still holds every byte

@@ -1,9 +1,10 @@
 //! [`plan`]: every check, then the format-specific writes. Reads only.
 //!
 //! Each file is parsed as few times as the checks allow: the child once here (the format plan
-//! takes that parse and parses only its simulated result), the new parent once, with its own
-//! chain ([`Chain::open`]), every read of its file recorded so that apply re-checks it without
-//! parsing it again; the journal beside the child is looked up once.
+//! takes that parse and parses only its simulated result, which the plan keeps for apply to
+//! follow the chain from), the new parent once, with its own chain ([`Chain::open`]), every
+//! read of its file recorded so that apply re-checks it without parsing it again; the journal
+//! beside the child is looked up once.
 
 use std::path::{Path, PathBuf};
 

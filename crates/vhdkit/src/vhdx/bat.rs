@@ -290,26 +290,19 @@ fn check_no_overlaps(
     count: u64,
     held: Option<Vec<Span>>,
 ) -> Result<()> {
-    let found = match held {
-        Some(v) => find_overlap(
-            &mut |visit: &mut Visit<'_>| v.iter().try_for_each(|s| visit(*s)),
-            DEFAULT_BUDGET,
-        )?,
-        None => find_overlap(
-            &mut |visit: &mut Visit<'_>| {
-                scan_table(
-                    src,
-                    p.region_offset,
-                    count,
-                    Width::U64Le,
-                    BAT,
-                    0,
-                    &mut |i, e| block_span(p, cr, i, e).map_or(Ok(()), &mut *visit),
-                )
-            },
-            DEFAULT_BUDGET,
-        )?,
+    let mut spans = |visit: &mut Visit<'_>| match &held {
+        Some(v) => v.iter().try_for_each(|s| visit(*s)),
+        None => scan_table(
+            src,
+            p.region_offset,
+            count,
+            Width::U64Le,
+            BAT,
+            0,
+            &mut |i, e| block_span(p, cr, i, e).map_or(Ok(()), &mut *visit),
+        ),
     };
+    let found = find_overlap(&mut spans, DEFAULT_BUDGET)?;
     match found {
         None => Ok(()),
         Some((a, b)) => Err(Error::corrupt(

@@ -39,9 +39,10 @@ pub(crate) use super::log::{inspect_log, replay_log};
 use super::log::{log_entry_bytes, summary, Counting};
 use super::update::{self, Session};
 use super::VhdxFile;
-use crate::disk::{DiskType, OpenOptions};
+use crate::disk::{DiskType, OpenOptions, Parsed};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
+use crate::simulate::Simulated;
 use crate::source::{read_struct, source_len, Source};
 use crate::table::LazyTable;
 use crate::txn::{Plan, Sink, WriteOp};
@@ -89,6 +90,31 @@ pub struct Planned {
     pub notes: Vec<String>,
     /// Problems that did not stop the plan.
     pub warnings: Vec<String>,
+    /// The simulated result, as parsed (headers and log as they were: see
+    /// [`Planned::simulation_is`]).
+    pub(crate) simulated: Simulated,
+}
+
+impl Planned {
+    /// Whether the simulated result is exactly `file` after [`apply`]: apply writes the planned
+    /// metadata and, besides, only the two header slots and the log, which the simulation left
+    /// as they were. So it is when the log was clean (nothing replayed to the file), the
+    /// simulated headers were both valid (no header warning a parse of `file` would now lack),
+    /// and the headers read back from `file` (only them) are both valid, name no log, and keep
+    /// the DataWriteGuid, with the length unchanged.
+    pub(crate) fn simulation_is(&self, simulated: &VhdxFile, file: &dyn Source) -> bool {
+        if self.guard.log_dirty || !simulated.info.headers.iter().all(|h| h.valid) {
+            return false;
+        }
+        let Ok(now) = header::read_headers(file) else {
+            return false;
+        };
+        now.warnings.is_empty()
+            && now.slots.iter().all(|s| s.header.is_some())
+            && now.current.log_guid.is_nil()
+            && now.current.data_write_guid == self.guard.data_write_guid
+            && source_len(file).ok() == Some(self.plan.new_len)
+    }
 }
 
 /// What `apply` wrote, by structure.
@@ -140,13 +166,14 @@ pub fn plan(file: VhdxFile, opts: &OpenOptions, t: &Targets) -> Result<Planned> 
         new_len: child.file_len,
     };
     let guard = child.guard.clone();
-    verify(child, &plan, &item, item_file_offset, t, opts)?;
+    let after = verify(child, &plan, &item, item_file_offset, t, opts)?;
     Ok(Planned {
         plan,
         guard,
         predicted_bytes,
         notes,
         warnings: Vec::new(),
+        simulated: Simulated::new(Parsed::Vhdx(Box::new(after))),
     })
 }
 
@@ -274,7 +301,7 @@ fn log_cost(writes: &[WriteOp], log_length: u64) -> Result<u64> {
 
 /// Simulate the plan over the child and re-open the result (the second and last parse): it must
 /// parse, carry the new item, link as targeted, and keep everything a reader of the virtual
-/// disk sees.
+/// disk sees. Returns it as parsed.
 fn verify(
     child: Child,
     plan: &Plan,
@@ -282,7 +309,7 @@ fn verify(
     item_file_offset: u64,
     t: &Targets,
     opts: &OpenOptions,
-) -> Result<()> {
+) -> Result<VhdxFile> {
     let mut sim: Vec<(u64, Vec<u8>)> = plan
         .writes
         .iter()
@@ -319,7 +346,8 @@ fn verify(
         path(KEY_ABSOLUTE_WIN32_PATH) == t.absolute,
         "absolute_win32_path",
     )?;
-    check(path(KEY_VOLUME_PATH).is_none(), "volume_path")
+    check(path(KEY_VOLUME_PATH).is_none(), "volume_path")?;
+    Ok(after)
 }
 
 /// Both header slots as apply leaves them once a dirty log is replayed (log GUID cleared), so

@@ -28,7 +28,7 @@
 //!
 //! The caller parses the child as it is; the editor parses only the simulated result, which must parse,
 //! keep its blocks, size and identity, and carry exactly the planned locators, parent name and
-//! linkage before the plan is returned.
+//! linkage before the plan is returned. The plan keeps that parse (`Planned::simulated`).
 
 mod edit;
 mod tables;
@@ -38,8 +38,9 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::disk::OpenOptions;
+use crate::disk::{OpenOptions, Parsed};
 use crate::error::{Error, Result};
+use crate::simulate::Simulated;
 use crate::txn::Plan;
 
 use super::name_style::{NameInputs, ParentNameStyle};
@@ -155,6 +156,8 @@ pub struct Planned {
     pub notes: Vec<String>,
     /// Problems that did not stop the plan.
     pub warnings: Vec<String>,
+    /// The simulated result, as parsed.
+    pub(crate) simulated: Simulated,
 }
 
 /// Plan `edit` on `file`, a VHD already parsed (with `opts`); it must be differencing. The
@@ -163,7 +166,7 @@ pub struct Planned {
 pub fn plan_edit(file: VhdFile, opts: &OpenOptions, edit: &LinkEdit) -> Result<Planned> {
     let file = require_differencing(file)?;
     let mut built = edit::build(&file, opts, edit)?;
-    verify::simulate(file, opts, &built.plan, &built.expect)?;
+    let after = verify::simulate(file, opts, &built.plan, &built.expect)?;
     if built.relocated {
         built.notes.push(format!(
             "the file grows from {} to {} bytes; no data block moves",
@@ -174,6 +177,7 @@ pub fn plan_edit(file: VhdFile, opts: &OpenOptions, edit: &LinkEdit) -> Result<P
         plan: built.plan,
         notes: built.notes,
         warnings: built.warnings,
+        simulated: Simulated::new(Parsed::Vhd(Box::new(after))),
     })
 }
 

@@ -10,15 +10,16 @@ use crate::txn::Plan;
 use super::super::{format, VhdFile};
 use super::edit::Expected;
 
-use crate::simulate::same as check;
+use crate::simulate::{differs, same as check};
 
 /// Lay `plan` over the source `before` was parsed from, parse it, and compare with `before`.
+/// Returns the simulated result as parsed.
 pub(super) fn simulate(
     before: VhdFile,
     opts: &OpenOptions,
     plan: &Plan,
     expect: &Expected,
-) -> Result<()> {
+) -> Result<VhdFile> {
     let writes = plan
         .writes
         .iter()
@@ -37,7 +38,7 @@ pub(super) fn simulate(
         "unique id",
     )?;
     let (Some(a), Some(b)) = (after.header.as_ref(), before.header.as_ref()) else {
-        return check(false, "dynamic header");
+        return Err(differs("dynamic header"));
     };
     check(
         (a.raw.block_size, a.raw.table_offset) == (b.raw.block_size, b.raw.table_offset),
@@ -56,7 +57,8 @@ pub(super) fn simulate(
     check(
         (a.raw.parent_unique_id, a.raw.parent_time_stamp) == expect.linkage,
         "parent linkage",
-    )
+    )?;
+    Ok(after)
 }
 
 /// Whether both files' tables hold the same bytes, compared 1 MiB at a time so neither is
