@@ -176,6 +176,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhdx.header.none_valid", E, "neither header is valid: the file cannot be opened"),
     ("vhdx.header.tie", E, "both headers have the same sequence number but different contents"),
     ("vhdx.header.log_version", E, "log version is not 0 with a non-zero LogGuid"),
+    ("vhdx.header.sequence_exhausted", W, "a valid header's sequence number is at its maximum: once it is the current header, the file cannot be changed (every write updates the header)"),
     ("vhdx.header.log_placement", E, "log offset/length not 1 MiB aligned, inside the first MiB, or past EOF"),
     // VHDX region tables
     ("vhdx.region.signature", E, "a region table lacks the `regi` signature"),

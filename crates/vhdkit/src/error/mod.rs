@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 mod broken;
+mod codes;
 mod kind;
 
 pub use broken::ChainBroken;
@@ -191,7 +192,9 @@ fn path_prefix(p: &Option<PathBuf>) -> String {
 }
 
 impl Error {
-    /// A corruption error at `offset` in `structure`.
+    /// A corruption error at `offset` in `structure`. Its code is the one `check` reports for a
+    /// structure the file ends before or whose bytes do not parse; an error of a more specific
+    /// rule replaces it with [`Error::with_code`].
     pub fn corrupt(structure: &'static str, offset: u64, detail: impl Into<String>) -> Self {
         Error::Corrupt {
             location: Location {
@@ -200,7 +203,7 @@ impl Error {
                 offset,
             },
             detail: detail.into(),
-            code: None,
+            code: codes::default_code(structure),
         }
     }
 
