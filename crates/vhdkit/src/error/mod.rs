@@ -59,8 +59,9 @@ pub enum Error {
         location: Location,
         /// The rule broken, with the bad value and what was allowed.
         detail: String,
-        /// The stable `check` finding code of the rule (see [`crate::check::CODES`]), when the
-        /// rule has one.
+        /// The stable `check` finding code of the rule (see [`crate::check::CODES`]): the code
+        /// `check` reports for the same defect. Every corruption the readers report has one;
+        /// `None` only for an error built with [`Error::corrupt`] for a structure no format has.
         code: Option<&'static str>,
     },
 
