@@ -124,7 +124,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
             STRUCTURE,
             offset,
             "footer data offset overflows (header would end past 2^64)",
-        ).with_code("vhd.footer.data_offset")
+        )
+        .with_code("vhd.footer.data_offset")
     })?;
     if offset < format::FOOTER_BYTES as u64 || end > data_end {
         return Err(Error::corrupt(
@@ -153,7 +154,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "bad cookie {:?} (expected \"cxsparse\")",
                 String::from_utf8_lossy(buf.get(..format::COOKIE_BYTES).unwrap_or_default())
             ),
-        ).with_code("vhd.header.cookie"));
+        )
+        .with_code("vhd.header.cookie"));
     }
     let computed = format::checksum(&buf, format::DYNAMIC_CHECKSUM_OFFSET);
     let raw = DynamicHeader::read(&mut Cursor::new(&buf[..]))
@@ -167,7 +169,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "bad checksum {:#010x} (computed {computed:#010x})",
                 raw.checksum
             ),
-        ).with_code("vhd.header.checksum"));
+        )
+        .with_code("vhd.header.checksum"));
     }
     if raw.header_version >> 16 != 1 {
         return Err(Error::corrupt(
@@ -177,7 +180,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "header version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.header_version
             ),
-        ).with_code("vhd.header.version"));
+        )
+        .with_code("vhd.header.version"));
     }
     let bs = raw.block_size;
     if bs < 512 || !bs.is_power_of_two() || bs > format::MAX_BLOCK_BYTES {
@@ -188,7 +192,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "block size {bs} is not a power of two between 512 and {} bytes",
                 format::MAX_BLOCK_BYTES
             ),
-        ).with_code("vhd.header.block_size"));
+        )
+        .with_code("vhd.header.block_size"));
     }
     let parent_name = decode_parent_name(&raw.parent_unicode_name);
     Ok(CheckedHeader {

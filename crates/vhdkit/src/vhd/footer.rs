@@ -129,7 +129,8 @@ fn check_copy(
                 "file format version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.file_format_version
             ),
-        ).with_code("vhd.footer.version"));
+        )
+        .with_code("vhd.footer.version"));
     }
     if !matches!(
         raw.disk_type,
@@ -142,7 +143,8 @@ fn check_copy(
                 "disk type {} is not fixed (2), dynamic (3) or differencing (4)",
                 raw.disk_type
             ),
-        ).with_code("vhd.footer.disk_type"));
+        )
+        .with_code("vhd.footer.disk_type"));
     }
     Ok(Copy {
         raw,
@@ -182,7 +184,8 @@ fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; format::FOOTER_BYTE
             "vhd footer",
             0,
             format!("the file is {len} bytes, too short for a 512-byte footer"),
-        ).with_code("vhd.file.too_small"));
+        )
+        .with_code("vhd.file.too_small"));
     }
     let mut buf = [0u8; format::FOOTER_BYTES];
     if len >= full {

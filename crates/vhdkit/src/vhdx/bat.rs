@@ -189,7 +189,8 @@ impl Checker<'_, '_> {
                 format!(
                     "payload entry {idx} (block {b}) is PARTIALLY_PRESENT in a disk without a parent"
                 ),
-            ).with_code("vhdx.bat.state_invalid"));
+            )
+            .with_code("vhdx.bat.state_invalid"));
         }
         let sbi = sb_index(b / self.cr, self.cr);
         let sb = if sbi < self.table.len() {
@@ -246,7 +247,8 @@ impl Checker<'_, '_> {
                 format!(
                     "entry {idx} block at {offset:#x}+{len:#x} ends past the end of the file ({file_len:#x})"
                 ),
-            ).with_code("vhdx.bat.past_eof")
+            )
+            .with_code("vhdx.bat.past_eof")
         })?;
         let reserved = self.p.reserved.iter();
         if let Some((_, _, what)) = reserved

@@ -212,7 +212,8 @@ pub(crate) fn read_headers(src: &dyn Source) -> Result<Headers> {
                         "both headers have sequence number {} but differ; cannot tell which is current",
                         a.sequence_number
                     ),
-                ).with_code("vhdx.header.tie"));
+                )
+                .with_code("vhdx.header.tie"));
             }
         }
         (Ok(_), Err(e)) => {

@@ -19,7 +19,8 @@ fn check_place(place: &LogPlace, file_len: u64, max_bytes: u64) -> Result<()> {
                 "log at {:#x}+{:#x}: offset and length must be non-zero multiples of 1 MiB, offset >= 1 MiB",
                 place.offset, place.length
             ),
-        ).with_code("vhdx.header.log_placement"));
+        )
+        .with_code("vhdx.header.log_placement"));
     }
     match place.offset.checked_add(place.length) {
         Some(end) if end <= file_len => {}
