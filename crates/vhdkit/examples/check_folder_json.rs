@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vhdkit::check::{check_file, collect_tree, CheckOptions, FileReport};
+use vhdkit::check::{check_tree, CheckOptions, FileReport};
 
 fn main() -> ExitCode {
     let paths: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
@@ -44,12 +44,10 @@ fn main() -> ExitCode {
 fn run(paths: &[PathBuf]) -> Result<Vec<FileReport>, vhdkit::Error> {
     // Folders are searched recursively for files with a VHD or VHDX signature; a path in them
     // that cannot be inspected comes back as a report of its own.
-    let (files, uninspected) = collect_tree(paths)?;
+    // No progress shown (`()`); a `vhdkit::Progress` would see one "check" phase, one unit per
+    // disk, and could stop it between disks.
     let opts = CheckOptions::default().chain(true);
-    let mut reports = files
-        .iter()
-        .map(|f| check_file(f, &opts))
-        .collect::<Result<Vec<_>, vhdkit::Error>>()?;
+    let (mut reports, uninspected) = check_tree(paths, &opts, ())?;
     reports.extend(uninspected);
     Ok(reports)
 }

@@ -583,11 +583,10 @@ impl Disk {
         let (extent, len) = self.image().map(offset, max_len)?;
         if len == 0 || len > max_len {
             // A format mapper that breaks its contract must not send the reader into a loop.
-            return Err(Error::corrupt(
-                "block map",
-                offset,
-                format!("mapper returned a run of {len} bytes for a request of {max_len}"),
-            ));
+            return Err(Error::internal(format!(
+                "block map at {offset:#x}: mapper returned a run of {len} bytes for a request of \
+                 {max_len}"
+            )));
         }
         Ok((extent, len))
     }

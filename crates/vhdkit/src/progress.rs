@@ -1,15 +1,16 @@
 //! Progress reporting and cancellation for long operations: one [`Progress`] trait that
-//! conversion ([`crate::convert`]), `share` and `relink` ([`crate::share`]) report to, and ask
-//! whether to stop.
+//! conversion ([`crate::convert`]), `share` and `relink` ([`crate::share`]) and the check of a
+//! tree ([`crate::check::check_tree`]) report to, and ask whether to stop.
 //!
 //! An operation reports *phases*: [`Progress::start`] names one (`"convert"`, `"scan"`,
-//! `"hash"`, `"repoint"`, `"relink"`) with its total when known, [`Progress::advance`] adds the
-//! units done (bytes for `"convert"` and `"hash"`, disks otherwise), [`Progress::finish`] ends
-//! it. Between steps the operation asks [`Progress::cancelled`]; once it says yes, the operation
-//! stops at the next safe point and returns an error for which [`Error::is_cancelled`] is true:
-//! a conversion removes its partial output (a path) and leaves a sink partly written, `share`
-//! and `relink` stop between children (each change is crash-safe on its own, so the disks are
-//! consistent and a rerun finishes the work).
+//! `"hash"`, `"repoint"`, `"relink"`, `"check"`) with its total when known,
+//! [`Progress::advance`] adds the units done (bytes for `"convert"` and `"hash"`, disks
+//! otherwise), [`Progress::finish`] ends it. Between steps the operation asks
+//! [`Progress::cancelled`]; once it says yes, the operation stops at the next safe point and
+//! returns an error for which [`Error::is_cancelled`] is true: a conversion removes its partial
+//! output (a path) and leaves a sink partly written, a check stops between disks (it writes
+//! nothing), `share` and `relink` stop between children (each change is crash-safe on its own,
+//! so the disks are consistent and a rerun finishes the work).
 //!
 //! ```
 //! use std::sync::atomic::{AtomicBool, Ordering};

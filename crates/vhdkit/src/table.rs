@@ -118,6 +118,12 @@ impl LazyTable {
                 self.count
             ),
         )
+        // A block past the table's last entry: the table is too small for the disk.
+        .with_code(if self.structure.starts_with("vhdx") {
+            "vhdx.bat.too_small"
+        } else {
+            "vhd.bat.too_small"
+        })
     }
 
     /// Entry `index`, as stored (VHD: the sector number; VHDX: the raw 64-bit entry).

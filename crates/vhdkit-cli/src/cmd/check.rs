@@ -5,6 +5,7 @@
 
 use vhdkit::check::{self, CheckOptions, FileReport, Severity};
 
+use super::progress::Bar;
 use crate::cli::CheckArgs;
 use crate::output::{self, CliError};
 use crate::Outcome;
@@ -24,12 +25,11 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
     let opts = CheckOptions::default()
         .chain(a.chain)
         .chain_options(super::chain_options(&a.resolve)?);
-    let (files, blind) = check::collect_tree(&a.paths)?;
+    let mut bar = Bar::new(a.json);
+    let (mut reports, blind) = check::check_tree(&a.paths, &opts, &mut bar)?;
+    drop(bar);
+    let checked = reports.len();
     let not_inspected = blind.len();
-    let mut reports = Vec::with_capacity(files.len() + blind.len());
-    for f in &files {
-        reports.push(check::check_file(f, &opts)?);
-    }
     // Paths in the folders that could not be inspected: a tree is never clean from a partial view.
     reports.extend(blind);
     let count = |s: Severity| {
@@ -81,7 +81,7 @@ pub fn run(a: &CheckArgs) -> Result<Outcome, CliError> {
         };
         println!(
             "{} file(s) checked{blind}: {errors} error(s), {warnings} warning(s), {infos} info",
-            files.len()
+            checked
         );
     }
     Ok(if clean {

@@ -1,9 +1,10 @@
-//! A progress bar for `convert`, `share` and `relink`, shown only when stderr is a terminal.
+//! A progress bar for `convert`, `share`, `relink` and `check`, shown only when stderr is a
+//! terminal.
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Progress shown on stderr with indicatif: the library's [`vhdkit::Progress`] for `convert`,
-/// `share` and `relink`.
+/// `share`, `relink` and `check`.
 pub struct Bar {
     enabled: bool,
     bar: Option<ProgressBar>,

@@ -160,6 +160,37 @@ mod json_kinds {
         assert_eq!(j["code"], "file.not_a_disk");
     }
 
+    /// A corrupt disk: the code `check` reports for the same damage, and the offset in the line.
+    #[test]
+    fn corrupt_carries_the_check_code() {
+        let d = tmp();
+        let (base, _) = pair(d.path());
+        let mut b = std::fs::read(&base).unwrap();
+        // Both region tables (at 192 KiB and 256 KiB) fail their CRC.
+        b[0x30010] ^= 0xff;
+        b[0x40010] ^= 0xff;
+        std::fs::write(&base, &b).unwrap();
+        let r = run(["info".as_ref(), "--json".as_ref(), base.as_os_str()]);
+        let j = json_error(&r, 2, "corrupt");
+        assert_eq!(j["code"], "vhdx.region.checksum", "{r:?}");
+        assert!(
+            j["error"]
+                .as_str()
+                .unwrap()
+                .contains("vhdx region table 1 at offset 0x30000"),
+            "{r:?}"
+        );
+        let r = run(["check".as_ref(), "--json".as_ref(), base.as_os_str()]);
+        let report = r.json();
+        let codes: Vec<&str> = report["files"][0]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap())
+            .collect();
+        assert!(codes.contains(&"vhdx.region.checksum"), "{r:?}");
+    }
+
     #[test]
     fn parent_not_found() {
         let d = tmp();

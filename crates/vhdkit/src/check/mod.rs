@@ -22,6 +22,7 @@ mod chain;
 pub(crate) mod deadloc;
 mod disagree;
 mod side;
+mod tree;
 pub(crate) mod vhd;
 pub(crate) mod vhdx;
 
@@ -33,6 +34,7 @@ use crate::source::Source;
 use crate::ChainOptions;
 
 pub(crate) use chain::check_chain;
+pub use tree::check_tree;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -176,6 +178,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("vhdx.header.none_valid", E, "neither header is valid: the file cannot be opened"),
     ("vhdx.header.tie", E, "both headers have the same sequence number but different contents"),
     ("vhdx.header.log_version", E, "log version is not 0 with a non-zero LogGuid"),
+    ("vhdx.header.sequence_exhausted", W, "a valid header's sequence number is at its maximum: once it is the current header, the file cannot be changed (every write updates the header)"),
     ("vhdx.header.log_placement", E, "log offset/length not 1 MiB aligned, inside the first MiB, or past EOF"),
     // VHDX region tables
     ("vhdx.region.signature", E, "a region table lacks the `regi` signature"),
@@ -482,57 +485,6 @@ pub fn check_file(path: impl AsRef<Path>, opts: &CheckOptions) -> Result<FileRep
         format,
         findings,
     })
-}
-
-/// Expand `paths`: files as given, folders recursively (sorted), keeping only files that carry
-/// a disk signature or a name that claims a disk format. Symbolic links to folders are not
-/// followed (no loops). Besides the files, one report per path in the folders that could not
-/// be inspected (a `tree.*` finding with the reason): a tree is never called clean from a
-/// partial view.
-///
-/// # Examples
-///
-/// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let dir = tempfile::tempdir()?;
-/// use vhdkit::check::collect_tree;
-///
-/// vhdkit::create(&dir.path().join("a.vhdx"), &vhdkit::CreateParams::dynamic(1 << 20))?;
-/// std::fs::write(dir.path().join("notes.txt"), "not a disk")?;
-/// let (files, uninspected) = collect_tree(&[dir.path().to_path_buf()])?;
-/// assert_eq!(files, [dir.path().join("a.vhdx")]);
-/// assert!(uninspected.is_empty());
-/// # Ok(())
-/// # }
-/// ```
-pub fn collect_tree(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<FileReport>)> {
-    let (mut files, mut blind) = (Vec::new(), Vec::new());
-    for p in paths.iter().map(AsRef::as_ref) {
-        let md = std::fs::metadata(p).map_err(|e| Error::io("reading", e).with_path(p))?;
-        if !md.is_dir() {
-            files.push(p.to_path_buf());
-            continue;
-        }
-        // Links to disks are not followed, their targets are checked where they lie. vhdkit's
-        // partial outputs are reported (stale or in progress); whatever lies at a journal's name
-        // is reported with the disk it belongs to (file.journal_*), not as a path of the tree. A
-        // name that claims a disk without the signature is checked (`file.not_a_disk`).
-        let select = crate::tree::Select {
-            ignore: &crate::sidefile::is_journal_name,
-            also: &|p: &Path| {
-                crate::sidefile::partial(p).is_some() || crate::disk::claimed_format(p).is_some()
-            },
-        };
-        let limits = crate::tree::WalkLimits::default();
-        let w = crate::tree::walk(p, &limits, &select)?;
-        files.extend(w.disks.into_iter().map(|d| d.path));
-        blind.extend(w.uninspected.into_iter().map(|u| FileReport {
-            findings: vec![Finding::new(u.kind.code(), "tree", None, u.reason)],
-            path: u.path,
-            format: None,
-        }));
-    }
-    Ok((files, blind))
 }
 
 #[cfg(test)]

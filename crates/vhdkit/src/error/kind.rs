@@ -45,7 +45,8 @@ error_kinds! {
         } => "not_a_disk",
         /// The file breaks a rule of its format.
         Corrupt {
-            /// The stable `check` finding code of the rule, when it has one.
+            /// The stable `check` finding code of the rule: the code `check` reports for the same
+            /// defect (see [`Error::Corrupt`]).
             code: Option<&'static str>,
             /// The file, structure and absolute offset at fault.
             location: &'a Location,

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 mod broken;
+mod codes;
 mod kind;
 
 pub use broken::ChainBroken;
@@ -58,8 +59,9 @@ pub enum Error {
         location: Location,
         /// The rule broken, with the bad value and what was allowed.
         detail: String,
-        /// The stable `check` finding code of the rule (see [`crate::check::CODES`]), when the
-        /// rule has one.
+        /// The stable `check` finding code of the rule (see [`crate::check::CODES`]): the code
+        /// `check` reports for the same defect. Every corruption the readers report has one;
+        /// `None` only for an error built with [`Error::corrupt`] for a structure no format has.
         code: Option<&'static str>,
     },
 
@@ -191,7 +193,9 @@ fn path_prefix(p: &Option<PathBuf>) -> String {
 }
 
 impl Error {
-    /// A corruption error at `offset` in `structure`.
+    /// A corruption error at `offset` in `structure`. Its code is the one `check` reports for a
+    /// structure the file ends before or whose bytes do not parse; an error of a more specific
+    /// rule replaces it with [`Error::with_code`].
     pub fn corrupt(structure: &'static str, offset: u64, detail: impl Into<String>) -> Self {
         Error::Corrupt {
             location: Location {
@@ -200,7 +204,7 @@ impl Error {
                 offset,
             },
             detail: detail.into(),
-            code: None,
+            code: codes::default_code(structure),
         }
     }
 

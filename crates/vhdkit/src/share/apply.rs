@@ -80,7 +80,8 @@ fn apply_group(
             }
         }
         Err(r) => {
-            rep.failed.push(PathNote::new(&g.keeper, r));
+            rep.failed
+                .push(PathNote::new(&g.keeper, NoteReason::Error(r)));
             return Ok(false);
         }
     }
@@ -92,7 +93,7 @@ fn apply_group(
             new_parent: &g.keeper,
             repoint: c.repoint,
             pending_journal: c.pending_journal,
-            refused: c.refused.as_deref(),
+            refused: c.refused.as_ref(),
         })
         .collect();
     let out = repoint::repoint_all(&reqs, opts, steps, progress);
@@ -144,8 +145,10 @@ fn remove_old_names(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
 fn delete_copies(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
     for c in g.copies.iter().filter(|c| c.delete) {
         if let Some(r) = &c.refused {
-            rep.refused
-                .push(PathNote::new(&c.path, NoteReason::NotDeleted(r.clone())));
+            rep.refused.push(PathNote::new(
+                &c.path,
+                NoteReason::NotDeleted(Box::new(r.clone())),
+            ));
             continue;
         }
         let now = fs::metadata(&c.path).map(|m| scan::file_key(&c.path, &m));

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 use super::scan::{FileKey, Scan, ScannedDisk};
-use super::{digest, ContentDigest, PathNote, Progress, ShareOptions};
+use super::{digest, ContentDigest, NoteReason, PathNote, Progress, ShareOptions};
 use crate::disk::DiskFormat;
 use crate::error::Result;
 
@@ -32,11 +32,10 @@ pub(super) fn children_of(sc: &Scan) -> (HashMap<FileKey, Vec<usize>>, Vec<PathN
             Some(k) => children_of.entry(k.clone()).or_default().push(i),
             None => unresolved.push(PathNote::new(
                 &d.path,
-                format!(
-                    "its parent (id {}) does not resolve; run `vhdkit relink`: {}",
-                    p.expected_id,
-                    p.failure.clone().unwrap_or_default()
-                ),
+                NoteReason::ParentUnresolved {
+                    id: p.expected_id,
+                    failure: p.failure.clone().unwrap_or_default(),
+                },
             )),
         }
     }
@@ -97,7 +96,7 @@ impl Hashed {
             .filter_map(|(&i, r)| match (r, sc.disks.get(i)) {
                 (Err(e), Some(d)) => Some(PathNote::new(
                     d.path.clone(),
-                    format!("cannot be read through its chain: {e}"),
+                    NoteReason::UnreadableThroughChain(e.clone()),
                 )),
                 _ => None,
             })

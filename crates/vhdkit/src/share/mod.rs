@@ -147,7 +147,7 @@ pub struct CopyPlan {
     /// Why it is kept, when it is.
     pub kept: Option<NoteReason>,
     /// Why deleting it will fail, found while planning (its folder refuses).
-    pub refused: Option<String>,
+    pub refused: Option<NoteReason>,
     #[cfg_attr(feature = "serde", serde(skip))]
     key: FileKey,
 }
@@ -168,7 +168,7 @@ pub struct ChildPlan {
     /// True when an interrupted vhdkit change beside it is finished first.
     pub pending_journal: bool,
     /// Why it cannot be changed, found while planning (read-only, in use).
-    pub refused: Option<String>,
+    pub refused: Option<NoteReason>,
 }
 
 /// One group of interchangeable parents and what is done with it.
@@ -205,7 +205,7 @@ pub struct GroupPlan {
     /// Old names and symlinks that stay, each with the reason.
     pub kept_names: Vec<PathNote>,
     /// Why the keeper cannot be placed in SHARED, found while planning.
-    pub keeper_refused: Option<String>,
+    pub keeper_refused: Option<NoteReason>,
     /// Children to repoint.
     pub children: Vec<ChildPlan>,
     /// Bytes freed by deleting copies (allocated blocks).

@@ -208,7 +208,7 @@ fn dev_of(p: &Path) -> Option<u64> {
 }
 
 /// Why SHARED (or the folder it would be created in) will refuse the keeper.
-fn into_refusal(into: &Path) -> Option<String> {
+fn into_refusal(into: &Path) -> Option<NoteReason> {
     let mut probe = into.join("keeper");
     while !probe.parent().is_some_and(Path::is_dir) {
         if !probe.pop() {
@@ -234,7 +234,7 @@ struct Planner<'a> {
     children_of: HashMap<FileKey, Vec<usize>>,
     digests: HashMap<usize, ContentDigest>,
     removal: Removal,
-    into_refused: Option<String>,
+    into_refused: Option<NoteReason>,
     /// Keeper paths already given to a group.
     taken_names: HashSet<PathBuf>,
     /// Keeper path per member key, for the keeper_parent of higher levels.
@@ -557,7 +557,7 @@ impl<'a> Planner<'a> {
         g.keeper_refused = self.into_refused.clone().filter(|_| places_keeper);
         if let Some(r) = &g.keeper_refused {
             for c in g.children.iter_mut().filter(|c| c.refused.is_none()) {
-                c.refused = Some(format!("its shared parent cannot be placed: {r}"));
+                c.refused = Some(NoteReason::SharedParentNotPlaced(Box::new(r.clone())));
             }
         }
         if g.children.iter().any(|c| c.refused.is_some()) {

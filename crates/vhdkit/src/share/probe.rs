@@ -7,33 +7,34 @@ use std::path::Path;
 
 use super::lock;
 use super::scan::ScannedDisk;
+use super::NoteReason;
 use crate::disk::DiskFormat;
 
 /// Why changing `path` will be refused: the file is opened for writing and the exclusive lock
 /// taken, exactly as the real run does ([`lock::lock_for_change`]), then released at once.
-pub fn change_refusal(path: &Path) -> Option<String> {
-    lock::lock_for_change(path).err()
+pub fn change_refusal(path: &Path) -> Option<NoteReason> {
+    lock::lock_for_change(path)
+        .err()
+        .map(NoteReason::CannotChange)
 }
 
 /// Why `path`'s folder will refuse to have a file created or removed in it (the journal beside
 /// a VHD child, the deletion of a copy, the keeper in SHARED), asked of the kernel for the
 /// effective user.
-pub fn folder_refusal(path: &Path) -> Option<String> {
+pub fn folder_refusal(path: &Path) -> Option<NoteReason> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    folder_access(dir).err().map(|e| {
-        format!(
-            "its folder {} does not allow creating or removing files ({e})",
-            dir.display()
-        )
+    folder_access(dir).err().map(|e| NoteReason::FolderRefuses {
+        folder: dir.to_path_buf(),
+        error: e.to_string(),
     })
 }
 
 /// Why changing this child will be refused, found the way the real run will meet it: the lock
 /// (open for writing) and, for a VHD, its folder (the journal is created beside it).
-pub(crate) fn child_refusal(d: &ScannedDisk) -> Option<String> {
+pub(crate) fn child_refusal(d: &ScannedDisk) -> Option<NoteReason> {
     change_refusal(&d.path).or_else(|| {
         (d.format == DiskFormat::Vhd)
             .then(|| journal_refusal(&d.path))
@@ -44,7 +45,7 @@ pub(crate) fn child_refusal(d: &ScannedDisk) -> Option<String> {
 /// Why the journal of a VHD `disk` cannot be written beside it: the folder refuses new files,
 /// or an entry already at one of the journal's names cannot be unlinked or replaced (a sticky
 /// folder and another user's file; see [`sticky_refusal`]).
-pub fn journal_refusal(disk: &Path) -> Option<String> {
+pub fn journal_refusal(disk: &Path) -> Option<NoteReason> {
     folder_refusal(disk)
         .or_else(|| sticky_refusal(&crate::sidefile::journal_tmp(disk)))
         .or_else(|| sticky_refusal(&crate::sidefile::journal(disk)))
@@ -52,7 +53,7 @@ pub fn journal_refusal(disk: &Path) -> Option<String> {
 
 /// Why the name `path` cannot be removed (a copy to delete): its folder refuses, or the folder
 /// is sticky and the entry belongs to another user.
-pub fn removal_refusal(path: &Path) -> Option<String> {
+pub fn removal_refusal(path: &Path) -> Option<NoteReason> {
     folder_refusal(path).or_else(|| sticky_refusal(path))
 }
 
@@ -62,7 +63,7 @@ pub fn removal_refusal(path: &Path) -> Option<String> {
 /// exactly as the kernel does, to the entry itself (a link's own owner, not its target's) and
 /// the filesystem uid and effective capabilities of this process; `None` when nothing is at
 /// `path`, the folder is not sticky, or the process may.
-pub fn sticky_refusal(path: &Path) -> Option<String> {
+pub fn sticky_refusal(path: &Path) -> Option<NoteReason> {
     let entry = std::fs::symlink_metadata(path).ok()?;
     let dir = crate::sidefile::folder_of(path);
     let dir_md = std::fs::metadata(dir).ok()?;
@@ -71,13 +72,12 @@ pub fn sticky_refusal(path: &Path) -> Option<String> {
     if me.fowner || me.fsuid == owner || me.fsuid == dir_owner {
         return None;
     }
-    Some(format!(
-        "{} cannot be removed or replaced: its folder {} is sticky (+t) and the file belongs \
-         to another user (uid {owner}), so only that user, the folder's owner (uid \
-         {dir_owner}) or root may",
-        path.display(),
-        dir.display()
-    ))
+    Some(NoteReason::StickyFolder {
+        path: path.to_path_buf(),
+        folder: dir.to_path_buf(),
+        owner,
+        folder_owner: dir_owner,
+    })
 }
 
 /// `(entry owner, folder owner)` when the folder is sticky.

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::repoint::{self, Repoint};
 use super::scan::{FileKey, ParentRef, Scan, ScannedDisk};
 use super::{
-    digest, one_line, probe, scan_phase, tree_dir, under, ContentDigest, PathNote, Progress,
-    ShareOptions, Steps,
+    digest, one_line, probe, scan_phase, tree_dir, under, ContentDigest, NoteReason, PathNote,
+    Progress, ShareOptions, Steps,
 };
 use crate::error::{Error, Result};
 use crate::tree::Uninspected;
@@ -31,12 +31,12 @@ pub struct RelinkItem {
     pub via: Option<crate::chain::Via>,
     /// The parent found by identity.
     pub new_parent: PathBuf,
-    /// Why it is relinked.
-    pub reason: String,
+    /// Why it is relinked (one of the `NoteReason::Relink*` reasons).
+    pub reason: NoteReason,
     /// Other files with the same identity (the first one under DIR is preferred).
     pub alternatives: Vec<PathBuf>,
     /// Why it cannot be changed (read-only, in use), found while planning.
-    pub refused: Option<String>,
+    pub refused: Option<NoteReason>,
     /// Order: the new parent's depth (base parents first).
     pub level: usize,
 }
@@ -215,12 +215,11 @@ impl<'a> Planner<'a> {
         let Some(best) = cands.first() else {
             self.unresolved.push(PathNote::new(
                 &d.path,
-                format!(
-                    "no file with its parent's id {} under {} or the search folders; {}",
-                    p.expected_id,
-                    self.dir.display(),
-                    p.failure.clone().unwrap_or_default()
-                ),
+                NoteReason::ParentNotFound {
+                    id: p.expected_id,
+                    dir: self.dir.to_path_buf(),
+                    failure: p.failure.clone().unwrap_or_default(),
+                },
             ));
             return;
         };
@@ -283,27 +282,22 @@ impl<'a> Planner<'a> {
 
 /// Why a child is relinked. A relative locator that already names the chosen file: only a
 /// pending journal.
-fn relink_reason(p: &ParentRef) -> String {
+fn relink_reason(p: &ParentRef) -> NoteReason {
     match (&p.resolved, &p.via) {
-        (None, _) => "its parent does not resolve".to_string(),
-        (Some(_), _) if p.via_symlink => "its parent resolves through a symlink".to_string(),
-        (Some(_), _) if p.via_relative() => "an interrupted change is pending".to_string(),
-        (Some(_), Some(v)) => format!("its parent resolves only through {v}"),
-        (Some(_), None) => "its parent resolves only indirectly".to_string(),
+        (None, _) => NoteReason::RelinkUnresolved,
+        (Some(_), _) if p.via_symlink => NoteReason::RelinkViaSymlink,
+        (Some(_), _) if p.via_relative() => NoteReason::RelinkPending,
+        (Some(_), Some(v)) => NoteReason::RelinkOnlyVia(v.clone()),
+        (Some(_), None) => NoteReason::RelinkIndirect,
     }
 }
 
 /// Why choosing `best` would be a decision from a partial view: the child's current parent is
 /// not the file chosen, and a path that could not be inspected (or a disk that does not open)
 /// may be another file with the recorded id and different contents.
-fn blind_choice(sc: &Scan, current: Option<&FileKey>, best: &FileKey) -> Option<String> {
-    let blind = sc.uninspected.len() + sc.skipped.len();
-    (current != Some(best) && blind > 0).then(|| {
-        format!(
-            "not repointed: {blind} path(s) in the tree could not be inspected, and one may be \
-             another file with its parent's id and different contents"
-        )
-    })
+fn blind_choice(sc: &Scan, current: Option<&FileKey>, best: &FileKey) -> Option<NoteReason> {
+    let count = sc.uninspected.len() + sc.skipped.len();
+    (current != Some(best) && count > 0).then_some(NoteReason::PartialView { count })
 }
 
 /// Content digests of candidate parents, each computed once (`Err`: why it could not be read).
@@ -331,7 +325,7 @@ fn ambiguity(
     current: Option<&FileKey>,
     digests: &mut Digests,
     opts: &ShareOptions,
-) -> Option<String> {
+) -> Option<NoteReason> {
     if cands.len() < 2 || cands.iter().any(|c| Some(&c.key) == current) {
         return None;
     }
@@ -339,23 +333,20 @@ fn ambiguity(
     for c in cands {
         match digests.of(c, opts) {
             Ok(h) => seen.push((h, &c.path)),
-            Err(e) => {
-                return Some(format!(
-                    "several files carry its parent's id and {} cannot be read to \
-                     compare them: {e}",
-                    c.path.display()
-                ))
+            Err(error) => {
+                return Some(NoteReason::CandidateUnreadable {
+                    path: c.path.clone(),
+                    error,
+                })
             }
         }
     }
     let (h0, p0) = seen.first()?;
     let (_, p1) = seen.iter().find(|(h, _)| h != h0)?;
-    Some(format!(
-        "{} and {} both carry its parent's id but their contents differ; left alone \
-         (repoint it by hand with `vhdkit reparent`)",
-        p0.display(),
-        p1.display()
-    ))
+    Some(NoteReason::ContentsDiffer {
+        first: p0.to_path_buf(),
+        second: p1.to_path_buf(),
+    })
 }
 
 /// Carry out a relink plan.
@@ -384,7 +375,7 @@ pub fn apply_relink(
                 // Only looked for when the child is not refused (the plan may be old).
                 pending_journal: it.refused.is_none()
                     && crate::fsx::entry_exists(&crate::sidefile::journal(&it.child)),
-                refused: it.refused.as_deref(),
+                refused: it.refused.as_ref(),
             })
             .collect();
         let out = repoint::repoint_all(&reqs, opts, &mut steps, progress);

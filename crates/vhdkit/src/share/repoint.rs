@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use super::{canonical, digest, lock, one_line, probe, PathNote, Progress, ShareOptions, Steps};
+use super::{
+    canonical, digest, lock, one_line, probe, NoteReason, PathNote, Progress, ShareOptions, Steps,
+};
 use crate::chain::{Chain, ChainOptions};
 use crate::disk::{Disk, DiskFormat};
 use crate::reparent::{self, ReparentOptions};
@@ -23,15 +25,15 @@ pub(super) struct Repoint<'a> {
     pub repoint: bool,
     pub pending_journal: bool,
     /// Why planning already refused it: it is left alone.
-    pub refused: Option<&'a str>,
+    pub refused: Option<&'a NoteReason>,
 }
 
 /// Why a child was left as it is. A refusal is an obstacle met before anything was written (the
 /// lock, a read-only folder, a reparent the planner refuses); a failure is anything else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NotRepointed {
-    Refused(String),
-    Failed(String),
+    Refused(NoteReason),
+    Failed(NoteReason),
 }
 
 /// A child repointed and verified (or only its interrupted change finished).
@@ -106,7 +108,7 @@ pub(super) fn repoint_all(
         match r.refused {
             Some(why) => {
                 progress.advance(1);
-                out.record(r.child, Err(NotRepointed::Refused(why.to_string())));
+                out.record(r.child, Err(NotRepointed::Refused(why.clone())));
             }
             None => todo.push(r),
         }
@@ -126,16 +128,22 @@ fn prepare_child(
     opts: &ShareOptions,
     steps: &mut Steps,
 ) -> Result<Ready, NotRepointed> {
-    let lock = lock::lock_for_change(r.child).map_err(NotRepointed::Refused)?;
+    let lock = lock::lock_for_change(r.child)
+        .map_err(|why| NotRepointed::Refused(NoteReason::CannotChange(why)))?;
     let mut journal_finished = false;
     if r.pending_journal {
         let rep = crate::repair::repair(r.child, &crate::repair::RepairOptions::default())
-            .map_err(|e| NotRepointed::Failed(format!("finishing the interrupted change: {e}")))?;
+            .map_err(|e| {
+                NotRepointed::Failed(NoteReason::Failed {
+                    step: "finishing the interrupted change",
+                    error: e.to_string(),
+                })
+            })?;
         if rep.needs_attention() {
-            return Err(NotRepointed::Refused(format!(
-                "a vhdkit journal beside it does not match the file: {:?}",
+            return Err(NotRepointed::Refused(NoteReason::JournalMismatch(format!(
+                "{:?}",
                 rep.journal
-            )));
+            ))));
         }
         journal_finished = true;
         steps.step();
@@ -146,7 +154,7 @@ fn prepare_child(
             change: None,
         });
     }
-    let failed = |e: crate::Error| NotRepointed::Failed(one_line(&e));
+    let failed = |e: crate::Error| NotRepointed::Failed(NoteReason::Error(one_line(&e)));
     let disk = Disk::open_with(r.child, &opts.chain.open).map_err(failed)?;
     // The VHD journal is created beside the child: refused now, as the dry run predicted.
     if disk.format() == DiskFormat::Vhd {
@@ -154,10 +162,12 @@ fn prepare_child(
             return Err(NotRepointed::Refused(why));
         }
     }
-    let before = digest::layer_digest(&disk).map_err(|e| NotRepointed::Failed(e.to_string()))?;
+    let before = digest::layer_digest(&disk)
+        .map_err(|e| NotRepointed::Failed(NoteReason::Error(e.to_string())))?;
     drop(disk);
     let ropts = reparent_options(r.new_parent, opts);
-    let plan = reparent::plan(r.child, &ropts).map_err(|e| NotRepointed::Refused(one_line(&e)))?;
+    let plan = reparent::plan(r.child, &ropts)
+        .map_err(|e| NotRepointed::Refused(NoteReason::Error(one_line(&e))))?;
     Ok(Ready {
         journal_finished,
         change: Some(Prepared { lock, before, plan }),
@@ -208,7 +218,7 @@ fn repoint_batches(
             });
             drop(p.lock);
             if let Err(e) = verified {
-                *slot = Err(NotRepointed::Failed(e));
+                *slot = Err(NotRepointed::Failed(NoteReason::Error(e)));
             }
         }
         out.extend(results);

@@ -19,7 +19,7 @@ use crate::disk::{Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result};
 use crate::tree::{self, FoundDisk, Uninspected, WalkLimits};
 
-use super::PathNote;
+use super::{NoteReason, PathNote};
 
 /// A file identity that survives renames and sees hard links as one file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -258,9 +258,10 @@ pub fn scan(
                     index.insert(key, out.disks.len());
                     out.disks.push(d);
                 }
-                Err(e) => out
-                    .skipped
-                    .push(PathNote::new(path, e.to_string().replace('\n', " "))),
+                Err(e) => out.skipped.push(PathNote::new(
+                    path,
+                    NoteReason::Error(e.to_string().replace('\n', " ")),
+                )),
             }
         }
     }

@@ -58,7 +58,8 @@ pub fn check_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<u64
                  {} bytes with {bs}-byte blocks",
                 l.entries, l.virtual_size
             ),
-        ));
+        )
+        .with_code("vhd.bat.too_small"));
     }
     let bytes = u64::from(l.entries) * format::BAT_ENTRY_BYTES;
     limits.check_bat_bytes(
@@ -85,7 +86,12 @@ pub fn check_bat(src: &dyn Source, l: &BatLayout, limits: &Limits) -> Result<u64
                  dynamic header ({:#x}..{header_end:#x})",
                 l.entries, l.table_offset, l.data_end, l.header_offset
             ),
-        ));
+        )
+        .with_code(if end.is_none_or(|e| e > l.data_end) {
+            "vhd.bat.past_eof"
+        } else {
+            "vhd.bat.overlaps_metadata"
+        }));
     }
     let (allocated, held) = check_entries(src, l, header_end, DEFAULT_BUDGET)?;
     match held {
@@ -187,7 +193,8 @@ fn check_entries(
                     l.data_end,
                     l.data_end.saturating_sub(span)
                 ),
-            ));
+            )
+            .with_code("vhd.block.past_eof"));
         };
         for (fs, fe, what) in fixed {
             if start < fe && end > fs {
@@ -198,7 +205,8 @@ fn check_entries(
                         "entry {i} = sector {e}: block {start:#x}..{end:#x} overlaps {what} \
                          ({fs:#x}..{fe:#x})"
                     ),
-                ));
+                )
+                .with_code("vhd.block.overlaps_metadata"));
             }
         }
         allocated += 1;
@@ -253,7 +261,8 @@ fn overlap_error(l: &BatLayout, pair: Option<(Span, Span)>) -> Result<()> {
             "entry {i1} (block at {s1:#x}) overlaps entry {i0} (block {s0:#x}..{e0:#x}); \
              blocks must not share bytes"
         ),
-    ))
+    )
+    .with_code("vhd.block.overlap"))
 }
 
 #[cfg(test)]

@@ -125,6 +125,7 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
             offset,
             "footer data offset overflows (header would end past 2^64)",
         )
+        .with_code("vhd.footer.data_offset")
     })?;
     if offset < format::FOOTER_BYTES as u64 || end > data_end {
         return Err(Error::corrupt(
@@ -134,7 +135,14 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "footer data offset {offset:#x} puts the 1024-byte header outside the file area \
                  between the front footer copy (ends 0x200) and the end footer ({data_end:#x})"
             ),
-        ));
+        )
+        // As `check` tells them: an offset that cannot hold a header at all is the footer's
+        // fault, one that runs into the end footer is a cut-off header.
+        .with_code(if offset < format::FOOTER_BYTES as u64 {
+            "vhd.footer.data_offset"
+        } else {
+            "vhd.header.truncated"
+        }));
     }
     let mut buf = [0u8; format::DYNAMIC_HEADER_BYTES];
     read_struct(src, offset, &mut buf, STRUCTURE)?;
@@ -146,11 +154,12 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "bad cookie {:?} (expected \"cxsparse\")",
                 String::from_utf8_lossy(buf.get(..format::COOKIE_BYTES).unwrap_or_default())
             ),
-        ));
+        )
+        .with_code("vhd.header.cookie"));
     }
     let computed = format::checksum(&buf, format::DYNAMIC_CHECKSUM_OFFSET);
     let raw = DynamicHeader::read(&mut Cursor::new(&buf[..]))
-        .map_err(|e| Error::corrupt(STRUCTURE, offset, format!("unreadable: {e}")))?;
+        .map_err(|e| Error::corrupt(STRUCTURE, offset, format!("unreadable: {e}")).with_code("vhd.header.truncated"))?;
     let at = |rel: u64| offset.saturating_add(rel);
     if raw.checksum != computed {
         return Err(Error::corrupt(
@@ -160,7 +169,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "bad checksum {:#010x} (computed {computed:#010x})",
                 raw.checksum
             ),
-        ));
+        )
+        .with_code("vhd.header.checksum"));
     }
     if raw.header_version >> 16 != 1 {
         return Err(Error::corrupt(
@@ -170,7 +180,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "header version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.header_version
             ),
-        ));
+        )
+        .with_code("vhd.header.version"));
     }
     let bs = raw.block_size;
     if bs < 512 || !bs.is_power_of_two() || bs > format::MAX_BLOCK_BYTES {
@@ -181,7 +192,8 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
                 "block size {bs} is not a power of two between 512 and {} bytes",
                 format::MAX_BLOCK_BYTES
             ),
-        ));
+        )
+        .with_code("vhd.header.block_size"));
     }
     let parent_name = decode_parent_name(&raw.parent_unicode_name);
     Ok(CheckedHeader {

@@ -74,6 +74,18 @@ struct Copy {
     computed: u32,
 }
 
+/// The name of the footer copy at offset 0 in errors.
+const FRONT: &str = "vhd footer (copy at offset 0)";
+
+/// The `check` code of a rule broken by the end footer (`end`) or the front copy (`front`).
+fn pick(structure: &str, end: &'static str, front: &'static str) -> &'static str {
+    if structure == FRONT {
+        front
+    } else {
+        end
+    }
+}
+
 /// Check one copy: cookie, checksum, version, disk type.
 fn check_copy(
     bytes: [u8; format::FOOTER_BYTES],
@@ -89,7 +101,8 @@ fn check_copy(
                 "bad cookie {:?} (expected \"conectix\")",
                 String::from_utf8_lossy(bytes.get(..format::COOKIE_BYTES).unwrap_or_default())
             ),
-        ));
+        )
+        .with_code(pick(structure, "vhd.footer.missing", "vhd.footer_copy.missing")));
     }
     let computed = format::checksum(
         bytes.get(..have).unwrap_or(&bytes),
@@ -105,7 +118,8 @@ fn check_copy(
                 "bad checksum {:#010x} (computed {computed:#010x})",
                 raw.checksum
             ),
-        ));
+        )
+        .with_code(pick(structure, "vhd.footer.checksum", "vhd.footer_copy.checksum")));
     }
     if raw.file_format_version >> 16 != 1 {
         return Err(Error::corrupt(
@@ -115,7 +129,8 @@ fn check_copy(
                 "file format version {:#010x} is not 1.x (expected 0x00010000)",
                 raw.file_format_version
             ),
-        ));
+        )
+        .with_code("vhd.footer.version"));
     }
     if !matches!(
         raw.disk_type,
@@ -128,7 +143,8 @@ fn check_copy(
                 "disk type {} is not fixed (2), dynamic (3) or differencing (4)",
                 raw.disk_type
             ),
-        ));
+        )
+        .with_code("vhd.footer.disk_type"));
     }
     Ok(Copy {
         raw,
@@ -168,7 +184,8 @@ fn read_end(src: &dyn Source, len: u64) -> Result<(u64, [u8; format::FOOTER_BYTE
             "vhd footer",
             0,
             format!("the file is {len} bytes, too short for a 512-byte footer"),
-        ));
+        )
+        .with_code("vhd.file.too_small"));
     }
     let mut buf = [0u8; format::FOOTER_BYTES];
     if len >= full {
@@ -213,8 +230,8 @@ pub fn read_footer(src: &dyn Source, len: u64) -> Result<CheckedFooter> {
 /// The front copy, checked.
 fn read_front(src: &dyn Source) -> Result<Copy> {
     let mut b = [0u8; format::FOOTER_BYTES];
-    read_struct(src, 0, &mut b, "vhd footer (copy at offset 0)")?;
-    check_copy(b, format::FOOTER_BYTES, "vhd footer (copy at offset 0)", 0)
+    read_struct(src, 0, &mut b, FRONT)?;
+    check_copy(b, format::FOOTER_BYTES, FRONT, 0)
 }
 
 /// How the front copy relates to a valid end copy at `end_off`.

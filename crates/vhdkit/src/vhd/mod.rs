@@ -303,8 +303,10 @@ impl VhdFile {
                 return Ok(f(bm));
             }
         }
-        let n = usize::try_from(self.bitmap_bytes)
-            .map_err(|_| Error::corrupt("vhd sector bitmap", at, "bitmap larger than memory"))?;
+        let n = usize::try_from(self.bitmap_bytes).map_err(|_| {
+            Error::corrupt("vhd sector bitmap", at, "bitmap larger than memory")
+                .with_code("vhd.header.block_size")
+        })?;
         let mut bm = vec![0u8; n];
         read_struct(&*self.src, at, &mut bm, "vhd sector bitmap")?;
         let out = f(&bm);
@@ -502,7 +504,8 @@ impl Image for VhdFile {
                     "vhd block allocation table",
                     entry_at,
                     format!("no entry for block {block}"),
-                ))
+                )
+                .with_code("vhd.bat.too_small"))
             }
         };
         if entry == u64::from(format::BAT_UNALLOCATED) {

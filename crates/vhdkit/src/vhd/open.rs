@@ -73,11 +73,10 @@ pub(crate) fn parse(
         .offset
         .saturating_add(format::footer_fields::CURRENT_SIZE);
     if virtual_size == 0 {
-        return Err(Error::corrupt(
-            footer_structure(&ft),
-            size_at,
-            "current size is 0",
-        ));
+        return Err(
+            Error::corrupt(footer_structure(&ft), size_at, "current size is 0")
+                .with_code("vhd.footer.size_zero"),
+        );
     }
     let chs = format::chs_bytes(f.cylinders, f.heads, f.sectors_per_track);
     if f.creator_application == format::CREATOR_VPC && chs != virtual_size {
@@ -101,7 +100,8 @@ pub(crate) fn parse(
                      of data before the footer",
                     ft.end_offset
                 ),
-            ));
+            )
+            .with_code("vhd.fixed.size_mismatch"));
         }
         None
     } else {

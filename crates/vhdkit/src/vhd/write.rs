@@ -109,7 +109,7 @@ impl<S: Sink> VhdWriter<S> {
         p.footer
             .raw
             .write(&mut footer)
-            .map_err(|e| Error::corrupt("vhd footer", p.footer.offset, e.to_string()))?;
+            .map_err(|e| Error::internal(format!("encoding the vhd footer: {e}")))?;
         let body = match p.sparse {
             None => Body::Fixed(sink),
             Some(sp) => {

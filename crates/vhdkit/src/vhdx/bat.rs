@@ -129,7 +129,8 @@ impl Checker<'_, '_> {
                 BAT,
                 at,
                 format!("sector bitmap entry {idx} has state {s}; allowed 0 or 6"),
-            )),
+            )
+            .with_code("vhdx.bat.state_invalid")),
         }
     }
 
@@ -163,7 +164,8 @@ impl Checker<'_, '_> {
                     BAT,
                     at,
                     format!("payload entry {idx} (block {b}) has reserved state {s}"),
-                ))
+                )
+                .with_code("vhdx.bat.state_invalid"))
             }
         }
         Ok(None)
@@ -187,7 +189,8 @@ impl Checker<'_, '_> {
                 format!(
                     "payload entry {idx} (block {b}) is PARTIALLY_PRESENT in a disk without a parent"
                 ),
-            ));
+            )
+            .with_code("vhdx.bat.state_invalid"));
         }
         let sbi = sb_index(b / self.cr, self.cr);
         let sb = if sbi < self.table.len() {
@@ -203,7 +206,8 @@ impl Checker<'_, '_> {
                     "payload entry {idx} (block {b}) is PARTIALLY_PRESENT but its \
                      sector bitmap entry {sbi} is not present"
                 ),
-            ));
+            )
+            .with_code("vhdx.bat.bitmap_missing"));
         }
         Ok(())
     }
@@ -216,7 +220,8 @@ impl Checker<'_, '_> {
                 BAT,
                 at,
                 format!("entry {idx} ({e:#018x}) has reserved bits 3-19 set"),
-            ));
+            )
+            .with_code("vhdx.bat.reserved_bits"));
         }
         let state = u8::try_from(e & BAT_STATE_MASK).unwrap_or(u8::MAX);
         let needed = if (idx + 1) % (self.cr + 1) == 0 {
@@ -231,7 +236,8 @@ impl Checker<'_, '_> {
                 BAT,
                 at,
                 format!("entry {idx} points at {offset:#x}, inside the first MiB"),
-            ));
+            )
+            .with_code("vhdx.bat.offset_invalid"));
         }
         let file_len = self.p.file_len;
         let end = offset.checked_add(len).filter(|&end| end <= file_len).ok_or_else(|| {
@@ -242,6 +248,7 @@ impl Checker<'_, '_> {
                     "entry {idx} block at {offset:#x}+{len:#x} ends past the end of the file ({file_len:#x})"
                 ),
             )
+            .with_code("vhdx.bat.past_eof")
         })?;
         let reserved = self.p.reserved.iter();
         if let Some((_, _, what)) = reserved
@@ -252,7 +259,8 @@ impl Checker<'_, '_> {
                 BAT,
                 at,
                 format!("entry {idx} block at {offset:#x}+{len:#x} overlaps {what}"),
-            ));
+            )
+            .with_code("vhdx.bat.overlaps_metadata"));
         }
         Ok(Some((offset, end)))
     }
@@ -312,16 +320,18 @@ fn check_no_overlaps(
                 "entries {} and {} point at overlapping blocks (at {:#x})",
                 a.id, b.id, b.start
             ),
-        )),
+        )
+        .with_code("vhdx.bat.overlap")),
     }
 }
 
 /// The number of entries the disk needs, checked against the region and the limit.
 fn entry_count(p: &BatParams<'_>, cr: u64, payload_blocks: u64) -> Result<u64> {
     let count = required_entries(payload_blocks, cr, p.differencing);
-    let bytes = count
-        .checked_mul(BAT_ENTRY_SIZE)
-        .ok_or_else(|| Error::corrupt(BAT, p.region_offset, format!("{count} entries overflow")))?;
+    let bytes = count.checked_mul(BAT_ENTRY_SIZE).ok_or_else(|| {
+        Error::corrupt(BAT, p.region_offset, format!("{count} entries overflow"))
+            .with_code("vhdx.bat.too_small")
+    })?;
     if bytes > p.region_length {
         return Err(Error::corrupt(
             BAT,
@@ -330,7 +340,8 @@ fn entry_count(p: &BatParams<'_>, cr: u64, payload_blocks: u64) -> Result<u64> {
                 "the disk needs {count} entries ({bytes} bytes) but the BAT region has {} bytes",
                 p.region_length
             ),
-        ));
+        )
+        .with_code("vhdx.bat.too_small"));
     }
     p.limits
         .check_bat_bytes(BAT, p.region_offset, "BAT size in bytes", bytes)?;

@@ -23,7 +23,8 @@ pub(crate) fn read_file_identifier(src: &dyn Source) -> Result<String> {
             IDENT,
             0,
             format!("signature {:02x?}, expected \"vhdxfile\"", id.signature),
-        ));
+        )
+        .with_code("vhdx.ident.signature"));
     }
     let end = id
         .creator
@@ -103,6 +104,8 @@ pub(crate) fn encode_header(h: &ParsedHeader) -> Vec<u8> {
 pub(super) struct Where {
     pub structure: &'static str,
     pub offset: u64,
+    /// The `check` codes of a bad signature and of a bad checksum of this structure.
+    pub codes: [&'static str; 2],
 }
 
 /// The signature and CRC-32C (over all of `buf`, checksum field zeroed) of a header, region
@@ -122,7 +125,8 @@ pub(super) fn check_signed(
                 "signature {signature:02x?}, expected \"{}\"",
                 String::from_utf8_lossy(expected)
             ),
-        ));
+        )
+        .with_code(at.codes[0]));
     }
     let crc = format::crc32c_with_zeroed(buf, CHECKSUM_OFFSET);
     if crc != checksum {
@@ -133,21 +137,27 @@ pub(super) fn check_signed(
                 "checksum {checksum:#010x}, computed {crc:#010x} over {} bytes",
                 buf.len()
             ),
-        ));
+        )
+        .with_code(at.codes[1]));
     }
     Ok(())
 }
 
 fn parse_header(buf: &[u8], structure: &'static str, offset: u64) -> Result<ParsedHeader> {
     let h: Header = format::parse(buf, structure, offset)?;
-    let at = Where { structure, offset };
+    let at = Where {
+        structure,
+        offset,
+        codes: ["vhdx.header.signature", "vhdx.header.checksum"],
+    };
     check_signed(buf, &at, &h.signature, &HEADER_SIGNATURE, h.checksum)?;
     if h.version != HEADER_VERSION {
         return Err(Error::corrupt(
             structure,
             offset,
             format!("version {}, expected 1", h.version),
-        ));
+        )
+        .with_code("vhdx.header.version"));
     }
     Ok(ParsedHeader {
         sequence_number: h.sequence_number,
@@ -176,13 +186,7 @@ pub(crate) fn read_headers(src: &dyn Source) -> Result<Headers> {
     let mut it = results.into_iter();
     let (r1, r2) = match (it.next(), it.next()) {
         (Some(a), Some(b)) => (a, b),
-        _ => {
-            return Err(Error::corrupt(
-                HEADER_NAMES[0],
-                HEADER_OFFSETS[0],
-                "internal",
-            ))
-        }
+        _ => return Err(Error::internal("two headers read, fewer results")),
     };
     let mut warnings = Vec::new();
     let slot = |off: u64, r: &Result<ParsedHeader>| HeaderSlot {
@@ -208,7 +212,8 @@ pub(crate) fn read_headers(src: &dyn Source) -> Result<Headers> {
                         "both headers have sequence number {} but differ; cannot tell which is current",
                         a.sequence_number
                     ),
-                ));
+                )
+                .with_code("vhdx.header.tie"));
             }
         }
         (Ok(_), Err(e)) => {
@@ -231,7 +236,10 @@ pub(crate) fn read_headers(src: &dyn Source) -> Result<Headers> {
     let current = slots
         .get(current_index)
         .and_then(|s| s.header.clone())
-        .ok_or_else(|| Error::corrupt(HEADER_NAMES[0], HEADER_OFFSETS[0], "no valid header"))?;
+        .ok_or_else(|| {
+            Error::corrupt(HEADER_NAMES[0], HEADER_OFFSETS[0], "no valid header")
+                .with_code("vhdx.header.none_valid")
+        })?;
     Ok(Headers {
         slots,
         current_index,

@@ -216,13 +216,19 @@ impl Site {
             .iter()
             .enumerate()
             .find(|(_, i)| i.raw_id == PARENT_LOCATOR_GUID && !i.is_user())
-            .ok_or_else(|| Error::corrupt(TABLE, region.file_offset, "no parent locator item"))?;
+            .ok_or_else(|| {
+                Error::corrupt(TABLE, region.file_offset, "no parent locator item")
+                    .with_code("vhdx.metadata.missing_item")
+            })?;
         let entry_file_offset = u64::try_from(index)
             .ok()
             .and_then(|i| i.checked_mul(METADATA_TABLE_ENTRY_SIZE))
             .and_then(|x| x.checked_add(METADATA_TABLE_HEADER_SIZE))
             .and_then(|x| x.checked_add(region.file_offset))
-            .ok_or_else(|| Error::corrupt(TABLE, region.file_offset, "entry offset overflow"))?;
+            .ok_or_else(|| {
+                Error::corrupt(TABLE, region.file_offset, "entry offset overflow")
+                    .with_code("vhdx.metadata.item_bounds")
+            })?;
         let others = file
             .metadata_items
             .iter()
@@ -242,9 +248,10 @@ impl Site {
 
     /// File offset of `rel` in the metadata region.
     fn at(&self, rel: u64) -> Result<u64> {
-        self.region_offset
-            .checked_add(rel)
-            .ok_or_else(|| Error::corrupt(TABLE, self.region_offset, "offset overflow"))
+        self.region_offset.checked_add(rel).ok_or_else(|| {
+            Error::corrupt(TABLE, self.region_offset, "offset overflow")
+                .with_code("vhdx.metadata.item_bounds")
+        })
     }
 
     /// The table entry on disk is the one the model describes (it is about to be rewritten).
@@ -511,7 +518,10 @@ fn entry_write(
     let at = site
         .entry_file_offset
         .checked_add(METADATA_ENTRY_PLACE_OFFSET)
-        .ok_or_else(|| Error::corrupt(TABLE, site.entry_file_offset, "offset overflow"))?;
+        .ok_or_else(|| {
+            Error::corrupt(TABLE, site.entry_file_offset, "offset overflow")
+                .with_code("vhdx.metadata.item_bounds")
+        })?;
     let data = super::le_bytes(&place, TABLE)?;
     let mut old = vec![0u8; data.len()];
     read_struct(src, at, &mut old, PL)?;

@@ -77,10 +77,13 @@ fn read_item(
             structure,
             item.file_offset,
             format!("length {}, at least {min_len} needed", item.length),
-        ));
+        )
+        .with_code("vhdx.metadata.missing_item"));
     }
-    let len = usize::try_from(item.length)
-        .map_err(|_| Error::corrupt(structure, item.file_offset, "length"))?;
+    let len = usize::try_from(item.length).map_err(|_| {
+        Error::corrupt(structure, item.file_offset, "length")
+            .with_code("vhdx.metadata.missing_item")
+    })?;
     let mut buf = vec![0u8; len];
     read_struct(src, item.file_offset, &mut buf, structure)?;
     Ok(buf)
@@ -105,7 +108,8 @@ fn check_entry(p: &Place, e: &MetadataTableEntry, at: u64, items: &[Item]) -> Re
                 "item {guid} length {}, allowed 0..={MAX_METADATA_ITEM_BYTES}",
                 e.length
             ),
-        ));
+        )
+        .with_code("vhdx.metadata.item_bounds"));
     }
     if e.length > 0 && u64::from(e.offset) < KIB64 {
         return Err(Error::corrupt(
@@ -115,7 +119,8 @@ fn check_entry(p: &Place, e: &MetadataTableEntry, at: u64, items: &[Item]) -> Re
                 "item {guid} offset {:#x} inside the 64 KiB table (must be >= 0x10000)",
                 e.offset
             ),
-        ));
+        )
+        .with_code("vhdx.metadata.item_bounds"));
     }
     let span = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.length);
     if span.end > p.region_length {
@@ -126,7 +131,8 @@ fn check_entry(p: &Place, e: &MetadataTableEntry, at: u64, items: &[Item]) -> Re
                 "item {guid} at {:#x}+{:#x} ends past the metadata region ({:#x} bytes)",
                 e.offset, e.length, p.region_length
             ),
-        ));
+        )
+        .with_code("vhdx.metadata.item_bounds"));
     }
     if items
         .iter()
@@ -136,7 +142,8 @@ fn check_entry(p: &Place, e: &MetadataTableEntry, at: u64, items: &[Item]) -> Re
             TABLE,
             at,
             format!("item {guid} (is_user {is_user}) listed more than once"),
-        ));
+        )
+        .with_code("vhdx.metadata.duplicate"));
     }
     let other = |o: &&Item| {
         let o_span = u64::from(o.offset)..u64::from(o.offset) + u64::from(o.length);
@@ -150,7 +157,8 @@ fn check_entry(p: &Place, e: &MetadataTableEntry, at: u64, items: &[Item]) -> Re
                 "item {guid} at {:#x}+{:#x} overlaps item {} at {:#x}+{:#x}",
                 e.offset, e.length, o.guid, o.offset, o.length
             ),
-        ));
+        )
+        .with_code("vhdx.metadata.item_overlap"));
     }
     let name = if is_user {
         None
@@ -194,7 +202,8 @@ fn read_table(src: &dyn Source, p: &Place) -> Result<Vec<Item>> {
             TABLE,
             region_offset,
             format!("signature {:02x?}, expected \"metadata\"", h.signature),
-        ));
+        )
+        .with_code("vhdx.metadata.signature"));
     }
     if h.entry_count > MAX_METADATA_ENTRIES {
         return Err(Error::corrupt(
@@ -204,7 +213,8 @@ fn read_table(src: &dyn Source, p: &Place) -> Result<Vec<Item>> {
                 "entry count {}, allowed 0..={MAX_METADATA_ENTRIES}",
                 h.entry_count
             ),
-        ));
+        )
+        .with_code("vhdx.metadata.entry_count"));
     }
     let mut items: Vec<Item> = Vec::new();
     for i in 0..u64::from(h.entry_count) {
@@ -213,7 +223,10 @@ fn read_table(src: &dyn Source, p: &Place) -> Result<Vec<Item>> {
         let bytes = usize::try_from(rel)
             .ok()
             .and_then(|r| table.get(r..)?.get(..ENTRY_BYTES))
-            .ok_or_else(|| Error::corrupt(TABLE, at, "entry outside the table"))?;
+            .ok_or_else(|| {
+                Error::corrupt(TABLE, at, "entry outside the table")
+                    .with_code("vhdx.metadata.entry_count")
+            })?;
         let e: MetadataTableEntry = format::parse(bytes, TABLE, at)?;
         let item = check_entry(p, &e, at, &items)?;
         items.push(item);
@@ -241,6 +254,7 @@ impl Found<'_> {
             self.region_offset,
             format!("required metadata item {what} is missing"),
         )
+        .with_code("vhdx.metadata.missing_item")
     }
 }
 
@@ -260,7 +274,8 @@ fn read_file_parameters(src: &dyn Source, f: &Found<'_>) -> Result<FileParameter
                 "block size {}: must be a power of two from 1 MiB to 256 MiB",
                 fp.block_size
             ),
-        ));
+        )
+        .with_code("vhdx.metadata.block_size"));
     }
     Ok(fp)
 }
@@ -283,7 +298,8 @@ fn read_sector_size(src: &dyn Source, f: &Found<'_>, name: &str, what: &str) -> 
             structure,
             item.file_offset,
             format!("{what} {v}: must be 512 or 4096"),
-        ));
+        )
+        .with_code("vhdx.metadata.sector_size"));
     }
     Ok(v)
 }
@@ -300,7 +316,8 @@ fn read_virtual_disk_size(src: &dyn Source, f: &Found<'_>, logical: u32) -> Resu
                 "virtual disk size {size}: must be a non-zero multiple of the logical sector size \
                  ({logical}) up to 64 TiB"
             ),
-        ));
+        )
+        .with_code("vhdx.metadata.virtual_size"));
     }
     Ok(size)
 }

@@ -404,7 +404,8 @@ impl VhdxFile {
                 "vhdx block allocation table",
                 0,
                 format!("entry {index} outside the table"),
-            ));
+            )
+            .with_code("vhdx.bat.too_small"));
         }
         self.bat.table.get(&*self.src, index)
     }

@@ -57,7 +57,11 @@ fn name_of(guid: &[u8; 16]) -> Option<&'static str> {
 
 fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<Region>> {
     let h: RegionTableHeader = format::parse(buf, structure, offset)?;
-    let at = Where { structure, offset };
+    let at = Where {
+        structure,
+        offset,
+        codes: ["vhdx.region.signature", "vhdx.region.checksum"],
+    };
     check_signed(
         buf,
         &at,
@@ -73,7 +77,8 @@ fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<R
                 "entry count {}, allowed 0..={MAX_REGION_ENTRIES}",
                 h.entry_count
             ),
-        ));
+        )
+        .with_code("vhdx.region.entry_count"));
     }
     let mut out = Vec::new();
     for i in 0..h.entry_count {
@@ -82,7 +87,10 @@ fn parse_table(buf: &[u8], structure: &'static str, offset: u64) -> Result<Vec<R
         let bytes = usize::try_from(rel)
             .ok()
             .and_then(|start| buf.get(start..)?.get(..ENTRY_BYTES))
-            .ok_or_else(|| Error::corrupt(structure, at, "entry outside the table"))?;
+            .ok_or_else(|| {
+                Error::corrupt(structure, at, "entry outside the table")
+                    .with_code("vhdx.region.entry_count")
+            })?;
         let e: RegionTableEntry = format::parse(bytes, structure, at)?;
         out.push(Region {
             guid: from_vhdx_bytes(e.guid),
@@ -164,7 +172,10 @@ fn check_entry(
     spans: &[(u64, u64, String)],
 ) -> Result<u64> {
     let Some(r) = table.get(i) else {
-        return Err(Error::corrupt(t.structure, t.offset, "internal"));
+        return Err(Error::internal(format!(
+            "{} at offset {:#x}: entry {i} not in the table",
+            t.structure, t.offset
+        )));
     };
     let structure = t.structure;
     let at = t.offset + entry_offset(u64::try_from(i).unwrap_or(0));
@@ -174,7 +185,8 @@ fn check_entry(
             structure,
             at,
             format!("region {label} listed more than once"),
-        ));
+        )
+        .with_code("vhdx.region.duplicate"));
     }
     if r.name.is_none() && r.required {
         return Err(Error::unsupported(format!(
@@ -190,7 +202,8 @@ fn check_entry(
                 "region {label} file offset {:#x}: must be a multiple of 1 MiB and at least 1 MiB",
                 r.file_offset
             ),
-        ));
+        )
+        .with_code("vhdx.region.unaligned"));
     }
     if r.length % MIB != 0 || r.length < MIB {
         return Err(Error::corrupt(
@@ -200,7 +213,8 @@ fn check_entry(
                 "region {label} length {:#x}: must be a non-zero multiple of 1 MiB",
                 r.length
             ),
-        ));
+        )
+        .with_code("vhdx.region.unaligned"));
     }
     let end = r
         .file_offset
@@ -215,6 +229,7 @@ fn check_entry(
                     r.file_offset, r.length
                 ),
             )
+            .with_code("vhdx.region.past_eof")
         })?;
     if let Some((_, _, what)) = spans
         .iter()
@@ -227,7 +242,8 @@ fn check_entry(
                 "region {label} at {:#x}+{:#x} overlaps {what}",
                 r.file_offset, r.length
             ),
-        ));
+        )
+        .with_code("vhdx.region.overlap"));
     }
     Ok(end)
 }
@@ -265,9 +281,12 @@ pub(crate) fn read_regions(
             _ => {}
         }
     }
-    let bat = bat.ok_or_else(|| Error::corrupt(t.structure, t.offset, "no BAT region"))?;
-    let metadata =
-        metadata.ok_or_else(|| Error::corrupt(t.structure, t.offset, "no metadata region"))?;
+    let bat = bat.ok_or_else(|| {
+        Error::corrupt(t.structure, t.offset, "no BAT region").with_code("vhdx.region.missing")
+    })?;
+    let metadata = metadata.ok_or_else(|| {
+        Error::corrupt(t.structure, t.offset, "no metadata region").with_code("vhdx.region.missing")
+    })?;
     Ok(Regions {
         copies,
         bat,

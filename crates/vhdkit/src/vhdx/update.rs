@@ -105,6 +105,7 @@ impl<'a> Session<'a> {
                 HEADER_OFFSETS[self.current_index & 1],
                 "sequence number at its maximum; the header cannot be updated",
             )
+            .with_code("vhdx.header.sequence_exhausted")
         })?;
         let slot = 1 - (self.current_index & 1);
         let offset = HEADER_OFFSETS[slot];

@@ -337,7 +337,8 @@ impl<S: Sink> SparseFormat for Payload<S> {
                 "vhdx block allocation table",
                 self.bat_offset + idx * format::BAT_ENTRY_SIZE,
                 "PARTIALLY_PRESENT block in a disk without a parent",
-            )),
+            )
+            .with_code("vhdx.bat.state_invalid")),
             _ => {
                 // Reads as zeros now: a fresh block (zeros but for the data) keeps that.
                 let at = self.allocate(self.block_size)?;

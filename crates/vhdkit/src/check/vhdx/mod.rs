@@ -215,7 +215,17 @@ fn check_headers(b: &Bytes, s: &mut Findings) -> Option<Header> {
     let mut valid: Vec<Header> = Vec::new();
     for slot in 0..2 {
         match header_status(b, slot) {
-            Ok(h) => valid.push(h),
+            Ok(h) => {
+                if h.sequence_number == u64::MAX {
+                    s.add(
+                        "vhdx.header.sequence_exhausted",
+                        HEADER_NAMES[slot],
+                        Some(HEADER_OFFSETS[slot]),
+                        "sequence number at its maximum: no header update can follow it",
+                    );
+                }
+                valid.push(h);
+            }
             Err((code, m)) => s.add(code, HEADER_NAMES[slot], Some(HEADER_OFFSETS[slot]), m),
         }
     }

@@ -51,7 +51,8 @@ pub(crate) fn named_log(
             structure,
             at,
             format!("log version {}, expected 0", h.log_version),
-        ));
+        )
+        .with_code("vhdx.header.log_version"));
     }
     Ok(Some(LogPlace {
         offset: h.log_offset,

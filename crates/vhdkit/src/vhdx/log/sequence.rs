@@ -19,7 +19,8 @@ fn check_place(place: &LogPlace, file_len: u64, max_bytes: u64) -> Result<()> {
                 "log at {:#x}+{:#x}: offset and length must be non-zero multiples of 1 MiB, offset >= 1 MiB",
                 place.offset, place.length
             ),
-        ));
+        )
+        .with_code("vhdx.header.log_placement"));
     }
     match place.offset.checked_add(place.length) {
         Some(end) if end <= file_len => {}
@@ -31,7 +32,8 @@ fn check_place(place: &LogPlace, file_len: u64, max_bytes: u64) -> Result<()> {
                     "log at {:#x}+{:#x} ends past the end of the file ({file_len:#x})",
                     place.offset, place.length
                 ),
-            ))
+            )
+            .with_code("vhdx.header.log_placement"))
         }
     }
     if place.length > max_bytes {
@@ -183,8 +185,9 @@ pub fn find_active_sequence(
 ) -> Result<LogSequence> {
     let file_len = source_len(src)?;
     check_place(place, file_len, max_bytes)?;
-    let slots = usize::try_from(place.length / LOG_SECTOR_SIZE)
-        .map_err(|_| Error::corrupt(LOGE, place.offset, "log too large"))?;
+    let slots = usize::try_from(place.length / LOG_SECTOR_SIZE).map_err(|_| {
+        Error::corrupt(LOGE, place.offset, "log too large").with_code("vhdx.log.corrupt")
+    })?;
     let mut scanner = Scanner {
         ring: Ring { src, place },
         place,
@@ -209,7 +212,8 @@ pub fn find_active_sequence(
                     .first_error
                     .map_or_else(String::new, |m| format!(" (first rejected entry: {m})"))
             ),
-        ));
+        )
+        .with_code("vhdx.log.corrupt"));
     };
     let seq = decode(&scanner.ring, offsets, max_bytes)?;
     if let Some(head) = seq.entries.last() {
@@ -222,7 +226,8 @@ pub fn find_active_sequence(
                      (sequence {}) says {:#x} bytes were flushed",
                     head.sequence_number, head.flushed_file_offset
                 ),
-            ));
+            )
+            .with_code("vhdx.log.corrupt"));
         }
     }
     Ok(seq)

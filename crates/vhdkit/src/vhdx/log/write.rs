@@ -97,7 +97,12 @@ pub(crate) fn encode_entry(
 
 /// The descriptor and data sector of the 4 KiB sector `data` headed for `off`.
 fn encode_sector(sequence: u64, off: u64, data: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
-    let whole = || Error::corrupt(STRUCT, off, "log data must be whole 4 KiB sectors");
+    // The writer splits changes into sectors itself: anything else is a bug, not bad input.
+    let whole = || {
+        Error::internal(format!(
+            "{STRUCT} at offset {off:#x}: log data must be whole 4 KiB sectors"
+        ))
+    };
     if data.len() != SECTOR || off % LOG_SECTOR_SIZE != 0 {
         return Err(whole());
     }
