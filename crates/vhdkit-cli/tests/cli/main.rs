@@ -24,6 +24,7 @@ mod memory_bound;
 mod partial_trees;
 mod readme;
 mod real_images;
+mod repair_dry_run;
 mod reparent;
 mod reparent_vhdx;
 mod roundtrip;
