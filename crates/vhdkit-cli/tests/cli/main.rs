@@ -10,6 +10,7 @@ mod check;
 mod cli_contract;
 mod concurrent_writers;
 mod confine;
+mod confine_side_files;
 mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;
