@@ -140,3 +140,62 @@ fn nothing_to_repair_is_never_refused_for_a_read_only_file() {
     assert!(real.stderr.contains("read-only"), "{real:?}");
     assert_eq!(sha256_file(&child), h);
 }
+
+/// A change interrupted by a crash (as root), its journal beside the child: the disk
+/// half-written, the journal root's.
+fn crash_leaving_a_journal(child: &Path, new_parent: &Path) {
+    use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
+    use vhdkit::txn::journal::JournalStore;
+    let opts = vhdkit::reparent::ReparentOptions {
+        new_parent: new_parent.to_path_buf(),
+        ..Default::default()
+    };
+    let plan = vhdkit::reparent::plan(child, &opts).unwrap();
+    let fp = FaultPlan::new(Some(3));
+    let f = FaultyFile::new(std::fs::read(child).unwrap(), fp.clone());
+    let j = MemJournal::new(fp);
+    assert!(vhdkit::reparent::apply_to(&f, &j, &plan).is_err());
+    std::fs::write(child, f.contents_all_written()).unwrap();
+    let journal = vhdkit::sidefile::journal(child);
+    std::fs::write(&journal, j.load().unwrap().unwrap()).unwrap();
+}
+
+/// Finishing an interrupted change ends in removing its journal: where the folder will not
+/// let it go, `repair` and `reparent` refuse before rolling anything forward, as their dry
+/// runs say; once it may, both agree again.
+#[test]
+fn a_pending_journal_that_cannot_be_removed_is_refused_before_any_write() {
+    if !nobody_available() {
+        return;
+    }
+    let (_t, dir, child) = lab();
+    let copy = dir.join("copy.vhd");
+    std::fs::copy(dir.join("parent.vhd"), &copy).unwrap();
+    chown(&copy, Some(NOBODY), Some(NOBODY)).unwrap();
+    crash_leaving_a_journal(&child, &copy);
+    chown(&dir, Some(0), Some(0)).unwrap();
+    let before = snapshot(&dir);
+    let parent = dir.join("parent.vhd");
+    let reparent = ["reparent", s(&child), "--parent", s(&parent)];
+    let runs: [&[&str]; 2] = [&["repair", s(&child)], &reparent];
+    for args in runs {
+        let dry = as_nobody(&[args, &["--dry-run"]].concat());
+        assert_eq!(dry.code, 1, "{dry:?}");
+        assert!(dry.stderr.contains("does not allow creating"), "{dry:?}");
+        let real = as_nobody(args);
+        assert_eq!(real.code, 1, "{real:?}");
+        assert!(real.stderr.contains("does not allow creating"), "{real:?}");
+        assert_eq!(snapshot(&dir), before, "{args:?}: the refused run wrote");
+    }
+    chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let dry = as_nobody(&["repair", "--dry-run", s(&child)]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains("would finish the interrupted change"),
+        "{dry:?}"
+    );
+    let real = as_nobody(&["repair", s(&child)]);
+    assert_eq!(real.code, 0, "{real:?}");
+    assert!(!vhdkit::sidefile::journal(&child).exists());
+    assert_eq!(run(["chain", s(&child)]).code, 0);
+}
