@@ -311,21 +311,21 @@ pub fn open_source_recorded(
     let file = crate::fsx::open_disk(path)
         .map_err(|e| Error::io("opening the file", e))
         .with_path(path)?;
-    Ok(source_over(path, file, reads))
+    let journal = crate::txn::journal::FileJournal::for_disk(path);
+    Ok(source_over(file, &journal, reads))
 }
 
-/// `file` (opened from `path`) as a source, with the journal beside `path` laid over it.
+/// `file` as a source, with the pending change of its `journal` laid over it.
 fn source_over(
-    path: &Path,
     file: std::fs::File,
+    journal: &dyn crate::txn::journal::JournalStore,
     reads: Option<&crate::readset::ReadSet>,
 ) -> (Box<dyn Source>, Option<String>) {
     let raw: Box<dyn Source> = match reads {
         Some(r) => r.wrap(Box::new(file)),
         None => Box::new(file),
     };
-    let journal = crate::txn::journal::FileJournal::for_disk(path);
-    crate::txn::journal::overlay_pending(raw, &journal)
+    crate::txn::journal::overlay_pending(raw, journal)
 }
 
 /// Where reads of the file at `path` are recorded, when `opts` asks for that file.
@@ -408,17 +408,19 @@ impl Disk {
         Self::from_opened(path, src, warning, opts)
     }
 
-    /// [`Disk::open_with`] on a file the caller opened from `path` itself (a confined parent
-    /// candidate, opened beneath its confining folder).
+    /// [`Disk::open_with`] on a file the caller opened from `path` itself, with its `journal`
+    /// read where the caller says (a confined parent candidate: both beneath its confining
+    /// folder).
     pub(crate) fn open_file_with(
         path: &Path,
         file: std::fs::File,
+        journal: &dyn crate::txn::journal::JournalStore,
         opts: &OpenOptions,
     ) -> Result<Disk> {
         #[cfg(test)]
         crate::parse_count::note(path);
         let reads = recorded_reads(path, opts);
-        let (src, warning) = source_over(path, file, reads);
+        let (src, warning) = source_over(file, journal, reads);
         Self::from_opened(path, src, warning, opts)
     }
 

@@ -137,6 +137,26 @@ pub fn read_side(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(explain_open(path, false, e)),
     };
+    read_bounded(f, max).map(Some)
+}
+
+/// [`read_side`] of the side file `rel` of a confined parent, resolved by the kernel beneath
+/// `root` (as [`open_disk_beneath`] opens the parent itself): a folder on the way swapped for
+/// a link out of `root` is refused ([`Refused::OutsideConfinement`]), and the name itself is
+/// never followed (a link there is refused as one). Without `openat2`, [`read_side`] of
+/// `root/rel`.
+pub fn read_side_beneath(root: &Path, rel: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let f = match open_beneath(root, rel, false) {
+        Ok(Some(f)) => f,
+        Ok(None) => return read_side(&root.join(rel), max),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    read_bounded(f, max).map(Some)
+}
+
+/// The whole of the regular file `f`, refused past `max` bytes.
+fn read_bounded(f: File, max: u64) -> io::Result<Vec<u8>> {
     let len = require_regular(&f)?;
     if len > max {
         return Err(Refused::TooLarge { len, max }.into());
@@ -151,7 +171,7 @@ pub fn read_side(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
         }
         .into());
     }
-    Ok(Some(buf))
+    Ok(buf)
 }
 
 /// The length of the side file at `path` without reading it (`Ok(None)`: nothing there), with
@@ -349,7 +369,7 @@ fn open_create(path: &Path) -> io::Result<File> {
 /// back to opening `root/rel` by path, so there confinement rests on the caller's check made
 /// just before, and a component swapped in that window is not caught.
 pub fn open_disk_beneath(root: &Path, rel: &Path) -> io::Result<File> {
-    let f = match open_beneath(root, rel)? {
+    let f = match open_beneath(root, rel, true)? {
         Some(f) => f,
         None => return open_disk(&root.join(rel)),
     };
@@ -357,9 +377,10 @@ pub fn open_disk_beneath(root: &Path, rel: &Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// `Ok(None)`: no `openat2` here, the caller opens by path.
+/// `Ok(None)`: no `openat2` here, the caller opens by path. Unless `follow`, a link at the
+/// last component is refused as a link (`O_NOFOLLOW`).
 #[cfg(target_os = "linux")]
-fn open_beneath(root: &Path, rel: &Path) -> io::Result<Option<File>> {
+fn open_beneath(root: &Path, rel: &Path, follow: bool) -> io::Result<Option<File>> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     use rustix::io::Errno;
     let dir = rustix::fs::open(
@@ -367,7 +388,10 @@ fn open_beneath(root: &Path, rel: &Path) -> io::Result<Option<File>> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     // EAGAIN: a rename elsewhere raced a `..` in the walk; the kernel asks for a retry.
     let mut tries = 0;
@@ -376,6 +400,7 @@ fn open_beneath(root: &Path, rel: &Path) -> io::Result<Option<File>> {
             Ok(fd) => return Ok(Some(File::from(fd))),
             Err(Errno::NOSYS) => return Ok(None),
             Err(Errno::XDEV) => return Err(Refused::OutsideConfinement.into()),
+            Err(Errno::LOOP) if !follow => return Err(Refused::NotRegular("symbolic link").into()),
             Err(Errno::AGAIN) if tries < 8 => tries += 1,
             Err(e) => return Err(e.into()),
         }
@@ -383,7 +408,7 @@ fn open_beneath(root: &Path, rel: &Path) -> io::Result<Option<File>> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_beneath(_root: &Path, _rel: &Path) -> io::Result<Option<File>> {
+fn open_beneath(_root: &Path, _rel: &Path, _follow: bool) -> io::Result<Option<File>> {
     Ok(None)
 }
 
@@ -544,5 +569,41 @@ mod tests {
         let e = read("sub").unwrap_err();
         assert_eq!(refusal(&e), Some(&Refused::NotRegular("folder")));
         assert_eq!(read("none").unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn read_side_beneath_stays_inside_and_follows_no_link_at_the_name() {
+        let d = dir();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/j"), b"in").unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("j"), b"secret").unwrap();
+        let read = |rel: &str| read_side_beneath(&root, Path::new(rel), 100);
+        assert_eq!(read("sub/j").unwrap().unwrap(), b"in");
+        assert!(read("sub/none").unwrap().is_none());
+        // A folder swapped for a link to outside (as after the parent was checked): refused,
+        // where reading by path would have returned the outside bytes.
+        std::os::unix::fs::symlink(&outside, root.join("swapped")).unwrap();
+        assert_eq!(
+            read_side(&root.join("swapped/j"), 100).unwrap().unwrap(),
+            b"secret"
+        );
+        let e = read("swapped/j").unwrap_err();
+        assert_eq!(refusal(&e), Some(&Refused::OutsideConfinement));
+        // The name itself a link, inside or out: refused as a link, never followed.
+        std::os::unix::fs::symlink(outside.join("j"), root.join("sub/out")).unwrap();
+        std::os::unix::fs::symlink("j", root.join("sub/in")).unwrap();
+        for rel in ["sub/out", "sub/in"] {
+            let e = read(rel).unwrap_err();
+            assert_eq!(
+                refusal(&e),
+                Some(&Refused::NotRegular("symbolic link")),
+                "{rel}"
+            );
+        }
+        let e = read_side_beneath(&root, Path::new("sub/j"), 1).unwrap_err();
+        assert_eq!(refusal(&e), Some(&Refused::TooLarge { len: 2, max: 1 }));
     }
 }

@@ -115,3 +115,132 @@ fn share_dry_run_predicts_a_copy_the_sticky_folder_keeps() {
     assert!(says_sticky(&real), "{real:?}");
     assert!(!real.stdout.contains("deleting the copy"), "{real:?}");
 }
+
+/// `fs.protected_hardlinks` as the kernel applies it (on when it cannot be read, the default).
+fn protected_hardlinks() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").map_or(true, |v| v.trim() != "0")
+}
+
+fn dry(args: &[&str]) -> Run {
+    as_nobody(&[args, &["--dry-run"]].concat())
+}
+
+#[test]
+fn share_dry_run_predicts_the_kernel_refusing_a_hard_link() {
+    if !nobody_available() {
+        return;
+    }
+    let lab = Lab::new();
+    let v = lab.vms();
+    // Both copies are root's and only readable by nobody: whichever becomes the keeper, moving
+    // it takes a hard link the kernel refuses nobody (protected_hardlinks), although both
+    // folders are nobody's.
+    let copies = [v.join("VM1/ref.vhd"), v.join("VM2/ref.vhd")];
+    for c in &copies {
+        chown(c, Some(0), Some(0)).unwrap();
+        chmod(c, 0o644);
+    }
+    let sh = lab.shared();
+    let args = ["share", s(&v), "--into", s(&sh), "--delete-copies"];
+    let before = snapshot(&lab.root);
+    let d = dry(&args);
+    assert_eq!(snapshot(&lab.root), before, "the dry run changed something");
+    let real = as_nobody(&args);
+    if protected_hardlinks() {
+        assert_eq!(d.code, 1, "{d:?}");
+        assert!(
+            d.stdout.contains("cannot be hard-linked into SHARED"),
+            "{d:?}"
+        );
+        assert!(
+            d.stdout.contains("REFUSED: the keeper cannot be placed"),
+            "{d:?}"
+        );
+        // Refused as predicted (same reason), before anything was written or linked.
+        assert_eq!(real.code, 1, "{real:?}");
+        assert!(
+            real.stdout.contains("cannot be hard-linked into SHARED"),
+            "{real:?}"
+        );
+        assert!(!real.stdout.contains("FAILED"), "{real:?}");
+        assert_eq!(
+            snapshot(&lab.root),
+            before,
+            "the refused run changed something"
+        );
+    } else {
+        assert_eq!(d.code, 0, "{d:?}");
+        assert_eq!(real.code, 0, "{real:?}");
+        return;
+    }
+
+    // Writable by nobody as well: the kernel allows the link, and the dry run says so.
+    for c in &copies {
+        chmod(c, 0o666);
+    }
+    let d = dry(&args);
+    assert_eq!(d.code, 0, "{d:?}");
+    assert!(!d.stdout.contains("REFUSED"), "{d:?}");
+    let real = as_nobody(&args);
+    assert_eq!(real.code, 0, "{real:?}");
+    assert!(copies.iter().all(|c| !c.exists()), "{real:?}");
+    assert_eq!(std::fs::metadata(sh.join("ref.vhd")).unwrap().uid(), 0);
+}
+
+#[test]
+fn share_dry_run_predicts_old_names_and_symlinks_the_sticky_folder_keeps() {
+    if !nobody_available() {
+        return;
+    }
+    let lab = Lab::new();
+    let v = lab.vms();
+    // Both parent copies are root's, readable and writable by all (so nobody may link them),
+    // each in a sticky folder of root's: the moved keeper's old name and the other copy cannot
+    // be removed by nobody. A root-owned symlink to a copy sits in a third such folder.
+    let copies = [v.join("VM1/ref.vhd"), v.join("VM2/ref.vhd")];
+    for c in &copies {
+        let dir = c.parent().unwrap();
+        chown(dir, Some(0), Some(0)).unwrap();
+        chmod(dir, 0o1777);
+        chown(c, Some(0), Some(0)).unwrap();
+        chmod(c, 0o666);
+    }
+    let vm3 = v.join("VM3");
+    std::fs::create_dir(&vm3).unwrap();
+    chmod(&vm3, 0o1777);
+    let link = vm3.join("ref.vhd");
+    std::os::unix::fs::symlink("../VM1/ref.vhd", &link).unwrap();
+    let sh = lab.shared();
+    let args = ["share", s(&v), "--into", s(&sh), "--delete-copies"];
+    let before = snapshot(&lab.root);
+    let d = dry(&args);
+    assert_eq!(snapshot(&lab.root), before, "the dry run changed something");
+    assert_eq!(d.code, 1, "{d:?}");
+    let kept = |r: &Run, p: &Path| {
+        r.stdout
+            .contains(&format!("name kept: {} (not deleted:", p.display()))
+            || r.stdout.contains(&format!("copy: {}", p.display()))
+    };
+    assert!(copies.iter().all(|c| kept(&d, c)), "{d:?}");
+    assert!(kept(&d, &link), "{d:?}");
+    assert!(
+        d.stdout.matches("sticky (+t)").count() >= 3,
+        "every name predicted refused: {d:?}"
+    );
+    assert!(
+        !d.stdout.contains("old name removed after the move"),
+        "{d:?}"
+    );
+
+    // The real run repoints every child (nothing else stops it) and tries none of the names it
+    // cannot remove: each is reported refused, not failed, and is left as it was.
+    let real = as_nobody(&args);
+    assert_eq!(real.code, 1, "{real:?}");
+    assert!(real.stdout.contains("2 children repointed"), "{real:?}");
+    assert!(!real.stdout.contains("FAILED"), "{real:?}");
+    assert!(real.stdout.matches("sticky (+t)").count() >= 3, "{real:?}");
+    let after = snapshot(&lab.root);
+    for p in copies.iter().chain([&link]) {
+        assert_eq!(after.get(p), before.get(p), "{} changed", p.display());
+    }
+}

@@ -7,7 +7,8 @@
 //! candidate is accepted only when the file opens and carries the identity the child records.
 //!
 //! `locate` turns locator strings into candidate paths (no file is touched); `resolve` tries
-//! them (opening files, confinement) and checks the linkage; this module walks the chain.
+//! them (opening files) and checks the linkage; `confined` keeps every read of a confined
+//! parent inside its folder; this module walks the chain.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use crate::error::{ChainBroken, Error, Result};
 use crate::view::ChainView;
 use crate::winpath::canonical;
 
+mod confined;
 mod locate;
 mod outcome;
 mod resolve;

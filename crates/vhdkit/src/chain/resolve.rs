@@ -3,6 +3,9 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::confined::confined_path;
 
 use super::locate::{candidates, local_paths};
 use super::{canonical, Attempt, AttemptOutcome, ChainOptions, IdMatch, ParentResolution, Via};
@@ -41,17 +44,18 @@ pub fn resolve_parent(
         if !seen.insert(cand.clone()) {
             continue;
         }
-        let (parent, id_match) = match try_candidate(child, &linkage, &cand, &child_canon, opts) {
-            Ok(x) => x,
-            Err(why) => {
-                res.tried.push(Attempt {
-                    path: cand,
-                    via,
-                    outcome: why.into_outcome(),
-                });
-                continue;
-            }
-        };
+        let ((parent, mtime), id_match) =
+            match try_candidate(child, &linkage, &cand, &child_canon, opts) {
+                Ok(x) => x,
+                Err(why) => {
+                    res.tried.push(Attempt {
+                        path: cand,
+                        via,
+                        outcome: why.into_outcome(),
+                    });
+                    continue;
+                }
+            };
         if parent.virtual_size() != child.virtual_size() {
             res.warnings.push(format!(
                 "parent virtual size {} differs from the child's {}",
@@ -63,7 +67,7 @@ pub fn resolve_parent(
             res.notes.push(n);
         }
         if let Some(ts) = linkage.timestamp.filter(|&t| t != 0) {
-            if let Some(w) = vhd_timestamp_warning(ts, &parent, &cand) {
+            if let Some(w) = vhd_timestamp_warning(ts, &parent, mtime) {
                 res.warnings.push(w);
             }
         }
@@ -131,17 +135,27 @@ impl std::fmt::Display for Rejected {
     }
 }
 
-/// Open `cand` and accept it as the parent of `child` when it carries the recorded identity,
-/// the same format and sector sizes the one rule in [`crate::sectors`] accepts.
-fn try_candidate(
-    child: &Disk,
-    linkage: &crate::disk::ParentLinkage,
+/// A parent candidate opened, and its file time (from the open descriptor).
+type Candidate = (Disk, Option<SystemTime>);
+
+/// Open the candidate `cand` (not the child itself): confined, beneath its confining folder
+/// and judged on the descriptor only; otherwise by path.
+fn open_candidate(
     cand: &Path,
     child_canon: &Path,
     opts: &ChainOptions,
-) -> std::result::Result<(Disk, IdMatch), Rejected> {
-    let confined = confined_path(cand, &opts.confine)?;
-    let cand = confined.as_ref().map_or(cand, |c| c.real.as_path());
+) -> std::result::Result<Candidate, Rejected> {
+    let cannot = |e: Error| Rejected::Unreadable(AttemptOutcome::CannotOpen(e.to_string()));
+    let is_child = Err(Rejected::NotParent(AttemptOutcome::IsChild));
+    if let Some(c) = confined_path(cand, &opts.confine)? {
+        if c.real == child_canon {
+            return is_child;
+        }
+        let file = c.open_file()?;
+        let mtime = file.metadata().and_then(|m| m.modified()).ok();
+        let disk = Disk::open_file_with(&c.real, file, &c.journal(), &opts.open).map_err(cannot)?;
+        return Ok((disk, mtime));
+    }
     if !cand.is_file() {
         return Err(Rejected::NotParent(if cand.exists() {
             AttemptOutcome::NotRegularFile
@@ -150,13 +164,26 @@ fn try_candidate(
         }));
     }
     if canonical(cand) == child_canon {
-        return Err(Rejected::NotParent(AttemptOutcome::IsChild));
+        return is_child;
     }
-    let parent = match &confined {
-        Some(c) => c.open(opts)?,
-        None => Disk::open_with(cand, &opts.open),
-    }
-    .map_err(|e| Rejected::Unreadable(AttemptOutcome::CannotOpen(e.to_string())))?;
+    let file = crate::fsx::open_disk(cand)
+        .map_err(|e| cannot(Error::io("opening the file", e).with_path(cand)))?;
+    let mtime = file.metadata().and_then(|m| m.modified()).ok();
+    let journal = crate::txn::journal::FileJournal::for_disk(cand);
+    let disk = Disk::open_file_with(cand, file, &journal, &opts.open).map_err(cannot)?;
+    Ok((disk, mtime))
+}
+
+/// Open `cand` and accept it as the parent of `child` when it carries the recorded identity,
+/// the same format and sector sizes the one rule in [`crate::sectors`] accepts.
+fn try_candidate(
+    child: &Disk,
+    linkage: &crate::disk::ParentLinkage,
+    cand: &Path,
+    child_canon: &Path,
+    opts: &ChainOptions,
+) -> std::result::Result<(Candidate, IdMatch), Rejected> {
+    let (parent, mtime) = open_candidate(cand, child_canon, opts)?;
     let pid = parent.identity();
     let id_match = if pid == linkage.id {
         IdMatch::Primary
@@ -180,66 +207,7 @@ fn try_candidate(
             AttemptOutcome::LogicalSectorSizeMismatch { child, parent },
         ));
     }
-    Ok((parent, id_match))
-}
-
-/// A candidate found inside a confining folder.
-struct Confined {
-    /// The confining folder (canonical).
-    root: PathBuf,
-    /// The candidate's real path (links resolved), under `root`.
-    real: PathBuf,
-}
-
-impl Confined {
-    /// Open the candidate resolving its path again beneath `root` (see
-    /// [`crate::fsx::open_disk_beneath`]): a component swapped for a link to outside since
-    /// [`confined_path`] checked it is refused by the kernel, not followed.
-    fn open(&self, opts: &ChainOptions) -> std::result::Result<Result<Disk>, Rejected> {
-        let rel = self.real.strip_prefix(&self.root).unwrap_or(Path::new("."));
-        let file = match crate::fsx::open_disk_beneath(&self.root, rel) {
-            Ok(f) => f,
-            Err(e) if crate::fsx::refusal(&e) == Some(&crate::fsx::Refused::OutsideConfinement) => {
-                return Err(Rejected::Unreadable(AttemptOutcome::Confined))
-            }
-            Err(e) => return Ok(Err(Error::io("opening the file", e).with_path(&self.real))),
-        };
-        Ok(Disk::open_file_with(&self.real, file, &opts.open))
-    }
-}
-
-/// With confining folders: `Ok(Some(..))` for a candidate inside one of them (its real path,
-/// links already resolved, and the folder to open it beneath), `Err` otherwise (uncertain: a
-/// locator that leads outside is not proved dead, so repair never drops it). Without:
-/// `Ok(None)`, open the candidate as it is. Resolving the path only stats (`realpath`); nothing
-/// outside is opened.
-fn confined_path(
-    cand: &Path,
-    confine: &[PathBuf],
-) -> std::result::Result<Option<Confined>, Rejected> {
-    if confine.is_empty() {
-        return Ok(None);
-    }
-    let root_of = |real: &Path| {
-        confine
-            .iter()
-            .filter_map(|c| std::fs::canonicalize(c).ok())
-            .find(|c| real.starts_with(c))
-    };
-    if let Ok(real) = std::fs::canonicalize(cand) {
-        return match root_of(&real) {
-            Some(root) => Ok(Some(Confined { root, real })),
-            None => Err(Rejected::Unreadable(AttemptOutcome::Confined)),
-        };
-    }
-    // A missing candidate inside reads "not found", as without confinement; `file_name` is
-    // `None` for a path ending in `..`, so the folder test cannot be fooled lexically.
-    match (std::fs::canonicalize(folder_of(cand)), cand.file_name()) {
-        (Ok(d), Some(_)) if root_of(&d).is_some() => {
-            Err(Rejected::NotParent(AttemptOutcome::NotFound))
-        }
-        _ => Err(Rejected::Unreadable(AttemptOutcome::Confined)),
-    }
+    Ok(((parent, mtime), id_match))
 }
 
 /// Whether the one locator `loc` of `child` (opened from `child_path`) leads to its parent by
@@ -293,8 +261,10 @@ pub(crate) fn locator_target(
 }
 
 /// The VHD parent time stamp is written inconsistently (Windows writes 0, blktap the parent
-/// file's mtime, others the parent's creation stamp); warn only when it matches neither.
-fn vhd_timestamp_warning(ts: u32, parent: &Disk, parent_path: &Path) -> Option<String> {
+/// file's mtime, others the parent's creation stamp); warn only when it matches neither. The
+/// file time is the open parent's (`fstat`), never looked up again by path: under confinement
+/// the name may lead elsewhere by now.
+fn vhd_timestamp_warning(ts: u32, parent: &Disk, mtime: Option<SystemTime>) -> Option<String> {
     let creation = match parent.info().details {
         crate::disk::FormatInfo::Vhd(v) => Some(v.timestamp),
         _ => None,
@@ -302,9 +272,7 @@ fn vhd_timestamp_warning(ts: u32, parent: &Disk, parent_path: &Path) -> Option<S
     if creation == Some(ts) {
         return None;
     }
-    let mtime = std::fs::metadata(parent_path)
-        .and_then(|m| m.modified())
-        .ok()
+    let mtime = mtime
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| {
             d.as_secs()

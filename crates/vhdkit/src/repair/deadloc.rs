@@ -56,6 +56,7 @@ fn drop_vhd(path: &Path, dead: &[Dead], dry_run: bool) -> Result<bool> {
     let plan = vhd_plan(path, dead).map_err(|e| e.with_path(path))?;
     if !dry_run {
         let (_lock, w) = crate::lock::locked_file(path)?;
+        super::journal_writable(path)?;
         journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
             .map_err(|e| e.with_path(path))?;
     }

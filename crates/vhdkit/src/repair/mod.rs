@@ -129,7 +129,14 @@ impl RepairReport {
 /// Unless it is a dry run, the whole repair runs under the writers' lock (`crate::lock`), so
 /// what it finds is what it changes: another holder is a refusal, before anything is read. A
 /// file that cannot be opened for writing (read-only) is still examined: it needs the lock only
-/// if something is to be written, and that write then refuses it.
+/// if something is to be written, and that write then refuses it. A VHD change made through
+/// the journal beside the file is refused before its first write when the journal cannot be
+/// written there (a folder that refuses new files, another user's file at the journal's names
+/// in a sticky folder).
+///
+/// A dry run that finds something to write meets the same obstacles the same way (the file
+/// opened for writing and locked, then released; the journal's folder asked by the kernel) and
+/// returns the refusal the real run would ([`Error::Locked`] or [`Error::Refused`]).
 ///
 /// # Examples
 ///
@@ -180,6 +187,8 @@ pub fn repair(path: impl AsRef<Path>, opts: &RepairOptions) -> Result<RepairRepo
         JournalState::Complete(_) if opts.dry_run => JournalOutcome::WouldRemoveLeftover,
         JournalState::Pending(_) | JournalState::Complete(_) => {
             let (_lock, f) = crate::lock::locked_file(path)?;
+            // Finishing ends in removing the journal: refuse before writing, not half-way.
+            journal_writable(path)?;
             match journal::recover(&f, &store).map_err(|e| e.with_path(path))? {
                 Recovery::Clean => JournalOutcome::None,
                 Recovery::RolledForward { writes } => JournalOutcome::Finished { writes },
@@ -203,7 +212,7 @@ pub fn repair(path: impl AsRef<Path>, opts: &RepairOptions) -> Result<RepairRepo
         // The log step above already reports the replay a dry run would do.
         structures.retain(|s| s.code != "vhdx.log.dirty");
     }
-    Ok(RepairReport {
+    let report = RepairReport {
         path: path.to_path_buf(),
         journal_path: store.path().to_path_buf(),
         dry_run: opts.dry_run,
@@ -211,7 +220,60 @@ pub fn repair(path: impl AsRef<Path>, opts: &RepairOptions) -> Result<RepairRepo
         vhdx_log,
         structures,
         unrepaired,
-    })
+    };
+    if opts.dry_run {
+        predict_refusal(&report)?;
+    }
+    Ok(report)
+}
+
+/// Dry run: the refusal the real run will meet before writing what `report` plans, found the
+/// way it meets it: the file opened for writing and locked (then released at once) and, for a
+/// VHD change made through the journal, the journal's folder asked by the kernel for write
+/// access and the sticky-folder rule applied to what sits at the journal's names. Nothing to
+/// write, nothing probed (the real run then needs no lock either).
+fn predict_refusal(report: &RepairReport) -> Result<()> {
+    let path = report.path.as_path();
+    let journal_used = !matches!(
+        report.journal,
+        JournalOutcome::None | JournalOutcome::Foreign { .. }
+    );
+    let vhd = report.vhdx_log.is_none();
+    let log_replay = matches!(report.vhdx_log, Some(LogOutcome::WouldReplay(_)));
+    if !(journal_used || log_replay || !report.structures.is_empty()) {
+        return Ok(());
+    }
+    let note = |why: String| format!("{why} (dry run: the real run would be refused)");
+    if let Err(why) = crate::lock::lock_for_change(path) {
+        return Err(crate::lock::refusal(path, note(why)));
+    }
+    if vhd && (journal_used || !report.structures.is_empty()) {
+        if let Some(why) = crate::share::probe::journal_refusal(path) {
+            return Err(journal_refused(path, note(why)));
+        }
+    }
+    Ok(())
+}
+
+/// The real run's check before a VHD change through the journal beside `path` (writing it,
+/// or finishing and removing one): the same probe as the dry run's, so a folder that refuses
+/// new files or a sticky folder holding another user's file at the journal's names is a
+/// refusal before any byte of the disk is written.
+pub(crate) fn journal_writable(path: &Path) -> Result<()> {
+    match crate::share::probe::journal_refusal(path) {
+        Some(why) => Err(journal_refused(path, why)),
+        None => Ok(()),
+    }
+}
+
+fn journal_refused(path: &Path, why: String) -> Error {
+    Error::Refused {
+        path: Some(path.to_path_buf()),
+        reason: format!(
+            "the change is made through a journal beside the file, which cannot be written: \
+             {why}"
+        ),
+    }
 }
 
 /// VHDX: replay a dirty log to the file (or, on a dry run, say what would be replayed).

@@ -159,6 +159,7 @@ fn vhd_footer(path: &Path, len: u64, dry_run: bool) -> Result<Vec<StructureRepai
             new_len: len,
         };
         let (_lock, w) = crate::lock::locked_file(path)?;
+        super::journal_writable(path)?;
         journal::apply(&w, &journal::FileJournal::for_disk(path), &plan)
             .map_err(|e| e.with_path(path))?;
     }
@@ -206,6 +207,11 @@ fn data_ends_before(b: &Bytes, footer: &[u8], end_slot: u64) -> bool {
 }
 
 fn vhdx_twins(path: &Path, dry_run: bool) -> Result<Vec<StructureRepair>> {
+    // Decide on the bytes read-only first: a file with nothing to repair needs no lock, so a
+    // read-only one is examined, not refused (the dry run says the same).
+    if !dry_run && vhdx_twins(path, true)?.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut done = Vec::new();
     let verb = if dry_run { "would" } else { "did" };
     let (_lock, w) = if dry_run {

@@ -28,6 +28,11 @@ use crate::txn::Sink;
 pub fn apply(plan: &ReparentPlan) -> Result<ApplyReport> {
     let (mut report, child) = {
         let lock = lock_child(plan)?;
+        if plan.format == crate::disk::DiskFormat::Vhd {
+            // As the dry run predicts (`predict_refusal`): refused before a pending journal is
+            // rolled forward, not after, when the journal beside the child cannot be written.
+            crate::repair::journal_writable(&plan.child)?;
+        }
         let store = FileJournal::for_disk(&plan.child);
         let report = apply_to(lock.file(), &store, plan).map_err(|e| e.with_path(&plan.child))?;
         let child = as_simulated(plan, &report, lock.file());

@@ -61,6 +61,10 @@ fn apply_group(
     progress: &mut dyn Progress,
     rep: &mut ShareReport,
 ) -> Result<bool> {
+    // Names the plan found the kernel will not let go (sticky folder, closed folder): never
+    // tried, reported as refused whatever becomes of the group.
+    let unremovable = g.kept_names.iter().filter(|k| k.refused());
+    rep.refused.extend(unremovable.cloned());
     if let Some(r) = &g.keeper_refused {
         rep.refused.push(PathNote::new(&g.keeper, r.clone()));
         let copies = g.copies.iter().filter(|c| c.delete);

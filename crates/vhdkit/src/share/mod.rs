@@ -243,6 +243,12 @@ pub struct PathNote {
 }
 
 impl PathNote {
+    /// A name the plan keeps because removing it will be refused (a finding: the user asked
+    /// for it to go), not by the removal rule.
+    pub(crate) fn refused(&self) -> bool {
+        matches!(self.reason, NoteReason::NotDeleted(_))
+    }
+
     /// `path` with `reason`.
     pub fn new(path: impl Into<PathBuf>, reason: impl Into<NoteReason>) -> Self {
         PathNote {
@@ -308,6 +314,7 @@ impl SharePlan {
                 g.keeper_refused.is_some()
                     || g.children.iter().any(|c| c.refused.is_some())
                     || g.copies.iter().any(|c| c.refused.is_some())
+                    || g.kept_names.iter().any(PathNote::refused)
             })
     }
 }

@@ -486,7 +486,7 @@ impl<'a> Planner<'a> {
             let outside = d.outside || !under(&d.path, self.dir);
             let kept = self.removal.keep_reason(outside, self.in_into(&d.path));
             let delete = kept.is_none();
-            let refused = delete.then(|| probe::removal_refusal(&d.path)).flatten();
+            let refused = delete.then(|| probe::copy_refusal(&d.path)).flatten();
             copies.push(CopyPlan {
                 path: d.path.clone(),
                 file_size: d.file_size,
@@ -553,8 +553,12 @@ impl<'a> Planner<'a> {
             g.kept_names
                 .extend(names.map(|path| PathNote::new(path, why.clone())));
         }
+        refuse_unremovable(g);
         let places_keeper = matches!(g.action, KeeperAction::Move | KeeperAction::Copy);
         g.keeper_refused = self.into_refused.clone().filter(|_| places_keeper);
+        if g.keeper_refused.is_none() && g.action == KeeperAction::Move {
+            g.keeper_refused = probe::hardlink_refusal(&g.keeper_source);
+        }
         if let Some(r) = &g.keeper_refused {
             for c in g.children.iter_mut().filter(|c| c.refused.is_none()) {
                 c.refused = Some(NoteReason::SharedParentNotPlaced(Box::new(r.clone())));
@@ -566,6 +570,22 @@ impl<'a> Planner<'a> {
         }
         g.bytes_freed = freed(&g.copies, |c| c.allocated);
         g.bytes_freed_apparent = freed(&g.copies, |c| c.file_size);
+    }
+}
+
+/// The old names and symlinks the real run will fail to remove (their folder refuses, or the
+/// sticky-folder rule): kept, each with the kernel's reason, which makes them findings (the
+/// user asked for them to go).
+fn refuse_unremovable(g: &mut GroupPlan) {
+    for names in [&mut g.old_names, &mut g.symlinks] {
+        names.retain(|n| match probe::removal_refusal(n) {
+            Some(why) => {
+                g.kept_names
+                    .push(PathNote::new(n, NoteReason::NotDeleted(why)));
+                false
+            }
+            None => true,
+        });
     }
 }
 

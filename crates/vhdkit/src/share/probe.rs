@@ -80,6 +80,69 @@ pub fn sticky_refusal(path: &Path) -> Option<NoteReason> {
     })
 }
 
+/// Why deleting the copy `path` will be refused: its name cannot be removed
+/// ([`removal_refusal`]), or another process holds a lock on it (the real run checks that
+/// before deleting, with a shared lock taken and released at once, as here).
+pub fn copy_refusal(path: &Path) -> Option<String> {
+    removal_refusal(path)
+        .or_else(|| lock::is_locked_elsewhere(path).then(|| lock::IN_USE.to_string()))
+}
+
+/// Why the kernel will refuse to hard-link `src` (the first half of moving a keeper into
+/// SHARED). With `fs.protected_hardlinks = 1` (the default on most Linux systems) a process may
+/// link only a file it owns (or holds `CAP_FOWNER` for), or a regular file that is neither
+/// set-user-id nor set-group-id-executable and that it may both read and write. The rule is
+/// applied as the kernel does, the read and write access asked of the kernel itself; nothing is
+/// linked. `None` when the link is allowed, or the setting or credentials cannot be read (then
+/// no prediction is made; the real run still meets the rule).
+pub fn hardlink_refusal(src: &Path) -> Option<String> {
+    if !protected_hardlinks()? {
+        return None;
+    }
+    let md = std::fs::symlink_metadata(src).ok()?;
+    let me = creds()?;
+    let (owner, safe_mode) = link_source(&md)?;
+    if me.fowner || me.fsuid == owner || (safe_mode && file_access_rw(src).is_ok()) {
+        return None;
+    }
+    Some(format!(
+        "{} cannot be hard-linked into SHARED: it belongs to another user (uid {owner}) and \
+         this user may not both read and write it, which the kernel requires of a link to \
+         another user's file (fs.protected_hardlinks = 1); make it this user's or writable by \
+         it, or run as its owner",
+        src.display()
+    ))
+}
+
+/// `fs.protected_hardlinks` is on; `None` when it cannot be read (not Linux, no `/proc`).
+fn protected_hardlinks() -> Option<bool> {
+    use std::io::Read;
+    let f = std::fs::File::open("/proc/sys/fs/protected_hardlinks").ok()?;
+    let mut v = String::new();
+    f.take(16).read_to_string(&mut v).ok()?;
+    Some(v.trim() != "0")
+}
+
+/// `(owner, mode allows a link by others)`: a regular file, not set-user-id, and not
+/// set-group-id with group execute (the kernel's `safe_hardlink_source`, but for access).
+#[cfg(unix)]
+fn link_source(md: &std::fs::Metadata) -> Option<(u32, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    const S_ISUID: u32 = 0o4000;
+    const S_ISGID: u32 = 0o2000;
+    const S_IXGRP: u32 = 0o0010;
+    let mode = md.mode();
+    let safe = md.file_type().is_file()
+        && mode & S_ISUID == 0
+        && mode & (S_ISGID | S_IXGRP) != (S_ISGID | S_IXGRP);
+    Some((md.uid(), safe))
+}
+
+#[cfg(not(unix))]
+fn link_source(_md: &std::fs::Metadata) -> Option<(u32, bool)> {
+    None
+}
+
 /// `(entry owner, folder owner)` when the folder is sticky.
 #[cfg(unix)]
 fn sticky_owners(entry: &std::fs::Metadata, dir: &std::fs::Metadata) -> Option<(u32, u32)> {
@@ -134,6 +197,26 @@ fn folder_access(dir: &Path) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Whether this process may read and write `file`, asked of the kernel (effective ids, and a
+/// read-only mount refuses writing): the access the kernel demands of a link to another user's
+/// file.
+#[cfg(target_os = "linux")]
+fn file_access_rw(file: &Path) -> std::io::Result<()> {
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
+    accessat(
+        CWD,
+        file,
+        Access::READ_OK | Access::WRITE_OK,
+        AtFlags::EACCESS,
+    )
+    .map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn file_access_rw(_file: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(not(target_os = "linux"))]
 fn folder_access(dir: &Path) -> std::io::Result<()> {
     if std::fs::metadata(dir)?.permissions().readonly() {
@@ -177,5 +260,41 @@ mod tests {
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let dir = std::fs::metadata(d.path()).unwrap();
         assert_eq!(sticky_owners(&entry, &dir), None);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn hard_link_rule_follows_the_kernels() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        let mode = |m: u32| {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+            link_source(&std::fs::symlink_metadata(&p).unwrap()).unwrap()
+        };
+        let me = std::fs::metadata(&p).unwrap().uid();
+        assert_eq!(mode(0o644), (me, true));
+        // Set-user-id, or set-group-id with group execute: never linkable by others.
+        assert_eq!(mode(0o4644), (me, false));
+        assert_eq!(mode(0o2654), (me, false));
+        assert_eq!(mode(0o2644), (me, true));
+        // A link itself (its own owner) and a folder are not safe sources.
+        let l = d.path().join("l");
+        std::os::unix::fs::symlink(&p, &l).unwrap();
+        assert!(
+            !link_source(&std::fs::symlink_metadata(&l).unwrap())
+                .unwrap()
+                .1
+        );
+        assert!(
+            !link_source(&std::fs::metadata(d.path()).unwrap())
+                .unwrap()
+                .1
+        );
+        // The owner may always link: no refusal for this process's own file, whatever its mode.
+        mode(0o000);
+        assert_eq!(hardlink_refusal(&p), None);
+        assert_eq!(hardlink_refusal(&d.path().join("none")), None);
     }
 }
