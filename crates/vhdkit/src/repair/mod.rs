@@ -243,13 +243,14 @@ fn predict_refusal(report: &RepairReport) -> Result<()> {
     if !(journal_used || log_replay || !report.structures.is_empty()) {
         return Ok(());
     }
-    let note = |why: String| format!("{why} (dry run: the real run would be refused)");
+    let note =
+        |why: &dyn std::fmt::Display| format!("{why} (dry run: the real run would be refused)");
     if let Err(why) = crate::lock::lock_for_change(path) {
-        return Err(crate::lock::refusal(path, note(why)));
+        return Err(crate::lock::refusal(path, note(&why)));
     }
     if vhd && (journal_used || !report.structures.is_empty()) {
         if let Some(why) = crate::share::probe::journal_refusal(path) {
-            return Err(journal_refused(path, note(why)));
+            return Err(journal_refused(path, note(&why)));
         }
     }
     Ok(())
@@ -261,7 +262,7 @@ fn predict_refusal(report: &RepairReport) -> Result<()> {
 /// refusal before any byte of the disk is written.
 pub(crate) fn journal_writable(path: &Path) -> Result<()> {
     match crate::share::probe::journal_refusal(path) {
-        Some(why) => Err(journal_refused(path, why)),
+        Some(why) => Err(journal_refused(path, why.to_string())),
         None => Ok(()),
     }
 }

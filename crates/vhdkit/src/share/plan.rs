@@ -581,7 +581,7 @@ fn refuse_unremovable(g: &mut GroupPlan) {
         names.retain(|n| match probe::removal_refusal(n) {
             Some(why) => {
                 g.kept_names
-                    .push(PathNote::new(n, NoteReason::NotDeleted(why)));
+                    .push(PathNote::new(n, NoteReason::NotDeleted(Box::new(why))));
                 false
             }
             None => true,

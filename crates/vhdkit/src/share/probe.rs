@@ -83,9 +83,10 @@ pub fn sticky_refusal(path: &Path) -> Option<NoteReason> {
 /// Why deleting the copy `path` will be refused: its name cannot be removed
 /// ([`removal_refusal`]), or another process holds a lock on it (the real run checks that
 /// before deleting, with a shared lock taken and released at once, as here).
-pub fn copy_refusal(path: &Path) -> Option<String> {
-    removal_refusal(path)
-        .or_else(|| lock::is_locked_elsewhere(path).then(|| lock::IN_USE.to_string()))
+pub fn copy_refusal(path: &Path) -> Option<NoteReason> {
+    removal_refusal(path).or_else(|| {
+        lock::is_locked_elsewhere(path).then(|| NoteReason::CannotChange(lock::IN_USE.to_string()))
+    })
 }
 
 /// Why the kernel will refuse to hard-link `src` (the first half of moving a keeper into
@@ -95,7 +96,7 @@ pub fn copy_refusal(path: &Path) -> Option<String> {
 /// applied as the kernel does, the read and write access asked of the kernel itself; nothing is
 /// linked. `None` when the link is allowed, or the setting or credentials cannot be read (then
 /// no prediction is made; the real run still meets the rule).
-pub fn hardlink_refusal(src: &Path) -> Option<String> {
+pub fn hardlink_refusal(src: &Path) -> Option<NoteReason> {
     if !protected_hardlinks()? {
         return None;
     }
@@ -105,13 +106,10 @@ pub fn hardlink_refusal(src: &Path) -> Option<String> {
     if me.fowner || me.fsuid == owner || (safe_mode && file_access_rw(src).is_ok()) {
         return None;
     }
-    Some(format!(
-        "{} cannot be hard-linked into SHARED: it belongs to another user (uid {owner}) and \
-         this user may not both read and write it, which the kernel requires of a link to \
-         another user's file (fs.protected_hardlinks = 1); make it this user's or writable by \
-         it, or run as its owner",
-        src.display()
-    ))
+    Some(NoteReason::HardLinkRefused {
+        path: src.to_path_buf(),
+        owner,
+    })
 }
 
 /// `fs.protected_hardlinks` is on; `None` when it cannot be read (not Linux, no `/proc`).

@@ -50,6 +50,14 @@ pub enum NoteReason {
     /// The file cannot be changed: opening it for writing or taking the writers' lock refused
     /// (read-only, in use by another process), with that refusal in one line.
     CannotChange(String),
+    /// The kernel will refuse to hard-link the keeper into SHARED (`fs.protected_hardlinks`):
+    /// it belongs to another user and this user may not both read and write it.
+    HardLinkRefused {
+        /// The keeper.
+        path: PathBuf,
+        /// Its owner (uid).
+        owner: u32,
+    },
     /// Its folder does not let files be created or removed in it.
     FolderRefuses {
         /// The folder.
@@ -164,6 +172,14 @@ impl NoteReason {
     fn fmt_more(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NoteReason::CannotChange(s) | NoteReason::Error(s) => f.write_str(s),
+            NoteReason::HardLinkRefused { path, owner } => write!(
+                f,
+                "{} cannot be hard-linked into SHARED: it belongs to another user (uid {owner}) \
+                 and this user may not both read and write it, which the kernel requires of a \
+                 link to another user's file (fs.protected_hardlinks = 1); make it this user's or \
+                 writable by it, or run as its owner",
+                path.display()
+            ),
             NoteReason::FolderRefuses { folder, error } => write!(
                 f,
                 "its folder {} does not allow creating or removing files ({error})",
