@@ -226,3 +226,68 @@ fn vhd_process_kill_at_every_syscall() {
 fn vhdx_process_kill_at_every_syscall() {
     kill_case(vhdx_pair);
 }
+
+/// Not enough free space for the blocks to copy: refused before the first write (exit 1, the
+/// child byte-identical), then done once there is room. Needs a small tmpfs (root).
+#[test]
+fn not_enough_free_space_is_refused_before_writing() {
+    let d = tmp();
+    let at = d.path().join("mnt");
+    std::fs::create_dir(&at).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&at)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        crate::hostile::skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)");
+        return;
+    }
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Umount(&at);
+    // The parent has data in every block, the child in its first only: 3 blocks to allocate.
+    let mut base = VhdBuilder::dynamic(SIZE).block_size(MIB as u32);
+    for b in 0..SIZE / MIB {
+        base.write(b * MIB + 512, &[b as u8 + 1; 4096]);
+    }
+    let mut c = VhdBuilder::differencing(SIZE, base.id())
+        .block_size(MIB as u32)
+        .parent_name("base.vhd")
+        .locator(Locator::w2ru(r".\base.vhd"));
+    c.write(1024, &[9; 1024]);
+    std::fs::write(at.join("base.vhd"), base.build().bytes).unwrap();
+    let child = at.join("child.vhd");
+    std::fs::write(&child, c.build().bytes).unwrap();
+    let sha = virtual_sha(&child);
+    let plan = run_success(["flatten", "--dry-run", "--json", s(&child)]).json();
+    assert_eq!(plan["plan"]["whole_blocks"], 3, "{plan}");
+    // Leave about 1 MiB free.
+    let filler = at.join("filler");
+    let free = rustix_free(&at);
+    std::fs::write(&filler, vec![1u8; (free - (1 << 20)) as usize]).unwrap();
+    let before = std::fs::read(&child).unwrap();
+    let r = run(["flatten", "--json", s(&child)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.json()["kind"], "refused", "{r:?}");
+    assert!(r.stderr.contains("not enough free space"), "{r:?}");
+    assert_eq!(std::fs::read(&child).unwrap(), before);
+    std::fs::remove_file(&filler).unwrap();
+    run_success(["flatten", s(&child)]);
+    assert_eq!(disk_type(&child), "dynamic");
+    assert_eq!(virtual_sha(&child), sha);
+}
+
+/// Free bytes of the file system holding `dir` (`df`'s available column, in 1 KiB blocks).
+fn rustix_free(dir: &Path) -> u64 {
+    let out = run_ok(
+        std::process::Command::new("df")
+            .args(["-k", "--output=avail"])
+            .arg(dir),
+    );
+    out.lines().nth(1).unwrap().trim().parse::<u64>().unwrap() * 1024
+}

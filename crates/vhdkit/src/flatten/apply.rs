@@ -47,7 +47,8 @@ pub fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<FlattenR
         parents,
         writer_parents,
     };
-    let mut r = run(&sink, &store, image, views, &plan.chain, progress).with_path(path)?;
+    let space = |t: &Totals| enough_space(lock.file(), t, plan.block_size);
+    let mut r = run(&sink, &store, image, views, &plan.chain, &space, progress).with_path(path)?;
     r.recovered = recovered;
     drop(lock);
     Ok(r)
@@ -88,7 +89,7 @@ pub fn apply_to<S: Sink + Clone + 'static>(
         parents: parents()?,
         writer_parents: parents()?,
     };
-    let mut r = run(sink, store, image, views, opts, progress)?;
+    let mut r = run(sink, store, image, views, opts, &|_| Ok(()), progress)?;
     r.recovered = recovered;
     Ok(r)
 }
@@ -129,6 +130,7 @@ fn run<S: Sink + Clone + 'static>(
     image: Box<dyn WritableImage>,
     views: Views,
     opts: &ChainOptions,
+    space: &dyn Fn(&Totals) -> Result<()>,
     progress: &mut dyn Progress,
 ) -> Result<FlattenReport> {
     if image.disk_type() != DiskType::Differencing {
@@ -144,7 +146,7 @@ fn run<S: Sink + Clone + 'static>(
         writer_parents,
     } = views;
     let mut disk = WritableDisk::from_parts(image, Some(writer_parents));
-    let t = copy(&mut disk, &child, &parents, progress)?;
+    let t = copy(&mut disk, &child, &parents, space, progress)?;
     disk.close()?;
     drop((child, parents));
     let unlink_bytes = unlink(sink, store, format, opts)?;
@@ -164,6 +166,7 @@ fn copy(
     disk: &mut WritableDisk,
     child: &Disk,
     parents: &ChainView,
+    space: &dyn Fn(&Totals) -> Result<()>,
     progress: &mut dyn Progress,
 ) -> Result<Totals> {
     // The totals first (maps only, no data read), for the progress bar.
@@ -173,6 +176,7 @@ fn copy(
     for (start, len) in walk::blocks(size, bs) {
         needs_total.add(&walk::need(child, parents, start, len)?);
     }
+    space(&needs_total)?;
     progress.start("flatten", Some(needs_total.bytes));
     let mut done = Totals::default();
     let mut buf = Vec::new();
@@ -243,6 +247,44 @@ pub(super) fn preview_unlink(path: &Path, o: &ChainOptions) -> Result<Vec<FieldC
         }
     };
     Ok(changes)
+}
+
+/// Bytes a new block may take beyond its data (a VHD sector bitmap and alignment), and the
+/// fixed room kept for the rest (a VHDX sector bitmap block, the journal, a moved footer).
+const BLOCK_OVERHEAD: u64 = 64 << 10;
+const FIXED_OVERHEAD: u64 = 2 << 20;
+
+/// Refuse before the first write when the child's file system has less free space than the
+/// blocks to allocate need (partial blocks are allocated already). Where the free space
+/// cannot be asked (not Linux, or the call fails), the copy runs and a full file system fails
+/// it like any write: the child keeps its contents either way.
+fn enough_space(file: &File, t: &Totals, block_size: u64) -> Result<()> {
+    if t.whole_blocks == 0 {
+        return Ok(());
+    }
+    let need = t
+        .whole_blocks
+        .saturating_mul(block_size.saturating_add(BLOCK_OVERHEAD))
+        .saturating_add(FIXED_OVERHEAD);
+    match free_bytes(file) {
+        Some(free) if free < need => Err(Error::refused(format!(
+            "not enough free space: the copy needs about {need} bytes ({} blocks of {block_size} \
+             bytes), the file system has {free} free; nothing was written",
+            t.whole_blocks
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn free_bytes(file: &File) -> Option<u64> {
+    let s = rustix::fs::fstatvfs(file).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn free_bytes(_: &File) -> Option<u64> {
+    None
 }
 
 /// A file shared between the writer, the read-only parse of the child and the final step.

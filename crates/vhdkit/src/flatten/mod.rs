@@ -7,6 +7,8 @@
 //! writer takes):
 //! 1. finishes an interrupted vhdkit change first (a VHD redo journal is rolled forward, a
 //!    dirty VHDX log replayed), and refuses a foreign journal;
+//!    then refuses, before the first write, a file system without room for the blocks to
+//!    allocate (Linux: `fstatvfs` of the locked file);
 //! 2. **copies** what the child lacks, block by block, through the crash-safe write engine
 //!    (`crate::write`): each range is read through the child itself (so from its parents, since
 //!    the child does not hold it) and written back into the child. The data written is always
