@@ -316,3 +316,50 @@ fn vhdx_crash_at_every_operation() {
     let (child, parents) = vhdx_chain(d.path(), 4 * MIB, 1, 512, 12);
     crash_everywhere(&child, &parents);
 }
+
+/// Cancels once some bytes are copied, and records the phase.
+#[derive(Default)]
+struct CancelAfterFirst {
+    phase: Option<(String, Option<u64>)>,
+    done: u64,
+}
+
+impl vhdkit::Progress for CancelAfterFirst {
+    fn start(&mut self, what: &str, total: Option<u64>) {
+        self.phase = Some((what.to_string(), total));
+    }
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+    }
+    fn cancelled(&self) -> bool {
+        self.done > 0
+    }
+}
+
+/// A cancel stops between blocks with what was copied committed: the child is still a
+/// differencing disk with the same contents, and a rerun finishes.
+#[test]
+fn cancel_keeps_the_contents_and_a_rerun_finishes() {
+    let d = tmp();
+    let (child, _) = vhd_chain(d.path(), 6 * MIB, 1, 21);
+    let want = read_chain(&child);
+    let plan = flatten::plan(&child, &ChainOptions::default()).unwrap();
+    let mut p = CancelAfterFirst::default();
+    let e = flatten::apply(&plan, &mut p).unwrap_err();
+    assert!(e.is_cancelled(), "{e}");
+    assert_eq!(
+        p.phase,
+        Some(("flatten".to_string(), Some(plan.bytes_to_copy)))
+    );
+    assert!(p.done > 0 && p.done < plan.bytes_to_copy, "{}", p.done);
+    assert_eq!(
+        Disk::open(&child).unwrap().disk_type(),
+        DiskType::Differencing
+    );
+    assert_eq!(read_chain(&child), want);
+    let again = flatten::plan(&child, &ChainOptions::default()).unwrap();
+    assert!(again.bytes_to_copy < plan.bytes_to_copy);
+    flatten::apply(&again, &mut ()).unwrap();
+    assert_eq!(Disk::open(&child).unwrap().disk_type(), DiskType::Dynamic);
+    assert_eq!(read_chain(&child), want);
+}

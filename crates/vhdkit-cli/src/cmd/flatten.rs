@@ -61,7 +61,8 @@ fn dry_run_note(e: vhdkit::Error) -> vhdkit::Error {
 
 fn render_plan(p: &FlattenPlan) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{} ({:?})", p.child.display(), p.format);
+    let format = format!("{:?}", p.format).to_lowercase();
+    let _ = writeln!(s, "{} ({format})", p.child.display());
     for n in &p.notes {
         let _ = writeln!(s, "  note: {}", output::cli_words(n));
     }

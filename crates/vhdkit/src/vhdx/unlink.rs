@@ -156,7 +156,9 @@ fn metadata_table(f: &VhdxFile, p: &mut Plan) -> Result<()> {
         data: new,
         what: "metadata table: parent locator entry removed".into(),
     });
-    let item = &items[idx];
+    let Some(item) = items.get(idx) else {
+        return Err(Error::internal("parent locator entry"));
+    };
     if item.length > 0 {
         let old = read(f, item.file_offset, u64::from(item.length), TABLE)?;
         p.writes.push(WriteOp {
@@ -205,7 +207,7 @@ fn bat_entries(f: &VhdxFile, p: &mut Plan, preview: bool) -> Result<()> {
             format!("{new:#x}"),
         );
         p.writes.push(WriteOp {
-            offset: bat_at + i * BAT_ENTRY_SIZE,
+            offset: bat_at.saturating_add(i.saturating_mul(BAT_ENTRY_SIZE)),
             old: old.to_le_bytes().to_vec(),
             data: new.to_le_bytes().to_vec(),
             what: format!("BAT entry {i}"),
@@ -222,7 +224,12 @@ fn bitmap_full(f: &VhdxFile, b: u64) -> Result<bool> {
         return Ok(false);
     }
     let (rel, len) = block_bitmap_range(b, cr);
-    let bm = read(f, (sb & BAT_OFFSET_MASK) + rel, len, "vhdx sector bitmap")?;
+    let bm = read(
+        f,
+        (sb & BAT_OFFSET_MASK).saturating_add(rel),
+        len,
+        "vhdx sector bitmap",
+    )?;
     let start = b.saturating_mul(f.bat.block_size);
     let ls = u64::from(f.logical_sector_size).max(1);
     let n = f
