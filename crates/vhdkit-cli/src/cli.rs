@@ -35,6 +35,9 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Repoint a differencing disk at another copy of its parent (like Set-VHD -ParentPath).
     Reparent(ReparentArgs),
+    /// Make a differencing disk standalone in place: copy in what it reads from its parents,
+    /// then remove its parent link (the parents are never touched).
+    Flatten(FlattenArgs),
     /// Check every structural rule of disks (files or folders) and, with --chain, their chains.
     /// Read-only. Exit 0 clean (info only), 1 errors or warnings found, 2 could not run.
     Check(CheckArgs),
@@ -132,6 +135,22 @@ pub struct ReparentArgs {
     #[command(flatten)]
     pub resolve: ResolveArgs,
     /// The differencing disk to repoint.
+    pub child: PathBuf,
+}
+
+/// `vhdkit flatten`.
+#[derive(Debug, Args)]
+pub struct FlattenArgs {
+    /// Print the plan (blocks and bytes to copy, fields to change); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options.
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The differencing disk to flatten.
     pub child: PathBuf,
 }
 

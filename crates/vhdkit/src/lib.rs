@@ -201,3 +201,6 @@ pub fn detect_file(path: impl AsRef<std::path::Path>) -> Result<DiskFormat> {
     let f = fsx::open_disk(path).map_err(|e| Error::io("opening the source", e).with_path(path))?;
     disk::detect(&f).map_err(|e| e.with_path(path))
 }
+
+// Flatten (issue 12): a differencing disk becomes standalone in place.
+pub mod flatten;

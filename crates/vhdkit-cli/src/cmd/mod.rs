@@ -5,6 +5,7 @@ mod check;
 pub mod completions;
 mod convert;
 mod create;
+mod flatten;
 mod info;
 pub mod man;
 mod progress;
@@ -25,6 +26,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Chain(a) => a.json,
         Command::Convert(a) => a.json,
         Command::Reparent(a) => a.json,
+        Command::Flatten(a) => a.json,
         Command::Repair(a) => a.json,
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
@@ -41,6 +43,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Chain(a) => chain::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Reparent(a) => reparent::run(&a),
+        Command::Flatten(a) => flatten::run(&a),
         Command::Repair(a) => repair::run(&a),
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),

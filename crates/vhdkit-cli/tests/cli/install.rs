@@ -6,11 +6,12 @@ use std::process::{Command, Stdio};
 use crate::util::{have_tool, run, run_success, vhdkit};
 
 /// Every subcommand, as the top-level help lists them.
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "info",
     "chain",
     "convert",
     "reparent",
+    "flatten",
     "check",
     "repair",
     "create",

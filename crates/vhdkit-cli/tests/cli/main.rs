@@ -15,6 +15,7 @@ mod convert_qemu;
 mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
+mod flatten;
 mod foreign_writers;
 mod full_fs;
 mod hostile;

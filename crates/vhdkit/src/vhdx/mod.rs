@@ -26,6 +26,8 @@ mod metadata;
 mod region;
 pub(crate) mod reparent;
 pub(crate) mod update;
+// Flatten's last step: a differencing disk becomes dynamic.
+pub(crate) mod unlink;
 support_mod!(write);
 
 use std::sync::{Arc, Mutex};

@@ -194,19 +194,19 @@ impl Targets {
 }
 
 /// The child as the plan sees it: opened once, a dirty log replayed in memory.
-struct Child {
-    file: VhdxFile,
-    guard: HeaderGuard,
+pub(super) struct Child {
+    pub(super) file: VhdxFile,
+    pub(super) guard: HeaderGuard,
     /// Bytes in the log ring (from the current header).
-    log_length: u64,
+    pub(super) log_length: u64,
     /// Length of the file (as replayed).
-    file_len: u64,
+    pub(super) file_len: u64,
 }
 
 /// The child as parsed (the one parse of the file as it is), checked to be differencing.
 /// Parsing replayed a dirty log in memory: the plan is made on the file as it will be once
 /// apply has replayed it to disk.
-fn child_of(file: VhdxFile) -> Result<Child> {
+pub(super) fn child_of(file: VhdxFile) -> Result<Child> {
     if file.shape.disk_type != DiskType::Differencing {
         return Err(Error::refused(
             "not a differencing disk (file parameters HasParent is clear)",
@@ -284,7 +284,7 @@ fn link_notes(link: &LinkPlan) -> Vec<String> {
 
 /// Bytes apply writes on a clean log: four header updates, the one log entry, and the sectors
 /// applied from it. The entry must fit the ring with a sector to spare.
-fn log_cost(writes: &[WriteOp], log_length: u64) -> Result<u64> {
+pub(super) fn log_cost(writes: &[WriteOp], log_length: u64) -> Result<u64> {
     let (sectors, entry_bytes) = log_entry_bytes(writes);
     if entry_bytes.saturating_add(KIB4) > log_length {
         return Err(Error::refused(format!(
@@ -352,7 +352,7 @@ fn verify(
 
 /// Both header slots as apply leaves them once a dirty log is replayed (log GUID cleared), so
 /// that the re-open does not replay the log again over the planned writes.
-fn clean_headers(src: &dyn Source) -> Result<Vec<(u64, Vec<u8>)>> {
+pub(super) fn clean_headers(src: &dyn Source) -> Result<Vec<(u64, Vec<u8>)>> {
     let mut h = header::read_headers(src)?.current;
     h.log_guid = Uuid::nil();
     let b = update::encode_header(&h);

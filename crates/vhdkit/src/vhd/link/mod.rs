@@ -206,6 +206,10 @@ fn require_differencing(file: VhdFile) -> Result<VhdFile> {
     Ok(file)
 }
 
+// Flatten: removing the linkage altogether (a differencing disk becomes dynamic).
+mod unlink;
+pub(crate) use unlink::plan_unlink;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -63,7 +63,7 @@ pub(super) fn simulate(
 
 /// Whether both files' tables hold the same bytes, compared 1 MiB at a time so neither is
 /// held whole.
-fn same_table(before: &VhdFile, after: &VhdFile) -> Result<bool> {
+pub(super) fn same_table(before: &VhdFile, after: &VhdFile) -> Result<bool> {
     const CHUNK: u64 = 1 << 20;
     const STRUCTURE: &str = "vhd block allocation table";
     let (Some(b), Some(a)) = (&before.bat, &after.bat) else {

@@ -1,0 +1,313 @@
+//! [`apply`] (a path: lock, recover, open the chain) and `apply_to` (any sink and journal
+//! store: the fault-injection tests), the copy and the final step.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::walk::{self, Need, Totals};
+use super::{FlattenPlan, FlattenReport};
+use crate::chain::{Chain, ChainOptions};
+use crate::disk::{detect, Disk, DiskFormat, DiskType};
+use crate::error::{Error, Result, ResultExt};
+use crate::progress::{self, Progress};
+use crate::source::Source;
+use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
+use crate::txn::{FieldChange, Sink};
+use crate::view::ChainView;
+use crate::write::{WritableDisk, WritableImage};
+
+/// Most bytes read and written at once: the copy holds one such buffer.
+const COPY_CHUNK: u64 = 1 << 20;
+
+/// Flatten the plan's child: under its exclusive lock, finish an interrupted change, copy
+/// what it lacks from its chain (opened again with the plan's options), then remove its
+/// parent linkage in one crash-safe step. `progress` hears one `"flatten"` phase in bytes and
+/// may cancel between blocks (what was copied is committed; the child stays a differencing
+/// disk with the same contents, and a rerun finishes).
+pub fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<FlattenReport> {
+    let path = plan.child.as_path();
+    let lock = crate::lock::lock_disk(path)?;
+    let file = lock
+        .file()
+        .try_clone()
+        .map_err(|e| Error::io("duplicating the locked descriptor", e))
+        .with_path(path)?;
+    let sink = Shared(Arc::new(file));
+    let store = FileJournal::for_disk(path);
+    let recovered = recover(&sink, &store).with_path(path)?;
+    // The writer opens first: it replays a dirty VHDX log into the file, so the chain below
+    // reads the file as it now is.
+    let image = open_image(&sink, &plan.chain).with_path(path)?;
+    let (child, parents) = split(Chain::open(path, &plan.chain)?.into_view())?;
+    let (_, writer_parents) = split(Chain::open(path, &plan.chain)?.into_view())?;
+    let views = Views {
+        child,
+        parents,
+        writer_parents,
+    };
+    let space = |t: &Totals| enough_space(lock.file(), t, plan.block_size);
+    let mut r = run(&sink, &store, image, views, &plan.chain, &space, progress).with_path(path)?;
+    r.recovered = recovered;
+    drop(lock);
+    Ok(r)
+}
+
+/// The child (first layer) and the chain below it.
+fn split(view: ChainView) -> Result<(Disk, ChainView)> {
+    let mut layers = view.into_layers();
+    if layers.is_empty() {
+        return Err(Error::internal("a chain without disks"));
+    }
+    let child = layers.remove(0);
+    Ok((child, ChainView::new(layers)))
+}
+
+/// The child as parsed before the copy (its map says what it lacks), and two views of the
+/// chain below it: one the walk asks what it stores, one the writer reads through.
+struct Views {
+    child: Disk,
+    parents: ChainView,
+    writer_parents: ChainView,
+}
+
+/// [`apply`] on any target and journal store (the repository's fault-injection tests), with
+/// `parents` opening the chain below the child (called twice).
+#[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+pub fn apply_to<S: Sink + Clone + 'static>(
+    sink: &S,
+    store: &dyn JournalStore,
+    parents: &dyn Fn() -> Result<ChainView>,
+    opts: &ChainOptions,
+    progress: &mut dyn Progress,
+) -> Result<FlattenReport> {
+    let recovered = recover(sink, store)?;
+    let image = open_image(sink, opts)?;
+    let views = Views {
+        child: Disk::from_source(Box::new(sink.clone()), &opts.open)?,
+        parents: parents()?,
+        writer_parents: parents()?,
+    };
+    let mut r = run(sink, store, image, views, opts, &|_| Ok(()), progress)?;
+    r.recovered = recovered;
+    Ok(r)
+}
+
+/// Finish an interrupted vhdkit change; a foreign journal is a refusal.
+fn recover(sink: &dyn Sink, store: &dyn JournalStore) -> Result<bool> {
+    match journal::recover(sink, store)? {
+        Recovery::Foreign { reason } => Err(Error::refused(format!(
+            "a vhdkit journal {} does not belong to the file ({reason}); nothing was written \
+             (see `vhdkit repair`)",
+            store.describe()
+        ))),
+        Recovery::Clean => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+fn open_image<S: Sink + Clone + 'static>(
+    sink: &S,
+    opts: &ChainOptions,
+) -> Result<Box<dyn WritableImage>> {
+    Ok(match detect(sink)? {
+        DiskFormat::Vhd => Box::new(crate::vhd::write::VhdWriter::open(
+            sink.clone(),
+            &opts.open,
+        )?),
+        DiskFormat::Vhdx => Box::new(crate::vhdx::write::VhdxWriter::open(
+            sink.clone(),
+            &opts.open,
+        )?),
+    })
+}
+
+/// The copy, then the final step.
+fn run<S: Sink + Clone + 'static>(
+    sink: &S,
+    store: &dyn JournalStore,
+    image: Box<dyn WritableImage>,
+    views: Views,
+    opts: &ChainOptions,
+    space: &dyn Fn(&Totals) -> Result<()>,
+    progress: &mut dyn Progress,
+) -> Result<FlattenReport> {
+    if image.disk_type() != DiskType::Differencing {
+        return Ok(FlattenReport {
+            already_standalone: true,
+            ..FlattenReport::default()
+        });
+    }
+    let format = image.format();
+    let Views {
+        child,
+        parents,
+        writer_parents,
+    } = views;
+    let mut disk = WritableDisk::from_parts(image, Some(writer_parents));
+    let t = copy(&mut disk, &child, &parents, space, progress)?;
+    disk.close()?;
+    drop((child, parents));
+    let unlink_bytes = unlink(sink, store, format, opts)?;
+    Ok(FlattenReport {
+        recovered: false,
+        already_standalone: false,
+        whole_blocks: t.whole_blocks,
+        partial_blocks: t.partial_blocks,
+        bytes_copied: t.bytes,
+        unlink_bytes,
+    })
+}
+
+/// Copy every range the child lacks, reading it through the child itself: the bytes written
+/// are the bytes the child reads there now, so its contents never change.
+fn copy(
+    disk: &mut WritableDisk,
+    child: &Disk,
+    parents: &ChainView,
+    space: &dyn Fn(&Totals) -> Result<()>,
+    progress: &mut dyn Progress,
+) -> Result<Totals> {
+    // The totals first (maps only, no data read), for the progress bar.
+    let bs = child.block_size().unwrap_or(0);
+    let size = child.virtual_size();
+    let mut needs_total = Totals::default();
+    for (start, len) in walk::blocks(size, bs) {
+        needs_total.add(&walk::need(child, parents, start, len)?);
+    }
+    space(&needs_total)?;
+    progress.start("flatten", Some(needs_total.bytes));
+    let mut done = Totals::default();
+    let mut buf = Vec::new();
+    for (start, len) in walk::blocks(size, bs) {
+        if progress.cancelled() {
+            disk.flush()?;
+            return Err(progress::cancelled());
+        }
+        let need = walk::need(child, parents, start, len)?;
+        if need == Need::Nothing {
+            continue;
+        }
+        for (mut at, len) in need.ranges() {
+            let end = at + len;
+            while at < end {
+                let n = usize::try_from((end - at).min(COPY_CHUNK)).unwrap_or(0);
+                buf.resize(n, 0);
+                disk.read_exact_at(&mut buf, at)?;
+                disk.write_at(at, &buf)?;
+                progress.advance(n as u64);
+                at += n as u64;
+            }
+        }
+        done.add(&need);
+    }
+    progress.finish();
+    Ok(done)
+}
+
+/// The final step, planned on the file as the copy left it: returns the bytes written.
+fn unlink<S: Sink + Clone + 'static>(
+    sink: &S,
+    store: &dyn JournalStore,
+    f: DiskFormat,
+    o: &ChainOptions,
+) -> Result<u64> {
+    match f {
+        DiskFormat::Vhd => {
+            let file = crate::vhd::VhdFile::open(Box::new(sink.clone()), &o.open)?;
+            let p = crate::vhd::link::plan_unlink(file, &o.open)?;
+            journal::apply(sink, store, &p.plan)?;
+            Ok(p.plan.bytes_written())
+        }
+        DiskFormat::Vhdx => {
+            let file = crate::vhdx::VhdxFile::open(Box::new(sink.clone()), &o.open)?;
+            let p = crate::vhdx::unlink::plan_unlink(file, &o.open, false)?;
+            let a = crate::vhdx::reparent::apply(sink, &p.guard, &p.plan, &o.open.limits)?;
+            Ok(a.total_bytes())
+        }
+    }
+}
+
+/// The field changes of the final step on the child as it is now (for the plan).
+pub(super) fn preview_unlink(path: &Path, o: &ChainOptions) -> Result<Vec<FieldChange>> {
+    let f = crate::fsx::open_disk(path)
+        .map_err(|e| Error::io("opening the file", e))
+        .with_path(path)?;
+    let changes = match detect(&f).with_path(path)? {
+        DiskFormat::Vhd => {
+            let file = crate::vhd::VhdFile::open(Box::new(f), &o.open)?;
+            crate::vhd::link::plan_unlink(file, &o.open)?.plan.changes
+        }
+        DiskFormat::Vhdx => {
+            let file = crate::vhdx::VhdxFile::open(Box::new(f), &o.open)?;
+            crate::vhdx::unlink::plan_unlink(file, &o.open, true)?
+                .plan
+                .changes
+        }
+    };
+    Ok(changes)
+}
+
+/// Bytes a new block may take beyond its data (a VHD sector bitmap and alignment), and the
+/// fixed room kept for the rest (a VHDX sector bitmap block, the journal, a moved footer).
+const BLOCK_OVERHEAD: u64 = 64 << 10;
+const FIXED_OVERHEAD: u64 = 2 << 20;
+
+/// Refuse before the first write when the child's file system has less free space than the
+/// blocks to allocate need (partial blocks are allocated already). Where the free space
+/// cannot be asked (not Linux, or the call fails), the copy runs and a full file system fails
+/// it like any write: the child keeps its contents either way.
+fn enough_space(file: &File, t: &Totals, block_size: u64) -> Result<()> {
+    if t.whole_blocks == 0 {
+        return Ok(());
+    }
+    let need = t
+        .whole_blocks
+        .saturating_mul(block_size.saturating_add(BLOCK_OVERHEAD))
+        .saturating_add(FIXED_OVERHEAD);
+    match free_bytes(file) {
+        Some(free) if free < need => Err(Error::refused(format!(
+            "not enough free space: the copy needs about {need} bytes ({} blocks of {block_size} \
+             bytes), the file system has {free} free; nothing was written",
+            t.whole_blocks
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn free_bytes(file: &File) -> Option<u64> {
+    let s = rustix::fs::fstatvfs(file).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn free_bytes(_: &File) -> Option<u64> {
+    None
+}
+
+/// A file shared between the writer, the read-only parse of the child and the final step.
+#[derive(Debug, Clone)]
+struct Shared(Arc<File>);
+
+impl Source for Shared {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Source::len(&*self.0)
+    }
+}
+
+impl Sink for Shared {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        Sink::sync(&*self.0)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        Sink::set_len(&*self.0, len)
+    }
+}
