@@ -192,3 +192,41 @@ fn apply_reports_a_chain_that_does_not_resolve_here() {
         .broken
         .is_some_and(|r| r.to_string().contains("not found")));
 }
+
+/// `--verify-content` compares the whole virtual disk, including a last chunk shorter than the
+/// 1 MiB read (a size that is not a whole number of MiB): a new parent with another identity
+/// and the same contents is accepted after exactly `size` bytes; one that differs only in its
+/// last sector is refused.
+#[test]
+fn verify_content_reads_a_short_last_chunk() {
+    let size = (3 << 20) + 4096;
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.vhdx");
+    let child = d.path().join("child.vhdx");
+    create(&base, &CreateParams::dynamic(size)).unwrap();
+    create(&child, &CreateParams::differencing(&base)).unwrap();
+    let np = d.path().join("other.vhdx");
+    create(&np, &CreateParams::dynamic(size)).unwrap();
+    let opts = ReparentOptions {
+        new_parent: np.clone(),
+        verify_content: Some(base.clone()),
+        ..ReparentOptions::default()
+    };
+    let p = plan(&child, &opts).unwrap();
+    assert!(
+        matches!(
+            p.identity,
+            IdentityCheck::ContentVerified { bytes_compared, .. } if bytes_compared == size
+        ),
+        "{:?}",
+        p.identity
+    );
+    let mut w = crate::WritableDisk::open(&np, &crate::ChainOptions::default()).unwrap();
+    w.write_at(size - 512, &[1u8; 512]).unwrap();
+    w.close().unwrap();
+    let e = plan(&child, &opts).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("virtual offset {:#x}", size - 512)),
+        "{e}"
+    );
+}

@@ -268,6 +268,27 @@ mod tests {
         assert_eq!(of(1), of(1));
     }
 
+    /// `chain_digest` opens the file's chain and digests it: the same digest as the contents,
+    /// another for other contents, and the bytes it read and the progress it reported.
+    #[test]
+    fn chain_digest_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut last = None;
+        for (name, fill) in [("a.vhd", 1u8), ("b.vhd", 2)] {
+            let mut b = VhdBuilder::dynamic(SIZE).block_size(2 << 20);
+            b.write(3 << 20, &[fill; 512]);
+            let path = dir.path().join(name);
+            std::fs::write(&path, b.build().bytes).unwrap();
+            let mut covered = 0;
+            let (h, read) =
+                chain_digest(&path, &ChainOptions::default(), &mut |n| covered += n).unwrap();
+            assert_eq!(h, digest(2 << 20, &[(3 << 20, &[fill; 512])]), "{name}");
+            // The 2 MiB block holding the data is read whole (two chunks).
+            assert_eq!((read, covered), (2 * CHUNK, SIZE), "{name}");
+            assert_ne!(last.replace(h.clone()), Some(h), "{name}");
+        }
+    }
+
     /// The digest depends on the contents only: block size, holes and stored zeros do not count.
     #[test]
     fn same_contents_same_digest_across_layouts() {

@@ -382,3 +382,98 @@ fn file_journal_over_the_size_bound_is_not_read() {
     f.set_len(MAX_JOURNAL_FILE).unwrap();
     assert_eq!(j.load().unwrap().unwrap().len() as u64, MAX_JOURNAL_FILE);
 }
+
+/// The batch steps on a real folder: a staged journal is invisible to recovery until
+/// published, unstaging or discarding removes exactly its own name, and each name's absence is
+/// not an error (a retried step, a crash in between).
+#[test]
+fn file_journal_batch_steps() {
+    let d = tempfile::tempdir().unwrap();
+    let j = FileJournal::for_disk(&d.path().join("child.vhd"));
+    assert_eq!(j.describe(), j.path().display().to_string());
+    assert_ne!(j.tmp_path(), j.path());
+    assert_eq!(j.tmp_path().parent(), Some(d.path()));
+    j.discard().unwrap();
+    j.unstage().unwrap();
+
+    j.stage(b"staged").unwrap();
+    assert_eq!(fs::read(j.tmp_path()).unwrap(), b"staged");
+    assert_eq!(j.load().unwrap(), None, "a staged journal is not read");
+    j.unstage().unwrap();
+    assert!(!j.tmp_path().exists());
+    assert_eq!(j.load().unwrap(), None);
+
+    j.stage(b"published").unwrap();
+    j.publish().unwrap();
+    assert!(!j.tmp_path().exists());
+    assert_eq!(j.load().unwrap().unwrap(), b"published");
+    j.unstage().unwrap();
+    assert_eq!(j.load().unwrap().unwrap(), b"published", "unstage leaves the journal");
+    j.discard().unwrap();
+    assert_eq!(j.load().unwrap(), None);
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "nothing left behind");
+}
+
+/// Only a missing name is tolerated by a removal: anything else planted there (here a folder,
+/// which `unlink` refuses) is reported and left, never taken for a removed journal.
+#[test]
+fn file_journal_removal_reports_what_it_cannot_remove() {
+    let d = tempfile::tempdir().unwrap();
+    let j = FileJournal::for_disk(&d.path().join("child.vhd"));
+    fs::create_dir(j.path()).unwrap();
+    fs::create_dir(j.tmp_path()).unwrap();
+    for (step, r) in [
+        ("remove", j.remove()),
+        ("discard", j.discard()),
+        ("unstage", j.unstage()),
+    ] {
+        let e = r.expect_err(step);
+        assert_ne!(e.kind(), io::ErrorKind::NotFound, "{step}: {e}");
+    }
+    assert!(j.path().is_dir() && j.tmp_path().is_dir());
+}
+
+/// A removal is durable only once the journal's folder is synced, so a folder that cannot be
+/// opened for that sync (here: gone) fails the removal instead of reporting it done.
+#[test]
+fn file_journal_remove_syncs_the_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let j = FileJournal::for_disk(&d.path().join("gone").join("child.vhd"));
+    let e = j.remove().unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    // The journal itself being absent is not the failure: with the folder there it succeeds.
+    fs::create_dir(d.path().join("gone")).unwrap();
+    j.remove().unwrap();
+}
+
+/// A store that implements only the durable operations gets batch steps that are correct, only
+/// slower: staging stores the journal at once (publishing has nothing left to do), and
+/// discarding removes it.
+#[test]
+fn default_batch_steps_store_and_remove() {
+    struct Durable(std::cell::RefCell<Option<Vec<u8>>>);
+    impl JournalStore for Durable {
+        fn load(&self) -> io::Result<Option<Vec<u8>>> {
+            Ok(self.0.borrow().clone())
+        }
+        fn store(&self, bytes: &[u8]) -> io::Result<()> {
+            *self.0.borrow_mut() = Some(bytes.to_vec());
+            Ok(())
+        }
+        fn remove(&self) -> io::Result<()> {
+            *self.0.borrow_mut() = None;
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "durable".into()
+        }
+    }
+    let s = Durable(std::cell::RefCell::new(None));
+    s.stage(b"journal").unwrap();
+    assert_eq!(s.load().unwrap().as_deref(), Some(&b"journal"[..]));
+    s.publish().unwrap();
+    s.unstage().unwrap();
+    assert_eq!(s.load().unwrap().as_deref(), Some(&b"journal"[..]));
+    s.discard().unwrap();
+    assert_eq!(s.load().unwrap(), None);
+}
