@@ -53,6 +53,11 @@ impl Simulated {
         Simulated(Arc::new(Mutex::new(Some(parsed))))
     }
 
+    /// No result kept: for plans whose apply never follows the chain from it (flatten's unlink).
+    pub(crate) fn none() -> Simulated {
+        Simulated(Arc::new(Mutex::new(None)))
+    }
+
     /// The simulated result, unless taken already.
     pub(crate) fn take(&self) -> Option<Parsed> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()

@@ -165,6 +165,7 @@ pub fn predict_refusal(plan: &FlattenPlan) -> Option<Error> {
             (plan.format == DiskFormat::Vhd)
                 .then(|| crate::share::probe::journal_refusal(&plan.child))
                 .flatten()
+                .map(|r| r.to_string())
         })?;
     Some(crate::lock::refusal(&plan.child, why))
 }

@@ -63,6 +63,7 @@ pub(crate) fn plan_unlink(file: VhdxFile, opts: &OpenOptions, preview: bool) -> 
         plan: p,
         guard,
         predicted_bytes,
+        simulated: crate::simulate::Simulated::none(),
         notes: Vec::new(),
         warnings: Vec::new(),
     })

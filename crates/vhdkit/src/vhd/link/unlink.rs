@@ -72,6 +72,7 @@ pub(crate) fn plan_unlink(file: VhdFile, opts: &OpenOptions) -> Result<Planned> 
     simulate(file, opts, &built.plan)?;
     Ok(Planned {
         plan: built.plan,
+        simulated: crate::simulate::Simulated::none(),
         notes: built.notes,
         warnings: built.warnings,
     })
