@@ -3,15 +3,15 @@
 //!
 //! Inputs are anything implementing [`VirtualSource`]: a [`ChainView`](crate::ChainView) (a
 //! VHD/VHDX and its parents, flattened) or a [`RawSource`] (a plain file, all of it data).
-//! Outputs are a path ([`to_raw`], [`to_vhd`], [`to_vhdx`]) or any
+//! Outputs are a path ([`to_path`]) or any
 //! [`OutputSink`], such as an in-memory `Cursor<Vec<u8>>` ([`to_sink`] with a [`Target`]: the
 //! same bytes, written in place). Every conversion
 //! reports to a [`Progress`], which may cancel it.
 //!
 //! Raw output is written sparsely: ranges no layer stores, and stored ranges that are all
-//! zeros, are left as holes. VHD output ([`to_vhd`]) is dynamic by default: blocks that are all
+//! zeros, are left as holes. VHD output is dynamic by default: blocks that are all
 //! zeros are never allocated; fixed output leaves zero ranges as holes of the data area; VHDX
-//! output ([`to_vhdx`]) likewise. The output is built under a temporary name in the destination's
+//! output likewise. The output is built under a temporary name in the destination's
 //! folder and renamed into place only once complete and flushed, so an interrupted (or
 //! cancelled) conversion never leaves a truncated file under the destination's name.
 
@@ -62,7 +62,7 @@ impl ConvertStats {
     }
 }
 
-/// Options for [`to_raw`], [`to_vhd`] and [`to_vhdx`].
+/// Options for [`to_path`] and [`to_sink`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ConvertOptions {
@@ -98,29 +98,61 @@ impl ConvertOptions {
     }
 }
 
-/// Write the whole virtual disk of `view` to `dst` as a raw image.
+/// Write the whole virtual disk of `src` to `dst` in the `target` format: the copy behind
+/// `vhdkit convert`.
 ///
-/// `progress` hears one `"convert"` phase in virtual bytes and may cancel it (the partial
-/// output is then removed; see [`crate::Progress`]).
+/// - [`Target::Raw`]: a raw image; zero ranges are left as holes.
+/// - [`Target::Vhd`]: a new VHD, dynamic (all-zero blocks left unallocated) or, with
+///   `opts.fixed`, fixed (zero ranges left as holes).
+/// - [`Target::Vhdx`]: a new VHDX in Hyper-V's layout (512-byte logical and 4096-byte physical
+///   sectors), dynamic with 32 MiB blocks by default or, with `opts.fixed`, fixed with 2 MiB
+///   blocks.
+///
+/// A source whose size is not a multiple of 512 is padded with zeros to the next sector for
+/// VHD and VHDX. The output is built under a temporary name beside `dst` and renamed into place
+/// once complete and synced; `dst` is replaced only with `opts.overwrite`. `progress` hears one
+/// `"convert"` phase in virtual bytes and may cancel it (the partial output is then removed;
+/// see [`crate::Progress`]). To write into memory or any other sink, see [`to_sink`].
 ///
 /// # Examples
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
-/// use vhdkit::convert::{to_raw, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams};
+/// use vhdkit::convert::{to_path, ConvertOptions, Target};
+/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
 ///
-/// let src = dir.path().join("disk.vhdx");
+/// let src = dir.path().join("disk.vhd");
 /// create(&src, &CreateParams::dynamic(8 << 20))?;
 /// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
 /// let raw = dir.path().join("disk.img");
-/// let stats = to_raw(&view, &raw, &ConvertOptions::default(), ())?;
+/// let stats = to_path(&view, &raw, Target::Raw, &ConvertOptions::default(), ())?;
 /// assert_eq!(std::fs::metadata(&raw)?.len(), stats.virtual_size);
+/// let dst = dir.path().join("disk.vhdx");
+/// to_path(&view, &dst, Target::Vhdx, &ConvertOptions::default(), ())?;
+/// assert_eq!(Disk::open(&dst)?.info().format, DiskFormat::Vhdx);
 /// # Ok(())
 /// # }
 /// ```
-pub fn to_raw(
+pub fn to_path(
+    src: &dyn VirtualSource,
+    dst: impl AsRef<Path>,
+    target: Target,
+    opts: &ConvertOptions,
+    progress: impl Progress,
+) -> Result<ConvertStats> {
+    match target {
+        Target::Raw => to_raw(src, dst, opts, progress),
+        Target::Vhd => to_vhd(src, dst, opts, progress),
+        Target::Vhdx => to_vhdx(src, dst, opts, progress),
+    }
+}
+
+/// Write the whole virtual disk of `view` to `dst` as a raw image.
+///
+/// `progress` hears one `"convert"` phase in virtual bytes and may cancel it (the partial
+/// output is then removed; see [`crate::Progress`]).
+fn to_raw(
     view: &dyn VirtualSource,
     dst: impl AsRef<Path>,
     opts: &ConvertOptions,
@@ -295,13 +327,13 @@ fn read_ahead(
 /// is not a multiple of 512 is padded with zeros to the next sector. The output is built under
 /// a temporary name and renamed into place once complete and synced; `progress` hears one
 /// `"convert"` phase and may cancel it (the partial output is then removed).
-pub fn to_vhd(
+fn to_vhd(
     src: &dyn VirtualSource,
     dst: impl AsRef<Path>,
     opts: &ConvertOptions,
     progress: impl Progress,
 ) -> Result<ConvertStats> {
-    to_path(src, dst.as_ref(), opts, NewImage::vhd(src, opts)?, progress)
+    image_to_path(src, dst.as_ref(), opts, NewImage::vhd(src, opts)?, progress)
 }
 
 /// The virtual size of a new image holding `src`: padded with zeros to a whole 512-byte
@@ -315,32 +347,14 @@ fn padded_size(src: &dyn VirtualSource) -> u64 {
 /// blocks left unallocated) or, with `opts.fixed`, fixed with 2 MiB blocks (every block
 /// allocated, zero ranges left as holes). A source whose size is not a multiple of 512 is
 /// padded with zeros. Built under a temporary name, renamed into place once complete and
-/// synced; `progress` as for [`to_vhd`].
-///
-/// # Examples
-///
-/// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let dir = tempfile::tempdir()?;
-/// use vhdkit::convert::{to_vhdx, ConvertOptions};
-/// use vhdkit::{create, Chain, ChainOptions, CreateParams, Disk, DiskFormat};
-///
-/// let src = dir.path().join("disk.vhd");
-/// create(&src, &CreateParams::dynamic(8 << 20))?;
-/// let view = Chain::open(&src, &ChainOptions::default())?.into_view();
-/// let dst = dir.path().join("disk.vhdx");
-/// to_vhdx(&view, &dst, &ConvertOptions::default(), ())?;
-/// assert_eq!(Disk::open(&dst)?.info().format, DiskFormat::Vhdx);
-/// # Ok(())
-/// # }
-/// ```
-pub fn to_vhdx(
+/// synced; `progress` as for `to_vhd`.
+fn to_vhdx(
     src: &dyn VirtualSource,
     dst: impl AsRef<Path>,
     opts: &ConvertOptions,
     progress: impl Progress,
 ) -> Result<ConvertStats> {
-    to_path(
+    image_to_path(
         src,
         dst.as_ref(),
         opts,
@@ -353,16 +367,16 @@ pub fn to_vhdx(
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// A raw image: the bytes [`to_raw`] writes to a file.
+    /// A raw image.
     Raw,
-    /// A VHD: the image [`to_vhd`] writes to a file.
+    /// A VHD.
     Vhd,
-    /// A VHDX: the image [`to_vhdx`] writes to a file.
+    /// A VHDX.
     Vhdx,
 }
 
 /// Write the whole virtual disk of `src` into `out` as a new `target` image: the bytes
-/// [`to_raw`], [`to_vhd`] or [`to_vhdx`] write to a file (`opts.overwrite` does not apply, and
+/// [`to_path`] writes to a file (`opts.overwrite` does not apply, and
 /// a raw image ignores `opts`). `out` should be empty (or, for raw, all zeros: only non-zero
 /// data is written, after sizing it to the virtual size); after an error (a cancel included)
 /// it holds a partial image.
@@ -447,9 +461,9 @@ fn step_size(opts: &ConvertOptions, block_size: u32) -> u64 {
     }
 }
 
-/// The path half of [`to_vhd`] and [`to_vhdx`]: check `dst`, then build the image under a
+/// The path half of `to_vhd` and `to_vhdx`: check `dst`, then build the image under a
 /// temporary name ([`image_into`] on a second handle of it) and give it its name.
-fn to_path(
+fn image_to_path(
     src: &dyn VirtualSource,
     dst: &Path,
     opts: &ConvertOptions,

@@ -202,5 +202,8 @@ pub fn detect_file(path: impl AsRef<std::path::Path>) -> Result<DiskFormat> {
     disk::detect(&f).map_err(|e| e.with_path(path))
 }
 
-// Flatten (issue 12): a differencing disk becomes standalone in place.
+// Flatten (issue 12): a differencing disk becomes standalone in place. The module is public
+// for the command's hidden helpers only; its API is the two types re-exported here.
+#[doc(hidden)]
 pub mod flatten;
+pub use flatten::{FlattenPlan, FlattenReport};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use vhdkit::check::{check_file, CheckOptions};
-use vhdkit::convert::{to_raw, ConvertOptions};
+use vhdkit::convert::{to_path, ConvertOptions, Target};
 use vhdkit::reparent::{plan, ReparentOptions};
 use vhdkit::{Chain, ChainOptions, Disk};
 use vhdkit_testkit::corpus::{cases, Case};
@@ -60,9 +60,10 @@ fn run_case(dir: &Path, c: &Case) -> (Vec<&'static str>, String) {
         if d.virtual_size() <= 256 << 20 {
             let out = dir.join("out.raw");
             let r = Chain::open(target, &co).and_then(|ch| {
-                to_raw(
+                to_path(
                     &ch.into_view(),
                     &out,
+                    Target::Raw,
                     &ConvertOptions::default().overwrite(true),
                     (),
                 )

@@ -196,7 +196,8 @@ fn already_exists() {
     let view = Chain::open(&f, &ChainOptions::default())
         .unwrap()
         .into_view();
-    let e = vhdkit::convert::to_vhd(&view, &dst, &opts, ()).unwrap_err();
+    let e =
+        vhdkit::convert::to_path(&view, &dst, vhdkit::convert::Target::Vhd, &opts, ()).unwrap_err();
     assert!(
         matches!(e.kind(), ErrorKind::AlreadyExists { path } if path == dst),
         "{e}"

@@ -13,6 +13,7 @@ use vhdkit::check::{check_file, CheckOptions};
 use vhdkit::flatten;
 use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::txn::journal::{self, JournalStore, Recovery};
+use vhdkit::FlattenPlan;
 use vhdkit::{ChainOptions, ChainView, Disk, DiskType, OpenOptions};
 use vhdkit_testkit::through::{qemu_raw, read_chain, tmp};
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
@@ -126,13 +127,13 @@ fn vhdx_chain(
 fn flatten_and_check(child: &Path, parents: &[PathBuf], qemu_fmt: Option<&str>, dir: &Path) {
     let want = read_chain(child);
     let parent_shas: Vec<String> = parents.iter().map(|p| sha256_file(p)).collect();
-    let plan = flatten::plan(child, &ChainOptions::default()).unwrap();
+    let plan = FlattenPlan::new(child, &ChainOptions::default()).unwrap();
     assert!(!plan.already_standalone);
     assert_eq!(plan.parents.len(), parents.len());
     assert!(plan.bytes_to_copy > 0);
     assert!(plan.partial_blocks > 0, "{plan:?}");
     assert!(!plan.unlink.is_empty());
-    let r = flatten::apply(&plan, &mut ()).unwrap();
+    let r = plan.apply(&mut ()).unwrap();
     assert!(!r.already_standalone);
     assert_eq!(
         (r.whole_blocks, r.partial_blocks, r.bytes_copied),
@@ -157,9 +158,9 @@ fn flatten_and_check(child: &Path, parents: &[PathBuf], qemu_fmt: Option<&str>, 
         assert_eq!(sha256(&q), sha256(&want), "qemu read-back");
     }
     // A rerun has nothing left to do.
-    let again = flatten::plan(child, &ChainOptions::default()).unwrap();
+    let again = FlattenPlan::new(child, &ChainOptions::default()).unwrap();
     assert!(again.already_standalone);
-    assert!(flatten::apply(&again, &mut ()).unwrap().already_standalone);
+    assert!(again.apply(&mut ()).unwrap().already_standalone);
 }
 
 #[test]
@@ -181,25 +182,55 @@ fn vhdx_depth_1_and_3_both_sector_sizes() {
     }
 }
 
+/// Flattening a disk that is itself a parent: its virtual contents do not change, so it keeps
+/// the identity its children record (VHDX DataWriteGuid, VHD unique id) and they read the same.
+#[test]
+fn the_flattened_disks_own_children_keep_working() {
+    for ext in ["vhd", "vhdx"] {
+        let d = tmp();
+        let (child, parents) = if ext == "vhd" {
+            vhd_chain(d.path(), 6 * MIB + 3 * 512, 2, 7)
+        } else {
+            vhdx_chain(d.path(), 6 * MIB, 2, 512, 7)
+        };
+        let want = read_chain(&child);
+        let middle = &parents[0];
+        let id_before = Disk::open(middle).unwrap().identity();
+        let plan = FlattenPlan::new(middle, &ChainOptions::default()).unwrap();
+        assert!(plan.bytes_to_copy > 0, "{ext}");
+        plan.apply(&mut ()).unwrap();
+        let m = Disk::open(middle).unwrap();
+        assert_eq!(m.disk_type(), DiskType::Dynamic, "{ext}");
+        assert_eq!(m.identity(), id_before, "{ext}");
+        let chain = vhdkit::Chain::open(&child, &ChainOptions::default()).unwrap();
+        assert_eq!(
+            chain.disks().len(),
+            2,
+            "{ext}: the child now sits on the flattened disk"
+        );
+        assert_eq!(sha256(&read_chain(&child)), sha256(&want), "{ext}");
+    }
+}
+
 #[test]
 fn a_locked_child_is_refused_and_untouched() {
     let d = tmp();
     let (child, _) = vhd_chain(d.path(), 4 * MIB, 1, 3);
     let before = std::fs::read(&child).unwrap();
-    let plan = flatten::plan(&child, &ChainOptions::default()).unwrap();
+    let plan = FlattenPlan::new(&child, &ChainOptions::default()).unwrap();
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&child)
         .unwrap();
     f.try_lock().unwrap();
     // flock locks belong to the open file description: the apply's own open conflicts.
-    let other = std::thread::spawn(move || flatten::apply(&plan, &mut ()).map(|_| ()))
+    let other = std::thread::spawn(move || plan.apply(&mut ()).map(|_| ()))
         .join()
         .unwrap();
     let e = other.unwrap_err();
     assert!(matches!(e.kind(), vhdkit::ErrorKind::Locked { .. }), "{e}");
     assert!(
-        flatten::predict_refusal(&flatten::plan(&child, &ChainOptions::default()).unwrap())
+        flatten::predict_refusal(&FlattenPlan::new(&child, &ChainOptions::default()).unwrap())
             .is_some()
     );
     drop(f);
@@ -212,7 +243,7 @@ fn a_broken_chain_is_refused() {
     let (child, parents) = vhdx_chain(d.path(), 4 * MIB, 1, 512, 5);
     std::fs::remove_file(&parents[0]).unwrap();
     let before = std::fs::read(&child).unwrap();
-    let e = flatten::plan(&child, &ChainOptions::default()).unwrap_err();
+    let e = FlattenPlan::new(&child, &ChainOptions::default()).unwrap_err();
     assert!(
         matches!(e.kind(), vhdkit::ErrorKind::ParentNotFound { .. }),
         "{e}"
@@ -343,9 +374,9 @@ fn cancel_keeps_the_contents_and_a_rerun_finishes() {
     let d = tmp();
     let (child, _) = vhd_chain(d.path(), 6 * MIB, 1, 21);
     let want = read_chain(&child);
-    let plan = flatten::plan(&child, &ChainOptions::default()).unwrap();
+    let plan = FlattenPlan::new(&child, &ChainOptions::default()).unwrap();
     let mut p = CancelAfterFirst::default();
-    let e = flatten::apply(&plan, &mut p).unwrap_err();
+    let e = plan.apply(&mut p).unwrap_err();
     assert!(e.is_cancelled(), "{e}");
     assert_eq!(
         p.phase,
@@ -357,9 +388,9 @@ fn cancel_keeps_the_contents_and_a_rerun_finishes() {
         DiskType::Differencing
     );
     assert_eq!(read_chain(&child), want);
-    let again = flatten::plan(&child, &ChainOptions::default()).unwrap();
+    let again = FlattenPlan::new(&child, &ChainOptions::default()).unwrap();
     assert!(again.bytes_to_copy < plan.bytes_to_copy);
-    flatten::apply(&again, &mut ()).unwrap();
+    again.apply(&mut ()).unwrap();
     assert_eq!(Disk::open(&child).unwrap().disk_type(), DiskType::Dynamic);
     assert_eq!(read_chain(&child), want);
 }

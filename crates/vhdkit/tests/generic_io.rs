@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use uuid::Uuid;
-use vhdkit::convert::{to_raw, to_sink, to_vhd, to_vhdx, ConvertOptions, Target};
+use vhdkit::convert::{to_path, to_sink, ConvertOptions, Target};
 use vhdkit::create_into;
 use vhdkit::{
     create, Chain, ChainOptions, ChainView, CreateParams, Disk, DiskFormat, OpenOptions, Progress,
@@ -149,7 +149,7 @@ fn raw_into_a_cursor_is_the_raw_file() {
     let t = tempfile::tempdir().unwrap();
     let view = source(t.path());
     let path = t.path().join("out.img");
-    let on_disk = to_raw(&view, &path, &ConvertOptions::default(), ()).unwrap();
+    let on_disk = to_path(&view, &path, Target::Raw, &ConvertOptions::default(), ()).unwrap();
     let mut mem = Cursor::new(Vec::new());
     let in_mem = to_sink(&view, &mut mem, Target::Raw, &ConvertOptions::default(), ()).unwrap();
     assert_eq!(in_mem, on_disk);
@@ -172,7 +172,7 @@ fn vhd_and_vhdx_into_a_cursor_match_the_files() {
             .block_size(Some(2 << 20));
         // VHD: only the unique id, time stamp and checksum of the two footers differ.
         let path = t.path().join(format!("out-{fixed}.vhd"));
-        let on_disk = to_vhd(&view, &path, &opts, ()).unwrap();
+        let on_disk = to_path(&view, &path, Target::Vhd, &opts, ()).unwrap();
         let mut mem = Cursor::new(Vec::new());
         assert_eq!(
             to_sink(&view, &mut mem, Target::Vhd, &opts, ()).unwrap(),
@@ -187,7 +187,7 @@ fn vhd_and_vhdx_into_a_cursor_match_the_files() {
         // VHDX: ids (headers, metadata) and the log entries that carry them differ; the BAT
         // at 3 MiB and the data after it do not.
         let path = t.path().join(format!("out-{fixed}.vhdx"));
-        let on_disk = to_vhdx(&view, &path, &opts, ()).unwrap();
+        let on_disk = to_path(&view, &path, Target::Vhdx, &opts, ()).unwrap();
         let mut mem = Cursor::new(Vec::new());
         assert_eq!(
             to_sink(&view, &mut mem, Target::Vhdx, &opts, ()).unwrap(),
@@ -235,9 +235,9 @@ fn conversions_report_one_phase_covering_the_disk() {
         let dst = t.path().join(format!("p.{to}"));
         let opts = ConvertOptions::default();
         match to {
-            "img" => to_raw(&view, &dst, &opts, &mut r).map(|_| ()),
-            "vhd" => to_vhd(&view, &dst, &opts, &mut r).map(|_| ()),
-            _ => to_vhdx(&view, &dst, &opts, &mut r).map(|_| ()),
+            "img" => to_path(&view, &dst, Target::Raw, &opts, &mut r).map(|_| ()),
+            "vhd" => to_path(&view, &dst, Target::Vhd, &opts, &mut r).map(|_| ()),
+            _ => to_path(&view, &dst, Target::Vhdx, &opts, &mut r).map(|_| ()),
         }
         .unwrap();
         assert_eq!(r.phases, [("convert".to_string(), Some(12 * MIB))], "{to}");
@@ -260,9 +260,9 @@ fn a_cancelled_conversion_leaves_no_output() {
         let dst = out.join(format!("c.{to}"));
         let opts = ConvertOptions::default().block_size(Some(2 << 20));
         let e = match to {
-            "img" => to_raw(&view, &dst, &opts, &mut r).map(|_| ()),
-            "vhd" => to_vhd(&view, &dst, &opts, &mut r).map(|_| ()),
-            _ => to_vhdx(&view, &dst, &opts, &mut r).map(|_| ()),
+            "img" => to_path(&view, &dst, Target::Raw, &opts, &mut r).map(|_| ()),
+            "vhd" => to_path(&view, &dst, Target::Vhd, &opts, &mut r).map(|_| ()),
+            _ => to_path(&view, &dst, Target::Vhdx, &opts, &mut r).map(|_| ()),
         }
         .unwrap_err();
         assert!(e.is_cancelled(), "{to}: {e}");

@@ -578,7 +578,7 @@ fn convert_raw_to_vhd_and_back() {
         let out = d.path().join(format!("out-{fixed}.vhd"));
         let src = vhdkit::convert::RawSource::open(&raw).unwrap();
         let opts = vhdkit::convert::ConvertOptions::default().fixed(fixed);
-        vhdkit::convert::to_vhd(&src, &out, &opts, ()).unwrap();
+        vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhd, &opts, ()).unwrap();
         assert_eq!(read_chain(&out), padded, "fixed={fixed}");
         if let Some(q) = qemu_raw("vpc", &out, d.path()) {
             assert_eq!(sha256(&q), sha256(&padded), "qemu fixed={fixed}");
@@ -591,7 +591,8 @@ fn convert_raw_to_vhd_and_back() {
             assert!(len > 6 * MIB && len < 6 * MIB + 64 * 1024, "{len}");
         }
         let before = sha256_file(&out);
-        let e = vhdkit::convert::to_vhd(&src, &out, &opts, ()).unwrap_err();
+        let e = vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhd, &opts, ())
+            .unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
         assert_eq!(
             sha256_file(&out),

@@ -395,7 +395,7 @@ fn convert_raw_to_vhdx_and_back() {
         let out = d.path().join(format!("out-{fixed}.vhdx"));
         let src = vhdkit::convert::RawSource::open(&raw).unwrap();
         let opts = vhdkit::convert::ConvertOptions::default().fixed(fixed);
-        vhdkit::convert::to_vhdx(&src, &out, &opts, ()).unwrap();
+        vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhdx, &opts, ()).unwrap();
         assert!(read_chain(&out) == padded, "fixed={fixed}");
         if let Some(q) = qemu_raw("vhdx", &out, d.path()) {
             assert_eq!(sha256(&q), sha256(&padded), "qemu fixed={fixed}");
@@ -412,7 +412,8 @@ fn convert_raw_to_vhdx_and_back() {
         } else {
             assert_eq!(disk.disk_type(), DiskType::Fixed);
         }
-        let e = vhdkit::convert::to_vhdx(&src, &out, &opts, ()).unwrap_err();
+        let e = vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhdx, &opts, ())
+            .unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
     }
 }

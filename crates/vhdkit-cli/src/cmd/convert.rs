@@ -35,9 +35,15 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
         .block_size(block_size);
     let mut bar = Bar::new(a.json);
     let stats = match a.to {
-        OutputFormat::Raw => convert::to_raw(&*view, &a.dst, &copts, &mut bar),
-        OutputFormat::Vhd => convert::to_vhd(&*view, &a.dst, &copts, &mut bar),
-        OutputFormat::Vhdx => convert::to_vhdx(&*view, &a.dst, &copts, &mut bar),
+        OutputFormat::Raw => {
+            convert::to_path(&*view, &a.dst, convert::Target::Raw, &copts, &mut bar)
+        }
+        OutputFormat::Vhd => {
+            convert::to_path(&*view, &a.dst, convert::Target::Vhd, &copts, &mut bar)
+        }
+        OutputFormat::Vhdx => {
+            convert::to_path(&*view, &a.dst, convert::Target::Vhdx, &copts, &mut bar)
+        }
     };
     drop(bar);
     let format = match a.to {

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use vhdkit::flatten::{self, FlattenPlan, FlattenReport};
+use vhdkit::flatten;
+use vhdkit::{FlattenPlan, FlattenReport};
 
 use crate::cli::FlattenArgs;
 use crate::cmd::chain_options;
@@ -11,7 +12,7 @@ use crate::output::{self, CliError};
 use crate::Outcome;
 
 pub fn run(a: &FlattenArgs) -> Result<Outcome, CliError> {
-    let plan = flatten::plan(&a.child, &chain_options(&a.resolve)?)?;
+    let plan = FlattenPlan::new(&a.child, &chain_options(&a.resolve)?)?;
     if a.dry_run {
         // The real run's first refusal (a read-only or locked child, a VHD journal that
         // cannot be written beside it), found the way it would meet it.
@@ -27,7 +28,7 @@ pub fn run(a: &FlattenArgs) -> Result<Outcome, CliError> {
         return Ok(Outcome::Ok);
     }
     let mut bar = Bar::new(a.json);
-    let report = flatten::apply(&plan, &mut bar);
+    let report = plan.apply(&mut bar);
     drop(bar);
     let report = report?;
     if a.json {

@@ -1,4 +1,4 @@
-//! [`apply`] (a path: lock, recover, open the chain) and `apply_to` (any sink and journal
+//! `apply` (a path: lock, recover, open the chain) and `apply_to` (any sink and journal
 //! store: the fault-injection tests), the copy and the final step.
 
 use std::fs::File;
@@ -26,7 +26,7 @@ const COPY_CHUNK: u64 = 1 << 20;
 /// parent linkage in one crash-safe step. `progress` hears one `"flatten"` phase in bytes and
 /// may cancel between blocks (what was copied is committed; the child stays a differencing
 /// disk with the same contents, and a rerun finishes).
-pub fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<FlattenReport> {
+pub(super) fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<FlattenReport> {
     let path = plan.child.as_path();
     let lock = crate::lock::lock_disk(path)?;
     let file = lock
@@ -72,7 +72,7 @@ struct Views {
     writer_parents: ChainView,
 }
 
-/// [`apply`] on any target and journal store (the repository's fault-injection tests), with
+/// `apply` on any target and journal store (the repository's fault-injection tests), with
 /// `parents` opening the chain below the child (called twice).
 #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
 pub fn apply_to<S: Sink + Clone + 'static>(
@@ -116,10 +116,10 @@ fn open_image<S: Sink + Clone + 'static>(
             sink.clone(),
             &opts.open,
         )?),
-        DiskFormat::Vhdx => Box::new(crate::vhdx::write::VhdxWriter::open(
-            sink.clone(),
-            &opts.open,
-        )?),
+        // Flatten writes what the child already reads: its own children stay valid.
+        DiskFormat::Vhdx => Box::new(
+            crate::vhdx::write::VhdxWriter::open(sink.clone(), &opts.open)?.preserving_contents(),
+        ),
     })
 }
 

@@ -1,9 +1,10 @@
 //! Flatten a differencing disk in place: the child becomes a standalone dynamic disk with the
 //! same virtual contents, and its parents are never touched (their other children keep
-//! working). In two steps, like every change vhdkit makes: [`plan`] validates everything and
-//! counts what will be copied, writing nothing; [`apply`] does it.
+//! working). In two steps, like every change vhdkit makes: [`FlattenPlan::new`] validates
+//! everything and counts what will be copied, writing nothing; [`FlattenPlan::apply`] does it.
 //!
-//! [`apply`], under the child's exclusive writers' lock (`crate::lock`, the one every vhdkit
+//! [`FlattenPlan::apply`], under the child's exclusive writers' lock (`crate::lock`, the one
+//! every vhdkit
 //! writer takes):
 //! 1. finishes an interrupted vhdkit change first (a VHD redo journal is rolled forward, a
 //!    dirty VHDX log replayed), and refuses a foreign journal;
@@ -26,10 +27,10 @@
 //! differencing disk that holds more blocks, after it a standalone one. A rerun finishes: its
 //! plan has less (or nothing) to copy, and a disk already standalone is reported as such.
 //!
-//! **VHDX DataWriteGuid.** The copy is a data write, so the engine gives the child a new
-//! DataWriteGuid before it (MS-VHDX 2.2.2). Differencing disks whose `parent_linkage` names the
-//! child (its own children) then stop opening, although their contents would be the same: do
-//! not flatten a VHDX that has children. A VHD has no such field; its children keep working.
+//! **Children of the flattened disk keep working.** Its virtual contents do not change, so a
+//! VHDX keeps its DataWriteGuid (MS-VHDX 2.2.2 asks for a new one when the contents change;
+//! here only their representation does), which its own children's `parent_linkage` records.
+//! A VHD child records its parent's unique id, which flatten keeps too.
 //!
 //! Progress: one `"flatten"` phase in bytes copied; cancelling stops between blocks, after
 //! committing what was copied (the child is then a differencing disk holding more blocks).
@@ -45,7 +46,6 @@ use crate::view::ChainView;
 mod apply;
 mod walk;
 
-pub use apply::apply;
 #[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub use apply::apply_to;
@@ -78,12 +78,30 @@ pub struct FlattenPlan {
     pub unlink: Vec<FieldChange>,
     /// Facts worth showing.
     pub notes: Vec<String>,
-    /// The options the plan was made with; [`apply`] opens the chain with them.
+    /// The options the plan was made with; [`FlattenPlan::apply`] opens the chain with them.
     #[cfg_attr(feature = "serde", serde(skip))]
     pub chain: ChainOptions,
 }
 
-/// What [`apply`] did.
+impl FlattenPlan {
+    /// Plan flattening `child`: open its chain with `opts` (it must resolve intact), count the
+    /// blocks and bytes to copy, and plan the final step on the file as it is (so a child that
+    /// cannot become standalone is refused now). Nothing is written and no lock is taken.
+    pub fn new(child: impl AsRef<Path>, opts: &ChainOptions) -> Result<FlattenPlan> {
+        plan(child.as_ref(), opts)
+    }
+
+    /// Flatten the plan's child: under its exclusive lock, finish an interrupted change, copy
+    /// what it lacks from its chain (opened again with the plan's options), then remove its
+    /// parent linkage in one crash-safe step. `progress` hears one `"flatten"` phase in bytes
+    /// and may cancel between blocks (what was copied is committed; the child stays a
+    /// differencing disk with the same contents, and a rerun finishes).
+    pub fn apply(&self, progress: &mut dyn crate::Progress) -> Result<FlattenReport> {
+        apply::apply(self, progress)
+    }
+}
+
+/// What [`FlattenPlan::apply`] did.
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -103,11 +121,8 @@ pub struct FlattenReport {
     pub unlink_bytes: u64,
 }
 
-/// Plan flattening `child`: open its chain with `opts` (it must resolve intact), count the
-/// blocks and bytes to copy, and plan the final step on the file as it is (so a child that
-/// cannot become standalone is refused now). Nothing is written and no lock is taken.
-pub fn plan(child: impl AsRef<Path>, opts: &ChainOptions) -> Result<FlattenPlan> {
-    let child = child.as_ref();
+/// See [`FlattenPlan::new`].
+fn plan(child: &Path, opts: &ChainOptions) -> Result<FlattenPlan> {
     let chain = Chain::open(child, opts)?;
     let mut layers = chain.into_view().into_layers();
     if layers.is_empty() {
@@ -154,7 +169,7 @@ fn totals(child: &Disk, parents: &ChainView) -> Result<walk::Totals> {
     Ok(t)
 }
 
-/// Why [`apply`] will refuse `plan` before writing anything, found the way apply meets it (for
+/// Why [`FlattenPlan::apply`] will refuse `plan` before writing anything, found the way apply meets it (for
 /// dry runs): the child's exclusive lock is taken and released at once, and for a VHD the
 /// journal's folder is checked as `reparent`'s dry run does. Nothing is written.
 #[doc(hidden)] // the `vhdkit` command's dry run; not part of the API yet

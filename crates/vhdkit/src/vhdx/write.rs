@@ -189,6 +189,15 @@ impl<S: Sink> VhdxWriter<S> {
         })
     }
 
+    /// For writes that leave every sector reading as before (flatten copying the chain's data
+    /// into the child): the DataWriteGuid is kept, so the differencing disks whose
+    /// `parent_linkage` names this file stay valid. MS-VHDX 2.2.2 asks for a new one before a
+    /// change to the virtual disk's contents; these writes change its representation only.
+    pub(crate) fn preserving_contents(mut self) -> Self {
+        self.engine.fmt.data_write_guid_changed = true;
+        self
+    }
+
     /// The file underneath.
     #[cfg(any(test, feature = "test-support"))]
     pub fn sink(&self) -> &S {
