@@ -31,6 +31,7 @@ use crate::view::Allocation;
 use crate::write::WritableImage;
 
 mod source;
+pub(crate) use source::ZeroAhead;
 pub use source::{RawSource, VirtualSource};
 
 /// Size of one copy step. Large enough that per-call overhead vanishes at storage speed,
@@ -294,11 +295,12 @@ fn read_ahead(
     tx: &std::sync::mpsc::SyncSender<Result<Step>>,
     back: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
+    let mut zeros = ZeroAhead::default();
     let mut pos = 0u64;
     while pos < size {
         let want = (size - pos).min(CHUNK_BYTES as u64);
-        let step = view
-            .allocation(pos, want)
+        let step = zeros
+            .next(view, pos, want)
             .and_then(|(alloc, len)| match alloc {
                 Allocation::Zero => Ok(Step::Skip { len }),
                 Allocation::Data => {
@@ -520,12 +522,18 @@ fn copy_blocks(
         b.fill(0);
         Ok(())
     };
+    let mut zeros = ZeroAhead::default();
     let mut pos = 0u64;
     while pos < size {
         crate::progress::check(progress)?;
         let len = (size - pos).min(step - pos % step);
-        let n = usize::try_from(len).unwrap_or(buf.len()).min(buf.len());
-        if holds_data(src, pos, len)? {
+        let len = if zeros.all_zero(src, pos, len)? {
+            // The hole may go on: every whole step it covers is skipped at once.
+            let len = skip_len(&zeros, pos, len, step, size);
+            stats.bytes_skipped += len;
+            len
+        } else {
+            let n = usize::try_from(len).unwrap_or(buf.len()).min(buf.len());
             let chunk = &mut buf[..n];
             src.read_exact_at(chunk, pos)?;
             stats.bytes_read += len;
@@ -535,26 +543,22 @@ fn copy_blocks(
                 out.write_at(pos, chunk, &mut no_parent)?;
                 stats.bytes_written += len;
             }
-        } else {
-            stats.bytes_skipped += len;
-        }
+            len
+        };
         pos += len;
         progress.advance(len);
     }
     Ok(stats)
 }
 
-/// Whether any part of `len` bytes at `pos` is stored data.
-fn holds_data(src: &dyn VirtualSource, pos: u64, len: u64) -> Result<bool> {
-    let mut at = pos;
-    while at < pos + len {
-        let (alloc, n) = src.allocation(at, pos + len - at)?;
-        if alloc == Allocation::Data {
-            return Ok(true);
-        }
-        at += n;
-    }
-    Ok(false)
+/// Bytes to skip from `pos`, where a step of `len` bytes reads as zeros: up to the last step
+/// boundary (or the end of the disk) the zero run holding the step's last byte reaches, at
+/// least `len`.
+fn skip_len(zeros: &ZeroAhead, pos: u64, len: u64, step: u64, size: u64) -> u64 {
+    let last = pos.saturating_add(len).saturating_sub(1);
+    let end = zeros.zero_end(last).unwrap_or(0).min(size);
+    let end = if end == size { end } else { end - end % step };
+    end.saturating_sub(pos).max(len)
 }
 
 /// Granularity of hole detection inside stored data: one 64 KiB piece at a time.

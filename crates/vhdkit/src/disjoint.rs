@@ -2,9 +2,10 @@
 //!
 //! A table may point at tens of millions of blocks, and a hostile sparse file can make every one
 //! of them allocated, so the blocks cannot all be held and sorted at once. Instead the spans are
-//! visited in passes ([`visit_sorted`]): one pass counts them; while a range of start offsets
-//! holds more spans than the budget, a histogram pass splits it into ranges that each hold at
-//! most the budget; each such range is then collected, sorted and handed on in order. The
+//! visited in passes ([`visit_sorted`]): one pass counts them (and is all it takes when they
+//! fit the budget); while a range of start offsets holds more spans than the budget, a
+//! histogram pass splits it into ranges that each hold at most the budget; each such range is
+//! then collected, sorted and handed on in order. The
 //! overlap checks ([`find_overlap`], [`each_overlap`]) sweep that order, comparing each span
 //! with the one reaching furthest before it. Memory is the budget plus one histogram; the cost
 //! is a few passes over the table, and only when it is larger than the budget.
@@ -107,26 +108,37 @@ fn sweep(
 /// Call `visit` on every span (empty ones too) in ascending order of `(start, end, id)`,
 /// holding at most `budget` spans at once: for checkers that report every neighbouring pair,
 /// not just the first overlap. Ranges of starts holding more spans than the budget are split by
-/// a histogram pass into ranges that fit, and each is collected, sorted and visited in turn; more spans than the budget on a single start are
+/// a histogram pass into ranges that fit, and each is collected, sorted and visited in turn
+/// (spans that all fit are held by the counting pass itself); more spans than the budget on a
+/// single start are
 /// visited in batches of the smallest `(end, id)` left (ids are assumed distinct there).
 pub(crate) fn visit_sorted(
     spans: &mut dyn Spans,
     budget: usize,
     visit: &mut dyn FnMut(Span) -> Result<()>,
 ) -> Result<()> {
+    let s_budget = budget.max(2);
     let mut s = Sorter {
         spans,
-        budget: budget.max(2),
+        budget: s_budget,
         visit,
     };
     let (mut n, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
+    // The counting pass holds the spans while they fit the budget: the usual case then needs
+    // no second pass over the table.
+    let mut held = Some(Vec::new());
     s.each_in(0, u64::MAX, &mut |x| {
         n += 1;
         lo = lo.min(x.start);
         hi = hi.max(x.start);
+        match &mut held {
+            Some(v) if v.len() < s_budget => v.push(x),
+            _ => held = None,
+        }
     })?;
-    if n == 0 {
-        return Ok(());
+    if let Some(mut v) = held {
+        v.sort_unstable();
+        return v.into_iter().try_for_each(|x| (s.visit)(x));
     }
     s.range(lo, hi, n)
 }
@@ -450,8 +462,15 @@ mod tests {
         let (r, passes) = counting(&v, 10_000);
         assert_eq!(r, None);
         assert!(passes <= 2 + 2 * 20 + 2, "{passes} passes");
+        // Spans that fit the budget are held by the counting pass: one pass in all, up to
+        // exactly the budget.
         let (_, small) = counting(&v[..100], 10_000);
-        assert_eq!(small, 2);
+        assert_eq!(small, 1);
+        assert_eq!(counting(&v[..10_000], 10_000).1, 1);
+        assert!(counting(&v[..10_001], 10_000).1 > 2);
+        let mut w = v[..10_000].to_vec();
+        w[7_777].start = w[123].start + 1;
+        assert_eq!(counting(&w, 10_000), (Some((w[123], w[7_777])), 1));
     }
 
     #[test]

@@ -131,36 +131,79 @@ impl LazyTable {
         if index >= self.count {
             return Err(self.outside(index));
         }
-        let byte = index * self.width.bytes();
-        let page = byte / PAGE_BYTES;
-        let within = usize::try_from(byte % PAGE_BYTES).unwrap_or(0);
+        let (page, within) = self.locate(index);
         let width = usize::try_from(self.width.bytes()).unwrap_or(8);
         let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes = self.page(&mut c, src, page)?;
+        let raw = bytes.get(within..within + width).unwrap_or_default();
+        Ok(self.width.decode(raw))
+    }
+
+    /// How many entries from `from` on, at most `max`, pass `keep(index, entry)` one after
+    /// another: the length of a run, found a page at a time (one lock and one cache search per
+    /// page, not per entry). The run also ends at the end of the table and before a page that
+    /// cannot be read, whose error a later [`LazyTable::get`] reports as before.
+    pub(crate) fn run_len(
+        &self,
+        src: &dyn Source,
+        from: u64,
+        max: u64,
+        mut keep: impl FnMut(u64, u64) -> bool,
+    ) -> u64 {
+        let end = from.saturating_add(max).min(self.count);
+        let w = self.width.bytes();
+        let step = usize::try_from(w).unwrap_or(8);
+        let per_page = PAGE_BYTES / w;
+        let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut i = from;
+        while i < end {
+            let (page, within) = self.locate(i);
+            let Ok(bytes) = self.page(&mut c, src, page) else {
+                break;
+            };
+            let page_end = page.saturating_add(1).saturating_mul(per_page).min(end);
+            let entries = bytes.get(within..).unwrap_or_default().chunks_exact(step);
+            for (k, raw) in (i..page_end).zip(entries) {
+                if !keep(k, self.width.decode(raw)) {
+                    return k - from;
+                }
+            }
+            i = page_end;
+        }
+        i.saturating_sub(from)
+    }
+
+    /// Page of entry `index`, and the entry's byte offset inside it.
+    fn locate(&self, index: u64) -> (u64, usize) {
+        let byte = index.saturating_mul(self.width.bytes());
+        (
+            byte / PAGE_BYTES,
+            usize::try_from(byte % PAGE_BYTES).unwrap_or(0),
+        )
+    }
+
+    /// The bytes of `page`, read into the cache `c` if absent, and made the most recently used.
+    fn page<'c>(&self, c: &'c mut Pages, src: &dyn Source, page: u64) -> Result<&'c [u8]> {
         // From the most recently used end: sequential reads hit the last page at once.
-        let pos = match c.pages.iter().rposition(|(p, _)| *p == page) {
-            Some(pos) => pos,
+        match c.pages.iter().rposition(|(p, _)| *p == page) {
+            // Most recently used last, so eviction drops the page unused longest.
+            Some(pos) if pos + 1 != c.pages.len() => {
+                let hit = c.pages.remove(pos);
+                c.pages.push(hit);
+            }
+            Some(_) => {}
             None => {
                 let bytes = self.read_page(src, page)?;
                 if c.pages.len() >= MAX_PAGES {
                     c.pages.remove(0);
                 }
                 c.pages.push((page, bytes));
-                c.pages.len() - 1
             }
-        };
-        // Most recently used last, so eviction drops the page unused longest.
-        let last = c.pages.len() - 1;
-        if pos != last {
-            let hit = c.pages.remove(pos);
-            c.pages.push(hit);
         }
-        let bytes = c
-            .pages
+        Ok(c.pages
             .last()
             .map(|(_, b)| b.as_slice())
-            .unwrap_or_default();
-        let raw = bytes.get(within..within + width).unwrap_or_default();
-        Ok(self.width.decode(raw))
+            .unwrap_or_default())
     }
 
     fn read_page(&self, src: &dyn Source, page: u64) -> Result<Vec<u8>> {
@@ -183,9 +226,7 @@ impl LazyTable {
         if index >= self.count {
             return;
         }
-        let byte = index * self.width.bytes();
-        let page = byte / PAGE_BYTES;
-        let within = usize::try_from(byte % PAGE_BYTES).unwrap_or(0);
+        let (page, within) = self.locate(index);
         let width = usize::try_from(self.width.bytes()).unwrap_or(8);
         let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, bytes)) = c.pages.iter_mut().find(|(p, _)| *p == page) {
@@ -317,6 +358,83 @@ mod tests {
             }
         });
         assert!(stop.is_err());
+    }
+
+    #[test]
+    fn run_len_follows_a_run_across_pages_to_its_end() {
+        // 3.5 pages of VHD entries: unallocated, except 5 entries.
+        let per_page = PAGE_BYTES / 4;
+        let n = per_page * 7 / 2;
+        let set = [3, per_page - 1, per_page + 2, 3 * per_page, n - 1];
+        let entries: Vec<u64> = (0..n)
+            .map(|i| {
+                if set.contains(&i) {
+                    i
+                } else {
+                    u64::from(u32::MAX)
+                }
+            })
+            .collect();
+        let (src, t) = table(&entries, Width::U32Be, 512);
+        let free = |_: u64, e: u64| e == u64::from(u32::MAX);
+        // The lookup answers as `get` does, entry by entry.
+        let slow = |from: u64, max: u64| {
+            (from..n.min(from.saturating_add(max)))
+                .take_while(|&i| free(i, t.get(&src, i).unwrap()))
+                .count() as u64
+        };
+        for (from, max) in [
+            (0, u64::MAX),
+            (4, u64::MAX),                // up to the last entry of page 0
+            (per_page, 2),                // stops at `max`
+            (per_page + 3, u64::MAX),     // across page 1 into page 2, up to entry 3 * per_page
+            (3 * per_page + 1, u64::MAX), // the last, partial page, up to its last entry
+            (3 * per_page + 1, 5),
+            (n - 1, 10),
+            (n, 10), // past the end
+            (u64::MAX, u64::MAX),
+            (7, 0),
+        ] {
+            assert_eq!(
+                t.run_len(&src, from, max, free),
+                slow(from, max),
+                "{from} {max}"
+            );
+        }
+        assert_eq!(
+            t.run_len(&src, per_page + 3, u64::MAX, free),
+            2 * per_page - 3
+        );
+        assert_eq!(t.run_len(&src, 3 * per_page + 1, u64::MAX, free), n / 7 - 2);
+        assert_eq!(t.run_len(&src, n, 10, free), 0);
+        // `keep` sees every index and entry in order.
+        let mut seen = Vec::new();
+        let got = t.run_len(&src, per_page - 2, 5, |i, e| {
+            seen.push((i, e));
+            true
+        });
+        assert_eq!(got, 5);
+        let want: Vec<(u64, u64)> = (per_page - 2..per_page + 3)
+            .map(|i| (i, entries[i as usize]))
+            .collect();
+        assert_eq!(seen, want);
+        assert!(t.cache.lock().unwrap().pages.len() <= MAX_PAGES);
+    }
+
+    #[test]
+    fn run_len_stops_before_an_unreadable_page_and_get_still_reports_it() {
+        // Two pages of VHDX entries in the file; the table claims a third, cut by the end.
+        let per_page = PAGE_BYTES / 8;
+        let src = vec![0u8; usize::try_from(2 * PAGE_BYTES + 16).unwrap()];
+        let t = LazyTable::new(0, 3 * per_page, Width::U64Le, "test table");
+        assert_eq!(
+            t.run_len(&src, 5, u64::MAX, |_, e| e == 0),
+            2 * per_page - 5
+        );
+        assert_eq!(t.run_len(&src, 2 * per_page, u64::MAX, |_, _| true), 0);
+        let err = t.get(&src, 2 * per_page).unwrap_err();
+        assert!(err.is_corruption(), "{err}");
+        assert_eq!(t.get(&src, 2 * per_page - 1).unwrap(), 0);
     }
 
     #[test]

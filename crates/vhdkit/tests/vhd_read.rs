@@ -510,13 +510,23 @@ mod built {
             (Extent::Unallocated, 10 * 512)
         );
         assert_eq!(c.map(7 * 512, 300).unwrap(), (Extent::Unallocated, 300));
+        // Absent sectors up to the end of block 0 run on through the unallocated blocks
+        // after it, to the end of the disk, or of the range asked about.
         assert_eq!(
             c.map(18 * 512, 1 << 20).unwrap(),
-            (Extent::Unallocated, (128 - 18) * 512)
+            (Extent::Unallocated, (1 << 20) - 18 * 512)
         );
-        // Block 1 is unallocated in the child.
+        assert_eq!(
+            c.map(18 * 512, 100 << 10).unwrap(),
+            (Extent::Unallocated, 100 << 10)
+        );
+        // Blocks 1 to 15 are unallocated in the child: one run.
         assert_eq!(
             c.map(64 << 10, 1 << 20).unwrap(),
+            (Extent::Unallocated, 15 * (64 << 10))
+        );
+        assert_eq!(
+            c.map((64 << 10) + 5, 64 << 10).unwrap(),
             (Extent::Unallocated, 64 << 10)
         );
         let p = open(&parent.build()).unwrap();

@@ -242,6 +242,49 @@ mod built {
         assert!(all[1 << 20..].iter().all(|&b| b == 0));
     }
 
+    /// Blocks that hold nothing, or read as zeros, form one run each, across the sector bitmap
+    /// entries between chunks (1 MiB blocks: 4096 per chunk), ending at a block of another
+    /// kind, at the end of the disk, or at the range asked about.
+    #[test]
+    fn runs_of_empty_blocks_span_chunks() {
+        const MIB: u64 = 1 << 20;
+        let size = 4200 * MIB;
+        let mut d = VhdxBuilder::new(Kind::Dynamic, size, 1 << 20, 512);
+        d.write(10 * MIB, &[0x44; 512]);
+        d.write(4100 * MIB + 512, &[0x55; 512]);
+        d.zero_block(4098);
+        d.zero_block(4099);
+        let mut b = d.build();
+        assert_eq!(b.layout.chunk_ratio, 4096);
+        set_bat(&mut b, 4097 + 1, 3); // block 4097 (after chunk 0's bitmap entry): UNMAPPED
+        let disk = open(b.bytes).unwrap();
+        let map = |at: u64, len: u64| disk.map(at, len).unwrap();
+        assert_eq!(map(0, size), (Extent::Unallocated, 10 * MIB));
+        assert!(matches!(map(10 * MIB, size), (Extent::Data { .. }, MIB)));
+        assert_eq!(
+            map(11 * MIB + 5, size),
+            (Extent::Unallocated, (4097 - 11) * MIB - 5)
+        );
+        assert_eq!(map(11 * MIB + 5, 2 * MIB), (Extent::Unallocated, 2 * MIB));
+        assert_eq!(map(4097 * MIB, size), (Extent::Zero, 3 * MIB));
+        assert_eq!(map(4097 * MIB + 7, MIB), (Extent::Zero, MIB));
+        assert!(matches!(map(4100 * MIB, size), (Extent::Data { .. }, MIB)));
+        assert_eq!(map(4101 * MIB, size), (Extent::Unallocated, 99 * MIB));
+        let view = ChainView::new(vec![disk]);
+        assert_eq!(
+            view.allocation(11 * MIB, size - 11 * MIB).unwrap(),
+            (vhdkit::Allocation::Zero, (4097 - 11) * MIB)
+        );
+        let mut buf = vec![0xA5u8; 3 << 20];
+        view.read_exact_at(&mut buf, 4096 * MIB).unwrap();
+        assert!(buf.iter().all(|&x| x == 0));
+        view.read_exact_at(&mut buf, 4099 * MIB).unwrap();
+        assert_eq!(buf[MIB as usize + 511], 0);
+        assert!(buf[MIB as usize + 512..MIB as usize + 1024]
+            .iter()
+            .all(|&x| x == 0x55));
+    }
+
     fn dynamic_with_data() -> (VhdxBuilder, Built) {
         let mut b = VhdxBuilder::new(Kind::Dynamic, 4 << 20, 1 << 20, 512);
         b.write(0, &vec![0xA5; 8192]);

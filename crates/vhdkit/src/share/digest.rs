@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 use crate::chain::{Chain, ChainOptions};
+use crate::convert::ZeroAhead;
 use crate::disk::{Disk, Extent};
 use crate::error::Result;
-use crate::view::{Allocation, ChainView};
+use crate::view::ChainView;
 
 const CHUNK: u64 = 1 << 20;
 
@@ -35,9 +36,11 @@ pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
     let mut read = 0u64;
+    // Holes are looked up a long run at a time, not chunk by chunk (see `ZeroAhead`).
+    let mut holes = ZeroAhead::default();
     while off < size {
         let n = (size - off).min(CHUNK);
-        let zero = if reads_as_zero(view, off, n)? {
+        let zero = if holes.all_zero(view, off, n)? {
             true
         } else {
             let b = &mut buf[..n as usize];
@@ -66,21 +69,6 @@ pub fn chain_digest(
 ) -> Result<(String, u64)> {
     let c = Chain::open(path, chain)?;
     content_digest(&c.into_view(), on_bytes)
-}
-
-/// Whether `n` bytes at `off` read as zeros without reading them: every allocation run in the
-/// range is a hole through the whole chain. A chunk may span several blocks (blocks under
-/// 1 MiB, or a chunk across a block boundary), so the runs are followed to the chunk's end.
-fn reads_as_zero(view: &ChainView, off: u64, n: u64) -> Result<bool> {
-    let mut done = 0u64;
-    while done < n {
-        let (alloc, len) = view.allocation(off + done, n - done)?;
-        if alloc != Allocation::Zero || len == 0 {
-            return Ok(false);
-        }
-        done = done.saturating_add(len);
-    }
-    Ok(true)
 }
 
 /// SHA-256 (hex) of one disk's own layer: its map and stored data (see the module docs).

@@ -314,6 +314,27 @@ impl VhdFile {
         Ok(out)
     }
 
+    /// A run of `len` unallocated bytes that ends with `block`, followed on by the unallocated
+    /// blocks after it, up to `max_len` bytes: one scan of the table, a page at a time, so a
+    /// long hole costs a few lookups rather than one per block.
+    fn unallocated_after(&self, block: u64, len: u64, max_len: u64) -> u64 {
+        let (Some(t), Some(bs)) = (&self.bat, self.shape.block_size) else {
+            return len;
+        };
+        let more = max_len.saturating_sub(len);
+        if more == 0 || bs == 0 {
+            return len;
+        }
+        let free = u64::from(format::BAT_UNALLOCATED);
+        let blocks = t.run_len(
+            &*self.src,
+            block.saturating_add(1),
+            more.div_ceil(bs),
+            |_, e| e == free,
+        );
+        len.saturating_add(blocks.saturating_mul(bs).min(more))
+    }
+
     fn info(&self) -> VhdInfo {
         VhdInfo {
             timestamp: self.footer.raw.time_stamp,
@@ -509,7 +530,10 @@ impl Image for VhdFile {
             }
         };
         if entry == u64::from(format::BAT_UNALLOCATED) {
-            return Ok((Extent::Unallocated, n));
+            return Ok((
+                Extent::Unallocated,
+                self.unallocated_after(block, n, max_len),
+            ));
         }
         let bitmap_at = entry * format::SECTOR_BYTES;
         let data_at = bitmap_at + self.bitmap_bytes;
@@ -528,6 +552,12 @@ impl Image for VhdFile {
             bitmap::run(bm, first, limit, self.bit_order)
         })?;
         let len = (end_sector * format::SECTOR_BYTES - in_block).min(n);
+        // Sectors absent up to the end of the block run on into unallocated blocks.
+        let len = if !set && in_block + len == bs {
+            self.unallocated_after(block, len, max_len)
+        } else {
+            len
+        };
         Ok(Extent::bitmap_run(set, data_at + in_block, len))
     }
     fn details(&self) -> FormatInfo {

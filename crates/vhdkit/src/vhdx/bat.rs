@@ -77,6 +77,11 @@ pub(crate) fn sb_index(c: u64, cr: u64) -> u64 {
     c * (cr + 1) + cr
 }
 
+/// Whether BAT index `idx` holds a sector bitmap entry (the last of each chunk's `cr + 1`).
+pub(crate) fn is_sb_index(idx: u64, cr: u64) -> bool {
+    (idx + 1) % (cr + 1) == 0
+}
+
 /// Entries a file must have.
 pub(crate) fn required_entries(payload_blocks: u64, cr: u64, differencing: bool) -> u64 {
     if differencing {
@@ -224,7 +229,7 @@ impl Checker<'_, '_> {
             .with_code("vhdx.bat.reserved_bits"));
         }
         let state = u8::try_from(e & BAT_STATE_MASK).unwrap_or(u8::MAX);
-        let needed = if (idx + 1) % (self.cr + 1) == 0 {
+        let needed = if is_sb_index(idx, self.cr) {
             self.sector_bitmap(idx, at, state)?
         } else {
             self.payload(idx, idx - idx / (self.cr + 1), at, state)?
@@ -270,7 +275,7 @@ impl Checker<'_, '_> {
 /// what the overlap passes visit.
 fn block_span(p: &BatParams<'_>, cr: u64, idx: u64, e: u64) -> Option<Span> {
     let state = u8::try_from(e & BAT_STATE_MASK).unwrap_or(u8::MAX);
-    let len = if (idx + 1) % (cr + 1) == 0 {
+    let len = if is_sb_index(idx, cr) {
         (state == SB_BLOCK_PRESENT).then_some(SECTOR_BITMAP_BLOCK_SIZE)?
     } else if state == PAYLOAD_BLOCK_FULLY_PRESENT || state == PAYLOAD_BLOCK_PARTIALLY_PRESENT {
         let block_size = u64::from(p.block_size);
@@ -414,7 +419,7 @@ fn entry_end(cr: u64, block_size: u64, idx: u64, e: u64) -> u64 {
     if off == 0 {
         return 0;
     }
-    let len = if (idx + 1) % (cr + 1) == 0 {
+    let len = if is_sb_index(idx, cr) {
         SECTOR_BITMAP_BLOCK_SIZE
     } else {
         block_size
@@ -440,6 +445,8 @@ mod tests {
         assert_eq!(payload_index(2048, 2048), 2049);
         assert_eq!(sb_index(0, 2048), 2048);
         assert_eq!(sb_index(1, 2048), 4097);
+        assert!(is_sb_index(2048, 2048) && is_sb_index(4097, 2048));
+        assert!(!is_sb_index(2047, 2048) && !is_sb_index(2049, 2048) && !is_sb_index(0, 1));
         assert_eq!(required_entries(8, 512, true), 513);
         assert_eq!(required_entries(4097, 4096, false), 4098);
         assert_eq!(required_entries(5, 2048, false), 5);

@@ -49,7 +49,7 @@ pub use log::LogReplay;
 
 use format::{
     PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT,
-    PAYLOAD_BLOCK_ZERO, SECTORS_PER_CHUNK,
+    SECTORS_PER_CHUNK,
 };
 
 /// State of the log when the file was opened.
@@ -412,6 +412,29 @@ impl VhdxFile {
         self.bat.table.get(&*self.src, index)
     }
 
+    /// A run of `len` bytes of kind `kind` (unallocated or zeros) that ends with block `b`,
+    /// followed on by the blocks after it whose state gives the same kind, up to `max_len`
+    /// bytes: one scan of the table, a page at a time (sector bitmap entries are stepped over).
+    fn run_after(&self, b: u64, len: u64, max_len: u64, kind: Extent) -> u64 {
+        let (bs, cr) = (self.bat.block_size, self.bat.chunk_ratio);
+        let more = max_len.saturating_sub(len);
+        if more == 0 || bs == 0 {
+            return len;
+        }
+        let from = bat::payload_index(b.saturating_add(1), cr);
+        let to = bat::payload_index(b.saturating_add(1).saturating_add(more.div_ceil(bs)), cr);
+        let n = self
+            .bat
+            .table
+            .run_len(&*self.src, from, to.saturating_sub(from), |idx, e| {
+                bat::is_sb_index(idx, cr) || state_extent(e) == Some(kind)
+            });
+        // Payload blocks among the entries before index `i`.
+        let blocks_before = |i: u64| i - i / (cr + 1);
+        let blocks = blocks_before(from.saturating_add(n)) - blocks_before(from);
+        len.saturating_add(blocks.saturating_mul(bs).min(more))
+    }
+
     /// Run of equal sector-bitmap bits for block `b`, starting at byte `within` of the block,
     /// at most `run` bytes. Returns (present, bytes).
     fn bitmap_run(&self, b: u64, within: u64, run: u64) -> Result<(bool, u64)> {
@@ -440,6 +463,16 @@ impl VhdxFile {
         let bytes_len = ((first + sectors) * sector - within).min(run);
         debug_assert!(SECTORS_PER_CHUNK * sector / cr == self.bat.block_size);
         Ok((present, bytes_len))
+    }
+}
+
+/// What a payload entry `e` reads as when its state places no data: unallocated (NOT_PRESENT)
+/// or zeros (ZERO, UNDEFINED, UNMAPPED, reserved 5); `None` for the states holding data.
+fn state_extent(e: u64) -> Option<Extent> {
+    match u8::try_from(e & format::BAT_STATE_MASK).unwrap_or(u8::MAX) {
+        PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT => None,
+        PAYLOAD_BLOCK_NOT_PRESENT => Some(Extent::Unallocated),
+        _ => Some(Extent::Zero),
     }
 }
 
@@ -480,12 +513,21 @@ impl Image for VhdxFile {
             )),
             PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
                 let (present, len) = self.bitmap_run(b, within, run)?;
+                // Sectors absent up to the end of the block run on into absent blocks.
+                let len = if !present && within + len == bs {
+                    self.run_after(b, len, max_len, Extent::Unallocated)
+                } else {
+                    len
+                };
                 Ok(Extent::bitmap_run(present, file_offset + within, len))
             }
-            PAYLOAD_BLOCK_NOT_PRESENT => Ok((Extent::Unallocated, run)),
-            PAYLOAD_BLOCK_ZERO => Ok((Extent::Zero, run)),
-            // UNDEFINED, UNMAPPED, reserved 5 (validated at open): undefined contents, zeros.
-            _ => Ok((Extent::Zero, run)),
+            PAYLOAD_BLOCK_NOT_PRESENT => Ok((
+                Extent::Unallocated,
+                self.run_after(b, run, max_len, Extent::Unallocated),
+            )),
+            // ZERO, and UNDEFINED, UNMAPPED, reserved 5 (validated at open): undefined
+            // contents, zeros.
+            _ => Ok((Extent::Zero, self.run_after(b, run, max_len, Extent::Zero))),
         }
     }
     fn details(&self) -> FormatInfo {
