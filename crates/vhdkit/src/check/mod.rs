@@ -309,19 +309,40 @@ pub(crate) struct Findings {
 }
 
 impl Findings {
-    pub fn push(&mut self, f: Finding) {
-        let n = match self.counts.iter_mut().find(|c| c.0 == f.code) {
+    /// Count one more finding with `code`; true while such findings are still listed.
+    fn count(&mut self, code: &'static str) -> bool {
+        let n = match self.counts.iter_mut().find(|c| c.0 == code) {
             Some(c) => {
                 c.1 += 1;
                 c.1
             }
             None => {
-                self.counts.push((f.code, 1));
+                self.counts.push((code, 1));
                 1
             }
         };
-        if n <= MAX_PER_CODE {
+        n <= MAX_PER_CODE
+    }
+
+    pub fn push(&mut self, f: Finding) {
+        if self.count(f.code) {
             self.findings.push(f);
+        }
+    }
+
+    /// Like `add`, but the message is built only when the finding is listed: past the cap a
+    /// hostile table would otherwise format millions of messages nobody reads (the summary
+    /// finding still counts them).
+    pub fn add_with(
+        &mut self,
+        code: &'static str,
+        structure: &'static str,
+        offset: Option<u64>,
+        message: impl FnOnce() -> String,
+    ) {
+        if self.count(code) {
+            self.findings
+                .push(Finding::new(code, structure, offset, message()));
         }
     }
 
@@ -523,5 +544,46 @@ mod tests {
         let f = s.finish();
         assert_eq!(f.len(), MAX_PER_CODE + 1);
         assert!(f.last().unwrap().message.contains("80 more"));
+    }
+
+    #[test]
+    fn findings_cap_counts_unformatted_messages() {
+        let mut s = Findings::default();
+        let mut built = 0u64;
+        for i in 0..1000u64 {
+            s.add_with("vhd.block.past_eof", "vhd bat", Some(i), || {
+                built += 1;
+                format!("block {i}")
+            });
+            // Interleaved with `add` on the same code: one count for both.
+            s.add("vhd.block.past_eof", "vhd bat", Some(i), "y");
+            s.add_with("vhd.block.overlap", "vhd bat", None, || "z".into());
+        }
+        assert_eq!(built, 10, "messages past the cap must not be built");
+        let f = s.finish();
+        assert_eq!(f.len(), 2 * MAX_PER_CODE + 2);
+        let eof: Vec<_> = f
+            .iter()
+            .filter(|f| f.code == "vhd.block.past_eof")
+            .collect();
+        assert_eq!(eof.len(), MAX_PER_CODE + 1);
+        assert_eq!(eof[0].message, "block 0");
+        assert_eq!(eof[0].offset, Some(0));
+        assert_eq!(eof[1].message, "y");
+        assert_eq!(eof[18].message, "block 9");
+        assert_eq!(eof[19].message, "y");
+        let summary = eof[MAX_PER_CODE];
+        assert_eq!(
+            summary.message,
+            "1980 more findings with this code not listed (2000 in all)"
+        );
+        assert_eq!(summary.structure, "vhd bat");
+        assert_eq!(summary.offset, None);
+        let overlap = f.last().unwrap();
+        assert_eq!(overlap.code, "vhd.block.overlap");
+        assert_eq!(
+            overlap.message,
+            "980 more findings with this code not listed (1000 in all)"
+        );
     }
 }

@@ -528,25 +528,19 @@ impl Sparse<'_> {
         let start = u64::from(e) * SECTOR_BYTES;
         let end = start + block_span;
         if end > self.footer_offset {
-            s.add(
-                "vhd.block.past_eof",
-                BAT,
-                Some(at),
+            s.add_with("vhd.block.past_eof", BAT, Some(at), || {
                 format!(
                     "block {i} at {start:#x}..{end:#x} runs past the footer at {:#x}",
                     self.footer_offset
-                ),
-            );
+                )
+            });
             return false;
         }
         for (r, what) in meta {
             if overlaps(&(start..end), r) {
-                s.add(
-                    "vhd.block.overlaps_metadata",
-                    BAT,
-                    Some(at),
-                    format!("block {i} at {start:#x}..{end:#x} overlaps {what}"),
-                );
+                s.add_with("vhd.block.overlaps_metadata", BAT, Some(at), || {
+                    format!("block {i} at {start:#x}..{end:#x} overlaps {what}")
+                });
             }
         }
         true
@@ -573,14 +567,16 @@ impl<'f> Neighbours<'f> {
         if let Some(a) = self.prev {
             if a.end > b.start {
                 let (ia, ib) = (a.id, b.id);
-                self.s.add(
+                self.s.add_with(
                     "vhd.block.overlap",
                     BAT,
                     Some(self.bat_off + BAT_ENTRY_BYTES * ib),
-                    format!(
-                        "blocks {ia} (at {:#x}) and {ib} (at {:#x}) overlap",
-                        a.start, b.start
-                    ),
+                    || {
+                        format!(
+                            "blocks {ia} (at {:#x}) and {ib} (at {:#x}) overlap",
+                            a.start, b.start
+                        )
+                    },
                 );
             }
         }

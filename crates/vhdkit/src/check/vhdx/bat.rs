@@ -183,46 +183,34 @@ impl Walk<'_> {
         let at = self.boff + BAT_ENTRY_SIZE * i;
         let off = e & BAT_OFFSET_MASK;
         if e & BAT_RESERVED_MASK != 0 {
-            s.add(
-                "vhdx.bat.reserved_bits",
-                BAT,
-                Some(at),
-                format!("entry {i} ({e:#018x}) has reserved bits set"),
-            );
+            s.add_with("vhdx.bat.reserved_bits", BAT, Some(at), || {
+                format!("entry {i} ({e:#018x}) has reserved bits set")
+            });
         }
         let Some(span) = self.span(s, i, at, e, off) else {
             return;
         };
         if off < MIB {
-            s.add(
-                "vhdx.bat.offset_invalid",
-                BAT,
-                Some(at),
-                format!("entry {i} is present at file offset {off:#x}, inside the first MiB"),
-            );
+            s.add_with("vhdx.bat.offset_invalid", BAT, Some(at), || {
+                format!("entry {i} is present at file offset {off:#x}, inside the first MiB")
+            });
             return;
         }
         let end = off.saturating_add(span);
         if end > self.b.len {
-            s.add(
-                "vhdx.bat.past_eof",
-                BAT,
-                Some(at),
+            s.add_with("vhdx.bat.past_eof", BAT, Some(at), || {
                 format!(
                     "entry {i}: block at {off:#x}..{end:#x} ends past the end of the file ({:#x})",
                     self.b.len
-                ),
-            );
+                )
+            });
             return;
         }
         for (r, what) in self.busy {
             if overlaps(&(off..end), r) {
-                s.add(
-                    "vhdx.bat.overlaps_metadata",
-                    BAT,
-                    Some(at),
-                    format!("entry {i}: block at {off:#x}..{end:#x} overlaps {what}"),
-                );
+                s.add_with("vhdx.bat.overlaps_metadata", BAT, Some(at), || {
+                    format!("entry {i}: block at {off:#x}..{end:#x} overlaps {what}")
+                });
             }
         }
         // Past the budget the spans are dropped before the vector would grow again.
@@ -255,12 +243,9 @@ impl Walk<'_> {
         let cr = self.chunk_ratio;
         if i % (cr + 1) == cr {
             if state != format::SB_BLOCK_NOT_PRESENT && state != format::SB_BLOCK_PRESENT {
-                s.add(
-                    "vhdx.bat.state_invalid",
-                    BAT,
-                    Some(at),
-                    format!("sector bitmap entry {i} has state {state} (0 or 6 allowed)"),
-                );
+                s.add_with("vhdx.bat.state_invalid", BAT, Some(at), || {
+                    format!("sector bitmap entry {i} has state {state} (0 or 6 allowed)")
+                });
                 return None;
             }
             if state != format::SB_BLOCK_PRESENT {
@@ -274,12 +259,9 @@ impl Walk<'_> {
         match state {
             format::PAYLOAD_BLOCK_NOT_PRESENT | format::PAYLOAD_BLOCK_ZERO => {
                 if off != 0 {
-                    s.add(
-                        "vhdx.bat.offset_reserved",
-                        BAT,
-                        Some(at),
-                        format!("entry {i} has state {state} but file offset {off:#x}"),
-                    );
+                    s.add_with("vhdx.bat.offset_reserved", BAT, Some(at), || {
+                        format!("entry {i} has state {state} but file offset {off:#x}")
+                    });
                 }
                 None
             }
@@ -290,10 +272,7 @@ impl Walk<'_> {
                 Some(self.p.block_size)
             }
             _ => {
-                s.add(
-                    "vhdx.bat.state_invalid",
-                    BAT,
-                    Some(at),
+                s.add_with("vhdx.bat.state_invalid", BAT, Some(at), || {
                     format!(
                         "payload entry {i} has state {state}{}",
                         if state == format::PAYLOAD_BLOCK_PARTIALLY_PRESENT {
@@ -301,8 +280,8 @@ impl Walk<'_> {
                         } else {
                             " (reserved)"
                         }
-                    ),
-                );
+                    )
+                });
                 None
             }
         }
@@ -313,11 +292,11 @@ impl Walk<'_> {
         let boff = self.boff;
         let mut report = |c: Span, b: Span| {
             let (i, start, mi) = (b.id, b.start, c.id);
-            s.add(
+            s.add_with(
                 "vhdx.bat.overlap",
                 BAT,
                 Some(boff + BAT_ENTRY_SIZE * i),
-                format!("entry {i} (at {start:#x}) overlaps entry {mi}"),
+                || format!("entry {i} (at {start:#x}) overlaps entry {mi}"),
             );
         };
         // Reading the table again fails only if the file changed under the check: then the
@@ -347,22 +326,19 @@ impl Walk<'_> {
     fn report_missing_bitmaps(&mut self, s: &mut Findings) {
         let cr = self.chunk_ratio;
         for c in &self.sb_missing {
-            s.add(
+            s.add_with(
                 "vhdx.bat.bitmap_missing",
                 BAT,
                 Some(self.boff + BAT_ENTRY_SIZE * (c * (cr + 1) + cr)),
-                format!("chunk {c} has partially present blocks but no sector bitmap block"),
+                || format!("chunk {c} has partially present blocks but no sector bitmap block"),
             );
         }
         // Past the listed ones only the count is reported: no need to remember which.
         let listed = self.sb_missing.len() as u64;
         for _ in listed..self.sb_missing_count {
-            s.add(
-                "vhdx.bat.bitmap_missing",
-                BAT,
-                None,
-                "a chunk has partially present blocks but no sector bitmap block",
-            );
+            s.add_with("vhdx.bat.bitmap_missing", BAT, None, || {
+                "a chunk has partially present blocks but no sector bitmap block".into()
+            });
         }
     }
 }

@@ -267,13 +267,8 @@ impl Entry<'_> {
 /// [`LOG_DESCRIPTOR_SIZE`] as a slice length.
 const DESCRIPTOR_BYTES: usize = LOG_DESCRIPTOR_SIZE as usize;
 
-/// Validate the entry at ring offset `pos`, streaming it through a bounded buffer; `full` also
-/// decodes its descriptors into writes (data sectors by position, never by content).
-pub(super) fn parse_entry(
-    ring: &Ring,
-    pos: u64,
-    full: bool,
-) -> Result<(EntrySummary, Option<LogEntry>)> {
+/// The header at ring offset `pos`, decoded but not yet checked.
+fn read_header(ring: &Ring, pos: u64) -> Result<LogEntryHeader> {
     let place = ring.place;
     let at = place.offset.saturating_add(pos);
     let mut head = [0u8; LOG_ENTRY_HEADER_SIZE as usize];
@@ -281,8 +276,41 @@ pub(super) fn parse_entry(
         return Err(bad(at, "outside the log".into()));
     }
     ring.read(pos, &mut head, LOGE)?;
-    let h: LogEntryHeader = format::parse(&head, LOGE, at)?;
-    let (entry_length, tail) = check_header(&h, at, place)?;
+    format::parse(&head, LOGE, at)
+}
+
+/// The summary of the entry at ring offset `pos` (validated as `parse_entry` does), or
+/// `None` when the slot lacks the entry signature. Most slots of a ring are not entries at
+/// all: the scan tells them apart by the field, so it builds no error for them.
+pub(super) fn scan_entry(ring: &Ring, pos: u64) -> Result<Option<EntrySummary>> {
+    let h = read_header(ring, pos)?;
+    if h.signature != LOG_ENTRY_SIGNATURE {
+        return Ok(None);
+    }
+    Ok(Some(parse_header(ring, pos, &h, false)?.0))
+}
+
+/// Validate the entry at ring offset `pos`, streaming it through a bounded buffer; `full` also
+/// decodes its descriptors into writes (data sectors by position, never by content).
+pub(super) fn parse_entry(
+    ring: &Ring,
+    pos: u64,
+    full: bool,
+) -> Result<(EntrySummary, Option<LogEntry>)> {
+    let h = read_header(ring, pos)?;
+    parse_header(ring, pos, &h, full)
+}
+
+/// `parse_entry` once the header `h` at `pos` is read.
+fn parse_header(
+    ring: &Ring,
+    pos: u64,
+    h: &LogEntryHeader,
+    full: bool,
+) -> Result<(EntrySummary, Option<LogEntry>)> {
+    let place = ring.place;
+    let at = place.offset.saturating_add(pos);
+    let (entry_length, tail) = check_header(h, at, place)?;
     let count = u64::from(h.descriptor_count);
     let mut entry = Entry {
         place,

@@ -1,6 +1,6 @@
 //! Finding the active sequence in the log ring (MS-VHDX 2.3.2 / SX 2.3.2).
 
-use super::entry::{parse_entry, EntrySummary, LOGE};
+use super::entry::{parse_entry, scan_entry, EntrySummary, LOGE};
 use super::ring::Ring;
 use super::{LogPlace, LogSequence, LogWrite};
 use crate::error::{Error, Result};
@@ -72,17 +72,18 @@ impl Scanner<'_> {
     fn summary_at(&mut self, pos: u64) -> Option<EntrySummary> {
         let idx = usize::try_from(pos / LOG_SECTOR_SIZE).ok()?;
         if let Slot::Unknown = self.cache.get(idx)? {
-            let slot = match parse_entry(&self.ring, pos, false) {
-                Ok((s, _)) => Slot::Entry(s),
+            let slot = match scan_entry(&self.ring, pos) {
+                Ok(Some(s)) => Slot::Entry(s),
+                // Not an entry at all: the normal case, not damage worth reporting.
+                Ok(None) => Slot::Rejected,
                 Err(e) if !e.is_corruption() => {
                     self.failure.get_or_insert(e);
                     Slot::Rejected
                 }
                 Err(e) => {
-                    let m = e.to_string();
-                    // A slot that is not an entry at all is the normal case; keep real damage.
-                    if self.first_error.is_none() && !m.contains("expected \"loge\"") {
-                        self.first_error = Some(m);
+                    // Only the first message is kept: later ones are not worth formatting.
+                    if self.first_error.is_none() {
+                        self.first_error = Some(e.to_string());
                     }
                     Slot::Rejected
                 }
@@ -231,4 +232,81 @@ pub fn find_active_sequence(
         }
     }
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhdx::log::write::encode_entry;
+    use std::collections::BTreeMap;
+    use uuid::Uuid;
+
+    const RING: u64 = 1 << 20;
+
+    fn place() -> LogPlace {
+        LogPlace {
+            offset: RING,
+            length: RING,
+            guid: Uuid::from_u128(7),
+        }
+    }
+
+    /// A one-sector entry with log guid `guid`, laid at ring slot `slot` of `file`.
+    fn put(file: &mut [u8], slot: u64, guid: Uuid) -> usize {
+        let data = BTreeMap::from([(4u64 << 20, vec![9u8; 4096])]);
+        let e = encode_entry(5, 0, guid, 4 << 20, 4 << 20, &data).unwrap();
+        let at = (RING + slot * LOG_SECTOR_SIZE) as usize;
+        file[at..at + e.len()].copy_from_slice(&e);
+        at
+    }
+
+    #[test]
+    fn the_first_damaged_entry_is_reported_and_slots_without_an_entry_are_not() {
+        let place = place();
+        let mut file = vec![0u8; 3 << 20];
+        // Slot 0: junk without the entry signature; slot 1: zeros; slots 2-3: an entry of
+        // another log; slots 4-5: an entry of this log with a bad checksum.
+        file[RING as usize..][..4096].fill(0x5a);
+        put(&mut file, 2, Uuid::from_u128(8));
+        let torn = put(&mut file, 4, place.guid);
+        file[torn + 5000] ^= 1;
+        let ring = Ring {
+            src: &file,
+            place: &place,
+        };
+        // Slots 0 and 1 fail on their signature, which is not damage.
+        for pos in [0, LOG_SECTOR_SIZE] {
+            let e = parse_entry(&ring, pos, false).unwrap_err().to_string();
+            assert!(e.contains("expected \"loge\""), "{e}");
+            assert!(scan_entry(&ring, pos).unwrap().is_none());
+        }
+        let first = parse_entry(&ring, 2 * LOG_SECTOR_SIZE, false).unwrap_err();
+        assert_eq!(
+            first.to_string(),
+            format!(
+                "vhdx log entry at offset 0x102000: log guid {} does not match the header's {}",
+                Uuid::from_u128(8),
+                place.guid
+            )
+        );
+        let later = parse_entry(&ring, 4 * LOG_SECTOR_SIZE, false).unwrap_err();
+        assert!(later.to_string().contains("checksum"), "{later}");
+        let err = find_active_sequence(&file, &place, 1 << 30).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "vhdx log entry at offset 0x100000: log is corrupt or torn: no complete entry \
+                 sequence with log guid {} in the 0x100000-byte log (first rejected entry: \
+                 {first})",
+                place.guid
+            )
+        );
+        // Only slots without the signature: no rejected entry is named.
+        file[RING as usize..].fill(0);
+        let err = find_active_sequence(&file, &place, 1 << 30).unwrap_err();
+        assert!(
+            err.to_string().ends_with("in the 0x100000-byte log"),
+            "{err}"
+        );
+    }
 }
