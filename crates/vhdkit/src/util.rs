@@ -51,6 +51,41 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
+/// `s` as one line of plain text: terminal escape sequences dropped, every run of whitespace
+/// (line breaks included) one space. Messages end up in one-line reports and JSON fields.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in @..~
+            if chars.next_if_eq(&'[').is_some() {
+                while let Some(x) = chars.next() {
+                    if ('@'..='~').contains(&x) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c.is_whitespace() || c.is_control() {
+            if !out.is_empty() && !out.ends_with(' ') {
+                out.push(' ');
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// binrw's error as one line: its innermost cause (a backtrace error nests the cause in
+/// several decorated, coloured lines).
+pub(crate) fn binrw_text(e: &binrw::Error) -> String {
+    one_line(&e.root_cause().to_string())
+}
+
 /// The bytes binrw writes for `v` in its own byte order (format.rs pinning tests).
 #[cfg(test)]
 pub(crate) fn binrw_bytes<T>(v: &T) -> Vec<u8>
@@ -65,6 +100,40 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_drops_escapes_and_line_breaks() {
+        let s = "\u{1b}[1mbad\u{1b}[0m value\n  \u{2577}\n \u{2570} at 0x4\r\n\tend\n";
+        assert_eq!(one_line(s), "bad value \u{2577} \u{2570} at 0x4 end");
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(one_line("\n\n"), "");
+    }
+
+    /// A nested struct whose inner assertion fails: binrw reports it as a backtrace over
+    /// several lines; the text is one line, the assertion's own message.
+    #[test]
+    fn binrw_errors_are_one_line() {
+        #[binrw::binread]
+        #[br(little)]
+        struct Inner {
+            #[br(assert(v == 7, "v is {} not 7", v))]
+            v: u8,
+        }
+        #[binrw::binread]
+        #[br(little)]
+        struct Outer {
+            _a: u8,
+            _inner: Inner,
+        }
+        use binrw::BinRead;
+        let e = Outer::read(&mut std::io::Cursor::new([1u8, 9]))
+            .err()
+            .expect("fails");
+        assert!(e.to_string().contains('\n'), "{e}");
+        let t = binrw_text(&e);
+        assert!(!t.contains('\n') && !t.contains('\u{1b}'), "{t}");
+        assert!(t.contains("v is 9 not 7"), "{t}");
+    }
 
     #[test]
     fn ranges_overlap_only_when_they_share_a_byte() {

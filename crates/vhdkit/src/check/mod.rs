@@ -90,7 +90,9 @@ impl Finding {
             code,
             structure: structure.into(),
             offset,
-            message: message.into(),
+            // Findings are one line each (text and JSON reports); a message built from another
+            // error's text may span several.
+            message: crate::util::one_line(&message.into()),
         }
     }
 }

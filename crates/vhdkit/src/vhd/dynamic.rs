@@ -159,7 +159,7 @@ pub fn read_header(src: &dyn Source, offset: u64, data_end: u64) -> Result<Check
     }
     let computed = format::checksum(&buf, format::DYNAMIC_CHECKSUM_OFFSET);
     let raw = DynamicHeader::read(&mut Cursor::new(&buf[..]))
-        .map_err(|e| Error::corrupt(STRUCTURE, offset, format!("unreadable: {e}")).with_code("vhd.header.truncated"))?;
+        .map_err(|e| Error::corrupt(STRUCTURE, offset, format!("unreadable: {}", crate::util::binrw_text(&e))).with_code("vhd.header.truncated"))?;
     let at = |rel: u64| offset.saturating_add(rel);
     if raw.checksum != computed {
         return Err(Error::corrupt(

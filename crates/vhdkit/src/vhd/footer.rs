@@ -109,7 +109,7 @@ fn check_copy(
         format::FOOTER_CHECKSUM_OFFSET,
     );
     let raw = Footer::read(&mut Cursor::new(&bytes[..]))
-        .map_err(|e| Error::corrupt(structure, offset, format!("unreadable: {e}")))?;
+        .map_err(|e| Error::corrupt(structure, offset, format!("unreadable: {}", crate::util::binrw_text(&e))))?;
     if raw.checksum != computed {
         return Err(Error::corrupt(
             structure,

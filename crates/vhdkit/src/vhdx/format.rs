@@ -337,7 +337,11 @@ where
         Error::corrupt(
             structure,
             offset,
-            format!("cannot parse {} bytes: {e}", buf.len()),
+            format!(
+                "cannot parse {} bytes: {}",
+                buf.len(),
+                crate::util::binrw_text(&e)
+            ),
         )
     })
 }
