@@ -60,7 +60,7 @@ pub(crate) fn one_line(s: &str) -> String {
         if c == '\u{1b}' {
             // CSI: ESC [ parameters... final byte in @..~
             if chars.next_if_eq(&'[').is_some() {
-                while let Some(x) = chars.next() {
+                for x in chars.by_ref() {
                     if ('@'..='~').contains(&x) {
                         break;
                     }
@@ -115,6 +115,7 @@ mod tests {
     fn binrw_errors_are_one_line() {
         #[binrw::binread]
         #[br(little)]
+        #[allow(dead_code)] // read only to fail its assertion
         struct Inner {
             #[br(assert(v == 7, "v is {} not 7", v))]
             v: u8,
