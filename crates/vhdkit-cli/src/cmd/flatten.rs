@@ -17,7 +17,7 @@ pub fn run(a: &FlattenArgs) -> Result<Outcome, CliError> {
         // The real run's first refusal (a read-only or locked child, a VHD journal that
         // cannot be written beside it), found the way it would meet it.
         if let Some(e) = flatten::predict_refusal(&plan) {
-            return Err(CliError::Lib(dry_run_note(e)));
+            return Err(CliError::Lib(super::dry_run_note(e)));
         }
         if a.json {
             output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
@@ -43,21 +43,6 @@ pub fn run(a: &FlattenArgs) -> Result<Outcome, CliError> {
         print!("{s}");
     }
     Ok(Outcome::Ok)
-}
-
-fn dry_run_note(e: vhdkit::Error) -> vhdkit::Error {
-    let note = |reason: String| format!("{reason} (dry run: the real run would be refused)");
-    match e {
-        vhdkit::Error::Locked { path, reason } => vhdkit::Error::Locked {
-            path,
-            reason: note(reason),
-        },
-        vhdkit::Error::Refused { path, reason } => vhdkit::Error::Refused {
-            path,
-            reason: note(reason),
-        },
-        e => e,
-    }
 }
 
 fn render_plan(p: &FlattenPlan) -> String {

@@ -90,3 +90,19 @@ pub fn block_size_arg(s: Option<&str>) -> Result<Option<u32>, CliError> {
     })
     .transpose()
 }
+
+/// A dry run's predicted refusal, said to be one (the real run would be refused the same way).
+pub(crate) fn dry_run_note(e: vhdkit::Error) -> vhdkit::Error {
+    let note = |reason: String| format!("{reason} (dry run: the real run would be refused)");
+    match e {
+        vhdkit::Error::Locked { path, reason } => vhdkit::Error::Locked {
+            path,
+            reason: note(reason),
+        },
+        vhdkit::Error::Refused { path, reason } => vhdkit::Error::Refused {
+            path,
+            reason: note(reason),
+        },
+        e => e,
+    }
+}

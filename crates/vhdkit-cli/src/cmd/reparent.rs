@@ -61,18 +61,7 @@ fn dry_run(a: &ReparentArgs, plan: &ReparentPlan) -> Result<(), CliError> {
     // folder). The lock is taken and dropped at once; a real run that tries in that instant is
     // refused politely, never harmed.
     if let Some(e) = reparent::predict_refusal(plan) {
-        let note = |reason: String| format!("{reason} (dry run: the real run would be refused)");
-        return Err(CliError::Lib(match e {
-            vhdkit::Error::Locked { path, reason } => vhdkit::Error::Locked {
-                path,
-                reason: note(reason),
-            },
-            vhdkit::Error::Refused { path, reason } => vhdkit::Error::Refused {
-                path,
-                reason: note(reason),
-            },
-            e => e,
-        }));
+        return Err(CliError::Lib(super::dry_run_note(e)));
     }
     if a.json {
         output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;

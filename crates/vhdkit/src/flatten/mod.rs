@@ -169,18 +169,10 @@ fn totals(child: &Disk, parents: &ChainView) -> Result<walk::Totals> {
     Ok(t)
 }
 
-/// Why [`FlattenPlan::apply`] will refuse `plan` before writing anything, found the way apply meets it (for
-/// dry runs): the child's exclusive lock is taken and released at once, and for a VHD the
-/// journal's folder is checked as `reparent`'s dry run does. Nothing is written.
+/// Why [`FlattenPlan::apply`] will refuse `plan` before writing anything, found the way apply
+/// meets it (for dry runs): the child's exclusive lock is taken and released at once, and for
+/// a VHD the journal's folder is checked as `reparent`'s dry run does. Nothing is written.
 #[doc(hidden)] // the `vhdkit` command's dry run; not part of the API yet
 pub fn predict_refusal(plan: &FlattenPlan) -> Option<Error> {
-    let why = crate::lock::lock_for_change(&plan.child)
-        .err()
-        .or_else(|| {
-            (plan.format == DiskFormat::Vhd)
-                .then(|| crate::share::probe::journal_refusal(&plan.child))
-                .flatten()
-                .map(|r| r.to_string())
-        })?;
-    Some(crate::lock::refusal(&plan.child, why))
+    crate::share::probe::change_error(&plan.child, plan.format)
 }

@@ -315,15 +315,7 @@ pub struct ApplyReport {
 /// [`Error::Refused`] otherwise.
 #[doc(hidden)] // the `vhdkit` command's dry run; not part of the API yet
 pub fn predict_refusal(plan: &ReparentPlan) -> Option<Error> {
-    let why = crate::lock::lock_for_change(&plan.child)
-        .err()
-        .or_else(|| {
-            (plan.format == DiskFormat::Vhd)
-                .then(|| crate::share::probe::journal_refusal(&plan.child))
-                .flatten()
-                .map(|r| r.to_string())
-        })?;
-    Some(crate::lock::refusal(&plan.child, why))
+    crate::share::probe::change_error(&plan.child, plan.format)
 }
 
 fn refused(child: &Path, reason: impl Into<String>) -> Error {

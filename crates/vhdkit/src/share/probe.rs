@@ -18,6 +18,20 @@ pub fn change_refusal(path: &Path) -> Option<NoteReason> {
         .map(NoteReason::CannotChange)
 }
 
+/// The error a change to the disk at `path` will be refused with, found the way the writers
+/// meet it (the dry runs of `reparent` and `flatten`): its exclusive lock ([`change_refusal`]'s
+/// probe, as an [`crate::Error::Locked`] or [`crate::Error::Refused`]), then for a VHD the
+/// journal beside it ([`journal_refusal`]). Nothing is written.
+pub(crate) fn change_error(path: &Path, format: DiskFormat) -> Option<crate::Error> {
+    let why = lock::lock_for_change(path).err().or_else(|| {
+        (format == DiskFormat::Vhd)
+            .then(|| journal_refusal(path))
+            .flatten()
+            .map(|r| r.to_string())
+    })?;
+    Some(lock::refusal(path, why))
+}
+
 /// Why `path`'s folder will refuse to have a file created or removed in it (the journal beside
 /// a VHD child, the deletion of a copy, the keeper in SHARED), asked of the kernel for the
 /// effective user.

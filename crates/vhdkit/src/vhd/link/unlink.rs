@@ -27,7 +27,6 @@ use crate::txn::WriteOp;
 use super::super::format;
 use super::super::VhdFile;
 use super::edit::{self, read_padded};
-use super::verify::same_table;
 use super::{require_differencing, DropLocators, LinkEdit, Planned};
 
 /// Plan the removal of `file`'s parent linkage (it must be a differencing disk).
@@ -96,15 +95,7 @@ fn simulate(before: VhdFile, opts: &OpenOptions, plan: &crate::txn::Plan) -> Res
     let src = Box::new(before.src.clone());
     let after = crate::simulate::reopen(src, writes, plan.new_len, |s| VhdFile::open(s, opts))?;
     check(after.shape.disk_type == DiskType::Dynamic, "disk type")?;
-    check(same_table(&before, &after)?, "block allocation table")?;
-    check(
-        after.shape.virtual_size == before.shape.virtual_size,
-        "virtual size",
-    )?;
-    check(
-        after.footer.raw.unique_id == before.footer.raw.unique_id,
-        "unique id",
-    )?;
+    super::verify::same_disk(&before, &after)?;
     check(after.slots.is_empty(), "set of parent locators")?;
     let linkage = after
         .header

@@ -12,6 +12,20 @@ use super::edit::Expected;
 
 use crate::simulate::{differs, same as check};
 
+/// `after` maps every block as `before` does and keeps its virtual size and unique id: what
+/// every link edit (reparent, unlink) must leave as it was.
+pub(super) fn same_disk(before: &VhdFile, after: &VhdFile) -> Result<()> {
+    check(same_table(before, after)?, "block allocation table")?;
+    check(
+        after.shape.virtual_size == before.shape.virtual_size,
+        "virtual size",
+    )?;
+    check(
+        after.footer.raw.unique_id == before.footer.raw.unique_id,
+        "unique id",
+    )
+}
+
 /// Lay `plan` over the source `before` was parsed from, parse it, and compare with `before`.
 /// Returns the simulated result as parsed.
 pub(super) fn simulate(
@@ -28,15 +42,7 @@ pub(super) fn simulate(
     // The file before is kept as parsed; the overlay shares its source.
     let src = Box::new(before.src.clone());
     let after = crate::simulate::reopen(src, writes, plan.new_len, |s| VhdFile::open(s, opts))?;
-    check(same_table(&before, &after)?, "block allocation table")?;
-    check(
-        after.shape.virtual_size == before.shape.virtual_size,
-        "virtual size",
-    )?;
-    check(
-        after.footer.raw.unique_id == before.footer.raw.unique_id,
-        "unique id",
-    )?;
+    same_disk(&before, &after)?;
     let (Some(a), Some(b)) = (after.header.as_ref(), before.header.as_ref()) else {
         return Err(differs("dynamic header"));
     };
@@ -63,7 +69,7 @@ pub(super) fn simulate(
 
 /// Whether both files' tables hold the same bytes, compared 1 MiB at a time so neither is
 /// held whole.
-pub(super) fn same_table(before: &VhdFile, after: &VhdFile) -> Result<bool> {
+fn same_table(before: &VhdFile, after: &VhdFile) -> Result<bool> {
     const CHUNK: u64 = 1 << 20;
     const STRUCTURE: &str = "vhd block allocation table";
     let (Some(b), Some(a)) = (&before.bat, &after.bat) else {
