@@ -95,12 +95,7 @@ fn load(store: &dyn JournalStore) -> Result<Loaded> {
         // Something planted at the journal's name (a link, FIFO, device, folder, a huge file)
         // is not a vhdkit journal: never read, never applied, and it blocks writers.
         Err(e) if crate::fsx::refusal(&e).is_some() => {
-            // "is" reads for every refusal but the one that is a verb phrase already.
-            let is = match crate::fsx::refusal(&e) {
-                Some(crate::fsx::Refused::OutsideConfinement) => "",
-                _ => "is ",
-            };
-            return Ok(foreign(format!("what is at the journal's name {is}{e}")));
+            return Ok(foreign(format!("what is at the journal's name: {e}")));
         }
         Err(e) => {
             return Err(io_err(
