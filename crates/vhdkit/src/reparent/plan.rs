@@ -188,11 +188,7 @@ fn child_source(
     let Some(p) = overlay else {
         return Ok(raw);
     };
-    let writes = p
-        .writes
-        .iter()
-        .map(|w| (w.offset, w.data.clone()))
-        .collect();
+    let writes = p.write_pairs();
     // An overlay that cannot be laid (the length cannot be read) leaves the file as it is,
     // as a read-only open does; parsing it then fails or the apply-time checks refuse.
     Ok(match OverlaySource::new(raw, writes, p.new_len) {

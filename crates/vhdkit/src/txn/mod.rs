@@ -143,6 +143,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The writes as (offset, bytes) pairs: what `crate::simulate` lays over a file to parse
+    /// the result before anything is written.
+    pub(crate) fn write_pairs(&self) -> Vec<(u64, Vec<u8>)> {
+        self.writes.iter().map(|w| (w.offset, w.data.clone())).collect()
+    }
+
     /// True when the plan changes nothing.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.old_len == self.new_len

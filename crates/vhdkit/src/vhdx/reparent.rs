@@ -310,11 +310,7 @@ fn verify(
     t: &Targets,
     opts: &OpenOptions,
 ) -> Result<VhdxFile> {
-    let mut sim: Vec<(u64, Vec<u8>)> = plan
-        .writes
-        .iter()
-        .map(|w| (w.offset, w.data.clone()))
-        .collect();
+    let mut sim: Vec<(u64, Vec<u8>)> = plan.write_pairs();
     if child.guard.log_dirty {
         sim.extend(clean_headers(&*child.file.src)?);
     }
@@ -461,11 +457,7 @@ pub fn apply(
             )));
         }
     }
-    let writes: Vec<(u64, Vec<u8>)> = plan
-        .writes
-        .iter()
-        .map(|w| (w.offset, w.data.clone()))
-        .collect();
+    let writes: Vec<(u64, Vec<u8>)> = plan.write_pairs();
     session.commit(&writes)?;
     Ok(Applied {
         writes: counting.writes.load(Ordering::SeqCst),

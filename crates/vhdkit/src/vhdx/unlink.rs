@@ -243,11 +243,7 @@ fn bitmap_full(f: &VhdxFile, b: u64) -> Result<bool> {
 
 /// The result must open as a dynamic disk keeping everything a reader of it sees.
 fn simulate(child: super::reparent::Child, plan: &Plan, opts: &OpenOptions) -> Result<()> {
-    let mut sim: Vec<(u64, Vec<u8>)> = plan
-        .writes
-        .iter()
-        .map(|w| (w.offset, w.data.clone()))
-        .collect();
+    let mut sim: Vec<(u64, Vec<u8>)> = plan.write_pairs();
     if child.guard.log_dirty {
         sim.extend(clean_headers(&*child.file.src)?);
     }

@@ -87,11 +87,7 @@ fn footer_bytes(f: &format::Footer) -> Result<Vec<u8>> {
 /// The result must open as a dynamic disk with the same blocks, size and identity, and no
 /// parent linkage or locator left.
 fn simulate(before: VhdFile, opts: &OpenOptions, plan: &crate::txn::Plan) -> Result<()> {
-    let writes = plan
-        .writes
-        .iter()
-        .map(|w| (w.offset, w.data.clone()))
-        .collect();
+    let writes = plan.write_pairs();
     let src = Box::new(before.src.clone());
     let after = crate::simulate::reopen(src, writes, plan.new_len, |s| VhdFile::open(s, opts))?;
     check(after.shape.disk_type == DiskType::Dynamic, "disk type")?;

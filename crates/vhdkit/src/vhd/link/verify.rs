@@ -34,11 +34,7 @@ pub(super) fn simulate(
     plan: &Plan,
     expect: &Expected,
 ) -> Result<VhdFile> {
-    let writes = plan
-        .writes
-        .iter()
-        .map(|w| (w.offset, w.data.clone()))
-        .collect();
+    let writes = plan.write_pairs();
     // The file before is kept as parsed; the overlay shares its source.
     let src = Box::new(before.src.clone());
     let after = crate::simulate::reopen(src, writes, plan.new_len, |s| VhdFile::open(s, opts))?;
