@@ -28,12 +28,7 @@ const COPY_CHUNK: u64 = 1 << 20;
 /// disk with the same contents, and a rerun finishes).
 pub(super) fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<FlattenReport> {
     let path = plan.child.as_path();
-    let lock = crate::lock::lock_disk(path)?;
-    let file = lock
-        .file()
-        .try_clone()
-        .map_err(|e| Error::io("duplicating the locked descriptor", e))
-        .with_path(path)?;
+    let (lock, file) = crate::lock::locked_file(path)?;
     let sink = Shared(Arc::new(file));
     let store = FileJournal::for_disk(path);
     let recovered = recover(&sink, &store).with_path(path)?;

@@ -132,12 +132,7 @@ impl WritableDisk {
         let path = path.as_ref();
         // One writer at a time: another holder of the lock is a refusal, and every write goes
         // through the locked descriptor (a duplicate of it shares the lock).
-        let lock = crate::lock::lock_disk(path)?;
-        let file = lock
-            .file()
-            .try_clone()
-            .map_err(|e| Error::io("duplicating the locked descriptor", e))
-            .with_path(path)?;
+        let (lock, file) = crate::lock::locked_file(path)?;
         match journal::recover(&file, &FileJournal::for_disk(path)).with_path(path)? {
             Recovery::Foreign { reason } => {
                 return Err(Error::Unsupported {
