@@ -163,6 +163,14 @@ fn vhdx_cases() -> Vec<Case> {
             b.bytes[0x20000 + 8] ^= 0xff;
         },
     );
+    // Two valid headers with one sequence number that differ (FileWriteGuid): neither can be
+    // taken as current. Reader and check name the pair at header 1.
+    case("header tie", "vhdx.header.tie", 0x10000, None, &|b| {
+        let h1 = b.bytes[0x10000..0x11000].to_vec();
+        b.bytes[0x20000..0x21000].copy_from_slice(&h1);
+        b.bytes[0x20000 + 16] ^= 0x5a;
+        b.fix_header_crc(1);
+    });
     // Both region tables with a bad CRC: the first one's error is the one returned.
     case(
         "region table crc",

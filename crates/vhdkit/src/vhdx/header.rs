@@ -205,9 +205,10 @@ pub(crate) fn read_headers(src: &dyn Source) -> Result<Headers> {
                 // Disk2vhd writes two identical headers with the same sequence number.
                 0
             } else {
+                // Named at header 1, as `check` reports it: the fault is the pair.
                 return Err(Error::corrupt(
-                    HEADER_NAMES[1],
-                    HEADER_OFFSETS[1],
+                    "vhdx header",
+                    HEADER_OFFSETS[0],
                     format!(
                         "both headers have sequence number {} but differ; cannot tell which is current",
                         a.sequence_number
