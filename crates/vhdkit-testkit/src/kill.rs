@@ -105,3 +105,33 @@ pub fn run_past_last<S: AsRef<OsStr>>(
     );
     o
 }
+
+/// Run `program args` with `errno` (e.g. `EIO`) returned by the `k`th call of `syscall` instead
+/// of the call, and prove it happened: strace's own log (`log`) shows the injected call. The
+/// caller asserts what the command made of the error.
+pub fn run_with_error<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    syscall: &str,
+    k: usize,
+    errno: &str,
+    log: &Path,
+) -> Output {
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(log)
+        .arg("-e")
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:error={errno}:when={k}"))
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("spawn strace");
+    let text = std::fs::read_to_string(log).expect("read strace log");
+    assert!(
+        text.contains(&format!("{errno} (")) && text.contains("(INJECTED)"),
+        "{syscall}#{k}: strace injected no {errno}:\n{text}"
+    );
+    o
+}
