@@ -255,3 +255,124 @@ fn refusals_change_nothing() {
         std::fs::remove_file(&sib).unwrap();
     }
 }
+
+/// Cancels the copy once some bytes were copied: the merge stops between blocks with the
+/// record kept, as a crash in the copy leaves it.
+struct CancelAfter(u64);
+
+impl vhdkit::Progress for CancelAfter {
+    fn advance(&mut self, n: u64) {
+        self.0 = self.0.saturating_sub(n);
+    }
+    fn cancelled(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+#[test]
+fn a_cancelled_merge_keeps_the_child_reading_the_same_and_a_rerun_resumes() {
+    for ext in ["vhd", "vhdx"] {
+        let d = tmp();
+        let (child, parents) = if ext == "vhd" {
+            vhd_chain(d.path(), 6 * MIB + 3 * 512, 2, 21)
+        } else {
+            vhdx_chain(d.path(), 6 * MIB, 2, 512, 21)
+        };
+        let want = read_chain(&child);
+        let plan = MergePlan::new(&child, None, &ChainOptions::default()).unwrap();
+        assert!(plan.blocks > 1, "{plan:?}");
+        plan.apply(&mut CancelAfter(1)).unwrap_err();
+        let rec = vhdkit::merge::load_record(&parents[0]).unwrap().unwrap();
+        assert_eq!(rec.phase, vhdkit::merge::Phase::Copying);
+        assert!(child.exists());
+        assert_eq!(
+            sha256(&read_chain(&child)),
+            sha256(&want),
+            "{ext}: child changed"
+        );
+        // `check` of the ancestor reports the unfinished merge.
+        let r = check_file(&parents[0], &CheckOptions::default()).unwrap();
+        assert!(
+            r.findings.iter().any(|f| f.code == "file.merge_unfinished"),
+            "{:?}",
+            r.findings
+        );
+        // The rerun resumes and finishes.
+        let again = MergePlan::new(&child, None, &ChainOptions::default()).unwrap();
+        assert!(again.resuming, "{ext}");
+        let r = again.apply(&mut ()).unwrap();
+        assert!(r.resumed);
+        assert!(!child.exists());
+        assert_eq!(sha256(&read_chain(&parents[0])), sha256(&want), "{ext}");
+        assert!(vhdkit::merge::load_record(&parents[0]).unwrap().is_none());
+        let r = check_file(&parents[0], &CheckOptions::default()).unwrap();
+        assert!(!r.has_problems(), "{:?}", r.findings);
+    }
+}
+
+#[test]
+fn another_merge_into_a_recorded_ancestor_is_refused() {
+    let d = tmp();
+    let (child, parents) = vhdx_chain(d.path(), 6 * MIB, 2, 512, 31);
+    let plan = MergePlan::new(&child, None, &ChainOptions::default()).unwrap();
+    plan.apply(&mut CancelAfter(1)).unwrap_err();
+    // Merging the middle disk is refused (the child is its child); a record naming other
+    // merged files than this merge's is refused too, naming the rerun and the repair.
+    let before = shas(d.path());
+    let e = MergePlan::new(&parents[0], None, &ChainOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("another child of"), "{e}");
+    let mut rec = vhdkit::merge::load_record(&parents[0]).unwrap().unwrap();
+    rec.merged[0].id = uuid::Uuid::from_u128(9);
+    vhdkit::merge::store_record(&parents[0], &rec).unwrap();
+    let before_rec = shas(d.path());
+    let e = MergePlan::new(&child, None, &ChainOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("an unfinished merge of"), "{e}");
+    assert!(e.to_string().contains("vhdkit repair"), "{e}");
+    assert_eq!(shas(d.path()), before_rec);
+    assert_ne!(before, before_rec);
+}
+
+#[test]
+fn repair_finishes_a_merge_whose_copy_verified() {
+    for ext in ["vhd", "vhdx"] {
+        let d = tmp();
+        let (child, parents) = if ext == "vhd" {
+            vhd_chain(d.path(), 6 * MIB + 3 * 512, 1, 41)
+        } else {
+            vhdx_chain(d.path(), 6 * MIB, 1, 512, 41)
+        };
+        let want = read_chain(&child);
+        let saved = std::fs::read(&child).unwrap();
+        let plan = MergePlan::new(&child, None, &ChainOptions::default()).unwrap();
+        plan.apply(&mut CancelAfter(1)).unwrap_err();
+        let mut rec = vhdkit::merge::load_record(&parents[0]).unwrap().unwrap();
+        MergePlan::new(&child, None, &ChainOptions::default())
+            .unwrap()
+            .apply(&mut ())
+            .unwrap();
+        // As a crash just after the record's phase became `deleting` leaves it.
+        std::fs::write(&child, &saved).unwrap();
+        rec.phase = vhdkit::merge::Phase::Deleting;
+        vhdkit::merge::store_record(&parents[0], &rec).unwrap();
+        let r = check_file(&parents[0], &CheckOptions::default()).unwrap();
+        assert!(r.findings.iter().any(|f| f.code == "file.merge_unfinished"));
+        let before = shas(d.path());
+        let dry = vhdkit::repair::repair(
+            &parents[0],
+            &vhdkit::repair::RepairOptions::default().dry_run(true),
+        )
+        .unwrap();
+        assert_eq!(shas(d.path()), before, "{ext}: the dry run wrote");
+        assert_eq!(dry.structures[0].code, "file.merge_unfinished", "{dry:?}");
+        assert!(dry.unrepaired.is_empty(), "{dry:?}");
+        let done =
+            vhdkit::repair::repair(&parents[0], &vhdkit::repair::RepairOptions::default()).unwrap();
+        assert!(done.structures[0].action.contains("deleted 1"), "{done:?}");
+        assert!(!child.exists(), "{ext}");
+        assert!(vhdkit::merge::load_record(&parents[0]).unwrap().is_none());
+        assert_eq!(sha256(&read_chain(&parents[0])), sha256(&want), "{ext}");
+        assert!(!check_file(&parents[0], &CheckOptions::default())
+            .unwrap()
+            .has_problems());
+    }
+}

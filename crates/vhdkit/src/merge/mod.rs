@@ -81,9 +81,15 @@ use crate::txn::FieldChange;
 
 mod apply;
 mod copy;
+pub(crate) mod finish;
 mod plan;
 pub(crate) mod record;
 mod siblings;
+
+// The record, for the repository's crash tests (hand-made records, a record read back).
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub use record::{load as load_record, store as store_record, Member, Phase, Record};
 
 /// Everything a merge will do. Building it touches nothing.
 #[derive(Debug, Clone)]

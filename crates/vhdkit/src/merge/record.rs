@@ -130,7 +130,7 @@ impl Record {
 }
 
 fn bad(offset: usize, detail: &str) -> Error {
-    Error::corrupt(WHAT, offset as u64, detail).with_code("merge.record.corrupt")
+    Error::corrupt(WHAT, offset as u64, detail).with_code(super::finish::CORRUPT)
 }
 
 /// The fields of a record whose checksum matched.
@@ -333,7 +333,7 @@ mod tests {
         }
         for n in 0..b.len() {
             let e = Record::decode(&b[..n]).unwrap_err();
-            assert_eq!(e.code(), Some("merge.record.corrupt"), "cut at {n}");
+            assert_eq!(e.code(), Some(super::super::finish::CORRUPT), "cut at {n}");
         }
     }
 
