@@ -149,7 +149,15 @@ fn check(o: &Opened) -> Result<()> {
 /// The record beside ANCESTOR, when it describes this merge (then it is resumed); a record of
 /// another merge is a refusal.
 pub(super) fn matching_record(o: &Opened, ancestor: &Path) -> Result<Option<Record>> {
-    let Some(r) = record::load(ancestor)? else {
+    let loaded = record::load(ancestor).map_err(|e| {
+        Error::refused(format!(
+            "a merge record beside {} cannot be used ({e}): a merge into it was \
+             interrupted; see `vhdkit check {}` (nothing was written)",
+            ancestor.display(),
+            ancestor.display()
+        ))
+    })?;
+    let Some(r) = loaded else {
         return Ok(None);
     };
     let mine = o.record(r.new_id)?;
