@@ -376,3 +376,57 @@ fn repair_finishes_a_merge_whose_copy_verified() {
             .has_problems());
     }
 }
+
+#[test]
+fn a_disk_with_an_unfinished_merge_is_not_opened_for_writing() {
+    let d = tmp();
+    let (child, parents) = vhd_chain(d.path(), 6 * MIB + 3 * 512, 1, 51);
+    MergePlan::new(&child, None, &ChainOptions::default())
+        .unwrap()
+        .apply(&mut CancelAfter(1))
+        .unwrap_err();
+    let e = vhdkit::WritableDisk::open(&parents[0], &ChainOptions::default()).unwrap_err();
+    assert!(matches!(e, vhdkit::Error::Refused { .. }), "{e:?}");
+    assert!(e.to_string().contains("unfinished merge"), "{e}");
+    MergePlan::new(&child, None, &ChainOptions::default())
+        .unwrap()
+        .apply(&mut ())
+        .unwrap();
+    vhdkit::WritableDisk::open(&parents[0], &ChainOptions::default()).unwrap();
+}
+
+/// A kill during the deletions (CHILD gone, an intermediate left): a rerun of the merge on
+/// CHILD's path finishes it from the record.
+#[test]
+fn a_rerun_after_the_child_was_deleted_finishes_the_deletions() {
+    for ext in ["vhd", "vhdx"] {
+        let d = tmp();
+        let (child, parents) = if ext == "vhd" {
+            vhd_chain(d.path(), 6 * MIB + 3 * 512, 2, 61)
+        } else {
+            vhdx_chain(d.path(), 6 * MIB, 2, 512, 61)
+        };
+        let want = read_chain(&child);
+        let saved = std::fs::read(&parents[0]).unwrap();
+        let plan = MergePlan::new(&child, Some(&parents[1]), &ChainOptions::default()).unwrap();
+        plan.apply(&mut CancelAfter(1)).unwrap_err();
+        let mut rec = vhdkit::merge::load_record(&parents[1]).unwrap().unwrap();
+        MergePlan::new(&child, Some(&parents[1]), &ChainOptions::default())
+            .unwrap()
+            .apply(&mut ())
+            .unwrap();
+        // As a kill after CHILD's unlink leaves it: the intermediate and the record remain.
+        std::fs::write(&parents[0], &saved).unwrap();
+        rec.phase = vhdkit::merge::Phase::Deleting;
+        vhdkit::merge::store_record(&parents[1], &rec).unwrap();
+        let again = MergePlan::new(&child, None, &ChainOptions::default()).unwrap();
+        assert!(again.resuming && again.bytes_to_copy == 0, "{again:?}");
+        assert_eq!(again.ancestor, parents[1]);
+        let r = again.apply(&mut ()).unwrap();
+        assert!(r.resumed);
+        assert_eq!(r.deleted.len(), 1, "{r:?}");
+        assert!(!parents[0].exists());
+        assert!(vhdkit::merge::load_record(&parents[1]).unwrap().is_none());
+        assert_eq!(sha256(&read_chain(&parents[1])), sha256(&want), "{ext}");
+    }
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::Rng;
+use vhdkit_testkit::{kill, Rng};
 
 use crate::util::*;
 
@@ -155,4 +155,72 @@ fn a_sibling_is_refused_with_exit_1_and_nothing_written() {
         }
         snap.assert_unchanged("sibling refusal");
     }
+}
+
+const TRACED: &str =
+    "write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,unlink,unlinkat";
+
+/// Kill the process at every traced call in turn: while CHILD exists it reads the same; a
+/// rerun of the same command finishes (or there was nothing left), and ANCESTOR then reads
+/// what CHILD read, with no record left.
+fn kill_case(pair: fn(&Path) -> (PathBuf, PathBuf)) {
+    if !have_tool("strace", "process-kill crash test") {
+        return;
+    }
+    let d = tmp();
+    let (base, child) = pair(d.path());
+    let (old_base, old_child) = (
+        std::fs::read(&base).unwrap(),
+        std::fs::read(&child).unwrap(),
+    );
+    let sha = virtual_sha(&child);
+    let record = PathBuf::from(format!("{}.vhdkit-merge", base.display()));
+    let bin = Path::new(env!("CARGO_BIN_EXE_vhdkit"));
+    let args = ["merge", s(&child)];
+    let fresh = || {
+        std::fs::write(&base, &old_base).unwrap();
+        std::fs::write(&child, &old_child).unwrap();
+        for e in std::fs::read_dir(d.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.to_str().unwrap().contains(".vhdkit-") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    };
+    let counts = kill::count_syscalls(bin, &args, TRACED, &d.path().join("strace.log"));
+    eprintln!("syscalls of one merge: {counts:?}");
+    let (mut runs, mut child_gone) = (0, 0);
+    for (name, &n) in &counts {
+        for k in 1..=n {
+            fresh();
+            kill::run_killed_at(bin, &args, name, k);
+            runs += 1;
+            if child.exists() {
+                assert_eq!(virtual_sha(&child), sha, "{name}#{k}: CHILD changed");
+            } else {
+                child_gone += 1;
+            }
+            if child.exists() || record.exists() {
+                run_success(args);
+            }
+            assert!(!child.exists(), "{name}#{k}");
+            assert!(!record.exists(), "{name}#{k}: record left");
+            assert_eq!(virtual_sha(&base), sha, "{name}#{k}: after the rerun");
+        }
+        fresh();
+        kill::run_past_last(bin, &args, name, n);
+        assert!(!child.exists(), "{name}: past the last point");
+    }
+    eprintln!("process kills: {runs} runs, CHILD already gone in {child_gone}");
+    assert!(runs > 10 && child_gone > 0);
+}
+
+#[test]
+fn vhd_process_kill_at_every_syscall() {
+    kill_case(vhd_pair);
+}
+
+#[test]
+fn vhdx_process_kill_at_every_syscall() {
+    kill_case(vhdx_pair);
 }

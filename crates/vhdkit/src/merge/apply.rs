@@ -21,6 +21,9 @@ use crate::write::{WritableDisk, WritableImage};
 pub(super) fn apply(p: &MergePlan, progress: &mut dyn Progress) -> Result<MergeReport> {
     // ANCESTOR first, then the merged files top down: one order for every merge.
     let anc_lock = crate::lock::lock_disk(&p.ancestor)?;
+    if let Some(r) = deleting_record(p)? {
+        return finish(p, &r, anc_lock);
+    }
     let mut locks = Vec::new();
     for m in &p.merged {
         locks.push(crate::lock::lock_disk(m)?);
@@ -64,6 +67,38 @@ pub(super) fn apply(p: &MergePlan, progress: &mut dyn Progress) -> Result<MergeR
     report.kept = kept;
     drop(anc_lock);
     Ok(report)
+}
+
+/// The record beside the plan's ANCESTOR when it is this merge's and its copy verified: only
+/// the deletions are left (some merged files, CHILD first, may be gone already).
+fn deleting_record(p: &MergePlan) -> Result<Option<Record>> {
+    let Some(r) = record::load(&p.ancestor)? else {
+        return Ok(None);
+    };
+    let canon = |q: &PathBuf| std::fs::canonicalize(q).unwrap_or_else(|_| q.clone());
+    let same = r
+        .merged
+        .iter()
+        .map(|m| m.path.clone())
+        .eq(p.merged.iter().map(canon));
+    let ancestor = Disk::open(&p.ancestor).is_ok_and(|d| r.is_ancestor(d.identity()));
+    Ok((r.phase == Phase::Deleting && same && ancestor).then_some(r))
+}
+
+/// Step 6 alone, under the locks of ANCESTOR and of the merged files still there.
+fn finish(p: &MergePlan, r: &Record, anc_lock: FileLock) -> Result<MergeReport> {
+    let mut locks = Vec::new();
+    for m in p.merged.iter().filter(|m| crate::fsx::entry_exists(m)) {
+        locks.push(crate::lock::lock_disk(m)?);
+    }
+    let (deleted, kept) = delete_merged(&p.ancestor, r)?;
+    drop((locks, anc_lock));
+    Ok(MergeReport {
+        deleted,
+        kept,
+        resumed: true,
+        ..MergeReport::default()
+    })
 }
 
 /// Finish an interrupted vhdkit change of the locked file at `path`; a foreign journal is a

@@ -63,7 +63,9 @@
 //!   the deletion step keep the files it cannot find and say so.
 //!
 //! Resuming: [`MergePlan::new`] on a CHILD whose ANCESTOR carries a matching record plans a
-//! resumed merge (`resuming`); `vhdkit repair ANCESTOR` finishes a record in phase *deleting*
+//! resumed merge (`resuming`); when CHILD is gone already (a stop during the deletions), a
+//! record in phase deleting that names it, beside a disk in CHILD's folder, `into`'s folder or
+//! a search folder, plans the rest of the deletions; `vhdkit repair ANCESTOR` finishes a record in phase *deleting*
 //! and, in phase *copying*, says which merge to run again. `vhdkit check ANCESTOR` reports an
 //! unfinished merge.
 //!

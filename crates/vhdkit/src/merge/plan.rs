@@ -149,7 +149,15 @@ fn check(o: &Opened) -> Result<()> {
 /// The record beside ANCESTOR, when it describes this merge (then it is resumed); a record of
 /// another merge is a refusal.
 pub(super) fn matching_record(o: &Opened, ancestor: &Path) -> Result<Option<Record>> {
-    let Some(r) = record::load(ancestor)? else {
+    let loaded = record::load(ancestor).map_err(|e| {
+        Error::refused(format!(
+            "a merge record beside {} cannot be used ({e}): a merge into it was \
+             interrupted; see `vhdkit check {}` (nothing was written)",
+            ancestor.display(),
+            ancestor.display()
+        ))
+    })?;
+    let Some(r) = loaded else {
         return Ok(None);
     };
     let mine = o.record(r.new_id)?;
@@ -171,6 +179,11 @@ pub(super) fn matching_record(o: &Opened, ancestor: &Path) -> Result<Option<Reco
 
 /// See [`MergePlan::new`].
 pub(super) fn plan(child: &Path, into: Option<&Path>, opts: &ChainOptions) -> Result<MergePlan> {
+    if !crate::fsx::entry_exists(child) {
+        if let Some(p) = finishing(child, into, opts)? {
+            return Ok(p);
+        }
+    }
     let o = open(child, into, opts)?;
     let ancestor = o
         .paths
@@ -248,4 +261,66 @@ fn changes(o: &Opened, rec: &Record) -> Result<Vec<FieldChange>> {
             new: braced(&g),
         },
     ])
+}
+
+/// CHILD is gone: a merge that was deleting the merged files (CHILD first) stopped. Its
+/// record lies beside ANCESTOR, looked for in CHILD's folder, `into`'s and the search folders;
+/// when one names CHILD in phase deleting, the plan is to finish it.
+fn finishing(child: &Path, into: Option<&Path>, opts: &ChainOptions) -> Result<Option<MergePlan>> {
+    let folder = crate::sidefile::folder_of(child);
+    let Some(name) = child.file_name() else {
+        return Ok(None);
+    };
+    let Ok(want) = std::fs::canonicalize(folder).map(|f| f.join(name)) else {
+        return Ok(None);
+    };
+    let mut dirs = vec![folder.to_path_buf()];
+    dirs.extend(into.map(|i| crate::sidefile::folder_of(i).to_path_buf()));
+    dirs.extend(opts.search_dirs.iter().cloned());
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten().take(100_000) {
+            let path = e.path();
+            let Some(ancestor) = record_owner(&path) else {
+                continue;
+            };
+            let Ok(Some(r)) = record::load(&ancestor) else {
+                continue;
+            };
+            if r.phase == Phase::Deleting && r.merged.iter().any(|m| m.path == want) {
+                return Ok(Some(finishing_plan(child, ancestor, &r, opts)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The disk a merge record at `path` belongs to (its name without the record's suffix).
+fn record_owner(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let disk = name.strip_suffix(".vhdkit-merge")?;
+    (!disk.is_empty()).then(|| path.with_file_name(disk))
+}
+
+fn finishing_plan(child: &Path, ancestor: PathBuf, r: &Record, opts: &ChainOptions) -> MergePlan {
+    MergePlan {
+        child: child.to_path_buf(),
+        ancestor,
+        format: r.format,
+        merged: r.merged.iter().map(|m| m.path.clone()).collect(),
+        changes: Vec::new(),
+        blocks: 0,
+        bytes_to_copy: 0,
+        block_size: 0,
+        resuming: true,
+        notes: vec![
+            "an unfinished merge of these disks is recorded: its copy verified, only the \
+             deletion of the merged files is left (the child is gone already)"
+                .into(),
+        ],
+        chain: opts.clone(),
+        new_id: r.new_id,
+    }
 }
