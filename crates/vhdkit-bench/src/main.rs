@@ -23,6 +23,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+mod merge_case;
+
 type Res<T> = Result<T, String>;
 
 const GIB: u64 = 1 << 30;
@@ -238,6 +240,8 @@ fn cases() -> Vec<Case> {
                     dynamic VHDX",
             prepare: |cfg, dir| prepare_to_image(cfg, dir, "vhdx", RawFill::EveryOther2M),
         },
+        Case { name: "merge-1g-vhdx", about: "vhdkit merge of a 1 GiB VHDX child with 512 MiB allocated into its parent, vs cp + sync of 512 MiB (the qemu-img row runs cp)", prepare: |cfg, dir| merge_case::prepare(cfg, dir, "vhdx") },
+        Case { name: "merge-1g-vhd", about: "vhdkit merge of a 1 GiB VHD child with 512 MiB allocated into its parent, vs cp + sync of 512 MiB (the qemu-img row runs cp)", prepare: |cfg, dir| merge_case::prepare(cfg, dir, "vpc") },
     ]
 }
 

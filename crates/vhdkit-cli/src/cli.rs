@@ -38,6 +38,9 @@ pub enum Command {
     /// Make a differencing disk standalone in place: copy in what it reads from its parents,
     /// then remove its parent link (the parents are never touched).
     Flatten(FlattenArgs),
+    /// Merge a differencing disk into its parent (or an ancestor with --into), like Hyper-V's
+    /// Merge-VHD: its data is written into the ancestor, then the merged files are deleted.
+    Merge(MergeArgs),
     /// Check every structural rule of disks (files or folders) and, with --chain, their chains.
     /// Read-only. Exit 0 clean (info only), 1 errors or warnings found, 2 could not run.
     Check(CheckArgs),
@@ -151,6 +154,25 @@ pub struct FlattenArgs {
     #[command(flatten)]
     pub resolve: ResolveArgs,
     /// The differencing disk to flatten.
+    pub child: PathBuf,
+}
+
+/// `vhdkit merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The disk to merge into (a member of CHILD's chain); default: CHILD's parent.
+    #[arg(long, value_name = "ANCESTOR")]
+    pub into: Option<PathBuf>,
+    /// Print the plan (files changed and deleted, blocks and bytes to copy); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options (the search folders are also scanned for siblings).
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The differencing disk to merge.
     pub child: PathBuf,
 }
 

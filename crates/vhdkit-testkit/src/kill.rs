@@ -105,3 +105,85 @@ pub fn run_past_last<S: AsRef<OsStr>>(
     );
     o
 }
+
+/// Run `program args` with `errno` (e.g. `EIO`) returned by the `k`th call of `syscall` instead
+/// of the call, and prove it happened: strace's own log (`log`, with the file each descriptor
+/// names, `-y`) shows the injected call. `also` (comma-separated, may be empty) is traced too,
+/// for the caller's reading of the log. The caller asserts what the command made of the error.
+pub fn run_with_error<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    (syscall, also): (&str, &str),
+    k: usize,
+    errno: &str,
+    log: &Path,
+) -> Output {
+    let traced = if also.is_empty() {
+        syscall.to_string()
+    } else {
+        format!("{syscall},{also}")
+    };
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-o"])
+        .arg(log)
+        .arg("-e")
+        .arg(format!("trace={traced}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:error={errno}:when={k}"))
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("spawn strace");
+    let text = std::fs::read_to_string(log).expect("read strace log");
+    assert!(
+        text.contains(&format!("{errno} (")) && text.contains("(INJECTED)"),
+        "{syscall}#{k}: strace injected no {errno}:\n{text}"
+    );
+    o
+}
+
+/// True when the call strace injected an error into (in `log_text`, written with `-y`) is a
+/// sync of a file whose previous traced call was a successful sync: nothing was written in
+/// between, so the failure of this one cannot lose data (on Linux a successful fsync made
+/// everything before it durable). Needs the writes of the run traced too.
+pub fn injected_into_redundant_sync(log_text: &str) -> bool {
+    let lines: Vec<&str> = log_text.lines().collect();
+    let Some(i) = lines.iter().position(|l| l.contains("(INJECTED)")) else {
+        return false;
+    };
+    let fd_of = |l: &str| -> Option<String> {
+        let open = l.find('(')?;
+        let close = l[open..].find([',', ')'])? + open;
+        Some(l[open + 1..close].to_string())
+    };
+    let is_sync = |l: &str| l.contains(" fsync(") || l.contains(" fdatasync(");
+    let Some(fd) = fd_of(lines[i]).filter(|_| is_sync(lines[i])) else {
+        return false;
+    };
+    let prev = lines[..i]
+        .iter()
+        .rev()
+        .find(|l| fd_of(l).as_deref() == Some(fd.as_str()));
+    prev.is_some_and(|l| is_sync(l) && l.trim_end().ends_with("= 0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::injected_into_redundant_sync as redundant;
+
+    #[test]
+    fn a_sync_after_a_sync_is_redundant_only_without_a_write_between() {
+        let inj = "9 fsync(7</d/a>) = -1 EIO (Input/output error) (INJECTED)";
+        let log = |before: &str| format!("{before}\n{inj}\n");
+        assert!(redundant(&log("9 fsync(7</d/a>) = 0")));
+        assert!(!redundant(&log(
+            "9 fsync(7</d/a>) = 0\n9 pwrite64(7</d/a>, \"x\", 1, 0) = 1"
+        )));
+        assert!(!redundant(&log("9 pwrite64(7</d/a>, \"x\", 1, 0) = 1")));
+        assert!(!redundant(&log("9 fsync(7</d/a>) = -1 EIO")));
+        assert!(redundant(&log(
+            "9 fsync(7</d/a>) = 0\n9 pwrite64(8</d/b>, \"x\", 1, 0) = 1"
+        )));
+        assert!(!redundant("9 fsync(7</d/a>) = 0\n"));
+    }
+}

@@ -207,3 +207,6 @@ impl Rng {
         }
     }
 }
+
+/// Chains of any depth for the tests of `merge` and `flatten`.
+pub mod chains;

@@ -207,3 +207,10 @@ pub fn detect_file(path: impl AsRef<std::path::Path>) -> Result<DiskFormat> {
 #[doc(hidden)]
 pub mod flatten;
 pub use flatten::{FlattenPlan, FlattenReport};
+
+// Merge (issue 12): a differencing disk and the disks between it and an ancestor are written
+// into the ancestor and deleted. The module is public for the command's hidden helpers only;
+// its API is the two types re-exported here.
+#[doc(hidden)]
+pub mod merge;
+pub use merge::{MergePlan, MergeReport};

@@ -100,7 +100,7 @@ pub fn is_journal_name(name: &str) -> bool {
 
 /// Whether `name` (a file name) is one of vhdkit's side files (never a disk to act on).
 pub fn is_side_file(name: &str) -> bool {
-    is_journal_name(name) || partial_of(name).is_some()
+    is_journal_name(name) || is_merge_record_name(name) || partial_of(name).is_some()
 }
 
 /// A partial output found in a folder.
@@ -273,6 +273,25 @@ impl Drop for PartialGuard {
             let _ = crate::fsx::remove_entry(&p);
         }
     }
+}
+
+// The merge record (issue 12): `<ancestor>.vhdkit-merge`, and `.tmp` while it is written.
+const MERGE: &str = ".vhdkit-merge";
+const MERGE_TMP: &str = ".vhdkit-merge.tmp";
+
+/// The merge record beside `ancestor` (the disk a merge writes into; see `merge::record`).
+pub fn merge_record(ancestor: &Path) -> PathBuf {
+    with_suffix(ancestor, MERGE)
+}
+
+/// Where the merge record of `ancestor` is written before it is renamed into place.
+pub fn merge_record_tmp(ancestor: &Path) -> PathBuf {
+    with_suffix(ancestor, MERGE_TMP)
+}
+
+/// Whether `name` (a file name) is a merge record or its temporary name.
+pub fn is_merge_record_name(name: &str) -> bool {
+    name.ends_with(MERGE) || name.ends_with(MERGE_TMP)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod create;
 mod flatten;
 mod info;
 pub mod man;
+mod merge;
 mod progress;
 mod relink;
 mod repair;
@@ -27,6 +28,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Convert(a) => a.json,
         Command::Reparent(a) => a.json,
         Command::Flatten(a) => a.json,
+        Command::Merge(a) => a.json,
         Command::Repair(a) => a.json,
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
@@ -44,6 +46,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Convert(a) => convert::run(&a),
         Command::Reparent(a) => reparent::run(&a),
         Command::Flatten(a) => flatten::run(&a),
+        Command::Merge(a) => merge::run(&a),
         Command::Repair(a) => repair::run(&a),
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),

@@ -6,12 +6,13 @@ use std::process::{Command, Stdio};
 use crate::util::{have_tool, run, run_success, vhdkit};
 
 /// Every subcommand, as the top-level help lists them.
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 13] = [
     "info",
     "chain",
     "convert",
     "reparent",
     "flatten",
+    "merge",
     "check",
     "repair",
     "create",

@@ -23,6 +23,8 @@ mod hostile_side_files;
 mod install;
 mod lying_input;
 mod memory_bound;
+mod merge;
+mod merge_basic;
 mod partial_trees;
 mod readme;
 mod real_images;

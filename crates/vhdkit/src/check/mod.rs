@@ -114,6 +114,8 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("file.not_a_disk", E, "no `vhdxfile` signature and no `conectix` footer"),
     ("file.journal_not_regular", W, "something other than a regular file (a symbolic link, FIFO, device, socket, folder) is at the name of the vhdkit journal beside the disk; it is never read and every change to the disk is refused until it is removed"),
     ("file.journal_too_large", W, "the file at the vhdkit journal's name is larger than any vhdkit journal; it is never read and every change to the disk is refused until it is removed"),
+    ("file.merge_unfinished", W, "a vhdkit merge record (`NAME.vhdkit-merge`) lies beside the disk: a merge into it was interrupted; while copying, the merged disks still read as before and a rerun of `vhdkit merge CHILD` resumes it; once the copy verified, `vhdkit repair` deletes the merged files and the record"),
+    ("file.merge_record_corrupt", W, "the vhdkit merge record beside the disk cannot be read (torn, altered or not one): a merge into the disk was interrupted; look at the merged files before removing it"),
     ("file.partial_output.stale", W, "a partial output (`.NAME.vhdkit-partial-HOST-PID`, `.NAME.vhdkit-share-tmp-HOST-PID`) of a vhdkit run on this host that was killed (its process is gone); the next run on the same output removes it"),
     ("file.partial_output.in_progress", I, "a partial output that a running vhdkit process is writing"),
     ("file.partial_output.unknown", I, "a partial output written on another host (shared storage) or whose name records no host: whether its process still runs cannot be known here, so it is never removed automatically"),
@@ -495,6 +497,7 @@ pub fn check_file(path: impl AsRef<Path>, opts: &CheckOptions) -> Result<FileRep
         .map_err(|e| Error::io("opening the file read-only", e).with_path(path))?;
     let (format, mut findings) = check_source(&file, opts);
     findings.extend(side::journal_findings(path));
+    findings.extend(crate::merge::finish::findings(path));
     if format.is_some() {
         // Needs the path: whether a locator leads anywhere depends on the child's folder.
         findings.extend(deadloc::findings(path, &opts.chain_options.confine));

@@ -198,6 +198,8 @@ pub fn repair(path: impl AsRef<Path>, opts: &RepairOptions) -> Result<RepairRepo
         }
     };
     let vhdx_log = vhdx_log_step(path, opts)?;
+    // A merge into this disk whose copy verified: deleting the merged files finishes it.
+    let merge = crate::merge::finish::repair_step(path, opts.dry_run)?;
     let pending = matches!(
         outcome,
         JournalOutcome::Foreign { .. } | JournalOutcome::WouldFinish { .. }
@@ -208,6 +210,11 @@ pub fn repair(path: impl AsRef<Path>, opts: &RepairOptions) -> Result<RepairRepo
         structural_step(path, opts.dry_run, &opts.confine)?
     };
     let mut structures = structures;
+    let mut unrepaired = unrepaired;
+    if let Some(m) = merge {
+        unrepaired.retain(|f| f.code != m.code);
+        structures.insert(0, m);
+    }
     if matches!(vhdx_log, Some(LogOutcome::WouldReplay(_))) {
         // The log step above already reports the replay a dry run would do.
         structures.retain(|s| s.code != "vhdx.log.dirty");

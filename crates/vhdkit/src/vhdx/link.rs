@@ -89,6 +89,9 @@ pub(crate) struct LinkEdit {
     /// A new `parent_linkage` (the new parent's DataWriteGuid); `parent_linkage2` is then
     /// dropped.
     pub linkage: Option<Uuid>,
+    /// A new `parent_linkage2` (a merge: the parent's DataWriteGuid to come), set in place or
+    /// added last, where Windows writes it; `parent_linkage` is kept.
+    pub linkage2: Option<Uuid>,
     /// Where the new item may go.
     pub placement: Placement,
 }
@@ -101,6 +104,7 @@ impl LinkEdit {
             absolute: KeyEdit::Keep,
             volume: KeyEdit::Keep,
             linkage: None,
+            linkage2: None,
             placement,
         }
     }
@@ -375,6 +379,7 @@ impl Rewrite {
 fn rewrite(old: Vec<LocatorPair>, edit: &LinkEdit) -> Rewrite {
     let mut r = Rewrite::default();
     let mut present = [false; PATH_KEYS.len()];
+    let mut linkage2_seen = false;
     for p in old {
         let lower = p.key.to_ascii_lowercase();
         let path = PATH_KEYS.iter().position(|k| *k == p.key);
@@ -382,6 +387,11 @@ fn rewrite(old: Vec<LocatorPair>, edit: &LinkEdit) -> Rewrite {
             match edit.linkage {
                 Some(id) => r.set(p, &braced(&id)),
                 None => r.pairs.push(p),
+            }
+        } else if lower == KEY_PARENT_LINKAGE2 && edit.linkage2.is_some() {
+            linkage2_seen = true;
+            if let Some(id) = edit.linkage2 {
+                r.set(p, &braced(&id));
             }
         } else if lower == KEY_PARENT_LINKAGE2 && edit.linkage.is_some() {
             r.drop(p);
@@ -402,6 +412,14 @@ fn rewrite(old: Vec<LocatorPair>, edit: &LinkEdit) -> Rewrite {
         if let (Some(false), KeyEdit::Set(v)) = (present.get(i), edit.path(key)) {
             r.insert(key, v, PATH_KEYS.get(..i).unwrap_or(&[]));
         }
+    }
+    if let (false, Some(id)) = (linkage2_seen, edit.linkage2) {
+        let v = braced(&id);
+        r.pairs.push(LocatorPair {
+            key: KEY_PARENT_LINKAGE2.to_string(),
+            value: utf16le(&v),
+        });
+        r.change(KEY_PARENT_LINKAGE2, ABSENT.into(), v);
     }
     r
 }
@@ -617,6 +635,37 @@ mod tests {
         assert!(e.drop_key("parent_linkage").is_err());
         e.drop_key("volume_path").unwrap();
         assert_eq!(e.volume, KeyEdit::Drop);
+    }
+
+    #[test]
+    fn a_new_linkage2_is_set_in_place_or_added_last_and_keeps_the_linkage() {
+        let mut e = LinkEdit::keep_all(Placement::Anywhere);
+        e.linkage2 = Some(Uuid::from_u128(0xDEF));
+        let want = "{00000000-0000-0000-0000-000000000def}";
+        let r = rewrite(old(), &e);
+        assert_eq!(
+            keys(&r),
+            keys(&rewrite(old(), &LinkEdit::keep_all(Placement::Anywhere)))
+        );
+        assert_eq!(from_utf16le(&r.pairs[1].value).unwrap(), want);
+        assert_eq!(r.pairs[0], old()[0]);
+        assert_eq!(r.changes.len(), 1);
+        let without: Vec<_> = old()
+            .into_iter()
+            .filter(|p| p.key != "parent_linkage2")
+            .collect();
+        let r = rewrite(without, &e);
+        assert_eq!(
+            keys(&r),
+            [
+                "parent_linkage",
+                "volume_path",
+                "vendor_key",
+                "parent_linkage2"
+            ]
+        );
+        assert_eq!(from_utf16le(&r.pairs[3].value).unwrap(), want);
+        assert_eq!(r.changes[0].old, ABSENT);
     }
 
     #[test]

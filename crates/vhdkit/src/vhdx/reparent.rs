@@ -188,6 +188,7 @@ impl Targets {
             absolute: path(&self.absolute),
             volume: KeyEdit::Drop,
             linkage: self.linkage,
+            linkage2: None,
             placement: Placement::Anywhere,
         }
     }
@@ -470,6 +471,31 @@ pub fn apply(
 }
 
 // Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
+/// A merge's first write (issue 12, MS-VHDX footnote 12): set `parent_linkage2` of the
+/// differencing VHDX in `file` to `guid`, the DataWriteGuid its parent is about to take,
+/// through the file's own log; `parent_linkage`, every other key and the DataWriteGuid are kept
+/// (only a new FileWriteGuid is taken). Nothing is written when the key holds `guid` already.
+/// Returns the bytes written.
+pub(crate) fn set_linkage2(file: &std::fs::File, opts: &OpenOptions, guid: Uuid) -> Result<u64> {
+    let src = file
+        .try_clone()
+        .map_err(|e| Error::io("duplicating the locked descriptor", e))?;
+    let child = child_of(VhdxFile::open(Box::new(src), opts)?)?;
+    let mut edit = LinkEdit::keep_all(Placement::Anywhere);
+    edit.linkage2 = Some(guid);
+    let link = link::plan(&child.file, &edit, &opts.limits)?;
+    if link.writes.is_empty() && !child.guard.log_dirty {
+        return Ok(0);
+    }
+    let plan = Plan {
+        changes: link.changes,
+        writes: link.writes,
+        old_len: child.file_len,
+        new_len: child.file_len,
+    };
+    Ok(apply(file, &child.guard, &plan, &opts.limits)?.total_bytes())
+}
+
 #[cfg(test)]
 #[cfg(vhdkit_workspace)]
 mod tests {

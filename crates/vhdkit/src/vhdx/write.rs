@@ -99,6 +99,9 @@ struct Payload<S: Sink> {
     sink: S,
     session: SessionState,
     data_write_guid_changed: bool,
+    /// The DataWriteGuid the first write sets instead of a random one (a merge announces it to
+    /// the child above first).
+    next_data_write_guid: Option<Uuid>,
     differencing: bool,
     virtual_size: u64,
     block_size: u64,
@@ -176,6 +179,7 @@ impl<S: Sink> VhdxWriter<S> {
             sink,
             session,
             data_write_guid_changed: false,
+            next_data_write_guid: None,
             differencing: meta.has_parent,
             virtual_size: meta.virtual_disk_size,
             block_size,
@@ -195,6 +199,14 @@ impl<S: Sink> VhdxWriter<S> {
     /// change to the virtual disk's contents; these writes change its representation only.
     pub(crate) fn preserving_contents(mut self) -> Self {
         self.engine.fmt.data_write_guid_changed = true;
+        self
+    }
+
+    /// The first write of the session sets DataWriteGuid `guid` instead of a random one, and
+    /// nothing when the header has it already (a merge resumed after the change): a merge
+    /// records `guid` in the child's `parent_linkage2` first (MS-VHDX footnote 12).
+    pub(crate) fn with_data_write_guid(mut self, guid: Uuid) -> Self {
+        self.engine.fmt.next_data_write_guid = Some(guid);
         self
     }
 
@@ -389,7 +401,11 @@ impl<S: Sink> SparseFormat for Payload<S> {
             return Ok(());
         }
         let mut s = Session::resume(&self.sink, self.session.clone());
-        let r = s.change_data_write_guid(Uuid::new_v4());
+        let r = match self.next_data_write_guid {
+            Some(g) if s.current().data_write_guid == g => Ok(()),
+            Some(g) => s.change_data_write_guid(g),
+            None => s.change_data_write_guid(Uuid::new_v4()),
+        };
         self.session = s.state();
         r?;
         self.data_write_guid_changed = true;

@@ -133,6 +133,16 @@ impl WritableDisk {
         // One writer at a time: another holder of the lock is a refusal, and every write goes
         // through the locked descriptor (a duplicate of it shares the lock).
         let (lock, file) = crate::lock::locked_file(path)?;
+        // A merge into this disk is unfinished: writing it now would change what the merged
+        // disks (still on disk, still linking to it) read.
+        if crate::fsx::entry_exists(&crate::sidefile::merge_record(path)) {
+            return Err(Error::refused(format!(
+                "an unfinished merge into this disk is recorded in {}: finish it first \
+                 (`vhdkit check` says how)",
+                crate::sidefile::merge_record(path).display()
+            ))
+            .with_path(path));
+        }
         match journal::recover(&file, &FileJournal::for_disk(path)).with_path(path)? {
             Recovery::Foreign { reason } => {
                 return Err(Error::Unsupported {

@@ -1,0 +1,258 @@
+//! [`MergePlan::apply`]: locks, recovery, the record, the linkage, the copy, the verification
+//! and the deletions (see the module docs for the order and why).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::copy::{self, Walk};
+use super::plan::{self, Opened};
+use super::record::{self, Phase, Record};
+use super::{siblings, MergePlan, MergeReport};
+use crate::chain::{Chain, ChainOptions};
+use crate::disk::{Disk, DiskFormat};
+use crate::error::{Error, Result, ResultExt};
+use crate::lock::FileLock;
+use crate::progress::Progress;
+use crate::txn::journal::{self, FileJournal, Recovery};
+use crate::view::ChainView;
+use crate::write::{WritableDisk, WritableImage};
+
+/// See [`MergePlan::apply`].
+pub(super) fn apply(p: &MergePlan, progress: &mut dyn Progress) -> Result<MergeReport> {
+    // ANCESTOR first, then the merged files top down: one order for every merge.
+    let anc_lock = crate::lock::lock_disk(&p.ancestor)?;
+    if let Some(r) = deleting_record(p)? {
+        return finish(p, &r, anc_lock);
+    }
+    let mut locks = Vec::new();
+    for m in &p.merged {
+        locks.push(crate::lock::lock_disk(m)?);
+    }
+    let mut report = MergeReport::default();
+    for (path, lock) in std::iter::once((&p.ancestor, &anc_lock)).chain(p.merged.iter().zip(&locks))
+    {
+        report.recovered |= recover(path, lock.file())?;
+    }
+    // Planned again under the locks: what is merged, the siblings and the record are as the
+    // files now are.
+    let o = plan::open(&p.child, Some(&p.ancestor), &p.chain)?;
+    siblings::refuse_siblings(&o.paths, o.k, &p.chain)?;
+    let same = o.paths.get(..o.k).is_some_and(|m| m == p.merged.as_slice());
+    if !same {
+        return Err(Error::refused(
+            "the chain changed since the plan was made; plan again (nothing was written)",
+        ));
+    }
+    let mut rec = match plan::matching_record(&o, &p.ancestor)? {
+        Some(r) => {
+            report.resumed = true;
+            r
+        }
+        None => {
+            let r = o.record(p.new_id)?;
+            enough_space(anc_lock.file(), &o)?;
+            record::store(&p.ancestor, &r)?;
+            r
+        }
+    };
+    if rec.phase == Phase::Copying {
+        let copied = copy_phase(p, &anc_lock, &locks, o, &rec, progress)?;
+        (report.blocks, report.bytes_copied) = (copied.blocks, copied.bytes);
+        rec.phase = Phase::Deleting;
+        record::store(&p.ancestor, &rec)?;
+    }
+    drop(locks);
+    let (deleted, kept) = delete_merged(&p.ancestor, &rec)?;
+    report.deleted = deleted;
+    report.kept = kept;
+    drop(anc_lock);
+    Ok(report)
+}
+
+/// The record beside the plan's ANCESTOR when it is this merge's and its copy verified: only
+/// the deletions are left (some merged files, CHILD first, may be gone already).
+fn deleting_record(p: &MergePlan) -> Result<Option<Record>> {
+    let Some(r) = record::load(&p.ancestor)? else {
+        return Ok(None);
+    };
+    let canon = |q: &PathBuf| std::fs::canonicalize(q).unwrap_or_else(|_| q.clone());
+    let same = r
+        .merged
+        .iter()
+        .map(|m| m.path.clone())
+        .eq(p.merged.iter().map(canon));
+    let ancestor = Disk::open(&p.ancestor).is_ok_and(|d| r.is_ancestor(d.identity()));
+    Ok((r.phase == Phase::Deleting && same && ancestor).then_some(r))
+}
+
+/// Step 6 alone, under the locks of ANCESTOR and of the merged files still there.
+fn finish(p: &MergePlan, r: &Record, anc_lock: FileLock) -> Result<MergeReport> {
+    let mut locks = Vec::new();
+    for m in p.merged.iter().filter(|m| crate::fsx::entry_exists(m)) {
+        locks.push(crate::lock::lock_disk(m)?);
+    }
+    let (deleted, kept) = delete_merged(&p.ancestor, r)?;
+    drop((locks, anc_lock));
+    Ok(MergeReport {
+        deleted,
+        kept,
+        resumed: true,
+        ..MergeReport::default()
+    })
+}
+
+/// Finish an interrupted vhdkit change of the locked file at `path`; a foreign journal is a
+/// refusal. (A dirty VHDX log is replayed by the writer that opens the file, or in memory by
+/// the readers of a merged file.)
+fn recover(path: &Path, file: &File) -> Result<bool> {
+    match journal::recover(file, &FileJournal::for_disk(path)).with_path(path)? {
+        Recovery::Foreign { reason } => Err(Error::refused(format!(
+            "a vhdkit journal beside {} does not belong to the file ({reason}); nothing was \
+             written (see `vhdkit repair`)",
+            path.display()
+        ))),
+        Recovery::Clean => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+/// Steps 3 to 5: the linkage (VHDX), the copy, the flush and the verification.
+fn copy_phase(
+    p: &MergePlan,
+    anc_lock: &FileLock,
+    locks: &[FileLock],
+    o: Opened,
+    rec: &Record,
+    progress: &mut dyn Progress,
+) -> Result<copy::Totals> {
+    let k = o.k;
+    if let Some(g) = rec.new_id {
+        let d = p
+            .merged
+            .get(k - 1)
+            .ok_or_else(|| Error::internal("no disk D"))?;
+        let lock = locks
+            .get(k - 1)
+            .ok_or_else(|| Error::internal("no lock of D"))?;
+        crate::vhdx::reparent::set_linkage2(lock.file(), &p.chain.open, g).with_path(d)?;
+    }
+    drop(o);
+    // CHILD's chain opened after the linkage change: D resolves ANCESTOR by either linkage
+    // while its DataWriteGuid changes.
+    let child = Chain::open(&p.child, &p.chain)?.into_view();
+    let walk = Walk::of(&child, k)?;
+    let totals = walk.count(&child)?;
+    let mut disk = ancestor_writer(&p.ancestor, anc_lock, rec, &p.chain)?;
+    let done = copy::what_child_reads(&mut disk, &child, &walk, totals.bytes, progress)
+        .with_path(&p.ancestor)?;
+    disk.close().with_path(&p.ancestor)?;
+    let after = Chain::open(&p.ancestor, &p.chain)?.into_view();
+    copy::verify(&after, &child, &walk)?;
+    Ok(done)
+}
+
+/// ANCESTOR opened for writing through its locked descriptor, over its own parents.
+fn ancestor_writer(
+    path: &Path,
+    lock: &FileLock,
+    rec: &Record,
+    opts: &ChainOptions,
+) -> Result<WritableDisk> {
+    let file = lock
+        .file()
+        .try_clone()
+        .map_err(|e| Error::io("duplicating the locked descriptor", e))
+        .with_path(path)?;
+    let image: Box<dyn WritableImage> = match (rec.format, rec.new_id) {
+        (DiskFormat::Vhdx, Some(g)) => Box::new(
+            crate::vhdx::write::VhdxWriter::open(file, &opts.open)
+                .with_path(path)?
+                .with_data_write_guid(g),
+        ),
+        (DiskFormat::Vhdx, None) => {
+            return Err(Error::internal("a VHDX merge without a new DataWriteGuid"))
+        }
+        (DiskFormat::Vhd, _) => {
+            Box::new(crate::vhd::write::VhdWriter::open(file, &opts.open).with_path(path)?)
+        }
+    };
+    // The writer opened first replayed a dirty log: the chain below reads the file as it is.
+    let mut layers = Chain::open(path, opts)?.into_view().into_layers();
+    let parents = (layers.len() > 1).then(|| {
+        layers.remove(0);
+        ChainView::new(layers)
+    });
+    Ok(WritableDisk::from_parts(image, parents))
+}
+
+/// Step 6: delete the merged files, CHILD first, each only while its identity is the recorded
+/// one; sync their folders, then remove the record. Returns the files deleted and those kept
+/// (with why).
+pub(super) fn delete_merged(ancestor: &Path, rec: &Record) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let (mut deleted, mut kept) = (Vec::new(), Vec::new());
+    for m in &rec.merged {
+        if !crate::fsx::entry_exists(&m.path) {
+            continue;
+        }
+        match Disk::open(&m.path).map(|d| d.identity()) {
+            Ok(id) if id == m.id => {
+                crate::fsx::remove_entry(&m.path)
+                    .map_err(|e| Error::io("deleting a merged file", e).with_path(&m.path))?;
+                let _ = crate::fsx::remove_entry(&crate::sidefile::journal(&m.path));
+                deleted.push(m.path.clone());
+            }
+            Ok(id) => kept.push(format!(
+                "{} kept: its identity is {id}, not the recorded {}",
+                m.path.display(),
+                m.id
+            )),
+            Err(e) => kept.push(format!("{} kept: {e}", m.path.display())),
+        }
+    }
+    for m in &rec.merged {
+        record::sync_folder(&m.path)
+            .map_err(|e| Error::io("syncing the folder", e).with_path(&m.path))?;
+    }
+    record::remove(ancestor)?;
+    Ok((deleted, kept))
+}
+
+/// Bytes a new block may take beyond its data, and the fixed room kept for the rest (as
+/// flatten counts them).
+const BLOCK_OVERHEAD: u64 = 64 << 10;
+const FIXED_OVERHEAD: u64 = 2 << 20;
+
+/// Refuse before the first write when ANCESTOR's file system has less free space than the
+/// blocks the copy may allocate need. Where the free space cannot be asked, the copy runs and
+/// a full file system fails it like any write (reads through CHILD never change).
+fn enough_space(file: &File, o: &Opened) -> Result<()> {
+    let a = o.ancestor()?;
+    let t = Walk::of(&o.view, o.k)?.count(&o.view)?;
+    if t.new_blocks == 0 {
+        return Ok(());
+    }
+    let bs = a.block_size().unwrap_or(0);
+    let need = t
+        .new_blocks
+        .saturating_mul(bs.saturating_add(BLOCK_OVERHEAD))
+        .saturating_add(FIXED_OVERHEAD);
+    match free_bytes(file) {
+        Some(free) if free < need => Err(Error::refused(format!(
+            "not enough free space: the merge needs about {need} bytes ({} blocks of {bs} \
+             bytes), the file system has {free} free; nothing was written",
+            t.new_blocks
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn free_bytes(file: &File) -> Option<u64> {
+    let s = rustix::fs::fstatvfs(file).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn free_bytes(_: &File) -> Option<u64> {
+    None
+}
