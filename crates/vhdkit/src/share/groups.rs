@@ -86,6 +86,8 @@ pub(super) struct Hashed {
     pub digests: HashMap<usize, ContentDigest>,
     pub bytes_hashed: u64,
     pub bytes_read: u64,
+    /// File key -> the file as it was proved, for the members proved.
+    pub stamps: HashMap<FileKey, prove::Stamp>,
 }
 
 impl Hashed {
@@ -127,6 +129,7 @@ pub(super) fn hash_members(
         digests: HashMap::new(),
         bytes_hashed: 0,
         bytes_read: 0,
+        stamps: HashMap::new(),
     };
     for (size, members) in to_hash {
         let (ids, paths): (Vec<usize>, Vec<&std::path::Path>) = members
@@ -143,7 +146,12 @@ pub(super) fn hash_members(
         // Every byte read enters the proof: compared with the other copies, or hashed.
         out.bytes_read += proved.read;
         out.bytes_hashed += proved.read;
-        out.digests.extend(ids.into_iter().zip(proved.digests));
+        for ((i, d), s) in ids.into_iter().zip(proved.digests).zip(proved.stamps) {
+            if let (Ok(_), Some(s), Some(disk)) = (&d, s, sc.disks.get(i)) {
+                out.stamps.insert(disk.key.clone(), s);
+            }
+            out.digests.insert(i, d);
+        }
     }
     progress.finish();
     Ok(out)

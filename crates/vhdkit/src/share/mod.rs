@@ -11,6 +11,9 @@
 //! are interchangeable as parents even when their layout or locators differ (this is what
 //! `reparent --verify-content` means). Members whose contents differ from the kept class are
 //! conflicts: reported, left alone, and so are their children.
+//! The real run does not read the copies again: it relies on the plan's proof while each proved
+//! base disk still has the identity, length and modification time it had when read (a keeper
+//! changed since is not used; a copy changed since is kept).
 //!
 //! A group with a single file is not a copy: it stays where it is. Its children are repointed
 //! only when they reach it through a symlink (the `mklink` setups): they are then repointed at
@@ -152,6 +155,9 @@ pub struct CopyPlan {
     pub refused: Option<NoteReason>,
     #[cfg_attr(feature = "serde", serde(skip))]
     key: FileKey,
+    /// The file as its contents were proved (`None`: not checked by a stamp).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    stamp: Option<prove::Stamp>,
 }
 
 /// One child to repoint.
@@ -214,6 +220,9 @@ pub struct GroupPlan {
     pub bytes_freed: u64,
     /// Apparent size of the copies deleted.
     pub bytes_freed_apparent: u64,
+    /// The keeper's source as its contents were proved (`None`: not checked by a stamp).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    keeper_stamp: Option<prove::Stamp>,
 }
 
 /// Files with the same identity but different virtual contents: left alone.

@@ -16,10 +16,12 @@
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
 use super::digest::{self, CHUNK};
+use super::scan::FileKey;
 use super::ContentDigest;
 use crate::chain::{Chain, ChainOptions};
 use crate::convert::ZeroAhead;
@@ -30,10 +32,31 @@ use crate::view::ChainView;
 /// Chunks queued for the hashing thread at most (each holds one buffer of `CHUNK` bytes).
 const IN_FLIGHT: usize = 2;
 
+/// A file as it was proved: identity, length and modification time. The real run compares it
+/// with the file before relying on the proof (a stat, not another read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    key: FileKey,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// The stamp of the file at `path` now (`None` when it cannot be read).
+pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        key: super::scan::file_key(path, &m),
+        len: m.len(),
+        modified: m.modified().ok(),
+    })
+}
+
 /// What the proof of one group found.
 pub(super) struct Proved {
     /// Per member (in the order given): its class's digest, or why it could not be read.
     pub digests: Vec<ContentDigest>,
+    /// Per member: its stamp from before it was read (`None` when unreadable).
+    pub stamps: Vec<Option<Stamp>>,
     /// File bytes read (each compared with the other members', or hashed for its class).
     pub read: u64,
 }
@@ -46,6 +69,7 @@ pub(super) fn prove(
     chain: &ChainOptions,
     progress: &mut dyn Progress,
 ) -> Result<Proved> {
+    let stamps: Vec<Option<Stamp>> = paths.iter().map(|p| stamp(p)).collect();
     let members: Vec<Member> = paths.iter().map(|p| open(p, size, chain)).collect();
     let first: Vec<usize> = (0..members.len())
         .filter(|&i| members.get(i).is_some_and(|m| m.is_ok()))
@@ -73,8 +97,16 @@ pub(super) fn prove(
         drop(tx);
         let states = hasher.join().map_err(|_| hasher_gone())?;
         walked?;
+        let mut digests = digests(members, &classes, states);
+        // A file written while it was read proves nothing.
+        for ((d, s), p) in digests.iter_mut().zip(&stamps).zip(paths) {
+            if d.is_ok() && (s.is_none() || *s != stamp(p)) {
+                *d = Err("it changed while it was read; run again".to_string());
+            }
+        }
         Ok(Proved {
-            digests: digests(members, &classes, states),
+            digests,
+            stamps,
             read,
         })
     })
