@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::repoint::{self, reparent_options, Repoint};
 use super::{
-    digest, lock, one_line, same_file, scan, sync_dir, GroupPlan, KeeperAction, NoteReason,
+    digest, lock, one_line, prove, same_file, scan, sync_dir, GroupPlan, KeeperAction, NoteReason,
     PathNote, Progress, ShareOptions, SharePlan, ShareReport, Steps,
 };
 use crate::disk::Disk;
@@ -156,7 +156,11 @@ fn delete_copies(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
             continue;
         }
         let now = fs::metadata(&c.path).map(|m| scan::file_key(&c.path, &m));
-        if now.as_ref().ok() != Some(&c.key) {
+        let rewritten = c
+            .stamp
+            .as_ref()
+            .is_some_and(|s| prove::stamp(&c.path).as_ref() != Some(s));
+        if now.as_ref().ok() != Some(&c.key) || rewritten {
             rep.kept
                 .push(PathNote::new(&c.path, NoteReason::ChangedSincePlan));
             continue;
@@ -205,6 +209,15 @@ fn remove_symlinks(g: &GroupPlan, steps: &mut Steps, rep: &mut ShareReport) {
 
 /// Put the keeper in place and check it. Returns bytes copied.
 fn place_keeper(g: &GroupPlan, opts: &ShareOptions, steps: &mut Steps) -> Result<u64, String> {
+    // The plan's proof holds for the keeper as it was read: a stat, not another read.
+    if let Some(s) = &g.keeper_stamp {
+        if prove::stamp(&g.keeper_source).as_ref() != Some(s) {
+            return Err(format!(
+                "{} changed since the plan proved its contents; run again",
+                g.keeper_source.display()
+            ));
+        }
+    }
     if let Some(dir) = g.keeper.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 use super::scan::{FileKey, Scan, ScannedDisk};
-use super::{digest, ContentDigest, NoteReason, PathNote, Progress, ShareOptions};
+use super::{prove, ContentDigest, NoteReason, PathNote, Progress, ShareOptions};
 use crate::disk::DiskFormat;
 use crate::error::Result;
 
@@ -86,6 +86,8 @@ pub(super) struct Hashed {
     pub digests: HashMap<usize, ContentDigest>,
     pub bytes_hashed: u64,
     pub bytes_read: u64,
+    /// File key -> the file as it was proved, for the members proved.
+    pub stamps: HashMap<FileKey, prove::Stamp>,
 }
 
 impl Hashed {
@@ -103,20 +105,22 @@ impl Hashed {
     }
 }
 
+/// Prove the members of every group with more than one file equal or not (`prove`: each copy
+/// read once, side by side), as one "hash" phase of `progress` over their virtual sizes.
 pub(super) fn hash_members(
     sc: &Scan,
     groups: &BTreeMap<GKey, Vec<usize>>,
     opts: &ShareOptions,
     progress: &mut dyn Progress,
 ) -> Result<Hashed> {
-    let to_hash: Vec<usize> = groups
-        .values()
-        .filter(|m| m.len() > 1)
-        .flatten()
-        .copied()
+    let to_hash: Vec<(u64, &Vec<usize>)> = groups
+        .iter()
+        .filter(|(_, m)| m.len() > 1)
+        .map(|(k, m)| (k.2, m))
         .collect();
     let total: u64 = to_hash
         .iter()
+        .flat_map(|(_, m)| m.iter())
         .filter_map(|&i| sc.disks.get(i))
         .map(|d| d.virtual_size)
         .sum();
@@ -125,24 +129,29 @@ pub(super) fn hash_members(
         digests: HashMap::new(),
         bytes_hashed: 0,
         bytes_read: 0,
+        stamps: HashMap::new(),
     };
-    for &i in &to_hash {
-        // Hashing is the long part of a plan: a cancel stops it between disks.
-        if progress.cancelled() {
-            progress.finish();
-            return Err(crate::progress::cancelled());
-        }
-        let Some(d) = sc.disks.get(i) else { continue };
-        let r = digest::chain_digest(&d.path, &opts.chain, &mut |n| progress.advance(n));
-        let r = match r {
-            Ok((h, read)) => {
-                out.bytes_hashed += d.virtual_size;
-                out.bytes_read += read;
-                Ok(h)
+    for (size, members) in to_hash {
+        let (ids, paths): (Vec<usize>, Vec<&std::path::Path>) = members
+            .iter()
+            .filter_map(|&i| sc.disks.get(i).map(|d| (i, d.path.as_path())))
+            .unzip();
+        let proved = match prove::prove(&paths, size, &opts.chain, progress) {
+            Ok(p) => p,
+            Err(e) => {
+                progress.finish();
+                return Err(e);
             }
-            Err(e) => Err(e.to_string()),
         };
-        out.digests.insert(i, r);
+        // Every byte read enters the proof: compared with the other copies, or hashed.
+        out.bytes_read += proved.read;
+        out.bytes_hashed += proved.read;
+        for ((i, d), s) in ids.into_iter().zip(proved.digests).zip(proved.stamps) {
+            if let (Ok(_), Some(s), Some(disk)) = (&d, s, sc.disks.get(i)) {
+                out.stamps.insert(disk.key.clone(), s);
+            }
+            out.digests.insert(i, d);
+        }
     }
     progress.finish();
     Ok(out)

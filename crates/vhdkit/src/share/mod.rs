@@ -4,12 +4,16 @@
 //! # share
 //! A scan finds every disk under DIR (and SHARED) by signature and resolves every parent. Disks
 //! that are parents are grouped by identity (format, VHD unique id / VHDX DataWriteGuid, virtual
-//! size). Members of a group are proved interchangeable by a streamed SHA-256 of their *virtual
-//! contents*, each read through its own chain (`digest::content_digest`). The files' bytes
+//! size). Members of a group are proved interchangeable by their *virtual contents*, each read
+//! once through its own chain, side by side, and compared; each class of equal members gets the
+//! SHA-256 `digest::content_digest` would give it (see `prove`). The files' bytes
 //! themselves are not compared: two files with the same identity and the same virtual contents
 //! are interchangeable as parents even when their layout or locators differ (this is what
 //! `reparent --verify-content` means). Members whose contents differ from the kept class are
 //! conflicts: reported, left alone, and so are their children.
+//! The real run does not read the copies again: it relies on the plan's proof while each proved
+//! base disk still has the identity, length and modification time it had when read (a keeper
+//! changed since is not used; a copy changed since is kept).
 //!
 //! A group with a single file is not a copy: it stays where it is. Its children are repointed
 //! only when they reach it through a symlink (the `mklink` setups): they are then repointed at
@@ -54,6 +58,7 @@ mod groups;
 pub(crate) use crate::lock;
 mod plan;
 pub(crate) mod probe;
+mod prove;
 mod reason;
 mod relink;
 mod removal;
@@ -150,6 +155,9 @@ pub struct CopyPlan {
     pub refused: Option<NoteReason>,
     #[cfg_attr(feature = "serde", serde(skip))]
     key: FileKey,
+    /// The file as its contents were proved (`None`: not checked by a stamp).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    stamp: Option<prove::Stamp>,
 }
 
 /// One child to repoint.
@@ -212,6 +220,9 @@ pub struct GroupPlan {
     pub bytes_freed: u64,
     /// Apparent size of the copies deleted.
     pub bytes_freed_apparent: u64,
+    /// The keeper's source as its contents were proved (`None`: not checked by a stamp).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    keeper_stamp: Option<prove::Stamp>,
 }
 
 /// Files with the same identity but different virtual contents: left alone.
@@ -292,7 +303,9 @@ pub struct SharePlan {
     pub bytes_freed: u64,
     /// Apparent size (file length) of the copies deleted.
     pub bytes_freed_apparent: u64,
-    /// Virtual bytes hashed to prove copies identical.
+    /// File bytes that entered the proof that copies are identical: each copy is read once
+    /// (holes are not read), compared with the others and hashed once per class, so this
+    /// equals [`SharePlan::bytes_read`].
     pub bytes_hashed: u64,
     /// File bytes read while hashing.
     pub bytes_read: u64,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::groups::{by_level, children_of, group_identities, hash_members, GKey};
+use super::prove::Stamp;
 use super::removal::Removal;
 use super::scan::{self, FileKey, Scan, ScannedDisk};
 use super::{
@@ -85,6 +86,7 @@ pub fn plan_share(
         into: &into,
         children_of,
         digests: hashed.digests,
+        stamps: hashed.stamps,
         removal: Removal::new(opts.delete_copies, &sc.uninspected, &skipped),
         into_refused: into_refusal(&into),
         taken_names: HashSet::new(),
@@ -233,6 +235,8 @@ struct Planner<'a> {
     into: &'a Path,
     children_of: HashMap<FileKey, Vec<usize>>,
     digests: HashMap<usize, ContentDigest>,
+    /// Proved base disks as they were read (the real run checks them before relying on it).
+    stamps: HashMap<FileKey, Stamp>,
     removal: Removal,
     into_refused: Option<NoteReason>,
     /// Keeper paths already given to a group.
@@ -304,6 +308,7 @@ impl<'a> Planner<'a> {
             children: self.children_to_repoint(&ds, &k),
             bytes_freed: 0,
             bytes_freed_apparent: 0,
+            keeper_stamp: self.stamp_of(k.disk),
         };
         self.settle_names(&mut g);
         let has_work = matches!(g.action, KeeperAction::Move | KeeperAction::Copy)
@@ -457,6 +462,15 @@ impl<'a> Planner<'a> {
         target
     }
 
+    /// How `d` was when proved; none for a differencing disk, which this run may repoint
+    /// itself before it reaches the disk's own group (its children are checked by their layer).
+    fn stamp_of(&self, d: &ScannedDisk) -> Option<Stamp> {
+        if d.disk_type == DiskType::Differencing {
+            return None;
+        }
+        self.stamps.get(&d.key).cloned()
+    }
+
     /// Other names of the keeper file under DIR, removed once unused (the move).
     fn old_names(&self, k: &Keeper<'_>) -> Vec<PathBuf> {
         if !matches!(k.action, KeeperAction::Move | KeeperAction::AlreadyShared) {
@@ -496,6 +510,7 @@ impl<'a> Planner<'a> {
                 kept,
                 refused,
                 key: d.key.clone(),
+                stamp: self.stamp_of(d),
             });
         }
         copies
