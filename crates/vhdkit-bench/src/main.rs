@@ -23,6 +23,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+mod sync_cases;
+
 type Res<T> = Result<T, String>;
 
 const GIB: u64 = 1 << 30;
@@ -42,6 +44,8 @@ options:
   --case NAME       run only this case (repeatable); --list shows them
   --list            list the cases and exit
   --json            print JSON instead of a markdown table
+  --smoke           run every case once (no timed runs) on small inputs (16 MiB instead of
+                    1 GiB, a smaller share tree), checking the outputs only
   -h, --help        this text
 ";
 
@@ -56,6 +60,16 @@ struct Config {
     cases: Vec<String>,
     list: bool,
     json: bool,
+    smoke: bool,
+}
+
+/// Size of the generated disks: 1 GiB, or 16 MiB for `--smoke`.
+fn disk_bytes(cfg: &Config) -> u64 {
+    if cfg.smoke {
+        16 * MIB
+    } else {
+        GIB
+    }
 }
 
 fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
@@ -68,6 +82,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
         cases: vec![],
         list: false,
         json: false,
+        smoke: false,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -96,12 +111,17 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
             }
             "--list" => cfg.list = true,
             "--json" => cfg.json = true,
+            "--smoke" => cfg.smoke = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
             }
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
+    }
+    if cfg.smoke {
+        // The warm-up round only: every command runs once, nothing is timed.
+        cfg.runs = 0;
     }
     Ok(Some(cfg))
 }
@@ -120,6 +140,8 @@ fn default_vhdkit() -> PathBuf {
 enum Tool {
     Vhdkit,
     QemuImg,
+    /// vhdkit on a reference input, for cases that measure vhdkit against itself.
+    VhdkitBaseline,
 }
 
 impl Tool {
@@ -127,6 +149,7 @@ impl Tool {
         match self {
             Tool::Vhdkit => "vhdkit",
             Tool::QemuImg => "qemu-img",
+            Tool::VhdkitBaseline => "vhdkit (baseline)",
         }
     }
 }
@@ -238,6 +261,10 @@ fn cases() -> Vec<Case> {
                     dynamic VHDX",
             prepare: |cfg, dir| prepare_to_image(cfg, dir, "vhdx", RawFill::EveryOther2M),
         },
+        sync_cases::durable_vhdx(),
+        sync_cases::durable_vhd(),
+        sync_cases::nosync_vhdx(),
+        sync_cases::depth8(),
     ]
 }
 
@@ -250,10 +277,11 @@ enum RawFill {
     EveryOther2M,
 }
 
-/// Write a 1 GiB raw image (xorshift data, not compressible) unless it is already there.
-fn make_raw(path: &Path, fill: RawFill) -> Res<()> {
+/// Write a raw image of `size` bytes (xorshift data, not compressible) unless it is already
+/// there.
+fn make_raw(path: &Path, fill: RawFill, size: u64) -> Res<()> {
     use std::io::Write as _;
-    if fs::metadata(path).is_ok_and(|m| m.len() == GIB) {
+    if fs::metadata(path).is_ok_and(|m| m.len() == size) {
         return Ok(());
     }
     let mut f = std::io::BufWriter::new(
@@ -261,7 +289,7 @@ fn make_raw(path: &Path, fill: RawFill) -> Res<()> {
     );
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut buf = vec![0u8; 2 * MIB as usize];
-    for i in 0..GIB / (2 * MIB) {
+    for i in 0..size / (2 * MIB) {
         if fill == RawFill::EveryOther2M && i % 2 == 1 {
             buf.fill(0);
         } else {
@@ -284,7 +312,7 @@ fn make_raw(path: &Path, fill: RawFill) -> Res<()> {
 /// (both flush their output).
 fn prepare_to_image(cfg: &Config, dir: &Path, fmt: &str, fill: RawFill) -> Res<Prepared> {
     let src = dir.join("in.raw");
-    make_raw(&src, fill)?;
+    make_raw(&src, fill, disk_bytes(cfg))?;
     let (to, ext, opts) = match fmt {
         "vhdx" => ("vhdx", "vhdx", "subformat=dynamic"),
         _ => ("vhd", "vhd", "subformat=dynamic,force_size=on"),
@@ -343,12 +371,12 @@ fn prepare_convert(cfg: &Config, dir: &Path, fmt: &str, name: &str, opts: &str) 
         Command::new(&cfg.qemu_img)
             .args(["create", "-q", "-f", fmt, "-o", opts])
             .arg(&src)
-            .arg(GIB.to_string()),
+            .arg(disk_bytes(cfg).to_string()),
     )?;
     let block = 2 * MIB;
     let mut io = Command::new(&cfg.qemu_io);
     io.args(["-f", fmt]);
-    for (i, off) in (0..GIB).step_by(2 * block as usize).enumerate() {
+    for (i, off) in (0..disk_bytes(cfg)).step_by(2 * block as usize).enumerate() {
         // Pattern 0x01..=0xff: never zero, differs between neighbouring blocks.
         let pattern = (i % 255) + 1;
         io.arg("-c")
@@ -394,7 +422,11 @@ fn prepare_share(cfg: &Config, dir: &Path) -> Res<Prepared> {
     let _ = fs::remove_dir_all(&pristine);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&pristine).map_err(|e| e.to_string())?;
-    let (groups, copies, children) = (10usize, 10usize, 10usize);
+    let (groups, copies, children) = if cfg.smoke {
+        (2usize, 2usize, 2usize)
+    } else {
+        (10usize, 10usize, 10usize)
+    };
     for g in 0..groups {
         let base = dir.join(format!("base{g}.vhd"));
         let _ = fs::remove_file(&base);
@@ -865,14 +897,15 @@ fn fmt_opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.prec$}"))
 }
 
+/// vhdkit's median over the other contender's (qemu-img, or vhdkit's own baseline).
 fn ratio(r: &CaseResult) -> Option<f64> {
-    let m = |t: Tool| {
+    let m = |f: &dyn Fn(Tool) -> bool| {
         r.tools
             .iter()
-            .find(|x| x.tool == t)
+            .find(|x| f(x.tool))
             .and_then(ToolResult::median)
     };
-    Some(m(Tool::Vhdkit)? / m(Tool::QemuImg)?)
+    Some(m(&|t| t == Tool::Vhdkit)? / m(&|t| t != Tool::Vhdkit)?)
 }
 
 fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
@@ -885,7 +918,7 @@ fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
         cfg.runs
     );
     s.push_str(
-        "| case | tool | min s | median s | vhdkit/qemu-img | peak RSS MiB | fs in/out MiB | output check |\n",
+        "| case | tool | min s | median s | vhdkit/other | peak RSS MiB | fs in/out MiB | output check |\n",
     );
     s.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");
     for r in results {
