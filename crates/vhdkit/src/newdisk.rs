@@ -224,6 +224,8 @@ struct Direct {
     file: std::fs::File,
     /// `DIRECT_CHUNK + DIRECT_ALIGN` bytes; the aligned window is used.
     bounce: Vec<u8>,
+    /// False once a direct write was refused as misaligned.
+    usable: bool,
 }
 
 impl<'a> OutFile<'a> {
@@ -232,6 +234,7 @@ impl<'a> OutFile<'a> {
             Mutex::new(Direct {
                 file,
                 bounce: Vec::new(),
+                usable: true,
             })
         });
         OutFile {
@@ -250,7 +253,14 @@ impl<'a> OutFile<'a> {
             let mut d = d
                 .lock()
                 .map_err(|_| io::Error::other("the output's direct-write lock is poisoned"))?;
-            return d.write_all_at(buf, offset);
+            if d.usable {
+                match d.write_all_at(buf, offset) {
+                    // A file system that opens with O_DIRECT but wants another alignment:
+                    // the page cache from now on, this write included.
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => d.usable = false,
+                    r => return r,
+                }
+            }
         }
         Sink::write_all_at(self.file, buf, offset)?;
         self.wrote(offset, buf.len());
@@ -284,8 +294,11 @@ fn direct_fits(buf: &[u8], offset: u64) -> bool {
 }
 
 impl Direct {
-    /// Write through the aligned bounce buffer (the callers' buffers have no alignment).
+    /// Write `buf` as it is when aligned in memory, else through the aligned bounce buffer.
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if buf.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+            return Sink::write_all_at(&self.file, buf, offset);
+        }
         if self.bounce.is_empty() {
             self.bounce = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
         }
