@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 mod merge_case;
 mod share_cases;
+mod sync_cases;
 
 type Res<T> = Result<T, String>;
 
@@ -45,6 +46,8 @@ options:
   --case NAME       run only this case (repeatable); --list shows them
   --list            list the cases and exit
   --json            print JSON instead of a markdown table
+  --smoke           run every case once (no timed runs) on small inputs (16 MiB instead of
+                    1 GiB, a smaller share tree), checking the outputs only
   -h, --help        this text
 ";
 
@@ -59,6 +62,16 @@ struct Config {
     cases: Vec<String>,
     list: bool,
     json: bool,
+    smoke: bool,
+}
+
+/// Size of the generated disks: 1 GiB, or 16 MiB for `--smoke`.
+fn disk_bytes(cfg: &Config) -> u64 {
+    if cfg.smoke {
+        16 * MIB
+    } else {
+        GIB
+    }
 }
 
 fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
@@ -71,6 +84,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
         cases: vec![],
         list: false,
         json: false,
+        smoke: false,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -99,12 +113,17 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
             }
             "--list" => cfg.list = true,
             "--json" => cfg.json = true,
+            "--smoke" => cfg.smoke = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
             }
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
+    }
+    if cfg.smoke {
+        // The warm-up round only: every command runs once, nothing is timed.
+        cfg.runs = 0;
     }
     Ok(Some(cfg))
 }
@@ -125,6 +144,8 @@ enum Tool {
     QemuImg,
     /// `cat` of the files a command reads: the cost of reading them once.
     Cat,
+    /// vhdkit on a reference input, for cases that measure vhdkit against itself.
+    VhdkitBaseline,
 }
 
 impl Tool {
@@ -133,6 +154,7 @@ impl Tool {
             Tool::Vhdkit => "vhdkit",
             Tool::QemuImg => "qemu-img",
             Tool::Cat => "cat",
+            Tool::VhdkitBaseline => "vhdkit (baseline)",
         }
     }
 }
@@ -248,6 +270,10 @@ fn cases() -> Vec<Case> {
         },
         Case { name: "merge-1g-vhdx", about: "vhdkit merge of a 1 GiB VHDX child with 512 MiB allocated into its parent, vs cp + sync of 512 MiB (the qemu-img row runs cp)", prepare: |cfg, dir| merge_case::prepare(cfg, dir, "vhdx") },
         Case { name: "merge-1g-vhd", about: "vhdkit merge of a 1 GiB VHD child with 512 MiB allocated into its parent, vs cp + sync of 512 MiB (the qemu-img row runs cp)", prepare: |cfg, dir| merge_case::prepare(cfg, dir, "vpc") },
+        sync_cases::durable_vhdx(),
+        sync_cases::durable_vhd(),
+        sync_cases::nosync_vhdx(),
+        sync_cases::depth8(),
     ]
 }
 
@@ -260,10 +286,11 @@ enum RawFill {
     EveryOther2M,
 }
 
-/// Write a 1 GiB raw image (xorshift data, not compressible) unless it is already there.
-fn make_raw(path: &Path, fill: RawFill) -> Res<()> {
+/// Write a raw image of `size` bytes (xorshift data, not compressible) unless it is already
+/// there.
+fn make_raw(path: &Path, fill: RawFill, size: u64) -> Res<()> {
     use std::io::Write as _;
-    if fs::metadata(path).is_ok_and(|m| m.len() == GIB) {
+    if fs::metadata(path).is_ok_and(|m| m.len() == size) {
         return Ok(());
     }
     let mut f = std::io::BufWriter::new(
@@ -271,7 +298,7 @@ fn make_raw(path: &Path, fill: RawFill) -> Res<()> {
     );
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut buf = vec![0u8; 2 * MIB as usize];
-    for i in 0..GIB / (2 * MIB) {
+    for i in 0..size / (2 * MIB) {
         if fill == RawFill::EveryOther2M && i % 2 == 1 {
             buf.fill(0);
         } else {
@@ -294,7 +321,7 @@ fn make_raw(path: &Path, fill: RawFill) -> Res<()> {
 /// (both flush their output).
 fn prepare_to_image(cfg: &Config, dir: &Path, fmt: &str, fill: RawFill) -> Res<Prepared> {
     let src = dir.join("in.raw");
-    make_raw(&src, fill)?;
+    make_raw(&src, fill, disk_bytes(cfg))?;
     let (to, ext, opts) = match fmt {
         "vhdx" => ("vhdx", "vhdx", "subformat=dynamic"),
         _ => ("vhd", "vhd", "subformat=dynamic,force_size=on"),
@@ -353,12 +380,12 @@ fn prepare_convert(cfg: &Config, dir: &Path, fmt: &str, name: &str, opts: &str) 
         Command::new(&cfg.qemu_img)
             .args(["create", "-q", "-f", fmt, "-o", opts])
             .arg(&src)
-            .arg(GIB.to_string()),
+            .arg(disk_bytes(cfg).to_string()),
     )?;
     let block = 2 * MIB;
     let mut io = Command::new(&cfg.qemu_io);
     io.args(["-f", fmt]);
-    for (i, off) in (0..GIB).step_by(2 * block as usize).enumerate() {
+    for (i, off) in (0..disk_bytes(cfg)).step_by(2 * block as usize).enumerate() {
         // Pattern 0x01..=0xff: never zero, differs between neighbouring blocks.
         let pattern = (i % 255) + 1;
         io.arg("-c")
@@ -404,7 +431,11 @@ fn prepare_share(cfg: &Config, dir: &Path) -> Res<Prepared> {
     let _ = fs::remove_dir_all(&pristine);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&pristine).map_err(|e| e.to_string())?;
-    let (groups, copies, children) = (10usize, 10usize, 10usize);
+    let (groups, copies, children) = if cfg.smoke {
+        (2usize, 2usize, 2usize)
+    } else {
+        (10usize, 10usize, 10usize)
+    };
     for g in 0..groups {
         let base = dir.join(format!("base{g}.vhd"));
         let _ = fs::remove_file(&base);
@@ -875,14 +906,15 @@ fn fmt_opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.prec$}"))
 }
 
+/// vhdkit's median over the other contender's (qemu-img, or vhdkit's own baseline).
 fn ratio(r: &CaseResult) -> Option<f64> {
-    let m = |t: Tool| {
+    let m = |f: &dyn Fn(Tool) -> bool| {
         r.tools
             .iter()
-            .find(|x| x.tool == t)
+            .find(|x| f(x.tool))
             .and_then(ToolResult::median)
     };
-    Some(m(Tool::Vhdkit)? / m(Tool::QemuImg).or_else(|| m(Tool::Cat))?)
+    Some(m(&|t| t == Tool::Vhdkit)? / m(&|t| t != Tool::Vhdkit)?)
 }
 
 fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
@@ -895,7 +927,7 @@ fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
         cfg.runs
     );
     s.push_str(
-        "| case | tool | min s | median s | vhdkit/qemu-img (or cat) | peak RSS MiB | fs in/out MiB | output check |\n",
+        "| case | tool | min s | median s | vhdkit/other | peak RSS MiB | fs in/out MiB | output check |\n",
     );
     s.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");
     for r in results {

@@ -330,6 +330,10 @@ pub struct ConvertArgs {
     /// Replace DST if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Do not sync the output (no fsync), for scratch copies: faster, but a crash can leave
+    /// DST incomplete; the rename into place still happens only at the end.
+    #[arg(long)]
+    pub no_sync: bool,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use crate::create::build_output;
 use crate::error::{Error, Result};
-use crate::newdisk::{NewKind, OutputSink, SinkIo};
+use crate::newdisk::{NewKind, OutFile, OutputSink, SinkIo};
 use crate::progress::Progress;
 use crate::txn::Sink;
 use crate::vhd::create as vhd_create;
@@ -74,6 +74,10 @@ pub struct ConvertOptions {
     /// VHD/VHDX output: block size in bytes (`None` = the format's default: VHD 2 MiB, VHDX
     /// 32 MiB dynamic, 2 MiB fixed).
     pub block_size: Option<u32>,
+    /// [`to_path`]: never sync the output (no `fsync`, no early writeback), for scratch
+    /// copies. A crash can leave the destination incomplete; the rename into place still
+    /// happens only at the end.
+    pub no_sync: bool,
 }
 
 impl ConvertOptions {
@@ -97,6 +101,13 @@ impl ConvertOptions {
         self.block_size = bytes;
         self
     }
+
+    /// Never sync the output (see [`ConvertOptions::no_sync`]).
+    #[must_use]
+    pub fn no_sync(mut self, yes: bool) -> Self {
+        self.no_sync = yes;
+        self
+    }
 }
 
 /// Write the whole virtual disk of `src` to `dst` in the `target` format: the copy behind
@@ -111,7 +122,8 @@ impl ConvertOptions {
 ///
 /// A source whose size is not a multiple of 512 is padded with zeros to the next sector for
 /// VHD and VHDX. The output is built under a temporary name beside `dst` and renamed into place
-/// once complete and synced; `dst` is replaced only with `opts.overwrite`. `progress` hears one
+/// once complete and synced (unless `opts.no_sync`); `dst` is replaced only with
+/// `opts.overwrite`. `progress` hears one
 /// `"convert"` phase in virtual bytes and may cancel it (the partial output is then removed;
 /// see [`crate::Progress`]). To write into memory or any other sink, see [`to_sink`].
 ///
@@ -162,8 +174,8 @@ fn to_raw(
     let dst = dst.as_ref();
     check_destination(view, dst, opts, dst.exists())?;
     // As for vhd/vhdx: without --force a name that appeared meanwhile is never replaced.
-    build_output(dst, opts.overwrite, |file| {
-        raw_into(view, file, &mut progress)
+    build_output(dst, opts.overwrite, !opts.no_sync, |file| {
+        raw_into(view, &mut OutFile::new(file, !opts.no_sync), &mut progress)
     })
 }
 
@@ -474,10 +486,8 @@ fn image_to_path(
 ) -> Result<ConvertStats> {
     // `symlink_metadata`: a dangling link at DST counts as existing.
     check_destination(src, dst, opts, std::fs::symlink_metadata(dst).is_ok())?;
-    build_output(dst, opts.overwrite, |file| {
-        let handle = file.try_clone();
-        let handle = handle.map_err(|e| Error::io("reopening the output file", e))?;
-        image_into(src, handle, &new, &mut progress)
+    build_output(dst, opts.overwrite, !opts.no_sync, |file| {
+        image_into(src, OutFile::new(file, !opts.no_sync), &new, &mut progress)
     })
 }
 

@@ -254,7 +254,7 @@ pub fn create(path: impl AsRef<Path>, p: &CreateParams) -> Result<Created> {
         });
     }
     let (new, created) = layout_for(path, format, p)?;
-    build_output(path, false, |f| new.write(&*f))?;
+    build_output(path, false, true, |f| new.write(&*f))?;
     // A differencing disk must resolve to its parent exactly as any reader will do it.
     if created.disk_type == DiskType::Differencing {
         if let Err(e) = Chain::open(path, &p.chain) {
@@ -402,18 +402,20 @@ fn layout_vhd(path: &Path, p: &CreateParams) -> Result<(NewDisk, Created)> {
 }
 
 /// Build `dst` under this process's partial-output name with `build`, then give it its name
-/// ([`persist`]; without `overwrite`, never over an existing file). Errors while building name
-/// the partial file, which is removed.
+/// ([`persist`]; without `overwrite`, never over an existing file; the folder is synced
+/// unless `sync` is false, as for `convert --no-sync`). Errors while building name the partial
+/// file, which is removed.
 pub(crate) fn build_output<T>(
     dst: &Path,
     overwrite: bool,
+    sync: bool,
     build: impl FnOnce(&mut File) -> Result<T>,
 ) -> Result<T> {
     let (guard, mut file) = start_partial(dst)?;
     let built = build(&mut file).with_path(guard.path());
     drop(file);
     let value = built?;
-    persist(guard, dst, overwrite)?;
+    persist(guard, dst, overwrite, sync)?;
     Ok(value)
 }
 
@@ -595,8 +597,9 @@ pub(crate) fn start_partial(dst: &Path) -> Result<(PartialGuard, File)> {
 }
 
 /// Give the finished, synced file `tmp` the name `dst`. Without `overwrite`, fails (and removes
-/// `tmp`) when `dst` exists, even if it appeared meanwhile: a hard link never replaces.
-pub(crate) fn persist(guard: PartialGuard, dst: &Path, overwrite: bool) -> Result<()> {
+/// `tmp`) when `dst` exists, even if it appeared meanwhile: a hard link never replaces. With
+/// `sync`, the folder is synced so that the name is durable too.
+pub(crate) fn persist(guard: PartialGuard, dst: &Path, overwrite: bool, sync: bool) -> Result<()> {
     let tmp = guard.path().to_path_buf();
     let tmp = tmp.as_path();
     let result = if overwrite {
@@ -617,7 +620,9 @@ pub(crate) fn persist(guard: PartialGuard, dst: &Path, overwrite: bool) -> Resul
     };
     result.with_path(tmp)?;
     guard.keep();
-    sync_parent_dir(dst);
+    if sync {
+        sync_parent_dir(dst);
+    }
     Ok(())
 }
 

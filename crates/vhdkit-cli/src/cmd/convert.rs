@@ -32,7 +32,8 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
     let copts = ConvertOptions::default()
         .overwrite(a.force)
         .fixed(a.fixed)
-        .block_size(block_size);
+        .block_size(block_size)
+        .no_sync(a.no_sync);
     let mut bar = Bar::new(a.json);
     let stats = match a.to {
         OutputFormat::Raw => {

@@ -12,6 +12,7 @@ mod concurrent_writers;
 mod confine;
 mod confine_side_files;
 mod convert_qemu;
+mod convert_sync;
 mod create_convert_vhd;
 mod create_convert_vhdx;
 mod errors;
