@@ -23,6 +23,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+mod clone_case;
+
 type Res<T> = Result<T, String>;
 
 const GIB: u64 = 1 << 30;
@@ -239,6 +241,9 @@ fn cases() -> Vec<Case> {
             prepare: |cfg, dir| prepare_to_image(cfg, dir, "vhdx", RawFill::EveryOther2M),
         },
     ]
+    .into_iter()
+    .chain(clone_case::CASES)
+    .collect()
 }
 
 /// What a generated raw input holds.
