@@ -14,6 +14,11 @@
 //! output likewise. The output is built under a temporary name in the destination's
 //! folder and renamed into place only once complete and flushed, so an interrupted (or
 //! cancelled) conversion never leaves a truncated file under the destination's name.
+//!
+//! On a file system that clones (XFS, btrfs), payload one disk file stores whole at 4 KiB-aligned
+//! offsets is copied by the file system (`copy_file_range`: the output shares its extents), with
+//! the same resulting bytes and layout; zeros inside such a run share extents instead of being
+//! holes. `VHDKIT_NO_CLONE=1` turns this off. [`ConvertStats::bytes_cloned`] counts it.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
