@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 mod merge_case;
 mod share_cases;
 mod sync_cases;
+mod clone_case;
 
 type Res<T> = Result<T, String>;
 
@@ -275,6 +276,9 @@ fn cases() -> Vec<Case> {
         sync_cases::nosync_vhdx(),
         sync_cases::depth8(),
     ]
+    .into_iter()
+    .chain(clone_case::CASES)
+    .collect()
 }
 
 /// What a generated raw input holds.

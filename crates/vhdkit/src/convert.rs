@@ -14,6 +14,11 @@
 //! output likewise. The output is built under a temporary name in the destination's
 //! folder and renamed into place only once complete and flushed, so an interrupted (or
 //! cancelled) conversion never leaves a truncated file under the destination's name.
+//!
+//! On a file system that clones (XFS, btrfs), payload one disk file stores whole at 4 KiB-aligned
+//! offsets is copied by the file system (`copy_file_range`: the output shares its extents), with
+//! the same resulting bytes and layout; zeros inside such a run share extents instead of being
+//! holes. `VHDKIT_NO_CLONE=1` turns this off. [`ConvertStats::bytes_cloned`] counts it.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -30,7 +35,9 @@ use crate::vhdx::write::VhdxWriter;
 use crate::view::Allocation;
 use crate::write::WritableImage;
 
+mod clone;
 mod source;
+use clone::CloneTo;
 pub(crate) use source::ZeroAhead;
 pub use source::{RawSource, VirtualSource};
 
@@ -51,6 +58,9 @@ pub struct ConvertStats {
     pub bytes_read: u64,
     /// Bytes left as holes.
     pub bytes_skipped: u64,
+    /// Of `bytes_written`, bytes the file system copied (cloned on XFS and btrfs) instead of
+    /// vhdkit reading and writing them.
+    pub bytes_cloned: u64,
 }
 
 impl ConvertStats {
@@ -189,7 +199,10 @@ fn raw_into<W: OutputSink + ?Sized>(
     // in-place writes, which are cheaper than writes that extend the file.
     out.set_len(view.virtual_size())
         .map_err(|e| Error::io("setting the output length", e))?;
-    let stats = phase(view, progress, |p| copy_sparse(view, out, p))?;
+    let clone = CloneTo::for_output(out.as_file());
+    let stats = phase(view, progress, |p| {
+        copy_sparse(view, out, clone.as_ref(), p)
+    })?;
     out.sync()
         .map_err(|e| Error::io("flushing the output file", e))?;
     Ok(stats)
@@ -254,6 +267,7 @@ fn refuse_chain_member(view: &dyn VirtualSource, dst: &Path) -> Result<()> {
 fn copy_sparse<W: Write + Seek + ?Sized>(
     view: &dyn VirtualSource,
     out: &mut W,
+    clone: Option<&CloneTo>,
     progress: &mut dyn Progress,
 ) -> Result<ConvertStats> {
     let size = view.virtual_size();
@@ -263,9 +277,10 @@ fn copy_sparse<W: Write + Seek + ?Sized>(
     // `IN_FLIGHT` + 2 buffers exist: memory stays a few chunks whatever the disk size.
     const IN_FLIGHT: usize = 2;
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Step>>(IN_FLIGHT);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Step<'_>>>(IN_FLIGHT);
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        scope.spawn(move || read_ahead(view, size, &tx, &back_rx));
+        scope.spawn(move || read_ahead(view, size, clone, &tx, &back_rx));
+        let mut copier = clone.map(CloneTo::copier);
         // Returning early drops `rx`, which stops the reader at its next send.
         for step in rx {
             crate::progress::check(progress)?;
@@ -282,6 +297,14 @@ fn copy_sparse<W: Write + Seek + ?Sized>(
                     let _ = back_tx.send(buf);
                     progress.advance(len);
                 }
+                Step::Clone { pos, run } => {
+                    if let (Some(c), Some(copier)) = (clone, copier.as_mut()) {
+                        c.copy(copier, run, pos)?;
+                    }
+                    stats.bytes_written += run.2;
+                    stats.bytes_cloned += run.2;
+                    progress.advance(run.2);
+                }
             }
         }
         Ok(())
@@ -292,19 +315,22 @@ fn copy_sparse<W: Write + Seek + ?Sized>(
 }
 
 /// One unit of work handed from the reader thread to the writer.
-enum Step {
+enum Step<'s> {
     /// A range of `len` bytes that no layer stores.
     Skip { len: u64 },
     /// Stored data read from `pos`.
     Data { pos: u64, buf: Vec<u8> },
+    /// Stored data at `pos` for the file system to copy.
+    Clone { pos: u64, run: clone::Run<'s> },
 }
 
 /// The reader side of [`copy_sparse`]: walks the allocation map and reads stored ranges into
 /// recycled buffers. Stops at the first error (sent to the writer) or when the writer hangs up.
-fn read_ahead(
-    view: &dyn VirtualSource,
+fn read_ahead<'s>(
+    view: &'s dyn VirtualSource,
     size: u64,
-    tx: &std::sync::mpsc::SyncSender<Result<Step>>,
+    clone: Option<&CloneTo>,
+    tx: &std::sync::mpsc::SyncSender<Result<Step<'s>>>,
     back: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
     let mut zeros = ZeroAhead::default();
@@ -316,6 +342,11 @@ fn read_ahead(
             .and_then(|(alloc, len)| match alloc {
                 Allocation::Zero => Ok(Step::Skip { len }),
                 Allocation::Data => {
+                    match clone.map(|c| c.find(view, pos, len)).transpose()?.flatten() {
+                        Some(clone::Found::Clone(run)) => return Ok(Step::Clone { pos, run }),
+                        Some(clone::Found::Zeros(len)) => return Ok(Step::Skip { len }),
+                        None => {}
+                    }
                     let n = usize::try_from(len).unwrap_or(CHUNK_BYTES).min(CHUNK_BYTES);
                     let mut buf = back.try_recv().unwrap_or_default();
                     buf.resize(n, 0);
@@ -326,6 +357,7 @@ fn read_ahead(
         let advance = match &step {
             Ok(Step::Skip { len, .. }) => *len,
             Ok(Step::Data { buf, .. }) => buf.len() as u64,
+            Ok(Step::Clone { run, .. }) => run.2,
             Err(_) => 0,
         };
         let failed = step.is_err();
@@ -432,7 +464,8 @@ pub fn to_sink<W: OutputSink + ?Sized>(
         Target::Vhd => NewImage::vhd(src, opts)?,
         Target::Vhdx => NewImage::vhdx(src, opts)?,
     };
-    image_into(src, SinkIo::new(out), &new, &mut progress)
+    let clone = CloneTo::for_output(out.as_file());
+    image_into(src, SinkIo::new(out), clone, &new, &mut progress)
 }
 
 /// The new, empty image a VHD or VHDX conversion starts from, checked, and the size of its
@@ -487,7 +520,8 @@ fn image_to_path(
     // `symlink_metadata`: a dangling link at DST counts as existing.
     check_destination(src, dst, opts, std::fs::symlink_metadata(dst).is_ok())?;
     build_output(dst, opts.overwrite, !opts.no_sync, |file| {
-        image_into(src, OutFile::new(file, !opts.no_sync), &new, &mut progress)
+        let clone = CloneTo::for_output(Some(file));
+        image_into(src, OutFile::new(file, !opts.no_sync), clone, &new, &mut progress)
     })
 }
 
@@ -496,6 +530,7 @@ fn image_to_path(
 fn image_into<S: Sink>(
     src: &dyn VirtualSource,
     sink: S,
+    clone: Option<CloneTo>,
     new: &NewImage,
     progress: &mut dyn Progress,
 ) -> Result<ConvertStats> {
@@ -510,7 +545,10 @@ fn image_into<S: Sink>(
             (Box::new(VhdxWriter::open(sink, &opts)?), *step)
         }
     };
-    let stats = phase(src, progress, |p| copy_blocks(src, &mut *image, step, p))?;
+    let clone = clone.as_ref();
+    let stats = phase(src, progress, |p| {
+        copy_blocks(src, &mut *image, step, clone, p)
+    })?;
     image.flush()?;
     Ok(stats)
 }
@@ -521,8 +559,10 @@ fn copy_blocks(
     src: &dyn VirtualSource,
     out: &mut dyn WritableImage,
     step: u64,
+    clone: Option<&CloneTo>,
     progress: &mut dyn Progress,
 ) -> Result<ConvertStats> {
+    let mut copier = clone.map(CloneTo::copier);
     let size = src.virtual_size();
     let mut stats = ConvertStats::of_size(size);
     let step = step.clamp(512, CHUNK_BYTES as u64);
@@ -542,6 +582,16 @@ fn copy_blocks(
             let len = skip_len(&zeros, pos, len, step, size);
             stats.bytes_skipped += len;
             len
+        } else if let Some((n, cloned)) =
+            clone::clone_into(src, out, clone.zip(copier.as_mut()), pos, len)?
+        {
+            if cloned {
+                stats.bytes_written += n;
+                stats.bytes_cloned += n;
+            } else {
+                stats.bytes_skipped += n;
+            }
+            n
         } else {
             let n = usize::try_from(len).unwrap_or(buf.len()).min(buf.len());
             let chunk = &mut buf[..n];

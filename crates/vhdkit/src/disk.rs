@@ -598,6 +598,16 @@ impl Disk {
         self.image().read_data(file_offset, buf)
     }
 
+    /// The open file data is read from, when reads go straight to it (no journal overlay and
+    /// no in-memory log replay) and `len` bytes at `file_offset` lie inside it as opened: what
+    /// a conversion may clone from (elsewhere the read reports what is wrong).
+    pub(crate) fn data_file(&self, file_offset: u64, len: u64) -> Option<&std::fs::File> {
+        let p = self.image().parts();
+        let end = file_offset.checked_add(len)?;
+        (end <= p.file_size).then_some(())?;
+        p.src.as_file()
+    }
+
     /// Everything about this file, for display.
     pub fn info(&self) -> DiskInfo {
         let parent = self.parent_linkage();

@@ -19,6 +19,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+mod clone;
+pub use clone::RangeCopier;
+
 /// Why a file was refused by an opening rule (carried inside an [`io::Error`] of kind
 /// `InvalidInput`; [`refusal`] gets it back).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,16 +232,18 @@ fn explain_open(path: &Path, follow: bool, e: io::Error) -> io::Error {
 
 /// Copy the whole of `src` into the new, empty file `dst` keeping holes: only the data ranges
 /// (`SEEK_DATA`/`SEEK_HOLE`) are copied, with `copy_file_range` (falling back to a bounded
-/// buffer across file systems that refuse it). Returns the length copied (holes included).
+/// buffer across file systems that refuse it; see [`RangeCopier`]). Returns the length copied
+/// (holes included).
 pub fn copy_sparse(src: &File, dst: &File) -> io::Result<u64> {
     let len = src.metadata()?.len();
     dst.set_len(len)?;
+    let mut copier = RangeCopier::new();
     let mut off = 0u64;
     while off < len {
         let Some((start, end)) = next_data(src, off, len)? else {
             break;
         };
-        copy_range(src, dst, start, end)?;
+        copier.copy(src, start, dst, start, end - start, true)?;
         off = end;
     }
     Ok(len)
@@ -265,56 +270,6 @@ fn next_data(src: &File, off: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
 #[cfg(not(target_os = "linux"))]
 fn next_data(_src: &File, off: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
     Ok(Some((off, len)))
-}
-
-#[cfg(target_os = "linux")]
-fn copy_range(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
-    let (mut i, mut o) = (start, start);
-    while i < end {
-        let want = usize::try_from(end - i).unwrap_or(usize::MAX).min(1 << 30);
-        match rustix::fs::copy_file_range(src, Some(&mut i), dst, Some(&mut o), want) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(
-                rustix::io::Errno::XDEV
-                | rustix::io::Errno::NOSYS
-                | rustix::io::Errno::INVAL
-                | rustix::io::Errno::OPNOTSUPP,
-            ) => return copy_buffered(src, dst, i, end),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn copy_range(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
-    copy_buffered(src, dst, start, end)
-}
-
-/// Copy `start..end` through a 1 MiB buffer, leaving all-zero 4 KiB pages as holes.
-fn copy_buffered(src: &File, dst: &File, start: u64, end: u64) -> io::Result<()> {
-    // Positioned reads and writes on every OS (the crate's own `Source`/`Sink` for `File`).
-    use crate::source::Source;
-    use crate::txn::Sink;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = start;
-    while at < end {
-        let n = usize::try_from(end - at)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let chunk = buf.get_mut(..n).unwrap_or_default();
-        src.read_exact_at(chunk, at)?;
-        let mut page_at = at;
-        for page in chunk.chunks(4096) {
-            if page.iter().any(|&b| b != 0) {
-                dst.write_all_at(page, page_at)?;
-            }
-            page_at = page_at.saturating_add(u64::try_from(page.len()).unwrap_or(u64::MAX));
-        }
-        at = at.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
-    }
-    Ok(())
 }
 
 #[cfg(target_os = "linux")]
@@ -516,7 +471,7 @@ mod tests {
         let dst2_p = d.path().join("dst2");
         let dst2 = create_new(&dst2_p).unwrap();
         dst2.set_len(64 << 20).unwrap();
-        copy_buffered(&File::open(&src_p).unwrap(), &dst2, 0, 64 << 20).unwrap();
+        clone::copy_buffered(&File::open(&src_p).unwrap(), 0, &dst2, 0, 64 << 20, true).unwrap();
         assert_eq!(
             std::fs::read(&src_p).unwrap(),
             std::fs::read(&dst2_p).unwrap()

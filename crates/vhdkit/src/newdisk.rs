@@ -95,6 +95,11 @@ pub trait OutputSink: Read + Write + Seek + Send {
     fn sync(&mut self) -> io::Result<()> {
         self.flush()
     }
+    /// The file written, when the store is one: a conversion may then let the file system copy
+    /// payload into it. The default: none.
+    fn as_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 impl OutputSink for std::fs::File {
@@ -103,6 +108,9 @@ impl OutputSink for std::fs::File {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.sync_all()
+    }
+    fn as_file(&self) -> Option<&std::fs::File> {
+        Some(self)
     }
 }
 
@@ -128,6 +136,9 @@ impl<T: OutputSink + ?Sized> OutputSink for &mut T {
     }
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
+    }
+    fn as_file(&self) -> Option<&std::fs::File> {
+        (**self).as_file()
     }
 }
 
@@ -435,5 +446,9 @@ impl OutputSink for OutFile<'_> {
     }
     fn sync(&mut self) -> io::Result<()> {
         Sink::sync(self)
+    }
+    // Cloned payload goes into the file itself, around the direct descriptor's writes.
+    fn as_file(&self) -> Option<&std::fs::File> {
+        Some(self.file)
     }
 }

@@ -24,6 +24,12 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
+
+    /// The file itself, when reads go straight to one (no overlay or recorder in between): a
+    /// conversion may then clone its bytes with the file system instead of reading them.
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
 }
 
 impl Source for File {
@@ -33,6 +39,10 @@ impl Source for File {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
+    }
+
+    fn as_file(&self) -> Option<&File> {
+        Some(self)
     }
 }
 

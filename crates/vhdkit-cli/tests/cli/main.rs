@@ -8,6 +8,7 @@ mod util;
 mod chains;
 mod check;
 mod cli_contract;
+mod clone_xfs;
 mod concurrent_writers;
 mod confine;
 mod confine_side_files;

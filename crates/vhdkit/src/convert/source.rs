@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::disk::Extent;
 use crate::error::{Error, Result, ResultExt};
 use crate::view::{Allocation, ChainView};
 
@@ -17,6 +18,14 @@ pub trait VirtualSource: Sync {
     fn allocation(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)>;
     /// The files read (so that none of them is overwritten by the output).
     fn files(&self) -> Vec<PathBuf>;
+    /// Where the bytes at `offset` are one file's contiguous bytes, so that the file system may
+    /// copy (clone) them: the file, the offset in it, and for how many bytes (1..=`max_len`).
+    /// `None` where they are not, or not known to be (zeros, parent data behind a layer read
+    /// through an overlay). The default: never.
+    fn file_extent(&self, offset: u64, max_len: u64) -> Result<Option<(&File, u64, u64)>> {
+        let _ = (offset, max_len);
+        Ok(None)
+    }
 }
 
 impl VirtualSource for ChainView {
@@ -34,6 +43,23 @@ impl VirtualSource for ChainView {
             .iter()
             .filter_map(|d| d.path().map(Path::to_path_buf))
             .collect()
+    }
+    fn file_extent(&self, offset: u64, max_len: u64) -> Result<Option<(&File, u64, u64)>> {
+        // The first layer that says anything about the range decides, as for reads.
+        let mut len = max_len;
+        for disk in self.layers() {
+            if offset >= disk.virtual_size() {
+                return Ok(None);
+            }
+            match disk.map(offset, len)? {
+                (Extent::Data { file_offset }, n) => {
+                    return Ok(disk.data_file(file_offset, n).map(|f| (f, file_offset, n)))
+                }
+                (Extent::Zero, _) => return Ok(None),
+                (Extent::Unallocated, n) => len = n,
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -85,6 +111,10 @@ impl VirtualSource for RawSource {
     }
     fn files(&self) -> Vec<PathBuf> {
         vec![self.path.clone()]
+    }
+    fn file_extent(&self, offset: u64, max_len: u64) -> Result<Option<(&File, u64, u64)>> {
+        let n = max_len.min(self.len.saturating_sub(offset));
+        Ok((n > 0).then_some((&self.file, offset, n)))
     }
 }
 

@@ -355,6 +355,20 @@ impl<S: Sink> WritableImage for VhdWriter<S> {
         }
     }
 
+    fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        match &mut self.body {
+            // A fixed disk's data starts the file.
+            Body::Fixed(_) => Ok(Some(offset)),
+            Body::Sparse(e) => {
+                let at = e.place_for_copy(offset, len)?;
+                if commit_due(e) {
+                    e.flush()?;
+                }
+                Ok(at)
+            }
+        }
+    }
+
     fn flush(&mut self) -> Result<()> {
         match &mut self.body {
             Body::Fixed(sink) => sink.sync().map_err(io("flushing the vhd")),

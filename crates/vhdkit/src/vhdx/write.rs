@@ -467,6 +467,14 @@ impl<S: Sink> WritableImage for VhdxWriter<S> {
         Ok(())
     }
 
+    fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        let at = self.engine.place_for_copy(offset, len)?;
+        if self.over_bound() {
+            self.engine.flush()?;
+        }
+        Ok(at)
+    }
+
     fn flush(&mut self) -> Result<()> {
         self.engine.flush()
     }

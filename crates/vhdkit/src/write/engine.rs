@@ -363,6 +363,21 @@ impl<F: SparseFormat> Engine<F> {
         Ok(())
     }
 
+    /// See [`crate::write::WritableImage::place_for_copy`]: the file offset of `offset` when
+    /// its block (allocated now if need be) stores whole sectors and `len` bytes stay inside it.
+    pub fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        let bs = self.geo.block_size;
+        let in_block = offset % bs;
+        if len == 0 || len > bs - in_block {
+            return Ok(None);
+        }
+        self.fmt.before_write()?;
+        match self.fmt.place_for_write(&mut self.st, offset / bs)? {
+            Place::Whole { data_at } => Ok(data_at.checked_add(in_block)),
+            _ => Ok(None),
+        }
+    }
+
     /// Commit every change durably.
     pub fn flush(&mut self) -> Result<()> {
         if self.st.table.is_clean() && self.st.bitmaps.dirty.is_empty() {

@@ -67,6 +67,14 @@ pub trait WritableImage: Send + fmt::Debug {
     fn write_at(&mut self, offset: u64, data: &[u8], parent: &mut ParentRead<'_>) -> Result<()>;
     /// Commit every change durably (metadata included).
     fn flush(&mut self) -> Result<()>;
+    /// Where `len` bytes at `offset` go in the file when copied there directly rather than
+    /// written (a conversion cloning payload), allocating their block first when needed; the
+    /// range must lie in one block. `None` when the image cannot take them that way (a block
+    /// that tracks sectors one by one; the default).
+    fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        let _ = (offset, len);
+        Ok(None)
+    }
 }
 
 /// `Read + Write + Seek` over the virtual disk of a writable image and its parents.
