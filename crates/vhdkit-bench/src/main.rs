@@ -23,10 +23,10 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+mod clone_case;
 mod merge_case;
 mod share_cases;
 mod sync_cases;
-mod clone_case;
 
 type Res<T> = Result<T, String>;
 

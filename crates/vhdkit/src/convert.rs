@@ -521,7 +521,13 @@ fn image_to_path(
     check_destination(src, dst, opts, std::fs::symlink_metadata(dst).is_ok())?;
     build_output(dst, opts.overwrite, !opts.no_sync, |file| {
         let clone = CloneTo::for_output(Some(file));
-        image_into(src, OutFile::new(file, !opts.no_sync), clone, &new, &mut progress)
+        image_into(
+            src,
+            OutFile::new(file, !opts.no_sync),
+            clone,
+            &new,
+            &mut progress,
+        )
     })
 }
 
