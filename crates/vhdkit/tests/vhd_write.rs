@@ -136,6 +136,39 @@ fn writes_into_a_file_made_by_the_independent_test_writer() {
     }
 }
 
+/// Sector 180 of a dynamic block another writer allocated with only sector 0 marked: writing
+/// it sets its bitmap bit (a clear bit means "never written, zeros", and libvhdi reads zeros
+/// there), and only its own bit.
+#[test]
+fn writes_into_a_partly_marked_dynamic_block_set_their_bits() {
+    let mut b = vhdkit_testkit::vhd::VhdBuilder::dynamic(4 * MIB);
+    b.write(0, &[7u8; 512]);
+    let d = tmp();
+    let p = d.path().join("tk.vhd");
+    let built = b.build();
+    built.write_to(&p);
+    let bat = built.bat_offset.unwrap();
+    let bitmap_of_block_0 = |bytes: &[u8]| {
+        let e = u32::from_be_bytes(bytes[bat..bat + 4].try_into().unwrap());
+        let at = e as usize * 512;
+        bytes[at..at + 512].to_vec()
+    };
+    let before = bitmap_of_block_0(&std::fs::read(&p).unwrap());
+    assert_eq!(before[0], 0x80, "the fixture marks sector 0 only");
+    assert_eq!(before[22], 0);
+    let mut w = WritableDisk::open(&p, &ChainOptions::default()).unwrap();
+    w.write_at(180 * 512 + 100, &[9u8; 10]).unwrap();
+    w.close().unwrap();
+    let after = bitmap_of_block_0(&std::fs::read(&p).unwrap());
+    assert_eq!(after[22], 0x80 >> (180 % 8), "sector 180's bit");
+    assert_eq!(after[0], 0x80);
+    let set: u32 = after.iter().map(|x| x.count_ones()).sum();
+    assert_eq!(set, 2, "only sectors 0 and 180 are marked");
+    let mut model = b.model();
+    apply(&mut model, &[(180 * 512 + 100, vec![9u8; 10])]);
+    assert_eq!(read_chain(&p), model);
+}
+
 #[test]
 fn differencing_layout_matches_windows() {
     let d = tmp();

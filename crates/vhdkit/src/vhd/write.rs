@@ -276,6 +276,10 @@ impl<S: Sink> SparseFormat for Blocks<S> {
         Ok(self.place_of(bitmap_at))
     }
 
+    fn marks_whole_blocks(&self) -> bool {
+        !self.differencing
+    }
+
     fn read_bitmap(&self, st: &State<u32>, block: u64) -> Result<Vec<u8>> {
         let at = u64::from(st.table.get(&self.sink, block)?) * SECTOR;
         let mut bm = vec![0u8; usize_of(self.bitmap_bytes)?];

@@ -259,6 +259,12 @@ pub(crate) trait SparseFormat {
     fn read_data(&self, buf: &mut [u8], at: u64) -> Result<()>;
     /// Write file bytes of a data block.
     fn write_data(&self, data: &[u8], at: u64) -> Result<()>;
+    /// Whether a block stored whole still keeps a sector bitmap that writes must mark (a
+    /// dynamic VHD: a clear bit says the sector was never written and reads as zeros, and
+    /// readers such as libvhdi honour it).
+    fn marks_whole_blocks(&self) -> bool {
+        false
+    }
     /// Called once per write call, before any data is written.
     fn before_write(&mut self) -> Result<()> {
         Ok(())
@@ -349,7 +355,12 @@ impl<F: SparseFormat> Engine<F> {
                 .get(start..start + n)
                 .ok_or_else(|| Error::InvalidArgument("write outside the buffer".into()))?;
             match self.fmt.place_for_write(&mut self.st, block)? {
-                Place::Whole { data_at } => self.fmt.write_data(piece, data_at + in_block)?,
+                Place::Whole { data_at } => {
+                    self.fmt.write_data(piece, data_at + in_block)?;
+                    if self.fmt.marks_whole_blocks() {
+                        self.mark_written(block, in_block, n as u64)?;
+                    }
+                }
                 Place::Sectors { data_at } => {
                     self.write_sectors(block, data_at, in_block, piece, parent)?
                 }
@@ -403,6 +414,22 @@ impl<F: SparseFormat> Engine<F> {
             .bitmaps
             .get(block)
             .is_some_and(|bm| bitmap::bit(bm, sector, self.geo.order))
+    }
+
+    /// Set the bitmap bits of the sectors `[in_block, in_block + len)` of a block stored
+    /// whole touches; the bitmap is written at the next flush only when a bit changed (a block
+    /// this writer allocated has every bit set already).
+    fn mark_written(&mut self, block: u64, in_block: u64, len: u64) -> Result<()> {
+        self.load_bitmap(block)?;
+        let ls = self.geo.sector;
+        let (first, end) = (in_block / ls, (in_block + len).div_ceil(ls));
+        let order = self.geo.order;
+        if let Some(bm) = self.st.bitmaps.map.get_mut(&block) {
+            if bitmap::set_range(bm, first, end, order) {
+                self.st.bitmaps.dirty.insert(block);
+            }
+        }
+        Ok(())
     }
 
     /// A block with a sector bitmap: each run of sectors from this file or from the parent.
