@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+mod meta_cases;
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -238,6 +240,10 @@ fn cases() -> Vec<Case> {
                     dynamic VHDX",
             prepare: |cfg, dir| prepare_to_image(cfg, dir, "vhdx", RawFill::EveryOther2M),
         },
+        meta_cases::info_vhdx_64t(),
+        meta_cases::info_vhd_2040g(),
+        meta_cases::info_vhdx_64t_qemu_default(),
+        meta_cases::check_vhdx_64t_qemu_default(),
     ]
 }
 
