@@ -9,14 +9,15 @@
 //! rather than on guessing a GUID and a checksum. Opening replays the log in memory; then
 //! samples of every block of the 4 MiB view are read twice and must agree.
 //!
-//! The template is never copied: the file is a read-only overlay of the input's slots on it.
+//! The template is never copied: the file is a read-only overlay of the input's slots on it,
+//! kept in one buffer reused from run to run.
 #![no_main]
 
 #[path = "common/mod.rs"]
 mod common;
 
 use std::io;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vhdkit::{Disk, Source};
@@ -46,12 +47,15 @@ fn template() -> &'static Template {
     })
 }
 
-/// The template with `ring` laid over its log region from the region's start.
+/// The input's slots of the log ring, fixed up: one buffer for every run, since a fresh one of
+/// up to 256 KiB per input is an mmap, page faults and an munmap under ASan.
+static RING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// The template with `RING` laid over its log region from the region's start.
 #[derive(Debug)]
 struct Overlay {
     base: &'static [u8],
     at: usize,
-    ring: Vec<u8>,
 }
 
 impl Source for Overlay {
@@ -62,9 +66,10 @@ impl Source for Overlay {
             .filter(|&e| e <= self.base.len())
             .ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(&self.base[start..end]);
-        let (s, e) = (start.max(self.at), end.min(self.at + self.ring.len()));
+        let ring = RING.lock().unwrap_or_else(|e| e.into_inner());
+        let (s, e) = (start.max(self.at), end.min(self.at + ring.len()));
         if s < e {
-            buf[s - start..e - start].copy_from_slice(&self.ring[s - self.at..e - self.at]);
+            buf[s - start..e - start].copy_from_slice(&ring[s - self.at..e - self.at]);
         }
         Ok(())
     }
@@ -121,14 +126,17 @@ fuzz_target!(|data: &[u8]| {
         .min(t.log_length)
         .next_multiple_of(4096)
         .min(t.log_length);
-    let mut ring = log[..n].to_vec();
-    let given = data.len().min(n);
-    ring[..given].copy_from_slice(&data[..given]);
-    fix_entries(&mut ring, &log[n..]);
+    {
+        let mut ring = RING.lock().unwrap_or_else(|e| e.into_inner());
+        ring.clear();
+        ring.extend_from_slice(&log[..n]);
+        let given = data.len().min(n);
+        ring[..given].copy_from_slice(&data[..given]);
+        fix_entries(&mut ring, &log[n..]);
+    }
     let file = Overlay {
         base: &t.bytes,
         at: t.log_offset,
-        ring,
     };
     let Ok(disk) = Disk::from_source(Box::new(file), &common::tight_options()) else {
         return;

@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+mod meta_cases;
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -275,6 +277,10 @@ fn cases() -> Vec<Case> {
         sync_cases::durable_vhd(),
         sync_cases::nosync_vhdx(),
         sync_cases::depth8(),
+        meta_cases::info_vhdx_64t(),
+        meta_cases::info_vhd_2040g(),
+        meta_cases::info_vhdx_64t_qemu_default(),
+        meta_cases::check_vhdx_64t_qemu_default(),
     ]
     .into_iter()
     .chain(clone_case::CASES)

@@ -19,8 +19,10 @@ use crate::source::{read_struct, Source};
 const PAGE_BYTES: u64 = 64 << 10;
 /// Pages kept: 1 MiB of table.
 const MAX_PAGES: usize = 16;
-/// Bytes read at a time by [`LazyTable::scan`].
-const SCAN_BYTES: u64 = 1 << 20;
+/// Bytes of table read at a time by every streaming pass over a table (here and in the
+/// checkers): one reused buffer below the allocator's mmap threshold, so a pass neither maps
+/// and faults in fresh pages nor leaves L2 cache, whatever the table's size.
+pub(crate) const SCAN_BYTES: u64 = 64 << 10;
 
 /// How one entry is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,16 +260,52 @@ impl LazyTable {
 }
 
 /// Stream `count` entries of `width` at `offset` of `src` from entry `from` on, through one
-/// bounded buffer; for checks that run before a [`LazyTable`] exists.
-pub(crate) fn scan_table(
+/// bounded buffer; for checks that run before a [`LazyTable`] exists. Generic over `f`, so a
+/// pass over tens of millions of entries inlines it instead of making a call per entry.
+pub(crate) fn scan_table<F>(
     src: &dyn Source,
     offset: u64,
     count: u64,
     width: Width,
     structure: &'static str,
     from: u64,
-    f: &mut dyn FnMut(u64, u64) -> Result<()>,
-) -> Result<()> {
+    f: &mut F,
+) -> Result<()>
+where
+    F: FnMut(u64, u64) -> Result<()> + ?Sized,
+{
+    let step = usize::try_from(width.bytes()).unwrap_or(8);
+    scan_raw(
+        src,
+        offset,
+        count,
+        width,
+        structure,
+        from,
+        &mut |first, raw| {
+            for (k, e) in (first..).zip(raw.chunks_exact(step)) {
+                f(k, width.decode(e))?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Like [`scan_table`], but hands over the entries as stored, `f(first index, bytes)` a buffer
+/// at a time (whole entries, at most `SCAN_BYTES`), for passes that judge runs of entries at
+/// once rather than one by one.
+pub(crate) fn scan_raw<F>(
+    src: &dyn Source,
+    offset: u64,
+    count: u64,
+    width: Width,
+    structure: &'static str,
+    from: u64,
+    f: &mut F,
+) -> Result<()>
+where
+    F: FnMut(u64, &[u8]) -> Result<()> + ?Sized,
+{
     let w = width.bytes();
     let per_read = SCAN_BYTES / w;
     let mut buf = Vec::new();
@@ -276,10 +314,7 @@ pub(crate) fn scan_table(
         let n = (count - i).min(per_read);
         buf.resize(usize::try_from(n * w).unwrap_or(0), 0);
         read_struct(src, offset.saturating_add(i * w), &mut buf, structure)?;
-        let step = usize::try_from(w).unwrap_or(8);
-        for (k, raw) in (0u64..).zip(buf.chunks_exact(step)) {
-            f(i + k, width.decode(raw))?;
-        }
+        f(i, &buf)?;
         i += n;
     }
     Ok(())

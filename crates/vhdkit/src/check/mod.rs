@@ -92,9 +92,27 @@ impl Finding {
             offset,
             // Findings are one line each (text and JSON reports); a message built from another
             // error's text may span several.
-            message: crate::util::one_line(&message.into()),
+            message: {
+                let m = message.into();
+                if is_one_line(&m) {
+                    m
+                } else {
+                    crate::util::one_line(&m)
+                }
+            },
         }
     }
+}
+
+/// Whether `s` is already what `util::one_line` makes of it: printable ASCII, single spaces
+/// between words and none at the ends. Nearly every message is; checking is a byte scan, much
+/// cheaper than rebuilding the string char by char for each of a hostile file's findings.
+fn is_one_line(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().all(|c| (b' '..=b'~').contains(c))
+        && b.first() != Some(&b' ')
+        && b.last() != Some(&b' ')
+        && !b.windows(2).any(|w| w == b"  ")
 }
 
 /// The severity registered for `code` (error for an unknown code).
@@ -537,6 +555,28 @@ mod tests {
                 readme.contains(&format!("| `{c}` |")),
                 "{c} missing from README.md"
             );
+        }
+    }
+
+    #[test]
+    fn messages_already_on_one_line_are_kept_and_others_made_so() {
+        for m in ["entry 5 (at 0x1000) overlaps entry 3", "x", "", "a b ~!"] {
+            assert!(is_one_line(m), "{m:?}");
+            assert_eq!(Finding::new("vhd.block.overlap", "s", None, m).message, m);
+            assert_eq!(crate::util::one_line(m), m);
+        }
+        for m in [
+            " lead",
+            "trail ",
+            "two  spaces",
+            "line\nbreak",
+            "tab\there",
+            "\u{1b}[31mred",
+            "é",
+        ] {
+            assert!(!is_one_line(m), "{m:?}");
+            let f = Finding::new("vhd.block.overlap", "s", None, m);
+            assert_eq!(f.message, crate::util::one_line(m));
         }
     }
 

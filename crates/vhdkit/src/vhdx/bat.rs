@@ -16,7 +16,7 @@ use crate::disjoint::{find_overlap, Span, Visit, DEFAULT_BUDGET};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::source::Source;
-use crate::table::{scan_table, LazyTable, Width};
+use crate::table::{scan_raw, scan_table, LazyTable, Width};
 use crate::util::overlaps;
 
 const BAT: &str = "vhdx block allocation table";
@@ -217,6 +217,33 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
+    /// Count `n` entries holding `e` when it has no offset, no reserved bits and a state that
+    /// places no block (most entries of a sparse disk), and say so; such an entry needs none
+    /// of the checks of [`Checker::check`], which counts it the same way.
+    fn count_blockless(&mut self, is_sb: bool, e: u64, n: u64) -> bool {
+        if e & !BAT_STATE_MASK != 0 {
+            return false;
+        }
+        let state = u8::try_from(e).unwrap_or(u8::MAX);
+        let s = &mut self.summary;
+        let count = if is_sb {
+            match state {
+                SB_BLOCK_NOT_PRESENT => &mut s.sector_bitmap_entries,
+                _ => return false,
+            }
+        } else {
+            match state {
+                PAYLOAD_BLOCK_NOT_PRESENT => &mut s.not_present,
+                PAYLOAD_BLOCK_UNDEFINED => &mut s.undefined,
+                PAYLOAD_BLOCK_ZERO => &mut s.zero,
+                PAYLOAD_BLOCK_UNMAPPED => &mut s.unmapped,
+                _ => return false,
+            }
+        };
+        *count += n;
+        true
+    }
+
     /// Entry `idx` (value `e`): its block span (start, end) in the file, if it has one.
     fn check(&mut self, idx: u64, e: u64) -> Result<Option<(u64, u64)>> {
         let at = self.p.region_offset + idx * BAT_ENTRY_SIZE;
@@ -361,46 +388,41 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
     let payload_blocks = p.virtual_size.div_ceil(block_size);
     let count = entry_count(p, cr, payload_blocks)?;
     let table = LazyTable::new(p.region_offset, count, Width::U64Le, BAT);
-    let mut checker = Checker {
-        p,
-        table: &table,
-        src,
-        cr,
-        summary: BatSummary {
-            entries: count,
-            payload_blocks,
-            ..BatSummary::default()
+    let mut pass = Pass {
+        checker: Checker {
+            p,
+            table: &table,
+            src,
+            cr,
+            summary: BatSummary {
+                entries: count,
+                payload_blocks,
+                ..BatSummary::default()
+            },
+            warnings: Vec::new(),
         },
-        warnings: Vec::new(),
+        held: Some(Vec::new()),
+        blocks_end: 0,
+        block_size,
     };
-    let mut held: Option<Vec<Span>> = Some(Vec::new());
-    let mut blocks_end = 0u64;
-    scan_table(
+    let mut pieces = Pieces::new(cr);
+    scan_raw(
         src,
         p.region_offset,
         count,
         Width::U64Le,
         BAT,
         0,
-        &mut |idx, e| {
-            blocks_end = blocks_end.max(entry_end(cr, block_size, idx, e));
-            if let Some((start, end)) = checker.check(idx, e)? {
-                // Past the budget the spans are dropped before the vector would grow again.
-                match held.as_mut() {
-                    Some(v) if v.len() < DEFAULT_BUDGET => v.push(Span {
-                        start,
-                        end,
-                        id: idx,
-                    }),
-                    _ => held = None,
-                }
-            }
-            Ok(())
-        },
+        &mut |first, raw| pieces.cut(first, raw, &mut |piece| pass.piece(piece)),
     )?;
-    let Checker {
-        summary, warnings, ..
-    } = checker;
+    let Pass {
+        checker: Checker {
+            summary, warnings, ..
+        },
+        held,
+        blocks_end,
+        ..
+    } = pass;
     check_no_overlaps(src, p, cr, count, held)?;
     Ok(Bat {
         table,
@@ -410,6 +432,140 @@ pub(crate) fn read_bat(src: &dyn Source, p: &BatParams<'_>) -> Result<Bat> {
         summary,
         warnings,
     })
+}
+
+/// What the one pass of [`read_bat`] gathers besides the checks.
+struct Pass<'a, 'b> {
+    checker: Checker<'a, 'b>,
+    /// Block spans while they fit the overlap budget.
+    held: Option<Vec<Span>>,
+    /// See [`Bat::blocks_end`].
+    blocks_end: u64,
+    block_size: u64,
+}
+
+impl Pass<'_, '_> {
+    /// A run of payload entries that all hold one blockless value (every entry of a sparse
+    /// disk's table but the few in use) is counted at once; the rest entry by entry.
+    fn piece(&mut self, piece: Piece<'_>) -> Result<()> {
+        if !piece.sb {
+            if let Some(v) = uniform(piece.raw) {
+                if self.checker.count_blockless(false, v, piece.len()) {
+                    return Ok(());
+                }
+            }
+        }
+        for (idx, e) in piece.entries() {
+            self.entry(idx, e, piece.sb)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, idx: u64, e: u64, is_sb: bool) -> Result<()> {
+        if self.checker.count_blockless(is_sb, e, 1) {
+            return Ok(());
+        }
+        let cr = self.checker.cr;
+        self.blocks_end = self.blocks_end.max(entry_end(cr, self.block_size, idx, e));
+        if let Some((start, end)) = self.checker.check(idx, e)? {
+            // Past the budget the spans are dropped before the vector would grow again.
+            match self.held.as_mut() {
+                Some(v) if v.len() < DEFAULT_BUDGET => v.push(Span {
+                    start,
+                    end,
+                    id: idx,
+                }),
+                _ => self.held = None,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stretch of BAT entries as stored: payload entries up to the next sector bitmap entry, or
+/// that one entry (`sb`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece<'a> {
+    /// Index of the first entry.
+    pub first: u64,
+    /// The entries, `BAT_ENTRY_SIZE` bytes each.
+    pub raw: &'a [u8],
+    /// A sector bitmap entry.
+    pub sb: bool,
+}
+
+impl Piece<'_> {
+    /// Number of entries.
+    pub(crate) fn len(&self) -> u64 {
+        self.raw.len() as u64 / BAT_ENTRY_SIZE
+    }
+
+    /// `(index, entry)` of each entry.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (self.first..).zip(self.raw.chunks_exact(ENTRY).map(entry_value))
+    }
+}
+
+const ENTRY: usize = BAT_ENTRY_SIZE as usize;
+
+fn entry_value(c: &[u8]) -> u64 {
+    c.try_into().map_or(0, u64::from_le_bytes)
+}
+
+/// The value every entry of `raw` holds, when they all hold the same one (an OR over the whole
+/// run, without an early exit, which compiles to vector instructions).
+pub(crate) fn uniform(raw: &[u8]) -> Option<u64> {
+    let v = entry_value(raw.get(..ENTRY)?);
+    let diff = raw
+        .chunks_exact(ENTRY)
+        .fold(0u64, |acc, c| acc | (entry_value(c) ^ v));
+    (diff == 0).then_some(v)
+}
+
+/// Cuts the table, read in order in buffers, into [`Piece`]s at the sector bitmap entries,
+/// following the next one's index from buffer to buffer rather than dividing per entry.
+#[derive(Debug)]
+pub(crate) struct Pieces {
+    cr: u64,
+    next_sb: u64,
+}
+
+impl Pieces {
+    /// For a table with chunk ratio `cr`, read from entry 0.
+    pub(crate) fn new(cr: u64) -> Pieces {
+        Pieces { cr, next_sb: cr }
+    }
+
+    /// Hand `f` the pieces of `raw`, the entries from index `first` on (after those of the
+    /// previous call).
+    pub(crate) fn cut(
+        &mut self,
+        first: u64,
+        raw: &[u8],
+        f: &mut impl FnMut(Piece<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut i = first;
+        let mut rest = raw;
+        while !rest.is_empty() {
+            while self.next_sb < i {
+                self.next_sb = self.next_sb.saturating_add(self.cr + 1);
+            }
+            let sb = i == self.next_sb;
+            let n = if sb { 1 } else { self.next_sb - i };
+            let bytes = usize::try_from(n)
+                .map_or(usize::MAX, |n| n.saturating_mul(ENTRY))
+                .min(rest.len());
+            let (piece, tail) = rest.split_at(bytes);
+            f(Piece {
+                first: i,
+                raw: piece,
+                sb,
+            })?;
+            i = i.saturating_add(piece.len() as u64 / BAT_ENTRY_SIZE);
+            rest = tail;
+        }
+        Ok(())
+    }
 }
 
 /// End of the block entry `idx` (value `e`) points at, whatever its state; 0 without an offset.
@@ -450,5 +606,105 @@ mod tests {
         assert_eq!(required_entries(8, 512, true), 513);
         assert_eq!(required_entries(4097, 4096, false), 4098);
         assert_eq!(required_entries(5, 2048, false), 5);
+    }
+
+    #[test]
+    fn pieces_cut_at_every_sector_bitmap_entry_across_buffers() {
+        for cr in [1u64, 4, 16] {
+            let count = 7 * (cr + 1) + 3;
+            let raw: Vec<u8> = (0..count).flat_map(|i| (i * 10).to_le_bytes()).collect();
+            // Buffers of several sizes, none a multiple of the chunk.
+            for per in [1usize, 3, 5, 64] {
+                let mut pieces = Pieces::new(cr);
+                let mut seen = Vec::new();
+                for (b, buf) in raw.chunks(per * ENTRY).enumerate() {
+                    let first = (b * per) as u64;
+                    let cut = pieces.cut(first, buf, &mut |p| {
+                        assert!(p.sb || p.entries().all(|(i, _)| !is_sb_index(i, cr)));
+                        assert!(!p.sb || p.len() == 1);
+                        seen.extend(p.entries().map(|(i, e)| (i, e, p.sb)));
+                        Ok(())
+                    });
+                    assert!(cut.is_ok());
+                }
+                let want: Vec<(u64, u64, bool)> = (0..count)
+                    .map(|i| (i, i * 10, is_sb_index(i, cr)))
+                    .collect();
+                assert_eq!(seen, want, "cr {cr}, {per} entries per buffer");
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_needs_every_entry_equal() {
+        let run = |v: &[u64]| -> Vec<u8> { v.iter().flat_map(|e| e.to_le_bytes()).collect() };
+        assert_eq!(uniform(&run(&[2, 2, 2, 2, 2])), Some(2));
+        assert_eq!(uniform(&run(&[0])), Some(0));
+        assert_eq!(uniform(&run(&[2, 2, 2, 2, 3])), None);
+        assert_eq!(uniform(&run(&[2, 2 | (1 << 40), 2])), None);
+        assert_eq!(uniform(&[]), None);
+    }
+
+    /// The summary of one pass over a table of every kind of entry, against counts made here
+    /// entry by entry.
+    #[test]
+    fn summary_counts_runs_and_single_entries_alike() {
+        let (cr, block) = (4u64, 1u64 << 30);
+        let payload_blocks = 200u64;
+        let count = required_entries(payload_blocks, cr, false);
+        let region_offset = 3 * MIB;
+        let mut entries = Vec::new();
+        let mut next_block = 4 * MIB;
+        for i in 0..count {
+            let e = if is_sb_index(i, cr) {
+                0
+            } else if i % 13 == 5 {
+                let e = next_block | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
+                next_block += block;
+                e
+            } else {
+                // Long runs of one state, changing every 9 entries.
+                (i / 9) % 4
+            };
+            entries.push(e);
+        }
+        let mut file = vec![0u8; usize::try_from(region_offset).unwrap_or(0)];
+        file.extend(entries.iter().flat_map(|e| e.to_le_bytes()));
+        let limits = Limits::default();
+        let p = BatParams {
+            region_offset,
+            region_length: MIB,
+            virtual_size: payload_blocks * block,
+            block_size: u32::try_from(block).unwrap_or(0),
+            logical_sector_size: 512,
+            differencing: false,
+            file_len: next_block,
+            limits: &limits,
+            reserved: &[],
+        };
+        assert_eq!(chunk_ratio(p.logical_sector_size, p.block_size), cr);
+        let Ok(bat) = read_bat(&file, &p) else {
+            unreachable!("a valid table")
+        };
+        let payload: Vec<u64> = (0..count)
+            .filter(|&i| !is_sb_index(i, cr))
+            .map(|i| entries[i as usize] & BAT_STATE_MASK)
+            .collect();
+        let n = |s: u8| payload.iter().filter(|&&x| x == u64::from(s)).count() as u64;
+        let want = BatSummary {
+            entries: count,
+            payload_blocks,
+            sector_bitmap_entries: count - payload.len() as u64,
+            not_present: n(PAYLOAD_BLOCK_NOT_PRESENT),
+            undefined: n(PAYLOAD_BLOCK_UNDEFINED),
+            zero: n(PAYLOAD_BLOCK_ZERO),
+            unmapped: n(PAYLOAD_BLOCK_UNMAPPED),
+            fully_present: n(PAYLOAD_BLOCK_FULLY_PRESENT),
+            partially_present: 0,
+            sector_bitmap_present: 0,
+        };
+        assert_eq!(bat.summary, want);
+        assert!(want.fully_present > 10 && want.zero > 10 && want.unmapped > 10);
+        assert_eq!(bat.blocks_end, next_block);
     }
 }

@@ -10,10 +10,10 @@ use crate::limits::Limits;
 use crate::util::{overlaps, round_up};
 use crate::vhd::format::{
     self, dynamic_header_fields as hf, footer_fields as ff, locator_entry_fields as lf,
-    DynamicHeader, Footer, ParentLocatorEntry, BAT_ENTRY_BYTES, BAT_UNALLOCATED,
-    DISK_TYPE_DIFFERENCING, DYNAMIC_CHECKSUM_OFFSET, DYNAMIC_COOKIE, DYNAMIC_HEADER_BYTES,
-    FOOTER_BYTES, LOCATOR_ENTRY_BYTES, LOCATOR_TABLE_OFFSET, MAX_BLOCK_BYTES, PARENT_NAME_OFFSET,
-    SECTOR_BYTES, VERSION_1_0,
+    DynamicHeader, Footer, ParentLocatorEntry, BAT_ENTRY_BYTES, DISK_TYPE_DIFFERENCING,
+    DYNAMIC_CHECKSUM_OFFSET, DYNAMIC_COOKIE, DYNAMIC_HEADER_BYTES, FOOTER_BYTES,
+    LOCATOR_ENTRY_BYTES, LOCATOR_TABLE_OFFSET, MAX_BLOCK_BYTES, PARENT_NAME_OFFSET, SECTOR_BYTES,
+    VERSION_1_0,
 };
 use crate::vhd::locator::{code_text, data_space_bytes, decode_path};
 
@@ -453,10 +453,10 @@ impl Sparse<'_> {
         }
     }
 
-    /// Call `f(index, entry)` for every allocated entry, reading the table 1 MiB at a time;
+    /// Call `f(index, entry)` for every allocated entry, reading the table a bounded buffer at a time;
     /// false when a read fails (the entries before it were visited).
     fn each_entry(&self, bat_off: u64, bat_bytes: u64, f: &mut dyn FnMut(u64, u32)) -> bool {
-        const PER_READ: u64 = 1 << 20;
+        const PER_READ: u64 = crate::table::SCAN_BYTES;
         let entry = BAT_ENTRY_BYTES;
         let mut done = 0u64;
         while done < bat_bytes {
@@ -468,20 +468,10 @@ impl Sparse<'_> {
                 return false;
             };
             let first = done / entry;
-            // Unallocated runs are skipped 16 entries at a time: passes over a large, mostly
-            // empty table stay cheap.
-            let empty = [u8::MAX; 64];
-            for (g, group) in (first..).step_by(16).zip(raw.chunks(64)) {
-                if group == empty {
-                    continue;
-                }
-                for (j, c) in (g..).zip(group.chunks_exact(entry as usize)) {
-                    let e = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-                    if e != BAT_UNALLOCATED {
-                        f(j, e);
-                    }
-                }
-            }
+            let _ = crate::vhd::bat::each_allocated(first, &raw, &mut |j, e| {
+                f(j, e);
+                Ok::<(), std::convert::Infallible>(())
+            });
             done += n;
         }
         true

@@ -10,6 +10,7 @@ use crate::disjoint::{each_overlap, Span, Visit, DEFAULT_BUDGET};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::util::overlaps;
+use crate::vhdx::bat::Pieces;
 use crate::vhdx::format::{
     self, BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_RESERVED_MASK, BAT_STATE_MASK, MIB,
     SECTOR_BITMAP_BLOCK_SIZE,
@@ -17,8 +18,8 @@ use crate::vhdx::format::{
 
 const BAT: &str = "vhdx bat";
 
-/// Entries read at a time (1 MiB of table): the table is never held whole.
-const PER_READ: u64 = 1 << 17;
+/// Entries read at a time: the table is never held whole.
+const PER_READ: u64 = crate::table::SCAN_BYTES / BAT_ENTRY_SIZE;
 
 /// The walk over the BAT entries, and what it gathers for the checks across entries.
 struct Walk<'a> {
@@ -77,9 +78,20 @@ pub(super) fn check(
         sb_missing: Vec::new(),
         sb_missing_count: 0,
     };
-    let walked = walk_entries(b, boff, count, &mut |i, e| {
-        w.entry(s, i, e);
-        Ok(())
+    // Cut at the sector bitmap entries, so runs of blockless payload entries (all of a sparse
+    // disk's table but the blocks in use) are passed over a run at a time.
+    let mut pieces = Pieces::new(chunk_ratio);
+    let walked = walk_raw(b, boff, count, &mut |first, raw| {
+        pieces.cut(first, raw, &mut |piece| {
+            if piece.sb || !all_blockless_payload(piece.raw) {
+                for (i, e) in piece.entries() {
+                    if !blockless(piece.sb, e) {
+                        w.entry(s, i, e);
+                    }
+                }
+            }
+            Ok(())
+        })
     });
     if walked.is_err() {
         return;
@@ -89,14 +101,52 @@ pub(super) fn check(
     w.report_missing_bitmaps(s);
 }
 
-/// Call `f(index, entry)` for every non-zero entry of the `count` at `boff`, reading 1 MiB of
-/// table at a time; an error when part of the table cannot be read.
-fn walk_entries(
-    b: &Bytes,
-    boff: u64,
-    count: u64,
-    f: &mut dyn FnMut(u64, u64) -> Result<()>,
-) -> Result<()> {
+/// Whether entry `e` (a sector bitmap entry when `is_sb`) has no offset, no reserved bits and
+/// a state that places no block: nothing to check or report, and skipping it changes no
+/// finding (`Walk::chunk_done` sees the next entry's chunk).
+fn blockless(is_sb: bool, e: u64) -> bool {
+    if is_sb {
+        e == u64::from(format::SB_BLOCK_NOT_PRESENT)
+    } else {
+        e <= u64::from(format::PAYLOAD_BLOCK_UNMAPPED)
+    }
+}
+
+/// Whether every payload entry of `raw` is blockless: with no offset and no reserved bits, the
+/// states that place no block are 0 to 3 (not present, undefined, zero, unmapped), so the OR of
+/// the entries is at most 3 exactly when each is. No early exit: it compiles to vector code.
+fn all_blockless_payload(raw: &[u8]) -> bool {
+    let or = raw
+        .chunks_exact(BAT_ENTRY_SIZE as usize)
+        .fold(0u64, |acc, c| {
+            acc | c.try_into().map_or(u64::MAX, u64::from_le_bytes)
+        });
+    or <= u64::from(format::PAYLOAD_BLOCK_UNMAPPED)
+}
+
+/// Call `f(index, entry)` for every non-zero entry of the `count` at `boff`; an error when part
+/// of the table cannot be read.
+fn walk_entries<F>(b: &Bytes, boff: u64, count: u64, f: &mut F) -> Result<()>
+where
+    F: FnMut(u64, u64) -> Result<()> + ?Sized,
+{
+    walk_raw(b, boff, count, &mut |first, raw| {
+        for (i, c) in (first..).zip(raw.chunks_exact(BAT_ENTRY_SIZE as usize)) {
+            let e = c.try_into().map_or(0, u64::from_le_bytes);
+            if e != 0 {
+                f(i, e)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Call `f(first index, entries as stored)` for the `count` entries at `boff`, `PER_READ` at
+/// a time; an error when part of the table cannot be read.
+fn walk_raw<F>(b: &Bytes, boff: u64, count: u64, f: &mut F) -> Result<()>
+where
+    F: FnMut(u64, &[u8]) -> Result<()> + ?Sized,
+{
     let entry = BAT_ENTRY_SIZE;
     let mut first = 0u64;
     while first < count {
@@ -105,12 +155,7 @@ fn walk_entries(
             .ok()
             .and_then(|k| b.get(boff + first * entry, k))
             .ok_or_else(|| Error::corrupt(BAT, boff + first * entry, "unreadable"))?;
-        for (i, c) in (first..).zip(raw.chunks_exact(entry as usize)) {
-            let e = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            if e != 0 {
-                f(i, e)?;
-            }
-        }
+        f(first, &raw)?;
         first += n;
     }
     Ok(())

@@ -45,7 +45,9 @@ impl Ring<'_> {
                 format!("entry of {len:#x} bytes outside the log"),
             ));
         }
-        let mut buf = vec![0u8; CHUNK];
+        // Sized by the entry (most are a few sectors), not CHUNK: the scan reads every
+        // candidate entry, and a fresh 256 KiB buffer each time cost more than the reads.
+        let mut buf = vec![0u8; usize::try_from(len.min(CHUNK as u64)).unwrap_or(CHUNK)];
         let mut done = 0u64;
         let mut index = 0u64;
         while done < len {
