@@ -53,6 +53,9 @@ pub enum Command {
     /// Repoint every child under DIR whose parent no longer resolves (after a move) at its
     /// parent found by identity.
     Relink(RelinkArgs),
+    /// Show which file of the chain holds each run of the virtual disk (data, zeros or hole),
+    /// like `qemu-img map`.
+    Map(MapArgs),
     /// Print the shell completion script for bash, zsh, fish, powershell or elvish.
     Completions(crate::cmd::completions::CompletionsArgs),
     /// Print the manual page, or write one page per command into a folder with --out.
@@ -318,4 +321,17 @@ pub struct ConvertArgs {
     pub src: PathBuf,
     /// Destination file.
     pub dst: PathBuf,
+}
+
+/// `vhdkit map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Print JSON (the shape of `qemu-img map --output=json`, plus `file`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options.
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The disk (its chain is followed).
+    pub file: PathBuf,
 }

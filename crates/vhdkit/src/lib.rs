@@ -207,3 +207,8 @@ pub fn detect_file(path: impl AsRef<std::path::Path>) -> Result<DiskFormat> {
 #[doc(hidden)]
 pub mod flatten;
 pub use flatten::{FlattenPlan, FlattenReport};
+
+// Map and serve (issue 13): which layer holds each run of a chain, for `vhdkit map` and the
+// NBD server's block status.
+pub(crate) mod extents;
+pub use extents::MapExtent;

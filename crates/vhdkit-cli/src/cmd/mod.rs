@@ -8,6 +8,7 @@ mod create;
 mod flatten;
 mod info;
 pub mod man;
+mod map;
 mod progress;
 mod relink;
 mod repair;
@@ -31,6 +32,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
         Command::Relink(a) => a.json,
+        Command::Map(a) => a.json,
         Command::Completions(_) | Command::Man(_) => false,
     }
 }
@@ -48,6 +50,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),
         Command::Relink(a) => relink::run(&a),
+        Command::Map(a) => map::run(&a),
         Command::Completions(a) => completions::run(&a),
         Command::Man(a) => man::run(&a),
     }

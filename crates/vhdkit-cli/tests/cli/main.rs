@@ -22,6 +22,7 @@ mod hostile;
 mod hostile_side_files;
 mod install;
 mod lying_input;
+mod map;
 mod memory_bound;
 mod partial_trees;
 mod readme;
