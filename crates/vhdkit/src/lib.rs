@@ -212,3 +212,4 @@ pub use flatten::{FlattenPlan, FlattenReport};
 // NBD server's block status.
 pub(crate) mod extents;
 pub use extents::MapExtent;
+pub mod nbd;

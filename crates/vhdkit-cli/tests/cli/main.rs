@@ -31,6 +31,7 @@ mod repair_dry_run;
 mod reparent;
 mod reparent_vhdx;
 mod roundtrip;
+mod serve;
 mod share;
 mod shared_storage;
 mod stdout_errors;
