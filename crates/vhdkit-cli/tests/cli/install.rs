@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use crate::util::{have_tool, run, run_success, vhdkit};
 
 /// Every subcommand, as the top-level help lists them.
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 14] = [
     "info",
     "chain",
     "convert",
@@ -17,6 +17,8 @@ const COMMANDS: [&str; 12] = [
     "create",
     "share",
     "relink",
+    "map",
+    "serve",
     "completions",
     "man",
 ];
