@@ -29,7 +29,7 @@ RAW_MAX=$((64 << 10))
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay,check,journal_recover}
+mkdir -p "$CORPUS"/{open_vhd,open_vhdx,detect,read_view,vhdx_log_replay,check,journal_recover,nbd_request}
 # Seeds of the old policy (4 MiB heads) would be cut to -max_len: drop them.
 find "$CORPUS" -type f \( -name '*.head4M*' -o -name '*.head64K+footer*' \) -delete
 count=0
@@ -211,7 +211,39 @@ PY
 printf 'vhdxfile' > "$CORPUS/detect/sig-vhdx"
 { head -c 504 /dev/zero; printf 'conectix'; } > "$CORPUS/detect/sig-vhd-tail"
 
-for t in open_vhd open_vhdx detect read_view vhdx_log_replay check journal_recover; do
+# nbd_request: whole client sessions (client flags, options, requests; big-endian as on the
+# wire): GO then reads and a write; structured replies, meta contexts and block status; LIST,
+# INFO with a block-size request, an unknown option, ABORT.
+python3 - "$CORPUS/nbd_request" <<'PY'
+import os, struct, sys
+out = sys.argv[1]
+OPT = 0x49484156454F5054
+def opt(code, data=b""):
+    return struct.pack(">QII", OPT, code, len(data)) + data
+def go(code=7, name=b"", reqs=()):
+    return opt(code, struct.pack(">I", len(name)) + name + struct.pack(">H", len(reqs)) + b"".join(struct.pack(">H", r) for r in reqs))
+def meta(code, queries, name=b""):
+    body = struct.pack(">I", len(name)) + name + struct.pack(">I", len(queries))
+    return opt(code, body + b"".join(struct.pack(">I", len(q)) + q for q in queries))
+def req(kind, off, length, flags=0, cookie=1):
+    return struct.pack(">IHHQQI", 0x25609513, flags, kind, cookie, off, length)
+flags = struct.pack(">I", 3)
+sessions = {
+    "go-reads": flags + go() + req(0, 0, 4096) + req(0, (2 << 20) + 512, 65536, cookie=2)
+        + req(0, 8 << 20, 512, cookie=3) + req(1, 0, 16) + b"x" * 16 + req(3, 0, 0) + req(2, 0, 0),
+    "structured-status": flags + opt(8) + meta(9, [b"base:"]) + meta(10, [b"base:allocation", b"qemu:allocation-depth"])
+        + go(name=b"fuzz") + req(7, 0, 8 << 20) + req(7, 1 << 20, 4 << 20, flags=8, cookie=2)
+        + req(0, 2 << 20, 8192, cookie=3) + req(99, 0, 1) + req(2, 0, 0),
+    "list-info-abort": flags + opt(3) + go(6, b"fuzz", (0, 3)) + opt(99, b"zz") + go(6, b"nope") + opt(2),
+    "export-name": struct.pack(">I", 1) + opt(1, b"") + req(0, 0, 1 << 20) + req(4, 0, 512),
+}
+for name, data in sessions.items():
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(data)
+PY
+
+for t in open_vhd open_vhdx detect read_view vhdx_log_replay check journal_recover nbd_request; do
     echo "seed.sh: $t: $(find "$CORPUS/$t" -type f | wc -l) files"
 done
 echo "seed.sh: added $count images"
+

@@ -56,6 +56,12 @@ pub enum Command {
     /// Repoint every child under DIR whose parent no longer resolves (after a move) at its
     /// parent found by identity.
     Relink(RelinkArgs),
+    /// Show which file of the chain holds each run of the virtual disk (data, zeros or hole),
+    /// like `qemu-img map`.
+    Map(MapArgs),
+    /// Serve the virtual disk of a chain over NBD (read-only unless --writable), on a Unix
+    /// socket by default.
+    Serve(ServeArgs),
     /// Print the shell completion script for bash, zsh, fish, powershell or elvish.
     Completions(crate::cmd::completions::CompletionsArgs),
     /// Print the manual page, or write one page per command into a folder with --out.
@@ -344,4 +350,45 @@ pub struct ConvertArgs {
     pub src: PathBuf,
     /// Destination file.
     pub dst: PathBuf,
+}
+
+/// `vhdkit map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Print JSON (the shape of `qemu-img map --output=json`, plus `file`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options.
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The disk (its chain is followed).
+    pub file: PathBuf,
+}
+
+/// `vhdkit serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen on this Unix socket (default: a new socket in a temporary folder, its path
+    /// printed).
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP instead: ADDR:PORT, or PORT alone for the loopback address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Accept writes (into DISK only, never its parents); refused when DISK is the parent of a
+    /// disk found in its folder or a --search folder.
+    #[arg(long)]
+    pub writable: bool,
+    /// The export name clients ask for (any name is accepted; this one is listed).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub export_name: String,
+    /// Print JSON (the socket or address served) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options (the --search folders are also scanned for children of DISK with
+    /// --writable).
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The disk to serve (its chain is followed).
+    pub file: PathBuf,
 }

@@ -214,3 +214,8 @@ pub use flatten::{FlattenPlan, FlattenReport};
 #[doc(hidden)]
 pub mod merge;
 pub use merge::{MergePlan, MergeReport};
+// Map and serve (issue 13): which layer holds each run of a chain, for `vhdkit map` and the
+// NBD server's block status.
+pub(crate) mod extents;
+pub use extents::MapExtent;
+pub mod nbd;

@@ -9,10 +9,12 @@ mod flatten;
 mod info;
 pub mod man;
 mod merge;
+mod map;
 mod progress;
 mod relink;
 mod repair;
 mod reparent;
+mod serve;
 mod share;
 
 use crate::cli::{Command, ResolveArgs};
@@ -33,6 +35,8 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
         Command::Relink(a) => a.json,
+        Command::Map(a) => a.json,
+        Command::Serve(a) => a.json,
         Command::Completions(_) | Command::Man(_) => false,
     }
 }
@@ -51,6 +55,8 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),
         Command::Relink(a) => relink::run(&a),
+        Command::Map(a) => map::run(&a),
+        Command::Serve(a) => serve::run(&a),
         Command::Completions(a) => completions::run(&a),
         Command::Man(a) => man::run(&a),
     }

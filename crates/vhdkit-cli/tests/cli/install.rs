@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use crate::util::{have_tool, run, run_success, vhdkit};
 
 /// Every subcommand, as the top-level help lists them.
-const COMMANDS: [&str; 13] = [
+const COMMANDS: [&str; 15] = [
     "info",
     "chain",
     "convert",
@@ -18,6 +18,8 @@ const COMMANDS: [&str; 13] = [
     "create",
     "share",
     "relink",
+    "map",
+    "serve",
     "completions",
     "man",
 ];
