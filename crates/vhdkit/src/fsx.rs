@@ -20,7 +20,9 @@ use std::io::{self, Read};
 use std::path::Path;
 
 mod clone;
+mod room;
 pub use clone::RangeCopier;
+pub(crate) use room::ensure_room;
 
 /// Why a file was refused by an opening rule (carried inside an [`io::Error`] of kind
 /// `InvalidInput`; [`refusal`] gets it back).

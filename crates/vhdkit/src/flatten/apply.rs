@@ -244,42 +244,10 @@ pub(super) fn preview_unlink(path: &Path, o: &ChainOptions) -> Result<Vec<FieldC
     Ok(changes)
 }
 
-/// Bytes a new block may take beyond its data (a VHD sector bitmap and alignment), and the
-/// fixed room kept for the rest (a VHDX sector bitmap block, the journal, a moved footer).
-const BLOCK_OVERHEAD: u64 = 64 << 10;
-const FIXED_OVERHEAD: u64 = 2 << 20;
-
-/// Refuse before the first write when the child's file system has less free space than the
-/// blocks to allocate need (partial blocks are allocated already). Where the free space
-/// cannot be asked (not Linux, or the call fails), the copy runs and a full file system fails
-/// it like any write: the child keeps its contents either way.
+/// Refuse before the first write when the child's file system lacks room for the blocks to
+/// allocate (partial blocks are allocated already): `fsx::ensure_room`.
 fn enough_space(file: &File, t: &Totals, block_size: u64) -> Result<()> {
-    if t.whole_blocks == 0 {
-        return Ok(());
-    }
-    let need = t
-        .whole_blocks
-        .saturating_mul(block_size.saturating_add(BLOCK_OVERHEAD))
-        .saturating_add(FIXED_OVERHEAD);
-    match free_bytes(file) {
-        Some(free) if free < need => Err(Error::refused(format!(
-            "not enough free space: the copy needs about {need} bytes ({} blocks of {block_size} \
-             bytes), the file system has {free} free; nothing was written",
-            t.whole_blocks
-        ))),
-        _ => Ok(()),
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn free_bytes(file: &File) -> Option<u64> {
-    let s = rustix::fs::fstatvfs(file).ok()?;
-    Some(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn free_bytes(_: &File) -> Option<u64> {
-    None
+    crate::fsx::ensure_room(file, t.whole_blocks, block_size, "the copy")
 }
 
 /// A file shared between the writer, the read-only parse of the child and the final step.

@@ -217,42 +217,10 @@ pub(super) fn delete_merged(ancestor: &Path, rec: &Record) -> Result<(Vec<PathBu
     Ok((deleted, kept))
 }
 
-/// Bytes a new block may take beyond its data, and the fixed room kept for the rest (as
-/// flatten counts them).
-const BLOCK_OVERHEAD: u64 = 64 << 10;
-const FIXED_OVERHEAD: u64 = 2 << 20;
-
 /// Refuse before the first write when ANCESTOR's file system has less free space than the
-/// blocks the copy may allocate need. Where the free space cannot be asked, the copy runs and
-/// a full file system fails it like any write (reads through CHILD never change).
+/// blocks the copy may allocate need (`fsx::ensure_room`).
 fn enough_space(file: &File, o: &Opened) -> Result<()> {
     let a = o.ancestor()?;
     let t = Walk::of(&o.view, o.k)?.count(&o.view)?;
-    if t.new_blocks == 0 {
-        return Ok(());
-    }
-    let bs = a.block_size().unwrap_or(0);
-    let need = t
-        .new_blocks
-        .saturating_mul(bs.saturating_add(BLOCK_OVERHEAD))
-        .saturating_add(FIXED_OVERHEAD);
-    match free_bytes(file) {
-        Some(free) if free < need => Err(Error::refused(format!(
-            "not enough free space: the merge needs about {need} bytes ({} blocks of {bs} \
-             bytes), the file system has {free} free; nothing was written",
-            t.new_blocks
-        ))),
-        _ => Ok(()),
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn free_bytes(file: &File) -> Option<u64> {
-    let s = rustix::fs::fstatvfs(file).ok()?;
-    Some(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn free_bytes(_: &File) -> Option<u64> {
-    None
+    crate::fsx::ensure_room(file, t.new_blocks, a.block_size().unwrap_or(0), "the merge")
 }
