@@ -241,7 +241,9 @@ struct Direct {
 
 impl<'a> OutFile<'a> {
     pub(crate) fn new(file: &'a std::fs::File, sync: bool) -> Self {
-        let direct = open_direct(file).map(|file| {
+        // Direct writes pay the disk's speed now to spare the final fsync; with no fsync to
+        // come (`--no-sync`), the page cache is the faster road.
+        let direct = sync.then(|| open_direct(file)).flatten().map(|file| {
             Mutex::new(Direct {
                 file,
                 bounce: Vec::new(),
