@@ -187,7 +187,7 @@ fn render_plan(p: &SharePlan) -> String {
             c.id, c.format
         );
         for (f, h) in &c.files {
-            let _ = writeln!(s, "  {} (contents sha256 {})", f.display(), short(h));
+            let _ = writeln!(s, "  {} (contents blake3 {})", f.display(), short(h));
         }
         for k in &c.children {
             let _ = writeln!(s, "  child left alone: {}", k.display());
@@ -235,9 +235,9 @@ fn render_group(s: &mut String, g: &GroupPlan) {
         size(g.virtual_size),
         g.level,
         g.files,
-        g.content_sha256
+        g.content_blake3
             .as_deref()
-            .map(|h| format!(", contents sha256 {}", short(h)))
+            .map(|h| format!(", contents blake3 {}", short(h)))
             .unwrap_or_default()
     );
     let _ = writeln!(s, "  keeper: {} ({how})", g.keeper.display());

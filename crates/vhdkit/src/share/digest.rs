@@ -1,15 +1,13 @@
 //! Content digests used by `share` to prove parent copies interchangeable and children unchanged.
 //!
-//! - [`content_digest`]: SHA-256 over the *virtual contents* of a chain, in fixed 1 MiB chunks
+//! - [`content_digest`]: BLAKE3 over the *virtual contents* of a chain, in fixed 1 MiB chunks
 //!   from offset 0; a chunk that reads as all zeros (unallocated through the whole chain, or
 //!   stored zeros) contributes a zero marker and its length instead of its bytes. The digest is
 //!   a function of the contents only (not of the layout), and sparse ranges cost no reads.
-//! - [`layer_digest`]: SHA-256 over one file's *own* layer: its block map (which runs it holds,
+//! - [`layer_digest`]: BLAKE3 over one file's *own* layer: its block map (which runs it holds,
 //!   which read as zeros, which fall through to the parent) and the data it stores. A reparent
 //!   must leave it unchanged; with a parent of equal virtual contents, the child's virtual
 //!   contents are then equal too, without reading the parent again for every child.
-
-use sha2::{Digest, Sha256};
 
 use std::path::Path;
 
@@ -19,15 +17,13 @@ use crate::disk::{Disk, Extent};
 use crate::error::Result;
 use crate::view::ChainView;
 
+/// The digest state (BLAKE3: it keeps up with reading the copies, where SHA-256 did not).
+pub(crate) type Hasher = blake3::Hasher;
+
 /// The digest's unit: every chunk is either a zero marker or its bytes.
 pub(crate) const CHUNK: u64 = 1 << 20;
 
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// SHA-256 (hex) of the virtual contents of `view` (see the module docs). `on_bytes` is told how
+/// BLAKE3 (hex) of the virtual contents of `view` (see the module docs). `on_bytes` is told how
 /// many virtual bytes were covered after each chunk (for progress bars). Returns the digest and
 /// the bytes actually read from files.
 pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result<(String, u64)> {
@@ -56,25 +52,25 @@ pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result
         off += n;
         on_bytes(n);
     }
-    Ok((hex(&h.finalize()), read))
+    Ok((h.finalize().to_hex().to_string(), read))
 }
 
 /// The digest of a disk of `size` virtual bytes before its first chunk.
-pub(crate) fn start(size: u64) -> Sha256 {
-    let mut h = Sha256::new();
-    h.update(size.to_le_bytes());
+pub(crate) fn start(size: u64) -> Hasher {
+    let mut h = Hasher::new();
+    h.update(&size.to_le_bytes());
     h
 }
 
 /// One chunk of `n` bytes that reads as zeros: a marker and its length, not its bytes.
-pub(crate) fn update_zero(h: &mut Sha256, n: u64) {
-    h.update([0u8]);
-    h.update(n.to_le_bytes());
+pub(crate) fn update_zero(h: &mut Hasher, n: u64) {
+    h.update(&[0u8]);
+    h.update(&n.to_le_bytes());
 }
 
 /// One chunk that holds data: a marker and its bytes.
-pub(crate) fn update_data(h: &mut Sha256, b: &[u8]) {
-    h.update([1u8]);
+pub(crate) fn update_data(h: &mut Hasher, b: &[u8]) {
+    h.update(&[1u8]);
     h.update(b);
 }
 
@@ -95,20 +91,20 @@ pub fn chain_digest(
     content_digest(&c.into_view(), on_bytes)
 }
 
-/// SHA-256 (hex) of one disk's own layer: its map and stored data (see the module docs).
+/// BLAKE3 (hex) of one disk's own layer: its map and stored data (see the module docs).
 pub fn layer_digest(disk: &Disk) -> Result<String> {
     let size = disk.virtual_size();
-    let mut h = Sha256::new();
-    h.update(size.to_le_bytes());
+    let mut h = Hasher::new();
+    h.update(&size.to_le_bytes());
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
     while off < size {
         let (extent, len) = disk.map(off, size - off)?;
-        h.update(off.to_le_bytes());
-        h.update(len.to_le_bytes());
+        h.update(&off.to_le_bytes());
+        h.update(&len.to_le_bytes());
         match extent {
             Extent::Data { file_offset } => {
-                h.update([1u8]);
+                h.update(&[1u8]);
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(CHUNK);
@@ -118,12 +114,16 @@ pub fn layer_digest(disk: &Disk) -> Result<String> {
                     done += n;
                 }
             }
-            Extent::Zero => h.update([2u8]),
-            Extent::Unallocated => h.update([3u8]),
+            Extent::Zero => {
+                h.update(&[2u8]);
+            }
+            Extent::Unallocated => {
+                h.update(&[3u8]);
+            }
         }
         off += len;
     }
-    Ok(hex(&h.finalize()))
+    Ok(h.finalize().to_hex().to_string())
 }
 
 // Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).

@@ -11,14 +11,11 @@
 //! Members start in one class; a chunk on which members of a class differ splits it. Each class
 //! is hashed once, with the framing of `digest::content_digest` (so its digest is the one each
 //! member would get alone), on a second thread while the next chunk is read. The proof costs one
-//! read of every copy and one SHA-256 pass per class (sha2 uses the CPU's SHA extensions when it
-//! has them), not one pass per copy.
+//! read of every copy and one BLAKE3 pass per class, not one pass per copy.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::SystemTime;
-
-use sha2::{Digest, Sha256};
 
 use super::digest::{self, CHUNK};
 use super::scan::FileKey;
@@ -316,8 +313,8 @@ fn hasher_gone() -> Error {
     )
 }
 
-/// The hashing thread: one SHA-256 state per class, fed in the order the reader sends.
-fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Sha256> {
+/// The hashing thread: one BLAKE3 state per class, fed in the order the reader sends.
+fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<digest::Hasher> {
     let mut states = vec![digest::start(size)];
     for msg in rx {
         match msg {
@@ -357,14 +354,14 @@ fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Sh
 fn digests(
     members: Vec<Member>,
     classes: &[Vec<usize>],
-    states: Vec<Sha256>,
+    states: Vec<digest::Hasher>,
 ) -> Vec<ContentDigest> {
     let mut out: Vec<ContentDigest> = members
         .into_iter()
         .map(|m| m.map(|_| String::new()))
         .collect();
     for (ids, h) in classes.iter().zip(states) {
-        let hex = digest::hex(&h.finalize());
+        let hex = h.finalize().to_hex().to_string();
         for &i in ids {
             if let Some(Ok(d)) = out.get_mut(i) {
                 d.clone_from(&hex);
