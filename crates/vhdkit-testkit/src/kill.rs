@@ -141,3 +141,32 @@ pub fn run_with_error<S: AsRef<OsStr>>(
     );
     o
 }
+
+/// The whole kill protocol over `counts` (from [`count_syscalls`]): for every call name and
+/// every `k` in `points(n)` (all of `1..=n`, or a sample), `fresh()` restores the files, the
+/// run is killed at the `k`th call ([`run_killed_at`] proves it) and `after_kill(name, k)`
+/// checks the state; then, per name, one run past the last point must complete
+/// ([`run_past_last`]) and `after_done(name)` checks the result. Returns the number of kills.
+pub fn every_point<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    counts: &BTreeMap<String, usize>,
+    points: impl Fn(usize) -> Vec<usize>,
+    mut fresh: impl FnMut(),
+    mut after_kill: impl FnMut(&str, usize),
+    mut after_done: impl FnMut(&str),
+) -> usize {
+    let mut runs = 0;
+    for (name, &n) in counts {
+        for k in points(n) {
+            fresh();
+            run_killed_at(program, args, name, k);
+            runs += 1;
+            after_kill(name, k);
+        }
+        fresh();
+        run_past_last(program, args, name, n);
+        after_done(name);
+    }
+    runs
+}

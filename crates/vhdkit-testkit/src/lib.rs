@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod foreign;
 pub mod kill;
 pub mod lab;
+pub mod mount;
 pub mod vhd;
 pub mod vhdx;
 
@@ -23,6 +24,7 @@ pub mod oracle;
 pub mod skip;
 pub mod snapshot;
 pub mod through;
+pub mod writes;
 
 pub use skip::{require_file, skip_or_fail};
 

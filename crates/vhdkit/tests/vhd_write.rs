@@ -5,8 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Seek, SeekFrom, Write};
 
 use vhdkit::txn::fault::{FaultPlan, FaultyFile};
 use vhdkit::vhd::create::{self as vc, NewKind, NewVhd};
@@ -14,9 +13,11 @@ use vhdkit::vhd::write::VhdWriter;
 use vhdkit::{
     Chain, ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions, WritableDisk,
 };
-use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
-use vhdkit_testkit::{sha256, sha256_file, Rng};
+use vhdkit_testkit::writes::{
+    assert_overwrite_refused, make_chain, random_writes_on_top, raw_input,
+};
+use vhdkit_testkit::{sha256, Rng};
 
 const MIB: u64 = 1 << 20;
 
@@ -262,102 +263,13 @@ fn create_refuses_bad_requests_and_leaves_no_file() {
 }
 
 /// A chain base (dynamic, with data) -> mid (differencing, with data) -> top (differencing).
-fn make_chain(dir: &Path, size: u64, block: u32, rng: &mut Rng) -> (Vec<PathBuf>, Vec<u8>) {
-    let base = dir.join("base.vhd");
-    let mid = dir.join("mid.avhd");
-    let top = dir.join("top.avhd");
-    vhdkit::create(&base, &CreateParams::dynamic(size).block_size(block)).unwrap();
-    let mut model = vec![0u8; size as usize];
-    {
-        let mut w = WritableDisk::open(&base, &ChainOptions::default()).unwrap();
-        for i in 0..40 {
-            let off = rng.below(size);
-            let len = (rng.below(64 << 10) + 1).min(size - off);
-            let mut data = vec![0u8; len as usize];
-            rng.fill(&mut data);
-            data[0] = i + 1;
-            w.write_at(off, &data).unwrap();
-            apply(&mut model, &[(off, data)]);
-        }
-        w.close().unwrap();
-    }
-    vhdkit::create(&mid, &CreateParams::differencing(&base).block_size(block)).unwrap();
-    {
-        let mut w = WritableDisk::open(&mid, &ChainOptions::default()).unwrap();
-        for _ in 0..40 {
-            let off = rng.below(size);
-            let len = (rng.below(20_000) + 1).min(size - off);
-            let mut data = vec![0u8; len as usize];
-            rng.fill(&mut data);
-            w.write_at(off, &data).unwrap();
-            apply(&mut model, &[(off, data)]);
-        }
-        w.close().unwrap();
-    }
-    vhdkit::create(&top, &CreateParams::differencing(&mid).block_size(block)).unwrap();
-    assert_eq!(read_chain(&top), model);
-    (vec![top, mid, base], model)
-}
-
 fn random_writes_depth_3(size: u64, block: u32, seed: u64, writes: usize) {
     let d = tmp();
     let mut rng = Rng::new(seed);
-    let (paths, mut model) = make_chain(d.path(), size, block, &mut rng);
-    let top = &paths[0];
-    // Writes to the top never touch its parents (opened read-only): bytes and mtimes.
-    let parents = Snapshot::files(&paths[1..]);
-    let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
-    let mut all = vec![0u8; size as usize];
-    for i in 0..writes {
-        let off = rng.below(size);
-        let len = match rng.below(4) {
-            0 => rng.below(512) + 1,                  // sub-sector
-            1 => (rng.below(16) + 1) * 512,           // whole sectors
-            2 => rng.below(3 * u64::from(block)) + 1, // across blocks
-            _ => rng.below(8192) + 1,
-        }
-        .min(size - off);
-        let off = if rng.below(3) == 0 {
-            off / 512 * 512
-        } else {
-            off
-        };
-        let len = len.min(size - off);
-        let mut data = vec![0u8; len as usize];
-        rng.fill(&mut data);
-        // Through the Write + Seek interface half the time.
-        if i % 2 == 0 {
-            w.write_at(off, &data).unwrap();
-        } else {
-            w.seek(SeekFrom::Start(off)).unwrap();
-            w.write_all(&data).unwrap();
-        }
-        apply(&mut model, &[(off, data)]);
-        if i % 97 == 0 {
-            // Spot check through the writer's own read path.
-            let o = rng.below(size);
-            let n = (rng.below(9000) + 1).min(size - o) as usize;
-            let mut b = vec![0u8; n];
-            w.seek(SeekFrom::Start(o)).unwrap();
-            w.read_exact(&mut b).unwrap();
-            assert_eq!(b, model[o as usize..o as usize + n], "write {i}");
-        }
-        if i % 500 == 499 {
-            w.flush().unwrap();
-            w.read_exact_at(&mut all, 0).unwrap();
-            assert!(all == model, "writer view after flush {i}");
-            assert!(read_chain(top) == model, "fresh chain after flush {i}");
-        }
-    }
-    w.close().unwrap();
-    assert!(read_chain(top) == model, "after close");
-    let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
-    w.read_exact_at(&mut all, 0).unwrap();
-    assert!(all == model, "after reopen");
-    drop(w);
-    parents.assert_unchanged("parents after writes to the top");
-    let disk = Disk::open(top).unwrap();
-    assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
+    let names = ("base.vhd", "mid.avhd", "top.avhd");
+    let params = CreateParams::dynamic(size).block_size(block);
+    let (paths, model) = make_chain(d.path(), names, &params, block, &mut rng);
+    random_writes_on_top(&paths, model, (block, 512), &mut rng, writes);
 }
 
 #[test]
@@ -599,14 +511,7 @@ fn fault_at_every_operation_differencing() {
 #[test]
 fn convert_raw_to_vhd_and_back() {
     let d = tmp();
-    let raw = d.path().join("in.img");
-    let size = 7 * MIB + 1000; // not a multiple of 512: padded with zeros
-    let mut data = vec![0u8; size as usize];
-    Rng::new(3).fill(&mut data[..MIB as usize]);
-    Rng::new(4).fill(&mut data[5 * MIB as usize..]);
-    std::fs::write(&raw, &data).unwrap();
-    let mut padded = data.clone();
-    padded.resize(size.div_ceil(512) as usize * 512, 0);
+    let (raw, padded) = raw_input(d.path(), 7 * MIB + 1000, 5 * MIB);
     for fixed in [false, true] {
         let out = d.path().join(format!("out-{fixed}.vhd"));
         let src = vhdkit::convert::RawSource::open(&raw).unwrap();
@@ -623,14 +528,10 @@ fn convert_raw_to_vhd_and_back() {
             let len = std::fs::metadata(&out).unwrap().len();
             assert!(len > 6 * MIB && len < 6 * MIB + 64 * 1024, "{len}");
         }
-        let before = sha256_file(&out);
-        let e = vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhd, &opts, ())
-            .unwrap_err();
-        assert!(e.to_string().contains("already exists"), "{e}");
-        assert_eq!(
-            sha256_file(&out),
-            before,
-            "fixed={fixed}: a refused overwrite changed OUT"
+        assert_overwrite_refused(
+            &out,
+            || vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhd, &opts, ()),
+            &format!("fixed={fixed}"),
         );
     }
 }
