@@ -150,3 +150,130 @@ pub fn assert_overwrite_refused<T: std::fmt::Debug>(
     assert!(e.to_string().contains("already exists"), "{what}: {e}");
     before.assert_unchanged(&format!("{what}: a refused overwrite"));
 }
+
+/// The whole virtual disk of an in-memory image over an optional in-memory parent.
+pub fn read_image(bytes: Vec<u8>, parent: Option<&[u8]>) -> Result<Vec<u8>, vhdkit::Error> {
+    let mut layers = vec![crate::through::disk_of(bytes)?];
+    if let Some(p) = parent {
+        layers.push(crate::through::disk_of(p.to_vec())?);
+    }
+    let v = vhdkit::ChainView::new(layers);
+    let mut out = vec![0u8; usize::try_from(v.virtual_size()).expect("virtual size")];
+    v.read_exact_at(&mut out, 0)?;
+    Ok(out)
+}
+
+/// A batch of writes to fail at each of its mutating operations in turn (the fault-injection
+/// test of both write paths).
+pub struct FaultBatch<'a> {
+    /// The image file before the batch (flushed).
+    pub before: Vec<u8>,
+    /// Its in-memory parent, for a differencing image.
+    pub parent: Option<&'a [u8]>,
+    /// Virtual contents after the batch (before it: read from `before`).
+    pub new: Vec<u8>,
+    /// Logical sector size: after a failure every sector reads its old or its new contents.
+    pub sector: usize,
+    /// Runs the batch on a file: open, write, one flush, and the "process" dies (no drop).
+    pub run: &'a dyn Fn(vhdkit::txn::fault::FaultyFile) -> Result<(), vhdkit::Error>,
+    /// A writable disk over an image file (over `parent`), as a later session opens it.
+    pub writable: &'a dyn Fn(vhdkit::txn::fault::FaultyFile) -> Result<WritableDisk, vhdkit::Error>,
+}
+
+/// Count the batch's mutating operations in a clean run, then fail each in turn. After each
+/// failure, both what was written and what was synced open; every sector reads old or new;
+/// reopened for write (a VHDX replays its log) it reads the same and takes a new write that
+/// reads back. Some late failure leaves the whole new contents. Returns the operation count.
+pub fn fail_each_operation(b: &FaultBatch<'_>, what: &str) -> usize {
+    use vhdkit::txn::fault::{FaultPlan, FaultyFile};
+    let old = read_image(b.before.clone(), b.parent).expect("read the image before");
+    let plan = FaultPlan::new(None);
+    let clean = FaultyFile::new(b.before.clone(), plan.clone());
+    (b.run)(clean.clone()).expect("the batch without a fault");
+    let after = read_image(clean.contents_all_written(), b.parent).expect("read the clean run");
+    assert!(after == b.new, "{what}: the clean run");
+    let ops = plan.count();
+    assert!(ops > 10, "{what}: only {ops} operations");
+    let size = b.new.len();
+    let mut saw_new = false;
+    for k in 1..=ops {
+        let f = FaultyFile::new(b.before.clone(), FaultPlan::new(Some(k)));
+        assert!((b.run)(f.clone()).is_err(), "{what}: op {k} did not fail");
+        for (which, img) in [
+            ("all written", f.contents_all_written()),
+            ("synced only", f.contents_synced()),
+        ] {
+            let ctx = format!("{what}: fail at op {k}/{ops} ({which})");
+            let got = read_image(img.clone(), b.parent)
+                .unwrap_or_else(|e| panic!("{ctx}: does not open: {e}"));
+            for s in 0..size / b.sector {
+                let r = s * b.sector..(s + 1) * b.sector;
+                assert!(
+                    got[r.clone()] == old[r.clone()] || got[r.clone()] == b.new[r],
+                    "{ctx}: sector {s} is neither old nor new"
+                );
+            }
+            saw_new |= got == b.new;
+            let again = FaultyFile::new(img, FaultPlan::new(None));
+            let mut w = (b.writable)(again.clone()).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            let mut via_writer = vec![0u8; size];
+            w.read_exact_at(&mut via_writer, 0)
+                .expect("read through the writer");
+            assert!(
+                via_writer == got,
+                "{ctx}: reopened for write, it reads differently"
+            );
+            let tail = size - 4096;
+            w.write_at(tail as u64, &[0x5A; 4096])
+                .expect("a later write");
+            w.close().expect("close after the later write");
+            let v = read_image(again.contents_synced(), b.parent).expect("read the later write");
+            assert!(
+                v[..tail] == got[..tail],
+                "{ctx}: the later write changed other data"
+            );
+            assert!(
+                v[tail..] == [0x5A; 4096],
+                "{ctx}: the later write is not durable"
+            );
+        }
+    }
+    assert!(
+        saw_new,
+        "{what}: a late failure should leave the committed change"
+    );
+    ops
+}
+
+/// Write `writes` into `p` through a `WritableDisk` (default chain options) and apply them to
+/// `model`; before closing, the writer's own read of the whole disk must equal the model.
+pub fn write_through(p: &Path, model: &mut [u8], writes: &[(u64, Vec<u8>)]) {
+    let mut w = WritableDisk::open(p, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("open {} for write: {e}", p.display()));
+    for (o, data) in writes {
+        w.write_at(*o, data).expect("write");
+    }
+    apply(model, writes);
+    let mut all = vec![0u8; model.len()];
+    w.read_exact_at(&mut all, 0)
+        .expect("read through the writer");
+    assert!(
+        all == model,
+        "{}: writer's own read before close",
+        p.display()
+    );
+    w.close().expect("close");
+}
+
+/// `p` opens without warnings and reads `model` through vhdkit and, when `qemu_fmt` is given
+/// and qemu-img is there, through qemu (read-back in `scratch`). Returns the open disk.
+pub fn assert_reads_model(p: &Path, model: &[u8], qemu_fmt: Option<&str>, scratch: &Path) -> Disk {
+    let what = p.display();
+    let disk = Disk::open(p).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(disk.warnings().is_empty(), "{what}: {:?}", disk.warnings());
+    assert!(read_chain(p) == model, "{what}: vhdkit read-back");
+    if let Some(q) = qemu_fmt.and_then(|f| crate::through::qemu_raw(f, p, scratch)) {
+        assert!(q == model, "{what}: qemu read-back");
+    }
+    disk
+}

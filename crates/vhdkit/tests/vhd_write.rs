@@ -15,7 +15,8 @@ use vhdkit::{
 };
 use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
 use vhdkit_testkit::writes::{
-    assert_overwrite_refused, make_chain, random_writes_on_top, raw_input,
+    assert_overwrite_refused, assert_reads_model, fail_each_operation, make_chain,
+    random_writes_on_top, raw_input, read_image, write_through, FaultBatch,
 };
 use vhdkit_testkit::{sha256, Rng};
 
@@ -38,32 +39,8 @@ fn check_standalone(fixed: bool, size: u64) {
     if let Some(q) = qemu_raw("vpc", &p, d.path()) {
         assert_eq!(q, model, "qemu: empty {size}");
     }
-    let writes = pattern_writes(size);
-    {
-        let mut w = WritableDisk::open(&p, &ChainOptions::default()).unwrap();
-        for (o, data) in &writes {
-            w.write_at(*o, data).unwrap();
-        }
-        apply(&mut model, &writes);
-        let mut all = vec![0u8; size as usize];
-        w.read_exact_at(&mut all, 0).unwrap();
-        assert_eq!(all, model, "writer's own read before flush");
-        w.close().unwrap();
-    }
-    let disk = Disk::open(&p).unwrap();
-    assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
-    assert_eq!(
-        read_chain(&p),
-        model,
-        "vhdkit read-back fixed={fixed} size={size}"
-    );
-    if let Some(q) = qemu_raw("vpc", &p, d.path()) {
-        assert_eq!(
-            sha256(&q),
-            sha256(&model),
-            "qemu read-back fixed={fixed} size={size}"
-        );
-    }
+    write_through(&p, &mut model, &pattern_writes(size));
+    let disk = assert_reads_model(&p, &model, Some("vpc"), d.path());
     if !fixed {
         // Windows layout: file length a multiple of 4 KiB, block data 4 KiB-aligned.
         assert_eq!(std::fs::metadata(&p).unwrap().len() % 4096, 0);
@@ -364,14 +341,6 @@ fn new_image(kind: NewKind, size: u64, block: u32) -> Vec<u8> {
     f.contents_all_written()
 }
 
-fn view_of(bytes: Vec<u8>, parent: Option<&[u8]>) -> Result<ChainView, vhdkit::Error> {
-    let mut layers = vec![disk_of(bytes)?];
-    if let Some(p) = parent {
-        layers.push(disk_of(p.to_vec())?);
-    }
-    Ok(ChainView::new(layers))
-}
-
 fn writable(file: FaultyFile, parent: Option<&[u8]>) -> Result<WritableDisk, vhdkit::Error> {
     let w = VhdWriter::open(file, &OpenOptions::default())?;
     let pv = match parent {
@@ -436,13 +405,6 @@ fn fault_injection(diff: bool) {
         .collect();
     run_batch(f.clone(), parent, &pre).unwrap();
     let before = f.contents_all_written();
-    let read_all = |bytes: Vec<u8>| -> Result<Vec<u8>, vhdkit::Error> {
-        let v = view_of(bytes, parent)?;
-        let mut out = vec![0u8; size as usize];
-        v.read_exact_at(&mut out, 0)?;
-        Ok(out)
-    };
-    let old = read_all(before.clone()).unwrap();
     // The batch: in-place writes into allocated blocks, partial sectors, new blocks, a write
     // across a block boundary.
     let mut batch = Vec::new();
@@ -458,44 +420,20 @@ fn fault_injection(diff: bool) {
         rng.fill(&mut d);
         batch.push((o, d));
     }
-    let mut new = old.clone();
+    let mut new = read_image(before.clone(), parent).unwrap();
     apply(&mut new, &batch);
-    // Count the mutating operations of a clean run.
-    let plan = FaultPlan::new(None);
-    let clean = FaultyFile::new(before.clone(), plan.clone());
-    run_batch(clean.clone(), parent, &batch).unwrap();
-    assert_eq!(read_all(clean.contents_all_written()).unwrap(), new);
-    let ops = plan.count();
-    assert!(ops > 10, "only {ops} operations");
-    eprintln!(
-        "fault injection (differencing={diff}): {ops} mutating operations, each failed in turn"
+    let ops = fail_each_operation(
+        &FaultBatch {
+            before,
+            parent,
+            new,
+            sector: 512,
+            run: &|f| run_batch(f, parent, &batch),
+            writable: &|f| writable(f, parent),
+        },
+        &format!("vhd, differencing={diff}"),
     );
-    for k in 1..=ops {
-        let plan = FaultPlan::new(Some(k));
-        let f = FaultyFile::new(before.clone(), plan);
-        assert!(
-            run_batch(f.clone(), parent, &batch).is_err(),
-            "op {k} did not fail"
-        );
-        for (which, img) in [
-            ("all written", f.contents_all_written()),
-            ("synced only", f.contents_synced()),
-        ] {
-            let got = read_all(img.clone())
-                .unwrap_or_else(|e| panic!("fail at op {k}/{ops} ({which}): does not open: {e}"));
-            for s in 0..(size / 512) as usize {
-                let r = s * 512..s * 512 + 512;
-                assert!(
-                    got[r.clone()] == old[r.clone()] || got[r.clone()] == new[r.clone()],
-                    "fail at op {k}/{ops} ({which}): sector {s} is neither old nor new"
-                );
-            }
-            // The crashed file stays writable: a later session can allocate and write.
-            let mut w = writable(FaultyFile::new(img, FaultPlan::new(None)), parent).unwrap();
-            w.write_at(size - 4096, &[0x5A; 4096]).unwrap();
-            w.flush().unwrap();
-        }
-    }
+    eprintln!("fault injection (differencing={diff}): {ops} mutating operations, each failed");
 }
 
 #[test]
@@ -550,19 +488,8 @@ fn writes_into_real_windows_disks() {
         let p = vhdkit_testkit::unpack_real(&real, rel, d.path());
         let mut model = read_chain(&p);
         let size = model.len() as u64;
-        let writes = pattern_writes(size);
-        let mut w = WritableDisk::open(&p, &ChainOptions::default()).unwrap();
-        for (o, data) in &writes {
-            w.write_at(*o, data).unwrap();
-        }
-        w.close().unwrap();
-        apply(&mut model, &writes);
-        let disk = Disk::open(&p).unwrap();
-        assert!(disk.warnings().is_empty(), "{rel}: {:?}", disk.warnings());
-        assert!(read_chain(&p) == model, "{rel}: vhdkit read-back");
-        if let Some(q) = qemu_raw("vpc", &p, d.path()) {
-            assert_eq!(sha256(&q), sha256(&model), "{rel}: qemu read-back");
-        }
+        write_through(&p, &mut model, &pattern_writes(size));
+        assert_reads_model(&p, &model, Some("vpc"), d.path());
     }
 }
 

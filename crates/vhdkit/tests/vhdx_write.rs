@@ -16,7 +16,8 @@ use vhdkit::{ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions}
 use vhdkit::{DiskFormat, WritableDisk};
 use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
 use vhdkit_testkit::writes::{
-    assert_overwrite_refused, make_chain, random_writes_on_top, raw_input,
+    assert_overwrite_refused, assert_reads_model, fail_each_operation, make_chain,
+    random_writes_on_top, raw_input, read_image, write_through, FaultBatch,
 };
 use vhdkit_testkit::{sha256, Rng};
 
@@ -57,20 +58,11 @@ fn check_standalone(fixed: bool, size: u64, logical: u32) {
             assert_eq!(q, model, "qemu: empty {size}");
         }
     }
-    let writes = pattern_writes(size);
-    {
-        let mut w = WritableDisk::open(&p, &ChainOptions::default()).unwrap();
-        for (o, data) in &writes {
-            w.write_at(*o, data).unwrap();
-        }
-        apply(&mut model, &writes);
-        let mut all = vec![0u8; size as usize];
-        w.read_exact_at(&mut all, 0).unwrap();
-        assert!(all == model, "writer's own read before flush");
-        w.close().unwrap();
-    }
-    let disk = Disk::open(&p).unwrap();
-    assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
+    write_through(&p, &mut model, &pattern_writes(size));
+    // qemu-img supports only 512-byte logical sectors (its vhdx driver returns ENOTSUP
+    // otherwise); libvhdi reads both.
+    let qemu = (logical == 512).then_some("vhdx");
+    let disk = assert_reads_model(&p, &model, qemu, d.path());
     assert_eq!(disk.logical_sector_size(), logical);
     assert_eq!(
         disk.disk_type(),
@@ -80,17 +72,6 @@ fn check_standalone(fixed: bool, size: u64, logical: u32) {
             DiskType::Dynamic
         }
     );
-    assert!(
-        read_chain(&p) == model,
-        "vhdkit read-back fixed={fixed} {size}"
-    );
-    // qemu-img supports only 512-byte logical sectors (its vhdx driver returns ENOTSUP
-    // otherwise); libvhdi reads both.
-    if logical == 512 {
-        if let Some(q) = qemu_raw("vhdx", &p, d.path()) {
-            assert_eq!(sha256(&q), sha256(&model), "qemu read-back fixed={fixed}");
-        }
-    }
     if let Some((h, n)) = vhdkit_testkit::oracle::pyvhdi_chain_sha256(&[&p]) {
         assert_eq!(n, size);
         assert_eq!(
@@ -282,15 +263,8 @@ fn writes_into_real_windows_vhdx() {
         let p = vhdkit_testkit::unpack_real(&real, rel, d.path());
         let mut model = read_chain(&p);
         let size = model.len() as u64;
-        let writes = pattern_writes(size);
-        write_all(&p, &writes);
-        apply(&mut model, &writes);
-        let disk = Disk::open(&p).unwrap();
-        assert!(disk.warnings().is_empty(), "{rel}: {:?}", disk.warnings());
-        assert!(read_chain(&p) == model, "{rel}: vhdkit read-back");
-        if let Some(q) = qemu_raw("vhdx", &p, d.path()) {
-            assert_eq!(sha256(&q), sha256(&model), "{rel}: qemu read-back");
-        }
+        write_through(&p, &mut model, &pattern_writes(size));
+        assert_reads_model(&p, &model, Some("vhdx"), d.path());
     }
 }
 
@@ -407,17 +381,6 @@ fn fault_injection(diff: bool, logical: u32, limit: Option<usize>) {
         .collect();
     run_batch(f.clone(), parent, &pre, None).unwrap();
     let before = f.contents_all_written();
-    let read_all = |bytes: Vec<u8>| -> Result<Vec<u8>, vhdkit::Error> {
-        let mut layers = vec![disk_of(bytes)?];
-        if let Some(p) = parent {
-            layers.push(disk_of(p.to_vec())?);
-        }
-        let v = ChainView::new(layers);
-        let mut out = vec![0u8; size as usize];
-        v.read_exact_at(&mut out, 0)?;
-        Ok(out)
-    };
-    let old = read_all(before.clone()).unwrap();
     // In-place writes, partial sectors, new blocks, a whole block, a cross-block write.
     let mut batch = Vec::new();
     for (o, len) in [
@@ -432,57 +395,21 @@ fn fault_injection(diff: bool, logical: u32, limit: Option<usize>) {
         rng.fill(&mut d);
         batch.push((o, d));
     }
-    let mut new = old.clone();
+    let mut new = read_image(before.clone(), parent).unwrap();
     apply(&mut new, &batch);
-    let plan = FaultPlan::new(None);
-    let clean = FaultyFile::new(before.clone(), plan.clone());
-    run_batch(clean.clone(), parent, &batch, limit).unwrap();
-    assert!(read_all(clean.contents_all_written()).unwrap() == new);
-    let ops = plan.count();
-    assert!(ops > 10, "only {ops} operations");
-    eprintln!(
-        "fault injection (differencing={diff}, logical={logical}, limit={limit:?}): {ops} \
-         mutating operations, each failed in turn"
+    let what = format!("vhdx, differencing={diff}, logical={logical}, limit={limit:?}");
+    let ops = fail_each_operation(
+        &FaultBatch {
+            before,
+            parent,
+            new,
+            sector: logical as usize,
+            run: &|f| run_batch(f, parent, &batch, limit),
+            writable: &|f| writable(f, parent, None),
+        },
+        &what,
     );
-    let ls = logical as usize;
-    let mut saw_new = false;
-    for k in 1..=ops {
-        let f = FaultyFile::new(before.clone(), FaultPlan::new(Some(k)));
-        assert!(
-            run_batch(f.clone(), parent, &batch, limit).is_err(),
-            "op {k} did not fail"
-        );
-        for (which, img) in [
-            ("all written", f.contents_all_written()),
-            ("synced only", f.contents_synced()),
-        ] {
-            let got = read_all(img.clone())
-                .unwrap_or_else(|e| panic!("fail at op {k}/{ops} ({which}): does not open: {e}"));
-            for s in 0..size as usize / ls {
-                let r = s * ls..s * ls + ls;
-                assert!(
-                    got[r.clone()] == old[r.clone()] || got[r.clone()] == new[r.clone()],
-                    "fail at op {k}/{ops} ({which}): sector {s} is neither old nor new"
-                );
-            }
-            saw_new |= got == new;
-            // Opening for write replays the log into the file: same contents, and the file
-            // stays writable.
-            let again = FaultyFile::new(img, FaultPlan::new(None));
-            let mut w = writable(again.clone(), parent, None).unwrap();
-            let mut via_writer = vec![0u8; size as usize];
-            w.read_exact_at(&mut via_writer, 0).unwrap();
-            assert!(
-                via_writer == got,
-                "fail at op {k} ({which}): replay differs"
-            );
-            w.write_at(size - 4096, &[0x5A; 4096]).unwrap();
-            w.close().unwrap();
-            let v = read_all(again.contents_synced()).unwrap();
-            assert!(v[..(size - 4096) as usize] == got[..(size - 4096) as usize]);
-        }
-    }
-    assert!(saw_new, "a late failure should leave the committed change");
+    eprintln!("fault injection ({what}): {ops} mutating operations, each failed in turn");
 }
 
 #[test]
