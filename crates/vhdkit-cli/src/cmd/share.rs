@@ -207,9 +207,7 @@ fn render_plan(p: &SharePlan) -> String {
     }
     let _ = writeln!(
         s,
-        "hashed {} of virtual contents ({} read); disk usage {} -> {} (frees {} on disk, {} \
-         apparent)",
-        size(p.bytes_hashed),
+        "read {} of virtual contents; disk usage {} -> {} (frees {} on disk, {} apparent)",
         size(p.bytes_read),
         size(p.size_before),
         size(p.size_after),
