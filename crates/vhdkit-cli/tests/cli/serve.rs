@@ -44,7 +44,7 @@ impl Server {
     }
 
     /// SIGTERM and wait: the exit status.
-    fn stop(&mut self) -> i32 {
+    pub(crate) fn stop(&mut self) -> i32 {
         run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
         self.child.wait().unwrap().code().unwrap_or(-1)
     }
@@ -96,7 +96,7 @@ fn nbdinfo_map(uri: &str, ctx: &str) -> Vec<(u64, u64, u64)> {
     merged(runs)
 }
 
-fn merged(runs: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
+pub(crate) fn merged(runs: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
     let mut out: Vec<(u64, u64, u64)> = Vec::new();
     for r in runs {
         match out.last_mut() {
@@ -109,7 +109,7 @@ fn merged(runs: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
 
 /// `vhdkit map --json` as nbdinfo types: base:allocation (0 data, 3 hole+zero) or
 /// qemu:allocation-depth (0 absent, N = depth + 1).
-fn vhdkit_map(disk: &Path, depth_ctx: bool) -> Vec<(u64, u64, u64)> {
+pub(crate) fn vhdkit_map(disk: &Path, depth_ctx: bool) -> Vec<(u64, u64, u64)> {
     let r = run_success(["map".as_ref(), "--json".as_ref(), disk.as_os_str()]);
     let runs = r
         .json()
@@ -169,6 +169,23 @@ fn serve_chain(ext: &str, depth: usize) {
         std::fs::read(&q).unwrap() == want,
         "{ext} depth {depth}: qemu-img differs"
     );
+    // qemu-io: the top layer's own write, a write of the layer below partly shadowed, a hole.
+    let own = crate::map::layer_writes(depth - 1)[0].clone();
+    let mut reads = vec![
+        format!("read -P {} {} {}", own.1[0], own.0, own.1.len()),
+        "read -P 0 60M 1M".to_string(),
+    ];
+    if depth > 1 {
+        // The top layer's 1 KiB over the start of the layer below's own write, then the rest.
+        let over = &crate::map::layer_writes(depth - 1)[1];
+        let below = &crate::map::layer_writes(depth - 2)[0];
+        assert_eq!(over.0, below.0);
+        reads.push(format!("read -P {} {} 1024", over.1[0], over.0));
+        reads.push(format!("read -P {} {} 512", below.1[0], below.0 + 1024));
+    }
+    for r in &reads {
+        run_ok(Command::new("qemu-io").args(["-r", "-f", "raw", "-c", r, &uri]));
+    }
     assert_eq!(
         nbdinfo_map(&uri, ""),
         vhdkit_map(top, false),
@@ -271,6 +288,16 @@ fn writable_writes_read_back_and_parents_are_refused() {
     model[1048064..1048064 + 70000].fill(0x5a);
     model[8 << 20..9 << 20].fill(0);
     assert!(after == model, "the writes read back through vhdkit");
+    // And through libvhdi, an independent chain reader.
+    if let Some((sha, size)) = vhdkit_testkit::oracle::pyvhdi_chain_sha256(&[&paths[1], &paths[0]])
+    {
+        assert_eq!(size, model.len() as u64);
+        assert_eq!(
+            sha,
+            vhdkit_testkit::sha256_reader(&model[..]),
+            "the writes read back through libvhdi"
+        );
+    }
     // The base is untouched: it still opens as the parent (identity unchanged).
     run_success(["chain".as_ref(), paths[1].as_os_str()]);
 }
