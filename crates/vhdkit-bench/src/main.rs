@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 
 mod clone_case;
 mod merge_case;
+mod nbd_cases;
 mod share_cases;
 mod sync_cases;
 
@@ -149,6 +150,8 @@ enum Tool {
     Cat,
     /// vhdkit on a reference input, for cases that measure vhdkit against itself.
     VhdkitBaseline,
+    /// `qemu-nbd` serving the same contents to the same NBD client.
+    QemuNbd,
 }
 
 impl Tool {
@@ -158,6 +161,7 @@ impl Tool {
             Tool::QemuImg => "qemu-img",
             Tool::Cat => "cat",
             Tool::VhdkitBaseline => "vhdkit (baseline)",
+            Tool::QemuNbd => "qemu-nbd",
         }
     }
 }
@@ -281,6 +285,8 @@ fn cases() -> Vec<Case> {
         meta_cases::info_vhd_2040g(),
         meta_cases::info_vhdx_64t_qemu_default(),
         meta_cases::check_vhdx_64t_qemu_default(),
+        nbd_cases::nbdcopy_depth8(),
+        nbd_cases::nbdinfo_map_64t(),
     ]
     .into_iter()
     .chain(clone_case::CASES)

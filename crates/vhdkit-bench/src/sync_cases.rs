@@ -104,7 +104,7 @@ fn prepare_depth8(cfg: &Config, dir: &Path) -> Res<Prepared> {
 /// every other 2 MiB block holds a byte pattern (as the qemu-io cases write), block `k` of
 /// them in layer `k % depth`. Each layer is written before its child is made (a VHDX child
 /// records its parent's data write GUID). Returns the top.
-fn make_chain(dir: &Path, stem: &str, depth: u64, size: u64) -> Res<PathBuf> {
+pub(crate) fn make_chain(dir: &Path, stem: &str, depth: u64, size: u64) -> Res<PathBuf> {
     let block = 2 * MIB;
     let err = |e: vhdkit::Error| format!("building the {stem} chain: {e}");
     let mut parent: Option<PathBuf> = None;

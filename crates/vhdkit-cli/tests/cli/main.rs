@@ -36,6 +36,8 @@ mod reparent;
 mod reparent_vhdx;
 mod roundtrip;
 mod serve;
+mod serve_clients;
+mod serve_kill;
 mod share;
 mod shared_storage;
 mod stdout_errors;

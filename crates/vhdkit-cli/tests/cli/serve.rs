@@ -12,13 +12,13 @@ use crate::map::build_chain;
 use crate::util::*;
 
 /// A running `vhdkit serve`, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    socket: PathBuf,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) socket: PathBuf,
 }
 
 impl Server {
-    fn start(disk: &Path, socket: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(disk: &Path, socket: &Path, extra: &[&str]) -> Server {
         let child = vhdkit()
             .arg("serve")
             .args(extra)
@@ -39,12 +39,12 @@ impl Server {
         }
     }
 
-    fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.socket.display())
     }
 
     /// SIGTERM and wait: the exit status.
-    fn stop(&mut self) -> i32 {
+    pub(crate) fn stop(&mut self) -> i32 {
         run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
         self.child.wait().unwrap().code().unwrap_or(-1)
     }
@@ -96,7 +96,7 @@ fn nbdinfo_map(uri: &str, ctx: &str) -> Vec<(u64, u64, u64)> {
     merged(runs)
 }
 
-fn merged(runs: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
+pub(crate) fn merged(runs: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
     let mut out: Vec<(u64, u64, u64)> = Vec::new();
     for r in runs {
         match out.last_mut() {
@@ -109,7 +109,7 @@ fn merged(runs: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
 
 /// `vhdkit map --json` as nbdinfo types: base:allocation (0 data, 3 hole+zero) or
 /// qemu:allocation-depth (0 absent, N = depth + 1).
-fn vhdkit_map(disk: &Path, depth_ctx: bool) -> Vec<(u64, u64, u64)> {
+pub(crate) fn vhdkit_map(disk: &Path, depth_ctx: bool) -> Vec<(u64, u64, u64)> {
     let r = run_success(["map".as_ref(), "--json".as_ref(), disk.as_os_str()]);
     let runs = r
         .json()
@@ -169,6 +169,23 @@ fn serve_chain(ext: &str, depth: usize) {
         std::fs::read(&q).unwrap() == want,
         "{ext} depth {depth}: qemu-img differs"
     );
+    // qemu-io: the top layer's own write, a write of the layer below partly shadowed, a hole.
+    let own = crate::map::layer_writes(depth - 1)[0].clone();
+    let mut reads = vec![
+        format!("read -P {} {} {}", own.1[0], own.0, own.1.len()),
+        "read -P 0 60M 1M".to_string(),
+    ];
+    if depth > 1 {
+        // The top layer's 1 KiB over the start of the layer below's own write, then the rest.
+        let over = &crate::map::layer_writes(depth - 1)[1];
+        let below = &crate::map::layer_writes(depth - 2)[0];
+        assert_eq!(over.0, below.0);
+        reads.push(format!("read -P {} {} 1024", over.1[0], over.0));
+        reads.push(format!("read -P {} {} 512", below.1[0], below.0 + 1024));
+    }
+    for r in &reads {
+        run_ok(Command::new("qemu-io").args(["-r", "-f", "raw", "-c", r, &uri]));
+    }
     assert_eq!(
         nbdinfo_map(&uri, ""),
         vhdkit_map(top, false),
@@ -253,14 +270,6 @@ fn writable_writes_read_back_and_parents_are_refused() {
     }
     let d = tmp();
     let paths = build_chain(d.path(), "vhdx", 2);
-    // The base has a child beside it: refused, nothing served.
-    let r = run([
-        "serve".as_ref(),
-        "--writable".as_ref(),
-        paths[0].as_os_str(),
-    ]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("layer1.vhdx"), "{}", r.stderr);
     let before = vhdkit_testkit::through::read_chain(&paths[1]);
     let mut srv = Server::start(&paths[1], &p(d.path(), "w.sock"), &["--writable"]);
     let uri = srv.uri();
@@ -279,12 +288,71 @@ fn writable_writes_read_back_and_parents_are_refused() {
     model[1048064..1048064 + 70000].fill(0x5a);
     model[8 << 20..9 << 20].fill(0);
     assert!(after == model, "the writes read back through vhdkit");
+    // And through libvhdi, an independent chain reader.
+    if let Some((sha, size)) = vhdkit_testkit::oracle::pyvhdi_chain_sha256(&[&paths[1], &paths[0]])
+    {
+        assert_eq!(size, model.len() as u64);
+        assert_eq!(
+            sha,
+            vhdkit_testkit::sha256_reader(&model[..]),
+            "the writes read back through libvhdi"
+        );
+    }
     // The base is untouched: it still opens as the parent (identity unchanged).
     run_success(["chain".as_ref(), paths[1].as_os_str()]);
 }
 
+/// `--writable` on a disk with a child beside it, or in a `--search` folder: refused before
+/// anything is served, every file byte-identical with its modification time unchanged.
+#[test]
+fn writable_refuses_a_parent_and_changes_nothing() {
+    for ext in ["vhdx", "vhd"] {
+        let d = tmp();
+        let paths = build_chain(d.path(), ext, 3);
+        let before = vhdkit_testkit::snapshot::Snapshot::tree(d.path());
+        for parent in &paths[..2] {
+            let r = run([
+                "serve".as_ref(),
+                "--writable".as_ref(),
+                "--socket".as_ref(),
+                p(d.path(), "never.sock").as_os_str(),
+                parent.as_os_str(),
+            ]);
+            assert_eq!(r.code, 1, "{r:?}");
+            assert!(
+                r.stderr.contains("differencing disk over it"),
+                "{}",
+                r.stderr
+            );
+            before.assert_unchanged(&format!("{ext}: refused serve --writable"));
+        }
+        // The child in another folder, found through --search only (by the identity it records:
+        // its relative locator no longer resolves).
+        let other = d.path().join("vm");
+        std::fs::create_dir(&other).unwrap();
+        let moved = other.join(paths[2].file_name().unwrap());
+        std::fs::rename(&paths[2], &moved).unwrap();
+        let before = vhdkit_testkit::snapshot::Snapshot::tree(d.path());
+        let r = run([
+            "serve".as_ref(),
+            "--writable".as_ref(),
+            "--search".as_ref(),
+            other.as_os_str(),
+            paths[1].as_os_str(),
+        ]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            r.stderr
+                .contains(moved.file_name().unwrap().to_str().unwrap()),
+            "{}",
+            r.stderr
+        );
+        before.assert_unchanged(&format!("{ext}: refused with --search"));
+    }
+}
+
 /// A raw client: handshake with fixed newstyle and NBD_OPT_GO, simple replies.
-fn handshake(sock: &Path) -> UnixStream {
+pub(crate) fn handshake(sock: &Path) -> UnixStream {
     let mut s = UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut g = [0u8; 18];
@@ -306,7 +374,7 @@ fn handshake(sock: &Path) -> UnixStream {
     }
 }
 
-fn send_option(s: &mut UnixStream, opt: u32, data: &[u8]) {
+pub(crate) fn send_option(s: &mut UnixStream, opt: u32, data: &[u8]) {
     let mut v = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
     v.extend_from_slice(&opt.to_be_bytes());
     v.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -314,7 +382,7 @@ fn send_option(s: &mut UnixStream, opt: u32, data: &[u8]) {
     s.write_all(&v).unwrap();
 }
 
-fn option_reply(s: &mut UnixStream) -> (u32, Vec<u8>) {
+pub(crate) fn option_reply(s: &mut UnixStream) -> (u32, Vec<u8>) {
     let mut h = [0u8; 20];
     s.read_exact(&mut h).unwrap();
     let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
@@ -324,7 +392,7 @@ fn option_reply(s: &mut UnixStream) -> (u32, Vec<u8>) {
     (kind, data)
 }
 
-fn request(s: &mut UnixStream, kind: u16, cookie: u64, offset: u64, len: u32) {
+pub(crate) fn request(s: &mut UnixStream, kind: u16, cookie: u64, offset: u64, len: u32) {
     let mut v = 0x2560_9513u32.to_be_bytes().to_vec();
     v.extend_from_slice(&0u16.to_be_bytes());
     v.extend_from_slice(&kind.to_be_bytes());
@@ -335,7 +403,7 @@ fn request(s: &mut UnixStream, kind: u16, cookie: u64, offset: u64, len: u32) {
 }
 
 /// A simple reply: (error, cookie).
-fn simple_reply(s: &mut UnixStream) -> (u32, u64) {
+pub(crate) fn simple_reply(s: &mut UnixStream) -> (u32, u64) {
     let mut h = [0u8; 16];
     s.read_exact(&mut h).unwrap();
     assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
@@ -346,7 +414,7 @@ fn simple_reply(s: &mut UnixStream) -> (u32, u64) {
 }
 
 /// The connection is closed by the server (EOF, or a reset).
-fn closed(s: &mut UnixStream) -> bool {
+pub(crate) fn closed(s: &mut UnixStream) -> bool {
     let mut b = [0u8; 64];
     loop {
         match s.read(&mut b) {
