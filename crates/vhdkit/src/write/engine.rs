@@ -383,9 +383,30 @@ impl<F: SparseFormat> Engine<F> {
             return Ok(None);
         }
         self.fmt.before_write()?;
-        match self.fmt.place_for_write(&mut self.st, offset / bs)? {
-            Place::Whole { data_at } => Ok(data_at.checked_add(in_block)),
+        let block = offset / bs;
+        match self.fmt.place_for_write(&mut self.st, block)? {
+            Place::Whole { data_at } => {
+                // The bytes copied there are written sectors: a block that was allocated
+                // before (a merge into an existing block) may still have clear bits.
+                if self.fmt.marks_whole_blocks() {
+                    self.mark_written(block, in_block, len)?;
+                }
+                Ok(data_at.checked_add(in_block))
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// The file offset where the byte at virtual `offset` is stored by this image now (its
+    /// block's data start plus its place in the block), or `None` when the block stores
+    /// nothing; for a block tracking sectors, whether that sector is present is the bitmap's.
+    pub fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        let bs = self.geo.block_size;
+        match self.fmt.place(&self.st, offset / bs)? {
+            Place::Whole { data_at } | Place::Sectors { data_at } => {
+                Ok(data_at.checked_add(offset % bs))
+            }
+            Place::Parent | Place::Zero => Ok(None),
         }
     }
 

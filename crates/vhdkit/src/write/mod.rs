@@ -75,6 +75,12 @@ pub trait WritableImage: Send + fmt::Debug {
         let _ = (offset, len);
         Ok(None)
     }
+    /// Where the byte at virtual `offset` is stored in the file now, when this image stores
+    /// its block (a merge checks the committed map against it); `None` by default.
+    fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        let _ = offset;
+        Ok(None)
+    }
 }
 
 /// `Read + Write + Seek` over the virtual disk of a writable image and its parents.
@@ -265,6 +271,18 @@ impl WritableDisk {
         let mut pr = |o: u64, b: &mut [u8]| read_parent(parent, o, b);
         let r = op(&mut *self.image, &mut pr);
         self.attach_path(r)
+    }
+
+    /// See [`WritableImage::place_for_copy`] (the range is checked first).
+    pub(crate) fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX), "copy")?;
+        let r = self.image.place_for_copy(offset, len);
+        self.attach_path(r)
+    }
+
+    /// See [`WritableImage::stored_at`].
+    pub(crate) fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        self.image.stored_at(offset)
     }
 
     /// Make every write durable.
