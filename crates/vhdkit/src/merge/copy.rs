@@ -165,7 +165,20 @@ fn holds_data(disk: &Disk, start: u64, len: u64) -> Result<bool> {
 
 /// The file system block cloned ranges are aligned to (XFS and btrfs clone at 4 KiB; an
 /// unaligned range would make the kernel refuse, and the copier stop asking it).
-const CLONE_ALIGN: u64 = 4096;
+pub(crate) const CLONE_ALIGN: u64 = 4096;
+
+/// How much of `[at, end)` the buffered path takes: at most [`COPY_CHUNK`], and where the file
+/// system clones, only up to the next [`CLONE_ALIGN`] boundary when `at` is not on one (so the
+/// aligned rest of a run can still be cloned).
+pub(crate) fn buffered_len(at: u64, end: u64, clones: bool) -> u64 {
+    let n = (end - at).min(COPY_CHUNK);
+    let into = at % CLONE_ALIGN;
+    if clones && into != 0 {
+        n.min(CLONE_ALIGN - into)
+    } else {
+        n
+    }
+}
 
 /// Written bytes between two starts of writeback of ANCESTOR's new payload: the final flush
 /// then finds little still dirty, and the disk works while the copy goes on.
@@ -226,7 +239,7 @@ fn mix(mut z: u64) -> u64 {
 /// layer's file, which the kernel can copy: its file, offset and length. `None` where CHILD
 /// reads zeros there (a VHDX zero state, past a smaller disk's end) or the layer's reads do
 /// not go straight to its file (an overlay, a log replayed in memory).
-fn stored_run(merged: &[Disk], at: u64, max: u64) -> Result<Option<(&File, u64, u64)>> {
+pub(crate) fn stored_run(merged: &[Disk], at: u64, max: u64) -> Result<Option<(&File, u64, u64)>> {
     let mut len = max;
     for disk in merged {
         if at >= disk.virtual_size() {
@@ -321,7 +334,10 @@ impl Copier<'_> {
             if n > 0 && aligned {
                 match t.disk.place_for_copy(at, n)? {
                     Some(dst) if !self.clones || dst % CLONE_ALIGN == 0 => {
-                        self.by_kernel(t, (src, from), dst, n)?;
+                        if let Err(e) = self.by_kernel(t, (src, from), dst, n) {
+                            t.disk.abandon();
+                            return Err(e);
+                        }
                         self.done.map.add_run(at, dst, n, self.sector);
                         return Ok(n);
                     }
@@ -329,7 +345,8 @@ impl Copier<'_> {
                 }
             }
         }
-        self.through_engine(t.disk, at, end)
+        let n = buffered_len(at, end, self.clones);
+        self.through_engine(t.disk, at, n)
     }
 
     /// `n` bytes at `from` of `src` copied by the kernel to `dst` of ANCESTOR's file.
@@ -340,18 +357,17 @@ impl Copier<'_> {
         dst: u64,
         n: u64,
     ) -> Result<()> {
-        let moved = t
-            .io
-            .step("copy_file_range")
-            .and_then(|()| self.kernel.copy(src, from, t.file, dst, n, false))
-            .map_err(|e| {
-                Error::io(
-                    format!(
+        let moved =
+            t.io.step("copy_file_range")
+                .and_then(|()| self.kernel.copy(src, from, t.file, dst, n, false))
+                .map_err(|e| {
+                    Error::io(
+                        format!(
                         "copying {n} bytes of payload from {from:#x} into the ancestor at {dst:#x}"
                     ),
-                    e,
-                )
-            })?;
+                        e,
+                    )
+                })?;
         self.done.by_kernel += moved;
         let end = dst.saturating_add(n);
         let (lo, hi) = self
@@ -371,10 +387,9 @@ impl Copier<'_> {
         }
     }
 
-    /// Up to [`COPY_CHUNK`] bytes read through CHILD, written through the engine and read
-    /// back through it; returns the length.
-    fn through_engine(&mut self, disk: &mut WritableDisk, at: u64, end: u64) -> Result<u64> {
-        let n = (end - at).min(COPY_CHUNK);
+    /// `n` bytes read through CHILD, written through the engine and read back through it;
+    /// returns the length.
+    fn through_engine(&mut self, disk: &mut WritableDisk, at: u64, n: u64) -> Result<u64> {
         let len = usize::try_from(n).map_err(|_| Error::internal("a copy piece too large"))?;
         self.buf.resize(len, 0);
         self.back.resize(len, 0);

@@ -105,7 +105,7 @@ use crate::error::{Error, Result};
 use crate::txn::FieldChange;
 
 mod apply;
-mod copy;
+pub(crate) mod copy;
 pub(crate) mod finish;
 mod io;
 mod plan;

@@ -68,9 +68,10 @@ pub trait WritableImage: Send + fmt::Debug {
     /// Commit every change durably (metadata included).
     fn flush(&mut self) -> Result<()>;
     /// Where `len` bytes at `offset` go in the file when copied there directly rather than
-    /// written (a conversion cloning payload), allocating their block first when needed; the
-    /// range must lie in one block. `None` when the image cannot take them that way (a block
-    /// that tracks sectors one by one; the default).
+    /// written (a conversion, merge or flatten cloning payload), allocating their block first
+    /// when needed; the range must lie in one block, and in a block that tracks sectors be
+    /// whole sectors (then marked written). `None` when the image cannot take them that way
+    /// (partial sectors of such a block; the default).
     fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
         let _ = (offset, len);
         Ok(None)
@@ -93,6 +94,9 @@ pub struct WritableDisk {
     parent: Option<ChainView>,
     path: Option<PathBuf>,
     pos: u64,
+    /// Set when payload copied into the file directly failed: dropping then commits nothing
+    /// more (the places given for it would otherwise be committed over missing data).
+    abandoned: bool,
     /// The writers' lock on the file, held as long as the disk is open (last: released after
     /// the final flush of `Drop`).
     _lock: Option<crate::lock::FileLock>,
@@ -196,6 +200,7 @@ impl WritableDisk {
             parent,
             path: Some(path.to_path_buf()),
             pos: 0,
+            abandoned: false,
             _lock: Some(lock),
         })
     }
@@ -210,6 +215,7 @@ impl WritableDisk {
             parent,
             path: None,
             pos: 0,
+            abandoned: false,
             _lock: None,
         }
     }
@@ -280,6 +286,12 @@ impl WritableDisk {
         self.attach_path(r)
     }
 
+    /// A copy into a place [`WritableDisk::place_for_copy`] gave failed: commit nothing more,
+    /// not even when dropped (the file stays as its last flush left it, as after a crash).
+    pub(crate) fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
     /// See [`WritableImage::stored_at`].
     pub(crate) fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
         self.image.stored_at(offset)
@@ -306,7 +318,9 @@ impl WritableDisk {
 
 impl Drop for WritableDisk {
     fn drop(&mut self) {
-        let _ = self.image.flush();
+        if !self.abandoned {
+            let _ = self.image.flush();
+        }
     }
 }
 
