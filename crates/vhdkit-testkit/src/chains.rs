@@ -280,6 +280,186 @@ pub fn sibling(
     p
 }
 
+// Chains of byte-granular random writes (p0, p1, ..., child), the fixture of the library's
+// `merge` and `flatten` tests: unlike `build_chain`, writes start and end anywhere inside a
+// sector and are widened to whole sectors (filled with 0xA5).
+
+const MIB: u64 = 1 << 20;
+
+/// Random writes: sector-unaligned starts and lengths (so bitmap bytes are partly set), a
+/// whole block, and writes across block boundaries.
+fn unaligned_writes(rng: &mut Rng, size: u64, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let len = 1 + rng.below(3 * 4096) as usize;
+        let at = rng.below(size - len as u64);
+        let mut d = vec![0u8; len];
+        rng.fill(&mut d);
+        out.push((at, d));
+    }
+    // Sectors 1, 3, 6 of the first block: bitmap byte 0b0101_0010 (sub-byte patterns).
+    for s in [1u64, 3, 6, 9, 15, 16] {
+        out.push((s * 512, vec![s as u8 + 1; 512]));
+    }
+    out
+}
+
+/// The builders write whole logical sectors: `d` at `o` widened to them.
+fn widened(o: u64, mut d: Vec<u8>, s: u64, size: u64) -> (u64, Vec<u8>) {
+    let at = o / s * s;
+    let len = ((o - at) + d.len() as u64).div_ceil(s) * s;
+    d.resize(len.min(size - at) as usize, 0xA5);
+    (at, d)
+}
+
+/// A chain `p0.vhd <- p1.vhd <- ... <- child.vhd` of `depth` parents in one folder (1 MiB
+/// blocks), every level with `unaligned_writes` seeded by `seed` and its level; returns the
+/// child and the parents (nearest first).
+pub fn vhd_chain(dir: &Path, size: u64, depth: usize, seed: u64) -> (PathBuf, Vec<PathBuf>) {
+    let mut rng = Rng::new(seed);
+    let mut prev: Option<(String, [u8; 16])> = None;
+    let mut paths = Vec::new();
+    for level in 0..=depth {
+        let name = if level == depth {
+            "child.vhd".to_string()
+        } else {
+            format!("p{level}.vhd")
+        };
+        let mut b = match &prev {
+            None => VhdBuilder::dynamic(size),
+            Some((pname, id)) => VhdBuilder::differencing(size, *id)
+                .parent_name(pname)
+                .locator(Locator::w2ru(&format!(r".\{pname}"))),
+        }
+        .block_size(MIB as u32)
+        .timestamp(1000 + level as u32);
+        for (o, d) in unaligned_writes(&mut rng, size, 12) {
+            let (at, full) = widened(o, d, 512, size);
+            b.write(at, &full);
+        }
+        let p = dir.join(&name);
+        std::fs::write(&p, b.build().bytes).expect("write a chain level");
+        prev = Some((name, b.id()));
+        paths.push(p);
+    }
+    let child = paths.pop().expect("the child level");
+    paths.reverse();
+    (child, paths)
+}
+
+/// As [`vhd_chain`] for VHDX with `sector`-byte logical sectors: `p0.vhdx`, ... and
+/// `child.avhdx`, each linked to its parent's DataWriteGuid (random per build).
+pub fn vhdx_chain(
+    dir: &Path,
+    size: u64,
+    depth: usize,
+    sector: u32,
+    seed: u64,
+) -> (PathBuf, Vec<PathBuf>) {
+    let mut rng = Rng::new(seed);
+    let mut prev: Option<(String, uuid::Uuid)> = None;
+    let mut paths = Vec::new();
+    for level in 0..=depth {
+        let name = if level == depth {
+            "child.avhdx".to_string()
+        } else {
+            format!("p{level}.vhdx")
+        };
+        let kind = if prev.is_some() {
+            Kind::Differencing
+        } else {
+            Kind::Dynamic
+        };
+        let mut b = VhdxBuilder::new(kind, size, MIB as u32, sector);
+        if let Some((pname, guid)) = &prev {
+            b.parent_linkage = *guid;
+            b.relative_path = Some(format!(r".\{pname}"));
+        }
+        for (o, d) in unaligned_writes(&mut rng, size, 12) {
+            let (at, full) = widened(o, d, u64::from(sector), size);
+            b.write(at, &full);
+        }
+        let p = dir.join(&name);
+        std::fs::write(&p, b.build().bytes).expect("write a chain level");
+        prev = Some((name, b.data_write_guid));
+        paths.push(p);
+    }
+    let child = paths.pop().expect("the child level");
+    paths.reverse();
+    (child, paths)
+}
+
+/// Virtual size of [`vhd_pair`] and [`vhdx_pair`].
+pub const PAIR_SIZE: u64 = 4 * MIB;
+
+/// Ten sector-aligned random writes of 1 to 9 sectors (partial bitmap bytes) seeded by `seed`.
+fn pair_writes(seed: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut rng = Rng::new(seed);
+    (0..10)
+        .map(|_| {
+            let n = 1 + rng.below(9);
+            let at = rng.below(PAIR_SIZE / 512 - n) * 512;
+            let mut d = vec![0u8; (n * 512) as usize];
+            rng.fill(&mut d);
+            (at, d)
+        })
+        .collect()
+}
+
+/// `base.vhd` and `child.vhd` over it in `dir` ([`PAIR_SIZE`], 1 MiB blocks, data in both);
+/// returns (base, child). The fixture of the CLI's `merge` and `flatten` tests.
+pub fn vhd_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut base = VhdBuilder::dynamic(PAIR_SIZE).block_size(MIB as u32);
+    for (o, d) in pair_writes(1) {
+        base.write(o, &d);
+    }
+    let mut child = VhdBuilder::differencing(PAIR_SIZE, base.id())
+        .block_size(MIB as u32)
+        .parent_name("base.vhd")
+        .locator(Locator::w2ru(r".\base.vhd"));
+    for (o, d) in pair_writes(2) {
+        child.write(o, &d);
+    }
+    let (b, c) = (dir.join("base.vhd"), dir.join("child.vhd"));
+    std::fs::write(&b, base.build().bytes).expect("write the base");
+    std::fs::write(&c, child.build().bytes).expect("write the child");
+    (b, c)
+}
+
+/// `base.vhdx` and `child.avhdx` over it in `dir`, as [`vhd_pair`].
+pub fn vhdx_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut base = VhdxBuilder::new(Kind::Dynamic, PAIR_SIZE, MIB as u32, 512);
+    for (o, d) in pair_writes(3) {
+        base.write(o, &d);
+    }
+    let mut child = VhdxBuilder::new(Kind::Differencing, PAIR_SIZE, MIB as u32, 512);
+    child.parent_linkage = base.data_write_guid;
+    child.relative_path = Some(r".\base.vhdx".into());
+    for (o, d) in pair_writes(4) {
+        child.write(o, &d);
+    }
+    let (b, c) = (dir.join("base.vhdx"), dir.join("child.avhdx"));
+    std::fs::write(&b, base.build().bytes).expect("write the base");
+    std::fs::write(&c, child.build().bytes).expect("write the child");
+    (b, c)
+}
+
+/// `parent` (4 MiB, data at 512) and `child` over it, 6 MiB (grown after the snapshot; data
+/// at 5 MiB), as VHDs in `dir`; returns the child. Merging would have to grow the parent.
+pub fn grown_vhd_child(dir: &Path, parent: &str, child: &str) -> PathBuf {
+    let mut base = VhdBuilder::dynamic(4 * MIB).block_size(MIB as u32);
+    base.write(512, &[7; 1024]);
+    let mut big = VhdBuilder::differencing(6 * MIB, base.id())
+        .block_size(MIB as u32)
+        .parent_name(parent)
+        .locator(Locator::w2ru(&format!(r".\{parent}")));
+    big.write(5 * MIB, &[9; 1536]);
+    std::fs::write(dir.join(parent), base.build().bytes).expect("write the parent");
+    let p = dir.join(child);
+    std::fs::write(&p, big.build().bytes).expect("write the grown child");
+    p
+}
+
 /// Sample every `k`th point of a long crash matrix: all points when `VHDKIT_FULL_MATRIX` is set
 /// (to anything but `0`), else points `1, 1 + k, 1 + 2k, ...` and always the last one.
 pub fn sampled(count: usize, k: usize) -> Vec<usize> {

@@ -142,48 +142,31 @@ pub fn run_with_error<S: AsRef<OsStr>>(
     o
 }
 
-/// True when the call strace injected an error into (in `log_text`, written with `-y`) is a
-/// sync of a file whose previous traced call was a successful sync: nothing was written in
-/// between, so the failure of this one cannot lose data (on Linux a successful fsync made
-/// everything before it durable). Needs the writes of the run traced too.
-pub fn injected_into_redundant_sync(log_text: &str) -> bool {
-    let lines: Vec<&str> = log_text.lines().collect();
-    let Some(i) = lines.iter().position(|l| l.contains("(INJECTED)")) else {
-        return false;
-    };
-    let fd_of = |l: &str| -> Option<String> {
-        let open = l.find('(')?;
-        let close = l[open..].find([',', ')'])? + open;
-        Some(l[open + 1..close].to_string())
-    };
-    let is_sync = |l: &str| l.contains(" fsync(") || l.contains(" fdatasync(");
-    let Some(fd) = fd_of(lines[i]).filter(|_| is_sync(lines[i])) else {
-        return false;
-    };
-    let prev = lines[..i]
-        .iter()
-        .rev()
-        .find(|l| fd_of(l).as_deref() == Some(fd.as_str()));
-    prev.is_some_and(|l| is_sync(l) && l.trim_end().ends_with("= 0"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::injected_into_redundant_sync as redundant;
-
-    #[test]
-    fn a_sync_after_a_sync_is_redundant_only_without_a_write_between() {
-        let inj = "9 fsync(7</d/a>) = -1 EIO (Input/output error) (INJECTED)";
-        let log = |before: &str| format!("{before}\n{inj}\n");
-        assert!(redundant(&log("9 fsync(7</d/a>) = 0")));
-        assert!(!redundant(&log(
-            "9 fsync(7</d/a>) = 0\n9 pwrite64(7</d/a>, \"x\", 1, 0) = 1"
-        )));
-        assert!(!redundant(&log("9 pwrite64(7</d/a>, \"x\", 1, 0) = 1")));
-        assert!(!redundant(&log("9 fsync(7</d/a>) = -1 EIO")));
-        assert!(redundant(&log(
-            "9 fsync(7</d/a>) = 0\n9 pwrite64(8</d/b>, \"x\", 1, 0) = 1"
-        )));
-        assert!(!redundant("9 fsync(7</d/a>) = 0\n"));
+/// The whole kill protocol over `counts` (from [`count_syscalls`]): for every call name and
+/// every `k` in `points(n)` (all of `1..=n`, or a sample), `fresh()` restores the files, the
+/// run is killed at the `k`th call ([`run_killed_at`] proves it) and `after_kill(name, k)`
+/// checks the state; then, per name, one run past the last point must complete
+/// ([`run_past_last`]) and `after_done(name)` checks the result. Returns the number of kills.
+pub fn every_point<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    counts: &BTreeMap<String, usize>,
+    points: impl Fn(usize) -> Vec<usize>,
+    mut fresh: impl FnMut(),
+    mut after_kill: impl FnMut(&str, usize),
+    mut after_done: impl FnMut(&str),
+) -> usize {
+    let mut runs = 0;
+    for (name, &n) in counts {
+        for k in points(n) {
+            fresh();
+            run_killed_at(program, args, name, k);
+            runs += 1;
+            after_kill(name, k);
+        }
+        fresh();
+        run_past_last(program, args, name, n);
+        after_done(name);
     }
+    runs
 }

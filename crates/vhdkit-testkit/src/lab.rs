@@ -61,3 +61,22 @@ fn put(dir: &Path, rel: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).expect("write a lab file");
     p
 }
+
+/// A lab with the identities its images were built with (VHD unique ids; VHDX DataWriteGuids as
+/// little-endian bytes). Derefs to the [`Lab`].
+#[derive(Debug)]
+pub struct IdLab {
+    /// The lab.
+    pub lab: Lab,
+    /// The child's own id.
+    pub child_id: [u8; 16],
+    /// The id of the parent the child was made from (what its linkage records).
+    pub parent_id: [u8; 16],
+}
+
+impl std::ops::Deref for IdLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}

@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod foreign;
 pub mod kill;
 pub mod lab;
+pub mod mount;
 pub mod vhd;
 pub mod vhdx;
 
@@ -23,6 +24,7 @@ pub mod oracle;
 pub mod skip;
 pub mod snapshot;
 pub mod through;
+pub mod writes;
 
 pub use skip::{require_file, skip_or_fail};
 
@@ -126,17 +128,31 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// True when `cmd --version` runs; otherwise skips (fails in CI) naming `why`.
+/// True when `cmd` is an executable file: a path, or a name found on `PATH`; otherwise skips
+/// (fails in CI) naming `why`. A lookup rather than a probe run: tools disagree on how to ask
+/// their version (`mkfs.xfs` and `filefrag` know only `-V`, others only `--version`).
 pub fn have_tool(cmd: &str, why: &str) -> bool {
-    let ok = Command::new(cmd)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success() || !o.stdout.is_empty())
-        .unwrap_or(false);
+    let ok = find_executable(cmd).is_some();
     if !ok {
-        skip_or_fail(&format!("{why}: `{cmd}` is not installed"));
+        skip_or_fail(&format!("{why}: `{cmd}` is not installed (not on PATH)"));
     }
     ok
+}
+
+/// Where `cmd` runs from: itself when it names a path, else the first executable file of that
+/// name in a `PATH` folder.
+pub fn find_executable(cmd: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if cmd.contains('/') {
+        return Some(PathBuf::from(cmd)).filter(|p| executable(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| executable(p))
 }
 
 /// True when Python can import `module` with `/usr/bin/python3` (Debian's pyvhdi lives there);
@@ -210,3 +226,32 @@ impl Rng {
 
 /// Chains of any depth for the tests of `merge` and `flatten`.
 pub mod chains;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::find_executable;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Found by name on PATH, or by path only when executable; never by running it (so tools
+    /// without `--version` count).
+    #[test]
+    fn executables_are_found_without_running_them() {
+        let sh = find_executable("sh").expect("sh is on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(find_executable("vhdkit-no-such-tool-here"), None);
+        let d = tempfile::tempdir().unwrap();
+        let tool = d.path().join("tool");
+        std::fs::write(&tool, "#!/bin/sh\nexit 1\n").unwrap();
+        let by_path = tool.to_str().unwrap();
+        assert_eq!(find_executable(by_path), None, "not executable yet");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // It exits 1 (as `mkfs.xfs --version` would): still a tool that is there.
+        assert_eq!(find_executable(by_path), Some(tool.clone()));
+        assert_eq!(
+            find_executable(d.path().to_str().unwrap()),
+            None,
+            "a folder"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vhdkit::{Chain, ChainOptions, Disk, OpenOptions};
@@ -26,6 +26,27 @@ pub fn read_chain(p: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     v.read_to_end(&mut out).expect("read the chain");
     out
+}
+
+/// The files of the chain of `p` opened with `o`, `p` first, each canonicalized: which parents
+/// the walker took, for tests that know it.
+pub fn chain_files(p: &Path, o: &ChainOptions) -> Vec<PathBuf> {
+    let chain = Chain::open(p, o).unwrap_or_else(|e| panic!("chain of {}: {e}", p.display()));
+    chain
+        .disks()
+        .iter()
+        .map(|d| {
+            let path = d.path().expect("a chain member opened from a path");
+            path.canonicalize()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// `p` canonicalized (for comparing with [`chain_files`]).
+pub fn canon(p: &Path) -> PathBuf {
+    p.canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// An in-memory image opened with default options.
@@ -122,12 +143,24 @@ pub fn apply(model: &mut [u8], writes: &[(u64, Vec<u8>)]) {
     }
 }
 
+/// Whether a metadata-only change may change the file's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// The file keeps its length (every VHDX reparent; a VHD reparent that relocates nothing).
+    Same,
+    /// The length may change, but only by bytes inside the allowed areas (a VHD reparent that
+    /// moves a locator's data and the footer past the old end).
+    MayChange,
+}
+
 /// Every byte that differs between `old` and `new`, including every byte one has past the
-/// other's end, must lie in one of `allowed`. So a length change passes only when the bytes
-/// gained or lost are allowed: a VHD reparent may move a locator and the footer past the old
-/// end; a VHDX reparent never changes the length (its allowed areas end before the data).
+/// other's end, must lie in one of `allowed`; with [`Length::Same`] the lengths must also be
+/// equal. One rule for both formats: the caller says which length rule applies.
 #[track_caller]
-pub fn assert_changes_within(old: &[u8], new: &[u8], allowed: &[Range<usize>]) {
+pub fn assert_changes_within(old: &[u8], new: &[u8], allowed: &[Range<usize>], length: Length) {
+    if length == Length::Same {
+        assert_eq!(old.len(), new.len(), "the file length changed");
+    }
     let n = old.len().max(new.len());
     for i in 0..n {
         if old.get(i) != new.get(i) && !allowed.iter().any(|r| r.contains(&i)) {
@@ -139,5 +172,48 @@ pub fn assert_changes_within(old: &[u8], new: &[u8], allowed: &[Range<usize>]) {
                 new.len()
             );
         }
+    }
+}
+
+/// What opening many randomly damaged images gave: every one is refused, or opens and then
+/// reads exactly its virtual size or fails the read with an error (never a short read, never a
+/// panic).
+#[derive(Debug, Default)]
+pub struct DamageTally {
+    /// Refused at open.
+    pub refused: usize,
+    /// Opened and read whole.
+    pub read_whole: usize,
+    /// Opened, then the read failed with an error.
+    pub read_failed: usize,
+}
+
+impl DamageTally {
+    /// Record the open of one damaged image (`what` names the damage in messages).
+    #[track_caller]
+    pub fn record(&mut self, opened: Result<Disk, vhdkit::Error>, what: &str) {
+        let Ok(d) = opened else {
+            self.refused += 1;
+            return;
+        };
+        // An opened disk describes itself consistently.
+        let size = d.virtual_size();
+        assert_eq!(d.info().virtual_size, size, "{what}");
+        let mut buf = Vec::new();
+        match d.view().read_to_end(&mut buf) {
+            Ok(n) => {
+                assert_eq!(n as u64, size, "{what}: a short read without an error");
+                self.read_whole += 1;
+            }
+            Err(_) => self.read_failed += 1,
+        }
+    }
+
+    /// Both outcomes occurred (the damage reached checked structures and harmless bytes), so
+    /// the run tested something; prints the tally.
+    #[track_caller]
+    pub fn assert_both_seen(&self) {
+        println!("{self:?}");
+        assert!(self.refused > 0 && self.read_whole > 0, "{self:?}");
     }
 }

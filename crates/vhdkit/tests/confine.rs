@@ -8,6 +8,7 @@ use vhdkit::AttemptOutcome;
 
 use vhdkit::check::{check_file, CheckOptions};
 use vhdkit::{Chain, ChainOptions};
+use vhdkit_testkit::through::{canon, chain_files};
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 
 const PARENT_ID: [u8; 16] = *b"confined-parent!";
@@ -49,6 +50,11 @@ fn confined(t: &Tree) -> ChainOptions {
     ChainOptions::default().confine(&t.inside)
 }
 
+/// The chain of `c` opened with `o` is `c` over `parent` (the file the walker took).
+fn assert_parent(c: &Path, o: &ChainOptions, parent: &Path) {
+    assert_eq!(chain_files(c, o), [canon(c), canon(parent)]);
+}
+
 #[test]
 fn locators_leading_outside_are_refused() {
     let t = tree();
@@ -64,7 +70,7 @@ fn locators_leading_outside_are_refused() {
         ],
     );
     // Unconfined, the good parent outside is found: the refusal below is confinement's doing.
-    Chain::open(&c, &ChainOptions::default()).unwrap();
+    assert_parent(&c, &ChainOptions::default(), &t.outside.join("base.vhd"));
     let e = Chain::open(&c, &confined(&t)).unwrap_err().to_string();
     assert!(e.contains("refused by confinement"), "{e}");
     let report = Chain::inspect(&c, &confined(&t)).unwrap();
@@ -83,7 +89,7 @@ fn a_link_inside_to_a_file_outside_is_refused() {
     let c = t.inside.join("vm/child.vhd");
     child(&c, vec![Locator::w2ru(".\\base.vhd")]);
     std::os::unix::fs::symlink(t.outside.join("base.vhd"), t.inside.join("vm/base.vhd")).unwrap();
-    Chain::open(&c, &ChainOptions::default()).unwrap();
+    assert_parent(&c, &ChainOptions::default(), &t.outside.join("base.vhd"));
     let e = Chain::open(&c, &confined(&t)).unwrap_err().to_string();
     assert!(e.contains("refused by confinement"), "{e}");
 }
@@ -103,7 +109,7 @@ fn a_parent_inside_resolves_and_missing_ones_read_not_found() {
     // Several folders confine together; a folder that does not hold the parent does not help.
     let other = t.outside.clone();
     let o = ChainOptions::default().confine(&other).confine(&t.inside);
-    Chain::open(&c, &o).unwrap();
+    assert_parent(&c, &o, &t.inside.join("base.vhd"));
     let e = Chain::open(&c, &ChainOptions::default().confine(&other)).unwrap_err();
     assert!(e.to_string().contains("refused by confinement"), "{e}");
 }
@@ -157,10 +163,11 @@ fn search_folders_and_maps_outside_are_refused_too() {
         ChainOptions::default().search_dir(&t.outside),
         ChainOptions::default().path_map(map),
     ] {
-        Chain::open(&c, &o).unwrap();
+        assert_parent(&c, &o, &t.outside.join("base.vhd"));
         let e = Chain::open(&c, &o.clone().confine(&t.inside)).unwrap_err();
         assert!(e.to_string().contains("refused by confinement"), "{e}");
         // Confining to the outside folder as well lets it in.
-        Chain::open(&c, &o.confine(&t.inside).confine(&t.outside)).unwrap();
+        let both = o.confine(&t.inside).confine(&t.outside);
+        assert_parent(&c, &both, &t.outside.join("base.vhd"));
     }
 }

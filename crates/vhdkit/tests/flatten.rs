@@ -15,112 +15,11 @@ use vhdkit::txn::fault::{FaultPlan, FaultyFile, MemJournal};
 use vhdkit::txn::journal::{self, JournalStore, Recovery};
 use vhdkit::FlattenPlan;
 use vhdkit::{ChainOptions, ChainView, Disk, DiskType, OpenOptions};
+use vhdkit_testkit::chains::{vhd_chain, vhdx_chain};
 use vhdkit_testkit::through::{qemu_raw, read_chain, tmp};
-use vhdkit_testkit::vhd::{Locator, VhdBuilder};
-use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::{sha256, sha256_file, Rng};
+use vhdkit_testkit::{sha256, sha256_file};
 
 const MIB: u64 = 1 << 20;
-
-/// Random writes: sector-unaligned starts and lengths (so bitmap bytes are partly set), a
-/// whole block, and writes across block boundaries.
-fn writes(rng: &mut Rng, size: u64, n: usize) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let len = 1 + rng.below(3 * 4096) as usize;
-        let at = rng.below(size - len as u64);
-        let mut d = vec![0u8; len];
-        rng.fill(&mut d);
-        out.push((at, d));
-    }
-    // Sectors 1, 3, 6 of the first block: bitmap byte 0b0101_0010 (sub-byte patterns).
-    for s in [1u64, 3, 6, 9, 15, 16] {
-        out.push((s * 512, vec![s as u8 + 1; 512]));
-    }
-    out
-}
-
-/// The builders write whole logical sectors: `d` at `o` widened to them.
-fn aligned(o: u64, mut d: Vec<u8>, s: u64, size: u64) -> (u64, Vec<u8>) {
-    let at = o / s * s;
-    let len = ((o - at) + d.len() as u64).div_ceil(s) * s;
-    d.resize(len.min(size - at) as usize, 0xA5);
-    (at, d)
-}
-
-/// A chain `p0 <- p1 <- ... <- child` of `depth` parents in one folder; returns the child and
-/// the parents (nearest first).
-fn vhd_chain(dir: &Path, size: u64, depth: usize, seed: u64) -> (PathBuf, Vec<PathBuf>) {
-    let mut rng = Rng::new(seed);
-    let mut prev: Option<(String, [u8; 16])> = None;
-    let mut paths = Vec::new();
-    for level in 0..=depth {
-        let name = if level == depth {
-            "child.vhd".to_string()
-        } else {
-            format!("p{level}.vhd")
-        };
-        let mut b = match &prev {
-            None => VhdBuilder::dynamic(size),
-            Some((pname, id)) => VhdBuilder::differencing(size, *id)
-                .parent_name(pname)
-                .locator(Locator::w2ru(&format!(r".\{pname}"))),
-        }
-        .block_size(MIB as u32)
-        .timestamp(1000 + level as u32);
-        for (o, d) in writes(&mut rng, size, 12) {
-            let (at, full) = aligned(o, d, 512, size);
-            b.write(at, &full);
-        }
-        let p = dir.join(&name);
-        std::fs::write(&p, b.build().bytes).unwrap();
-        prev = Some((name, b.id()));
-        paths.push(p);
-    }
-    let child = paths.pop().unwrap();
-    paths.reverse();
-    (child, paths)
-}
-
-fn vhdx_chain(
-    dir: &Path,
-    size: u64,
-    depth: usize,
-    sector: u32,
-    seed: u64,
-) -> (PathBuf, Vec<PathBuf>) {
-    let mut rng = Rng::new(seed);
-    let mut prev: Option<(String, uuid::Uuid)> = None;
-    let mut paths = Vec::new();
-    for level in 0..=depth {
-        let name = if level == depth {
-            "child.avhdx".to_string()
-        } else {
-            format!("p{level}.vhdx")
-        };
-        let kind = if prev.is_some() {
-            Kind::Differencing
-        } else {
-            Kind::Dynamic
-        };
-        let mut b = VhdxBuilder::new(kind, size, MIB as u32, sector);
-        if let Some((pname, guid)) = &prev {
-            b.parent_linkage = *guid;
-            b.relative_path = Some(format!(r".\{pname}"));
-        }
-        for (o, d) in writes(&mut rng, size, 12) {
-            let (at, full) = aligned(o, d, u64::from(sector), size);
-            b.write(at, &full);
-        }
-        let p = dir.join(&name);
-        std::fs::write(&p, b.build().bytes).unwrap();
-        prev = Some((name, b.data_write_guid));
-        paths.push(p);
-    }
-    let child = paths.pop().unwrap();
-    paths.reverse();
-    (child, paths)
-}
 
 /// Flatten `child` with the library, and check it against every oracle.
 /// `qemu_fmt` `None`: qemu cannot read the result (it opens only 512-byte logical sectors).

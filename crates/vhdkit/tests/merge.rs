@@ -528,18 +528,8 @@ fn into_outside_the_chain_and_a_standalone_child_are_refused() {
 /// ancestor (resize), refused.
 #[test]
 fn a_child_larger_than_the_ancestor_is_refused() {
-    use vhdkit_testkit::vhd::{Locator, VhdBuilder};
     let d = tmp();
-    let mut base = VhdBuilder::dynamic(4 * MIB).block_size(MIB as u32);
-    base.write(512, &[7; 1024]);
-    let mut child = VhdBuilder::differencing(6 * MIB, base.id())
-        .block_size(MIB as u32)
-        .parent_name("base.vhd")
-        .locator(Locator::w2ru(r".\base.vhd"));
-    child.write(5 * MIB, &[9; 1536]);
-    std::fs::write(d.path().join("base.vhd"), base.build().bytes).unwrap();
-    let leaf = d.path().join("leaf.vhd");
-    std::fs::write(&leaf, child.build().bytes).unwrap();
+    let leaf = vhdkit_testkit::chains::grown_vhd_child(d.path(), "base.vhd", "leaf.vhd");
     let snap = Snapshot::tree(d.path());
     let e = plan_or_apply(&leaf, None, &ChainOptions::default());
     assert_refused(&e, "larger child", "size");

@@ -45,7 +45,7 @@ fn a_copy_written_after_the_plan_is_kept() {
     lab(dir.path());
     let plan = plan_share(dir.path(), dir.path().join("shared"), &opts(), ()).unwrap();
     let g = &plan.groups[0];
-    assert!(g.content_sha256.is_some());
+    assert!(g.content_blake3.is_some());
     let copy = g.copies.iter().find(|c| c.delete).unwrap().path.clone();
     touch(&copy);
     let rep = apply_share(&plan, &opts(), ()).unwrap();

@@ -5,8 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Seek, SeekFrom, Write};
 
 use vhdkit::txn::fault::{FaultPlan, FaultyFile};
 use vhdkit::vhd::create::{self as vc, NewKind, NewVhd};
@@ -14,9 +13,12 @@ use vhdkit::vhd::write::VhdWriter;
 use vhdkit::{
     Chain, ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions, WritableDisk,
 };
-use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
-use vhdkit_testkit::{sha256, sha256_file, Rng};
+use vhdkit_testkit::writes::{
+    assert_overwrite_refused, assert_reads_model, fail_each_operation, make_chain,
+    random_writes_on_top, raw_input, read_image, write_through, FaultBatch,
+};
+use vhdkit_testkit::{sha256, Rng};
 
 const MIB: u64 = 1 << 20;
 
@@ -37,32 +39,8 @@ fn check_standalone(fixed: bool, size: u64) {
     if let Some(q) = qemu_raw("vpc", &p, d.path()) {
         assert_eq!(q, model, "qemu: empty {size}");
     }
-    let writes = pattern_writes(size);
-    {
-        let mut w = WritableDisk::open(&p, &ChainOptions::default()).unwrap();
-        for (o, data) in &writes {
-            w.write_at(*o, data).unwrap();
-        }
-        apply(&mut model, &writes);
-        let mut all = vec![0u8; size as usize];
-        w.read_exact_at(&mut all, 0).unwrap();
-        assert_eq!(all, model, "writer's own read before flush");
-        w.close().unwrap();
-    }
-    let disk = Disk::open(&p).unwrap();
-    assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
-    assert_eq!(
-        read_chain(&p),
-        model,
-        "vhdkit read-back fixed={fixed} size={size}"
-    );
-    if let Some(q) = qemu_raw("vpc", &p, d.path()) {
-        assert_eq!(
-            sha256(&q),
-            sha256(&model),
-            "qemu read-back fixed={fixed} size={size}"
-        );
-    }
+    write_through(&p, &mut model, &pattern_writes(size));
+    let disk = assert_reads_model(&p, &model, Some("vpc"), d.path());
     if !fixed {
         // Windows layout: file length a multiple of 4 KiB, block data 4 KiB-aligned.
         assert_eq!(std::fs::metadata(&p).unwrap().len() % 4096, 0);
@@ -262,102 +240,13 @@ fn create_refuses_bad_requests_and_leaves_no_file() {
 }
 
 /// A chain base (dynamic, with data) -> mid (differencing, with data) -> top (differencing).
-fn make_chain(dir: &Path, size: u64, block: u32, rng: &mut Rng) -> (Vec<PathBuf>, Vec<u8>) {
-    let base = dir.join("base.vhd");
-    let mid = dir.join("mid.avhd");
-    let top = dir.join("top.avhd");
-    vhdkit::create(&base, &CreateParams::dynamic(size).block_size(block)).unwrap();
-    let mut model = vec![0u8; size as usize];
-    {
-        let mut w = WritableDisk::open(&base, &ChainOptions::default()).unwrap();
-        for i in 0..40 {
-            let off = rng.below(size);
-            let len = (rng.below(64 << 10) + 1).min(size - off);
-            let mut data = vec![0u8; len as usize];
-            rng.fill(&mut data);
-            data[0] = i + 1;
-            w.write_at(off, &data).unwrap();
-            apply(&mut model, &[(off, data)]);
-        }
-        w.close().unwrap();
-    }
-    vhdkit::create(&mid, &CreateParams::differencing(&base).block_size(block)).unwrap();
-    {
-        let mut w = WritableDisk::open(&mid, &ChainOptions::default()).unwrap();
-        for _ in 0..40 {
-            let off = rng.below(size);
-            let len = (rng.below(20_000) + 1).min(size - off);
-            let mut data = vec![0u8; len as usize];
-            rng.fill(&mut data);
-            w.write_at(off, &data).unwrap();
-            apply(&mut model, &[(off, data)]);
-        }
-        w.close().unwrap();
-    }
-    vhdkit::create(&top, &CreateParams::differencing(&mid).block_size(block)).unwrap();
-    assert_eq!(read_chain(&top), model);
-    (vec![top, mid, base], model)
-}
-
 fn random_writes_depth_3(size: u64, block: u32, seed: u64, writes: usize) {
     let d = tmp();
     let mut rng = Rng::new(seed);
-    let (paths, mut model) = make_chain(d.path(), size, block, &mut rng);
-    let top = &paths[0];
-    // Writes to the top never touch its parents (opened read-only): bytes and mtimes.
-    let parents = Snapshot::files(&paths[1..]);
-    let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
-    let mut all = vec![0u8; size as usize];
-    for i in 0..writes {
-        let off = rng.below(size);
-        let len = match rng.below(4) {
-            0 => rng.below(512) + 1,                  // sub-sector
-            1 => (rng.below(16) + 1) * 512,           // whole sectors
-            2 => rng.below(3 * u64::from(block)) + 1, // across blocks
-            _ => rng.below(8192) + 1,
-        }
-        .min(size - off);
-        let off = if rng.below(3) == 0 {
-            off / 512 * 512
-        } else {
-            off
-        };
-        let len = len.min(size - off);
-        let mut data = vec![0u8; len as usize];
-        rng.fill(&mut data);
-        // Through the Write + Seek interface half the time.
-        if i % 2 == 0 {
-            w.write_at(off, &data).unwrap();
-        } else {
-            w.seek(SeekFrom::Start(off)).unwrap();
-            w.write_all(&data).unwrap();
-        }
-        apply(&mut model, &[(off, data)]);
-        if i % 97 == 0 {
-            // Spot check through the writer's own read path.
-            let o = rng.below(size);
-            let n = (rng.below(9000) + 1).min(size - o) as usize;
-            let mut b = vec![0u8; n];
-            w.seek(SeekFrom::Start(o)).unwrap();
-            w.read_exact(&mut b).unwrap();
-            assert_eq!(b, model[o as usize..o as usize + n], "write {i}");
-        }
-        if i % 500 == 499 {
-            w.flush().unwrap();
-            w.read_exact_at(&mut all, 0).unwrap();
-            assert!(all == model, "writer view after flush {i}");
-            assert!(read_chain(top) == model, "fresh chain after flush {i}");
-        }
-    }
-    w.close().unwrap();
-    assert!(read_chain(top) == model, "after close");
-    let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
-    w.read_exact_at(&mut all, 0).unwrap();
-    assert!(all == model, "after reopen");
-    drop(w);
-    parents.assert_unchanged("parents after writes to the top");
-    let disk = Disk::open(top).unwrap();
-    assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
+    let names = ("base.vhd", "mid.avhd", "top.avhd");
+    let params = CreateParams::dynamic(size).block_size(block);
+    let (paths, model) = make_chain(d.path(), names, &params, block, &mut rng);
+    random_writes_on_top(&paths, model, (block, 512), &mut rng, writes);
 }
 
 #[test]
@@ -452,14 +341,6 @@ fn new_image(kind: NewKind, size: u64, block: u32) -> Vec<u8> {
     f.contents_all_written()
 }
 
-fn view_of(bytes: Vec<u8>, parent: Option<&[u8]>) -> Result<ChainView, vhdkit::Error> {
-    let mut layers = vec![disk_of(bytes)?];
-    if let Some(p) = parent {
-        layers.push(disk_of(p.to_vec())?);
-    }
-    Ok(ChainView::new(layers))
-}
-
 fn writable(file: FaultyFile, parent: Option<&[u8]>) -> Result<WritableDisk, vhdkit::Error> {
     let w = VhdWriter::open(file, &OpenOptions::default())?;
     let pv = match parent {
@@ -524,13 +405,6 @@ fn fault_injection(diff: bool) {
         .collect();
     run_batch(f.clone(), parent, &pre).unwrap();
     let before = f.contents_all_written();
-    let read_all = |bytes: Vec<u8>| -> Result<Vec<u8>, vhdkit::Error> {
-        let v = view_of(bytes, parent)?;
-        let mut out = vec![0u8; size as usize];
-        v.read_exact_at(&mut out, 0)?;
-        Ok(out)
-    };
-    let old = read_all(before.clone()).unwrap();
     // The batch: in-place writes into allocated blocks, partial sectors, new blocks, a write
     // across a block boundary.
     let mut batch = Vec::new();
@@ -546,44 +420,20 @@ fn fault_injection(diff: bool) {
         rng.fill(&mut d);
         batch.push((o, d));
     }
-    let mut new = old.clone();
+    let mut new = read_image(before.clone(), parent).unwrap();
     apply(&mut new, &batch);
-    // Count the mutating operations of a clean run.
-    let plan = FaultPlan::new(None);
-    let clean = FaultyFile::new(before.clone(), plan.clone());
-    run_batch(clean.clone(), parent, &batch).unwrap();
-    assert_eq!(read_all(clean.contents_all_written()).unwrap(), new);
-    let ops = plan.count();
-    assert!(ops > 10, "only {ops} operations");
-    eprintln!(
-        "fault injection (differencing={diff}): {ops} mutating operations, each failed in turn"
+    let ops = fail_each_operation(
+        &FaultBatch {
+            before,
+            parent,
+            new,
+            sector: 512,
+            run: &|f| run_batch(f, parent, &batch),
+            writable: &|f| writable(f, parent),
+        },
+        &format!("vhd, differencing={diff}"),
     );
-    for k in 1..=ops {
-        let plan = FaultPlan::new(Some(k));
-        let f = FaultyFile::new(before.clone(), plan);
-        assert!(
-            run_batch(f.clone(), parent, &batch).is_err(),
-            "op {k} did not fail"
-        );
-        for (which, img) in [
-            ("all written", f.contents_all_written()),
-            ("synced only", f.contents_synced()),
-        ] {
-            let got = read_all(img.clone())
-                .unwrap_or_else(|e| panic!("fail at op {k}/{ops} ({which}): does not open: {e}"));
-            for s in 0..(size / 512) as usize {
-                let r = s * 512..s * 512 + 512;
-                assert!(
-                    got[r.clone()] == old[r.clone()] || got[r.clone()] == new[r.clone()],
-                    "fail at op {k}/{ops} ({which}): sector {s} is neither old nor new"
-                );
-            }
-            // The crashed file stays writable: a later session can allocate and write.
-            let mut w = writable(FaultyFile::new(img, FaultPlan::new(None)), parent).unwrap();
-            w.write_at(size - 4096, &[0x5A; 4096]).unwrap();
-            w.flush().unwrap();
-        }
-    }
+    eprintln!("fault injection (differencing={diff}): {ops} mutating operations, each failed");
 }
 
 #[test]
@@ -599,14 +449,7 @@ fn fault_at_every_operation_differencing() {
 #[test]
 fn convert_raw_to_vhd_and_back() {
     let d = tmp();
-    let raw = d.path().join("in.img");
-    let size = 7 * MIB + 1000; // not a multiple of 512: padded with zeros
-    let mut data = vec![0u8; size as usize];
-    Rng::new(3).fill(&mut data[..MIB as usize]);
-    Rng::new(4).fill(&mut data[5 * MIB as usize..]);
-    std::fs::write(&raw, &data).unwrap();
-    let mut padded = data.clone();
-    padded.resize(size.div_ceil(512) as usize * 512, 0);
+    let (raw, padded) = raw_input(d.path(), 7 * MIB + 1000, 5 * MIB);
     for fixed in [false, true] {
         let out = d.path().join(format!("out-{fixed}.vhd"));
         let src = vhdkit::convert::RawSource::open(&raw).unwrap();
@@ -623,14 +466,10 @@ fn convert_raw_to_vhd_and_back() {
             let len = std::fs::metadata(&out).unwrap().len();
             assert!(len > 6 * MIB && len < 6 * MIB + 64 * 1024, "{len}");
         }
-        let before = sha256_file(&out);
-        let e = vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhd, &opts, ())
-            .unwrap_err();
-        assert!(e.to_string().contains("already exists"), "{e}");
-        assert_eq!(
-            sha256_file(&out),
-            before,
-            "fixed={fixed}: a refused overwrite changed OUT"
+        assert_overwrite_refused(
+            &out,
+            || vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhd, &opts, ()),
+            &format!("fixed={fixed}"),
         );
     }
 }
@@ -649,19 +488,8 @@ fn writes_into_real_windows_disks() {
         let p = vhdkit_testkit::unpack_real(&real, rel, d.path());
         let mut model = read_chain(&p);
         let size = model.len() as u64;
-        let writes = pattern_writes(size);
-        let mut w = WritableDisk::open(&p, &ChainOptions::default()).unwrap();
-        for (o, data) in &writes {
-            w.write_at(*o, data).unwrap();
-        }
-        w.close().unwrap();
-        apply(&mut model, &writes);
-        let disk = Disk::open(&p).unwrap();
-        assert!(disk.warnings().is_empty(), "{rel}: {:?}", disk.warnings());
-        assert!(read_chain(&p) == model, "{rel}: vhdkit read-back");
-        if let Some(q) = qemu_raw("vpc", &p, d.path()) {
-            assert_eq!(sha256(&q), sha256(&model), "{rel}: qemu read-back");
-        }
+        write_through(&p, &mut model, &pattern_writes(size));
+        assert_reads_model(&p, &model, Some("vpc"), d.path());
     }
 }
 

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use vhdkit::txn::fault::{FaultPlan, FaultyFile};
@@ -14,8 +14,11 @@ use vhdkit::vhdx::create::{self as vc, NewKind, NewParent, NewVhdx};
 use vhdkit::vhdx::write::VhdxWriter;
 use vhdkit::{ChainOptions, ChainView, CreateParams, Disk, DiskType, OpenOptions};
 use vhdkit::{DiskFormat, WritableDisk};
-use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::through::{apply, disk_of, pattern_writes, qemu_raw, read_chain, tmp};
+use vhdkit_testkit::writes::{
+    assert_overwrite_refused, assert_reads_model, fail_each_operation, make_chain,
+    random_writes_on_top, raw_input, read_image, write_through, FaultBatch,
+};
 use vhdkit_testkit::{sha256, Rng};
 
 const MIB: u64 = 1 << 20;
@@ -55,20 +58,11 @@ fn check_standalone(fixed: bool, size: u64, logical: u32) {
             assert_eq!(q, model, "qemu: empty {size}");
         }
     }
-    let writes = pattern_writes(size);
-    {
-        let mut w = WritableDisk::open(&p, &ChainOptions::default()).unwrap();
-        for (o, data) in &writes {
-            w.write_at(*o, data).unwrap();
-        }
-        apply(&mut model, &writes);
-        let mut all = vec![0u8; size as usize];
-        w.read_exact_at(&mut all, 0).unwrap();
-        assert!(all == model, "writer's own read before flush");
-        w.close().unwrap();
-    }
-    let disk = Disk::open(&p).unwrap();
-    assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
+    write_through(&p, &mut model, &pattern_writes(size));
+    // qemu-img supports only 512-byte logical sectors (its vhdx driver returns ENOTSUP
+    // otherwise); libvhdi reads both.
+    let qemu = (logical == 512).then_some("vhdx");
+    let disk = assert_reads_model(&p, &model, qemu, d.path());
     assert_eq!(disk.logical_sector_size(), logical);
     assert_eq!(
         disk.disk_type(),
@@ -78,17 +72,6 @@ fn check_standalone(fixed: bool, size: u64, logical: u32) {
             DiskType::Dynamic
         }
     );
-    assert!(
-        read_chain(&p) == model,
-        "vhdkit read-back fixed={fixed} {size}"
-    );
-    // qemu-img supports only 512-byte logical sectors (its vhdx driver returns ENOTSUP
-    // otherwise); libvhdi reads both.
-    if logical == 512 {
-        if let Some(q) = qemu_raw("vhdx", &p, d.path()) {
-            assert_eq!(sha256(&q), sha256(&model), "qemu read-back fixed={fixed}");
-        }
-    }
     if let Some((h, n)) = vhdkit_testkit::oracle::pyvhdi_chain_sha256(&[&p]) {
         assert_eq!(n, size);
         assert_eq!(
@@ -195,103 +178,15 @@ fn differencing_both_sector_sizes_match_libvhdi() {
     }
 }
 
-/// base (dynamic) -> mid (differencing) -> top (differencing), with data in base and mid.
-fn make_chain(
-    dir: &Path,
-    size: u64,
-    block: u32,
-    logical: u32,
-    rng: &mut Rng,
-) -> (Vec<PathBuf>, Vec<u8>) {
-    let base = dir.join("base.vhdx");
-    let mid = dir.join("mid.avhdx");
-    let top = dir.join("top.avhdx");
-    vhdkit::create(
-        &base,
-        &CreateParams::dynamic(size)
-            .block_size(block)
-            .logical_sector_size(logical),
-    )
-    .unwrap();
-    let mut model = vec![0u8; size as usize];
-    let mut batch = |p: &Path, n: usize, max: u64, model: &mut Vec<u8>| {
-        let mut w = WritableDisk::open(p, &ChainOptions::default()).unwrap();
-        for i in 0..n {
-            let off = rng.below(size);
-            let len = (rng.below(max) + 1).min(size - off);
-            let mut data = vec![0u8; len as usize];
-            rng.fill(&mut data);
-            data[0] = i as u8 + 1;
-            w.write_at(off, &data).unwrap();
-            apply(model, &[(off, data)]);
-        }
-        w.close().unwrap();
-    };
-    batch(&base, 40, 64 << 10, &mut model);
-    vhdkit::create(&mid, &CreateParams::differencing(&base).block_size(block)).unwrap();
-    batch(&mid, 40, 20_000, &mut model);
-    vhdkit::create(&top, &CreateParams::differencing(&mid).block_size(block)).unwrap();
-    assert!(read_chain(&top) == model);
-    (vec![top, mid, base], model)
-}
-
 fn random_writes_depth_3(size: u64, block: u32, logical: u32, seed: u64, writes: usize) {
     let d = tmp();
     let mut rng = Rng::new(seed);
-    let (paths, mut model) = make_chain(d.path(), size, block, logical, &mut rng);
-    let top = &paths[0];
-    // Writes to the top never touch its parents (opened read-only): bytes and mtimes.
-    let parents = Snapshot::files(&paths[1..]);
-    let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
-    let mut all = vec![0u8; size as usize];
-    let ls = u64::from(logical);
-    for i in 0..writes {
-        let off = rng.below(size);
-        let len = match rng.below(4) {
-            0 => rng.below(ls) + 1,                   // sub-sector
-            1 => (rng.below(16) + 1) * ls,            // whole sectors
-            2 => rng.below(3 * u64::from(block)) + 1, // across blocks
-            _ => rng.below(8192) + 1,
-        };
-        let off = if rng.below(3) == 0 {
-            off / ls * ls
-        } else {
-            off
-        };
-        let len = len.min(size - off);
-        let mut data = vec![0u8; len as usize];
-        rng.fill(&mut data);
-        if i % 2 == 0 {
-            w.write_at(off, &data).unwrap();
-        } else {
-            w.seek(SeekFrom::Start(off)).unwrap();
-            w.write_all(&data).unwrap();
-        }
-        apply(&mut model, &[(off, data)]);
-        if i % 97 == 0 {
-            let o = rng.below(size);
-            let n = (rng.below(9000) + 1).min(size - o) as usize;
-            let mut b = vec![0u8; n];
-            w.seek(SeekFrom::Start(o)).unwrap();
-            w.read_exact(&mut b).unwrap();
-            assert_eq!(b, model[o as usize..o as usize + n], "write {i}");
-        }
-        if i % 500 == 499 {
-            w.flush().unwrap();
-            w.read_exact_at(&mut all, 0).unwrap();
-            assert!(all == model, "writer view after flush {i}");
-            assert!(read_chain(top) == model, "fresh chain after flush {i}");
-        }
-    }
-    w.close().unwrap();
-    assert!(read_chain(top) == model, "after close");
-    let mut w = WritableDisk::open(top, &ChainOptions::default()).unwrap();
-    w.read_exact_at(&mut all, 0).unwrap();
-    assert!(all == model, "after reopen");
-    drop(w);
-    parents.assert_unchanged("parents after writes to the top");
-    let disk = Disk::open(top).unwrap();
-    assert!(disk.warnings().is_empty(), "{:?}", disk.warnings());
+    let names = ("base.vhdx", "mid.avhdx", "top.avhdx");
+    let params = CreateParams::dynamic(size)
+        .block_size(block)
+        .logical_sector_size(logical);
+    let (paths, model) = make_chain(d.path(), names, &params, block, &mut rng);
+    let model = random_writes_on_top(&paths, model, (block, logical), &mut rng, writes);
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     if let Some((h, n)) = vhdkit_testkit::oracle::pyvhdi_chain_sha256(&refs) {
         assert_eq!(n, size);
@@ -368,29 +263,15 @@ fn writes_into_real_windows_vhdx() {
         let p = vhdkit_testkit::unpack_real(&real, rel, d.path());
         let mut model = read_chain(&p);
         let size = model.len() as u64;
-        let writes = pattern_writes(size);
-        write_all(&p, &writes);
-        apply(&mut model, &writes);
-        let disk = Disk::open(&p).unwrap();
-        assert!(disk.warnings().is_empty(), "{rel}: {:?}", disk.warnings());
-        assert!(read_chain(&p) == model, "{rel}: vhdkit read-back");
-        if let Some(q) = qemu_raw("vhdx", &p, d.path()) {
-            assert_eq!(sha256(&q), sha256(&model), "{rel}: qemu read-back");
-        }
+        write_through(&p, &mut model, &pattern_writes(size));
+        assert_reads_model(&p, &model, Some("vhdx"), d.path());
     }
 }
 
 #[test]
 fn convert_raw_to_vhdx_and_back() {
     let d = tmp();
-    let raw = d.path().join("in.img");
-    let size = 70 * MIB + 1000; // not a multiple of 512: padded with zeros
-    let mut data = vec![0u8; size as usize];
-    Rng::new(3).fill(&mut data[..MIB as usize]);
-    Rng::new(4).fill(&mut data[65 * MIB as usize..]);
-    std::fs::write(&raw, &data).unwrap();
-    let mut padded = data.clone();
-    padded.resize(size.div_ceil(512) as usize * 512, 0);
+    let (raw, padded) = raw_input(d.path(), 70 * MIB + 1000, 65 * MIB);
     for fixed in [false, true] {
         let out = d.path().join(format!("out-{fixed}.vhdx"));
         let src = vhdkit::convert::RawSource::open(&raw).unwrap();
@@ -412,9 +293,11 @@ fn convert_raw_to_vhdx_and_back() {
         } else {
             assert_eq!(disk.disk_type(), DiskType::Fixed);
         }
-        let e = vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhdx, &opts, ())
-            .unwrap_err();
-        assert!(e.to_string().contains("already exists"), "{e}");
+        assert_overwrite_refused(
+            &out,
+            || vhdkit::convert::to_path(&src, &out, vhdkit::convert::Target::Vhdx, &opts, ()),
+            &format!("fixed={fixed}"),
+        );
     }
 }
 
@@ -498,17 +381,6 @@ fn fault_injection(diff: bool, logical: u32, limit: Option<usize>) {
         .collect();
     run_batch(f.clone(), parent, &pre, None).unwrap();
     let before = f.contents_all_written();
-    let read_all = |bytes: Vec<u8>| -> Result<Vec<u8>, vhdkit::Error> {
-        let mut layers = vec![disk_of(bytes)?];
-        if let Some(p) = parent {
-            layers.push(disk_of(p.to_vec())?);
-        }
-        let v = ChainView::new(layers);
-        let mut out = vec![0u8; size as usize];
-        v.read_exact_at(&mut out, 0)?;
-        Ok(out)
-    };
-    let old = read_all(before.clone()).unwrap();
     // In-place writes, partial sectors, new blocks, a whole block, a cross-block write.
     let mut batch = Vec::new();
     for (o, len) in [
@@ -523,57 +395,21 @@ fn fault_injection(diff: bool, logical: u32, limit: Option<usize>) {
         rng.fill(&mut d);
         batch.push((o, d));
     }
-    let mut new = old.clone();
+    let mut new = read_image(before.clone(), parent).unwrap();
     apply(&mut new, &batch);
-    let plan = FaultPlan::new(None);
-    let clean = FaultyFile::new(before.clone(), plan.clone());
-    run_batch(clean.clone(), parent, &batch, limit).unwrap();
-    assert!(read_all(clean.contents_all_written()).unwrap() == new);
-    let ops = plan.count();
-    assert!(ops > 10, "only {ops} operations");
-    eprintln!(
-        "fault injection (differencing={diff}, logical={logical}, limit={limit:?}): {ops} \
-         mutating operations, each failed in turn"
+    let what = format!("vhdx, differencing={diff}, logical={logical}, limit={limit:?}");
+    let ops = fail_each_operation(
+        &FaultBatch {
+            before,
+            parent,
+            new,
+            sector: logical as usize,
+            run: &|f| run_batch(f, parent, &batch, limit),
+            writable: &|f| writable(f, parent, None),
+        },
+        &what,
     );
-    let ls = logical as usize;
-    let mut saw_new = false;
-    for k in 1..=ops {
-        let f = FaultyFile::new(before.clone(), FaultPlan::new(Some(k)));
-        assert!(
-            run_batch(f.clone(), parent, &batch, limit).is_err(),
-            "op {k} did not fail"
-        );
-        for (which, img) in [
-            ("all written", f.contents_all_written()),
-            ("synced only", f.contents_synced()),
-        ] {
-            let got = read_all(img.clone())
-                .unwrap_or_else(|e| panic!("fail at op {k}/{ops} ({which}): does not open: {e}"));
-            for s in 0..size as usize / ls {
-                let r = s * ls..s * ls + ls;
-                assert!(
-                    got[r.clone()] == old[r.clone()] || got[r.clone()] == new[r.clone()],
-                    "fail at op {k}/{ops} ({which}): sector {s} is neither old nor new"
-                );
-            }
-            saw_new |= got == new;
-            // Opening for write replays the log into the file: same contents, and the file
-            // stays writable.
-            let again = FaultyFile::new(img, FaultPlan::new(None));
-            let mut w = writable(again.clone(), parent, None).unwrap();
-            let mut via_writer = vec![0u8; size as usize];
-            w.read_exact_at(&mut via_writer, 0).unwrap();
-            assert!(
-                via_writer == got,
-                "fail at op {k} ({which}): replay differs"
-            );
-            w.write_at(size - 4096, &[0x5A; 4096]).unwrap();
-            w.close().unwrap();
-            let v = read_all(again.contents_synced()).unwrap();
-            assert!(v[..(size - 4096) as usize] == got[..(size - 4096) as usize]);
-        }
-    }
-    assert!(saw_new, "a late failure should leave the committed change");
+    eprintln!("fault injection ({what}): {ops} mutating operations, each failed in turn");
 }
 
 #[test]

@@ -187,7 +187,7 @@ fn render_plan(p: &SharePlan) -> String {
             c.id, c.format
         );
         for (f, h) in &c.files {
-            let _ = writeln!(s, "  {} (contents sha256 {})", f.display(), short(h));
+            let _ = writeln!(s, "  {} (contents blake3 {})", f.display(), short(h));
         }
         for k in &c.children {
             let _ = writeln!(s, "  child left alone: {}", k.display());
@@ -207,9 +207,7 @@ fn render_plan(p: &SharePlan) -> String {
     }
     let _ = writeln!(
         s,
-        "hashed {} of virtual contents ({} read); disk usage {} -> {} (frees {} on disk, {} \
-         apparent)",
-        size(p.bytes_hashed),
+        "read {} of virtual contents; disk usage {} -> {} (frees {} on disk, {} apparent)",
         size(p.bytes_read),
         size(p.size_before),
         size(p.size_after),
@@ -235,9 +233,9 @@ fn render_group(s: &mut String, g: &GroupPlan) {
         size(g.virtual_size),
         g.level,
         g.files,
-        g.content_sha256
+        g.content_blake3
             .as_deref()
-            .map(|h| format!(", contents sha256 {}", short(h)))
+            .map(|h| format!(", contents blake3 {}", short(h)))
             .unwrap_or_default()
     );
     let _ = writeln!(s, "  keeper: {} ({how})", g.keeper.display());

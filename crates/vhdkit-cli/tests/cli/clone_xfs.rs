@@ -21,7 +21,7 @@ pub(crate) struct Xfs {
 
 impl Xfs {
     pub(crate) fn mount() -> Option<Xfs> {
-        if !tool_v(
+        if !need_tool(
             "mkfs.xfs",
             "makes the XFS file system cloning is tested on (xfsprogs)",
         ) {
@@ -56,18 +56,6 @@ impl Drop for Xfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.at).status();
     }
-}
-
-/// Whether `cmd -V` runs (these tools know no `--version`); a loud skip otherwise.
-fn tool_v(cmd: &str, why: &str) -> bool {
-    let ok = Command::new(cmd)
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(&format!("{why}: `{cmd}` is not installed"));
-    }
-    ok
 }
 
 /// `filefrag -v` of `p`: whether any extent is shared.
@@ -110,7 +98,7 @@ fn same_layout(a: &Path, b: &Path, to: &str, what: &str) {
 #[test]
 fn convert_clones_payload_on_xfs_and_matches_a_plain_copy() {
     if !need_tool("qemu-img", "makes the source disks")
-        || !tool_v("filefrag", "shows shared extents (e2fsprogs)")
+        || !need_tool("filefrag", "shows shared extents (e2fsprogs)")
     {
         return;
     }

@@ -39,18 +39,7 @@ fn lab(ext: &str) -> Lab {
     }
     let base = root.join(format!("a-ref/base.{ext}"));
     let child = root.join(format!("vm/child.{ext}"));
-    run_success([
-        "create".as_ref(),
-        base.as_os_str(),
-        "--size".as_ref(),
-        "8M".as_ref(),
-    ]);
-    run_success([
-        "create".as_ref(),
-        child.as_os_str(),
-        "--parent".as_ref(),
-        base.as_os_str(),
-    ]);
+    create_pair(&base, &child, "8M");
     let p1 = root.join(format!("z1/base.{ext}"));
     let p2 = root.join(format!("z2/base.{ext}"));
     std::fs::copy(&base, &p1).unwrap();

@@ -169,18 +169,7 @@ fn convert_check(fixed: bool) {
             run_success(args(&with_json)).json()
         };
         assert_eq!(j["format"], "vhd");
-        let back = p(d.path(), &format!("back{i}.raw"));
-        qemu_to_raw("vpc", &out, &back);
-        assert_eq!(sha256_file(&back), want_sha, "qemu read-back, input {i}");
-        let back2 = p(d.path(), &format!("back{i}-vhdkit.raw"));
-        run_success([
-            "convert".as_ref(),
-            "--to".as_ref(),
-            "raw".as_ref(),
-            out.as_os_str(),
-            back2.as_os_str(),
-        ]);
-        assert_eq!(sha256_file(&back2), want_sha, "vhdkit read-back, input {i}");
+        assert_reads_back(&out, "vpc", &want_sha, &format!("input {i}"));
         let info = run_success(["info".as_ref(), "--json".as_ref(), out.as_os_str()]).json();
         if fixed {
             assert_eq!(info["disk_type"], "fixed");
@@ -189,9 +178,7 @@ fn convert_check(fixed: bool) {
             // 5 blocks hold data (0, 1, 2, 15, 16): the rest are never allocated.
             assert_eq!(info["dynamic"]["allocated_blocks"], 5, "{info}");
         }
-        // Refuses to overwrite without --force.
-        let r = run(args(&a));
-        assert_eq!(r.code, 1, "{r:?}");
+        assert_overwrite_refused(args(&a), &out);
     }
 }
 

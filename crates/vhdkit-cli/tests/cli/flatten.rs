@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
+use vhdkit_testkit::chains::{vhd_pair, vhdx_pair};
+use vhdkit_testkit::kill;
+use vhdkit_testkit::mount::{free_bytes, Tmpfs};
 use vhdkit_testkit::snapshot::Snapshot;
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
-use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::{kill, Rng};
 
 use crate::util::*;
 
@@ -19,57 +20,6 @@ const TRACED: &str =
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Sector-aligned random writes, some a few sectors long (partial bitmap bytes).
-fn writes(seed: u64, sector: u64) -> Vec<(u64, Vec<u8>)> {
-    let mut rng = Rng::new(seed);
-    (0..10)
-        .map(|_| {
-            let n = 1 + rng.below(9);
-            let at = rng.below(SIZE / sector - n) * sector;
-            let mut d = vec![0u8; (n * sector) as usize];
-            rng.fill(&mut d);
-            (at, d)
-        })
-        .collect()
-}
-
-/// `base.vhd` and `child.vhd` over it in `dir`.
-fn vhd_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut base = VhdBuilder::dynamic(SIZE).block_size(MIB as u32);
-    for (o, d) in writes(1, 512) {
-        base.write(o, &d);
-    }
-    let mut child = VhdBuilder::differencing(SIZE, base.id())
-        .block_size(MIB as u32)
-        .parent_name("base.vhd")
-        .locator(Locator::w2ru(r".\base.vhd"));
-    for (o, d) in writes(2, 512) {
-        child.write(o, &d);
-    }
-    let (b, c) = (dir.join("base.vhd"), dir.join("child.vhd"));
-    std::fs::write(&b, base.build().bytes).unwrap();
-    std::fs::write(&c, child.build().bytes).unwrap();
-    (b, c)
-}
-
-/// `base.vhdx` and `child.avhdx` over it in `dir`.
-fn vhdx_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut base = VhdxBuilder::new(Kind::Dynamic, SIZE, MIB as u32, 512);
-    for (o, d) in writes(3, 512) {
-        base.write(o, &d);
-    }
-    let mut child = VhdxBuilder::new(Kind::Differencing, SIZE, MIB as u32, 512);
-    child.parent_linkage = base.data_write_guid;
-    child.relative_path = Some(r".\base.vhdx".into());
-    for (o, d) in writes(4, 512) {
-        child.write(o, &d);
-    }
-    let (b, c) = (dir.join("base.vhdx"), dir.join("child.avhdx"));
-    std::fs::write(&b, base.build().bytes).unwrap();
-    std::fs::write(&c, child.build().bytes).unwrap();
-    (b, c)
 }
 
 fn disk_type(p: &Path) -> String {
@@ -196,23 +146,20 @@ fn kill_case(pair: fn(&Path) -> (PathBuf, PathBuf)) {
         counts.get("pwrite64").copied().unwrap_or(0) >= 5,
         "{counts:?}"
     );
-    let (mut runs, mut ended_standalone) = (0, 0);
-    for (name, &n) in &counts {
-        for k in 1..=n {
-            fresh();
-            kill::run_killed_at(bin, &args, name, k);
-            runs += 1;
-            assert_eq!(virtual_sha(&child), sha, "{name}#{k}: contents changed");
-            ended_standalone += usize::from(disk_type(&child) == "dynamic");
-            run_success(["flatten", s(&child)]);
-            assert_eq!(disk_type(&child), "dynamic", "{name}#{k}");
-            assert!(!journal.exists(), "{name}#{k}: journal left");
-            assert_eq!(virtual_sha(&child), sha, "{name}#{k}: after the rerun");
-        }
-        fresh();
-        kill::run_past_last(bin, &args, name, n);
+    let mut ended_standalone = 0;
+    let after_kill = |name: &str, k: usize| {
+        assert_eq!(virtual_sha(&child), sha, "{name}#{k}: contents changed");
+        ended_standalone += usize::from(disk_type(&child) == "dynamic");
+        run_success(["flatten", s(&child)]);
+        assert_eq!(disk_type(&child), "dynamic", "{name}#{k}");
+        assert!(!journal.exists(), "{name}#{k}: journal left");
+        assert_eq!(virtual_sha(&child), sha, "{name}#{k}: after the rerun");
+    };
+    let done = |name: &str| {
         assert_eq!(disk_type(&child), "dynamic", "{name}: past the last point");
-    }
+    };
+    let all = |n: usize| (1..=n).collect();
+    let runs = kill::every_point(bin, &args, &counts, all, fresh, after_kill, done);
     eprintln!("process kills: {runs} runs, {ended_standalone} already standalone");
     assert!(runs > 10 && ended_standalone > 0);
 }
@@ -231,25 +178,10 @@ fn vhdx_process_kill_at_every_syscall() {
 /// child byte-identical), then done once there is room. Needs a small tmpfs (root).
 #[test]
 fn not_enough_free_space_is_refused_before_writing() {
-    let d = tmp();
-    let at = d.path().join("mnt");
-    std::fs::create_dir(&at).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&at)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !mounted {
-        crate::hostile::skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)");
+    let Some(fs) = Tmpfs::mount("16m", "flatten free-space refusal") else {
         return;
-    }
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Umount(&at);
+    };
+    let at = fs.at.clone();
     // The parent has data in every block, the child in its first only: 3 blocks to allocate.
     let mut base = VhdBuilder::dynamic(SIZE).block_size(MIB as u32);
     for b in 0..SIZE / MIB {
@@ -268,7 +200,7 @@ fn not_enough_free_space_is_refused_before_writing() {
     assert_eq!(plan["plan"]["whole_blocks"], 3, "{plan}");
     // Leave about 1 MiB free.
     let filler = at.join("filler");
-    let free = rustix_free(&at);
+    let free = free_bytes(&at);
     std::fs::write(&filler, vec![1u8; (free - (1 << 20)) as usize]).unwrap();
     let before = std::fs::read(&child).unwrap();
     let r = run(["flatten", "--json", s(&child)]);
@@ -280,14 +212,4 @@ fn not_enough_free_space_is_refused_before_writing() {
     run_success(["flatten", s(&child)]);
     assert_eq!(disk_type(&child), "dynamic");
     assert_eq!(virtual_sha(&child), sha);
-}
-
-/// Free bytes of the file system holding `dir` (`df`'s available column, in 1 KiB blocks).
-fn rustix_free(dir: &Path) -> u64 {
-    let out = run_ok(
-        std::process::Command::new("df")
-            .args(["-k", "--output=avail"])
-            .arg(dir),
-    );
-    out.lines().nth(1).unwrap().trim().parse::<u64>().unwrap() * 1024
 }

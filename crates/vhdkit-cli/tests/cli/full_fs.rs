@@ -7,8 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::hostile::{run_within, skip};
+use crate::hostile::run_within;
 use crate::util::*;
+use vhdkit_testkit::mount::Tmpfs;
 
 const SECS: u64 = 60;
 
@@ -16,45 +17,23 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    at: PathBuf,
+/// What these tests do with their tmpfs.
+trait FullFs {
+    fn names(&self) -> BTreeSet<String>;
+    /// Fill what is left with a file (tmpfs counts written zeros).
+    fn fill(&self);
 }
 
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tmp();
-        let at = dir.path().join("mnt");
-        std::fs::create_dir(&at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)");
-            return None;
-        }
-        Some(Tmpfs { _dir: dir, at })
-    }
-
+impl FullFs for Tmpfs {
     fn names(&self) -> BTreeSet<String> {
         list(&self.at)
     }
 
-    /// Fill what is left with a file (tmpfs counts written zeros).
     fn fill(&self) {
         let mut f = std::fs::File::create(self.at.join("filler")).unwrap();
         let chunk = vec![0u8; 16 << 10];
         while f.write_all(&chunk).is_ok() {}
         while f.write_all(&[0u8; 512]).is_ok() {}
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.at).status();
     }
 }
 
@@ -110,7 +89,7 @@ fn disk_with_data(dir: &Path, mib: usize) -> (PathBuf, PathBuf) {
 
 #[test]
 fn create_and_convert_into_a_full_fs_leave_nothing() {
-    let Some(fs) = Tmpfs::mount("2m") else {
+    let Some(fs) = Tmpfs::mount("2m", "full file systems") else {
         return;
     };
     let src_dir = tmp();
@@ -175,7 +154,7 @@ fn create_and_convert_into_a_full_fs_leave_nothing() {
 
 #[test]
 fn reparent_on_a_full_fs_changes_nothing_and_leaves_no_journal() {
-    let Some(fs) = Tmpfs::mount("4m") else {
+    let Some(fs) = Tmpfs::mount("4m", "full file systems") else {
         return;
     };
     let (base, child) = disk_with_data(&fs.at, 1);
@@ -197,7 +176,7 @@ fn reparent_on_a_full_fs_changes_nothing_and_leaves_no_journal() {
 
 #[test]
 fn share_copying_a_keeper_into_a_full_fs_removes_its_temp_copy() {
-    let Some(fs) = Tmpfs::mount("2m") else {
+    let Some(fs) = Tmpfs::mount("2m", "full file systems") else {
         return;
     };
     let lab = tmp();
@@ -244,7 +223,7 @@ fn share_copying_a_keeper_into_a_full_fs_removes_its_temp_copy() {
 #[test]
 fn share_copies_a_keeper_across_file_systems_sparsely() {
     use std::os::unix::fs::MetadataExt;
-    let Some(fs) = Tmpfs::mount("256m") else {
+    let Some(fs) = Tmpfs::mount("256m", "full file systems") else {
         return;
     };
     let lab = tmp();

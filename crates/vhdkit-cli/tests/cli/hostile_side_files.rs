@@ -295,33 +295,23 @@ fn failed_rename_leaves_no_partial_output() {
 /// the next run on the same output removes it.
 #[test]
 fn killed_convert_leftover_is_reported_then_removed_by_the_next_run() {
-    if !std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        skip("strace is not installed (the kill is injected through it)");
+    if !vhdkit_testkit::have_tool("strace", "the kill is injected through strace") {
         return;
     }
     let lab = lab();
     let dir = lab.dir.path().join("out");
     std::fs::create_dir(&dir).unwrap();
     let out = dir.join("x.vhd");
-    let o = std::process::Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            "trace=fsync,fdatasync",
-        ])
-        .args(["-e", "inject=fsync,fdatasync:signal=KILL:when=1"])
-        .arg(env!("CARGO_BIN_EXE_vhdkit"))
-        .args(["convert", "--to", "vhd", s(&lab.child1), s(&out)])
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "the convert was not killed: {o:?}");
+    let o = vhdkit_testkit::kill::run_with_kill(
+        std::path::Path::new(env!("CARGO_BIN_EXE_vhdkit")),
+        &["convert", "--to", "vhd", s(&lab.child1), s(&out)],
+        "fsync,fdatasync",
+        1,
+    );
+    assert!(
+        vhdkit_testkit::kill::died_of_sigkill(&o),
+        "the convert was not killed at its first sync: {o:?}"
+    );
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -18,18 +18,7 @@ fn secret_len() -> String {
 fn good_disks(dir: &Path, ext: &str) -> (PathBuf, PathBuf) {
     let base = p(dir, &format!("base.{ext}"));
     let child = p(dir, &format!("child.{ext}"));
-    run_success([
-        "create".as_ref(),
-        base.as_os_str(),
-        "--size".as_ref(),
-        "8M".as_ref(),
-    ]);
-    run_success([
-        "create".as_ref(),
-        child.as_os_str(),
-        "--parent".as_ref(),
-        base.as_os_str(),
-    ]);
+    create_pair(&base, &child, "8M");
     (base, child)
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use vhdkit_testkit::chains::{build_chain, sibling, BuiltChain, ChainFormat};
+use vhdkit_testkit::mount::{free_bytes, Tmpfs};
 use vhdkit_testkit::snapshot::Snapshot;
 
 use crate::util::*;
@@ -332,23 +333,13 @@ fn a_locked_member_is_refused() {
 /// larger than its parent: exit 1, one line, nothing changed.
 #[test]
 fn other_refusals_write_nothing() {
-    use vhdkit_testkit::vhd::{Locator, VhdBuilder};
     let d = tmp();
     let c = build_chain(d.path(), ChainFormat::Vhd, SIZE, 1, 56);
     let o = d.path().join("o");
     std::fs::create_dir(&o).unwrap();
     let other = build_chain(&o, ChainFormat::Vhd, SIZE, 0, 57);
     // A 6 MiB child over a 4 MiB parent.
-    let mut base = VhdBuilder::dynamic(4 * MIB).block_size(MIB as u32);
-    base.write(512, &[7; 1024]);
-    let mut big = VhdBuilder::differencing(6 * MIB, base.id())
-        .block_size(MIB as u32)
-        .parent_name("small.vhd")
-        .locator(Locator::w2ru(r".\small.vhd"));
-    big.write(5 * MIB, &[9; 1536]);
-    std::fs::write(d.path().join("small.vhd"), base.build().bytes).unwrap();
-    let grown = d.path().join("grown.vhd");
-    std::fs::write(&grown, big.build().bytes).unwrap();
+    let grown = vhdkit_testkit::chains::grown_vhd_child(d.path(), "small.vhd", "grown.vhd");
     let snap = Snapshot::tree(d.path());
     let cases: [(Vec<String>, &str, &str); 4] = [
         (
@@ -380,25 +371,10 @@ fn other_refusals_write_nothing() {
 /// (root); a loud skip otherwise, a failure with CI=true.
 #[test]
 fn not_enough_free_space_is_refused_before_writing() {
-    let d = tmp();
-    let at = d.path().join("mnt");
-    std::fs::create_dir(&at).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&at)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !mounted {
-        crate::hostile::skip("merge free-space refusal: cannot mount a tmpfs (needs root)");
+    let Some(fs) = Tmpfs::mount("64m", "merge free-space refusal") else {
         return;
-    }
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Umount(&at);
+    };
+    let at = fs.at.clone();
     for format in [ChainFormat::Vhd, ChainFormat::Vhdx(512)] {
         let c = build_chain(&at, format, 8 * MIB, 1, 58);
         // The leaf touches every block; the base holds only some.
@@ -422,8 +398,8 @@ fn not_enough_free_space_is_refused_before_writing() {
         run_success(merge_args(c.leaf(), None, &[]));
         assert!(!c.leaf().exists());
         assert_eq!(virtual_sha(&c.files[0]), want, "{format:?}");
-        for f in &c.files {
-            let _ = std::fs::remove_file(f);
+        for f in c.files.iter().filter(|f| f.exists()) {
+            std::fs::remove_file(f).unwrap();
         }
     }
 }
@@ -461,10 +437,4 @@ fn rewrite_leaf(c: &BuiltChain, writes: &[(u64, Vec<u8>)]) {
 
 fn uuid_le(b: [u8; 16]) -> uuid::Uuid {
     uuid::Uuid::from_bytes_le(b)
-}
-
-/// Free bytes of the file system holding `dir` (`df`'s available column, 1 KiB blocks).
-fn free_bytes(dir: &Path) -> u64 {
-    let out = run_ok(Command::new("df").args(["-k", "--output=avail"]).arg(dir));
-    out.lines().nth(1).unwrap().trim().parse::<u64>().unwrap() * 1024
 }

@@ -5,66 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
+use vhdkit_testkit::chains::{vhd_pair, vhdx_pair};
+use vhdkit_testkit::kill;
 use vhdkit_testkit::snapshot::Snapshot;
-use vhdkit_testkit::vhd::{Locator, VhdBuilder};
-use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
-use vhdkit_testkit::{kill, Rng};
 
 use crate::util::*;
 
-const MIB: u64 = 1 << 20;
-const SIZE: u64 = 4 * MIB;
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn writes(seed: u64) -> Vec<(u64, Vec<u8>)> {
-    let mut rng = Rng::new(seed);
-    (0..10)
-        .map(|_| {
-            let n = 1 + rng.below(9);
-            let at = rng.below(SIZE / 512 - n) * 512;
-            let mut d = vec![0u8; (n * 512) as usize];
-            rng.fill(&mut d);
-            (at, d)
-        })
-        .collect()
-}
-
-fn vhd_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut base = VhdBuilder::dynamic(SIZE).block_size(MIB as u32);
-    for (o, d) in writes(1) {
-        base.write(o, &d);
-    }
-    let mut child = VhdBuilder::differencing(SIZE, base.id())
-        .block_size(MIB as u32)
-        .parent_name("base.vhd")
-        .locator(Locator::w2ru(r".\base.vhd"));
-    for (o, d) in writes(2) {
-        child.write(o, &d);
-    }
-    let (b, c) = (dir.join("base.vhd"), dir.join("child.vhd"));
-    std::fs::write(&b, base.build().bytes).unwrap();
-    std::fs::write(&c, child.build().bytes).unwrap();
-    (b, c)
-}
-
-fn vhdx_pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut base = VhdxBuilder::new(Kind::Dynamic, SIZE, MIB as u32, 512);
-    for (o, d) in writes(3) {
-        base.write(o, &d);
-    }
-    let mut child = VhdxBuilder::new(Kind::Differencing, SIZE, MIB as u32, 512);
-    child.parent_linkage = base.data_write_guid;
-    child.relative_path = Some(r".\base.vhdx".into());
-    for (o, d) in writes(4) {
-        child.write(o, &d);
-    }
-    let (b, c) = (dir.join("base.vhdx"), dir.join("child.avhdx"));
-    std::fs::write(&b, base.build().bytes).unwrap();
-    std::fs::write(&c, child.build().bytes).unwrap();
-    (b, c)
 }
 
 fn round_trip(pair: fn(&Path) -> (PathBuf, PathBuf), format: &str) {
@@ -189,28 +137,23 @@ fn kill_case(pair: fn(&Path) -> (PathBuf, PathBuf)) {
     };
     let counts = kill::count_syscalls(bin, &args, TRACED, &d.path().join("strace.log"));
     eprintln!("syscalls of one merge: {counts:?}");
-    let (mut runs, mut child_gone) = (0, 0);
-    for (name, &n) in &counts {
-        for k in 1..=n {
-            fresh();
-            kill::run_killed_at(bin, &args, name, k);
-            runs += 1;
-            if child.exists() {
-                assert_eq!(virtual_sha(&child), sha, "{name}#{k}: CHILD changed");
-            } else {
-                child_gone += 1;
-            }
-            if child.exists() || record.exists() {
-                run_success(args);
-            }
-            assert!(!child.exists(), "{name}#{k}");
-            assert!(!record.exists(), "{name}#{k}: record left");
-            assert_eq!(virtual_sha(&base), sha, "{name}#{k}: after the rerun");
+    let mut child_gone = 0;
+    let after_kill = |name: &str, k: usize| {
+        if child.exists() {
+            assert_eq!(virtual_sha(&child), sha, "{name}#{k}: CHILD changed");
+        } else {
+            child_gone += 1;
         }
-        fresh();
-        kill::run_past_last(bin, &args, name, n);
-        assert!(!child.exists(), "{name}: past the last point");
-    }
+        if child.exists() || record.exists() {
+            run_success(args);
+        }
+        assert!(!child.exists(), "{name}#{k}");
+        assert!(!record.exists(), "{name}#{k}: record left");
+        assert_eq!(virtual_sha(&base), sha, "{name}#{k}: after the rerun");
+    };
+    let done = |name: &str| assert!(!child.exists(), "{name}: past the last point");
+    let all = |n: usize| (1..=n).collect();
+    let runs = kill::every_point(bin, &args, &counts, all, fresh, after_kill, done);
     eprintln!("process kills: {runs} runs, CHILD already gone in {child_gone}");
     assert!(runs > 10 && child_gone > 0);
 }

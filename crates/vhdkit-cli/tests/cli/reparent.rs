@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use vhdkit_testkit::vhd::{Locator, VhdBuilder};
 use vhdkit_testkit::{kill, Rng};
 
-use vhdkit_testkit::lab::Lab;
+use vhdkit_testkit::lab::{IdLab, Lab};
 use vhdkit_testkit::snapshot::Snapshot;
 
 use crate::util::*;
@@ -15,18 +15,7 @@ use crate::util::*;
 const SIZE: u64 = 8 << 20;
 
 /// The lab and the VHD ids of its child and parent.
-struct VhdLab {
-    lab: Lab,
-    child_id: [u8; 16],
-    parent_id: [u8; 16],
-}
-
-impl std::ops::Deref for VhdLab {
-    type Target = Lab;
-    fn deref(&self) -> &Lab {
-        &self.lab
-    }
-}
+type VhdLab = IdLab;
 
 fn lab() -> VhdLab {
     let mut rng = Rng::new(11);
@@ -146,16 +135,9 @@ fn dry_run_json_apply_and_chain() {
 
 fn assert_refusal(lab: &Lab, args: &[&str], needle: &str) {
     // Everything in the lab: the child, its journal (or its absence), every parent.
-    let before = Snapshot::tree(lab.dir.path());
     let mut a = vec!["reparent", s(&lab.child)];
     a.extend_from_slice(args);
-    let r = run(&a);
-    assert_eq!(r.code, 1, "{args:?}: {r:?}");
-    assert!(!r.stderr.contains("panicked"), "{r:?}");
-    assert_eq!(r.stderr.lines().count(), 1, "one line: {r:?}");
-    assert!(r.stderr.contains("refused: "), "{r:?}");
-    assert!(r.stderr.contains(needle), "{needle:?} in {r:?}");
-    before.assert_unchanged(&format!("{args:?}"));
+    assert_refused_in(lab.dir.path(), &a, needle);
 }
 
 #[test]

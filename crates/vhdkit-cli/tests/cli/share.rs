@@ -356,6 +356,7 @@ fn dry_run_writes_nothing() {
     ]);
     assert!(r.stdout.contains("dry run: nothing written"), "{r:?}");
     assert!(r.stdout.contains("repoint"), "{r:?}");
+    let text = r.stdout;
     let r = run_success([
         "share",
         s(&lab.vms()),
@@ -367,6 +368,17 @@ fn dry_run_writes_nothing() {
     assert_eq!(r.json()["applied"], false);
     // Every child: the first copy moves into Shared, so its child is repointed too.
     assert_eq!(r.json()["plan"]["children_to_repoint"], 4);
+    // The summary names the bytes read (each copy once, holes skipped) as read, not "hashed".
+    let read = r.json()["plan"]["bytes_read"].as_u64().unwrap();
+    assert!(read > 0, "{r:?}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("of virtual contents"))
+        .unwrap_or_else(|| panic!("no summary line: {text}"));
+    assert!(
+        line.starts_with("read ") && line.contains(&format!("({read} bytes) of virtual contents")),
+        "{line}"
+    );
     let r = run_success(["relink", s(&lab.vms()), "--dry-run"]);
     assert!(r.stdout.contains("nothing to do"), "{r:?}");
     before.assert_unchanged("dry runs");

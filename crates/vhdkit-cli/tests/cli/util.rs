@@ -117,3 +117,56 @@ pub fn p(dir: &Path, name: &str) -> PathBuf {
 pub fn need_tool(cmd: &str, why: &str) -> bool {
     have_tool(cmd, why)
 }
+
+/// `vhdkit ARGS` is refused: exit 1, one stderr line saying `refused: ` and `needle`, no
+/// panic; and nothing under `dir` changed (entries, bytes, lengths, mtimes).
+pub fn assert_refused_in(dir: &Path, args: &[&str], needle: &str) {
+    let before = vhdkit_testkit::snapshot::Snapshot::tree(dir);
+    let r = run(args);
+    assert_eq!(r.code, 1, "{args:?}: {r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "one line: {r:?}");
+    assert!(r.stderr.contains("refused: "), "{r:?}");
+    assert!(r.stderr.contains(needle), "{needle:?} in {r:?}");
+    before.assert_unchanged(&format!("{args:?}"));
+}
+
+/// `out` reads `want_sha` through qemu-img (format `qemu_fmt`) and through vhdkit's own
+/// `convert --to raw`.
+pub fn assert_reads_back(out: &Path, qemu_fmt: &str, want_sha: &str, what: &str) {
+    let back = out.with_extension("qemu-back.raw");
+    qemu_to_raw(qemu_fmt, out, &back);
+    assert_eq!(sha256_file(&back), want_sha, "{what}: qemu read-back");
+    std::fs::remove_file(&back).expect("remove the read-back");
+    assert_eq!(virtual_sha(out), want_sha, "{what}: vhdkit read-back");
+}
+
+/// `vhdkit ARGS` (a conversion onto the existing `out`, without `--force`) is refused with
+/// exit 1, and `out` keeps its bytes, length and modification time.
+pub fn assert_overwrite_refused<I, S>(args: I, out: &Path)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let before = vhdkit_testkit::snapshot::Snapshot::files(&[out]);
+    let r = run(args);
+    assert_eq!(r.code, 1, "overwrite without --force: {r:?}");
+    assert!(r.stderr.contains("exists"), "{r:?}");
+    before.assert_unchanged("a refused overwrite");
+}
+
+/// `vhdkit create BASE --size SIZE`, then `vhdkit create CHILD --parent BASE`.
+pub fn create_pair(base: &Path, child: &Path, size: &str) {
+    run_success([
+        "create".as_ref(),
+        base.as_os_str(),
+        "--size".as_ref(),
+        size.as_ref(),
+    ]);
+    run_success([
+        "create".as_ref(),
+        child.as_os_str(),
+        "--parent".as_ref(),
+        base.as_os_str(),
+    ]);
+}

@@ -1,15 +1,14 @@
 //! Content digests used by `share` to prove parent copies interchangeable and children unchanged.
 //!
-//! - [`content_digest`]: SHA-256 over the *virtual contents* of a chain, in fixed 1 MiB chunks
+//! - [`content_digest`]: BLAKE3 over the *virtual contents* of a chain, in fixed 1 MiB chunks
 //!   from offset 0; a chunk that reads as all zeros (unallocated through the whole chain, or
-//!   stored zeros) contributes a zero marker and its length instead of its bytes. The digest is
+//!   stored zeros) is not hashed as bytes: each maximal run of such chunks contributes a zero
+//!   marker and the run's length, so a 64 TiB hole costs one update, not 64 million. The digest is
 //!   a function of the contents only (not of the layout), and sparse ranges cost no reads.
-//! - [`layer_digest`]: SHA-256 over one file's *own* layer: its block map (which runs it holds,
+//! - [`layer_digest`]: BLAKE3 over one file's *own* layer: its block map (which runs it holds,
 //!   which read as zeros, which fall through to the parent) and the data it stores. A reparent
 //!   must leave it unchanged; with a parent of equal virtual contents, the child's virtual
 //!   contents are then equal too, without reading the parent again for every child.
-
-use sha2::{Digest, Sha256};
 
 use std::path::Path;
 
@@ -19,20 +18,18 @@ use crate::disk::{Disk, Extent};
 use crate::error::Result;
 use crate::view::ChainView;
 
+/// The digest state (BLAKE3: it keeps up with reading the copies, where SHA-256 did not).
+pub(crate) type Hasher = blake3::Hasher;
+
 /// The digest's unit: every chunk is either a zero marker or its bytes.
 pub(crate) const CHUNK: u64 = 1 << 20;
 
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// SHA-256 (hex) of the virtual contents of `view` (see the module docs). `on_bytes` is told how
+/// BLAKE3 (hex) of the virtual contents of `view` (see the module docs). `on_bytes` is told how
 /// many virtual bytes were covered after each chunk (for progress bars). Returns the digest and
 /// the bytes actually read from files.
 pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result<(String, u64)> {
     let size = view.virtual_size();
-    let mut h = start(size);
+    let mut h = Framer::start(size);
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
     let mut read = 0u64;
@@ -49,33 +46,58 @@ pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result
             is_zero(b)
         };
         if zero {
-            update_zero(&mut h, n);
+            h.zero(n);
         } else {
-            update_data(&mut h, &buf[..n as usize]);
+            h.data(&buf[..n as usize]);
         }
         off += n;
         on_bytes(n);
     }
-    Ok((hex(&h.finalize()), read))
+    Ok((h.finish(), read))
 }
 
-/// The digest of a disk of `size` virtual bytes before its first chunk.
-pub(crate) fn start(size: u64) -> Sha256 {
-    let mut h = Sha256::new();
-    h.update(size.to_le_bytes());
-    h
+/// A content digest being computed: the hash so far and the zero run not yet framed. Runs are
+/// framed when they end, so the digest depends on the contents only, not on how the zeros were
+/// met (chunk by chunk, or a long hole at once).
+#[derive(Clone)]
+pub(crate) struct Framer {
+    hash: Hasher,
+    zeros: u64,
 }
 
-/// One chunk of `n` bytes that reads as zeros: a marker and its length, not its bytes.
-pub(crate) fn update_zero(h: &mut Sha256, n: u64) {
-    h.update([0u8]);
-    h.update(n.to_le_bytes());
-}
+impl Framer {
+    /// The digest of a disk of `size` virtual bytes before its first chunk.
+    pub(crate) fn start(size: u64) -> Framer {
+        let mut hash = Hasher::new();
+        hash.update(&size.to_le_bytes());
+        Framer { hash, zeros: 0 }
+    }
 
-/// One chunk that holds data: a marker and its bytes.
-pub(crate) fn update_data(h: &mut Sha256, b: &[u8]) {
-    h.update([1u8]);
-    h.update(b);
+    /// `n` more bytes that read as zeros (whole chunks, or the short last one).
+    pub(crate) fn zero(&mut self, n: u64) {
+        self.zeros = self.zeros.saturating_add(n);
+    }
+
+    /// One chunk that holds data: the pending zero run, then a marker and the bytes.
+    pub(crate) fn data(&mut self, b: &[u8]) {
+        self.frame_zeros();
+        self.hash.update(&[1u8]);
+        self.hash.update(b);
+    }
+
+    /// The digest, hex.
+    pub(crate) fn finish(mut self) -> String {
+        self.frame_zeros();
+        self.hash.finalize().to_hex().to_string()
+    }
+
+    fn frame_zeros(&mut self) {
+        if self.zeros > 0 {
+            self.hash.update(&[0u8]);
+            self.hash.update(&self.zeros.to_le_bytes());
+            self.zeros = 0;
+        }
+    }
 }
 
 /// Whether `b` is all zeros; OR-folds a few KiB at a time (which vectorises) and stops at the
@@ -95,20 +117,20 @@ pub fn chain_digest(
     content_digest(&c.into_view(), on_bytes)
 }
 
-/// SHA-256 (hex) of one disk's own layer: its map and stored data (see the module docs).
+/// BLAKE3 (hex) of one disk's own layer: its map and stored data (see the module docs).
 pub fn layer_digest(disk: &Disk) -> Result<String> {
     let size = disk.virtual_size();
-    let mut h = Sha256::new();
-    h.update(size.to_le_bytes());
+    let mut h = Hasher::new();
+    h.update(&size.to_le_bytes());
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
     while off < size {
         let (extent, len) = disk.map(off, size - off)?;
-        h.update(off.to_le_bytes());
-        h.update(len.to_le_bytes());
+        h.update(&off.to_le_bytes());
+        h.update(&len.to_le_bytes());
         match extent {
             Extent::Data { file_offset } => {
-                h.update([1u8]);
+                h.update(&[1u8]);
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(CHUNK);
@@ -118,12 +140,16 @@ pub fn layer_digest(disk: &Disk) -> Result<String> {
                     done += n;
                 }
             }
-            Extent::Zero => h.update([2u8]),
-            Extent::Unallocated => h.update([3u8]),
+            Extent::Zero => {
+                h.update(&[2u8]);
+            }
+            Extent::Unallocated => {
+                h.update(&[3u8]);
+            }
         }
         off += len;
     }
-    Ok(hex(&h.finalize()))
+    Ok(h.finalize().to_hex().to_string())
 }
 
 // Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
@@ -138,6 +164,44 @@ mod tests {
 
     const SIZE: u64 = 4 << 20;
     const HALF: u32 = 512 << 10;
+
+    /// The digest of a sequence: `Some(n)` zero bytes, `None` one data chunk of 0x5A bytes.
+    fn framed(size: u64, parts: &[Option<u64>]) -> String {
+        let mut f = Framer::start(size);
+        for p in parts {
+            match p {
+                Some(n) => f.zero(*n),
+                None => f.data(&[0x5A; 16]),
+            }
+        }
+        f.finish()
+    }
+
+    #[test]
+    fn a_zero_run_frames_the_same_however_it_was_met() {
+        let c = CHUNK;
+        let whole = framed(8 * c, &[None, Some(3 * c), None, Some(4 * c)]);
+        let split = framed(
+            8 * c,
+            &[None, Some(c), Some(2 * c), None, Some(c), Some(3 * c)],
+        );
+        assert_eq!(whole, split);
+        // Runs of other lengths or places, and the disk size, all count.
+        assert_ne!(
+            whole,
+            framed(8 * c, &[None, Some(2 * c), None, Some(5 * c)])
+        );
+        assert_ne!(
+            whole,
+            framed(8 * c, &[Some(3 * c), None, None, Some(4 * c)])
+        );
+        assert_ne!(
+            whole,
+            framed(9 * c, &[None, Some(3 * c), None, Some(4 * c)])
+        );
+        // A trailing run is framed too: it is not the same as no run.
+        assert_ne!(framed(c, &[None]), framed(c, &[None, Some(c)]));
+    }
 
     /// Digest of a dynamic VHD with `block` bytes per block and `writes` applied.
     fn digest(block: u32, writes: &[(u64, &[u8])]) -> String {

@@ -6,7 +6,7 @@
 //! that are parents are grouped by identity (format, VHD unique id / VHDX DataWriteGuid, virtual
 //! size). Members of a group are proved interchangeable by their *virtual contents*, each read
 //! once through its own chain, side by side, and compared; each class of equal members gets the
-//! SHA-256 `digest::content_digest` would give it (see `prove`). The files' bytes
+//! BLAKE3 `digest::content_digest` would give it (see `prove`). The files' bytes
 //! themselves are not compared: two files with the same identity and the same virtual contents
 //! are interchangeable as parents even when their layout or locators differ (this is what
 //! `reparent --verify-content` means). Members whose contents differ from the kept class are
@@ -192,8 +192,8 @@ pub struct GroupPlan {
     pub virtual_size: u64,
     /// 0 for a base disk, 1 for a differencing disk over a base, ...
     pub level: usize,
-    /// SHA-256 of the virtual contents (when there was more than one file to compare).
-    pub content_sha256: Option<String>,
+    /// BLAKE3 of the virtual contents (when there was more than one file to compare).
+    pub content_blake3: Option<String>,
     /// Distinct files of the kept class.
     pub files: usize,
     /// Where the keeper is (or will be).
@@ -235,7 +235,7 @@ pub struct Conflict {
     /// Format.
     pub format: DiskFormat,
     /// The content hash of the kept class.
-    pub kept_sha256: String,
+    pub kept_blake3: String,
     /// The files whose contents differ, with their hashes.
     pub files: Vec<(PathBuf, String)>,
     /// Their children, left alone.

@@ -294,7 +294,7 @@ impl<'a> Planner<'a> {
             id,
             virtual_size: vsize,
             level,
-            content_sha256: content,
+            content_blake3: content,
             files: ds.len(),
             keeper: k.path.clone(),
             keeper_source: k.source.clone(),
@@ -363,7 +363,7 @@ impl<'a> Planner<'a> {
             self.conflicts.push(Conflict {
                 id,
                 format,
-                kept_sha256: h.clone(),
+                kept_blake3: h.clone(),
                 files,
                 children,
             });

@@ -11,16 +11,13 @@
 //! Members start in one class; a chunk on which members of a class differ splits it. Each class
 //! is hashed once, with the framing of `digest::content_digest` (so its digest is the one each
 //! member would get alone), on a second thread while the next chunk is read. The proof costs one
-//! read of every copy and one SHA-256 pass per class (sha2 uses the CPU's SHA extensions when it
-//! has them), not one pass per copy.
+//! read of every copy and one BLAKE3 pass per class, not one pass per copy.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
-
-use super::digest::{self, CHUNK};
+use super::digest::{self, Framer, CHUNK};
 use super::scan::FileKey;
 use super::ContentDigest;
 use crate::chain::{Chain, ChainOptions};
@@ -316,23 +313,21 @@ fn hasher_gone() -> Error {
     )
 }
 
-/// The hashing thread: one SHA-256 state per class, fed in the order the reader sends.
-fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Sha256> {
-    let mut states = vec![digest::start(size)];
+/// The hashing thread: one BLAKE3 state per class, fed in the order the reader sends.
+fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Framer> {
+    let mut states = vec![Framer::start(size)];
     for msg in rx {
         match msg {
             Msg::Fork { from } => {
                 let s = states
                     .get(from)
                     .cloned()
-                    .unwrap_or_else(|| digest::start(size));
+                    .unwrap_or_else(|| Framer::start(size));
                 states.push(s);
             }
             Msg::Holes { class, count } => {
                 if let Some(h) = states.get_mut(class) {
-                    for _ in 0..count {
-                        digest::update_zero(h, CHUNK);
-                    }
+                    h.zero(count.saturating_mul(CHUNK));
                 }
             }
             Msg::Chunk { class, n, data } => {
@@ -340,9 +335,9 @@ fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Sh
                     continue;
                 };
                 match data {
-                    None => digest::update_zero(h, n),
+                    None => h.zero(n),
                     Some(b) => {
-                        digest::update_data(h, &b);
+                        h.data(&b);
                         // The reader may be gone (an error): the buffer is then just freed.
                         let _ = back.send(b);
                     }
@@ -357,14 +352,14 @@ fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Sh
 fn digests(
     members: Vec<Member>,
     classes: &[Vec<usize>],
-    states: Vec<Sha256>,
+    states: Vec<Framer>,
 ) -> Vec<ContentDigest> {
     let mut out: Vec<ContentDigest> = members
         .into_iter()
         .map(|m| m.map(|_| String::new()))
         .collect();
     for (ids, h) in classes.iter().zip(states) {
-        let hex = digest::hex(&h.finalize());
+        let hex = h.finish();
         for &i in ids {
             if let Some(Ok(d)) = out.get_mut(i) {
                 d.clone_from(&hex);

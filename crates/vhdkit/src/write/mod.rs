@@ -87,7 +87,8 @@ pub trait WritableImage: Send + fmt::Debug {
 /// `Read + Write + Seek` over the virtual disk of a writable image and its parents.
 ///
 /// Writes go to the image only; parents are opened read-only. Call [`WritableDisk::flush`] (or
-/// `Write::flush`) to make writes durable; dropping the disk flushes too, but ignores errors.
+/// `Write::flush`) to make writes durable, or [`WritableDisk::close`]; dropping a disk that was
+/// not closed flushes too, but ignores errors.
 #[derive(Debug)]
 pub struct WritableDisk {
     image: Box<dyn WritableImage>,
@@ -97,6 +98,9 @@ pub struct WritableDisk {
     /// Set when payload copied into the file directly failed: dropping then commits nothing
     /// more (the places given for it would otherwise be committed over missing data).
     abandoned: bool,
+    /// Set by `close`: its flush was the last, so `Drop` must not sync again (a second sync could
+    /// fail unseen after the first reported success).
+    closed: bool,
     /// The writers' lock on the file, held as long as the disk is open (last: released after
     /// the final flush of `Drop`).
     _lock: Option<crate::lock::FileLock>,
@@ -201,6 +205,7 @@ impl WritableDisk {
             path: Some(path.to_path_buf()),
             pos: 0,
             abandoned: false,
+            closed: false,
             _lock: Some(lock),
         })
     }
@@ -216,6 +221,7 @@ impl WritableDisk {
             path: None,
             pos: 0,
             abandoned: false,
+            closed: false,
             _lock: None,
         }
     }
@@ -303,8 +309,11 @@ impl WritableDisk {
         self.attach_path(r)
     }
 
-    /// Flush and close, reporting any error (dropping also flushes but cannot report).
+    /// Flush once and close, returning that flush's error (a drop without `close` also
+    /// flushes, but cannot report). The disk is not flushed again when dropped, even when this
+    /// flush failed: a retried sync can succeed without the data having reached the disk.
     pub fn close(mut self) -> Result<()> {
+        self.closed = true;
         self.flush()
     }
 
@@ -318,7 +327,7 @@ impl WritableDisk {
 
 impl Drop for WritableDisk {
     fn drop(&mut self) {
-        if !self.abandoned {
+        if !self.closed && !self.abandoned {
             let _ = self.image.flush();
         }
     }
@@ -380,5 +389,77 @@ mod tests {
             assert_eq!(w.image.shape(), expected, "{name}");
             assert_eq!(w.virtual_size(), expected.virtual_size);
         }
+    }
+
+    /// An image whose flushes are counted and fail from the `fail_from`th on.
+    #[derive(Debug)]
+    struct CountingImage {
+        flushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        fail_from: usize,
+    }
+
+    impl WritableImage for CountingImage {
+        fn shape(&self) -> Shape {
+            Shape {
+                format: DiskFormat::Vhd,
+                disk_type: DiskType::Fixed,
+                virtual_size: 4096,
+                block_size: None,
+            }
+        }
+        fn read_at(&mut self, _: u64, buf: &mut [u8], _: &mut ParentRead<'_>) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn write_at(&mut self, _: u64, _: &[u8], _: &mut ParentRead<'_>) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            use std::sync::atomic::Ordering;
+            let n = self.flushes.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= self.fail_from {
+                return Err(Error::Io {
+                    path: None,
+                    what: "sync".into(),
+                    source: io::Error::other("injected sync failure"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    fn counted(fail_from: usize) -> (WritableDisk, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let flushes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let image = CountingImage {
+            flushes: flushes.clone(),
+            fail_from,
+        };
+        (WritableDisk::from_parts(Box::new(image), None), flushes)
+    }
+
+    /// `close` syncs exactly once and returns that sync's outcome; the drop after it does not
+    /// sync again (a second, failing sync would otherwise go unseen, or a retry could hide the
+    /// first failure).
+    #[test]
+    fn close_syncs_once_and_reports_that_sync() {
+        use std::sync::atomic::Ordering;
+        let (mut w, flushes) = counted(usize::MAX);
+        w.write_at(0, &[1; 512]).unwrap();
+        w.close().unwrap();
+        assert_eq!(flushes.load(Ordering::SeqCst), 1, "close then drop");
+
+        let (w, flushes) = counted(1);
+        let err = w.close().unwrap_err();
+        assert!(err.to_string().contains("injected sync failure"), "{err}");
+        assert_eq!(
+            flushes.load(Ordering::SeqCst),
+            1,
+            "a failed close is not retried"
+        );
+
+        // Without `close`, the drop is the one flush.
+        let (w, flushes) = counted(usize::MAX);
+        drop(w);
+        assert_eq!(flushes.load(Ordering::SeqCst), 1, "drop without close");
     }
 }
