@@ -80,7 +80,7 @@ fn prepare_xfs(cfg: &Config, dir: &Path, fmt: &str) -> Res<Prepared> {
 
 /// Make and mount the XFS loop file at `dir/xfs`; `None` (after a loud SKIP) when that is not
 /// possible here.
-fn mount_xfs(dir: &Path) -> Res<Option<PathBuf>> {
+pub(super) fn mount_xfs(dir: &Path) -> Res<Option<PathBuf>> {
     let img = dir.join("xfs.img");
     let mnt = dir.join("xfs");
     let skip = |why: &str| {

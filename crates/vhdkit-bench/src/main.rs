@@ -277,6 +277,7 @@ fn cases() -> Vec<Case> {
         },
         Case { name: "merge-1g-vhdx", about: "vhdkit merge of a 1 GiB VHDX child with 512 MiB allocated into its parent, vs cp + sync of 512 MiB (the qemu-img row runs cp)", prepare: |cfg, dir| merge_case::prepare(cfg, dir, "vhdx") },
         Case { name: "merge-1g-vhd", about: "vhdkit merge of a 1 GiB VHD child with 512 MiB allocated into its parent, vs cp + sync of 512 MiB (the qemu-img row runs cp)", prepare: |cfg, dir| merge_case::prepare(cfg, dir, "vpc") },
+        Case { name: "merge-1g-vhdx-xfs-reflink", about: "merge-1g-vhdx on XFS with reflink (loop file, root): vhdkit clones the child's payload; cp copies", prepare: |cfg, dir| merge_case::prepare_xfs(cfg, dir, "vhdx") },
         sync_cases::durable_vhdx(),
         sync_cases::durable_vhd(),
         sync_cases::nosync_vhdx(),

@@ -119,6 +119,19 @@ pub fn prepare(cfg: &Config, dir: &Path, fmt: &'static str) -> Res<Prepared> {
     })
 }
 
+/// `merge-1g-vhdx-xfs-reflink`: the same case on an XFS loop file with reflink (root only;
+/// a loud SKIP otherwise), where merge clones the child's payload into the parent; the `cp`
+/// contender copies (`--reflink=never`), as a merge without cloning would.
+pub fn prepare_xfs(cfg: &Config, dir: &Path, fmt: &'static str) -> Res<Prepared> {
+    match super::clone_case::mount_xfs(dir)? {
+        Some(mnt) => prepare(cfg, &mnt, fmt),
+        None => Ok(Prepared {
+            contenders: vec![],
+            check: Check::AllClean,
+        }),
+    }
+}
+
 fn info_json(cfg: &Config, p: &Path) -> Res<Value> {
     let o = Command::new(&cfg.vhdkit)
         .args(["info", "--json"])

@@ -353,7 +353,7 @@ fn open_direct(_file: &std::fs::File) -> Option<std::fs::File> {
 /// Ask the kernel to start writing back `len` bytes at `offset` without waiting. Only a hint:
 /// a failure changes nothing, since the final `fsync` still makes everything durable.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+pub(crate) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = rustix::fs::fadvise(
         file,
         offset,
@@ -363,7 +363,7 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
+pub(crate) fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 impl std::fmt::Debug for OutFile<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

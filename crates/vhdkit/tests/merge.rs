@@ -202,6 +202,67 @@ fn into_the_parent_spelled_differently_is_the_parent() {
     }
 }
 
+/// A VHDX's Virtual Disk ID and the file offset of its metadata item.
+fn virtual_disk_id(p: &Path) -> (uuid::Uuid, u64) {
+    match Disk::open(p).unwrap().info().details {
+        vhdkit::FormatInfo::Vhdx(v) => {
+            let at = v
+                .metadata_items
+                .iter()
+                .find(|m| m.name.as_deref() == Some("virtual_disk_id"))
+                .unwrap()
+                .file_offset;
+            (v.virtual_disk_id, at)
+        }
+        _ => panic!("not a VHDX"),
+    }
+}
+
+/// MS-VHDX 2.6.1: the merged-into ancestor takes CHILD's IsVirtualDisk metadata, so its
+/// Virtual Disk ID becomes CHILD's (not the one of the disk in between); the plan lists it.
+#[test]
+fn a_vhdx_ancestor_takes_the_childs_virtual_disk_id() {
+    for into_base in [false, true] {
+        let d = tmp();
+        let c = build_chain(d.path(), ChainFormat::Vhdx(512), SIZE, 2, 9);
+        // The testkit gives every level one ID: give the leaf and the middle disk their own
+        // (the item is plain metadata bytes; the logs are clean).
+        let leaf_id = uuid::Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888);
+        for (p, id) in [(c.leaf(), leaf_id), (&c.files[1], uuid::Uuid::from_u128(7))] {
+            let (_, at) = virtual_disk_id(p);
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &id.to_bytes_le(), at).unwrap();
+        }
+        let level = usize::from(!into_base);
+        let ancestor = c.files[level].clone();
+        let before = virtual_disk_id(&ancestor).0;
+        assert_ne!(before, leaf_id);
+        let want = sha256(&read_chain(c.leaf()));
+        let into = into_base.then(|| c.files[0].clone());
+        let plan = MergePlan::new(c.leaf(), into.as_deref(), &ChainOptions::default()).unwrap();
+        let change = plan
+            .changes
+            .iter()
+            .find(|ch| ch.field == "Virtual Disk ID")
+            .expect("the plan lists the Virtual Disk ID");
+        assert!(change.new.contains(&leaf_id.to_string()), "{change:?}");
+        assert!(change.old.contains(&before.to_string()), "{change:?}");
+        plan.apply(&mut ()).unwrap();
+        assert_eq!(
+            virtual_disk_id(&ancestor).0,
+            leaf_id,
+            "into base: {into_base}"
+        );
+        assert_eq!(sha256(&read_chain(&ancestor)), want);
+        let r = check_file(&ancestor, &CheckOptions::default().chain(true)).unwrap();
+        assert!(!r.has_problems(), "{:?}", r.findings);
+        // The base below a merged-into parent keeps its own.
+        if !into_base {
+            assert_ne!(virtual_disk_id(&c.files[0]).0, leaf_id);
+        }
+    }
+}
+
 fn assert_refused(e: &vhdkit::Error, what: &str, needle: &str) {
     assert!(
         matches!(

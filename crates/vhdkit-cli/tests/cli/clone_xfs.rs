@@ -14,13 +14,13 @@ fn s(p: &Path) -> &str {
 }
 
 /// An XFS file system with reflink on a loop file, unmounted when dropped.
-struct Xfs {
+pub(crate) struct Xfs {
     _dir: tempfile::TempDir,
-    at: PathBuf,
+    pub(crate) at: PathBuf,
 }
 
 impl Xfs {
-    fn mount() -> Option<Xfs> {
+    pub(crate) fn mount() -> Option<Xfs> {
         if !need_tool(
             "mkfs.xfs",
             "makes the XFS file system cloning is tested on (xfsprogs)",

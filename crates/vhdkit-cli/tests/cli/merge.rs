@@ -18,6 +18,7 @@ use vhdkit_testkit::snapshot::Snapshot;
 
 use crate::util::*;
 
+mod clone;
 mod crash;
 
 const MIB: u64 = 1 << 20;

@@ -1,5 +1,6 @@
 //! `apply` (a path: lock, recover, open the chain) and `apply_to` (any sink and journal
-//! store: the fault-injection tests), the copy and the final step.
+//! store: the fault-injection tests), the copy and the final step. The copy reads and writes
+//! at most 1 MiB at once (`merge::copy::buffered_len`): it holds one such buffer.
 
 use std::fs::File;
 use std::io;
@@ -17,9 +18,6 @@ use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
 use crate::txn::{FieldChange, Sink};
 use crate::view::ChainView;
 use crate::write::{WritableDisk, WritableImage};
-
-/// Most bytes read and written at once: the copy holds one such buffer.
-const COPY_CHUNK: u64 = 1 << 20;
 
 /// Flatten the plan's child: under its exclusive lock, finish an interrupted change, copy
 /// what it lacks from its chain (opened again with the plan's options), then remove its
@@ -43,7 +41,13 @@ pub(super) fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<F
         writer_parents,
     };
     let space = |t: &Totals| enough_space(lock.file(), t, plan.block_size);
-    let mut r = run(&sink, &store, image, views, &plan.chain, &space, progress).with_path(path)?;
+    let kernel = KernelCopy::new(&sink.0);
+    let env = Env {
+        opts: &plan.chain,
+        space: &space,
+        kernel: Some(kernel),
+    };
+    let mut r = run(&sink, &store, image, views, env, progress).with_path(path)?;
     r.recovered = recovered;
     drop(lock);
     Ok(r)
@@ -84,7 +88,12 @@ pub fn apply_to<S: Sink + Clone + 'static>(
         parents: parents()?,
         writer_parents: parents()?,
     };
-    let mut r = run(sink, store, image, views, opts, &|_| Ok(()), progress)?;
+    let env = Env {
+        opts,
+        space: &|_| Ok(()),
+        kernel: None,
+    };
+    let mut r = run(sink, store, image, views, env, progress)?;
     r.recovered = recovered;
     Ok(r)
 }
@@ -118,16 +127,28 @@ fn open_image<S: Sink + Clone + 'static>(
     })
 }
 
+/// What a run works with besides the file: the options, the free-space check before the
+/// first write, and the kernel copy into the child's file (none for an in-memory file).
+struct Env<'a> {
+    opts: &'a ChainOptions,
+    space: &'a dyn Fn(&Totals) -> Result<()>,
+    kernel: Option<KernelCopy<'a>>,
+}
+
 /// The copy, then the final step.
 fn run<S: Sink + Clone + 'static>(
     sink: &S,
     store: &dyn JournalStore,
     image: Box<dyn WritableImage>,
     views: Views,
-    opts: &ChainOptions,
-    space: &dyn Fn(&Totals) -> Result<()>,
+    env: Env<'_>,
     progress: &mut dyn Progress,
 ) -> Result<FlattenReport> {
+    let Env {
+        opts,
+        space,
+        mut kernel,
+    } = env;
     if image.disk_type() != DiskType::Differencing {
         return Ok(FlattenReport {
             already_standalone: true,
@@ -141,7 +162,14 @@ fn run<S: Sink + Clone + 'static>(
         writer_parents,
     } = views;
     let mut disk = WritableDisk::from_parts(image, Some(writer_parents));
-    let t = copy(&mut disk, &child, &parents, space, progress)?;
+    let t = copy(
+        &mut disk,
+        &child,
+        &parents,
+        space,
+        kernel.as_mut(),
+        progress,
+    )?;
     disk.close()?;
     drop((child, parents));
     let unlink_bytes = unlink(sink, store, format, opts)?;
@@ -151,6 +179,7 @@ fn run<S: Sink + Clone + 'static>(
         whole_blocks: t.whole_blocks,
         partial_blocks: t.partial_blocks,
         bytes_copied: t.bytes,
+        bytes_kernel_copied: kernel.map_or(0, |k| k.moved),
         unlink_bytes,
     })
 }
@@ -162,6 +191,7 @@ fn copy(
     child: &Disk,
     parents: &ChainView,
     space: &dyn Fn(&Totals) -> Result<()>,
+    mut kernel: Option<&mut KernelCopy<'_>>,
     progress: &mut dyn Progress,
 ) -> Result<Totals> {
     // The totals first (maps only, no data read), for the progress bar.
@@ -187,7 +217,17 @@ fn copy(
         for (mut at, len) in need.ranges() {
             let end = at + len;
             while at < end {
-                let n = usize::try_from((end - at).min(COPY_CHUNK)).unwrap_or(0);
+                let sector = u64::from(child.logical_sector_size()).max(1);
+                if let Some(n) = kernel.as_deref_mut().map_or(Ok(None), |k| {
+                    k.piece(disk, parents.layers(), sector, at, end)
+                })? {
+                    progress.advance(n);
+                    at += n;
+                    continue;
+                }
+                let clones = kernel.as_deref().is_some_and(|k| k.clones);
+                let n = crate::merge::copy::buffered_len(at, end, clones);
+                let n = usize::try_from(n).unwrap_or(0);
                 buf.resize(n, 0);
                 disk.read_exact_at(&mut buf, at)?;
                 disk.write_at(at, &buf)?;
@@ -199,6 +239,71 @@ fn copy(
     }
     progress.finish();
     Ok(done)
+}
+
+/// Payload a parent stores contiguously, copied by the kernel file to file into the place
+/// the writer gives in the child (a reflink on XFS and btrfs, an in-kernel copy elsewhere):
+/// the same bytes the child reads there, without passing through vhdkit.
+struct KernelCopy<'a> {
+    file: &'a File,
+    copier: crate::fsx::RangeCopier,
+    /// The file system clones: only 4 KiB-aligned pieces go to the kernel.
+    clones: bool,
+    moved: u64,
+}
+
+impl<'a> KernelCopy<'a> {
+    fn new(file: &'a File) -> KernelCopy<'a> {
+        KernelCopy {
+            file,
+            copier: crate::fsx::RangeCopier::new(),
+            clones: crate::fsx::RangeCopier::for_sparse_output(file).uses_kernel(),
+            moved: 0,
+        }
+    }
+
+    /// Copy the piece at `at` (before `end`, in one block) when a parent stores it
+    /// contiguously and the writer takes it whole; its length, or `None` for the writer.
+    fn piece(
+        &mut self,
+        disk: &mut WritableDisk,
+        parents: &[Disk],
+        sector: u64,
+        at: u64,
+        end: u64,
+    ) -> Result<Option<u64>> {
+        use crate::merge::copy::{stored_run, CLONE_ALIGN};
+        let Some((src, from, n)) = stored_run(parents, at, end - at)? else {
+            return Ok(None);
+        };
+        let unit = if self.clones { CLONE_ALIGN } else { sector };
+        let n = n / unit * unit;
+        if n == 0 || (self.clones && (at % CLONE_ALIGN != 0 || from % CLONE_ALIGN != 0)) {
+            return Ok(None);
+        }
+        let Some(dst) = disk.place_for_copy(at, n)? else {
+            return Ok(None);
+        };
+        if self.clones && dst % CLONE_ALIGN != 0 {
+            // Placed (and marked) already: the writer writes the same bytes there.
+            return Ok(None);
+        }
+        let moved = match self.copier.copy(src, from, self.file, dst, n, false) {
+            Ok(m) => m,
+            Err(e) => {
+                // The sectors are marked: committing now would expose what is not there.
+                disk.abandon();
+                return Err(Error::io(
+                    format!(
+                        "copying {n} bytes from a parent at {from:#x} into the child at {dst:#x}"
+                    ),
+                    e,
+                ));
+            }
+        };
+        self.moved += moved;
+        Ok(Some(n))
+    }
 }
 
 /// The final step, planned on the file as the copy left it: returns the bytes written.

@@ -17,7 +17,12 @@
 //!    whenever a crash comes: the engine writes data before any table entry or bitmap bit points
 //!    at it. A block the child holds in part gets every missing sector (zeros included); a block
 //!    it lacks is copied whole unless every layer below reads it as zeros (then it stays
-//!    unallocated, which reads as zeros once standalone). See `walk`;
+//!    unallocated, which reads as zeros once standalone). See `walk`. A piece one parent
+//!    stores contiguously, in whole sectors, is copied by the kernel file to file
+//!    (`fsx::RangeCopier`: a reflink on XFS and btrfs, an in-kernel copy elsewhere;
+//!    `VHDKIT_NO_CLONE=1` turns it off) into the place the engine gives; its sectors become
+//!    present only when the engine commits, after the data is flushed, as for its own writes
+//!    (a failed copy abandons the writer: nothing more is committed);
 //! 3. **unlinks**, in one crash-safe step: VHD footer type 4 -> 3, parent name, id, time stamp
 //!    and every locator cleared, through the redo journal beside the file (`vhd::link`'s
 //!    `plan_unlink`); VHDX HasParent cleared, the parent locator item and its table entry
@@ -116,6 +121,9 @@ pub struct FlattenReport {
     pub partial_blocks: u64,
     /// Virtual bytes copied into the child.
     pub bytes_copied: u64,
+    /// Of those, the bytes the kernel copied file to file (`copy_file_range`: shared extents
+    /// on a file system that clones, XFS or btrfs).
+    pub bytes_kernel_copied: u64,
     /// Bytes the final step wrote (VHD: the plan's writes, journal not counted; VHDX:
     /// headers, log and metadata).
     pub unlink_bytes: u64,

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::copy::{self, Walk};
+use super::io::{Io, IoFile};
 use super::plan::{self, Opened};
 use super::record::{self, Phase, Record};
 use super::{siblings, MergePlan, MergeReport};
@@ -17,12 +18,12 @@ use crate::txn::journal::{self, FileJournal, Recovery};
 use crate::view::ChainView;
 use crate::write::{WritableDisk, WritableImage};
 
-/// See [`MergePlan::apply`].
-pub(super) fn apply(p: &MergePlan, progress: &mut dyn Progress) -> Result<MergeReport> {
+/// See [`MergePlan::apply`]; every change goes through `io`.
+pub(super) fn apply(p: &MergePlan, io: &Io, progress: &mut dyn Progress) -> Result<MergeReport> {
     // ANCESTOR first, then the merged files top down: one order for every merge.
     let anc_lock = crate::lock::lock_disk(&p.ancestor)?;
     if let Some(r) = deleting_record(p)? {
-        return finish(p, &r, anc_lock);
+        return finish(p, io, &r, anc_lock);
     }
     let mut locks = Vec::new();
     for m in &p.merged {
@@ -51,18 +52,23 @@ pub(super) fn apply(p: &MergePlan, progress: &mut dyn Progress) -> Result<MergeR
         None => {
             let r = o.record(p.new_id)?;
             enough_space(anc_lock.file(), &o)?;
-            record::store(&p.ancestor, &r)?;
+            record::store_with(io, &p.ancestor, &r)?;
             r
         }
     };
     if rec.phase == Phase::Copying {
-        let copied = copy_phase(p, &anc_lock, &locks, o, &rec, progress)?;
-        (report.blocks, report.bytes_copied) = (copied.blocks, copied.bytes);
+        let locked = Locked {
+            ancestor: &anc_lock,
+            merged: &locks,
+        };
+        let copied = copy_phase(p, io, &locked, o, &rec, progress)?;
+        (report.blocks, report.bytes_copied) = (copied.totals.blocks, copied.totals.bytes);
+        report.bytes_kernel_copied = copied.by_kernel;
         rec.phase = Phase::Deleting;
-        record::store(&p.ancestor, &rec)?;
+        record::store_with(io, &p.ancestor, &rec)?;
     }
     drop(locks);
-    let (deleted, kept) = delete_merged(&p.ancestor, &rec)?;
+    let (deleted, kept) = delete_merged(io, &p.ancestor, &rec)?;
     report.deleted = deleted;
     report.kept = kept;
     drop(anc_lock);
@@ -86,12 +92,12 @@ fn deleting_record(p: &MergePlan) -> Result<Option<Record>> {
 }
 
 /// Step 6 alone, under the locks of ANCESTOR and of the merged files still there.
-fn finish(p: &MergePlan, r: &Record, anc_lock: FileLock) -> Result<MergeReport> {
+fn finish(p: &MergePlan, io: &Io, r: &Record, anc_lock: FileLock) -> Result<MergeReport> {
     let mut locks = Vec::new();
     for m in p.merged.iter().filter(|m| crate::fsx::entry_exists(m)) {
         locks.push(crate::lock::lock_disk(m)?);
     }
-    let (deleted, kept) = delete_merged(&p.ancestor, r)?;
+    let (deleted, kept) = delete_merged(io, &p.ancestor, r)?;
     drop((locks, anc_lock));
     Ok(MergeReport {
         deleted,
@@ -116,25 +122,44 @@ fn recover(path: &Path, file: &File) -> Result<bool> {
     }
 }
 
-/// Steps 3 to 5: the linkage (VHDX), the copy, the flush and the verification.
+/// The locks apply holds: ANCESTOR's and the merged files', CHILD first.
+struct Locked<'a> {
+    ancestor: &'a FileLock,
+    merged: &'a [FileLock],
+}
+
+/// A second descriptor of a locked file (it shares the lock), as a sink counted by `io`.
+fn sink_of(io: &Io, lock: &FileLock, path: &Path) -> Result<IoFile> {
+    let f = lock
+        .file()
+        .try_clone()
+        .map_err(|e| Error::io("duplicating the locked descriptor", e))
+        .with_path(path)?;
+    Ok(io.sink(f))
+}
+
+/// Steps 3 to 5: the linkage (VHDX), the copy, the flush, the Virtual Disk ID (VHDX) and
+/// the verification.
 fn copy_phase(
     p: &MergePlan,
-    anc_lock: &FileLock,
-    locks: &[FileLock],
+    io: &Io,
+    locked: &Locked<'_>,
     o: Opened,
     rec: &Record,
     progress: &mut dyn Progress,
-) -> Result<copy::Totals> {
+) -> Result<copy::Copied> {
     let k = o.k;
     if let Some(g) = rec.new_id {
         let d = p
             .merged
             .get(k - 1)
             .ok_or_else(|| Error::internal("no disk D"))?;
-        let lock = locks
+        let lock = locked
+            .merged
             .get(k - 1)
             .ok_or_else(|| Error::internal("no lock of D"))?;
-        crate::vhdx::reparent::set_linkage2(lock.file(), &p.chain.open, g).with_path(d)?;
+        crate::vhdx::reparent::set_linkage2(&sink_of(io, lock, d)?, &p.chain.open, g)
+            .with_path(d)?;
     }
     drop(o);
     // CHILD's chain opened after the linkage change: D resolves ANCESTOR by either linkage
@@ -142,27 +167,53 @@ fn copy_phase(
     let child = Chain::open(&p.child, &p.chain)?.into_view();
     let walk = Walk::of(&child, k)?;
     let totals = walk.count(&child)?;
-    let mut disk = ancestor_writer(&p.ancestor, anc_lock, rec, &p.chain)?;
-    let done = copy::what_child_reads(&mut disk, &child, &walk, totals.bytes, progress)
+    let sink = sink_of(io, locked.ancestor, &p.ancestor)?;
+    let mut disk = ancestor_writer(&p.ancestor, sink.clone(), rec, &p.chain)?;
+    let mut target = copy::Target {
+        disk: &mut disk,
+        file: sink.file(),
+        io,
+    };
+    let done = copy::what_child_reads(&mut target, &child, &walk, totals.bytes, progress)
         .with_path(&p.ancestor)?;
     disk.close().with_path(&p.ancestor)?;
+    let id = child.layers().first().and_then(virtual_disk_id);
+    if let Some(id) = id {
+        crate::vhdx::reparent::set_virtual_disk_id(&sink, &p.chain.open, id)
+            .with_path(&p.ancestor)?;
+    }
+    // Parsed again from the file: what a reader finds once the merged files are gone.
     let after = Chain::open(&p.ancestor, &p.chain)?.into_view();
-    copy::verify(&after, &child, &walk)?;
+    let fresh = after
+        .layers()
+        .first()
+        .ok_or_else(|| Error::internal("an empty chain"))?;
+    copy::verify(fresh, &child, &walk, &done).with_path(&p.ancestor)?;
+    if id.is_some() && virtual_disk_id(fresh) != id {
+        return Err(Error::internal(
+            "the merged ancestor's Virtual Disk ID is not the child's; the merged files and \
+             the merge record are kept",
+        )
+        .with_path(&p.ancestor));
+    }
     Ok(done)
 }
 
-/// ANCESTOR opened for writing through its locked descriptor, over its own parents.
+/// A VHDX's Virtual Disk ID (none for a VHD).
+pub(super) fn virtual_disk_id(d: &Disk) -> Option<uuid::Uuid> {
+    match d.info().details {
+        crate::disk::FormatInfo::Vhdx(v) => Some(v.virtual_disk_id),
+        crate::disk::FormatInfo::Vhd(_) => None,
+    }
+}
+
+/// ANCESTOR opened for writing through `file` (its locked descriptor), over its own parents.
 fn ancestor_writer(
     path: &Path,
-    lock: &FileLock,
+    file: IoFile,
     rec: &Record,
     opts: &ChainOptions,
 ) -> Result<WritableDisk> {
-    let file = lock
-        .file()
-        .try_clone()
-        .map_err(|e| Error::io("duplicating the locked descriptor", e))
-        .with_path(path)?;
     let image: Box<dyn WritableImage> = match (rec.format, rec.new_id) {
         (DiskFormat::Vhdx, Some(g)) => Box::new(
             crate::vhdx::write::VhdxWriter::open(file, &opts.open)
@@ -188,7 +239,11 @@ fn ancestor_writer(
 /// Step 6: delete the merged files, CHILD first, each only while its identity is the recorded
 /// one; sync their folders, then remove the record. Returns the files deleted and those kept
 /// (with why).
-pub(super) fn delete_merged(ancestor: &Path, rec: &Record) -> Result<(Vec<PathBuf>, Vec<String>)> {
+pub(super) fn delete_merged(
+    io: &Io,
+    ancestor: &Path,
+    rec: &Record,
+) -> Result<(Vec<PathBuf>, Vec<String>)> {
     let (mut deleted, mut kept) = (Vec::new(), Vec::new());
     for m in &rec.merged {
         if !crate::fsx::entry_exists(&m.path) {
@@ -196,9 +251,9 @@ pub(super) fn delete_merged(ancestor: &Path, rec: &Record) -> Result<(Vec<PathBu
         }
         match Disk::open(&m.path).map(|d| d.identity()) {
             Ok(id) if id == m.id => {
-                crate::fsx::remove_entry(&m.path)
+                io.remove(&m.path)
                     .map_err(|e| Error::io("deleting a merged file", e).with_path(&m.path))?;
-                let _ = crate::fsx::remove_entry(&crate::sidefile::journal(&m.path));
+                let _ = io.remove(&crate::sidefile::journal(&m.path));
                 deleted.push(m.path.clone());
             }
             Ok(id) => kept.push(format!(
@@ -210,10 +265,10 @@ pub(super) fn delete_merged(ancestor: &Path, rec: &Record) -> Result<(Vec<PathBu
         }
     }
     for m in &rec.merged {
-        record::sync_folder(&m.path)
+        record::sync_folder_with(io, &m.path)
             .map_err(|e| Error::io("syncing the folder", e).with_path(&m.path))?;
     }
-    record::remove(ancestor)?;
+    record::remove_with(io, ancestor)?;
     Ok((deleted, kept))
 }
 

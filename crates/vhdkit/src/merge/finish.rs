@@ -89,7 +89,7 @@ pub(crate) fn repair_step(ancestor: &Path, dry_run: bool) -> Result<Option<Struc
     {
         locks.push(crate::lock::lock_disk(&m.path)?);
     }
-    let (deleted, kept) = super::apply::delete_merged(ancestor, &r)?;
+    let (deleted, kept) = super::apply::delete_merged(&super::io::Io::default(), ancestor, &r)?;
     drop(locks);
     let mut action = format!(
         "finished the interrupted merge into this disk: deleted {} merged file(s)",

@@ -37,14 +37,30 @@
 //!    resolves ANCESTOR before and after the GUID changes;
 //! 4. **copy**: for each ANCESTOR block, the runs some merged disk holds (data, or a VHDX
 //!    ZERO/UNMAPPED state that hides ANCESTOR; a range past a smaller merged disk's end reads as
-//!    zeros and counts as held) are read through CHILD's chain and written into ANCESTOR
-//!    through the crash-safe write engine. The bytes written are the bytes CHILD reads there
-//!    now (`copy::what_child_reads`), and CHILD reads those ranges from a merged disk, never
-//!    from ANCESTOR: reads through CHILD never change, whatever the crash point. The copy is
-//!    idempotent, so a resumed merge copies again;
-//! 5. the writes are flushed and **verified**: ANCESTOR's chain is opened again and every copied
-//!    run compared with CHILD's view; a difference is an error (record kept, nothing deleted);
-//! 6. the record's phase becomes *deleting* (atomic rewrite); the merged files are deleted,
+//!    zeros and counts as held) are written into ANCESTOR. The bytes written are the bytes
+//!    CHILD reads there now (`copy::what_child_reads`), and CHILD reads those ranges from a
+//!    merged disk, never from ANCESTOR: reads through CHILD never change, whatever the crash
+//!    point. A piece a merged file stores contiguously, going into an ANCESTOR block stored
+//!    whole (VHDX FULLY_PRESENT or newly allocated, a dynamic VHD's block), is copied by the
+//!    kernel file to file (`fsx::RangeCopier`: a reflink on XFS and btrfs, an in-kernel copy
+//!    elsewhere; `VHDKIT_NO_CLONE=1` for a plain copy) into the place the write engine
+//!    allocated, and its writeback starts every 8 MiB so the final flush has little left; the
+//!    rest (sector-tracked blocks, zeros, partial sectors) goes through the crash-safe write
+//!    engine, which is read back at once. The copy is idempotent, so a resumed merge copies
+//!    again;
+//! 5. the writes are flushed; for a VHDX, ANCESTOR takes CHILD's Virtual Disk ID (below),
+//!    through its log; then the copy is **verified** on ANCESTOR parsed again from its file:
+//!    every copied sector must be stored by ANCESTOR itself at the file offset the copy put it
+//!    (an order-free digest of the (virtual offset, file offset) pair of every copied sector,
+//!    taken during the copy and again from the fresh parse, must agree), and a VHDX must carry
+//!    CHILD's Virtual Disk ID. A difference is an error (record kept, nothing deleted).
+//!    Why not read the data back: the bytes went where the copy says (the engine's pieces
+//!    were read back right after their write; the kernel copies exactly the range it is
+//!    given), and what could still be wrong once they are written is the committed map, the
+//!    BAT and sector bitmaps a reader will follow — which the digest checks completely. A
+//!    read-back after the flush reads the page cache the copy just filled and proves nothing
+//!    more about the disk, while it doubled the merge's time (two reads of everything copied);
+//! //! 6. the record's phase becomes *deleting* (atomic rewrite); the merged files are deleted,
 //!    CHILD first, each only when its identity is still the recorded one (else it is kept and
 //!    reported); their folders are synced, then the record is removed and its folder synced.
 //!
@@ -53,10 +69,17 @@
 //!   id (Xen-Orchestra's vhd-lib copies the child's instead; keeping it keeps ANCESTOR's other
 //!   links, and the merged disks are deleted). The record plays the journal's part for the
 //!   multi-file operation; each file's own writes are crash-safe through the VHD writer.
-//! - MS-VHDX 2.6.1 asks a merge to copy the child's IsVirtualDisk metadata (virtual size,
-//!   Virtual Disk ID, sector sizes) to the parent. Sizes and sector sizes are equal by the
-//!   refusals above; the Virtual Disk ID is left as ANCESTOR has it (vhdkit and Hyper-V copy it
-//!   into a child at creation, so they normally agree); a difference is shown as a note.
+//! - MS-VHDX 2.6.1: "When merging, an implementation MUST destroy any metadata with
+//!   [IsVirtualDisk] set in the parent, and copy all metadata with this field set in the
+//!   child to the parent". Sizes and sector sizes are equal by the refusals above (a smaller
+//!   CHILD keeps ANCESTOR's size: shrinking is a resize). The Virtual Disk ID (the guest's
+//!   SCSI page 83 identity) becomes CHILD's, as after Hyper-V's `Merge-VHD`, whose merged
+//!   parent is the disk the VM then uses: ANCESTOR then reads as the disk the guest knew. It
+//!   is written through ANCESTOR's log after the copy is flushed and before the
+//!   verification, which checks it; it is idempotent, and no linkage names it (children
+//!   name the DataWriteGuid), so a crash on either side of it is harmless. vhdkit and Hyper-V
+//!   copy the ID into a child at creation, so it normally changes nothing; the plan lists it
+//!   when it does.
 //! - `parent_linkage2` of D is left set to G' once the merge ends: D is deleted then. A merge
 //!   that stops before deleting leaves D valid through either linkage.
 //! - The record holds canonical paths; a folder renamed between a crash and the rerun makes
@@ -82,8 +105,9 @@ use crate::error::{Error, Result};
 use crate::txn::FieldChange;
 
 mod apply;
-mod copy;
+pub(crate) mod copy;
 pub(crate) mod finish;
+mod io;
 mod plan;
 pub(crate) mod record;
 mod siblings;
@@ -144,7 +168,21 @@ impl MergePlan {
     /// `"merge"` phase in bytes and may cancel between blocks (what was copied is flushed, the
     /// record is kept and a rerun resumes).
     pub fn apply(&self, progress: &mut dyn crate::Progress) -> Result<MergeReport> {
-        apply::apply(self, progress)
+        apply::apply(self, &io::Io::default(), progress)
+    }
+
+    /// [`MergePlan::apply`] with every change it makes to the file system (each write,
+    /// flush, resize, kernel copy, create, rename and unlink) counted on `faults`, which fails
+    /// the N-th and every later one as if the process stopped there: the repository's
+    /// in-process crash tests.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn apply_with_faults(
+        &self,
+        faults: std::sync::Arc<crate::txn::fault::FaultPlan>,
+        progress: &mut dyn crate::Progress,
+    ) -> Result<MergeReport> {
+        apply::apply(self, &io::Io::faulty(faults), progress)
     }
 }
 
@@ -155,6 +193,9 @@ impl MergePlan {
 pub struct MergeReport {
     /// Virtual bytes copied into ANCESTOR.
     pub bytes_copied: u64,
+    /// Of those, the bytes the kernel copied file to file (`copy_file_range`: shared extents
+    /// on a file system that clones, XFS or btrfs).
+    pub bytes_kernel_copied: u64,
     /// ANCESTOR blocks written to.
     pub blocks: u64,
     /// The files deleted, CHILD first.

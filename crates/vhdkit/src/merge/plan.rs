@@ -247,7 +247,7 @@ fn changes(o: &Opened, rec: &Record) -> Result<Vec<FieldChange>> {
         .parent_linkage()
         .and_then(|l| l.alternate_id)
         .map_or_else(|| "(absent)".to_string(), |u| braced(&u));
-    Ok(vec![
+    let mut out = vec![
         FieldChange {
             structure: format!("{}: vhdx parent locator", name(o.k - 1)),
             field: "parent_linkage2".into(),
@@ -260,7 +260,24 @@ fn changes(o: &Opened, rec: &Record) -> Result<Vec<FieldChange>> {
             old: braced(&o.ancestor()?.identity()),
             new: braced(&g),
         },
-    ])
+    ];
+    let ids = o
+        .view
+        .layers()
+        .first()
+        .and_then(super::apply::virtual_disk_id);
+    let now = super::apply::virtual_disk_id(o.ancestor()?);
+    if let (Some(id), Some(now)) = (ids, now) {
+        if id != now {
+            out.push(FieldChange {
+                structure: format!("{}: vhdx metadata", name(o.k)),
+                field: "Virtual Disk ID".into(),
+                old: braced(&now),
+                new: braced(&id),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// CHILD is gone: a merge that was deleting the merged files (CHILD first) stopped. Its

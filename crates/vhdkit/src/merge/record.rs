@@ -19,11 +19,12 @@
 //! one, never a mix, and a torn temporary file is never read.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::io::Io;
 use crate::disk::DiskFormat;
 use crate::error::{Error, Result};
 use crate::sidefile;
@@ -248,37 +249,43 @@ pub fn load(ancestor: &Path) -> Result<Option<Record>> {
 
 /// Store `r` beside `ancestor`, durably and atomically (temporary name, sync, rename, sync
 /// of the folder).
+#[cfg(any(test, feature = "test-support"))]
 pub fn store(ancestor: &Path, r: &Record) -> Result<()> {
+    store_with(&Io::default(), ancestor, r)
+}
+
+/// [`store`] through `io`.
+pub(crate) fn store_with(io: &Io, ancestor: &Path, r: &Record) -> Result<()> {
     let at = sidefile::merge_record(ancestor);
     let tmp = sidefile::merge_record_tmp(ancestor);
     let write = || -> io::Result<()> {
-        let mut f = crate::fsx::create_new(&tmp)?;
-        let written = f.write_all(&r.encode()).and_then(|()| f.sync_all());
+        let mut f = io.create_new(&tmp)?;
+        let written = io.write_all(&mut f, &r.encode()).and_then(|()| io.sync(&f));
         drop(f);
-        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &at)) {
-            let _ = crate::fsx::remove_entry(&tmp);
+        if let Err(e) = written.and_then(|()| io.rename(&tmp, &at)) {
+            let _ = io.remove(&tmp);
             return Err(e);
         }
-        sync_folder(&at)
+        sync_folder_with(io, &at)
     };
     write().map_err(|e| Error::io("writing the merge record", e).with_path(&at))
 }
 
-/// Remove the record beside `ancestor` durably (nothing there is fine).
-pub fn remove(ancestor: &Path) -> Result<()> {
+/// Remove the record beside `ancestor` durably (nothing there is fine), through `io`.
+pub(crate) fn remove_with(io: &Io, ancestor: &Path) -> Result<()> {
     let at = sidefile::merge_record(ancestor);
-    crate::fsx::remove_entry(&at)
-        .and_then(|()| crate::fsx::remove_entry(&sidefile::merge_record_tmp(ancestor)))
-        .and_then(|()| sync_folder(&at))
+    io.remove(&at)
+        .and_then(|()| io.remove(&sidefile::merge_record_tmp(ancestor)))
+        .and_then(|()| sync_folder_with(io, &at))
         .map_err(|e| Error::io("removing the merge record", e).with_path(&at))
 }
 
-/// Sync the folder holding `p` (a rename or unlink in it is then durable).
-pub fn sync_folder(p: &Path) -> io::Result<()> {
+/// Sync the folder holding `p` (a rename or unlink in it is then durable), through `io`.
+pub(crate) fn sync_folder_with(io: &Io, p: &Path) -> io::Result<()> {
     #[cfg(unix)]
-    File::open(sidefile::folder_of(p))?.sync_all()?;
+    io.sync(&File::open(sidefile::folder_of(p))?)?;
     #[cfg(not(unix))]
-    let _ = (p, File::open);
+    let _ = (io, p, File::open);
     Ok(())
 }
 
@@ -363,8 +370,8 @@ mod tests {
         r.phase = Phase::Deleting;
         store(&disk, &r).unwrap();
         assert_eq!(load(&disk).unwrap().unwrap().phase, Phase::Deleting);
-        remove(&disk).unwrap();
+        remove_with(&Io::default(), &disk).unwrap();
         assert_eq!(load(&disk).unwrap(), None);
-        remove(&disk).unwrap();
+        remove_with(&Io::default(), &disk).unwrap();
     }
 }

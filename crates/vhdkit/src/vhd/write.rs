@@ -373,6 +373,13 @@ impl<S: Sink> WritableImage for VhdWriter<S> {
         }
     }
 
+    fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        match &self.body {
+            Body::Fixed(_) => Ok(Some(offset)),
+            Body::Sparse(e) => e.stored_at(offset),
+        }
+    }
+
     fn flush(&mut self) -> Result<()> {
         match &mut self.body {
             Body::Fixed(sink) => sink.sync().map_err(io("flushing the vhd")),

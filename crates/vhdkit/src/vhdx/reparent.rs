@@ -470,17 +470,17 @@ pub fn apply(
     })
 }
 
-// Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
 /// A merge's first write (issue 12, MS-VHDX footnote 12): set `parent_linkage2` of the
 /// differencing VHDX in `file` to `guid`, the DataWriteGuid its parent is about to take,
 /// through the file's own log; `parent_linkage`, every other key and the DataWriteGuid are kept
 /// (only a new FileWriteGuid is taken). Nothing is written when the key holds `guid` already.
 /// Returns the bytes written.
-pub(crate) fn set_linkage2(file: &std::fs::File, opts: &OpenOptions, guid: Uuid) -> Result<u64> {
-    let src = file
-        .try_clone()
-        .map_err(|e| Error::io("duplicating the locked descriptor", e))?;
-    let child = child_of(VhdxFile::open(Box::new(src), opts)?)?;
+pub(crate) fn set_linkage2<S: Sink + Clone + 'static>(
+    file: &S,
+    opts: &OpenOptions,
+    guid: Uuid,
+) -> Result<u64> {
+    let child = child_of(VhdxFile::open(Box::new(file.clone()), opts)?)?;
     let mut edit = LinkEdit::keep_all(Placement::Anywhere);
     edit.linkage2 = Some(guid);
     let link = link::plan(&child.file, &edit, &opts.limits)?;
@@ -496,6 +496,33 @@ pub(crate) fn set_linkage2(file: &std::fs::File, opts: &OpenOptions, guid: Uuid)
     Ok(apply(file, &child.guard, &plan, &opts.limits)?.total_bytes())
 }
 
+/// The end of a merge (MS-VHDX 2.6.1: the merged-into parent takes the child's IsVirtualDisk
+/// metadata): set the Virtual Disk ID item of the VHDX in `file` to `id`, through the log.
+/// The DataWriteGuid is kept (the linkage of the disk above names it); a dirty log is replayed
+/// first. Returns whether anything was written (nothing when the item holds `id` already).
+pub(crate) fn set_virtual_disk_id(file: &dyn Sink, opts: &OpenOptions, id: Uuid) -> Result<bool> {
+    let headers = header::read_headers(file)?;
+    let mut session = Session::new(file, headers.current.clone(), headers.current_index);
+    if let Some(seq) = update::dirty_log(file, &headers.current, opts.limits.max_log_replay_bytes)?
+    {
+        session.replay_to_disk(&seq)?;
+    }
+    let cur = session.current().clone();
+    let layout = super::read_layout(file, source_len(file)?, &cur, &opts.limits)?;
+    if layout.meta.virtual_disk_id == id {
+        return Ok(false);
+    }
+    let item = layout
+        .meta
+        .items
+        .iter()
+        .find(|i| i.name == Some("virtual_disk_id"))
+        .ok_or_else(|| Error::internal("a VHDX without a Virtual Disk ID item"))?;
+    session.commit(&[(item.file_offset, crate::guid::to_vhdx_bytes(&id).to_vec())])?;
+    Ok(true)
+}
+
+// Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
 #[cfg(test)]
 #[cfg(vhdkit_workspace)]
 mod tests {

@@ -475,6 +475,10 @@ impl<S: Sink> WritableImage for VhdxWriter<S> {
         Ok(at)
     }
 
+    fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        self.engine.stored_at(offset)
+    }
+
     fn flush(&mut self) -> Result<()> {
         self.engine.flush()
     }

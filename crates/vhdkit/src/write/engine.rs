@@ -375,7 +375,8 @@ impl<F: SparseFormat> Engine<F> {
     }
 
     /// See [`crate::write::WritableImage::place_for_copy`]: the file offset of `offset` when
-    /// its block (allocated now if need be) stores whole sectors and `len` bytes stay inside it.
+    /// `len` bytes stay inside its block (allocated now if need be) and that block stores them
+    /// whole, or tracks sectors and they are whole sectors (their bits are set now).
     pub fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
         let bs = self.geo.block_size;
         let in_block = offset % bs;
@@ -383,9 +384,45 @@ impl<F: SparseFormat> Engine<F> {
             return Ok(None);
         }
         self.fmt.before_write()?;
-        match self.fmt.place_for_write(&mut self.st, offset / bs)? {
-            Place::Whole { data_at } => Ok(data_at.checked_add(in_block)),
+        let block = offset / bs;
+        match self.fmt.place_for_write(&mut self.st, block)? {
+            Place::Whole { data_at } => {
+                // The bytes copied there are written sectors: a block that was allocated
+                // before (a merge into an existing block) may still have clear bits.
+                if self.fmt.marks_whole_blocks() {
+                    self.mark_written(block, in_block, len)?;
+                }
+                Ok(data_at.checked_add(in_block))
+            }
+            // Whole sectors of a block tracking them: present once their bits are committed,
+            // as after `write_sectors` (the bytes copied must be in place before the flush).
+            Place::Sectors { data_at }
+                if in_block % self.geo.sector == 0 && len % self.geo.sector == 0 =>
+            {
+                self.load_bitmap(block)?;
+                let ls = self.geo.sector;
+                let order = self.geo.order;
+                if let Some(bm) = self.st.bitmaps.map.get_mut(&block) {
+                    if bitmap::set_range(bm, in_block / ls, (in_block + len) / ls, order) {
+                        self.st.bitmaps.dirty.insert(block);
+                    }
+                }
+                Ok(data_at.checked_add(in_block))
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// The file offset where the byte at virtual `offset` is stored by this image now (its
+    /// block's data start plus its place in the block), or `None` when the block stores
+    /// nothing; for a block tracking sectors, whether that sector is present is the bitmap's.
+    pub fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        let bs = self.geo.block_size;
+        match self.fmt.place(&self.st, offset / bs)? {
+            Place::Whole { data_at } | Place::Sectors { data_at } => {
+                Ok(data_at.checked_add(offset % bs))
+            }
+            Place::Parent | Place::Zero => Ok(None),
         }
     }
 

@@ -68,11 +68,18 @@ pub trait WritableImage: Send + fmt::Debug {
     /// Commit every change durably (metadata included).
     fn flush(&mut self) -> Result<()>;
     /// Where `len` bytes at `offset` go in the file when copied there directly rather than
-    /// written (a conversion cloning payload), allocating their block first when needed; the
-    /// range must lie in one block. `None` when the image cannot take them that way (a block
-    /// that tracks sectors one by one; the default).
+    /// written (a conversion, merge or flatten cloning payload), allocating their block first
+    /// when needed; the range must lie in one block, and in a block that tracks sectors be
+    /// whole sectors (then marked written). `None` when the image cannot take them that way
+    /// (partial sectors of such a block; the default).
     fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
         let _ = (offset, len);
+        Ok(None)
+    }
+    /// Where the byte at virtual `offset` is stored in the file now, when this image stores
+    /// its block (a merge checks the committed map against it); `None` by default.
+    fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        let _ = offset;
         Ok(None)
     }
 }
@@ -88,6 +95,9 @@ pub struct WritableDisk {
     parent: Option<ChainView>,
     path: Option<PathBuf>,
     pos: u64,
+    /// Set when payload copied into the file directly failed: dropping then commits nothing
+    /// more (the places given for it would otherwise be committed over missing data).
+    abandoned: bool,
     /// Set by `close`: its flush was the last, so `Drop` must not sync again (a second sync could
     /// fail unseen after the first reported success).
     closed: bool,
@@ -194,6 +204,7 @@ impl WritableDisk {
             parent,
             path: Some(path.to_path_buf()),
             pos: 0,
+            abandoned: false,
             closed: false,
             _lock: Some(lock),
         })
@@ -209,6 +220,7 @@ impl WritableDisk {
             parent,
             path: None,
             pos: 0,
+            abandoned: false,
             closed: false,
             _lock: None,
         }
@@ -273,6 +285,24 @@ impl WritableDisk {
         self.attach_path(r)
     }
 
+    /// See [`WritableImage::place_for_copy`] (the range is checked first).
+    pub(crate) fn place_for_copy(&mut self, offset: u64, len: u64) -> Result<Option<u64>> {
+        self.check_range(offset, usize::try_from(len).unwrap_or(usize::MAX), "copy")?;
+        let r = self.image.place_for_copy(offset, len);
+        self.attach_path(r)
+    }
+
+    /// A copy into a place [`WritableDisk::place_for_copy`] gave failed: commit nothing more,
+    /// not even when dropped (the file stays as its last flush left it, as after a crash).
+    pub(crate) fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
+    /// See [`WritableImage::stored_at`].
+    pub(crate) fn stored_at(&self, offset: u64) -> Result<Option<u64>> {
+        self.image.stored_at(offset)
+    }
+
     /// Make every write durable.
     pub fn flush(&mut self) -> Result<()> {
         let r = self.image.flush();
@@ -297,7 +327,7 @@ impl WritableDisk {
 
 impl Drop for WritableDisk {
     fn drop(&mut self) {
-        if !self.closed {
+        if !self.closed && !self.abandoned {
             let _ = self.image.flush();
         }
     }

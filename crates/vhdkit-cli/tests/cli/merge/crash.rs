@@ -1,7 +1,8 @@
 //! `vhdkit merge` killed at its system calls (strace fault injection), both formats, depth 1
 //! (into the parent) and depth 3 (into the base, three files merged away): SIGKILL at every
-//! write, pwrite64, fsync, fdatasync, ftruncate, rename(at/at2) and unlink(at), and EIO returned
-//! by every pwrite64, fsync and fdatasync. After each: the leaf's virtual contents read the same
+//! write, pwrite64, copy_file_range (the payload the kernel copies), fsync, fdatasync,
+//! ftruncate, rename(at/at2) and unlink(at), and EIO returned by every pwrite64,
+//! copy_file_range, fsync and fdatasync. After each: the leaf's virtual contents read the same
 //! (through CHILD while it exists, else through the ancestor); the rerun (`vhdkit merge CHILD`,
 //! or `vhdkit repair ANCESTOR` once CHILD is gone) completes; then only the ancestor and its
 //! parents are left, reading the leaf's contents, `check --chain` clean.
@@ -19,9 +20,9 @@ use super::{names, s};
 use crate::util::*;
 
 const SIZE: u64 = 4 << 20;
-const TRACED: &str =
-    "write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,unlink,unlinkat";
-const EIO_CALLS: [&str; 3] = ["pwrite64", "fsync", "fdatasync"];
+const TRACED: &str = "write,pwrite64,copy_file_range,fsync,fdatasync,ftruncate,rename,renameat,\
+                      renameat2,unlink,unlinkat";
+const EIO_CALLS: [&str; 4] = ["pwrite64", "copy_file_range", "fsync", "fdatasync"];
 /// CI samples every `EVERY`th injection point of each call.
 const EVERY: usize = 4;
 
@@ -138,10 +139,12 @@ fn kill_matrix(format: ChainFormat, depth: usize) -> (usize, usize) {
     println!("{ctx0}: syscalls of one merge: {counts:?}");
     f.assert_done(&format!("{ctx0}: the counting run"));
     let merged = depth - f.level;
-    assert!(
-        counts.get("pwrite64").copied().unwrap_or(0) >= 5,
-        "{ctx0}: {counts:?}"
-    );
+    // The payload goes by copy_file_range where the kernel copies it, else by pwrite64.
+    let payload = ["pwrite64", "copy_file_range"]
+        .iter()
+        .map(|c| counts.get(*c).copied().unwrap_or(0))
+        .sum::<usize>();
+    assert!(payload >= 5, "{ctx0}: {counts:?}");
     let unlinks =
         counts.get("unlink").copied().unwrap_or(0) + counts.get("unlinkat").copied().unwrap_or(0);
     assert!(
@@ -180,10 +183,10 @@ fn kill_matrix(format: ChainFormat, depth: usize) -> (usize, usize) {
     (runs, full)
 }
 
-/// EIO from every (sampled) pwrite64/fsync/fdatasync: exit non-zero with one error line,
-/// contents intact, rerun completes. No injection point may end in exit 0: every sync the merge
-/// makes is the one that proves its writes durable (the disk is closed with one sync, never a
-/// second unchecked one).
+/// EIO from every (sampled) pwrite64/copy_file_range/fsync/fdatasync: exit non-zero with one
+/// error line, contents intact, rerun completes. No injection point may end in exit 0: every
+/// sync the merge makes is the one that proves its writes durable (the disk is closed with one
+/// sync, never a second unchecked one).
 fn eio_matrix(format: ChainFormat, depth: usize) -> (usize, usize) {
     let d = tmp();
     let f = Fixture::new(d.path(), format, depth);
