@@ -7,42 +7,30 @@ use vhdkit::{MergePlan, MergeReport};
 
 use crate::cli::MergeArgs;
 use crate::cmd::chain_options;
+use crate::cmd::planned::{self, Planned};
 use crate::cmd::progress::Bar;
 use crate::output::{self, CliError};
 use crate::Outcome;
 
 pub fn run(a: &MergeArgs) -> Result<Outcome, CliError> {
     let plan = MergePlan::new(&a.child, a.into.as_deref(), &chain_options(&a.resolve)?)?;
-    if a.dry_run {
-        // The real run's first refusal (a read-only or locked member, a VHD journal that
-        // cannot be written beside it), found the way it would meet it.
-        if let Some(e) = merge::predict_refusal(&plan) {
-            return Err(CliError::Lib(super::dry_run_note(e)));
-        }
-        if a.json {
-            output::print_json(&serde_json::json!({ "applied": false, "plan": plan }))?;
-        } else if output::text_wanted() {
-            print!("{}", render_plan(&plan));
-            println!("dry run: nothing written");
-        }
-        return Ok(Outcome::Ok);
+    planned::run(&plan, a.dry_run, a.json)
+}
+
+impl Planned for MergePlan {
+    type Report = MergeReport;
+    fn refusal(&self) -> Option<vhdkit::Error> {
+        merge::predict_refusal(self)
     }
-    let mut bar = Bar::new(a.json);
-    let report = plan.apply(&mut bar);
-    drop(bar);
-    let report = report?;
-    if a.json {
-        output::print_json(&serde_json::json!({
-            "applied": true,
-            "plan": plan,
-            "report": report,
-        }))?;
-    } else if output::text_wanted() {
-        let mut s = render_plan(&plan);
-        render_report(&mut s, &plan, &report);
-        print!("{s}");
+    fn apply(&self, bar: &mut Bar) -> Result<MergeReport, vhdkit::Error> {
+        MergePlan::apply(self, bar)
     }
-    Ok(Outcome::Ok)
+    fn render_plan(&self) -> String {
+        render_plan(self)
+    }
+    fn render_report(&self, s: &mut String, report: &MergeReport) {
+        render_report(s, self, report)
+    }
 }
 
 fn render_plan(p: &MergePlan) -> String {

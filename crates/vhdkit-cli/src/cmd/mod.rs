@@ -10,6 +10,7 @@ mod info;
 pub mod man;
 mod map;
 mod merge;
+mod planned;
 mod progress;
 mod relink;
 mod repair;
