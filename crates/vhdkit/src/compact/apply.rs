@@ -156,8 +156,8 @@ pub(super) fn apply(plan: &CompactPlan, progress: &mut dyn Progress) -> Result<C
 
 /// Either format's editor.
 enum Editor<'a> {
-    Vhd(crate::vhd::compact::Editor<'a>),
-    Vhdx(crate::vhdx::compact::Editor<'a>),
+    Vhd(Box<crate::vhd::compact::Editor<'a>>),
+    Vhdx(Box<crate::vhdx::compact::Editor<'a>>),
 }
 
 impl Editor<'_> {
@@ -199,15 +199,15 @@ fn run(
         ..CompactReport::default()
     };
     let mut ed = match detect(sink)? {
-        DiskFormat::Vhd => Editor::Vhd(crate::vhd::compact::Editor::open(
+        DiskFormat::Vhd => Editor::Vhd(Box::new(crate::vhd::compact::Editor::open(
             sink,
             store,
             &plan.chain.open,
-        )?),
+        )?)),
         DiskFormat::Vhdx => {
             let e = crate::vhdx::compact::Editor::open(sink, &plan.chain.open)?;
             report.recovered |= e.replayed;
-            Editor::Vhdx(e)
+            Editor::Vhdx(Box::new(e))
         }
     };
     if ed.disk_type() == DiskType::Fixed {

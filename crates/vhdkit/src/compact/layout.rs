@@ -104,7 +104,7 @@ pub(crate) fn pack(map: &FileMap, kept: &[Alloc]) -> Result<(Vec<(Alloc, u64)>, 
     occupied.sort_unstable();
     let mut holes = Holes::new(&occupied, map.span, map.align);
     let mut top: Vec<Alloc> = kept.to_vec();
-    top.sort_unstable_by(|a, b| b.at.cmp(&a.at));
+    top.sort_unstable_by_key(|b| std::cmp::Reverse(b.at));
     let mut moves = Vec::new();
     let mut end = map.fixed.iter().map(|f| f.1).max().unwrap_or(0);
     for b in top {
