@@ -26,6 +26,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 mod clone_case;
+mod compact_case;
 mod merge_case;
 mod share_cases;
 mod sync_cases;
@@ -281,6 +282,7 @@ fn cases() -> Vec<Case> {
         meta_cases::info_vhd_2040g(),
         meta_cases::info_vhdx_64t_qemu_default(),
         meta_cases::check_vhdx_64t_qemu_default(),
+        compact_case::case(),
     ]
     .into_iter()
     .chain(clone_case::CASES)

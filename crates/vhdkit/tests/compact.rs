@@ -226,3 +226,36 @@ fn vhd_differencing_drops_only_what_the_parent_reads_the_same() {
         assert_eq!(sha256_file(&parent), psha, "the parent is never written");
     }
 }
+
+/// A block written between the plan and the apply is judged again: the plan's decisions are
+/// reused only when no file of the chain changed since it read them.
+#[test]
+fn a_change_after_the_plan_is_seen() {
+    for vhdx in [false, true] {
+        let dir = tmp();
+        let p = dir.path().join(if vhdx { "d.vhdx" } else { "d.vhd" });
+        let bytes = if vhdx {
+            let mut b = VhdxBuilder::new(Kind::Dynamic, SIZE, MIB as u32, 512);
+            vhdx_of(&mut b, &STANDALONE);
+            b.build().bytes
+        } else {
+            let mut b = VhdBuilder::dynamic(SIZE).block_size(MIB as u32);
+            vhd_of(&mut b, &STANDALONE);
+            b.build().bytes
+        };
+        std::fs::write(&p, bytes).unwrap();
+        let opts = ChainOptions::default();
+        let plan = CompactPlan::new(&p, &opts).unwrap();
+        assert_eq!(plan.zero_blocks, 4);
+        // Block 3 (zeros) gets a byte of data, in place.
+        let mut w = vhdkit::WritableDisk::open(&p, &opts).unwrap();
+        w.write_at(3 * MIB + 17, &[0x42]).unwrap();
+        w.close().unwrap();
+        let want = read_chain(&p);
+        let r = plan.apply(&mut ()).unwrap();
+        assert_eq!(r.zero_blocks, 3, "vhdx {vhdx}: {r:?}");
+        assert_eq!(read_chain(&p), want, "vhdx {vhdx}");
+        let c = check_file(&p, &CheckOptions::default()).unwrap();
+        assert!(!c.has_problems(), "{:?}", c.findings);
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::layout::{self, Alloc, Change, FileMap};
@@ -54,6 +54,7 @@ pub(super) fn plan(path: &Path, opts: &ChainOptions, against_parent: bool) -> Re
         allocated_size: 0,
         notes: first.warnings(),
         chain: opts.clone(),
+        scanned: None,
     };
     let f = crate::fsx::open_disk(path)
         .map_err(|e| Error::io("opening the file", e))
@@ -73,6 +74,10 @@ pub(super) fn plan(path: &Path, opts: &ChainOptions, against_parent: bool) -> Re
         p.notes
             .push("not a differencing disk: --against-parent changes nothing".into());
     }
+    let chain_files: Vec<&Path> = std::iter::once(path)
+        .chain(p.parents.iter().map(PathBuf::as_path))
+        .collect();
+    let seen = stamps(&chain_files);
     let map = plan_map(f, opts).with_path(path)?;
     map.check_disjoint().with_path(path)?;
     let rules = Rules {
@@ -82,6 +87,13 @@ pub(super) fn plan(path: &Path, opts: &ChainOptions, against_parent: bool) -> Re
     };
     let d = scan::decide(&map, rules, &disk, parent.as_ref(), &mut ())?;
     let (moves, len) = layout::pack(&map, &d.kept)?;
+    if seen.is_some() && stamps(&chain_files) == seen {
+        p.scanned = Some(Arc::new(Scanned {
+            stamps: seen,
+            blocks: all_blocks(&map),
+            decisions: d.clone(),
+        }));
+    }
     p.allocated_blocks = map.blocks.len() as u64;
     (p.zero_blocks, p.parent_blocks) = (d.zero_blocks, d.parent_blocks);
     p.blocks_to_move = moves.len() as u64;
@@ -89,6 +101,56 @@ pub(super) fn plan(path: &Path, opts: &ChainOptions, against_parent: bool) -> Re
     p.file_size_after = len.min(p.file_size);
     p.bytes_to_reclaim = p.file_size - p.file_size_after;
     Ok(p)
+}
+
+/// What a plan read: the files' stamps, the blocks and the decisions.
+#[derive(Debug)]
+pub(super) struct Scanned {
+    stamps: Option<Vec<Stamp>>,
+    blocks: Vec<Alloc>,
+    decisions: Decisions,
+}
+
+/// What changes when a file is written, replaced or resized: length, modification and change
+/// times, inode and device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    node: (u64, u64, i64, i64),
+}
+
+/// The stamps of `files`; `None` when one cannot be read (then nothing is reused).
+fn stamps(files: &[&Path]) -> Option<Vec<Stamp>> {
+    files
+        .iter()
+        .map(|p| {
+            let md = std::fs::metadata(p).ok()?;
+            Some(Stamp {
+                len: md.len(),
+                modified: md.modified().ok(),
+                node: node(&md),
+            })
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+fn node(md: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (md.dev(), md.ino(), md.ctime(), md.ctime_nsec())
+}
+
+#[cfg(not(unix))]
+fn node(_: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (0, 0, 0, 0)
+}
+
+/// Every entry of the map with an offset, in one order.
+fn all_blocks(map: &FileMap) -> Vec<Alloc> {
+    let mut v: Vec<Alloc> = map.blocks.iter().chain(&map.stale).copied().collect();
+    v.sort_unstable_by_key(|a| (a.block, a.at));
+    v
 }
 
 /// The map of the file as it reads now (a dirty VHDX log replayed in memory).
@@ -220,8 +282,22 @@ fn run(
         disk_type: ed.disk_type(),
         against_parent: plan.against_parent,
     };
-    // Judged on the file as it is now, under the lock (it may have changed since the plan).
-    let d = judge(&plan.disk, &plan.chain, ed.map(), rules, progress)?;
+    // Judged on the files as they are now, under the lock: the plan's decisions only when no
+    // file of the chain changed since it read them.
+    let files: Vec<&Path> = std::iter::once(plan.disk.as_path())
+        .chain(plan.parents.iter().map(PathBuf::as_path))
+        .collect();
+    let d = match &plan.scanned {
+        Some(s)
+            if !report.recovered
+                && s.stamps.is_some()
+                && stamps(&files) == s.stamps
+                && all_blocks(ed.map()) == s.blocks =>
+        {
+            s.decisions.clone()
+        }
+        _ => judge(&plan.disk, &plan.chain, ed.map(), rules, progress)?,
+    };
     report.zero_blocks = d.zero_blocks;
     report.parent_blocks = d.parent_blocks;
     report.table_bytes = ed.commit(&d.drops)?;

@@ -87,6 +87,10 @@ pub struct CompactPlan {
     /// The options the plan was made with; [`CompactPlan::apply`] opens the chain with them.
     #[cfg_attr(feature = "serde", serde(skip))]
     pub chain: ChainOptions,
+    /// What the plan read, reused by [`CompactPlan::apply`] when no file of the chain changed
+    /// since (so a plan-then-apply reads the allocated data once).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    scanned: Option<std::sync::Arc<apply::Scanned>>,
 }
 
 impl CompactPlan {

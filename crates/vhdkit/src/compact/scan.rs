@@ -21,7 +21,7 @@ pub(crate) struct Rules {
 }
 
 /// The decisions of a scan.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Decisions {
     /// Table changes that free blocks (drops and clears).
     pub drops: Vec<Change>,
