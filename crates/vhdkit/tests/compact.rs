@@ -259,3 +259,35 @@ fn a_change_after_the_plan_is_seen() {
         assert!(!c.has_problems(), "{:?}", c.findings);
     }
 }
+
+/// A partially present VHDX block that goes (zeros over a parent reading zeros) leaves no
+/// sector bitmap bit behind: a later writer trusts the bits and would read those sectors from
+/// the child instead of the parent.
+#[test]
+fn a_dropped_partial_vhdx_block_clears_its_bitmap_bits() {
+    let dir = tmp();
+    let (_, child) = vhdx_pair(dir.path());
+    // Rebuild the child with block 4 partial: two sectors of zeros, over a parent with nothing.
+    let mut cb = VhdxBuilder::new(Kind::Differencing, SIZE, MIB as u32, 512);
+    let parent = VhdxBuilder::new(Kind::Dynamic, SIZE, MIB as u32, 512);
+    let mut pb = parent;
+    vhdx_of(&mut pb, &PARENT);
+    cb.parent_linkage = pb.data_write_guid;
+    cb.relative_path = Some(r".\parent.vhdx".into());
+    vhdx_of(&mut cb, &child_blocks());
+    cb.write(4 * MIB + 1024, &[0u8; 1024]);
+    let built = cb.build();
+    std::fs::write(&child, &built.bytes).unwrap();
+    let sb = built.layout.sb_offsets[&0];
+    // 1 MiB blocks, 512-byte sectors: 256 bitmap bytes per block.
+    let at = (sb + 4 * 256) as usize;
+    assert_ne!(
+        built.bytes[at..at + 256],
+        [0u8; 256][..],
+        "the bits start set"
+    );
+    let (plan, _) = compact(&child, false, None);
+    assert_eq!(plan.zero_blocks, 3);
+    let after = std::fs::read(&child).unwrap();
+    assert_eq!(after[at..at + 256], [0u8; 256][..], "the bits are cleared");
+}

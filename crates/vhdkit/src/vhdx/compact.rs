@@ -6,9 +6,12 @@
 //! the ZERO state, or NOT_PRESENT where the parent reads the same) and a move changes where
 //! data lies, not what it is, so children's `parent_linkage` stays valid.
 
+use std::collections::BTreeMap;
+
 use super::bat::{is_sb_index, payload_index};
+use super::bitmap::block_bitmap_range;
 use super::format::{
-    BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_STATE_MASK, MIB, PAYLOAD_BLOCK_FULLY_PRESENT,
+    BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_STATE_MASK, KIB4, MIB, PAYLOAD_BLOCK_FULLY_PRESENT,
     PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT, PAYLOAD_BLOCK_ZERO,
     SB_BLOCK_PRESENT, SECTOR_BITMAP_BLOCK_SIZE,
 };
@@ -20,9 +23,10 @@ use crate::error::{Error, Result};
 use crate::source::{source_len, Source};
 use crate::txn::Sink;
 
-/// Most table entries one log entry carries (each in its own 4 KiB sector at worst): fits the
-/// 1 MiB log every writer creates.
-const MAX_ENTRIES_PER_COMMIT: usize = 128;
+/// Most bytes of 4 KiB sectors one log entry carries (a table entry costs a sector at worst,
+/// a cleared bitmap its bytes and a sector on each side): fits the 1 MiB log every writer
+/// creates.
+const MAX_COMMIT_BYTES: u64 = 128 * KIB4;
 
 /// The map of a VHDX and what editing its table needs.
 struct Mapped {
@@ -30,6 +34,8 @@ struct Mapped {
     disk_type: DiskType,
     bat_offset: u64,
     cr: u64,
+    /// Chunk -> file offset of its sector bitmap block.
+    sb_at: BTreeMap<u64, u64>,
 }
 
 /// The type and map of the VHDX in `src`, read only (a dirty log replayed in memory): for plans.
@@ -61,10 +67,12 @@ fn read_map(src: &dyn Source, cur: &ParsedHeader, opts: &OpenOptions) -> Result<
         file_len,
         ..FileMap::default()
     };
+    let mut sb_at = BTreeMap::new();
     layout.bat.table.scan(src, 0, |i, e| {
         let at = e & BAT_OFFSET_MASK;
         if is_sb_index(i, cr) {
             if state(e) == SB_BLOCK_PRESENT {
+                sb_at.insert(i / (cr + 1), at);
                 map.fixed
                     .push((at, at.saturating_add(SECTOR_BITMAP_BLOCK_SIZE)));
             }
@@ -89,6 +97,7 @@ fn read_map(src: &dyn Source, cur: &ParsedHeader, opts: &OpenOptions) -> Result<
         disk_type: layout.disk_type,
         bat_offset: layout.regions.bat.file_offset,
         cr,
+        sb_at,
     })
 }
 
@@ -98,6 +107,7 @@ pub(crate) struct Editor<'a> {
     session: SessionState,
     bat_offset: u64,
     cr: u64,
+    sb_at: BTreeMap<u64, u64>,
     differencing: bool,
     /// The type, and the map as the file was when opened.
     pub disk_type: DiskType,
@@ -128,6 +138,7 @@ impl<'a> Editor<'a> {
             session: session.state(),
             bat_offset: m.bat_offset,
             cr: m.cr,
+            sb_at: m.sb_at,
             differencing: m.disk_type == DiskType::Differencing,
             disk_type: m.disk_type,
             map: m.map,
@@ -147,27 +158,60 @@ impl<'a> Editor<'a> {
         }
     }
 
+    /// The sector bitmap bytes of a partially present block that stops being present: cleared
+    /// in the same entry, so a later writer of the block (which trusts the bits) never takes a
+    /// sector of it from this file instead of the parent.
+    fn bitmap_write(&self, c: &Change) -> Option<(u64, Vec<u8>)> {
+        let a = match *c {
+            Change::DropZero(a) | Change::DropToParent(a) => a,
+            _ => return None,
+        };
+        if state(a.raw) != PAYLOAD_BLOCK_PARTIALLY_PRESENT {
+            return None;
+        }
+        let sb = self.sb_at.get(&(a.block / self.cr.max(1)))?;
+        let (rel, len) = block_bitmap_range(a.block, self.cr.max(1));
+        Some((sb.checked_add(rel)?, vec![0u8; usize::try_from(len).ok()?]))
+    }
+
     /// Commit `changes` through the log, a bounded number per entry; every prefix is a valid
-    /// file (each change stands alone). Returns the table bytes changed.
+    /// file (each change stands alone). Returns the table and bitmap bytes changed.
     pub(crate) fn commit(&mut self, changes: &[Change]) -> Result<u64> {
         let mut bytes = 0u64;
-        for part in changes.chunks(MAX_ENTRIES_PER_COMMIT) {
-            let mut writes = Vec::with_capacity(part.len());
-            for c in part {
-                let (block, value) = self.entry(c);
-                let at = payload_index(block, self.cr)
-                    .checked_mul(BAT_ENTRY_SIZE)
-                    .and_then(|o| o.checked_add(self.bat_offset))
-                    .ok_or_else(|| Error::internal("a table entry past 2^64"))?;
-                writes.push((at, value.to_le_bytes().to_vec()));
-                bytes += BAT_ENTRY_SIZE;
+        let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut cost = 0u64;
+        for c in changes {
+            let (block, value) = self.entry(c);
+            let at = payload_index(block, self.cr)
+                .checked_mul(BAT_ENTRY_SIZE)
+                .and_then(|o| o.checked_add(self.bat_offset))
+                .ok_or_else(|| Error::internal("a table entry past 2^64"))?;
+            let bitmap = self.bitmap_write(c);
+            let c_cost = KIB4 + bitmap.as_ref().map_or(0, |b| b.1.len() as u64 + 2 * KIB4);
+            if !writes.is_empty() && cost + c_cost > MAX_COMMIT_BYTES {
+                self.commit_entry(&writes)?;
+                writes.clear();
+                cost = 0;
             }
-            let mut s = Session::resume(self.sink, self.session.clone());
-            let r = s.commit(&writes);
-            self.session = s.state();
-            r?;
+            if let Some(b) = bitmap {
+                bytes += b.1.len() as u64;
+                writes.push(b);
+            }
+            writes.push((at, value.to_le_bytes().to_vec()));
+            bytes += BAT_ENTRY_SIZE;
+            cost += c_cost;
+        }
+        if !writes.is_empty() {
+            self.commit_entry(&writes)?;
         }
         Ok(bytes)
+    }
+
+    fn commit_entry(&mut self, writes: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut s = Session::resume(self.sink, self.session.clone());
+        let r = s.commit(writes);
+        self.session = s.state();
+        r
     }
 
     /// Cut the file to `len` (a whole number of MiB past every structure); the log is clean
