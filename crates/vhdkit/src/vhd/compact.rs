@@ -62,55 +62,8 @@ impl<'a> Editor<'a> {
         let h = &sp.header.raw;
         map.block_size = u64::from(h.block_size);
         map.span = sp.bitmap_bytes.saturating_add(map.block_size);
-        let table_bytes = u64::from(h.max_table_entries)
-            .saturating_mul(format::BAT_ENTRY_BYTES)
-            .next_multiple_of(SECTOR_BYTES);
-        map.fixed = vec![
-            (0, FOOTER_BYTES as u64),
-            (
-                sp.header.offset,
-                sp.header
-                    .offset
-                    .saturating_add(format::DYNAMIC_HEADER_BYTES as u64),
-            ),
-            (h.table_offset, h.table_offset.saturating_add(table_bytes)),
-        ];
-        for l in h
-            .parent_locators
-            .iter()
-            .filter(|l| l.platform_code != [0; 4])
-        {
-            let len = data_space_bytes(l.platform_data_space)
-                .unwrap_or(0)
-                .max(u64::from(l.platform_data_length));
-            let at = l.platform_data_offset;
-            map.fixed.push((at, at.saturating_add(len)));
-        }
-        scan_table(
-            sink,
-            h.table_offset,
-            u64::from(h.max_table_entries),
-            Width::U32Be,
-            "vhd block allocation table",
-            0,
-            &mut |i, e| {
-                if e == u64::from(BAT_UNALLOCATED) {
-                    return Ok(());
-                }
-                if map.blocks.len() >= MAX_TRACKED_BLOCKS {
-                    return Err(Error::unsupported(format!(
-                        "more than {MAX_TRACKED_BLOCKS} allocated blocks: too many to compact"
-                    )));
-                }
-                let at = e.saturating_mul(SECTOR_BYTES);
-                map.blocks.push(Alloc {
-                    block: i,
-                    at,
-                    raw: e,
-                });
-                Ok(())
-            },
-        )?;
+        map.fixed = fixed_spans(&sp.header);
+        map.blocks = allocated(sink, h)?;
         Ok(Editor {
             sink,
             store,
@@ -187,4 +140,63 @@ impl<'a> Editor<'a> {
             .sync()
             .map_err(|e| Error::io("flushing the truncated vhd", e))
     }
+}
+
+/// Every structure but the blocks and the end footer: the footer copy, the dynamic header, the
+/// table (whole sectors) and each parent locator's data space.
+fn fixed_spans(hdr: &super::dynamic::CheckedHeader) -> Vec<(u64, u64)> {
+    let h = &hdr.raw;
+    let table_bytes = u64::from(h.max_table_entries)
+        .saturating_mul(format::BAT_ENTRY_BYTES)
+        .next_multiple_of(SECTOR_BYTES);
+    let header_end = hdr
+        .offset
+        .saturating_add(format::DYNAMIC_HEADER_BYTES as u64);
+    let mut fixed = vec![
+        (0, FOOTER_BYTES as u64),
+        (hdr.offset, header_end),
+        (h.table_offset, h.table_offset.saturating_add(table_bytes)),
+    ];
+    for l in h
+        .parent_locators
+        .iter()
+        .filter(|l| l.platform_code != [0; 4])
+    {
+        let len = data_space_bytes(l.platform_data_space)
+            .unwrap_or(0)
+            .max(u64::from(l.platform_data_length));
+        let at = l.platform_data_offset;
+        fixed.push((at, at.saturating_add(len)));
+    }
+    fixed
+}
+
+/// The allocated blocks of the table, at most [`MAX_TRACKED_BLOCKS`].
+fn allocated(src: &dyn Sink, h: &format::DynamicHeader) -> Result<Vec<Alloc>> {
+    let mut blocks = Vec::new();
+    scan_table(
+        src,
+        h.table_offset,
+        u64::from(h.max_table_entries),
+        Width::U32Be,
+        "vhd block allocation table",
+        0,
+        &mut |i, e| {
+            if e == u64::from(BAT_UNALLOCATED) {
+                return Ok(());
+            }
+            if blocks.len() >= MAX_TRACKED_BLOCKS {
+                return Err(Error::unsupported(format!(
+                    "more than {MAX_TRACKED_BLOCKS} allocated blocks: too many to compact"
+                )));
+            }
+            blocks.push(Alloc {
+                block: i,
+                at: e.saturating_mul(SECTOR_BYTES),
+                raw: e,
+            });
+            Ok(())
+        },
+    )?;
+    Ok(blocks)
 }
