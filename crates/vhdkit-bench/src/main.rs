@@ -26,6 +26,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 mod clone_case;
+mod compact_case;
 mod merge_case;
 mod nbd_cases;
 mod share_cases;
@@ -288,6 +289,7 @@ fn cases() -> Vec<Case> {
         meta_cases::check_vhdx_64t_qemu_default(),
         nbd_cases::nbdcopy_depth8(),
         nbd_cases::nbdinfo_map_64t(),
+        compact_case::case(),
     ]
     .into_iter()
     .chain(clone_case::CASES)

@@ -41,6 +41,9 @@ pub enum Command {
     /// Merge a differencing disk into its parent (or an ancestor with --into), like Hyper-V's
     /// Merge-VHD: its data is written into the ancestor, then the merged files are deleted.
     Merge(MergeArgs),
+    /// Give back the space of all-zero blocks (with --against-parent, also of blocks equal to
+    /// the parent's) and shrink the file, like Optimize-VHD, crash-safely.
+    Compact(CompactArgs),
     /// Check every structural rule of disks (files or folders) and, with --chain, their chains.
     /// Read-only. Exit 0 clean (info only), 1 errors or warnings found, 2 could not run.
     Check(CheckArgs),
@@ -161,6 +164,25 @@ pub struct FlattenArgs {
     pub resolve: ResolveArgs,
     /// The differencing disk to flatten.
     pub child: PathBuf,
+}
+
+/// `vhdkit compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Also drop blocks of a differencing disk equal to what its parent chain reads.
+    #[arg(long)]
+    pub against_parent: bool,
+    /// Print the plan (blocks dropped and moved, file size before and after); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options.
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The dynamic or differencing disk to compact.
+    pub disk: PathBuf,
 }
 
 /// `vhdkit merge`.

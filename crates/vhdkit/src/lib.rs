@@ -219,3 +219,10 @@ pub use merge::{MergePlan, MergeReport};
 pub(crate) mod extents;
 pub use extents::MapExtent;
 pub mod nbd;
+
+// Compact (issue 14): zero blocks (or blocks equal to the parent) stop using space and the
+// file shrinks. The module is public for the command's hidden helpers only; its API is the two
+// types re-exported here.
+#[doc(hidden)]
+pub mod compact;
+pub use compact::{CompactPlan, CompactReport};

@@ -2,6 +2,7 @@
 
 mod chain;
 mod check;
+mod compact;
 pub mod completions;
 mod convert;
 mod create;
@@ -32,6 +33,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Reparent(a) => a.json,
         Command::Flatten(a) => a.json,
         Command::Merge(a) => a.json,
+        Command::Compact(a) => a.json,
         Command::Repair(a) => a.json,
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
@@ -52,6 +54,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Reparent(a) => reparent::run(&a),
         Command::Flatten(a) => flatten::run(&a),
         Command::Merge(a) => merge::run(&a),
+        Command::Compact(a) => compact::run(&a),
         Command::Repair(a) => repair::run(&a),
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),

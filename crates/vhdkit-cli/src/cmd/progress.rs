@@ -33,7 +33,7 @@ impl vhdkit::Progress for Bar {
                 ProgressBar::new(t),
                 "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             ),
-            ("hash" | "flatten" | "merge", Some(t)) => (
+            ("hash" | "flatten" | "merge" | "compact" | "move", Some(t)) => (
                 ProgressBar::new(t),
                 "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             ),

@@ -6,13 +6,14 @@ use std::process::{Command, Stdio};
 use crate::util::{have_tool, run, run_success, vhdkit};
 
 /// Every subcommand, as the top-level help lists them.
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "info",
     "chain",
     "convert",
     "reparent",
     "flatten",
     "merge",
+    "compact",
     "check",
     "repair",
     "create",

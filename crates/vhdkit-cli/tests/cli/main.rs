@@ -9,6 +9,7 @@ mod chains;
 mod check;
 mod cli_contract;
 mod clone_xfs;
+mod compact;
 mod concurrent_writers;
 mod confine;
 mod confine_side_files;

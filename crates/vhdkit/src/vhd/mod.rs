@@ -20,6 +20,7 @@
 
 pub(crate) mod bat;
 pub(crate) mod bitmap;
+pub(crate) mod compact;
 support_mod!(create);
 support_mod!(dynamic);
 support_mod!(footer);

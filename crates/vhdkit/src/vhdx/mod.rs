@@ -17,6 +17,7 @@
 
 pub(crate) mod bat;
 mod bitmap;
+pub(crate) mod compact;
 support_mod!(create);
 pub(crate) mod format;
 pub(crate) mod header;
