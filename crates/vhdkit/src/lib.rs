@@ -219,3 +219,9 @@ pub use merge::{MergePlan, MergeReport};
 pub(crate) mod extents;
 pub use extents::MapExtent;
 pub mod nbd;
+
+// Resize (issue 14): the virtual size of a disk changes in place, crash-safely. The module is
+// public for the command's hidden helpers only; its API is the types re-exported here.
+#[doc(hidden)]
+pub mod resize;
+pub use resize::{Relocation, ResizePlan, ResizeReport};

@@ -14,6 +14,7 @@ mod progress;
 mod relink;
 mod repair;
 mod reparent;
+mod resize;
 mod serve;
 mod share;
 
@@ -31,6 +32,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Reparent(a) => a.json,
         Command::Flatten(a) => a.json,
         Command::Merge(a) => a.json,
+        Command::Resize(a) => a.json,
         Command::Repair(a) => a.json,
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
@@ -51,6 +53,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Reparent(a) => reparent::run(&a),
         Command::Flatten(a) => flatten::run(&a),
         Command::Merge(a) => merge::run(&a),
+        Command::Resize(a) => resize::run(&a),
         Command::Repair(a) => repair::run(&a),
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),
