@@ -34,6 +34,7 @@ mod real_images;
 mod repair_dry_run;
 mod reparent;
 mod reparent_vhdx;
+mod resize;
 mod roundtrip;
 mod serve;
 mod share;

@@ -128,10 +128,7 @@ pub(super) fn apply(plan: &ResizePlan, progress: &mut dyn Progress) -> Result<Re
         new_size: plan.new_size,
         ..ResizeReport::default()
     };
-    if plan.old_size == plan.new_size {
-        report.already_done = true;
-        return Ok(report);
-    }
+    // Even with nothing to do, an interrupted change is finished (a rerun completes it).
     let (lock, file) = crate::lock::locked_file(path)?;
     match plan.format {
         DiskFormat::Vhd => apply_vhd(plan, &file, &mut report, progress).with_path(path)?,
@@ -144,10 +141,10 @@ pub(super) fn apply(plan: &ResizePlan, progress: &mut dyn Progress) -> Result<Re
 /// Whether the disk (now `size` bytes) still has the planned size; `Ok(false)` when it has the
 /// new one already (a finished earlier run).
 fn still_planned(size: u64, plan: &ResizePlan) -> Result<bool> {
-    if size == plan.old_size {
-        Ok(true)
-    } else if size == plan.new_size {
+    if size == plan.new_size {
         Ok(false)
+    } else if size == plan.old_size {
+        Ok(true)
     } else {
         Err(Error::refused(format!(
             "the disk's size changed since the plan was made ({size} bytes, planned on {}); plan \
@@ -189,6 +186,13 @@ fn apply_vhdx(plan: &ResizePlan, file: &File, report: &mut ResizeReport) -> Resu
     drop(vf);
     if !still_planned(r.old_size, plan)? {
         report.already_done = true;
+        if r.guard.log_dirty {
+            // An earlier run stopped after its log entry was committed: replay it to the
+            // file, as any writer does first, so the file is left clean.
+            let none = crate::txn::Plan::default();
+            crate::vhdx::reparent::apply(file, &r.guard, &none, &plan.chain.open.limits)?;
+            report.recovered = true;
+        }
         return Ok(());
     }
     if let Some(len) = r.extend_to {
@@ -231,7 +235,9 @@ fn copy_moves(file: &File, r: &VhdResize, progress: &mut dyn Progress) -> Result
     file.write_all_at(footer, *at)
         .map_err(io("writing the footer at the new end"))?;
     Sink::sync(file).map_err(io("flushing the file"))?;
-    let footer_sector = r.old_footer_at..r.old_footer_at.saturating_add(crate::vhd::format::FOOTER_BYTES as u64);
+    let footer_sector = r.old_footer_at
+        ..r.old_footer_at
+            .saturating_add(crate::vhd::format::FOOTER_BYTES as u64);
     let mut buf = Vec::new();
     for m in &r.moves {
         let mut off = 0u64;

@@ -183,8 +183,16 @@ fn write(
     Ok(())
 }
 
-/// A fixed disk: the footer goes to the new end; the old footer's sector reads zero (grow) or
-/// the file is cut after the new footer (shrink; the caller checked the cut range is zero).
+/// Most a fixed disk shrinks by: a journal never changes a file's length by more (it must not
+/// let recovery cut a file arbitrarily, `txn::journal`).
+const MAX_FIXED_SHRINK: u64 = 64 << 20;
+
+/// A fixed disk. Growing: the current footer is first written at the new end (the file grows,
+/// a hole, and still ends in its footer: the old disk with slack), then the journaled plan
+/// rewrites that footer with the new size and zeroes the old footer's sector, the file's length
+/// unchanged. A rerun after a stop between the two finds the footer at the new end already.
+/// Shrinking: the new footer at the new end and the file cut after it, in one plan (the caller
+/// checked the cut range reads zero).
 fn fixed(
     src: &dyn Source,
     r: &mut VhdResize,
@@ -193,22 +201,50 @@ fn fixed(
     new_footer: Vec<u8>,
     new_size: u64,
 ) -> Result<()> {
+    let old_size = r.old_size;
+    let file = (src, r.plan.old_len);
+    if footer_at != old_size && footer_at != new_size {
+        return Err(Error::refused(format!(
+            "the fixed disk's footer lies at {footer_at:#x}, not right after its {old_size}              bytes of data; vhdkit does not resize a fixed disk with slack before its footer"
+        )));
+    }
     let p = &mut r.plan;
-    p.new_len = new_size.checked_add(FOOTER).ok_or_else(overflow)?;
-    // The footer at its new place first: until the old one is zeroed, the file ends in one.
-    let file = (src, p.old_len);
-    write(
-        p,
-        file,
-        new_size,
-        new_footer,
-        "footer at the new end".into(),
-    )?;
-    if new_size > footer_at {
+    if new_size < old_size {
+        if old_size - new_size > MAX_FIXED_SHRINK || footer_at != old_size {
+            return Err(Error::refused(format!(
+                "a fixed VHD shrinks by at most {MAX_FIXED_SHRINK} bytes at a time: the cut is                  made by the journal, which never changes a file's length by more; nothing was                  written"
+            )));
+        }
+        p.new_len = new_size.checked_add(FOOTER).ok_or_else(overflow)?;
+        return write(
+            p,
+            file,
+            new_size,
+            new_footer,
+            "footer at the new end".into(),
+        );
+    }
+    let end = new_size.checked_add(FOOTER).ok_or_else(overflow)?;
+    let (at_end, stale) = if footer_at == old_size {
+        r.footer_first = Some((new_size, old_footer.clone()));
+        (old_footer.clone(), old_footer)
+    } else {
+        // An earlier run stopped after moving the footer: the old one is still at `old_size`.
+        let stale = read_padded(src, old_size, FOOTER, p.old_len)?;
+        (old_footer, stale)
+    };
+    (p.old_len, p.new_len) = (end, end);
+    p.writes.push(WriteOp {
+        offset: new_size,
+        data: new_footer,
+        old: at_end,
+        what: "footer at the new end".into(),
+    });
+    if stale.iter().any(|&b| b != 0) {
         p.writes.push(WriteOp {
-            offset: footer_at,
-            data: vec![0; old_footer.len()],
-            old: old_footer,
+            offset: old_size,
+            data: vec![0; stale.len()],
+            old: stale,
             what: "old footer zeroed".into(),
         });
     }
@@ -258,19 +294,7 @@ impl Sparse<'_> {
             .ok_or_else(overflow)?;
         opts.limits.check_new_table(bat_bytes)?;
         let mut bat = self.read_bat(old_entries)?;
-        if let Some((i, e)) = bat
-            .iter()
-            .enumerate()
-            .skip(usize::try_from(new_entries).map_err(|_| overflow())?)
-            .find(|(_, e)| **e != BAT_UNALLOCATED)
-        {
-            return Err(Error::refused(format!(
-                "block {i} (virtual offset {:#x}, BAT entry at file offset {:#x} -> sector \
-                 {e:#x}) is allocated past the new end; nothing was written",
-                (i as u64).saturating_mul(bs),
-                h.table_offset + i as u64 * BAT_ENTRY_BYTES
-            )));
-        }
+        self.refuse_past_end(&bat, new_entries)?;
         bat.resize(
             usize::try_from(new_entries).map_err(|_| overflow())?,
             BAT_UNALLOCATED,
@@ -292,15 +316,66 @@ impl Sparse<'_> {
                 self.footer_at
             )));
         }
-        // Where the copies go: from the end footer (or the grown BAT's end) on, as the writer
-        // allocates: never over the grown BAT.
+        let cursor = self.place_moves(r, &mut bat, &mut header, bat_end)?;
+        let end = cursor.max(bat_end).max(self.footer_at);
+        let new_footer_at = if end == self.footer_at {
+            self.footer_at
+        } else {
+            let end = end.checked_add(FOOTER).ok_or_else(overflow)?;
+            align_up(end, ALIGN_BYTES).ok_or_else(overflow)? - FOOTER
+        };
+        if !r.moves.is_empty() {
+            r.footer_first = Some((new_footer_at, old_footer.clone()));
+        }
+        self.journal(
+            r,
+            &bat,
+            &header,
+            new_footer,
+            old_footer,
+            new_footer_at,
+            bat_end,
+        )
+    }
+
+    /// Refuse when a block at or past entry `new_entries` is allocated.
+    fn refuse_past_end(&self, bat: &[u32], new_entries: u64) -> Result<()> {
+        let bs = u64::from(self.header.block_size);
+        let first = usize::try_from(new_entries).map_err(|_| overflow())?;
+        match bat
+            .iter()
+            .enumerate()
+            .skip(first)
+            .find(|(_, e)| **e != BAT_UNALLOCATED)
+        {
+            Some((i, e)) => Err(Error::refused(format!(
+                "block {i} (virtual offset {:#x}, BAT entry at file offset {:#x} -> sector \
+                 {e:#x}) is allocated past the new end; nothing was written",
+                (i as u64).saturating_mul(bs),
+                self.header
+                    .table_offset
+                    .saturating_add((i as u64).saturating_mul(BAT_ENTRY_BYTES))
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Place the structures in the grown BAT's way past the end footer (or the grown BAT's
+    /// end, whichever is further: never over the BAT), as the writer allocates blocks, and
+    /// repoint their BAT entries and locator entries; returns the end of the last copy.
+    fn place_moves(
+        &self,
+        r: &mut VhdResize,
+        bat: &mut [u32],
+        header: &mut DynamicHeader,
+        bat_end: u64,
+    ) -> Result<u64> {
         let mut cursor = self.footer_at.max(bat_end);
-        for it in self.in_the_way(&bat, bat_end)? {
+        for it in self.in_the_way(bat, bat_end)? {
             let to = match it.kind {
                 ItemKind::Block(i) => {
-                    let data =
-                        align_up(cursor + self.bitmap_bytes, ALIGN_BYTES).ok_or_else(overflow)?;
-                    let to = data - self.bitmap_bytes;
+                    let past = cursor.checked_add(self.bitmap_bytes).ok_or_else(overflow)?;
+                    let to = align_up(past, ALIGN_BYTES).ok_or_else(overflow)? - self.bitmap_bytes;
                     let sector = u32::try_from(to / SECTOR).map_err(|_| overflow())?;
                     if let Some(e) = bat.get_mut(i) {
                         *e = sector;
@@ -323,24 +398,7 @@ impl Sparse<'_> {
                 length: it.len,
             });
         }
-        let end = cursor.max(bat_end).max(self.footer_at);
-        let new_footer_at = if end == self.footer_at {
-            self.footer_at
-        } else {
-            align_up(end + FOOTER, ALIGN_BYTES).ok_or_else(overflow)? - FOOTER
-        };
-        if !r.moves.is_empty() {
-            r.footer_first = Some((new_footer_at, old_footer.clone()));
-        }
-        self.journal(
-            r,
-            &bat,
-            &header,
-            new_footer,
-            old_footer,
-            new_footer_at,
-            bat_end,
-        )
+        Ok(cursor)
     }
 
     /// The BAT's `n` entries.
@@ -360,11 +418,13 @@ impl Sparse<'_> {
     /// Blocks and locator data overlapping the grown BAT (`table_offset..bat_end`), by offset.
     fn in_the_way(&self, bat: &[u32], bat_end: u64) -> Result<Vec<Item>> {
         let t = self.header.table_offset;
-        let block_len = self.bitmap_bytes + u64::from(self.header.block_size);
+        let block_len = self
+            .bitmap_bytes
+            .saturating_add(u64::from(self.header.block_size));
         let mut out = Vec::new();
         for (i, &e) in bat.iter().enumerate() {
             let at = u64::from(e) * SECTOR;
-            if e != BAT_UNALLOCATED && at < bat_end && at + block_len > t {
+            if e != BAT_UNALLOCATED && at < bat_end && at.saturating_add(block_len) > t {
                 out.push(Item {
                     what: format!("block {i}"),
                     at,
@@ -413,9 +473,9 @@ impl Sparse<'_> {
         let p = &mut r.plan;
         if let Some((at, _)) = &r.footer_first {
             // The copies extend the file to the new footer first.
-            p.old_len = at + FOOTER;
+            p.old_len = at.saturating_add(FOOTER);
         }
-        p.new_len = p.old_len.max(new_footer_at + FOOTER);
+        p.new_len = p.old_len.max(new_footer_at.saturating_add(FOOTER));
         let t = self.header.table_offset;
         let mut table: Vec<u8> = bat.iter().flat_map(|e| e.to_be_bytes()).collect();
         table.resize(
@@ -464,7 +524,7 @@ impl Sparse<'_> {
         let moved_over = r
             .moves
             .iter()
-            .any(|m| m.to <= self.footer_at && self.footer_at < m.to + m.length);
+            .any(|m| m.to <= self.footer_at && self.footer_at < m.to.saturating_add(m.length));
         if new_footer_at != self.footer_at && self.footer_at >= bat_end && !moved_over {
             p.writes.push(WriteOp {
                 offset: self.footer_at,
