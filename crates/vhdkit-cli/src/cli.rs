@@ -358,6 +358,10 @@ pub struct ConvertArgs {
     /// 32 MiB (dynamic) or 2 MiB (fixed).
     #[arg(long, value_name = "N")]
     pub block_size: Option<String>,
+    /// Round the virtual size up to a multiple of N (e.g. 1M: the whole MiB Azure wants of a
+    /// fixed VHD); the added range reads as zeros and stays sparse.
+    #[arg(long, value_name = "N")]
+    pub round_up: Option<String>,
     /// Replace DST if it exists.
     #[arg(long)]
     pub force: bool,

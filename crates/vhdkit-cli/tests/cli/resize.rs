@@ -403,3 +403,69 @@ fn round_up_and_bad_sizes() {
     drop(f);
     snap.assert_unchanged("locked");
 }
+
+/// `convert --to vhd --fixed --round-up 1M`: a fixed VHD of a whole number of MiB (what Azure
+/// accepts) from a disk of another size, its contents then zeros, sparse on disk.
+#[test]
+fn convert_rounds_a_fixed_vhd_up_to_whole_mib() {
+    let d = tmp();
+    let src = d.path().join("src.vhdx");
+    run_success(["create", s(&src), "--size", "10000384"]);
+    write(&src, 4096, &[0x5a; 70_000]);
+    let dst = d.path().join("azure.vhd");
+    let r = run_success([
+        "convert",
+        "--to",
+        "vhd",
+        "--fixed",
+        "--round-up",
+        "1M",
+        "--json",
+        s(&src),
+        s(&dst),
+    ]);
+    assert_eq!(r.json()["stats"]["virtual_size"], 10 * MIB, "{r:?}");
+    assert_eq!(virtual_size(&dst), 10 * MIB);
+    let want = read_chain(&src);
+    let got = read_chain(&dst);
+    assert!(got[..want.len()] == want[..] && got[want.len()..].iter().all(|&b| b == 0));
+    assert_eq!(std::fs::metadata(&dst).unwrap().len(), 10 * MIB + 512);
+    // The added range costs nothing on disk: as much is allocated as without --round-up.
+    let plain = d.path().join("plain.vhd");
+    run_success(["convert", "--to", "vhd", "--fixed", s(&src), s(&plain)]);
+    assert!(
+        allocated_bytes(&dst) <= allocated_bytes(&plain) && allocated_bytes(&dst) < 5 * MIB,
+        "not sparse: {} (without --round-up {})",
+        allocated_bytes(&dst),
+        allocated_bytes(&plain)
+    );
+    run_success(["check", s(&dst)]);
+    if need_tool("qemu-img", "qemu-img oracle for the rounded fixed VHD") {
+        let raw = d.path().join("want.raw");
+        let mut w = want.clone();
+        w.resize(10 * MIB as usize, 0);
+        std::fs::write(&raw, &w).unwrap();
+        run_ok(std::process::Command::new("qemu-img").args([
+            "compare",
+            "-q",
+            "-f",
+            "raw",
+            "-F",
+            "vpc",
+            s(&raw),
+            s(&dst),
+        ]));
+    }
+    // A bad multiple is a usage error, nothing written.
+    let r = run([
+        "convert",
+        "--to",
+        "vhd",
+        "--round-up",
+        "0",
+        s(&src),
+        s(&d.path().join("x.vhd")),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(!d.path().join("x.vhd").exists());
+}

@@ -43,6 +43,10 @@ use crate::txn::FieldChange;
 
 mod apply;
 mod children;
+mod padded;
+
+#[doc(hidden)] // `vhdkit convert --round-up`; not part of the API yet
+pub use padded::RoundedUp;
 
 /// Everything a resize will do. Building it touches nothing.
 #[derive(Debug, Clone)]
