@@ -6,13 +6,14 @@ use std::process::{Command, Stdio};
 use crate::util::{have_tool, run, run_success, vhdkit};
 
 /// Every subcommand, as the top-level help lists them.
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "info",
     "chain",
     "convert",
     "reparent",
     "flatten",
     "merge",
+    "resize",
     "check",
     "repair",
     "create",
@@ -55,7 +56,11 @@ printf 'reply: %s\n' "${{COMPREPLY[*]}}""#
         .unwrap();
     let mut words: Vec<&str> = reply.split_whitespace().collect();
     words.sort_unstable();
-    assert_eq!(words, ["relink", "repair", "reparent"], "{stdout}");
+    assert_eq!(
+        words,
+        ["relink", "repair", "reparent", "resize"],
+        "{stdout}"
+    );
 }
 
 #[test]

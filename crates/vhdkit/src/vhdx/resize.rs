@@ -128,7 +128,7 @@ fn bat(file: &VhdxFile, new_size: u64, opts: &OpenOptions, r: &mut VhdxResize) -
     let new_req = required_entries(new_pb, cr, diff);
     let capacity = bat_region_len(file)? / BAT_ENTRY_SIZE;
     if new_req > capacity {
-        return Err(Error::unsupported(format!(
+        return Err(Error::refused(format!(
             "the BAT region holds {capacity} entries and the new size needs {new_req}; growing \
              the BAT region (moving what follows it) is not supported yet; nothing was written"
         )));
