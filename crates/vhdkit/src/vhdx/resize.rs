@@ -124,6 +124,7 @@ fn bat(file: &VhdxFile, new_size: u64, opts: &OpenOptions, r: &mut VhdxResize) -
     let bs = file.bat.block_size.max(1);
     let diff = r.disk_type == DiskType::Differencing;
     let new_pb = new_size.div_ceil(bs);
+    let old_pb = r.old_size.div_ceil(bs);
     let old_req = file.bat.table.len();
     let new_req = required_entries(new_pb, cr, diff);
     let capacity = bat_region_len(file)? / BAT_ENTRY_SIZE;
@@ -169,7 +170,8 @@ fn bat(file: &VhdxFile, new_size: u64, opts: &OpenOptions, r: &mut VhdxResize) -
                 )));
             }
             *e = 0;
-        } else if i >= old_req {
+        } else if b >= old_pb {
+            // New to the disk: whatever a stale entry said, the block reads as zeros.
             *e = 0;
             if fixed {
                 *e = next | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
