@@ -44,6 +44,9 @@ pub enum Command {
     /// Give back the space of all-zero blocks (with --against-parent, also of blocks equal to
     /// the parent's) and shrink the file, like Optimize-VHD, crash-safely.
     Compact(CompactArgs),
+    /// Change the virtual size of a disk in place, like Hyper-V's Resize-VHD (grow, or shrink
+    /// when nothing allocated lies past the new end); refused when the disk has children.
+    Resize(ResizeArgs),
     /// Check every structural rule of disks (files or folders) and, with --chain, their chains.
     /// Read-only. Exit 0 clean (info only), 1 errors or warnings found, 2 could not run.
     Check(CheckArgs),
@@ -204,6 +207,28 @@ pub struct MergeArgs {
     pub child: PathBuf,
 }
 
+/// `vhdkit resize`.
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    /// The new virtual size (bytes, or with a suffix: 64M, 10G, 1T).
+    #[arg(long, value_name = "SIZE")]
+    pub size: String,
+    /// Round the size up to a multiple of this (e.g. 1M, the whole MiB Azure wants).
+    #[arg(long, value_name = "N")]
+    pub round_up: Option<String>,
+    /// Print the plan (old and new size, what moves, fields changed); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Parent lookup options (the search folders are also scanned for children).
+    #[command(flatten)]
+    pub resolve: ResolveArgs,
+    /// The disk to resize.
+    pub disk: PathBuf,
+}
+
 /// `vhdkit repair`.
 #[derive(Debug, Args)]
 pub struct RepairArgs {
@@ -355,6 +380,10 @@ pub struct ConvertArgs {
     /// 32 MiB (dynamic) or 2 MiB (fixed).
     #[arg(long, value_name = "N")]
     pub block_size: Option<String>,
+    /// Round the virtual size up to a multiple of N (e.g. 1M: the whole MiB Azure wants of a
+    /// fixed VHD); the added range reads as zeros and stays sparse.
+    #[arg(long, value_name = "N")]
+    pub round_up: Option<String>,
     /// Replace DST if it exists.
     #[arg(long)]
     pub force: bool,

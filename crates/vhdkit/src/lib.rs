@@ -226,3 +226,8 @@ pub mod nbd;
 #[doc(hidden)]
 pub mod compact;
 pub use compact::{CompactPlan, CompactReport};
+// Resize (issue 14): the virtual size of a disk changes in place, crash-safely. The module is
+// public for the command's hidden helpers only; its API is the types re-exported here.
+#[doc(hidden)]
+pub mod resize;
+pub use resize::{Relocation, ResizePlan, ResizeReport};

@@ -5,7 +5,7 @@ use vhdkit::Chain;
 
 use crate::cli::{ConvertArgs, InputFormat, OutputFormat};
 use crate::cmd::progress::Bar;
-use crate::cmd::{block_size_arg, chain_options};
+use crate::cmd::{block_size_arg, chain_options, size_arg};
 use crate::output::{self, CliError};
 use crate::Outcome;
 
@@ -29,6 +29,15 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
         }
         Box::new(chain.into_view())
     };
+    let rounded;
+    let view: &dyn VirtualSource = match &a.round_up {
+        Some(n) => {
+            let size = vhdkit::resize::round_up_size(view.virtual_size(), size_arg(n)?)?;
+            rounded = vhdkit::resize::RoundedUp::new(&*view, size)?;
+            &rounded
+        }
+        None => &*view,
+    };
     let copts = ConvertOptions::default()
         .overwrite(a.force)
         .fixed(a.fixed)
@@ -36,14 +45,10 @@ pub fn run(a: &ConvertArgs) -> Result<Outcome, CliError> {
         .no_sync(a.no_sync);
     let mut bar = Bar::new(a.json);
     let stats = match a.to {
-        OutputFormat::Raw => {
-            convert::to_path(&*view, &a.dst, convert::Target::Raw, &copts, &mut bar)
-        }
-        OutputFormat::Vhd => {
-            convert::to_path(&*view, &a.dst, convert::Target::Vhd, &copts, &mut bar)
-        }
+        OutputFormat::Raw => convert::to_path(view, &a.dst, convert::Target::Raw, &copts, &mut bar),
+        OutputFormat::Vhd => convert::to_path(view, &a.dst, convert::Target::Vhd, &copts, &mut bar),
         OutputFormat::Vhdx => {
-            convert::to_path(&*view, &a.dst, convert::Target::Vhdx, &copts, &mut bar)
+            convert::to_path(view, &a.dst, convert::Target::Vhdx, &copts, &mut bar)
         }
     };
     drop(bar);

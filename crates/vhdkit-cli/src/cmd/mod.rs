@@ -16,6 +16,7 @@ mod progress;
 mod relink;
 mod repair;
 mod reparent;
+mod resize;
 mod serve;
 mod share;
 
@@ -34,6 +35,7 @@ pub fn wants_json(c: &Command) -> bool {
         Command::Flatten(a) => a.json,
         Command::Merge(a) => a.json,
         Command::Compact(a) => a.json,
+        Command::Resize(a) => a.json,
         Command::Repair(a) => a.json,
         Command::Create(a) => a.json,
         Command::Share(a) => a.json,
@@ -55,6 +57,7 @@ pub fn run(c: Command) -> Result<Outcome, CliError> {
         Command::Flatten(a) => flatten::run(&a),
         Command::Merge(a) => merge::run(&a),
         Command::Compact(a) => compact::run(&a),
+        Command::Resize(a) => resize::run(&a),
         Command::Repair(a) => repair::run(&a),
         Command::Create(a) => create::run(&a),
         Command::Share(a) => share::run(&a),

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use crate::util::{have_tool, run, run_success, vhdkit};
 
 /// Every subcommand, as the top-level help lists them.
-const COMMANDS: [&str; 16] = [
+const COMMANDS: [&str; 17] = [
     "info",
     "chain",
     "convert",
@@ -14,6 +14,7 @@ const COMMANDS: [&str; 16] = [
     "flatten",
     "merge",
     "compact",
+    "resize",
     "check",
     "repair",
     "create",
@@ -56,7 +57,11 @@ printf 'reply: %s\n' "${{COMPREPLY[*]}}""#
         .unwrap();
     let mut words: Vec<&str> = reply.split_whitespace().collect();
     words.sort_unstable();
-    assert_eq!(words, ["relink", "repair", "reparent"], "{stdout}");
+    assert_eq!(
+        words,
+        ["relink", "repair", "reparent", "resize"],
+        "{stdout}"
+    );
 }
 
 #[test]

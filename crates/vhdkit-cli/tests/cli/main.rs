@@ -35,6 +35,7 @@ mod real_images;
 mod repair_dry_run;
 mod reparent;
 mod reparent_vhdx;
+mod resize;
 mod roundtrip;
 mod serve;
 mod serve_clients;

@@ -30,6 +30,8 @@ support_mod!(locator);
 support_mod!(name_style);
 mod open;
 pub(crate) mod reparent;
+// `vhdkit resize` (issue 14).
+pub(crate) mod resize;
 support_mod!(write);
 
 use std::sync::{Arc, Mutex};

@@ -29,6 +29,8 @@ pub(crate) mod reparent;
 pub(crate) mod update;
 // Flatten's last step: a differencing disk becomes dynamic.
 pub(crate) mod unlink;
+// `vhdkit resize` (issue 14).
+pub(crate) mod resize;
 support_mod!(write);
 
 use std::sync::{Arc, Mutex};

@@ -285,7 +285,7 @@ fn link_notes(link: &LinkPlan) -> Vec<String> {
 
 /// Bytes apply writes on a clean log: four header updates, the one log entry, and the sectors
 /// applied from it. The entry must fit the ring with a sector to spare.
-pub(super) fn log_cost(writes: &[WriteOp], log_length: u64) -> Result<u64> {
+pub(crate) fn log_cost(writes: &[WriteOp], log_length: u64) -> Result<u64> {
     let (sectors, entry_bytes) = log_entry_bytes(writes);
     if entry_bytes.saturating_add(KIB4) > log_length {
         return Err(Error::refused(format!(

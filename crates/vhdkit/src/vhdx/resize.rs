@@ -1,0 +1,227 @@
+//! The VHDX side of `crate::resize`: one log entry with the virtual disk size item and the BAT
+//! entries that change (see the module docs of `crate::resize`).
+
+use super::bat::{is_sb_index, required_entries};
+use super::format::{
+    BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_STATE_MASK, MAX_VIRTUAL_DISK_SIZE, MIB,
+    PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT, VIRTUAL_DISK_SIZE_GUID,
+};
+use super::reparent::{log_cost, HeaderGuard};
+use super::VhdxFile;
+use crate::disk::{DiskType, OpenOptions};
+use crate::error::{Error, Result};
+use crate::source::{read_struct, source_len};
+use crate::txn::{FieldChange, Plan, WriteOp};
+use crate::util::round_up;
+
+const BAT: &str = "vhdx block allocation table";
+const SIZE_ITEM: &str = "vhdx metadata item virtual disk size";
+
+/// A VHDX resize: the plan committed through the log, the header it was made on, and for a
+/// fixed disk the length the file takes first (its new blocks, a hole).
+#[derive(Debug)]
+pub(crate) struct VhdxResize {
+    pub disk_type: DiskType,
+    pub old_size: u64,
+    pub plan: Plan,
+    pub guard: HeaderGuard,
+    pub extend_to: Option<u64>,
+}
+
+fn overflow() -> Error {
+    Error::InvalidArgument("the resized layout overflows".into())
+}
+
+/// Plan resizing `file` (parsed with `opts`) to `new_size`.
+pub(crate) fn plan(file: &VhdxFile, new_size: u64, opts: &OpenOptions) -> Result<VhdxResize> {
+    let lss = u64::from(file.logical_sector_size).max(1);
+    if new_size == 0 || new_size % lss != 0 || new_size > MAX_VIRTUAL_DISK_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "new size {new_size} is not a non-zero multiple of the {lss}-byte logical sector \
+             up to the VHDX maximum of 64 TiB"
+        )));
+    }
+    let file_len = source_len(&*file.src)?;
+    let mut r = VhdxResize {
+        disk_type: file.shape.disk_type,
+        old_size: file.shape.virtual_size,
+        plan: Plan {
+            old_len: file_len,
+            new_len: file_len,
+            ..Plan::default()
+        },
+        guard: guard_of(file)?,
+        extend_to: None,
+    };
+    size_item(file, new_size, &mut r.plan)?;
+    bat(file, new_size, opts, &mut r)?;
+    log_cost(&r.plan.writes, file.info.log.log_length)?;
+    Ok(r)
+}
+
+fn guard_of(file: &VhdxFile) -> Result<HeaderGuard> {
+    let info = file.info();
+    let sequence_number = info
+        .headers
+        .iter()
+        .find(|h| h.current)
+        .and_then(|h| h.sequence_number)
+        .ok_or_else(|| Error::internal("no current vhdx header"))?;
+    Ok(HeaderGuard {
+        sequence_number,
+        file_write_guid: info.file_write_guid,
+        data_write_guid: info.data_write_guid,
+        log_dirty: !info.log_guid.is_nil(),
+    })
+}
+
+/// The virtual disk size metadata item.
+fn size_item(file: &VhdxFile, new_size: u64, p: &mut Plan) -> Result<()> {
+    let item = file
+        .metadata_items
+        .iter()
+        .find(|i| i.raw_id == VIRTUAL_DISK_SIZE_GUID && !i.is_user())
+        .ok_or_else(|| {
+            Error::corrupt(
+                "vhdx metadata table",
+                file.metadata_region.file_offset,
+                "no virtual disk size item",
+            )
+        })?;
+    let mut old = [0u8; 8];
+    read_struct(&*file.src, item.file_offset, &mut old, SIZE_ITEM)?;
+    p.changes.push(FieldChange {
+        structure: SIZE_ITEM.into(),
+        field: "virtual disk size".into(),
+        old: u64::from_le_bytes(old).to_string(),
+        new: new_size.to_string(),
+    });
+    p.writes.push(WriteOp {
+        offset: item.file_offset,
+        data: new_size.to_le_bytes().to_vec(),
+        old: old.to_vec(),
+        what: "virtual disk size".into(),
+    });
+    Ok(())
+}
+
+/// The BAT region's length, from the region table in use.
+fn bat_region_len(file: &VhdxFile) -> Result<u64> {
+    file.info
+        .region_tables
+        .iter()
+        .filter(|t| t.valid)
+        .flat_map(|t| t.entries.iter())
+        .find(|e| e.name.as_deref() == Some("bat"))
+        .map(|e| e.length)
+        .ok_or_else(|| Error::internal("no bat region in a parsed vhdx"))
+}
+
+/// Every BAT entry that changes: entries past the new end cleared (an allocated block there is
+/// a refusal), new entries written (zero; a fixed disk's new blocks present, at the end).
+fn bat(file: &VhdxFile, new_size: u64, opts: &OpenOptions, r: &mut VhdxResize) -> Result<()> {
+    let cr = file.bat.chunk_ratio.max(1);
+    let bs = file.bat.block_size.max(1);
+    let diff = r.disk_type == DiskType::Differencing;
+    let new_pb = new_size.div_ceil(bs);
+    let old_pb = r.old_size.div_ceil(bs);
+    let old_req = file.bat.table.len();
+    let new_req = required_entries(new_pb, cr, diff);
+    let capacity = bat_region_len(file)? / BAT_ENTRY_SIZE;
+    if new_req > capacity {
+        return Err(Error::refused(format!(
+            "the BAT region holds {capacity} entries and the new size needs {new_req}; growing \
+             the BAT region (moving what follows it) is not supported yet; nothing was written"
+        )));
+    }
+    let n = old_req.max(new_req);
+    let bytes = n.checked_mul(BAT_ENTRY_SIZE).ok_or_else(overflow)?;
+    opts.limits.check_new_table(bytes)?;
+    let at = file.bat.table.offset();
+    let len = usize::try_from(bytes).map_err(|_| overflow())?;
+    let mut raw = vec![0u8; len];
+    read_struct(&*file.src, at, &mut raw, BAT)?;
+    let old: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    let mut new = old.clone();
+    // A fixed disk's new blocks go past everything in the file, 1 MiB aligned.
+    let mut next = round_up(file.bat.blocks_end.max(r.plan.old_len), MIB).ok_or_else(overflow)?;
+    let fixed = r.disk_type == DiskType::Fixed;
+    for (i, e) in new.iter_mut().enumerate() {
+        let i = i as u64;
+        let state = u8::try_from(*e & BAT_STATE_MASK).unwrap_or(u8::MAX);
+        let b = i - i / (cr + 1);
+        if is_sb_index(i, cr) {
+            // Past the table, or new: no sector bitmap block.
+            if i >= new_req || i >= old_req {
+                *e = 0;
+            }
+            continue;
+        }
+        if b >= new_pb {
+            if state == PAYLOAD_BLOCK_FULLY_PRESENT || state == PAYLOAD_BLOCK_PARTIALLY_PRESENT {
+                return Err(Error::refused(format!(
+                    "block {b} (virtual offset {:#x}, file offset {:#x}) is allocated past the \
+                     new end; nothing was written",
+                    b.saturating_mul(bs),
+                    *e & BAT_OFFSET_MASK
+                )));
+            }
+            *e = 0;
+        } else if b >= old_pb {
+            // New to the disk: whatever a stale entry said, the block reads as zeros.
+            *e = 0;
+            if fixed {
+                *e = next | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
+                next = next.checked_add(bs).ok_or_else(overflow)?;
+            }
+        }
+    }
+    if fixed && next > r.plan.old_len {
+        r.extend_to = Some(next);
+        r.plan.old_len = next;
+        r.plan.new_len = next;
+    }
+    push_runs(&mut r.plan, at, &old, &new);
+    Ok(())
+}
+
+/// One write per run of changed entries.
+fn push_runs(p: &mut Plan, at: u64, old: &[u64], new: &[u64]) {
+    let mut i = 0usize;
+    let mut changed = 0u64;
+    while i < new.len() {
+        if old.get(i) == new.get(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < new.len() && old.get(i) != new.get(i) {
+            i += 1;
+        }
+        changed += (i - start) as u64;
+        let bytes = |v: &[u64]| -> Vec<u8> {
+            v.get(start..i)
+                .unwrap_or(&[])
+                .iter()
+                .flat_map(|e| e.to_le_bytes())
+                .collect()
+        };
+        p.writes.push(WriteOp {
+            offset: at + start as u64 * BAT_ENTRY_SIZE,
+            data: bytes(new),
+            old: bytes(old),
+            what: format!("BAT entries {start}..{i}"),
+        });
+    }
+    if changed > 0 {
+        p.changes.push(FieldChange {
+            structure: BAT.into(),
+            field: "entries".into(),
+            old: format!("{} in use", old.len()),
+            new: format!("{changed} changed"),
+        });
+    }
+}
