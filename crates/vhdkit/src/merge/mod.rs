@@ -70,7 +70,7 @@
 //!   links, and the merged disks are deleted). The record plays the journal's part for the
 //!   multi-file operation; each file's own writes are crash-safe through the VHD writer.
 //! - MS-VHDX 2.6.1: "When merging, an implementation MUST destroy any metadata with
-//!   [IsVirtualDisk] set in the parent, and copy all metadata with this field set in the
+//!   `IsVirtualDisk` set in the parent, and copy all metadata with this field set in the
 //!   child to the parent". Sizes and sector sizes are equal by the refusals above (a smaller
 //!   CHILD keeps ANCESTOR's size: shrinking is a resize). The Virtual Disk ID (the guest's
 //!   SCSI page 83 identity) becomes CHILD's, as after Hyper-V's `Merge-VHD`, whose merged
