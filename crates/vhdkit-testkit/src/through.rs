@@ -28,6 +28,28 @@ pub fn read_chain(p: &Path) -> Vec<u8> {
     out
 }
 
+/// The virtual size of `p` through a freshly opened chain (default options) and `len` bytes read
+/// at each of `offsets` (each clamped to end at the virtual size): for disks too large to read
+/// whole.
+pub fn read_chain_at(p: &Path, offsets: &[u64], len: usize) -> (u64, Vec<Vec<u8>>) {
+    let v = Chain::open(p, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("chain of {}: {e}", p.display()))
+        .into_view();
+    let size = v.virtual_size();
+    let reads = offsets
+        .iter()
+        .map(|&at| {
+            let n = (len as u64).min(size.saturating_sub(at)) as usize;
+            let mut buf = vec![0u8; n];
+            if n > 0 {
+                v.read_exact_at(&mut buf, at).expect("read the chain");
+            }
+            buf
+        })
+        .collect();
+    (size, reads)
+}
+
 /// The files of the chain of `p` opened with `o`, `p` first, each canonicalized: which parents
 /// the walker took, for tests that know it.
 pub fn chain_files(p: &Path, o: &ChainOptions) -> Vec<PathBuf> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use vhdkit_testkit::chains::{build_chain, ChainFormat};
 use vhdkit_testkit::snapshot::Snapshot;
-use vhdkit_testkit::through::read_chain;
+use vhdkit_testkit::through::{read_chain, read_chain_at};
 
 use crate::util::*;
 
@@ -275,6 +275,82 @@ fn vhd_grow_moves_what_is_in_the_bat_s_way() {
     std::fs::remove_file(&child).unwrap();
     let j = resize_round_trip(&base, 128 * MIB);
     assert!(!j["plan"]["moves"].as_array().unwrap().is_empty(), "{j}");
+}
+
+/// A VHDX grow past what its 1 MiB BAT region holds (1 MiB blocks: 128 GiB): the table moves
+/// whole to a new region at the end, the old one is left unused; the contents stay, the grown
+/// range reads as zeros and takes writes (by qemu and by vhdkit), and qemu-img and vhdkit check
+/// the result clean. A differencing child grows the same way.
+#[test]
+fn vhdx_grow_moves_the_bat_region() {
+    let d = tmp();
+    const BIG: u64 = 200 << 30;
+    let base = standalone(d.path(), "base.vhdx", 8 * MIB, &["--block-size", "1M"]);
+    let child = d.path().join("child.vhdx");
+    run_success([
+        "create",
+        s(&child),
+        "--parent",
+        s(&base),
+        "--block-size",
+        "1M",
+    ]);
+    write(&child, 5 * MIB - 512, &[0x66; 4096]);
+    for disk in [&child, &base] {
+        let before = read_chain(disk);
+        let snap = Snapshot::tree(d.path());
+        let size = BIG.to_string();
+        let dry = run_success(["resize", "--dry-run", "--json", s(disk), "--size", &size]).json();
+        snap.assert_unchanged("dry run");
+        let moves = dry["plan"]["moves"].as_array().unwrap();
+        assert_eq!(moves.len(), 1, "{dry}");
+        assert_eq!(moves[0]["what"], "BAT region", "{dry}");
+        let old_len = std::fs::metadata(disk).unwrap().len();
+        assert!(moves[0]["to"].as_u64().unwrap() >= old_len - MIB, "{dry}");
+        let j = run_success(["resize", "--json", s(disk), "--size", &size]).json();
+        // 204,800 entries and the bitmap entries: a 2 MiB region.
+        assert_eq!(j["report"]["bytes_moved"], 2 * MIB, "{j}");
+        let n = before.len();
+        let at = [0, n as u64, 128 << 30, BIG - MIB];
+        let (got, reads) = read_chain_at(disk, &at, n);
+        assert_eq!(got, BIG);
+        assert!(reads[0] == before, "{}: contents changed", disk.display());
+        assert!(reads[1..].iter().flatten().all(|&b| b == 0), "grown range");
+        run_success(["check", s(disk)]);
+        let r = run_success(["resize", s(disk), "--size", &size]);
+        assert!(r.stdout.contains("nothing to do"), "{r:?}");
+        if disk == &child {
+            std::fs::remove_file(&child).unwrap();
+        }
+    }
+    // The grown base takes writes past the old table's reach, from qemu and from vhdkit.
+    write(&base, 150 << 30, &[0x99; 8192]);
+    let (_, r) = read_chain_at(&base, &[150 << 30], 8192);
+    assert!(r[0].iter().all(|&b| b == 0x99));
+    if need_tool("qemu-io", "qemu-io writes into the grown VHDX") {
+        qemu_io("vhdx", &base, &["write -P 0x3c 199G 1M"]);
+        let (_, r) = read_chain_at(&base, &[199 << 30], MIB as usize);
+        assert!(r[0].iter().all(|&b| b == 0x3c), "qemu's write");
+        let out = std::process::Command::new("qemu-io")
+            .args([
+                "-f",
+                "vhdx",
+                "-c",
+                "read -P 0x99 150G 8K",
+                "-c",
+                "read -P 0x5a 4096 3M",
+            ])
+            .arg(&base)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains("Pattern verification failed"),
+            "{text}"
+        );
+        run_ok(std::process::Command::new("qemu-img").args(["check", "-f", "vhdx", s(&base)]));
+    }
+    run_success(["check", s(&base)]);
 }
 
 #[test]

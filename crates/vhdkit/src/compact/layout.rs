@@ -106,8 +106,14 @@ pub(crate) fn pack(map: &FileMap, kept: &[Alloc]) -> Result<(Vec<(Alloc, u64)>, 
     let mut top: Vec<Alloc> = kept.to_vec();
     top.sort_unstable_by_key(|b| std::cmp::Reverse(b.at));
     let mut moves = Vec::new();
-    let mut end = map.fixed.iter().map(|f| f.1).max().unwrap_or(0);
+    let fixed_end = map.fixed.iter().map(|f| f.1).max().unwrap_or(0);
+    let mut end = fixed_end;
     for b in top {
+        if end_of(b.at, map.span)? <= fixed_end {
+            // Below the last fixed structure (a BAT region a resize moved to the end): moving
+            // it would write data without bringing the end down.
+            break;
+        }
         match holes.next_below(b.at) {
             Some(to) => {
                 end = end.max(end_of(to, map.span)?);
@@ -228,6 +234,17 @@ mod tests {
         // A fixed structure past the blocks (a relocated locator) keeps the end up.
         let m = map(10, vec![(0, 10), (90, 95)], &[10]);
         assert_eq!(pack(&m, &m.blocks.clone()).unwrap().1, 95);
+    }
+
+    #[test]
+    fn blocks_below_the_last_fixed_structure_stay() {
+        // A table at 60..70 ends the file: the gap at 10 would take the block at 40 without
+        // bringing the end down; the block at 70 above the table moves.
+        let m = map(10, vec![(0, 10), (60, 70)], &[40, 70]);
+        let (moves, len) = pack(&m, &m.blocks.clone()).unwrap();
+        let to: Vec<(u64, u64)> = moves.iter().map(|(b, t)| (b.at, *t)).collect();
+        assert_eq!(to, vec![(70, 10)]);
+        assert_eq!(len, 70);
     }
 
     #[test]

@@ -94,6 +94,21 @@ fn preview(p: &mut ResizePlan) -> Result<()> {
             let r = vhdx::plan(&file, p.new_size, &p.chain.open)?;
             p.new_file_len = r.plan.new_len.max(p.old_file_len);
             p.changes = r.plan.changes;
+            if let Some(mv) = r.bat_move {
+                p.notes.push(format!(
+                    "the BAT outgrows its region: it is written whole to a new {}-byte region \
+                     at {:#x}, which the region tables then name; the old region becomes free \
+                     space",
+                    mv.region.len(),
+                    mv.to
+                ));
+                p.moves.push(super::Relocation {
+                    what: "BAT region".into(),
+                    from: mv.from,
+                    to: mv.to,
+                    length: mv.old_length,
+                });
+            }
         }
     }
     Ok(())
@@ -198,6 +213,13 @@ fn apply_vhdx(plan: &ResizePlan, file: &File, report: &mut ResizeReport) -> Resu
     if let Some(len) = r.extend_to {
         // Past everything the file holds, and pointed at only by the log entry below.
         Sink::set_len(file, len).map_err(|e| Error::io("extending the file", e))?;
+    }
+    if let Some(mv) = &r.bat_move {
+        // Nothing points here until the log entry below; the log's first flush makes it stable
+        // before the region tables name it.
+        file.write_all_at(&mv.region, mv.to)
+            .map_err(|e| Error::io("writing the moved BAT", e))?;
+        report.bytes_moved = mv.region.len() as u64;
     }
     let a = crate::vhdx::reparent::apply(file, &r.guard, &r.plan, &plan.chain.open.limits)?;
     report.metadata_bytes = a.total_bytes();

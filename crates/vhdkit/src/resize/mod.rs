@@ -7,8 +7,8 @@
 //! 0xC03A0017); a shrink past an allocated block (the first one is named; for a fixed VHD, past
 //! data that does not read as zeros); a differencing disk whose parent is larger than it (its
 //! new range would read the parent's data, not zeros); a size the format cannot hold or that is
-//! not a whole number of sectors; a VHDX whose BAT region has no room for the new entries;
-//! the disk locked by another writer; a foreign journal beside it.
+//! not a whole number of sectors; the disk locked by another writer; a foreign journal beside
+//! it.
 //!
 //! **VHD** (no log): every metadata change is one plan applied through the redo journal beside
 //! the file (`crate::txn::journal`), so a crash leaves the old or the new disk:
@@ -27,7 +27,10 @@
 //! **VHDX**: the virtual disk size metadata item and the BAT entries that change, in one entry
 //! of the file's own log (`vhdx::update`); a fixed VHDX's new blocks are placed past the end
 //! of the file first (a hole, zeros) and marked present by the same entry. The DataWriteGuid
-//! is kept: the contents over the kept range do not change.
+//! is kept: the contents over the kept range do not change. A BAT that outgrows its region is
+//! written whole to a new region past every structure before that entry, which then also
+//! switches both region tables to it (`vhdx::resize::BatMove`): a crash before the entry leaves
+//! the old disk with unreferenced bytes at its end; the old region becomes free space.
 //!
 //! The geometry is the VHD specification's (`vhd::create::geometry`, what `create` writes).
 //! Readers that take the size of a Virtual PC (`vpc `) or qemu (`qemu`) VHD from its geometry
@@ -66,7 +69,8 @@ pub struct ResizePlan {
     pub old_file_len: u64,
     /// File length after (what the plan predicts on the file as it is now).
     pub new_file_len: u64,
-    /// What is copied elsewhere in the file to make room for the grown BAT (VHD).
+    /// What is copied elsewhere in the file to make room for the grown BAT (VHD: data blocks
+    /// and locators in its way; VHDX: the BAT region itself, `length` being its old length).
     pub moves: Vec<Relocation>,
     /// Fields that change.
     pub changes: Vec<FieldChange>,
@@ -122,7 +126,7 @@ pub struct ResizeReport {
     pub new_size: u64,
     /// File length after.
     pub new_file_len: u64,
-    /// Bytes copied to make room (VHD relocations).
+    /// Bytes copied to make room (VHD relocations; VHDX: the moved BAT region).
     pub bytes_moved: u64,
     /// Bytes of metadata written (VHD: the plan's writes, journal not counted; VHDX:
     /// headers, log and metadata).

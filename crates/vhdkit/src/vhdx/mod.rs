@@ -228,6 +228,9 @@ pub(crate) struct VhdxFile {
     /// link editor rewrites (`info` is only a view of them).
     metadata_region: region::Region,
     metadata_items: Vec<metadata::Item>,
+    /// End of the last byte the log, a region or a block uses ([`Layout::structures_end`]):
+    /// past it the file holds nothing any structure points at.
+    structures_end: u64,
     /// Last payload block's bitmap bytes read: (block index, bytes).
     bitmap_cache: Mutex<Option<(u64, Vec<u8>)>>,
 }
@@ -360,6 +363,7 @@ impl VhdxFile {
         let layout = read_layout(&*src, file_len, cur, &opts.limits)?;
         warnings.extend(layout.warnings.iter().cloned());
         let shape = layout.shape();
+        let structures_end = layout.structures_end();
         let Layout {
             regions, meta, bat, ..
         } = layout;
@@ -394,6 +398,7 @@ impl VhdxFile {
             info,
             metadata_region: regions.metadata,
             metadata_items: meta.items,
+            structures_end,
             bitmap_cache: Mutex::new(None),
         })
     }

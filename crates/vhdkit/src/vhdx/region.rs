@@ -296,6 +296,46 @@ pub(crate) fn read_regions(
     })
 }
 
+/// The region table in use (the first copy that is valid, as [`read_regions`] chooses) with the
+/// BAT entry moved to `offset` and `length` and its checksum recomputed, every other byte kept:
+/// what a resize that outgrows the BAT region writes over both copies, through the log.
+pub(crate) fn with_bat_moved(src: &dyn Source, offset: u64, length: u64) -> Result<Vec<u8>> {
+    let length = u32::try_from(length)
+        .map_err(|_| Error::InvalidArgument(format!("a BAT region of {length} bytes")))?;
+    let mut chosen = None;
+    for (i, name) in NAMES.iter().enumerate() {
+        let at = REGION_TABLE_OFFSETS.get(i).copied().unwrap_or(0);
+        let mut buf = vec![0u8; REGION_TABLE_SIZE];
+        if read_struct(src, at, &mut buf, name).is_ok() && parse_table(&buf, name, at).is_ok() {
+            chosen = Some((buf, *name, at));
+            break;
+        }
+    }
+    let (mut buf, name, at) =
+        chosen.ok_or_else(|| Error::corrupt(NAMES[0], REGION_TABLE_OFFSETS[0], "no valid copy"))?;
+    let h: RegionTableHeader = format::parse(&buf, name, at)?;
+    let mut moved = false;
+    for i in 0..u64::from(h.entry_count.min(MAX_REGION_ENTRIES)) {
+        let rel = usize::try_from(entry_offset(i)).unwrap_or(usize::MAX);
+        let Some(bytes) = buf.get_mut(rel..).and_then(|b| b.get_mut(..ENTRY_BYTES)) else {
+            break;
+        };
+        let mut e: RegionTableEntry = format::parse(bytes, name, at + entry_offset(i))?;
+        if e.guid == BAT_REGION_GUID {
+            e.file_offset = offset;
+            e.length = length;
+            bytes.copy_from_slice(&format::encode(&e));
+            moved = true;
+        }
+    }
+    if !moved {
+        return Err(Error::corrupt(name, at, "no BAT region").with_code("vhdx.region.missing"));
+    }
+    format::set_checksum(&mut buf);
+    parse_table(&buf, name, at)?;
+    Ok(buf)
+}
+
 impl Regions {
     /// Spans (start, end, what) that BAT entries must not overlap: the first MiB, the log (when
     /// `log` is its (offset, length)) and every region.
@@ -312,5 +352,40 @@ impl Regions {
             ));
         }
         reserved
+    }
+}
+
+// Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
+#[cfg(test)]
+#[cfg(vhdkit_workspace)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use vhdkit_testkit::vhdx::{Kind, VhdxBuilder};
+
+    #[test]
+    fn moving_the_bat_changes_its_entry_only() {
+        let bytes = VhdxBuilder::new(Kind::Dynamic, 8 << 20, 1 << 20, 512)
+            .build()
+            .bytes;
+        let before = read_regions(&bytes, bytes.len() as u64, None).unwrap();
+        let moved = with_bat_moved(&bytes, 64 * MIB, 2 * MIB).unwrap();
+        let after = parse_table(&moved, "moved", 0).unwrap();
+        assert_eq!(after.len(), before.all.len());
+        for (a, b) in after.iter().zip(&before.all) {
+            if a.name == Some("bat") {
+                assert_eq!((a.file_offset, a.length), (64 * MIB, 2 * MIB));
+                assert_eq!((a.guid, a.required), (b.guid, b.required));
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+        // A damaged first copy: the second is the one moved.
+        let mut broken = bytes.clone();
+        broken[REGION_TABLE_OFFSETS[0] as usize + 100] ^= 1;
+        assert_eq!(with_bat_moved(&broken, 64 * MIB, 2 * MIB).unwrap(), moved);
+        // A BAT region too large for the entry's 32-bit length is refused.
+        assert!(with_bat_moved(&bytes, 64 * MIB, 1 << 32).is_err());
     }
 }

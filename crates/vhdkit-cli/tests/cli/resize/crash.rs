@@ -1,7 +1,8 @@
 //! `vhdkit resize` killed at its system calls (strace fault injection): SIGKILL at every write,
 //! pwrite64, fsync, fdatasync, ftruncate, rename(at/at2) and unlink(at), and EIO returned by
 //! every pwrite64, fsync, fdatasync and ftruncate, for a VHD differencing grow that moves blocks
-//! and locator data out of the BAT's way, a fixed VHD grow, and a VHDX differencing grow. After
+//! and locator data out of the BAT's way, a fixed VHD grow, a VHDX differencing grow, and a
+//! VHDX grow to 200 GiB that moves the BAT to a larger region. After
 //! each: the disk reads its old or its new size with the kept range unchanged and zeros after
 //! it; a rerun completes; then `check` is clean and no journal is left.
 //!
@@ -13,13 +14,15 @@ use std::path::{Path, PathBuf};
 
 use vhdkit_testkit::chains::{build_chain, sampled, ChainFormat};
 use vhdkit_testkit::kill;
-use vhdkit_testkit::through::read_chain;
+use vhdkit_testkit::through::{read_chain, read_chain_at};
 
 use super::{s, write};
 use crate::util::*;
 
 const MIB: u64 = 1 << 20;
 const NEW: u64 = 128 * MIB;
+/// Past what a 1 MiB BAT region of 1 MiB blocks holds (128 GiB): the BAT moves.
+const NEW_BIG: u64 = 200 << 30;
 const TRACED: &str =
     "write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,unlink,unlinkat";
 const EIO_CALLS: [&str; 4] = ["pwrite64", "fsync", "fdatasync", "ftruncate"];
@@ -31,6 +34,7 @@ enum Case {
     VhdDifferencing,
     VhdFixed,
     VhdxDifferencing,
+    VhdxBatMove,
 }
 
 /// The files restored before every run.
@@ -41,6 +45,8 @@ struct Fixture {
     pristine: Vec<Vec<u8>>,
     before: Vec<u8>,
     args: Vec<String>,
+    /// The size the resize gives.
+    new: u64,
 }
 
 impl Fixture {
@@ -66,13 +72,24 @@ impl Fixture {
                 write(&p, 4 * MIB - 8192, &[0x42; 8192]);
                 vec![p]
             }
+            Case::VhdxBatMove => {
+                let p = dir.join("dyn.vhdx");
+                run_success(["create", s(&p), "--size", "8M", "--block-size", "1M"]);
+                write(&p, 3 * MIB - 4096, &[0x42; 8192]);
+                write(&p, 8 * MIB - 4096, &[0x43; 4096]);
+                vec![p]
+            }
+        };
+        let new = match case {
+            Case::VhdxBatMove => NEW_BIG,
+            _ => NEW,
         };
         let disk = files.last().unwrap().clone();
         let args = vec![
             "resize".to_string(),
             s(&disk).to_string(),
             "--size".to_string(),
-            NEW.to_string(),
+            new.to_string(),
         ];
         let pristine = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
         let before = read_chain(&disk);
@@ -83,6 +100,7 @@ impl Fixture {
             pristine,
             before,
             args,
+            new,
         }
     }
 
@@ -100,10 +118,20 @@ impl Fixture {
     /// Returns whether it has the new size.
     #[track_caller]
     fn assert_old_or_new(&self, ctx: &str) -> bool {
-        let now = read_chain(&self.disk);
         let n = self.before.len();
+        if self.new > 1 << 30 {
+            // Too large to read whole: the kept range, and samples of the grown one.
+            let at = [0, n as u64, self.new / 2, self.new - MIB];
+            let (size, reads) = read_chain_at(&self.disk, &at, n);
+            assert!(size == n as u64 || size == self.new, "{ctx}: size {size}");
+            assert!(reads[0] == self.before[..], "{ctx}: kept range changed");
+            let zero = reads[1..].iter().flatten().all(|&b| b == 0);
+            assert!(zero, "{ctx}: grown range not zero");
+            return size == self.new;
+        }
+        let now = read_chain(&self.disk);
         assert!(
-            now.len() == n || now.len() as u64 == NEW,
+            now.len() == n || now.len() as u64 == self.new,
             "{ctx}: size {}",
             now.len()
         );
@@ -112,7 +140,7 @@ impl Fixture {
             now[n..].iter().all(|&b| b == 0),
             "{ctx}: grown range not zero"
         );
-        now.len() as u64 == NEW
+        now.len() as u64 == self.new
     }
 
     #[track_caller]
@@ -270,12 +298,20 @@ fn vhdx_differencing_grow_kills() {
 }
 
 #[test]
+fn vhdx_grow_moving_the_bat_kills() {
+    if have_strace() {
+        kill_matrix(Case::VhdxBatMove);
+    }
+}
+
+#[test]
 fn eio_every_case() {
     if have_strace() {
         for case in [
             Case::VhdDifferencing,
             Case::VhdFixed,
             Case::VhdxDifferencing,
+            Case::VhdxBatMove,
         ] {
             eio_matrix(case);
         }
