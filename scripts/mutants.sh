@@ -102,6 +102,7 @@ for g in "${groups[@]}"; do
   status=0
   timeout --signal=INT --kill-after=60 "$budget" \
     cargo mutants -d "$src" -p vhdkit "${SEL[@]}" "${extra_args[@]}" --jobs "$jobs" \
+      --profile mutants \
       "${timeout_args[@]}" \
       --output "$out" -- "${TESTS[@]}" || status=$?
   o="$out/mutants.out"
