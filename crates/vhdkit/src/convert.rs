@@ -278,7 +278,7 @@ fn copy_sparse<W: Write + Seek + ?Sized>(
     const IN_FLIGHT: usize = 2;
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Step<'_>>>(IN_FLIGHT);
-        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Aligned>();
         scope.spawn(move || read_ahead(view, size, clone, &tx, &back_rx));
         let mut copier = clone.map(CloneTo::copier);
         // Returning early drops `rx`, which stops the reader at its next send.
@@ -290,9 +290,9 @@ fn copy_sparse<W: Write + Seek + ?Sized>(
                     progress.advance(len);
                 }
                 Step::Data { pos, buf } => {
-                    let len = buf.len() as u64;
+                    let len = buf.data().len() as u64;
                     stats.bytes_read += len;
-                    write_nonzero(out, &buf, pos, &mut stats)?;
+                    write_nonzero(out, buf.data(), pos, &mut stats)?;
                     // The reader may have finished already; then the buffer is simply dropped.
                     let _ = back_tx.send(buf);
                     progress.advance(len);
@@ -319,9 +319,41 @@ enum Step<'s> {
     /// A range of `len` bytes that no layer stores.
     Skip { len: u64 },
     /// Stored data read from `pos`.
-    Data { pos: u64, buf: Vec<u8> },
+    Data { pos: u64, buf: Aligned },
     /// Stored data at `pos` for the file system to copy.
     Clone { pos: u64, run: clone::Run<'s> },
+}
+
+/// A read buffer whose data starts at a 4 KiB-aligned address: a durable output writes its
+/// aligned runs with `O_DIRECT` as they are, not through a copy into a bounce buffer (that copy
+/// was a quarter of the CPU time of a durable convert to raw).
+#[derive(Default)]
+struct Aligned {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    const ALIGN: usize = 4096;
+
+    /// The `n`-byte window to read into (its old contents are stale).
+    fn window(&mut self, n: usize) -> &mut [u8] {
+        let want = n.saturating_add(Self::ALIGN);
+        if self.vec.len() < want {
+            self.vec = vec![0u8; want];
+        }
+        self.start = self.vec.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
+        self.len = n;
+        let end = self.start.saturating_add(n);
+        self.vec.get_mut(self.start..end).unwrap_or_default()
+    }
+
+    /// The bytes read.
+    fn data(&self) -> &[u8] {
+        let end = self.start.saturating_add(self.len);
+        self.vec.get(self.start..end).unwrap_or_default()
+    }
 }
 
 /// The reader side of [`copy_sparse`]: walks the allocation map and reads stored ranges into
@@ -331,7 +363,7 @@ fn read_ahead<'s>(
     size: u64,
     clone: Option<&CloneTo>,
     tx: &std::sync::mpsc::SyncSender<Result<Step<'s>>>,
-    back: &std::sync::mpsc::Receiver<Vec<u8>>,
+    back: &std::sync::mpsc::Receiver<Aligned>,
 ) {
     let mut zeros = ZeroAhead::default();
     let mut pos = 0u64;
@@ -349,14 +381,13 @@ fn read_ahead<'s>(
                     }
                     let n = usize::try_from(len).unwrap_or(CHUNK_BYTES).min(CHUNK_BYTES);
                     let mut buf = back.try_recv().unwrap_or_default();
-                    buf.resize(n, 0);
-                    view.read_exact_at(&mut buf, pos)?;
+                    view.read_exact_at(buf.window(n), pos)?;
                     Ok(Step::Data { pos, buf })
                 }
             });
         let advance = match &step {
             Ok(Step::Skip { len, .. }) => *len,
-            Ok(Step::Data { buf, .. }) => buf.len() as u64,
+            Ok(Step::Data { buf, .. }) => buf.data().len() as u64,
             Ok(Step::Clone { run, .. }) => run.2,
             Err(_) => 0,
         };
