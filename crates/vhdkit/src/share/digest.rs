@@ -203,6 +203,33 @@ mod tests {
         assert_ne!(framed(c, &[None]), framed(c, &[None, Some(c)]));
     }
 
+    /// The framing is what the module docs say, byte for byte (`content_blake3` is shown to
+    /// users, who may keep it): the size, then per maximal zero run a 0 marker and its length,
+    /// per data chunk a 1 marker and its bytes, and nothing else.
+    #[test]
+    fn the_framing_is_the_documented_one() {
+        let c = CHUNK;
+        let d = [0x5Au8; 16];
+        let mut want = blake3::Hasher::new();
+        want.update(&(5 * c).to_le_bytes());
+        want.update(&[0]);
+        want.update(&(2 * c).to_le_bytes());
+        for _ in 0..2 {
+            want.update(&[1]);
+            want.update(&d);
+        }
+        want.update(&[0]);
+        want.update(&c.to_le_bytes());
+        let got = framed(5 * c, &[Some(c), Some(c), None, None, Some(c)]);
+        assert_eq!(got, want.finalize().to_hex().to_string());
+        // No zeros: no zero frame at all.
+        let mut want = blake3::Hasher::new();
+        want.update(&c.to_le_bytes());
+        want.update(&[1]);
+        want.update(&d);
+        assert_eq!(framed(c, &[None]), want.finalize().to_hex().to_string());
+    }
+
     /// Digest of a dynamic VHD with `block` bytes per block and `writes` applied.
     fn digest(block: u32, writes: &[(u64, &[u8])]) -> String {
         let mut b = VhdBuilder::dynamic(SIZE).block_size(block);
