@@ -353,6 +353,66 @@ fn vhdx_grow_moves_the_bat_region() {
     run_success(["check", s(&base)]);
 }
 
+/// Bytes past the virtual end inside the last block (left by another tool's shrink, or written
+/// there by a writer that fills whole blocks) must not show after a grow: the grown range reads
+/// as zeros. A 7 MiB disk in 2 MiB blocks, its last block allocated, garbage written into that
+/// block past 7 MiB (and, for the VHD, its sectors marked present); a dynamic VHD, a dynamic and
+/// a fixed VHDX.
+#[test]
+fn stale_bytes_past_the_old_end_read_as_zeros_after_a_grow() {
+    for (name, extra) in [
+        ("dyn.vhd", &["--format", "vhd"][..]),
+        ("dyn.vhdx", &[][..]),
+        ("fixed.vhdx", &["--fixed"][..]),
+    ] {
+        let d = tmp();
+        let p = d.path().join(name);
+        let args = [
+            &["create", s(&p), "--size", "7M", "--block-size", "2M"][..],
+            extra,
+        ];
+        run_success(args.concat());
+        write(&p, 6 * MIB, &[0x5a; 4096]);
+        let disk = vhdkit::Disk::open(&p).unwrap();
+        let (extent, _) = disk.map(6 * MIB, 4096).unwrap();
+        let vhdkit::Extent::Data { file_offset } = extent else {
+            panic!("{name}: block 3 is not stored: {extent:?}");
+        };
+        drop(disk);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let stale = (file_offset + MIB) as usize;
+        bytes[stale..stale + MIB as usize].fill(0xee);
+        if name.ends_with(".vhd") {
+            // The block's sector bitmap (512 bytes before its data): every sector present.
+            bytes[file_offset as usize - 512..file_offset as usize].fill(0xff);
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        let before = read_chain(&p);
+        assert_eq!(before.len() as u64, 7 * MIB);
+        let j = run_success(["resize", "--json", s(&p), "--size", "16M"]).json();
+        assert_eq!(j["applied"], true, "{j}");
+        let after = read_chain(&p);
+        assert!(after[..before.len()] == before[..], "{name}: kept range");
+        let first = after[before.len()..].iter().position(|&b| b != 0);
+        assert_eq!(first, None, "{name}: stale bytes show past the old end");
+        run_success(["check", s(&p)]);
+        if need_tool("qemu-img", "qemu-img oracle for the grown disk") {
+            let raw = d.path().join("want.raw");
+            std::fs::write(&raw, &after).unwrap();
+            run_ok(std::process::Command::new("qemu-img").args([
+                "compare",
+                "-q",
+                "-f",
+                "raw",
+                "-F",
+                qemu_fmt(&p),
+                s(&raw),
+                s(&p),
+            ]));
+        }
+    }
+}
+
 #[test]
 fn differencing_chains_grow() {
     for format in [

@@ -94,6 +94,12 @@ fn preview(p: &mut ResizePlan) -> Result<()> {
             let r = vhdx::plan(&file, p.new_size, &p.chain.open)?;
             p.new_file_len = r.plan.new_len.max(p.old_file_len);
             p.changes = r.plan.changes;
+            if let Some((at, len)) = r.zero_tail {
+                p.notes.push(format!(
+                    "the block the old end splits holds data past that end: its {len} bytes at \
+                     {at:#x} are zeroed first, so the grown range reads as zeros"
+                ));
+            }
             if let Some(mv) = r.bat_move {
                 p.notes.push(format!(
                     "the BAT outgrows its region: it is written whole to a new {}-byte region \
@@ -214,6 +220,10 @@ fn apply_vhdx(plan: &ResizePlan, file: &File, report: &mut ResizeReport) -> Resu
         // Past everything the file holds, and pointed at only by the log entry below.
         Sink::set_len(file, len).map_err(|e| Error::io("extending the file", e))?;
     }
+    if let Some((at, len)) = r.zero_tail {
+        // Past the virtual end: nothing reads these bytes until the entry below grows it.
+        zero_range(file, at, len)?;
+    }
     if let Some(mv) = &r.bat_move {
         // Nothing points here until the log entry below; the log's first flush makes it stable
         // before the region tables name it.
@@ -225,6 +235,22 @@ fn apply_vhdx(plan: &ResizePlan, file: &File, report: &mut ResizeReport) -> Resu
     report.metadata_bytes = a.total_bytes();
     report.recovered = a.log_replayed.is_some();
     report.new_file_len = crate::source::source_len(file)?;
+    Ok(())
+}
+
+/// Write `len` zero bytes at `at`, a chunk at a time.
+fn zero_range(file: &File, at: u64, len: u64) -> Result<()> {
+    let zeros = vec![0u8; usize::try_from(len.min(CHUNK)).unwrap_or(0)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        let z = zeros
+            .get(..usize::try_from(n).unwrap_or(0))
+            .unwrap_or_default();
+        file.write_all_at(z, at + done)
+            .map_err(|e| Error::io("zeroing the block past the old end", e))?;
+        done += n;
+    }
     Ok(())
 }
 

@@ -32,6 +32,11 @@
 //! switches both region tables to it (`vhdx::resize::BatMove`): a crash before the entry leaves
 //! the old disk with unreferenced bytes at its end; the old region becomes free space.
 //!
+//! **Stale bytes.** The block the old end splits may hold data past that end (another tool's
+//! shrink, a writer that fills whole blocks); a grow zeroes it first, so the grown range reads
+//! as zeros: a journaled write for a VHD (the block's new place when it moves), a direct write
+//! before the log entry for a VHDX (past the virtual end, nothing reads it until the entry).
+//!
 //! The geometry is the VHD specification's (`vhd::create::geometry`, what `create` writes).
 //! Readers that take the size of a Virtual PC (`vpc `) or qemu (`qemu`) VHD from its geometry
 //! would see another size when the geometry does not give the new size exactly: that is

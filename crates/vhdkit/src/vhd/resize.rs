@@ -316,7 +316,12 @@ impl Sparse<'_> {
                 self.footer_at
             )));
         }
+        let last = self.last_block(r.old_size, new_size);
+        let last_before = last.and_then(|i| bat.get(i).copied());
         let cursor = self.place_moves(r, &mut bat, &mut header, bat_end)?;
+        if let (Some(i), Some(before)) = (last, last_before) {
+            self.zero_stale_tail(r, i, before, &bat, new_size)?;
+        }
         let end = cursor.max(bat_end).max(self.footer_at);
         let new_footer_at = if end == self.footer_at {
             self.footer_at
@@ -336,6 +341,61 @@ impl Sparse<'_> {
             new_footer_at,
             bat_end,
         )
+    }
+
+    /// On a grow, the BAT index of the block the old end splits (`None`: the old end is on a
+    /// block boundary, or nothing grows).
+    fn last_block(&self, old_size: u64, new_size: u64) -> Option<usize> {
+        let bs = u64::from(self.header.block_size).max(1);
+        (new_size > old_size && old_size % bs != 0)
+            .then(|| usize::try_from(old_size / bs).ok())
+            .flatten()
+    }
+
+    /// Zero what block `i` (entry `before` as read, in `after` as the plan leaves it: it may
+    /// have moved) holds past the old end, through the journal, so the grown range reads as
+    /// zeros: another tool's shrink, or a writer that fills whole blocks and marks them
+    /// present, may have left data there. Nothing is planned when it reads as zeros already.
+    fn zero_stale_tail(
+        &self,
+        r: &mut VhdResize,
+        i: usize,
+        before: u32,
+        after: &[u32],
+        new_size: u64,
+    ) -> Result<()> {
+        let Some(&now) = after.get(i) else {
+            return Ok(());
+        };
+        if before == BAT_UNALLOCATED {
+            return Ok(());
+        }
+        let bs = u64::from(self.header.block_size).max(1);
+        let within = r.old_size % bs;
+        let len = (bs - within).min(new_size - r.old_size);
+        let data_at = |e: u32| {
+            (u64::from(e) * SECTOR)
+                .checked_add(self.bitmap_bytes + within)
+                .ok_or_else(overflow)
+        };
+        let mut old = vec![0u8; usize::try_from(len).map_err(|_| overflow())?];
+        crate::source::read_struct(self.src, data_at(before)?, &mut old, "vhd data block")?;
+        if old.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        r.plan.writes.push(WriteOp {
+            offset: data_at(now)?,
+            data: vec![0u8; old.len()],
+            old,
+            what: format!("block {i} past the old end"),
+        });
+        r.plan.changes.push(FieldChange {
+            structure: "vhd data block".into(),
+            field: format!("block {i} past the old end ({len} bytes)"),
+            old: "stale data".into(),
+            new: "zeros".into(),
+        });
+        Ok(())
     }
 
     /// Refuse when a block at or past entry `new_entries` is allocated.

@@ -1,7 +1,7 @@
 //! The VHDX side of `crate::resize`: one log entry with the virtual disk size item and the BAT
 //! entries that change (see the module docs of `crate::resize`).
 
-use super::bat::{is_sb_index, required_entries};
+use super::bat::{is_sb_index, payload_index, required_entries};
 use super::format::{
     BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_STATE_MASK, MAX_VIRTUAL_DISK_SIZE, MIB,
     PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT, REGION_TABLE_OFFSETS,
@@ -30,6 +30,10 @@ pub(crate) struct VhdxResize {
     pub extend_to: Option<u64>,
     /// The BAT's new region when the table outgrows its own.
     pub bat_move: Option<BatMove>,
+    /// (file offset, length) of bytes the block the old end splits holds past that end, not
+    /// all zeros: zeroed before the log entry (nothing reads them until the size grows), so
+    /// the grown range reads as zeros.
+    pub zero_tail: Option<(u64, u64)>,
 }
 
 /// A BAT that outgrows its region moves whole to a new, larger region past every structure
@@ -74,6 +78,7 @@ pub(crate) fn plan(file: &VhdxFile, new_size: u64, opts: &OpenOptions) -> Result
         guard: guard_of(file)?,
         extend_to: None,
         bat_move: None,
+        zero_tail: None,
     };
     size_item(file, new_size, &mut r.plan)?;
     bat(file, new_size, opts, &mut r)?;
@@ -181,6 +186,7 @@ fn bat(file: &VhdxFile, new_size: u64, opts: &OpenOptions, r: &mut VhdxResize) -
         new_pb,
         fixed: r.disk_type == DiskType::Fixed,
     };
+    r.zero_tail = stale_tail(file, &old, r.old_size, new_size)?;
     let blocks_from = next;
     let blocks_end = grow.set(&mut new, next)?;
     let end = match (&r.bat_move, blocks_end > blocks_from) {
@@ -281,6 +287,40 @@ fn move_table(file: &VhdxFile, mut mv: BatMove, new: &[u64], r: &mut VhdxResize)
     });
     r.bat_move = Some(mv);
     Ok(())
+}
+
+/// Where the present block that the old end splits holds bytes past that end that are not
+/// zeros (another tool's shrink may leave them; a grow would show them).
+fn stale_tail(file: &VhdxFile, entries: &[u64], old: u64, new: u64) -> Result<Option<(u64, u64)>> {
+    let bs = file.bat.block_size.max(1);
+    let within = old % bs;
+    if new <= old || within == 0 {
+        return Ok(None);
+    }
+    let idx = payload_index(old / bs, file.bat.chunk_ratio.max(1));
+    let Some(&e) = usize::try_from(idx).ok().and_then(|i| entries.get(i)) else {
+        return Ok(None);
+    };
+    let state = u8::try_from(e & BAT_STATE_MASK).unwrap_or(u8::MAX);
+    if state != PAYLOAD_BLOCK_FULLY_PRESENT && state != PAYLOAD_BLOCK_PARTIALLY_PRESENT {
+        return Ok(None);
+    }
+    let at = (e & BAT_OFFSET_MASK)
+        .checked_add(within)
+        .ok_or_else(overflow)?;
+    let len = (bs - within).min(new - old);
+    let mut buf = vec![0u8; usize::try_from(len.min(MIB)).map_err(|_| overflow())?];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(MIB);
+        let b = buf.get_mut(..n as usize).unwrap_or_default();
+        read_struct(&*file.src, at + done, b, "vhdx payload block")?;
+        if b.iter().any(|&x| x != 0) {
+            return Ok(Some((at, len)));
+        }
+        done += n;
+    }
+    Ok(None)
 }
 
 /// The bytes of a BAT region holding `entries`: a whole number of MiB.

@@ -2,7 +2,8 @@
 //! pwrite64, fsync, fdatasync, ftruncate, rename(at/at2) and unlink(at), and EIO returned by
 //! every pwrite64, fsync, fdatasync and ftruncate, for a VHD differencing grow that moves blocks
 //! and locator data out of the BAT's way, a fixed VHD grow, a VHDX differencing grow, and a
-//! VHDX grow to 200 GiB that moves the BAT to a larger region. After
+//! VHDX grow to 200 GiB that moves the BAT to a larger region, and a VHDX grow that first zeroes
+//! stale bytes past the old end. After
 //! each: the disk reads its old or its new size with the kept range unchanged and zeros after
 //! it; a rerun completes; then `check` is clean and no journal is left.
 //!
@@ -35,6 +36,7 @@ enum Case {
     VhdFixed,
     VhdxDifferencing,
     VhdxBatMove,
+    VhdxStaleTail,
 }
 
 /// The files restored before every run.
@@ -72,6 +74,7 @@ impl Fixture {
                 write(&p, 4 * MIB - 8192, &[0x42; 8192]);
                 vec![p]
             }
+            Case::VhdxStaleTail => vec![stale_tail(&dir)],
             Case::VhdxBatMove => {
                 let p = dir.join("dyn.vhdx");
                 run_success(["create", s(&p), "--size", "8M", "--block-size", "1M"]);
@@ -193,6 +196,23 @@ fn vhd_pair(dir: &Path) -> Vec<PathBuf> {
     vec![base, child]
 }
 
+/// A 7 MiB VHDX in 2 MiB blocks whose last block holds 0xEE bytes past 7 MiB.
+fn stale_tail(dir: &Path) -> PathBuf {
+    let p = dir.join("stale.vhdx");
+    run_success(["create", s(&p), "--size", "7M", "--block-size", "2M"]);
+    write(&p, 6 * MIB, &[0x5a; 4096]);
+    let disk = vhdkit::Disk::open(&p).unwrap();
+    let Ok((vhdkit::Extent::Data { file_offset }, _)) = disk.map(6 * MIB, 4096) else {
+        panic!("block 3 is not stored");
+    };
+    drop(disk);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = (file_offset + MIB) as usize;
+    bytes[at..at + MIB as usize].fill(0xee);
+    std::fs::write(&p, &bytes).unwrap();
+    p
+}
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vhdkit"))
 }
@@ -305,6 +325,13 @@ fn vhdx_grow_moving_the_bat_kills() {
 }
 
 #[test]
+fn vhdx_grow_zeroing_a_stale_tail_kills() {
+    if have_strace() {
+        kill_matrix(Case::VhdxStaleTail);
+    }
+}
+
+#[test]
 fn eio_every_case() {
     if have_strace() {
         for case in [
@@ -312,6 +339,7 @@ fn eio_every_case() {
             Case::VhdFixed,
             Case::VhdxDifferencing,
             Case::VhdxBatMove,
+            Case::VhdxStaleTail,
         ] {
             eio_matrix(case);
         }
