@@ -86,7 +86,14 @@ pub(super) fn plan(path: &Path, opts: &ChainOptions, against_parent: bool) -> Re
         against_parent,
     };
     let d = scan::decide(&map, rules, &disk, parent.as_ref(), &mut ())?;
-    let (moves, len) = layout::pack(&map, &d.kept)?;
+    let packed = layout::pack(&map, &d.kept)?;
+    let (moves, len) = (&packed.moves, packed.len);
+    if let (Some(to), Some((from, tlen))) = (packed.table_to, map.table) {
+        p.notes.push(format!(
+            "the block allocation table ({tlen} bytes) moves down from {from:#x} to {to:#x}, \
+             after the blocks"
+        ));
+    }
     if seen.is_some() && stamps(&chain_files) == seen {
         p.scanned = Some(Arc::new(Scanned {
             stamps: seen,
@@ -241,6 +248,13 @@ impl Editor<'_> {
             Editor::Vhdx(e) => e.commit(c),
         }
     }
+    fn move_table(&mut self, to: u64) -> Result<u64> {
+        match self {
+            // A VHD's table never moves (`FileMap::table` is `None`).
+            Editor::Vhd(_) => Ok(0),
+            Editor::Vhdx(e) => e.move_table(to),
+        }
+    }
     fn trim(&mut self, len: u64) -> Result<()> {
         match self {
             Editor::Vhd(e) => e.trim(len),
@@ -302,10 +316,13 @@ fn run(
     report.parent_blocks = d.parent_blocks;
     report.table_bytes = ed.commit(&d.drops)?;
     let map = ed.map().clone();
-    let (moves, len) = layout::pack(&map, &d.kept)?;
+    let packed = layout::pack(&map, &d.kept)?;
     drop(d);
-    move_blocks(sink, &mut ed, &map, &moves, &mut report, progress)?;
-    ed.trim(len)?;
+    move_blocks(sink, &mut ed, &map, &packed.moves, &mut report, progress)?;
+    if let Some(to) = packed.table_to {
+        report.table_bytes = report.table_bytes.saturating_add(ed.move_table(to)?);
+    }
+    ed.trim(packed.len)?;
     Ok(report)
 }
 

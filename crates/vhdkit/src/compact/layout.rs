@@ -57,6 +57,9 @@ pub(crate) struct FileMap {
     pub stale: Vec<Alloc>,
     /// Spans `[start, end)` of every structure that never moves.
     pub fixed: Vec<(u64, u64)>,
+    /// A table that may move down once the blocks are packed (the VHDX BAT region: offset,
+    /// length), so that one a resize moved to the end does not keep the end up.
+    pub table: Option<(u64, u64)>,
     /// Length of the file.
     pub file_len: u64,
 }
@@ -66,6 +69,9 @@ impl FileMap {
     /// file could destroy what another entry reads (`check` reports the damage).
     pub(crate) fn check_disjoint(&self) -> Result<()> {
         let mut spans: Vec<(u64, u64)> = self.fixed.clone();
+        if let Some((at, len)) = self.table {
+            spans.push((at, end_of(at, len)?));
+        }
         for b in &self.blocks {
             spans.push((b.at, end_of(b.at, self.span)?));
         }
@@ -94,10 +100,61 @@ fn align_up(x: u64, a: u64) -> Option<u64> {
     x.checked_next_multiple_of(a.max(1))
 }
 
-/// The moves that pack `kept` blocks (the ones that stay allocated) into the lowest gaps of the
-/// file, highest block first, and the file length afterwards.
-pub(crate) fn pack(map: &FileMap, kept: &[Alloc]) -> Result<(Vec<(Alloc, u64)>, u64)> {
+/// What a compaction does to the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Packed {
+    /// Blocks and where they go, highest first.
+    pub moves: Vec<(Alloc, u64)>,
+    /// The file length afterwards.
+    pub len: u64,
+    /// Where the movable table goes: past the packed blocks, clear of its old place.
+    pub table_to: Option<u64>,
+}
+
+/// Pack `kept` blocks (the ones that stay allocated) into the lowest gaps of the file, highest
+/// block first. A movable table that then lies above everything, with room for it below its
+/// old place, comes down after them; otherwise it stays, as a fixed structure.
+pub(crate) fn pack(map: &FileMap, kept: &[Alloc]) -> Result<Packed> {
+    if let Some((start, len)) = map.table {
+        let span = (start, end_of(start, len)?);
+        let (moves, end) = pack_blocks(map, kept, Some(span), false)?;
+        let to = align_up(end, map.align).filter(|&at| start >= end && at + len <= start);
+        if let Some(at) = to {
+            let len = finish(map, at + len)?;
+            return Ok(Packed {
+                moves,
+                len,
+                table_to: Some(at),
+            });
+        }
+        let (moves, end) = pack_blocks(map, kept, Some(span), true)?;
+        let len = finish(map, end)?;
+        return Ok(Packed {
+            moves,
+            len,
+            table_to: None,
+        });
+    }
+    let (moves, end) = pack_blocks(map, kept, None, false)?;
+    let len = finish(map, end)?;
+    Ok(Packed {
+        moves,
+        len,
+        table_to: None,
+    })
+}
+
+/// The moves of the blocks, and the end of what then lies highest (the table not counted
+/// unless `table_fixed`). Blocks below the last structure that stays do not move: that would
+/// write data without bringing the end down.
+fn pack_blocks(
+    map: &FileMap,
+    kept: &[Alloc],
+    table: Option<(u64, u64)>,
+    table_fixed: bool,
+) -> Result<(Vec<(Alloc, u64)>, u64)> {
     let mut occupied: Vec<(u64, u64)> = map.fixed.clone();
+    occupied.extend(table);
     for b in kept {
         occupied.push((b.at, end_of(b.at, map.span)?));
     }
@@ -106,12 +163,17 @@ pub(crate) fn pack(map: &FileMap, kept: &[Alloc]) -> Result<(Vec<(Alloc, u64)>, 
     let mut top: Vec<Alloc> = kept.to_vec();
     top.sort_unstable_by_key(|b| std::cmp::Reverse(b.at));
     let mut moves = Vec::new();
-    let fixed_end = map.fixed.iter().map(|f| f.1).max().unwrap_or(0);
+    let stays = table.filter(|_| table_fixed);
+    let fixed_end = map
+        .fixed
+        .iter()
+        .chain(&stays)
+        .map(|f| f.1)
+        .max()
+        .unwrap_or(0);
     let mut end = fixed_end;
     for b in top {
         if end_of(b.at, map.span)? <= fixed_end {
-            // Below the last fixed structure (a BAT region a resize moved to the end): moving
-            // it would write data without bringing the end down.
             break;
         }
         match holes.next_below(b.at) {
@@ -122,10 +184,14 @@ pub(crate) fn pack(map: &FileMap, kept: &[Alloc]) -> Result<(Vec<(Alloc, u64)>, 
             None => end = end.max(end_of(b.at, map.span)?),
         }
     }
-    let len = align_up(end, map.len_align)
+    Ok((moves, end))
+}
+
+/// The file length for content ending at `end`.
+fn finish(map: &FileMap, end: u64) -> Result<u64> {
+    align_up(end, map.len_align)
         .and_then(|e| e.checked_add(map.tail))
-        .ok_or_else(|| Error::unsupported("file too large"))?;
-    Ok((moves, len))
+        .ok_or_else(|| Error::unsupported("file too large"))
 }
 
 /// Positions in the gaps between occupied spans, lowest first, each holding one span.
@@ -196,6 +262,7 @@ mod tests {
                 .collect(),
             stale: Vec::new(),
             fixed,
+            table: None,
             file_len: 0,
         }
     }
@@ -205,7 +272,7 @@ mod tests {
         // Header 0..10, blocks at 10, 30, 50, 70 of span 10; the one at 30 is dropped.
         let m = map(10, vec![(0, 10)], &[10, 30, 50, 70]);
         let kept: Vec<Alloc> = m.blocks.iter().copied().filter(|b| b.at != 30).collect();
-        let (moves, len) = pack(&m, &kept).unwrap();
+        let Packed { moves, len, .. } = pack(&m, &kept).unwrap();
         let to: Vec<(u64, u64)> = moves.iter().map(|(b, t)| (b.at, *t)).collect();
         // 70 -> 20 (gap 20..30 free from the start), 50 -> 30; then no gap below 10.
         assert_eq!(to, vec![(70, 20), (50, 30)]);
@@ -219,7 +286,7 @@ mod tests {
         m.align = 10;
         m.len_align = 8;
         m.tail = 3;
-        let (moves, len) = pack(&m, &m.blocks.clone()).unwrap();
+        let Packed { moves, len, .. } = pack(&m, &m.blocks.clone()).unwrap();
         let to: Vec<(u64, u64)> = moves.iter().map(|(b, t)| (b.at, *t)).collect();
         assert_eq!(to, vec![(60, 30)]);
         assert_eq!(len, 40 + 3);
@@ -228,12 +295,12 @@ mod tests {
     #[test]
     fn nothing_moves_up_and_a_packed_file_keeps_its_end() {
         let m = map(10, vec![(0, 10)], &[10, 20, 30]);
-        let (moves, len) = pack(&m, &m.blocks.clone()).unwrap();
+        let Packed { moves, len, .. } = pack(&m, &m.blocks.clone()).unwrap();
         assert!(moves.is_empty());
         assert_eq!(len, 40);
         // A fixed structure past the blocks (a relocated locator) keeps the end up.
         let m = map(10, vec![(0, 10), (90, 95)], &[10]);
-        assert_eq!(pack(&m, &m.blocks.clone()).unwrap().1, 95);
+        assert_eq!(pack(&m, &m.blocks.clone()).unwrap().len, 95);
     }
 
     #[test]
@@ -241,10 +308,38 @@ mod tests {
         // A table at 60..70 ends the file: the gap at 10 would take the block at 40 without
         // bringing the end down; the block at 70 above the table moves.
         let m = map(10, vec![(0, 10), (60, 70)], &[40, 70]);
-        let (moves, len) = pack(&m, &m.blocks.clone()).unwrap();
+        let Packed { moves, len, .. } = pack(&m, &m.blocks.clone()).unwrap();
         let to: Vec<(u64, u64)> = moves.iter().map(|(b, t)| (b.at, *t)).collect();
         assert_eq!(to, vec![(70, 10)]);
         assert_eq!(len, 70);
+    }
+
+    #[test]
+    fn a_table_at_the_end_comes_down_after_the_blocks() {
+        // Blocks at 10, 30 (dropped), 50; a table at 70..90: 50 -> 20, the table to 30.
+        let mut m = map(10, vec![(0, 10)], &[10, 30, 50]);
+        m.table = Some((70, 20));
+        let kept: Vec<Alloc> = m.blocks.iter().copied().filter(|b| b.at != 30).collect();
+        let p = pack(&m, &kept).unwrap();
+        let to: Vec<(u64, u64)> = p.moves.iter().map(|(b, t)| (b.at, *t)).collect();
+        assert_eq!(to, vec![(50, 20)]);
+        assert_eq!((p.table_to, p.len), (Some(30), 50));
+        // No room below it (its new place would overlap the old one): it stays, fixed, and
+        // only what lies above it moves.
+        let mut m = map(10, vec![(0, 10)], &[10, 20, 50]);
+        m.table = Some((30, 20));
+        let p = pack(&m, &m.blocks.clone()).unwrap();
+        assert_eq!(p.table_to, None);
+        assert!(p.moves.is_empty(), "{p:?}");
+        assert_eq!(p.len, 60);
+        // Blocks above a table that cannot come down still move into gaps below it.
+        let mut m = map(10, vec![(0, 10)], &[10, 60, 70]);
+        m.table = Some((20, 30));
+        let p = pack(&m, &m.blocks.clone()).unwrap();
+        assert_eq!(p.table_to, None);
+        let to: Vec<(u64, u64)> = p.moves.iter().map(|(b, t)| (b.at, *t)).collect();
+        assert_eq!(to, vec![(70, 50)]);
+        assert_eq!(p.len, 70);
     }
 
     #[test]

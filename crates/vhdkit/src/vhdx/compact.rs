@@ -13,9 +13,10 @@ use super::bitmap::block_bitmap_range;
 use super::format::{
     BAT_ENTRY_SIZE, BAT_OFFSET_MASK, BAT_STATE_MASK, KIB4, MIB, PAYLOAD_BLOCK_FULLY_PRESENT,
     PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT, PAYLOAD_BLOCK_ZERO,
-    SB_BLOCK_PRESENT, SECTOR_BITMAP_BLOCK_SIZE,
+    REGION_TABLE_OFFSETS, SB_BLOCK_PRESENT, SECTOR_BITMAP_BLOCK_SIZE,
 };
 use super::header::{self, ParsedHeader};
+use super::region::with_bat_moved;
 use super::update::{dirty_log, Session, SessionState};
 use crate::compact::layout::{Alloc, Change, FileMap, MAX_TRACKED_BLOCKS};
 use crate::disk::{DiskType, OpenOptions};
@@ -63,7 +64,14 @@ fn read_map(src: &dyn Source, cur: &ParsedHeader, opts: &OpenOptions) -> Result<
         align: MIB,
         len_align: MIB,
         tail: 0,
-        fixed: layout.reserved.iter().map(|r| (r.0, r.1)).collect(),
+        // The BAT region may come down after the blocks (see `FileMap::table`).
+        fixed: layout
+            .reserved
+            .iter()
+            .filter(|r| r.0 != layout.regions.bat.file_offset)
+            .map(|r| (r.0, r.1))
+            .collect(),
+        table: Some((layout.regions.bat.file_offset, layout.regions.bat.length)),
         file_len,
         ..FileMap::default()
     };
@@ -212,6 +220,39 @@ impl<'a> Editor<'a> {
         let r = s.commit(writes);
         self.session = s.state();
         r
+    }
+
+    /// Move the BAT region to `to` (past every block, clear of its old place): the table is
+    /// copied there while nothing points at it, then one log entry switches both region tables
+    /// to it. A crash before that entry leaves the copy unreferenced.
+    pub(crate) fn move_table(&mut self, to: u64) -> Result<u64> {
+        let Some((from, len)) = self.map.table else {
+            return Ok(0);
+        };
+        let mut buf = vec![0u8; usize::try_from(len.min(MIB)).unwrap_or(0)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(MIB);
+            let b = buf
+                .get_mut(..usize::try_from(n).unwrap_or(0))
+                .unwrap_or_default();
+            self.sink
+                .read_exact_at(b, from + done)
+                .map_err(|e| Error::io("reading the vhdx block allocation table", e))?;
+            self.sink
+                .write_all_at(b, to + done)
+                .map_err(|e| Error::io(format!("copying the BAT to {:#x}", to + done), e))?;
+            done += n;
+        }
+        let table = with_bat_moved(self.sink, to, len)?;
+        let writes: Vec<(u64, Vec<u8>)> = REGION_TABLE_OFFSETS
+            .iter()
+            .map(|&at| (at, table.clone()))
+            .collect();
+        self.commit_entry(&writes)?;
+        self.bat_offset = to;
+        self.map.table = Some((to, len));
+        Ok(len)
     }
 
     /// Cut the file to `len` (a whole number of MiB past every structure); the log is clean

@@ -6,6 +6,9 @@
 //! command completes; then the file has the size the uninterrupted run reaches, reads the
 //! same, no side file is left and `check --chain` is clean.
 //!
+//! A VHDX grown past its BAT region (the table at the end of the file) is compacted too: the
+//! blocks move down and then the table after them.
+//!
 //! Every kill is proven (the process died of SIGKILL, or strace's log shows the injected EIO),
 //! and a run with the injection one past the last counted call completes. CI runs every
 //! `EVERY`th point (and the last) of each call; `VHDKIT_FULL_MATRIX=1` runs every point.
@@ -231,4 +234,120 @@ fn eio_every_case() {
     for case in Case::ALL {
         eio_matrix(case);
     }
+}
+
+/// Offsets checked in [`TableCase`] (4 MiB read at each): the data, and zeros around it.
+const TABLE_CASE_AT: [u64; 5] = [0, 8 << 20, 150 << 30, (150 << 30) + (8 << 20), 199 << 30];
+
+/// A VHDX grown past its BAT region (the table moved to the end of the file), then written past
+/// the table and with its first blocks zeroed: a compaction moves blocks down and then the
+/// table after them. 200 GiB virtual, too large to read whole: the contents are checked at the
+/// data and at zeros around it (the small cases above read everything).
+struct TableCase {
+    dir: PathBuf,
+    disk: PathBuf,
+    pristine: Vec<u8>,
+    want: (u64, Vec<Vec<u8>>),
+    done_len: u64,
+    args: Vec<String>,
+}
+
+fn write_at(p: &Path, at: u64, data: &[u8]) {
+    let mut w = vhdkit::WritableDisk::open(p, &vhdkit::ChainOptions::default()).unwrap();
+    w.write_at(at, data).unwrap();
+    w.close().unwrap();
+}
+
+impl TableCase {
+    fn new(root: &Path) -> TableCase {
+        let dir = root.join("vm");
+        std::fs::create_dir(&dir).unwrap();
+        let disk = dir.join("grown.vhdx");
+        run_success(["create", s(&disk), "--size", "8M", "--block-size", "1M"]);
+        write_at(&disk, 0, &[0x5a; 8 << 20]);
+        run_success(["resize", s(&disk), "--size", &(200u64 << 30).to_string()]);
+        write_at(&disk, 150 << 30, &[0x77; 3 << 20]);
+        write_at(&disk, 0, &[0; 5 << 20]);
+        let args: Vec<String> = ["compact", s(&disk)].map(String::from).to_vec();
+        let plan = run_success(["compact", "--json", "--dry-run", s(&disk)]).json();
+        let notes = plan["plan"]["notes"].to_string();
+        assert!(notes.contains("moves down"), "{plan}");
+        TableCase {
+            pristine: std::fs::read(&disk).unwrap(),
+            want: Self::read(&disk),
+            done_len: plan["plan"]["file_size_after"].as_u64().unwrap(),
+            dir,
+            disk,
+            args,
+        }
+    }
+
+    fn read(disk: &Path) -> (u64, Vec<Vec<u8>>) {
+        vhdkit_testkit::through::read_chain_at(disk, &TABLE_CASE_AT, 4 << 20)
+    }
+
+    fn fresh(&self) {
+        for e in std::fs::read_dir(&self.dir).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        std::fs::write(&self.disk, &self.pristine).unwrap();
+    }
+
+    #[track_caller]
+    fn assert_intact(&self, ctx: &str) {
+        assert!(Self::read(&self.disk) == self.want, "{ctx}: contents");
+    }
+
+    #[track_caller]
+    fn assert_done(&self, ctx: &str) {
+        self.assert_intact(ctx);
+        let len = std::fs::metadata(&self.disk).unwrap().len();
+        assert_eq!(len, self.done_len, "{ctx}: final size");
+        assert_eq!(std::fs::read_dir(&self.dir).unwrap().count(), 1, "{ctx}");
+        let r = run(["check", s(&self.disk)]);
+        let clean = r.stdout.contains(" 0 error(s), 0 warning(s)");
+        assert!(r.code == 0 && clean, "{ctx}: {r:?}");
+    }
+}
+
+/// SIGKILL at every (sampled) call, and EIO at every (sampled) write, sync and truncate, of
+/// the compaction of [`TableCase`]: contents intact, a rerun completes.
+#[test]
+fn vhdx_table_moving_down_kills_and_eio() {
+    if !have_strace() {
+        return;
+    }
+    let d = tmp();
+    let f = TableCase::new(d.path());
+    let log = d.path().join("strace.log");
+    let counts = kill::count_syscalls(bin(), &f.args, TRACED, &log);
+    f.assert_done("the counting run");
+    let (mut kills, mut eios) = (0, 0);
+    for (name, &n) in &counts {
+        for k in sampled(n, EVERY) {
+            let ctx = format!("kill at {name}#{k}");
+            f.fresh();
+            kill::run_killed_at(bin(), &f.args, name, k);
+            kills += 1;
+            f.assert_intact(&ctx);
+            assert_eq!(run(&f.args).code, 0, "{ctx}: rerun");
+            f.assert_done(&ctx);
+        }
+        if !EIO_CALLS.contains(&name.as_str()) {
+            continue;
+        }
+        for k in sampled(n, EVERY) {
+            let ctx = format!("EIO at {name}#{k}");
+            f.fresh();
+            let calls = (name.as_str(), "write,pwrite64,fsync,fdatasync,ftruncate");
+            let o = kill::run_with_error(bin(), &f.args, calls, k, "EIO", &log);
+            eios += 1;
+            assert!(!o.status.success(), "{ctx}: exit 0");
+            f.assert_intact(&ctx);
+            assert_eq!(run(&f.args).code, 0, "{ctx}: rerun");
+            f.assert_done(&ctx);
+        }
+    }
+    println!("table moving down: SIGKILL at {kills}, EIO at {eios} points of {counts:?}");
+    assert!(kills > 10 && eios > 5, "{counts:?}");
 }
