@@ -477,3 +477,41 @@ fn default_batch_steps_store_and_remove() {
     s.discard().unwrap();
     assert_eq!(s.load().unwrap(), None);
 }
+
+/// A plan whose journal is exactly as large as recovery reads back (`MAX_JOURNAL_FILE`) is
+/// applied; one byte more is refused before anything is written (recovery could not read that
+/// journal back after a crash).
+#[test]
+fn the_journal_size_bound_is_exact() {
+    let plan_of = |len: usize, what: &str| Plan {
+        changes: vec![],
+        writes: vec![WriteOp {
+            offset: 0,
+            data: vec![0x5A; len],
+            old: vec![0; len],
+            what: what.into(),
+        }],
+        old_len: 0,
+        new_len: len as u64,
+    };
+    // Old and new bytes both count: pick the length and the label that hit the bound.
+    let overhead = encoded_len(&plan_of(0, "w"));
+    let room = MAX_JOURNAL_FILE as usize - overhead;
+    let what = if room % 2 == 0 { "w" } else { "wx" };
+    let len = (MAX_JOURNAL_FILE as usize - encoded_len(&plan_of(0, what))) / 2;
+    let exact = plan_of(len, what);
+    assert_eq!(encoded_len(&exact) as u64, MAX_JOURNAL_FILE);
+    let fp = FaultPlan::new(None);
+    let f = FaultyFile::new(Vec::new(), fp.clone());
+    let j = MemJournal::new(fp.clone());
+    apply(&f, &j, &exact).unwrap();
+    assert_eq!(f.contents_all_written(), vec![0x5A; len]);
+    let over = plan_of(len, &format!("{what}y"));
+    assert_eq!(encoded_len(&over) as u64, MAX_JOURNAL_FILE + 1);
+    let fp = FaultPlan::new(None);
+    let f = FaultyFile::new(Vec::new(), fp.clone());
+    let j = MemJournal::new(fp.clone());
+    let e = apply(&f, &j, &over).unwrap_err();
+    assert!(e.to_string().contains("needs a journal of"), "{e}");
+    assert_eq!(fp.count(), 0, "nothing written");
+}
