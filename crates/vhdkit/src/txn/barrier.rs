@@ -140,4 +140,28 @@ mod tests {
         }
         bar.barrier().unwrap();
     }
+
+    /// A disk given through a link in a folder on another file system: its journal goes beside
+    /// the link, so the barrier covers the folder's file system as well as the file's.
+    #[cfg(target_os = "linux")]
+    #[cfg(vhdkit_workspace)]
+    #[test]
+    fn a_disk_linked_from_another_file_system_covers_both() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let shm = Path::new("/dev/shm");
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        if !shm.is_dir() || dev(shm) == dev(d.path()) {
+            vhdkit_testkit::skip_or_fail("/dev/shm is not a file system of its own");
+            return;
+        }
+        let other = tempfile::tempdir_in(shm).unwrap();
+        let target = other.path().join("disk.vhd");
+        std::fs::write(&target, b"disk").unwrap();
+        let link = d.path().join("disk.vhd");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let bar = FsBarrier::for_disks(&[&link]).unwrap();
+        assert_eq!(bar.width(), 2);
+        bar.barrier().unwrap();
+    }
 }
