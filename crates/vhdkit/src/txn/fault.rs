@@ -212,6 +212,11 @@ impl MemJournal {
         self.lock().map(|j| j.published_unsynced).unwrap_or(true)
     }
 
+    /// True while a journal is staged under its temporary name (not published nor removed).
+    pub fn staged(&self) -> bool {
+        self.lock().map(|j| j.tmp.is_some()).unwrap_or(true)
+    }
+
     /// Make every operation durable without counting one (a [`FaultBarrier`] counts).
     fn persist(&self) -> io::Result<()> {
         let mut j = self.lock()?;

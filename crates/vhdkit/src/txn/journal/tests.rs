@@ -314,6 +314,41 @@ fn batch_failure_at_every_operation(count: u8) {
     }
 }
 
+/// When the first barrier fails, no file was written and no journal was published: the
+/// staged journals are removed too, so nothing of the batch is left beside the files.
+#[test]
+fn a_failed_first_barrier_leaves_no_staged_journal() {
+    let sample = batch_sample(5);
+    let stages = sample.iter().filter(|(_, p)| !p.is_empty()).count();
+    let (_, files, journals, r) = run_batch(&sample, Some(stages + 1));
+    for (n, ((old, plan), (f, j))) in sample.iter().zip(files.iter().zip(&journals)).enumerate() {
+        if plan.is_empty() {
+            continue;
+        }
+        let e = r[n].as_ref().unwrap_err().to_string();
+        assert!(e.contains("making the journals durable"), "#{n}: {e}");
+        assert!(!j.staged(), "#{n}: a staged journal is left");
+        assert_eq!(j.load().unwrap(), None, "#{n}");
+        assert_eq!(f.contents_all_written(), *old, "#{n}");
+    }
+}
+
+/// A batch in which every file fails its check writes nothing and raises no barrier.
+#[test]
+fn a_batch_with_nothing_left_raises_no_barrier() {
+    let mut sample = batch_sample(5);
+    sample.retain(|(_, p)| !p.is_empty());
+    for (old, _) in sample.iter_mut() {
+        old[0] ^= 1; // no file holds its plan's old bytes any more
+    }
+    let (fp, files, _, r) = run_batch(&sample, None);
+    assert!(r.iter().all(|r| r.is_err()), "{r:?}");
+    assert_eq!(fp.count(), 0, "nothing staged, no barrier");
+    for ((old, _), f) in sample.iter().zip(&files) {
+        assert_eq!(f.contents_all_written(), *old);
+    }
+}
+
 #[test]
 fn batch_skips_a_changed_file_and_applies_the_others() {
     let mut sample = batch_sample(5);
