@@ -6,7 +6,7 @@ use crate::txn::{Plan, WriteOp};
 const MAGIC: &[u8; 8] = b"VHDKITJ1";
 const VERSION: u32 = 1;
 /// A journal holds metadata only (headers, locators, footers); 64 MiB is far beyond any plan.
-const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+pub(super) const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 /// The most a journal file may hold: what is read back (and so held in memory) when a disk is
 /// opened. A plan whose journal would be larger is refused before anything is written.
 pub const MAX_JOURNAL_FILE: u64 = 16 << 20;

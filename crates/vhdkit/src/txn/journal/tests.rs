@@ -550,3 +550,77 @@ fn the_journal_size_bound_is_exact() {
     assert!(e.to_string().contains("needs a journal of"), "{e}");
     assert_eq!(fp.count(), 0, "nothing written");
 }
+
+/// A journal location whose `load` fails with the error `make` gives.
+struct FailingStore(fn() -> io::Error);
+
+impl JournalStore for FailingStore {
+    fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        Err((self.0)())
+    }
+    fn store(&self, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("not used"))
+    }
+    fn remove(&self) -> io::Result<()> {
+        Err(io::Error::other("not used"))
+    }
+    fn describe(&self) -> String {
+        "failing journal".into()
+    }
+}
+
+/// What a journal that cannot be read means: damaged bytes (`InvalidData`) and something
+/// planted at its name (a refusal of the opening rules) are foreign journals, never applied;
+/// any other error is an error (nothing is known about the journal).
+#[test]
+fn unreadable_journals_are_foreign_or_errors_by_cause() {
+    let (old, _) = sample();
+    let f = FaultyFile::new(old.clone(), FaultPlan::new(None));
+    let damaged = FailingStore(|| io::Error::new(io::ErrorKind::InvalidData, "bad bytes"));
+    match inspect(&f, &damaged).unwrap() {
+        JournalState::Foreign { reason } => assert!(reason.contains("bad bytes"), "{reason}"),
+        s => panic!("damaged: {s:?}"),
+    }
+    let planted = FailingStore(|| crate::fsx::Refused::NotRegular("FIFO").into());
+    match inspect(&f, &planted).unwrap() {
+        JournalState::Foreign { reason } => {
+            assert!(reason.contains("journal's name"), "{reason}")
+        }
+        s => panic!("planted: {s:?}"),
+    }
+    for make in [
+        (|| io::Error::new(io::ErrorKind::PermissionDenied, "no")) as fn() -> io::Error,
+        || io::Error::other("EIO"),
+        || io::Error::new(io::ErrorKind::InvalidInput, "not a refusal"),
+    ] {
+        let e = inspect(&f, &FailingStore(make)).unwrap_err();
+        assert!(e.to_string().contains("reading the journal"), "{e}");
+        assert!(recover(&f, &FailingStore(make)).is_err());
+    }
+    assert_eq!(f.contents_all_written(), old);
+}
+
+/// Recovery trusts a journal to change the file's length by at most `MAX_JOURNAL_BYTES`:
+/// exactly that decodes, one byte more is not a vhdkit journal.
+#[test]
+fn the_journal_length_change_bound_is_exact() {
+    let plan = |new_len: u64| Plan {
+        old_len: 4096,
+        new_len,
+        ..Plan::default()
+    };
+    let max = super::codec::MAX_JOURNAL_BYTES;
+    assert!(decode(&encode(&plan(4096 + max))).is_ok());
+    assert!(decode(&encode(&plan(4096 + max + 1))).is_err());
+    let shrink = Plan {
+        old_len: max + 4096,
+        new_len: 4096,
+        ..Plan::default()
+    };
+    assert!(decode(&encode(&shrink)).is_ok());
+    let shrink = Plan {
+        old_len: max + 4097,
+        ..shrink
+    };
+    assert!(decode(&encode(&shrink)).is_err());
+}
