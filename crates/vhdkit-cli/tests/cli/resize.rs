@@ -413,6 +413,53 @@ fn stale_bytes_past_the_old_end_read_as_zeros_after_a_grow() {
     }
 }
 
+/// The same when the block the old end splits is one of those the grown BAT moves out of its
+/// way: the zeros go to the block's new place. A VHD of 4 MiB + 2 KiB in 4 KiB blocks whose last
+/// block is allocated first (so it lies right after the BAT), grown to 128 MiB.
+#[test]
+fn stale_bytes_in_a_moved_vhd_block_read_as_zeros_after_a_grow() {
+    let d = tmp();
+    let p = d.path().join("odd.vhd");
+    let size = (4 * MIB + 2048).to_string();
+    run_success([
+        "create",
+        s(&p),
+        "--size",
+        &size,
+        "--block-size",
+        "4K",
+        "--format",
+        "vhd",
+    ]);
+    write(&p, 4 * MIB, &[0x5a; 2048]);
+    write(&p, 0, &[0x11; 8192]);
+    let disk = vhdkit::Disk::open(&p).unwrap();
+    let (extent, _) = disk.map(4 * MIB, 2048).unwrap();
+    let vhdkit::Extent::Data { file_offset } = extent else {
+        panic!("the last block is not stored: {extent:?}");
+    };
+    drop(disk);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = file_offset as usize;
+    bytes[at + 2048..at + 4096].fill(0xee);
+    bytes[at - 512] = 0xff; // the block's 8 sectors all present
+    std::fs::write(&p, &bytes).unwrap();
+    let before = read_chain(&p);
+    let j = run_success(["resize", "--json", s(&p), "--size", "128M"]).json();
+    let moved = j["plan"]["moves"].as_array().unwrap();
+    assert!(
+        moved
+            .iter()
+            .any(|m| m["from"].as_u64() == Some(file_offset - 512)),
+        "the last block should move: {j}"
+    );
+    let after = read_chain(&p);
+    assert!(after[..before.len()] == before[..], "kept range");
+    let first = after[before.len()..].iter().position(|&b| b != 0);
+    assert_eq!(first, None, "stale bytes show past the old end");
+    run_success(["check", s(&p)]);
+}
+
 #[test]
 fn differencing_chains_grow() {
     for format in [
