@@ -708,3 +708,114 @@ mod tests {
         assert_eq!(bat.blocks_end, next_block);
     }
 }
+
+// Needs the unpublished vhdkit-testkit: only inside the repository (see build.rs).
+#[cfg(test)]
+#[cfg(vhdkit_workspace)]
+mod built_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::disk::OpenOptions;
+    use crate::vhdx::VhdxFile;
+    use vhdkit_testkit::vhdx::{Built, Kind, VhdxBuilder};
+
+    /// A differencing 8 MiB disk in 1 MiB blocks: block 0 full, block 1 partial (so chunk 0
+    /// has a sector bitmap block), block 2 ZERO, the rest NOT_PRESENT.
+    fn built() -> Built {
+        let mut b = VhdxBuilder::new(Kind::Differencing, 8 << 20, 1 << 20, 512);
+        b.write(0, &[1; 1 << 20]);
+        b.write(1 << 20, &[2; 4096]);
+        b.zero_block(2);
+        b.build()
+    }
+
+    fn set_entry(bytes: &mut [u8], built: &Built, idx: u64, e: u64) {
+        let at = (built.layout.bat_offset + idx * BAT_ENTRY_SIZE) as usize;
+        bytes[at..at + 8].copy_from_slice(&e.to_le_bytes());
+    }
+
+    fn open(bytes: Vec<u8>) -> Result<VhdxFile> {
+        VhdxFile::open(Box::new(bytes), &OpenOptions::default())
+    }
+
+    /// Every state is counted in its own field, and the sector bitmap slot too.
+    #[test]
+    fn the_summary_counts_each_state() {
+        let b = built();
+        let mut bytes = b.bytes.clone();
+        set_entry(&mut bytes, &b, 4, u64::from(PAYLOAD_BLOCK_UNDEFINED));
+        set_entry(&mut bytes, &b, 5, u64::from(PAYLOAD_BLOCK_UNMAPPED));
+        set_entry(&mut bytes, &b, 6, u64::from(PAYLOAD_BLOCK_UNMAPPED_V095));
+        let f = open(bytes).unwrap();
+        let s = &*f.info().bat;
+        let got = (
+            s.entries,
+            s.payload_blocks,
+            s.sector_bitmap_entries,
+            s.sector_bitmap_present,
+        );
+        assert_eq!(got, (4097, 8, 1, 1), "{s:?}");
+        let states = (
+            s.fully_present,
+            s.partially_present,
+            s.zero,
+            s.undefined,
+            s.unmapped,
+            s.not_present,
+        );
+        // NOT_PRESENT: blocks 3 and 7, and the 4088 payload slots of the chunk past the disk.
+        assert_eq!(states, (1, 1, 1, 1, 2, 4090), "{s:?}");
+    }
+
+    /// A present sector bitmap block is a 1 MiB structure like a payload block: it may not
+    /// lie in the first MiB nor run past the end of the file.
+    #[test]
+    fn a_sector_bitmap_block_is_checked_like_a_block() {
+        let b = built();
+        let cr = b.layout.chunk_ratio;
+        let sb = *b.layout.sb_offsets.get(&0).unwrap();
+        let present = u64::from(SB_BLOCK_PRESENT);
+        let mut bytes = b.bytes.clone();
+        set_entry(&mut bytes, &b, sb_index(0, cr), present);
+        let e = open(bytes).unwrap_err();
+        assert_eq!(e.code(), Some("vhdx.bat.offset_invalid"), "{e}");
+        // The block moved to the end of the file, half of it past the end.
+        let mut bytes = b.bytes.clone();
+        let end = bytes.len() as u64;
+        let at = end.next_multiple_of(MIB);
+        bytes.resize((at + MIB / 2) as usize, 0);
+        set_entry(&mut bytes, &b, sb_index(0, cr), at | present);
+        let e = open(bytes).unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some("vhdx.bat.past_eof"),
+            "{e} (sb was at {sb:#x})"
+        );
+    }
+
+    /// Entries a disk needs: a dynamic disk's last chunk has no bitmap slot after it; a
+    /// differencing disk's chunks are all whole.
+    #[test]
+    fn required_entries_follow_the_spec() {
+        let cases = [
+            (0, 4, false, 0),
+            (1, 4, false, 1),
+            (3, 4, false, 3),
+            (4, 4, false, 4),
+            (5, 4, false, 6),
+            (8, 4, false, 9),
+            (9, 4, false, 11),
+            (1, 4, true, 5),
+            (4, 4, true, 5),
+            (5, 4, true, 10),
+        ];
+        for (pb, cr, diff, want) in cases {
+            assert_eq!(
+                required_entries(pb, cr, diff),
+                want,
+                "{pb} blocks, cr {cr}, {diff}"
+            );
+        }
+    }
+}
