@@ -780,6 +780,12 @@ mod built_tests {
         set_entry(&mut bytes, &b, sb_index(0, cr), present);
         let e = open(bytes).unwrap_err();
         assert_eq!(e.code(), Some("vhdx.bat.offset_invalid"), "{e}");
+        // The error names the entry's own offset.
+        let Error::Corrupt { location, .. } = &e else {
+            panic!("{e:?}")
+        };
+        let entry_at = b.layout.bat_offset + sb_index(0, cr) * BAT_ENTRY_SIZE;
+        assert_eq!(location.offset, entry_at, "{e}");
         // The block moved to the end of the file, half of it past the end.
         let mut bytes = b.bytes.clone();
         let end = bytes.len() as u64;
@@ -792,6 +798,33 @@ mod built_tests {
             Some("vhdx.bat.past_eof"),
             "{e} (sb was at {sb:#x})"
         );
+    }
+
+    /// The last block of a disk whose size is not a whole number of blocks needs only the part
+    /// holding virtual data: a file that ends right after it opens and reads; one sector less
+    /// is cut short.
+    #[test]
+    fn the_last_block_needs_only_its_used_part() {
+        let size = (7 << 20) + (512 << 10);
+        let mut b = VhdxBuilder::new(Kind::Dynamic, size, 1 << 20, 512);
+        b.write(7 << 20, &[7; 512 << 10]);
+        let built = b.build();
+        let from = *built.layout.block_offsets.get(&7).unwrap() as usize;
+        // Block 7 moved to the end of the file, with only its used half there.
+        let mut bytes = built.bytes.clone();
+        let at = bytes.len().next_multiple_of(1 << 20);
+        let data = bytes[from..from + (512 << 10)].to_vec();
+        bytes.resize(at, 0);
+        bytes.extend_from_slice(&data);
+        let present = u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
+        set_entry(&mut bytes, &built, 7, at as u64 | present);
+        let d = crate::Disk::from_source(Box::new(bytes.clone()), &OpenOptions::default());
+        let mut buf = vec![0u8; 512 << 10];
+        d.unwrap().view().read_exact_at(&mut buf, 7 << 20).unwrap();
+        assert!(buf.iter().all(|&x| x == 7));
+        bytes.truncate(bytes.len() - 512);
+        let e = open(bytes).unwrap_err();
+        assert_eq!(e.code(), Some("vhdx.bat.past_eof"), "{e}");
     }
 
     /// Entries a disk needs: a dynamic disk's last chunk has no bitmap slot after it; a
