@@ -827,6 +827,80 @@ mod built_tests {
         assert_eq!(e.code(), Some("vhdx.bat.past_eof"), "{e}");
     }
 
+    /// The overlap pass that streams the table again (when the spans do not fit the budget)
+    /// finds the same overlaps the held spans do, sector bitmap blocks and a short last block
+    /// included, and names one of the two entries.
+    #[test]
+    fn the_streamed_overlap_pass_sees_every_block() {
+        let size = (7 << 20) + (512 << 10);
+        let mut b = VhdxBuilder::new(Kind::Differencing, size, 1 << 20, 512);
+        b.write(0, &[1; 4096]);
+        b.write(7 << 20, &[7; 4096]);
+        let built = b.build();
+        let cr = built.layout.chunk_ratio;
+        let limits = crate::Limits::default();
+        let reserved: Vec<(u64, u64, String)> = Vec::new();
+        let scan = |bytes: &Vec<u8>| {
+            let p = BatParams {
+                region_offset: built.layout.bat_offset,
+                region_length: built.layout.bat_length,
+                virtual_size: size,
+                block_size: 1 << 20,
+                logical_sector_size: 512,
+                differencing: true,
+                file_len: bytes.len() as u64,
+                limits: &limits,
+                reserved: &reserved,
+            };
+            check_no_overlaps(bytes, &p, cr, required_entries(8, cr, true), None)
+        };
+        assert!(scan(&built.bytes).is_ok());
+        let entry = |bytes: &[u8], idx: u64| {
+            let at = (built.layout.bat_offset + idx * BAT_ENTRY_SIZE) as usize;
+            u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+        };
+        let sb = entry(&built.bytes, sb_index(0, cr));
+        let last = entry(&built.bytes, 7);
+        // Block 7 (its used half) and then the bitmap block moved onto block 0.
+        for (idx, onto) in [(7, 0), (sb_index(0, cr), 0)] {
+            let mut bytes = built.bytes.clone();
+            let target = entry(&bytes, onto) & BAT_OFFSET_MASK;
+            let keep = if idx == 7 { last } else { sb } & BAT_STATE_MASK;
+            set_entry(&mut bytes, &built, idx, target | keep);
+            let e = scan(&bytes).unwrap_err();
+            assert_eq!(e.code(), Some("vhdx.bat.overlap"), "{e}");
+            let Error::Corrupt { location, .. } = &e else {
+                panic!("{e:?}")
+            };
+            let at = |i: u64| built.layout.bat_offset + i * BAT_ENTRY_SIZE;
+            assert!([at(idx), at(onto)].contains(&location.offset), "{e}");
+        }
+        // A short last block ends where its used part ends: a block right after that is fine.
+        let mut bytes = built.bytes.clone();
+        let at7 = last & BAT_OFFSET_MASK;
+        let mut sb_after = at7 + (512 << 10);
+        sb_after = sb_after.next_multiple_of(1 << 20);
+        bytes.resize((sb_after + (1 << 20)) as usize, 0);
+        set_entry(
+            &mut bytes,
+            &built,
+            sb_index(0, cr),
+            sb_after | (sb & BAT_STATE_MASK),
+        );
+        assert!(scan(&bytes).is_ok());
+    }
+
+    /// A table that fills its region exactly is valid: 131,041 blocks of 1 MiB need 131,072
+    /// entries, 1 MiB.
+    #[test]
+    fn a_table_that_fills_its_region_exactly_opens() {
+        let b = VhdxBuilder::new(Kind::Dynamic, 131_041 << 20, 1 << 20, 512);
+        let built = b.build();
+        assert_eq!(required_entries(131_041, 4096, false) * BAT_ENTRY_SIZE, MIB);
+        assert_eq!(built.layout.bat_length, MIB);
+        open(built.bytes).unwrap();
+    }
+
     /// Entries a disk needs: a dynamic disk's last chunk has no bitmap slot after it; a
     /// differencing disk's chunks are all whole.
     #[test]
