@@ -742,11 +742,36 @@ mod built_tests {
     /// Every state is counted in its own field, and the sector bitmap slot too.
     #[test]
     fn the_summary_counts_each_state() {
+        // Entries without data, with no offset (counted a run at a time) and with a stale one
+        // (checked one by one): the counts are the same.
+        for stale in [0, 9 << 20] {
+            summary_counts_each_state(stale);
+        }
+    }
+
+    fn summary_counts_each_state(stale: u64) {
         let b = built();
         let mut bytes = b.bytes.clone();
-        set_entry(&mut bytes, &b, 4, u64::from(PAYLOAD_BLOCK_UNDEFINED));
-        set_entry(&mut bytes, &b, 5, u64::from(PAYLOAD_BLOCK_UNMAPPED));
-        set_entry(&mut bytes, &b, 6, u64::from(PAYLOAD_BLOCK_UNMAPPED_V095));
+        set_entry(&mut bytes, &b, 2, stale | u64::from(PAYLOAD_BLOCK_ZERO));
+        set_entry(
+            &mut bytes,
+            &b,
+            3,
+            stale | u64::from(PAYLOAD_BLOCK_NOT_PRESENT),
+        );
+        set_entry(
+            &mut bytes,
+            &b,
+            4,
+            stale | u64::from(PAYLOAD_BLOCK_UNDEFINED),
+        );
+        set_entry(&mut bytes, &b, 5, stale | u64::from(PAYLOAD_BLOCK_UNMAPPED));
+        set_entry(
+            &mut bytes,
+            &b,
+            6,
+            stale | u64::from(PAYLOAD_BLOCK_UNMAPPED_V095),
+        );
         let f = open(bytes).unwrap();
         let s = &*f.info().bat;
         let got = (
