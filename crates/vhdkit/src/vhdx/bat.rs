@@ -803,8 +803,17 @@ mod built_tests {
         let present = u64::from(SB_BLOCK_PRESENT);
         let mut bytes = b.bytes.clone();
         set_entry(&mut bytes, &b, sb_index(0, cr), present);
-        let e = open(bytes).unwrap_err();
+        let e = open(bytes.clone()).unwrap_err();
         assert_eq!(e.code(), Some("vhdx.bat.offset_invalid"), "{e}");
+        // At 1 MiB exactly it is past the first MiB, and overlaps the log there.
+        let mut at_mib = b.bytes.clone();
+        set_entry(&mut at_mib, &b, sb_index(0, cr), MIB | present);
+        let overlap = open(at_mib).unwrap_err();
+        assert_eq!(
+            overlap.code(),
+            Some("vhdx.bat.overlaps_metadata"),
+            "{overlap}"
+        );
         // The error names the entry's own offset.
         let Error::Corrupt { location, .. } = &e else {
             panic!("{e:?}")
@@ -830,9 +839,9 @@ mod built_tests {
     /// is cut short.
     #[test]
     fn the_last_block_needs_only_its_used_part() {
-        // The last block lies in the second chunk (past a sector bitmap slot), so its entry
-        // index and block number differ.
-        let last = 4097u64;
+        // The last block lies in the second chunk (past a sector bitmap slot), at an entry
+        // index (8192) where every miscomputed block number differs from the right one.
+        let last = 8191u64;
         let size = (last << 20) + (512 << 10);
         let mut b = VhdxBuilder::new(Kind::Dynamic, size, 1 << 20, 512);
         b.write(last << 20, &[7; 512 << 10]);
@@ -846,7 +855,7 @@ mod built_tests {
         bytes.extend_from_slice(&data);
         let present = u64::from(PAYLOAD_BLOCK_FULLY_PRESENT);
         let idx = payload_index(last, built.layout.chunk_ratio);
-        assert_eq!(idx, last + 1);
+        assert_eq!(idx, 8192);
         set_entry(&mut bytes, &built, idx, at as u64 | present);
         let d = crate::Disk::from_source(Box::new(bytes.clone()), &OpenOptions::default());
         let mut buf = vec![0u8; 512 << 10];
@@ -865,10 +874,11 @@ mod built_tests {
     /// included, and names one of the two entries.
     #[test]
     fn the_streamed_overlap_pass_sees_every_block() {
-        let size = (7 << 20) + (512 << 10);
+        // The short last block in the second chunk, at entry 8192 (see the test above).
+        let size = (8191 << 20) + (512 << 10);
         let mut b = VhdxBuilder::new(Kind::Differencing, size, 1 << 20, 512);
         b.write(0, &[1; 4096]);
-        b.write(7 << 20, &[7; 4096]);
+        b.write(8191 << 20, &[7; 4096]);
         let built = b.build();
         let cr = built.layout.chunk_ratio;
         let limits = crate::Limits::default();
@@ -885,7 +895,7 @@ mod built_tests {
                 limits: &limits,
                 reserved: &reserved,
             };
-            check_no_overlaps(bytes, &p, cr, required_entries(8, cr, true), None)
+            check_no_overlaps(bytes, &p, cr, required_entries(8192, cr, true), None)
         };
         assert!(scan(&built.bytes).is_ok());
         let entry = |bytes: &[u8], idx: u64| {
@@ -893,12 +903,13 @@ mod built_tests {
             u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
         };
         let sb = entry(&built.bytes, sb_index(0, cr));
-        let last = entry(&built.bytes, 7);
-        // Block 7 (its used half) and then the bitmap block moved onto block 0.
-        for (idx, onto) in [(7, 0), (sb_index(0, cr), 0)] {
+        let last_idx = payload_index(8191, cr);
+        let last = entry(&built.bytes, last_idx);
+        // The last block (its used half) and then the bitmap block moved onto block 0.
+        for (idx, onto) in [(last_idx, 0), (sb_index(0, cr), 0)] {
             let mut bytes = built.bytes.clone();
             let target = entry(&bytes, onto) & BAT_OFFSET_MASK;
-            let keep = if idx == 7 { last } else { sb } & BAT_STATE_MASK;
+            let keep = if idx == last_idx { last } else { sb } & BAT_STATE_MASK;
             set_entry(&mut bytes, &built, idx, target | keep);
             let e = scan(&bytes).unwrap_err();
             assert_eq!(e.code(), Some("vhdx.bat.overlap"), "{e}");
