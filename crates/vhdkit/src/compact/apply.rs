@@ -13,7 +13,7 @@ use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::progress::{self, Progress};
 use crate::source::Source;
-use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
+use crate::txn::journal::{self, FileJournal, JournalStore};
 use crate::txn::Sink;
 
 /// Most bytes copied at once.
@@ -271,7 +271,7 @@ fn run(
     progress: &mut dyn Progress,
 ) -> Result<CompactReport> {
     let mut report = CompactReport {
-        recovered: recover(sink, store)?,
+        recovered: journal::recover_or_refuse(sink, store)?,
         ..CompactReport::default()
     };
     let mut ed = match detect(sink)? {
@@ -415,19 +415,6 @@ fn copy_span(
         done += n;
     }
     Ok(())
-}
-
-/// Finish an interrupted vhdkit change; a foreign journal is a refusal.
-fn recover(sink: &dyn Sink, store: &dyn JournalStore) -> Result<bool> {
-    match journal::recover(sink, store)? {
-        Recovery::Foreign { reason } => Err(Error::refused(format!(
-            "a vhdkit journal {} does not belong to the file ({reason}); nothing was written \
-             (see `vhdkit repair`)",
-            store.describe()
-        ))),
-        Recovery::Clean => Ok(false),
-        _ => Ok(true),
-    }
 }
 
 /// The locked file, shared by the editor and the copy.

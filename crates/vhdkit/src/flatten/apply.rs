@@ -14,7 +14,7 @@ use crate::disk::{detect, Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
 use crate::progress::{self, Progress};
 use crate::source::Source;
-use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
+use crate::txn::journal::{self, FileJournal, JournalStore};
 use crate::txn::{FieldChange, Sink};
 use crate::view::ChainView;
 use crate::write::{WritableDisk, WritableImage};
@@ -29,7 +29,7 @@ pub(super) fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<F
     let (lock, file) = crate::lock::locked_file(path)?;
     let sink = Shared(Arc::new(file));
     let store = FileJournal::for_disk(path);
-    let recovered = recover(&sink, &store).with_path(path)?;
+    let recovered = journal::recover_or_refuse(&sink, &store).with_path(path)?;
     // The writer opens first: it replays a dirty VHDX log into the file, so the chain below
     // reads the file as it now is.
     let image = open_image(&sink, &plan.chain).with_path(path)?;
@@ -81,7 +81,7 @@ pub fn apply_to<S: Sink + Clone + 'static>(
     opts: &ChainOptions,
     progress: &mut dyn Progress,
 ) -> Result<FlattenReport> {
-    let recovered = recover(sink, store)?;
+    let recovered = journal::recover_or_refuse(sink, store)?;
     let image = open_image(sink, opts)?;
     let views = Views {
         child: Disk::from_source(Box::new(sink.clone()), &opts.open)?,
@@ -96,19 +96,6 @@ pub fn apply_to<S: Sink + Clone + 'static>(
     let mut r = run(sink, store, image, views, env, progress)?;
     r.recovered = recovered;
     Ok(r)
-}
-
-/// Finish an interrupted vhdkit change; a foreign journal is a refusal.
-fn recover(sink: &dyn Sink, store: &dyn JournalStore) -> Result<bool> {
-    match journal::recover(sink, store)? {
-        Recovery::Foreign { reason } => Err(Error::refused(format!(
-            "a vhdkit journal {} does not belong to the file ({reason}); nothing was written \
-             (see `vhdkit repair`)",
-            store.describe()
-        ))),
-        Recovery::Clean => Ok(false),
-        _ => Ok(true),
-    }
 }
 
 fn open_image<S: Sink + Clone + 'static>(

@@ -9,7 +9,7 @@ use crate::disk::DiskFormat;
 use crate::error::{Error, Result, ResultExt};
 use crate::progress::Progress;
 use crate::source::Source;
-use crate::txn::journal::{self, FileJournal, JournalStore, Recovery};
+use crate::txn::journal::{self, FileJournal};
 use crate::txn::Sink;
 use crate::vhd::resize::{self as vhd, VhdResize};
 use crate::vhdx::resize as vhdx;
@@ -182,7 +182,7 @@ fn apply_vhd(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let store = FileJournal::for_disk(&plan.disk);
-    report.recovered = recover(file, &store)?;
+    report.recovered = journal::recover_or_refuse(file, &store)?;
     let r = vhd::plan(file, plan.new_size, &plan.chain.open)?;
     if !still_planned(r.old_size, plan)? {
         report.already_done = true;
@@ -252,19 +252,6 @@ fn zero_range(file: &File, at: u64, len: u64) -> Result<()> {
         done += n;
     }
     Ok(())
-}
-
-/// Finish an interrupted vhdkit change; a foreign journal is a refusal.
-fn recover(sink: &dyn Sink, store: &dyn JournalStore) -> Result<bool> {
-    match journal::recover(sink, store)? {
-        Recovery::Foreign { reason } => Err(Error::refused(format!(
-            "a vhdkit journal {} does not belong to the file ({reason}); nothing was written \
-             (see `vhdkit repair`)",
-            store.describe()
-        ))),
-        Recovery::Clean => Ok(false),
-        _ => Ok(true),
-    }
 }
 
 /// The copies before the journaled plan: the current footer at the new end first (the file

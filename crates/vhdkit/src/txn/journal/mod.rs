@@ -65,7 +65,7 @@ use crate::error::{Error, Result};
 pub use apply::apply;
 pub use batch::{apply_batch, BatchItem};
 pub use codec::{encoded_len, MAX_JOURNAL_FILE};
-pub use recover::{inspect, overlay_pending, recover, JournalState, Recovery};
+pub use recover::{inspect, overlay_pending, recover, recover_or_refuse, JournalState, Recovery};
 pub use store::{FileJournal, JournalStore};
 
 fn io_err(what: &str, e: io::Error) -> Error {

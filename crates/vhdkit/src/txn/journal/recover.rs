@@ -234,3 +234,18 @@ pub fn recover(target: &dyn Sink, store: &dyn JournalStore) -> Result<Recovery> 
         writes: replay.writes.len(),
     })
 }
+
+/// [`recover`] for a writer about to change the file: finish an interrupted vhdkit change
+/// (`Ok(true)`), or nothing to finish (`Ok(false)`); a journal that does not belong to the file
+/// is a refusal, since writing past it would lose what it could still tell.
+pub fn recover_or_refuse(target: &dyn Sink, store: &dyn JournalStore) -> Result<bool> {
+    match recover(target, store)? {
+        Recovery::Foreign { reason } => Err(Error::refused(format!(
+            "a vhdkit journal {} does not belong to the file ({reason}); nothing was written \
+             (see `vhdkit repair`)",
+            store.describe()
+        ))),
+        Recovery::Clean => Ok(false),
+        _ => Ok(true),
+    }
+}
