@@ -76,6 +76,25 @@ pub struct HeaderGuard {
     pub log_dirty: bool,
 }
 
+impl HeaderGuard {
+    /// The guard of `file` as parsed: its current header and whether its log was dirty.
+    pub(crate) fn of(file: &VhdxFile) -> Result<HeaderGuard> {
+        let info = file.info();
+        let sequence_number = info
+            .headers
+            .iter()
+            .find(|h| h.current)
+            .and_then(|h| h.sequence_number)
+            .ok_or_else(|| Error::internal("no current vhdx header"))?;
+        Ok(HeaderGuard {
+            sequence_number,
+            file_write_guid: info.file_write_guid,
+            data_write_guid: info.data_write_guid,
+            log_dirty: !info.log_guid.is_nil(),
+        })
+    }
+}
+
 /// The plan and what the caller should tell the user.
 #[derive(Debug, Clone)]
 pub struct Planned {
@@ -213,20 +232,8 @@ pub(super) fn child_of(file: VhdxFile) -> Result<Child> {
             "not a differencing disk (file parameters HasParent is clear)",
         ));
     }
-    let info = file.info();
-    let sequence_number = info
-        .headers
-        .iter()
-        .find(|h| h.current)
-        .and_then(|h| h.sequence_number)
-        .ok_or_else(|| Error::internal("no current vhdx header"))?;
-    let guard = HeaderGuard {
-        sequence_number,
-        file_write_guid: info.file_write_guid,
-        data_write_guid: info.data_write_guid,
-        log_dirty: !info.log_guid.is_nil(),
-    };
-    let log_length = info.log.log_length;
+    let guard = HeaderGuard::of(&file)?;
+    let log_length = file.info().log.log_length;
     let file_len = source_len(&*file.src)?;
     Ok(Child {
         file,

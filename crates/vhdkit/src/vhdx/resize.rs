@@ -75,7 +75,7 @@ pub(crate) fn plan(file: &VhdxFile, new_size: u64, opts: &OpenOptions) -> Result
             new_len: file_len,
             ..Plan::default()
         },
-        guard: guard_of(file)?,
+        guard: HeaderGuard::of(file)?,
         extend_to: None,
         bat_move: None,
         zero_tail: None,
@@ -84,22 +84,6 @@ pub(crate) fn plan(file: &VhdxFile, new_size: u64, opts: &OpenOptions) -> Result
     bat(file, new_size, opts, &mut r)?;
     log_cost(&r.plan.writes, file.info.log.log_length)?;
     Ok(r)
-}
-
-fn guard_of(file: &VhdxFile) -> Result<HeaderGuard> {
-    let info = file.info();
-    let sequence_number = info
-        .headers
-        .iter()
-        .find(|h| h.current)
-        .and_then(|h| h.sequence_number)
-        .ok_or_else(|| Error::internal("no current vhdx header"))?;
-    Ok(HeaderGuard {
-        sequence_number,
-        file_write_guid: info.file_write_guid,
-        data_write_guid: info.data_write_guid,
-        log_dirty: !info.log_guid.is_nil(),
-    })
 }
 
 /// The virtual disk size metadata item.
