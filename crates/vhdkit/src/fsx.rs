@@ -564,3 +564,30 @@ mod tests {
         assert_eq!(refusal(&e), Some(&Refused::TooLarge { len: 2, max: 1 }));
     }
 }
+
+/// One open file shared by the parts of a change (the writer, read-only parses, the final
+/// step), read and written through [`Source`](crate::source::Source) and
+/// [`Sink`](crate::txn::Sink).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedFile(pub(crate) std::sync::Arc<File>);
+
+impl crate::source::Source for SharedFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        crate::source::Source::read_exact_at(&*self.0, buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        crate::source::Source::len(&*self.0)
+    }
+}
+
+impl crate::txn::Sink for SharedFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        crate::txn::Sink::write_all_at(&*self.0, buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        crate::txn::Sink::sync(&*self.0)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        crate::txn::Sink::set_len(&*self.0, len)
+    }
+}

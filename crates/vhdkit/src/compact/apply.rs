@@ -11,6 +11,7 @@ use super::{CompactPlan, CompactReport};
 use crate::chain::ChainOptions;
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
+use crate::fsx::SharedFile;
 use crate::progress::{self, Progress};
 use crate::source::Source;
 use crate::txn::journal::{self, FileJournal, JournalStore};
@@ -209,7 +210,7 @@ pub(super) fn apply(plan: &CompactPlan, progress: &mut dyn Progress) -> Result<C
         .metadata()
         .map_err(|e| Error::io("reading the file's metadata", e))
         .with_path(path)?;
-    let sink = Shared(Arc::new(file));
+    let sink = SharedFile(Arc::new(file));
     let store = FileJournal::for_disk(path);
     let mut r = run(&sink, &store, plan, progress).with_path(path)?;
     let after = lock
@@ -265,7 +266,7 @@ impl Editor<'_> {
 
 /// Recover, open, then drop, move and cut.
 fn run(
-    sink: &Shared,
+    sink: &SharedFile,
     store: &dyn JournalStore,
     plan: &CompactPlan,
     progress: &mut dyn Progress,
@@ -344,7 +345,7 @@ fn judge(
 
 /// Step 2 of the module docs: copy, sync, switch, a batch at a time.
 fn move_blocks(
-    sink: &Shared,
+    sink: &SharedFile,
     ed: &mut Editor<'_>,
     map: &FileMap,
     moves: &[(Alloc, u64)],
@@ -377,7 +378,7 @@ fn move_blocks(
 
 /// Make the copies durable, then switch their entries.
 fn commit_moves(
-    sink: &Shared,
+    sink: &SharedFile,
     ed: &mut Editor<'_>,
     batch: &mut Vec<Change>,
     report: &mut CompactReport,
@@ -394,7 +395,7 @@ fn commit_moves(
 }
 
 fn copy_span(
-    sink: &Shared,
+    sink: &SharedFile,
     from: u64,
     to: u64,
     len: u64,
@@ -415,31 +416,6 @@ fn copy_span(
         done += n;
     }
     Ok(())
-}
-
-/// The locked file, shared by the editor and the copy.
-#[derive(Debug, Clone)]
-struct Shared(Arc<File>);
-
-impl Source for Shared {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        Source::len(&*self.0)
-    }
-}
-
-impl Sink for Shared {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        Sink::sync(&*self.0)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        Sink::set_len(&*self.0, len)
-    }
 }
 
 /// A file opened for reading, as a sink that refuses every write: the plan reads the map

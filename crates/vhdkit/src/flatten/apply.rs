@@ -3,7 +3,6 @@
 //! at most 1 MiB at once (`merge::copy::buffered_len`): it holds one such buffer.
 
 use std::fs::File;
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,8 +11,8 @@ use super::{FlattenPlan, FlattenReport};
 use crate::chain::{Chain, ChainOptions};
 use crate::disk::{detect, Disk, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
+use crate::fsx::SharedFile;
 use crate::progress::{self, Progress};
-use crate::source::Source;
 use crate::txn::journal::{self, FileJournal, JournalStore};
 use crate::txn::{FieldChange, Sink};
 use crate::view::ChainView;
@@ -27,7 +26,7 @@ use crate::write::{WritableDisk, WritableImage};
 pub(super) fn apply(plan: &FlattenPlan, progress: &mut dyn Progress) -> Result<FlattenReport> {
     let path = plan.child.as_path();
     let (lock, file) = crate::lock::locked_file(path)?;
-    let sink = Shared(Arc::new(file));
+    let sink = SharedFile(Arc::new(file));
     let store = FileJournal::for_disk(path);
     let recovered = journal::recover_or_refuse(&sink, &store).with_path(path)?;
     // The writer opens first: it replays a dirty VHDX log into the file, so the chain below
@@ -340,29 +339,4 @@ pub(super) fn preview_unlink(path: &Path, o: &ChainOptions) -> Result<Vec<FieldC
 /// allocate (partial blocks are allocated already): `fsx::ensure_room`.
 fn enough_space(file: &File, t: &Totals, block_size: u64) -> Result<()> {
     crate::fsx::ensure_room(file, t.whole_blocks, block_size, "the copy")
-}
-
-/// A file shared between the writer, the read-only parse of the child and the final step.
-#[derive(Debug, Clone)]
-struct Shared(Arc<File>);
-
-impl Source for Shared {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        Source::len(&*self.0)
-    }
-}
-
-impl Sink for Shared {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        Sink::sync(&*self.0)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        Sink::set_len(&*self.0, len)
-    }
 }
