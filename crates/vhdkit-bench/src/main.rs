@@ -1087,7 +1087,12 @@ fn run() -> Res<bool> {
         .iter()
         .filter(|c| cfg.cases.is_empty() || cfg.cases.iter().any(|n| n == c.name))
     {
-        match run_case(&cfg, case, &dir) {
+        let result = run_case(&cfg, case, &dir);
+        if temp {
+            // A full run's cases need up to 16 GiB each; keeping them all would need the sum.
+            remove_case_dir(&dir.join(case.name));
+        }
+        match result {
             Ok(r) => results.push(r),
             Err(e) => {
                 outcome = Err(format!("case {}: {e}", case.name));
@@ -1111,6 +1116,19 @@ fn run() -> Res<bool> {
     Ok(results
         .iter()
         .all(|r| matches!(r.check, Some(Ok(_))) && r.tools.iter().all(|t| t.error.is_none())))
+}
+
+/// Removes a finished case's folder, unmounting its XFS loop file first (else the loop device
+/// would keep the file's space until the watchdog unmounts it when the bench exits).
+fn remove_case_dir(case_dir: &Path) {
+    let mnt = case_dir.join("xfs");
+    if mnt.is_dir() {
+        let _ = Command::new("umount")
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let _ = fs::remove_dir_all(case_dir);
 }
 
 fn main() -> ExitCode {

@@ -4,6 +4,7 @@
 //! copy pays for that too). The second contender's row is labelled `qemu-img` by the table; it
 //! runs `cp`. The merged parent must hold what the child read before (`qemu-img compare` with a
 //! raw read-back made by `vhdkit convert` before the runs, and `qemu-img check` for VHDX).
+//! `--smoke`: a 16 MiB disk.
 //!
 //! qemu cannot write into a differencing disk made by vhdkit (its VHD driver puts new blocks over
 //! the `W2ru` locator vhdkit places after the BAT; its VHDX driver refuses differencing disks),
@@ -21,10 +22,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::{run_quiet, Check, Config, Contender, Prepared, Res, Tool, GIB, MIB};
+use super::{disk_bytes, run_quiet, Check, Config, Contender, Prepared, Res, Tool, MIB};
 
 const BLOCK: u64 = 2 * MIB;
-const ALLOCATED: u64 = 512 * MIB;
 
 /// The case for `fmt` (qemu's name: `vhdx` or `vpc`).
 pub fn prepare(cfg: &Config, dir: &Path, fmt: &'static str) -> Res<Prepared> {
@@ -43,12 +43,24 @@ pub fn prepare(cfg: &Config, dir: &Path, fmt: &'static str) -> Res<Prepared> {
         c
     };
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    run_quiet(vhdkit(&["create", "--size", "1G", "--block-size", "2M", &s(&base)]).arg("-q"))?;
+    let size = disk_bytes(cfg);
+    let size_arg = format!("{}M", size / MIB);
+    run_quiet(
+        vhdkit(&[
+            "create",
+            "--size",
+            &size_arg,
+            "--block-size",
+            "2M",
+            &s(&base),
+        ])
+        .arg("-q"),
+    )?;
     // The parent: a pattern in every fourth 2 MiB block from block 1 (odd blocks: the child
     // covers the even ones, so the merged disk holds data of both).
     let mut io = Command::new(&cfg.qemu_io);
     io.args(["-f", fmt]);
-    for (i, off) in (BLOCK..GIB).step_by(4 * BLOCK as usize).enumerate() {
+    for (i, off) in (BLOCK..size).step_by(4 * BLOCK as usize).enumerate() {
         io.arg("-c")
             .arg(format!("write -P {:#x} {off} {BLOCK}", i % 250 + 1));
     }
@@ -61,7 +73,7 @@ pub fn prepare(cfg: &Config, dir: &Path, fmt: &'static str) -> Res<Prepared> {
         &s(&child),
     ]))?;
     let info = info_json(cfg, &child)?;
-    let blocks: Vec<u64> = (0..GIB / BLOCK).step_by(2).collect();
+    let blocks: Vec<u64> = (0..size / BLOCK).step_by(2).collect();
     if fmt == "vhdx" {
         add_vhdx_blocks(&child, &info, &blocks)?;
     } else {
@@ -83,9 +95,9 @@ pub fn prepare(cfg: &Config, dir: &Path, fmt: &'static str) -> Res<Prepared> {
         &s(&child),
         &s(&want),
     ]))?;
-    // `cp`'s input: 512 MiB of random data.
+    // `cp`'s input: as much random data as the child holds (512 MiB).
     let src = dir.join("cp-src.raw");
-    random_file(&src, ALLOCATED)?;
+    random_file(&src, size / 2)?;
     let dst = dir.join("cp-dst.raw");
     let work_child = work.join(format!("child.{child_ext}"));
     let mut a: Vec<OsString> = vec![cfg.vhdkit.clone().into()];
