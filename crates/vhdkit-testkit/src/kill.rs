@@ -170,3 +170,41 @@ pub fn every_point<S: AsRef<OsStr>>(
     }
     runs
 }
+
+/// The error protocol over `counts` (from [`count_syscalls`]): for every call name and every
+/// `k` in `points(n)`, `fresh()` restores the files and `errno` is returned by the `k`th call
+/// ([`run_with_error`] proves it, tracing `also` beside it into `log`). The command must fail
+/// with exactly one line on stderr: an injected error is reported, never swallowed, and never
+/// ends in exit 0 (every sync a writer makes is the one that proves its writes durable). Then
+/// `after_error(name, k)` checks the state. Returns the number of runs.
+pub fn every_error_point<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    counts: &BTreeMap<String, usize>,
+    points: impl Fn(usize) -> Vec<usize>,
+    (also, errno, log): (&str, &str, &Path),
+    mut fresh: impl FnMut(),
+    mut after_error: impl FnMut(&str, usize),
+) -> usize {
+    let mut runs = 0;
+    for (name, &n) in counts {
+        for k in points(n) {
+            fresh();
+            let o = run_with_error(program, args, (name, also), k, errno, log);
+            runs += 1;
+            assert!(
+                !o.status.success(),
+                "{errno} at {name}#{k}: exit 0 after an injected error:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(
+                stderr.trim().lines().count(),
+                1,
+                "{errno} at {name}#{k}: one error line: {stderr}"
+            );
+            after_error(name, k);
+        }
+    }
+    runs
+}

@@ -135,21 +135,16 @@ fn kill_matrix(case: Case) -> (usize, usize) {
         counts.get("ftruncate").copied().unwrap_or(0) >= 1,
         "{ctx0}: the file is never cut: {counts:?}"
     );
-    let (mut runs, mut full) = (0, 0);
-    for (name, &n) in &counts {
-        full += n;
-        for k in sampled(n, EVERY) {
-            let ctx = format!("{ctx0}: kill at {name}#{k}");
-            f.fresh();
-            kill::run_killed_at(bin(), &f.args, name, k);
-            runs += 1;
-            f.assert_contents_intact(&ctx);
-            f.rerun_and_check(&ctx);
-        }
-        f.fresh();
-        kill::run_past_last(bin(), &f.args, name, n);
-        f.assert_done(&format!("{ctx0}: {name} past the last point"));
-    }
+    let full = counts.values().sum();
+    let after_kill = |name: &str, k| {
+        let ctx = format!("{ctx0}: kill at {name}#{k}");
+        f.assert_contents_intact(&ctx);
+        f.rerun_and_check(&ctx);
+    };
+    let done = |name: &str| f.assert_done(&format!("{ctx0}: {name} past the last point"));
+    let points = |n| sampled(n, EVERY);
+    let fresh = || f.fresh();
+    let runs = kill::every_point(bin(), &f.args, &counts, points, fresh, after_kill, done);
     println!("{ctx0}: SIGKILL at {runs} of {full} points");
     (runs, full)
 }
@@ -163,32 +158,24 @@ fn eio_matrix(case: Case) -> (usize, usize) {
     let traced = EIO_CALLS.join(",");
     let counts = kill::count_syscalls(bin(), &f.args, &traced, &log);
     let ctx0 = format!("{case:?} EIO");
-    let (mut runs, mut full) = (0, 0);
-    for (name, &n) in &counts {
-        full += n;
-        for k in sampled(n, EVERY) {
-            let ctx = format!("{ctx0} at {name}#{k}");
-            f.fresh();
-            let calls = (name.as_str(), "write,pwrite64,fsync,fdatasync,ftruncate");
-            let o = kill::run_with_error(bin(), &f.args, calls, k, "EIO", &log);
-            runs += 1;
-            // Every sync's error is returned (close syncs once): exit 0 would mean an
-            // injected EIO went unreported.
-            assert!(
-                !o.status.success(),
-                "{ctx}: exit 0 after an injected EIO:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            let stderr = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(
-                stderr.trim().lines().count(),
-                1,
-                "{ctx}: one error line: {stderr}"
-            );
-            f.assert_contents_intact(&ctx);
-            f.rerun_and_check(&ctx);
-        }
-    }
+    let full = counts.values().sum();
+    let after_error = |name: &str, k| {
+        let ctx = format!("{ctx0} at {name}#{k}");
+        f.assert_contents_intact(&ctx);
+        f.rerun_and_check(&ctx);
+    };
+    let points = |n| sampled(n, EVERY);
+    let also = "write,pwrite64,fsync,fdatasync,ftruncate";
+    let fresh = || f.fresh();
+    let runs = kill::every_error_point(
+        bin(),
+        &f.args,
+        &counts,
+        points,
+        (also, "EIO", &log),
+        fresh,
+        after_error,
+    );
     println!("{ctx0}: {runs} of {full} points, each one reported");
     assert!(runs > 5, "{ctx0}: {counts:?}");
     (runs, full)
@@ -322,32 +309,31 @@ fn vhdx_table_moving_down_kills_and_eio() {
     let log = d.path().join("strace.log");
     let counts = kill::count_syscalls(bin(), &f.args, TRACED, &log);
     f.assert_done("the counting run");
-    let (mut kills, mut eios) = (0, 0);
-    for (name, &n) in &counts {
-        for k in sampled(n, EVERY) {
-            let ctx = format!("kill at {name}#{k}");
-            f.fresh();
-            kill::run_killed_at(bin(), &f.args, name, k);
-            kills += 1;
-            f.assert_intact(&ctx);
-            assert_eq!(run(&f.args).code, 0, "{ctx}: rerun");
-            f.assert_done(&ctx);
-        }
-        if !EIO_CALLS.contains(&name.as_str()) {
-            continue;
-        }
-        for k in sampled(n, EVERY) {
-            let ctx = format!("EIO at {name}#{k}");
-            f.fresh();
-            let calls = (name.as_str(), "write,pwrite64,fsync,fdatasync,ftruncate");
-            let o = kill::run_with_error(bin(), &f.args, calls, k, "EIO", &log);
-            eios += 1;
-            assert!(!o.status.success(), "{ctx}: exit 0");
-            f.assert_intact(&ctx);
-            assert_eq!(run(&f.args).code, 0, "{ctx}: rerun");
-            f.assert_done(&ctx);
-        }
-    }
+    let points = |n| sampled(n, EVERY);
+    let after = |what: &str, name: &str, k| {
+        let ctx = format!("{what} at {name}#{k}");
+        f.assert_intact(&ctx);
+        assert_eq!(run(&f.args).code, 0, "{ctx}: rerun");
+        f.assert_done(&ctx);
+    };
+    let done = |name: &str| f.assert_done(&format!("{name} past the last point"));
+    let fresh = || f.fresh();
+    let kill_at = |name: &str, k| after("kill", name, k);
+    let kills = kill::every_point(bin(), &f.args, &counts, points, fresh, kill_at, done);
+    let mut eio_counts = counts.clone();
+    eio_counts.retain(|name, _| EIO_CALLS.contains(&name.as_str()));
+    let also = "write,pwrite64,fsync,fdatasync,ftruncate";
+    let eio_at = |name: &str, k| after("EIO", name, k);
+    let injection = (also, "EIO", log.as_path());
+    let eios = kill::every_error_point(
+        bin(),
+        &f.args,
+        &eio_counts,
+        points,
+        injection,
+        fresh,
+        eio_at,
+    );
     println!("table moving down: SIGKILL at {kills}, EIO at {eios} points of {counts:?}");
     assert!(kills > 10 && eios > 5, "{counts:?}");
 }

@@ -159,22 +159,19 @@ fn kill_matrix(format: ChainFormat, depth: usize) -> (usize, usize) {
         renames >= 1,
         "{ctx0}: the merge record is never renamed into place: {counts:?}"
     );
-    let (mut runs, mut full, mut child_gone) = (0, 0, 0);
-    for (name, &n) in &counts {
-        full += n;
-        for k in sampled(n, EVERY) {
-            let ctx = format!("{ctx0}: kill at {name}#{k}");
-            f.fresh();
-            kill::run_killed_at(bin(), &f.args, name, k);
-            runs += 1;
-            let child_left = f.assert_contents_intact(&ctx);
-            child_gone += usize::from(!child_left);
-            f.rerun_and_check(child_left, &ctx);
-        }
-        f.fresh();
-        kill::run_past_last(bin(), &f.args, name, n);
-        f.assert_done(&format!("{ctx0}: {name} past the last point"));
-    }
+    let full: usize = counts.values().sum();
+    let child_gone = std::cell::Cell::new(0);
+    let after_kill = |name: &str, k| {
+        let ctx = format!("{ctx0}: kill at {name}#{k}");
+        let child_left = f.assert_contents_intact(&ctx);
+        child_gone.set(child_gone.get() + usize::from(!child_left));
+        f.rerun_and_check(child_left, &ctx);
+    };
+    let done = |name: &str| f.assert_done(&format!("{ctx0}: {name} past the last point"));
+    let points = |n| sampled(n, EVERY);
+    let fresh = || f.fresh();
+    let runs = kill::every_point(bin(), &f.args, &counts, points, fresh, after_kill, done);
+    let child_gone = child_gone.get();
     println!("{ctx0}: SIGKILL at {runs} of {full} points, CHILD already gone after {child_gone}");
     assert!(
         child_gone > 0,
@@ -194,30 +191,25 @@ fn eio_matrix(format: ChainFormat, depth: usize) -> (usize, usize) {
     let traced = EIO_CALLS.join(",");
     let counts = kill::count_syscalls(bin(), &f.args, &traced, &log);
     let ctx0 = format!("{} depth {depth} EIO", format.label());
-    let (mut runs, mut full) = (0, 0);
-    for (name, &n) in &counts {
-        full += n;
-        for k in sampled(n, EVERY) {
-            let ctx = format!("{ctx0} at {name}#{k}");
-            f.fresh();
-            let calls = (name.as_str(), "write,pwrite64,fsync,fdatasync");
-            let o = kill::run_with_error(bin(), &f.args, calls, k, "EIO", &log);
-            runs += 1;
-            assert!(
-                !o.status.success(),
-                "{ctx}: exit 0 after an injected EIO:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-            let stderr = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(
-                stderr.trim().lines().count(),
-                1,
-                "{ctx}: one error line: {stderr}"
-            );
-            let child_left = f.assert_contents_intact(&ctx);
-            f.rerun_and_check(child_left, &ctx);
-        }
-    }
+    let full = counts.values().sum();
+    let after_error = |name: &str, k| {
+        let ctx = format!("{ctx0} at {name}#{k}");
+        let child_left = f.assert_contents_intact(&ctx);
+        f.rerun_and_check(child_left, &ctx);
+    };
+    let points = |n| sampled(n, EVERY);
+    let also = "write,pwrite64,fsync,fdatasync";
+    let fresh = || f.fresh();
+    let injection = (also, "EIO", log.as_path());
+    let runs = kill::every_error_point(
+        bin(),
+        &f.args,
+        &counts,
+        points,
+        injection,
+        fresh,
+        after_error,
+    );
     println!("{ctx0}: EIO at {runs} of {full} points, each one reported");
     assert!(runs > 5, "{ctx0}: {counts:?}");
     (runs, full)

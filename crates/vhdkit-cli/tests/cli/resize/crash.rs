@@ -230,21 +230,18 @@ fn kill_matrix(case: Case) -> usize {
         counts.get("pwrite64").copied().unwrap_or(0) >= 2,
         "{ctx0}: {counts:?}"
     );
-    let (mut runs, mut full, mut new) = (0, 0, 0);
-    for (name, &n) in &counts {
-        full += n;
-        for k in sampled(n, EVERY) {
-            let ctx = format!("{ctx0}: kill at {name}#{k}");
-            f.fresh();
-            kill::run_killed_at(bin(), &f.args, name, k);
-            runs += 1;
-            new += usize::from(f.assert_old_or_new(&ctx));
-            f.rerun_and_check(&ctx);
-        }
-        f.fresh();
-        kill::run_past_last(bin(), &f.args, name, n);
-        f.assert_done(&format!("{ctx0}: {name} past the last point"));
-    }
+    let full: usize = counts.values().sum();
+    let new = std::cell::Cell::new(0);
+    let after_kill = |name: &str, k| {
+        let ctx = format!("{ctx0}: kill at {name}#{k}");
+        new.set(new.get() + usize::from(f.assert_old_or_new(&ctx)));
+        f.rerun_and_check(&ctx);
+    };
+    let done = |name: &str| f.assert_done(&format!("{ctx0}: {name} past the last point"));
+    let points = |n| sampled(n, EVERY);
+    let fresh = || f.fresh();
+    let runs = kill::every_point(bin(), &f.args, &counts, points, fresh, after_kill, done);
+    let new = new.get();
     println!("{ctx0}: SIGKILL at {runs} of {full} points, new size already after {new}");
     assert!(
         runs > 5 && new > 0 && new < runs,
@@ -262,31 +259,24 @@ fn eio_matrix(case: Case) -> usize {
     let traced = EIO_CALLS.join(",");
     let counts = kill::count_syscalls(bin(), &f.args, &traced, &log);
     let ctx0 = format!("{case:?} EIO");
-    let mut runs = 0;
-    for (name, &n) in &counts {
-        for k in sampled(n, EVERY) {
-            let ctx = format!("{ctx0} at {name}#{k}");
-            f.fresh();
-            let calls = (name.as_str(), "write,pwrite64,fsync,fdatasync,ftruncate");
-            let o = kill::run_with_error(bin(), &f.args, calls, k, "EIO", &log);
-            runs += 1;
-            // Every sync's error is returned (close syncs once): exit 0 would mean an
-            // injected EIO went unreported.
-            assert!(
-                !o.status.success(),
-                "{ctx}: exit 0 after an injected EIO:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            let stderr = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(
-                stderr.trim().lines().count(),
-                1,
-                "{ctx}: one error line: {stderr}"
-            );
-            f.assert_old_or_new(&ctx);
-            f.rerun_and_check(&ctx);
-        }
-    }
+    let after_error = |name: &str, k| {
+        let ctx = format!("{ctx0} at {name}#{k}");
+        f.assert_old_or_new(&ctx);
+        f.rerun_and_check(&ctx);
+    };
+    let points = |n| sampled(n, EVERY);
+    let also = "write,pwrite64,fsync,fdatasync,ftruncate";
+    let fresh = || f.fresh();
+    let injection = (also, "EIO", log.as_path());
+    let runs = kill::every_error_point(
+        bin(),
+        &f.args,
+        &counts,
+        points,
+        injection,
+        fresh,
+        after_error,
+    );
     println!("{ctx0}: {runs} points");
     assert!(runs > 3, "{ctx0}: {counts:?}");
     runs
