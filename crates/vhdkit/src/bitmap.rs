@@ -77,6 +77,17 @@ fn mask(i: u64, order: BitOrder) -> u8 {
 mod tests {
     use super::*;
 
+    /// A run of set bits stops where the bitmap ends (bits past it read as clear), even when
+    /// the limit lies further: the whole-byte skip must not take a missing byte for 0xFF.
+    #[test]
+    fn a_set_run_stops_at_the_end_of_the_bitmap() {
+        for order in [BitOrder::MsbFirst, BitOrder::LsbFirst] {
+            assert_eq!(run(&[0xff], 0, 24, order), (true, 8));
+            assert_eq!(run(&[0xff, 0xff], 3, 64, order), (true, 16));
+            assert_eq!(run(&[0x00], 0, 24, order), (false, 24));
+        }
+    }
+
     #[test]
     fn msb_first_0x52() {
         // 0x52 = 0101_0010: sectors 1, 3, 6.

@@ -347,6 +347,117 @@ mod tests {
         assert!(e.is_corruption(), "{e}");
     }
 
+    /// The table's own place: from the end of the front footer copy (0x200) at the earliest,
+    /// to the end footer at the latest, clear of the dynamic header; the refusal names which.
+    #[test]
+    fn table_placement() {
+        let check = |l: &BatLayout| {
+            let unallocated = vec![0xffu8; usize::try_from(l.data_end).unwrap() + 512];
+            check_bat(&unallocated, l, &Limits::default()).map_err(|e| e.code())
+        };
+        // Ending exactly at the end footer fits; one entry more does not.
+        let fits = (0x10000 - 0x600) / 4;
+        assert_eq!(check(&layout(fits)), Ok(0));
+        assert_eq!(check(&layout(fits + 1)), Err(Some("vhd.bat.past_eof")));
+        // Right after the front footer copy, ending exactly where the header starts.
+        let mut l = layout(2);
+        l.table_offset = 0x200;
+        l.header_offset = 0x208;
+        assert_eq!(check(&l), Ok(0));
+        l.header_offset = 0x204;
+        assert_eq!(check(&l), Err(Some("vhd.bat.overlaps_metadata")));
+        l.header_offset = 0x400;
+        l.table_offset = 0x1fc;
+        assert_eq!(check(&l), Err(Some("vhd.bat.overlaps_metadata")));
+        // Starting inside the header (which ends at 0x600).
+        let mut l = layout(2);
+        l.table_offset = 0x5fc;
+        assert_eq!(check(&l), Err(Some("vhd.bat.overlaps_metadata")));
+    }
+
+    /// A source that records every read.
+    #[derive(Debug)]
+    struct Recorded {
+        bytes: Vec<u8>,
+        reads: std::sync::Mutex<Vec<(u64, usize)>>,
+    }
+
+    impl Source for Recorded {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.reads.lock().unwrap().push((offset, buf.len()));
+            self.bytes.read_exact_at(buf, offset)
+        }
+
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.bytes.len() as u64)
+        }
+    }
+
+    /// A table of three reads' worth of entries, followed by bytes that would read as allocated
+    /// entries: every allocated entry is found at its index, the table is read in chunks of at
+    /// most `SCAN_BYTES`, and nothing past its end is read.
+    #[test]
+    fn scan_reads_the_table_in_bounded_chunks_and_no_further() {
+        let per = usize::try_from(SCAN_ENTRIES).unwrap();
+        let count = 2 * per + 3;
+        let at = 0x200usize;
+        let mut bytes = vec![0xffu8; at + count * 4];
+        bytes.resize(bytes.len() + 4096, 0);
+        let want: Vec<(u64, u32)> = [5, per + 1, 2 * per + 2]
+            .iter()
+            .map(|&i| (i as u64, 0x1000 + i as u32))
+            .collect();
+        for &(i, e) in &want {
+            let o = at + usize::try_from(i).unwrap() * 4;
+            bytes[o..o + 4].copy_from_slice(&e.to_be_bytes());
+        }
+        let src = Recorded {
+            bytes,
+            reads: Default::default(),
+        };
+        let mut got = vec![];
+        let mut f = |i: u64, e: u32| -> Result<()> {
+            got.push((i, e));
+            Ok(())
+        };
+        scan_allocated(&src, at as u64, count as u64, &mut f).unwrap();
+        assert_eq!(got, want);
+        let reads = src.reads.into_inner().unwrap();
+        let end = (at + count * 4) as u64;
+        assert!(
+            reads
+                .iter()
+                .all(|&(_, n)| n as u64 <= crate::table::SCAN_BYTES),
+            "{reads:?}"
+        );
+        assert!(reads.iter().all(|&(o, n)| o + n as u64 <= end), "{reads:?}");
+        assert_eq!(reads.iter().map(|r| r.1).sum::<usize>(), count * 4);
+    }
+
+    #[test]
+    fn all_unallocated_is_true_only_for_all_ones() {
+        assert!(all_unallocated(&[0xff; 64]));
+        assert!(all_unallocated(&[]));
+        let mut g = [0xffu8; 64];
+        g[63] = 0xfe;
+        assert!(!all_unallocated(&g));
+    }
+
+    /// A block may end exactly where the table starts (and start exactly where the header
+    /// ends): touching is not overlapping.
+    #[test]
+    fn a_block_may_touch_the_header_and_the_table() {
+        let mut l = layout(2);
+        // Header 0x200..0x600, block 0x600..0x1800 (512 + 4096 bytes), table from 0x1800.
+        l.table_offset = 0x1800;
+        let mut v = vec![0xffu8; usize::try_from(l.data_end).unwrap() + 512];
+        v[0x1800..0x1804].copy_from_slice(&3u32.to_be_bytes());
+        assert_eq!(check_bat(&v, &l, &Limits::default()).unwrap(), 1);
+        v[0x1800..0x1804].copy_from_slice(&4u32.to_be_bytes());
+        let e = check_bat(&v, &l, &Limits::default()).unwrap_err();
+        assert_eq!(e.code(), Some("vhd.block.overlaps_metadata"), "{e}");
+    }
+
     #[test]
     fn entry_past_end() {
         let l = layout(2);
