@@ -293,6 +293,43 @@ pub(crate) fn source_len(src: &dyn Source) -> Result<u64> {
         .map_err(|e| Error::io("reading the file length", e))
 }
 
+/// A source that records every read, for tests of what a pass reads and how much at once.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct ReadLog {
+    bytes: Vec<u8>,
+    reads: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+#[cfg(test)]
+impl ReadLog {
+    pub(crate) fn new(bytes: Vec<u8>) -> ReadLog {
+        ReadLog {
+            bytes,
+            reads: Default::default(),
+        }
+    }
+
+    /// The reads so far: (offset, length), in order.
+    pub(crate) fn reads(&self) -> Vec<(u64, usize)> {
+        self.reads.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+impl Source for ReadLog {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Ok(mut r) = self.reads.lock() {
+            r.push((offset, buf.len()));
+        }
+        self.bytes.read_exact_at(buf, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.bytes.len() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

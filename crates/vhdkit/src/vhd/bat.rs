@@ -375,24 +375,6 @@ mod tests {
         assert_eq!(check(&l), Err(Some("vhd.bat.overlaps_metadata")));
     }
 
-    /// A source that records every read.
-    #[derive(Debug)]
-    struct Recorded {
-        bytes: Vec<u8>,
-        reads: std::sync::Mutex<Vec<(u64, usize)>>,
-    }
-
-    impl Source for Recorded {
-        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.reads.lock().unwrap().push((offset, buf.len()));
-            self.bytes.read_exact_at(buf, offset)
-        }
-
-        fn len(&self) -> std::io::Result<u64> {
-            Ok(self.bytes.len() as u64)
-        }
-    }
-
     /// A table of three reads' worth of entries, followed by bytes that would read as allocated
     /// entries: every allocated entry is found at its index, the table is read in chunks of at
     /// most `SCAN_BYTES`, and nothing past its end is read.
@@ -411,10 +393,7 @@ mod tests {
             let o = at + usize::try_from(i).unwrap() * 4;
             bytes[o..o + 4].copy_from_slice(&e.to_be_bytes());
         }
-        let src = Recorded {
-            bytes,
-            reads: Default::default(),
-        };
+        let src = crate::source::ReadLog::new(bytes);
         let mut got = vec![];
         let mut f = |i: u64, e: u32| -> Result<()> {
             got.push((i, e));
@@ -422,7 +401,7 @@ mod tests {
         };
         scan_allocated(&src, at as u64, count as u64, &mut f).unwrap();
         assert_eq!(got, want);
-        let reads = src.reads.into_inner().unwrap();
+        let reads = src.reads();
         let end = (at + count * 4) as u64;
         assert!(
             reads

@@ -587,6 +587,46 @@ fn entry_end(cr: u64, block_size: u64, idx: u64, e: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// The span each state places, with a chunk ratio of 4 (entry 4 is the first bitmap slot)
+    /// and 2 MiB blocks: 8 payload blocks, the last (block 7, entry 8) a quarter used.
+    #[test]
+    fn block_span_of_every_state() {
+        let limits = Limits::default();
+        let reserved: Vec<(u64, u64, String)> = Vec::new();
+        let block = 2 * MIB;
+        let p = BatParams {
+            region_offset: 0,
+            region_length: MIB,
+            virtual_size: 7 * block + block / 4,
+            block_size: 2 << 20,
+            logical_sector_size: 512,
+            differencing: true,
+            file_len: u64::MAX,
+            limits: &limits,
+            reserved: &reserved,
+        };
+        let at = 7 * MIB;
+        let span = |idx: u64, state: u8| {
+            block_span(&p, 4, idx, at | u64::from(state)).map(|s| (s.start, s.end, s.id))
+        };
+        for state in [PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT] {
+            assert_eq!(span(0, state), Some((at, at + block, 0)));
+            assert_eq!(span(7, state), Some((at, at + block, 7)));
+            assert_eq!(span(8, state), Some((at, at + block / 4, 8)));
+        }
+        for state in [
+            PAYLOAD_BLOCK_NOT_PRESENT,
+            PAYLOAD_BLOCK_UNDEFINED,
+            PAYLOAD_BLOCK_ZERO,
+            PAYLOAD_BLOCK_UNMAPPED,
+        ] {
+            assert_eq!(span(8, state), None, "state {state}");
+        }
+        assert_eq!(span(4, SB_BLOCK_PRESENT), Some((at, at + MIB, 4)));
+        assert_eq!(span(9, SB_BLOCK_PRESENT), Some((at, at + MIB, 9)));
+        assert_eq!(span(4, SB_BLOCK_NOT_PRESENT), None);
+    }
+
     #[test]
     fn chunk_ratio_uses_logical_sector() {
         assert_eq!(chunk_ratio(512, 2 << 20), 2048);
@@ -737,6 +777,29 @@ mod built_tests {
 
     fn open(bytes: Vec<u8>) -> Result<VhdxFile> {
         VhdxFile::open(Box::new(bytes), &OpenOptions::default())
+    }
+
+    /// Opening reads the table once: while the blocks' spans fit the memory budget, the overlap
+    /// check uses the spans the checking pass kept instead of streaming the table again. (A
+    /// dynamic disk: a differencing disk's partial blocks also look up their bitmap entries.)
+    #[test]
+    fn opening_reads_the_table_once() {
+        let mut b = VhdxBuilder::new(Kind::Dynamic, 64 << 20, 1 << 20, 512);
+        for i in 0..8 {
+            b.write(i * (3 << 20), &[1; 4096]);
+        }
+        let built = b.build();
+        let (at, len) = (built.layout.bat_offset, built.layout.bat_length);
+        let log = std::sync::Arc::new(crate::source::ReadLog::new(built.bytes));
+        VhdxFile::open(Box::new(log.clone()), &OpenOptions::default()).unwrap();
+        let in_table: u64 = log
+            .reads()
+            .iter()
+            .filter(|&&(o, _)| o >= at && o < at + len)
+            .map(|&(_, n)| n as u64)
+            .sum();
+        let cr = chunk_ratio(512, 1 << 20);
+        assert_eq!(in_table, required_entries(64, cr, false) * BAT_ENTRY_SIZE);
     }
 
     /// Every state is counted in its own field, and the sector bitmap slot too.
