@@ -369,6 +369,11 @@ mod tests {
         l.header_offset = 0x400;
         l.table_offset = 0x1fc;
         assert_eq!(check(&l), Err(Some("vhd.bat.overlaps_metadata")));
+        // Ending exactly at the end footer but starting inside the footer copy: the refusal is
+        // for the overlap, not for the end.
+        let mut l = layout((0x10000 - 0x1fc) / 4);
+        l.table_offset = 0x1fc;
+        assert_eq!(check(&l), Err(Some("vhd.bat.overlaps_metadata")));
         // Starting inside the header (which ends at 0x600).
         let mut l = layout(2);
         l.table_offset = 0x5fc;
