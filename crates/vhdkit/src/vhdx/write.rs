@@ -43,7 +43,7 @@ use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
-use super::bat::{chunk_ratio, payload_index, sb_index};
+use super::bat::{chunk_ratio, is_sb_index, payload_index, sb_index};
 use super::bitmap::block_bitmap_range;
 use super::format::{
     self, BAT_OFFSET_MASK, KIB4, MIB, PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_NOT_PRESENT,
@@ -142,11 +142,6 @@ fn allocation_start(l: &Layout, file_len: u64) -> Result<u64> {
         .max(file_len)
         .checked_next_multiple_of(MIB)
         .ok_or_else(|| Error::unsupported("file too large"))
-}
-
-/// Whether BAT entry `i` is a sector bitmap entry (the last of each chunk's `cr + 1`).
-fn is_sb_index(i: u64, cr: u64) -> bool {
-    (i + 1) % (cr + 1) == 0
 }
 
 /// The state bits of a BAT entry.
