@@ -49,10 +49,11 @@ set_group() {
         --re 'in try_candidate$' --re 'in Draft<.*>::identity$')
       TESTS=(--lib --test reparent_vhd --test reparent_vhdx) ;;
     identity)
-      # The parent-identity decisions: the chain walker's candidate check, reparent's plan.
+      # The parent-identity decisions: the chain walker's candidate check (and its refusal of
+      # the child itself), whether one locator leads to the parent, reparent's plan.
       SEL=(-f crates/vhdkit/src/chain/resolve.rs -f crates/vhdkit/src/reparent/plan.rs
         -f crates/vhdkit/src/reparent/verify.rs
-        --re 'in (try_candidate|Draft<.*>::identity|contents)$')
+        --re '\b(try_candidate|open_candidate|locator_leads_to_parent|Draft<.*>::identity|contents)\b')
       TESTS=(--lib --test reparent_vhd --test reparent_vhdx --test dead_locators) ;;
     readers)
       # vhd/bitmap.rs only re-exports the shared bit arithmetic in bitmap.rs.
