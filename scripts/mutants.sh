@@ -46,7 +46,7 @@ set_group() {
     identity-core)
       # The identity decisions only: the chain walker's candidate check, reparent's id match.
       SEL=(-f crates/vhdkit/src/chain/resolve.rs -f crates/vhdkit/src/reparent/plan.rs
-        --re 'in try_candidate$' --re 'in Draft<.*>::identity$')
+        --re '\b(try_candidate|Draft<.*>::identity)\b')
       TESTS=(--lib --test reparent_vhd --test reparent_vhdx) ;;
     identity)
       # The parent-identity decisions: the chain walker's candidate check (and its refusal of
@@ -54,7 +54,7 @@ set_group() {
       SEL=(-f crates/vhdkit/src/chain/resolve.rs -f crates/vhdkit/src/reparent/plan.rs
         -f crates/vhdkit/src/reparent/verify.rs
         --re '\b(try_candidate|open_candidate|locator_leads_to_parent|Draft<.*>::identity|contents)\b')
-      TESTS=(--lib --test reparent_vhd --test reparent_vhdx --test dead_locators) ;;
+      TESTS=(--lib --test reparent_vhd --test reparent_vhdx --test dead_locators --test confine) ;;
     readers)
       # vhd/bitmap.rs only re-exports the shared bit arithmetic in bitmap.rs.
       SEL=(-f crates/vhdkit/src/vhd/bat.rs -f crates/vhdkit/src/bitmap.rs
