@@ -23,6 +23,7 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
+use crate::aligned::Aligned;
 use crate::create::build_output;
 use crate::error::{Error, Result};
 use crate::newdisk::{NewKind, OutFile, OutputSink, SinkIo};
@@ -322,38 +323,6 @@ enum Step<'s> {
     Data { pos: u64, buf: Aligned },
     /// Stored data at `pos` for the file system to copy.
     Clone { pos: u64, run: clone::Run<'s> },
-}
-
-/// A read buffer whose data starts at a 4 KiB-aligned address: a durable output writes its
-/// aligned runs with `O_DIRECT` as they are, not through a copy into a bounce buffer (that copy
-/// was a quarter of the CPU time of a durable convert to raw).
-#[derive(Default)]
-struct Aligned {
-    vec: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    const ALIGN: usize = 4096;
-
-    /// The `n`-byte window to read into (its old contents are stale).
-    fn window(&mut self, n: usize) -> &mut [u8] {
-        let want = n.saturating_add(Self::ALIGN);
-        if self.vec.len() < want {
-            self.vec = vec![0u8; want];
-        }
-        self.start = self.vec.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
-        self.len = n;
-        let end = self.start.saturating_add(n);
-        self.vec.get_mut(self.start..end).unwrap_or_default()
-    }
-
-    /// The bytes read.
-    fn data(&self) -> &[u8] {
-        let end = self.start.saturating_add(self.len);
-        self.vec.get(self.start..end).unwrap_or_default()
-    }
 }
 
 /// The reader side of [`copy_sparse`]: walks the allocation map and reads stored ranges into

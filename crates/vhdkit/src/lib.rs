@@ -127,6 +127,7 @@ macro_rules! support_mod {
     };
 }
 
+pub(crate) mod aligned;
 pub(crate) mod bitmap;
 pub(crate) mod chain;
 pub mod check;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::layout::{self, Alloc, Change, FileMap};
 use super::scan::{self, Decisions, Rules};
 use super::{CompactPlan, CompactReport};
+use crate::aligned::Aligned;
 use crate::chain::ChainOptions;
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
@@ -353,7 +354,7 @@ fn move_blocks(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     progress.start("move", Some((moves.len() as u64).saturating_mul(map.span)));
-    let mut buf = Vec::new();
+    let mut buf = Aligned::default();
     let mut batch: Vec<Change> = Vec::new();
     let mut batch_bytes = 0u64;
     for (i, &(b, to)) in moves.iter().enumerate() {
@@ -399,18 +400,17 @@ fn copy_span(
     from: u64,
     to: u64,
     len: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut Aligned,
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(COPY_CHUNK);
-        buf.resize(usize::try_from(n).unwrap_or(0), 0);
         let (src, dst) = (from + done, to + done);
         sink.0
-            .read_exact_at(buf, src)
+            .read_exact_at(buf.window(usize::try_from(n).unwrap_or(0)), src)
             .map_err(|e| Error::io(format!("reading a block at {src:#x}"), e))?;
-        sink.write_all_at(buf, dst)
+        sink.write_all_at(buf.data(), dst)
             .map_err(|e| Error::io(format!("copying a block to {dst:#x}"), e))?;
         progress.advance(n);
         done += n;

@@ -2,6 +2,7 @@
 //! reads there) and, where it matters, through its parent chain.
 
 use super::layout::{Alloc, Change, FileMap};
+use crate::aligned::Aligned;
 use crate::disk::{DiskFormat, DiskType};
 use crate::error::Result;
 use crate::progress::{self, Progress};
@@ -54,7 +55,7 @@ pub(crate) fn decide(
     let mut blocks = map.blocks.clone();
     // File order: the reads sweep the file once.
     blocks.sort_unstable_by_key(|b| b.at);
-    let mut bufs = (Vec::new(), Vec::new());
+    let mut bufs = (Aligned::default(), Aligned::default());
     for b in blocks {
         if progress.cancelled() {
             return Err(progress::cancelled());
@@ -119,7 +120,7 @@ fn look(
     r: &Rules,
     start: u64,
     len: u64,
-    bufs: &mut (Vec<u8>, Vec<u8>),
+    bufs: &mut (Aligned, Aligned),
 ) -> Result<Seen> {
     let differencing = r.disk_type == DiskType::Differencing;
     let mut seen = Seen {
@@ -130,18 +131,16 @@ fn look(
     let end = start.saturating_add(len);
     while at < end && (seen.zero || (seen.equals_parent && r.against_parent)) {
         let n = usize::try_from((end - at).min(CHUNK)).unwrap_or(0);
-        bufs.0.resize(n, 0);
-        disk.read_exact_at(&mut bufs.0, at)?;
-        let zero = seen.zero && is_zero(&bufs.0);
+        disk.read_exact_at(bufs.0.window(n), at)?;
+        let zero = seen.zero && is_zero(bufs.0.data());
         // The parent is read only where its answer can still change the outcome.
         let want_parent = differencing
             && seen.equals_parent
             && (r.against_parent || (zero && r.format == DiskFormat::Vhd));
         if want_parent {
             if let Some(p) = parent {
-                bufs.1.resize(n, 0);
-                read_parent(p, &mut bufs.1, at)?;
-                seen.equals_parent = bufs.0 == bufs.1;
+                read_parent(p, bufs.1.window(n), at)?;
+                seen.equals_parent = bufs.0.data() == bufs.1.data();
             }
         } else if differencing {
             seen.equals_parent = false;

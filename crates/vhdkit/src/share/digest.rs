@@ -12,6 +12,7 @@
 
 use std::path::Path;
 
+use crate::aligned::Aligned;
 use crate::chain::{Chain, ChainOptions};
 use crate::convert::ZeroAhead;
 use crate::disk::{Disk, Extent};
@@ -30,7 +31,7 @@ pub(crate) const CHUNK: u64 = 1 << 20;
 pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result<(String, u64)> {
     let size = view.virtual_size();
     let mut h = Framer::start(size);
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = Aligned::default();
     let mut off = 0u64;
     let mut read = 0u64;
     // Holes are looked up a long run at a time, not chunk by chunk (see `ZeroAhead`).
@@ -40,15 +41,14 @@ pub fn content_digest(view: &ChainView, on_bytes: &mut dyn FnMut(u64)) -> Result
         let zero = if holes.all_zero(view, off, n)? {
             true
         } else {
-            let b = &mut buf[..n as usize];
-            view.read_exact_at(b, off)?;
+            view.read_exact_at(buf.window(n as usize), off)?;
             read += n;
-            is_zero(b)
+            is_zero(buf.data())
         };
         if zero {
             h.zero(n);
         } else {
-            h.data(&buf[..n as usize]);
+            h.data(buf.data());
         }
         off += n;
         on_bytes(n);
@@ -122,7 +122,7 @@ pub fn layer_digest(disk: &Disk) -> Result<String> {
     let size = disk.virtual_size();
     let mut h = Hasher::new();
     h.update(&size.to_le_bytes());
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = Aligned::default();
     let mut off = 0u64;
     while off < size {
         let (extent, len) = disk.map(off, size - off)?;
@@ -134,9 +134,8 @@ pub fn layer_digest(disk: &Disk) -> Result<String> {
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(CHUNK);
-                    let b = &mut buf[..n as usize];
-                    disk.read_data(file_offset + done, b)?;
-                    h.update(&*b);
+                    disk.read_data(file_offset + done, buf.window(n as usize))?;
+                    h.update(buf.data());
                     done += n;
                 }
             }

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use super::digest::{self, Framer, CHUNK};
 use super::scan::FileKey;
 use super::ContentDigest;
+use crate::aligned::Aligned;
 use crate::chain::{Chain, ChainOptions};
 use crate::convert::ZeroAhead;
 use crate::error::{Error, Result};
@@ -137,14 +138,14 @@ fn open(path: &Path, size: u64, chain: &ChainOptions) -> Member {
 /// One chunk of one member.
 enum Content {
     Zero,
-    Data(Vec<u8>),
+    Data(Aligned),
 }
 
 impl Content {
     fn same(&self, o: &Content) -> bool {
         match (self, o) {
             (Content::Zero, Content::Zero) => true,
-            (Content::Data(a), Content::Data(b)) => a == b,
+            (Content::Data(a), Content::Data(b)) => a.data() == b.data(),
             _ => false,
         }
     }
@@ -158,7 +159,7 @@ enum Msg {
     Chunk {
         class: usize,
         n: u64,
-        data: Option<Vec<u8>>,
+        data: Option<Aligned>,
     },
     /// The next `count` chunks of `class` are whole (`CHUNK` bytes) and read as zeros: one
     /// message for a long hole, hashed as `count` zero chunks (the digest does not change).
@@ -171,9 +172,9 @@ struct Run {
     /// Member indices per class; class `i` is hashed in state `i` of the hashing thread.
     classes: Vec<Vec<usize>>,
     /// Buffers free for the next read.
-    spare: Vec<Vec<u8>>,
+    spare: Vec<Aligned>,
     /// Buffers the hashing thread is done with.
-    back: Receiver<Vec<u8>>,
+    back: Receiver<Aligned>,
     tx: SyncSender<Msg>,
     read: u64,
 }
@@ -291,10 +292,9 @@ impl Run {
             self.spare.push(buf);
             return Ok(Content::Zero);
         }
-        buf.resize(n as usize, 0);
-        m.view.read_exact_at(&mut buf, off)?;
+        m.view.read_exact_at(buf.window(n as usize), off)?;
         self.read += n;
-        if digest::is_zero(&buf) {
+        if digest::is_zero(buf.data()) {
             self.spare.push(buf);
             return Ok(Content::Zero);
         }
@@ -314,7 +314,7 @@ fn hasher_gone() -> Error {
 }
 
 /// The hashing thread: one BLAKE3 state per class, fed in the order the reader sends.
-fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Framer> {
+fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Aligned>, size: u64) -> Vec<Framer> {
     let mut states = vec![Framer::start(size)];
     for msg in rx {
         match msg {
@@ -337,7 +337,7 @@ fn hash_classes(rx: &Receiver<Msg>, back: &Sender<Vec<u8>>, size: u64) -> Vec<Fr
                 match data {
                     None => h.zero(n),
                     Some(b) => {
-                        h.data(&b);
+                        h.data(b.data());
                         // The reader may be gone (an error): the buffer is then just freed.
                         let _ = back.send(b);
                     }
