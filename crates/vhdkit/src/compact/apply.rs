@@ -8,18 +8,15 @@ use std::sync::Arc;
 use super::layout::{self, Alloc, Change, FileMap};
 use super::scan::{self, Decisions, Rules};
 use super::{CompactPlan, CompactReport};
-use crate::aligned::Aligned;
 use crate::chain::ChainOptions;
 use crate::disk::{detect, DiskFormat, DiskType};
 use crate::error::{Error, Result, ResultExt};
-use crate::fsx::SharedFile;
+use crate::fsx::{RangeCopier, SharedFile};
 use crate::progress::{self, Progress};
 use crate::source::Source;
 use crate::txn::journal::{self, FileJournal, JournalStore};
 use crate::txn::Sink;
 
-/// Most bytes copied at once.
-const COPY_CHUNK: u64 = 1 << 20;
 /// Blocks moved per table commit, and bytes: a crash loses at most one batch of copying.
 const MOVES_PER_COMMIT: usize = 64;
 const BYTES_PER_COMMIT: u64 = 256 << 20;
@@ -354,7 +351,7 @@ fn move_blocks(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     progress.start("move", Some((moves.len() as u64).saturating_mul(map.span)));
-    let mut buf = Aligned::default();
+    let mut copier = RangeCopier::new();
     let mut batch: Vec<Change> = Vec::new();
     let mut batch_bytes = 0u64;
     for (i, &(b, to)) in moves.iter().enumerate() {
@@ -362,7 +359,8 @@ fn move_blocks(
             commit_moves(sink, ed, &mut batch, report)?;
             return Err(progress::cancelled());
         }
-        copy_span(sink, b.at, to, map.span, &mut buf, progress)?;
+        copy_span(sink, b.at, to, map.span, &mut copier)?;
+        progress.advance(map.span);
         batch.push(Change::Move(b, to));
         batch_bytes = batch_bytes.saturating_add(map.span);
         report.blocks_moved += 1;
@@ -395,27 +393,20 @@ fn commit_moves(
     Ok(())
 }
 
+/// Copy one block (its bitmap and data) to its new place, in the kernel where it can: on XFS
+/// and btrfs `copy_file_range` clones the extents and no data moves; on ext4 the copy stays in
+/// the page cache. The destination is referenced by nothing until the batch commits.
 fn copy_span(
     sink: &SharedFile,
     from: u64,
     to: u64,
     len: u64,
-    buf: &mut Aligned,
-    progress: &mut dyn Progress,
+    copier: &mut RangeCopier,
 ) -> Result<()> {
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(COPY_CHUNK);
-        let (src, dst) = (from + done, to + done);
-        sink.0
-            .read_exact_at(buf.window(usize::try_from(n).unwrap_or(0)), src)
-            .map_err(|e| Error::io(format!("reading a block at {src:#x}"), e))?;
-        sink.write_all_at(buf.data(), dst)
-            .map_err(|e| Error::io(format!("copying a block to {dst:#x}"), e))?;
-        progress.advance(n);
-        done += n;
-    }
-    Ok(())
+    copier
+        .copy(&sink.0, from, &sink.0, to, len, false)
+        .map(drop)
+        .map_err(|e| Error::io(format!("copying the block at {from:#x} to {to:#x}"), e))
 }
 
 /// A file opened for reading, as a sink that refuses every write: the plan reads the map

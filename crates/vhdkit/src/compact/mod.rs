@@ -25,8 +25,9 @@
 //! 1. the table changes that free blocks are committed (VHDX: through its log; VHD: through
 //!    the redo journal beside it, `crate::txn::journal`);
 //! 2. the blocks past the lowest free places are moved down, highest first, in batches: each
-//!    block is copied into free space (no table entry points there), the file synced, then the
-//!    batch's entries switched in one commit. No entry ever points at unwritten data, and the
+//!    block is copied into free space (no table entry points there; `copy_file_range`, which
+//!    clones the extents on XFS and btrfs and copies in the kernel elsewhere), the file synced,
+//!    then the batch's entries switched in one commit. No entry ever points at unwritten data, and the
 //!    old copy stays intact until the switch is durable;
 //! 3. the file is cut (VHD: the footer written at the new end and synced first).
 //!

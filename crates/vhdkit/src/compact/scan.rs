@@ -1,6 +1,9 @@
 //! Which allocated blocks stop using space: each is read through the chain (what the disk
 //! reads there) and, where it matters, through its parent chain.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
 use super::layout::{Alloc, Change, FileMap};
 use crate::aligned::Aligned;
 use crate::disk::{DiskFormat, DiskType};
@@ -42,6 +45,10 @@ struct Seen {
 
 /// Judge every allocated block of `map`: `disk` is the chain from the disk itself, `parent`
 /// the chain below it (`None` for a standalone disk). Progress in bytes read.
+///
+/// The blocks are read in file order, the first half here and the second on a helper thread:
+/// on a warm cache the scan is mostly the kernel's copy out of the page cache, which then runs
+/// on two cores (each half is still one sequential sweep of the file).
 pub(crate) fn decide(
     map: &FileMap,
     rules: Rules,
@@ -51,33 +58,115 @@ pub(crate) fn decide(
 ) -> Result<Decisions> {
     let mut d = Decisions::default();
     d.drops.extend(map.stale.iter().copied().map(Change::Clear));
-    let size = disk.virtual_size();
     let mut blocks = map.blocks.clone();
-    // File order: the reads sweep the file once.
     blocks.sort_unstable_by_key(|b| b.at);
+    let (first, second) = blocks.split_at(blocks.len() / 2);
+    let judge_one = |b: &Alloc, bufs: &mut (Aligned, Aligned)| -> Result<Verdict> {
+        let size = disk.virtual_size();
+        let start = b.block.saturating_mul(map.block_size);
+        let len = map.block_size.min(size.saturating_sub(start));
+        let seen = look(disk, parent, &rules, start, len, bufs)?;
+        Ok(Verdict {
+            block: *b,
+            len,
+            change: judge(&rules, &seen),
+        })
+    };
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let tx = tx;
+            let mut bufs = (Aligned::default(), Aligned::default());
+            for b in second {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let v = judge_one(b, &mut bufs);
+                let failed = v.is_err();
+                if tx.send(v).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let r = judge_all(first, second.len(), &rx, &judge_one, progress, &mut d);
+        // The helper stops at its next block when this side failed or was cancelled.
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        r
+    })?;
+    Ok(d)
+}
+
+/// Reads one block (into the two buffers) and judges it.
+type JudgeOne<'a> = dyn Fn(&Alloc, &mut (Aligned, Aligned)) -> Result<Verdict> + 'a;
+
+/// What `judge` said of one block.
+struct Verdict {
+    block: Alloc,
+    len: u64,
+    change: Option<Change>,
+}
+
+/// Judge `first` here while taking the helper's `helped` verdicts from `rx` as they come
+/// (progress counts both), then record them all in file order.
+fn judge_all(
+    first: &[Alloc],
+    helped: usize,
+    rx: &mpsc::Receiver<Result<Verdict>>,
+    judge_one: &JudgeOne<'_>,
+    progress: &mut dyn Progress,
+    d: &mut Decisions,
+) -> Result<()> {
     let mut bufs = (Aligned::default(), Aligned::default());
-    for b in blocks {
+    let mut theirs: Vec<Verdict> = Vec::with_capacity(helped);
+    for b in first {
         if progress.cancelled() {
             return Err(progress::cancelled());
         }
-        let start = b.block.saturating_mul(map.block_size);
-        let len = map.block_size.min(size.saturating_sub(start));
-        let seen = look(disk, parent, &rules, start, len, &mut bufs)?;
-        progress.advance(len);
-        match judge(&rules, &seen) {
-            Some(c @ Change::DropZero(_)) | Some(c @ Change::DropToParent(_)) => {
-                let c = with_alloc(c, b);
-                if matches!(c, Change::DropZero(_)) {
-                    d.zero_blocks += 1;
-                } else {
-                    d.parent_blocks += 1;
-                }
-                d.drops.push(c);
-            }
-            _ => d.kept.push(b),
+        let v = judge_one(b, &mut bufs)?;
+        progress.advance(v.len);
+        record(d, v);
+        while let Ok(v) = rx.try_recv() {
+            take(v, &mut theirs, progress)?;
         }
     }
-    Ok(d)
+    while theirs.len() < helped {
+        if progress.cancelled() {
+            return Err(progress::cancelled());
+        }
+        let v = rx.recv().map_err(|_| {
+            crate::error::Error::internal("the compaction's reading thread stopped")
+        })?;
+        take(v, &mut theirs, progress)?;
+    }
+    for v in theirs {
+        record(d, v);
+    }
+    Ok(())
+}
+
+/// Keep one of the helper's verdicts for later (counted in the progress now).
+fn take(v: Result<Verdict>, theirs: &mut Vec<Verdict>, progress: &mut dyn Progress) -> Result<()> {
+    let v = v?;
+    progress.advance(v.len);
+    theirs.push(v);
+    Ok(())
+}
+
+fn record(d: &mut Decisions, v: Verdict) {
+    match v.change {
+        Some(c @ Change::DropZero(_)) | Some(c @ Change::DropToParent(_)) => {
+            let c = with_alloc(c, v.block);
+            if matches!(c, Change::DropZero(_)) {
+                d.zero_blocks += 1;
+            } else {
+                d.parent_blocks += 1;
+            }
+            d.drops.push(c);
+        }
+        _ => d.kept.push(v.block),
+    }
 }
 
 fn with_alloc(c: Change, b: Alloc) -> Change {

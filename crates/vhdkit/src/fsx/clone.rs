@@ -206,11 +206,12 @@ pub(crate) fn copy_buffered(
     let cap = usize::try_from(len)
         .unwrap_or(BUFFER_BYTES)
         .min(BUFFER_BYTES);
-    let mut buf = vec![0u8; cap];
+    // Page-aligned: the kernel copies into it at about twice the speed (see `aligned`).
+    let mut buf = crate::aligned::Aligned::default();
     let mut done = 0u64;
     while done < len {
         let n = usize::try_from(len - done).unwrap_or(cap).min(cap);
-        let chunk = buf.get_mut(..n).unwrap_or_default();
+        let chunk = buf.window(n);
         src.read_exact_at(chunk, src_at.saturating_add(done))?;
         let out = dst_at.saturating_add(done);
         if !skip_zero_pages {

@@ -1,7 +1,8 @@
 //! `vhdkit compact` killed at its system calls (strace fault injection), every case of
 //! `compact.rs` (VHD and VHDX, dynamic and differencing): SIGKILL at every write, pwrite64,
-//! fsync, fdatasync, ftruncate, rename(at/at2) and unlink(at), and EIO returned by every
-//! pwrite64, fsync, fdatasync and ftruncate. After each: the disk's virtual contents read the
+//! copy_file_range (the block moves), fsync, fdatasync, ftruncate, rename(at/at2) and
+//! unlink(at), and EIO returned by every pwrite64, copy_file_range, fsync, fdatasync and
+//! ftruncate. After each: the disk's virtual contents read the
 //! same (a compaction never changes them: old and new state read alike); a rerun of the
 //! command completes; then the file has the size the uninterrupted run reaches, reads the
 //! same, no side file is left and `check --chain` is clean.
@@ -21,9 +22,17 @@ use vhdkit_testkit::kill;
 use super::{build, s, Case};
 use crate::util::*;
 
-const TRACED: &str =
-    "write,pwrite64,fsync,fdatasync,ftruncate,rename,renameat,renameat2,unlink,unlinkat";
-const EIO_CALLS: [&str; 4] = ["pwrite64", "fsync", "fdatasync", "ftruncate"];
+const TRACED: &str = "write,pwrite64,copy_file_range,fsync,fdatasync,ftruncate,rename,renameat,\
+                      renameat2,unlink,unlinkat";
+const EIO_CALLS: [&str; 5] = [
+    "pwrite64",
+    "copy_file_range",
+    "fsync",
+    "fdatasync",
+    "ftruncate",
+];
+/// Calls traced beside the failing one, to show in the log where the error struck.
+const ALSO: &str = "write,pwrite64,copy_file_range,fsync,fdatasync,ftruncate";
 /// CI samples every `EVERY`th injection point of each call.
 const EVERY: usize = 4;
 
@@ -149,7 +158,7 @@ fn kill_matrix(case: Case) -> (usize, usize) {
     (runs, full)
 }
 
-/// EIO from every (sampled) pwrite64/fsync/fdatasync/ftruncate: exit non-zero with one error
+/// EIO from every (sampled) pwrite64/copy_file_range/fsync/fdatasync/ftruncate: exit non-zero with one error
 /// line, contents intact, rerun completes.
 fn eio_matrix(case: Case) -> (usize, usize) {
     let d = tmp();
@@ -165,7 +174,7 @@ fn eio_matrix(case: Case) -> (usize, usize) {
         f.rerun_and_check(&ctx);
     };
     let points = |n| sampled(n, EVERY);
-    let also = "write,pwrite64,fsync,fdatasync,ftruncate";
+    let also = ALSO;
     let fresh = || f.fresh();
     let runs = kill::every_error_point(
         bin(),
@@ -322,7 +331,7 @@ fn vhdx_table_moving_down_kills_and_eio() {
     let kills = kill::every_point(bin(), &f.args, &counts, points, fresh, kill_at, done);
     let mut eio_counts = counts.clone();
     eio_counts.retain(|name, _| EIO_CALLS.contains(&name.as_str()));
-    let also = "write,pwrite64,fsync,fdatasync,ftruncate";
+    let also = ALSO;
     let eio_at = |name: &str, k| after("EIO", name, k);
     let injection = (also, "EIO", log.as_path());
     let eios = kill::every_error_point(
