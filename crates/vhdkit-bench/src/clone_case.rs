@@ -78,13 +78,32 @@ fn prepare_xfs(cfg: &Config, dir: &Path, fmt: &str) -> Res<Prepared> {
     Ok(prep)
 }
 
-/// Make and mount the XFS loop file at `dir/xfs`; `None` (after a loud SKIP) when that is not
-/// possible here.
+/// The file systems `mount_loop` makes; each is mounted at `dir/<name>`.
+pub(super) const LOOP_FILE_SYSTEMS: [&str; 2] = ["xfs", "ext4"];
+
+/// Make and mount the XFS loop file (reflink on) at `dir/xfs`; `None` (after a loud SKIP) when
+/// that is not possible here.
 pub(super) fn mount_xfs(dir: &Path) -> Res<Option<PathBuf>> {
-    let img = dir.join("xfs.img");
-    let mnt = dir.join("xfs");
+    let mkfs = ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"];
+    mount_loop(dir, "xfs", &mkfs, LOOP_BYTES, false)
+}
+
+/// Make a sparse loop file of `bytes` in `dir`, format it with `mkfs` (the file is appended),
+/// and mount it at `dir/<name>`; `None` (after a loud SKIP) when that is not possible here.
+/// With `direct_io` the loop device reads and writes its file with `O_DIRECT`: the page cache
+/// then holds the mounted file system's pages once, not also the loop file's (which halves
+/// what a warm-cache case can keep cached).
+pub(super) fn mount_loop(
+    dir: &Path,
+    name: &str,
+    mkfs: &[&str],
+    bytes: u64,
+    direct_io: bool,
+) -> Res<Option<PathBuf>> {
+    let img = dir.join(format!("{name}.img"));
+    let mnt = dir.join(name);
     let skip = |why: &str| {
-        eprintln!("SKIP: XFS reflink case not run: {why}");
+        eprintln!("SKIP: {name} loop-file case not run: {why}");
         Ok(None)
     };
     let is_root = Command::new("id")
@@ -101,28 +120,53 @@ pub(super) fn mount_xfs(dir: &Path) -> Res<Option<PathBuf>> {
         .status();
     fs::create_dir_all(&mnt).map_err(|e| format!("cannot create {}: {e}", mnt.display()))?;
     let _ = fs::remove_file(&img);
-    let made = fs::File::create(&img).and_then(|f| f.set_len(LOOP_BYTES));
+    let made = fs::File::create(&img).and_then(|f| f.set_len(bytes));
     if let Err(e) = made {
         return skip(&format!("cannot make {}: {e}", img.display()));
     }
-    if let Err(e) = run_quiet(
-        Command::new("mkfs.xfs")
-            .args(["-q", "-f", "-m", "reflink=1"])
-            .arg(&img),
-    ) {
-        return skip(&format!("mkfs.xfs (apt-get install xfsprogs): {e}"));
+    let Some((prog, args)) = mkfs.split_first() else {
+        return skip("no mkfs command");
+    };
+    if let Err(e) = run_quiet(Command::new(prog).args(args).arg(&img)) {
+        return skip(&format!("{prog}: {e}"));
     }
-    if let Err(e) = run_quiet(
-        Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt),
-    ) {
+    let mounted = if direct_io {
+        mount_direct(&img, &mnt)
+    } else {
+        run_quiet(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&img)
+                .arg(&mnt),
+        )
+    };
+    if let Err(e) = mounted {
         let _ = fs::remove_file(&img);
-        return skip(&format!("mount -o loop: {e}"));
+        return skip(&format!("mount of the loop file: {e}"));
     }
     watch_and_unmount(&img, &mnt, dir)?;
     Ok(Some(mnt))
+}
+
+/// Attach `img` to a loop device with direct I/O and mount it at `mnt`. The device is detached
+/// at once: the kernel then frees it when the file system is unmounted (autoclear), as
+/// `mount -o loop` does.
+fn mount_direct(img: &Path, mnt: &Path) -> Res<()> {
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--direct-io=on"])
+        .arg(img)
+        .output()
+        .map_err(|e| format!("losetup: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mounted = run_quiet(Command::new("mount").arg(&dev).arg(mnt));
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    mounted
 }
 
 /// Start a process that waits for this one to exit, then unmounts `mnt` and removes `img`,

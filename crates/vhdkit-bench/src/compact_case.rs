@@ -25,6 +25,23 @@ pub fn case() -> Case {
     }
 }
 
+/// `compact-1g-vhdx` on an XFS loop file with reflink (root only; a loud SKIP otherwise), where
+/// the blocks that move are cloned (`copy_file_range`), not copied.
+pub fn case_xfs() -> Case {
+    Case {
+        name: "compact-1g-vhdx-xfs-reflink",
+        about: "compact-1g-vhdx on XFS with reflink (loop file, root): the moved blocks are \
+                cloned, not copied",
+        prepare: |cfg, dir| match super::clone_case::mount_xfs(dir)? {
+            Some(mnt) => prepare(cfg, &mnt),
+            None => Ok(Prepared {
+                contenders: vec![],
+                check: Check::AllClean,
+            }),
+        },
+    }
+}
+
 fn prepare(cfg: &Config, dir: &Path) -> Res<Prepared> {
     let pristine = dir.join("pristine");
     let work = dir.join("work");

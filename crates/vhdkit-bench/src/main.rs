@@ -53,6 +53,8 @@ options:
   --json            print JSON instead of a markdown table
   --smoke           run every case once (no timed runs) on small inputs (16 MiB instead of
                     1 GiB, a smaller share tree), checking the outputs only
+  --cold            drop the page cache before every command (after its restore and sync),
+                    as root through /proc/sys/vm/drop_caches: cold-cache timings
   -h, --help        this text
 ";
 
@@ -68,6 +70,8 @@ struct Config {
     list: bool,
     json: bool,
     smoke: bool,
+    /// Drop the page cache before every command.
+    cold: bool,
 }
 
 /// Size of the generated disks: 1 GiB, or 16 MiB for `--smoke`.
@@ -90,6 +94,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
         list: false,
         json: false,
         smoke: false,
+        cold: false,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -119,6 +124,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Res<Option<Config>> {
             "--list" => cfg.list = true,
             "--json" => cfg.json = true,
             "--smoke" => cfg.smoke = true,
+            "--cold" => cfg.cold = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -231,6 +237,8 @@ fn cases() -> Vec<Case> {
         },
         Case { name: "share-seed-4", about: "vhdkit share --delete-copies vs cat of the copies: 4 VM folders, each a copy of an 8 GiB dynamic VHDX with 768 MiB of data and a child (issue 15)", prepare: |cfg, dir| share_cases::prepare_seed(cfg, dir, 4) },
         Case { name: "share-seed-10", about: "share-seed-4 with 10 VM folders", prepare: |cfg, dir| share_cases::prepare_seed(cfg, dir, 10) },
+        Case { name: "share-seed-4-ext4", about: "share-seed-4 on an ext4 loop file made by mkfs.ext4's defaults (a journal, no online discard: a common desktop or server file system; root)", prepare: |cfg, dir| share_cases::prepare_seed_ext4(cfg, dir, 4) },
+        Case { name: "share-seed-10-ext4", about: "share-seed-10 on that ext4 loop file (root)", prepare: |cfg, dir| share_cases::prepare_seed_ext4(cfg, dir, 10) },
         Case {
             name: "check-vhdx-64t",
             about: "vhdkit check vs qemu-img check -f vhdx on an empty 64 TiB sparse VHDX (256 MiB blocks)",
@@ -290,6 +298,7 @@ fn cases() -> Vec<Case> {
         nbd_cases::nbdcopy_depth8(),
         nbd_cases::nbdinfo_map_64t(),
         compact_case::case(),
+        compact_case::case_xfs(),
     ]
     .into_iter()
     .chain(clone_case::CASES)
@@ -578,8 +587,32 @@ struct Sample {
     fs_out_blocks: u64,
 }
 
+/// Read every file under `dir` once (into nothing).
+fn read_tree(dir: &Path) -> Res<()> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        let kind = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if kind.is_dir() {
+            read_tree(&path)?;
+        } else if kind.is_file() {
+            let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::io::copy(&mut f, &mut std::io::sink())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Write back and drop the page cache (root only), so that the next command reads from disk.
+fn drop_caches() -> Res<()> {
+    run_quiet(&mut Command::new("sync"))?;
+    fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .map_err(|e| format!("--cold: cannot drop the page cache (root only): {e}"))
+}
+
 /// Run `argv` under `/usr/bin/time`, returning wall time and peak RSS, or the command's error.
-fn time_once(c: &Contender, time_file: &Path) -> Res<Sample> {
+fn time_once(c: &Contender, time_file: &Path, cold: bool) -> Res<Sample> {
     if let Some(out) = &c.output {
         match fs::remove_file(out) {
             Ok(()) => {}
@@ -589,9 +622,25 @@ fn time_once(c: &Contender, time_file: &Path) -> Res<Sample> {
     }
     if let Some((pristine, work)) = &c.restore {
         let _ = fs::remove_dir_all(work);
-        run_quiet(Command::new("cp").arg("-a").arg(pristine).arg(work))?;
+        // Bytes copied, never cloned (cp's default on XFS and btrfs): a clone would leave the
+        // working copy out of the page cache, where the other tool reads a cached file.
+        run_quiet(
+            Command::new("cp")
+                .args(["-a", "--reflink=never"])
+                .arg(pristine)
+                .arg(work),
+        )?;
         // Start from the same cache state as the copy left it, written back.
         run_quiet(&mut Command::new("sync"))?;
+        if !cold {
+            // Warm means read before, as the other tool's input was (by the copy): pages only
+            // written so far cost more on their first read (the kernel moves them to its
+            // active list then), which measured 0.05 s of a 0.12 s compaction on XFS.
+            read_tree(work)?;
+        }
+    }
+    if cold {
+        drop_caches()?;
     }
     let start = Instant::now();
     let res = Command::new("/usr/bin/time")
@@ -750,7 +799,7 @@ fn run_case(cfg: &Config, case: &Case, dir: &Path) -> Res<CaseResult> {
             if r.error.is_some() {
                 continue;
             }
-            match time_once(c, &time_file) {
+            match time_once(c, &time_file, cfg.cold) {
                 Ok(s) if round > 0 => r.samples.push(s),
                 Ok(_) => {}
                 Err(e) => {
@@ -940,10 +989,11 @@ fn markdown(cfg: &Config, results: &[CaseResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "vhdkit: `{}`, qemu-img: `{}`, {} timed runs per tool after 1 warm-up, interleaved\n",
+        "vhdkit: `{}`, qemu-img: `{}`, {} timed runs per tool after 1 warm-up, interleaved, {} cache\n",
         cfg.vhdkit.display(),
         cfg.qemu_img.display(),
-        cfg.runs
+        cfg.runs,
+        if cfg.cold { "cold" } else { "warm" }
     );
     s.push_str(
         "| case | tool | min s | median s | vhdkit/other | peak RSS MiB | fs in/out MiB | output check |\n",
@@ -1042,6 +1092,7 @@ fn to_json(cfg: &Config, results: &[CaseResult]) -> Value {
         "qemu_img": cfg.qemu_img.display().to_string(),
         "runs": cfg.runs,
         "warmup_runs": 1,
+        "cache": if cfg.cold { "cold" } else { "warm" },
         "cases": cases,
     })
 }
@@ -1118,15 +1169,17 @@ fn run() -> Res<bool> {
         .all(|r| matches!(r.check, Some(Ok(_))) && r.tools.iter().all(|t| t.error.is_none())))
 }
 
-/// Removes a finished case's folder, unmounting its XFS loop file first (else the loop device
+/// Removes a finished case's folder, unmounting its loop file first (else the loop device
 /// would keep the file's space until the watchdog unmounts it when the bench exits).
 fn remove_case_dir(case_dir: &Path) {
-    let mnt = case_dir.join("xfs");
-    if mnt.is_dir() {
-        let _ = Command::new("umount")
-            .arg(&mnt)
-            .stderr(std::process::Stdio::null())
-            .status();
+    for fs_name in clone_case::LOOP_FILE_SYSTEMS {
+        let mnt = case_dir.join(fs_name);
+        if mnt.is_dir() {
+            let _ = Command::new("umount")
+                .arg(&mnt)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
     let _ = fs::remove_dir_all(case_dir);
 }

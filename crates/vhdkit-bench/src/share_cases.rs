@@ -4,12 +4,12 @@
 //! must prove the copies identical at about the speed of reading them.
 //!
 //! Both commands start from the same page-cache state: `share` runs on a fresh `cp -a` of the
-//! pristine tree (the copy leaves it cached, as the pristine files the copy read), and `cat`
+//! pristine tree, read once after the copy (as the pristine files were, by the copy), and `cat`
 //! reads the pristine copies, which are the same bytes (it changes nothing, so it needs no
-//! restore, and the last run of every round leaves a shared tree for the check). Cold-cache
-//! runs need root (`echo 3 > /proc/sys/vm/drop_caches` before each command); the bench does
-//! not drop caches itself. `--smoke`: one block of data per copy (32 MiB), so that the ten
-//! copies and their working copies fit in a little free space.
+//! restore, and the last run of every round leaves a shared tree for the check). `--cold`
+//! (root) drops the page cache before each command. The `-ext4` variants run on a journaled
+//! ext4 loop file (see `prepare_seed_ext4`). `--smoke`: one block of data per copy (32 MiB),
+//! so that the ten copies and their working copies fit in a little free space.
 
 use std::ffi::OsString;
 use std::fs;
@@ -30,6 +30,25 @@ fn data_blocks(cfg: &Config) -> u64 {
     } else {
         DATA_BLOCKS
     }
+}
+
+/// `prepare_seed` on a journaled ext4 loop file at `dir/ext4` (mkfs.ext4's defaults: a journal,
+/// no online discard; the loop device uses direct I/O, so the copies are cached once). The machine's own file system may delete synchronously: a journal-less
+/// ext4 mounted with `discard` sends each deleted file's discards to the device inside
+/// `unlink` (seen in the kernel stack: `ext4_free_blocks` -> `blkdev_issue_discard`), which
+/// times the device, not `share`.
+pub(crate) fn prepare_seed_ext4(cfg: &Config, dir: &Path, copies: usize) -> Res<Prepared> {
+    // Room for the pristine tree and one working copy of it (sparse: only what is written
+    // takes space).
+    let bytes = (copies as u64 + 1).saturating_mul(2 * GIB);
+    let mkfs = ["mkfs.ext4", "-q", "-F"];
+    let Some(mnt) = crate::clone_case::mount_loop(dir, "ext4", &mkfs, bytes, true)? else {
+        return Ok(Prepared {
+            contenders: vec![],
+            check: Check::AllClean,
+        });
+    };
+    prepare_seed(cfg, &mnt, copies)
 }
 
 /// `pristine/VM{n}/base.vhdx` (`copies` copies of one parent) with `disk.avhdx` over each.
