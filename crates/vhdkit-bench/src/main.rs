@@ -622,11 +622,12 @@ fn time_once(c: &Contender, time_file: &Path, cold: bool) -> Res<Sample> {
     }
     if let Some((pristine, work)) = &c.restore {
         let _ = fs::remove_dir_all(work);
-        // Bytes copied, never cloned (cp's default on XFS and btrfs): a clone would leave the
-        // working copy out of the page cache, where the other tool reads a cached file.
+        // Bytes copied, never cloned (cp's default on XFS and btrfs: the working copy would
+        // not be cached, where the other tool reads a cached file), and runs of zeros written,
+        // not left as holes (which cost no disk read: cold runs would read less than `cat`).
         run_quiet(
             Command::new("cp")
-                .args(["-a", "--reflink=never"])
+                .args(["-a", "--reflink=never", "--sparse=never"])
                 .arg(pristine)
                 .arg(work),
         )?;
