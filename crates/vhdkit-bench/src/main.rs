@@ -1226,6 +1226,8 @@ mod tests {
         assert_eq!(c.runs, 3);
         assert!(c.json);
         assert_eq!(c.cases, vec!["x".to_string()]);
+        assert!(!c.cold);
+        assert!(a(&["--cold"]).unwrap().unwrap().cold);
         assert!(a(&["--runs", "0"]).is_err());
         assert!(a(&["--bogus"]).is_err());
         assert!(a(&["--help"]).unwrap().is_none());
