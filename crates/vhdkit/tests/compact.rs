@@ -291,3 +291,71 @@ fn a_dropped_partial_vhdx_block_clears_its_bitmap_bits() {
     let after = std::fs::read(&child).unwrap();
     assert_eq!(after[at..at + 256], [0u8; 256][..], "the bits are cleared");
 }
+
+/// Cancels once `after` bytes were reported read.
+struct CancelAfter {
+    seen: u64,
+    after: u64,
+}
+
+impl vhdkit::Progress for CancelAfter {
+    fn advance(&mut self, n: u64) {
+        self.seen += n;
+    }
+    fn cancelled(&self) -> bool {
+        self.seen >= self.after
+    }
+}
+
+/// A compaction cancelled during its scan (here the plan is stale, so `apply` scans again,
+/// half of the blocks on a second thread) stops with the cancelled error, writes nothing and
+/// does not wait for the rest of the scan; a later run finishes.
+#[test]
+fn a_cancelled_scan_writes_nothing() {
+    // Many blocks, so that both halves of the scan are still running when it is cancelled.
+    let blocks: Vec<(u64, Fill)> = (0..64)
+        .map(|i| {
+            (
+                i,
+                if i % 3 == 0 {
+                    Fill::Zeros
+                } else {
+                    Fill::Data(i as u8 + 1)
+                },
+            )
+        })
+        .collect();
+    for vhdx in [false, true] {
+        let dir = tmp();
+        let p = dir.path().join(if vhdx { "d.vhdx" } else { "d.vhd" });
+        let bytes = if vhdx {
+            let mut b = VhdxBuilder::new(Kind::Dynamic, 64 * MIB, MIB as u32, 512);
+            vhdx_of(&mut b, &blocks);
+            b.build().bytes
+        } else {
+            let mut b = VhdBuilder::dynamic(64 * MIB).block_size(MIB as u32);
+            vhd_of(&mut b, &blocks);
+            b.build().bytes
+        };
+        std::fs::write(&p, bytes).unwrap();
+        let opts = ChainOptions::default();
+        let plan = CompactPlan::new(&p, &opts).unwrap();
+        assert_eq!(plan.zero_blocks, 22, "vhdx {vhdx}");
+        // Touch the file so that the plan's decisions are not reused.
+        let mut w = vhdkit::WritableDisk::open(&p, &opts).unwrap();
+        w.write_at(MIB + 17, &[0x42]).unwrap();
+        w.close().unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let mut cancel = CancelAfter {
+            seen: 0,
+            after: 4 * MIB,
+        };
+        let e = plan.apply(&mut cancel).unwrap_err();
+        assert!(e.is_cancelled(), "vhdx {vhdx}: {e}");
+        assert!(cancel.seen < 64 * MIB, "vhdx {vhdx}: the scan ran on");
+        assert!(std::fs::read(&p).unwrap() == before, "vhdx {vhdx}: written");
+        let again = CompactPlan::new(&p, &opts).unwrap();
+        let r = again.apply(&mut ()).unwrap();
+        assert_eq!(r.zero_blocks, 22, "vhdx {vhdx}: {r:?}");
+    }
+}
