@@ -33,10 +33,11 @@ fn data_blocks(cfg: &Config) -> u64 {
 }
 
 /// `prepare_seed` on a journaled ext4 loop file at `dir/ext4` (mkfs.ext4's defaults: a journal,
-/// no online discard; the loop device uses direct I/O, so the copies are cached once). The machine's own file system may delete synchronously: a journal-less
-/// ext4 mounted with `discard` sends each deleted file's discards to the device inside
-/// `unlink` (seen in the kernel stack: `ext4_free_blocks` -> `blkdev_issue_discard`), which
-/// times the device, not `share`.
+/// no online discard; the loop device uses direct I/O, so the copies are cached once). The
+/// machine's own file system may delete synchronously: a journal-less ext4 mounted with
+/// `discard` sends each deleted file's discards to the device inside `unlink` (seen in the
+/// kernel stack: `ext4_free_blocks` -> `blkdev_issue_discard`), which times the device, not
+/// `share`.
 pub(crate) fn prepare_seed_ext4(cfg: &Config, dir: &Path, copies: usize) -> Res<Prepared> {
     // Room for the pristine tree and one working copy of it (sparse: only what is written
     // takes space).

@@ -27,8 +27,8 @@
 //! 2. the blocks past the lowest free places are moved down, highest first, in batches: each
 //!    block is copied into free space (no table entry points there; `copy_file_range`, which
 //!    clones the extents on XFS and btrfs and copies in the kernel elsewhere), the file synced,
-//!    then the batch's entries switched in one commit. No entry ever points at unwritten data, and the
-//!    old copy stays intact until the switch is durable;
+//!    then the batch's entries switched in one commit. No entry ever points at unwritten data,
+//!    and the old copy stays intact until the switch is durable;
 //! 3. the file is cut (VHD: the footer written at the new end and synced first).
 //!
 //! A crash at any point leaves the same virtual contents; a rerun (or `vhdkit repair` for the

@@ -158,8 +158,8 @@ fn kill_matrix(case: Case) -> (usize, usize) {
     (runs, full)
 }
 
-/// EIO from every (sampled) pwrite64/copy_file_range/fsync/fdatasync/ftruncate: exit non-zero with one error
-/// line, contents intact, rerun completes.
+/// EIO from every (sampled) pwrite64/copy_file_range/fsync/fdatasync/ftruncate: exit non-zero
+/// with one error line, contents intact, rerun completes.
 fn eio_matrix(case: Case) -> (usize, usize) {
     let d = tmp();
     let f = Fixture::new(d.path(), case);
